@@ -1,0 +1,161 @@
+#include "engine/autograd.h"
+
+#include <unordered_map>
+
+#include "engine/ops/elementwise.h"
+
+namespace kestrel {
+
+namespace {
+thread_local bool g_grad_enabled = true;
+}
+
+bool GradMode::enabled() { return g_grad_enabled; }
+void GradMode::set_enabled(bool on) { g_grad_enabled = on; }
+
+bool needs_grad(const std::vector<Tensor>& inputs) {
+  if (!GradMode::enabled()) return false;
+  for (const Tensor& t : inputs)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+Tensor& record(Tensor& output, const char* op, const std::vector<Tensor>& inputs, BackwardFn backward) {
+  if (!needs_grad(inputs)) return output;
+  auto node = std::make_shared<Node>();
+  node->op = op;
+  node->output_shape = output.shape();
+  node->output_dtype = output.dtype();
+  node->edges.reserve(inputs.size());
+  for (const Tensor& t : inputs) {
+    Edge e;
+    if (t.defined() && t.requires_grad()) {
+      if (t.grad_fn())
+        e.node = t.grad_fn();
+      else
+        e.leaf = t.impl_ptr();
+    }
+    node->edges.push_back(std::move(e));
+  }
+  node->backward = std::move(backward);
+  output.impl().grad_fn = std::move(node);
+  output.impl().requires_grad = true;
+  return output;
+}
+
+namespace {
+
+void accumulate_leaf(TensorImpl& leaf, const Tensor& g) {
+  Tensor grad = g;
+  if (grad.dtype() != leaf.dtype) grad = grad.to(leaf.dtype);
+  if (!leaf.grad) {
+    // Own the buffer: a gradient may alias another tensor (views, identity ops).
+    leaf.grad = grad.contiguous().clone().impl_ptr();
+  } else {
+    Tensor existing(leaf.grad);
+    add_(existing, grad);
+  }
+}
+
+}  // namespace
+
+void run_backward(const Tensor& root, const Tensor& grad_root) {
+  KCHECK(root.requires_grad(), AutogradError,
+         "backward: tensor does not require grad (no parameter or input with requires_grad reached it)");
+  Tensor seed = grad_root;
+  if (!seed.defined()) {
+    KCHECK(root.numel() == 1, AutogradError, "backward: output has shape ", shape_str(root.shape()),
+           "; a gradient must be given for a non-scalar output");
+    seed = Tensor::ones(root.shape(), root.dtype(), root.device());
+  }
+  KCHECK(seed.shape() == root.shape(), ShapeError, "backward: gradient shape ", shape_str(seed.shape()),
+         " does not match output shape ", shape_str(root.shape()));
+  NoGradGuard no_grad;
+  if (!root.grad_fn()) {  // a leaf: its gradient is the seed
+    accumulate_leaf(root.impl(), seed);
+    for (auto& hook : root.impl().grad_ready_hooks) {
+      Tensor t(root.impl_ptr());
+      hook(t);
+    }
+    return;
+  }
+
+  // Count consumers of every node and leaf reachable from the root.
+  std::unordered_map<Node*, int> pending;
+  std::unordered_map<TensorImpl*, int> leaf_pending;
+  std::vector<Node*> stack{root.grad_fn().get()};
+  pending[root.grad_fn().get()] = 0;
+  while (!stack.empty()) {
+    Node* n = stack.back();
+    stack.pop_back();
+    KCHECK(n->backward != nullptr, AutogradError, "backward: the graph through '", n->op,
+           "' was already freed by an earlier backward()");
+    for (const Edge& e : n->edges) {
+      if (e.node) {
+        auto it = pending.find(e.node.get());
+        if (it == pending.end()) {
+          pending[e.node.get()] = 1;
+          stack.push_back(e.node.get());
+        } else {
+          ++it->second;
+        }
+      } else if (e.leaf) {
+        ++leaf_pending[e.leaf.get()];
+      }
+    }
+  }
+
+  std::unordered_map<Node*, Tensor> grads;
+  grads[root.grad_fn().get()] = seed;
+  std::vector<std::shared_ptr<Node>> ready{root.grad_fn()};
+  while (!ready.empty()) {
+    std::shared_ptr<Node> node = ready.back();
+    ready.pop_back();
+    Tensor g = grads[node.get()];
+    grads.erase(node.get());
+    std::vector<bool> needs;
+    needs.reserve(node->edges.size());
+    for (const Edge& e : node->edges) needs.push_back(e.active());
+    std::vector<Tensor> input_grads = node->backward(g, needs);
+    node->backward = nullptr;
+    KCHECK(input_grads.size() == node->edges.size(), AutogradError, "backward of '", node->op, "' returned ",
+           input_grads.size(), " gradients for ", node->edges.size(), " inputs");
+    for (size_t i = 0; i < node->edges.size(); ++i) {
+      const Edge& e = node->edges[i];
+      if (!e.active()) continue;
+      const Tensor& gi = input_grads[i];
+      if (e.node) {
+        if (gi.defined()) {
+          auto it = grads.find(e.node.get());
+          if (it == grads.end())
+            grads.emplace(e.node.get(), gi);
+          else
+            it->second = it->second + gi;
+        }
+        if (--pending[e.node.get()] == 0) {
+          if (grads.find(e.node.get()) == grads.end()) {
+            // No gradient flowed along any path: nothing to propagate further,
+            // but release its consumers' counts.
+            grads.emplace(e.node.get(), Tensor::zeros(e.node->output_shape, e.node->output_dtype, g.device()));
+          }
+          ready.push_back(e.node);
+        }
+      } else {
+        if (gi.defined()) {
+          KCHECK(gi.shape() == e.leaf->shape, AutogradError, "backward of '", node->op,
+                 "' produced a gradient of shape ", shape_str(gi.shape()), " for an input of shape ",
+                 shape_str(e.leaf->shape));
+          accumulate_leaf(*e.leaf, gi);
+        }
+        if (--leaf_pending[e.leaf.get()] == 0) {
+          Tensor t(e.leaf);
+          for (auto& hook : e.leaf->grad_ready_hooks) hook(t);
+        }
+      }
+    }
+  }
+}
+
+void Tensor::backward(const Tensor& grad) const { run_backward(*this, grad); }
+
+}  // namespace kestrel

@@ -1,0 +1,165 @@
+#include "engine/cpu/elementwise.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/cpu/strided.h"
+
+namespace kestrel::cpu {
+
+namespace {
+
+template <typename T>
+inline T sigmoid_of(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+template <typename T>
+inline T forward_value(UnaryOp op, T x, const UnaryParams& p) {
+  switch (op) {
+    case UnaryOp::Neg: return -x;
+    case UnaryOp::Exp: return std::exp(x);
+    case UnaryOp::Log: return std::log(x);
+    case UnaryOp::Sqrt: return std::sqrt(x);
+    case UnaryOp::Square: return x * x;
+    case UnaryOp::Pow: return std::pow(x, static_cast<T>(p.a));
+    case UnaryOp::Abs: return std::abs(x);
+    case UnaryOp::Clamp: return std::min(std::max(x, static_cast<T>(p.a)), static_cast<T>(p.b));
+    case UnaryOp::AddScalar: return x + static_cast<T>(p.a);
+    case UnaryOp::MulScalar: return x * static_cast<T>(p.a);
+    case UnaryOp::ReLU: return x > T(0) ? x : T(0);
+    case UnaryOp::ReLU6: return std::min(std::max(x, T(0)), T(6));
+    case UnaryOp::Sigmoid: return sigmoid_of(x);
+    case UnaryOp::Tanh: return std::tanh(x);
+    case UnaryOp::SiLU: return x * sigmoid_of(x);
+    case UnaryOp::HardSwish: return x * std::min(std::max(x + T(3), T(0)), T(6)) / T(6);
+    case UnaryOp::HardSigmoid: return std::min(std::max(x + T(3), T(0)), T(6)) / T(6);
+    case UnaryOp::GELU: return T(0.5) * x * (T(1) + std::erf(x * static_cast<T>(M_SQRT1_2)));
+  }
+  return x;
+}
+
+template <typename T>
+inline T derivative(UnaryOp op, T x, T y, const UnaryParams& p) {
+  switch (op) {
+    case UnaryOp::Neg: return T(-1);
+    case UnaryOp::Exp: return y;
+    case UnaryOp::Log: return T(1) / x;
+    case UnaryOp::Sqrt: return T(0.5) / y;
+    case UnaryOp::Square: return T(2) * x;
+    case UnaryOp::Pow: return static_cast<T>(p.a) * std::pow(x, static_cast<T>(p.a - 1.0));
+    case UnaryOp::Abs: return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
+    case UnaryOp::Clamp: return (x >= static_cast<T>(p.a) && x <= static_cast<T>(p.b)) ? T(1) : T(0);
+    case UnaryOp::AddScalar: return T(1);
+    case UnaryOp::MulScalar: return static_cast<T>(p.a);
+    case UnaryOp::ReLU: return x > T(0) ? T(1) : T(0);
+    case UnaryOp::ReLU6: return (x > T(0) && x < T(6)) ? T(1) : T(0);
+    case UnaryOp::Sigmoid: return y * (T(1) - y);
+    case UnaryOp::Tanh: return T(1) - y * y;
+    case UnaryOp::SiLU: {
+      const T s = sigmoid_of(x);
+      return s * (T(1) + x * (T(1) - s));
+    }
+    case UnaryOp::HardSwish: return x < T(-3) ? T(0) : (x <= T(3) ? x / T(3) + T(0.5) : T(1));
+    case UnaryOp::HardSigmoid: return (x > T(-3) && x < T(3)) ? T(1) / T(6) : T(0);
+    case UnaryOp::GELU: {
+      const T cdf = T(0.5) * (T(1) + std::erf(x * static_cast<T>(M_SQRT1_2)));
+      const T pdf = std::exp(T(-0.5) * x * x) * static_cast<T>(0.3989422804014327);
+      return cdf + x * pdf;
+    }
+  }
+  return T(1);
+}
+
+template <typename T, typename F>
+void binary_loop(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
+  const T* pa = static_cast<const T*>(a.data_ptr());
+  const T* pb = static_cast<const T*>(b.data_ptr());
+  T* po = static_cast<T*>(out.data_ptr());
+  const int64_t n = out.numel();
+  if (a.shape() == out.shape() && b.shape() == out.shape() && a.is_contiguous() && b.is_contiguous()) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) po[i] = f(pa[i], pb[i]);
+    return;
+  }
+  auto layout = coalesce<3>(out.shape(), {out.strides(), broadcast_strides(a, out.shape()),
+                                          broadcast_strides(b, out.shape())});
+  for_each_row<3>(layout, [&](const std::array<int64_t, 3>& off, int64_t len, const std::array<int64_t, 3>& st) {
+    T* o = po + off[0];
+    const T* x = pa + off[1];
+    const T* y = pb + off[2];
+    if (st[1] == 1 && st[2] == 1) {
+      for (int64_t i = 0; i < len; ++i) o[i] = f(x[i], y[i]);
+    } else if (st[1] == 1 && st[2] == 0) {
+      const T yv = y[0];
+      for (int64_t i = 0; i < len; ++i) o[i] = f(x[i], yv);
+    } else if (st[1] == 0 && st[2] == 1) {
+      const T xv = x[0];
+      for (int64_t i = 0; i < len; ++i) o[i] = f(xv, y[i]);
+    } else {
+      for (int64_t i = 0; i < len; ++i) o[i * st[0]] = f(x[i * st[1]], y[i * st[2]]);
+    }
+  });
+}
+
+}  // namespace
+
+void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+  dispatch_float(out.dtype(), "binary op", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    using T = scalar_t;
+    switch (op) {
+      case BinaryOp::Add: binary_loop<T>(a, b, out, [](T x, T y) { return x + y; }); break;
+      case BinaryOp::Sub: binary_loop<T>(a, b, out, [](T x, T y) { return x - y; }); break;
+      case BinaryOp::Mul: binary_loop<T>(a, b, out, [](T x, T y) { return x * y; }); break;
+      case BinaryOp::Div: binary_loop<T>(a, b, out, [](T x, T y) { return x / y; }); break;
+    }
+  });
+}
+
+void unary(UnaryOp op, const Tensor& x, const Tensor& out, UnaryParams p) {
+  dispatch_float(x.dtype(), "unary op", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    using T = scalar_t;
+    const T* px = static_cast<const T*>(x.data_ptr());
+    T* po = static_cast<T*>(out.data_ptr());
+    const int64_t n = x.numel();
+#pragma omp parallel for schedule(static) if (n > 32768)
+    for (int64_t i = 0; i < n; ++i) po[i] = forward_value<T>(op, px[i], p);
+  });
+}
+
+void unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& grad_out, const Tensor& grad_in,
+                    UnaryParams p) {
+  dispatch_float(x.dtype(), "unary backward", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    using T = scalar_t;
+    const T* px = static_cast<const T*>(x.data_ptr());
+    const T* py = y.defined() ? static_cast<const T*>(y.data_ptr()) : nullptr;
+    const T* pg = static_cast<const T*>(grad_out.data_ptr());
+    T* pi = static_cast<T*>(grad_in.data_ptr());
+    const int64_t n = x.numel();
+#pragma omp parallel for schedule(static) if (n > 32768)
+    for (int64_t i = 0; i < n; ++i) pi[i] = pg[i] * derivative<T>(op, px[i], py ? py[i] : T(0), p);
+  });
+}
+
+void axpy_inplace(const Tensor& self, const Tensor& other, double alpha) {
+  dispatch_float(self.dtype(), "add_", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    using T = scalar_t;
+    const T al = static_cast<T>(alpha);
+    binary_loop<T>(self, other, self, [al](T x, T y) { return x + al * y; });
+  });
+}
+
+void scale_inplace(const Tensor& self, double s) {
+  dispatch_float(self.dtype(), "mul_", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    using T = scalar_t;
+    const T sv = static_cast<T>(s);
+    binary_loop<T>(self, self, self, [sv](T x, T) { return x * sv; });
+  });
+}
+
+}  // namespace kestrel::cpu

@@ -1,0 +1,68 @@
+#include "engine/cpu/reduce.h"
+
+#include <vector>
+
+namespace kestrel::cpu {
+
+void sum_rows(const Tensor& x, int64_t outer, int64_t inner, const Tensor& out) {
+  dispatch_float(x.dtype(), "sum", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    const scalar_t* px = static_cast<const scalar_t*>(x.data_ptr());
+    scalar_t* po = static_cast<scalar_t*>(out.data_ptr());
+#pragma omp parallel for schedule(static) if (outer * inner > 65536 && outer > 1)
+    for (int64_t o = 0; o < outer; ++o) {
+      const scalar_t* row = px + o * inner;
+      double acc = 0.0;
+      for (int64_t i = 0; i < inner; ++i) acc += static_cast<double>(row[i]);
+      po[o] = static_cast<scalar_t>(acc);
+    }
+  });
+}
+
+void sum_cols(const Tensor& x, int64_t rows, int64_t cols, const Tensor& out) {
+  dispatch_float(x.dtype(), "sum", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    const scalar_t* px = static_cast<const scalar_t*>(x.data_ptr());
+    scalar_t* po = static_cast<scalar_t*>(out.data_ptr());
+    // Split columns into blocks so threads write disjoint outputs and read rows sequentially.
+    const int64_t block = 256;
+    const int64_t nblocks = (cols + block - 1) / block;
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+    for (int64_t b = 0; b < nblocks; ++b) {
+      const int64_t c0 = b * block, c1 = std::min(cols, c0 + block);
+      double acc[256] = {0.0};
+      for (int64_t r = 0; r < rows; ++r) {
+        const scalar_t* row = px + r * cols;
+        for (int64_t c = c0; c < c1; ++c) acc[c - c0] += static_cast<double>(row[c]);
+      }
+      for (int64_t c = c0; c < c1; ++c) po[c] = static_cast<scalar_t>(acc[c - c0]);
+    }
+  });
+}
+
+void max_mid(const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Tensor& values, const Tensor& indices) {
+  dispatch_float(x.dtype(), "max", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    const scalar_t* px = static_cast<const scalar_t*>(x.data_ptr());
+    scalar_t* pv = static_cast<scalar_t*>(values.data_ptr());
+    int64_t* pi = indices.data<int64_t>();
+#pragma omp parallel for schedule(static) if (outer * n * inner > 65536)
+    for (int64_t o = 0; o < outer; ++o) {
+      for (int64_t i = 0; i < inner; ++i) {
+        const scalar_t* p = px + o * n * inner + i;
+        scalar_t best = p[0];
+        int64_t arg = 0;
+        for (int64_t k = 1; k < n; ++k) {
+          if (p[k * inner] > best) {
+            best = p[k * inner];
+            arg = k;
+          }
+        }
+        pv[o * inner + i] = best;
+        pi[o * inner + i] = arg;
+      }
+    }
+  });
+}
+
+}  // namespace kestrel::cpu

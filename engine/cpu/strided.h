@@ -1,0 +1,72 @@
+// Iteration over strided operands. Dims that are contiguous for every operand
+// are merged first so the inner loop is long.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace kestrel::cpu {
+
+template <int N>
+struct StridedLayout {
+  Shape shape;                          // coalesced
+  std::array<Shape, N> strides;         // per operand, coalesced
+};
+
+template <int N>
+StridedLayout<N> coalesce(const Shape& shape, const std::array<Shape, N>& strides) {
+  StridedLayout<N> out;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;
+    if (!out.shape.empty()) {
+      bool mergeable = true;
+      for (int k = 0; k < N; ++k)
+        if (out.strides[k].back() != strides[k][d] * shape[d]) mergeable = false;
+      if (mergeable) {
+        out.shape.back() *= shape[d];
+        for (int k = 0; k < N; ++k) out.strides[k].back() = strides[k][d];
+        continue;
+      }
+    }
+    out.shape.push_back(shape[d]);
+    for (int k = 0; k < N; ++k) out.strides[k].push_back(strides[k][d]);
+  }
+  if (out.shape.empty()) {
+    out.shape.push_back(1);
+    for (int k = 0; k < N; ++k) out.strides[k].push_back(0);
+  }
+  return out;
+}
+
+// Calls f(offsets, inner_len, inner_strides) for each row of the innermost dim.
+template <int N, typename F>
+void for_each_row(const StridedLayout<N>& layout, F&& f) {
+  const int64_t nd = static_cast<int64_t>(layout.shape.size());
+  const int64_t inner = layout.shape.back();
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < nd; ++d) rows *= layout.shape[d];
+  std::array<int64_t, N> inner_strides;
+  for (int k = 0; k < N; ++k) inner_strides[k] = layout.strides[k].back();
+  const bool parallel = rows > 1 && rows * inner > 32768;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t r = 0; r < rows; ++r) {
+    std::array<int64_t, N> off{};
+    int64_t rem = r;
+    for (int64_t d = nd - 2; d >= 0; --d) {
+      const int64_t i = rem % layout.shape[d];
+      rem /= layout.shape[d];
+      for (int k = 0; k < N; ++k) off[k] += i * layout.strides[k][d];
+    }
+    f(off, inner, inner_strides);
+  }
+}
+
+// Strides of `t` viewed at `shape` under broadcasting (0 where t has size 1 or lacks the dim).
+Shape broadcast_strides(const Tensor& t, const Shape& shape);
+
+// Copies src into dst (same shape; any dtypes; CPU).
+void copy_strided(const Tensor& dst, const Tensor& src);
+
+}  // namespace kestrel::cpu

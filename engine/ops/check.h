@@ -1,0 +1,30 @@
+// Argument checks shared by ops; each names the op in its message.
+#pragma once
+#include "engine/tensor.h"
+
+namespace kestrel {
+
+inline void check_defined(const Tensor& t, const char* op, const char* what) {
+  KCHECK(t.defined(), ValueError, op, ": ", what, " is undefined");
+}
+
+inline void check_same_device(const Tensor& a, const Tensor& b, const char* op) {
+  KCHECK(a.device() == b.device(), DeviceError, op, ": tensors on different devices (", a.device().str(), " and ",
+         b.device().str(), ")");
+}
+
+inline void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
+  KCHECK(a.dtype() == b.dtype(), DTypeError, op, ": dtype mismatch (", dtype_name(a.dtype()), " ",
+         shape_str(a.shape()), " vs ", dtype_name(b.dtype()), " ", shape_str(b.shape()), ")");
+}
+
+inline void check_dim(const Tensor& t, int64_t d, const char* op, const char* what) {
+  KCHECK(t.dim() == d, ShapeError, op, ": ", what, " must be ", d, "-d, got shape ", shape_str(t.shape()));
+}
+
+// The CUDA backend plugs in per op; until it has, ops name the device they lack.
+inline void check_cpu(const Tensor& t, const char* op) {
+  KCHECK(t.device().is_cpu(), DeviceError, op, ": not implemented for ", t.device().str(), " tensors yet");
+}
+
+}  // namespace kestrel

@@ -1,0 +1,44 @@
+// A block of memory on one device. CPU memory is 64-byte aligned; other
+// devices plug their allocator in (the CUDA backend registers one).
+#pragma once
+#include <cstddef>
+#include <functional>
+#include <memory>
+
+#include "engine/device.h"
+
+namespace kestrel {
+
+struct DeviceAllocator {
+  virtual ~DeviceAllocator() = default;
+  virtual void* allocate(size_t nbytes, int device_index) = 0;
+  virtual void deallocate(void* ptr, size_t nbytes, int device_index) = 0;
+  // dst/src on any devices; kinds are derived from the Device arguments.
+  virtual void copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes) = 0;
+  virtual void memset_zero(void* ptr, size_t nbytes, int device_index) = 0;
+};
+
+void register_device_allocator(DeviceType type, DeviceAllocator* allocator);
+DeviceAllocator* device_allocator(DeviceType type);  // throws DeviceError if absent
+
+class Storage {
+ public:
+  Storage(size_t nbytes, Device device);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const { return data_; }
+  size_t nbytes() const { return nbytes_; }
+  Device device() const { return device_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t nbytes_ = 0;
+  Device device_;
+};
+
+// Copies nbytes between any two devices.
+void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes);
+
+}  // namespace kestrel

@@ -1,0 +1,37 @@
+// Shared test helpers: comparisons that print the worst element, finite
+// difference gradient checks, and the Python interop runner.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/ops/elementwise.h"
+#include "engine/ops/reduce.h"
+#include "engine/random.h"
+#include "engine/tensor.h"
+
+namespace kestrel::testing {
+
+// Fails the test if any |a-b| > atol + rtol*|b|; reports the worst index.
+void expect_close(const Tensor& actual, const Tensor& expected, double atol, double rtol = 0.0,
+                  const std::string& what = "");
+
+// Checks d(sum(f(inputs) * w))/d(inputs[i]) against central differences for
+// every input with requires_grad. Inputs must be f64.
+void expect_gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f, std::vector<Tensor> inputs,
+                      double eps = 1e-6, double atol = 1e-6, double rtol = 1e-5, uint64_t seed = 7);
+
+// Random f64/f32 tensor with values in [-1, 1) (uniform) from a seeded generator.
+Tensor random_tensor(const Shape& shape, uint64_t seed, DType dtype = DType::F64);
+
+// Python with torch for interop tests: empty string when unavailable.
+std::string python_with_torch();
+// Runs `python script args`, returns the exit code; output goes to the test log.
+int run_python(const std::string& python, const std::string& script, const std::string& args);
+std::string temp_path(const std::string& name);
+std::string source_path(const std::string& relative);
+
+}  // namespace kestrel::testing

@@ -1,0 +1,19 @@
+// kestrel: one command, many subcommands.
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "engine/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Kestrel: efficient image classifiers, trained and measured"};
+  app.require_subcommand(1);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const kestrel::Error& e) {
+    std::cerr << "kestrel: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
