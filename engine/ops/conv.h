@@ -1,0 +1,25 @@
+// 2-D convolution on NHWC activations.
+//
+// Weight layout inside Kestrel: OHWI, [C_out, KH, KW, C_in / groups], so that
+// im2col rows [N*OH*OW, KH*KW*C_in/g] times W^T give NHWC output directly and a
+// 1x1 convolution is a plain GEMM. Checkpoints hold PyTorch's OIHW; the
+// conversion happens at the file boundary (engine/nn/module.cpp).
+#pragma once
+#include "engine/tensor.h"
+
+namespace kestrel {
+
+struct Conv2dParams {
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+  int64_t dilation_h = 1, dilation_w = 1;
+  int64_t groups = 1;
+};
+
+// x [N,H,W,C_in], weight [C_out,KH,KW,C_in/groups], bias [C_out] or undefined.
+// Returns [N,OH,OW,C_out]. Depthwise when groups == C_in.
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p);
+
+int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation);
+
+}  // namespace kestrel
