@@ -109,6 +109,50 @@ std::string temp_path(const std::string& name) {
   return (dir / name).string();
 }
 
+void save_npy(const std::string& path, const Tensor& t_in) {
+  Tensor t = t_in.detach().cpu().contiguous();
+  const char* descr = t.dtype() == DType::F64 ? "<f8" : t.dtype() == DType::I64 ? "<i8" : "<f4";
+  if (t.dtype() != DType::F64 && t.dtype() != DType::I64) t = t.to(DType::F32);
+  std::string shape = "(";
+  for (int64_t d : t.shape()) shape += std::to_string(d) + ",";
+  shape += ")";
+  std::string header = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  FILE* f = std::fopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr) << path;
+  const unsigned char magic[8] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0};
+  std::fwrite(magic, 1, 8, f);
+  const uint16_t len = static_cast<uint16_t>(header.size());
+  std::fwrite(&len, 2, 1, f);
+  std::fwrite(header.data(), 1, header.size(), f);
+  std::fwrite(t.data_ptr(), 1, t.nbytes(), f);
+  std::fclose(f);
+}
+
+Tensor load_npy(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) throw IOError("load_npy: cannot open " + path);
+  char magic[8];
+  uint16_t len = 0;
+  if (std::fread(magic, 1, 8, f) != 8 || std::fread(&len, 2, 1, f) != 1) throw IOError("load_npy: bad file " + path);
+  std::string header(len, ' ');
+  if (std::fread(header.data(), 1, len, f) != len) throw IOError("load_npy: bad header " + path);
+  DType dt = header.find("<f8") != std::string::npos   ? DType::F64
+             : header.find("<i8") != std::string::npos ? DType::I64
+                                                       : DType::F32;
+  Shape shape;
+  const size_t a = header.find("'shape': (") + 10, b = header.find(')', a);
+  std::stringstream ss(header.substr(a, b - a));
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (item.find_first_not_of(' ') != std::string::npos) shape.push_back(std::stoll(item));
+  Tensor t = Tensor::empty(shape, dt);
+  if (std::fread(t.data_ptr(), 1, t.nbytes(), f) != t.nbytes()) throw IOError("load_npy: truncated " + path);
+  std::fclose(f);
+  return t;
+}
+
 std::string source_path(const std::string& relative) { return std::string(KESTREL_SOURCE_DIR) + "/" + relative; }
 
 }  // namespace kestrel::testing
