@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Builds Kestrel and runs the whole test suite (GPU tests skip without a GPU).
+# Under CI (or KESTREL_SANITIZE_TESTS=1) the CPU unit tests then run again in an
+# AddressSanitizer + UndefinedBehaviorSanitizer build; KESTREL_SANITIZE_TESTS=0 skips that.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+jobs=$(nproc)
+build=${KESTREL_BUILD_DIR:-build}
+
+build_tree() {  # dir, cmake args...
+  local dir=$1; shift
+  cmake -S . -B "$dir" "$@" >"$dir.configure.log" 2>&1 || { cat "$dir.configure.log"; exit 1; }
+  if ! cmake --build "$dir" -j "$jobs" >"$dir.build.log" 2>&1; then
+    grep -E "error|Error" "$dir.build.log" | head -50
+    echo "build of $dir failed (full log: $dir.build.log)"
+    exit 1
+  fi
+}
+
+echo "== building ($build)"
+build_tree "$build" -DCMAKE_BUILD_TYPE=Release -DKESTREL_WERROR=ON
+
+sanitize=${KESTREL_SANITIZE_TESTS:-${CI:-0}}
+[ "$sanitize" = "true" ] && sanitize=1
+status=0
+if [ "$sanitize" != "0" ]; then
+  echo "== building build-asan (ASan + UBSan, CPU only)"
+  build_tree build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKESTREL_SANITIZE=ON -DKESTREL_CUDA=OFF \
+    -DKESTREL_BENCH=OFF -DKESTREL_WERROR=ON
+  echo "== CPU unit tests under ASan + UBSan"
+  (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest -j "$jobs" --output-on-failure -E "${KESTREL_SANITIZE_EXCLUDE:-Interop|Models|EndToEnd|Train}") || status=1
+fi
+
+echo "== test suite"
+(cd "$build" && ctest -j "$jobs" --output-on-failure) || status=1
+exit $status
