@@ -1,0 +1,94 @@
+#include "tools/lib/metrics.h"
+
+#include <algorithm>
+#include <numeric>
+
+namespace kestrel::tools {
+
+ClassificationMetrics::ClassificationMetrics(int64_t num_classes)
+    : num_classes_(num_classes), confusion_(num_classes, std::vector<int64_t>(num_classes, 0)) {
+  KCHECK(num_classes > 0, ValueError, "metrics: num_classes must be positive, got ", num_classes);
+}
+
+void ClassificationMetrics::update(const Tensor& logits, const Tensor& labels) {
+  KCHECK(logits.dim() == 2 && logits.size(1) == num_classes_, ShapeError, "metrics: logits ",
+         shape_str(logits.shape()), " do not have ", num_classes_, " classes");
+  KCHECK(labels.numel() == logits.size(0), ShapeError, "metrics: ", labels.numel(), " labels for ", logits.size(0),
+         " rows of logits");
+  const std::vector<float> v = logits.to_vector();
+  const std::vector<int64_t> y = labels.to_vector_i64();
+  const int64_t c = num_classes_, k = std::min<int64_t>(5, c);
+  std::vector<int64_t> order(c);
+  for (int64_t i = 0; i < logits.size(0); ++i) {
+    const float* row = v.data() + i * c;
+    const int64_t label = y[i];
+    KCHECK(label >= 0 && label < c, ValueError, "metrics: label ", label, " out of range [0, ", c, ")");
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                      [row](int64_t a, int64_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+    const int64_t pred = order[0];
+    top1_hits_ += pred == label;
+    top5_hits_ += std::find(order.begin(), order.begin() + k, label) != order.begin() + k;
+    ++confusion_[label][pred];
+    ++count_;
+  }
+}
+
+void ClassificationMetrics::add_loss(double loss_sum, int64_t count) {
+  loss_sum_ += loss_sum;
+  loss_count_ += count;
+}
+
+double ClassificationMetrics::top1() const { return count_ ? static_cast<double>(top1_hits_) / count_ : 0.0; }
+double ClassificationMetrics::top5() const { return count_ ? static_cast<double>(top5_hits_) / count_ : 0.0; }
+
+std::vector<double> ClassificationMetrics::per_class_accuracy() const { return recall(); }
+
+std::vector<double> ClassificationMetrics::precision() const {
+  std::vector<double> out(num_classes_, 0.0);
+  for (int64_t p = 0; p < num_classes_; ++p) {
+    int64_t predicted = 0;
+    for (int64_t t = 0; t < num_classes_; ++t) predicted += confusion_[t][p];
+    out[p] = predicted ? static_cast<double>(confusion_[p][p]) / predicted : 0.0;
+  }
+  return out;
+}
+
+std::vector<double> ClassificationMetrics::recall() const {
+  std::vector<double> out(num_classes_, 0.0);
+  for (int64_t t = 0; t < num_classes_; ++t) {
+    const int64_t actual = std::accumulate(confusion_[t].begin(), confusion_[t].end(), int64_t{0});
+    out[t] = actual ? static_cast<double>(confusion_[t][t]) / actual : 0.0;
+  }
+  return out;
+}
+
+std::vector<double> ClassificationMetrics::f1() const {
+  const std::vector<double> p = precision(), r = recall();
+  std::vector<double> out(num_classes_, 0.0);
+  for (int64_t i = 0; i < num_classes_; ++i) out[i] = p[i] + r[i] > 0 ? 2 * p[i] * r[i] / (p[i] + r[i]) : 0.0;
+  return out;
+}
+
+namespace {
+double average(const std::vector<double>& v) {
+  return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+}
+}  // namespace
+
+double ClassificationMetrics::macro_precision() const { return average(precision()); }
+double ClassificationMetrics::macro_recall() const { return average(recall()); }
+double ClassificationMetrics::macro_f1() const { return average(f1()); }
+
+LatencyStats latency_stats(std::vector<double> samples) {
+  LatencyStats s;
+  if (samples.empty()) return s;
+  std::sort(samples.begin(), samples.end());
+  const size_t n = samples.size();
+  s.median = n % 2 ? samples[n / 2] : 0.5 * (samples[n / 2 - 1] + samples[n / 2]);
+  s.p95 = samples[std::min(n - 1, static_cast<size_t>(0.95 * static_cast<double>(n - 1) + 0.5))];
+  s.mean = std::accumulate(samples.begin(), samples.end(), 0.0) / static_cast<double>(n);
+  return s;
+}
+
+}  // namespace kestrel::tools
