@@ -1,0 +1,81 @@
+// Scalar activation values and derivatives for fused CPU kernels (batch norm +
+// activation today). The activation is a template parameter so the switch folds
+// away and the channel loop vectorizes; act_dispatch() picks the instance.
+// Derivatives at kinks follow PyTorch: relu'(0) = 0, relu6' is 1 on (0, 6) only,
+// hardswish' is x/3 + 1/2 on [-3, 3], hardsigmoid' is 1/6 on (-3, 3).
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
+#include "engine/ops/elementwise.h"
+
+namespace kestrel::cpu {
+
+template <Activation A>
+using ActTag = std::integral_constant<Activation, A>;
+
+template <typename F>
+decltype(auto) act_dispatch(Activation a, F&& f) {
+  switch (a) {
+    case Activation::None: return f(ActTag<Activation::None>{});
+    case Activation::ReLU: return f(ActTag<Activation::ReLU>{});
+    case Activation::ReLU6: return f(ActTag<Activation::ReLU6>{});
+    case Activation::Sigmoid: return f(ActTag<Activation::Sigmoid>{});
+    case Activation::Tanh: return f(ActTag<Activation::Tanh>{});
+    case Activation::SiLU: return f(ActTag<Activation::SiLU>{});
+    case Activation::HardSwish: return f(ActTag<Activation::HardSwish>{});
+    case Activation::HardSigmoid: return f(ActTag<Activation::HardSigmoid>{});
+    case Activation::GELU: return f(ActTag<Activation::GELU>{});
+  }
+  return f(ActTag<Activation::None>{});
+}
+
+template <typename T>
+inline T act_sigmoid(T z) {
+  return T(1) / (T(1) + std::exp(-z));
+}
+
+template <Activation A, typename T>
+inline T act_value(T z) {
+  if constexpr (A == Activation::None) return z;
+  if constexpr (A == Activation::ReLU) return z > T(0) ? z : T(0);
+  if constexpr (A == Activation::ReLU6) return std::min(std::max(z, T(0)), T(6));
+  if constexpr (A == Activation::Sigmoid) return act_sigmoid(z);
+  if constexpr (A == Activation::Tanh) return std::tanh(z);
+  if constexpr (A == Activation::SiLU) return z * act_sigmoid(z);
+  if constexpr (A == Activation::HardSwish) return z * std::min(std::max(z + T(3), T(0)), T(6)) / T(6);
+  if constexpr (A == Activation::HardSigmoid) return std::min(std::max(z + T(3), T(0)), T(6)) / T(6);
+  if constexpr (A == Activation::GELU) return T(0.5) * z * (T(1) + std::erf(z * static_cast<T>(M_SQRT1_2)));
+  return z;
+}
+
+// d act(z) / dz
+template <Activation A, typename T>
+inline T act_derivative(T z) {
+  if constexpr (A == Activation::None) return T(1);
+  if constexpr (A == Activation::ReLU) return z > T(0) ? T(1) : T(0);
+  if constexpr (A == Activation::ReLU6) return (z > T(0) && z < T(6)) ? T(1) : T(0);
+  if constexpr (A == Activation::Sigmoid) {
+    const T s = act_sigmoid(z);
+    return s * (T(1) - s);
+  }
+  if constexpr (A == Activation::Tanh) {
+    const T t = std::tanh(z);
+    return T(1) - t * t;
+  }
+  if constexpr (A == Activation::SiLU) {
+    const T s = act_sigmoid(z);
+    return s * (T(1) + z * (T(1) - s));
+  }
+  if constexpr (A == Activation::HardSwish) return z < T(-3) ? T(0) : (z <= T(3) ? z / T(3) + T(0.5) : T(1));
+  if constexpr (A == Activation::HardSigmoid) return (z > T(-3) && z < T(3)) ? T(1) / T(6) : T(0);
+  if constexpr (A == Activation::GELU) {
+    const T cdf = T(0.5) * (T(1) + std::erf(z * static_cast<T>(M_SQRT1_2)));
+    const T pdf = std::exp(T(-0.5) * z * z) * static_cast<T>(0.3989422804014327);
+    return cdf + z * pdf;
+  }
+  return T(1);
+}
+
+}  // namespace kestrel::cpu

@@ -1,0 +1,137 @@
+#include "engine/ops/norm.h"
+
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/cpu/norm.h"
+#include "engine/ops/check.h"
+#include "engine/trace.h"
+
+namespace kestrel {
+
+namespace {
+
+using DoubleVec = std::shared_ptr<const std::vector<double>>;
+
+// A per-channel tensor (weight, bias, running stat) must be [C] and match x's dtype.
+void check_channel_tensor(const Tensor& t, const Tensor& x, int64_t channels, const char* op, const char* what) {
+  if (!t.defined()) return;
+  KCHECK(t.dim() == 1 && t.size(0) == channels, ShapeError, op, ": ", what, " must be [", channels,
+         "] for input ", shape_str(x.shape()), " (NHWC, channels last), got ", shape_str(t.shape()));
+  KCHECK(t.dtype() == x.dtype(), DTypeError, op, ": ", what, " is ", dtype_name(t.dtype()), " but input is ",
+         dtype_name(x.dtype()));
+  check_same_device(t, x, op);
+}
+
+DoubleVec values_or_null(const Tensor& t) {
+  if (!t.defined()) return nullptr;
+  return std::make_shared<const std::vector<double>>(t.to_vector_f64());
+}
+
+Tensor batch_norm_impl(const char* op, const Tensor& x, const Tensor& weight, const Tensor& bias,
+                       Tensor& running_mean, Tensor& running_var, const BatchNormParams& p, Activation act,
+                       const Tensor& residual) {
+  check_defined(x, op, "input");
+  check_cpu(x, op);
+  KCHECK(x.dim() >= 2, ShapeError, op, ": input must be [N, ..., C] (channels last) with at least 2 dims, got ",
+         shape_str(x.shape()));
+  const int64_t C = x.size(x.dim() - 1);
+  KCHECK(C > 0 && x.numel() > 0, ShapeError, op, ": input ", shape_str(x.shape()), " is empty");
+  const int64_t rows = x.numel() / C;
+  check_channel_tensor(weight, x, C, op, "weight");
+  check_channel_tensor(bias, x, C, op, "bias");
+  check_channel_tensor(running_mean, x, C, op, "running_mean");
+  check_channel_tensor(running_var, x, C, op, "running_var");
+  KCHECK(running_mean.defined() == running_var.defined(), ValueError, op,
+         ": running_mean and running_var must both be given or both be undefined");
+  if (residual.defined()) {
+    KCHECK(residual.shape() == x.shape(), ShapeError, op, ": residual ", shape_str(residual.shape()),
+           " must have the input's shape ", shape_str(x.shape()));
+    check_same_dtype(residual, x, op);
+    check_same_device(residual, x, op);
+  }
+  KCHECK(p.eps >= 0.0, ValueError, op, ": eps must be non-negative, got ", p.eps);
+  KCHECK(p.momentum >= 0.0 && p.momentum <= 1.0, ValueError, op, ": momentum must be in [0, 1], got ", p.momentum);
+  if (p.training) {
+    KCHECK(rows > 1, ShapeError, op, ": expected more than 1 value per channel when training, got input ",
+           shape_str(x.shape()));
+  } else {
+    KCHECK(running_mean.defined(), ValueError, op, ": eval mode needs running_mean and running_var");
+  }
+
+  const Tensor xc = x.detach().contiguous();
+  const Tensor rc = residual.defined() ? residual.detach().contiguous() : Tensor();
+  auto mean = std::make_shared<std::vector<double>>(C);
+  auto var = std::make_shared<std::vector<double>>(C);
+  if (p.training) {
+    cpu::batch_norm_stats(xc, rows, C, mean->data(), var->data());
+    if (running_mean.defined()) {
+      // PyTorch's rule: the running variance tracks the unbiased batch variance.
+      const double m = p.momentum;
+      const double unbias = static_cast<double>(rows) / static_cast<double>(rows - 1);
+      std::vector<double> rm = running_mean.to_vector_f64(), rv = running_var.to_vector_f64();
+      for (int64_t c = 0; c < C; ++c) {
+        rm[c] = (1.0 - m) * rm[c] + m * (*mean)[c];
+        rv[c] = (1.0 - m) * rv[c] + m * (*var)[c] * unbias;
+      }
+      running_mean.copy_(Tensor::from_vector_f64(rm, {C}));
+      running_var.copy_(Tensor::from_vector_f64(rv, {C}));
+    }
+  } else {
+    *mean = running_mean.to_vector_f64();
+    *var = running_var.to_vector_f64();
+  }
+  auto invstd = std::make_shared<std::vector<double>>(C);
+  for (int64_t c = 0; c < C; ++c) {
+    KCHECK((*var)[c] + p.eps > 0.0, ValueError, op, ": variance plus eps is ", (*var)[c] + p.eps, " for channel ",
+           c, " (eps = 0 with a constant channel?)");
+    (*invstd)[c] = 1.0 / std::sqrt((*var)[c] + p.eps);
+  }
+  const DoubleVec w = values_or_null(weight);
+  const DoubleVec b = values_or_null(bias);
+  std::vector<double> scale(C);
+  for (int64_t c = 0; c < C; ++c) scale[c] = (w ? (*w)[c] : 1.0) * (*invstd)[c];
+
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  cpu::batch_norm_act_forward(xc, mean->data(), scale.data(), b ? b->data() : nullptr, rc, act, y);
+  trace_op(op, {x, weight, bias, residual}, y, x.numel(),
+           {{"act", activation_name(act)}, {"training", p.training ? "1" : "0"}});
+  if (!needs_grad({x, weight, bias, residual})) return y;
+
+  const bool training = p.training;
+  const DoubleVec mean_c = mean, invstd_c = invstd;
+  const DType wdt = weight.defined() ? weight.dtype() : x.dtype();
+  return record(y, op, {x, weight, bias, residual},
+                [xc, rc, w, b, mean_c, invstd_c, training, act, C, wdt](const Tensor& g, const std::vector<bool>& needs) {
+                  cpu::BatchNormBackward a;
+                  a.mean = mean_c->data();
+                  a.invstd = invstd_c->data();
+                  a.weight = w ? w->data() : nullptr;
+                  a.bias = b ? b->data() : nullptr;
+                  a.training = training;
+                  a.act = act;
+                  Tensor gx = needs[0] ? Tensor::empty(xc.shape(), xc.dtype(), xc.device()) : Tensor();
+                  Tensor gr = needs[3] ? Tensor::empty(xc.shape(), xc.dtype(), xc.device()) : Tensor();
+                  std::vector<double> gw(C), gb(C);
+                  cpu::batch_norm_act_backward(xc, rc, g.contiguous(), a, gx, gr, gw.data(), gb.data());
+                  Tensor gwt = needs[1] ? Tensor::from_vector_f64(gw, {C}).to(wdt) : Tensor();
+                  Tensor gbt = needs[2] ? Tensor::from_vector_f64(gb, {C}).to(wdt) : Tensor();
+                  return std::vector<Tensor>{gx, gwt, gbt, gr};
+                });
+}
+
+}  // namespace
+
+Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
+                  Tensor& running_var, const BatchNormParams& p) {
+  return batch_norm_impl("batch_norm", x, weight, bias, running_mean, running_var, p, Activation::None, Tensor());
+}
+
+Tensor batch_norm_act(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
+                      Tensor& running_var, const BatchNormParams& p, Activation act, const Tensor& residual) {
+  return batch_norm_impl("batch_norm_act", x, weight, bias, running_mean, running_var, p, act, residual);
+}
+
+}  // namespace kestrel
