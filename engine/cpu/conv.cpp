@@ -1,0 +1,302 @@
+#include "engine/cpu/conv.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "engine/cpu/gemm.h"
+#include "engine/cpu/taps.h"
+
+namespace kestrel::cpu {
+
+namespace {
+
+// Largest im2col buffer (elements) we allocate at once; chunks hold whole images.
+constexpr int64_t kColBudget = int64_t(1) << 22;
+
+int64_t images_per_chunk(const ConvGeom& g) {
+  const int64_t per_image = std::max<int64_t>(1, g.oh * g.ow * g.k());
+  return std::max<int64_t>(1, std::min<int64_t>(g.n, kColBudget / per_image));
+}
+
+// col[m, (kh, kw, c)] for images [n0, n0 + nb), channels of group `grp`.
+template <typename T>
+void im2col(const ConvGeom& g, const T* x, int64_t n0, int64_t nb, int64_t grp, T* col) {
+  const int64_t cg = g.cin_g(), K = g.k();
+  const int64_t rows = nb * g.oh;
+#pragma omp parallel for schedule(static) if (rows * g.ow * K > 32768)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = n0 + r / g.oh, oh = r % g.oh;
+    T* dst_row = col + r * g.ow * K;
+    for (int64_t ow = 0; ow < g.ow; ++ow) {
+      T* dst = dst_row + ow * K;
+      for (int64_t kh = 0; kh < g.kh; ++kh) {
+        const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+        if (ih < 0 || ih >= g.h) {
+          std::memset(dst + kh * g.kw * cg, 0, sizeof(T) * g.kw * cg);
+          continue;
+        }
+        const T* src_row = x + ((n * g.h + ih) * g.w) * g.c_in + grp * cg;
+        for (int64_t kw = 0; kw < g.kw; ++kw) {
+          const int64_t iw = ow * g.sw - g.pw + kw * g.dw;
+          T* d = dst + (kh * g.kw + kw) * cg;
+          if (iw < 0 || iw >= g.w)
+            std::memset(d, 0, sizeof(T) * cg);
+          else
+            std::memcpy(d, src_row + iw * g.c_in, sizeof(T) * cg);
+        }
+      }
+    }
+  }
+}
+
+// gx[n, ih, iw, group channels] = sum of the gcol entries that read it (overwrites).
+template <typename T>
+void col2im_gather(const ConvGeom& g, const T* gcol, int64_t n0, int64_t nb, int64_t grp, const Taps& th,
+                   const Taps& tw, T* gx) {
+  const int64_t cg = g.cin_g(), K = g.k();
+  const int64_t rows = nb * g.h;
+#pragma omp parallel for schedule(static) if (rows * g.w * cg * g.kh * g.kw > 32768)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t nl = r / g.h, ih = r % g.h;
+    const int64_t n = n0 + nl;
+    for (int64_t iw = 0; iw < g.w; ++iw) {
+      T* dst = gx + ((n * g.h + ih) * g.w + iw) * g.c_in + grp * cg;
+      for (int64_t c = 0; c < cg; ++c) dst[c] = T(0);
+      for (int64_t a = th.start[ih]; a < th.start[ih + 1]; ++a) {
+        const int64_t kh = th.k[a], oh = th.o[a];
+        const T* src_row = gcol + ((nl * g.oh + oh) * g.ow) * K + kh * g.kw * cg;
+        for (int64_t b = tw.start[iw]; b < tw.start[iw + 1]; ++b) {
+          const T* src = src_row + tw.o[b] * K + tw.k[b] * cg;
+#pragma omp simd
+          for (int64_t c = 0; c < cg; ++c) dst[c] += src[c];
+        }
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ depthwise
+
+template <typename T>
+std::vector<T> depthwise_weight_khkwc(const ConvGeom& g, const T* w) {
+  const int64_t C = g.c_in, taps = g.kh * g.kw;
+  std::vector<T> wt(taps * C);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t t = 0; t < taps; ++t) wt[t * C + c] = w[c * taps + t];
+  return wt;
+}
+
+template <typename T>
+void depthwise_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y) {
+  const int64_t C = g.c_in;
+  const std::vector<T> wt_v = depthwise_weight_khkwc(g, w);
+  const T* wt = wt_v.data();
+  const int64_t rows = g.n * g.oh;
+#pragma omp parallel for schedule(static) if (rows * g.ow * C * g.kh * g.kw > 32768)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = r / g.oh, oh = r % g.oh;
+    T* yrow = y + r * g.ow * C;
+    for (int64_t ow = 0; ow < g.ow; ++ow) {
+      T* out = yrow + ow * C;
+      if (bias != nullptr)
+        std::memcpy(out, bias, sizeof(T) * C);
+      else
+        std::memset(out, 0, sizeof(T) * C);
+      for (int64_t kh = 0; kh < g.kh; ++kh) {
+        const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+        if (ih < 0 || ih >= g.h) continue;
+        const T* xrow = x + (n * g.h + ih) * g.w * C;
+        for (int64_t kw = 0; kw < g.kw; ++kw) {
+          const int64_t iw = ow * g.sw - g.pw + kw * g.dw;
+          if (iw < 0 || iw >= g.w) continue;
+          const T* xp = xrow + iw * C;
+          const T* wp = wt + (kh * g.kw + kw) * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) out[c] += xp[c] * wp[c];
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void depthwise_backward_input(const ConvGeom& g, const T* gy, const T* w, T* gx) {
+  const int64_t C = g.c_in;
+  const std::vector<T> wt_v = depthwise_weight_khkwc(g, w);
+  const T* wt = wt_v.data();
+  const Taps th = kernel_taps(g.h, g.oh, g.kh, g.sh, g.ph, g.dh);
+  const Taps tw = kernel_taps(g.w, g.ow, g.kw, g.sw, g.pw, g.dw);
+  const int64_t rows = g.n * g.h;
+#pragma omp parallel for schedule(static) if (rows * g.w * C * g.kh * g.kw > 32768)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = r / g.h, ih = r % g.h;
+    T* gxrow = gx + r * g.w * C;
+    for (int64_t iw = 0; iw < g.w; ++iw) {
+      T* dst = gxrow + iw * C;
+      std::memset(dst, 0, sizeof(T) * C);
+      for (int64_t a = th.start[ih]; a < th.start[ih + 1]; ++a) {
+        const int64_t kh = th.k[a], oh = th.o[a];
+        const T* gyrow = gy + (n * g.oh + oh) * g.ow * C;
+        for (int64_t b = tw.start[iw]; b < tw.start[iw + 1]; ++b) {
+          const T* gp = gyrow + tw.o[b] * C;
+          const T* wp = wt + (kh * g.kw + tw.k[b]) * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) dst[c] += gp[c] * wp[c];
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void depthwise_backward_weight(const ConvGeom& g, const T* x, const T* gy, T* gw) {
+  const int64_t C = g.c_in, taps = g.kh * g.kw;
+  const int64_t rows = g.n * g.oh;
+  const bool parallel = rows * g.ow * C * taps > 32768;
+  const int nthreads = parallel ? omp_get_max_threads() : 1;
+  std::vector<T> partial(static_cast<size_t>(nthreads) * taps * C, T(0));
+#pragma omp parallel num_threads(nthreads) if (parallel)
+  {
+    T* acc = partial.data() + static_cast<int64_t>(omp_get_thread_num()) * taps * C;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t n = r / g.oh, oh = r % g.oh;
+      const T* gyrow = gy + r * g.ow * C;
+      for (int64_t kh = 0; kh < g.kh; ++kh) {
+        const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+        if (ih < 0 || ih >= g.h) continue;
+        const T* xrow = x + (n * g.h + ih) * g.w * C;
+        for (int64_t kw = 0; kw < g.kw; ++kw) {
+          T* a = acc + (kh * g.kw + kw) * C;
+          for (int64_t ow = 0; ow < g.ow; ++ow) {
+            const int64_t iw = ow * g.sw - g.pw + kw * g.dw;
+            if (iw < 0 || iw >= g.w) continue;
+            const T* xp = xrow + iw * C;
+            const T* gp = gyrow + ow * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) a[c] += gp[c] * xp[c];
+          }
+        }
+      }
+    }
+  }
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t t = 0; t < taps; ++t) {
+      T s = T(0);
+      for (int th = 0; th < nthreads; ++th) s += partial[(static_cast<int64_t>(th) * taps + t) * C + c];
+      gw[c * taps + t] = s;
+    }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ entry points
+
+template <typename T>
+void conv2d_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y) {
+  if (g.n == 0 || g.oh == 0 || g.ow == 0 || g.c_out == 0) return;
+  if (g.depthwise()) return depthwise_forward(g, x, w, bias, y);
+  const int64_t M = g.n * g.oh * g.ow, cg = g.cin_g(), og = g.cout_g(), K = g.k();
+  if (bias != nullptr) {
+#pragma omp parallel for schedule(static) if (M * g.c_out > 65536)
+    for (int64_t m = 0; m < M; ++m) std::memcpy(y + m * g.c_out, bias, sizeof(T) * g.c_out);
+  }
+  const T beta = bias != nullptr ? T(1) : T(0);
+  if (g.pointwise()) {
+    for (int64_t grp = 0; grp < g.groups; ++grp)
+      gemm<T>(false, true, M, og, cg, T(1), x + grp * cg, g.c_in, w + grp * og * cg, cg, beta, y + grp * og,
+              g.c_out);
+    return;
+  }
+  const int64_t chunk = images_per_chunk(g);
+  const int64_t rows_per_image = g.oh * g.ow;
+  std::vector<T> col(static_cast<size_t>(chunk * rows_per_image * K));
+  for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
+    const int64_t nb = std::min(chunk, g.n - n0);
+    const int64_t m0 = n0 * rows_per_image, mc = nb * rows_per_image;
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      im2col(g, x, n0, nb, grp, col.data());
+      gemm<T>(false, true, mc, og, K, T(1), col.data(), K, w + grp * og * K, K, beta, y + m0 * g.c_out + grp * og,
+              g.c_out);
+    }
+  }
+}
+
+template <typename T>
+void conv2d_backward_input(const ConvGeom& g, const T* gy, const T* w, T* gx) {
+  if (g.n == 0 || g.h == 0 || g.w == 0 || g.c_in == 0) return;
+  if (g.oh == 0 || g.ow == 0 || g.c_out == 0) {
+    std::memset(gx, 0, sizeof(T) * g.n * g.h * g.w * g.c_in);
+    return;
+  }
+  if (g.depthwise()) return depthwise_backward_input(g, gy, w, gx);
+  const int64_t M = g.n * g.oh * g.ow, cg = g.cin_g(), og = g.cout_g(), K = g.k();
+  if (g.pointwise()) {
+    for (int64_t grp = 0; grp < g.groups; ++grp)
+      gemm<T>(false, false, M, cg, og, T(1), gy + grp * og, g.c_out, w + grp * og * cg, cg, T(0), gx + grp * cg,
+              g.c_in);
+    return;
+  }
+  const Taps th = kernel_taps(g.h, g.oh, g.kh, g.sh, g.ph, g.dh);
+  const Taps tw = kernel_taps(g.w, g.ow, g.kw, g.sw, g.pw, g.dw);
+  const int64_t chunk = images_per_chunk(g);
+  const int64_t rows_per_image = g.oh * g.ow;
+  std::vector<T> gcol(static_cast<size_t>(chunk * rows_per_image * K));
+  for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
+    const int64_t nb = std::min(chunk, g.n - n0);
+    const int64_t m0 = n0 * rows_per_image, mc = nb * rows_per_image;
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      gemm<T>(false, false, mc, K, og, T(1), gy + m0 * g.c_out + grp * og, g.c_out, w + grp * og * K, K, T(0),
+              gcol.data(), K);
+      col2im_gather(g, gcol.data(), n0, nb, grp, th, tw, gx);
+    }
+  }
+}
+
+template <typename T>
+void conv2d_backward_weight(const ConvGeom& g, const T* x, const T* gy, T* gw) {
+  const int64_t M = g.n * g.oh * g.ow, cg = g.cin_g(), og = g.cout_g(), K = g.k();
+  if (M == 0 || g.c_out == 0 || K == 0) {
+    std::memset(gw, 0, sizeof(T) * g.c_out * K);
+    return;
+  }
+  if (g.depthwise()) return depthwise_backward_weight(g, x, gy, gw);
+  if (g.pointwise()) {
+    for (int64_t grp = 0; grp < g.groups; ++grp)
+      gemm<T>(true, false, og, cg, M, T(1), gy + grp * og, g.c_out, x + grp * cg, g.c_in, T(0), gw + grp * og * cg,
+              cg);
+    return;
+  }
+  const int64_t chunk = images_per_chunk(g);
+  const int64_t rows_per_image = g.oh * g.ow;
+  std::vector<T> col(static_cast<size_t>(chunk * rows_per_image * K));
+  for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
+    const int64_t nb = std::min(chunk, g.n - n0);
+    const int64_t m0 = n0 * rows_per_image, mc = nb * rows_per_image;
+    const T beta = n0 == 0 ? T(0) : T(1);
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      im2col(g, x, n0, nb, grp, col.data());
+      gemm<T>(true, false, og, K, mc, T(1), gy + m0 * g.c_out + grp * og, g.c_out, col.data(), K, beta,
+              gw + grp * og * K, K);
+    }
+  }
+}
+
+template <typename T>
+void conv2d_backward_bias(const ConvGeom& g, const T* gy, T* gb) {
+  column_sums<T>(g.n * g.oh * g.ow, g.c_out, gy, gb);
+}
+
+#define KESTREL_INSTANTIATE_CONV(T)                                                              \
+  template void conv2d_forward<T>(const ConvGeom&, const T*, const T*, const T*, T*);            \
+  template void conv2d_backward_input<T>(const ConvGeom&, const T*, const T*, T*);               \
+  template void conv2d_backward_weight<T>(const ConvGeom&, const T*, const T*, T*);              \
+  template void conv2d_backward_bias<T>(const ConvGeom&, const T*, T*);
+KESTREL_INSTANTIATE_CONV(float)
+KESTREL_INSTANTIATE_CONV(double)
+#undef KESTREL_INSTANTIATE_CONV
+
+}  // namespace kestrel::cpu

@@ -1,0 +1,40 @@
+// CPU convolution kernels on NHWC activations and OHWI weights, raw pointers.
+//
+//   1x1, stride 1, no padding   -> one GEMM per group over [N*H*W, C_in/g]
+//   depthwise (groups==C_in==C_out) -> direct loops, channels innermost
+//   anything else               -> im2col per group (chunks of whole images) + GEMM
+//
+// Backward input uses a gather (col2im by input pixel) so every output element
+// is written by one thread and the result does not depend on the thread count.
+#pragma once
+#include <cstdint>
+
+namespace kestrel::cpu {
+
+struct ConvGeom {
+  int64_t n = 0, h = 0, w = 0, c_in = 0;  // input [n, h, w, c_in]
+  int64_t oh = 0, ow = 0, c_out = 0;      // output [n, oh, ow, c_out]
+  int64_t kh = 1, kw = 1;                 // weight [c_out, kh, kw, c_in / groups]
+  int64_t sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, groups = 1;
+
+  int64_t cin_g() const { return c_in / groups; }
+  int64_t cout_g() const { return c_out / groups; }
+  int64_t k() const { return kh * kw * cin_g(); }  // im2col row length per group
+  bool pointwise() const { return kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
+  bool depthwise() const { return groups == c_in && c_out == c_in && groups > 1; }
+};
+
+// y = conv(x, w) + bias; bias may be null.
+template <typename T>
+void conv2d_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y);
+// gx = d(loss)/dx given gy (overwrites gx).
+template <typename T>
+void conv2d_backward_input(const ConvGeom& g, const T* gy, const T* w, T* gx);
+// gw = d(loss)/dw (overwrites gw).
+template <typename T>
+void conv2d_backward_weight(const ConvGeom& g, const T* x, const T* gy, T* gw);
+// gb[c] = sum of gy over all positions (overwrites gb).
+template <typename T>
+void conv2d_backward_bias(const ConvGeom& g, const T* gy, T* gb);
+
+}  // namespace kestrel::cpu

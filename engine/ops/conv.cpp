@@ -1,0 +1,126 @@
+#include "engine/ops/conv.h"
+
+#include <string>
+
+#include "engine/autograd.h"
+#include "engine/cpu/conv.h"
+#include "engine/ops/check.h"
+#include "engine/trace.h"
+
+namespace kestrel {
+
+int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  KCHECK(stride >= 1 && dilation >= 1 && kernel >= 1 && pad >= 0, ValueError, "conv_output_size: invalid kernel ",
+         kernel, ", stride ", stride, ", padding ", pad, " or dilation ", dilation);
+  const int64_t span = dilation * (kernel - 1) + 1;
+  const int64_t room = in + 2 * pad - span;
+  if (room < 0) return 0;
+  return room / stride + 1;
+}
+
+namespace {
+
+std::string pair_str(int64_t a, int64_t b) { return std::to_string(a) + "x" + std::to_string(b); }
+
+cpu::ConvGeom conv_geometry(const Tensor& x, const Tensor& w, const Conv2dParams& p) {
+  const char* op = "conv2d";
+  check_dim(x, 4, op, "input (NHWC)");
+  check_dim(w, 4, op, "weight (OHWI)");
+  KCHECK(p.stride_h >= 1 && p.stride_w >= 1, ValueError, op, ": stride must be >= 1, got ",
+         pair_str(p.stride_h, p.stride_w));
+  KCHECK(p.dilation_h >= 1 && p.dilation_w >= 1, ValueError, op, ": dilation must be >= 1, got ",
+         pair_str(p.dilation_h, p.dilation_w));
+  KCHECK(p.pad_h >= 0 && p.pad_w >= 0, ValueError, op, ": padding must be >= 0, got ", pair_str(p.pad_h, p.pad_w));
+  KCHECK(p.groups >= 1, ValueError, op, ": groups must be >= 1, got ", p.groups);
+  cpu::ConvGeom g;
+  g.n = x.size(0);
+  g.h = x.size(1);
+  g.w = x.size(2);
+  g.c_in = x.size(3);
+  g.c_out = w.size(0);
+  g.kh = w.size(1);
+  g.kw = w.size(2);
+  g.sh = p.stride_h;
+  g.sw = p.stride_w;
+  g.ph = p.pad_h;
+  g.pw = p.pad_w;
+  g.dh = p.dilation_h;
+  g.dw = p.dilation_w;
+  g.groups = p.groups;
+  KCHECK(g.c_in % p.groups == 0, ShapeError, op, ": groups=", p.groups, " does not divide the ", g.c_in,
+         " input channels (input ", shape_str(x.shape()), " NHWC, weight ", shape_str(w.shape()), " OHWI)");
+  KCHECK(g.c_out % p.groups == 0, ShapeError, op, ": groups=", p.groups, " does not divide the ", g.c_out,
+         " output channels (weight ", shape_str(w.shape()), " OHWI)");
+  KCHECK(w.size(3) * p.groups == g.c_in, ShapeError, op, ": input has ", g.c_in, " channels but weight expects ",
+         w.size(3) * p.groups, " (", w.size(3), " per group x ", p.groups, " groups; weight ", shape_str(w.shape()),
+         " OHWI, input ", shape_str(x.shape()), " NHWC)");
+  KCHECK(g.kh >= 1 && g.kw >= 1, ShapeError, op, ": empty kernel in weight ", shape_str(w.shape()));
+  g.oh = conv_output_size(g.h, g.kh, g.sh, g.ph, g.dh);
+  g.ow = conv_output_size(g.w, g.kw, g.sw, g.pw, g.dw);
+  KCHECK(g.oh > 0 && g.ow > 0, ShapeError, op, ": kernel ", pair_str(g.kh, g.kw), " with dilation ",
+         pair_str(g.dh, g.dw), " does not fit the padded input (input ", shape_str(x.shape()), " NHWC, padding ",
+         pair_str(g.ph, g.pw), ")");
+  return g;
+}
+
+}  // namespace
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p) {
+  const char* op = "conv2d";
+  check_defined(x, op, "input");
+  check_defined(weight, op, "weight");
+  check_cpu(x, op);
+  check_same_device(x, weight, op);
+  check_same_dtype(x, weight, op);
+  const cpu::ConvGeom g = conv_geometry(x, weight, p);
+  if (bias.defined()) {
+    check_same_device(x, bias, op);
+    check_same_dtype(x, bias, op);
+    KCHECK(bias.dim() == 1 && bias.size(0) == g.c_out, ShapeError, op, ": bias has shape ", shape_str(bias.shape()),
+           " but the weight ", shape_str(weight.shape()), " has ", g.c_out, " output channels");
+  }
+  const Tensor xc = x.detach().contiguous();
+  const Tensor wc = weight.detach().contiguous();
+  const Tensor bc = bias.defined() ? bias.detach().contiguous() : Tensor();
+  Tensor out = Tensor::empty({g.n, g.oh, g.ow, g.c_out}, x.dtype(), x.device());
+  dispatch_float(x.dtype(), op, [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    cpu::conv2d_forward<scalar_t>(g, xc.data<scalar_t>(), wc.data<scalar_t>(),
+                                  bc.defined() ? bc.data<scalar_t>() : nullptr, out.data<scalar_t>());
+  });
+  const int64_t macs = g.n * g.oh * g.ow * g.c_out * g.kh * g.kw * g.cin_g();
+  trace_op(op, {x, weight, bias}, out, macs,
+           {{"kernel", pair_str(g.kh, g.kw)},
+            {"stride", pair_str(g.sh, g.sw)},
+            {"padding", pair_str(g.ph, g.pw)},
+            {"dilation", pair_str(g.dh, g.dw)},
+            {"groups", std::to_string(g.groups)},
+            {"bias", bias.defined() ? "true" : "false"}});
+  if (!needs_grad({x, weight, bias})) return out;
+  // Keep only what backward needs: x for the weight gradient, w for the input gradient.
+  const Tensor xs = weight.requires_grad() ? xc : Tensor();
+  const Tensor ws = x.requires_grad() ? wc : Tensor();
+  return record(out, op, {x, weight, bias}, [g, xs, ws](const Tensor& grad, const std::vector<bool>& needs) {
+    const Tensor gy = grad.contiguous();
+    Tensor gx, gw, gb;
+    dispatch_float(gy.dtype(), "conv2d backward", [&](auto tag_) {
+      using scalar_t = KESTREL_SCALAR(tag_);
+      const scalar_t* pgy = gy.data<scalar_t>();
+      if (needs[0]) {
+        gx = Tensor::empty({g.n, g.h, g.w, g.c_in}, gy.dtype(), gy.device());
+        cpu::conv2d_backward_input<scalar_t>(g, pgy, ws.data<scalar_t>(), gx.data<scalar_t>());
+      }
+      if (needs[1]) {
+        gw = Tensor::empty({g.c_out, g.kh, g.kw, g.cin_g()}, gy.dtype(), gy.device());
+        cpu::conv2d_backward_weight<scalar_t>(g, xs.data<scalar_t>(), pgy, gw.data<scalar_t>());
+      }
+      if (needs.size() > 2 && needs[2]) {
+        gb = Tensor::empty({g.c_out}, gy.dtype(), gy.device());
+        cpu::conv2d_backward_bias<scalar_t>(g, pgy, gb.data<scalar_t>());
+      }
+    });
+    return std::vector<Tensor>{gx, gw, gb};
+  });
+}
+
+}  // namespace kestrel
