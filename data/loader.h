@@ -1,0 +1,100 @@
+// A threaded, prefetching, deterministic mini-batch loader.
+//
+//   auto train = data::open_cifar10(dir, data::Split::Train);
+//   data::LoaderOptions lo;  lo.batch_size = 128;  lo.seed = 42;  lo.num_workers = 4;
+//   data::DataLoader loader(train, lo, train_transform, data::cutmix(1.0, 10));
+//   for (int64_t epoch = start_epoch; epoch < epochs; ++epoch) {
+//     loader.start_epoch(epoch, epoch == start_epoch ? resume_batch : 0);
+//     data::Batch b;
+//     while (loader.next(b)) { ... b.images [N,H,W,C] f32, b.labels [N] i64, b.targets [N,K] or undefined ... }
+//   }
+//
+// Determinism: the order of an epoch is a shuffle seeded by (seed, epoch);
+// each sample's augmentation generator is seeded by (seed, epoch, dataset
+// index) and each batch transform's by (seed, epoch, batch index). Batches
+// are therefore the same for any number of workers, and a run resumed at
+// (epoch, batch k) sees exactly the batches an uninterrupted run would.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "data/batch.h"
+#include "data/dataset.h"
+#include "data/transforms.h"
+
+namespace kestrel::data {
+
+struct LoaderOptions {
+  int64_t batch_size = 128;
+  bool shuffle = true;
+  bool drop_last = false;
+  uint64_t seed = 0;
+  int num_workers = 2;  // 0 loads on the calling thread
+  int prefetch = 4;     // batches loaded or in flight ahead of the consumer (bounded queue)
+  float to_float_scale = 1.0f / 255.0f;  // u8 -> float before the sample transform
+};
+
+// Derives independent 64-bit seeds from a tuple (splitmix64 mixing).
+uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b = 0, uint64_t c = 0);
+
+class DataLoader {
+ public:
+  DataLoader(std::shared_ptr<const Dataset> dataset, LoaderOptions opts, Transform sample_transform = {},
+             BatchTransform batch_transform = {});
+  ~DataLoader();
+  DataLoader(const DataLoader&) = delete;
+  DataLoader& operator=(const DataLoader&) = delete;
+
+  int64_t num_batches() const;
+  int64_t dataset_size() const { return dataset_->size(); }
+  const LoaderOptions& options() const { return opts_; }
+
+  // Begins `epoch` at batch `start_batch` (0 for a fresh epoch; k to resume).
+  void start_epoch(int64_t epoch, int64_t start_batch = 0);
+  // The next batch of the current epoch; false when the epoch is done.
+  // Errors from workers (a bad file) are rethrown here.
+  bool next(Batch& out);
+
+  // Resume state: the epoch and the index of the batch next() returns next.
+  int64_t epoch() const { return epoch_; }
+  int64_t next_batch_index() const { return next_consume_; }
+
+  // Dataset indices in the order of `epoch` (identity without shuffle).
+  std::vector<int64_t> epoch_order(int64_t epoch) const;
+  // Builds one batch synchronously; what the workers run.
+  Batch load_batch(int64_t epoch, int64_t batch_index) const { return load_batch(epoch, batch_index, epoch_order(epoch)); }
+
+  // TODO(cuda): when KESTREL_HAVE_CUDA, fill batches into pinned host buffers
+  // from a small pool and let the trainer copy them with cudaMemcpyAsync.
+
+ private:
+  Batch load_batch(int64_t epoch, int64_t batch_index, const std::vector<int64_t>& order) const;
+  void stop_workers();
+  void worker_loop();
+
+  std::shared_ptr<const Dataset> dataset_;
+  LoaderOptions opts_;
+  Transform sample_transform_;
+  BatchTransform batch_transform_;
+
+  struct Slot {
+    Batch batch;
+    std::exception_ptr error;
+  };
+  std::mutex mutex_;
+  std::condition_variable ready_cv_, space_cv_;
+  std::map<int64_t, Slot> ready_;
+  std::vector<std::thread> workers_;
+  std::vector<int64_t> order_;
+  int64_t epoch_ = -1;
+  int64_t next_assign_ = 0, next_consume_ = 0, end_ = 0;
+  bool stop_ = false;
+};
+
+}  // namespace kestrel::data

@@ -1,0 +1,88 @@
+// Readers for the data sets Kestrel trains on. Each returns a Dataset.
+//
+//   auto train = data::open_cifar10("/data/cifar-10-batches-bin", data::Split::Train);
+//   auto test  = data::open_cifar100("/data/cifar-100-binary", data::Split::Test, /*fine=*/true);
+//   auto fm    = data::open_fashion_mnist("/usr/share/datasets/fashion-mnist", data::Split::Train);
+//   auto imgs  = data::open_image_folder("/data/cifar10-jpeg", data::Split::Train);
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/dataset.h"
+
+namespace kestrel::data {
+
+// ---- CIFAR (Krizhevsky 2009), official binary release.
+// CIFAR-10: cifar-10-batches-bin/data_batch_{1..5}.bin, test_batch.bin; records
+// of 1 label byte + 3072 bytes (R plane, G plane, B plane, 32x32 each).
+// CIFAR-100: cifar-100-binary/train.bin, test.bin; records of coarse label
+// byte, fine label byte, 3072 bytes.
+// `dir` may be the batches directory itself or its parent.
+std::shared_ptr<ArrayDataset> open_cifar10(const std::string& dir, Split split, const ReadOptions& opts = {});
+std::shared_ptr<ArrayDataset> open_cifar100(const std::string& dir, Split split, bool fine = true,
+                                            const ReadOptions& opts = {});
+// Explicit files (any number of batch files of one variant).
+std::shared_ptr<ArrayDataset> read_cifar_files(const std::vector<std::string>& files, bool cifar100, bool fine,
+                                               const ReadOptions& opts = {});
+const std::vector<std::string>& cifar10_classes();
+const std::vector<std::string>& cifar100_fine_classes();
+const std::vector<std::string>& cifar100_coarse_classes();
+
+// ---- IDX (LeCun's MNIST format, also Fashion-MNIST): plain or gzip (detected
+// by content). Images: magic 0x00000803, n, rows, cols, u8 pixels. Labels:
+// magic 0x00000801, n, u8 labels. Labels must be < classes.size().
+std::shared_ptr<ArrayDataset> read_idx(const std::string& images_path, const std::string& labels_path,
+                                       std::vector<std::string> classes, const ReadOptions& opts = {});
+// Finds {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] in dir.
+std::shared_ptr<ArrayDataset> open_fashion_mnist(const std::string& dir, Split split, const ReadOptions& opts = {});
+std::shared_ptr<ArrayDataset> open_mnist(const std::string& dir, Split split, const ReadOptions& opts = {});
+const std::vector<std::string>& fashion_mnist_classes();
+
+// ---- Image folders: root/<class>/<file>.{jpg,jpeg,png,bmp}; classes are the
+// sorted sub-folder names, files are taken in sorted order.
+struct ImageFolderOptions {
+  ReadOptions read;
+  int channels = 3;        // decode to this many channels (1 or 3); 0 keeps each file's own
+  bool preload = false;    // decode everything up front (fully validates; fast epochs)
+  // When root has no train/ and test/ sub-folders: the fraction of each class
+  // that goes to the test split, chosen with split_seed. 0 = use root whole.
+  double test_fraction = 0.0;
+  uint64_t split_seed = 0;
+};
+
+class ImageFolderDataset : public Dataset {
+ public:
+  struct Entry {
+    std::string path;
+    int64_t label;
+  };
+  // Files are checked up front (size, header, dimensions); with preload they
+  // are also decoded. Without preload a file that fails to decode later
+  // throws IOError from get().
+  ImageFolderDataset(std::vector<Entry> entries, std::vector<std::string> classes, const ImageFolderOptions& opts);
+  int64_t size() const override { return static_cast<int64_t>(entries_.size()); }
+  Example get(int64_t index) const override;
+  int64_t label(int64_t index) const override;
+  const std::vector<Entry>& entries() const { return entries_; }
+
+ private:
+  std::vector<Entry> entries_;
+  std::vector<Image> images_;  // when preloaded
+  ImageFolderOptions opts_;
+};
+
+// Uses root/train or root/test when both exist; otherwise root itself, split
+// per class by opts.test_fraction.
+std::shared_ptr<ImageFolderDataset> open_image_folder(const std::string& root, Split split,
+                                                      const ImageFolderOptions& opts = {});
+// Lists root/<class>/* (no decoding). Throws IOError for a missing root, no
+// class folders, or an empty class folder (a warning under skip_bad).
+std::vector<ImageFolderDataset::Entry> list_image_folder(const std::string& root, std::vector<std::string>& classes,
+                                                         const ReadOptions& opts, std::vector<std::string>* warnings);
+
+// Decodes one image file (jpg/png/bmp/...), checking the file-size and pixel
+// limits first. channels 0 keeps the file's own. Throws IOError naming the file.
+Image decode_image_file(const std::string& path, int channels, const ReadOptions& opts = {});
+
+}  // namespace kestrel::data
