@@ -1,0 +1,37 @@
+// Coordinate attention (Hou et al., 2021), fused forward, NHWC:
+//   ph[n,h,c] = mean_w x[n,h,w,c]            pw[n,w,c] = mean_h x[n,h,w,c]
+//   t[n,p,j]  = act(b1[j] + sum_c w1[j,c] * pooled[n,p,c])   p over the H+W positions
+//   ah[n,h,c] = sigmoid(bh[c] + sum_j wh[c,j] * t[n,h,j])
+//   aw[n,w,c] = sigmoid(bw[c] + sum_j ww[c,j] * t[n,H+w,j])
+//   y[n,h,w,c] = x[n,h,w,c] * ah[n,h,c] * aw[n,w,c]              (y may alias x)
+// The shared 1x1 transform's batch norm must be folded into w1/b1 (inference,
+// or a training step that runs BN separately through the engine). Weights in
+// dt: w1 [mip, C], b1 [mip], wh/ww [C, mip], bh/bw [C]; biases may be null.
+// Workspace (f32) keeps pooled [N, H+W, C], t before act [N, H+W, mip] and
+// gates [N, H+W, C] for a backward pass. Compiles; untested on GPU.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/kernel_types.h"
+
+namespace kestrel::kernels {
+
+struct CoordAttentionShape {
+  int N = 1, H = 1, W = 1, C = 1, mip = 8;
+};
+
+struct CoordAttentionSaved {
+  float* pooled;  // [N, H+W, C]
+  float* hidden;  // [N, H+W, mip], before act
+  float* gates;   // [N, H+W, C]: ah for p < H, aw for p >= H
+};
+
+size_t coord_attention_workspace_bytes(const CoordAttentionShape& s);
+CoordAttentionSaved coord_attention_saved(const CoordAttentionShape& s, void* workspace);
+
+cudaError_t coord_attention_forward(KDType dt, const CoordAttentionShape& s, KAct act, const void* x,
+                                    const void* w1, const void* b1, const void* wh, const void* bh, const void* ww,
+                                    const void* bw, void* y, void* workspace, cudaStream_t stream);
+
+}  // namespace kestrel::kernels
