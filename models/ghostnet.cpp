@@ -1,0 +1,179 @@
+#include "models/ghostnet.h"
+
+#include <cmath>
+
+#include "engine/ops/dropout.h"
+#include "engine/ops/pool.h"
+#include "engine/ops/shape_ops.h"
+#include "engine/trace.h"
+
+namespace kestrel::models {
+
+GhostModule::GhostModule(int64_t in, int64_t out, Activation act, int64_t ratio, int64_t dw_kernel, BNConfig bn)
+    : out_(out) {
+  const int64_t init = (out + ratio - 1) / ratio;
+  const int64_t cheap = init * (ratio - 1);
+  primary_ = register_module("primary_conv", std::make_shared<ConvBNAct>(in, init, 1, ConvSpec{}, act, bn));
+  cheap_ = register_module("cheap_operation",
+                           std::make_shared<ConvBNAct>(init, cheap, dw_kernel, ConvSpec{1, init}, act, bn));
+}
+
+Tensor GhostModule::forward(const Tensor& x) {
+  Tensor a = (*primary_)(x);
+  Tensor b = (*cheap_)(a);
+  Tensor y = concat({a, b}, 3);
+  return y.size(3) == out_ ? y : y.narrow(3, 0, out_);
+}
+
+namespace {
+
+// Paper Table 1, grouped into timm's stages: kernel, expansion size, output, SE, stride.
+struct GhostBlock {
+  int64_t kernel, expanded, out;
+  bool se;
+  int64_t stride;
+};
+const std::vector<std::vector<GhostBlock>>& ghost_stages() {
+  static const std::vector<std::vector<GhostBlock>> stages = {
+      {{3, 16, 16, false, 1}},
+      {{3, 48, 24, false, 2}},
+      {{3, 72, 24, false, 1}},
+      {{5, 72, 40, true, 2}},
+      {{5, 120, 40, true, 1}},
+      {{3, 240, 80, false, 2}},
+      {{3, 200, 80, false, 1},
+       {3, 184, 80, false, 1},
+       {3, 184, 80, false, 1},
+       {3, 480, 112, true, 1},
+       {3, 672, 112, true, 1}},
+      {{5, 672, 160, true, 2}},
+      {{5, 960, 160, false, 1}, {5, 960, 160, true, 1}, {5, 960, 160, false, 1}, {5, 960, 160, true, 1}},
+  };
+  return stages;
+}
+constexpr int64_t kStem = 16, kHead = 1280;
+
+// ghost (ReLU) -> [depthwise kxk/2 + BN when strided] -> [SE] -> ghost (linear),
+// plus the input, through a depthwise + pointwise shortcut when the shape changes.
+class GhostBottleneck : public Module {
+ public:
+  GhostBottleneck(int64_t in, int64_t mid, int64_t out, int64_t kernel, int64_t stride, bool se) {
+    ghost1_ = register_module("ghost1", std::make_shared<GhostModule>(in, mid, Activation::ReLU));
+    if (stride > 1) {
+      nn::Conv2dOptions dw;
+      dw.stride = stride;
+      dw.padding = (kernel - 1) / 2;
+      dw.groups = mid;
+      dw.bias = false;
+      conv_dw_ = register_module("conv_dw", std::make_shared<nn::Conv2d>(mid, mid, kernel, dw));
+      bn_dw_ = register_module("bn_dw", std::make_shared<nn::BatchNorm2d>(mid));
+    }
+    if (se)
+      se_ = register_module("se", std::make_shared<SqueezeExcite>(mid, make_divisible(mid * 0.25, 4), Activation::ReLU,
+                                                                  Activation::HardSigmoid,
+                                                                  SENames{"conv_reduce", "conv_expand"}));
+    ghost2_ = register_module("ghost2", std::make_shared<GhostModule>(mid, out, Activation::None));
+    shortcut_ = register_module("shortcut", std::make_shared<nn::Sequential>());
+    if (in != out || stride != 1) {
+      nn::Conv2dOptions dw;
+      dw.stride = stride;
+      dw.padding = (kernel - 1) / 2;
+      dw.groups = in;
+      dw.bias = false;
+      nn::Conv2dOptions pw;
+      pw.bias = false;
+      shortcut_->push_back(std::make_shared<nn::Conv2d>(in, in, kernel, dw));
+      shortcut_->push_back(std::make_shared<nn::BatchNorm2d>(in));
+      shortcut_->push_back(std::make_shared<nn::Conv2d>(in, out, 1, pw));
+      shortcut_->push_back(std::make_shared<nn::BatchNorm2d>(out));
+    }
+  }
+  Tensor forward(const Tensor& x) override {
+    Tensor h = (*ghost1_)(x);
+    if (conv_dw_) h = (*bn_dw_)((*conv_dw_)(h));
+    if (se_) h = (*se_)(h);
+    h = (*ghost2_)(h);
+    return add(h, (*shortcut_)(x));
+  }
+  std::string type_name() const override { return "GhostBottleneck"; }
+
+ private:
+  std::shared_ptr<GhostModule> ghost1_, ghost2_;
+  std::shared_ptr<nn::Conv2d> conv_dw_;
+  std::shared_ptr<nn::BatchNorm2d> bn_dw_;
+  std::shared_ptr<SqueezeExcite> se_;
+  std::shared_ptr<nn::Sequential> shortcut_;
+};
+
+class GhostNet : public Module {
+ public:
+  explicit GhostNet(const ModelOptions& o) {
+    const double w = o.width_mult;
+    auto ch = [&](int64_t c) { return make_divisible(static_cast<double>(c) * w, 4); };
+    const int64_t stem = ch(kStem);
+    nn::Conv2dOptions so;
+    so.stride = o.cifar_stem ? 1 : 2;
+    so.padding = 1;
+    so.bias = false;
+    conv_stem_ = register_module("conv_stem", std::make_shared<nn::Conv2d>(o.in_channels, stem, 3, so));
+    bn1_ = register_module("bn1", std::make_shared<nn::BatchNorm2d>(stem));
+    blocks_ = register_module("blocks", std::make_shared<nn::Sequential>());
+    int64_t in = stem, last_expanded = 0;
+    bool first_downsample = true;
+    for (const auto& stage : ghost_stages()) {
+      auto seq = std::make_shared<nn::Sequential>();
+      for (const GhostBlock& b : stage) {
+        int64_t stride = b.stride;
+        if (stride == 2 && first_downsample) {
+          first_downsample = false;
+          if (o.cifar_stem) stride = 1;
+        }
+        seq->push_back(std::make_shared<GhostBottleneck>(in, ch(b.expanded), ch(b.out), b.kernel, stride, b.se));
+        in = ch(b.out);
+        last_expanded = b.expanded;
+      }
+      blocks_->push_back(seq);
+    }
+    auto last = std::make_shared<nn::Sequential>();
+    last->push_back(std::make_shared<ConvBNAct>(in, ch(last_expanded), 1, ConvSpec{}, Activation::ReLU, BNConfig{},
+                                                "conv", "bn1"));
+    blocks_->push_back(last);
+    nn::Conv2dOptions ho;
+    ho.bias = true;
+    conv_head_ = register_module("conv_head", std::make_shared<nn::Conv2d>(ch(last_expanded), kHead, 1, ho));
+    dropout_ = o.dropout_or(0.2);
+    classifier_ = register_module("classifier", std::make_shared<nn::Linear>(kHead, o.classes_or(1000)));
+    init_weights(*this, LinearInit::Default, true);
+  }
+  Tensor forward(const Tensor& x) override {
+    Tensor c = (*conv_stem_)(x);
+    Tensor h;
+    {
+      TraceScope s("bn1");
+      h = bn1_->forward_fused(c, Activation::ReLU);
+    }
+    h = (*blocks_)(h);
+    h = relu((*conv_head_)(global_avg_pool(h)));
+    h = h.reshape({h.size(0), h.size(3)});
+    if (dropout_ > 0.0) h = dropout(h, dropout_, is_training(), nn::init_generator());
+    return (*classifier_)(h);
+  }
+  std::string type_name() const override { return "GhostNet"; }
+
+ private:
+  std::shared_ptr<nn::Conv2d> conv_stem_, conv_head_;
+  std::shared_ptr<nn::BatchNorm2d> bn1_;
+  std::shared_ptr<nn::Sequential> blocks_;
+  std::shared_ptr<nn::Linear> classifier_;
+  double dropout_ = 0.2;
+};
+
+}  // namespace
+
+ModulePtr build_ghostnet(const ModelOptions& o) {
+  KCHECK(o.depth_mult == 1.0, ValueError,
+         "ghostnet_100: depth_mult is not supported (the paper's table lists every block; got ", o.depth_mult, ")");
+  return std::make_shared<GhostNet>(o);
+}
+
+}  // namespace kestrel::models
