@@ -1,0 +1,288 @@
+#include "engine/cpu/pool.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "engine/cpu/taps.h"
+
+namespace kestrel::cpu {
+
+namespace {
+
+constexpr int64_t kParallelWork = 32768;
+
+// Calls body(dst, n, ih, iw) for every input pixel, rows split across threads;
+// dst (the pixel's c gradients) is zeroed first.
+template <typename T, typename Body>
+void for_each_input_pixel(const PoolGeom& g, T* gx, int64_t work_per_pixel, Body&& body) {
+  const int64_t rows = g.n * g.h;
+#pragma omp parallel for schedule(static) if (rows * g.w * work_per_pixel > kParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = r / g.h, ih = r % g.h;
+    for (int64_t iw = 0; iw < g.w; ++iw) {
+      T* dst = gx + (r * g.w + iw) * g.c;
+      std::memset(dst, 0, sizeof(T) * g.c);
+      body(dst, n, ih, iw);
+    }
+  }
+}
+
+// Same for every output pixel.
+template <typename T, typename Body>
+void for_each_output_pixel(const PoolGeom& g, T* y, int64_t work_per_pixel, Body&& body) {
+  const int64_t rows = g.n * g.oh;
+#pragma omp parallel for schedule(static) if (rows * g.ow * work_per_pixel > kParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = r / g.oh, oh = r % g.oh;
+    for (int64_t ow = 0; ow < g.ow; ++ow) body(y + (r * g.ow + ow) * g.c, n, oh, ow);
+  }
+}
+
+// ---------------------------------------------------------------- avg pool helpers
+
+struct Window {
+  int64_t start, end;  // clipped to the input
+  int64_t count;       // divisor contribution along this dim
+};
+
+std::vector<Window> pool_windows(int64_t in, int64_t out, int64_t k, int64_t s, int64_t p, bool include_pad) {
+  std::vector<Window> w(out);
+  for (int64_t o = 0; o < out; ++o) {
+    int64_t a = o * s - p;
+    int64_t b = std::min(a + k, in + p);
+    const int64_t padded = b - a;
+    a = std::max<int64_t>(a, 0);
+    b = std::min(b, in);
+    w[o] = {a, b, include_pad ? padded : b - a};
+  }
+  return w;
+}
+
+std::vector<Window> adaptive_windows(int64_t in, int64_t out) {
+  std::vector<Window> w(out);
+  for (int64_t o = 0; o < out; ++o) {
+    const int64_t a = (o * in) / out;
+    const int64_t b = ((o + 1) * in + out - 1) / out;
+    w[o] = {a, b, b - a};
+  }
+  return w;
+}
+
+Taps window_taps(int64_t in, const std::vector<Window>& ws) {
+  return Taps::build(in, false, [&](auto&& add) {
+    for (int64_t o = 0; o < static_cast<int64_t>(ws.size()); ++o)
+      for (int64_t i = ws[o].start; i < ws[o].end; ++i) add(o, i, i - ws[o].start, 1.0);
+  });
+}
+
+template <typename T>
+void window_avg_forward(const PoolGeom& g, const std::vector<Window>& wh, const std::vector<Window>& ww, const T* x,
+                        T* y) {
+  for_each_output_pixel(g, y, g.c * g.kernel * g.kernel, [&](T* out, int64_t n, int64_t oh, int64_t ow) {
+    std::memset(out, 0, sizeof(T) * g.c);
+    for (int64_t ih = wh[oh].start; ih < wh[oh].end; ++ih) {
+      const T* xrow = x + (n * g.h + ih) * g.w * g.c;
+      for (int64_t iw = ww[ow].start; iw < ww[ow].end; ++iw) {
+        const T* xp = xrow + iw * g.c;
+#pragma omp simd
+        for (int64_t c = 0; c < g.c; ++c) out[c] += xp[c];
+      }
+    }
+    const int64_t count = wh[oh].count * ww[ow].count;
+    const T inv = count > 0 ? T(1) / static_cast<T>(count) : T(0);
+#pragma omp simd
+    for (int64_t c = 0; c < g.c; ++c) out[c] *= inv;
+  });
+}
+
+template <typename T>
+void window_avg_backward(const PoolGeom& g, const std::vector<Window>& wh, const std::vector<Window>& ww,
+                         const T* gy, T* gx) {
+  const Taps th = window_taps(g.h, wh), tw = window_taps(g.w, ww);
+  std::vector<T> inv_h(g.oh), inv_w(g.ow);
+  for (int64_t o = 0; o < g.oh; ++o) inv_h[o] = wh[o].count > 0 ? T(1) / static_cast<T>(wh[o].count) : T(0);
+  for (int64_t o = 0; o < g.ow; ++o) inv_w[o] = ww[o].count > 0 ? T(1) / static_cast<T>(ww[o].count) : T(0);
+  for_each_input_pixel(g, gx, g.c * g.kernel * g.kernel, [&](T* dst, int64_t n, int64_t ih, int64_t iw) {
+    for (int64_t a = th.start[ih]; a < th.start[ih + 1]; ++a) {
+      const int64_t oh = th.o[a];
+      const T* gyrow = gy + (n * g.oh + oh) * g.ow * g.c;
+      for (int64_t b = tw.start[iw]; b < tw.start[iw + 1]; ++b) {
+        const int64_t ow = tw.o[b];
+        const T scale = inv_h[oh] * inv_w[ow];
+        const T* gp = gyrow + ow * g.c;
+#pragma omp simd
+        for (int64_t c = 0; c < g.c; ++c) dst[c] += gp[c] * scale;
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- bilinear helpers
+
+struct Interp {
+  int64_t i0, i1;
+  double l0, l1;
+};
+
+// PyTorch's source index rule (aten/src/ATen/native/UpSample.h), computed in double.
+std::vector<Interp> bilinear_interp(int64_t in, int64_t out, bool align_corners) {
+  std::vector<Interp> v(out);
+  double scale;
+  if (align_corners)
+    scale = out > 1 ? static_cast<double>(in - 1) / static_cast<double>(out - 1) : 0.0;
+  else
+    scale = static_cast<double>(in) / static_cast<double>(out);
+  for (int64_t o = 0; o < out; ++o) {
+    double src = align_corners ? scale * static_cast<double>(o) : scale * (static_cast<double>(o) + 0.5) - 0.5;
+    if (!align_corners && src < 0) src = 0;
+    const int64_t i0 = std::min(static_cast<int64_t>(std::floor(src)), in - 1);
+    const double l1 = std::min(std::max(src - static_cast<double>(i0), 0.0), 1.0);
+    const int64_t i1 = i0 + (i0 < in - 1 ? 1 : 0);
+    v[o] = {i0, i1, 1.0 - l1, l1};
+  }
+  return v;
+}
+
+Taps interp_taps(int64_t in, const std::vector<Interp>& v) {
+  return Taps::build(in, true, [&](auto&& add) {
+    for (int64_t o = 0; o < static_cast<int64_t>(v.size()); ++o) {
+      add(o, v[o].i0, 0, v[o].l0);
+      add(o, v[o].i1, 1, v[o].l1);
+    }
+  });
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- max pool
+
+template <typename T>
+void max_pool2d_forward(const PoolGeom& g, const T* x, T* y, int32_t* argmax) {
+  const T lowest = -std::numeric_limits<T>::infinity();
+  for_each_output_pixel(g, y, g.c * g.kernel * g.kernel, [&](T* out, int64_t n, int64_t oh, int64_t ow) {
+    int32_t* idx = argmax + (out - y);
+    for (int64_t c = 0; c < g.c; ++c) {
+      out[c] = lowest;
+      idx[c] = -1;
+    }
+    const int64_t h0 = std::max<int64_t>(oh * g.stride - g.pad, 0), h1 = std::min(oh * g.stride - g.pad + g.kernel, g.h);
+    const int64_t w0 = std::max<int64_t>(ow * g.stride - g.pad, 0), w1 = std::min(ow * g.stride - g.pad + g.kernel, g.w);
+    for (int64_t ih = h0; ih < h1; ++ih) {
+      const T* xrow = x + (n * g.h + ih) * g.w * g.c;
+      for (int64_t iw = w0; iw < w1; ++iw) {
+        const T* xp = xrow + iw * g.c;
+        const int32_t flat = static_cast<int32_t>(ih * g.w + iw);
+        for (int64_t c = 0; c < g.c; ++c) {
+          const T v = xp[c];
+          // NaN wins, as in PyTorch; the first maximum is kept on ties.
+          if (v > out[c] || (v != v && out[c] == out[c]) || idx[c] < 0) {
+            out[c] = v;
+            idx[c] = flat;
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void max_pool2d_backward(const PoolGeom& g, const T* gy, const int32_t* argmax, T* gx) {
+  const Taps th = kernel_taps(g.h, g.oh, g.kernel, g.stride, g.pad, 1);
+  const Taps tw = kernel_taps(g.w, g.ow, g.kernel, g.stride, g.pad, 1);
+  for_each_input_pixel(g, gx, g.c * g.kernel * g.kernel, [&](T* dst, int64_t n, int64_t ih, int64_t iw) {
+    const int32_t flat = static_cast<int32_t>(ih * g.w + iw);
+    for (int64_t a = th.start[ih]; a < th.start[ih + 1]; ++a) {
+      const int64_t base = (n * g.oh + th.o[a]) * g.ow;
+      for (int64_t b = tw.start[iw]; b < tw.start[iw + 1]; ++b) {
+        const int64_t off = (base + tw.o[b]) * g.c;
+        const T* gp = gy + off;
+        const int32_t* ip = argmax + off;
+#pragma omp simd
+        for (int64_t c = 0; c < g.c; ++c) dst[c] += ip[c] == flat ? gp[c] : T(0);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- avg pools
+
+template <typename T>
+void avg_pool2d_forward(const PoolGeom& g, bool count_include_pad, const T* x, T* y) {
+  window_avg_forward(g, pool_windows(g.h, g.oh, g.kernel, g.stride, g.pad, count_include_pad),
+                     pool_windows(g.w, g.ow, g.kernel, g.stride, g.pad, count_include_pad), x, y);
+}
+
+template <typename T>
+void avg_pool2d_backward(const PoolGeom& g, bool count_include_pad, const T* gy, T* gx) {
+  window_avg_backward(g, pool_windows(g.h, g.oh, g.kernel, g.stride, g.pad, count_include_pad),
+                      pool_windows(g.w, g.ow, g.kernel, g.stride, g.pad, count_include_pad), gy, gx);
+}
+
+template <typename T>
+void adaptive_avg_pool2d_forward(const PoolGeom& g, const T* x, T* y) {
+  window_avg_forward(g, adaptive_windows(g.h, g.oh), adaptive_windows(g.w, g.ow), x, y);
+}
+
+template <typename T>
+void adaptive_avg_pool2d_backward(const PoolGeom& g, const T* gy, T* gx) {
+  window_avg_backward(g, adaptive_windows(g.h, g.oh), adaptive_windows(g.w, g.ow), gy, gx);
+}
+
+// ---------------------------------------------------------------- bilinear
+
+template <typename T>
+void resize_bilinear_forward(const PoolGeom& g, bool align_corners, const T* x, T* y) {
+  const std::vector<Interp> vh = bilinear_interp(g.h, g.oh, align_corners);
+  const std::vector<Interp> vw = bilinear_interp(g.w, g.ow, align_corners);
+  for_each_output_pixel(g, y, g.c * 4, [&](T* out, int64_t n, int64_t oh, int64_t ow) {
+    const Interp& a = vh[oh];
+    const Interp& b = vw[ow];
+    const T* r0 = x + (n * g.h + a.i0) * g.w * g.c;
+    const T* r1 = x + (n * g.h + a.i1) * g.w * g.c;
+    const T* p00 = r0 + b.i0 * g.c;
+    const T* p01 = r0 + b.i1 * g.c;
+    const T* p10 = r1 + b.i0 * g.c;
+    const T* p11 = r1 + b.i1 * g.c;
+    const T h0 = static_cast<T>(a.l0), h1 = static_cast<T>(a.l1);
+    const T w0 = static_cast<T>(b.l0), w1 = static_cast<T>(b.l1);
+#pragma omp simd
+    for (int64_t c = 0; c < g.c; ++c) out[c] = h0 * (w0 * p00[c] + w1 * p01[c]) + h1 * (w0 * p10[c] + w1 * p11[c]);
+  });
+}
+
+template <typename T>
+void resize_bilinear_backward(const PoolGeom& g, bool align_corners, const T* gy, T* gx) {
+  const Taps th = interp_taps(g.h, bilinear_interp(g.h, g.oh, align_corners));
+  const Taps tw = interp_taps(g.w, bilinear_interp(g.w, g.ow, align_corners));
+  const int64_t fan = std::max<int64_t>(1, (th.o.size() * tw.o.size()) / std::max<int64_t>(1, g.h * g.w));
+  for_each_input_pixel(g, gx, g.c * fan, [&](T* dst, int64_t n, int64_t ih, int64_t iw) {
+    for (int64_t a = th.start[ih]; a < th.start[ih + 1]; ++a) {
+      const T* gyrow = gy + (n * g.oh + th.o[a]) * g.ow * g.c;
+      const double wa = th.wt[a];
+      for (int64_t b = tw.start[iw]; b < tw.start[iw + 1]; ++b) {
+        const T scale = static_cast<T>(wa * tw.wt[b]);
+        const T* gp = gyrow + tw.o[b] * g.c;
+#pragma omp simd
+        for (int64_t c = 0; c < g.c; ++c) dst[c] += gp[c] * scale;
+      }
+    }
+  });
+}
+
+#define KESTREL_INSTANTIATE_POOL(T)                                                               \
+  template void max_pool2d_forward<T>(const PoolGeom&, const T*, T*, int32_t*);                   \
+  template void max_pool2d_backward<T>(const PoolGeom&, const T*, const int32_t*, T*);            \
+  template void avg_pool2d_forward<T>(const PoolGeom&, bool, const T*, T*);                       \
+  template void avg_pool2d_backward<T>(const PoolGeom&, bool, const T*, T*);                      \
+  template void adaptive_avg_pool2d_forward<T>(const PoolGeom&, const T*, T*);                    \
+  template void adaptive_avg_pool2d_backward<T>(const PoolGeom&, const T*, T*);                   \
+  template void resize_bilinear_forward<T>(const PoolGeom&, bool, const T*, T*);                  \
+  template void resize_bilinear_backward<T>(const PoolGeom&, bool, const T*, T*);
+KESTREL_INSTANTIATE_POOL(float)
+KESTREL_INSTANTIATE_POOL(double)
+#undef KESTREL_INSTANTIATE_POOL
+
+}  // namespace kestrel::cpu

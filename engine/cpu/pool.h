@@ -1,0 +1,37 @@
+// CPU pooling and resize kernels on NHWC activations, raw pointers.
+// Forward passes parallelise over output rows; backward passes gather per input
+// row (engine/cpu/taps.h), so they are deterministic and need no atomics.
+#pragma once
+#include <cstdint>
+
+namespace kestrel::cpu {
+
+struct PoolGeom {
+  int64_t n = 0, h = 0, w = 0, c = 0;  // input [n, h, w, c]
+  int64_t oh = 0, ow = 0;              // output [n, oh, ow, c]
+  int64_t kernel = 1, stride = 1, pad = 0;
+};
+
+// argmax holds, per output element, the flat index ih * w + iw of the chosen input.
+template <typename T>
+void max_pool2d_forward(const PoolGeom& g, const T* x, T* y, int32_t* argmax);
+template <typename T>
+void max_pool2d_backward(const PoolGeom& g, const T* gy, const int32_t* argmax, T* gx);
+
+template <typename T>
+void avg_pool2d_forward(const PoolGeom& g, bool count_include_pad, const T* x, T* y);
+template <typename T>
+void avg_pool2d_backward(const PoolGeom& g, bool count_include_pad, const T* gy, T* gx);
+
+// Output bin i covers [floor(i*in/out), ceil((i+1)*in/out)) as in PyTorch.
+template <typename T>
+void adaptive_avg_pool2d_forward(const PoolGeom& g, const T* x, T* y);
+template <typename T>
+void adaptive_avg_pool2d_backward(const PoolGeom& g, const T* gy, T* gx);
+
+template <typename T>
+void resize_bilinear_forward(const PoolGeom& g, bool align_corners, const T* x, T* y);
+template <typename T>
+void resize_bilinear_backward(const PoolGeom& g, bool align_corners, const T* gy, T* gx);
+
+}  // namespace kestrel::cpu

@@ -1,0 +1,282 @@
+// Pooling and bilinear resize on NHWC: naive loops, finite differences, PyTorch.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "engine/ops/pool.h"
+#include "engine/trace.h"
+#include "test_util.h"
+
+using namespace kestrel;
+using kestrel::testing::expect_close;
+using kestrel::testing::expect_gradcheck;
+using kestrel::testing::random_tensor;
+
+namespace {
+
+// y[n, oh, ow, c] = reduce over the input window [h0,h1) x [w0,w1), for arbitrary windows.
+using WindowFn = std::function<void(int64_t o, int64_t in, int64_t& a, int64_t& b)>;
+
+Tensor naive_window_reduce(const Tensor& x, int64_t OH, int64_t OW, const WindowFn& wh, const WindowFn& ww,
+                           const std::function<double(const std::vector<double>&, int64_t, int64_t)>& reduce) {
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  const std::vector<double> xv = x.to_vector_f64();
+  std::vector<double> y(N * OH * OW * C);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t oh = 0; oh < OH; ++oh)
+      for (int64_t ow = 0; ow < OW; ++ow)
+        for (int64_t c = 0; c < C; ++c) {
+          int64_t h0, h1, w0, w1;
+          wh(oh, H, h0, h1);
+          ww(ow, W, w0, w1);
+          std::vector<double> vals;
+          for (int64_t ih = h0; ih < h1; ++ih)
+            for (int64_t iw = w0; iw < w1; ++iw)
+              if (ih >= 0 && ih < H && iw >= 0 && iw < W) vals.push_back(xv[((n * H + ih) * W + iw) * C + c]);
+          y[((n * OH + oh) * OW + ow) * C + c] = reduce(vals, h1 - h0, w1 - w0);
+        }
+  return Tensor::from_vector_f64(y, {N, OH, OW, C});
+}
+
+WindowFn strided(int64_t k, int64_t s, int64_t p) {
+  return [k, s, p](int64_t o, int64_t in, int64_t& a, int64_t& b) {
+    a = o * s - p;
+    b = std::min(a + k, in + p);
+  };
+}
+
+int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p) { return in + 2 * p < k ? 0 : (in + 2 * p - k) / s + 1; }
+
+Tensor naive_max_pool(const Tensor& x, int64_t k, int64_t s, int64_t p) {
+  return naive_window_reduce(x, out_size(x.size(1), k, s, p), out_size(x.size(2), k, s, p), strided(k, s, p),
+                             strided(k, s, p), [](const std::vector<double>& v, int64_t, int64_t) {
+                               return *std::max_element(v.begin(), v.end());
+                             });
+}
+
+Tensor naive_avg_pool(const Tensor& x, int64_t k, int64_t s, int64_t p, bool include_pad) {
+  return naive_window_reduce(x, out_size(x.size(1), k, s, p), out_size(x.size(2), k, s, p), strided(k, s, p),
+                             strided(k, s, p), [include_pad](const std::vector<double>& v, int64_t dh, int64_t dw) {
+                               double acc = 0;
+                               for (double e : v) acc += e;
+                               return acc / static_cast<double>(include_pad ? dh * dw : v.size());
+                             });
+}
+
+Tensor naive_adaptive(const Tensor& x, int64_t OH, int64_t OW) {
+  auto bins = [](int64_t out) {
+    return [out](int64_t o, int64_t in, int64_t& a, int64_t& b) {
+      a = static_cast<int64_t>(std::floor(static_cast<double>(o * in) / out));
+      b = static_cast<int64_t>(std::ceil(static_cast<double>((o + 1) * in) / out));
+    };
+  };
+  return naive_window_reduce(x, OH, OW, bins(OH), bins(OW), [](const std::vector<double>& v, int64_t, int64_t) {
+    double acc = 0;
+    for (double e : v) acc += e;
+    return acc / static_cast<double>(v.size());
+  });
+}
+
+// Bilinear sampling written from the definition: source coordinate, clamp, blend.
+Tensor naive_bilinear(const Tensor& x, int64_t OH, int64_t OW, bool align_corners) {
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  const std::vector<double> xv = x.to_vector_f64();
+  auto source = [align_corners](int64_t o, int64_t in, int64_t out) {
+    if (align_corners) return out > 1 ? o * static_cast<double>(in - 1) / (out - 1) : 0.0;
+    return std::max(0.0, (o + 0.5) * static_cast<double>(in) / out - 0.5);
+  };
+  std::vector<double> y(N * OH * OW * C);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t oh = 0; oh < OH; ++oh)
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const double sh = source(oh, H, OH), sw = source(ow, W, OW);
+        const int64_t h0 = std::min<int64_t>(static_cast<int64_t>(sh), H - 1), w0 = std::min<int64_t>(static_cast<int64_t>(sw), W - 1);
+        const int64_t h1 = std::min(h0 + 1, H - 1), w1 = std::min(w0 + 1, W - 1);
+        const double fh = std::min(sh - h0, 1.0), fw = std::min(sw - w0, 1.0);
+        for (int64_t c = 0; c < C; ++c) {
+          auto at = [&](int64_t i, int64_t j) { return xv[((n * H + i) * W + j) * C + c]; };
+          y[((n * OH + oh) * OW + ow) * C + c] = (1 - fh) * ((1 - fw) * at(h0, w0) + fw * at(h0, w1)) +
+                                                 fh * ((1 - fw) * at(h1, w0) + fw * at(h1, w1));
+        }
+      }
+  return Tensor::from_vector_f64(y, {N, OH, OW, C});
+}
+
+const std::vector<Shape> kShapes = {{1, 7, 7, 3}, {2, 8, 5, 4}, {1, 33, 33, 3}, {2, 1, 1, 5}, {1, 6, 9, 1}};
+
+void gradcheck_unary(const std::function<Tensor(const Tensor&)>& f, const Shape& shape, uint64_t seed) {
+  expect_gradcheck([f](const std::vector<Tensor>& in) { return f(in[0]); },
+                   {random_tensor(shape, seed).set_requires_grad()});
+}
+
+}  // namespace
+
+TEST(MaxPool2d, ForwardMatchesNaiveLoops) {
+  for (const Shape& s : kShapes)
+    for (auto [k, st, p] : std::vector<std::array<int64_t, 3>>{{2, 2, 0}, {3, 2, 1}, {3, 1, 1}, {1, 1, 0}, {3, 3, 0}}) {
+      if (out_size(s[1], k, st, p) < 1 || out_size(s[2], k, st, p) < 1) continue;
+      for (DType dt : {DType::F32, DType::F64}) {
+        const Tensor x = random_tensor(s, 1, dt);
+        expect_close(max_pool2d(x, k, st, p), naive_max_pool(x, k, st, p), 0.0, 0.0,
+                     "max_pool2d " + shape_str(s) + " k" + std::to_string(k) + " s" + std::to_string(st) + " p" +
+                         std::to_string(p));
+      }
+    }
+}
+
+TEST(MaxPool2d, BackwardMatchesFiniteDifferences) {
+  gradcheck_unary([](const Tensor& x) { return max_pool2d(x, 3, 2, 1); }, {2, 5, 6, 3}, 2);
+  gradcheck_unary([](const Tensor& x) { return max_pool2d(x, 2, 2, 0); }, {1, 4, 4, 2}, 3);
+  gradcheck_unary([](const Tensor& x) { return max_pool2d(x, 3, 1, 1); }, {1, 4, 3, 2}, 4);  // overlapping windows
+}
+
+TEST(AvgPool2d, ForwardMatchesNaiveLoopsWithAndWithoutPaddingInTheCount) {
+  for (const Shape& s : kShapes)
+    for (auto [k, st, p] : std::vector<std::array<int64_t, 3>>{{2, 2, 0}, {3, 2, 1}, {3, 1, 1}, {1, 1, 0}, {5, 3, 2}}) {
+      if (out_size(s[1], k, st, p) < 1 || out_size(s[2], k, st, p) < 1) continue;
+      for (bool include : {true, false}) {
+        const Tensor x = random_tensor(s, 5, DType::F32);
+        expect_close(avg_pool2d(x, k, st, p, include), naive_avg_pool(x, k, st, p, include), 1e-6, 1e-6,
+                     "avg_pool2d " + shape_str(s) + " k" + std::to_string(k) + " p" + std::to_string(p) +
+                         (include ? " include_pad" : " exclude_pad"));
+      }
+    }
+}
+
+TEST(AvgPool2d, BackwardMatchesFiniteDifferences) {
+  gradcheck_unary([](const Tensor& x) { return avg_pool2d(x, 3, 2, 1, true); }, {2, 5, 6, 3}, 6);
+  gradcheck_unary([](const Tensor& x) { return avg_pool2d(x, 3, 2, 1, false); }, {1, 5, 4, 2}, 7);
+  gradcheck_unary([](const Tensor& x) { return avg_pool2d(x, 2, 2, 0); }, {1, 4, 4, 2}, 8);
+}
+
+TEST(GlobalAvgPool, AveragesEveryPixelIntoOneAndSpreadsTheGradientBack) {
+  const Tensor x = random_tensor({3, 7, 5, 4}, 9, DType::F32);
+  const Tensor y = global_avg_pool(x);
+  EXPECT_EQ(y.shape(), (Shape{3, 1, 1, 4}));
+  expect_close(y, mean(x.to(DType::F64), {1, 2}, true), 1e-6, 1e-6, "global_avg_pool");
+  gradcheck_unary([](const Tensor& t) { return global_avg_pool(t); }, {2, 3, 4, 3}, 10);
+  gradcheck_unary([](const Tensor& t) { return global_avg_pool(t); }, {1, 1, 1, 2}, 11);
+}
+
+TEST(AdaptiveAvgPool2d, ForwardMatchesPyTorchsBinRule) {
+  for (const Shape& s : kShapes)
+    for (auto [oh, ow] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {2, 3}, {3, 3}, {s[1], 1}, {1, s[2]}, {5, 4}}) {
+      const Tensor x = random_tensor(s, 12, DType::F32);
+      expect_close(adaptive_avg_pool2d(x, oh, ow), naive_adaptive(x, oh, ow), 1e-6, 1e-6,
+                   "adaptive_avg_pool2d " + shape_str(s) + " -> " + std::to_string(oh) + "x" + std::to_string(ow));
+    }
+}
+
+TEST(AdaptiveAvgPool2d, BackwardMatchesFiniteDifferences) {
+  gradcheck_unary([](const Tensor& x) { return adaptive_avg_pool2d(x, 3, 2); }, {2, 7, 5, 2}, 13);
+  gradcheck_unary([](const Tensor& x) { return adaptive_avg_pool2d(x, 5, 1); }, {1, 5, 4, 3}, 14);  // (H, 1)
+  gradcheck_unary([](const Tensor& x) { return adaptive_avg_pool2d(x, 4, 6); }, {1, 3, 4, 2}, 15);  // upsampling bins
+}
+
+TEST(ResizeBilinear, ForwardMatchesTheDefinitionForBothCornerModes) {
+  for (const Shape& s : kShapes)
+    for (auto [oh, ow] : std::vector<std::pair<int64_t, int64_t>>{{14, 14}, {3, 4}, {1, 1}, {s[1], s[2]}, {7, 33}})
+      for (bool ac : {false, true}) {
+        const Tensor x = random_tensor(s, 16, DType::F32);
+        expect_close(resize_bilinear(x, oh, ow, ac), naive_bilinear(x, oh, ow, ac), 1e-5, 1e-5,
+                     "resize_bilinear " + shape_str(s) + " -> " + std::to_string(oh) + "x" + std::to_string(ow) +
+                         (ac ? " align_corners" : ""));
+      }
+}
+
+TEST(ResizeBilinear, SameSizeWithoutAlignCornersIsTheIdentity) {
+  const Tensor x = random_tensor({2, 5, 7, 3}, 17, DType::F32);
+  expect_close(resize_bilinear(x, 5, 7, false), x, 0.0, 0.0, "identity resize");
+}
+
+TEST(ResizeBilinear, BackwardMatchesFiniteDifferences) {
+  gradcheck_unary([](const Tensor& x) { return resize_bilinear(x, 7, 5, false); }, {2, 3, 4, 2}, 18);
+  gradcheck_unary([](const Tensor& x) { return resize_bilinear(x, 7, 5, true); }, {1, 3, 4, 2}, 19);
+  gradcheck_unary([](const Tensor& x) { return resize_bilinear(x, 2, 3, false); }, {1, 5, 7, 2}, 20);  // downsampling
+}
+
+TEST(Pooling, BadArgumentsRaiseTypedErrorsNamingTheOp) {
+  const Tensor x = Tensor::zeros({1, 4, 4, 2});
+  try {
+    max_pool2d(x, 3, 1, 2);
+    FAIL() << "expected ValueError";
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("max_pool2d"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(max_pool2d(x, 5, 1, 0), ShapeError);
+  EXPECT_THROW(avg_pool2d(Tensor::zeros({4, 4, 2}), 2, 2, 0), ShapeError);
+  EXPECT_THROW(avg_pool2d(x, 2, 0, 0), ValueError);
+  EXPECT_THROW(adaptive_avg_pool2d(x, 0, 2), ValueError);
+  EXPECT_THROW(resize_bilinear(x, 3, 0), ValueError);
+  EXPECT_THROW(max_pool2d(Tensor::zeros({1, 4, 4, 2}, DType::I64), 2, 2, 0), DTypeError);
+}
+
+TEST(Pooling, AllVariantsMatchPyTorchForwardAndBackward) {
+  const std::string py = kestrel::testing::python_with_torch();
+  if (py.empty()) GTEST_SKIP() << "python3 with torch not found; skipping the PyTorch interop check";
+  const std::string dir = kestrel::testing::temp_path("pool_interop");
+  std::filesystem::create_directories(dir);
+  std::ofstream spec(dir + "/cases.txt");
+  struct Case {
+    std::string name, kind;
+    Shape shape;
+    int64_t a, b, c;  // kernel/stride/padding or out_h/out_w
+    std::function<Tensor(const Tensor&)> f;
+  };
+  std::vector<Case> cases = {
+      {"max_k3s2p1", "max", {2, 33, 33, 3}, 3, 2, 1, [](const Tensor& x) { return max_pool2d(x, 3, 2, 1); }},
+      {"max_k2s2", "max", {1, 7, 7, 5}, 2, 2, 0, [](const Tensor& x) { return max_pool2d(x, 2, 2, 0); }},
+      {"avg_k3s2p1", "avg", {2, 9, 7, 3}, 3, 2, 1, [](const Tensor& x) { return avg_pool2d(x, 3, 2, 1); }},
+      {"avg_k3s1p1_exclude", "avg_exclude", {1, 6, 5, 4}, 3, 1, 1,
+       [](const Tensor& x) { return avg_pool2d(x, 3, 1, 1, false); }},
+      {"global", "adaptive", {3, 7, 5, 6}, 1, 1, 0, [](const Tensor& x) { return global_avg_pool(x); }},
+      {"adaptive_3x2", "adaptive", {2, 7, 5, 3}, 3, 2, 0, [](const Tensor& x) { return adaptive_avg_pool2d(x, 3, 2); }},
+      {"adaptive_hx1", "adaptive", {1, 9, 6, 4}, 9, 1, 0, [](const Tensor& x) { return adaptive_avg_pool2d(x, 9, 1); }},
+      {"adaptive_1xw", "adaptive", {1, 9, 6, 4}, 1, 6, 0, [](const Tensor& x) { return adaptive_avg_pool2d(x, 1, 6); }},
+      {"adaptive_up", "adaptive", {1, 3, 4, 2}, 5, 7, 0, [](const Tensor& x) { return adaptive_avg_pool2d(x, 5, 7); }},
+      {"bilinear_up", "bilinear", {2, 5, 7, 3}, 13, 16, 0,
+       [](const Tensor& x) { return resize_bilinear(x, 13, 16, false); }},
+      {"bilinear_down", "bilinear", {1, 33, 33, 2}, 7, 10, 0,
+       [](const Tensor& x) { return resize_bilinear(x, 7, 10, false); }},
+      {"bilinear_up_ac", "bilinear_ac", {2, 5, 7, 3}, 13, 16, 0,
+       [](const Tensor& x) { return resize_bilinear(x, 13, 16, true); }},
+      {"bilinear_down_ac", "bilinear_ac", {1, 33, 33, 2}, 7, 1, 0,
+       [](const Tensor& x) { return resize_bilinear(x, 7, 1, true); }},
+  };
+  uint64_t seed = 200;
+  for (const Case& c : cases) {
+    Tensor x = random_tensor(c.shape, seed++, DType::F32).set_requires_grad();
+    Tensor y = c.f(x);
+    const Tensor gy = random_tensor(y.shape(), seed++, DType::F32);
+    y.backward(gy);
+    const std::string pre = dir + "/" + c.name + "_";
+    kestrel::testing::save_npy(pre + "x.npy", x);
+    kestrel::testing::save_npy(pre + "gy.npy", gy);
+    kestrel::testing::save_npy(pre + "y.npy", y);
+    kestrel::testing::save_npy(pre + "gx.npy", x.grad());
+    spec << c.name << " " << c.kind << " " << c.a << " " << c.b << " " << c.c << "\n";
+  }
+  spec.close();
+  EXPECT_EQ(kestrel::testing::run_python(py, "tests/interop/check_pool.py", dir), 0)
+      << "tests/interop/check_pool.py found a mismatch (see its output above)";
+}
+
+TEST(Pooling, TraceRecordsEachOp) {
+  TraceRecorder rec;
+  const Tensor x = Tensor::zeros({1, 8, 8, 2});
+  max_pool2d(x, 2, 2, 0);
+  avg_pool2d(x, 2, 2, 0);
+  global_avg_pool(x);
+  adaptive_avg_pool2d(x, 2, 2);
+  resize_bilinear(x, 4, 4);
+  ASSERT_EQ(rec.events().size(), 5u);
+  EXPECT_EQ(rec.events()[0].op, "max_pool2d");
+  EXPECT_EQ(rec.events()[2].op, "global_avg_pool");
+  EXPECT_EQ(rec.events()[4].output_shape, (Shape{1, 4, 4, 2}));
+}
