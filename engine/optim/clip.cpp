@@ -1,0 +1,67 @@
+#include "engine/optim/clip.h"
+
+#include <cmath>
+
+#include "engine/autograd.h"
+
+namespace kestrel::optim {
+
+namespace {
+
+Tensor checked_grad(const Tensor& p) {
+  Tensor g = p.grad();
+  if (!g.defined()) return g;
+  KCHECK(g.device().is_cpu(), DeviceError, "clip_grad_norm_: gradients on ", g.device().str(),
+         " are not supported yet (CPU only)");
+  KCHECK(g.is_contiguous(), ValueError, "clip_grad_norm_: gradient of shape ", shape_str(g.shape()),
+         " is not contiguous");
+  return g;
+}
+
+double sum_squares(const Tensor& g) {
+  return dispatch_float(g.dtype(), "clip_grad_norm_", [&](auto tag) {
+    using T = KESTREL_SCALAR(tag);
+    const T* x = g.data<T>();
+    const int64_t n = g.numel();
+    double acc = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : acc) if (n > 32768)
+    for (int64_t i = 0; i < n; ++i) acc += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+    return acc;
+  });
+}
+
+}  // namespace
+
+double grad_norm(const std::vector<Tensor>& params) {
+  double total = 0.0;
+  for (const Tensor& p : params) {
+    Tensor g = checked_grad(p);
+    if (g.defined()) total += sum_squares(g);
+  }
+  return std::sqrt(total);
+}
+
+double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, bool error_if_nonfinite) {
+  KCHECK(max_norm >= 0.0, ValueError, "clip_grad_norm_: max_norm must be >= 0, got ", max_norm);
+  const double norm = grad_norm(params);
+  KCHECK(!error_if_nonfinite || std::isfinite(norm), ValueError, "clip_grad_norm_: the total gradient norm is ", norm,
+         " (a NaN or inf gradient)");
+  const double coef = max_norm / (norm + 1e-6);
+  if (!(coef < 1.0) && std::isfinite(norm)) return norm;  // nothing to clip
+  NoGradGuard guard;
+  for (const Tensor& p : params) {
+    Tensor g = checked_grad(p);
+    if (!g.defined()) continue;
+    dispatch_float(g.dtype(), "clip_grad_norm_", [&](auto tag) {
+      using T = KESTREL_SCALAR(tag);
+      T* x = g.data<T>();
+      const T c = static_cast<T>(coef);
+      const int64_t n = g.numel();
+#pragma omp parallel for schedule(static) if (n > 32768)
+      for (int64_t i = 0; i < n; ++i) x[i] *= c;
+    });
+  }
+  return norm;
+}
+
+}  // namespace kestrel::optim
