@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/nn/layers.h"
 #include "engine/ops/norm.h"
 #include "test_util.h"
 
@@ -308,6 +309,36 @@ TEST(BatchNorm, BadArgumentsRaiseErrorsNamingTheOpAndShapes) {
   EXPECT_THROW(batch_norm(in.x, in.w, in.b, none, none, eval), ValueError);
   // Training without running statistics is allowed (track_running_stats=False).
   EXPECT_NO_THROW(batch_norm(in.x, in.w, in.b, none, none, BatchNormParams{}));
+}
+
+TEST(BatchNorm, WithoutAffineParametersOnlyNormalizesAndStillDifferentiates) {
+  BNInputs in = make_inputs({3, 2, 2, 4}, 61, DType::F64);
+  Tensor none;
+  Tensor ones = Tensor::ones({4}, DType::F64), zeros = Tensor::zeros({4}, DType::F64);
+  NaiveBN ref = naive_batch_norm(in.x, ones, zeros, in.rm, in.rv, true, 0.1, 1e-5, Activation::None, Tensor());
+  Tensor rm = in.rm.clone(), rv = in.rv.clone();
+  expect_close(batch_norm(in.x, none, none, rm, rv, BatchNormParams{}), ref.y, 1e-12, 1e-12, "affine=False");
+  in.x.set_requires_grad();
+  expect_gradcheck(
+      [&](const std::vector<Tensor>& v) {
+        return batch_norm_act(v[0], Tensor(), Tensor(), rm, rv, BatchNormParams{}, Activation::Tanh);
+      },
+      {in.x});
+}
+
+TEST(BatchNorm, ModuleForwardUpdatesItsBuffersAndMatchesTheOp) {
+  nn::BatchNorm2d bn(5, 1e-5, 0.1);
+  BNInputs in = make_inputs({2, 3, 3, 5}, 71, DType::F32, true);
+  Tensor rm = Tensor::zeros({5}), rv = Tensor::ones({5});
+  Tensor expected = batch_norm_act(in.x, bn.weight, bn.bias, rm, rv, BatchNormParams{}, Activation::ReLU, in.res);
+  Tensor y = bn.forward_fused(in.x, Activation::ReLU, in.res);
+  expect_close(y, expected, 0, 0, "BatchNorm2d::forward_fused");
+  expect_close(bn.running_var, rv, 0, 0, "module running_var");
+  EXPECT_EQ(bn.num_batches_tracked.item(), 1.0);
+  bn.eval();
+  BatchNormParams eval;
+  eval.training = false;
+  expect_close(bn.forward(in.x), batch_norm(in.x, bn.weight, bn.bias, rm, rv, eval), 0, 0, "module eval");
 }
 
 // ---------------------------------------------------------------- PyTorch interop

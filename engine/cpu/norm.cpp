@@ -125,6 +125,10 @@ void batch_norm_act_backward(const Tensor& x, const Tensor& residual, const Tens
       const T* pr = residual.defined() ? static_cast<const T*>(residual.data_ptr()) : nullptr;
       const T* pg = static_cast<const T*>(grad_y.data_ptr());
       T* pgr = grad_residual.defined() ? static_cast<T*>(grad_residual.data_ptr()) : nullptr;
+      T* pdx = grad_x.defined() ? static_cast<T*>(grad_x.data_ptr()) : nullptr;
+      // Pass 1 stores gz where pass 2 reads it: in grad_residual (which is gz), else in
+      // grad_x (updated in place), so the activation derivative is evaluated once.
+      T* gz_store = pgr != nullptr ? pgr : (A == Activation::None ? nullptr : pdx);
 
       // Gradient of the pre-activation z at element (r, c); gy itself without an activation.
       auto grad_z = [&](int64_t r, int64_t c) -> T {
@@ -148,7 +152,7 @@ void batch_norm_act_backward(const Tensor& x, const Tensor& residual, const Tens
         for (int64_t r = block_begin(bl, nb, rows); r < block_begin(bl + 1, nb, rows); ++r) {
           for (int64_t c = 0; c < C; ++c) {
             const T gz = grad_z(r, c);
-            if (pgr != nullptr) pgr[r * C + c] = gz;
+            if (gz_store != nullptr) gz_store[r * C + c] = gz;
             sg[c] += static_cast<double>(gz);
             sgx[c] += static_cast<double>(gz) * (static_cast<double>(px[r * C + c]) - a.mean[c]);
           }
@@ -163,7 +167,7 @@ void batch_norm_act_backward(const Tensor& x, const Tensor& residual, const Tens
         if (grad_weight) grad_weight[c] = sum_gx[c] * a.invstd[c];
         if (grad_bias) grad_bias[c] = sum_g[c];
       }
-      if (!grad_x.defined()) return;
+      if (pdx == nullptr) return;
 
       // Pass 2: dx = scale * (gz - mean(gz) - xhat * mean(gz * xhat)) in training,
       // written as k1 * gz + k2 * (x - mean) + k3; in eval dx = scale * gz.
@@ -179,17 +183,19 @@ void batch_norm_act_backward(const Tensor& x, const Tensor& residual, const Tens
           k3[c] = T(0);
         }
       }
-      T* pdx = static_cast<T*>(grad_x.data_ptr());
-      const T* gz_saved = pgr;
+      const T* gz_saved = gz_store;
+      const T* q1 = k1.data();
+      const T* q2 = k2.data();
+      const T* q3 = k3.data();
 #pragma omp parallel for schedule(static) if (rows * C > kParallelMin)
       for (int64_t r = 0; r < rows; ++r) {
         T* dr = pdx + r * C;
         const T* xr = px + r * C;
         if (gz_saved != nullptr) {
           const T* gr = gz_saved + r * C;
-          for (int64_t c = 0; c < C; ++c) dr[c] = k1[c] * gr[c] + k2[c] * (xr[c] - m[c]) + k3[c];
+          for (int64_t c = 0; c < C; ++c) dr[c] = q1[c] * gr[c] + q2[c] * (xr[c] - m[c]) + q3[c];
         } else {
-          for (int64_t c = 0; c < C; ++c) dr[c] = k1[c] * grad_z(r, c) + k2[c] * (xr[c] - m[c]) + k3[c];
+          for (int64_t c = 0; c < C; ++c) dr[c] = q1[c] * grad_z(r, c) + q2[c] * (xr[c] - m[c]) + q3[c];
         }
       }
     });
