@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,10 @@ struct TraceEvent {
   Shape output_shape;
   int64_t macs = 0;  // multiply-accumulates, fvcore's convention (one per weight use)
   std::map<std::string, std::string> attrs;
+  // Which storages the op read and wrote (views share their base's), so a reader
+  // can follow the data flow, e.g. the receptive field along every path.
+  std::vector<std::weak_ptr<Storage>> input_storages;
+  std::weak_ptr<Storage> output_storage;
 };
 
 class TraceRecorder {
@@ -53,8 +58,12 @@ inline void trace_op(const char* op, const std::vector<Tensor>& inputs, const Te
   TraceEvent e;
   e.op = op;
   e.scope = current_trace_scope();
-  for (const Tensor& t : inputs) e.input_shapes.push_back(t.defined() ? t.shape() : Shape{});
+  for (const Tensor& t : inputs) {
+    e.input_shapes.push_back(t.defined() ? t.shape() : Shape{});
+    e.input_storages.push_back(t.defined() ? std::weak_ptr<Storage>(t.storage()) : std::weak_ptr<Storage>());
+  }
   e.output_shape = output.shape();
+  e.output_storage = output.storage();
   e.macs = macs;
   e.attrs = std::move(attrs);
   r->add(std::move(e));

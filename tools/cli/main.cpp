@@ -4,9 +4,14 @@
 
 #include "engine/error.h"
 
+namespace kestrel::cli {
+void register_summary(CLI::App& app);  // summary.cpp
+}  // namespace kestrel::cli
+
 int main(int argc, char** argv) {
   CLI::App app{"Kestrel: efficient image classifiers, trained and measured"};
   app.require_subcommand(1);
+  kestrel::cli::register_summary(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,113 @@
+// kestrel summary: layer table, totals, multiply-adds and receptive field of a
+// zoo model; --list prints the zoo and EfficientNet's compound-scaling table.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include "engine/error.h"
+#include "models/efficientnet.h"
+#include "models/registry.h"
+#include "models/scaling.h"
+#include "models/summary.h"
+
+namespace kestrel::cli {
+
+namespace {
+
+struct SummaryArgs {
+  std::string model;
+  std::string input;  // "CxHxW"
+  int64_t num_classes = 0;
+  double width_mult = 1.0;
+  double depth_mult = 1.0;
+  bool cifar_stem = false;
+  bool list = false;
+};
+
+// "3x32x32" -> {3, 32, 32}
+std::vector<int64_t> parse_chw(const std::string& s) {
+  std::vector<int64_t> dims;
+  std::stringstream in(s);
+  std::string part;
+  while (std::getline(in, part, 'x')) {
+    size_t used = 0;
+    int64_t v = 0;
+    try {
+      v = std::stoll(part, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    KCHECK(used == part.size() && !part.empty() && v > 0, ValueError, "summary: --input must look like 3x224x224 (C x H x W), got '",
+           s, "'");
+    dims.push_back(v);
+  }
+  KCHECK(dims.size() == 3, ValueError, "summary: --input must look like 3x224x224 (C x H x W), got '", s, "'");
+  return dims;
+}
+
+void print_list() {
+  std::cout << "models:\n";
+  for (const models::ModelEntry& e : models::model_registry())
+    std::printf("  %-20s %-13s %4lld classes @ %lldpx  %s\n", e.name.c_str(), e.family.c_str(),
+                static_cast<long long>(e.default_classes), static_cast<long long>(e.default_resolution),
+                e.description.c_str());
+
+  const models::CompoundCoefficients c;
+  std::printf("\nEfficientNet compound scaling: depth alpha^phi, width beta^phi, resolution gamma^phi\n");
+  std::printf("alpha=%.2f beta=%.2f gamma=%.2f; alpha*beta^2*gamma^2 = %.4f (constraint: close to 2, %s)\n\n", c.alpha,
+              c.beta, c.gamma, models::flops_per_phi(c), models::satisfies_constraint(c) ? "holds" : "FAILS");
+  std::printf("%-16s %4s | %7s %7s %7s | %6s %6s %5s %7s %12s\n", "model", "phi", "a^phi", "b^phi", "224g^phi", "width",
+              "depth", "res", "dropout", "params");
+  const auto& variants = models::efficientnet_variants();
+  for (size_t i = 0; i < variants.size(); ++i) {
+    const auto& v = variants[i];
+    const models::ScalingMultipliers m = models::compound_scaling(static_cast<double>(i), c);
+    const int64_t params = models::build_model(v.name)->num_parameters();
+    std::printf("%-16s %4zu | %7.3f %7.3f %7.0f | %6.2f %6.2f %5d %7.1f %12lld\n", v.name, i, m.depth, m.width,
+                224.0 * m.resolution, v.width, v.depth, v.resolution, v.dropout, static_cast<long long>(params));
+  }
+  std::printf("\nleft: the pure compound rule at phi = 0..7; right: the released B0-B7 coefficients\n"
+              "(the paper grid-searched phi=1 and hand-picked the larger models).\n");
+}
+
+void run(const SummaryArgs& a) {
+  if (a.list) {
+    print_list();
+    return;
+  }
+  KCHECK(!a.model.empty(), ValueError, "summary: give --model NAME or --list");
+  const models::ModelEntry& entry = models::find_model(a.model);
+  std::vector<int64_t> chw;
+  if (a.input.empty())
+    chw = {3, entry.default_resolution, entry.default_resolution};
+  else
+    chw = parse_chw(a.input);
+  models::ModelOptions o;
+  if (a.num_classes != 0) o.num_classes = a.num_classes;
+  o.width_mult = a.width_mult;
+  o.depth_mult = a.depth_mult;
+  o.cifar_stem = a.cifar_stem;
+  o.in_channels = chw[0];
+  nn::ModulePtr model = models::build_model(a.model, o);
+  const models::ModelSummary s = models::summarize(*model, {1, chw[1], chw[2], chw[0]});
+  std::cout << models::format_summary(a.model, s);
+}
+
+}  // namespace
+
+void register_summary(CLI::App& app) {
+  auto args = std::make_shared<SummaryArgs>();
+  CLI::App* cmd = app.add_subcommand("summary", "Layer table, parameters, multiply-adds and receptive field of a model");
+  cmd->add_option("--model,-m", args->model, "model name (see --list)");
+  cmd->add_option("--input", args->input, "input C x H x W, e.g. 3x32x32 (default: the model's published size)");
+  cmd->add_option("--num-classes", args->num_classes, "classifier outputs (default: the model's)");
+  cmd->add_option("--width-mult", args->width_mult, "channel multiplier");
+  cmd->add_option("--depth-mult", args->depth_mult, "layer-count multiplier");
+  cmd->add_flag("--cifar-stem", args->cifar_stem, "stride-1 stem for 32x32 / 28x28 inputs (total stride 8)");
+  cmd->add_flag("--list", args->list, "list the models and EfficientNet's B0-B7 compound-scaling table");
+  cmd->callback([args] { run(*args); });
+}
+
+}  // namespace kestrel::cli
