@@ -39,6 +39,23 @@ TEST(Matmul, MatchesNaiveLoopsAtOddShapes) {
   }
 }
 
+TEST(Matmul, LargeProductsSplitAcrossThreadsStillMatch) {
+  // Shapes chosen to take each split of cpu::gemm: rows, columns, and the reduction dim.
+  for (auto [m, k, n] : std::vector<std::array<int64_t, 3>>{{300, 64, 20}, {20, 64, 300}, {8, 8192, 6}}) {
+    const Tensor a = random_tensor({m, k}, 30, DType::F32), b = random_tensor({k, n}, 31, DType::F32);
+    expect_close(matmul(a, b), naive_matmul(a, b), 1e-4, 1e-4, "matmul " + shape_str({m, k, n}));
+  }
+  Tensor x = random_tensor({8, 8192}, 32, DType::F64).set_requires_grad();
+  Tensor w = random_tensor({6, 8192}, 33, DType::F64).set_requires_grad();
+  Tensor b = random_tensor({6}, 34, DType::F64).set_requires_grad();
+  Tensor y = linear(x, w, b);
+  expect_close(y, add(naive_matmul(x, w.transpose(0, 1).contiguous()), b), 1e-10, 1e-10, "linear with bias, split K");
+  const Tensor gy = random_tensor(y.shape(), 35, DType::F64);
+  y.backward(gy);
+  expect_close(x.grad(), naive_matmul(gy, w), 1e-10, 1e-10, "grad x");
+  expect_close(w.grad(), naive_matmul(gy.transpose(0, 1).contiguous(), x), 1e-10, 1e-10, "grad w");
+}
+
 TEST(Matmul, TransposedAndStridedOperandsNeedNoCopyAndStayCorrect) {
   const Tensor at = random_tensor({6, 4}, 3, DType::F32);  // a = at^T is [4,6], column-major
   const Tensor b_wide = random_tensor({6, 10}, 4, DType::F32);
