@@ -191,7 +191,7 @@ size_t allocation_bucket(size_t nbytes) {
   if (nbytes <= 4096) return (nbytes + 511) / 512 * 512;
   int top = 63;
   while (((nbytes - 1) >> top) == 0) --top;  // 2^top <= nbytes-1 < 2^(top+1)
-  const size_t step = size_t{1} << (top - 1);  // four classes per power of two
+  const size_t step = size_t{1} << (top - 2);  // four classes per power of two
   return (nbytes + step - 1) / step * step;
 }
 
