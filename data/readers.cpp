@@ -11,7 +11,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 
 #include "engine/error.h"
 #include "engine/random.h"
@@ -34,8 +33,13 @@ std::vector<uint8_t> read_whole_file(const std::string& path, const char* what) 
   if (fs::is_directory(path, ec)) throw IOError(detail::concat(what, ": ", path, ": is a directory, expected a file"));
   std::ifstream in(path, std::ios::binary);
   if (!in) throw IOError(detail::concat(what, ": ", path, ": cannot open: ", std::strerror(errno)));
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw IOError(detail::concat(what, ": ", path, ": read error"));
+  in.seekg(0, std::ios::end);
+  const std::streamoff size = in.tellg();
+  in.seekg(0, std::ios::beg);
+  if (size < 0) throw IOError(detail::concat(what, ": ", path, ": cannot determine the file size"));
+  std::vector<uint8_t> bytes(static_cast<size_t>(size));
+  if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size))
+    throw IOError(detail::concat(what, ": ", path, ": read error after ", in.gcount(), " of ", size, " bytes"));
   return bytes;
 }
 
