@@ -42,10 +42,20 @@ void im2col(const ConvGeom& g, const T* x, int64_t n0, int64_t nb, int64_t grp, 
         for (int64_t kw = 0; kw < g.kw; ++kw) {
           const int64_t iw = ow * g.sw - g.pw + kw * g.dw;
           T* d = dst + (kh * g.kw + kw) * cg;
-          if (iw < 0 || iw >= g.w)
-            std::memset(d, 0, sizeof(T) * cg);
-          else
-            std::memcpy(d, src_row + iw * g.c_in, sizeof(T) * cg);
+          const bool inside = iw >= 0 && iw < g.w;
+          if (cg >= 16) {  // long runs: library copy; short ones (stems, cg=3): plain loop, no call
+            if (inside)
+              std::memcpy(d, src_row + iw * g.c_in, sizeof(T) * cg);
+            else
+              std::memset(d, 0, sizeof(T) * cg);
+          } else {
+            if (inside) {
+              const T* s = src_row + iw * g.c_in;
+              for (int64_t c = 0; c < cg; ++c) d[c] = s[c];
+            } else {
+              for (int64_t c = 0; c < cg; ++c) d[c] = T(0);
+            }
+          }
         }
       }
     }
@@ -89,6 +99,130 @@ std::vector<T> depthwise_weight_khkwc(const ConvGeom& g, const T* w) {
   return wt;
 }
 
+// Per-row bodies of the depthwise kernels: channels innermost, so each tap is
+// one contiguous multiply-add over C values. Always inlined into the f32
+// wrappers below, which are compiled for AVX-512, AVX2 and the baseline ISA and
+// picked at load time (the project baseline is x86-64-v2, i.e. 4-wide SSE).
+#define KESTREL_INLINE inline __attribute__((always_inline))
+
+template <typename T>
+KESTREL_INLINE void dw_forward_row(const ConvGeom& g, const T* x, const T* wt, const T* bias, T* yrow, int64_t n,
+                                   int64_t oh) {
+  const int64_t C = g.c_in;
+  for (int64_t ow = 0; ow < g.ow; ++ow) {
+    T* __restrict out = yrow + ow * C;
+    if (bias != nullptr)
+      std::memcpy(out, bias, sizeof(T) * C);
+    else
+      std::memset(out, 0, sizeof(T) * C);
+    for (int64_t kh = 0; kh < g.kh; ++kh) {
+      const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+      if (ih < 0 || ih >= g.h) continue;
+      const T* xrow = x + (n * g.h + ih) * g.w * C;
+      for (int64_t kw = 0; kw < g.kw; ++kw) {
+        const int64_t iw = ow * g.sw - g.pw + kw * g.dw;
+        if (iw < 0 || iw >= g.w) continue;
+        const T* __restrict xp = xrow + iw * C;
+        const T* __restrict wp = wt + (kh * g.kw + kw) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) out[c] += xp[c] * wp[c];
+      }
+    }
+  }
+}
+
+template <typename T>
+KESTREL_INLINE void dw_backward_input_row(const ConvGeom& g, const T* gy, const T* wt, const Taps& th, const Taps& tw,
+                                          T* gxrow, int64_t n, int64_t ih) {
+  const int64_t C = g.c_in;
+  for (int64_t iw = 0; iw < g.w; ++iw) {
+    T* __restrict dst = gxrow + iw * C;
+    std::memset(dst, 0, sizeof(T) * C);
+    for (int64_t a = th.start[ih]; a < th.start[ih + 1]; ++a) {
+      const int64_t kh = th.k[a], oh = th.o[a];
+      const T* gyrow = gy + (n * g.oh + oh) * g.ow * C;
+      for (int64_t b = tw.start[iw]; b < tw.start[iw + 1]; ++b) {
+        const T* __restrict gp = gyrow + tw.o[b] * C;
+        const T* __restrict wp = wt + (kh * g.kw + tw.k[b]) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) dst[c] += gp[c] * wp[c];
+      }
+    }
+  }
+}
+
+template <typename T>
+KESTREL_INLINE void dw_backward_weight_row(const ConvGeom& g, const T* x, const T* gyrow, T* acc, int64_t n,
+                                           int64_t oh) {
+  const int64_t C = g.c_in;
+  for (int64_t kh = 0; kh < g.kh; ++kh) {
+    const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+    if (ih < 0 || ih >= g.h) continue;
+    const T* xrow = x + (n * g.h + ih) * g.w * C;
+    for (int64_t kw = 0; kw < g.kw; ++kw) {
+      T* __restrict a = acc + (kh * g.kw + kw) * C;
+      for (int64_t ow = 0; ow < g.ow; ++ow) {
+        const int64_t iw = ow * g.sw - g.pw + kw * g.dw;
+        if (iw < 0 || iw >= g.w) continue;
+        const T* __restrict xp = xrow + iw * C;
+        const T* __restrict gp = gyrow + ow * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) a[c] += gp[c] * xp[c];
+      }
+    }
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KESTREL_ISA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define KESTREL_ISA_CLONES
+#endif
+
+KESTREL_ISA_CLONES void dw_forward_row_f32(const ConvGeom& g, const float* x, const float* wt, const float* bias,
+                                           float* yrow, int64_t n, int64_t oh) {
+  dw_forward_row<float>(g, x, wt, bias, yrow, n, oh);
+}
+KESTREL_ISA_CLONES void dw_backward_input_row_f32(const ConvGeom& g, const float* gy, const float* wt, const Taps& th,
+                                                  const Taps& tw, float* gxrow, int64_t n, int64_t ih) {
+  dw_backward_input_row<float>(g, gy, wt, th, tw, gxrow, n, ih);
+}
+KESTREL_ISA_CLONES void dw_backward_weight_row_f32(const ConvGeom& g, const float* x, const float* gyrow, float* acc,
+                                                   int64_t n, int64_t oh) {
+  dw_backward_weight_row<float>(g, x, gyrow, acc, n, oh);
+}
+
+// f64 is for gradchecks: the plain template.
+template <typename T>
+struct DwRows {
+  static void forward(const ConvGeom& g, const T* x, const T* wt, const T* bias, T* yrow, int64_t n, int64_t oh) {
+    dw_forward_row<T>(g, x, wt, bias, yrow, n, oh);
+  }
+  static void backward_input(const ConvGeom& g, const T* gy, const T* wt, const Taps& th, const Taps& tw, T* gxrow,
+                             int64_t n, int64_t ih) {
+    dw_backward_input_row<T>(g, gy, wt, th, tw, gxrow, n, ih);
+  }
+  static void backward_weight(const ConvGeom& g, const T* x, const T* gyrow, T* acc, int64_t n, int64_t oh) {
+    dw_backward_weight_row<T>(g, x, gyrow, acc, n, oh);
+  }
+};
+
+template <>
+struct DwRows<float> {
+  static void forward(const ConvGeom& g, const float* x, const float* wt, const float* bias, float* yrow, int64_t n,
+                      int64_t oh) {
+    dw_forward_row_f32(g, x, wt, bias, yrow, n, oh);
+  }
+  static void backward_input(const ConvGeom& g, const float* gy, const float* wt, const Taps& th, const Taps& tw,
+                             float* gxrow, int64_t n, int64_t ih) {
+    dw_backward_input_row_f32(g, gy, wt, th, tw, gxrow, n, ih);
+  }
+  static void backward_weight(const ConvGeom& g, const float* x, const float* gyrow, float* acc, int64_t n,
+                              int64_t oh) {
+    dw_backward_weight_row_f32(g, x, gyrow, acc, n, oh);
+  }
+};
+
 template <typename T>
 void depthwise_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y) {
   const int64_t C = g.c_in;
@@ -96,30 +230,7 @@ void depthwise_forward(const ConvGeom& g, const T* x, const T* w, const T* bias,
   const T* wt = wt_v.data();
   const int64_t rows = g.n * g.oh;
 #pragma omp parallel for schedule(static) if (rows * g.ow * C * g.kh * g.kw > 32768)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t n = r / g.oh, oh = r % g.oh;
-    T* yrow = y + r * g.ow * C;
-    for (int64_t ow = 0; ow < g.ow; ++ow) {
-      T* out = yrow + ow * C;
-      if (bias != nullptr)
-        std::memcpy(out, bias, sizeof(T) * C);
-      else
-        std::memset(out, 0, sizeof(T) * C);
-      for (int64_t kh = 0; kh < g.kh; ++kh) {
-        const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
-        if (ih < 0 || ih >= g.h) continue;
-        const T* xrow = x + (n * g.h + ih) * g.w * C;
-        for (int64_t kw = 0; kw < g.kw; ++kw) {
-          const int64_t iw = ow * g.sw - g.pw + kw * g.dw;
-          if (iw < 0 || iw >= g.w) continue;
-          const T* xp = xrow + iw * C;
-          const T* wp = wt + (kh * g.kw + kw) * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) out[c] += xp[c] * wp[c];
-        }
-      }
-    }
-  }
+  for (int64_t r = 0; r < rows; ++r) DwRows<T>::forward(g, x, wt, bias, y + r * g.ow * C, r / g.oh, r % g.oh);
 }
 
 template <typename T>
@@ -131,24 +242,8 @@ void depthwise_backward_input(const ConvGeom& g, const T* gy, const T* w, T* gx)
   const Taps tw = kernel_taps(g.w, g.ow, g.kw, g.sw, g.pw, g.dw);
   const int64_t rows = g.n * g.h;
 #pragma omp parallel for schedule(static) if (rows * g.w * C * g.kh * g.kw > 32768)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t n = r / g.h, ih = r % g.h;
-    T* gxrow = gx + r * g.w * C;
-    for (int64_t iw = 0; iw < g.w; ++iw) {
-      T* dst = gxrow + iw * C;
-      std::memset(dst, 0, sizeof(T) * C);
-      for (int64_t a = th.start[ih]; a < th.start[ih + 1]; ++a) {
-        const int64_t kh = th.k[a], oh = th.o[a];
-        const T* gyrow = gy + (n * g.oh + oh) * g.ow * C;
-        for (int64_t b = tw.start[iw]; b < tw.start[iw + 1]; ++b) {
-          const T* gp = gyrow + tw.o[b] * C;
-          const T* wp = wt + (kh * g.kw + tw.k[b]) * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) dst[c] += gp[c] * wp[c];
-        }
-      }
-    }
-  }
+  for (int64_t r = 0; r < rows; ++r)
+    DwRows<T>::backward_input(g, gy, wt, th, tw, gx + r * g.w * C, r / g.h, r % g.h);
 }
 
 template <typename T>
@@ -162,26 +257,7 @@ void depthwise_backward_weight(const ConvGeom& g, const T* x, const T* gy, T* gw
   {
     T* acc = partial.data() + static_cast<int64_t>(omp_get_thread_num()) * taps * C;
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t n = r / g.oh, oh = r % g.oh;
-      const T* gyrow = gy + r * g.ow * C;
-      for (int64_t kh = 0; kh < g.kh; ++kh) {
-        const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
-        if (ih < 0 || ih >= g.h) continue;
-        const T* xrow = x + (n * g.h + ih) * g.w * C;
-        for (int64_t kw = 0; kw < g.kw; ++kw) {
-          T* a = acc + (kh * g.kw + kw) * C;
-          for (int64_t ow = 0; ow < g.ow; ++ow) {
-            const int64_t iw = ow * g.sw - g.pw + kw * g.dw;
-            if (iw < 0 || iw >= g.w) continue;
-            const T* xp = xrow + iw * C;
-            const T* gp = gyrow + ow * C;
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) a[c] += gp[c] * xp[c];
-          }
-        }
-      }
-    }
+    for (int64_t r = 0; r < rows; ++r) DwRows<T>::backward_weight(g, x, gy + r * g.ow * C, acc, r / g.oh, r % g.oh);
   }
   for (int64_t c = 0; c < C; ++c)
     for (int64_t t = 0; t < taps; ++t) {
