@@ -250,6 +250,9 @@ TEST(AdamW, ResumingFromSavedStateMatchesAnUninterruptedRunBitForBit) {
   EXPECT_EQ(st.scalars.at("0.step"), 3.0);
   AdamW other({Tensor::zeros({5}).set_requires_grad(true)}, AdamWOptions{});
   EXPECT_THROW(other.load_state(st), ValueError);  // shape differs
+  OptimizerState no_step = st;
+  no_step.scalars.erase("0.step");
+  EXPECT_THROW(full.load_state(no_step), ValueError);  // moments without their step count
   st.tensors["0.bogus"] = Tensor::zeros({40, 3});
   EXPECT_THROW(full.load_state(st), ValueError);
 }

@@ -20,20 +20,21 @@ std::vector<ParamGroup> decay_groups(const nn::NamedTensors& named_params, doubl
 
 nn::NamedTensors OptimizerState::to_named_tensors(const std::string& prefix) const {
   nn::NamedTensors out;
-  for (const auto& [name, t] : tensors) out.emplace_back(prefix + name, t);
-  for (const auto& [name, v] : scalars) out.emplace_back(prefix + name, Tensor::scalar(v, DType::F64));
+  for (const auto& [name, t] : tensors) out.emplace_back(prefix + "state." + name, t);
+  for (const auto& [name, v] : scalars) out.emplace_back(prefix + "scalar." + name, Tensor::scalar(v, DType::F64));
   return out;
 }
 
 OptimizerState OptimizerState::from_named_tensors(const nn::NamedTensors& all, const std::string& prefix) {
   OptimizerState s;
+  const std::string tp = prefix + "state.", sp = prefix + "scalar.";
   for (const auto& [name, t] : all) {
-    if (name.compare(0, prefix.size(), prefix) != 0) continue;
-    const std::string key = name.substr(prefix.size());
-    if (t.dim() == 0 && t.dtype() == DType::F64)
-      s.scalars[key] = t.item();
-    else
-      s.tensors[key] = t;
+    if (name.compare(0, tp.size(), tp) == 0) {
+      s.tensors[name.substr(tp.size())] = t;
+    } else if (name.compare(0, sp.size(), sp) == 0) {
+      KCHECK(t.numel() == 1, ValueError, "optimizer state: scalar entry ", name, " has shape ", shape_str(t.shape()));
+      s.scalars[name.substr(sp.size())] = t.item();
+    }
   }
   return s;
 }
@@ -146,6 +147,17 @@ void Optimizer::load_state(const OptimizerState& s) {
     std::string field;
     split(key, snames, i, field);
     scalars[i][field] = v;
+  }
+  // A parameter's state is all there or all absent (e.g. AdamW moments without their step count would
+  // silently restart the bias correction).
+  for (size_t i = 0; i < flat_.size(); ++i) {
+    if (tensors[i].empty() && scalars[i].empty()) continue;
+    for (const std::string& n : tnames)
+      KCHECK(tensors[i].count(n), ValueError, type_name(), ": optimizer state for parameter ", i, " lacks '", i, ".",
+             n, "'");
+    for (const std::string& n : snames)
+      KCHECK(scalars[i].count(n), ValueError, type_name(), ": optimizer state for parameter ", i, " lacks '", i, ".",
+             n, "'");
   }
   auto lit = s.scalars.find("lr");
   if (lit != s.scalars.end()) set_lr(lit->second);

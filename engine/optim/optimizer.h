@@ -34,11 +34,11 @@ struct OptimizerState {
   std::map<std::string, Tensor> tensors;
   std::map<std::string, double> scalars;
 
-  // Everything as tensors (scalars become 0-d f64 tensors), names prefixed, to
-  // store in a safetensors checkpoint beside the model.
+  // Everything as tensors, to store in a safetensors checkpoint beside the
+  // model: tensors as "<prefix>state.<name>", scalars as 0-d f64 tensors
+  // "<prefix>scalar.<name>" (exact: doubles survive bit for bit).
   nn::NamedTensors to_named_tensors(const std::string& prefix) const;
-  // Inverse of to_named_tensors: takes the entries starting with prefix; a 0-d
-  // f64 tensor is a scalar, anything else a tensor.
+  // Inverse of to_named_tensors; entries without the prefix are ignored.
   static OptimizerState from_named_tensors(const nn::NamedTensors& all, const std::string& prefix);
 };
 
@@ -77,13 +77,14 @@ class Optimizer {
   virtual std::vector<std::string> state_tensor_names() const = 0;
   // Per-parameter scalar state names, e.g. {"step"}.
   virtual std::vector<std::string> state_scalar_names() const { return {}; }
-  // The default weight decay, for groups that do not set their own.
-  std::vector<ParamRef> flat_;
+  std::vector<ParamRef> flat_;  // every parameter, in group order
   // state_[i][name]: undefined until the first step that touches parameter i.
   std::vector<std::map<std::string, Tensor>> state_tensors_;
   std::vector<std::map<std::string, double>> state_scalars_;
   double lr_;
 
+  // Flattens the groups; call from the derived constructor. default_weight_decay
+  // applies to groups that do not set their own.
   void init_params(double default_weight_decay);
   // The parameter's gradient as a contiguous tensor of its dtype, or undefined.
   static Tensor grad_for_update(const Tensor& param, const char* op);
