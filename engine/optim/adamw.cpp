@@ -17,6 +17,8 @@ namespace {
 
 // One pass: reads p, g, m, v; writes p, m, v. Scalars are computed in double
 // and rounded once to T, as torch does for its Python-float hyperparameters.
+// engine/optim is built with -fno-math-errno (CMakeLists.txt) so this loop
+// vectorises: v >= 0, so sqrt never sets errno anyway.
 template <typename T>
 void adamw_update(T* p, const T* g, T* m, T* v, int64_t n, double decay_factor, double beta1, double beta2,
                   double step_size, double bc2_sqrt, double eps) {
