@@ -1,0 +1,280 @@
+// Model zoo: exact parameter counts, output shapes at CIFAR, MNIST and ImageNet
+// sizes, a backward pass through every model, registry errors, summaries, compound
+// scaling, and logits equal to torchvision's with the same weights.
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "engine/io/safetensors.h"
+#include "engine/ops/reduce.h"
+#include "models/emn.h"
+#include "models/registry.h"
+#include "models/scaling.h"
+#include "models/summary.h"
+#include "test_util.h"
+
+using namespace kestrel;
+using kestrel::models::build_model;
+using kestrel::models::ModelOptions;
+
+namespace {
+
+ModelOptions classes(int64_t n) {
+  ModelOptions o;
+  o.num_classes = n;
+  return o;
+}
+
+Tensor forward_eval(nn::Module& m, const Shape& nhwc, uint64_t seed = 1) {
+  m.eval();
+  NoGradGuard g;
+  return m(kestrel::testing::random_tensor(nhwc, seed, DType::F32));
+}
+
+std::string expect_message_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const ValueError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a ValueError";
+  return "";
+}
+
+}  // namespace
+
+// torchvision's num_params metadata (and timm's ghostnet_100), 1000 classes.
+TEST(ModelZoo, ParameterCountsEqualTorchvisionAndTimmExactly) {
+  const std::vector<std::pair<std::string, int64_t>> expected = {
+      {"resnet18", 11689512},        {"resnet50", 25557032},          {"resnet152", 60192808},
+      {"densenet121", 7978856},      {"densenet201", 20013928},       {"mobilenet_v2", 3504872},
+      {"mobilenet_v3_small", 2542856}, {"mobilenet_v3_large", 5483032}, {"efficientnet_b0", 5288548},
+      {"efficientnet_b1", 7794184},  {"efficientnet_b2", 9109994},    {"efficientnet_b3", 12233232},
+      {"efficientnet_b4", 19341616}, {"efficientnet_b5", 30389784},   {"efficientnet_b6", 43040704},
+      {"efficientnet_b7", 66347960}, {"ghostnet_100", 5182508},
+  };
+  for (const auto& [name, count] : expected)
+    EXPECT_EQ(build_model(name, classes(1000))->num_parameters(), count) << name;
+}
+
+TEST(ModelZoo, CifarNetHasExactly150690ParametersAt10Classes) {
+  EXPECT_EQ(build_model("cifar10_200k")->num_parameters(), 150690);
+  EXPECT_EQ(build_model("cifar10_200k", classes(10))->num_parameters(), 150690);
+}
+
+TEST(ModelZoo, EfficientMicroNetSizesAreWithin3PercentOfPublished) {
+  for (const auto& v : models::emn_variants()) {
+    const double n = static_cast<double>(build_model(v.name, classes(10))->num_parameters());
+    EXPECT_LT(std::abs(n - v.published_params) / v.published_params, 0.03)
+        << v.name << " has " << n << " parameters, published " << v.published_params;
+  }
+}
+
+TEST(ModelZoo, MobileNetsBuildAtEveryWidthMultiplier) {
+  // torchvision's counts for the widths it defines.
+  ModelOptions o = classes(1000);
+  o.width_mult = 0.5;
+  EXPECT_EQ(build_model("mobilenet_v2", o)->num_parameters(), 1968680);
+  o.width_mult = 0.75;
+  EXPECT_EQ(build_model("mobilenet_v3_large", o)->num_parameters(), 3377576);
+  o.width_mult = 0.5;
+  EXPECT_EQ(build_model("mobilenet_v3_small", o)->num_parameters(), 917264);
+  for (double w : {0.25, 0.5, 0.75, 1.0})
+    for (const char* name : {"mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"}) {
+      o.width_mult = w;
+      auto m = build_model(name, o);
+      EXPECT_EQ(forward_eval(*m, {1, 32, 32, 3}).shape(), (Shape{1, 1000})) << name << " width " << w;
+    }
+}
+
+TEST(ModelZoo, StateDictUsesTorchvisionNamesAndOIHWLayouts) {
+  auto shape_of = [](const nn::Module& m, const std::string& name) {
+    for (const auto& [n, t] : m.state_dict())
+      if (n == name) return t.shape();
+    ADD_FAILURE() << "no tensor named " << name;
+    return Shape{};
+  };
+  auto r = build_model("resnet18");
+  EXPECT_EQ(shape_of(*r, "conv1.weight"), (Shape{64, 3, 7, 7}));
+  EXPECT_EQ(shape_of(*r, "layer2.0.downsample.0.weight"), (Shape{128, 64, 1, 1}));
+  EXPECT_EQ(shape_of(*r, "layer4.1.bn2.num_batches_tracked"), (Shape{}));
+  auto e = build_model("efficientnet_b0");
+  EXPECT_EQ(shape_of(*e, "features.1.0.block.0.0.weight"), (Shape{32, 1, 3, 3}));
+  EXPECT_EQ(shape_of(*e, "features.1.0.block.1.fc1.weight"), (Shape{8, 32, 1, 1}));
+  EXPECT_EQ(shape_of(*e, "features.2.0.block.2.fc1.weight"), (Shape{4, 96, 1, 1}));  // squeeze to in/4
+  EXPECT_EQ(shape_of(*e, "classifier.1.weight"), (Shape{1000, 1280}));
+  auto d = build_model("densenet121");
+  EXPECT_EQ(shape_of(*d, "features.denseblock1.denselayer2.conv1.weight"), (Shape{128, 96, 1, 1}));
+  EXPECT_EQ(shape_of(*d, "features.transition3.conv.weight"), (Shape{512, 1024, 1, 1}));
+  auto g = build_model("ghostnet_100");
+  EXPECT_EQ(shape_of(*g, "blocks.3.0.se.conv_reduce.weight"), (Shape{20, 72, 1, 1}));
+  EXPECT_EQ(shape_of(*g, "blocks.9.0.conv.weight"), (Shape{960, 160, 1, 1}));
+  EXPECT_EQ(shape_of(*g, "conv_head.bias"), (Shape{1280}));
+}
+
+TEST(ModelZoo, EveryModelMapsCifarAndMnistInputsToLogits) {
+  for (const std::string& name : models::model_names()) {
+    ModelOptions o = classes(10);
+    auto m = build_model(name, o);
+    EXPECT_EQ(forward_eval(*m, {2, 32, 32, 3}).shape(), (Shape{2, 10})) << name << " at 3x32x32";
+    o.in_channels = 1;
+    o.cifar_stem = true;
+    auto gray = build_model(name, o);
+    EXPECT_EQ(forward_eval(*gray, {2, 28, 28, 1}).shape(), (Shape{2, 10})) << name << " at 1x28x28";
+  }
+}
+
+TEST(ModelZoo, CifarStemKeepsA4x4MapAtTheHead) {
+  ModelOptions o = classes(10);
+  o.cifar_stem = true;
+  for (const char* name : {"emn_small", "resnet18", "efficientnet_b0", "mobilenet_v2", "cifar10_200k"}) {
+    auto m = build_model(name, o);
+    const models::ModelSummary s = models::summarize(*m, {1, 32, 32, 3});
+    EXPECT_EQ(s.effective_stride, 8) << name;
+    EXPECT_EQ(s.output_shape, (Shape{1, 10})) << name;
+  }
+}
+
+TEST(ModelZoo, SmallModelsRunAt224) {
+  for (const char* name : {"cifar10_200k", "emn_tiny", "mobilenet_v3_small", "resnet18"}) {
+    auto m = build_model(name, classes(1000));
+    EXPECT_EQ(forward_eval(*m, {1, 224, 224, 3}).shape(), (Shape{1, 1000})) << name;
+  }
+}
+
+TEST(ModelZoo, BackwardReachesEveryParameterOfEveryModel) {
+  for (const std::string& name : models::model_names()) {
+    ModelOptions o = classes(10);
+    auto m = build_model(name, o);
+    m->train();
+    Tensor x = kestrel::testing::random_tensor({2, 32, 32, 3}, 3, DType::F32);
+    Tensor loss = sum(m->operator()(x));
+    loss.backward();
+    int64_t missing = 0;
+    std::string first;
+    for (const auto& [pname, p] : m->named_parameters()) {
+      if (p.grad().defined()) continue;
+      if (missing++ == 0) first = pname;
+    }
+    EXPECT_EQ(missing, 0) << name << ": " << missing << " parameters got no gradient, first " << first;
+    EXPECT_TRUE(std::isfinite(loss.item())) << name;
+  }
+}
+
+TEST(ModelRegistry, UnknownNameListsEveryValidModel) {
+  const std::string msg = expect_message_of([] { build_model("resnet19"); });
+  EXPECT_NE(msg.find("unknown model 'resnet19'"), std::string::npos) << msg;
+  for (const std::string& name : models::model_names()) EXPECT_NE(msg.find(name), std::string::npos) << msg;
+}
+
+TEST(ModelRegistry, ImpossibleOptionsAreClearErrors) {
+  ModelOptions o;
+  o.width_mult = 0;
+  EXPECT_NE(expect_message_of([&] { build_model("mobilenet_v2", o); }).find("width_mult must be positive"),
+            std::string::npos);
+  o = classes(0);
+  EXPECT_NE(expect_message_of([&] { build_model("resnet18", o); }).find("num_classes must be positive"),
+            std::string::npos);
+  o = ModelOptions{};
+  o.dropout = 1.0;
+  EXPECT_NE(expect_message_of([&] { build_model("emn_small", o); }).find("dropout"), std::string::npos);
+  o = ModelOptions{};
+  o.in_channels = 0;
+  EXPECT_NE(expect_message_of([&] { build_model("emn_small", o); }).find("in_channels"), std::string::npos);
+  o = ModelOptions{};
+  o.depth_mult = 2.0;
+  EXPECT_NE(expect_message_of([&] { build_model("mobilenet_v3_small", o); }).find("depth_mult"), std::string::npos);
+}
+
+TEST(ModelSummary, CountsTorchvisionsPublishedMultiplyAddsAndReceptiveFields) {
+  auto r = build_model("resnet18");
+  const models::ModelSummary s = models::summarize(*r, {1, 224, 224, 3});
+  EXPECT_EQ(s.total_params, 11689512);
+  EXPECT_NEAR(static_cast<double>(s.total_macs) / 1e9, 1.82, 0.01);
+  EXPECT_EQ(s.receptive_field, 435);  // the known analytic RF of ResNet-18
+  EXPECT_EQ(s.effective_stride, 32);
+  EXPECT_EQ(s.output_shape, (Shape{1, 1000}));
+  bool saw_fc = false;
+  for (const auto& row : s.rows)
+    if (row.name == "fc") {
+      saw_fc = true;
+      EXPECT_EQ(row.params, 513000);
+      EXPECT_EQ(row.macs, 512000);
+    }
+  EXPECT_TRUE(saw_fc);
+  EXPECT_NE(models::format_summary("resnet18", s).find("receptive field"), std::string::npos);
+}
+
+TEST(ModelSummary, CifarNetReceptiveFieldIs109NotTheSeeds67) {
+  auto m = build_model("cifar10_200k");
+  const models::ModelSummary s = models::summarize(*m, {1, 32, 32, 3});
+  EXPECT_EQ(s.receptive_field, 109);
+  EXPECT_EQ(s.effective_stride, 8);
+  EXPECT_EQ(s.total_params, 150690);
+}
+
+TEST(CompoundScaling, PaperCoefficientsSatisfyTheConstraint) {
+  const models::CompoundCoefficients c;
+  EXPECT_NEAR(models::flops_per_phi(c), 1.2 * 1.1 * 1.1 * 1.15 * 1.15, 1e-12);
+  EXPECT_TRUE(models::satisfies_constraint(c));
+  const models::ScalingMultipliers m = models::compound_scaling(2.0);
+  EXPECT_NEAR(m.depth, 1.44, 1e-12);
+  EXPECT_NEAR(m.width, 1.21, 1e-12);
+  EXPECT_NEAR(m.resolution, 1.3225, 1e-12);
+  EXPECT_NEAR(m.flops_factor, std::pow(1.2 * 1.21 * 1.3225, 2), 1e-9);
+  EXPECT_THROW(models::compound_scaling(1.0, {2.0, 1.1, 1.15}), ValueError);  // 3.2 != 2
+  EXPECT_THROW(models::compound_scaling(-1.0), ValueError);
+}
+
+// Kestrel saves weights (safetensors, PyTorch names and layouts), an input and its
+// eval-mode logits; tests/interop/check_models.py loads the weights into
+// torchvision's model with strict=True and compares logits.
+TEST(ModelInterop, LogitsMatchTorchvisionWithTheSameWeights) {
+  const std::string py = kestrel::testing::python_with_torch();
+  if (py.empty()) GTEST_SKIP() << "python3 with torch not found; skipping the torchvision interop check";
+  const std::string dir = kestrel::testing::temp_path("models_interop");
+  std::filesystem::create_directories(dir);
+  std::ofstream list(dir + "/models.txt");
+  uint64_t seed = 11;
+  for (const char* name : {"resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "densenet121"}) {
+    ModelOptions o = classes(1000);
+    o.drop_path = 0.0;  // the calibration pass below must see the eval-mode graph
+    auto m = build_model(name, o);
+    Tensor x = kestrel::testing::random_tensor({2, 64, 64, 3}, seed++, DType::F32);
+    // Calibrate: one training-mode pass with momentum 1 makes the running
+    // statistics those of this input, so eval-mode activations stay O(1) and
+    // every BN buffer is non-trivial in the comparison.
+    std::vector<std::pair<nn::BatchNorm2d*, double>> bns;
+    std::function<void(nn::Module&)> visit = [&](nn::Module& mod) {
+      if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(&mod)) bns.emplace_back(bn, bn->momentum);
+      for (auto& [n, c] : mod.named_children()) visit(*c);
+    };
+    visit(*m);
+    for (auto& [bn, mom] : bns) {
+      bn->momentum = 1.0;
+      NoGradGuard g;
+      bn->weight.copy_(add_scalar(kestrel::testing::random_tensor(bn->weight.shape(), seed++, DType::F32), 1.0));
+      bn->bias.copy_(mul_scalar(kestrel::testing::random_tensor(bn->bias.shape(), seed++, DType::F32), 0.1));
+    }
+    m->train();
+    {
+      NoGradGuard g;
+      (*m)(x);
+    }
+    for (auto& [bn, mom] : bns) bn->momentum = mom;
+    m->eval();
+    Tensor logits;
+    {
+      NoGradGuard g;
+      logits = (*m)(x);
+    }
+    io::save_module(dir + "/" + name + ".safetensors", *m);
+    kestrel::testing::save_npy(dir + "/" + name + "_x.npy", x);
+    kestrel::testing::save_npy(dir + "/" + name + "_logits.npy", logits);
+    list << name << "\n";
+  }
+  list.close();
+  EXPECT_EQ(kestrel::testing::run_python(py, "tests/interop/check_models.py", dir), 0)
+      << "tests/interop/check_models.py found a mismatch (see its output above)";
+}
