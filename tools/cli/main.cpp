@@ -6,17 +6,22 @@
 
 namespace kestrel::cli {
 void register_summary(CLI::App& app);  // summary.cpp
+void register_train(CLI::App& app);    // train.cpp
 }  // namespace kestrel::cli
 
 int main(int argc, char** argv) {
   CLI::App app{"Kestrel: efficient image classifiers, trained and measured"};
   app.require_subcommand(1);
   kestrel::cli::register_summary(app);
+  kestrel::cli::register_train(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const kestrel::Error& e) {
+    std::cerr << "kestrel: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
     std::cerr << "kestrel: error: " << e.what() << "\n";
     return 1;
   }

@@ -1,0 +1,69 @@
+// kestrel train: flags (or a recipe file with the same keys) -> a training run.
+#include <CLI/CLI.hpp>
+#include <iostream>
+#include <memory>
+
+#include "tools/lib/trainer.h"
+
+namespace kestrel::cli {
+
+void register_train(CLI::App& app) {
+  auto c = std::make_shared<tools::TrainConfig>();
+  auto no_progress = std::make_shared<bool>(false);
+  CLI::App* cmd = app.add_subcommand("train", "Train a model from the zoo on a data set");
+  cmd->set_config("--config", "", "recipe file (TOML, keys as the long flags); flags given on the command line win");
+  cmd->add_option("--model,-m", c->model, "model name (kestrel summary --list)")->capture_default_str();
+  cmd->add_option("--num-classes", c->num_classes, "classifier outputs (default: from the data set)");
+  cmd->add_option("--width-mult", c->width_mult, "channel multiplier")->capture_default_str();
+  cmd->add_option("--dataset", c->dataset, "cifar10, cifar100, fashion-mnist, mnist or folder")->capture_default_str();
+  cmd->add_option("--data-dir", c->data_dir, "data location (default: the data set's standard place)");
+  cmd->add_option("--limit-train", c->limit_train, "use only the first N training images");
+  cmd->add_option("--limit-test", c->limit_test, "use only the first N test images");
+  cmd->add_flag("--skip-bad", c->skip_bad, "warn about and skip unreadable images instead of stopping");
+  cmd->add_option("--workers", c->workers, "data loader threads")->capture_default_str();
+  cmd->add_option("--epochs", c->epochs, "epochs")->capture_default_str();
+  cmd->add_option("--batch-size,-b", c->batch_size, "batch size")->capture_default_str();
+  cmd->add_option("--lr", c->lr, "peak learning rate")->capture_default_str();
+  cmd->add_option("--optimizer", c->optimizer, "sgd or adamw")->capture_default_str();
+  cmd->add_option("--momentum", c->momentum, "SGD momentum")->capture_default_str();
+  cmd->add_option("--nesterov", c->nesterov, "Nesterov momentum (true/false)")->capture_default_str();
+  cmd->add_option("--weight-decay", c->weight_decay, "weight decay (not on biases and norms)")->capture_default_str();
+  cmd->add_option("--warmup-epochs", c->warmup_epochs, "linear warmup length")->capture_default_str();
+  cmd->add_option("--schedule", c->schedule, "cosine, step or onecycle")->capture_default_str();
+  cmd->add_option("--step-size", c->step_size, "epochs between decays for --schedule step")->capture_default_str();
+  cmd->add_option("--step-gamma", c->step_gamma, "decay factor for --schedule step")->capture_default_str();
+  cmd->add_option("--label-smoothing", c->label_smoothing, "label smoothing")->capture_default_str();
+  cmd->add_option("--loss", c->loss, "ce or focal")->capture_default_str();
+  cmd->add_option("--focal-gamma", c->focal_gamma, "focal loss gamma")->capture_default_str();
+  cmd->add_option("--mixup", c->mixup, "probability of MixUp per batch")->capture_default_str();
+  cmd->add_option("--cutmix", c->cutmix, "probability of CutMix per batch")->capture_default_str();
+  cmd->add_option("--ricap", c->ricap, "probability of RICAP per batch")->capture_default_str();
+  cmd->add_option("--mix-alpha", c->mix_alpha, "Beta(alpha, alpha) for MixUp/CutMix")->capture_default_str();
+  cmd->add_flag("--auto-augment", c->auto_augment, "AutoAugment CIFAR-10 policy");
+  cmd->add_option("--randaugment", c->randaugment, "RandAugment N,M (e.g. 2,9)");
+  cmd->add_option("--random-crop", c->random_crop, "random crop with padding (true/false)")->capture_default_str();
+  cmd->add_option("--hflip", c->hflip, "random horizontal flip (true/false)")->capture_default_str();
+  cmd->add_option("--cutout", c->cutout, "probability of cutout per image")->capture_default_str();
+  cmd->add_option("--ema", c->ema, "weight EMA decay (e.g. 0.999); 0 = off")->capture_default_str();
+  cmd->add_option("--amp", c->amp, "off, fp16 or bf16 (GPU)")->capture_default_str();
+  cmd->add_option("--grad-accum", c->grad_accum, "micro-batches per optimizer step")->capture_default_str();
+  cmd->add_option("--clip-grad", c->clip_grad, "clip gradients to this global norm; 0 = off")->capture_default_str();
+  cmd->add_option("--early-stop", c->early_stop, "stop after N epochs without improvement; 0 = off");
+  cmd->add_option("--seed", c->seed, "random seed")->capture_default_str();
+  cmd->add_option("--device", c->device, "auto, cpu or cuda")->capture_default_str();
+  cmd->add_option("--out,-o", c->out, "run folder")->capture_default_str();
+  cmd->add_flag("--resume", c->resume, "continue the run in --out from its last checkpoint");
+  cmd->add_flag("--overwrite", c->overwrite, "replace an existing run folder");
+  cmd->add_flag("--no-progress", *no_progress, "no progress bars");
+  cmd->add_option("--stop-after-steps", c->stop_after_steps, "stop abruptly after N optimizer steps (testing aid)")
+      ->group("");
+  cmd->callback([c, no_progress] {
+    c->progress = !*no_progress;
+    const tools::TrainSummary s = tools::train(*c);
+    if (!s.completed) return;
+    std::printf("best top-1 %.2f%% at epoch %lld; final top-1 %.2f%%; %.1f s; run folder %s\n", 100 * s.best_top1,
+                static_cast<long long>(s.best_epoch), 100 * s.final_top1, s.seconds, s.out_dir.c_str());
+  });
+}
+
+}  // namespace kestrel::cli

@@ -1,0 +1,89 @@
+#include "tools/lib/checkpoint.h"
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "models/registry.h"
+
+namespace kestrel::tools {
+
+io::Metadata ModelInfo::to_metadata() const {
+  nlohmann::json j;
+  j["model"] = model;
+  j["num_classes"] = num_classes;
+  j["in_channels"] = in_channels;
+  j["height"] = height;
+  j["width"] = width;
+  j["cifar_stem"] = cifar_stem;
+  j["width_mult"] = width_mult;
+  j["dataset"] = dataset;
+  j["classes"] = classes;
+  j["mean"] = mean;
+  j["std"] = std;
+  return {{"kestrel.model_info", j.dump()}};
+}
+
+ModelInfo ModelInfo::from_metadata(const io::Metadata& m, const std::string& source) {
+  auto it = m.find("kestrel.model_info");
+  KCHECK(it != m.end(), IOError, source, ": not a Kestrel model checkpoint (no kestrel.model_info metadata)");
+  ModelInfo info;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(it->second);
+    info.model = j.at("model").get<std::string>();
+    info.num_classes = j.at("num_classes").get<int64_t>();
+    info.in_channels = j.at("in_channels").get<int64_t>();
+    info.height = j.at("height").get<int64_t>();
+    info.width = j.at("width").get<int64_t>();
+    info.cifar_stem = j.at("cifar_stem").get<bool>();
+    info.width_mult = j.value("width_mult", 1.0);
+    info.dataset = j.value("dataset", "");
+    info.classes = j.value("classes", std::vector<std::string>{});
+    info.mean = j.value("mean", std::vector<float>{});
+    info.std = j.value("std", std::vector<float>{});
+  } catch (const nlohmann::json::exception& e) {
+    throw IOError(source + ": malformed kestrel.model_info metadata (" + e.what() + ")");
+  }
+  return info;
+}
+
+nn::ModulePtr build_from_info(const ModelInfo& info) {
+  models::ModelOptions o;
+  o.num_classes = info.num_classes;
+  o.in_channels = info.in_channels;
+  o.cifar_stem = info.cifar_stem;
+  o.width_mult = info.width_mult;
+  return models::build_model(info.model, o);
+}
+
+void save_checkpoint(const std::string& path, const nn::Module& model, const ModelInfo& info,
+                     const nn::NamedTensors& extra, const io::Metadata& extra_metadata) {
+  nn::NamedTensors all = model.state_dict();
+  all.insert(all.end(), extra.begin(), extra.end());
+  io::Metadata meta = info.to_metadata();
+  meta.insert(extra_metadata.begin(), extra_metadata.end());
+  io::save_safetensors(path, all, meta);
+}
+
+void load_weights(const io::SafetensorsContents& contents, nn::Module& model, const std::string& source) {
+  nn::NamedTensors weights;
+  for (const auto& [name, t] : contents.tensors)
+    if (!is_training_state_name(name)) weights.emplace_back(name, t);
+  try {
+    model.load_state_dict(weights, true);
+  } catch (const ValueError& e) {
+    throw ValueError(source + ": " + e.what());
+  }
+}
+
+LoadedModel load_checkpoint(const std::string& path) {
+  KCHECK(std::filesystem::exists(path), IOError, "checkpoint not found: ", path);
+  LoadedModel out;
+  out.contents = io::load_safetensors(path);
+  out.info = ModelInfo::from_metadata(out.contents.metadata, path);
+  out.model = build_from_info(out.info);
+  load_weights(out.contents, *out.model, path);
+  out.model->eval();
+  return out;
+}
+
+}  // namespace kestrel::tools

@@ -1,0 +1,46 @@
+// Model checkpoints: weights in PyTorch's names and layouts (safetensors), with
+// what is needed to rebuild the model and read its inputs kept in the metadata.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "engine/io/safetensors.h"
+#include "engine/nn/module.h"
+
+namespace kestrel::tools {
+
+struct ModelInfo {
+  std::string model;
+  int64_t num_classes = 0;
+  int64_t in_channels = 3;
+  int64_t height = 32, width = 32;
+  bool cifar_stem = false;
+  double width_mult = 1.0;
+  std::string dataset;
+  std::vector<std::string> classes;
+  std::vector<float> mean, std;  // per-channel normalization of [0,1] pixels
+
+  io::Metadata to_metadata() const;
+  static ModelInfo from_metadata(const io::Metadata& m, const std::string& source);
+};
+
+nn::ModulePtr build_from_info(const ModelInfo& info);
+
+// Tensors whose names start with "__" are training state, not model weights.
+inline bool is_training_state_name(const std::string& n) { return n.rfind("__", 0) == 0; }
+
+// Writes atomically (temporary file, then rename).
+void save_checkpoint(const std::string& path, const nn::Module& model, const ModelInfo& info,
+                     const nn::NamedTensors& extra = {}, const io::Metadata& extra_metadata = {});
+
+struct LoadedModel {
+  nn::ModulePtr model;
+  ModelInfo info;
+  io::SafetensorsContents contents;
+};
+// Rebuilds the model the checkpoint names and loads its weights (strict).
+LoadedModel load_checkpoint(const std::string& path);
+// Loads a checkpoint's weights into an existing model; mismatches are listed.
+void load_weights(const io::SafetensorsContents& contents, nn::Module& model, const std::string& source);
+
+}  // namespace kestrel::tools

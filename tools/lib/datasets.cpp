@@ -1,0 +1,117 @@
+#include "tools/lib/datasets.h"
+
+#include <filesystem>
+
+#include "data/readers.h"
+
+namespace kestrel::tools {
+
+std::string default_data_dir(const std::string& dataset) {
+  if (dataset == "fashion-mnist") return "/usr/share/datasets/fashion-mnist";
+  if (dataset == "mnist") return "/usr/share/datasets/mnist";
+  if (dataset == "cifar10" || dataset == "cifar100") return "datasets";  // where tools/get_data.sh puts them
+  return "";
+}
+
+std::shared_ptr<const data::Dataset> open_dataset(const std::string& dataset, const std::string& data_dir,
+                                                  data::Split split, bool skip_bad, int64_t limit) {
+  const std::string dir = data_dir.empty() ? default_data_dir(dataset) : data_dir;
+  KCHECK(std::filesystem::exists(dir), IOError, "data directory not found: ", dir,
+         dataset.rfind("cifar", 0) == 0 ? " (run tools/get_data.sh to download CIFAR)" : "");
+  data::ReadOptions ro;
+  ro.skip_bad = skip_bad;
+  std::shared_ptr<const data::Dataset> ds;
+  if (dataset == "fashion-mnist") {
+    ds = data::open_fashion_mnist(dir, split, ro);
+  } else if (dataset == "mnist") {
+    ds = data::open_mnist(dir, split, ro);
+  } else if (dataset == "cifar10") {
+    ds = data::open_cifar10(dir, split, ro);
+  } else if (dataset == "cifar100") {
+    ds = data::open_cifar100(dir, split, true, ro);
+  } else if (dataset == "folder") {
+    data::ImageFolderOptions fo;
+    fo.read = ro;
+    fo.preload = true;
+    fo.test_fraction = 0.1;
+    ds = data::open_image_folder(dir, split, fo);
+  } else {
+    throw ValueError("unknown dataset '" + dataset + "' (valid: cifar10, cifar100, fashion-mnist, mnist, folder)");
+  }
+  KCHECK(ds->size() > 0, IOError, "data set ", dataset, " at ", dir, " has no images");
+  if (limit > 0 && limit < ds->size()) {
+    // A class-balanced prefix would need labels; the first N is what users expect from --limit.
+    std::vector<int64_t> idx(static_cast<size_t>(limit));
+    for (int64_t i = 0; i < limit; ++i) idx[i] = i;
+    auto subset = std::make_shared<data::SubsetDataset>(ds, idx);
+    return subset;
+  }
+  return ds;
+}
+
+Normalization normalization_for(const std::string& dataset, const data::Dataset& train) {
+  if (dataset == "fashion-mnist") return {{0.2860f}, {0.3530f}};
+  if (dataset == "mnist") return {{0.1307f}, {0.3081f}};
+  if (dataset == "cifar10") return {{0.4914f, 0.4822f, 0.4465f}, {0.2470f, 0.2435f, 0.2616f}};
+  if (dataset == "cifar100") return {{0.5071f, 0.4865f, 0.4409f}, {0.2673f, 0.2564f, 0.2762f}};
+  const int64_t n = std::min<int64_t>(train.size(), 2000);
+  std::vector<double> sum, sq;
+  double count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const data::Example e = train.get(i * (train.size() / n));
+    if (sum.empty()) sum.assign(e.image.c, 0.0), sq.assign(e.image.c, 0.0);
+    for (size_t p = 0; p < e.image.pixels.size(); ++p) {
+      const double v = e.image.pixels[p] / 255.0;
+      sum[p % e.image.c] += v;
+      sq[p % e.image.c] += v * v;
+    }
+    count += static_cast<double>(e.image.h) * e.image.w;
+  }
+  Normalization out;
+  for (size_t c = 0; c < sum.size(); ++c) {
+    const double m = sum[c] / count;
+    out.mean.push_back(static_cast<float>(m));
+    out.std.push_back(static_cast<float>(std::sqrt(std::max(sq[c] / count - m * m, 1e-6))));
+  }
+  return out;
+}
+
+data::Transform train_transform(const TrainConfig& c, int height, int width, int channels, const Normalization& n) {
+  std::vector<data::Transform> t;
+  if (c.random_crop) t.push_back(data::random_crop(height, width, std::max(2, height / 8)));
+  if (c.hflip) t.push_back(data::random_hflip());
+  if (c.auto_augment) t.push_back(data::auto_augment_cifar10());
+  if (!c.randaugment.empty()) {
+    int rn = 0, rm = 0;
+    KCHECK(std::sscanf(c.randaugment.c_str(), "%d,%d", &rn, &rm) == 2 && rn > 0 && rm >= 0, ValueError,
+           "--randaugment expects N,M (e.g. 2,9), got '", c.randaugment, "'");
+    t.push_back(data::rand_augment(rn, rm));
+  }
+  if (c.cutout > 0) t.push_back(data::cutout(std::max(4, height / 2), c.cutout));
+  t.push_back(data::normalize(n.mean, n.std));
+  (void)channels;
+  return data::compose(std::move(t));
+}
+
+data::Transform eval_transform(const Normalization& n) { return data::normalize(n.mean, n.std); }
+
+data::BatchTransform batch_mixing(const TrainConfig& c, int64_t num_classes) {
+  const double total = c.mixup + c.cutmix + c.ricap;
+  if (total <= 0) return {};
+  KCHECK(total <= 1.0 + 1e-9, ValueError, "--mixup + --cutmix + --ricap probabilities sum to ", total,
+         "; they are exclusive per batch, so the sum must be at most 1");
+  data::BatchTransform mix = data::mixup(c.mix_alpha, num_classes), cut = data::cutmix(c.mix_alpha, num_classes),
+                       ric = data::ricap(0.3, num_classes);
+  const double pm = c.mixup, pc = c.cutmix, pr = c.ricap;
+  return [=](data::Batch& b, Generator& g) {
+    const double u = g.uniform();
+    if (u < pm)
+      mix(b, g);
+    else if (u < pm + pc)
+      cut(b, g);
+    else if (u < pm + pc + pr)
+      ric(b, g);
+  };
+}
+
+}  // namespace kestrel::tools

@@ -1,0 +1,63 @@
+#include "tools/lib/train_config.h"
+
+#include "engine/error.h"
+
+namespace kestrel::tools {
+
+#define KESTREL_CONFIG_FIELDS(X)                                                                              \
+  X(model) X(num_classes) X(width_mult) X(dropout) X(drop_path) X(dataset) X(data_dir) X(limit_train)         \
+  X(limit_test) X(skip_bad) X(workers) X(epochs) X(batch_size) X(lr) X(optimizer) X(momentum) X(nesterov)     \
+  X(weight_decay) X(warmup_epochs) X(schedule) X(step_size) X(step_gamma) X(label_smoothing) X(loss)          \
+  X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp) X(early_stop) X(mixup) X(cutmix) X(ricap)          \
+  X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop) X(hflip) X(cutout) X(seed) X(device) X(out)
+
+nlohmann::json TrainConfig::to_json() const {
+  nlohmann::json j;
+#define X(name) j[#name] = name;
+  KESTREL_CONFIG_FIELDS(X)
+#undef X
+  return j;
+}
+
+TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
+  TrainConfig c;
+#define X(name) \
+  if (j.contains(#name)) j.at(#name).get_to(c.name);
+  KESTREL_CONFIG_FIELDS(X)
+#undef X
+  return c;
+}
+
+namespace {
+void one_of(const std::string& flag, const std::string& value, std::initializer_list<const char*> valid) {
+  std::string list;
+  for (const char* v : valid) {
+    if (value == v) return;
+    list += (list.empty() ? "" : ", ") + std::string(v);
+  }
+  throw ValueError("--" + flag + " '" + value + "' is not one of: " + list);
+}
+}  // namespace
+
+void TrainConfig::validate() const {
+  one_of("dataset", dataset, {"cifar10", "cifar100", "fashion-mnist", "mnist", "folder"});
+  one_of("optimizer", optimizer, {"sgd", "adamw"});
+  one_of("schedule", schedule, {"cosine", "step", "onecycle"});
+  one_of("loss", loss, {"ce", "focal"});
+  one_of("amp", amp, {"off", "fp16", "bf16"});
+  KCHECK(epochs > 0, ValueError, "--epochs must be positive, got ", epochs);
+  KCHECK(batch_size > 0, ValueError, "--batch-size must be positive, got ", batch_size);
+  KCHECK(lr > 0, ValueError, "--lr must be positive, got ", lr);
+  KCHECK(grad_accum >= 1, ValueError, "--grad-accum must be at least 1, got ", grad_accum);
+  KCHECK(label_smoothing >= 0 && label_smoothing < 1, ValueError, "--label-smoothing must be in [0, 1), got ",
+         label_smoothing);
+  KCHECK(ema == 0 || (ema > 0 && ema < 1), ValueError, "--ema decay must be in (0, 1), got ", ema);
+  for (double p : {mixup, cutmix, ricap, cutout})
+    KCHECK(p >= 0 && p <= 1, ValueError, "augmentation probabilities must be in [0, 1], got ", p);
+  KCHECK(workers >= 0, ValueError, "--workers must be >= 0");
+  KCHECK(dataset != "folder" || !data_dir.empty(), ValueError, "--dataset folder needs --data-dir");
+  KCHECK(clip_grad >= 0, ValueError, "--clip-grad must be >= 0");
+  KCHECK(warmup_epochs >= 0, ValueError, "--warmup-epochs must be >= 0");
+}
+
+}  // namespace kestrel::tools

@@ -1,0 +1,71 @@
+// Everything a training run is configured by: the `kestrel train` flags, the
+// keys of a recipe file, and the "config" object of a run's training state.
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace kestrel::tools {
+
+struct TrainConfig {
+  // model and data
+  std::string model = "cifar_dsnet";
+  int64_t num_classes = 0;  // 0: from the data set
+  double width_mult = 1.0;
+  double dropout = -1.0;    // < 0: the model's default
+  double drop_path = 0.0;
+  std::string dataset = "fashion-mnist";  // cifar10, cifar100, fashion-mnist, mnist, folder
+  std::string data_dir;                   // empty: the dataset's default location
+  int64_t limit_train = 0;                // use only the first N training images (0 = all)
+  int64_t limit_test = 0;
+  bool skip_bad = false;
+  int workers = 2;
+
+  // optimisation
+  int64_t epochs = 10;
+  int64_t batch_size = 128;
+  double lr = 0.1;
+  std::string optimizer = "sgd";  // sgd, adamw
+  double momentum = 0.9;
+  bool nesterov = true;
+  double weight_decay = 5e-4;
+  double warmup_epochs = 1.0;
+  std::string schedule = "cosine";  // cosine, step, onecycle
+  int64_t step_size = 30;           // epochs per step for --schedule step
+  double step_gamma = 0.1;
+  double label_smoothing = 0.0;
+  std::string loss = "ce";  // ce, focal
+  double focal_gamma = 2.0;
+  double clip_grad = 0.0;   // max global norm; 0 = off
+  int64_t grad_accum = 1;
+  double ema = 0.0;         // EMA decay; 0 = off
+  std::string amp = "off";  // off, fp16, bf16
+  int64_t early_stop = 0;   // patience in epochs; 0 = off
+
+  // augmentation
+  double mixup = 0.0;   // probability of applying MixUp to a batch
+  double cutmix = 0.0;
+  double ricap = 0.0;
+  double mix_alpha = 1.0;
+  bool auto_augment = false;
+  std::string randaugment;  // "N,M"
+  bool random_crop = true;
+  bool hflip = true;
+  double cutout = 0.0;      // probability of coarse dropout
+
+  // run
+  uint64_t seed = 0;
+  std::string device = "auto";  // auto, cpu, cuda
+  std::string out = "runs/default";
+  bool resume = false;
+  bool overwrite = false;
+  bool progress = true;
+  int64_t stop_after_steps = 0;  // testing aid: stop (as if killed) after this many optimizer steps
+
+  nlohmann::json to_json() const;
+  static TrainConfig from_json(const nlohmann::json& j);
+  // Throws ValueError naming the first bad value.
+  void validate() const;
+};
+
+}  // namespace kestrel::tools

@@ -1,0 +1,373 @@
+#include "tools/lib/trainer.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "data/transforms.h"
+#include "engine/autograd.h"
+#include "engine/io/safetensors.h"
+#include "engine/nn/layers.h"
+#include "engine/ops/loss.h"
+#include "engine/ops/reduce.h"
+#include "engine/optim/adamw.h"
+#include "engine/optim/clip.h"
+#include "engine/optim/ema.h"
+#include "engine/optim/schedule.h"
+#include "engine/optim/sgd.h"
+#include "tools/lib/checkpoint.h"
+#include "tools/lib/datasets.h"
+#include "tools/lib/plot.h"
+#include "tools/lib/progress.h"
+#include "tools/lib/tb_writer.h"
+
+namespace fs = std::filesystem;
+
+namespace kestrel::tools {
+
+namespace {
+
+constexpr const char* kStateKey = "kestrel.train_state";
+
+void write_text_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    KCHECK(out.good(), IOError, "cannot write ", tmp);
+    out << text;
+    KCHECK(out.good(), IOError, "write failed: ", tmp);
+  }
+  fs::rename(tmp, path);
+}
+
+Tensor training_loss(const TrainConfig& c, const Tensor& logits, const data::Batch& b, int64_t classes) {
+  if (b.targets.defined()) {
+    Tensor t = b.targets;
+    if (c.label_smoothing > 0) t = add_scalar(mul_scalar(t, 1.0 - c.label_smoothing), c.label_smoothing / classes);
+    return cross_entropy_soft(logits, t);
+  }
+  if (c.loss == "focal") return focal_loss(logits, b.labels, c.focal_gamma);
+  return cross_entropy(logits, b.labels, c.label_smoothing);
+}
+
+std::unique_ptr<optim::LrSchedule> make_schedule(const TrainConfig& c, int64_t steps_per_epoch) {
+  const int64_t total = std::max<int64_t>(1, c.epochs * steps_per_epoch);
+  const int64_t warmup = static_cast<int64_t>(c.warmup_epochs * static_cast<double>(steps_per_epoch));
+  if (c.schedule == "step") return std::make_unique<optim::StepDecay>(c.lr, c.step_size * steps_per_epoch, c.step_gamma);
+  if (c.schedule == "onecycle") return std::make_unique<optim::OneCycle>(c.lr, total);
+  return std::make_unique<optim::WarmupCosine>(c.lr, total, std::min(warmup, total), 0.0, c.lr * 0.01);
+}
+
+std::unique_ptr<optim::Optimizer> make_optimizer(const TrainConfig& c, const nn::Module& model) {
+  auto groups = optim::decay_groups(model.named_parameters(), c.weight_decay);
+  if (c.optimizer == "adamw") {
+    optim::AdamWOptions o;
+    o.lr = c.lr;
+    o.weight_decay = c.weight_decay;
+    return std::make_unique<optim::AdamW>(groups, o);
+  }
+  optim::SGDOptions o;
+  o.lr = c.lr;
+  o.momentum = c.momentum;
+  o.nesterov = c.nesterov && c.momentum > 0;
+  o.weight_decay = c.weight_decay;
+  return std::make_unique<optim::SGD>(groups, o);
+}
+
+std::string fmt_pct(double v) {
+  char b[16];
+  std::snprintf(b, sizeof(b), "%.2f%%", 100.0 * v);
+  return b;
+}
+
+void write_metric_files(const std::string& dir, const nlohmann::json& history) {
+  std::string jsonl, csv = "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,epoch_seconds,images_per_sec\n";
+  for (const auto& h : history) {
+    jsonl += h.dump() + "\n";
+    char line[512];
+    std::snprintf(line, sizeof(line), "%lld,%.6g,%.6f,%.6f,%.6f,%.6f,%.6f,%.3f,%.1f\n",
+                  static_cast<long long>(h["epoch"].get<int64_t>()), h["lr"].get<double>(),
+                  h["train_loss"].get<double>(), h["train_top1"].get<double>(), h["val_loss"].get<double>(),
+                  h["val_top1"].get<double>(), h["val_top5"].get<double>(), h["epoch_seconds"].get<double>(),
+                  h["images_per_sec"].get<double>());
+    csv += line;
+  }
+  write_text_atomic(dir + "/metrics.jsonl", jsonl);
+  write_text_atomic(dir + "/metrics.csv", csv);
+  Series tl{"train", {}, {}}, vl{"val", {}, {}}, ta{"train", {}, {}}, va{"val", {}, {}}, lr{"lr", {}, {}};
+  for (const auto& h : history) {
+    const double e = static_cast<double>(h["epoch"].get<int64_t>());
+    tl.x.push_back(e), tl.y.push_back(h["train_loss"].get<double>());
+    vl.x.push_back(e), vl.y.push_back(h["val_loss"].get<double>());
+    ta.x.push_back(e), ta.y.push_back(100 * h["train_top1"].get<double>());
+    va.x.push_back(e), va.y.push_back(100 * h["val_top1"].get<double>());
+    lr.x.push_back(e), lr.y.push_back(h["lr"].get<double>());
+  }
+  write_line_chart(dir + "/curves.png", {{"loss", {tl, vl}}, {"top-1 accuracy (%)", {ta, va}}, {"learning rate", {lr}}});
+}
+
+// Prepares the run folder; returns true when resuming from last.safetensors.
+bool prepare_out_dir(const TrainConfig& c) {
+  const std::string last = c.out + "/last.safetensors";
+  if (c.resume) {
+    KCHECK(fs::exists(last), IOError, "--resume: no checkpoint at ", last);
+    return true;
+  }
+  if (fs::exists(c.out) && !fs::is_empty(c.out)) {
+    KCHECK(c.overwrite, IOError, "run folder ", c.out,
+           " already exists; pass --resume to continue it or --overwrite to replace it");
+    for (const auto& e : fs::directory_iterator(c.out)) fs::remove_all(e.path());
+  }
+  fs::create_directories(c.out);
+  return false;
+}
+
+}  // namespace
+
+EvalResult evaluate(nn::Module& model, data::DataLoader& loader, int64_t num_classes, bool progress,
+                    const std::string& label, bool tta) {
+  EvalResult r(num_classes);
+  const bool was_training = model.is_training();
+  model.eval();
+  NoGradGuard no_grad;
+  ProgressBar bar(label, loader.num_batches(), progress);
+  loader.start_epoch(0);
+  data::Batch b;
+  int64_t done = 0;
+  while (loader.next(b)) {
+    Tensor logits;
+    if (tta) {
+      std::vector<Tensor> outs;
+      for (const Tensor& v : data::tta_views(b.images)) outs.push_back(model(v));
+      logits = data::tta_average(outs);
+    } else {
+      logits = model(b.images);
+    }
+    r.metrics.update(logits, b.labels);
+    r.metrics.add_loss(cross_entropy(logits, b.labels).item() * static_cast<double>(b.size()), b.size());
+    bar.update(++done);
+  }
+  r.seconds = bar.elapsed_seconds();
+  bar.finish();
+  r.loss = r.metrics.loss();
+  model.train(was_training);
+  return r;
+}
+
+TrainSummary train(TrainConfig c) {
+  c.validate();
+  const bool resuming = prepare_out_dir(c);
+  io::SafetensorsContents resume_ckpt;
+  nlohmann::json state;
+  if (resuming) {
+    resume_ckpt = io::load_safetensors(c.out + "/last.safetensors");
+    auto it = resume_ckpt.metadata.find(kStateKey);
+    KCHECK(it != resume_ckpt.metadata.end(), IOError, c.out, "/last.safetensors has no training state");
+    state = nlohmann::json::parse(it->second);
+    // The recipe of the run wins; only what controls this process may differ.
+    TrainConfig saved = TrainConfig::from_json(state["config"]);
+    saved.out = c.out;
+    saved.resume = true;
+    saved.progress = c.progress;
+    saved.stop_after_steps = c.stop_after_steps;
+    saved.workers = c.workers;
+    c = saved;
+  }
+  KCHECK(c.device == "auto" || c.device == "cpu", DeviceError, "--device ", c.device,
+         ": this build trains on the CPU only (the CUDA backend does not run ops yet)");
+  KCHECK(c.amp == "off", ValueError, "--amp ", c.amp, " needs a CUDA device; on the CPU use --amp off");
+
+  // Data.
+  auto train_set = open_dataset(c.dataset, c.data_dir, data::Split::Train, c.skip_bad, c.limit_train);
+  auto test_set = open_dataset(c.dataset, c.data_dir, data::Split::Test, c.skip_bad, c.limit_test);
+  const data::Example probe = train_set->get(0);
+  const int64_t classes = c.num_classes > 0 ? c.num_classes : train_set->num_classes();
+  const Normalization norm = normalization_for(c.dataset, *train_set);
+
+  // Model: seeded init, reproducible.
+  manual_seed(c.seed);
+  ModelInfo info;
+  info.model = c.model;
+  info.num_classes = classes;
+  info.in_channels = probe.image.c;
+  info.height = probe.image.h;
+  info.width = probe.image.w;
+  info.cifar_stem = probe.image.h <= 64;
+  info.width_mult = c.width_mult;
+  info.dataset = c.dataset;
+  info.classes = train_set->classes();
+  info.mean = norm.mean;
+  info.std = norm.std;
+  nn::ModulePtr model = build_from_info(info);
+  model->train();
+
+  data::LoaderOptions lo;
+  lo.batch_size = c.batch_size;
+  lo.seed = c.seed;
+  lo.num_workers = c.workers;
+  lo.drop_last = true;
+  data::DataLoader train_loader(train_set, lo, train_transform(c, info.height, info.width, info.in_channels, norm),
+                                batch_mixing(c, classes));
+  data::LoaderOptions eo = lo;
+  eo.shuffle = false;
+  eo.drop_last = false;
+  eo.batch_size = std::max<int64_t>(c.batch_size, 256);
+  data::DataLoader test_loader(test_set, eo, eval_transform(norm));
+
+  const int64_t steps_per_epoch = std::max<int64_t>(1, train_loader.num_batches() / c.grad_accum);
+  auto optimizer = make_optimizer(c, *model);
+  auto schedule = make_schedule(c, steps_per_epoch);
+  std::unique_ptr<optim::ModelEma> ema;
+  if (c.ema > 0) ema = std::make_unique<optim::ModelEma>(*model, optim::EmaOptions{c.ema, true});
+
+  int64_t start_epoch = 0, global_step = 0, stale_epochs = 0, best_epoch = -1;
+  double best_top1 = -1.0;
+  nlohmann::json history = nlohmann::json::array();
+  if (resuming) {
+    load_weights(resume_ckpt, *model, c.out + "/last.safetensors");
+    optimizer->load_state(optim::OptimizerState::from_named_tensors(resume_ckpt.tensors, "__optim__."));
+    if (ema) ema->load_state(optim::OptimizerState::from_named_tensors(resume_ckpt.tensors, "__ema__."));
+    start_epoch = state["next_epoch"].get<int64_t>();
+    global_step = state["global_step"].get<int64_t>();
+    stale_epochs = state["stale_epochs"].get<int64_t>();
+    best_epoch = state["best_epoch"].get<int64_t>();
+    best_top1 = state["best_top1"].get<double>();
+    history = state["history"];
+    nn::init_generator().set_state(state["generator_seed"].get<uint64_t>(), state["generator_offset"].get<uint64_t>());
+    std::cerr << "resuming " << c.out << " at epoch " << start_epoch + 1 << " (step " << global_step << ")\n";
+  }
+  write_text_atomic(c.out + "/config.json", c.to_json().dump(2) + "\n");
+  TensorBoardWriter tb(c.out + "/tb");
+
+  std::cerr << "training " << c.model << " (" << model->num_parameters() << " parameters) on " << c.dataset << ": "
+            << train_set->size() << " train / " << test_set->size() << " test images, " << classes
+            << " classes, device cpu, " << c.epochs << " epochs\n";
+
+  TrainSummary summary;
+  summary.out_dir = c.out;
+  const auto run_start = std::chrono::steady_clock::now();
+  const std::vector<Tensor> params = model->parameters();
+  for (int64_t epoch = start_epoch; epoch < c.epochs; ++epoch) {
+    model->train();
+    train_loader.start_epoch(epoch);
+    char label[32];
+    std::snprintf(label, sizeof(label), "epoch %lld/%lld", static_cast<long long>(epoch + 1),
+                  static_cast<long long>(c.epochs));
+    ProgressBar bar(label, train_loader.num_batches(), c.progress);
+    data::Batch b;
+    double loss_sum = 0.0;
+    int64_t seen = 0, correct = 0, micro = 0, batches = 0;
+    while (train_loader.next(b)) {
+      Tensor logits = (*model)(b.images);
+      Tensor loss = training_loss(c, logits, b, classes);
+      const double loss_value = loss.item();
+      KCHECK(std::isfinite(loss_value), ValueError, "training diverged: loss is ", loss_value, " at epoch ",
+             epoch + 1, " batch ", b.index, " (try a lower --lr or --clip-grad)");
+      (c.grad_accum > 1 ? mul_scalar(loss, 1.0 / static_cast<double>(c.grad_accum)) : loss).backward();
+      {
+        const std::vector<int64_t> pred = argmax(logits.detach(), 1).to_vector_i64();
+        const std::vector<int64_t> y = b.labels.to_vector_i64();
+        for (size_t i = 0; i < y.size(); ++i) correct += pred[i] == y[i];
+      }
+      loss_sum += loss_value * static_cast<double>(b.size());
+      seen += b.size();
+      ++batches;
+      if (++micro == c.grad_accum) {
+        micro = 0;
+        if (c.clip_grad > 0) optim::clip_grad_norm_(params, c.clip_grad);
+        optimizer->set_lr(schedule->lr(global_step));
+        optimizer->step();
+        optimizer->zero_grad();
+        if (ema) ema->update(*model);
+        ++global_step;
+        if (c.stop_after_steps > 0 && global_step >= c.stop_after_steps) {
+          bar.finish("stopped (--stop-after-steps)");
+          summary.global_step = global_step;
+          return summary;  // as if killed: nothing more is written
+        }
+      }
+      const double secs = bar.elapsed_seconds();
+      char extra[160];
+      std::snprintf(extra, sizeof(extra), "loss %.4f acc %s lr %.4g %.0f img/s", loss_sum / seen,
+                    fmt_pct(static_cast<double>(correct) / seen).c_str(), optimizer->lr(),
+                    secs > 0 ? seen / secs : 0.0);
+      bar.update(batches, extra);
+    }
+    const double train_secs = bar.elapsed_seconds();
+    bar.finish();
+
+    if (ema) ema->swap_with(*model);
+    EvalResult val = evaluate(*model, test_loader, classes, c.progress, "  eval");
+    const double top1 = val.metrics.top1();
+    const bool improved = top1 > best_top1;
+    if (improved) {
+      best_top1 = top1;
+      best_epoch = epoch;
+      stale_epochs = 0;
+      save_checkpoint(c.out + "/best.safetensors", *model, info, {}, {{"epoch", std::to_string(epoch + 1)}});
+    } else {
+      ++stale_epochs;
+    }
+    if (ema) ema->swap_with(*model);
+
+    nlohmann::json rec;
+    rec["epoch"] = epoch + 1;
+    rec["lr"] = optimizer->lr();
+    rec["train_loss"] = loss_sum / std::max<int64_t>(seen, 1);
+    rec["train_top1"] = static_cast<double>(correct) / std::max<int64_t>(seen, 1);
+    rec["val_loss"] = val.loss;
+    rec["val_top1"] = top1;
+    rec["val_top5"] = val.metrics.top5();
+    rec["epoch_seconds"] = train_secs + val.seconds;
+    rec["images_per_sec"] = train_secs > 0 ? seen / train_secs : 0.0;
+    history.push_back(rec);
+    const std::pair<const char*, const char*> tags[] = {{"train/loss", "train_loss"}, {"train/top1", "train_top1"},
+                                                        {"val/loss", "val_loss"},     {"val/top1", "val_top1"},
+                                                        {"val/top5", "val_top5"},     {"lr", "lr"}};
+    for (const auto& [tag, key] : tags) tb.add_scalar(tag, rec[key].get<double>(), epoch + 1);
+    tb.flush();
+
+    const bool stop_early = c.early_stop > 0 && stale_epochs >= c.early_stop;
+    // Checkpoint: model weights + optimizer + EMA + state, one atomic file.
+    nlohmann::json st;
+    st["config"] = c.to_json();
+    st["next_epoch"] = epoch + 1;
+    st["global_step"] = global_step;
+    st["stale_epochs"] = stale_epochs;
+    st["best_epoch"] = best_epoch;
+    st["best_top1"] = best_top1;
+    st["history"] = history;
+    st["generator_seed"] = nn::init_generator().seed();
+    st["generator_offset"] = nn::init_generator().offset();
+    nn::NamedTensors extra = optimizer->state().to_named_tensors("__optim__.");
+    if (ema) {
+      nn::NamedTensors e = ema->state().to_named_tensors("__ema__.");
+      extra.insert(extra.end(), e.begin(), e.end());
+    }
+    save_checkpoint(c.out + "/last.safetensors", *model, info, extra, {{kStateKey, st.dump()}});
+    write_text_atomic(c.out + "/state.json", st.dump(2) + "\n");
+    write_metric_files(c.out, history);
+
+    std::fprintf(stderr, "epoch %lld/%lld  train loss %.4f acc %s  val loss %.4f acc %s top5 %s  lr %.4g  %.0f img/s  %s\n",
+                 static_cast<long long>(epoch + 1), static_cast<long long>(c.epochs), rec["train_loss"].get<double>(),
+                 fmt_pct(rec["train_top1"].get<double>()).c_str(), val.loss, fmt_pct(top1).c_str(),
+                 fmt_pct(val.metrics.top5()).c_str(), optimizer->lr(), rec["images_per_sec"].get<double>(),
+                 improved ? "(best)" : "");
+    summary.final_top1 = top1;
+    summary.epochs_run = epoch + 1;
+    if (stop_early) {
+      std::cerr << "early stop: no improvement for " << stale_epochs << " epochs\n";
+      summary.early_stopped = true;
+      break;
+    }
+  }
+  summary.completed = true;
+  summary.global_step = global_step;
+  summary.best_top1 = best_top1;
+  summary.best_epoch = best_epoch + 1;
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+  return summary;
+}
+
+}  // namespace kestrel::tools

@@ -1,0 +1,38 @@
+// The training loop behind `kestrel train`: data, model, optimizer, schedule,
+// EMA, checkpoints, resume, logs and curves.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "data/loader.h"
+#include "engine/nn/module.h"
+#include "tools/lib/metrics.h"
+#include "tools/lib/train_config.h"
+
+namespace kestrel::tools {
+
+struct TrainSummary {
+  bool completed = false;  // false when stopped early by stop_after_steps (simulated kill)
+  int64_t epochs_run = 0;
+  int64_t global_step = 0;
+  double best_top1 = 0.0;
+  int64_t best_epoch = -1;
+  double final_top1 = 0.0;
+  double seconds = 0.0;
+  bool early_stopped = false;
+  std::string out_dir;
+};
+
+TrainSummary train(TrainConfig config);
+
+struct EvalResult {
+  double loss = 0.0;
+  ClassificationMetrics metrics;
+  double seconds = 0.0;
+  explicit EvalResult(int64_t classes) : metrics(classes) {}
+};
+// Runs the model over a loader in eval mode without gradients.
+EvalResult evaluate(nn::Module& model, data::DataLoader& loader, int64_t num_classes, bool progress,
+                    const std::string& label = "eval", bool tta = false);
+
+}  // namespace kestrel::tools
