@@ -7,6 +7,8 @@
 namespace kestrel::cli {
 void register_summary(CLI::App& app);  // summary.cpp
 void register_train(CLI::App& app);    // train.cpp
+void register_eval(CLI::App& app);     // eval.cpp
+void register_predict(CLI::App& app);  // predict.cpp
 }  // namespace kestrel::cli
 
 int main(int argc, char** argv) {
@@ -14,6 +16,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   kestrel::cli::register_summary(app);
   kestrel::cli::register_train(app);
+  kestrel::cli::register_eval(app);
+  kestrel::cli::register_predict(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,385 @@
+// kestrel eval and kestrel predict, end to end: a small model is trained here on
+// generated images of three easily told apart patterns, then evaluated
+// (in-process and through the CLI), used to classify images, and the CLI is
+// checked to fail with one line for each kind of bad input.
+#include <stb_image.h>
+#include <stb_image_write.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <sstream>
+
+#include "engine/io/safetensors.h"
+#include "models/registry.h"
+#include "test_util.h"
+#include "tools/lib/checkpoint.h"
+#include "tools/lib/predictor.h"
+#include "tools/lib/report.h"
+#include "tools/lib/trainer.h"
+
+using namespace kestrel;
+using namespace kestrel::tools;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int kSize = 16;
+const std::vector<std::string> kClasses = {"checker", "hstripes", "vstripes"};
+
+// One RGB image of class k: horizontal or vertical stripes of period 4, or a
+// 4x4 checkerboard, with a random phase, random colours and pixel noise.
+data::Image pattern(int k, uint64_t seed, int size = kSize, double noise = 0.15) {
+  Generator g(seed);
+  const int phase = static_cast<int>(g.uniform() * 4);
+  float lo[3], hi[3];
+  for (int c = 0; c < 3; ++c) {
+    lo[c] = static_cast<float>(0.3 * g.uniform());
+    hi[c] = static_cast<float>(0.7 + 0.3 * g.uniform());
+  }
+  data::Image img;
+  img.h = img.w = size;
+  img.c = 3;
+  img.pixels.resize(static_cast<size_t>(size) * size * 3);
+  for (int y = 0; y < size; ++y)
+    for (int x = 0; x < size; ++x) {
+      const int yy = (y + phase) / 2 % 2, xx = (x + phase) / 2 % 2;
+      const bool on = k == 0 ? (yy ^ xx) : k == 1 ? yy : xx;
+      for (int c = 0; c < 3; ++c) {
+        const double v = (on ? hi[c] : lo[c]) + noise * (g.uniform() - 0.5);
+        img.pixels[(static_cast<size_t>(y) * size + x) * 3 + c] =
+            static_cast<uint8_t>(std::lround(255.0 * std::clamp(v, 0.0, 1.0)));
+      }
+    }
+  return img;
+}
+
+void write_png(const std::string& path, const data::Image& img) {
+  ASSERT_NE(stbi_write_png(path.c_str(), img.w, img.h, img.c, img.pixels.data(), img.w * img.c), 0) << path;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+struct CliResult {
+  int rc = 0;
+  std::string out, err;
+};
+
+// Runs the kestrel binary with stdout and stderr captured to files.
+CliResult kestrel_cli(const std::string& args) {
+  static int n = 0;
+  const std::string out = kestrel::testing::temp_path("cli_out_" + std::to_string(n));
+  const std::string err = kestrel::testing::temp_path("cli_err_" + std::to_string(n++));
+  const std::string cmd = std::string("OMP_NUM_THREADS=2 ") + KESTREL_BINARY_DIR + "/tools/kestrel " + args + " >" +
+                          out + " 2>" + err;
+  const int status = std::system(cmd.c_str());
+  CliResult r;
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = read_text(out);
+  r.err = read_text(err);
+  return r;
+}
+
+// A failing command prints exactly one line, "kestrel: error: ...", naming `expect`.
+void expect_one_line_error(const CliResult& r, const std::string& expect, const std::string& what) {
+  EXPECT_NE(r.rc, 0) << what << ": should fail";
+  EXPECT_EQ(r.err.rfind("kestrel: error: ", 0), 0u) << what << ": stderr was: " << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << what << ": stderr was: " << r.err;
+  EXPECT_NE(r.err.find(expect), std::string::npos) << what << ": expected '" << expect << "' in: " << r.err;
+}
+
+// Writes the three-class PNG folder (train/ and test/) under dir.
+void write_pattern_folder(const std::string& dir) {
+  for (const char* split : {"train", "test"})
+    for (size_t k = 0; k < kClasses.size(); ++k) {
+      const std::string class_dir = dir + "/" + split + "/" + kClasses[k];
+      fs::create_directories(class_dir);
+      const bool train_split = std::string(split) == "train";
+      for (int i = 0; i < (train_split ? 64 : 24); ++i)
+        write_png(class_dir + "/" + std::to_string(i) + ".png",
+                  pattern(static_cast<int>(k), (train_split ? 1000 : 5000) + 100 * k + i));
+    }
+}
+
+// Moves a finished temporary folder into place; when another test process got
+// there first its identical copy is kept.
+void publish(const std::string& tmp, const std::string& final_path) {
+  std::error_code ec;
+  fs::rename(tmp, final_path, ec);
+  fs::remove_all(tmp, ec);
+}
+
+// The generated data set and the run trained on it, shared by every test.
+// ctest runs each test in its own process, so the run is kept in the build
+// folder, keyed by this test binary's build time: it is trained once per build.
+class EvalPredict : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const fs::path exe = fs::read_symlink("/proc/self/exe");
+    const uint64_t stamp = static_cast<uint64_t>(fs::last_write_time(exe).time_since_epoch().count()) ^
+                           static_cast<uint64_t>(fs::file_size(exe));
+    const std::string base = std::string(KESTREL_BINARY_DIR) + "/tests";
+    const std::string name = "eval_predict_fixture_" + std::to_string(stamp);
+    shared_ = new std::string(base + "/" + name);
+    scratch_ = new std::string(kestrel::testing::temp_path("evalp"));
+    fs::remove_all(*scratch_);
+    fs::create_directories(*scratch_);
+    ckpt_ = new std::string(*shared_ + "/run/best.safetensors");
+    if (fs::exists(*ckpt_)) return;
+    for (const auto& e : fs::directory_iterator(base))  // runs of earlier builds
+      if (e.path().filename().string().rfind("eval_predict_fixture_", 0) == 0 && e.path().filename() != name) {
+        std::error_code ec;
+        fs::remove_all(e.path(), ec);
+      }
+    fs::create_directories(*shared_);
+    if (!fs::exists(*shared_ + "/data")) {
+      write_pattern_folder(*scratch_ + "/data");
+      publish(*scratch_ + "/data", *shared_ + "/data");
+    }
+    TrainConfig c;
+    c.model = "cifar10_200k";
+    c.dataset = "folder";
+    c.data_dir = *shared_ + "/data";
+    c.epochs = 3;
+    c.batch_size = 16;  // 12 steps an epoch: BatchNorm's running statistics settle
+    c.lr = 0.05;
+    c.warmup_epochs = 0;
+    c.random_crop = false;
+    c.hflip = false;
+    c.workers = 1;
+    c.progress = false;
+    c.out = *scratch_ + "/run";
+    c.overwrite = true;
+    c.seed = 3;
+    const TrainSummary s = train(c);
+    ASSERT_TRUE(s.completed);
+    publish(*scratch_ + "/run", *shared_ + "/run");
+  }
+  static void TearDownTestSuite() {
+    delete shared_;
+    delete scratch_;
+    delete ckpt_;
+  }
+  static std::string* shared_;   // data/ and run/, read-only once made
+  static std::string* scratch_;  // this process's own files
+  static std::string* ckpt_;
+};
+std::string* EvalPredict::shared_ = nullptr;
+std::string* EvalPredict::scratch_ = nullptr;
+std::string* EvalPredict::ckpt_ = nullptr;
+
+TEST_F(EvalPredict, EvalScoresFarAboveChanceAndWritesEveryReportFile) {
+  EvalOptions o;
+  o.checkpoint = *ckpt_;
+  o.batch_size = 32;
+  o.latency_iters = 5;
+  o.progress = false;
+  const EvalReport r = run_eval(o);
+  EXPECT_EQ(r.images, 72);
+  EXPECT_EQ(r.dataset, "folder");
+  EXPECT_GT(r.top1, 0.8) << "chance is 1/3";
+  EXPECT_DOUBLE_EQ(r.top5, 1.0) << "top-5 of 3 classes always hits";
+  EXPECT_GT(r.macro_f1, 0.75);
+  EXPECT_EQ(r.classes, kClasses);
+  int64_t total = 0, diagonal = 0;
+  for (size_t t = 0; t < r.confusion.size(); ++t)
+    for (size_t p = 0; p < r.confusion[t].size(); ++p) total += r.confusion[t][p], diagonal += t == p ? r.confusion[t][p] : 0;
+  EXPECT_EQ(total, 72);
+  EXPECT_NEAR(static_cast<double>(diagonal) / 72.0, r.top1, 1e-12);
+  EXPECT_GT(r.latency_median_ms, 0.0);
+  EXPECT_GE(r.latency_p95_ms, r.latency_median_ms);
+  EXPECT_GT(r.throughput, 0.0);
+  EXPECT_EQ(r.parameters, load_checkpoint(*ckpt_).model->num_parameters());
+
+  const std::string dir = *scratch_ + "/report";
+  write_report(r, dir);
+  const nlohmann::json j = nlohmann::json::parse(read_text(dir + "/report.json"));
+  EXPECT_DOUBLE_EQ(j["top1"].get<double>(), r.top1);
+  EXPECT_EQ(j["per_class"].size(), 3u);
+  EXPECT_EQ(j["confusion"].size(), 3u);
+  EXPECT_EQ(j["latency_ms"]["iterations"].get<int64_t>(), 5);
+  const std::string md = read_text(dir + "/report.md");
+  EXPECT_NE(md.find("| Model | Params | Top-1 (%) | Top-5 (%) | Macro F1 (%) |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| cifar10_200k | "), std::string::npos) << md;
+  const std::string csv = read_text(dir + "/confusion.csv");
+  EXPECT_EQ(csv.substr(0, csv.find('\n')), "true\\predicted,checker,hstripes,vstripes");
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 4);
+  int w = 0, h = 0, c = 0;
+  unsigned char* png = stbi_load((dir + "/confusion.png").c_str(), &w, &h, &c, 3);
+  ASSERT_NE(png, nullptr) << "confusion.png does not decode";
+  stbi_image_free(png);
+  EXPECT_GT(w, 50);
+  EXPECT_GT(h, 50);
+}
+
+TEST_F(EvalPredict, EvalCliPrintsTheMarkdownTableAndWritesBesideTheCheckpointByDefault) {
+  fs::remove_all(*shared_ + "/run/eval");
+  const CliResult r = kestrel_cli("eval --checkpoint " + *ckpt_ + " --no-progress --latency-iters 3 --batch-size 16 --tta");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("| Model | Params |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("TTA on"), std::string::npos) << r.out;
+  for (const char* f : {"report.json", "report.md", "confusion.csv", "confusion.png"})
+    EXPECT_TRUE(fs::exists(*shared_ + "/run/eval/" + f)) << f;
+  const nlohmann::json j = nlohmann::json::parse(read_text(*shared_ + "/run/eval/report.json"));
+  EXPECT_GT(j["top1"].get<double>(), 0.8);
+  EXPECT_EQ(j["throughput"]["batch"].get<int64_t>(), 16);
+}
+
+TEST_F(EvalPredict, PredictorProbabilitiesSumToOneAndEasyImagesGetTheirClass) {
+  Predictor p(*ckpt_);
+  EXPECT_EQ(p.info().classes, kClasses);
+  for (int k = 0; k < 3; ++k) {
+    const data::Image clean = pattern(k, 77 + k, kSize, 0.0);
+    const std::vector<float> probs = p.probabilities({clean})[0];
+    ASSERT_EQ(probs.size(), 3u);
+    EXPECT_NEAR(std::accumulate(probs.begin(), probs.end(), 0.0), 1.0, 1e-5);
+    const TopK top = p.predict(clean, 2);
+    ASSERT_EQ(top.size(), 2u);
+    EXPECT_EQ(top[0].class_index, k) << "clean " << kClasses[k] << " image predicted as " << top[0].class_name;
+    EXPECT_EQ(top[0].class_name, kClasses[k]);
+    EXPECT_GE(top[0].probability, top[1].probability);
+  }
+  // Top-k larger than the class count gives every class once.
+  EXPECT_EQ(p.predict(pattern(0, 1, kSize, 0.0), 10).size(), 3u);
+}
+
+TEST_F(EvalPredict, PredictorConvertsChannelsAndResizesAnyImage) {
+  Predictor p(*ckpt_);
+  // A 64x64 grey image of horizontal stripes of period 16: shrunk 4x it is the
+  // 16x16 period-4 pattern; grey is copied into R, G and B.
+  data::Image grey;
+  grey.h = grey.w = 64;
+  grey.c = 1;
+  for (int y = 0; y < 64; ++y)
+    for (int x = 0; x < 64; ++x) grey.pixels.push_back(y / 8 % 2 ? 230 : 20);
+  const TopK top = p.predict(grey, 3);
+  double sum = 0;
+  for (const auto& c : top) sum += c.probability;
+  EXPECT_NEAR(sum, 1.0, 1e-5);
+  EXPECT_EQ(top[0].class_name, "hstripes");
+
+  data::FImage rgb(2, 2, 3, 0.5f);
+  rgb.at(0, 0, 0) = 1.0f;
+  const data::FImage g = convert_channels(rgb, 1);
+  EXPECT_NEAR(g.at(0, 0, 0), 0.299f + 0.5f * (0.587f + 0.114f), 1e-6);
+  EXPECT_EQ(convert_channels(g, 3).c, 3);
+  data::Image bad = grey;
+  bad.pixels.resize(10);
+  EXPECT_THROW(p.predict(bad), ValueError);
+}
+
+TEST_F(EvalPredict, PredictBatchMatchesOneAtATimeAndReadsFiles) {
+  Predictor p(*ckpt_);
+  std::vector<data::Image> imgs;
+  for (int i = 0; i < 7; ++i) imgs.push_back(pattern(i % 3, 900 + i));
+  const std::vector<TopK> batched = p.predict_batch(imgs, 3, 3);
+  ASSERT_EQ(batched.size(), 7u);
+  for (size_t i = 0; i < imgs.size(); ++i) {
+    const TopK one = p.predict(imgs[i], 3);
+    EXPECT_EQ(batched[i][0].class_index, one[0].class_index) << "image " << i;
+    EXPECT_NEAR(batched[i][0].probability, one[0].probability, 1e-5) << "image " << i;
+  }
+  const std::string file = *shared_ + "/data/test/vstripes/0.png";
+  const std::vector<TopK> from_files = p.predict_batch(std::vector<std::string>{file, file}, 1);
+  ASSERT_EQ(from_files.size(), 2u);
+  EXPECT_EQ(from_files[0][0].class_index, p.predict(file, 1)[0].class_index);
+  EXPECT_THROW(p.predict(*scratch_ + "/no_such.png"), IOError);
+}
+
+TEST_F(EvalPredict, PredictCliPrintsAnAlignedTableAndMachineReadableJson) {
+  const std::string folder = *shared_ + "/data/test/hstripes";
+  const CliResult table = kestrel_cli("predict --checkpoint " + *ckpt_ + " " + folder + "/1.png --top-k 2");
+  ASSERT_EQ(table.rc, 0) << table.err;
+  std::vector<std::string> lines;
+  std::stringstream ss(table.out);
+  for (std::string l; std::getline(ss, l);) lines.push_back(l);
+  ASSERT_EQ(lines.size(), 3u) << table.out;  // header + 2 ranks
+  EXPECT_EQ(lines[0].find("rank"), lines[1].find("   1")) << table.out;
+  EXPECT_EQ(lines[1].size(), lines[2].size()) << "rows of one table have one width:\n" << table.out;
+  EXPECT_NE(lines[1].find("hstripes"), std::string::npos) << table.out;
+
+  const CliResult json = kestrel_cli("predict --checkpoint " + *ckpt_ + " " + folder + " --format json -k 3");
+  ASSERT_EQ(json.rc, 0) << json.err;
+  const nlohmann::json j = nlohmann::json::parse(json.out);
+  ASSERT_EQ(j["predictions"].size(), 24u);
+  EXPECT_EQ(j["predictions"][0]["image"].get<std::string>(), folder + "/0.png");
+  EXPECT_EQ(j["predictions"][1]["image"].get<std::string>(), folder + "/1.png") << "sorted by path";
+  int right = 0;
+  for (const auto& pred : j["predictions"]) {
+    double sum = 0;
+    for (const auto& c : pred["top_k"]) sum += c["probability"].get<double>();
+    EXPECT_NEAR(sum, 1.0, 1e-5);
+    right += pred["top_k"][0]["class_name"] == "hstripes";
+  }
+  EXPECT_GE(right, 18) << "of 24 horizontal-stripe images";
+}
+
+TEST_F(EvalPredict, CliFailsWithOneLineForEachBadInput) {
+  const std::string img = *shared_ + "/data/test/checker/0.png";
+  expect_one_line_error(kestrel_cli("predict --checkpoint " + *scratch_ + "/nope.safetensors " + img),
+                        "checkpoint not found", "missing checkpoint (predict)");
+  expect_one_line_error(kestrel_cli("eval --checkpoint " + *scratch_ + "/nope.safetensors"), "checkpoint not found",
+                        "missing checkpoint (eval)");
+  expect_one_line_error(kestrel_cli("predict --checkpoint " + *ckpt_ + " " + *scratch_ + "/missing.png"),
+                        "missing.png", "missing image");
+  const std::string corrupt = *scratch_ + "/corrupt.png";
+  {
+    std::ofstream f(corrupt, std::ios::binary);
+    const std::string bytes = read_text(img);
+    f << bytes.substr(0, bytes.size() / 3);  // a truncated PNG
+  }
+  expect_one_line_error(kestrel_cli("predict --checkpoint " + *ckpt_ + " " + corrupt), "corrupt.png",
+                        "corrupt image");
+  const std::string not_ckpt = *scratch_ + "/not_a_checkpoint.safetensors";
+  std::ofstream(not_ckpt) << "this is not a safetensors file";
+  expect_one_line_error(kestrel_cli("predict --checkpoint " + not_ckpt + " " + img), "not_a_checkpoint",
+                        "corrupt checkpoint");
+}
+
+TEST_F(EvalPredict, MismatchedCheckpointsNameTheFirstMismatchingTensors) {
+  const io::SafetensorsContents good = io::load_safetensors(*ckpt_);
+  ModelInfo info = ModelInfo::from_metadata(good.metadata, *ckpt_);
+
+  // Class count: metadata says 5 classes, the classifier weights hold 3.
+  ModelInfo five = info;
+  five.num_classes = 5;
+  io::Metadata meta = good.metadata;
+  meta["kestrel.model_info"] = five.to_metadata().at("kestrel.model_info");
+  const std::string classes_path = *scratch_ + "/five_classes.safetensors";
+  io::save_safetensors(classes_path, good.tensors, meta);
+  try {
+    Predictor p(classes_path);
+    ADD_FAILURE() << "a 3-class checkpoint loaded as a 5-class model";
+  } catch (const ValueError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("five_classes.safetensors"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("has shape [3"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("5 classes"), std::string::npos) << msg;
+  }
+  expect_one_line_error(kestrel_cli("eval --checkpoint " + classes_path), "does not match the model",
+                        "class-count mismatch (eval)");
+
+  // Architecture: another zoo model's weights saved under this model's name.
+  models::ModelOptions mo;
+  mo.num_classes = 3;
+  mo.cifar_stem = true;
+  const nn::ModulePtr other = models::build_model("emn_tiny", mo);
+  const std::string arch_path = *scratch_ + "/emn_as_cifar.safetensors";
+  save_checkpoint(arch_path, *other, info);
+  const CliResult r = kestrel_cli("predict --checkpoint " + arch_path + " " + *shared_ + "/data/test/checker/0.png");
+  expect_one_line_error(r, "does not match the model", "architecture mismatch (predict)");
+  EXPECT_NE(r.err.find("missing "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("model 'cifar10_200k'"), std::string::npos) << r.err;
+}
+
+}  // namespace

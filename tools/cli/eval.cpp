@@ -1,0 +1,39 @@
+// kestrel eval: a checkpoint measured on its test set; prints the Markdown
+// report and writes report.json, report.md, confusion.csv and confusion.png.
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+
+#include "tools/lib/report.h"
+
+namespace kestrel::cli {
+
+void register_eval(CLI::App& app) {
+  auto o = std::make_shared<tools::EvalOptions>();
+  auto no_progress = std::make_shared<bool>(false);
+  CLI::App* cmd = app.add_subcommand("eval", "Measure a checkpoint: accuracy, per-class metrics, confusion, speed");
+  cmd->add_option("--checkpoint,-c", o->checkpoint, "model checkpoint (.safetensors from kestrel train)")->required();
+  cmd->add_option("--dataset", o->dataset, "cifar10, cifar100, fashion-mnist, mnist or folder (default: the checkpoint's)");
+  cmd->add_option("--data-dir", o->data_dir, "data location (default: the training run's, else the standard place)");
+  cmd->add_option("--batch-size,-b", o->batch_size, "batch size of the accuracy pass and the throughput measurement")
+      ->capture_default_str();
+  cmd->add_flag("--tta", o->tta, "test-time augmentation: average over each image and its mirror");
+  cmd->add_option("--out,-o", o->out, "report folder (default: eval/ beside the checkpoint)");
+  cmd->add_option("--limit", o->limit, "use only the first N test images");
+  cmd->add_option("--latency-iters", o->latency_iters, "timed batch-1 forward passes after warm-up; 0 skips timing")
+      ->capture_default_str();
+  cmd->add_option("--workers", o->workers, "data loader threads")->capture_default_str();
+  cmd->add_flag("--no-progress", *no_progress, "no progress bar");
+  cmd->callback([o, no_progress] {
+    o->progress = !*no_progress;
+    const tools::EvalReport r = tools::run_eval(*o);
+    const std::string dir =
+        o->out.empty() ? (std::filesystem::path(o->checkpoint).parent_path() / "eval").string() : o->out;
+    tools::write_report(r, dir.empty() ? std::string("eval") : dir);
+    std::cout << tools::report_markdown(r);
+    std::cerr << "report written to " << dir << "/ (report.json, report.md, confusion.csv, confusion.png)\n";
+  });
+}
+
+}  // namespace kestrel::cli

@@ -1,0 +1,79 @@
+// kestrel predict: top-k classes of images (files or folders) from a checkpoint,
+// as an aligned table or JSON.
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "tools/lib/predictor.h"
+
+namespace kestrel::cli {
+
+namespace {
+
+struct PredictArgs {
+  std::string checkpoint;
+  std::vector<std::string> inputs;
+  int64_t top_k = 5;
+  int64_t batch_size = 64;
+  std::string format = "table";
+};
+
+void print_table(const std::vector<std::string>& images, const std::vector<tools::TopK>& results) {
+  size_t wi = std::string("image").size(), wc = std::string("class").size();
+  for (size_t i = 0; i < images.size(); ++i) {
+    wi = std::max(wi, images[i].size());
+    for (const auto& p : results[i]) wc = std::max(wc, p.class_name.size());
+  }
+  const int iw = static_cast<int>(wi), cw = static_cast<int>(wc);
+  std::printf("%-*s  %4s  %-*s  %11s\n", iw, "image", "rank", cw, "class", "probability");
+  for (size_t i = 0; i < images.size(); ++i)
+    for (size_t r = 0; r < results[i].size(); ++r)
+      std::printf("%-*s  %4zu  %-*s  %10.2f%%\n", iw, r == 0 ? images[i].c_str() : "", r + 1, cw,
+                  results[i][r].class_name.c_str(), 100.0 * results[i][r].probability);
+}
+
+void print_json(const tools::Predictor& p, const std::vector<std::string>& images,
+                const std::vector<tools::TopK>& results) {
+  nlohmann::json j;
+  j["checkpoint"] = p.checkpoint_path();
+  j["model"] = p.info().model;
+  nlohmann::json preds = nlohmann::json::array();
+  for (size_t i = 0; i < images.size(); ++i) {
+    nlohmann::json top = nlohmann::json::array();
+    for (const auto& c : results[i])
+      top.push_back({{"class_index", c.class_index}, {"class_name", c.class_name}, {"probability", c.probability}});
+    preds.push_back({{"image", images[i]}, {"top_k", top}});
+  }
+  j["predictions"] = preds;
+  std::cout << j.dump(2) << "\n";
+}
+
+}  // namespace
+
+void register_predict(CLI::App& app) {
+  auto a = std::make_shared<PredictArgs>();
+  CLI::App* cmd = app.add_subcommand("predict", "Classify images (files or folders) with a checkpoint");
+  cmd->add_option("--checkpoint,-c", a->checkpoint, "model checkpoint (.safetensors from kestrel train)")->required();
+  cmd->add_option("images", a->inputs, "image files or folders (every image below a folder, sorted)")->required();
+  cmd->add_option("--top-k,-k", a->top_k, "classes to show per image")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--batch-size,-b", a->batch_size, "images per forward pass")->capture_default_str()->check(
+      CLI::PositiveNumber);
+  cmd->add_option("--format", a->format, "table or json")->capture_default_str()->check(
+      CLI::IsMember({"table", "json"}));
+  cmd->callback([a] {
+    std::vector<std::string> images;
+    for (const auto& in : a->inputs)  // all paths are checked before the model is loaded
+      for (auto& f : tools::list_images(in)) images.push_back(std::move(f));
+    tools::Predictor p(a->checkpoint);
+    const std::vector<tools::TopK> results = p.predict_batch(images, a->top_k, a->batch_size);
+    if (a->format == "json")
+      print_json(p, images, results);
+    else
+      print_table(images, results);
+  });
+}
+
+}  // namespace kestrel::cli

@@ -1,0 +1,81 @@
+// Classify images with a trained checkpoint: the library side of
+// `kestrel predict` (docs/predict.md).
+//
+//   tools::Predictor p("runs/fmnist/best.safetensors");   // loads once
+//   for (const tools::Prediction& c : p.predict("boot.png", 3))
+//     std::printf("%-12s %.3f\n", c.class_name.c_str(), c.probability);
+//   auto many = p.predict_batch(paths, 5);                 // batched forward passes
+//
+// Any image goes in: it is converted to the model's channels (grey <-> RGB,
+// alpha dropped), resized to the model's input size and normalized with the
+// mean/std stored in the checkpoint, the same steps `kestrel eval` applies.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "data/dataset.h"
+#include "data/transforms.h"
+#include "engine/nn/module.h"
+#include "tools/lib/checkpoint.h"
+
+namespace kestrel::tools {
+
+struct Prediction {
+  int64_t class_index = 0;
+  std::string class_name;
+  double probability = 0.0;
+};
+using TopK = std::vector<Prediction>;  // most probable first
+
+// ---- preprocessing shared with kestrel eval
+// Channel conversion on [0,1] float images: 1 -> 3 replicates the grey level,
+// 3/4 -> 1 takes the luma (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B), an
+// alpha channel (2 or 4) is dropped.
+data::FImage convert_channels(const data::FImage& img, int channels);
+// Bilinear resize; when shrinking by 2x or more, first averages whole blocks so
+// that fine detail is not aliased into the small image.
+data::FImage resize_for_model(const data::FImage& img, int height, int width);
+// The model's input pipeline as a transform of [0,1] float images: channels,
+// size, then normalization from the checkpoint metadata.
+data::Transform model_input_transform(const ModelInfo& info);
+
+class Predictor {
+ public:
+  // Throws IOError for a missing or unreadable checkpoint and ValueError when
+  // its weights do not fit the model its metadata names.
+  explicit Predictor(const std::string& checkpoint_path);
+
+  TopK predict(const data::Image& image, int64_t k = 5);
+  TopK predict(const std::string& image_path, int64_t k = 5);
+  // Forward passes of up to batch_size images; results in input order.
+  std::vector<TopK> predict_batch(const std::vector<data::Image>& images, int64_t k = 5, int64_t batch_size = 64);
+  std::vector<TopK> predict_batch(const std::vector<std::string>& image_paths, int64_t k = 5,
+                                  int64_t batch_size = 64);
+  // Softmax probabilities [N][num_classes] for preprocessed images (one forward pass).
+  std::vector<std::vector<float>> probabilities(const std::vector<data::Image>& images);
+
+  // [1, H, W, C] normalized model input for one image.
+  Tensor preprocess(const data::Image& image) const;
+  // Decodes with the model's channel count; IOError names the file.
+  data::Image load_image(const std::string& path) const;
+
+  const ModelInfo& info() const { return info_; }
+  nn::Module& model() { return *model_; }
+  const std::string& checkpoint_path() const { return path_; }
+  std::string class_name(int64_t index) const;
+
+ private:
+  TopK top_k(const std::vector<float>& probs, int64_t k) const;
+  std::string path_;
+  ModelInfo info_;
+  nn::ModulePtr model_;
+  data::Transform input_;
+};
+
+// Image files directly in `path` and below it, sorted by path; `path` itself
+// when it is a file. Throws IOError for a missing path or a folder with no images.
+std::vector<std::string> list_images(const std::string& path);
+bool is_image_file_name(const std::string& path);
+
+}  // namespace kestrel::tools

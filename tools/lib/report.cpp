@@ -1,0 +1,275 @@
+#include "tools/lib/report.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "data/loader.h"
+#include "engine/autograd.h"
+#include "engine/error.h"
+#include "tools/lib/checkpoint.h"
+#include "tools/lib/datasets.h"
+#include "tools/lib/plot.h"
+#include "tools/lib/predictor.h"
+#include "tools/lib/trainer.h"
+
+namespace fs = std::filesystem;
+
+namespace kestrel::tools {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+std::string fmt(const char* f, double v) {
+  char b[64];
+  std::snprintf(b, sizeof(b), f, v);
+  return b;
+}
+
+std::string pct(double v) { return fmt("%.2f", 100.0 * v); }
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::trunc);
+  KCHECK(out.good(), IOError, "eval: cannot write ", path);
+  out << text;
+  KCHECK(out.good(), IOError, "eval: write failed: ", path);
+}
+
+// The run folder's config.json (written by kestrel train) names the data the model was trained on.
+nlohmann::json training_config_beside(const std::string& checkpoint) {
+  const fs::path cfg = fs::path(checkpoint).parent_path() / "config.json";
+  std::ifstream in(cfg);
+  if (!in) return {};
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception&) {
+    return {};
+  }
+}
+
+// A batch of n model inputs made of the test set's first images, repeated as needed.
+Tensor input_batch(const data::Dataset& ds, const data::Transform& input, const ModelInfo& info, int64_t n) {
+  const int64_t per = info.height * info.width * info.in_channels;
+  Tensor t = Tensor::empty({n, info.height, info.width, info.in_channels});
+  float* dst = t.data<float>();
+  Generator unused(0);
+  const int64_t distinct = std::min<int64_t>(n, ds.size());
+  for (int64_t i = 0; i < distinct; ++i) {
+    data::FImage f = data::to_float(ds.get(i).image);
+    input(f, unused);
+    std::copy_n(f.data.data(), per, dst + i * per);
+  }
+  for (int64_t i = distinct; i < n; ++i) std::copy_n(dst + (i % distinct) * per, per, dst + i * per);
+  return t;
+}
+
+}  // namespace
+
+std::string format_count(int64_t n) {
+  if (n >= 1000000) return fmt("%.2fM", static_cast<double>(n) / 1e6);
+  if (n >= 1000) return fmt("%.1fK", static_cast<double>(n) / 1e3);
+  return std::to_string(n);
+}
+
+EvalReport run_eval(const EvalOptions& o) {
+  KCHECK(o.batch_size >= 1, ValueError, "eval: --batch-size must be at least 1, got ", o.batch_size);
+  KCHECK(o.latency_iters >= 0, ValueError, "eval: --latency-iters must be 0 or more, got ", o.latency_iters);
+  KCHECK(o.limit >= 0, ValueError, "eval: --limit must be 0 or more, got ", o.limit);
+  Predictor predictor(o.checkpoint);
+  const ModelInfo& info = predictor.info();
+  nn::Module& model = predictor.model();
+
+  EvalReport r;
+  r.checkpoint = o.checkpoint;
+  r.model = info.model;
+  r.dataset = o.dataset.empty() ? info.dataset : o.dataset;
+  KCHECK(!r.dataset.empty(), ValueError, "eval: ", o.checkpoint, " does not record its data set; pass --dataset");
+  r.data_dir = o.data_dir;
+  if (r.data_dir.empty()) {
+    const nlohmann::json cfg = training_config_beside(o.checkpoint);
+    if (cfg.is_object() && cfg.value("dataset", "") == r.dataset) r.data_dir = cfg.value("data_dir", "");
+  }
+  if (r.data_dir.empty()) r.data_dir = default_data_dir(r.dataset);
+  r.parameters = model.num_parameters();
+  r.input_height = info.height;
+  r.input_width = info.width;
+  r.input_channels = info.in_channels;
+  r.tta = o.tta;
+  r.threads = omp_get_max_threads();
+
+  auto test_set = open_dataset(r.dataset, r.data_dir, data::Split::Test, false, o.limit);
+  KCHECK(test_set->num_classes() == info.num_classes, ValueError, "eval: ", r.dataset, " at ", r.data_dir, " has ",
+         test_set->num_classes(), " classes but the model in ", o.checkpoint, " has ", info.num_classes,
+         " outputs; pass the --dataset/--data-dir it was trained on");
+  r.classes = info.classes.size() == static_cast<size_t>(info.num_classes) ? info.classes : test_set->classes();
+  if (!info.classes.empty() && info.classes != test_set->classes())
+    std::cerr << "kestrel eval: warning: the class names of " << r.dataset
+              << " differ from those stored in the checkpoint; reporting the checkpoint's\n";
+
+  // Accuracy pass.
+  const data::Transform input = model_input_transform(info);
+  data::LoaderOptions lo;
+  lo.batch_size = o.batch_size;
+  lo.shuffle = false;
+  lo.drop_last = false;
+  lo.num_workers = o.workers;
+  data::DataLoader loader(test_set, lo, input);
+  const EvalResult ev = evaluate(model, loader, info.num_classes, o.progress, "eval", o.tta);
+  const ClassificationMetrics& m = ev.metrics;
+  r.images = m.count();
+  r.eval_seconds = ev.seconds;
+  r.loss = ev.loss;
+  r.top1 = m.top1();
+  r.top5 = m.top5();
+  r.macro_precision = m.macro_precision();
+  r.macro_recall = m.macro_recall();
+  r.macro_f1 = m.macro_f1();
+  r.per_class_accuracy = m.per_class_accuracy();
+  r.precision = m.precision();
+  r.recall = m.recall();
+  r.f1 = m.f1();
+  r.confusion = m.confusion();
+  for (const auto& row : r.confusion) {
+    int64_t s = 0;
+    for (int64_t v : row) s += v;
+    r.support.push_back(s);
+  }
+
+  // Speed: forward passes only (inputs prepared beforehand), eval mode, no autograd.
+  if (o.latency_iters > 0) {
+    NoGradGuard no_grad;
+    model.eval();
+    const Tensor one = input_batch(*test_set, input, info, 1);
+    for (int i = 0; i < 5; ++i) model(one);  // warm-up: allocator, caches, thread pool
+    std::vector<double> ms;
+    for (int64_t i = 0; i < o.latency_iters; ++i) {
+      const auto t0 = Clock::now();
+      Tensor y = model(one);
+      ms.push_back(ms_since(t0));
+    }
+    const LatencyStats s = latency_stats(ms);
+    r.latency_median_ms = s.median;
+    r.latency_p95_ms = s.p95;
+    r.latency_mean_ms = s.mean;
+    r.latency_iters = o.latency_iters;
+
+    r.throughput_batch = o.batch_size;
+    const Tensor many = input_batch(*test_set, input, info, o.batch_size);
+    model(many);  // warm-up
+    // At least 3 passes and 1 s of work, at most 20 passes.
+    int64_t passes = 0;
+    const auto t0 = Clock::now();
+    while (passes < 3 || (passes < 20 && ms_since(t0) < 1000.0)) {
+      model(many);
+      ++passes;
+    }
+    const double secs = ms_since(t0) / 1000.0;
+    r.throughput = secs > 0 ? static_cast<double>(passes * o.batch_size) / secs : 0.0;
+  }
+  return r;
+}
+
+nlohmann::json report_json(const EvalReport& r) {
+  nlohmann::json j;
+  j["checkpoint"] = r.checkpoint;
+  j["model"] = r.model;
+  j["parameters"] = r.parameters;
+  j["input"] = {r.input_height, r.input_width, r.input_channels};
+  j["dataset"] = r.dataset;
+  j["data_dir"] = r.data_dir;
+  j["images"] = r.images;
+  j["tta"] = r.tta;
+  j["device"] = r.device;
+  j["threads"] = r.threads;
+  j["loss"] = r.loss;
+  j["top1"] = r.top1;
+  j["top5"] = r.top5;
+  j["macro_precision"] = r.macro_precision;
+  j["macro_recall"] = r.macro_recall;
+  j["macro_f1"] = r.macro_f1;
+  nlohmann::json per = nlohmann::json::array();
+  for (size_t k = 0; k < r.classes.size(); ++k)
+    per.push_back({{"class", r.classes[k]},
+                   {"index", k},
+                   {"support", r.support[k]},
+                   {"accuracy", r.per_class_accuracy[k]},
+                   {"precision", r.precision[k]},
+                   {"recall", r.recall[k]},
+                   {"f1", r.f1[k]}});
+  j["per_class"] = per;
+  j["confusion"] = r.confusion;
+  j["latency_ms"] = {{"batch", 1},
+                     {"iterations", r.latency_iters},
+                     {"median", r.latency_median_ms},
+                     {"p95", r.latency_p95_ms},
+                     {"mean", r.latency_mean_ms}};
+  j["throughput"] = {{"batch", r.throughput_batch}, {"images_per_second", r.throughput}};
+  j["eval_seconds"] = r.eval_seconds;
+  return j;
+}
+
+std::string report_markdown(const EvalReport& r) {
+  const bool timed = r.latency_iters > 0;
+  std::string md = "# " + r.model + " on " + r.dataset + "\n\n";
+  md += "| Model | Params | Top-1 (%) | Top-5 (%) | Macro F1 (%) | Latency b=1 (ms, median / p95) | Throughput (img/s, b=" +
+        std::to_string(r.throughput_batch) + ") |\n";
+  md += "|:--|--:|--:|--:|--:|--:|--:|\n";
+  md += "| " + r.model + " | " + format_count(r.parameters) + " | " + pct(r.top1) + " | " + pct(r.top5) + " | " +
+        pct(r.macro_f1) + " | " +
+        (timed ? fmt("%.2f", r.latency_median_ms) + " / " + fmt("%.2f", r.latency_p95_ms) : std::string("-")) +
+        " | " + (timed ? fmt("%.0f", r.throughput) : std::string("-")) + " |\n\n";
+  md += std::to_string(r.images) + " test images of " + r.dataset + " (" + r.data_dir + "), input " +
+        std::to_string(r.input_height) + "x" + std::to_string(r.input_width) + "x" + std::to_string(r.input_channels) +
+        ", TTA " + (r.tta ? "on (flip)" : "off") + ", " + r.device + " with " + std::to_string(r.threads) +
+        " thread" + (r.threads == 1 ? "" : "s") + "; checkpoint `" + r.checkpoint + "`.\n";
+  md += "Macro precision " + pct(r.macro_precision) + "%, macro recall " + pct(r.macro_recall) + "%, loss " +
+        fmt("%.4f", r.loss) + ".\n\n";
+  md += "| Class | Images | Accuracy (%) | Precision (%) | F1 (%) |\n|:--|--:|--:|--:|--:|\n";
+  for (size_t k = 0; k < r.classes.size(); ++k)
+    md += "| " + r.classes[k] + " | " + std::to_string(r.support[k]) + " | " + pct(r.per_class_accuracy[k]) + " | " +
+          pct(r.precision[k]) + " | " + pct(r.f1[k]) + " |\n";
+  md += "\nConfusion matrix (rows: true class, columns: predicted): confusion.csv, confusion.png.\n";
+  return md;
+}
+
+std::string confusion_csv(const EvalReport& r) {
+  auto quote = [](const std::string& s) {
+    if (s.find_first_of(",\"\n") == std::string::npos) return s;
+    std::string q = "\"";
+    for (char ch : s) q += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+    return q + "\"";
+  };
+  std::string csv = "true\\predicted";
+  for (const auto& c : r.classes) csv += "," + quote(c);
+  csv += "\n";
+  for (size_t t = 0; t < r.confusion.size(); ++t) {
+    csv += quote(t < r.classes.size() ? r.classes[t] : std::to_string(t));
+    for (int64_t v : r.confusion[t]) csv += "," + std::to_string(v);
+    csv += "\n";
+  }
+  return csv;
+}
+
+void write_report(const EvalReport& r, const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  KCHECK(!ec, IOError, "eval: cannot create ", dir, ": ", ec.message());
+  write_file(dir + "/report.json", report_json(r).dump(2) + "\n");
+  write_file(dir + "/report.md", report_markdown(r));
+  write_file(dir + "/confusion.csv", confusion_csv(r));
+  std::vector<std::vector<long long>> counts;
+  for (const auto& row : r.confusion) counts.emplace_back(row.begin(), row.end());
+  write_heatmap(dir + "/confusion.png", counts, r.classes,
+                r.model + " on " + r.dataset + ": top-1 " + pct(r.top1) + "%");
+}
+
+}  // namespace kestrel::tools

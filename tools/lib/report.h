@@ -1,0 +1,59 @@
+// `kestrel eval`: a checkpoint measured on a test set (accuracy, per-class
+// metrics, confusion, latency, throughput), written as report.json, report.md
+// (a results table like a paper's), confusion.csv and confusion.png.
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace kestrel::tools {
+
+struct EvalOptions {
+  std::string checkpoint;
+  std::string dataset;   // empty: the checkpoint's data set
+  std::string data_dir;  // empty: the training run's (config.json beside the checkpoint) or the standard place
+  int64_t batch_size = 256;
+  bool tta = false;          // average logits over the image and its mirror
+  std::string out;           // empty: <checkpoint folder>/eval
+  int64_t limit = 0;         // first N test images (0 = all)
+  int64_t latency_iters = 50;  // timed batch-1 forward passes (after warm-up)
+  int workers = 2;
+  bool progress = true;
+};
+
+struct EvalReport {
+  // what was measured
+  std::string checkpoint, model, dataset, data_dir, device = "cpu";
+  int64_t parameters = 0;
+  int64_t input_height = 0, input_width = 0, input_channels = 0;
+  int64_t images = 0;
+  bool tta = false;
+  int threads = 1;
+  std::vector<std::string> classes;
+  // accuracy
+  double loss = 0, top1 = 0, top5 = 0, macro_precision = 0, macro_recall = 0, macro_f1 = 0;
+  std::vector<double> per_class_accuracy, precision, recall, f1;
+  std::vector<int64_t> support;
+  std::vector<std::vector<int64_t>> confusion;  // [true][predicted]
+  // speed
+  double latency_median_ms = 0, latency_p95_ms = 0, latency_mean_ms = 0;
+  int64_t latency_iters = 0;
+  int64_t throughput_batch = 0;
+  double throughput = 0;          // images/s of forward passes at throughput_batch
+  double eval_seconds = 0;        // the whole accuracy pass, data loading included
+};
+
+// Loads the checkpoint and data, runs the accuracy pass, then times batch 1 and
+// batch `batch_size` forward passes. Throws Error subclasses with one-line messages.
+EvalReport run_eval(const EvalOptions& options);
+
+nlohmann::json report_json(const EvalReport& r);
+std::string report_markdown(const EvalReport& r);
+std::string confusion_csv(const EvalReport& r);
+// report.json, report.md, confusion.csv, confusion.png in dir (created if needed).
+void write_report(const EvalReport& r, const std::string& dir);
+// "150.3K", "5.29M"
+std::string format_count(int64_t n);
+
+}  // namespace kestrel::tools
