@@ -15,6 +15,8 @@ void register_train(CLI::App& app) {
   cmd->add_option("--model,-m", c->model, "model name (kestrel summary --list)")->capture_default_str();
   cmd->add_option("--num-classes", c->num_classes, "classifier outputs (default: from the data set)");
   cmd->add_option("--width-mult", c->width_mult, "channel multiplier")->capture_default_str();
+  cmd->add_option("--dropout", c->dropout, "classifier dropout (default: the model's)");
+  cmd->add_option("--drop-path", c->drop_path, "stochastic depth rate (default: the model's)");
   cmd->add_option("--dataset", c->dataset, "cifar10, cifar100, fashion-mnist, mnist or folder")->capture_default_str();
   cmd->add_option("--data-dir", c->data_dir, "data location (default: the data set's standard place)");
   cmd->add_option("--limit-train", c->limit_train, "use only the first N training images");

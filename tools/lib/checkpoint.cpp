@@ -46,12 +46,14 @@ ModelInfo ModelInfo::from_metadata(const io::Metadata& m, const std::string& sou
   return info;
 }
 
-nn::ModulePtr build_from_info(const ModelInfo& info) {
+nn::ModulePtr build_from_info(const ModelInfo& info, double dropout, double drop_path) {
   models::ModelOptions o;
   o.num_classes = info.num_classes;
   o.in_channels = info.in_channels;
   o.cifar_stem = info.cifar_stem;
   o.width_mult = info.width_mult;
+  if (dropout >= 0) o.dropout = dropout;
+  if (drop_path >= 0) o.drop_path = drop_path;
   return models::build_model(info.model, o);
 }
 

@@ -24,7 +24,8 @@ struct ModelInfo {
   static ModelInfo from_metadata(const io::Metadata& m, const std::string& source);
 };
 
-nn::ModulePtr build_from_info(const ModelInfo& info);
+// dropout / drop_path < 0: the model's defaults (they change no parameters).
+nn::ModulePtr build_from_info(const ModelInfo& info, double dropout = -1.0, double drop_path = -1.0);
 
 // Tensors whose names start with "__" are training state, not model weights.
 inline bool is_training_state_name(const std::string& n) { return n.rfind("__", 0) == 0; }

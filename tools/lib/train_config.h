@@ -13,7 +13,7 @@ struct TrainConfig {
   int64_t num_classes = 0;  // 0: from the data set
   double width_mult = 1.0;
   double dropout = -1.0;    // < 0: the model's default
-  double drop_path = 0.0;
+  double drop_path = -1.0;  // < 0: the model's default
   std::string dataset = "fashion-mnist";  // cifar10, cifar100, fashion-mnist, mnist, folder
   std::string data_dir;                   // empty: the dataset's default location
   int64_t limit_train = 0;                // use only the first N training images (0 = all)

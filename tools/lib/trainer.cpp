@@ -199,7 +199,7 @@ TrainSummary train(TrainConfig c) {
   info.classes = train_set->classes();
   info.mean = norm.mean;
   info.std = norm.std;
-  nn::ModulePtr model = build_from_info(info);
+  nn::ModulePtr model = build_from_info(info, c.dropout, c.drop_path);
   model->train();
 
   data::LoaderOptions lo;

@@ -1,0 +1,148 @@
+// End-to-end training on real data (Fashion-MNIST from the Debian package).
+#include <filesystem>
+#include <fstream>
+
+#include "engine/io/safetensors.h"
+#include "test_util.h"
+#include "tools/lib/trainer.h"
+
+using namespace kestrel;
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* kFashionMnist = "/usr/share/datasets/fashion-mnist";
+
+bool have_fashion_mnist() { return fs::exists(std::string(kFashionMnist) + "/train-images-idx3-ubyte.gz"); }
+
+tools::TrainConfig small_config(const std::string& name) {
+  tools::TrainConfig c;
+  c.model = "cifar10_200k";
+  c.dataset = "fashion-mnist";
+  c.limit_train = 1024;
+  c.limit_test = 500;
+  c.epochs = 2;
+  c.batch_size = 64;
+  c.lr = 0.05;
+  c.warmup_epochs = 0.5;
+  c.workers = 1;
+  c.progress = false;
+  c.out = kestrel::testing::temp_path(name);
+  c.overwrite = true;
+  return c;
+}
+
+}  // namespace
+
+#define REQUIRE_FASHION_MNIST()                                                                            \
+  if (!have_fashion_mnist()) GTEST_SKIP() << "Fashion-MNIST not found at " << kFashionMnist \
+                                          << " (tools/setup.sh installs dataset-fashion-mnist)"
+
+TEST(Train, LossFallsAndAccuracyBeatsChanceOnFashionMnist) {
+  REQUIRE_FASHION_MNIST();
+  tools::TrainConfig c = small_config("learns");
+  c.limit_train = 2048;
+  c.epochs = 3;
+  const tools::TrainSummary s = tools::train(c);
+  ASSERT_TRUE(s.completed);
+  std::ifstream in(c.out + "/metrics.jsonl");
+  std::vector<nlohmann::json> rows;
+  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_LT(rows.back()["train_loss"].get<double>(), 0.8 * rows.front()["train_loss"].get<double>());
+  EXPECT_GT(s.best_top1, 0.5) << "10 classes: chance is 0.1";
+  for (const char* f : {"last.safetensors", "best.safetensors", "metrics.csv", "curves.png", "config.json",
+                        "state.json"})
+    EXPECT_TRUE(fs::exists(c.out + "/" + f)) << f;
+  bool has_events = false;
+  for (const auto& e : fs::directory_iterator(c.out + "/tb"))
+    has_events |= e.path().filename().string().rfind("events.out.tfevents.", 0) == 0;
+  EXPECT_TRUE(has_events);
+}
+
+TEST(Train, ResumedRunMatchesAnUninterruptedRun) {
+  REQUIRE_FASHION_MNIST();
+  tools::TrainConfig full = small_config("uninterrupted");
+  full.limit_train = 512;
+  full.ema = 0.99;
+  full.mixup = 0.5;
+  full.drop_path = 0.0;
+  ASSERT_TRUE(tools::train(full).completed);
+
+  tools::TrainConfig killed = full;
+  killed.out = kestrel::testing::temp_path("killed");
+  killed.stop_after_steps = 11;  // 8 steps per epoch: dies in the middle of epoch 2
+  EXPECT_FALSE(tools::train(killed).completed);
+  tools::TrainConfig resumed = killed;
+  resumed.stop_after_steps = 0;
+  resumed.overwrite = false;
+  resumed.resume = true;
+  ASSERT_TRUE(tools::train(resumed).completed);
+
+  const io::SafetensorsContents a = io::load_safetensors(full.out + "/last.safetensors");
+  const io::SafetensorsContents b = io::load_safetensors(killed.out + "/last.safetensors");
+  ASSERT_EQ(a.tensors.size(), b.tensors.size());
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    ASSERT_EQ(a.tensors[i].first, b.tensors[i].first);
+    EXPECT_EQ(a.tensors[i].second.to_vector_f64(), b.tensors[i].second.to_vector_f64()) << a.tensors[i].first;
+  }
+}
+
+TEST(Train, AnExistingRunFolderIsNeverOverwrittenWithoutConsent) {
+  REQUIRE_FASHION_MNIST();
+  tools::TrainConfig c = small_config("existing");
+  fs::create_directories(c.out);
+  std::ofstream(c.out + "/precious.txt") << "keep";
+  c.overwrite = false;
+  EXPECT_THROW(tools::train(c), IOError);
+  EXPECT_TRUE(fs::exists(c.out + "/precious.txt"));
+  c.resume = true;
+  EXPECT_THROW(tools::train(c), IOError);  // nothing to resume from
+}
+
+TEST(Train, RecipeOptionsTrainWithoutError) {
+  REQUIRE_FASHION_MNIST();
+  tools::TrainConfig c = small_config("options");
+  c.limit_train = 512;
+  c.epochs = 1;
+  c.optimizer = "adamw";
+  c.lr = 2e-3;
+  c.cutmix = 0.5;
+  c.ricap = 0.5;
+  c.label_smoothing = 0.1;
+  c.grad_accum = 2;
+  c.clip_grad = 1.0;
+  c.cutout = 0.5;
+  c.randaugment = "2,5";
+  c.schedule = "onecycle";
+  const tools::TrainSummary s = tools::train(c);
+  EXPECT_TRUE(s.completed);
+  EXPECT_EQ(s.global_step, 4);  // 8 batches of 64, two per step
+  c.loss = "focal";
+  c.cutmix = c.ricap = 0;
+  c.schedule = "step";
+  EXPECT_TRUE(tools::train(c).completed);
+}
+
+TEST(Train, BadSettingsAreClearErrors) {
+  tools::TrainConfig c = small_config("bad");
+  c.optimizer = "lbfgs";
+  try {
+    tools::train(c);
+    FAIL() << "expected ValueError";
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("sgd, adamw"), std::string::npos) << e.what();
+  }
+  c = small_config("bad2");
+  c.epochs = 0;
+  EXPECT_THROW(tools::train(c), ValueError);
+  c = small_config("bad3");
+  c.amp = "fp16";
+  EXPECT_THROW(tools::train(c), ValueError);
+  c = small_config("bad4");
+  c.data_dir = "/nonexistent/data";
+  EXPECT_THROW(tools::train(c), IOError);
+  c = small_config("bad5");
+  c.model = "resnet9000";
+  EXPECT_THROW(tools::train(c), ValueError);
+}
