@@ -45,12 +45,19 @@ Tensor& record(Tensor& output, const char* op, const std::vector<Tensor>& inputs
 
 namespace {
 
-void accumulate_leaf(TensorImpl& leaf, const Tensor& g) {
-  Tensor grad = g;
+// True when nothing else can see t's memory: the only handle on its TensorImpl,
+// the only user of its Storage, and covering exactly that storage.
+bool sole_owner(const Tensor& t) {
+  return t.impl_ptr().use_count() == 1 && t.storage().use_count() == 1 && t.offset() == 0 && t.is_contiguous() &&
+         !t.requires_grad() && t.storage()->nbytes() == static_cast<size_t>(t.numel()) * dtype_size(t.dtype());
+}
+
+void accumulate_leaf(TensorImpl& leaf, Tensor grad) {
   if (grad.dtype() != leaf.dtype) grad = grad.to(leaf.dtype);
   if (!leaf.grad) {
-    // Own the buffer: a gradient may alias another tensor (views, identity ops).
-    leaf.grad = grad.contiguous().clone().impl_ptr();
+    // Own the buffer: a gradient may alias another tensor (views, identity ops),
+    // so it is copied unless this is the last handle on a fresh buffer.
+    leaf.grad = sole_owner(grad) ? grad.impl_ptr() : grad.contiguous().clone().impl_ptr();
   } else {
     Tensor existing(leaf.grad);
     add_(existing, grad);
@@ -72,7 +79,7 @@ void run_backward(const Tensor& root, const Tensor& grad_root) {
          " does not match output shape ", shape_str(root.shape()));
   NoGradGuard no_grad;
   if (!root.grad_fn()) {  // a leaf: its gradient is the seed
-    accumulate_leaf(root.impl(), seed);
+    accumulate_leaf(root.impl(), std::move(seed));
     for (auto& hook : root.impl().grad_ready_hooks) {
       Tensor t(root.impl_ptr());
       hook(t);
@@ -123,7 +130,7 @@ void run_backward(const Tensor& root, const Tensor& grad_root) {
     for (size_t i = 0; i < node->edges.size(); ++i) {
       const Edge& e = node->edges[i];
       if (!e.active()) continue;
-      const Tensor& gi = input_grads[i];
+      Tensor& gi = input_grads[i];
       if (e.node) {
         if (gi.defined()) {
           auto it = grads.find(e.node.get());
@@ -145,7 +152,7 @@ void run_backward(const Tensor& root, const Tensor& grad_root) {
           KCHECK(gi.shape() == e.leaf->shape, AutogradError, "backward of '", node->op,
                  "' produced a gradient of shape ", shape_str(gi.shape()), " for an input of shape ",
                  shape_str(e.leaf->shape));
-          accumulate_leaf(*e.leaf, gi);
+          accumulate_leaf(*e.leaf, std::move(gi));
         }
         if (--leaf_pending[e.leaf.get()] == 0) {
           Tensor t(e.leaf);

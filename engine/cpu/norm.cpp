@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "engine/cpu/activation_math.h"
@@ -35,6 +36,53 @@ struct ChannelConsts {
 };
 
 constexpr int64_t kParallelMin = 32768;
+
+// Rows summed in the compute type before they are added to the double totals:
+// short enough to keep f32 sums accurate, long enough that the row loop is a
+// plain vectorisable channel loop.
+constexpr int64_t kSubRows = 16;
+
+// Batch-norm backward pass 1 over rows [r0, r1): per channel, sg += sum(gz) and
+// sgx += sum(gz * (x - mean)), where gz = gy * act'(z), z = (x - mean) * s + b
+// (+ residual); stores gz when kStore. tmp: 2*C scratch values.
+template <Activation A, typename T, bool kResidual, bool kStore>
+void bn_backward_sums(const T* __restrict px, const T* __restrict pr, const T* __restrict pg, T* __restrict gz_store,
+                      const T* __restrict m, const T* __restrict s, const T* __restrict b, int64_t C, int64_t r0,
+                      int64_t r1, double* __restrict sg, double* __restrict sgx, T* __restrict tmp) {
+  T* __restrict tg = tmp;
+  T* __restrict tgx = tmp + C;
+  for (int64_t r = r0; r < r1; r += kSubRows) {
+    const int64_t re = std::min(r1, r + kSubRows);
+    for (int64_t c = 0; c < C; ++c) tg[c] = tgx[c] = T(0);
+    for (int64_t q = r; q < re; ++q) {
+      const T* __restrict xr = px + q * C;
+      const T* __restrict gr = pg + q * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const T xc = xr[c] - m[c];
+        T gz;
+        if constexpr (A == Activation::None) {
+          gz = gr[c];
+        } else {
+          T z = xc * s[c] + b[c];
+          if constexpr (kResidual) z += pr[q * C + c];
+          const T g = gr[c];
+          if constexpr (A == Activation::ReLU) {
+            gz = z > T(0) ? g : T(0);  // a select the vectoriser takes (act_derivative's 1/0 stays a branch)
+          } else {
+            gz = g * act_derivative<A, T>(z);
+          }
+        }
+        if constexpr (kStore) gz_store[q * C + c] = gz;
+        tg[c] += gz;
+        tgx[c] += gz * xc;
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      sg[c] += static_cast<double>(tg[c]);
+      sgx[c] += static_cast<double>(tgx[c]);
+    }
+  }
+}
 
 }  // namespace
 
@@ -130,33 +178,26 @@ void batch_norm_act_backward(const Tensor& x, const Tensor& residual, const Tens
       // grad_x (updated in place), so the activation derivative is evaluated once.
       T* gz_store = pgr != nullptr ? pgr : (A == Activation::None ? nullptr : pdx);
 
-      // Gradient of the pre-activation z at element (r, c); gy itself without an activation.
-      auto grad_z = [&](int64_t r, int64_t c) -> T {
-        const int64_t i = r * C + c;
-        if constexpr (A == Activation::None) {
-          return pg[i];
-        } else {
-          T z = (px[i] - m[c]) * s[c] + b[c];
-          if (pr != nullptr) z += pr[i];
-          return pg[i] * act_derivative<A, T>(z);
-        }
-      };
-
       // Pass 1: sum(gz) and sum(gz * (x - mean)) per channel; grad_residual = gz.
       const int64_t nb = num_row_blocks(rows, C);
       std::vector<double> part(static_cast<size_t>(2 * nb * C), 0.0);
+      std::vector<T> scratch(static_cast<size_t>(2 * nb * C));
+      auto pass1 = [&](auto has_residual, auto store) {
 #pragma omp parallel for schedule(static) if (rows * C > kParallelMin)
-      for (int64_t bl = 0; bl < nb; ++bl) {
-        double* sg = part.data() + 2 * bl * C;
-        double* sgx = sg + C;
-        for (int64_t r = block_begin(bl, nb, rows); r < block_begin(bl + 1, nb, rows); ++r) {
-          for (int64_t c = 0; c < C; ++c) {
-            const T gz = grad_z(r, c);
-            if (gz_store != nullptr) gz_store[r * C + c] = gz;
-            sg[c] += static_cast<double>(gz);
-            sgx[c] += static_cast<double>(gz) * (static_cast<double>(px[r * C + c]) - a.mean[c]);
-          }
+        for (int64_t bl = 0; bl < nb; ++bl) {
+          double* sg = part.data() + 2 * bl * C;
+          bn_backward_sums<A, T, decltype(has_residual)::value, decltype(store)::value>(
+              px, pr, pg, gz_store, m, s, b, C, block_begin(bl, nb, rows), block_begin(bl + 1, nb, rows), sg,
+              sg + C, scratch.data() + 2 * bl * C);
         }
+      };
+      using Yes = std::true_type;
+      using No = std::false_type;
+      const bool res = pr != nullptr && A != Activation::None;  // without an activation z is not needed
+      if (gz_store != nullptr) {
+        if (res) pass1(Yes{}, Yes{}); else pass1(No{}, Yes{});
+      } else {
+        if (res) pass1(Yes{}, No{}); else pass1(No{}, No{});
       }
       std::vector<double> sum_g(C, 0.0), sum_gx(C, 0.0);
       for (int64_t c = 0; c < C; ++c) {
@@ -195,7 +236,8 @@ void batch_norm_act_backward(const Tensor& x, const Tensor& residual, const Tens
           const T* gr = gz_saved + r * C;
           for (int64_t c = 0; c < C; ++c) dr[c] = q1[c] * gr[c] + q2[c] * (xr[c] - m[c]) + q3[c];
         } else {
-          for (int64_t c = 0; c < C; ++c) dr[c] = q1[c] * grad_z(r, c) + q2[c] * (xr[c] - m[c]) + q3[c];
+          const T* gr = pg + r * C;  // no store only without an activation: gz = gy
+          for (int64_t c = 0; c < C; ++c) dr[c] = q1[c] * gr[c] + q2[c] * (xr[c] - m[c]) + q3[c];
         }
       }
     });
