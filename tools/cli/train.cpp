@@ -1,17 +1,56 @@
 // kestrel train: flags (or a recipe file with the same keys) -> a training run.
 #include <CLI/CLI.hpp>
 #include <iostream>
+#include <algorithm>
+#include <fstream>
 #include <memory>
 
+#include "engine/error.h"
 #include "tools/lib/trainer.h"
 
 namespace kestrel::cli {
+
+namespace {
+
+std::string trim(const std::string& s) {
+  const size_t a = s.find_first_not_of(" \t\r"), b = s.find_last_not_of(" \t\r");
+  return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+
+// Reads `key = value` lines (a TOML subset: comments, quoted strings, numbers,
+// booleans) and gives each key to the option of the same long name, unless the
+// command line already set it.
+void apply_recipe(CLI::App& cmd, const std::string& path) {
+  std::ifstream in(path);
+  KCHECK(in.good(), IOError, "cannot read recipe file ", path);
+  std::string line;
+  for (int lineno = 1; std::getline(in, line); ++lineno) {
+    const size_t hash = line.find('#');
+    if (hash != std::string::npos && line.find('"') > hash) line = line.substr(0, hash);
+    line = trim(line);
+    if (line.empty() || line[0] == '[') continue;
+    const size_t eq = line.find('=');
+    KCHECK(eq != std::string::npos, ValueError, path, ":", lineno, ": expected key = value, got '", line, "'");
+    std::string key = trim(line.substr(0, eq)), value = trim(line.substr(eq + 1));
+    std::replace(key.begin(), key.end(), '_', '-');
+    if (value.size() >= 2 && value.front() == '"' && value.back() == '"') value = value.substr(1, value.size() - 2);
+    CLI::Option* opt = cmd.get_option_no_throw("--" + key);
+    KCHECK(opt != nullptr && key != "config", ValueError, path, ":", lineno, ": unknown key '", key,
+           "' (keys are the long flags of kestrel train)");
+    if (opt->count() > 0) continue;  // the command line wins
+    opt->add_result(value);
+    opt->run_callback();
+  }
+}
+
+}  // namespace
 
 void register_train(CLI::App& app) {
   auto c = std::make_shared<tools::TrainConfig>();
   auto no_progress = std::make_shared<bool>(false);
   CLI::App* cmd = app.add_subcommand("train", "Train a model from the zoo on a data set");
-  cmd->set_config("--config", "", "recipe file (TOML, keys as the long flags); flags given on the command line win");
+  auto recipe = std::make_shared<std::string>();
+  cmd->add_option("--config", *recipe, "recipe file (key = value lines, keys as the long flags); command-line flags win");
   cmd->add_option("--model,-m", c->model, "model name (kestrel summary --list)")->capture_default_str();
   cmd->add_option("--num-classes", c->num_classes, "classifier outputs (default: from the data set)");
   cmd->add_option("--width-mult", c->width_mult, "channel multiplier")->capture_default_str();
@@ -59,7 +98,8 @@ void register_train(CLI::App& app) {
   cmd->add_flag("--no-progress", *no_progress, "no progress bars");
   cmd->add_option("--stop-after-steps", c->stop_after_steps, "stop abruptly after N optimizer steps (testing aid)")
       ->group("");
-  cmd->callback([c, no_progress] {
+  cmd->callback([c, no_progress, recipe, cmd] {
+    if (!recipe->empty()) apply_recipe(*cmd, *recipe);
     c->progress = !*no_progress;
     const tools::TrainSummary s = tools::train(*c);
     if (!s.completed) return;

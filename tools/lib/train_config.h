@@ -9,7 +9,7 @@ namespace kestrel::tools {
 
 struct TrainConfig {
   // model and data
-  std::string model = "cifar_dsnet";
+  std::string model = "cifar10_200k";
   int64_t num_classes = 0;  // 0: from the data set
   double width_mult = 1.0;
   double dropout = -1.0;    // < 0: the model's default

@@ -215,6 +215,10 @@ TrainSummary train(TrainConfig c) {
   eo.batch_size = std::max<int64_t>(c.batch_size, 256);
   data::DataLoader test_loader(test_set, eo, eval_transform(norm));
 
+  KCHECK(train_loader.num_batches() > 0, ValueError, "--batch-size ", c.batch_size, " is larger than the ",
+         train_set->size(), " training images (the last partial batch is dropped)");
+  KCHECK(train_loader.num_batches() >= c.grad_accum, ValueError, "--grad-accum ", c.grad_accum, " exceeds the ",
+         train_loader.num_batches(), " batches per epoch");
   const int64_t steps_per_epoch = std::max<int64_t>(1, train_loader.num_batches() / c.grad_accum);
   auto optimizer = make_optimizer(c, *model);
   auto schedule = make_schedule(c, steps_per_epoch);
