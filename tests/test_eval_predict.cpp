@@ -25,6 +25,10 @@
 
 using namespace kestrel;
 using namespace kestrel::tools;
+using kestrel::testing::CliResult;
+using kestrel::testing::expect_one_line_error;
+using kestrel::testing::kestrel_cli;
+using kestrel::testing::read_text;
 namespace fs = std::filesystem;
 
 namespace {
@@ -63,40 +67,6 @@ void write_png(const std::string& path, const data::Image& img) {
   ASSERT_NE(stbi_write_png(path.c_str(), img.w, img.h, img.c, img.pixels.data(), img.w * img.c), 0) << path;
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-struct CliResult {
-  int rc = 0;
-  std::string out, err;
-};
-
-// Runs the kestrel binary with stdout and stderr captured to files.
-CliResult kestrel_cli(const std::string& args) {
-  static int n = 0;
-  const std::string out = kestrel::testing::temp_path("cli_out_" + std::to_string(n));
-  const std::string err = kestrel::testing::temp_path("cli_err_" + std::to_string(n++));
-  const std::string cmd = std::string("OMP_NUM_THREADS=2 ") + KESTREL_BINARY_DIR + "/tools/kestrel " + args + " >" +
-                          out + " 2>" + err;
-  const int status = std::system(cmd.c_str());
-  CliResult r;
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = read_text(out);
-  r.err = read_text(err);
-  return r;
-}
-
-// A failing command prints exactly one line, "kestrel: error: ...", naming `expect`.
-void expect_one_line_error(const CliResult& r, const std::string& expect, const std::string& what) {
-  EXPECT_NE(r.rc, 0) << what << ": should fail";
-  EXPECT_EQ(r.err.rfind("kestrel: error: ", 0), 0u) << what << ": stderr was: " << r.err;
-  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << what << ": stderr was: " << r.err;
-  EXPECT_NE(r.err.find(expect), std::string::npos) << what << ": expected '" << expect << "' in: " << r.err;
-}
 
 // Writes the three-class PNG folder (train/ and test/) under dir.
 void write_pattern_folder(const std::string& dir) {

@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <algorithm>
 #include <sstream>
 
 namespace kestrel::testing {
@@ -154,5 +156,35 @@ Tensor load_npy(const std::string& path) {
 }
 
 std::string source_path(const std::string& relative) { return std::string(KESTREL_SOURCE_DIR) + "/" + relative; }
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Runs the kestrel binary with stdout and stderr captured to files.
+CliResult kestrel_cli(const std::string& args) {
+  static int n = 0;
+  const std::string out = kestrel::testing::temp_path("cli_out_" + std::to_string(n));
+  const std::string err = kestrel::testing::temp_path("cli_err_" + std::to_string(n++));
+  const std::string cmd = std::string("OMP_NUM_THREADS=2 ") + KESTREL_BINARY_DIR + "/tools/kestrel " + args + " >" +
+                          out + " 2>" + err;
+  const int status = std::system(cmd.c_str());
+  CliResult r;
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = read_text(out);
+  r.err = read_text(err);
+  return r;
+}
+
+// A failing command prints exactly one line, "kestrel: error: ...", naming `expect`.
+void expect_one_line_error(const CliResult& r, const std::string& expect, const std::string& what) {
+  EXPECT_NE(r.rc, 0) << what << ": should fail";
+  EXPECT_EQ(r.err.rfind("kestrel: error: ", 0), 0u) << what << ": stderr was: " << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << what << ": stderr was: " << r.err;
+  EXPECT_NE(r.err.find(expect), std::string::npos) << what << ": expected '" << expect << "' in: " << r.err;
+}
 
 }  // namespace kestrel::testing

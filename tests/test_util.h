@@ -37,5 +37,15 @@ void save_npy(const std::string& path, const Tensor& t);
 // Reads a .npy file written by numpy (f32, f64, i64; C order).
 Tensor load_npy(const std::string& path);
 std::string source_path(const std::string& relative);
+std::string read_text(const std::string& path);
+
+// Runs the built kestrel binary with stdout and stderr captured.
+struct CliResult {
+  int rc = 0;
+  std::string out, err;
+};
+CliResult kestrel_cli(const std::string& args);
+// A failing command prints exactly one line, "kestrel: error: ...", containing `expect`.
+void expect_one_line_error(const CliResult& r, const std::string& expect, const std::string& what);
 
 }  // namespace kestrel::testing

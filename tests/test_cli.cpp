@@ -1,0 +1,81 @@
+// The kestrel command's bad-input behaviour: one line, non-zero exit, the file named.
+#include <stb_image_write.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "test_util.h"
+
+using kestrel::testing::expect_one_line_error;
+using kestrel::testing::kestrel_cli;
+using kestrel::testing::temp_path;
+namespace fs = std::filesystem;
+
+namespace {
+
+// root/train/{a,b}/N.png and root/test/{a,b}/N.png, 8x8 grey patterns.
+std::string make_folder(const std::string& name) {
+  const std::string root = temp_path(name);
+  for (const char* split : {"train", "test"})
+    for (int cls = 0; cls < 2; ++cls) {
+      const std::string dir = root + "/" + split + "/" + (cls ? "b" : "a");
+      fs::create_directories(dir);
+      for (int i = 0; i < 4; ++i) {
+        unsigned char px[64];
+        for (int k = 0; k < 64; ++k) px[k] = static_cast<unsigned char>(cls ? (k % 8) * 30 : (k / 8) * 30);
+        stbi_write_png((dir + "/" + std::to_string(i) + ".png").c_str(), 8, 8, 1, px, 8);
+      }
+    }
+  return root;
+}
+
+}  // namespace
+
+TEST(Cli, MissingDataPathIsOneLineError) {
+  expect_one_line_error(kestrel_cli("train --dataset fashion-mnist --data-dir /nonexistent/fm --out " +
+                                    temp_path("r1") + " --no-progress"),
+                        "/nonexistent/fm", "missing data path");
+}
+
+TEST(Cli, EmptyClassFolderIsOneLineErrorNamingIt) {
+  const std::string root = make_folder("empty_class");
+  fs::create_directories(root + "/train/c");
+  expect_one_line_error(kestrel_cli("train --dataset folder --data-dir " + root + " --batch-size 2 --out " +
+                                    temp_path("r2") + " --no-progress"),
+                        "train/c", "empty class folder");
+}
+
+TEST(Cli, CorruptImageIsOneLineErrorNamingTheFileOrSkippedWithSkipBad) {
+  const std::string root = make_folder("corrupt");
+  std::ofstream(root + "/train/a/bad.png") << "this is not a png";
+  const std::string out = temp_path("r3");
+  expect_one_line_error(
+      kestrel_cli("train --dataset folder --data-dir " + root + " --batch-size 2 --epochs 1 --out " + out +
+                  " --no-progress"),
+      "bad.png", "corrupt image");
+  const auto r = kestrel_cli("train --dataset folder --data-dir " + root +
+                             " --batch-size 2 --epochs 1 --skip-bad --overwrite --workers 0 --out " + out +
+                             " --no-progress");
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("warning:"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("bad.png"), std::string::npos) << r.err;
+}
+
+TEST(Cli, TruncatedIdxFileIsOneLineErrorNamingIt) {
+  const std::string dir = temp_path("idx");
+  fs::create_directories(dir);
+  // Header claims 100 images of 28x28 but holds none.
+  const unsigned char header[16] = {0, 0, 8, 3, 0, 0, 0, 100, 0, 0, 0, 28, 0, 0, 0, 28};
+  std::ofstream(dir + "/train-images-idx3-ubyte", std::ios::binary).write(reinterpret_cast<const char*>(header), 16);
+  const unsigned char lheader[8] = {0, 0, 8, 1, 0, 0, 0, 100};
+  std::ofstream(dir + "/train-labels-idx1-ubyte", std::ios::binary).write(reinterpret_cast<const char*>(lheader), 8);
+  expect_one_line_error(
+      kestrel_cli("train --dataset fashion-mnist --data-dir " + dir + " --out " + temp_path("r4") + " --no-progress"),
+      "train-images-idx3-ubyte", "truncated IDX");
+}
+
+TEST(Cli, BadFlagValuesAreOneLineErrors) {
+  expect_one_line_error(kestrel_cli("train --optimizer lbfgs --out " + temp_path("r5")), "sgd, adamw", "optimizer");
+  expect_one_line_error(kestrel_cli("train --model nope --limit-train 256 --out " + temp_path("r6") + " --no-progress"),
+                        "valid models", "model name");
+}
