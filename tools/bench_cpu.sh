@@ -49,7 +49,7 @@ for ((r = 1; r <= ROUNDS; ++r)); do
   wait_quiet
   echo "round $r/$ROUNDS: load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
   cut -d' ' -f1 /proc/loadavg >>"$TMP/load"
-  "$BIN" --benchmark_repetitions=3 --benchmark_format=json >"$TMP/kestrel.$r.json" 2>/dev/null
+  "$BIN" --benchmark_min_time=3 --benchmark_repetitions=3 --benchmark_format=json >"$TMP/kestrel.$r.json" 2>/dev/null
   "$PYTHON" "$ROOT/bench/torch_train_step.py" --threads "$THREADS" --steps 15 >"$TMP/torch.$r.jsonl"
 done
 
@@ -88,7 +88,7 @@ head = "| input | Kestrel img/s | PyTorch img/s (best format) | Kestrel / PyTorc
 sep = "|---|---|---|---|---|---|"
 lines = [head, sep]
 for shape, k, kv, fmts, best, bv in rows:
-    lines.append(f"| {shape} | {k:.1f} ({spread(kv)}) | {fmts[best]:.1f} ({best}) | {k / fmts[best]:.2f}x | "
+    lines.append(f"| {shape} | {k:.1f} ({spread(kv)}) | {fmts[best]:.1f} ({spread(bv)}, {best}) | {k / fmts[best]:.2f}x | "
                  f"{fmts.get('channels_first', float('nan')):.1f} | {fmts.get('channels_last', float('nan')):.1f} |")
 table = "\n".join(lines)
 print(table)
@@ -96,7 +96,10 @@ print(table)
 if no_doc:
     sys.exit(0)
 date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-section = f"""<!-- bench_cpu:begin (written by tools/bench_cpu.sh; edits here are overwritten) -->
+begin, end = f"<!-- bench_cpu:begin threads={threads} ", f"<!-- bench_cpu:end threads={threads} -->"
+section = f"""{begin} (written by tools/bench_cpu.sh; edits here are overwritten) -->
+### {threads} thread{"s" if threads != 1 else ""}
+
 Measured {date} with `THREADS={threads} ROUNDS={rounds} tools/bench_cpu.sh`:
 {os.cpu_count()} logical CPUs (nproc), {cpu}; {threads} threads for both engines;
 PyTorch {torch.__version__} (CPU). Batch 128, SGD momentum 0.9, weight decay 5e-4,
@@ -109,14 +112,14 @@ Kestrel: median of {rounds} rounds, each the median of 3 Google Benchmark repeti
 median of 15 timed steps (3 warm-up), in both memory formats; the faster format is the
 baseline for the ratio. 1-minute load average at the start of each round:
 {", ".join(f"{x:.2f}" for x in loads)} (other work on the machine inflates both sides).
-<!-- bench_cpu:end -->"""
+{end}"""
 
-text = open(doc).read() if os.path.exists(doc) else "# CPU performance\n\n<!-- bench_cpu:begin -->\n<!-- bench_cpu:end -->\n"
-b, e = text.find("<!-- bench_cpu:begin"), text.find("<!-- bench_cpu:end -->")
+text = open(doc).read() if os.path.exists(doc) else "# CPU performance\n"
+b, e = text.find(begin), text.find(end)
 if b < 0 or e < 0:
     text = text.rstrip("\n") + "\n\n" + section + "\n"
 else:
-    text = text[:b] + section + text[e + len("<!-- bench_cpu:end -->"):]
+    text = text[:b] + section + text[e + len(end):]
 with open(doc, "w") as f:
     f.write(text)
 print(f"wrote {doc}", file=sys.stderr)
