@@ -29,7 +29,7 @@ if [ "$sanitize" != "0" ]; then
   build_tree build-asan unit_tests -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKESTREL_SANITIZE=ON -DKESTREL_CUDA=OFF \
     -DKESTREL_BENCH=OFF -DKESTREL_WERROR=ON
   echo "== CPU unit tests under ASan + UBSan"
-  (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  (cd build-asan && KESTREL_CPU_NO_CACHE=1 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest -j "$jobs" --output-on-failure -L unit) || status=1
 fi
 
