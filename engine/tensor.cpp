@@ -58,6 +58,7 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);
+  if (t.nbytes() == 0) return t;  // no storage to clear (and memset(nullptr) is undefined)
   if (device.is_cpu())
     std::memset(t.data_ptr(), 0, t.nbytes());
   else

@@ -14,6 +14,7 @@ Shape broadcast_strides(const Tensor& t, const Shape& shape) {
 }
 
 void copy_strided(const Tensor& dst, const Tensor& src) {
+  if (dst.numel() == 0) return;
   if (dst.dtype() == src.dtype() && dst.is_contiguous() && src.is_contiguous() && dst.shape() == src.shape()) {
     std::memcpy(dst.data_ptr(), src.data_ptr(), dst.nbytes());
     return;

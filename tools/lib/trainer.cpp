@@ -7,6 +7,9 @@
 
 #include "data/transforms.h"
 #include "engine/autograd.h"
+#if defined(KESTREL_HAVE_CUDA)
+#include "engine/cuda/runtime.h"
+#endif
 #include "engine/io/safetensors.h"
 #include "engine/nn/layers.h"
 #include "engine/ops/loss.h"
@@ -176,6 +179,10 @@ TrainSummary train(TrainConfig c) {
   }
   KCHECK(c.device == "auto" || c.device == "cpu", DeviceError, "--device ", c.device,
          ": this build trains on the CPU only (the CUDA backend does not run ops yet)");
+#if defined(KESTREL_HAVE_CUDA)
+  if (c.device == "auto" && cuda::cuda_available())
+    std::cerr << "note: a CUDA device is present, but engine ops have no CUDA path yet; training on the CPU\n";
+#endif
   KCHECK(c.amp == "off", ValueError, "--amp ", c.amp, " needs a CUDA device; on the CPU use --amp off");
 
   // Data.
