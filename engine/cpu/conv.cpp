@@ -267,6 +267,19 @@ void depthwise_backward_weight(const ConvGeom& g, const T* x, const T* gy, T* gw
     }
 }
 
+// Calls fn(col, n0, nb, m0, mc, grp) for each chunk of whole images and each
+// group: images [n0, n0+nb), output rows [m0, m0+mc), and col a scratch buffer
+// of mc x k() elements that the im2col-based paths share.
+template <typename T, typename F>
+void for_each_image_chunk(const ConvGeom& g, F&& fn) {
+  const int64_t chunk = images_per_chunk(g), rows_per_image = g.oh * g.ow;
+  std::vector<T> col(static_cast<size_t>(chunk * rows_per_image * g.k()));
+  for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
+    const int64_t nb = std::min(chunk, g.n - n0);
+    for (int64_t grp = 0; grp < g.groups; ++grp) fn(col.data(), n0, nb, n0 * rows_per_image, nb * rows_per_image, grp);
+  }
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------ entry points
@@ -287,18 +300,10 @@ void conv2d_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T*
               g.c_out);
     return;
   }
-  const int64_t chunk = images_per_chunk(g);
-  const int64_t rows_per_image = g.oh * g.ow;
-  std::vector<T> col(static_cast<size_t>(chunk * rows_per_image * K));
-  for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
-    const int64_t nb = std::min(chunk, g.n - n0);
-    const int64_t m0 = n0 * rows_per_image, mc = nb * rows_per_image;
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      im2col(g, x, n0, nb, grp, col.data());
-      gemm<T>(false, true, mc, og, K, T(1), col.data(), K, w + grp * og * K, K, beta, y + m0 * g.c_out + grp * og,
-              g.c_out);
-    }
-  }
+  for_each_image_chunk<T>(g, [&](T* col, int64_t n0, int64_t nb, int64_t m0, int64_t mc, int64_t grp) {
+    im2col(g, x, n0, nb, grp, col);
+    gemm<T>(false, true, mc, og, K, T(1), col, K, w + grp * og * K, K, beta, y + m0 * g.c_out + grp * og, g.c_out);
+  });
 }
 
 template <typename T>
@@ -318,18 +323,10 @@ void conv2d_backward_input(const ConvGeom& g, const T* gy, const T* w, T* gx) {
   }
   const Taps th = kernel_taps(g.h, g.oh, g.kh, g.sh, g.ph, g.dh);
   const Taps tw = kernel_taps(g.w, g.ow, g.kw, g.sw, g.pw, g.dw);
-  const int64_t chunk = images_per_chunk(g);
-  const int64_t rows_per_image = g.oh * g.ow;
-  std::vector<T> gcol(static_cast<size_t>(chunk * rows_per_image * K));
-  for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
-    const int64_t nb = std::min(chunk, g.n - n0);
-    const int64_t m0 = n0 * rows_per_image, mc = nb * rows_per_image;
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      gemm<T>(false, false, mc, K, og, T(1), gy + m0 * g.c_out + grp * og, g.c_out, w + grp * og * K, K, T(0),
-              gcol.data(), K);
-      col2im_gather(g, gcol.data(), n0, nb, grp, th, tw, gx);
-    }
-  }
+  for_each_image_chunk<T>(g, [&](T* gcol, int64_t n0, int64_t nb, int64_t m0, int64_t mc, int64_t grp) {
+    gemm<T>(false, false, mc, K, og, T(1), gy + m0 * g.c_out + grp * og, g.c_out, w + grp * og * K, K, T(0), gcol, K);
+    col2im_gather(g, gcol, n0, nb, grp, th, tw, gx);
+  });
 }
 
 template <typename T>
@@ -346,19 +343,11 @@ void conv2d_backward_weight(const ConvGeom& g, const T* x, const T* gy, T* gw) {
               cg);
     return;
   }
-  const int64_t chunk = images_per_chunk(g);
-  const int64_t rows_per_image = g.oh * g.ow;
-  std::vector<T> col(static_cast<size_t>(chunk * rows_per_image * K));
-  for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
-    const int64_t nb = std::min(chunk, g.n - n0);
-    const int64_t m0 = n0 * rows_per_image, mc = nb * rows_per_image;
-    const T beta = n0 == 0 ? T(0) : T(1);
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      im2col(g, x, n0, nb, grp, col.data());
-      gemm<T>(true, false, og, K, mc, T(1), gy + m0 * g.c_out + grp * og, g.c_out, col.data(), K, beta,
-              gw + grp * og * K, K);
-    }
-  }
+  for_each_image_chunk<T>(g, [&](T* col, int64_t n0, int64_t nb, int64_t m0, int64_t mc, int64_t grp) {
+    im2col(g, x, n0, nb, grp, col);
+    const T beta = n0 == 0 ? T(0) : T(1);  // the first chunk writes, later chunks accumulate
+    gemm<T>(true, false, og, K, mc, T(1), gy + m0 * g.c_out + grp * og, g.c_out, col, K, beta, gw + grp * og * K, K);
+  });
 }
 
 template <typename T>
