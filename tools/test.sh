@@ -6,6 +6,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 jobs=$(nproc)
+# ccache keys then use paths relative to the checkout, so a fresh clone elsewhere hits the cache.
+export CCACHE_BASEDIR="$root"
 build=${KESTREL_BUILD_DIR:-build}
 
 build_tree() {  # dir, target, cmake args...
