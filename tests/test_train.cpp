@@ -67,11 +67,12 @@ TEST(Train, ResumedRunMatchesAnUninterruptedRun) {
   full.ema = 0.99;
   full.mixup = 0.5;
   full.drop_path = 0.0;
+  full.grad_accum = 3;  // 8 batches per epoch: 2 steps, 2 micro-batches left over each epoch
   ASSERT_TRUE(tools::train(full).completed);
 
   tools::TrainConfig killed = full;
   killed.out = kestrel::testing::temp_path("killed");
-  killed.stop_after_steps = 11;  // 8 steps per epoch: dies in the middle of epoch 2
+  killed.stop_after_steps = 3;  // 2 steps per epoch: dies in the middle of epoch 2
   EXPECT_FALSE(tools::train(killed).completed);
   tools::TrainConfig resumed = killed;
   resumed.stop_after_steps = 0;

@@ -305,6 +305,9 @@ TrainSummary train(TrainConfig c) {
                     secs > 0 ? seen / secs : 0.0);
       bar.update(batches, extra);
     }
+    // Micro-batches left over when the batch count is not a multiple of
+    // --grad-accum are dropped, so no gradient crosses an epoch (or a resume).
+    if (micro != 0) optimizer->zero_grad();
     const double train_secs = bar.elapsed_seconds();
     bar.finish();
 
