@@ -76,7 +76,7 @@ Normalization normalization_for(const std::string& dataset, const data::Dataset&
   return out;
 }
 
-data::Transform train_transform(const TrainConfig& c, int height, int width, int channels, const Normalization& n) {
+data::Transform train_transform(const TrainConfig& c, int height, int width, const Normalization& n) {
   std::vector<data::Transform> t;
   if (c.random_crop) t.push_back(data::random_crop(height, width, std::max(2, height / 8)));
   if (c.hflip) t.push_back(data::random_hflip());
@@ -89,7 +89,6 @@ data::Transform train_transform(const TrainConfig& c, int height, int width, int
   }
   if (c.cutout > 0) t.push_back(data::cutout(std::max(4, height / 2), c.cutout));
   t.push_back(data::normalize(n.mean, n.std));
-  (void)channels;
   return data::compose(std::move(t));
 }
 

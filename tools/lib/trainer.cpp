@@ -214,7 +214,7 @@ TrainSummary train(TrainConfig c) {
   lo.seed = c.seed;
   lo.num_workers = c.workers;
   lo.drop_last = true;
-  data::DataLoader train_loader(train_set, lo, train_transform(c, info.height, info.width, info.in_channels, norm),
+  data::DataLoader train_loader(train_set, lo, train_transform(c, info.height, info.width, norm),
                                 batch_mixing(c, classes));
   data::LoaderOptions eo = lo;
   eo.shuffle = false;
