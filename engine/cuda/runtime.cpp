@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -220,8 +221,16 @@ class CachingAllocator final : public DeviceAllocator {
   bool caching() const { return caching_; }
 
   void* allocate(size_t nbytes, int device_index) override {
-    return allocate_on(nbytes, device_index, current_stream(device_index));
+    cudaStream_t stream = current_stream(device_index);
+    void* ptr = allocate_on(nbytes, device_index, stream);
+    if (ptr != nullptr && poison_.load(std::memory_order_relaxed)) {
+      DeviceGuard g(device_index);
+      KESTREL_CUDA_CHECK_CTX(cudaMemsetAsync(ptr, 0xFF, nbytes, stream), "poisoning a new ", nbytes, "-byte tensor");
+    }
+    return ptr;
   }
+
+  void set_poison(bool on) { poison_.store(on, std::memory_order_relaxed); }
 
   void* allocate_on(size_t nbytes, int device, cudaStream_t stream) {
     require_device();
@@ -398,6 +407,7 @@ class CachingAllocator final : public DeviceAllocator {
   }
 
   bool caching_ = true;
+  std::atomic<bool> poison_{false};
   std::mutex mu_;
   std::unordered_map<void*, Block> active_;
   std::map<FreeKey, std::vector<Block>> free_;
@@ -429,6 +439,7 @@ void empty_cache() {
   if (cuda_available()) allocator().empty();
 }
 bool caching_enabled() { return allocator().caching(); }
+void set_poison_allocations(bool on) { allocator().set_poison(on); }
 
 void ensure_registered() {
   static const bool once = [] {

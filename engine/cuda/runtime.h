@@ -151,6 +151,9 @@ AllocatorStats allocator_stats(int device = -1);
 void reset_peak_stats(int device = -1);
 void empty_cache();  // releases every cached, unused block to the driver
 bool caching_enabled();
+// Tests: fill every new tensor's memory with 0xFF bytes (NaN in f32/f16/bf16)
+// so an output element an op never writes shows up in comparisons.
+void set_poison_allocations(bool on);
 
 // Registers the allocator as kestrel's CUDA DeviceAllocator. No CUDA call is
 // made; allocation on a machine without a device then throws DeviceError.

@@ -22,7 +22,18 @@ inline void check_dim(const Tensor& t, int64_t d, const char* op, const char* wh
   KCHECK(t.dim() == d, ShapeError, op, ": ", what, " must be ", d, "-d, got shape ", shape_str(t.shape()));
 }
 
-// The CUDA backend plugs in per op; until it has, ops name the device they lack.
+#if defined(KESTREL_HAVE_CUDA)
+inline constexpr bool kHaveCuda = true;
+#else
+inline constexpr bool kHaveCuda = false;
+#endif
+
+// Ops route CUDA tensors to engine/gpu with
+//   if constexpr (kHaveCuda) { if (x.device().is_cuda()) return gpu::op(...); }
+// In a build without CUDA the branch is discarded, so the gpu:: functions
+// (compiled only with nvcc present) need no definition there.
+
+// Ops without a CUDA path name the device they lack.
 inline void check_cpu(const Tensor& t, const char* op) {
   KCHECK(t.device().is_cpu(), DeviceError, op, ": not implemented for ", t.device().str(), " tensors yet");
 }

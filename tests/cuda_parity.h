@@ -1,0 +1,48 @@
+// CPU-vs-CUDA parity for engine ops: an op runs on CPU tensors and on CUDA
+// copies of the same tensors; outputs and the gradients of every input that
+// requires grad must agree within the dtype's tolerance. New CUDA memory is
+// poisoned with NaN while the comparison runs, so an element the CUDA path
+// never writes fails. Used by tests/test_cuda_*.cpp.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace kestrel::testing {
+
+// Empty when a CUDA device is usable, else why not (build without CUDA, no device).
+std::string cuda_skip_reason();
+
+// At the top of a test: skips it, with the reason, when there is no usable device.
+#define KESTREL_REQUIRE_CUDA()                                                         \
+  do {                                                                                 \
+    const std::string kestrel_skip_ = ::kestrel::testing::cuda_skip_reason();          \
+    if (!kestrel_skip_.empty()) GTEST_SKIP() << kestrel_skip_;                         \
+  } while (0)
+
+struct Tolerance {
+  double atol = 0.0;
+  double rtol = 0.0;
+};
+// Stated per dtype: f64 1e-10, f32 1e-4 (abs and rel), f16 2e-3 / 5e-3, bf16 1.6e-2 / 2e-2.
+Tolerance parity_tolerance(DType dtype);
+
+using OpFn = std::function<std::vector<Tensor>(const std::vector<Tensor>&)>;
+
+// Runs `op` on `cpu_inputs` and on their CUDA copies (requires_grad carried
+// over). Compares every floating output; then backpropagates sum(out_k * w_k)
+// with the same random weights w_k on both sides and compares the gradient of
+// every input that requires grad. Integer outputs must match exactly.
+void expect_cuda_matches_cpu(const OpFn& op, const std::vector<Tensor>& cpu_inputs, Tolerance tol,
+                             const std::string& what, bool check_grads = true);
+
+// The same for a one-output op.
+void expect_cuda_matches_cpu(const std::function<Tensor(const std::vector<Tensor>&)>& op,
+                             const std::vector<Tensor>& cpu_inputs, Tolerance tol, const std::string& what,
+                             bool check_grads = true);
+
+}  // namespace kestrel::testing
