@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: builds Kestrel in Release for sm_80 + sm_90,
-# runs every GPU test (tests/test_cuda_*), runs the kernel benchmarks against
-# cuDNN, prints a summary table and writes docs/gpu-report.md.
-# Designed to finish in under 9 minutes on one H100 (build ~4-6 min on 16
-# cores, tests < 1 min, benchmarks ~2 min).
+# GPU proof in two steps, so the device machine spends its time running, not
+# compiling:
 #
-#   tools/gpu_check.sh                 # everything
-#   KESTREL_GPU_CHECK_SKIP_BENCH=1 tools/gpu_check.sh
-#   KESTREL_GPU_BUILD_DIR=build-gpu    # build directory (default build-gpu)
+#   tools/gpu_check.sh pack   # on a build machine with nvcc (no GPU needed):
+#                             # Release build for sm_80 + sm_90 of the GPU test
+#                             # suite (one binary), bench_kernels and kestrel,
+#                             # packed with the non-CUDA shared libraries they
+#                             # need into build-gpu-bundle/ (carry that path).
+#   tools/gpu_check.sh        # on the GPU machine: runs the bundle when present,
+#                             # otherwise builds here first; then every GPU test,
+#                             # the kernel benchmarks against cuDNN, a summary
+#                             # table, and docs/gpu-report.md (copied to $OUT).
+#
+# cuBLAS, cuDNN and NCCL come from the system or, failing that, from the
+# nvidia-* wheels inside PyTorch's site-packages.
+#   KESTREL_GPU_CHECK_SKIP_BENCH=1   skip the benchmarks
+#   KESTREL_GPU_BUILD_DIR=build-gpu  build directory
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+mode=${1:-run}
 build=${KESTREL_GPU_BUILD_DIR:-build-gpu}
+bundle_dir=build-gpu-bundle
 jobs=$(nproc)
 logdir="$build/gpu-check"
 start_time=$(date +%s)
@@ -19,60 +29,84 @@ report=docs/gpu-report.md
 
 say() { printf '== %s (t=%ds)\n' "$*" "$(( $(date +%s) - start_time ))"; }
 
-# ---- CUDA libraries: prefer the system's; otherwise the nvidia-* wheels that
-# PyTorch installs (cublas, cudnn, nccl ...) inside its site-packages.
+# ---- CUDA libraries: prefer the system's; otherwise the nvidia-* wheels.
 have_lib() { ldconfig -p 2>/dev/null | grep -q "$1" || ls /usr/local/cuda/lib64/"$1"* >/dev/null 2>&1; }
 if ! have_lib libcudnn.so || ! have_lib libcublas.so; then
   for d in /opt/torch/.venv/lib/python3*/site-packages/nvidia/*/lib \
+           /opt/torch/.venv/lib/python3*/site-packages/nvidia/*/*/lib \
            /usr/local/lib/python3*/dist-packages/nvidia/*/lib \
            "$HOME"/.local/lib/python3*/site-packages/nvidia/*/lib; do
     [ -d "$d" ] && LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   done
   export LD_LIBRARY_PATH
-  # CMake's find_library looks at LIBRARY_PATH-like hints only through CMAKE_LIBRARY_PATH
   export CMAKE_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
   echo "using CUDA libraries from: ${LD_LIBRARY_PATH:-<none found>}"
 fi
 
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-mkdir -p "$build" "$logdir"
+configure_and_build() {  # targets...
+  mkdir -p "$build" "$logdir"
+  say "configure ($build, Release, sm_80;sm_90)"
+  if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKESTREL_WERROR=ON -DKESTREL_BENCH=ON \
+       -DCMAKE_CUDA_ARCHITECTURES="80;90" ${CMAKE_LIBRARY_PATH:+-DCMAKE_LIBRARY_PATH="$CMAKE_LIBRARY_PATH"} \
+       >"$logdir/configure.log" 2>&1; then
+    tail -30 "$logdir/configure.log"; echo "configure failed"; exit 1
+  fi
+  grep -E "CUDA backend|cuDNN" "$logdir/configure.log"
+  local targets=("$@")
+  grep -q "cuDNN (benchmark baseline): /" "$logdir/configure.log" || targets=("${targets[@]/bench_kernels}")
+  say "build ${targets[*]}"
+  if ! cmake --build "$build" -j "$jobs" --target ${targets[*]} >"$logdir/build.log" 2>&1; then
+    grep -E "error|Error" "$logdir/build.log" | head -40; echo "build failed (log: $logdir/build.log)"; exit 1
+  fi
+}
 
-# ---- configure and build (only what the GPU check needs)
-say "configure ($build, Release, sm_80;sm_90)"
-if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKESTREL_WERROR=ON -DKESTREL_BENCH=ON \
-     -DCMAKE_CUDA_ARCHITECTURES="80;90" ${CMAKE_LIBRARY_PATH:+-DCMAKE_LIBRARY_PATH="$CMAKE_LIBRARY_PATH"} \
-     >"$logdir/configure.log" 2>&1; then
-  tail -30 "$logdir/configure.log"; echo "configure failed"; exit 1
+binary_path() { find "$build" -name "$1" -type f -perm -u+x | head -1; }
+
+if [ "$mode" = "pack" ]; then
+  configure_and_build gpu_tests bench_kernels kestrel
+  rm -rf "$bundle_dir" && mkdir -p "$bundle_dir/stage/bin" "$bundle_dir/stage/lib"
+  for b in gpu_tests bench_kernels kestrel; do
+    p=$(binary_path "$b"); [ -n "$p" ] && cp "$p" "$bundle_dir/stage/bin/"
+  done
+  # Shared libraries a bare CUDA image may lack (OpenBLAS, gfortran, benchmark, ...);
+  # libc and the CUDA libraries come from the device machine.
+  for b in "$bundle_dir"/stage/bin/*; do
+    ldd "$b" | awk '/=> \//{print $3}'
+  done | sort -u | grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libcuda|libcudnn[^/]*|libcublas[^/]*|libnccl)\.so' \
+    | while read -r lib; do cp -L "$lib" "$bundle_dir/stage/lib/"; done
+  git rev-parse --short HEAD >"$bundle_dir/stage/commit"
+  tar -C "$bundle_dir/stage" -cJf "$bundle_dir/kestrel-gpu.tar.xz" . && rm -rf "$bundle_dir/stage"
+  say "bundle $(du -h "$bundle_dir/kestrel-gpu.tar.xz" | cut -f1) in $bundle_dir (carry: [\"$bundle_dir\"])"
+  exit 0
 fi
-grep -E "CUDA backend|cuDNN" "$logdir/configure.log"
-test_targets=()
-for f in tests/test_cuda_*.cpp; do test_targets+=("$(basename "${f%.cpp}")"); done
-targets=("${test_targets[@]}")
-if [ "${KESTREL_GPU_CHECK_SKIP_BENCH:-0}" = "0" ] && grep -q "cuDNN (benchmark baseline): /" "$logdir/configure.log"; then
-  targets+=(bench_kernels)
-fi
-say "build ${targets[*]}"
-if ! cmake --build "$build" -j "$jobs" --target "${targets[@]}" >"$logdir/build.log" 2>&1; then
-  grep -E "error|Error" "$logdir/build.log" | head -40; echo "build failed (log: $logdir/build.log)"; exit 1
+
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+mkdir -p "$logdir"
+if [ -f "$bundle_dir/kestrel-gpu.tar.xz" ]; then
+  bin=$(mktemp -d)
+  tar -C "$bin" -xJf "$bundle_dir/kestrel-gpu.tar.xz"
+  export LD_LIBRARY_PATH="$bin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  say "using the prebuilt bundle (commit $(cat "$bin/commit"))"
+  gpu_tests="$bin/bin/gpu_tests"; bench_bin="$bin/bin/bench_kernels"
+else
+  configure_and_build gpu_tests bench_kernels
+  gpu_tests=$(binary_path gpu_tests); bench_bin=$(binary_path bench_kernels)
 fi
 
 # ---- GPU tests
 status=0
-for t in "${test_targets[@]}"; do
-  say "test $t"
-  if ! timeout 240 "$build/tests/$t" --gtest_output="xml:$logdir/$t.xml" >"$logdir/$t.log" 2>&1; then
-    status=1
-    grep -E "Failure|FAILED|error" "$logdir/$t.log" | head -40
-  fi
-  tail -3 "$logdir/$t.log"
-done
+say "gpu_tests"
+if ! timeout 300 "$gpu_tests" --gtest_output="xml:$logdir/gpu_tests.xml" >"$logdir/gpu_tests.log" 2>&1; then
+  status=1
+  grep -E "Failure|FAILED|error" "$logdir/gpu_tests.log" | head -60
+fi
+tail -3 "$logdir/gpu_tests.log"
 
 # ---- kernel benchmarks
 bench_json="$logdir/bench_kernels.json"
 rm -f "$bench_json"
-if [[ " ${targets[*]} " == *" bench_kernels "* ]]; then
+if [ "${KESTREL_GPU_CHECK_SKIP_BENCH:-0}" = "0" ] && [ -n "${bench_bin:-}" ] && [ -x "$bench_bin" ]; then
   say "bench_kernels"
-  bench_bin=$(find "$build" -name bench_kernels -type f -perm -u+x | head -1)
   timeout 300 "$bench_bin" --benchmark_min_time=0.05 --benchmark_out="$bench_json" --benchmark_out_format=json \
     >"$logdir/bench_kernels.log" 2>&1 || { status=1; tail -20 "$logdir/bench_kernels.log"; }
   head -3 "$logdir/bench_kernels.log"
@@ -80,25 +114,25 @@ fi
 
 # ---- summary table and report
 say "report"
-python3 - "$logdir" "$bench_json" "$report" "$status" <<'PY'
-import glob, json, os, statistics, subprocess, sys, xml.etree.ElementTree as ET, datetime
-logdir, bench_json, report, status = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+commit=$(cat "${bin:-/nonexistent}/commit" 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
+python3 - "$logdir" "$bench_json" "$report" "$status" "$commit" <<'PY'
+import glob, json, os, statistics, sys, xml.etree.ElementTree as ET, datetime
+logdir, bench_json, report, status, commit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 lines = []
 def out(s=""):
     print(s); lines.append(s)
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 out("# GPU report")
 out()
 out(f"Generated by tools/gpu_check.sh on {datetime.datetime.now().isoformat(timespec='seconds')}, commit {commit}.")
 out()
 out("## Tests")
 out()
-out("| binary | tests | failures | skipped |")
+out("| suite | tests | failures | skipped |")
 out("|---|---|---|---|")
-for x in sorted(glob.glob(os.path.join(logdir, "test_cuda_*.xml"))):
-    r = ET.parse(x).getroot()
-    skipped = sum(1 for tc in r.iter("testcase") if tc.find("skipped") is not None)
-    out(f"| {os.path.basename(x)[:-4]} | {r.get('tests')} | {r.get('failures')} | {skipped} |")
+for x in sorted(glob.glob(os.path.join(logdir, "*.xml"))):
+    for suite in ET.parse(x).getroot().iter("testsuite"):
+        skipped = sum(1 for tc in suite.iter("testcase") if tc.find("skipped") is not None)
+        out(f"| {suite.get('name')} | {suite.get('tests')} | {suite.get('failures')} | {skipped} |")
 out()
 if os.path.exists(bench_json):
     data = json.load(open(bench_json))
@@ -151,5 +185,6 @@ out(f"Overall: {'all GPU tests passed' if status == 0 else 'FAILURES (see logs i
 os.makedirs(os.path.dirname(report), exist_ok=True)
 open(report, "w").write("\n".join(lines) + "\n")
 PY
+[ -n "${OUT:-}" ] && mkdir -p "$OUT" && cp -r "$report" "$logdir" "$OUT/" 2>/dev/null
 say "done (report: $report)"
 exit $status
