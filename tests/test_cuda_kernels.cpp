@@ -7,11 +7,414 @@
 // the dtype first so both sides see the same values):
 //   f32: atol 1e-4, rtol 1e-4    f16: atol 2e-3, rtol 5e-3    bf16: atol 1.6e-2, rtol 2e-2
 // Reductions (weight gradients, BN statistics) scale atol by sqrt(length).
+// The squeeze-excite and coordinate-attention backward tests scale atol by
+// the largest |ref| of each gradient instead (their sums nest: a channel sum
+// over HW feeds a sum over samples).
+//
+// The f64 references of those two backwards are themselves proven against
+// central finite differences of the f64 forwards by CPU-only tests
+// (AttentionReferences.*), which run in every build, GPU or not.
 //
 // The seed is fresh each run and printed on failure; KESTREL_TEST_SEED=<n>
-// reproduces a run. Without a GPU every test skips with the reason; in a
-// build without CUDA the file is a single skipped test.
+// reproduces a run. Without a GPU every CudaKernels test skips with the
+// reason; in a build without CUDA only the CPU-only reference proofs run.
 #include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/ops/elementwise.h"
+
+// ---- f64 reference loops for squeeze-excite and coordinate attention. They
+// build in every configuration: the CPU-only tests right below prove each
+// backward loop against central finite differences of its forward loop, and
+// the GPU tests further down compare the kernels against them.
+namespace kestrel {
+namespace {
+
+double act_ref(Activation a, double x) {
+  switch (a) {
+    case Activation::None: return x;
+    case Activation::ReLU: return x > 0 ? x : 0;
+    case Activation::ReLU6: return std::min(std::max(x, 0.0), 6.0);
+    case Activation::Sigmoid: return 1 / (1 + std::exp(-x));
+    case Activation::Tanh: return std::tanh(x);
+    case Activation::SiLU: return x / (1 + std::exp(-x));
+    case Activation::HardSwish: return x * std::min(std::max(x + 3, 0.0), 6.0) / 6;
+    case Activation::HardSigmoid: return std::min(std::max(x + 3, 0.0), 6.0) / 6;
+    case Activation::GELU: return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)));
+  }
+  return x;
+}
+double act_grad_ref(Activation a, double x) {
+  switch (a) {
+    case Activation::None: return 1;
+    case Activation::ReLU: return x > 0 ? 1 : 0;
+    case Activation::ReLU6: return (x > 0 && x < 6) ? 1 : 0;
+    case Activation::Sigmoid: { const double s = 1 / (1 + std::exp(-x)); return s * (1 - s); }
+    case Activation::Tanh: { const double t = std::tanh(x); return 1 - t * t; }
+    case Activation::SiLU: { const double s = 1 / (1 + std::exp(-x)); return s * (1 + x * (1 - s)); }
+    case Activation::HardSwish: return x < -3 ? 0 : (x > 3 ? 1 : (2 * x + 3) / 6);
+    case Activation::HardSigmoid: return (x > -3 && x < 3) ? 1.0 / 6 : 0;
+    case Activation::GELU: {
+      const double cdf = 0.5 * (1 + std::erf(x / std::sqrt(2.0)));
+      return cdf + x * std::exp(-0.5 * x * x) / std::sqrt(2 * M_PI);
+    }
+  }
+  return 1;
+}
+
+// Points where act' jumps: tests keep pre-activations away from them, where
+// f32 and f64 (or a finite difference) may see different sides.
+std::vector<double> act_kinks(Activation a) {
+  switch (a) {
+    case Activation::ReLU: return {0.0};
+    case Activation::ReLU6: return {0.0, 6.0};
+    case Activation::HardSwish:
+    case Activation::HardSigmoid: return {-3.0, 3.0};
+    default: return {};
+  }
+}
+bool near_kink(Activation a, double v, double margin) {
+  for (double k : act_kinks(a))
+    if (std::fabs(v - k) < margin) return true;
+  return false;
+}
+
+using Vec = std::vector<double>;
+
+// ---- squeeze-excite: x [N, HW, C], w1 [Cr, C], b1 [Cr], w2 [C, Cr], b2 [C]
+struct SeDims {
+  int N, HW, C, Cr;
+};
+struct SeParams {
+  Vec w1, b1, w2, b2;
+};
+struct SeForward {
+  Vec y, pooled, hidden, scale;  // hidden: before the inner activation
+};
+struct SeGrads {
+  Vec dx, dw1, db1, dw2, db2;
+};
+
+double se_gate_input(const SeDims& d, const SeParams& p, Activation inner, const Vec& hidden, int n, int c) {
+  double z = p.b2[c];
+  for (int j = 0; j < d.Cr; ++j)
+    z += p.w2[static_cast<size_t>(c) * d.Cr + j] * act_ref(inner, hidden[static_cast<size_t>(n) * d.Cr + j]);
+  return z;
+}
+
+SeForward se_forward_ref(const SeDims& d, Activation inner, Activation gate, const Vec& x, const SeParams& p) {
+  SeForward f;
+  f.y.resize(x.size());
+  f.pooled.assign(static_cast<size_t>(d.N) * d.C, 0.0);
+  f.hidden.assign(static_cast<size_t>(d.N) * d.Cr, 0.0);
+  f.scale.assign(static_cast<size_t>(d.N) * d.C, 0.0);
+  for (int n = 0; n < d.N; ++n) {
+    double* pooled = &f.pooled[static_cast<size_t>(n) * d.C];
+    for (int q = 0; q < d.HW; ++q)
+      for (int c = 0; c < d.C; ++c) pooled[c] += x[(static_cast<size_t>(n) * d.HW + q) * d.C + c] / d.HW;
+    for (int j = 0; j < d.Cr; ++j) {
+      double h = p.b1[j];
+      for (int c = 0; c < d.C; ++c) h += p.w1[static_cast<size_t>(j) * d.C + c] * pooled[c];
+      f.hidden[static_cast<size_t>(n) * d.Cr + j] = h;
+    }
+    for (int c = 0; c < d.C; ++c)
+      f.scale[static_cast<size_t>(n) * d.C + c] = act_ref(gate, se_gate_input(d, p, inner, f.hidden, n, c));
+    for (int q = 0; q < d.HW; ++q)
+      for (int c = 0; c < d.C; ++c) {
+        const size_t e = (static_cast<size_t>(n) * d.HW + q) * d.C + c;
+        f.y[e] = x[e] * f.scale[static_cast<size_t>(n) * d.C + c];
+      }
+  }
+  return f;
+}
+
+SeGrads se_backward_ref(const SeDims& d, Activation inner, Activation gate, const Vec& x, const SeParams& p,
+                        const Vec& dy) {
+  const SeForward f = se_forward_ref(d, inner, gate, x, p);
+  SeGrads g;
+  g.dx.resize(x.size());
+  g.dw1.assign(p.w1.size(), 0.0);
+  g.db1.assign(p.b1.size(), 0.0);
+  g.dw2.assign(p.w2.size(), 0.0);
+  g.db2.assign(p.b2.size(), 0.0);
+  for (int n = 0; n < d.N; ++n) {
+    Vec dz(d.C, 0.0), dh(d.Cr, 0.0), dpool(d.C, 0.0);
+    for (int q = 0; q < d.HW; ++q)
+      for (int c = 0; c < d.C; ++c) {
+        const size_t e = (static_cast<size_t>(n) * d.HW + q) * d.C + c;
+        dz[c] += dy[e] * x[e];
+      }
+    for (int c = 0; c < d.C; ++c) {
+      dz[c] *= act_grad_ref(gate, se_gate_input(d, p, inner, f.hidden, n, c));
+      g.db2[c] += dz[c];
+      for (int j = 0; j < d.Cr; ++j) {
+        const double h = f.hidden[static_cast<size_t>(n) * d.Cr + j];
+        g.dw2[static_cast<size_t>(c) * d.Cr + j] += dz[c] * act_ref(inner, h);
+        dh[j] += p.w2[static_cast<size_t>(c) * d.Cr + j] * dz[c];
+      }
+    }
+    for (int j = 0; j < d.Cr; ++j) {
+      dh[j] *= act_grad_ref(inner, f.hidden[static_cast<size_t>(n) * d.Cr + j]);
+      g.db1[j] += dh[j];
+      for (int c = 0; c < d.C; ++c) {
+        g.dw1[static_cast<size_t>(j) * d.C + c] += dh[j] * f.pooled[static_cast<size_t>(n) * d.C + c];
+        dpool[c] += p.w1[static_cast<size_t>(j) * d.C + c] * dh[j];
+      }
+    }
+    for (int q = 0; q < d.HW; ++q)
+      for (int c = 0; c < d.C; ++c) {
+        const size_t e = (static_cast<size_t>(n) * d.HW + q) * d.C + c;
+        g.dx[e] = dy[e] * f.scale[static_cast<size_t>(n) * d.C + c] + dpool[c] / d.HW;
+      }
+  }
+  return g;
+}
+
+// ---- coordinate attention: x [N, H, W, C], w1 [mip, C], b1 [mip], wh/ww [C, mip],
+// bh/bw [C]; positions p < H are rows, p = H + w columns (L = H + W per sample).
+struct CaDims {
+  int N, H, W, C, mip;
+};
+struct CaParams {
+  Vec w1, b1, wh, bh, ww, bw;
+};
+struct CaForward {
+  Vec y, pooled, hidden, gates;  // [N, L, C], [N, L, mip] before act, [N, L, C]
+};
+struct CaGrads {
+  Vec dx, dw1, db1, dwh, dbh, dww, dbw;
+};
+
+CaForward ca_forward_ref(const CaDims& d, Activation act, const Vec& x, const CaParams& p) {
+  const int L = d.H + d.W;
+  CaForward f;
+  f.y.resize(x.size());
+  f.pooled.assign(static_cast<size_t>(d.N) * L * d.C, 0.0);
+  f.hidden.assign(static_cast<size_t>(d.N) * L * d.mip, 0.0);
+  f.gates.assign(static_cast<size_t>(d.N) * L * d.C, 0.0);
+  for (int n = 0; n < d.N; ++n) {
+    auto X = [&](int h, int w, int c) { return x[((static_cast<size_t>(n) * d.H + h) * d.W + w) * d.C + c]; };
+    auto at = [&](Vec& v, int p, int i, int width) -> double& {
+      return v[(static_cast<size_t>(n) * L + p) * width + i];
+    };
+    for (int h = 0; h < d.H; ++h)
+      for (int w = 0; w < d.W; ++w)
+        for (int c = 0; c < d.C; ++c) {
+          at(f.pooled, h, c, d.C) += X(h, w, c) / d.W;
+          at(f.pooled, d.H + w, c, d.C) += X(h, w, c) / d.H;
+        }
+    for (int q = 0; q < L; ++q) {
+      for (int j = 0; j < d.mip; ++j) {
+        double t = p.b1[j];
+        for (int c = 0; c < d.C; ++c) t += p.w1[static_cast<size_t>(j) * d.C + c] * at(f.pooled, q, c, d.C);
+        at(f.hidden, q, j, d.mip) = t;
+      }
+      const Vec& wg = q < d.H ? p.wh : p.ww;
+      const Vec& bg = q < d.H ? p.bh : p.bw;
+      for (int c = 0; c < d.C; ++c) {
+        double z = bg[c];
+        for (int j = 0; j < d.mip; ++j) z += wg[static_cast<size_t>(c) * d.mip + j] * act_ref(act, at(f.hidden, q, j, d.mip));
+        at(f.gates, q, c, d.C) = act_ref(Activation::Sigmoid, z);
+      }
+    }
+    for (int h = 0; h < d.H; ++h)
+      for (int w = 0; w < d.W; ++w)
+        for (int c = 0; c < d.C; ++c)
+          f.y[((static_cast<size_t>(n) * d.H + h) * d.W + w) * d.C + c] =
+              X(h, w, c) * at(f.gates, h, c, d.C) * at(f.gates, d.H + w, c, d.C);
+  }
+  return f;
+}
+
+CaGrads ca_backward_ref(const CaDims& d, Activation act, const Vec& x, const CaParams& p, const Vec& dy) {
+  const int L = d.H + d.W;
+  CaForward f = ca_forward_ref(d, act, x, p);
+  CaGrads g;
+  g.dx.resize(x.size());
+  g.dw1.assign(p.w1.size(), 0.0);
+  g.db1.assign(p.b1.size(), 0.0);
+  g.dwh.assign(p.wh.size(), 0.0);
+  g.dbh.assign(p.bh.size(), 0.0);
+  g.dww.assign(p.ww.size(), 0.0);
+  g.dbw.assign(p.bw.size(), 0.0);
+  for (int n = 0; n < d.N; ++n) {
+    auto at = [&](const Vec& v, int q, int i, int width) { return v[(static_cast<size_t>(n) * L + q) * width + i]; };
+    auto e_of = [&](int h, int w, int c) { return ((static_cast<size_t>(n) * d.H + h) * d.W + w) * d.C + c; };
+    Vec da(static_cast<size_t>(L) * d.C, 0.0), dpool(static_cast<size_t>(L) * d.C, 0.0);
+    for (int h = 0; h < d.H; ++h)
+      for (int w = 0; w < d.W; ++w)
+        for (int c = 0; c < d.C; ++c) {
+          const double v = dy[e_of(h, w, c)] * x[e_of(h, w, c)];
+          da[static_cast<size_t>(h) * d.C + c] += v * at(f.gates, d.H + w, c, d.C);
+          da[static_cast<size_t>(d.H + w) * d.C + c] += v * at(f.gates, h, c, d.C);
+        }
+    for (int q = 0; q < L; ++q) {
+      const bool row = q < d.H;
+      const Vec& wg = row ? p.wh : p.ww;
+      Vec& dwg = row ? g.dwh : g.dww;
+      Vec& dbg = row ? g.dbh : g.dbw;
+      Vec dz(d.C), dt(d.mip, 0.0);
+      for (int c = 0; c < d.C; ++c) {
+        const double gt = at(f.gates, q, c, d.C);
+        dz[c] = da[static_cast<size_t>(q) * d.C + c] * gt * (1 - gt);
+        dbg[c] += dz[c];
+        for (int j = 0; j < d.mip; ++j) {
+          dwg[static_cast<size_t>(c) * d.mip + j] += dz[c] * act_ref(act, at(f.hidden, q, j, d.mip));
+          dt[j] += wg[static_cast<size_t>(c) * d.mip + j] * dz[c];
+        }
+      }
+      for (int j = 0; j < d.mip; ++j) {
+        dt[j] *= act_grad_ref(act, at(f.hidden, q, j, d.mip));
+        g.db1[j] += dt[j];
+        for (int c = 0; c < d.C; ++c) {
+          g.dw1[static_cast<size_t>(j) * d.C + c] += dt[j] * at(f.pooled, q, c, d.C);
+          dpool[static_cast<size_t>(q) * d.C + c] += p.w1[static_cast<size_t>(j) * d.C + c] * dt[j] / (row ? d.W : d.H);
+        }
+      }
+    }
+    for (int h = 0; h < d.H; ++h)
+      for (int w = 0; w < d.W; ++w)
+        for (int c = 0; c < d.C; ++c) {
+          const size_t e = e_of(h, w, c);
+          g.dx[e] = dy[e] * at(f.gates, h, c, d.C) * at(f.gates, d.H + w, c, d.C) +
+                    dpool[static_cast<size_t>(h) * d.C + c] + dpool[static_cast<size_t>(d.H + w) * d.C + c];
+        }
+  }
+  return g;
+}
+
+// ---- finite-difference proof of the reference backwards (CPU only, fixed seeds)
+
+Vec uniform_values(size_t n, std::mt19937_64& rng, double lo = -1.0, double hi = 1.0) {
+  std::uniform_real_distribution<double> d(lo, hi);
+  Vec v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+double dot(const Vec& a, const Vec& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+// Every element of `v` perturbed by +-eps: (loss(+) - loss(-)) / 2eps must
+// match the analytic gradient.
+void expect_matches_finite_differences(Vec& v, const Vec& grad, const std::function<double()>& loss,
+                                       const std::string& what) {
+  ASSERT_EQ(v.size(), grad.size()) << what;
+  const double eps = 1e-6;
+  for (size_t i = 0; i < v.size(); ++i) {
+    const double keep = v[i];
+    v[i] = keep + eps;
+    const double up = loss();
+    v[i] = keep - eps;
+    const double down = loss();
+    v[i] = keep;
+    const double fd = (up - down) / (2 * eps);
+    EXPECT_NEAR(grad[i], fd, 1e-6 + 1e-6 * std::fabs(fd)) << what << " element " << i;
+  }
+}
+
+TEST(AttentionReferences, SqueezeExciteBackwardMatchesFiniteDifferencesOfForward) {
+  struct Case {
+    SeDims d;
+    Activation inner, gate;
+  };
+  const Case cases[] = {{{2, 5, 6, 3}, Activation::ReLU, Activation::Sigmoid},
+                        {{1, 1, 4, 1}, Activation::SiLU, Activation::HardSigmoid},
+                        {{3, 4, 7, 2}, Activation::HardSwish, Activation::Sigmoid},
+                        {{2, 9, 5, 4}, Activation::GELU, Activation::HardSigmoid}};
+  std::mt19937_64 rng(20240611);
+  for (const Case& k : cases) {
+    const SeDims& d = k.d;
+    const std::string label = std::string("se [") + std::to_string(d.N) + "," + std::to_string(d.HW) + "," +
+                              std::to_string(d.C) + "] r" + std::to_string(d.Cr) + " " +
+                              activation_name(k.inner) + "/" + activation_name(k.gate);
+    SCOPED_TRACE(label);
+    Vec x = uniform_values(static_cast<size_t>(d.N) * d.HW * d.C, rng);
+    const Vec dy = uniform_values(x.size(), rng);
+    SeParams p{uniform_values(static_cast<size_t>(d.Cr) * d.C, rng), uniform_values(d.Cr, rng),
+               uniform_values(static_cast<size_t>(d.C) * d.Cr, rng, -2, 2), uniform_values(d.C, rng, -2, 2)};
+    // Keep every pre-activation 1e-3 away from a kink (re-draw the bias).
+    for (int round = 0; round < 50; ++round) {
+      const SeForward f = se_forward_ref(d, k.inner, k.gate, x, p);
+      bool moved = false;
+      for (int n = 0; n < d.N; ++n) {
+        for (int j = 0; j < d.Cr; ++j)
+          if (near_kink(k.inner, f.hidden[static_cast<size_t>(n) * d.Cr + j], 1e-3)) {
+            p.b1[j] = uniform_values(1, rng)[0];
+            moved = true;
+          }
+        for (int c = 0; c < d.C; ++c)
+          if (near_kink(k.gate, se_gate_input(d, p, k.inner, f.hidden, n, c), 1e-3)) {
+            p.b2[c] = uniform_values(1, rng, -2, 2)[0];
+            moved = true;
+          }
+      }
+      if (!moved) break;
+    }
+    const SeGrads g = se_backward_ref(d, k.inner, k.gate, x, p, dy);
+    auto loss = [&] { return dot(se_forward_ref(d, k.inner, k.gate, x, p).y, dy); };
+    expect_matches_finite_differences(x, g.dx, loss, "dx " + label);
+    expect_matches_finite_differences(p.w1, g.dw1, loss, "dw1 " + label);
+    expect_matches_finite_differences(p.b1, g.db1, loss, "db1 " + label);
+    expect_matches_finite_differences(p.w2, g.dw2, loss, "dw2 " + label);
+    expect_matches_finite_differences(p.b2, g.db2, loss, "db2 " + label);
+  }
+}
+
+TEST(AttentionReferences, CoordAttentionBackwardMatchesFiniteDifferencesOfForward) {
+  struct Case {
+    CaDims d;
+    Activation act;
+  };
+  const Case cases[] = {{{2, 3, 4, 5, 3}, Activation::HardSwish},
+                        {{1, 1, 1, 3, 2}, Activation::ReLU},
+                        {{2, 4, 4, 6, 2}, Activation::SiLU},
+                        {{1, 5, 2, 4, 5}, Activation::Tanh}};
+  std::mt19937_64 rng(20240612);
+  for (const Case& k : cases) {
+    const CaDims& d = k.d;
+    const std::string label = std::string("ca [") + std::to_string(d.N) + "," + std::to_string(d.H) + "," +
+                              std::to_string(d.W) + "," + std::to_string(d.C) + "] mip" + std::to_string(d.mip) +
+                              " " + activation_name(k.act);
+    SCOPED_TRACE(label);
+    Vec x = uniform_values(static_cast<size_t>(d.N) * d.H * d.W * d.C, rng);
+    const Vec dy = uniform_values(x.size(), rng);
+    const size_t nw = static_cast<size_t>(d.mip) * d.C;
+    CaParams p{uniform_values(nw, rng, -2, 2), uniform_values(d.mip, rng, -2, 2), uniform_values(nw, rng),
+               uniform_values(d.C, rng), uniform_values(nw, rng), uniform_values(d.C, rng)};
+    for (int round = 0; round < 50; ++round) {
+      const CaForward f = ca_forward_ref(d, k.act, x, p);
+      bool moved = false;
+      for (size_t i = 0; i < f.hidden.size(); ++i)
+        if (near_kink(k.act, f.hidden[i], 1e-3)) {
+          p.b1[i % d.mip] = uniform_values(1, rng, -2, 2)[0];
+          moved = true;
+        }
+      if (!moved) break;
+    }
+    const CaGrads g = ca_backward_ref(d, k.act, x, p, dy);
+    auto loss = [&] { return dot(ca_forward_ref(d, k.act, x, p).y, dy); };
+    expect_matches_finite_differences(x, g.dx, loss, "dx " + label);
+    expect_matches_finite_differences(p.w1, g.dw1, loss, "dw1 " + label);
+    expect_matches_finite_differences(p.b1, g.db1, loss, "db1 " + label);
+    expect_matches_finite_differences(p.wh, g.dwh, loss, "dwh " + label);
+    expect_matches_finite_differences(p.bh, g.dbh, loss, "dbh " + label);
+    expect_matches_finite_differences(p.ww, g.dww, loss, "dww " + label);
+    expect_matches_finite_differences(p.bw, g.dbw, loss, "dbw " + label);
+  }
+}
+
+}  // namespace
+}  // namespace kestrel
 
 #if !defined(KESTREL_HAVE_CUDA)
 
@@ -94,37 +497,8 @@ std::vector<double> random_values(size_t n, KDType t, std::mt19937_64& rng, doub
   return v;
 }
 
-double act_ref(KAct a, double x) {
-  switch (a) {
-    case KAct::None: return x;
-    case KAct::ReLU: return x > 0 ? x : 0;
-    case KAct::ReLU6: return std::min(std::max(x, 0.0), 6.0);
-    case KAct::Sigmoid: return 1 / (1 + std::exp(-x));
-    case KAct::Tanh: return std::tanh(x);
-    case KAct::SiLU: return x / (1 + std::exp(-x));
-    case KAct::HardSwish: return x * std::min(std::max(x + 3, 0.0), 6.0) / 6;
-    case KAct::HardSigmoid: return std::min(std::max(x + 3, 0.0), 6.0) / 6;
-    case KAct::GELU: return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)));
-  }
-  return x;
-}
-double act_grad_ref(KAct a, double x) {
-  switch (a) {
-    case KAct::None: return 1;
-    case KAct::ReLU: return x > 0 ? 1 : 0;
-    case KAct::ReLU6: return (x > 0 && x < 6) ? 1 : 0;
-    case KAct::Sigmoid: { const double s = 1 / (1 + std::exp(-x)); return s * (1 - s); }
-    case KAct::Tanh: { const double t = std::tanh(x); return 1 - t * t; }
-    case KAct::SiLU: { const double s = 1 / (1 + std::exp(-x)); return s * (1 + x * (1 - s)); }
-    case KAct::HardSwish: return x < -3 ? 0 : (x > 3 ? 1 : (2 * x + 3) / 6);
-    case KAct::HardSigmoid: return (x > -3 && x < 3) ? 1.0 / 6 : 0;
-    case KAct::GELU: {
-      const double cdf = 0.5 * (1 + std::erf(x / std::sqrt(2.0)));
-      return cdf + x * std::exp(-0.5 * x * x) / std::sqrt(2 * M_PI);
-    }
-  }
-  return 1;
-}
+double act_ref(KAct a, double x) { return act_ref(static_cast<Activation>(a), x); }
+double act_grad_ref(KAct a, double x) { return act_grad_ref(static_cast<Activation>(a), x); }
 const char* act_label(KAct a) {
   static const char* names[] = {"none", "relu", "relu6", "sigmoid", "tanh", "silu", "hswish", "hsigmoid", "gelu"};
   return names[static_cast<int>(a)];
