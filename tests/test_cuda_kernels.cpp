@@ -1149,6 +1149,235 @@ TEST_F(CudaKernels, CoordAttentionForwardMatchesCpuLoop) {
     }
 }
 
+// ---- backward passes (references: se_backward_ref / ca_backward_ref above,
+// proven against finite differences by AttentionReferences.*)
+
+// Parameter types each activation type is tested with: its own and f32.
+std::vector<KDType> param_types(KDType t) {
+  if (t == KDType::F32) return {KDType::F32};
+  return {t, KDType::F32};
+}
+
+// atol scaled by the largest |ref| of the tensor (see the file header).
+Tol scaled_tol(KDType t, const std::vector<double>& ref) {
+  double m = 1e-3;
+  for (double v : ref) m = std::max(m, std::fabs(v));
+  const Tol b = tol_for(t);
+  return {b.atol * m, b.rtol};
+}
+
+std::vector<double> download_f32(const float* p, size_t n) {
+  KESTREL_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<float> h(n);
+  KESTREL_CUDA_CHECK(cudaMemcpy(h.data(), p, n * sizeof(float), cudaMemcpyDeviceToHost));
+  return std::vector<double>(h.begin(), h.end());
+}
+
+// Re-draws biases until no pre-activation lies within 1e-3 of a kink of its
+// activation (there f32 and f64 may take different branches of act').
+void se_avoid_kinks(const SeDims& d, Activation inner, Activation gate, const Vec& x, SeParams& p, KDType pt,
+                    std::mt19937_64& rng) {
+  for (int round = 0; round < 50; ++round) {
+    const SeForward f = se_forward_ref(d, inner, gate, x, p);
+    bool moved = false;
+    for (int n = 0; n < d.N; ++n) {
+      for (int j = 0; j < d.Cr; ++j)
+        if (near_kink(inner, f.hidden[static_cast<size_t>(n) * d.Cr + j], 1e-3)) {
+          p.b1[j] = random_values(1, pt, rng)[0];
+          moved = true;
+        }
+      for (int c = 0; c < d.C; ++c)
+        if (near_kink(gate, se_gate_input(d, p, inner, f.hidden, n, c), 1e-3)) {
+          p.b2[c] = random_values(1, pt, rng, -2, 2)[0];
+          moved = true;
+        }
+    }
+    if (!moved) return;
+  }
+}
+
+TEST_F(CudaKernels, SqueezeExciteBackwardMatchesCpuLoopAndIsReproducible) {
+  const KAct inners[] = {KAct::ReLU, KAct::SiLU, KAct::HardSwish};
+  const KAct gates[] = {KAct::Sigmoid, KAct::HardSigmoid};
+  int variant = 0;
+  for (int N : {1, 3})
+    for (int C : {7, 16, 96})
+      for (int HW : {1, 49, 1089})
+        for (int ratio : {4, 16}) {
+          const int Cr = std::max(1, C / ratio);
+          const KAct inner = inners[variant % 3], gate = gates[variant % 2];
+          ++variant;
+          const Activation ai = static_cast<Activation>(inner), ag = static_cast<Activation>(gate);
+          for (KDType t : kAllTypes)
+            for (KDType pt : param_types(t)) {
+              std::ostringstream lab;
+              lab << kernels::kdtype_name(t) << " (params " << kernels::kdtype_name(pt) << ") se [" << N << "," << HW
+                  << "," << C << "] r" << Cr << " " << act_label(inner) << "/" << act_label(gate);
+              SCOPED_TRACE(lab.str());
+              const SeDims d{N, HW, C, Cr};
+              const size_t n = static_cast<size_t>(N) * HW * C, nw = static_cast<size_t>(C) * Cr;
+              const auto x = random_values(n, t, rng_), dy = random_values(n, t, rng_);
+              SeParams p{random_values(nw, pt, rng_), random_values(Cr, pt, rng_), random_values(nw, pt, rng_, -2, 2),
+                         random_values(C, pt, rng_, -2, 2)};
+              se_avoid_kinks(d, ai, ag, x, p, pt, rng_);
+              const SeForward f = se_forward_ref(d, ai, ag, x, p);
+              const SeGrads g = se_backward_ref(d, ai, ag, x, p, dy);
+
+              const kernels::SqueezeExciteShape s{N, HW, C, Cr};
+              Buf bx = upload(x, t), bdy = upload(dy, t), bw1 = upload(p.w1, pt), bb1 = upload(p.b1, pt),
+                  bw2 = upload(p.w2, pt), bb2 = upload(p.b2, pt), by(n, t),
+                  fws(kernels::squeeze_excite_workspace_bytes(s));
+              by.poison();
+              fws.poison();
+              check_launch(kernels::squeeze_excite_forward(t, pt, s, inner, gate, bx.get(), bw1.get(), bb1.get(),
+                                                           bw2.get(), bb2.get(), by.get(), fws.get(), nullptr),
+                           lab.str());
+              expect_near_all(by.download(), f.y, {tol_for(t, C).atol, tol_for(t).rtol + 1e-3}, "y " + lab.str());
+              const kernels::SqueezeExciteSaved sv = kernels::squeeze_excite_saved(s, fws.get());
+              expect_near_all(download_f32(sv.pooled, f.pooled.size()), f.pooled, scaled_tol(KDType::F32, f.pooled),
+                              "saved pooled " + lab.str());
+              expect_near_all(download_f32(sv.hidden, f.hidden.size()), f.hidden, scaled_tol(KDType::F32, f.hidden),
+                              "saved hidden " + lab.str());
+              expect_near_all(download_f32(sv.scale, f.scale.size()), f.scale, scaled_tol(KDType::F32, f.scale),
+                              "saved scale " + lab.str());
+
+              Buf bdx(n, t), bdw1(nw, pt), bdb1(Cr, pt), bdw2(nw, pt), bdb2(C, pt),
+                  bws(kernels::squeeze_excite_backward_workspace_bytes(s));
+              auto run_backward = [&](const Buf& grad_in, const Buf& grad_out) {
+                for (const Buf* b : std::initializer_list<const Buf*>{&grad_out, &bdw1, &bdb1, &bdw2, &bdb2, &bws})
+                  if (b != &grad_in) b->poison();
+                check_launch(kernels::squeeze_excite_backward(t, pt, s, inner, gate, grad_in.get(), bx.get(), bw1.get(),
+                                                              bw2.get(), bb2.get(), fws.get(), grad_out.get(),
+                                                              bdw1.get(), bdb1.get(), bdw2.get(), bdb2.get(), bws.get(),
+                                                              nullptr),
+                             lab.str());
+                return std::vector<std::vector<double>>{grad_out.download(), bdw1.download(), bdb1.download(),
+                                                        bdw2.download(), bdb2.download()};
+              };
+              const auto got = run_backward(bdy, bdx);
+              expect_near_all(got[0], g.dx, scaled_tol(t, g.dx), "dx " + lab.str());
+              expect_near_all(got[1], g.dw1, scaled_tol(pt, g.dw1), "dw1 " + lab.str());
+              expect_near_all(got[2], g.db1, scaled_tol(pt, g.db1), "db1 " + lab.str());
+              expect_near_all(got[3], g.dw2, scaled_tol(pt, g.dw2), "dw2 " + lab.str());
+              expect_near_all(got[4], g.db2, scaled_tol(pt, g.db2), "db2 " + lab.str());
+              // Again with dx written over dy: bit-identical results.
+              Buf bdy_in_place = upload(dy, t);
+              EXPECT_EQ(run_backward(bdy_in_place, bdy_in_place), got) << "second backward (in place) differs";
+            }
+        }
+}
+
+void ca_avoid_kinks(const CaDims& d, Activation act, const Vec& x, CaParams& p, KDType pt, std::mt19937_64& rng) {
+  for (int round = 0; round < 50; ++round) {
+    const CaForward f = ca_forward_ref(d, act, x, p);
+    bool moved = false;
+    for (size_t i = 0; i < f.hidden.size(); ++i)
+      if (near_kink(act, f.hidden[i], 1e-3)) {
+        p.b1[i % d.mip] = random_values(1, pt, rng)[0];
+        moved = true;
+      }
+    if (!moved) return;
+  }
+}
+
+TEST_F(CudaKernels, CoordAttentionBackwardMatchesCpuLoopAndIsReproducible) {
+  struct Spatial { int H, W; };
+  const KAct acts[] = {KAct::HardSwish, KAct::ReLU, KAct::SiLU};
+  int variant = 0;
+  for (int N : {1, 3})
+    for (int C : {7, 16, 96})
+      for (const Spatial& hw : {Spatial{1, 1}, Spatial{7, 7}, Spatial{33, 33}, Spatial{5, 9}})
+        for (int mip : {std::max(8, C / 32), std::max(1, C / 4)}) {
+          const KAct act = acts[variant++ % 3];
+          const Activation aa = static_cast<Activation>(act);
+          const int H = hw.H, W = hw.W;
+          for (KDType t : kAllTypes)
+            for (KDType pt : param_types(t)) {
+              std::ostringstream lab;
+              lab << kernels::kdtype_name(t) << " (params " << kernels::kdtype_name(pt) << ") ca [" << N << "," << H
+                  << "," << W << "," << C << "] mip" << mip << " " << act_label(act);
+              SCOPED_TRACE(lab.str());
+              const CaDims d{N, H, W, C, mip};
+              const size_t n = static_cast<size_t>(N) * H * W * C, nw = static_cast<size_t>(C) * mip;
+              const auto x = random_values(n, t, rng_), dy = random_values(n, t, rng_);
+              CaParams p{random_values(nw, pt, rng_, -2, 2), random_values(mip, pt, rng_, -2, 2),
+                         random_values(nw, pt, rng_), random_values(C, pt, rng_), random_values(nw, pt, rng_),
+                         random_values(C, pt, rng_)};
+              ca_avoid_kinks(d, aa, x, p, pt, rng_);
+              const CaForward f = ca_forward_ref(d, aa, x, p);
+              const CaGrads g = ca_backward_ref(d, aa, x, p, dy);
+
+              const kernels::CoordAttentionShape s{N, H, W, C, mip};
+              Buf bx = upload(x, t), bw1 = upload(p.w1, pt), bb1 = upload(p.b1, pt), bwh = upload(p.wh, pt),
+                  bbh = upload(p.bh, pt), bww = upload(p.ww, pt), bbw = upload(p.bw, pt), by(n, t),
+                  fws(kernels::coord_attention_workspace_bytes(s));
+              by.poison();
+              fws.poison();
+              check_launch(kernels::coord_attention_forward(t, pt, s, act, bx.get(), bw1.get(), bb1.get(), bwh.get(),
+                                                            bbh.get(), bww.get(), bbw.get(), by.get(), fws.get(),
+                                                            nullptr),
+                           lab.str());
+              expect_near_all(by.download(), f.y, {tol_for(t, C).atol, tol_for(t).rtol + 1e-3}, "y " + lab.str());
+              const kernels::CoordAttentionSaved sv = kernels::coord_attention_saved(s, fws.get());
+              expect_near_all(download_f32(sv.pooled, f.pooled.size()), f.pooled, scaled_tol(KDType::F32, f.pooled),
+                              "saved pooled " + lab.str());
+              expect_near_all(download_f32(sv.hidden, f.hidden.size()), f.hidden, scaled_tol(KDType::F32, f.hidden),
+                              "saved hidden " + lab.str());
+              expect_near_all(download_f32(sv.gates, f.gates.size()), f.gates, scaled_tol(KDType::F32, f.gates),
+                              "saved gates " + lab.str());
+
+              Buf bdx(n, t), bdw1(nw, pt), bdb1(mip, pt), bdwh(nw, pt), bdbh(C, pt), bdww(nw, pt), bdbw(C, pt),
+                  bws(kernels::coord_attention_backward_workspace_bytes(s));
+              auto run_backward = [&](const Buf& grad_in, const Buf& grad_out) {
+                for (const Buf* b : std::initializer_list<const Buf*>{&grad_out, &bdw1, &bdb1, &bdwh, &bdbh, &bdww, &bdbw, &bws})
+                  if (b != &grad_in) b->poison();
+                check_launch(kernels::coord_attention_backward(t, pt, s, act, grad_in.get(), bx.get(), bw1.get(),
+                                                               bwh.get(), bww.get(), fws.get(), grad_out.get(),
+                                                               bdw1.get(), bdb1.get(), bdwh.get(), bdbh.get(),
+                                                               bdww.get(), bdbw.get(), bws.get(), nullptr),
+                             lab.str());
+                return std::vector<std::vector<double>>{grad_out.download(), bdw1.download(), bdb1.download(),
+                                                        bdwh.download(), bdbh.download(), bdww.download(),
+                                                        bdbw.download()};
+              };
+              const Buf bdy = upload(dy, t);
+              const auto got = run_backward(bdy, bdx);
+              expect_near_all(got[0], g.dx, scaled_tol(t, g.dx), "dx " + lab.str());
+              expect_near_all(got[1], g.dw1, scaled_tol(pt, g.dw1), "dw1 " + lab.str());
+              expect_near_all(got[2], g.db1, scaled_tol(pt, g.db1), "db1 " + lab.str());
+              expect_near_all(got[3], g.dwh, scaled_tol(pt, g.dwh), "dwh " + lab.str());
+              expect_near_all(got[4], g.dbh, scaled_tol(pt, g.dbh), "dbh " + lab.str());
+              expect_near_all(got[5], g.dww, scaled_tol(pt, g.dww), "dww " + lab.str());
+              expect_near_all(got[6], g.dbw, scaled_tol(pt, g.dbw), "dbw " + lab.str());
+              Buf bdy_in_place = upload(dy, t);
+              EXPECT_EQ(run_backward(bdy_in_place, bdy_in_place), got) << "second backward (in place) differs";
+            }
+        }
+}
+
+TEST_F(CudaKernels, AttentionLaunchersRejectBadArguments) {
+  kernels::SqueezeExciteShape se{2, 4, 8, 0};
+  Buf ws(1024);
+  EXPECT_EQ(kernels::squeeze_excite_forward(KDType::F32, se, KAct::ReLU, KAct::Sigmoid, ws.get(), ws.get(), nullptr,
+                                            ws.get(), nullptr, ws.get(), ws.get(), nullptr),
+            cudaErrorInvalidValue);
+  se.Cr = 2;
+  EXPECT_EQ(kernels::squeeze_excite_forward(KDType::F16, KDType::BF16, se, KAct::ReLU, KAct::Sigmoid, ws.get(),
+                                            ws.get(), nullptr, ws.get(), nullptr, ws.get(), ws.get(), nullptr),
+            cudaErrorInvalidValue)
+      << "parameters must be the activation type or f32";
+  EXPECT_EQ(kernels::squeeze_excite_backward(KDType::F32, KDType::F32, se, KAct::ReLU, KAct::Sigmoid, ws.get(),
+                                             ws.get(), ws.get(), ws.get(), nullptr, nullptr, ws.get(), nullptr,
+                                             nullptr, nullptr, nullptr, ws.get(), nullptr),
+            cudaErrorInvalidValue)
+      << "missing forward workspace";
+  kernels::CoordAttentionShape ca{1, 0, 3, 8, 8};
+  EXPECT_EQ(kernels::coord_attention_backward(KDType::F32, KDType::F32, ca, KAct::ReLU, ws.get(), ws.get(), ws.get(),
+                                              ws.get(), ws.get(), ws.get(), ws.get(), nullptr, nullptr, nullptr,
+                                              nullptr, nullptr, nullptr, ws.get(), nullptr),
+            cudaErrorInvalidValue);
+}
+
 // ================================================================ softmax cross-entropy
 
 TEST_F(CudaKernels, SoftmaxCrossEntropyLossAndGradientMatchCpuLoop) {
