@@ -1526,6 +1526,23 @@ TEST_F(CudaKernels, OptimizerSkipsTheStepWhenTheOverflowFlagIsSet) {
 
 // ================================================================ elementwise
 
+// No GPU needed: the checks come before any CUDA call.
+TEST(CudaKernelArguments, UnknownTypeTagsAndMissingBuffersAreRejectedBeforeAnyLaunch) {
+  const KDType bogus = static_cast<KDType>(7);
+  float dummy = 0.f;
+  EXPECT_EQ(kernels::reduce_sum(bogus, 10, &dummy, &dummy, &dummy, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(kernels::find_nonfinite(KDType::F32, 10, &dummy, nullptr, nullptr), cudaErrorInvalidValue);
+  float* params[] = {&dummy};
+  const void* grads[] = {&dummy};
+  float* state[] = {&dummy};
+  const int64_t sizes[] = {1};
+  EXPECT_EQ(kernels::sgd_momentum_multi(bogus, 1, params, grads, state, sizes, kernels::SgdArgs{}, nullptr, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(kernels::adamw_multi(bogus, 1, params, grads, state, state, sizes, kernels::AdamWArgs{}, nullptr, nullptr),
+            cudaErrorInvalidValue);
+}
+
+
 TEST_F(CudaKernels, ElementwiseKernelsMatchCpuLoopsIncludingTailsAndMisalignedPointers) {
   for (KDType t : kAllTypes)
     for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{33}, int64_t{1000003}})
