@@ -198,10 +198,16 @@ cudaError_t cast(KDType src_dt, const void* src, KDType dst_dt, void* dst, int64
   KESTREL_EW_DISPATCH(src_dt, cast_from<T>(static_cast<const T*>(src), dst_dt, dst, n, stream));
 }
 
+namespace {
+// Launchers that switch over the type without returning from every case
+// check it first, so an unknown tag fails instead of launching nothing.
+bool valid_dtype(KDType dt) { return dt == KDType::F32 || dt == KDType::F16 || dt == KDType::BF16; }
+}  // namespace
+
 size_t reduce_sum_workspace_bytes(int64_t) { return kReduceBlocks * sizeof(float); }
 
 cudaError_t reduce_sum(KDType dt, int64_t n, const void* x, float* out, void* workspace, cudaStream_t stream) {
-  if (workspace == nullptr || out == nullptr) return cudaErrorInvalidValue;
+  if (workspace == nullptr || out == nullptr || !valid_dtype(dt)) return cudaErrorInvalidValue;
   const unsigned blocks = std::min<unsigned>(kReduceBlocks, blocks_for(std::max<int64_t>(n, 1)));
   float* partial = static_cast<float*>(workspace);
   switch (dt) {
@@ -216,6 +222,7 @@ cudaError_t reduce_sum(KDType dt, int64_t n, const void* x, float* out, void* wo
 }
 
 cudaError_t find_nonfinite(KDType dt, int64_t n, const void* x, int* flag, cudaStream_t stream) {
+  if (flag == nullptr) return cudaErrorInvalidValue;
   if (n <= 0) return cudaSuccess;
   const unsigned blocks = std::min<unsigned>(4096, blocks_for(n));
   KESTREL_EW_DISPATCH(dt, (nonfinite_kernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(x), n, flag),

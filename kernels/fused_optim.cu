@@ -107,11 +107,16 @@ cudaError_t for_each_launch(int count, const void* const* const* lists, const in
   return cudaGetLastError();
 }
 
+// The launch lambdas switch over the gradient type; an unknown tag must fail
+// up front rather than launch nothing and report success.
+bool valid_grad_dtype(KDType dt) { return dt == KDType::F32 || dt == KDType::F16 || dt == KDType::BF16; }
+
 }  // namespace
 
 cudaError_t sgd_momentum_multi(KDType grad_dt, int count, float* const* params, const void* const* grads,
                                float* const* momentum_bufs, const int64_t* sizes, const SgdArgs& a,
                                const int* skip_flag, cudaStream_t stream) {
+  if (!valid_grad_dtype(grad_dt)) return cudaErrorInvalidValue;
   if (count <= 0) return cudaSuccess;
   const void* const* lists[3] = {reinterpret_cast<const void* const*>(params), grads,
                                  reinterpret_cast<const void* const*>(momentum_bufs)};
@@ -127,6 +132,7 @@ cudaError_t sgd_momentum_multi(KDType grad_dt, int count, float* const* params, 
 cudaError_t adamw_multi(KDType grad_dt, int count, float* const* params, const void* const* grads,
                         float* const* exp_avg, float* const* exp_avg_sq, const int64_t* sizes, const AdamWArgs& a,
                         const int* skip_flag, cudaStream_t stream) {
+  if (!valid_grad_dtype(grad_dt)) return cudaErrorInvalidValue;
   if (count <= 0) return cudaSuccess;
   if (a.step < 1) return cudaErrorInvalidValue;
   const float bc1 = 1.f - std::pow(a.beta1, static_cast<float>(a.step));

@@ -1,13 +1,17 @@
-// Fused squeeze-and-excitation forward; see squeeze_excite.h.
+// Fused squeeze-and-excitation forward and backward; see squeeze_excite.h.
 //
-// Proof: tests/test_cuda_kernels.cpp against an f64 CPU loop (N=1..3, HW 1,
-// 49, 1089, C 8..100, Cr 2..25). Napkin math: x is read twice (pool, apply)
-// and y written once: 3 * N*HW*C*sizeof(T) bytes; the FCs are tiny.
+// Proof: tests/test_cuda_kernels.cpp against f64 CPU loops (N 1..3, HW 1..4096,
+// C 7..100, Cr 1..25; the backward loop is itself checked against central
+// finite differences of the forward loop, on the CPU). Napkin math: the
+// forward reads x twice (pool, apply) and writes y once: 3 * N*HW*C*sizeof(T)
+// bytes; the backward reads dy and x (ds), dy again and writes dx: 4 passes.
+// The FCs and weight gradients touch N*(C+Cr) values, small beside N*HW*C.
 #include "kernels/squeeze_excite.h"
 
 #include <algorithm>
 
 #include "kernels/common.cuh"
+#include "kernels/gate_weight_grads.cuh"
 
 namespace kestrel::kernels {
 namespace {
@@ -16,10 +20,11 @@ constexpr int kThreads = 256;
 
 int pool_splits(const SqueezeExciteShape& s) { return std::clamp((s.HW + 255) / 256, 1, 32); }
 
-// Partial channel sums over a slice of HW: part[n][split][c].
-template <typename T>
-__global__ void __launch_bounds__(kThreads) se_pool_kernel(const T* __restrict__ x, int HW, int C, int splits,
-                                                           float* __restrict__ part) {
+// Partial channel sums over a slice of HW: part[n][split][c] = sum x (or, for
+// the backward, sum dy * x).
+template <typename T, bool kProduct>
+__global__ void __launch_bounds__(kThreads) se_pool_kernel(const T* __restrict__ x, const T* __restrict__ dy, int HW,
+                                                           int C, int splits, float* __restrict__ part) {
   __shared__ float red[kThreads];
   const int n = blockIdx.x / splits, sp = blockIdx.x % splits;
   const int c = blockIdx.y * blockDim.x + threadIdx.x;
@@ -27,8 +32,11 @@ __global__ void __launch_bounds__(kThreads) se_pool_kernel(const T* __restrict__
   const int beg = sp * per, end = min(HW, beg + per);
   float acc = 0.f;
   if (c < C) {
-    const T* xn = x + static_cast<int64_t>(n) * HW * C + c;
-    for (int p = beg + threadIdx.y; p < end; p += blockDim.y) acc += to_f32(xn[static_cast<int64_t>(p) * C]);
+    const int64_t off = static_cast<int64_t>(n) * HW * C + c;
+    for (int p = beg + threadIdx.y; p < end; p += blockDim.y) {
+      const int64_t e = off + static_cast<int64_t>(p) * C;
+      acc += kProduct ? to_f32(x[e]) * to_f32(dy[e]) : to_f32(x[e]);
+    }
   }
   const int tid = threadIdx.y * blockDim.x + threadIdx.x;
   red[tid] = acc;
@@ -40,12 +48,33 @@ __global__ void __launch_bounds__(kThreads) se_pool_kernel(const T* __restrict__
   if (threadIdx.y == 0 && c < C) part[(static_cast<int64_t>(n) * splits + sp) * C + c] = red[tid];
 }
 
+template <typename T, bool kProduct>
+void launch_pool(const SqueezeExciteShape& s, const T* x, const T* dy, float* part, cudaStream_t st) {
+  int tx = 1;
+  while (tx < s.C && tx < 64) tx <<= 1;
+  const int ty = kThreads / tx;
+  const int splits = pool_splits(s);
+  se_pool_kernel<T, kProduct><<<dim3(s.N * splits, ceil_div(s.C, tx)), dim3(tx, ty), 0, st>>>(x, dy, s.HW, s.C,
+                                                                                              splits, part);
+}
+
+// Gate pre-activation z[c] = b2[c] + sum_j w2[c,j] * a[j]; the forward and the
+// backward evaluate it with this one function, so they agree bit for bit.
+template <typename W>
+__device__ __forceinline__ float gate_input(const W* __restrict__ w2, const W* __restrict__ b2, int c, int Cr,
+                                            const float* a) {
+  const W* row = w2 + static_cast<int64_t>(c) * Cr;
+  float acc = b2 != nullptr ? to_f32(b2[c]) : 0.f;
+  for (int j = 0; j < Cr; ++j) acc = fmaf(to_f32(row[j]), a[j], acc);
+  return acc;
+}
+
 // One block per sample: both FCs with the pooled vector in shared memory.
-template <typename T>
+template <typename W>
 __global__ void __launch_bounds__(kThreads) se_fc_kernel(const float* __restrict__ part, int HW, int C, int Cr,
-                                                         int splits, const T* __restrict__ w1,
-                                                         const T* __restrict__ b1, const T* __restrict__ w2,
-                                                         const T* __restrict__ b2, KAct inner, KAct gate,
+                                                         int splits, const W* __restrict__ w1,
+                                                         const W* __restrict__ b1, const W* __restrict__ w2,
+                                                         const W* __restrict__ b2, KAct inner, KAct gate,
                                                          float* __restrict__ pooled, float* __restrict__ hidden,
                                                          float* __restrict__ scale) {
   extern __shared__ float sm[];  // pooled [C], hidden activations [Cr]
@@ -62,7 +91,7 @@ __global__ void __launch_bounds__(kThreads) se_fc_kernel(const float* __restrict
   __syncthreads();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   for (int j = warp; j < Cr; j += nwarps) {
-    const T* row = w1 + static_cast<int64_t>(j) * C;
+    const W* row = w1 + static_cast<int64_t>(j) * C;
     float acc = 0.f;
     for (int c = lane; c < C; c += 32) acc = fmaf(to_f32(row[c]), sp[c], acc);
     acc = warp_sum(acc);
@@ -73,12 +102,8 @@ __global__ void __launch_bounds__(kThreads) se_fc_kernel(const float* __restrict
     }
   }
   __syncthreads();
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    const T* row = w2 + static_cast<int64_t>(c) * Cr;
-    float acc = b2 != nullptr ? to_f32(b2[c]) : 0.f;
-    for (int j = 0; j < Cr; ++j) acc = fmaf(to_f32(row[j]), sh[j], acc);
-    scale[static_cast<int64_t>(n) * C + c] = act_forward(gate, acc);
-  }
+  for (int c = threadIdx.x; c < C; c += blockDim.x)
+    scale[static_cast<int64_t>(n) * C + c] = act_forward(gate, gate_input(w2, b2, c, Cr, sh));
 }
 
 template <typename T, int V>
@@ -99,30 +124,150 @@ __global__ void __launch_bounds__(kThreads) se_apply_kernel(const T* x, const fl
   }
 }
 
-template <typename T>
-cudaError_t forward_t(const SqueezeExciteShape& s, KAct inner, KAct gate, const T* x, const T* w1, const T* b1,
-                      const T* w2, const T* b2, T* y, void* ws, cudaStream_t st) {
-  const int splits = pool_splits(s);
+// One block per sample: from ds = part sums to dz, dh and dpool (/ HW).
+template <typename W>
+__global__ void __launch_bounds__(kThreads) se_fc_backward_kernel(const float* __restrict__ part, int HW, int C, int Cr,
+                                                                  int splits, const W* __restrict__ w1,
+                                                                  const W* __restrict__ w2, const W* __restrict__ b2,
+                                                                  KAct inner, KAct gate,
+                                                                  const float* __restrict__ hidden,
+                                                                  float* __restrict__ dz_out,
+                                                                  float* __restrict__ dh_out,
+                                                                  float* __restrict__ dpool) {
+  extern __shared__ float sm[];  // dz [C], inner activations [Cr], dh [Cr]
+  float* sdz = sm;
+  float* sa = sm + C;
+  float* sdh = sa + Cr;
+  const int n = blockIdx.x;
+  const float* hn = hidden + static_cast<int64_t>(n) * Cr;
+  for (int j = threadIdx.x; j < Cr; j += blockDim.x) sa[j] = act_forward(inner, hn[j]);
+  __syncthreads();
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float ds = 0.f;
+    for (int k = 0; k < splits; ++k) ds += part[(static_cast<int64_t>(n) * splits + k) * C + c];
+    const float dz = ds * act_derivative(gate, gate_input(w2, b2, c, Cr, sa));
+    sdz[c] = dz;
+    dz_out[static_cast<int64_t>(n) * C + c] = dz;
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  for (int j = warp; j < Cr; j += nwarps) {
+    float acc = 0.f;
+    for (int c = lane; c < C; c += 32) acc = fmaf(to_f32(w2[static_cast<int64_t>(c) * Cr + j]), sdz[c], acc);
+    acc = warp_sum(acc);
+    if (lane == 0) {
+      const float dh = acc * act_derivative(inner, hn[j]);
+      sdh[j] = dh;
+      dh_out[static_cast<int64_t>(n) * Cr + j] = dh;
+    }
+  }
+  __syncthreads();
+  const float inv = 1.f / static_cast<float>(HW);
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float acc = 0.f;
+    for (int j = 0; j < Cr; ++j) acc = fmaf(to_f32(w1[static_cast<int64_t>(j) * C + c]), sdh[j], acc);
+    dpool[static_cast<int64_t>(n) * C + c] = acc * inv;
+  }
+}
+
+// dx = dy * scale[n,c] + dpool[n,c]
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads) se_dx_kernel(const T* dy, const float* __restrict__ scale,
+                                                         const float* __restrict__ dpool, T* dx, int64_t total,
+                                                         int64_t per_sample, int C) {
+  const int64_t nvec = total / V;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < nvec;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t e = i * V;
+    const int64_t nc = (e / per_sample) * C + e % C;
+    float v[V];
+    load_f32<T, V>(dy + e, v);
+#pragma unroll
+    for (int k = 0; k < V; ++k) v[k] = fmaf(v[k], scale[nc + k], dpool[nc + k]);
+    store_f32<T, V>(dx + e, v);
+  }
+}
+
+unsigned grid_for(int64_t items) { return std::min<unsigned>(65536, std::max(1u, ceil_div(items, kThreads))); }
+
+// Backward workspace: ds partials [N, splits, C], dz [N, C], dh [N, Cr],
+// dpool [N, C], then the weight-gradient chunk sums (reused by both FCs).
+struct BackwardScratch {
+  float *part, *dz, *dh, *dpool, *grads;
+};
+size_t grad_floats(const SqueezeExciteShape& s) {
+  return std::max(gate_grad_workspace_floats(s.N, s.C, s.Cr), gate_grad_workspace_floats(s.N, s.Cr, s.C));
+}
+BackwardScratch backward_scratch(const SqueezeExciteShape& s, void* ws) {
+  float* f = static_cast<float*>(ws);
+  const int64_t n = s.N;
+  BackwardScratch b;
+  b.part = f;
+  b.dz = b.part + n * pool_splits(s) * s.C;
+  b.dh = b.dz + n * s.C;
+  b.dpool = b.dh + n * s.Cr;
+  b.grads = b.dpool + n * s.C;
+  return b;
+}
+
+template <typename T, typename W>
+cudaError_t forward_t(const SqueezeExciteShape& s, KAct inner, KAct gate, const T* x, const W* w1, const W* b1,
+                      const W* w2, const W* b2, T* y, void* ws, cudaStream_t st) {
   const SqueezeExciteSaved sv = squeeze_excite_saved(s, ws);
   float* part = sv.scale + static_cast<int64_t>(s.N) * s.C;
-  int tx = 1;
-  while (tx < s.C && tx < 64) tx <<= 1;
-  const int ty = kThreads / tx;
-  se_pool_kernel<T><<<dim3(s.N * splits, ceil_div(s.C, tx)), dim3(tx, ty), 0, st>>>(x, s.HW, s.C, splits, part);
+  launch_pool<T, false>(s, x, nullptr, part, st);
   const size_t smem = static_cast<size_t>(s.C + s.Cr) * sizeof(float);
-  se_fc_kernel<T><<<s.N, kThreads, smem, st>>>(part, s.HW, s.C, s.Cr, splits, w1, b1, w2, b2, inner, gate, sv.pooled,
-                                               sv.hidden, sv.scale);
+  se_fc_kernel<W><<<s.N, kThreads, smem, st>>>(part, s.HW, s.C, s.Cr, pool_splits(s), w1, b1, w2, b2, inner, gate,
+                                               sv.pooled, sv.hidden, sv.scale);
   constexpr int V = vec_width<T>();
   const int64_t total = static_cast<int64_t>(s.N) * s.HW * s.C;
   const int64_t per_sample = static_cast<int64_t>(s.HW) * s.C;
   if (s.C % V == 0 && aligned_to(x, 16) && aligned_to(y, 16)) {
-    se_apply_kernel<T, V><<<std::min<unsigned>(65536, ceil_div(total / V, kThreads)), kThreads, 0, st>>>(
-        x, sv.scale, y, total, per_sample, s.C);
+    se_apply_kernel<T, V><<<grid_for(total / V), kThreads, 0, st>>>(x, sv.scale, y, total, per_sample, s.C);
   } else {
-    se_apply_kernel<T, 1><<<std::min<unsigned>(65536, ceil_div(total, kThreads)), kThreads, 0, st>>>(
-        x, sv.scale, y, total, per_sample, s.C);
+    se_apply_kernel<T, 1><<<grid_for(total), kThreads, 0, st>>>(x, sv.scale, y, total, per_sample, s.C);
   }
   return cudaGetLastError();
+}
+
+template <typename T, typename W>
+cudaError_t backward_t(const SqueezeExciteShape& s, KAct inner, KAct gate, const T* dy, const T* x, const W* w1,
+                       const W* w2, const W* b2, const void* fws, T* dx, W* dw1, W* db1, W* dw2, W* db2, void* ws,
+                       cudaStream_t st) {
+  const SqueezeExciteSaved sv = squeeze_excite_saved(s, const_cast<void*>(fws));
+  const BackwardScratch b = backward_scratch(s, ws);
+  launch_pool<T, true>(s, x, dy, b.part, st);
+  const size_t smem = static_cast<size_t>(s.C + 2 * s.Cr) * sizeof(float);
+  se_fc_backward_kernel<W><<<s.N, kThreads, smem, st>>>(b.part, s.HW, s.C, s.Cr, pool_splits(s), w1, w2, b2, inner,
+                                                        gate, sv.hidden, b.dz, b.dh, b.dpool);
+  GateGradArgs g2;  // dw2 [C, Cr] = dz^T inner(hidden)
+  g2.A = b.dz;
+  g2.a_cols = s.C;
+  g2.B = sv.hidden;
+  g2.b_cols = s.Cr;
+  g2.b_act = inner;
+  g2.rows.count = s.N;
+  launch_gate_grads<W>(g2, b.grads, dw2, db2, st);
+  GateGradArgs g1;  // dw1 [Cr, C] = dh^T pooled
+  g1.A = b.dh;
+  g1.a_cols = s.Cr;
+  g1.B = sv.pooled;
+  g1.b_cols = s.C;
+  g1.rows.count = s.N;
+  launch_gate_grads<W>(g1, b.grads, dw1, db1, st);
+  constexpr int V = vec_width<T>();
+  const int64_t total = static_cast<int64_t>(s.N) * s.HW * s.C;
+  const int64_t per_sample = static_cast<int64_t>(s.HW) * s.C;
+  if (s.C % V == 0 && aligned_to(dy, 16) && aligned_to(dx, 16)) {
+    se_dx_kernel<T, V><<<grid_for(total / V), kThreads, 0, st>>>(dy, sv.scale, b.dpool, dx, total, per_sample, s.C);
+  } else {
+    se_dx_kernel<T, 1><<<grid_for(total), kThreads, 0, st>>>(dy, sv.scale, b.dpool, dx, total, per_sample, s.C);
+  }
+  return cudaGetLastError();
+}
+
+bool valid(const SqueezeExciteShape& s, KDType dt, KDType param_dt) {
+  return s.N >= 1 && s.HW >= 1 && s.C >= 1 && s.Cr >= 1 && (param_dt == dt || param_dt == KDType::F32);
 }
 
 }  // namespace
@@ -138,26 +283,54 @@ SqueezeExciteSaved squeeze_excite_saved(const SqueezeExciteShape& s, void* works
   return {f, f + n * s.C, f + n * s.C + n * s.Cr};
 }
 
+size_t squeeze_excite_backward_workspace_bytes(const SqueezeExciteShape& s) {
+  const size_t n = static_cast<size_t>(s.N);
+  return (n * pool_splits(s) * s.C + 2 * n * s.C + n * s.Cr + grad_floats(s)) * sizeof(float);
+}
+
+// Instantiates `call` for every accepted (activation type, parameter type) pair.
+#define KESTREL_SE_DISPATCH(dt, param_dt, CALL)                                       \
+  switch (dt) {                                                                       \
+    case KDType::F32: return CALL(float, float);                                      \
+    case KDType::F16:                                                                 \
+      return param_dt == KDType::F32 ? CALL(__half, float) : CALL(__half, __half);   \
+    case KDType::BF16:                                                                \
+      return param_dt == KDType::F32 ? CALL(__nv_bfloat16, float)                     \
+                                     : CALL(__nv_bfloat16, __nv_bfloat16);            \
+  }                                                                                   \
+  return cudaErrorInvalidValue
+
+cudaError_t squeeze_excite_forward(KDType dt, KDType param_dt, const SqueezeExciteShape& s, KAct inner, KAct gate,
+                                   const void* x, const void* w1, const void* b1, const void* w2, const void* b2,
+                                   void* y, void* workspace, cudaStream_t stream) {
+  if (!valid(s, dt, param_dt) || workspace == nullptr) return cudaErrorInvalidValue;
+#define KESTREL_SE_FWD(T, W)                                                                                       \
+  forward_t<T, W>(s, inner, gate, static_cast<const T*>(x), static_cast<const W*>(w1), static_cast<const W*>(b1), \
+                  static_cast<const W*>(w2), static_cast<const W*>(b2), static_cast<T*>(y), workspace, stream)
+  KESTREL_SE_DISPATCH(dt, param_dt, KESTREL_SE_FWD);
+#undef KESTREL_SE_FWD
+}
+
 cudaError_t squeeze_excite_forward(KDType dt, const SqueezeExciteShape& s, KAct inner, KAct gate, const void* x,
                                    const void* w1, const void* b1, const void* w2, const void* b2, void* y,
                                    void* workspace, cudaStream_t stream) {
-  if (s.N < 1 || s.HW < 1 || s.C < 1 || s.Cr < 1 || workspace == nullptr) return cudaErrorInvalidValue;
-  switch (dt) {
-    case KDType::F32:
-      return forward_t<float>(s, inner, gate, static_cast<const float*>(x), static_cast<const float*>(w1),
-                              static_cast<const float*>(b1), static_cast<const float*>(w2),
-                              static_cast<const float*>(b2), static_cast<float*>(y), workspace, stream);
-    case KDType::F16:
-      return forward_t<__half>(s, inner, gate, static_cast<const __half*>(x), static_cast<const __half*>(w1),
-                               static_cast<const __half*>(b1), static_cast<const __half*>(w2),
-                               static_cast<const __half*>(b2), static_cast<__half*>(y), workspace, stream);
-    case KDType::BF16:
-      return forward_t<__nv_bfloat16>(
-          s, inner, gate, static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(w1),
-          static_cast<const __nv_bfloat16*>(b1), static_cast<const __nv_bfloat16*>(w2),
-          static_cast<const __nv_bfloat16*>(b2), static_cast<__nv_bfloat16*>(y), workspace, stream);
-  }
-  return cudaErrorInvalidValue;
+  return squeeze_excite_forward(dt, dt, s, inner, gate, x, w1, b1, w2, b2, y, workspace, stream);
 }
+
+cudaError_t squeeze_excite_backward(KDType dt, KDType param_dt, const SqueezeExciteShape& s, KAct inner, KAct gate,
+                                    const void* dy, const void* x, const void* w1, const void* w2, const void* b2,
+                                    const void* forward_workspace, void* dx, void* dw1, void* db1, void* dw2,
+                                    void* db2, void* workspace, cudaStream_t stream) {
+  if (!valid(s, dt, param_dt) || forward_workspace == nullptr || workspace == nullptr) return cudaErrorInvalidValue;
+#define KESTREL_SE_BWD(T, W)                                                                                     \
+  backward_t<T, W>(s, inner, gate, static_cast<const T*>(dy), static_cast<const T*>(x),                         \
+                   static_cast<const W*>(w1), static_cast<const W*>(w2), static_cast<const W*>(b2),             \
+                   forward_workspace, static_cast<T*>(dx), static_cast<W*>(dw1), static_cast<W*>(db1),          \
+                   static_cast<W*>(dw2), static_cast<W*>(db2), workspace, stream)
+  KESTREL_SE_DISPATCH(dt, param_dt, KESTREL_SE_BWD);
+#undef KESTREL_SE_BWD
+}
+
+#undef KESTREL_SE_DISPATCH
 
 }  // namespace kestrel::kernels

@@ -7,11 +7,414 @@
 // the dtype first so both sides see the same values):
 //   f32: atol 1e-4, rtol 1e-4    f16: atol 2e-3, rtol 5e-3    bf16: atol 1.6e-2, rtol 2e-2
 // Reductions (weight gradients, BN statistics) scale atol by sqrt(length).
+// The squeeze-excite and coordinate-attention backward tests scale atol by
+// the largest |ref| of each gradient instead (their sums nest: a channel sum
+// over HW feeds a sum over samples).
+//
+// The f64 references of those two backwards are themselves proven against
+// central finite differences of the f64 forwards by CPU-only tests
+// (AttentionReferences.*), which run in every build, GPU or not.
 //
 // The seed is fresh each run and printed on failure; KESTREL_TEST_SEED=<n>
-// reproduces a run. Without a GPU every test skips with the reason; in a
-// build without CUDA the file is a single skipped test.
+// reproduces a run. Without a GPU every CudaKernels test skips with the
+// reason; in a build without CUDA only the CPU-only reference proofs run.
 #include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/ops/elementwise.h"
+
+// ---- f64 reference loops for squeeze-excite and coordinate attention. They
+// build in every configuration: the CPU-only tests right below prove each
+// backward loop against central finite differences of its forward loop, and
+// the GPU tests further down compare the kernels against them.
+namespace kestrel {
+namespace {
+
+double act_ref(Activation a, double x) {
+  switch (a) {
+    case Activation::None: return x;
+    case Activation::ReLU: return x > 0 ? x : 0;
+    case Activation::ReLU6: return std::min(std::max(x, 0.0), 6.0);
+    case Activation::Sigmoid: return 1 / (1 + std::exp(-x));
+    case Activation::Tanh: return std::tanh(x);
+    case Activation::SiLU: return x / (1 + std::exp(-x));
+    case Activation::HardSwish: return x * std::min(std::max(x + 3, 0.0), 6.0) / 6;
+    case Activation::HardSigmoid: return std::min(std::max(x + 3, 0.0), 6.0) / 6;
+    case Activation::GELU: return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)));
+  }
+  return x;
+}
+double act_grad_ref(Activation a, double x) {
+  switch (a) {
+    case Activation::None: return 1;
+    case Activation::ReLU: return x > 0 ? 1 : 0;
+    case Activation::ReLU6: return (x > 0 && x < 6) ? 1 : 0;
+    case Activation::Sigmoid: { const double s = 1 / (1 + std::exp(-x)); return s * (1 - s); }
+    case Activation::Tanh: { const double t = std::tanh(x); return 1 - t * t; }
+    case Activation::SiLU: { const double s = 1 / (1 + std::exp(-x)); return s * (1 + x * (1 - s)); }
+    case Activation::HardSwish: return x < -3 ? 0 : (x > 3 ? 1 : (2 * x + 3) / 6);
+    case Activation::HardSigmoid: return (x > -3 && x < 3) ? 1.0 / 6 : 0;
+    case Activation::GELU: {
+      const double cdf = 0.5 * (1 + std::erf(x / std::sqrt(2.0)));
+      return cdf + x * std::exp(-0.5 * x * x) / std::sqrt(2 * M_PI);
+    }
+  }
+  return 1;
+}
+
+// Points where act' jumps: tests keep pre-activations away from them, where
+// f32 and f64 (or a finite difference) may see different sides.
+std::vector<double> act_kinks(Activation a) {
+  switch (a) {
+    case Activation::ReLU: return {0.0};
+    case Activation::ReLU6: return {0.0, 6.0};
+    case Activation::HardSwish:
+    case Activation::HardSigmoid: return {-3.0, 3.0};
+    default: return {};
+  }
+}
+bool near_kink(Activation a, double v, double margin) {
+  for (double k : act_kinks(a))
+    if (std::fabs(v - k) < margin) return true;
+  return false;
+}
+
+using Vec = std::vector<double>;
+
+// ---- squeeze-excite: x [N, HW, C], w1 [Cr, C], b1 [Cr], w2 [C, Cr], b2 [C]
+struct SeDims {
+  int N, HW, C, Cr;
+};
+struct SeParams {
+  Vec w1, b1, w2, b2;
+};
+struct SeForward {
+  Vec y, pooled, hidden, scale;  // hidden: before the inner activation
+};
+struct SeGrads {
+  Vec dx, dw1, db1, dw2, db2;
+};
+
+double se_gate_input(const SeDims& d, const SeParams& p, Activation inner, const Vec& hidden, int n, int c) {
+  double z = p.b2[c];
+  for (int j = 0; j < d.Cr; ++j)
+    z += p.w2[static_cast<size_t>(c) * d.Cr + j] * act_ref(inner, hidden[static_cast<size_t>(n) * d.Cr + j]);
+  return z;
+}
+
+SeForward se_forward_ref(const SeDims& d, Activation inner, Activation gate, const Vec& x, const SeParams& p) {
+  SeForward f;
+  f.y.resize(x.size());
+  f.pooled.assign(static_cast<size_t>(d.N) * d.C, 0.0);
+  f.hidden.assign(static_cast<size_t>(d.N) * d.Cr, 0.0);
+  f.scale.assign(static_cast<size_t>(d.N) * d.C, 0.0);
+  for (int n = 0; n < d.N; ++n) {
+    double* pooled = &f.pooled[static_cast<size_t>(n) * d.C];
+    for (int q = 0; q < d.HW; ++q)
+      for (int c = 0; c < d.C; ++c) pooled[c] += x[(static_cast<size_t>(n) * d.HW + q) * d.C + c] / d.HW;
+    for (int j = 0; j < d.Cr; ++j) {
+      double h = p.b1[j];
+      for (int c = 0; c < d.C; ++c) h += p.w1[static_cast<size_t>(j) * d.C + c] * pooled[c];
+      f.hidden[static_cast<size_t>(n) * d.Cr + j] = h;
+    }
+    for (int c = 0; c < d.C; ++c)
+      f.scale[static_cast<size_t>(n) * d.C + c] = act_ref(gate, se_gate_input(d, p, inner, f.hidden, n, c));
+    for (int q = 0; q < d.HW; ++q)
+      for (int c = 0; c < d.C; ++c) {
+        const size_t e = (static_cast<size_t>(n) * d.HW + q) * d.C + c;
+        f.y[e] = x[e] * f.scale[static_cast<size_t>(n) * d.C + c];
+      }
+  }
+  return f;
+}
+
+SeGrads se_backward_ref(const SeDims& d, Activation inner, Activation gate, const Vec& x, const SeParams& p,
+                        const Vec& dy) {
+  const SeForward f = se_forward_ref(d, inner, gate, x, p);
+  SeGrads g;
+  g.dx.resize(x.size());
+  g.dw1.assign(p.w1.size(), 0.0);
+  g.db1.assign(p.b1.size(), 0.0);
+  g.dw2.assign(p.w2.size(), 0.0);
+  g.db2.assign(p.b2.size(), 0.0);
+  for (int n = 0; n < d.N; ++n) {
+    Vec dz(d.C, 0.0), dh(d.Cr, 0.0), dpool(d.C, 0.0);
+    for (int q = 0; q < d.HW; ++q)
+      for (int c = 0; c < d.C; ++c) {
+        const size_t e = (static_cast<size_t>(n) * d.HW + q) * d.C + c;
+        dz[c] += dy[e] * x[e];
+      }
+    for (int c = 0; c < d.C; ++c) {
+      dz[c] *= act_grad_ref(gate, se_gate_input(d, p, inner, f.hidden, n, c));
+      g.db2[c] += dz[c];
+      for (int j = 0; j < d.Cr; ++j) {
+        const double h = f.hidden[static_cast<size_t>(n) * d.Cr + j];
+        g.dw2[static_cast<size_t>(c) * d.Cr + j] += dz[c] * act_ref(inner, h);
+        dh[j] += p.w2[static_cast<size_t>(c) * d.Cr + j] * dz[c];
+      }
+    }
+    for (int j = 0; j < d.Cr; ++j) {
+      dh[j] *= act_grad_ref(inner, f.hidden[static_cast<size_t>(n) * d.Cr + j]);
+      g.db1[j] += dh[j];
+      for (int c = 0; c < d.C; ++c) {
+        g.dw1[static_cast<size_t>(j) * d.C + c] += dh[j] * f.pooled[static_cast<size_t>(n) * d.C + c];
+        dpool[c] += p.w1[static_cast<size_t>(j) * d.C + c] * dh[j];
+      }
+    }
+    for (int q = 0; q < d.HW; ++q)
+      for (int c = 0; c < d.C; ++c) {
+        const size_t e = (static_cast<size_t>(n) * d.HW + q) * d.C + c;
+        g.dx[e] = dy[e] * f.scale[static_cast<size_t>(n) * d.C + c] + dpool[c] / d.HW;
+      }
+  }
+  return g;
+}
+
+// ---- coordinate attention: x [N, H, W, C], w1 [mip, C], b1 [mip], wh/ww [C, mip],
+// bh/bw [C]; positions p < H are rows, p = H + w columns (L = H + W per sample).
+struct CaDims {
+  int N, H, W, C, mip;
+};
+struct CaParams {
+  Vec w1, b1, wh, bh, ww, bw;
+};
+struct CaForward {
+  Vec y, pooled, hidden, gates;  // [N, L, C], [N, L, mip] before act, [N, L, C]
+};
+struct CaGrads {
+  Vec dx, dw1, db1, dwh, dbh, dww, dbw;
+};
+
+CaForward ca_forward_ref(const CaDims& d, Activation act, const Vec& x, const CaParams& p) {
+  const int L = d.H + d.W;
+  CaForward f;
+  f.y.resize(x.size());
+  f.pooled.assign(static_cast<size_t>(d.N) * L * d.C, 0.0);
+  f.hidden.assign(static_cast<size_t>(d.N) * L * d.mip, 0.0);
+  f.gates.assign(static_cast<size_t>(d.N) * L * d.C, 0.0);
+  for (int n = 0; n < d.N; ++n) {
+    auto X = [&](int h, int w, int c) { return x[((static_cast<size_t>(n) * d.H + h) * d.W + w) * d.C + c]; };
+    auto at = [&](Vec& v, int p, int i, int width) -> double& {
+      return v[(static_cast<size_t>(n) * L + p) * width + i];
+    };
+    for (int h = 0; h < d.H; ++h)
+      for (int w = 0; w < d.W; ++w)
+        for (int c = 0; c < d.C; ++c) {
+          at(f.pooled, h, c, d.C) += X(h, w, c) / d.W;
+          at(f.pooled, d.H + w, c, d.C) += X(h, w, c) / d.H;
+        }
+    for (int q = 0; q < L; ++q) {
+      for (int j = 0; j < d.mip; ++j) {
+        double t = p.b1[j];
+        for (int c = 0; c < d.C; ++c) t += p.w1[static_cast<size_t>(j) * d.C + c] * at(f.pooled, q, c, d.C);
+        at(f.hidden, q, j, d.mip) = t;
+      }
+      const Vec& wg = q < d.H ? p.wh : p.ww;
+      const Vec& bg = q < d.H ? p.bh : p.bw;
+      for (int c = 0; c < d.C; ++c) {
+        double z = bg[c];
+        for (int j = 0; j < d.mip; ++j) z += wg[static_cast<size_t>(c) * d.mip + j] * act_ref(act, at(f.hidden, q, j, d.mip));
+        at(f.gates, q, c, d.C) = act_ref(Activation::Sigmoid, z);
+      }
+    }
+    for (int h = 0; h < d.H; ++h)
+      for (int w = 0; w < d.W; ++w)
+        for (int c = 0; c < d.C; ++c)
+          f.y[((static_cast<size_t>(n) * d.H + h) * d.W + w) * d.C + c] =
+              X(h, w, c) * at(f.gates, h, c, d.C) * at(f.gates, d.H + w, c, d.C);
+  }
+  return f;
+}
+
+CaGrads ca_backward_ref(const CaDims& d, Activation act, const Vec& x, const CaParams& p, const Vec& dy) {
+  const int L = d.H + d.W;
+  CaForward f = ca_forward_ref(d, act, x, p);
+  CaGrads g;
+  g.dx.resize(x.size());
+  g.dw1.assign(p.w1.size(), 0.0);
+  g.db1.assign(p.b1.size(), 0.0);
+  g.dwh.assign(p.wh.size(), 0.0);
+  g.dbh.assign(p.bh.size(), 0.0);
+  g.dww.assign(p.ww.size(), 0.0);
+  g.dbw.assign(p.bw.size(), 0.0);
+  for (int n = 0; n < d.N; ++n) {
+    auto at = [&](const Vec& v, int q, int i, int width) { return v[(static_cast<size_t>(n) * L + q) * width + i]; };
+    auto e_of = [&](int h, int w, int c) { return ((static_cast<size_t>(n) * d.H + h) * d.W + w) * d.C + c; };
+    Vec da(static_cast<size_t>(L) * d.C, 0.0), dpool(static_cast<size_t>(L) * d.C, 0.0);
+    for (int h = 0; h < d.H; ++h)
+      for (int w = 0; w < d.W; ++w)
+        for (int c = 0; c < d.C; ++c) {
+          const double v = dy[e_of(h, w, c)] * x[e_of(h, w, c)];
+          da[static_cast<size_t>(h) * d.C + c] += v * at(f.gates, d.H + w, c, d.C);
+          da[static_cast<size_t>(d.H + w) * d.C + c] += v * at(f.gates, h, c, d.C);
+        }
+    for (int q = 0; q < L; ++q) {
+      const bool row = q < d.H;
+      const Vec& wg = row ? p.wh : p.ww;
+      Vec& dwg = row ? g.dwh : g.dww;
+      Vec& dbg = row ? g.dbh : g.dbw;
+      Vec dz(d.C), dt(d.mip, 0.0);
+      for (int c = 0; c < d.C; ++c) {
+        const double gt = at(f.gates, q, c, d.C);
+        dz[c] = da[static_cast<size_t>(q) * d.C + c] * gt * (1 - gt);
+        dbg[c] += dz[c];
+        for (int j = 0; j < d.mip; ++j) {
+          dwg[static_cast<size_t>(c) * d.mip + j] += dz[c] * act_ref(act, at(f.hidden, q, j, d.mip));
+          dt[j] += wg[static_cast<size_t>(c) * d.mip + j] * dz[c];
+        }
+      }
+      for (int j = 0; j < d.mip; ++j) {
+        dt[j] *= act_grad_ref(act, at(f.hidden, q, j, d.mip));
+        g.db1[j] += dt[j];
+        for (int c = 0; c < d.C; ++c) {
+          g.dw1[static_cast<size_t>(j) * d.C + c] += dt[j] * at(f.pooled, q, c, d.C);
+          dpool[static_cast<size_t>(q) * d.C + c] += p.w1[static_cast<size_t>(j) * d.C + c] * dt[j] / (row ? d.W : d.H);
+        }
+      }
+    }
+    for (int h = 0; h < d.H; ++h)
+      for (int w = 0; w < d.W; ++w)
+        for (int c = 0; c < d.C; ++c) {
+          const size_t e = e_of(h, w, c);
+          g.dx[e] = dy[e] * at(f.gates, h, c, d.C) * at(f.gates, d.H + w, c, d.C) +
+                    dpool[static_cast<size_t>(h) * d.C + c] + dpool[static_cast<size_t>(d.H + w) * d.C + c];
+        }
+  }
+  return g;
+}
+
+// ---- finite-difference proof of the reference backwards (CPU only, fixed seeds)
+
+Vec uniform_values(size_t n, std::mt19937_64& rng, double lo = -1.0, double hi = 1.0) {
+  std::uniform_real_distribution<double> d(lo, hi);
+  Vec v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+double dot(const Vec& a, const Vec& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+// Every element of `v` perturbed by +-eps: (loss(+) - loss(-)) / 2eps must
+// match the analytic gradient.
+void expect_matches_finite_differences(Vec& v, const Vec& grad, const std::function<double()>& loss,
+                                       const std::string& what) {
+  ASSERT_EQ(v.size(), grad.size()) << what;
+  const double eps = 1e-6;
+  for (size_t i = 0; i < v.size(); ++i) {
+    const double keep = v[i];
+    v[i] = keep + eps;
+    const double up = loss();
+    v[i] = keep - eps;
+    const double down = loss();
+    v[i] = keep;
+    const double fd = (up - down) / (2 * eps);
+    EXPECT_NEAR(grad[i], fd, 1e-6 + 1e-6 * std::fabs(fd)) << what << " element " << i;
+  }
+}
+
+TEST(AttentionReferences, SqueezeExciteBackwardMatchesFiniteDifferencesOfForward) {
+  struct Case {
+    SeDims d;
+    Activation inner, gate;
+  };
+  const Case cases[] = {{{2, 5, 6, 3}, Activation::ReLU, Activation::Sigmoid},
+                        {{1, 1, 4, 1}, Activation::SiLU, Activation::HardSigmoid},
+                        {{3, 4, 7, 2}, Activation::HardSwish, Activation::Sigmoid},
+                        {{2, 9, 5, 4}, Activation::GELU, Activation::HardSigmoid}};
+  std::mt19937_64 rng(20240611);
+  for (const Case& k : cases) {
+    const SeDims& d = k.d;
+    const std::string label = std::string("se [") + std::to_string(d.N) + "," + std::to_string(d.HW) + "," +
+                              std::to_string(d.C) + "] r" + std::to_string(d.Cr) + " " +
+                              activation_name(k.inner) + "/" + activation_name(k.gate);
+    SCOPED_TRACE(label);
+    Vec x = uniform_values(static_cast<size_t>(d.N) * d.HW * d.C, rng);
+    const Vec dy = uniform_values(x.size(), rng);
+    SeParams p{uniform_values(static_cast<size_t>(d.Cr) * d.C, rng), uniform_values(d.Cr, rng),
+               uniform_values(static_cast<size_t>(d.C) * d.Cr, rng, -2, 2), uniform_values(d.C, rng, -2, 2)};
+    // Keep every pre-activation 1e-3 away from a kink (re-draw the bias).
+    for (int round = 0; round < 50; ++round) {
+      const SeForward f = se_forward_ref(d, k.inner, k.gate, x, p);
+      bool moved = false;
+      for (int n = 0; n < d.N; ++n) {
+        for (int j = 0; j < d.Cr; ++j)
+          if (near_kink(k.inner, f.hidden[static_cast<size_t>(n) * d.Cr + j], 1e-3)) {
+            p.b1[j] = uniform_values(1, rng)[0];
+            moved = true;
+          }
+        for (int c = 0; c < d.C; ++c)
+          if (near_kink(k.gate, se_gate_input(d, p, k.inner, f.hidden, n, c), 1e-3)) {
+            p.b2[c] = uniform_values(1, rng, -2, 2)[0];
+            moved = true;
+          }
+      }
+      if (!moved) break;
+    }
+    const SeGrads g = se_backward_ref(d, k.inner, k.gate, x, p, dy);
+    auto loss = [&] { return dot(se_forward_ref(d, k.inner, k.gate, x, p).y, dy); };
+    expect_matches_finite_differences(x, g.dx, loss, "dx " + label);
+    expect_matches_finite_differences(p.w1, g.dw1, loss, "dw1 " + label);
+    expect_matches_finite_differences(p.b1, g.db1, loss, "db1 " + label);
+    expect_matches_finite_differences(p.w2, g.dw2, loss, "dw2 " + label);
+    expect_matches_finite_differences(p.b2, g.db2, loss, "db2 " + label);
+  }
+}
+
+TEST(AttentionReferences, CoordAttentionBackwardMatchesFiniteDifferencesOfForward) {
+  struct Case {
+    CaDims d;
+    Activation act;
+  };
+  const Case cases[] = {{{2, 3, 4, 5, 3}, Activation::HardSwish},
+                        {{1, 1, 1, 3, 2}, Activation::ReLU},
+                        {{2, 4, 4, 6, 2}, Activation::SiLU},
+                        {{1, 5, 2, 4, 5}, Activation::Tanh}};
+  std::mt19937_64 rng(20240612);
+  for (const Case& k : cases) {
+    const CaDims& d = k.d;
+    const std::string label = std::string("ca [") + std::to_string(d.N) + "," + std::to_string(d.H) + "," +
+                              std::to_string(d.W) + "," + std::to_string(d.C) + "] mip" + std::to_string(d.mip) +
+                              " " + activation_name(k.act);
+    SCOPED_TRACE(label);
+    Vec x = uniform_values(static_cast<size_t>(d.N) * d.H * d.W * d.C, rng);
+    const Vec dy = uniform_values(x.size(), rng);
+    const size_t nw = static_cast<size_t>(d.mip) * d.C;
+    CaParams p{uniform_values(nw, rng, -2, 2), uniform_values(d.mip, rng, -2, 2), uniform_values(nw, rng),
+               uniform_values(d.C, rng), uniform_values(nw, rng), uniform_values(d.C, rng)};
+    for (int round = 0; round < 50; ++round) {
+      const CaForward f = ca_forward_ref(d, k.act, x, p);
+      bool moved = false;
+      for (size_t i = 0; i < f.hidden.size(); ++i)
+        if (near_kink(k.act, f.hidden[i], 1e-3)) {
+          p.b1[i % d.mip] = uniform_values(1, rng, -2, 2)[0];
+          moved = true;
+        }
+      if (!moved) break;
+    }
+    const CaGrads g = ca_backward_ref(d, k.act, x, p, dy);
+    auto loss = [&] { return dot(ca_forward_ref(d, k.act, x, p).y, dy); };
+    expect_matches_finite_differences(x, g.dx, loss, "dx " + label);
+    expect_matches_finite_differences(p.w1, g.dw1, loss, "dw1 " + label);
+    expect_matches_finite_differences(p.b1, g.db1, loss, "db1 " + label);
+    expect_matches_finite_differences(p.wh, g.dwh, loss, "dwh " + label);
+    expect_matches_finite_differences(p.bh, g.dbh, loss, "dbh " + label);
+    expect_matches_finite_differences(p.ww, g.dww, loss, "dww " + label);
+    expect_matches_finite_differences(p.bw, g.dbw, loss, "dbw " + label);
+  }
+}
+
+}  // namespace
+}  // namespace kestrel
 
 #if !defined(KESTREL_HAVE_CUDA)
 
@@ -94,37 +497,8 @@ std::vector<double> random_values(size_t n, KDType t, std::mt19937_64& rng, doub
   return v;
 }
 
-double act_ref(KAct a, double x) {
-  switch (a) {
-    case KAct::None: return x;
-    case KAct::ReLU: return x > 0 ? x : 0;
-    case KAct::ReLU6: return std::min(std::max(x, 0.0), 6.0);
-    case KAct::Sigmoid: return 1 / (1 + std::exp(-x));
-    case KAct::Tanh: return std::tanh(x);
-    case KAct::SiLU: return x / (1 + std::exp(-x));
-    case KAct::HardSwish: return x * std::min(std::max(x + 3, 0.0), 6.0) / 6;
-    case KAct::HardSigmoid: return std::min(std::max(x + 3, 0.0), 6.0) / 6;
-    case KAct::GELU: return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)));
-  }
-  return x;
-}
-double act_grad_ref(KAct a, double x) {
-  switch (a) {
-    case KAct::None: return 1;
-    case KAct::ReLU: return x > 0 ? 1 : 0;
-    case KAct::ReLU6: return (x > 0 && x < 6) ? 1 : 0;
-    case KAct::Sigmoid: { const double s = 1 / (1 + std::exp(-x)); return s * (1 - s); }
-    case KAct::Tanh: { const double t = std::tanh(x); return 1 - t * t; }
-    case KAct::SiLU: { const double s = 1 / (1 + std::exp(-x)); return s * (1 + x * (1 - s)); }
-    case KAct::HardSwish: return x < -3 ? 0 : (x > 3 ? 1 : (2 * x + 3) / 6);
-    case KAct::HardSigmoid: return (x > -3 && x < 3) ? 1.0 / 6 : 0;
-    case KAct::GELU: {
-      const double cdf = 0.5 * (1 + std::erf(x / std::sqrt(2.0)));
-      return cdf + x * std::exp(-0.5 * x * x) / std::sqrt(2 * M_PI);
-    }
-  }
-  return 1;
-}
+double act_ref(KAct a, double x) { return act_ref(static_cast<Activation>(a), x); }
+double act_grad_ref(KAct a, double x) { return act_grad_ref(static_cast<Activation>(a), x); }
 const char* act_label(KAct a) {
   static const char* names[] = {"none", "relu", "relu6", "sigmoid", "tanh", "silu", "hswish", "hsigmoid", "gelu"};
   return names[static_cast<int>(a)];
@@ -775,6 +1149,235 @@ TEST_F(CudaKernels, CoordAttentionForwardMatchesCpuLoop) {
     }
 }
 
+// ---- backward passes (references: se_backward_ref / ca_backward_ref above,
+// proven against finite differences by AttentionReferences.*)
+
+// Parameter types each activation type is tested with: its own and f32.
+std::vector<KDType> param_types(KDType t) {
+  if (t == KDType::F32) return {KDType::F32};
+  return {t, KDType::F32};
+}
+
+// atol scaled by the largest |ref| of the tensor (see the file header).
+Tol scaled_tol(KDType t, const std::vector<double>& ref) {
+  double m = 1e-3;
+  for (double v : ref) m = std::max(m, std::fabs(v));
+  const Tol b = tol_for(t);
+  return {b.atol * m, b.rtol};
+}
+
+std::vector<double> download_f32(const float* p, size_t n) {
+  KESTREL_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<float> h(n);
+  KESTREL_CUDA_CHECK(cudaMemcpy(h.data(), p, n * sizeof(float), cudaMemcpyDeviceToHost));
+  return std::vector<double>(h.begin(), h.end());
+}
+
+// Re-draws biases until no pre-activation lies within 1e-3 of a kink of its
+// activation (there f32 and f64 may take different branches of act').
+void se_avoid_kinks(const SeDims& d, Activation inner, Activation gate, const Vec& x, SeParams& p, KDType pt,
+                    std::mt19937_64& rng) {
+  for (int round = 0; round < 50; ++round) {
+    const SeForward f = se_forward_ref(d, inner, gate, x, p);
+    bool moved = false;
+    for (int n = 0; n < d.N; ++n) {
+      for (int j = 0; j < d.Cr; ++j)
+        if (near_kink(inner, f.hidden[static_cast<size_t>(n) * d.Cr + j], 1e-3)) {
+          p.b1[j] = random_values(1, pt, rng)[0];
+          moved = true;
+        }
+      for (int c = 0; c < d.C; ++c)
+        if (near_kink(gate, se_gate_input(d, p, inner, f.hidden, n, c), 1e-3)) {
+          p.b2[c] = random_values(1, pt, rng, -2, 2)[0];
+          moved = true;
+        }
+    }
+    if (!moved) return;
+  }
+}
+
+TEST_F(CudaKernels, SqueezeExciteBackwardMatchesCpuLoopAndIsReproducible) {
+  const KAct inners[] = {KAct::ReLU, KAct::SiLU, KAct::HardSwish};
+  const KAct gates[] = {KAct::Sigmoid, KAct::HardSigmoid};
+  int variant = 0;
+  for (int N : {1, 3})
+    for (int C : {7, 16, 96})
+      for (int HW : {1, 49, 1089})
+        for (int ratio : {4, 16}) {
+          const int Cr = std::max(1, C / ratio);
+          const KAct inner = inners[variant % 3], gate = gates[variant % 2];
+          ++variant;
+          const Activation ai = static_cast<Activation>(inner), ag = static_cast<Activation>(gate);
+          for (KDType t : kAllTypes)
+            for (KDType pt : param_types(t)) {
+              std::ostringstream lab;
+              lab << kernels::kdtype_name(t) << " (params " << kernels::kdtype_name(pt) << ") se [" << N << "," << HW
+                  << "," << C << "] r" << Cr << " " << act_label(inner) << "/" << act_label(gate);
+              SCOPED_TRACE(lab.str());
+              const SeDims d{N, HW, C, Cr};
+              const size_t n = static_cast<size_t>(N) * HW * C, nw = static_cast<size_t>(C) * Cr;
+              const auto x = random_values(n, t, rng_), dy = random_values(n, t, rng_);
+              SeParams p{random_values(nw, pt, rng_), random_values(Cr, pt, rng_), random_values(nw, pt, rng_, -2, 2),
+                         random_values(C, pt, rng_, -2, 2)};
+              se_avoid_kinks(d, ai, ag, x, p, pt, rng_);
+              const SeForward f = se_forward_ref(d, ai, ag, x, p);
+              const SeGrads g = se_backward_ref(d, ai, ag, x, p, dy);
+
+              const kernels::SqueezeExciteShape s{N, HW, C, Cr};
+              Buf bx = upload(x, t), bdy = upload(dy, t), bw1 = upload(p.w1, pt), bb1 = upload(p.b1, pt),
+                  bw2 = upload(p.w2, pt), bb2 = upload(p.b2, pt), by(n, t),
+                  fws(kernels::squeeze_excite_workspace_bytes(s));
+              by.poison();
+              fws.poison();
+              check_launch(kernels::squeeze_excite_forward(t, pt, s, inner, gate, bx.get(), bw1.get(), bb1.get(),
+                                                           bw2.get(), bb2.get(), by.get(), fws.get(), nullptr),
+                           lab.str());
+              expect_near_all(by.download(), f.y, {tol_for(t, C).atol, tol_for(t).rtol + 1e-3}, "y " + lab.str());
+              const kernels::SqueezeExciteSaved sv = kernels::squeeze_excite_saved(s, fws.get());
+              expect_near_all(download_f32(sv.pooled, f.pooled.size()), f.pooled, scaled_tol(KDType::F32, f.pooled),
+                              "saved pooled " + lab.str());
+              expect_near_all(download_f32(sv.hidden, f.hidden.size()), f.hidden, scaled_tol(KDType::F32, f.hidden),
+                              "saved hidden " + lab.str());
+              expect_near_all(download_f32(sv.scale, f.scale.size()), f.scale, scaled_tol(KDType::F32, f.scale),
+                              "saved scale " + lab.str());
+
+              Buf bdx(n, t), bdw1(nw, pt), bdb1(Cr, pt), bdw2(nw, pt), bdb2(C, pt),
+                  bws(kernels::squeeze_excite_backward_workspace_bytes(s));
+              auto run_backward = [&](const Buf& grad_in, const Buf& grad_out) {
+                for (const Buf* b : std::initializer_list<const Buf*>{&grad_out, &bdw1, &bdb1, &bdw2, &bdb2, &bws})
+                  if (b != &grad_in) b->poison();
+                check_launch(kernels::squeeze_excite_backward(t, pt, s, inner, gate, grad_in.get(), bx.get(), bw1.get(),
+                                                              bw2.get(), bb2.get(), fws.get(), grad_out.get(),
+                                                              bdw1.get(), bdb1.get(), bdw2.get(), bdb2.get(), bws.get(),
+                                                              nullptr),
+                             lab.str());
+                return std::vector<std::vector<double>>{grad_out.download(), bdw1.download(), bdb1.download(),
+                                                        bdw2.download(), bdb2.download()};
+              };
+              const auto got = run_backward(bdy, bdx);
+              expect_near_all(got[0], g.dx, scaled_tol(t, g.dx), "dx " + lab.str());
+              expect_near_all(got[1], g.dw1, scaled_tol(pt, g.dw1), "dw1 " + lab.str());
+              expect_near_all(got[2], g.db1, scaled_tol(pt, g.db1), "db1 " + lab.str());
+              expect_near_all(got[3], g.dw2, scaled_tol(pt, g.dw2), "dw2 " + lab.str());
+              expect_near_all(got[4], g.db2, scaled_tol(pt, g.db2), "db2 " + lab.str());
+              // Again with dx written over dy: bit-identical results.
+              Buf bdy_in_place = upload(dy, t);
+              EXPECT_EQ(run_backward(bdy_in_place, bdy_in_place), got) << "second backward (in place) differs";
+            }
+        }
+}
+
+void ca_avoid_kinks(const CaDims& d, Activation act, const Vec& x, CaParams& p, KDType pt, std::mt19937_64& rng) {
+  for (int round = 0; round < 50; ++round) {
+    const CaForward f = ca_forward_ref(d, act, x, p);
+    bool moved = false;
+    for (size_t i = 0; i < f.hidden.size(); ++i)
+      if (near_kink(act, f.hidden[i], 1e-3)) {
+        p.b1[i % d.mip] = random_values(1, pt, rng)[0];
+        moved = true;
+      }
+    if (!moved) return;
+  }
+}
+
+TEST_F(CudaKernels, CoordAttentionBackwardMatchesCpuLoopAndIsReproducible) {
+  struct Spatial { int H, W; };
+  const KAct acts[] = {KAct::HardSwish, KAct::ReLU, KAct::SiLU};
+  int variant = 0;
+  for (int N : {1, 3})
+    for (int C : {7, 16, 96})
+      for (const Spatial& hw : {Spatial{1, 1}, Spatial{7, 7}, Spatial{33, 33}, Spatial{5, 9}})
+        for (int mip : {std::max(8, C / 32), std::max(1, C / 4)}) {
+          const KAct act = acts[variant++ % 3];
+          const Activation aa = static_cast<Activation>(act);
+          const int H = hw.H, W = hw.W;
+          for (KDType t : kAllTypes)
+            for (KDType pt : param_types(t)) {
+              std::ostringstream lab;
+              lab << kernels::kdtype_name(t) << " (params " << kernels::kdtype_name(pt) << ") ca [" << N << "," << H
+                  << "," << W << "," << C << "] mip" << mip << " " << act_label(act);
+              SCOPED_TRACE(lab.str());
+              const CaDims d{N, H, W, C, mip};
+              const size_t n = static_cast<size_t>(N) * H * W * C, nw = static_cast<size_t>(C) * mip;
+              const auto x = random_values(n, t, rng_), dy = random_values(n, t, rng_);
+              CaParams p{random_values(nw, pt, rng_, -2, 2), random_values(mip, pt, rng_, -2, 2),
+                         random_values(nw, pt, rng_), random_values(C, pt, rng_), random_values(nw, pt, rng_),
+                         random_values(C, pt, rng_)};
+              ca_avoid_kinks(d, aa, x, p, pt, rng_);
+              const CaForward f = ca_forward_ref(d, aa, x, p);
+              const CaGrads g = ca_backward_ref(d, aa, x, p, dy);
+
+              const kernels::CoordAttentionShape s{N, H, W, C, mip};
+              Buf bx = upload(x, t), bw1 = upload(p.w1, pt), bb1 = upload(p.b1, pt), bwh = upload(p.wh, pt),
+                  bbh = upload(p.bh, pt), bww = upload(p.ww, pt), bbw = upload(p.bw, pt), by(n, t),
+                  fws(kernels::coord_attention_workspace_bytes(s));
+              by.poison();
+              fws.poison();
+              check_launch(kernels::coord_attention_forward(t, pt, s, act, bx.get(), bw1.get(), bb1.get(), bwh.get(),
+                                                            bbh.get(), bww.get(), bbw.get(), by.get(), fws.get(),
+                                                            nullptr),
+                           lab.str());
+              expect_near_all(by.download(), f.y, {tol_for(t, C).atol, tol_for(t).rtol + 1e-3}, "y " + lab.str());
+              const kernels::CoordAttentionSaved sv = kernels::coord_attention_saved(s, fws.get());
+              expect_near_all(download_f32(sv.pooled, f.pooled.size()), f.pooled, scaled_tol(KDType::F32, f.pooled),
+                              "saved pooled " + lab.str());
+              expect_near_all(download_f32(sv.hidden, f.hidden.size()), f.hidden, scaled_tol(KDType::F32, f.hidden),
+                              "saved hidden " + lab.str());
+              expect_near_all(download_f32(sv.gates, f.gates.size()), f.gates, scaled_tol(KDType::F32, f.gates),
+                              "saved gates " + lab.str());
+
+              Buf bdx(n, t), bdw1(nw, pt), bdb1(mip, pt), bdwh(nw, pt), bdbh(C, pt), bdww(nw, pt), bdbw(C, pt),
+                  bws(kernels::coord_attention_backward_workspace_bytes(s));
+              auto run_backward = [&](const Buf& grad_in, const Buf& grad_out) {
+                for (const Buf* b : std::initializer_list<const Buf*>{&grad_out, &bdw1, &bdb1, &bdwh, &bdbh, &bdww, &bdbw, &bws})
+                  if (b != &grad_in) b->poison();
+                check_launch(kernels::coord_attention_backward(t, pt, s, act, grad_in.get(), bx.get(), bw1.get(),
+                                                               bwh.get(), bww.get(), fws.get(), grad_out.get(),
+                                                               bdw1.get(), bdb1.get(), bdwh.get(), bdbh.get(),
+                                                               bdww.get(), bdbw.get(), bws.get(), nullptr),
+                             lab.str());
+                return std::vector<std::vector<double>>{grad_out.download(), bdw1.download(), bdb1.download(),
+                                                        bdwh.download(), bdbh.download(), bdww.download(),
+                                                        bdbw.download()};
+              };
+              const Buf bdy = upload(dy, t);
+              const auto got = run_backward(bdy, bdx);
+              expect_near_all(got[0], g.dx, scaled_tol(t, g.dx), "dx " + lab.str());
+              expect_near_all(got[1], g.dw1, scaled_tol(pt, g.dw1), "dw1 " + lab.str());
+              expect_near_all(got[2], g.db1, scaled_tol(pt, g.db1), "db1 " + lab.str());
+              expect_near_all(got[3], g.dwh, scaled_tol(pt, g.dwh), "dwh " + lab.str());
+              expect_near_all(got[4], g.dbh, scaled_tol(pt, g.dbh), "dbh " + lab.str());
+              expect_near_all(got[5], g.dww, scaled_tol(pt, g.dww), "dww " + lab.str());
+              expect_near_all(got[6], g.dbw, scaled_tol(pt, g.dbw), "dbw " + lab.str());
+              Buf bdy_in_place = upload(dy, t);
+              EXPECT_EQ(run_backward(bdy_in_place, bdy_in_place), got) << "second backward (in place) differs";
+            }
+        }
+}
+
+TEST_F(CudaKernels, AttentionLaunchersRejectBadArguments) {
+  kernels::SqueezeExciteShape se{2, 4, 8, 0};
+  Buf ws(1024);
+  EXPECT_EQ(kernels::squeeze_excite_forward(KDType::F32, se, KAct::ReLU, KAct::Sigmoid, ws.get(), ws.get(), nullptr,
+                                            ws.get(), nullptr, ws.get(), ws.get(), nullptr),
+            cudaErrorInvalidValue);
+  se.Cr = 2;
+  EXPECT_EQ(kernels::squeeze_excite_forward(KDType::F16, KDType::BF16, se, KAct::ReLU, KAct::Sigmoid, ws.get(),
+                                            ws.get(), nullptr, ws.get(), nullptr, ws.get(), ws.get(), nullptr),
+            cudaErrorInvalidValue)
+      << "parameters must be the activation type or f32";
+  EXPECT_EQ(kernels::squeeze_excite_backward(KDType::F32, KDType::F32, se, KAct::ReLU, KAct::Sigmoid, ws.get(),
+                                             ws.get(), ws.get(), ws.get(), nullptr, nullptr, ws.get(), nullptr,
+                                             nullptr, nullptr, nullptr, ws.get(), nullptr),
+            cudaErrorInvalidValue)
+      << "missing forward workspace";
+  kernels::CoordAttentionShape ca{1, 0, 3, 8, 8};
+  EXPECT_EQ(kernels::coord_attention_backward(KDType::F32, KDType::F32, ca, KAct::ReLU, ws.get(), ws.get(), ws.get(),
+                                              ws.get(), ws.get(), ws.get(), ws.get(), nullptr, nullptr, nullptr,
+                                              nullptr, nullptr, nullptr, ws.get(), nullptr),
+            cudaErrorInvalidValue);
+}
+
 // ================================================================ softmax cross-entropy
 
 TEST_F(CudaKernels, SoftmaxCrossEntropyLossAndGradientMatchCpuLoop) {
@@ -922,6 +1525,23 @@ TEST_F(CudaKernels, OptimizerSkipsTheStepWhenTheOverflowFlagIsSet) {
 }
 
 // ================================================================ elementwise
+
+// No GPU needed: the checks come before any CUDA call.
+TEST(CudaKernelArguments, UnknownTypeTagsAndMissingBuffersAreRejectedBeforeAnyLaunch) {
+  const KDType bogus = static_cast<KDType>(7);
+  float dummy = 0.f;
+  EXPECT_EQ(kernels::reduce_sum(bogus, 10, &dummy, &dummy, &dummy, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(kernels::find_nonfinite(KDType::F32, 10, &dummy, nullptr, nullptr), cudaErrorInvalidValue);
+  float* params[] = {&dummy};
+  const void* grads[] = {&dummy};
+  float* state[] = {&dummy};
+  const int64_t sizes[] = {1};
+  EXPECT_EQ(kernels::sgd_momentum_multi(bogus, 1, params, grads, state, sizes, kernels::SgdArgs{}, nullptr, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(kernels::adamw_multi(bogus, 1, params, grads, state, state, sizes, kernels::AdamWArgs{}, nullptr, nullptr),
+            cudaErrorInvalidValue);
+}
+
 
 TEST_F(CudaKernels, ElementwiseKernelsMatchCpuLoopsIncludingTailsAndMisalignedPointers) {
   for (KDType t : kAllTypes)
