@@ -161,7 +161,10 @@ EvalResult evaluate(nn::Module& model, data::DataLoader& loader, int64_t num_cla
 
 TrainSummary train(TrainConfig c) {
   c.validate();
-  const Device device = resolve_device(c.device);  // before the run folder is touched
+  // Both before the run folder is touched.
+  const Device device = resolve_device(c.device);
+  KCHECK(c.amp == "off", ValueError, "--amp ", c.amp,
+         ": mixed precision training is not implemented yet (f16/bf16 autocast and loss scaling); use --amp off");
   const bool resuming = prepare_out_dir(c);
   io::SafetensorsContents resume_ckpt;
   nlohmann::json state;
@@ -180,8 +183,6 @@ TrainSummary train(TrainConfig c) {
     saved.device = c.device;  // checkpoints move between devices
     c = saved;
   }
-  KCHECK(c.amp == "off", ValueError, "--amp ", c.amp,
-         ": mixed precision training is not implemented yet (f16/bf16 autocast and loss scaling); use --amp off");
 
   // Data.
   auto train_set = open_dataset(c.dataset, c.data_dir, data::Split::Train, c.skip_bad, c.limit_train);
