@@ -4,6 +4,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "data/pinned_batch.h"
 #include "engine/error.h"
 
 namespace kestrel::data {
@@ -41,6 +42,7 @@ DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, LoaderOptions opt
   KCHECK(opts_.batch_size > 0, ValueError, "DataLoader: batch_size must be > 0, got ", opts_.batch_size);
   KCHECK(opts_.num_workers >= 0, ValueError, "DataLoader: num_workers must be >= 0, got ", opts_.num_workers);
   KCHECK(opts_.prefetch > 0, ValueError, "DataLoader: prefetch must be > 0, got ", opts_.prefetch);
+  pin_ = opts_.pin_memory && pinned_memory_available();
 }
 
 DataLoader::~DataLoader() { stop_workers(); }
@@ -100,6 +102,7 @@ Batch DataLoader::load_batch(int64_t epoch, int64_t batch_index, const std::vect
     Generator gen(derive_seed(opts_.seed, kBatchTag, static_cast<uint64_t>(epoch), static_cast<uint64_t>(batch_index)));
     batch_transform_(b, gen);
   }
+  if (pin_) b.pinned = stage_pinned(b);  // on the worker thread, off the training loop
   return b;
 }
 

@@ -38,6 +38,10 @@ struct LoaderOptions {
   int num_workers = 2;  // 0 loads on the calling thread
   int prefetch = 4;     // batches loaded or in flight ahead of the consumer (bounded queue)
   float to_float_scale = 1.0f / 255.0f;  // u8 -> float before the sample transform
+  // Also stage each batch in pinned host memory (Batch::pinned) so the copy to
+  // a CUDA device is asynchronous (data/pinned_batch.h). Ignored, and batches
+  // are exactly as without it, when no CUDA device is present.
+  bool pin_memory = false;
 };
 
 // Derives independent 64-bit seeds from a tuple (splitmix64 mixing).
@@ -70,9 +74,6 @@ class DataLoader {
   // Builds one batch synchronously; what the workers run.
   Batch load_batch(int64_t epoch, int64_t batch_index) const { return load_batch(epoch, batch_index, epoch_order(epoch)); }
 
-  // TODO(cuda): when KESTREL_HAVE_CUDA, fill batches into pinned host buffers
-  // from a small pool and let the trainer copy them with cudaMemcpyAsync.
-
  private:
   Batch load_batch(int64_t epoch, int64_t batch_index, const std::vector<int64_t>& order) const;
   void stop_workers();
@@ -82,6 +83,7 @@ class DataLoader {
   LoaderOptions opts_;
   Transform sample_transform_;
   BatchTransform batch_transform_;
+  bool pin_ = false;  // pin_memory requested and a CUDA device present
 
   struct Slot {
     Batch batch;

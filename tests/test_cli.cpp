@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "cuda_parity.h"
 #include "test_util.h"
 
 using kestrel::testing::expect_one_line_error;
@@ -78,4 +79,24 @@ TEST(Cli, BadFlagValuesAreOneLineErrors) {
   expect_one_line_error(kestrel_cli("train --optimizer lbfgs --out " + temp_path("r5")), "sgd, adamw", "optimizer");
   expect_one_line_error(kestrel_cli("train --model nope --limit-train 256 --out " + temp_path("r6") + " --no-progress"),
                         "valid models", "model name");
+}
+
+TEST(Cli, DeviceFlagNamesWhatIsMissingInOneLine) {
+  expect_one_line_error(kestrel_cli("train --device tpu --out " + temp_path("d1") + " --no-progress"),
+                        "auto, cpu, cuda", "bad --device value");
+  if (kestrel::testing::cuda_skip_reason().empty()) GTEST_SKIP() << "a CUDA device is present";
+  expect_one_line_error(kestrel_cli("train --device cuda --out " + temp_path("d2") + " --no-progress"),
+                        "--device cuda", "train --device cuda without a GPU");
+  expect_one_line_error(kestrel_cli("eval --device cuda:1 --checkpoint " + temp_path("none.safetensors")),
+                        "--device cuda:1", "eval --device cuda without a GPU");
+}
+
+TEST(Cli, DeviceAutoTrainsOnWhatTheMachineHas) {
+  const std::string root = make_folder("auto_device");
+  const auto r = kestrel_cli("train --dataset folder --data-dir " + root +
+                             " --batch-size 4 --epochs 1 --workers 0 --overwrite --device auto --no-progress --out " +
+                             temp_path("d3"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const std::string expected = kestrel::testing::cuda_skip_reason().empty() ? "device cuda:0" : "device cpu";
+  EXPECT_NE(r.err.find(expected), std::string::npos) << r.err;
 }

@@ -2,8 +2,12 @@
 #include <filesystem>
 #include <fstream>
 
+#include "cuda_parity.h"
+#include "data/loader.h"
+#include "data/pinned_batch.h"
 #include "engine/io/safetensors.h"
 #include "test_util.h"
+#include "tools/lib/device_select.h"
 #include "tools/lib/trainer.h"
 
 using namespace kestrel;
@@ -29,6 +33,7 @@ tools::TrainConfig small_config(const std::string& name) {
   c.progress = false;
   c.out = kestrel::testing::temp_path(name);
   c.overwrite = true;
+  c.device = "cpu";  // these tests pin down the CPU path, bit for bit, on any machine
   return c;
 }
 
@@ -146,4 +151,74 @@ TEST(Train, BadSettingsAreClearErrors) {
   c = small_config("bad5");
   c.model = "resnet9000";
   EXPECT_THROW(tools::train(c), ValueError);
+}
+
+TEST(Train, DeviceFlagResolvesAutoAndRefusesWhatIsNotThere) {
+  const bool have_cuda = kestrel::testing::cuda_skip_reason().empty();
+  EXPECT_EQ(tools::resolve_device("cpu"), Device::cpu());
+  EXPECT_EQ(tools::resolve_device("auto"), have_cuda ? Device::cuda(0) : Device::cpu());
+  EXPECT_THROW(tools::resolve_device("tpu"), ValueError);
+  EXPECT_THROW(tools::resolve_device("cuda:x"), ValueError);
+  if (have_cuda) {
+    EXPECT_EQ(tools::resolve_device("cuda"), Device::cuda(0));
+    EXPECT_THROW(tools::resolve_device("cuda:4096"), DeviceError);
+    return;
+  }
+  for (const char* flag : {"cuda", "cuda:0", "cuda:1"}) {
+    try {
+      tools::resolve_device(flag);
+      FAIL() << "expected DeviceError for --device " << flag;
+    } catch (const DeviceError& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("--device ") + flag), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(Train, CudaWithoutAGpuFailsBeforeTouchingTheRunFolder) {
+  if (kestrel::testing::cuda_skip_reason().empty()) GTEST_SKIP() << "a CUDA device is present";
+  tools::TrainConfig c = small_config("no_gpu");
+  fs::remove_all(c.out);
+  c.device = "cuda";
+  EXPECT_THROW(tools::train(c), DeviceError);
+  EXPECT_FALSE(fs::exists(c.out));
+}
+
+TEST(Train, PinMemoryLeavesBatchesAsTheyAreAndStagesThemOnlyWithAGpu) {
+  class Synthetic : public data::Dataset {
+   public:
+    Synthetic() { classes_ = {"a", "b"}; }
+    int64_t size() const override { return 11; }
+    data::Example get(int64_t i) const override {
+      data::Example e;
+      e.image = {3, 4, 2, std::vector<uint8_t>(24, static_cast<uint8_t>(i * 9))};
+      e.label = i % 2;
+      return e;
+    }
+  };
+  auto ds = std::make_shared<Synthetic>();
+  data::LoaderOptions lo;
+  lo.batch_size = 4;
+  lo.num_workers = 1;
+  data::LoaderOptions pinned_lo = lo;
+  pinned_lo.pin_memory = true;
+  data::DataLoader plain(ds, lo, {}, data::cutmix(1.0, 2)), pinned(ds, pinned_lo, {}, data::cutmix(1.0, 2));
+  plain.start_epoch(0);
+  pinned.start_epoch(0);
+  data::Batch a, b;
+  int batches = 0;
+  while (plain.next(a)) {
+    ASSERT_TRUE(pinned.next(b));
+    EXPECT_EQ(a.pinned, nullptr);
+    EXPECT_EQ(b.pinned != nullptr, data::pinned_memory_available());
+    EXPECT_EQ(a.images.to_vector(), b.images.to_vector());
+    EXPECT_EQ(a.labels.to_vector_i64(), b.labels.to_vector_i64());
+    EXPECT_EQ(a.targets.to_vector(), b.targets.to_vector());
+    // On the CPU the "device" batch is the batch itself, no copy.
+    const data::DeviceBatch d = data::copy_batch_to_device(b, Device::cpu());
+    EXPECT_TRUE(d.images.shares_storage_with(b.images));
+    EXPECT_TRUE(d.labels.shares_storage_with(b.labels));
+    ++batches;
+  }
+  EXPECT_EQ(batches, 3);
+  EXPECT_EQ(data::pinned_memory_available(), kestrel::testing::cuda_skip_reason().empty());
 }

@@ -3,6 +3,8 @@
 #include <cmath>
 
 #include "engine/autograd.h"
+#include "engine/gpu/optim.h"
+#include "engine/ops/check.h"
 
 namespace kestrel::optim {
 
@@ -41,6 +43,7 @@ void adamw_update(T* p, const T* g, T* m, T* v, int64_t n, double decay_factor, 
 
 void AdamW::step() {
   NoGradGuard guard;
+  std::vector<gpu::AdamWParamUpdate> on_cuda;  // updated together after the loop, in few launches
   for (size_t i = 0; i < flat_.size(); ++i) {
     ParamRef& r = flat_[i];
     Tensor g = grad_for_update(r.param, "AdamW.step");
@@ -52,6 +55,12 @@ void AdamW::step() {
     double& t = state_scalars_[i]["step"];
     t += 1.0;
     const double lr = lr_ * r.lr_scale;
+    if constexpr (kHaveCuda) {
+      if (r.param.device().is_cuda()) {
+        on_cuda.push_back({r.param, g, m, v, static_cast<int64_t>(t), lr, r.weight_decay});
+        continue;
+      }
+    }
     const double bc1 = 1.0 - std::pow(opts_.beta1, t);
     const double bc2 = 1.0 - std::pow(opts_.beta2, t);
     const double step_size = lr / bc1;
@@ -62,6 +71,9 @@ void AdamW::step() {
       adamw_update<T>(r.param.data<T>(), g.data<T>(), m.data<T>(), v.data<T>(), r.param.numel(), decay_factor,
                       opts_.beta1, opts_.beta2, step_size, bc2_sqrt, opts_.eps);
     });
+  }
+  if constexpr (kHaveCuda) {
+    if (!on_cuda.empty()) gpu::adamw_step(on_cuda, opts_.beta1, opts_.beta2, opts_.eps);
   }
 }
 

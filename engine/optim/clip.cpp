@@ -3,6 +3,8 @@
 #include <cmath>
 
 #include "engine/autograd.h"
+#include "engine/gpu/optim.h"
+#include "engine/ops/check.h"
 
 namespace kestrel::optim {
 
@@ -11,8 +13,6 @@ namespace {
 Tensor checked_grad(const Tensor& p) {
   Tensor g = p.grad();
   if (!g.defined()) return g;
-  KCHECK(g.device().is_cpu(), DeviceError, "clip_grad_norm_: gradients on ", g.device().str(),
-         " are not supported yet (CPU only)");
   KCHECK(g.is_contiguous(), ValueError, "clip_grad_norm_: gradient of shape ", shape_str(g.shape()),
          " is not contiguous");
   return g;
@@ -34,9 +34,17 @@ double sum_squares(const Tensor& g) {
 
 double grad_norm(const std::vector<Tensor>& params) {
   double total = 0.0;
+  std::vector<Tensor> on_cuda;  // reduced on the device, one synchronization
   for (const Tensor& p : params) {
     Tensor g = checked_grad(p);
-    if (g.defined()) total += sum_squares(g);
+    if (!g.defined()) continue;
+    if (g.device().is_cuda())
+      on_cuda.push_back(g);
+    else
+      total += sum_squares(g);
+  }
+  if constexpr (kHaveCuda) {
+    if (!on_cuda.empty()) total += gpu::sum_of_squares(on_cuda);
   }
   return std::sqrt(total);
 }
@@ -49,9 +57,14 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, bool 
   const double coef = max_norm / (norm + 1e-6);
   if (!(coef < 1.0) && std::isfinite(norm)) return norm;  // nothing to clip
   NoGradGuard guard;
+  std::vector<Tensor> on_cuda;
   for (const Tensor& p : params) {
     Tensor g = checked_grad(p);
     if (!g.defined()) continue;
+    if (g.device().is_cuda()) {
+      on_cuda.push_back(g);
+      continue;
+    }
     dispatch_float(g.dtype(), "clip_grad_norm_", [&](auto tag) {
       using T = KESTREL_SCALAR(tag);
       T* x = g.data<T>();
@@ -60,6 +73,9 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, bool 
 #pragma omp parallel for schedule(static) if (n > 32768)
       for (int64_t i = 0; i < n; ++i) x[i] *= c;
     });
+  }
+  if constexpr (kHaveCuda) {
+    if (!on_cuda.empty()) gpu::scale_(on_cuda, coef);
   }
   return norm;
 }

@@ -11,6 +11,8 @@ namespace kestrel::optim {
 // max_norm / (norm + 1e-6). Returns the norm before clipping. A non-finite
 // norm throws ValueError when error_if_nonfinite, else gradients are scaled
 // as torch does (they become NaN) and the norm is returned for the caller to see.
+// CUDA gradients are reduced and scaled on their device; reading the norm back
+// is the one synchronization.
 double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, bool error_if_nonfinite = false);
 
 // The global L2 norm of the gradients, without changing them.

@@ -5,6 +5,8 @@
 #include <utility>
 
 #include "engine/autograd.h"
+#include "engine/gpu/optim.h"
+#include "engine/ops/check.h"
 
 namespace kestrel::optim {
 
@@ -32,8 +34,6 @@ ModelEma::ModelEma(const nn::Module& model, EmaOptions o) : opts_(o) {
   KCHECK(!o.warmup || o.warmup_gamma > 0.0, ValueError, "ModelEma: warmup_gamma must be > 0, got ", o.warmup_gamma);
   NoGradGuard guard;
   for (const auto& [name, t] : params_and_buffers(model)) {
-    KCHECK(t.device().is_cpu(), DeviceError, "ModelEma: ", name, " is on ", t.device().str(),
-           "; only CPU tensors are supported yet");
     Tensor copy = Tensor::empty(t.shape(), t.dtype(), t.device());
     copy.copy_(t);
     ema_.emplace_back(name, copy);
@@ -58,8 +58,9 @@ nn::NamedTensors ModelEma::live(const nn::Module& model) const {
            ValueError, "ModelEma: model tensor ", cur[i].first, " ", shape_str(cur[i].second.shape()), " ",
            dtype_name(cur[i].second.dtype()), " does not match EMA tensor ", ema_[i].first, " ",
            shape_str(ema_[i].second.shape()), " ", dtype_name(ema_[i].second.dtype()));
-    KCHECK(cur[i].second.device().is_cpu(), DeviceError, "ModelEma: ", cur[i].first, " is on ",
-           cur[i].second.device().str(), "; only CPU tensors are supported yet");
+    KCHECK(cur[i].second.device() == ema_[i].second.device(), DeviceError, "ModelEma: model tensor ", cur[i].first,
+           " is on ", cur[i].second.device().str(), " but its EMA is on ", ema_[i].second.device().str(),
+           " (make the EMA after moving the model)");
   }
   return cur;
 }
@@ -73,9 +74,15 @@ void ModelEma::update_with_decay(const nn::Module& model, double decay) {
   KCHECK(decay >= 0.0 && decay <= 1.0, ValueError, "ModelEma: decay must be in [0, 1], got ", decay);
   const nn::NamedTensors cur = live(model);
   NoGradGuard guard;
+  std::vector<Tensor> cuda_ema, cuda_model;  // blended together after the loop, in few launches
   for (size_t i = 0; i < cur.size(); ++i) {
     Tensor& e = ema_[i].second;
     const Tensor m = cur[i].second.contiguous();
+    if (e.device().is_cuda() && is_floating(e.dtype())) {
+      cuda_ema.push_back(e);
+      cuda_model.push_back(m);
+      continue;
+    }
     if (e.dtype() == DType::F32 || e.dtype() == DType::F64) {
       dispatch_float(e.dtype(), "ModelEma.update", [&](auto tag) {
         using T = KESTREL_SCALAR(tag);
@@ -89,6 +96,9 @@ void ModelEma::update_with_decay(const nn::Module& model, double decay) {
     } else {
       e.copy_(m);  // counters such as num_batches_tracked
     }
+  }
+  if constexpr (kHaveCuda) {
+    if (!cuda_ema.empty()) gpu::lerp_(cuda_ema, cuda_model, 1.0 - decay);
   }
 }
 
@@ -110,7 +120,7 @@ void ModelEma::swap_with(nn::Module& model) {
 
 OptimizerState ModelEma::state() const {
   OptimizerState s;
-  for (const auto& [name, t] : ema_) s.tensors[name] = t;
+  for (const auto& [name, t] : ema_) s.tensors[name] = t.device().is_cpu() ? t : t.cpu();
   s.scalars["updates"] = static_cast<double>(updates_);
   return s;
 }

@@ -3,7 +3,9 @@
 //   ema = ema + (1 - d) * (model - ema)       for floating tensors
 //   ema = model                               for integer buffers
 // with d = decay_at(step). Evaluate with copy_to(model) (or swap_with for a
-// round trip back to the training weights).
+// round trip back to the training weights). The EMA lives on the model's
+// device (make it after moving the model); CUDA tensors are blended on the
+// device (engine/gpu/optim.h) and state() hands out CPU copies.
 #pragma once
 #include <cstdint>
 #include <optional>

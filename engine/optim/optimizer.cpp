@@ -78,13 +78,19 @@ void Optimizer::zero_grad() {
 Tensor Optimizer::grad_for_update(const Tensor& param, const char* op) {
   Tensor g = param.grad();
   if (!g.defined()) return g;
-  KCHECK(param.device().is_cpu(), DeviceError, op, ": parameters on ", param.device().str(),
-         " are not supported yet (CPU only)");
+  KCHECK(g.device() == param.device(), DeviceError, op, ": gradient on ", g.device().str(), " but parameter ",
+         shape_str(param.shape()), " on ", param.device().str());
   KCHECK(param.is_contiguous(), ValueError, op, ": parameter of shape ", shape_str(param.shape()),
          " is not contiguous");
   KCHECK(g.shape() == param.shape(), ShapeError, op, ": gradient shape ", shape_str(g.shape()),
          " differs from parameter shape ", shape_str(param.shape()));
   NoGradGuard guard;
+  if (param.device().is_cuda()) {
+    // The fused kernels read f32, f16 and bf16 gradients as they are.
+    const DType d = g.dtype();
+    if (d != DType::F32 && d != DType::F16 && d != DType::BF16) g = g.to(param.dtype());
+    return g.contiguous();
+  }
   if (g.dtype() != param.dtype()) g = g.to(param.dtype());
   return g.cpu().contiguous();
 }
@@ -96,7 +102,7 @@ OptimizerState Optimizer::state() const {
   for (size_t i = 0; i < flat_.size(); ++i) {
     const std::string p = std::to_string(i) + ".";
     for (const auto& [name, t] : state_tensors_[i])
-      if (t.defined()) s.tensors[p + name] = t;
+      if (t.defined()) s.tensors[p + name] = t.device().is_cpu() ? t : t.cpu();
     for (const auto& [name, v] : state_scalars_[i]) s.scalars[p + name] = v;
   }
   return s;

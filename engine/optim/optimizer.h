@@ -3,8 +3,12 @@
 // uninterrupted one bit for bit.
 //
 // Per-parameter state is keyed by the parameter's position across all groups
-// ("3.exp_avg"), like PyTorch's optimizer.state_dict(). Updates run on the CPU
-// in place on the parameter storage, one fused pass per tensor (f32 and f64).
+// ("3.exp_avg"), like PyTorch's optimizer.state_dict(). Updates run in place on
+// the parameter storage: on the CPU one fused pass per tensor (f32 and f64); on
+// CUDA multi-tensor fused kernels (engine/gpu/optim.h; f32 parameters, f32/f16/
+// bf16 gradients). State tensors live on their parameter's device; state()
+// hands out CPU copies of CUDA state and load_state copies back to the device,
+// so a checkpoint moves freely between CPU and CUDA runs.
 #pragma once
 #include <cstdint>
 #include <map>

@@ -3,6 +3,8 @@
 #include <cmath>
 
 #include "engine/autograd.h"
+#include "engine/gpu/optim.h"
+#include "engine/ops/check.h"
 
 namespace kestrel::optim {
 
@@ -44,6 +46,7 @@ void sgd_update(T* p, const T* g, T* buf, bool first, int64_t n, double lr_d, do
 
 void SGD::step() {
   NoGradGuard guard;
+  std::vector<gpu::SgdParamUpdate> on_cuda;  // updated together after the loop, in few launches
   for (size_t i = 0; i < flat_.size(); ++i) {
     ParamRef& r = flat_[i];
     Tensor g = grad_for_update(r.param, "SGD.step");
@@ -59,11 +62,20 @@ void SGD::step() {
       buf = &b;
     }
     const double lr = lr_ * r.lr_scale;
+    if constexpr (kHaveCuda) {
+      if (r.param.device().is_cuda()) {
+        on_cuda.push_back({r.param, g, buf ? *buf : Tensor(), first, lr, r.weight_decay});
+        continue;
+      }
+    }
     dispatch_float(r.param.dtype(), "SGD.step", [&](auto tag) {
       using T = KESTREL_SCALAR(tag);
       sgd_update<T>(r.param.data<T>(), g.data<T>(), buf ? buf->data<T>() : nullptr, first, r.param.numel(), lr,
                     r.weight_decay, opts_.momentum, opts_.dampening, opts_.nesterov);
     });
+  }
+  if constexpr (kHaveCuda) {
+    if (!on_cuda.empty()) gpu::sgd_step(on_cuda, opts_.momentum, opts_.dampening, opts_.nesterov);
   }
 }
 

@@ -24,6 +24,8 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--latency-iters", o->latency_iters, "timed batch-1 forward passes after warm-up; 0 skips timing")
       ->capture_default_str();
   cmd->add_option("--workers", o->workers, "data loader threads")->capture_default_str();
+  cmd->add_option("--device", o->device, "auto, cpu, cuda or cuda:N (auto: cuda when a GPU is usable)")
+      ->capture_default_str();
   cmd->add_flag("--no-progress", *no_progress, "no progress bar");
   cmd->callback([o, no_progress] {
     o->progress = !*no_progress;

@@ -7,6 +7,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "tools/lib/device_select.h"
 #include "tools/lib/predictor.h"
 
 namespace kestrel::cli {
@@ -19,6 +20,7 @@ struct PredictArgs {
   int64_t top_k = 5;
   int64_t batch_size = 64;
   std::string format = "table";
+  std::string device = "auto";
 };
 
 void print_table(const std::vector<std::string>& images, const std::vector<tools::TopK>& results) {
@@ -63,11 +65,13 @@ void register_predict(CLI::App& app) {
       CLI::PositiveNumber);
   cmd->add_option("--format", a->format, "table or json")->capture_default_str()->check(
       CLI::IsMember({"table", "json"}));
+  cmd->add_option("--device", a->device, "auto, cpu, cuda or cuda:N (auto: cuda when a GPU is usable)")
+      ->capture_default_str();
   cmd->callback([a] {
     std::vector<std::string> images;
     for (const auto& in : a->inputs)  // all paths are checked before the model is loaded
       for (auto& f : tools::list_images(in)) images.push_back(std::move(f));
-    tools::Predictor p(a->checkpoint);
+    tools::Predictor p(a->checkpoint, tools::resolve_device(a->device));
     const std::vector<tools::TopK> results = p.predict_batch(images, a->top_k, a->batch_size);
     if (a->format == "json")
       print_json(p, images, results);

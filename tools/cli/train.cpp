@@ -86,12 +86,14 @@ void register_train(CLI::App& app) {
   cmd->add_option("--hflip", c->hflip, "random horizontal flip (true/false)")->capture_default_str();
   cmd->add_option("--cutout", c->cutout, "probability of cutout per image")->capture_default_str();
   cmd->add_option("--ema", c->ema, "weight EMA decay (e.g. 0.999); 0 = off")->capture_default_str();
-  cmd->add_option("--amp", c->amp, "off, fp16 or bf16 (GPU)")->capture_default_str();
+  cmd->add_option("--amp", c->amp, "off (fp16 and bf16 mixed precision are not implemented yet)")
+      ->capture_default_str();
   cmd->add_option("--grad-accum", c->grad_accum, "micro-batches per optimizer step")->capture_default_str();
   cmd->add_option("--clip-grad", c->clip_grad, "clip gradients to this global norm; 0 = off")->capture_default_str();
   cmd->add_option("--early-stop", c->early_stop, "stop after N epochs without improvement; 0 = off");
   cmd->add_option("--seed", c->seed, "random seed")->capture_default_str();
-  cmd->add_option("--device", c->device, "auto, cpu or cuda")->capture_default_str();
+  cmd->add_option("--device", c->device, "auto, cpu, cuda or cuda:N (auto: cuda when a GPU is usable)")
+      ->capture_default_str();
   cmd->add_option("--out,-o", c->out, "run folder")->capture_default_str();
   cmd->add_flag("--resume", c->resume, "continue the run in --out from its last checkpoint");
   cmd->add_flag("--overwrite", c->overwrite, "replace an existing run folder");

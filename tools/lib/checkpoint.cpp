@@ -61,6 +61,8 @@ void save_checkpoint(const std::string& path, const nn::Module& model, const Mod
                      const nn::NamedTensors& extra, const io::Metadata& extra_metadata) {
   nn::NamedTensors all = model.state_dict();
   all.insert(all.end(), extra.begin(), extra.end());
+  for (auto& entry : all)  // device tensors go through the host: the file is device-free
+    if (!entry.second.device().is_cpu()) entry.second = entry.second.cpu();
   io::Metadata meta = info.to_metadata();
   meta.insert(extra_metadata.begin(), extra_metadata.end());
   io::save_safetensors(path, all, meta);

@@ -68,7 +68,7 @@ data::Transform model_input_transform(const ModelInfo& info) {
   };
 }
 
-Predictor::Predictor(const std::string& checkpoint_path) : path_(checkpoint_path) {
+Predictor::Predictor(const std::string& checkpoint_path, Device device) : path_(checkpoint_path), device_(device) {
   LoadedModel loaded;
   try {
     loaded = load_checkpoint(checkpoint_path);
@@ -82,6 +82,7 @@ Predictor::Predictor(const std::string& checkpoint_path) : path_(checkpoint_path
   info_ = loaded.info;
   model_ = loaded.model;
   model_->eval();
+  if (!device_.is_cpu()) model_->to(device_);
   input_ = model_input_transform(info_);
 }
 
@@ -116,7 +117,7 @@ std::vector<std::vector<float>> Predictor::probabilities(const std::vector<data:
     std::copy_n(one.data<float>(), h * w * c, dst + i * h * w * c);
   }
   NoGradGuard no_grad;
-  const std::vector<float> p = softmax((*model_)(batch), 1).to_vector();
+  const std::vector<float> p = softmax((*model_)(batch.to(device_)), 1).to_vector();
   const size_t k = static_cast<size_t>(info_.num_classes);
   std::vector<std::vector<float>> out(static_cast<size_t>(n));
   for (size_t i = 0; i < out.size(); ++i) out[i].assign(p.begin() + i * k, p.begin() + (i + 1) * k);

@@ -43,8 +43,9 @@ data::Transform model_input_transform(const ModelInfo& info);
 class Predictor {
  public:
   // Throws IOError for a missing or unreadable checkpoint and ValueError when
-  // its weights do not fit the model its metadata names.
-  explicit Predictor(const std::string& checkpoint_path);
+  // its weights do not fit the model its metadata names. The model runs on
+  // `device` (inputs are copied there, probabilities back).
+  explicit Predictor(const std::string& checkpoint_path, Device device = Device::cpu());
 
   TopK predict(const data::Image& image, int64_t k = 5);
   TopK predict(const std::string& image_path, int64_t k = 5);
@@ -63,11 +64,13 @@ class Predictor {
   const ModelInfo& info() const { return info_; }
   nn::Module& model() { return *model_; }
   const std::string& checkpoint_path() const { return path_; }
+  Device device() const { return device_; }
   std::string class_name(int64_t index) const;
 
  private:
   TopK top_k(const std::vector<float>& probs, int64_t k) const;
   std::string path_;
+  Device device_;
   ModelInfo info_;
   nn::ModulePtr model_;
   data::Transform input_;

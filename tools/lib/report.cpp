@@ -13,6 +13,7 @@
 #include "engine/error.h"
 #include "tools/lib/checkpoint.h"
 #include "tools/lib/datasets.h"
+#include "tools/lib/device_select.h"
 #include "tools/lib/plot.h"
 #include "tools/lib/predictor.h"
 #include "tools/lib/trainer.h"
@@ -84,7 +85,8 @@ EvalReport run_eval(const EvalOptions& o) {
   KCHECK(o.batch_size >= 1, ValueError, "eval: --batch-size must be at least 1, got ", o.batch_size);
   KCHECK(o.latency_iters >= 0, ValueError, "eval: --latency-iters must be 0 or more, got ", o.latency_iters);
   KCHECK(o.limit >= 0, ValueError, "eval: --limit must be 0 or more, got ", o.limit);
-  Predictor predictor(o.checkpoint);
+  const Device device = resolve_device(o.device);
+  Predictor predictor(o.checkpoint, device);
   const ModelInfo& info = predictor.info();
   nn::Module& model = predictor.model();
 
@@ -104,6 +106,7 @@ EvalReport run_eval(const EvalOptions& o) {
   r.input_width = info.width;
   r.input_channels = info.in_channels;
   r.tta = o.tta;
+  r.device = device.str();
   r.threads = omp_get_max_threads();
 
   auto test_set = open_dataset(r.dataset, r.data_dir, data::Split::Test, false, o.limit);
@@ -122,6 +125,7 @@ EvalReport run_eval(const EvalOptions& o) {
   lo.shuffle = false;
   lo.drop_last = false;
   lo.num_workers = o.workers;
+  lo.pin_memory = device.is_cuda();
   data::DataLoader loader(test_set, lo, input);
   const EvalResult ev = evaluate(model, loader, info.num_classes, o.progress, "eval", o.tta);
   const ClassificationMetrics& m = ev.metrics;
@@ -148,12 +152,15 @@ EvalReport run_eval(const EvalOptions& o) {
   if (o.latency_iters > 0) {
     NoGradGuard no_grad;
     model.eval();
-    const Tensor one = input_batch(*test_set, input, info, 1);
+    // Timed passes end with synchronize(): a CUDA forward returns before its kernels finish.
+    const Tensor one = input_batch(*test_set, input, info, 1).to(device);
     for (int i = 0; i < 5; ++i) model(one);  // warm-up: allocator, caches, thread pool
+    synchronize(device);
     std::vector<double> ms;
     for (int64_t i = 0; i < o.latency_iters; ++i) {
       const auto t0 = Clock::now();
       Tensor y = model(one);
+      synchronize(device);
       ms.push_back(ms_since(t0));
     }
     const LatencyStats s = latency_stats(ms);
@@ -163,14 +170,16 @@ EvalReport run_eval(const EvalOptions& o) {
     r.latency_iters = o.latency_iters;
 
     r.throughput_batch = o.batch_size;
-    const Tensor many = input_batch(*test_set, input, info, o.batch_size);
+    const Tensor many = input_batch(*test_set, input, info, o.batch_size).to(device);
     model(many);  // warm-up
+    synchronize(device);
     // At least 3 passes and 1 s of work, at most 20 passes.
     int64_t passes = 0;
     const auto t0 = Clock::now();
     while (passes < 3 || (passes < 20 && ms_since(t0) < 1000.0)) {
       model(many);
       ++passes;
+      synchronize(device);
     }
     const double secs = ms_since(t0) / 1000.0;
     r.throughput = secs > 0 ? static_cast<double>(passes * o.batch_size) / secs : 0.0;

@@ -20,6 +20,7 @@ struct EvalOptions {
   int64_t latency_iters = 50;  // timed batch-1 forward passes (after warm-up)
   int workers = 2;
   bool progress = true;
+  std::string device = "auto";  // auto, cpu, cuda, cuda:N (tools/lib/device_select.h)
 };
 
 struct EvalReport {

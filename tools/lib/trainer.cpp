@@ -5,11 +5,9 @@
 #include <fstream>
 #include <iostream>
 
+#include "data/pinned_batch.h"
 #include "data/transforms.h"
 #include "engine/autograd.h"
-#if defined(KESTREL_HAVE_CUDA)
-#include "engine/cuda/runtime.h"
-#endif
 #include "engine/io/safetensors.h"
 #include "engine/nn/layers.h"
 #include "engine/ops/loss.h"
@@ -21,6 +19,7 @@
 #include "engine/optim/sgd.h"
 #include "tools/lib/checkpoint.h"
 #include "tools/lib/datasets.h"
+#include "tools/lib/device_select.h"
 #include "tools/lib/plot.h"
 #include "tools/lib/progress.h"
 #include "tools/lib/tb_writer.h"
@@ -44,7 +43,7 @@ void write_text_atomic(const std::string& path, const std::string& text) {
   fs::rename(tmp, path);
 }
 
-Tensor training_loss(const TrainConfig& c, const Tensor& logits, const data::Batch& b, int64_t classes) {
+Tensor training_loss(const TrainConfig& c, const Tensor& logits, const data::DeviceBatch& b, int64_t classes) {
   if (b.targets.defined()) {
     Tensor t = b.targets;
     if (c.label_smoothing > 0) t = add_scalar(mul_scalar(t, 1.0 - c.label_smoothing), c.label_smoothing / classes);
@@ -131,6 +130,7 @@ bool prepare_out_dir(const TrainConfig& c) {
 EvalResult evaluate(nn::Module& model, data::DataLoader& loader, int64_t num_classes, bool progress,
                     const std::string& label, bool tta) {
   EvalResult r(num_classes);
+  const Device device = module_device(model);
   const bool was_training = model.is_training();
   model.eval();
   NoGradGuard no_grad;
@@ -141,12 +141,13 @@ EvalResult evaluate(nn::Module& model, data::DataLoader& loader, int64_t num_cla
   while (loader.next(b)) {
     Tensor logits;
     if (tta) {
-      std::vector<Tensor> outs;
-      for (const Tensor& v : data::tta_views(b.images)) outs.push_back(model(v));
+      std::vector<Tensor> outs;  // views are made on the host; tta_average returns host logits
+      for (const Tensor& v : data::tta_views(b.images)) outs.push_back(model(v.to(device)));
       logits = data::tta_average(outs);
     } else {
-      logits = model(b.images);
+      logits = model(data::copy_batch_to_device(b, device).images);
     }
+    if (!logits.device().is_cpu()) logits = logits.cpu();  // metrics and loss on the host, one copy
     r.metrics.update(logits, b.labels);
     r.metrics.add_loss(cross_entropy(logits, b.labels).item() * static_cast<double>(b.size()), b.size());
     bar.update(++done);
@@ -160,6 +161,10 @@ EvalResult evaluate(nn::Module& model, data::DataLoader& loader, int64_t num_cla
 
 TrainSummary train(TrainConfig c) {
   c.validate();
+  // Both before the run folder is touched.
+  const Device device = resolve_device(c.device);
+  KCHECK(c.amp == "off", ValueError, "--amp ", c.amp,
+         ": mixed precision training is not implemented yet (f16/bf16 autocast and loss scaling); use --amp off");
   const bool resuming = prepare_out_dir(c);
   io::SafetensorsContents resume_ckpt;
   nlohmann::json state;
@@ -175,15 +180,9 @@ TrainSummary train(TrainConfig c) {
     saved.progress = c.progress;
     saved.stop_after_steps = c.stop_after_steps;
     saved.workers = c.workers;
+    saved.device = c.device;  // checkpoints move between devices
     c = saved;
   }
-  KCHECK(c.device == "auto" || c.device == "cpu", DeviceError, "--device ", c.device,
-         ": this build trains on the CPU only (the CUDA backend does not run ops yet)");
-#if defined(KESTREL_HAVE_CUDA)
-  if (c.device == "auto" && cuda::cuda_available())
-    std::cerr << "note: a CUDA device is present, but engine ops have no CUDA path yet; training on the CPU\n";
-#endif
-  KCHECK(c.amp == "off", ValueError, "--amp ", c.amp, " needs a CUDA device; on the CPU use --amp off");
 
   // Data.
   auto train_set = open_dataset(c.dataset, c.data_dir, data::Split::Train, c.skip_bad, c.limit_train);
@@ -208,12 +207,14 @@ TrainSummary train(TrainConfig c) {
   info.std = norm.std;
   nn::ModulePtr model = build_from_info(info, c.dropout, c.drop_path);
   model->train();
+  if (!device.is_cpu()) model->to(device);  // before the optimizer and EMA take their state
 
   data::LoaderOptions lo;
   lo.batch_size = c.batch_size;
   lo.seed = c.seed;
   lo.num_workers = c.workers;
   lo.drop_last = true;
+  lo.pin_memory = device.is_cuda();
   data::DataLoader train_loader(train_set, lo, train_transform(c, info.height, info.width, norm),
                                 batch_mixing(c, classes));
   data::LoaderOptions eo = lo;
@@ -253,7 +254,7 @@ TrainSummary train(TrainConfig c) {
 
   std::cerr << "training " << c.model << " (" << model->num_parameters() << " parameters) on " << c.dataset << ": "
             << train_set->size() << " train / " << test_set->size() << " test images, " << classes
-            << " classes, device cpu, " << c.epochs << " epochs\n";
+            << " classes, device " << device.str() << ", " << c.epochs << " epochs\n";
 
   TrainSummary summary;
   summary.out_dir = c.out;
@@ -270,14 +271,16 @@ TrainSummary train(TrainConfig c) {
     double loss_sum = 0.0;
     int64_t seen = 0, correct = 0, micro = 0, batches = 0;
     while (train_loader.next(b)) {
-      Tensor logits = (*model)(b.images);
-      Tensor loss = training_loss(c, logits, b, classes);
+      const data::DeviceBatch on_device = data::copy_batch_to_device(b, device);
+      Tensor logits = (*model)(on_device.images);
+      Tensor loss = training_loss(c, logits, on_device, classes);
       const double loss_value = loss.item();
       KCHECK(std::isfinite(loss_value), ValueError, "training diverged: loss is ", loss_value, " at epoch ",
              epoch + 1, " batch ", b.index, " (try a lower --lr or --clip-grad)");
       (c.grad_accum > 1 ? mul_scalar(loss, 1.0 / static_cast<double>(c.grad_accum)) : loss).backward();
       {
-        const std::vector<int64_t> pred = argmax(logits.detach(), 1).to_vector_i64();
+        const Tensor host_logits = device.is_cpu() ? logits.detach() : logits.detach().cpu();
+        const std::vector<int64_t> pred = argmax(host_logits, 1).to_vector_i64();
         const std::vector<int64_t> y = b.labels.to_vector_i64();
         for (size_t i = 0; i < y.size(); ++i) correct += pred[i] == y[i];
       }

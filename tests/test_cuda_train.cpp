@@ -1,0 +1,498 @@
+// Training on CUDA against the CPU: SGD, AdamW, clip_grad_norm_ and ModelEma
+// on the same gradients; a few training steps of a small CNN; `train` runs on
+// the device, their checkpoints on the CPU, pinned batch uploads. Every test
+// skips without a usable CUDA device.
+//
+// Tolerances: optimizer, clipping and EMA state agree within 1e-6 relative
+// with a 1e-6 absolute floor (expect_close(atol 1e-6, rtol 1e-6)); the fused
+// kernels round a few operations differently (fused multiply-adds, bias
+// corrections in f32). Losses of whole training steps within 1e-3 relative
+// (convolutions and reductions sum in another order).
+#include <stb_image_write.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+#include "cuda_parity.h"
+#include "data/loader.h"
+#include "data/pinned_batch.h"
+#include "engine/nn/layers.h"
+#include "engine/ops/loss.h"
+#include "engine/optim/adamw.h"
+#include "engine/optim/clip.h"
+#include "engine/optim/ema.h"
+#include "engine/optim/sgd.h"
+#include "models/registry.h"
+#include "test_util.h"
+#include "tools/lib/checkpoint.h"
+#include "tools/lib/predictor.h"
+#include "tools/lib/trainer.h"
+
+using namespace kestrel;
+using kestrel::testing::expect_close;
+using kestrel::testing::random_tensor;
+using kestrel::testing::temp_path;
+namespace fs = std::filesystem;
+
+namespace {
+
+const Device kCuda = Device::cuda(0);
+
+void expect_state_close(const Tensor& actual, const Tensor& expected, const std::string& what) {
+  expect_close(actual.cpu(), expected.cpu(), 1e-6, 1e-6, what);
+}
+
+// Odd sizes, a tensor over several kernel chunks, and more tensors than one
+// multi-tensor launch holds.
+std::vector<Shape> param_shapes() {
+  std::vector<Shape> s = {{1}, {7}, {33}, {3, 3, 5, 7}, {70001}, {16, 9}};
+  for (int i = 0; i < 40; ++i) s.push_back({5 + i % 3});
+  return s;
+}
+
+std::vector<Tensor> make_params(uint64_t seed) {
+  std::vector<Tensor> out;
+  const std::vector<Shape> shapes = param_shapes();
+  for (size_t i = 0; i < shapes.size(); ++i) out.push_back(random_tensor(shapes[i], seed + i, DType::F32));
+  return out;
+}
+
+std::vector<Tensor> to_cuda(const std::vector<Tensor>& ts) {
+  std::vector<Tensor> out;
+  for (const Tensor& t : ts) out.push_back(t.detach().to(kCuda));
+  return out;
+}
+
+// Two groups: the first with no weight decay and half the learning rate.
+std::vector<optim::ParamGroup> two_groups(const std::vector<Tensor>& params) {
+  optim::ParamGroup a, b;
+  a.weight_decay = 0.0;
+  a.lr_scale = 0.5;
+  for (size_t i = 0; i < params.size(); ++i) (i % 2 == 0 ? a : b).params.push_back(params[i]);
+  return {a, b};
+}
+
+using MakeOptimizer = std::function<std::unique_ptr<optim::Optimizer>(const std::vector<Tensor>&)>;
+
+// Steps a CPU and a CUDA optimizer on the same gradients; parameter 3 gets
+// its first gradient only at step 2, so first steps and later steps share a step() call.
+void expect_optimizer_parity(const MakeOptimizer& make, DType grad_dtype, const std::string& what) {
+  std::vector<Tensor> cpu = make_params(11), gpu = to_cuda(cpu);
+  auto opt_cpu = make(cpu), opt_gpu = make(gpu);
+  for (int step = 0; step < 5; ++step) {
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      if (i == 3 && step < 2) continue;
+      const Tensor g = random_tensor(cpu[i].shape(), 1000 * static_cast<uint64_t>(step) + i, DType::F32).to(grad_dtype);
+      cpu[i].set_grad(g);
+      gpu[i].set_grad(g.to(kCuda));
+    }
+    opt_cpu->set_lr(opt_cpu->lr() * 0.9);
+    opt_gpu->set_lr(opt_gpu->lr() * 0.9);
+    opt_cpu->step();
+    opt_gpu->step();
+    opt_cpu->zero_grad();
+    opt_gpu->zero_grad();
+  }
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    EXPECT_TRUE(gpu[i].device().is_cuda());
+    expect_state_close(gpu[i], cpu[i], what + " parameter " + std::to_string(i));
+  }
+  const optim::OptimizerState sc = opt_cpu->state(), sg = opt_gpu->state();
+  ASSERT_EQ(sc.tensors.size(), sg.tensors.size()) << what;
+  for (const auto& [name, t] : sc.tensors) {
+    ASSERT_TRUE(sg.tensors.count(name)) << what << " " << name;
+    EXPECT_TRUE(sg.tensors.at(name).device().is_cpu()) << "state() hands out host copies: " << name;
+    expect_state_close(sg.tensors.at(name), t, what + " state " + name);
+  }
+  EXPECT_EQ(sc.scalars, sg.scalars) << what;
+}
+
+}  // namespace
+
+TEST(CudaTrain, SgdMatchesCpu) {
+  KESTREL_REQUIRE_CUDA();
+  struct Case {
+    double momentum, dampening, weight_decay;
+    bool nesterov;
+  };
+  for (const Case& k : {Case{0.0, 0.0, 0.0, false}, Case{0.0, 0.0, 1e-2, false}, Case{0.9, 0.0, 5e-4, false},
+                        Case{0.9, 0.1, 5e-4, false}, Case{0.9, 0.0, 5e-4, true}}) {
+    const std::string what = "SGD momentum " + std::to_string(k.momentum) + " dampening " +
+                             std::to_string(k.dampening) + (k.nesterov ? " nesterov" : "");
+    expect_optimizer_parity(
+        [&](const std::vector<Tensor>& p) {
+          optim::SGDOptions o;
+          o.lr = 0.1;
+          o.momentum = k.momentum;
+          o.dampening = k.dampening;
+          o.weight_decay = k.weight_decay;
+          o.nesterov = k.nesterov;
+          return std::make_unique<optim::SGD>(two_groups(p), o);
+        },
+        DType::F32, what);
+  }
+}
+
+TEST(CudaTrain, AdamWMatchesCpu) {
+  KESTREL_REQUIRE_CUDA();
+  for (double wd : {0.0, 1e-2}) {
+    expect_optimizer_parity(
+        [&](const std::vector<Tensor>& p) {
+          optim::AdamWOptions o;
+          o.lr = 1e-2;
+          o.weight_decay = wd;
+          return std::make_unique<optim::AdamW>(two_groups(p), o);
+        },
+        DType::F32, "AdamW wd " + std::to_string(wd));
+  }
+}
+
+TEST(CudaTrain, HalfPrecisionGradientsUpdateF32Parameters) {
+  KESTREL_REQUIRE_CUDA();
+  // The CPU widens f16/bf16 gradients to f32 first; the CUDA kernels read them as they are.
+  for (DType gd : {DType::F16, DType::BF16}) {
+    expect_optimizer_parity(
+        [](const std::vector<Tensor>& p) {
+          optim::SGDOptions o;
+          o.momentum = 0.9;
+          o.nesterov = true;
+          o.weight_decay = 5e-4;
+          return std::make_unique<optim::SGD>(two_groups(p), o);
+        },
+        gd, std::string("SGD with ") + dtype_name(gd) + " gradients");
+    expect_optimizer_parity(
+        [](const std::vector<Tensor>& p) { return std::make_unique<optim::AdamW>(two_groups(p), optim::AdamWOptions{}); },
+        gd, std::string("AdamW with ") + dtype_name(gd) + " gradients");
+  }
+}
+
+TEST(CudaTrain, OptimizerStateMovesBetweenCpuAndCuda) {
+  KESTREL_REQUIRE_CUDA();
+  // Three steps on CUDA, state saved (host copies) and loaded into a CPU
+  // optimizer; both continue on the same gradients and stay together.
+  std::vector<Tensor> gpu = to_cuda(make_params(5));
+  optim::AdamW opt_gpu(gpu, optim::AdamWOptions{});
+  auto set_grads = [&](std::vector<Tensor>& ps, int step) {
+    for (size_t i = 0; i < ps.size(); ++i)
+      ps[i].set_grad(random_tensor(ps[i].shape(), 77 * static_cast<uint64_t>(step) + i, DType::F32).to(ps[i].device()));
+  };
+  for (int step = 0; step < 3; ++step) {
+    set_grads(gpu, step);
+    opt_gpu.step();
+    opt_gpu.zero_grad();
+  }
+  std::vector<Tensor> cpu;
+  for (const Tensor& p : gpu) cpu.push_back(p.cpu());
+  optim::AdamW opt_cpu(cpu, optim::AdamWOptions{});
+  opt_cpu.load_state(opt_gpu.state());
+  // And back: a second CUDA optimizer from the CPU one's state.
+  std::vector<Tensor> gpu2 = to_cuda(cpu);
+  optim::AdamW opt_gpu2(gpu2, optim::AdamWOptions{});
+  opt_gpu2.load_state(opt_cpu.state());
+  for (int step = 3; step < 5; ++step) {
+    set_grads(gpu, step);
+    set_grads(cpu, step);
+    set_grads(gpu2, step);
+    opt_gpu.step();
+    opt_cpu.step();
+    opt_gpu2.step();
+  }
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    expect_state_close(gpu[i], cpu[i], "resumed on CPU, parameter " + std::to_string(i));
+    expect_state_close(gpu2[i], gpu[i], "resumed on CUDA, parameter " + std::to_string(i));
+  }
+}
+
+TEST(CudaTrain, ClipGradNormMatchesCpu) {
+  KESTREL_REQUIRE_CUDA();
+  std::vector<Tensor> cpu = make_params(3), gpu = to_cuda(cpu);
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    if (i == 2) continue;  // no gradient: skipped by both
+    const Tensor g = random_tensor(cpu[i].shape(), 500 + i, DType::F32);
+    cpu[i].set_grad(g.clone());
+    gpu[i].set_grad(g.to(kCuda));
+  }
+  EXPECT_NEAR(optim::grad_norm(gpu), optim::grad_norm(cpu), 1e-9 * optim::grad_norm(cpu));
+  // Large max_norm: nothing changes.
+  const double n0 = optim::clip_grad_norm_(cpu, 1e9), n1 = optim::clip_grad_norm_(gpu, 1e9);
+  EXPECT_NEAR(n1, n0, 1e-9 * n0);
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    if (!cpu[i].grad().defined()) continue;
+    EXPECT_EQ(gpu[i].grad().to_vector(), cpu[i].grad().to_vector()) << i;
+  }
+  // Small max_norm: every gradient scaled on the device.
+  const double c0 = optim::clip_grad_norm_(cpu, 0.5), c1 = optim::clip_grad_norm_(gpu, 0.5);
+  EXPECT_NEAR(c1, c0, 1e-9 * c0);
+  for (size_t i = 0; i < cpu.size(); ++i)
+    if (cpu[i].grad().defined()) expect_state_close(gpu[i].grad(), cpu[i].grad(), "clipped grad " + std::to_string(i));
+  EXPECT_NEAR(optim::grad_norm(gpu), 0.5, 1e-5);
+  // bf16 gradients are reduced in f64 too.
+  std::vector<Tensor> half;
+  double expected = 0.0;
+  for (size_t i = 0; i < 4; ++i) {
+    Tensor p = Tensor::zeros(cpu[i].shape(), DType::F32, kCuda);
+    const Tensor g = random_tensor(cpu[i].shape(), 900 + i, DType::F32).to(DType::BF16);
+    for (float v : g.to_vector()) expected += static_cast<double>(v) * v;
+    p.set_grad(g.to(kCuda));
+    half.push_back(p);
+  }
+  EXPECT_NEAR(optim::grad_norm(half), std::sqrt(expected), 1e-9 * std::sqrt(expected));
+}
+
+namespace {
+
+nn::ModulePtr small_cnn(int64_t classes) {
+  models::ModelOptions o;
+  o.num_classes = classes;
+  o.in_channels = 3;
+  o.cifar_stem = true;
+  o.dropout = 0.0;
+  o.drop_path = 0.0;
+  manual_seed(1234);
+  return models::build_model("cifar10_200k", o);
+}
+
+// New values for every parameter and floating buffer, the same on both models.
+void perturb(nn::Module& a, nn::Module& b, uint64_t seed) {
+  NoGradGuard guard;
+  nn::NamedTensors ta = a.named_parameters(), tb = b.named_parameters();
+  for (auto& nt : a.named_buffers()) ta.push_back(nt);
+  for (auto& nt : b.named_buffers()) tb.push_back(nt);
+  for (size_t i = 0; i < ta.size(); ++i) {
+    Tensor& x = ta[i].second;
+    Tensor v = is_floating(x.dtype()) ? random_tensor(x.shape(), seed + i, DType::F32).to(x.dtype())
+                                      : Tensor::full(x.shape(), static_cast<double>(seed % 97), x.dtype());
+    x.copy_(v);
+    tb[i].second.copy_(v.to(tb[i].second.device()));
+  }
+}
+
+}  // namespace
+
+TEST(CudaTrain, ModelEmaMatchesCpu) {
+  KESTREL_REQUIRE_CUDA();
+  nn::ModulePtr a = small_cnn(4), b = small_cnn(4);
+  b->to(kCuda);
+  optim::EmaOptions eo;
+  eo.decay = 0.9;
+  eo.warmup = true;
+  optim::ModelEma ea(*a, eo), eb(*b, eo);
+  for (uint64_t step = 0; step < 4; ++step) {
+    perturb(*a, *b, 100 * step);
+    ea.update(*a);
+    eb.update(*b);
+  }
+  ASSERT_EQ(ea.tensors().size(), eb.tensors().size());
+  for (size_t i = 0; i < ea.tensors().size(); ++i) {
+    EXPECT_TRUE(eb.tensors()[i].second.device().is_cuda()) << "the EMA lives on the model's device";
+    expect_state_close(eb.tensors()[i].second, ea.tensors()[i].second, "EMA " + ea.tensors()[i].first);
+  }
+  // State through the host into a CPU EMA; swap and copy on the device.
+  optim::ModelEma ec(*a, eo);
+  ec.load_state(eb.state());
+  for (size_t i = 0; i < ea.tensors().size(); ++i)
+    expect_state_close(ec.tensors()[i].second, ea.tensors()[i].second, "EMA loaded on CPU " + ea.tensors()[i].first);
+  ea.swap_with(*a);
+  eb.swap_with(*b);
+  const nn::NamedTensors sa = a->state_dict(), sb = b->state_dict();
+  for (size_t i = 0; i < sa.size(); ++i) expect_state_close(sb[i].second, sa[i].second, "swapped " + sa[i].first);
+}
+
+TEST(CudaTrain, TrainingStepsOfASmallCnnMatchCpuLosses) {
+  KESTREL_REQUIRE_CUDA();
+  constexpr int64_t kClasses = 4;
+  nn::ModulePtr a = small_cnn(kClasses), b = small_cnn(kClasses);
+  b->to(kCuda);
+  a->train();
+  b->train();
+  auto make_opt = [](nn::Module& m) {
+    optim::SGDOptions o;
+    o.lr = 0.05;
+    o.momentum = 0.9;
+    o.nesterov = true;
+    o.weight_decay = 5e-4;
+    return std::make_unique<optim::SGD>(optim::decay_groups(m.named_parameters(), 5e-4), o);
+  };
+  auto oa = make_opt(*a), ob = make_opt(*b);
+  optim::ModelEma ea(*a, optim::EmaOptions{0.9, true}), eb(*b, optim::EmaOptions{0.9, true});
+  const std::vector<Tensor> pa = a->parameters(), pb = b->parameters();
+  for (int step = 0; step < 5; ++step) {
+    const Tensor x = random_tensor({8, 16, 16, 3}, 40 + step, DType::F32);
+    std::vector<int64_t> y(8);
+    for (size_t i = 0; i < y.size(); ++i) y[i] = static_cast<int64_t>((i + step) % kClasses);
+    const Tensor labels = Tensor::from_vector_i64(y, {8});
+    Tensor la = cross_entropy((*a)(x), labels, 0.1);
+    Tensor lb = cross_entropy((*b)(x.to(kCuda)), labels.to(kCuda), 0.1);
+    const double va = la.item(), vb = lb.item();
+    EXPECT_NEAR(vb, va, 1e-3 * std::abs(va)) << "step " << step;
+    la.backward();
+    lb.backward();
+    EXPECT_NEAR(optim::clip_grad_norm_(pb, 2.0), optim::clip_grad_norm_(pa, 2.0), 1e-3 * optim::grad_norm(pa))
+        << "step " << step;
+    oa->step();
+    ob->step();
+    oa->zero_grad();
+    ob->zero_grad();
+    ea.update(*a);
+    eb.update(*b);
+  }
+  const nn::NamedTensors sa = a->state_dict(), sb = b->state_dict();
+  for (size_t i = 0; i < sa.size(); ++i)
+    expect_close(sb[i].second.cpu(), sa[i].second, 1e-3, 1e-3, "after 5 steps: " + sa[i].first);
+}
+
+TEST(CudaTrain, PinnedBatchesUploadAsynchronouslyAndMatch) {
+  KESTREL_REQUIRE_CUDA();
+  class Synthetic : public data::Dataset {
+   public:
+    Synthetic() { classes_ = {"a", "b", "c"}; }
+    int64_t size() const override { return 37; }
+    data::Example get(int64_t i) const override {
+      data::Example e;
+      e.image.h = 5;
+      e.image.w = 6;
+      e.image.c = 3;
+      e.image.pixels.resize(5 * 6 * 3);
+      for (size_t k = 0; k < e.image.pixels.size(); ++k)
+        e.image.pixels[k] = static_cast<uint8_t>((static_cast<size_t>(i) * 31 + k) % 251);
+      e.label = i % 3;
+      return e;
+    }
+  };
+  auto ds = std::make_shared<Synthetic>();
+  data::LoaderOptions lo;
+  lo.batch_size = 8;
+  lo.num_workers = 2;
+  data::LoaderOptions pinned_lo = lo;
+  pinned_lo.pin_memory = true;
+  data::DataLoader plain(ds, lo, {}, data::mixup(1.0, 3)), pinned(ds, pinned_lo, {}, data::mixup(1.0, 3));
+  plain.start_epoch(1);
+  pinned.start_epoch(1);
+  data::Batch p, q;
+  int batches = 0;
+  while (plain.next(p)) {
+    ASSERT_TRUE(pinned.next(q));
+    EXPECT_EQ(p.pinned, nullptr);
+    ASSERT_NE(q.pinned, nullptr);
+    const data::DeviceBatch d = data::copy_batch_to_device(q, kCuda);
+    ASSERT_TRUE(d.images.device().is_cuda());
+    EXPECT_EQ(d.images.to_vector(), p.images.to_vector());
+    EXPECT_EQ(d.labels.to_vector_i64(), p.labels.to_vector_i64());
+    ASSERT_TRUE(d.targets.defined());
+    EXPECT_EQ(d.targets.to_vector(), p.targets.to_vector());
+    ++batches;
+  }
+  EXPECT_EQ(batches, 5);
+}
+
+namespace {
+
+// root/{train,test}/{a,b,c}/N.png: 12x12 RGB patterns a small CNN separates.
+std::string make_folder_dataset(const std::string& name) {
+  const std::string root = temp_path(name);
+  fs::remove_all(root);
+  const char* classes[] = {"a", "b", "c"};
+  for (const char* split : {"train", "test"})
+    for (int cls = 0; cls < 3; ++cls) {
+      const std::string dir = root + "/" + split + "/" + classes[cls];
+      fs::create_directories(dir);
+      for (int i = 0; i < 12; ++i) {
+        unsigned char px[12 * 12 * 3];
+        for (int y = 0; y < 12; ++y)
+          for (int x = 0; x < 12; ++x)
+            for (int c = 0; c < 3; ++c) {
+              const int v = cls == 0 ? y * 20 : (cls == 1 ? x * 20 : ((x + y) % 2) * 200);
+              px[(y * 12 + x) * 3 + c] = static_cast<unsigned char>((v + 7 * i + 13 * c) % 256);
+            }
+        stbi_write_png((dir + "/" + std::to_string(i) + ".png").c_str(), 12, 12, 3, px, 12 * 3);
+      }
+    }
+  return root;
+}
+
+tools::TrainConfig folder_config(const std::string& data, const std::string& out, const std::string& device) {
+  tools::TrainConfig c;
+  c.model = "cifar10_200k";
+  c.dataset = "folder";
+  c.data_dir = data;
+  c.epochs = 2;
+  c.batch_size = 6;
+  c.lr = 0.05;
+  c.warmup_epochs = 0.5;
+  c.dropout = 0.0;
+  c.drop_path = 0.0;
+  c.ema = 0.9;
+  c.clip_grad = 2.0;
+  c.workers = 1;
+  c.progress = false;
+  c.device = device;
+  c.out = temp_path(out);
+  c.overwrite = true;
+  return c;
+}
+
+std::vector<nlohmann::json> metrics_rows(const std::string& dir) {
+  std::ifstream in(dir + "/metrics.jsonl");
+  std::vector<nlohmann::json> rows;
+  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  return rows;
+}
+
+}  // namespace
+
+TEST(CudaTrain, TrainRunOnCudaMatchesCpuAndItsCheckpointsLoadOnCpu) {
+  KESTREL_REQUIRE_CUDA();
+  const std::string data = make_folder_dataset("cuda_train_data");
+  const tools::TrainConfig on_cpu = folder_config(data, "cuda_train_cpu", "cpu");
+  const tools::TrainConfig on_cuda = folder_config(data, "cuda_train_cuda", "cuda");
+  ASSERT_TRUE(tools::train(on_cpu).completed);
+  ASSERT_TRUE(tools::train(on_cuda).completed);
+  const auto rc = metrics_rows(on_cpu.out), rg = metrics_rows(on_cuda.out);
+  ASSERT_EQ(rc.size(), 2u);
+  ASSERT_EQ(rg.size(), 2u);
+  for (size_t e = 0; e < rc.size(); ++e)
+    for (const char* key : {"train_loss", "val_loss"})
+      EXPECT_NEAR(rg[e][key].get<double>(), rc[e][key].get<double>(), 1e-3 * std::abs(rc[e][key].get<double>()))
+          << key << " epoch " << e + 1;
+
+  // The CUDA run's checkpoint on the CPU, and on CUDA through the Predictor: same probabilities.
+  const std::string ckpt = on_cuda.out + "/last.safetensors";
+  tools::LoadedModel loaded = tools::load_checkpoint(ckpt);
+  const Tensor x = random_tensor({3, 12, 12, 3}, 9, DType::F32);
+  Tensor host_logits;
+  {
+    NoGradGuard g;
+    host_logits = (*loaded.model)(x);
+  }
+  tools::Predictor on_device(ckpt, kCuda);
+  EXPECT_TRUE(on_device.device().is_cuda());
+  Tensor device_logits;
+  {
+    NoGradGuard g;
+    device_logits = on_device.model()(x.to(kCuda));
+  }
+  expect_close(device_logits.cpu(), host_logits, 1e-4, 1e-4, "checkpoint logits, CUDA vs CPU");
+
+  // Killed on CUDA, resumed on the CPU: completes and lands near the uninterrupted CUDA run.
+  tools::TrainConfig killed = on_cuda;
+  killed.out = temp_path("cuda_train_killed");
+  killed.stop_after_steps = 8;
+  EXPECT_FALSE(tools::train(killed).completed);
+  tools::TrainConfig resumed = killed;
+  resumed.stop_after_steps = 0;
+  resumed.overwrite = false;
+  resumed.resume = true;
+  resumed.device = "cpu";
+  ASSERT_TRUE(tools::train(resumed).completed);
+  const io::SafetensorsContents a = io::load_safetensors(on_cuda.out + "/last.safetensors");
+  const io::SafetensorsContents b = io::load_safetensors(killed.out + "/last.safetensors");
+  ASSERT_EQ(a.tensors.size(), b.tensors.size());
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    ASSERT_EQ(a.tensors[i].first, b.tensors[i].first);
+    if (!is_floating(a.tensors[i].second.dtype())) continue;
+    expect_close(b.tensors[i].second.to(DType::F64), a.tensors[i].second.to(DType::F64), 1e-3, 1e-3,
+                 "resumed on CPU: " + a.tensors[i].first);
+  }
+}

@@ -1,0 +1,62 @@
+#include "tools/lib/device_select.h"
+
+#include "engine/error.h"
+#if defined(KESTREL_HAVE_CUDA)
+#include "engine/cuda/runtime.h"
+#endif
+
+namespace kestrel::tools {
+
+namespace {
+
+bool cuda_usable() {
+#if defined(KESTREL_HAVE_CUDA)
+  return cuda::cuda_available();
+#else
+  return false;
+#endif
+}
+
+std::string why_no_cuda() {
+#if defined(KESTREL_HAVE_CUDA)
+  return "no usable CUDA device on this machine (" + cuda::unavailable_reason() + ")";
+#else
+  return "this build has no CUDA backend (nvcc was not found or KESTREL_CUDA=OFF)";
+#endif
+}
+
+}  // namespace
+
+Device resolve_device(const std::string& flag) {
+  if (flag == "auto") return cuda_usable() ? Device::cuda(0) : Device::cpu();
+  Device d;
+  try {
+    d = Device::parse(flag);
+  } catch (const ValueError&) {
+    throw ValueError("--device '" + flag + "' is not one of: auto, cpu, cuda, cuda:N");
+  }
+  if (d.is_cpu()) return d;
+  KCHECK(cuda_usable(), DeviceError, "--device ", flag, ": ", why_no_cuda(), "; use --device cpu or auto");
+#if defined(KESTREL_HAVE_CUDA)
+  KCHECK(d.index >= 0 && d.index < cuda::device_count(), DeviceError, "--device ", flag, ": this machine has ",
+         cuda::device_count(), " CUDA device(s), numbered from 0");
+#endif
+  return d;
+}
+
+Device module_device(const nn::Module& module) {
+  const nn::NamedTensors params = module.named_parameters();
+  if (!params.empty()) return params.front().second.device();
+  const nn::NamedTensors buffers = module.named_buffers();
+  return buffers.empty() ? Device::cpu() : buffers.front().second.device();
+}
+
+void synchronize(Device device) {
+  if (device.is_cpu()) return;
+#if defined(KESTREL_HAVE_CUDA)
+  cuda::DeviceGuard guard(device.index);
+  KESTREL_CUDA_CHECK_CTX(cudaStreamSynchronize(cuda::current_stream(device.index)), "synchronize ", device.str());
+#endif
+}
+
+}  // namespace kestrel::tools
