@@ -48,8 +48,15 @@ __global__ void __launch_bounds__(kThreads) sgd_kernel(TensorTable<3> tt, SgdArg
   }
 }
 
+// Per-step scalars derived from AdamWArgs on the host.
+struct AdamWScalars {
+  float step_size = 0.f;              // lr / (1 - beta1^t)
+  float bias_correction2_sqrt = 1.f;  // sqrt(1 - beta2^t)
+  float decay = 1.f;                  // 1 - lr * weight_decay
+};
+
 template <typename G>
-__global__ void __launch_bounds__(kThreads) adamw_kernel(TensorTable<4> tt, AdamWArgs a, float bc1, float bc2,
+__global__ void __launch_bounds__(kThreads) adamw_kernel(TensorTable<4> tt, AdamWArgs a, AdamWScalars s,
                                                          const int* skip) {
   if (skip != nullptr && *skip != 0) return;
   const int ti = tt.block_tensor[blockIdx.x];
@@ -60,15 +67,16 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(TensorTable<4> tt, Adam
   const G* g = static_cast<const G*>(tt.ptr[1][ti]);
   float* m = static_cast<float*>(tt.ptr[2][ti]);
   float* v = static_cast<float*>(tt.ptr[3][ti]);
-  const float decay = 1.f - a.lr * a.weight_decay;
+  const float w1 = 1.f - a.beta1, w2 = 1.f - a.beta2;
   for (int64_t i = beg + threadIdx.x; i < end; i += blockDim.x) {
     const float gv = to_f32(g[i]) * a.grad_scale;
-    const float mv = fmaf(a.beta1, m[i], (1.f - a.beta1) * gv);
-    const float vv = fmaf(a.beta2, v[i], (1.f - a.beta2) * gv * gv);
+    // Same expression order as the CPU loop (engine/optim/adamw.cpp).
+    const float mv = m[i] + w1 * (gv - m[i]);
+    const float vv = a.beta2 * v[i] + w2 * gv * gv;
     m[i] = mv;
     v[i] = vv;
-    const float denom = sqrtf(vv / bc2) + a.eps;
-    p[i] = p[i] * decay - a.lr * (mv / bc1) / denom;
+    const float denom = sqrtf(vv) / s.bias_correction2_sqrt + a.eps;
+    p[i] = p[i] * s.decay - s.step_size * mv / denom;
   }
 }
 
@@ -135,16 +143,20 @@ cudaError_t adamw_multi(KDType grad_dt, int count, float* const* params, const v
   if (!valid_grad_dtype(grad_dt)) return cudaErrorInvalidValue;
   if (count <= 0) return cudaSuccess;
   if (a.step < 1) return cudaErrorInvalidValue;
-  const float bc1 = 1.f - std::pow(a.beta1, static_cast<float>(a.step));
-  const float bc2 = 1.f - std::pow(a.beta2, static_cast<float>(a.step));
+  // Step scalars in double, rounded once, as the CPU path and torch do.
+  const double t = static_cast<double>(a.step);
+  AdamWScalars sc;
+  sc.step_size = static_cast<float>(a.lr / (1.0 - std::pow(static_cast<double>(a.beta1), t)));
+  sc.bias_correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(a.beta2), t)));
+  sc.decay = static_cast<float>(1.0 - static_cast<double>(a.lr) * a.weight_decay);
   const void* const* lists[4] = {reinterpret_cast<const void* const*>(params), grads,
                                  reinterpret_cast<const void* const*>(exp_avg),
                                  reinterpret_cast<const void* const*>(exp_avg_sq)};
   return for_each_launch<4>(count, lists, sizes, [&](const TensorTable<4>& tt, int nb) {
     switch (grad_dt) {
-      case KDType::F32: adamw_kernel<float><<<nb, kThreads, 0, stream>>>(tt, a, bc1, bc2, skip_flag); break;
-      case KDType::F16: adamw_kernel<__half><<<nb, kThreads, 0, stream>>>(tt, a, bc1, bc2, skip_flag); break;
-      case KDType::BF16: adamw_kernel<__nv_bfloat16><<<nb, kThreads, 0, stream>>>(tt, a, bc1, bc2, skip_flag); break;
+      case KDType::F32: adamw_kernel<float><<<nb, kThreads, 0, stream>>>(tt, a, sc, skip_flag); break;
+      case KDType::F16: adamw_kernel<__half><<<nb, kThreads, 0, stream>>>(tt, a, sc, skip_flag); break;
+      case KDType::BF16: adamw_kernel<__nv_bfloat16><<<nb, kThreads, 0, stream>>>(tt, a, sc, skip_flag); break;
     }
   });
 }
