@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,11 @@
 #include "engine/gpu/blas.h"
 #include "engine/gpu/conv.h"
 #endif
+
+namespace kestrel {
+// gtest prints parameters through this (found by argument-dependent lookup).
+void PrintTo(DType dtype, std::ostream* os) { *os << dtype_name(dtype); }
+}  // namespace kestrel
 
 namespace kestrel::testing {
 namespace {
