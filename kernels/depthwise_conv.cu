@@ -13,6 +13,7 @@
 #include "kernels/depthwise_conv.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels/common.cuh"
 
@@ -293,72 +294,64 @@ bool can_vectorize(const DepthwiseConvShape& s, const void* a, const void* b, co
          (c == nullptr || aligned_to(c, 16));
 }
 
-template <typename T>
-cudaError_t forward_t(const DepthwiseConvShape& s, const T* x, const T* w, const T* bias, T* y, cudaStream_t st) {
+template <int N>
+using Int = std::integral_constant<int, N>;
+
+// The one place that picks a kernel variant: launch(Int<K>, Int<V>) is
+// called with V the channel vector width (16 bytes of T when `vectorize`,
+// else 1) and K the unrolled kernel side (3, 5, 7 for square kernels when
+// `unroll` and vectorized; 0 = the generic kernel). Returns the launch status.
+template <typename T, typename Launch>
+cudaError_t launch_variant(const DepthwiseConvShape& s, bool vectorize, bool unroll, Launch&& launch) {
   constexpr int V = vec_width<T>();
-  const int64_t P = static_cast<int64_t>(s.N) * s.OH() * s.OW();
-  if (can_vectorize<T>(s, x, y, bias)) {
-    const LaunchGeom g = gather_geometry(s, V, P);
-    const int k = (s.KH == s.KW) ? s.KH : 0;
-    if (k == 3) {
-      dw_forward_kernel<T, 3, V><<<g.grid, g.block, g.smem, st>>>(x, w, bias, y, s);
-    } else if (k == 5) {
-      dw_forward_kernel<T, 5, V><<<g.grid, g.block, g.smem, st>>>(x, w, bias, y, s);
-    } else if (k == 7) {
-      dw_forward_kernel<T, 7, V><<<g.grid, g.block, g.smem, st>>>(x, w, bias, y, s);
-    } else {
-      dw_forward_kernel<T, 0, V><<<g.grid, g.block, g.smem, st>>>(x, w, bias, y, s);
-    }
+  if (!vectorize) {
+    launch(Int<0>{}, Int<1>{});
   } else {
-    const LaunchGeom g = gather_geometry(s, 1, P);
-    dw_forward_kernel<T, 0, 1><<<g.grid, g.block, g.smem, st>>>(x, w, bias, y, s);
+    switch (unroll && s.KH == s.KW ? s.KH : 0) {
+      case 3: launch(Int<3>{}, Int<V>{}); break;
+      case 5: launch(Int<5>{}, Int<V>{}); break;
+      case 7: launch(Int<7>{}, Int<V>{}); break;
+      default: launch(Int<0>{}, Int<V>{}); break;
+    }
   }
   return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t forward_t(const DepthwiseConvShape& s, const T* x, const T* w, const T* bias, T* y, cudaStream_t st) {
+  const int64_t P = static_cast<int64_t>(s.N) * s.OH() * s.OW();
+  return launch_variant<T>(s, can_vectorize<T>(s, x, y, bias), true, [&](auto k, auto v) {
+    constexpr int K = decltype(k)::value, V = decltype(v)::value;
+    const LaunchGeom g = gather_geometry(s, V, P);
+    dw_forward_kernel<T, K, V><<<g.grid, g.block, g.smem, st>>>(x, w, bias, y, s);
+  });
 }
 
 template <typename T>
 cudaError_t backward_data_t(const DepthwiseConvShape& s, const T* dy, const T* w, T* dx, bool acc, cudaStream_t st) {
-  constexpr int V = vec_width<T>();
   const int64_t P = static_cast<int64_t>(s.N) * s.H * s.W;
-  if (can_vectorize<T>(s, dy, dx, nullptr)) {
+  return launch_variant<T>(s, can_vectorize<T>(s, dy, dx, nullptr), true, [&](auto k, auto v) {
+    constexpr int K = decltype(k)::value, V = decltype(v)::value;
     const LaunchGeom g = gather_geometry(s, V, P);
-    const int k = (s.KH == s.KW) ? s.KH : 0;
-    if (k == 3) {
-      dw_backward_data_kernel<T, 3, V><<<g.grid, g.block, g.smem, st>>>(dy, w, dx, s, acc);
-    } else if (k == 5) {
-      dw_backward_data_kernel<T, 5, V><<<g.grid, g.block, g.smem, st>>>(dy, w, dx, s, acc);
-    } else if (k == 7) {
-      dw_backward_data_kernel<T, 7, V><<<g.grid, g.block, g.smem, st>>>(dy, w, dx, s, acc);
-    } else {
-      dw_backward_data_kernel<T, 0, V><<<g.grid, g.block, g.smem, st>>>(dy, w, dx, s, acc);
-    }
-  } else {
-    const LaunchGeom g = gather_geometry(s, 1, P);
-    dw_backward_data_kernel<T, 0, 1><<<g.grid, g.block, g.smem, st>>>(dy, w, dx, s, acc);
-  }
-  return cudaGetLastError();
+    dw_backward_data_kernel<T, K, V><<<g.grid, g.block, g.smem, st>>>(dy, w, dx, s, acc);
+  });
 }
 
-template <typename T, int V>
-void launch_weight_partial(const DepthwiseConvShape& s, const T* x, const T* dy, float* ws, int splits, bool bias,
-                           cudaStream_t st) {
-  const int cvecs = (s.C + V - 1) / V;
-  const int tx = std::min(pow2_ceil(cvecs), 32);
-  const int ty = kThreads / tx;
-  const dim3 grid(splits, ceil_div(cvecs, tx), s.KH);
-  const size_t smem = static_cast<size_t>(tx) * ty * V * sizeof(float);
-  dw_backward_weight_partial_kernel<T, V><<<grid, dim3(tx, ty), smem, st>>>(x, dy, ws, s, splits, bias);
-}
-
+// The partial-sum kernel loops over any kernel width itself: vector width only.
 template <typename T>
 cudaError_t backward_weight_t(const DepthwiseConvShape& s, const T* x, const T* dy, T* dw, T* dbias, float* ws,
                               cudaStream_t st) {
   const int splits = weight_splits(s);
-  if (can_vectorize<T>(s, x, dy, nullptr)) {
-    launch_weight_partial<T, vec_width<T>()>(s, x, dy, ws, splits, dbias != nullptr, st);
-  } else {
-    launch_weight_partial<T, 1>(s, x, dy, ws, splits, dbias != nullptr, st);
-  }
+  const cudaError_t partial = launch_variant<T>(s, can_vectorize<T>(s, x, dy, nullptr), false, [&](auto, auto v) {
+    constexpr int V = decltype(v)::value;
+    const int cvecs = (s.C + V - 1) / V;
+    const int tx = std::min(pow2_ceil(cvecs), 32);
+    const int ty = kThreads / tx;
+    const dim3 grid(splits, ceil_div(cvecs, tx), s.KH);
+    const size_t smem = static_cast<size_t>(tx) * ty * V * sizeof(float);
+    dw_backward_weight_partial_kernel<T, V><<<grid, dim3(tx, ty), smem, st>>>(x, dy, ws, s, splits, dbias != nullptr);
+  });
+  if (partial != cudaSuccess) return partial;
   const int64_t total = static_cast<int64_t>(s.KH) * s.KW * s.C + s.C;
   dw_backward_weight_finalize_kernel<T><<<ceil_div(total, 256), 256, 0, st>>>(ws, dw, dbias, s.C, s.KH * s.KW, splits);
   return cudaGetLastError();

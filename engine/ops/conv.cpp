@@ -4,6 +4,7 @@
 
 #include "engine/autograd.h"
 #include "engine/cpu/conv.h"
+#include "engine/gpu/conv.h"
 #include "engine/ops/check.h"
 #include "engine/trace.h"
 
@@ -69,7 +70,6 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   const char* op = "conv2d";
   check_defined(x, op, "input");
   check_defined(weight, op, "weight");
-  check_cpu(x, op);
   check_same_device(x, weight, op);
   check_same_dtype(x, weight, op);
   const cpu::ConvGeom g = conv_geometry(x, weight, p);
@@ -82,12 +82,18 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   const Tensor xc = x.detach().contiguous();
   const Tensor wc = weight.detach().contiguous();
   const Tensor bc = bias.defined() ? bias.detach().contiguous() : Tensor();
-  Tensor out = Tensor::empty({g.n, g.oh, g.ow, g.c_out}, x.dtype(), x.device());
-  dispatch_float(x.dtype(), op, [&](auto tag_) {
-    using scalar_t = KESTREL_SCALAR(tag_);
-    cpu::conv2d_forward<scalar_t>(g, xc.data<scalar_t>(), wc.data<scalar_t>(),
-                                  bc.defined() ? bc.data<scalar_t>() : nullptr, out.data<scalar_t>());
-  });
+  Tensor out;
+  if constexpr (kHaveCuda) {
+    if (x.device().is_cuda()) out = gpu::conv2d_forward(g, xc, wc, bc);
+  }
+  if (!out.defined()) {
+    out = Tensor::empty({g.n, g.oh, g.ow, g.c_out}, x.dtype(), x.device());
+    dispatch_float(x.dtype(), op, [&](auto tag_) {
+      using scalar_t = KESTREL_SCALAR(tag_);
+      cpu::conv2d_forward<scalar_t>(g, xc.data<scalar_t>(), wc.data<scalar_t>(),
+                                    bc.defined() ? bc.data<scalar_t>() : nullptr, out.data<scalar_t>());
+    });
+  }
   const int64_t macs = g.n * g.oh * g.ow * g.c_out * g.kh * g.kw * g.cin_g();
   trace_op(op, {x, weight, bias}, out, macs,
            {{"kernel", pair_str(g.kh, g.kw)},
@@ -102,7 +108,19 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   const Tensor ws = x.requires_grad() ? wc : Tensor();
   return record(out, op, {x, weight, bias}, [g, xs, ws](const Tensor& grad, const std::vector<bool>& needs) {
     const Tensor gy = grad.contiguous();
+    const bool want_bias = needs.size() > 2 && needs[2];
     Tensor gx, gw, gb;
+    if constexpr (kHaveCuda) {
+      if (gy.device().is_cuda()) {
+        if (needs[0]) gx = gpu::conv2d_backward_input(g, gy, ws);
+        if (needs[1] || want_bias) {
+          gpu::ConvParamGrads pg = gpu::conv2d_backward_params(g, xs, gy, needs[1], want_bias);
+          gw = pg.weight;
+          gb = pg.bias;
+        }
+        return std::vector<Tensor>{gx, gw, gb};
+      }
+    }
     dispatch_float(gy.dtype(), "conv2d backward", [&](auto tag_) {
       using scalar_t = KESTREL_SCALAR(tag_);
       const scalar_t* pgy = gy.data<scalar_t>();
@@ -114,7 +132,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
         gw = Tensor::empty({g.c_out, g.kh, g.kw, g.cin_g()}, gy.dtype(), gy.device());
         cpu::conv2d_backward_weight<scalar_t>(g, xs.data<scalar_t>(), pgy, gw.data<scalar_t>());
       }
-      if (needs.size() > 2 && needs[2]) {
+      if (want_bias) {
         gb = Tensor::empty({g.c_out}, gy.dtype(), gy.device());
         cpu::conv2d_backward_bias<scalar_t>(g, pgy, gb.data<scalar_t>());
       }

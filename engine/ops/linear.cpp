@@ -5,6 +5,8 @@
 
 #include "engine/autograd.h"
 #include "engine/cpu/gemm.h"
+#include "engine/gpu/blas.h"
+#include "engine/gpu/linear.h"
 #include "engine/ops/check.h"
 #include "engine/trace.h"
 
@@ -29,9 +31,53 @@ BlasMatrix as_blas(const Tensor& m) {
   return {m.contiguous(), false, std::max<int64_t>(1, cols)};
 }
 
-template <typename T>
-const T* ptr(const BlasMatrix& b) {
-  return static_cast<const T*>(b.t.data_ptr());
+int64_t ld(int64_t cols) { return std::max<int64_t>(1, cols); }
+
+// C = op(A) op(B), or C += op(A) op(B) with accumulate, on the device of
+// `like` (whose dtype all three share): cuBLAS on CUDA, OpenBLAS on the CPU.
+void gemm_like(const Tensor& like, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const void* A,
+               int64_t lda, const void* B, int64_t ldb, bool accumulate, void* C, int64_t ldc, const char* op) {
+  if constexpr (kHaveCuda) {
+    if (like.device().is_cuda()) {
+      gpu::gemm(like.device().index, like.dtype(), trans_a, trans_b, M, N, K, 1.0, A, lda, B, ldb,
+                accumulate ? 1.0 : 0.0, C, ldc, op);
+      return;
+    }
+  }
+  dispatch_float(like.dtype(), op, [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    cpu::gemm<scalar_t>(trans_a, trans_b, M, N, K, scalar_t(1), static_cast<const scalar_t*>(A), lda,
+                        static_cast<const scalar_t*>(B), ldb, accumulate ? scalar_t(1) : scalar_t(0),
+                        static_cast<scalar_t*>(C), ldc);
+  });
+}
+
+// Every row of the contiguous `out` becomes the contiguous `row`.
+void broadcast_rows(const Tensor& row, const Tensor& out, const char* op) {
+  if constexpr (kHaveCuda) {
+    if (out.device().is_cuda()) {
+      gpu::broadcast_rows(row, out, op);
+      return;
+    }
+  }
+  const int64_t cols = row.numel(), rows = cols > 0 ? out.numel() / cols : 0;
+  const size_t row_bytes = row.nbytes();
+  const char* src = static_cast<const char*>(row.data_ptr());
+  char* dst = static_cast<char*>(out.data_ptr());
+  for (int64_t m = 0; m < rows; ++m) std::memcpy(dst + m * row_bytes, src, row_bytes);
+}
+
+// [cols] sums over the rows of the contiguous g read as [rows, cols] (bias gradients).
+Tensor column_sums(const Tensor& g, int64_t rows, int64_t cols, const char* op) {
+  if constexpr (kHaveCuda) {
+    if (g.device().is_cuda()) return gpu::column_sums(g, cols, op);
+  }
+  Tensor out = Tensor::empty({cols}, g.dtype(), g.device());
+  dispatch_float(g.dtype(), op, [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    cpu::column_sums<scalar_t>(rows, cols, g.data<scalar_t>(), out.data<scalar_t>());
+  });
+  return out;
 }
 
 }  // namespace
@@ -40,7 +86,6 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   const char* op = "matmul";
   check_defined(a, op, "first operand");
   check_defined(b, op, "second operand");
-  check_cpu(a, op);
   check_same_device(a, b, op);
   check_same_dtype(a, b, op);
   check_dim(a, 2, op, "first operand");
@@ -50,32 +95,26 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
          shape_str(b.shape()));
   const BlasMatrix A = as_blas(a.detach()), B = as_blas(b.detach());
   Tensor out = Tensor::empty({M, N}, a.dtype(), a.device());
-  dispatch_float(a.dtype(), op, [&](auto tag_) {
-    using scalar_t = KESTREL_SCALAR(tag_);
-    cpu::gemm<scalar_t>(A.trans, B.trans, M, N, K, scalar_t(1), ptr<scalar_t>(A), A.ld, ptr<scalar_t>(B), B.ld,
-                        scalar_t(0), out.data<scalar_t>(), std::max<int64_t>(1, N));
-  });
+  gemm_like(out, A.trans, B.trans, M, N, K, A.t.data_ptr(), A.ld, B.t.data_ptr(), B.ld, false, out.data_ptr(), ld(N),
+            op);
   trace_op(op, {a, b}, out, M * N * K);
   if (!needs_grad({a, b})) return out;
   const BlasMatrix As = b.requires_grad() ? A : BlasMatrix{};
   const BlasMatrix Bs = a.requires_grad() ? B : BlasMatrix{};
   return record(out, op, {a, b}, [M, N, K, As, Bs](const Tensor& grad, const std::vector<bool>& needs) {
+    const char* bop = "matmul backward";
     const Tensor g = grad.contiguous();
     Tensor ga, gb;
-    dispatch_float(g.dtype(), "matmul backward", [&](auto tag_) {
-      using scalar_t = KESTREL_SCALAR(tag_);
-      const scalar_t* pg = g.data<scalar_t>();
-      if (needs[0]) {  // ga[M,K] = g[M,N] b^T
-        ga = Tensor::empty({M, K}, g.dtype(), g.device());
-        cpu::gemm<scalar_t>(false, !Bs.trans, M, K, N, scalar_t(1), pg, std::max<int64_t>(1, N), ptr<scalar_t>(Bs),
-                            Bs.ld, scalar_t(0), ga.data<scalar_t>(), std::max<int64_t>(1, K));
-      }
-      if (needs[1]) {  // gb[K,N] = a^T g[M,N]
-        gb = Tensor::empty({K, N}, g.dtype(), g.device());
-        cpu::gemm<scalar_t>(!As.trans, false, K, N, M, scalar_t(1), ptr<scalar_t>(As), As.ld, pg,
-                            std::max<int64_t>(1, N), scalar_t(0), gb.data<scalar_t>(), std::max<int64_t>(1, N));
-      }
-    });
+    if (needs[0]) {  // ga[M,K] = g[M,N] b^T
+      ga = Tensor::empty({M, K}, g.dtype(), g.device());
+      gemm_like(g, false, !Bs.trans, M, K, N, g.data_ptr(), ld(N), Bs.t.data_ptr(), Bs.ld, false, ga.data_ptr(),
+                ld(K), bop);
+    }
+    if (needs[1]) {  // gb[K,N] = a^T g[M,N]
+      gb = Tensor::empty({K, N}, g.dtype(), g.device());
+      gemm_like(g, !As.trans, false, K, N, M, As.t.data_ptr(), As.ld, g.data_ptr(), ld(N), false, gb.data_ptr(),
+                ld(N), bop);
+    }
     return std::vector<Tensor>{ga, gb};
   });
 }
@@ -84,7 +123,6 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const char* op = "linear";
   check_defined(x, op, "input");
   check_defined(weight, op, "weight");
-  check_cpu(x, op);
   check_same_device(x, weight, op);
   check_same_dtype(x, weight, op);
   check_dim(weight, 2, op, "weight ([out, in])");
@@ -104,19 +142,10 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Shape out_shape = x.shape();
   out_shape.back() = out_f;
   Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
-  dispatch_float(x.dtype(), op, [&](auto tag_) {
-    using scalar_t = KESTREL_SCALAR(tag_);
-    scalar_t* py = out.data<scalar_t>();
-    scalar_t beta = scalar_t(0);
-    if (bias.defined()) {
-      const Tensor bc = bias.detach().contiguous();
-      const scalar_t* pb = bc.data<scalar_t>();
-      for (int64_t m = 0; m < M; ++m) std::memcpy(py + m * out_f, pb, sizeof(scalar_t) * out_f);
-      beta = scalar_t(1);
-    }
-    cpu::gemm<scalar_t>(false, true, M, out_f, in, scalar_t(1), xc.data<scalar_t>(), std::max<int64_t>(1, in),
-                        wc.data<scalar_t>(), std::max<int64_t>(1, in), beta, py, std::max<int64_t>(1, out_f));
-  });
+  // The bias is written first and the GEMM adds onto it (beta = 1).
+  if (bias.defined()) broadcast_rows(bias.detach().contiguous(), out, op);
+  gemm_like(out, false, true, M, out_f, in, xc.data_ptr(), ld(in), wc.data_ptr(), ld(in), bias.defined(),
+            out.data_ptr(), ld(out_f), op);
   trace_op(op, {x, weight, bias}, out, M * out_f * in, {{"bias", bias.defined() ? "true" : "false"}});
   if (!needs_grad({x, weight, bias})) return out;
   const Tensor xs = weight.requires_grad() ? xc : Tensor();
@@ -124,27 +153,20 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const Shape x_shape = x.shape();
   return record(out, op, {x, weight, bias},
                 [M, in, out_f, xs, ws, x_shape](const Tensor& grad, const std::vector<bool>& needs) {
+                  const char* bop = "linear backward";
                   const Tensor g = grad.contiguous();
                   Tensor gx, gw, gb;
-                  dispatch_float(g.dtype(), "linear backward", [&](auto tag_) {
-                    using scalar_t = KESTREL_SCALAR(tag_);
-                    const scalar_t* pg = g.data<scalar_t>();
-                    const int64_t ld_in = std::max<int64_t>(1, in), ld_out = std::max<int64_t>(1, out_f);
-                    if (needs[0]) {  // gx[M,in] = g[M,out] W[out,in]
-                      gx = Tensor::empty(x_shape, g.dtype(), g.device());
-                      cpu::gemm<scalar_t>(false, false, M, in, out_f, scalar_t(1), pg, ld_out, ws.data<scalar_t>(),
-                                          ld_in, scalar_t(0), gx.data<scalar_t>(), ld_in);
-                    }
-                    if (needs[1]) {  // gw[out,in] = g^T x
-                      gw = Tensor::empty({out_f, in}, g.dtype(), g.device());
-                      cpu::gemm<scalar_t>(true, false, out_f, in, M, scalar_t(1), pg, ld_out, xs.data<scalar_t>(),
-                                          ld_in, scalar_t(0), gw.data<scalar_t>(), ld_in);
-                    }
-                    if (needs.size() > 2 && needs[2]) {
-                      gb = Tensor::empty({out_f}, g.dtype(), g.device());
-                      cpu::column_sums<scalar_t>(M, out_f, pg, gb.data<scalar_t>());
-                    }
-                  });
+                  if (needs[0]) {  // gx[M,in] = g[M,out] W[out,in]
+                    gx = Tensor::empty(x_shape, g.dtype(), g.device());
+                    gemm_like(g, false, false, M, in, out_f, g.data_ptr(), ld(out_f), ws.data_ptr(), ld(in), false,
+                              gx.data_ptr(), ld(in), bop);
+                  }
+                  if (needs[1]) {  // gw[out,in] = g^T x
+                    gw = Tensor::empty({out_f, in}, g.dtype(), g.device());
+                    gemm_like(g, true, false, out_f, in, M, g.data_ptr(), ld(out_f), xs.data_ptr(), ld(in), false,
+                              gw.data_ptr(), ld(in), bop);
+                  }
+                  if (needs.size() > 2 && needs[2]) gb = column_sums(g, M, out_f, bop);
                   return std::vector<Tensor>{gx, gw, gb};
                 });
 }
