@@ -14,20 +14,20 @@ namespace kestrel::gpu {
 namespace {
 
 // ---- libm by math type (precise versions, never the __expf-style intrinsics)
-__device__ __forceinline__ float m_exp(float x) { return expf(x); }
-__device__ __forceinline__ double m_exp(double x) { return exp(x); }
-__device__ __forceinline__ float m_log(float x) { return logf(x); }
-__device__ __forceinline__ double m_log(double x) { return log(x); }
-__device__ __forceinline__ float m_sqrt(float x) { return sqrtf(x); }
-__device__ __forceinline__ double m_sqrt(double x) { return sqrt(x); }
-__device__ __forceinline__ float m_pow(float x, float e) { return powf(x, e); }
-__device__ __forceinline__ double m_pow(double x, double e) { return pow(x, e); }
-__device__ __forceinline__ float m_abs(float x) { return fabsf(x); }
-__device__ __forceinline__ double m_abs(double x) { return fabs(x); }
-__device__ __forceinline__ float m_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double m_tanh(double x) { return tanh(x); }
-__device__ __forceinline__ float m_erf(float x) { return erff(x); }
-__device__ __forceinline__ double m_erf(double x) { return erf(x); }
+__device__ __forceinline__ float m_exp(float x) { return ::expf(x); }
+__device__ __forceinline__ double m_exp(double x) { return ::exp(x); }
+__device__ __forceinline__ float m_log(float x) { return ::logf(x); }
+__device__ __forceinline__ double m_log(double x) { return ::log(x); }
+__device__ __forceinline__ float m_sqrt(float x) { return ::sqrtf(x); }
+__device__ __forceinline__ double m_sqrt(double x) { return ::sqrt(x); }
+__device__ __forceinline__ float m_pow(float x, float e) { return ::powf(x, e); }
+__device__ __forceinline__ double m_pow(double x, double e) { return ::pow(x, e); }
+__device__ __forceinline__ float m_abs(float x) { return ::fabsf(x); }
+__device__ __forceinline__ double m_abs(double x) { return ::fabs(x); }
+__device__ __forceinline__ float m_tanh(float x) { return ::tanhf(x); }
+__device__ __forceinline__ double m_tanh(double x) { return ::tanh(x); }
+__device__ __forceinline__ float m_erf(float x) { return ::erff(x); }
+__device__ __forceinline__ double m_erf(double x) { return ::erf(x); }
 
 template <typename M>
 __device__ __forceinline__ M sigmoid_of(M x) {

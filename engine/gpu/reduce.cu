@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(kThreads) sum_rows_chunk_kernel(const In* __re
   __shared__ A scratch[kThreads / 32];
   for (int64_t task = blockIdx.x; task < outer * chunks; task += gridDim.x) {
     const int64_t row = task / chunks, chunk = task % chunks;
-    const int64_t begin = chunk * kRowChunk, end = min(inner, begin + kRowChunk);
+    const int64_t begin = chunk * kRowChunk, end = inner < begin + kRowChunk ? inner : begin + kRowChunk;
     const In* p = x + row * inner;
     A acc = A(0);
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) acc += static_cast<A>(to_math(p[i]));
@@ -90,7 +90,7 @@ __global__ void __launch_bounds__(kThreads) sum_cols_chunk_kernel(const In* __re
     const int64_t chunk = task / col_blocks;
     const int64_t col = (task % col_blocks) * kThreads + threadIdx.x;
     if (col >= cols) continue;
-    const int64_t begin = chunk * kColChunk, end = min(rows, begin + kColChunk);
+    const int64_t begin = chunk * kColChunk, end = rows < begin + kColChunk ? rows : begin + kColChunk;
     A acc = A(0);
     for (int64_t r = begin; r < end; ++r) acc += static_cast<A>(to_math(x[r * cols + col]));
     out[chunk * cols + col] = store_acc<Out>(acc);

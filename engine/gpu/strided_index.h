@@ -33,7 +33,7 @@ struct StridedIndex {
   KESTREL_GPU_HD void offsets(int64_t linear, int64_t (&off)[N]) const {
     for (int k = 0; k < N; ++k) off[k] = 0;
     I rem = static_cast<I>(linear);
-#ifdef __CUDACC__
+#ifdef __CUDA_ARCH__
 #pragma unroll
 #endif
     for (int d = kMaxDims - 1; d > 0; --d) {
