@@ -8,6 +8,8 @@
 #include "engine/autograd.h"
 #include "engine/cpu/scalar_cast.h"
 #include "engine/cpu/strided.h"
+#include "engine/gpu/copy.h"
+#include "engine/ops/check.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/reduce.h"
 #include "engine/philox.h"
@@ -427,7 +429,13 @@ Tensor Tensor::to(Device target) const {
 }
 
 Tensor& Tensor::fill_(double value) {
-  KCHECK(device().is_cpu(), DeviceError, "fill_: ", device().str(), " tensors are filled by the CUDA backend");
+  if (device().is_cuda()) {
+    if constexpr (kHaveCuda) {
+      gpu::fill(*this, value);
+      return *this;
+    }
+  }
+  KCHECK(device().is_cpu(), DeviceError, "fill_: ", device().str(), " tensors need a build with CUDA");
   auto layout = cpu::coalesce<1>(shape(), {strides()});
   dispatch_all(dtype(), "fill_", [&](auto tag_) {
     using scalar_t = KESTREL_SCALAR(tag_);
@@ -440,25 +448,48 @@ Tensor& Tensor::fill_(double value) {
   return *this;
 }
 
-Tensor& Tensor::copy_(const Tensor& src) {
+namespace {
+
+// dst and src on one device: broadcast, cast and strides handled there.
+void copy_same_device(const Tensor& dst, const Tensor& src) {
+  if (dst.device().is_cpu()) {
+    cpu::copy_strided(dst, src);
+    return;
+  }
+  if constexpr (kHaveCuda) {
+    gpu::copy_strided(dst, src);
+    return;
+  }
+  throw DeviceError("copy_: " + dst.device().str() + " tensors need a build with CUDA");
+}
+
+}  // namespace
+
+Tensor& Tensor::copy_(const Tensor& src_in) {
   // Validate broadcast compatibility.
-  KCHECK(src.dim() <= dim(), ShapeError, "copy_: source ", shape_str(src.shape()), " does not broadcast to ",
+  KCHECK(src_in.dim() <= dim(), ShapeError, "copy_: source ", shape_str(src_in.shape()), " does not broadcast to ",
          shape_str(shape()));
-  for (int64_t i = 0; i < src.dim(); ++i) {
-    const int64_t s = src.shape()[src.dim() - 1 - i], d = shape()[dim() - 1 - i];
-    KCHECK(s == d || s == 1, ShapeError, "copy_: source ", shape_str(src.shape()), " does not broadcast to ",
+  for (int64_t i = 0; i < src_in.dim(); ++i) {
+    const int64_t s = src_in.shape()[src_in.dim() - 1 - i], d = shape()[dim() - 1 - i];
+    KCHECK(s == d || s == 1, ShapeError, "copy_: source ", shape_str(src_in.shape()), " does not broadcast to ",
            shape_str(shape()));
   }
-  if (device().is_cpu() && src.device().is_cpu()) {
-    cpu::copy_strided(*this, src);
+  if (numel() == 0) return *this;
+  const Tensor src = src_in.detach();
+  if (src.device() == device()) {
+    copy_same_device(*this, src);
     return *this;
   }
-  // Cross-device: stage through a contiguous tensor of the destination's dtype.
-  KCHECK(is_contiguous() && src.shape() == shape(), DeviceError,
-         "copy_: strided or broadcasting copies across devices are not supported (", shape_str(src.shape()), " -> ",
-         shape_str(shape()), ")");
-  Tensor staged = src.dtype() == dtype() ? src.contiguous() : src.to(Device::cpu()).to(dtype()).contiguous();
-  copy_bytes(data_ptr(), device(), staged.data_ptr(), staged.device(), nbytes());
+  // Across devices: move the source's own (compact) bytes, then broadcast,
+  // cast and scatter into the strides on the destination's device.
+  Tensor packed = src.contiguous();
+  if (is_contiguous() && packed.shape() == shape() && packed.dtype() == dtype()) {
+    copy_bytes(data_ptr(), device(), packed.data_ptr(), packed.device(), nbytes());
+    return *this;
+  }
+  Tensor moved = empty(packed.shape(), packed.dtype(), device());
+  copy_bytes(moved.data_ptr(), device(), packed.data_ptr(), packed.device(), packed.nbytes());
+  copy_same_device(*this, moved);
   return *this;
 }
 

@@ -2,6 +2,7 @@
 
 #include "engine/autograd.h"
 #include "engine/cpu/elementwise.h"
+#include "engine/gpu/elementwise.h"
 #include "engine/ops/check.h"
 #include "engine/ops/reduce.h"
 #include "engine/trace.h"
@@ -23,14 +24,36 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
 
 namespace {
 
+// The kernels of engine/cpu or engine/gpu, by the device of the first tensor.
+void run_binary(cpu::BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+  if constexpr (kHaveCuda) {
+    if (out.device().is_cuda()) return gpu::binary(op, a, b, out);
+  }
+  cpu::binary(op, a, b, out);
+}
+
+void run_unary(cpu::UnaryOp op, const Tensor& x, const Tensor& out, cpu::UnaryParams p) {
+  if constexpr (kHaveCuda) {
+    if (x.device().is_cuda()) return gpu::unary(op, x, out, p);
+  }
+  cpu::unary(op, x, out, p);
+}
+
+void run_unary_backward(cpu::UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& g, const Tensor& gi,
+                        cpu::UnaryParams p) {
+  if constexpr (kHaveCuda) {
+    if (x.device().is_cuda()) return gpu::unary_backward(op, x, y, g, gi, p);
+  }
+  cpu::unary_backward(op, x, y, g, gi, p);
+}
+
 Tensor binary_forward(cpu::BinaryOp op, const char* name, const Tensor& a, const Tensor& b) {
   check_defined(a, name, "first operand");
   check_defined(b, name, "second operand");
   check_same_device(a, b, name);
   check_same_dtype(a, b, name);
-  check_cpu(a, name);
   Tensor out = Tensor::empty(broadcast_shapes(a.shape(), b.shape(), name), a.dtype(), a.device());
-  cpu::binary(op, a, b, out);
+  run_binary(op, a, b, out);
   trace_op(name, {a, b}, out);
   return out;
 }
@@ -78,16 +101,15 @@ namespace {
 // y = f(x) elementwise; backward multiplies by f'(x) computed from x and y.
 Tensor unary_op(cpu::UnaryOp op, const char* name, const Tensor& x_in, cpu::UnaryParams p = {}) {
   check_defined(x_in, name, "input");
-  check_cpu(x_in, name);
   Tensor x = x_in.contiguous();
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  cpu::unary(op, x, out, p);
+  run_unary(op, x, out, p);
   trace_op(name, {x}, out);
   if (!needs_grad({x_in})) return out;
   Tensor xd = x.detach(), yd = out.detach();
   return record(out, name, {x_in}, [op, xd, yd, p](const Tensor& g, const std::vector<bool>&) {
     Tensor gi = Tensor::empty(xd.shape(), xd.dtype(), xd.device());
-    cpu::unary_backward(op, xd, yd, g.contiguous(), gi, p);
+    run_unary_backward(op, xd, yd, g.contiguous(), gi, p);
     return std::vector<Tensor>{gi};
   });
 }
@@ -163,15 +185,19 @@ const char* activation_name(Activation a) {
 void add_(Tensor& self, const Tensor& other, double alpha) {
   check_same_device(self, other, "add_");
   check_same_dtype(self, other, "add_");
-  check_cpu(self, "add_");
   const Shape s = broadcast_shapes(self.shape(), other.shape(), "add_");
   KCHECK(s == self.shape(), ShapeError, "add_: ", shape_str(other.shape()), " does not broadcast to ",
          shape_str(self.shape()));
+  if constexpr (kHaveCuda) {
+    if (self.device().is_cuda()) return gpu::axpy_inplace(self, other, alpha);
+  }
   cpu::axpy_inplace(self, other, alpha);
 }
 
 void mul_(Tensor& self, double s) {
-  check_cpu(self, "mul_");
+  if constexpr (kHaveCuda) {
+    if (self.device().is_cuda()) return gpu::scale_inplace(self, s);
+  }
   cpu::scale_inplace(self, s);
 }
 

@@ -4,6 +4,7 @@
 
 #include "engine/autograd.h"
 #include "engine/cpu/reduce.h"
+#include "engine/gpu/reduce.h"
 #include "engine/ops/check.h"
 #include "engine/ops/elementwise.h"
 #include "engine/trace.h"
@@ -33,6 +34,21 @@ Shape reduced_shape(const Shape& s, const std::vector<bool>& mask, bool keepdim)
   return out;
 }
 
+// The kernels of engine/cpu or engine/gpu, by the input's device.
+void run_sum_rows(const Tensor& x, int64_t outer, int64_t inner, const Tensor& out) {
+  if constexpr (kHaveCuda) {
+    if (x.device().is_cuda()) return gpu::sum_rows(x, outer, inner, out);
+  }
+  cpu::sum_rows(x, outer, inner, out);
+}
+
+void run_sum_cols(const Tensor& x, int64_t rows, int64_t cols, const Tensor& out) {
+  if constexpr (kHaveCuda) {
+    if (x.device().is_cuda()) return gpu::sum_cols(x, rows, cols, out);
+  }
+  cpu::sum_cols(x, rows, cols, out);
+}
+
 // Plain sum without autograd: kept dims in order, reduced dims removed.
 Tensor sum_raw(const Tensor& x_in, const std::vector<bool>& mask) {
   const Tensor x = x_in.detach();
@@ -51,12 +67,12 @@ Tensor sum_raw(const Tensor& x_in, const std::vector<bool>& mask) {
   for (size_t i = 0; i < reduced.size(); ++i)
     if (reduced[i] != static_cast<int64_t>(i)) leading = false;
   if (leading && !kept.empty()) {
-    cpu::sum_cols(x.contiguous(), inner, outer, out);
+    run_sum_cols(x.contiguous(), inner, outer, out);
     return out;
   }
   std::vector<int64_t> order = kept;
   order.insert(order.end(), reduced.begin(), reduced.end());
-  cpu::sum_rows(x.permute(order).contiguous(), outer, inner, out);
+  run_sum_rows(x.permute(order).contiguous(), outer, inner, out);
   return out;
 }
 
@@ -64,7 +80,6 @@ Tensor sum_raw(const Tensor& x_in, const std::vector<bool>& mask) {
 
 Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
   check_defined(x, "sum", "input");
-  check_cpu(x, "sum");
   const std::vector<bool> mask = reduce_mask(x, dims, "sum");
   Tensor out = sum_raw(x, mask).view(reduced_shape(x.shape(), mask, keepdim));
   trace_op("sum", {x}, out);
@@ -103,7 +118,6 @@ namespace {
 
 void max_impl(const Tensor& x_in, int64_t dim, Tensor& values, Tensor& indices, const char* op) {
   check_defined(x_in, op, "input");
-  check_cpu(x_in, op);
   const int64_t d = wrap_dim(dim, x_in.dim(), op);
   KCHECK(x_in.size(d) > 0, ShapeError, op, ": dim ", dim, " is empty in ", shape_str(x_in.shape()));
   const Tensor x = x_in.detach().contiguous();
@@ -114,7 +128,26 @@ void max_impl(const Tensor& x_in, int64_t dim, Tensor& values, Tensor& indices, 
   out_shape[d] = 1;
   values = Tensor::empty(out_shape, x.dtype(), x.device());
   indices = Tensor::empty(out_shape, DType::I64, x.device());
+  if constexpr (kHaveCuda) {
+    if (x.device().is_cuda()) return gpu::max_mid(x, outer, x.size(d), inner, values, indices);
+  }
   cpu::max_mid(x, outer, x.size(d), inner, values, indices);
+}
+
+// grad_in[o, indices[o, i], i] = grad[o, i] into a zeroed grad_in.
+void max_scatter(const Tensor& gk, const Tensor& indices, int64_t outer, int64_t n, int64_t inner,
+                 const Tensor& gi) {
+  if constexpr (kHaveCuda) {
+    if (gi.device().is_cuda()) return gpu::max_backward_scatter(gk, indices, outer, n, inner, gi);
+  }
+  const int64_t* idx = indices.data<int64_t>();
+  dispatch_float(gk.dtype(), "max backward", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    const scalar_t* pg = gk.data<scalar_t>();
+    scalar_t* pi = gi.data<scalar_t>();
+    for (int64_t o = 0; o < outer; ++o)
+      for (int64_t i = 0; i < inner; ++i) pi[(o * n + idx[o * inner + i]) * inner + i] = pg[o * inner + i];
+  });
 }
 
 }  // namespace
@@ -133,15 +166,7 @@ Tensor max(const Tensor& x, int64_t dim, bool keepdim) {
     int64_t outer = 1, inner = 1;
     for (int64_t i = 0; i < d; ++i) outer *= in_shape[i];
     for (int64_t i = d + 1; i < static_cast<int64_t>(in_shape.size()); ++i) inner *= in_shape[i];
-    const int64_t n = in_shape[d];
-    const int64_t* idx = indices.data<int64_t>();
-    dispatch_float(g.dtype(), "max backward", [&](auto tag_) {
-    using scalar_t = KESTREL_SCALAR(tag_);
-      const scalar_t* pg = gk.data<scalar_t>();
-      scalar_t* pi = gi.data<scalar_t>();
-      for (int64_t o = 0; o < outer; ++o)
-        for (int64_t i = 0; i < inner; ++i) pi[(o * n + idx[o * inner + i]) * inner + i] = pg[o * inner + i];
-    });
+    max_scatter(gk, indices, outer, in_shape[d], inner, gi);
     return std::vector<Tensor>{gi};
   });
 }

@@ -13,7 +13,6 @@ Tensor concat(const std::vector<Tensor>& tensors, int64_t dim) {
   KCHECK(!tensors.empty(), ValueError, op, ": no tensors given");
   const Tensor& first = tensors[0];
   check_defined(first, op, "tensor 0");
-  check_cpu(first, op);
   const int64_t d = wrap_dim(dim, first.dim(), op);
   KCHECK(first.dim() >= 1, ShapeError, op, ": cannot concatenate 0-d tensors");
   Shape out_shape = first.shape();
@@ -74,7 +73,6 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
 Tensor pad2d(const Tensor& x, int64_t top, int64_t bottom, int64_t left, int64_t right, double value) {
   const char* op = "pad2d";
   check_defined(x, op, "input");
-  check_cpu(x, op);
   check_dim(x, 4, op, "input (NHWC)");
   KCHECK(top >= 0 && bottom >= 0 && left >= 0 && right >= 0, ValueError, op,
          ": padding must be >= 0, got top ", top, ", bottom ", bottom, ", left ", left, ", right ", right);
