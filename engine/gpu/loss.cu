@@ -114,7 +114,8 @@ __global__ void softmax_cols_kernel(const T* __restrict__ x, T* __restrict__ y, 
       for (int64_t k = 0; k < n; ++k) y[base + k * inner] = from_acc<T>((to_acc(x[base + k * inner]) - mx) - log_sum);
     } else {
       const A inv = A(1) / sum;
-      for (int64_t k = 0; k < n; ++k) y[base + k * inner] = from_acc<T>(dev_exp(to_acc(x[base + k * inner]) - mx) * inv);
+      for (int64_t k = 0; k < n; ++k)
+        y[base + k * inner] = from_acc<T>(dev_exp(to_acc(x[base + k * inner]) - mx) * inv);
     }
   }
 }

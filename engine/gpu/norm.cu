@@ -206,18 +206,20 @@ BatchNormForward batch_norm_act_forward(const Tensor& x, const Tensor& weight, c
   if (training) {
     // The kernel needs somewhere to put the batch statistics only when the backward reads them.
     if (keep_stats) out.saved = {f32_channels(s.C, d), f32_channels(s.C, d)};
-    KESTREL_CUDA_CHECK_CTX(kernels::batch_norm_act_forward_training(
-                     dt, s, args, x.data_ptr(), ptr_or_null(residual), f32_or_null(weight), f32_or_null(bias),
-                     f32_or_null_mut(running_mean), f32_or_null_mut(running_var), f32_or_null_mut(out.saved.mean),
-                     f32_or_null_mut(out.saved.invstd), out.y.data_ptr(), ws.data_ptr(), st),
-                         op, " input ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
+    KESTREL_CUDA_CHECK_CTX(
+        kernels::batch_norm_act_forward_training(
+            dt, s, args, x.data_ptr(), ptr_or_null(residual), f32_or_null(weight), f32_or_null(bias),
+            f32_or_null_mut(running_mean), f32_or_null_mut(running_var), f32_or_null_mut(out.saved.mean),
+            f32_or_null_mut(out.saved.invstd), out.y.data_ptr(), ws.data_ptr(), st),
+        op, " input ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
     return out;
   }
-  KESTREL_CUDA_CHECK_CTX(kernels::batch_norm_act_forward_inference(
-                   dt, s, args, x.data_ptr(), ptr_or_null(residual), f32_or_null(weight), f32_or_null(bias),
-                   device_ptr<const float>(running_mean), device_ptr<const float>(running_var), out.y.data_ptr(),
-                   ws.data_ptr(), st),
-                         op, " input ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
+  KESTREL_CUDA_CHECK_CTX(
+      kernels::batch_norm_act_forward_inference(dt, s, args, x.data_ptr(), ptr_or_null(residual), f32_or_null(weight),
+                                                f32_or_null(bias), device_ptr<const float>(running_mean),
+                                                device_ptr<const float>(running_var), out.y.data_ptr(),
+                                                ws.data_ptr(), st),
+      op, " input ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
   if (keep_stats) {
     // A snapshot: a later training step updates the running statistics in place.
     out.saved = {f32_channels(s.C, d), f32_channels(s.C, d)};
@@ -247,12 +249,13 @@ BatchNormGrads batch_norm_act_backward(const Tensor& grad_y, const Tensor& x, co
   if (need[1]) out.weight = f32_channels(s.C, d);
   if (need[2]) out.bias = f32_channels(s.C, d);
   const Tensor ws = workspace_for(s, d);
-  KESTREL_CUDA_CHECK_CTX(kernels::batch_norm_act_backward(
-                   dt, s, args, grad_y.data_ptr(), x.data_ptr(), ptr_or_null(residual), f32_or_null(weight),
-                   f32_or_null(bias), device_ptr<const float>(saved.mean), device_ptr<const float>(saved.invstd),
-                   dx.data_ptr(), ptr_or_null_mut(out.residual), f32_or_null_mut(out.weight),
-                   f32_or_null_mut(out.bias), ws.data_ptr(), stream_of(x)),
-                         op, " input ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
+  KESTREL_CUDA_CHECK_CTX(
+      kernels::batch_norm_act_backward(dt, s, args, grad_y.data_ptr(), x.data_ptr(), ptr_or_null(residual),
+                                       f32_or_null(weight), f32_or_null(bias), device_ptr<const float>(saved.mean),
+                                       device_ptr<const float>(saved.invstd), dx.data_ptr(),
+                                       ptr_or_null_mut(out.residual), f32_or_null_mut(out.weight),
+                                       f32_or_null_mut(out.bias), ws.data_ptr(), stream_of(x)),
+      op, " input ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
   if (need[0]) out.x = dx;
   return out;
 }
