@@ -13,6 +13,8 @@
 #include "kernels/batch_norm_act.h"
 
 #include <algorithm>
+#include <initializer_list>
+#include <type_traits>
 
 #include "kernels/common.cuh"
 
@@ -262,77 +264,98 @@ unsigned elementwise_blocks(int64_t nvec) {
   return static_cast<unsigned>(std::clamp<int64_t>((nvec + kThreads - 1) / kThreads, 1, 65536));
 }
 
-template <typename T>
-int pick_vec(const BatchNormShape& s, const void* a, const void* b, const void* c, const void* d) {
+// Reduction geometry and workspace carve-up of one call.
+struct Plan {
+  ReduceGeom g;
+  WsLayout w;
+};
+Plan make_plan(const BatchNormShape& s, void* ws) {
+  const ReduceGeom g = reduce_geometry(s);
+  return {g, ws_layout(ws, s, g.splits)};
+}
+
+// Runs launch(std::integral_constant<int, V>{}, blocks) with V the 16-byte
+// vector width of T when every pointer allows it (C % V == 0, aligned), else 1.
+template <typename T, typename Launch>
+void launch_elementwise(const BatchNormShape& s, std::initializer_list<const void*> ptrs, Launch&& launch) {
   constexpr int V = vec_width<T>();
-  const bool ok = s.C % V == 0 && aligned_to(a, 16) && aligned_to(b, 16) && (c == nullptr || aligned_to(c, 16)) &&
-                  (d == nullptr || aligned_to(d, 16));
-  return ok ? V : 1;
+  bool vec = s.C % V == 0;
+  for (const void* p : ptrs) vec = vec && (p == nullptr || aligned_to(p, 16));
+  const int64_t total = s.M * s.C;
+  if (vec)
+    launch(std::integral_constant<int, V>{}, elementwise_blocks(total / V));
+  else
+    launch(std::integral_constant<int, 1>{}, elementwise_blocks(total));
 }
 
 template <typename T>
 void launch_apply(const BatchNormShape& s, const T* x, const T* res, const float* scale, const float* shift, T* y,
                   KAct act, cudaStream_t st) {
-  constexpr int V = vec_width<T>();
-  const int64_t total = s.M * s.C;
-  if (pick_vec<T>(s, x, y, res, nullptr) == V) {
-    bn_apply_kernel<T, V><<<elementwise_blocks(total / V), kThreads, 0, st>>>(x, res, scale, shift, y, total, s.C, act);
-  } else {
-    bn_apply_kernel<T, 1><<<elementwise_blocks(total), kThreads, 0, st>>>(x, res, scale, shift, y, total, s.C, act);
-  }
+  launch_elementwise<T>(s, {x, y, res}, [&](auto vec, unsigned blocks) {
+    bn_apply_kernel<T, decltype(vec)::value><<<blocks, kThreads, 0, st>>>(x, res, scale, shift, y, s.M * s.C, s.C,
+                                                                          act);
+  });
 }
 
 template <typename T>
-cudaError_t forward_training_t(const BatchNormShape& s, const BatchNormActArgs& a, const T* x, const T* res,
-                               const float* gamma, const float* beta, float* rmean, float* rvar, float* smean,
-                               float* sinvstd, T* y, void* ws, cudaStream_t st) {
-  const ReduceGeom g = reduce_geometry(s);
-  const WsLayout w = ws_layout(ws, s, g.splits);
-  bn_stats_partial_kernel<T><<<dim3(g.cblocks, g.splits), dim3(g.tx, g.ty), 0, st>>>(x, s.M, s.C, g.splits, w.p0,
-                                                                                     w.p1, w.p2);
-  bn_stats_finalize_kernel<<<ceil_div(s.C, 128), 128, 0, st>>>(w.p0, w.p1, w.p2, s.C, g.splits, s.M, a.eps,
+void forward_training_t(const BatchNormShape& s, const BatchNormActArgs& a, const T* x, const T* res,
+                        const float* gamma, const float* beta, float* rmean, float* rvar, float* smean,
+                        float* sinvstd, T* y, void* ws, cudaStream_t st) {
+  const Plan p = make_plan(s, ws);
+  bn_stats_partial_kernel<T><<<dim3(p.g.cblocks, p.g.splits), dim3(p.g.tx, p.g.ty), 0, st>>>(
+      x, s.M, s.C, p.g.splits, p.w.p0, p.w.p1, p.w.p2);
+  bn_stats_finalize_kernel<<<ceil_div(s.C, 128), 128, 0, st>>>(p.w.p0, p.w.p1, p.w.p2, s.C, p.g.splits, s.M, a.eps,
                                                                a.momentum, gamma, beta, rmean, rvar, smean, sinvstd,
-                                                               w.scale, w.shift);
-  launch_apply<T>(s, x, res, w.scale, w.shift, y, a.act, st);
-  return cudaGetLastError();
+                                                               p.w.scale, p.w.shift);
+  launch_apply<T>(s, x, res, p.w.scale, p.w.shift, y, a.act, st);
 }
 
 template <typename T>
-cudaError_t forward_inference_t(const BatchNormShape& s, const BatchNormActArgs& a, const T* x, const T* res,
-                                const float* gamma, const float* beta, const float* rmean, const float* rvar, T* y,
-                                void* ws, cudaStream_t st) {
-  const ReduceGeom g = reduce_geometry(s);
-  const WsLayout w = ws_layout(ws, s, g.splits);
-  bn_inference_coef_kernel<<<ceil_div(s.C, 128), 128, 0, st>>>(s.C, a.eps, gamma, beta, rmean, rvar, w.scale,
-                                                               w.shift);
-  launch_apply<T>(s, x, res, w.scale, w.shift, y, a.act, st);
-  return cudaGetLastError();
+void forward_inference_t(const BatchNormShape& s, const BatchNormActArgs& a, const T* x, const T* res,
+                         const float* gamma, const float* beta, const float* rmean, const float* rvar, T* y, void* ws,
+                         cudaStream_t st) {
+  const Plan p = make_plan(s, ws);
+  bn_inference_coef_kernel<<<ceil_div(s.C, 128), 128, 0, st>>>(s.C, a.eps, gamma, beta, rmean, rvar, p.w.scale,
+                                                               p.w.shift);
+  launch_apply<T>(s, x, res, p.w.scale, p.w.shift, y, a.act, st);
 }
 
 template <typename T>
-cudaError_t backward_t(const BatchNormShape& s, const BatchNormActArgs& a, const T* dy, const T* x, const T* res,
-                       const float* gamma, const float* beta, const float* smean, const float* sinvstd, T* dx,
-                       T* dres, float* dgamma, float* dbeta, void* ws, cudaStream_t st) {
-  const ReduceGeom g = reduce_geometry(s);
-  const WsLayout w = ws_layout(ws, s, g.splits);
-  bn_backward_reduce_kernel<T><<<dim3(g.cblocks, g.splits), dim3(g.tx, g.ty), 0, st>>>(
-      dy, x, res, smean, sinvstd, gamma, beta, s.M, s.C, g.splits, a.act, w.p0, w.p1);
-  bn_backward_finalize_kernel<<<ceil_div(s.C, 128), 128, 0, st>>>(w.p0, w.p1, s.C, g.splits, s.M, gamma, sinvstd,
-                                                                  dgamma, dbeta, w.scale, w.shift, w.coef);
-  constexpr int V = vec_width<T>();
-  const int64_t total = s.M * s.C;
-  const bool vec = pick_vec<T>(s, dy, x, dx, dres) == V && (res == nullptr || aligned_to(res, 16));
-  if (vec) {
-    bn_backward_apply_kernel<T, V><<<elementwise_blocks(total / V), kThreads, 0, st>>>(
-        dy, x, res, smean, sinvstd, gamma, beta, w.scale, w.shift, w.coef, dx, dres, total, s.C, a.act);
-  } else {
-    bn_backward_apply_kernel<T, 1><<<elementwise_blocks(total), kThreads, 0, st>>>(
-        dy, x, res, smean, sinvstd, gamma, beta, w.scale, w.shift, w.coef, dx, dres, total, s.C, a.act);
-  }
-  return cudaGetLastError();
+void backward_t(const BatchNormShape& s, const BatchNormActArgs& a, const T* dy, const T* x, const T* res,
+                const float* gamma, const float* beta, const float* smean, const float* sinvstd, T* dx, T* dres,
+                float* dgamma, float* dbeta, void* ws, cudaStream_t st) {
+  const Plan p = make_plan(s, ws);
+  bn_backward_reduce_kernel<T><<<dim3(p.g.cblocks, p.g.splits), dim3(p.g.tx, p.g.ty), 0, st>>>(
+      dy, x, res, smean, sinvstd, gamma, beta, s.M, s.C, p.g.splits, a.act, p.w.p0, p.w.p1);
+  bn_backward_finalize_kernel<<<ceil_div(s.C, 128), 128, 0, st>>>(p.w.p0, p.w.p1, s.C, p.g.splits, s.M, gamma,
+                                                                  sinvstd, dgamma, dbeta, p.w.scale, p.w.shift,
+                                                                  p.w.coef);
+  launch_elementwise<T>(s, {dy, x, dx, dres, res}, [&](auto vec, unsigned blocks) {
+    bn_backward_apply_kernel<T, decltype(vec)::value><<<blocks, kThreads, 0, st>>>(
+        dy, x, res, smean, sinvstd, gamma, beta, p.w.scale, p.w.shift, p.w.coef, dx, dres, s.M * s.C, s.C, a.act);
+  });
 }
 
 bool valid(const BatchNormShape& s) { return s.M >= 1 && s.C >= 1; }
+
+template <typename T>
+struct Elem {
+  using type = T;
+};
+
+// The launchers' shared prologue and epilogue: rejects bad arguments, runs
+// launch(Elem<T>{}) with T the element type of dt, returns the launch status.
+template <typename Launch>
+cudaError_t launch_typed(KDType dt, bool args_ok, Launch&& launch) {
+  if (!args_ok) return cudaErrorInvalidValue;
+  switch (dt) {
+    case KDType::F32: launch(Elem<float>{}); break;
+    case KDType::F16: launch(Elem<__half>{}); break;
+    case KDType::BF16: launch(Elem<__nv_bfloat16>{}); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
 
 }  // namespace
 
@@ -341,45 +364,40 @@ size_t batch_norm_act_workspace_bytes(const BatchNormShape& s) {
   return (static_cast<size_t>(3) * g.splits * s.C + 3 * static_cast<size_t>(s.C)) * sizeof(float);
 }
 
-#define KESTREL_BN_DISPATCH(dt, CALL)                            \
-  switch (dt) {                                                  \
-    case KDType::F32: { using T = float; return CALL; }          \
-    case KDType::F16: { using T = __half; return CALL; }         \
-    case KDType::BF16: { using T = __nv_bfloat16; return CALL; } \
-  }                                                              \
-  return cudaErrorInvalidValue
-
 cudaError_t batch_norm_act_forward_training(KDType dt, const BatchNormShape& s, const BatchNormActArgs& a,
                                             const void* x, const void* residual, const float* gamma,
                                             const float* beta, float* running_mean, float* running_var,
                                             float* save_mean, float* save_invstd, void* y, void* workspace,
                                             cudaStream_t stream) {
-  if (!valid(s) || workspace == nullptr) return cudaErrorInvalidValue;
-  KESTREL_BN_DISPATCH(dt, forward_training_t<T>(s, a, static_cast<const T*>(x), static_cast<const T*>(residual),
-                                                gamma, beta, running_mean, running_var, save_mean, save_invstd,
-                                                static_cast<T*>(y), workspace, stream));
+  return launch_typed(dt, valid(s) && workspace != nullptr, [&](auto e) {
+    using T = typename decltype(e)::type;
+    forward_training_t<T>(s, a, static_cast<const T*>(x), static_cast<const T*>(residual), gamma, beta, running_mean,
+                          running_var, save_mean, save_invstd, static_cast<T*>(y), workspace, stream);
+  });
 }
 
 cudaError_t batch_norm_act_forward_inference(KDType dt, const BatchNormShape& s, const BatchNormActArgs& a,
                                              const void* x, const void* residual, const float* gamma,
                                              const float* beta, const float* running_mean, const float* running_var,
                                              void* y, void* workspace, cudaStream_t stream) {
-  if (!valid(s) || workspace == nullptr || running_mean == nullptr || running_var == nullptr)
-    return cudaErrorInvalidValue;
-  KESTREL_BN_DISPATCH(dt, forward_inference_t<T>(s, a, static_cast<const T*>(x), static_cast<const T*>(residual),
-                                                 gamma, beta, running_mean, running_var, static_cast<T*>(y),
-                                                 workspace, stream));
+  const bool ok = valid(s) && workspace != nullptr && running_mean != nullptr && running_var != nullptr;
+  return launch_typed(dt, ok, [&](auto e) {
+    using T = typename decltype(e)::type;
+    forward_inference_t<T>(s, a, static_cast<const T*>(x), static_cast<const T*>(residual), gamma, beta,
+                           running_mean, running_var, static_cast<T*>(y), workspace, stream);
+  });
 }
 
 cudaError_t batch_norm_act_backward(KDType dt, const BatchNormShape& s, const BatchNormActArgs& a, const void* dy,
                                     const void* x, const void* residual, const float* gamma, const float* beta,
                                     const float* save_mean, const float* save_invstd, void* dx, void* dresidual,
                                     float* dgamma, float* dbeta, void* workspace, cudaStream_t stream) {
-  if (!valid(s) || workspace == nullptr) return cudaErrorInvalidValue;
-  KESTREL_BN_DISPATCH(dt, backward_t<T>(s, a, static_cast<const T*>(dy), static_cast<const T*>(x),
-                                        static_cast<const T*>(residual), gamma, beta, save_mean, save_invstd,
-                                        static_cast<T*>(dx), static_cast<T*>(dresidual), dgamma, dbeta, workspace,
-                                        stream));
+  return launch_typed(dt, valid(s) && workspace != nullptr, [&](auto e) {
+    using T = typename decltype(e)::type;
+    backward_t<T>(s, a, static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<const T*>(residual), gamma,
+                  beta, save_mean, save_invstd, static_cast<T*>(dx), static_cast<T*>(dresidual), dgamma, dbeta,
+                  workspace, stream);
+  });
 }
 
 }  // namespace kestrel::kernels

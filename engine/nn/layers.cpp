@@ -3,6 +3,8 @@
 #include <cmath>
 
 #include "engine/autograd.h"
+#include "engine/gpu/norm.h"
+#include "engine/ops/check.h"
 #include "engine/ops/dropout.h"
 #include "engine/ops/linear.h"
 #include "engine/ops/pool.h"
@@ -47,6 +49,16 @@ BatchNorm2d::BatchNorm2d(int64_t c, double eps, double momentum) : channels(c), 
   num_batches_tracked = register_buffer("num_batches_tracked", Tensor::zeros({}, DType::I64));
 }
 
+namespace {
+// num_batches_tracked += 1 where the buffer lives (no host round trip on CUDA).
+void count_batch(const Tensor& counter) {
+  if constexpr (kHaveCuda) {
+    if (counter.device().is_cuda()) return gpu::increment_counter(counter);
+  }
+  *counter.data<int64_t>() += 1;
+}
+}  // namespace
+
 Tensor BatchNorm2d::forward(const Tensor& x) { return forward_fused(x, Activation::None); }
 
 Tensor BatchNorm2d::forward_fused(const Tensor& x, Activation act, const Tensor& residual) {
@@ -54,8 +66,7 @@ Tensor BatchNorm2d::forward_fused(const Tensor& x, Activation act, const Tensor&
   p.training = is_training();
   p.momentum = momentum;
   p.eps = eps;
-  if (p.training && num_batches_tracked.device().is_cpu())
-    *num_batches_tracked.data<int64_t>() += 1;
+  if (p.training) count_batch(num_batches_tracked);
   if (act == Activation::None && !residual.defined())
     return batch_norm(x, weight, bias, running_mean, running_var, p);
   return batch_norm_act(x, weight, bias, running_mean, running_var, p, act, residual);

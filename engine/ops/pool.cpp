@@ -5,6 +5,7 @@
 
 #include "engine/autograd.h"
 #include "engine/cpu/pool.h"
+#include "engine/gpu/pool.h"
 #include "engine/ops/check.h"
 #include "engine/ops/conv.h"
 #include "engine/trace.h"
@@ -15,7 +16,6 @@ namespace {
 
 cpu::PoolGeom input_geom(const Tensor& x, const char* op) {
   check_defined(x, op, "input");
-  check_cpu(x, op);
   check_dim(x, 4, op, "input (NHWC)");
   cpu::PoolGeom g;
   g.n = x.size(0);
@@ -53,6 +53,89 @@ std::map<std::string, std::string> window_attrs(const cpu::PoolGeom& g) {
   return {{"kernel", std::to_string(g.kernel)}, {"stride", std::to_string(g.stride)}, {"padding", std::to_string(g.pad)}};
 }
 
+// Device routing: CUDA tensors go to engine/gpu/pool.h, CPU tensors to the
+// f32/f64 kernels of engine/cpu/pool.h. Tensors are contiguous.
+
+void max_pool_forward(const cpu::PoolGeom& g, const Tensor& x, const Tensor& y, const Tensor& argmax) {
+  if constexpr (kHaveCuda) {
+    if (x.device().is_cuda()) return gpu::max_pool2d_forward(g, x, y, argmax);
+  }
+  dispatch_float(x.dtype(), "max_pool2d", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    cpu::max_pool2d_forward<scalar_t>(g, x.data<scalar_t>(), y.data<scalar_t>(), argmax.data<int32_t>());
+  });
+}
+
+void max_pool_backward(const cpu::PoolGeom& g, const Tensor& gy, const Tensor& argmax, const Tensor& gx) {
+  if constexpr (kHaveCuda) {
+    if (gy.device().is_cuda()) return gpu::max_pool2d_backward(g, gy, argmax, gx);
+  }
+  dispatch_float(gy.dtype(), "max_pool2d backward", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    cpu::max_pool2d_backward<scalar_t>(g, gy.data<scalar_t>(), argmax.data<int32_t>(), gx.data<scalar_t>());
+  });
+}
+
+void avg_pool_forward(const cpu::PoolGeom& g, bool count_include_pad, const Tensor& x, const Tensor& y) {
+  if constexpr (kHaveCuda) {
+    if (x.device().is_cuda()) return gpu::avg_pool2d_forward(g, count_include_pad, x, y);
+  }
+  dispatch_float(x.dtype(), "avg_pool2d", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    cpu::avg_pool2d_forward<scalar_t>(g, count_include_pad, x.data<scalar_t>(), y.data<scalar_t>());
+  });
+}
+
+void avg_pool_backward(const cpu::PoolGeom& g, bool count_include_pad, const Tensor& gy, const Tensor& gx) {
+  if constexpr (kHaveCuda) {
+    if (gy.device().is_cuda()) return gpu::avg_pool2d_backward(g, count_include_pad, gy, gx);
+  }
+  dispatch_float(gy.dtype(), "avg_pool2d backward", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    cpu::avg_pool2d_backward<scalar_t>(g, count_include_pad, gy.data<scalar_t>(), gx.data<scalar_t>());
+  });
+}
+
+void adaptive_forward(const cpu::PoolGeom& g, const Tensor& x, const Tensor& y, const char* op) {
+  if constexpr (kHaveCuda) {
+    if (x.device().is_cuda()) return gpu::adaptive_avg_pool2d_forward(g, x, y);
+  }
+  dispatch_float(x.dtype(), op, [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    cpu::adaptive_avg_pool2d_forward<scalar_t>(g, x.data<scalar_t>(), y.data<scalar_t>());
+  });
+}
+
+void adaptive_backward(const cpu::PoolGeom& g, const Tensor& gy, const Tensor& gx) {
+  if constexpr (kHaveCuda) {
+    if (gy.device().is_cuda()) return gpu::adaptive_avg_pool2d_backward(g, gy, gx);
+  }
+  dispatch_float(gy.dtype(), "adaptive_avg_pool2d backward", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    cpu::adaptive_avg_pool2d_backward<scalar_t>(g, gy.data<scalar_t>(), gx.data<scalar_t>());
+  });
+}
+
+void resize_forward(const cpu::PoolGeom& g, bool align_corners, const Tensor& x, const Tensor& y) {
+  if constexpr (kHaveCuda) {
+    if (x.device().is_cuda()) return gpu::resize_bilinear_forward(g, align_corners, x, y);
+  }
+  dispatch_float(x.dtype(), "resize_bilinear", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    cpu::resize_bilinear_forward<scalar_t>(g, align_corners, x.data<scalar_t>(), y.data<scalar_t>());
+  });
+}
+
+void resize_backward(const cpu::PoolGeom& g, bool align_corners, const Tensor& gy, const Tensor& gx) {
+  if constexpr (kHaveCuda) {
+    if (gy.device().is_cuda()) return gpu::resize_bilinear_backward(g, align_corners, gy, gx);
+  }
+  dispatch_float(gy.dtype(), "resize_bilinear backward", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    cpu::resize_bilinear_backward<scalar_t>(g, align_corners, gy.data<scalar_t>(), gx.data<scalar_t>());
+  });
+}
+
 }  // namespace
 
 Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding) {
@@ -62,19 +145,13 @@ Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t paddi
   const Tensor xc = x.detach().contiguous();
   Tensor out = output_for(g, x);
   Tensor argmax = Tensor::empty(out.shape(), DType::I32, x.device());
-  dispatch_float(x.dtype(), op, [&](auto tag_) {
-    using scalar_t = KESTREL_SCALAR(tag_);
-    cpu::max_pool2d_forward<scalar_t>(g, xc.data<scalar_t>(), out.data<scalar_t>(), argmax.data<int32_t>());
-  });
+  max_pool_forward(g, xc, out, argmax);
   trace_op(op, {x}, out, 0, window_attrs(g));
   if (!needs_grad({x})) return out;
   return record(out, op, {x}, [g, argmax](const Tensor& grad, const std::vector<bool>&) {
     const Tensor gy = grad.contiguous();
     Tensor gx = input_grad_for(g, gy);
-    dispatch_float(gy.dtype(), "max_pool2d backward", [&](auto tag_) {
-      using scalar_t = KESTREL_SCALAR(tag_);
-      cpu::max_pool2d_backward<scalar_t>(g, gy.data<scalar_t>(), argmax.data<int32_t>(), gx.data<scalar_t>());
-    });
+    max_pool_backward(g, gy, argmax, gx);
     return std::vector<Tensor>{gx};
   });
 }
@@ -84,10 +161,7 @@ Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t paddi
   const cpu::PoolGeom g = window_geom(x, kernel, stride, padding, op);
   const Tensor xc = x.detach().contiguous();
   Tensor out = output_for(g, x);
-  dispatch_float(x.dtype(), op, [&](auto tag_) {
-    using scalar_t = KESTREL_SCALAR(tag_);
-    cpu::avg_pool2d_forward<scalar_t>(g, count_include_pad, xc.data<scalar_t>(), out.data<scalar_t>());
-  });
+  avg_pool_forward(g, count_include_pad, xc, out);
   auto attrs = window_attrs(g);
   attrs["count_include_pad"] = count_include_pad ? "true" : "false";
   trace_op(op, {x}, out, 0, attrs);
@@ -95,10 +169,7 @@ Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t paddi
   return record(out, op, {x}, [g, count_include_pad](const Tensor& grad, const std::vector<bool>&) {
     const Tensor gy = grad.contiguous();
     Tensor gx = input_grad_for(g, gy);
-    dispatch_float(gy.dtype(), "avg_pool2d backward", [&](auto tag_) {
-      using scalar_t = KESTREL_SCALAR(tag_);
-      cpu::avg_pool2d_backward<scalar_t>(g, count_include_pad, gy.data<scalar_t>(), gx.data<scalar_t>());
-    });
+    avg_pool_backward(g, count_include_pad, gy, gx);
     return std::vector<Tensor>{gx};
   });
 }
@@ -114,19 +185,13 @@ Tensor adaptive_impl(const Tensor& x, int64_t out_h, int64_t out_w, const char* 
   g.kernel = (g.h + out_h - 1) / out_h + 1;  // only a work estimate for threading
   const Tensor xc = x.detach().contiguous();
   Tensor out = output_for(g, x);
-  dispatch_float(x.dtype(), op, [&](auto tag_) {
-    using scalar_t = KESTREL_SCALAR(tag_);
-    cpu::adaptive_avg_pool2d_forward<scalar_t>(g, xc.data<scalar_t>(), out.data<scalar_t>());
-  });
+  adaptive_forward(g, xc, out, op);
   trace_op(op, {x}, out, 0, {{"output_size", std::to_string(out_h) + "x" + std::to_string(out_w)}});
   if (!needs_grad({x})) return out;
   return record(out, op, {x}, [g](const Tensor& grad, const std::vector<bool>&) {
     const Tensor gy = grad.contiguous();
     Tensor gx = input_grad_for(g, gy);
-    dispatch_float(gy.dtype(), "adaptive_avg_pool2d backward", [&](auto tag_) {
-      using scalar_t = KESTREL_SCALAR(tag_);
-      cpu::adaptive_avg_pool2d_backward<scalar_t>(g, gy.data<scalar_t>(), gx.data<scalar_t>());
-    });
+    adaptive_backward(g, gy, gx);
     return std::vector<Tensor>{gx};
   });
 }
@@ -148,10 +213,7 @@ Tensor resize_bilinear(const Tensor& x, int64_t out_h, int64_t out_w, bool align
   g.ow = out_w;
   const Tensor xc = x.detach().contiguous();
   Tensor out = output_for(g, x);
-  dispatch_float(x.dtype(), op, [&](auto tag_) {
-    using scalar_t = KESTREL_SCALAR(tag_);
-    cpu::resize_bilinear_forward<scalar_t>(g, align_corners, xc.data<scalar_t>(), out.data<scalar_t>());
-  });
+  resize_forward(g, align_corners, xc, out);
   trace_op(op, {x}, out, 0,
            {{"output_size", std::to_string(out_h) + "x" + std::to_string(out_w)},
             {"align_corners", align_corners ? "true" : "false"}});
@@ -159,10 +221,7 @@ Tensor resize_bilinear(const Tensor& x, int64_t out_h, int64_t out_w, bool align
   return record(out, op, {x}, [g, align_corners](const Tensor& grad, const std::vector<bool>&) {
     const Tensor gy = grad.contiguous();
     Tensor gx = input_grad_for(g, gy);
-    dispatch_float(gy.dtype(), "resize_bilinear backward", [&](auto tag_) {
-      using scalar_t = KESTREL_SCALAR(tag_);
-      cpu::resize_bilinear_backward<scalar_t>(g, align_corners, gy.data<scalar_t>(), gx.data<scalar_t>());
-    });
+    resize_backward(g, align_corners, gy, gx);
     return std::vector<Tensor>{gx};
   });
 }
