@@ -33,9 +33,4 @@ inline constexpr bool kHaveCuda = false;
 // In a build without CUDA the branch is discarded, so the gpu:: functions
 // (compiled only with nvcc present) need no definition there.
 
-// Ops without a CUDA path name the device they lack.
-inline void check_cpu(const Tensor& t, const char* op) {
-  KCHECK(t.device().is_cpu(), DeviceError, op, ": not implemented for ", t.device().str(), " tensors yet");
-}
-
 }  // namespace kestrel
