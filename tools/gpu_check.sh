@@ -69,10 +69,10 @@ if [ "$mode" = "pack" ]; then
     p=$(binary_path "$b"); [ -n "$p" ] && cp "$p" "$bundle_dir/stage/bin/"
   done
   # Shared libraries a bare CUDA image may lack (OpenBLAS, gfortran, benchmark, ...);
-  # libc and the CUDA libraries come from the device machine.
+  # libc, the C++ runtime (newer there) and the CUDA libraries come from the device machine.
   for b in "$bundle_dir"/stage/bin/*; do
     ldd "$b" | awk '/=> \//{print $3}'
-  done | sort -u | grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libcuda|libcudnn[^/]*|libcublas[^/]*|libnccl)\.so' \
+  done | sort -u | grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcuda|libcudnn[^/]*|libcublas[^/]*|libnccl)\.so' \
     | while read -r lib; do cp -L "$lib" "$bundle_dir/stage/lib/"; done
   git rev-parse --short HEAD >"$bundle_dir/stage/commit"
   tar -C "$bundle_dir/stage" -cJf "$bundle_dir/kestrel-gpu.tar.xz" . && rm -rf "$bundle_dir/stage"
@@ -129,9 +129,12 @@ out("## Tests")
 out()
 out("| suite | tests | failures | skipped |")
 out("|---|---|---|---|")
+ran = skipped_total = 0
 for x in sorted(glob.glob(os.path.join(logdir, "*.xml"))):
     for suite in ET.parse(x).getroot().iter("testsuite"):
         skipped = sum(1 for tc in suite.iter("testcase") if tc.find("skipped") is not None)
+        ran += int(suite.get("tests")) - skipped
+        skipped_total += skipped
         out(f"| {suite.get('name')} | {suite.get('tests')} | {suite.get('failures')} | {skipped} |")
 out()
 if os.path.exists(bench_json):
@@ -181,7 +184,12 @@ if os.path.exists(bench_json):
 else:
     out("Kernel benchmarks did not run (no cuDNN, skipped, or failed; see the build-gpu/gpu-check logs).")
 out()
-out(f"Overall: {'all GPU tests passed' if status == 0 else 'FAILURES (see logs in ' + logdir + ')'}")
+if status != 0:
+    out(f"Overall: FAILURES (see logs in {logdir})")
+elif skipped_total:
+    out(f"Overall: no failures, but {skipped_total} tests SKIPPED (no usable GPU?); {ran} ran")
+else:
+    out(f"Overall: all {ran} GPU tests passed")
 os.makedirs(os.path.dirname(report), exist_ok=True)
 open(report, "w").write("\n".join(lines) + "\n")
 PY
