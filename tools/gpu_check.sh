@@ -75,6 +75,9 @@ if [ "$mode" = "pack" ]; then
   done | sort -u | grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcuda|libcudnn[^/]*|libcublas[^/]*|libnccl)\.so' \
     | while read -r lib; do cp -L "$lib" "$bundle_dir/stage/lib/"; done
   git rev-parse --short HEAD >"$bundle_dir/stage/commit"
+  # The main job's data, so the device can train the default model on it.
+  fmnist_src=/usr/share/datasets/fashion-mnist
+  [ -d "$fmnist_src" ] && mkdir -p "$bundle_dir/stage/fashion-mnist" && cp "$fmnist_src"/*.gz "$bundle_dir/stage/fashion-mnist/"
   tar -C "$bundle_dir/stage" -cJf "$bundle_dir/kestrel-gpu.tar.xz" . && rm -rf "$bundle_dir/stage"
   say "bundle $(du -h "$bundle_dir/kestrel-gpu.tar.xz" | cut -f1) in $bundle_dir (carry: [\"$bundle_dir\"])"
   exit 0
@@ -87,10 +90,12 @@ if [ -f "$bundle_dir/kestrel-gpu.tar.xz" ]; then
   tar -C "$bin" -xJf "$bundle_dir/kestrel-gpu.tar.xz"
   export LD_LIBRARY_PATH="$bin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   say "using the prebuilt bundle (commit $(cat "$bin/commit"))"
-  gpu_tests="$bin/bin/gpu_tests"; bench_bin="$bin/bin/bench_kernels"
+  gpu_tests="$bin/bin/gpu_tests"; bench_bin="$bin/bin/bench_kernels"; kestrel_bin="$bin/bin/kestrel"
+  fmnist="$bin/fashion-mnist"
 else
-  configure_and_build gpu_tests bench_kernels
-  gpu_tests=$(binary_path gpu_tests); bench_bin=$(binary_path bench_kernels)
+  configure_and_build gpu_tests bench_kernels kestrel
+  gpu_tests=$(binary_path gpu_tests); bench_bin=$(binary_path bench_kernels); kestrel_bin=$(binary_path kestrel)
+  fmnist=/usr/share/datasets/fashion-mnist
 fi
 
 # ---- GPU tests
@@ -110,6 +115,21 @@ if [ "${KESTREL_GPU_CHECK_SKIP_BENCH:-0}" = "0" ] && [ -n "${bench_bin:-}" ] && 
   timeout 300 "$bench_bin" --benchmark_min_time=0.05 --benchmark_out="$bench_json" --benchmark_out_format=json \
     >"$logdir/bench_kernels.log" 2>&1 || { status=1; tail -20 "$logdir/bench_kernels.log"; }
   head -3 "$logdir/bench_kernels.log"
+fi
+
+# ---- the main job on the GPU: the default recipe on Fashion-MNIST, then eval
+if [ -n "${kestrel_bin:-}" ] && [ -x "$kestrel_bin" ] && [ -f "$fmnist/train-images-idx3-ubyte.gz" ]; then
+  say "main job on cuda (tools/recipes/fashion_mnist_quickstart.toml)"
+  job_start=$(date +%s)
+  if timeout 420 "$kestrel_bin" train --config tools/recipes/fashion_mnist_quickstart.toml --device cuda \
+       --data-dir "$fmnist" --out "$logdir/quickstart" --overwrite >"$logdir/quickstart.log" 2>&1 &&
+     timeout 120 "$kestrel_bin" eval --checkpoint "$logdir/quickstart/best.safetensors" --device cuda \
+       --data-dir "$fmnist" --out "$logdir/quickstart/eval" >>"$logdir/quickstart.log" 2>&1; then
+    echo "main job: $(( $(date +%s) - job_start )) s" >>"$logdir/quickstart.log"
+  else
+    status=1
+  fi
+  tail -15 "$logdir/quickstart.log"
 fi
 
 # ---- summary table and report
@@ -183,6 +203,15 @@ if os.path.exists(bench_json):
         out(f"- {op}: median speedup {msp:.2f}x, median {mpct:.0f}% of copy BW -> {'PASS' if ok else 'FAIL'} ({bar})")
 else:
     out("Kernel benchmarks did not run (no cuDNN, skipped, or failed; see the build-gpu/gpu-check logs).")
+job_log = os.path.join(logdir, "quickstart.log")
+if os.path.exists(job_log):
+    out()
+    out("## Main job on the GPU (fashion_mnist_quickstart recipe, then eval)")
+    out()
+    out("```")
+    for l in open(job_log, errors="replace").read().splitlines()[-25:]:
+        out(l)
+    out("```")
 out()
 if status != 0:
     out(f"Overall: FAILURES (see logs in {logdir})")
