@@ -81,6 +81,15 @@ TEST(Cli, BadFlagValuesAreOneLineErrors) {
                         "valid models", "model name");
 }
 
+TEST(Cli, AmpOnTheCpuIsAOneLineError) {
+  for (const char* amp : {"fp16", "bf16"})
+    expect_one_line_error(kestrel_cli(std::string("train --amp ") + amp + " --device cpu --out " +
+                                      temp_path(std::string("amp_") + amp) + " --no-progress"),
+                          "mixed precision needs a CUDA device", "--amp on the CPU");
+  expect_one_line_error(kestrel_cli("train --amp fp8 --device cpu --out " + temp_path("amp_fp8") + " --no-progress"),
+                        "off, fp16, bf16", "bad --amp value");
+}
+
 TEST(Cli, DeviceFlagNamesWhatIsMissingInOneLine) {
   expect_one_line_error(kestrel_cli("train --device tpu --out " + temp_path("d1") + " --no-progress"),
                         "auto, cpu, cuda", "bad --device value");

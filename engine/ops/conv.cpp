@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/cpu/conv.h"
 #include "engine/gpu/conv.h"
@@ -66,8 +67,10 @@ cpu::ConvGeom conv_geometry(const Tensor& x, const Tensor& w, const Conv2dParams
 
 }  // namespace
 
-Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p) {
+Tensor conv2d(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in, const Conv2dParams& p) {
   const char* op = "conv2d";
+  // Under autocast (CUDA only) f32 operands become f16/bf16 through recorded casts.
+  const Tensor x = autocast_operand(x_in), weight = autocast_operand(weight_in), bias = autocast_operand(bias_in);
   check_defined(x, op, "input");
   check_defined(weight, op, "weight");
   check_same_device(x, weight, op);

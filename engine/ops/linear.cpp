@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/cpu/gemm.h"
 #include "engine/gpu/blas.h"
@@ -82,8 +83,10 @@ Tensor column_sums(const Tensor& g, int64_t rows, int64_t cols, const char* op) 
 
 }  // namespace
 
-Tensor matmul(const Tensor& a, const Tensor& b) {
+Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   const char* op = "matmul";
+  // Under autocast (CUDA only) f32 operands become f16/bf16 through recorded casts.
+  const Tensor a = autocast_operand(a_in), b = autocast_operand(b_in);
   check_defined(a, op, "first operand");
   check_defined(b, op, "second operand");
   check_same_device(a, b, op);
@@ -119,8 +122,9 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   });
 }
 
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in) {
   const char* op = "linear";
+  const Tensor x = autocast_operand(x_in), weight = autocast_operand(weight_in), bias = autocast_operand(bias_in);
   check_defined(x, op, "input");
   check_defined(weight, op, "weight");
   check_same_device(x, weight, op);

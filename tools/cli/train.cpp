@@ -86,7 +86,7 @@ void register_train(CLI::App& app) {
   cmd->add_option("--hflip", c->hflip, "random horizontal flip (true/false)")->capture_default_str();
   cmd->add_option("--cutout", c->cutout, "probability of cutout per image")->capture_default_str();
   cmd->add_option("--ema", c->ema, "weight EMA decay (e.g. 0.999); 0 = off")->capture_default_str();
-  cmd->add_option("--amp", c->amp, "off (fp16 and bf16 mixed precision are not implemented yet)")
+  cmd->add_option("--amp", c->amp, "mixed precision on CUDA: off, fp16 (with loss scaling) or bf16")
       ->capture_default_str();
   cmd->add_option("--grad-accum", c->grad_accum, "micro-batches per optimizer step")->capture_default_str();
   cmd->add_option("--clip-grad", c->clip_grad, "clip gradients to this global norm; 0 = off")->capture_default_str();

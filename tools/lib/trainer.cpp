@@ -7,6 +7,7 @@
 
 #include "data/pinned_batch.h"
 #include "data/transforms.h"
+#include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/io/safetensors.h"
 #include "engine/nn/layers.h"
@@ -15,6 +16,7 @@
 #include "engine/optim/adamw.h"
 #include "engine/optim/clip.h"
 #include "engine/optim/ema.h"
+#include "engine/optim/grad_scaler.h"
 #include "engine/optim/schedule.h"
 #include "engine/optim/sgd.h"
 #include "tools/lib/checkpoint.h"
@@ -76,6 +78,21 @@ std::unique_ptr<optim::Optimizer> make_optimizer(const TrainConfig& c, const nn:
   o.weight_decay = c.weight_decay;
   return std::make_unique<optim::SGD>(groups, o);
 }
+
+// The autocast dtype of --amp: f16, bf16, or f32 for off.
+DType amp_dtype(const std::string& amp) {
+  if (amp == "fp16") return DType::F16;
+  if (amp == "bf16") return DType::BF16;
+  return DType::F32;
+}
+
+void check_amp_device(const TrainConfig& c, const Device& device) {
+  KCHECK(c.amp == "off" || device.is_cuda(), ValueError, "--amp ", c.amp, ": mixed precision needs a CUDA device (",
+         device.str(), " selected by --device ", c.device, "); use --amp off on the CPU");
+}
+
+// Half logits (autocast) become f32 through a recorded cast, so losses and metrics run in f32.
+Tensor logits_f32(const Tensor& logits) { return logits.dtype() == DType::F32 ? logits : logits.to(DType::F32); }
 
 std::string fmt_pct(double v) {
   char b[16];
@@ -142,10 +159,10 @@ EvalResult evaluate(nn::Module& model, data::DataLoader& loader, int64_t num_cla
     Tensor logits;
     if (tta) {
       std::vector<Tensor> outs;  // views are made on the host; tta_average returns host logits
-      for (const Tensor& v : data::tta_views(b.images)) outs.push_back(model(v.to(device)));
+      for (const Tensor& v : data::tta_views(b.images)) outs.push_back(logits_f32(model(v.to(device))));
       logits = data::tta_average(outs);
     } else {
-      logits = model(data::copy_batch_to_device(b, device).images);
+      logits = logits_f32(model(data::copy_batch_to_device(b, device).images));
     }
     if (!logits.device().is_cpu()) logits = logits.cpu();  // metrics and loss on the host, one copy
     r.metrics.update(logits, b.labels);
@@ -163,8 +180,7 @@ TrainSummary train(TrainConfig c) {
   c.validate();
   // Both before the run folder is touched.
   const Device device = resolve_device(c.device);
-  KCHECK(c.amp == "off", ValueError, "--amp ", c.amp,
-         ": mixed precision training is not implemented yet (f16/bf16 autocast and loss scaling); use --amp off");
+  check_amp_device(c, device);
   const bool resuming = prepare_out_dir(c);
   io::SafetensorsContents resume_ckpt;
   nlohmann::json state;
@@ -182,6 +198,7 @@ TrainSummary train(TrainConfig c) {
     saved.workers = c.workers;
     saved.device = c.device;  // checkpoints move between devices
     c = saved;
+    check_amp_device(c, device);  // the run's own --amp, on this process's device
   }
 
   // Data.
@@ -232,6 +249,10 @@ TrainSummary train(TrainConfig c) {
   auto schedule = make_schedule(c, steps_per_epoch);
   std::unique_ptr<optim::ModelEma> ema;
   if (c.ema > 0) ema = std::make_unique<optim::ModelEma>(*model, optim::EmaOptions{c.ema, true});
+  // Mixed precision: forward passes under autocast; f16 also scales the loss (bf16 needs no scaler).
+  const DType autocast = amp_dtype(c.amp);
+  std::unique_ptr<optim::GradScaler> scaler;
+  if (c.amp == "fp16") scaler = std::make_unique<optim::GradScaler>();
 
   int64_t start_epoch = 0, global_step = 0, stale_epochs = 0, best_epoch = -1;
   double best_top1 = -1.0;
@@ -240,6 +261,7 @@ TrainSummary train(TrainConfig c) {
     load_weights(resume_ckpt, *model, c.out + "/last.safetensors");
     optimizer->load_state(optim::OptimizerState::from_named_tensors(resume_ckpt.tensors, "__optim__."));
     if (ema) ema->load_state(optim::OptimizerState::from_named_tensors(resume_ckpt.tensors, "__ema__."));
+    if (scaler) scaler->load_state(optim::OptimizerState::from_named_tensors(resume_ckpt.tensors, "__scaler__."));
     start_epoch = state["next_epoch"].get<int64_t>();
     global_step = state["global_step"].get<int64_t>();
     stale_epochs = state["stale_epochs"].get<int64_t>();
@@ -254,7 +276,8 @@ TrainSummary train(TrainConfig c) {
 
   std::cerr << "training " << c.model << " (" << model->num_parameters() << " parameters) on " << c.dataset << ": "
             << train_set->size() << " train / " << test_set->size() << " test images, " << classes
-            << " classes, device " << device.str() << ", " << c.epochs << " epochs\n";
+            << " classes, device " << device.str() << (c.amp == "off" ? "" : ", amp " + c.amp) << ", " << c.epochs
+            << " epochs\n";
 
   TrainSummary summary;
   summary.out_dir = c.out;
@@ -269,15 +292,21 @@ TrainSummary train(TrainConfig c) {
     ProgressBar bar(label, train_loader.num_batches(), c.progress);
     data::Batch b;
     double loss_sum = 0.0;
-    int64_t seen = 0, correct = 0, micro = 0, batches = 0;
+    int64_t seen = 0, correct = 0, micro = 0, batches = 0, skipped_steps = 0;
     while (train_loader.next(b)) {
       const data::DeviceBatch on_device = data::copy_batch_to_device(b, device);
-      Tensor logits = (*model)(on_device.images);
+      Tensor logits;
+      {
+        AutocastGuard autocast_scope(autocast);  // forward only: backward never consults the scope
+        logits = (*model)(on_device.images);
+      }
+      logits = logits_f32(logits);
       Tensor loss = training_loss(c, logits, on_device, classes);
       const double loss_value = loss.item();
       KCHECK(std::isfinite(loss_value), ValueError, "training diverged: loss is ", loss_value, " at epoch ",
              epoch + 1, " batch ", b.index, " (try a lower --lr or --clip-grad)");
-      (c.grad_accum > 1 ? mul_scalar(loss, 1.0 / static_cast<double>(c.grad_accum)) : loss).backward();
+      Tensor objective = c.grad_accum > 1 ? mul_scalar(loss, 1.0 / static_cast<double>(c.grad_accum)) : loss;
+      (scaler ? scaler->scale(objective) : objective).backward();
       {
         const Tensor host_logits = device.is_cpu() ? logits.detach() : logits.detach().cpu();
         const std::vector<int64_t> pred = argmax(host_logits, 1).to_vector_i64();
@@ -289,11 +318,15 @@ TrainSummary train(TrainConfig c) {
       ++batches;
       if (++micro == c.grad_accum) {
         micro = 0;
-        if (c.clip_grad > 0) optim::clip_grad_norm_(params, c.clip_grad);
+        // With a scaler: true gradients before clipping; an inf/nan skips the step and halves the scale.
+        const bool finite = scaler ? scaler->unscale_(*optimizer) : true;
+        if (c.clip_grad > 0 && finite) optim::clip_grad_norm_(params, c.clip_grad);
         optimizer->set_lr(schedule->lr(global_step));
-        optimizer->step();
+        if (finite) optimizer->step();
+        if (scaler) scaler->update();
         optimizer->zero_grad();
-        if (ema) ema->update(*model);
+        if (ema && finite) ema->update(*model);
+        skipped_steps += finite ? 0 : 1;
         ++global_step;
         if (c.stop_after_steps > 0 && global_step >= c.stop_after_steps) {
           bar.finish("stopped (--stop-after-steps)");
@@ -315,7 +348,10 @@ TrainSummary train(TrainConfig c) {
     bar.finish();
 
     if (ema) ema->swap_with(*model);
-    EvalResult val = evaluate(*model, test_loader, classes, c.progress, "  eval");
+    EvalResult val = [&] {
+      AutocastGuard autocast_scope(autocast);
+      return evaluate(*model, test_loader, classes, c.progress, "  eval");
+    }();
     const double top1 = val.metrics.top1();
     const bool improved = top1 > best_top1;
     if (improved) {
@@ -338,11 +374,16 @@ TrainSummary train(TrainConfig c) {
     rec["val_top5"] = val.metrics.top5();
     rec["epoch_seconds"] = train_secs + val.seconds;
     rec["images_per_sec"] = train_secs > 0 ? seen / train_secs : 0.0;
+    if (scaler) {
+      rec["loss_scale"] = scaler->current_scale();
+      rec["skipped_steps"] = skipped_steps;
+    }
     history.push_back(rec);
     const std::pair<const char*, const char*> tags[] = {{"train/loss", "train_loss"}, {"train/top1", "train_top1"},
                                                         {"val/loss", "val_loss"},     {"val/top1", "val_top1"},
                                                         {"val/top5", "val_top5"},     {"lr", "lr"}};
     for (const auto& [tag, key] : tags) tb.add_scalar(tag, rec[key].get<double>(), epoch + 1);
+    if (scaler) tb.add_scalar("amp/loss_scale", scaler->current_scale(), epoch + 1);
     tb.flush();
 
     const bool stop_early = c.early_stop > 0 && stale_epochs >= c.early_stop;
@@ -362,14 +403,23 @@ TrainSummary train(TrainConfig c) {
       nn::NamedTensors e = ema->state().to_named_tensors("__ema__.");
       extra.insert(extra.end(), e.begin(), e.end());
     }
+    if (scaler) {
+      nn::NamedTensors sc = scaler->state().to_named_tensors("__scaler__.");
+      extra.insert(extra.end(), sc.begin(), sc.end());
+    }
     save_checkpoint(c.out + "/last.safetensors", *model, info, extra, {{kStateKey, st.dump()}});
     write_text_atomic(c.out + "/state.json", st.dump(2) + "\n");
     write_metric_files(c.out, history);
 
-    std::fprintf(stderr, "epoch %lld/%lld  train loss %.4f acc %s  val loss %.4f acc %s top5 %s  lr %.4g  %.0f img/s  %s\n",
+    char amp_note[96] = "";
+    if (scaler)
+      std::snprintf(amp_note, sizeof(amp_note), "  loss scale %.6g (%lld skipped)", scaler->current_scale(),
+                    static_cast<long long>(skipped_steps));
+    std::fprintf(stderr,
+                 "epoch %lld/%lld  train loss %.4f acc %s  val loss %.4f acc %s top5 %s  lr %.4g  %.0f img/s%s  %s\n",
                  static_cast<long long>(epoch + 1), static_cast<long long>(c.epochs), rec["train_loss"].get<double>(),
                  fmt_pct(rec["train_top1"].get<double>()).c_str(), val.loss, fmt_pct(top1).c_str(),
-                 fmt_pct(val.metrics.top5()).c_str(), optimizer->lr(), rec["images_per_sec"].get<double>(),
+                 fmt_pct(val.metrics.top5()).c_str(), optimizer->lr(), rec["images_per_sec"].get<double>(), amp_note,
                  improved ? "(best)" : "");
     summary.final_top1 = top1;
     summary.epochs_run = epoch + 1;
