@@ -15,9 +15,8 @@
 //   and an f32 tensor casts the f32 side to the half dtype (recorded, so its
 //   gradient comes back in f32): activations stay in one dtype end to end,
 //   which the fused batch norm's residual input needs.
-//   autocast_binary_operands() implements the rule; add/sub/mul/div apply it
-//   once engine/ops/elementwise.cpp calls it (until then such a mix is the
-//   DTypeError it always was). No model in models/ mixes them today: their
+//   autocast_binary_operands() implements the rule; add/sub/mul/div apply it.
+//   No model in models/ mixes them today: their
 //   only parameters are conv, batch norm and linear weights, and dropout /
 //   drop_path masks take the dtype of x.
 // - Losses are not autocast: the trainer casts the logits to f32 first.

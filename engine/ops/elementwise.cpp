@@ -1,5 +1,6 @@
 #include "engine/ops/elementwise.h"
 
+#include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/cpu/elementwise.h"
 #include "engine/gpu/elementwise.h"
@@ -60,7 +61,8 @@ Tensor binary_forward(cpu::BinaryOp op, const char* name, const Tensor& a, const
 
 }  // namespace
 
-Tensor add(const Tensor& a, const Tensor& b) {
+Tensor add(const Tensor& a_in, const Tensor& b_in) {
+  const auto [a, b] = autocast_binary_operands(a_in, b_in);
   Tensor out = binary_forward(cpu::BinaryOp::Add, "add", a, b);
   const Shape sa = a.shape(), sb = b.shape();
   return record(out, "add", {a, b}, [sa, sb](const Tensor& g, const std::vector<bool>& needs) {
@@ -68,7 +70,8 @@ Tensor add(const Tensor& a, const Tensor& b) {
   });
 }
 
-Tensor sub(const Tensor& a, const Tensor& b) {
+Tensor sub(const Tensor& a_in, const Tensor& b_in) {
+  const auto [a, b] = autocast_binary_operands(a_in, b_in);
   Tensor out = binary_forward(cpu::BinaryOp::Sub, "sub", a, b);
   const Shape sa = a.shape(), sb = b.shape();
   return record(out, "sub", {a, b}, [sa, sb](const Tensor& g, const std::vector<bool>& needs) {
@@ -76,7 +79,8 @@ Tensor sub(const Tensor& a, const Tensor& b) {
   });
 }
 
-Tensor mul(const Tensor& a, const Tensor& b) {
+Tensor mul(const Tensor& a_in, const Tensor& b_in) {
+  const auto [a, b] = autocast_binary_operands(a_in, b_in);
   Tensor out = binary_forward(cpu::BinaryOp::Mul, "mul", a, b);
   Tensor ad = a.detach(), bd = b.detach();
   return record(out, "mul", {a, b}, [ad, bd](const Tensor& g, const std::vector<bool>& needs) {
@@ -85,7 +89,8 @@ Tensor mul(const Tensor& a, const Tensor& b) {
   });
 }
 
-Tensor div(const Tensor& a, const Tensor& b) {
+Tensor div(const Tensor& a_in, const Tensor& b_in) {
+  const auto [a, b] = autocast_binary_operands(a_in, b_in);
   Tensor out = binary_forward(cpu::BinaryOp::Div, "div", a, b);
   Tensor ad = a.detach(), bd = b.detach();
   return record(out, "div", {a, b}, [ad, bd](const Tensor& g, const std::vector<bool>& needs) {
