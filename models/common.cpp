@@ -57,6 +57,13 @@ Tensor SqueezeExcite::forward(const Tensor& x) {
   return squeeze_excite(x, reduce->weight, reduce->bias, expand->weight, expand->bias, act, gate);
 }
 
+FoldedConv fold_batch_norm(const nn::Conv2d& conv, const nn::BatchNorm2d& bn) {
+  const int64_t out = conv.out_channels;
+  const Tensor scale = div(bn.weight, sqrt(add_scalar(bn.running_var, bn.eps)));  // [out]
+  const Tensor shifted = conv.bias.defined() ? sub(conv.bias, bn.running_mean) : neg(bn.running_mean);
+  return {mul(conv.weight, scale.reshape({out, 1, 1, 1})), add(mul(shifted, scale), bn.bias)};
+}
+
 Tensor MaxPool2d::forward(const Tensor& x) { return max_pool2d(x, kernel, stride, padding); }
 Tensor AvgPool2d::forward(const Tensor& x) { return avg_pool2d(x, kernel, stride, padding); }
 
