@@ -50,6 +50,11 @@ void check_input(const Tensor& x, const char* op) {
   KCHECK(x.numel() > 0, ShapeError, op, ": input ", shape_str(x.shape()), " is empty");
 }
 
+// The fused kernels take f32, f16 and bf16; other CUDA dtypes (f64) compose engine ops.
+bool fused_on_cuda(const Tensor& x) {
+  return x.device().is_cuda() && (x.dtype() == DType::F32 || x.dtype() == DType::F16 || x.dtype() == DType::BF16);
+}
+
 Tensor as_ohwi(const Tensor& w) { return w.dim() == 4 ? w : w.reshape({w.size(0), 1, 1, w.size(1)}); }
 
 // Detached, contiguous [out, in] view of a pointwise weight for the kernels.
@@ -141,7 +146,7 @@ Tensor squeeze_excite(const Tensor& x, const Tensor& w1, const Tensor& b1, const
   check_bias(b1, w1, x, op, "b1");
   check_bias(b2, w2, x, op, "b2");
   if constexpr (kHaveCuda) {
-    if (x.device().is_cuda()) return squeeze_excite_cuda(x, w1, b1, w2, b2, act, gate);
+    if (fused_on_cuda(x)) return squeeze_excite_cuda(x, w1, b1, w2, b2, act, gate);
   }
   return squeeze_excite_composed(x, w1, b1, w2, b2, act, gate);
 }
@@ -165,7 +170,7 @@ Tensor coord_attention(const Tensor& x, const Tensor& w1, const Tensor& b1, cons
   check_bias(bh, wh, x, op, "bh");
   check_bias(bw, ww, x, op, "bw");
   if constexpr (kHaveCuda) {
-    if (x.device().is_cuda()) return coord_attention_cuda(x, w1, b1, wh, bh, ww, bw, act);
+    if (fused_on_cuda(x)) return coord_attention_cuda(x, w1, b1, wh, bh, ww, bw, act);
   }
   return coord_attention_composed(x, w1, b1, wh, bh, ww, bw, act);
 }

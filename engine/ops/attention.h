@@ -1,8 +1,8 @@
 // Channel-attention blocks as single ops: squeeze-and-excitation and
 // coordinate attention, NHWC. On CUDA each runs the fused kernels of
 // kernels/squeeze_excite.h and kernels/coord_attention.h (forward and
-// backward); on the CPU each is the composition of engine ops it replaces, so
-// CPU results are exactly those of the composed block.
+// backward) for f32/f16/bf16; on the CPU (and for f64) each is the composition
+// of engine ops it replaces, so CPU results are exactly those of the composed block.
 #pragma once
 #include "engine/ops/elementwise.h"
 #include "engine/tensor.h"

@@ -42,12 +42,14 @@ void check_ghost_args(const Tensor& x, const Tensor& wp, const Tensor& bp, const
          primary, "], got ", shape_str(bp.shape()));
   KCHECK(!bc.defined() || (bc.dim() == 1 && bc.size(0) == wc.size(0)), ShapeError, op, ": b_cheap must be [",
          wc.size(0), "], got ", shape_str(bc.shape()));
-  if (x.device().is_cuda()) {
-    KCHECK(x.dtype() == DType::F32 || x.dtype() == DType::F16 || x.dtype() == DType::BF16, DTypeError, op,
-           ": the CUDA path supports f32, f16 and bf16, got ", dtype_name(x.dtype()));
-    KCHECK(wc.size(1) <= kMaxCudaCheapKernel, ShapeError, op, ": the CUDA path takes cheap kernels up to ",
-           kMaxCudaCheapKernel, ", got ", shape_str(wc.shape()));
-  }
+}
+
+// The fused kernels take f32, f16 and bf16 and cheap kernels up to 7; other
+// CUDA cases (f64, larger kernels) compose engine ops.
+bool fused_on_cuda(const Tensor& x, const Tensor& wc) {
+  const DType t = x.dtype();
+  return x.device().is_cuda() && (t == DType::F32 || t == DType::F16 || t == DType::BF16) &&
+         wc.size(1) <= kMaxCudaCheapKernel;
 }
 
 Tensor ghost_composed(const Tensor& x, const Tensor& wp, const Tensor& bp, const Tensor& wc, const Tensor& bc,
@@ -95,7 +97,7 @@ Tensor ghost_module(const Tensor& x, const Tensor& w_primary, const Tensor& b_pr
                     const Tensor& b_cheap, Activation act) {
   check_ghost_args(x, w_primary, b_primary, w_cheap, b_cheap);
   if constexpr (kHaveCuda) {
-    if (x.device().is_cuda()) return ghost_cuda(x, w_primary, b_primary, w_cheap, b_cheap, act);
+    if (fused_on_cuda(x, w_cheap)) return ghost_cuda(x, w_primary, b_primary, w_cheap, b_cheap, act);
   }
   return ghost_composed(x, w_primary, b_primary, w_cheap, b_cheap, act);
 }

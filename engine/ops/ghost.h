@@ -7,8 +7,8 @@
 // [C_cheap,K,K,1] with 1 <= C_cheap <= C_primary, K odd ("same" padding,
 // stride 1); biases [C] or undefined; all in x's dtype. On CUDA the primary
 // GEMM and the cheap depthwise kernel (kernels/ghost.h) write straight into
-// y's channel ranges (no concat); K <= 7 and f32/f16/bf16 there. On the CPU it
-// is the composition above.
+// y's channel ranges (no concat) when K <= 7 and x is f32/f16/bf16; otherwise
+// (and on the CPU) it is the composition above.
 #pragma once
 #include "engine/ops/elementwise.h"
 #include "engine/tensor.h"
