@@ -1,6 +1,8 @@
 #include "engine/gpu/ghost.h"
 
 #include <climits>
+#include <string>
+#include <type_traits>
 
 #include "engine/cuda/runtime.h"
 #include "engine/gpu/blas.h"
