@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "engine/autograd.h"
+#include "engine/ops/attention.h"
 #include "engine/ops/dropout.h"
 #include "engine/ops/pool.h"
 #include "engine/trace.h"
@@ -50,11 +51,17 @@ SqueezeExcite::SqueezeExcite(int64_t channels, int64_t squeeze, Activation act, 
   expand = register_module(names.expand, std::make_shared<nn::Conv2d>(squeeze, channels, 1));
 }
 
+// One op: the fused kernels on CUDA, the same composition as before on the CPU.
+// The ops run in this module's trace scope, not in fc1's and fc2's.
 Tensor SqueezeExcite::forward(const Tensor& x) {
-  Tensor s = global_avg_pool(x);  // [N,1,1,C]
-  s = activation((*reduce)(s), act);
-  s = activation((*expand)(s), gate);
-  return mul(x, s);
+  return squeeze_excite(x, reduce->weight, reduce->bias, expand->weight, expand->bias, act, gate);
+}
+
+FoldedConv fold_batch_norm(const nn::Conv2d& conv, const nn::BatchNorm2d& bn) {
+  const int64_t out = conv.out_channels;
+  const Tensor scale = div(bn.weight, sqrt(add_scalar(bn.running_var, bn.eps)));  // [out]
+  const Tensor shifted = conv.bias.defined() ? sub(conv.bias, bn.running_mean) : neg(bn.running_mean);
+  return {mul(conv.weight, scale.reshape({out, 1, 1, 1})), add(mul(shifted, scale), bn.bias)};
 }
 
 Tensor MaxPool2d::forward(const Tensor& x) { return max_pool2d(x, kernel, stride, padding); }

@@ -90,6 +90,15 @@ class SqueezeExcite : public Module {
   Activation act, gate;
 };
 
+// A convolution followed by an eval-mode batch norm, as one convolution:
+// weight * s and (bias - running_mean) * s + beta, s = gamma / sqrt(running_var
+// + eps). Built from engine ops, so gradients reach both modules' parameters;
+// exact only in eval mode (training BN normalizes with batch statistics).
+struct FoldedConv {
+  Tensor weight, bias;
+};
+FoldedConv fold_batch_norm(const nn::Conv2d& conv, const nn::BatchNorm2d& bn);
+
 class MaxPool2d : public Module {
  public:
   MaxPool2d(int64_t kernel, int64_t stride, int64_t padding) : kernel(kernel), stride(stride), padding(padding) {}

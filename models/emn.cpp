@@ -1,5 +1,6 @@
 #include "models/emn.h"
 
+#include "engine/ops/attention.h"
 #include "engine/ops/pool.h"
 #include "engine/ops/shape_ops.h"
 #include "engine/trace.h"
@@ -53,7 +54,27 @@ CoordinateAttention::CoordinateAttention(int64_t channels, int64_t reduction) {
   conv_w_ = register_module("conv_w", std::make_shared<nn::Conv2d>(mip, channels, 1));
 }
 
+namespace {
+bool fused_kernel_dtype(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
+}  // namespace
+
+// The fused kernel (coord_attention op) folds bn1 into conv1, which is exact
+// only with BN's running statistics: it runs in eval mode on CUDA. Training
+// normalizes with batch statistics, so it keeps the composed path (as does
+// the CPU, whose results stay those of the composition).
+bool CoordinateAttention::can_fuse(const Tensor& x) const {
+  const DType p = conv1_->weight.dtype();
+  return x.device().is_cuda() && !bn1_->is_training() && fused_kernel_dtype(x.dtype()) &&
+         p == bn1_->weight.dtype() && (p == x.dtype() || p == DType::F32) && conv_h_->weight.dtype() == p &&
+         conv_w_->weight.dtype() == p;
+}
+
 Tensor CoordinateAttention::forward(const Tensor& x) {
+  if (can_fuse(x)) {
+    const FoldedConv f = fold_batch_norm(*conv1_, *bn1_);
+    return coord_attention(x, f.weight, f.bias, conv_h_->weight, conv_h_->bias, conv_w_->weight, conv_w_->bias,
+                           Activation::HardSwish);
+  }
   const int64_t h = x.size(1), w = x.size(2);
   Tensor along_h = adaptive_avg_pool2d(x, h, 1);                        // [N,H,1,C]
   Tensor along_w = adaptive_avg_pool2d(x, 1, w).permute({0, 2, 1, 3});  // [N,W,1,C]

@@ -33,6 +33,8 @@ class CoordinateAttention : public Module {
   CoordinateAttention(int64_t channels, int64_t reduction = 32);
   Tensor forward(const Tensor& x) override;
   std::string type_name() const override { return "CoordinateAttention"; }
+  // Whether forward(x) runs the fused CUDA kernel (eval mode on CUDA).
+  bool can_fuse(const Tensor& x) const;
 
  private:
   std::shared_ptr<nn::Conv2d> conv1_, conv_h_, conv_w_;

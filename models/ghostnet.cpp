@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "engine/ops/dropout.h"
+#include "engine/ops/ghost.h"
 #include "engine/ops/pool.h"
 #include "engine/ops/shape_ops.h"
 #include "engine/trace.h"
@@ -18,7 +19,29 @@ GhostModule::GhostModule(int64_t in, int64_t out, Activation act, int64_t ratio,
                            std::make_shared<ConvBNAct>(init, cheap, dw_kernel, ConvSpec{1, init}, act, bn));
 }
 
+// The fused op folds both BNs into their convs, exact only with running
+// statistics: eval mode on CUDA. In training each BN needs its batch
+// statistics over a channel range of the shared output, which the kernels
+// cannot compute in place, so training (and the CPU) keep the composed path.
+// Ratio 2 only: then cheap channel j reads primary channel j, which is what
+// kernels/ghost.h computes.
+bool GhostModule::can_fuse(const Tensor& x) const {
+  const nn::Conv2d& cheap = *cheap_->conv;
+  const int64_t init = primary_->conv->out_channels;
+  const DType t = x.dtype();
+  return x.device().is_cuda() && !primary_->bn->is_training() && !cheap_->bn->is_training() &&
+         (t == DType::F32 || t == DType::F16 || t == DType::BF16) && primary_->conv->weight.dtype() == t &&
+         cheap.weight.dtype() == t && primary_->bn->weight.dtype() == t && cheap_->bn->weight.dtype() == t &&
+         cheap.out_channels == init && out_ > init && cheap.kernel_size <= 7 && primary_->act == cheap_->act;
+}
+
 Tensor GhostModule::forward(const Tensor& x) {
+  if (can_fuse(x)) {
+    const int64_t used = out_ - primary_->conv->out_channels;  // cheap channels kept after the cut to out_
+    const FoldedConv p = fold_batch_norm(*primary_->conv, *primary_->bn);
+    const FoldedConv c = fold_batch_norm(*cheap_->conv, *cheap_->bn);
+    return ghost_module(x, p.weight, p.bias, c.weight.narrow(0, 0, used), c.bias.narrow(0, 0, used), primary_->act);
+  }
   Tensor a = (*primary_)(x);
   Tensor b = (*cheap_)(a);
   Tensor y = concat({a, b}, 3);

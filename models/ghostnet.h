@@ -13,6 +13,8 @@ class GhostModule : public Module {
   GhostModule(int64_t in, int64_t out, Activation act, int64_t ratio = 2, int64_t dw_kernel = 3, BNConfig bn = {});
   Tensor forward(const Tensor& x) override;
   std::string type_name() const override { return "GhostModule"; }
+  // Whether forward(x) runs the fused ghost_module op (eval mode on CUDA, ratio 2).
+  bool can_fuse(const Tensor& x) const;
 
  private:
   std::shared_ptr<ConvBNAct> primary_, cheap_;

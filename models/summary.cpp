@@ -1,5 +1,6 @@
 #include "models/summary.h"
 
+#include <algorithm>
 #include <iomanip>
 #include <map>
 #include <sstream>
@@ -109,6 +110,19 @@ ModelSummary summarize(nn::Module& model, const Shape& input_nhwc) {
     auto& slot = rf[e.output_storage];
     if (out.size >= slot.size) slot = out;
     last = slot;
+  }
+  // A block that runs its children's weights through one op of its own (the
+  // fused squeeze-and-excitation) is one row holding all of its parameters.
+  for (SummaryRow& row : s.rows) {
+    auto m = modules.find(row.name);
+    if (m == modules.end() || m->second->named_children().empty()) continue;
+    const std::string prefix = row.name + ".";
+    const bool has_child_rows = std::any_of(s.rows.begin(), s.rows.end(), [&](const SummaryRow& r) {
+      return r.name.compare(0, prefix.size(), prefix) == 0;
+    });
+    if (has_child_rows) continue;
+    row.type = m->second->type_name();
+    row.params = m->second->num_parameters();
   }
   auto final_rf = rf.find(StorageKey(y.storage()));
   const RF result = final_rf != rf.end() ? final_rf->second : last;

@@ -211,6 +211,22 @@ TEST(ModelSummary, CountsTorchvisionsPublishedMultiplyAddsAndReceptiveFields) {
   EXPECT_NE(models::format_summary("resnet18", s).find("receptive field"), std::string::npos);
 }
 
+// Squeeze-and-excitation is one op (fused on CUDA): its block is one row that
+// holds the reduce and expand convolutions' parameters.
+TEST(ModelSummary, SqueezeExciteIsOneRowWithItsParameters) {
+  auto m = build_model("mobilenet_v3_small");
+  const models::ModelSummary s = models::summarize(*m, {1, 64, 64, 3});
+  int se_rows = 0;
+  for (const models::SummaryRow& r : s.rows) {
+    EXPECT_EQ(r.name.find(".fc1"), std::string::npos) << r.name;
+    if (r.type != "SqueezeExcite") continue;
+    ++se_rows;
+    EXPECT_GT(r.params, 0) << r.name;
+    EXPECT_GT(r.macs, 0) << r.name;
+  }
+  EXPECT_EQ(se_rows, 9);  // one per SE block of MobileNetV3-small
+}
+
 TEST(ModelSummary, CifarNetReceptiveFieldIs109NotTheSeeds67) {
   auto m = build_model("cifar10_200k");
   const models::ModelSummary s = models::summarize(*m, {1, 32, 32, 3});
