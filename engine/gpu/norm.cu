@@ -6,7 +6,7 @@
 
 #include <climits>
 
-#include "engine/gpu/acc_type.cuh"
+#include "engine/gpu/device_scalar.cuh"
 #include "kernels/batch_norm_act.h"
 #include "kernels/common.cuh"
 
@@ -78,14 +78,14 @@ __global__ void eval_backward_kernel(EvalBackwardArgs a, const T* __restrict__ d
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int c = static_cast<int>(i % a.C);
     const float g = a.gamma != nullptr ? a.gamma[c] : 1.f;
-    float dz = to_acc(dy[i]);
+    float dz = to_math(dy[i]);
     if (a.act != KAct::None) {
-      const float xhat = (to_acc(x[i]) - a.mean[c]) * a.invstd[c];
-      const float z = fmaf(g, xhat, a.beta != nullptr ? a.beta[c] : 0.f) + (res != nullptr ? to_acc(res[i]) : 0.f);
+      const float xhat = (to_math(x[i]) - a.mean[c]) * a.invstd[c];
+      const float z = fmaf(g, xhat, a.beta != nullptr ? a.beta[c] : 0.f) + (res != nullptr ? to_math(res[i]) : 0.f);
       dz *= kernels::act_derivative(a.act, z);
     }
-    if (dres != nullptr) dres[i] = from_acc<T>(dz);
-    if (dx != nullptr) dx[i] = from_acc<T>(g * a.invstd[c] * dz);
+    if (dres != nullptr) dres[i] = from_math<T>(dz);
+    if (dx != nullptr) dx[i] = from_math<T>(g * a.invstd[c] * dz);
   }
 }
 
@@ -109,9 +109,9 @@ __global__ void eval_param_grad_partial_kernel(EvalBackwardArgs a, int64_t rows,
     const float g = a.gamma != nullptr ? a.gamma[c] : 1.f, b = a.beta != nullptr ? a.beta[c] : 0.f;
     for (int64_t r = beg + threadIdx.y; r < end; r += kLanes) {
       const int64_t e = r * a.C + c;
-      const float xhat = (to_acc(x[e]) - mu) * is;
-      float dz = to_acc(dy[e]);
-      if (a.act != KAct::None) dz *= kernels::act_derivative(a.act, fmaf(g, xhat, b) + (res ? to_acc(res[e]) : 0.f));
+      const float xhat = (to_math(x[e]) - mu) * is;
+      float dz = to_math(dy[e]);
+      if (a.act != KAct::None) dz *= kernels::act_derivative(a.act, fmaf(g, xhat, b) + (res ? to_math(res[e]) : 0.f));
       s0 += dz;
       s1 = fmaf(dz, xhat, s1);
     }
@@ -161,11 +161,11 @@ BatchNormGrads eval_backward(const Tensor& gy, const Tensor& x, const Tensor& re
   const cudaStream_t st = stream_of(x);
   const int splits = static_cast<int>(std::clamp<int64_t>((s.M + 127) / 128, 1, 256));
   const Tensor partial = (need[1] || need[2]) ? Tensor::empty({2, splits, s.C}, DType::F32, d) : Tensor();
-  dispatch_device_float(x.dtype(), op, [&](auto tag) {
+  dispatch_float_dev(x.dtype(), op, [&](auto tag) {
     using T = KESTREL_SCALAR(tag);
     const T* res_p = res.defined() ? device_ptr<const T>(res) : nullptr;
     if (need[0] || need[3]) {
-      eval_backward_kernel<T><<<grid_for(a.total), kBlock, 0, st>>>(
+      eval_backward_kernel<T><<<grid_for(a.total), kThreads, 0, st>>>(
           a, device_ptr<const T>(gy), device_ptr<const T>(x), res_p,
           out.x.defined() ? device_ptr<T>(out.x) : nullptr,
           out.residual.defined() ? device_ptr<T>(out.residual) : nullptr);

@@ -196,7 +196,7 @@ void sum_rows(const Tensor& x, int64_t outer, int64_t inner, const Tensor& out) 
   OnDevice on(x);
   if (inner == 0) return zero(out, on.stream, "sum");
   dispatch_float_dev(x.dtype(), "sum", [&](auto tag) {
-    using T = KESTREL_DEV_SCALAR(tag);
+    using T = KESTREL_SCALAR(tag);
     sum_rows_launch<T, T, MathT<T>>(static_cast<const T*>(x.data_ptr()), outer, inner, static_cast<T*>(out.data_ptr()),
                                     x.device(), on.stream);
   });
@@ -209,7 +209,7 @@ void sum_cols(const Tensor& x, int64_t rows, int64_t cols, const Tensor& out) {
   OnDevice on(x);
   if (rows == 0) return zero(out, on.stream, "sum");
   dispatch_float_dev(x.dtype(), "sum", [&](auto tag) {
-    using T = KESTREL_DEV_SCALAR(tag);
+    using T = KESTREL_SCALAR(tag);
     sum_cols_launch<T, T, MathT<T>>(static_cast<const T*>(x.data_ptr()), rows, cols, static_cast<T*>(out.data_ptr()),
                                     x.device(), on.stream);
   });
@@ -226,7 +226,7 @@ void max_mid(const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Ten
   if (outer * inner == 0) return;
   OnDevice on(x);
   dispatch_float_dev(x.dtype(), "max", [&](auto tag) {
-    using T = KESTREL_DEV_SCALAR(tag);
+    using T = KESTREL_SCALAR(tag);
     max_mid_kernel<T><<<grid_for(outer * inner), kThreads, 0, on.stream>>>(
         static_cast<const T*>(x.data_ptr()), outer, n, inner, static_cast<T*>(values.data_ptr()),
         static_cast<int64_t*>(indices.data_ptr()));
@@ -245,7 +245,7 @@ void max_backward_scatter(const Tensor& grad, const Tensor& indices, int64_t out
   if (outer * inner == 0) return;
   OnDevice on(grad);
   dispatch_float_dev(grad.dtype(), "max backward", [&](auto tag) {
-    using T = KESTREL_DEV_SCALAR(tag);
+    using T = KESTREL_SCALAR(tag);
     max_scatter_kernel<T><<<grid_for(outer * inner), kThreads, 0, on.stream>>>(
         static_cast<const T*>(grad.data_ptr()), static_cast<const int64_t*>(indices.data_ptr()), outer, n, inner,
         static_cast<T*>(grad_in.data_ptr()));
