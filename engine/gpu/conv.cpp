@@ -14,6 +14,7 @@
 
 #include "engine/cuda/runtime.h"
 #include "engine/gpu/blas.h"
+#include "engine/gpu/kernel_dtype.h"
 #include "engine/gpu/linear.h"
 #include "kernels/depthwise_conv.h"
 
@@ -51,13 +52,8 @@ void check_operands(const cpu::ConvGeom& g, const char* op, std::initializer_lis
 
 // ---------------------------------------------------------------- depthwise kernels
 
-kernels::KDType kdtype(DType dtype) {
-  switch (dtype) {
-    case DType::F16: return kernels::KDType::F16;
-    case DType::BF16: return kernels::KDType::BF16;
-    default: return kernels::KDType::F32;
-  }
-}
+// Only f32, f16 and bf16 take the depthwise path (conv2d_path).
+kernels::KDType kdtype(DType dtype) { return kernel_dtype(dtype, "conv2d depthwise", "tensors"); }
 
 kernels::DepthwiseConvShape depthwise_shape(const cpu::ConvGeom& g) {
   kernels::DepthwiseConvShape s;

@@ -6,6 +6,7 @@
 #include <climits>
 
 #include "engine/gpu/device_scalar.cuh"
+#include "engine/gpu/kernel_dtype.h"
 #include "kernels/softmax_xent.h"
 
 namespace kestrel::gpu {
@@ -327,16 +328,6 @@ Tensor upstream_scale(const Tensor& upstream, double factor, DType dtype, const 
   return scale;
 }
 
-kernels::KDType xent_dtype(DType t, const char* op) {
-  switch (t) {
-    case DType::F32: return kernels::KDType::F32;
-    case DType::F16: return kernels::KDType::F16;
-    case DType::BF16: return kernels::KDType::BF16;
-    default: break;
-  }
-  throw DTypeError(detail::concat(op, ": the CUDA path supports f32, f16 and bf16 logits, got ", dtype_name(t)));
-}
-
 kernels::SoftmaxXentShape xent_shape(const Tensor& logits, const char* op) {
   KCHECK(logits.size(0) <= INT_MAX && logits.size(1) <= INT_MAX, ShapeError, op, ": logits ",
          shape_str(logits.shape()), " exceed the CUDA kernel's int limits");
@@ -360,7 +351,7 @@ Tensor targets_f32(const Tensor& q) {
 
 Tensor fused_cross_entropy(const char* op, const Tensor& logits, const Tensor& labels_i32, const Tensor& soft_f32,
                            double label_smoothing, Tensor* grad_rows) {
-  const kernels::KDType dt = xent_dtype(logits.dtype(), op);
+  const kernels::KDType dt = kernel_dtype(logits.dtype(), op, "logits");
   const kernels::SoftmaxXentShape s = xent_shape(logits, op);
   const OnDevice on(logits);
   const Tensor rows = Tensor::empty({logits.size(0)}, DType::F32, logits.device());
@@ -424,7 +415,7 @@ Tensor cross_entropy_forward(const Tensor& logits, const Tensor& labels_i32, dou
 
 Tensor cross_entropy_soft_forward(const Tensor& logits, const Tensor& q, Tensor* grad_rows) {
   const char* op = "cross_entropy_soft";
-  xent_dtype(logits.dtype(), op);  // rejects f64 before any launch
+  kernel_dtype(logits.dtype(), op, "logits");  // rejects f64 before any launch
   return fused_cross_entropy(op, logits, Tensor(), targets_f32(q), 0.0, grad_rows);
 }
 
