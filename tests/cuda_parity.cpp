@@ -62,6 +62,26 @@ void compare(const Tensor& gpu, const Tensor& cpu, Tolerance tol, const std::str
     EXPECT_EQ(gpu.cpu().to_vector_i64(), cpu.to_vector_i64()) << what;
 }
 
+// Backpropagates sum_k sum(out_k * w_k) on both sides with the same random
+// weights w_k (in the CUDA output's dtype), over the floating outputs that
+// require grad; false when there is none.
+bool backprop_weighted_outputs(const std::vector<Tensor>& cout, const std::vector<Tensor>& gout) {
+  Tensor closs, gloss;
+  for (size_t k = 0; k < cout.size(); ++k) {
+    if (!is_floating(cout[k].dtype()) || !cout[k].requires_grad()) continue;
+    const Tensor w = random_tensor(cout[k].shape(), 1000 + k, gout[k].dtype());
+    const Tensor cterm = sum(mul(cout[k], w.to(cout[k].dtype())));
+    const Tensor gterm = sum(mul(gout[k], w.to(Device::cuda())));
+    closs = closs.defined() ? add(closs, cterm) : cterm;
+    gloss = gloss.defined() ? add(gloss, gterm) : gterm;
+  }
+  if (!closs.defined()) return false;
+  closs.backward();
+  PoisonScope poison;
+  gloss.backward();
+  return true;
+}
+
 }  // namespace
 #endif
 
@@ -79,22 +99,8 @@ void expect_cuda_matches_cpu(const OpFn& op, const std::vector<Tensor>& cpu_inpu
     gout = op(gin);
   }
   ASSERT_EQ(cout.size(), gout.size()) << what;
-  Tensor closs, gloss;
-  for (size_t k = 0; k < cout.size(); ++k) {
-    compare(gout[k], cout[k], tol, what + ": output " + std::to_string(k));
-    if (!check_grads || !is_floating(cout[k].dtype()) || !cout[k].requires_grad()) continue;
-    const Tensor w = random_tensor(cout[k].shape(), 1000 + k, cout[k].dtype());
-    const Tensor cterm = sum(mul(cout[k], w));
-    const Tensor gterm = sum(mul(gout[k], w.to(Device::cuda())));
-    closs = closs.defined() ? add(closs, cterm) : cterm;
-    gloss = gloss.defined() ? add(gloss, gterm) : gterm;
-  }
-  if (!closs.defined()) return;
-  closs.backward();
-  {
-    PoisonScope poison;
-    gloss.backward();
-  }
+  for (size_t k = 0; k < cout.size(); ++k) compare(gout[k], cout[k], tol, what + ": output " + std::to_string(k));
+  if (!check_grads || !backprop_weighted_outputs(cout, gout)) return;
   for (size_t i = 0; i < cin.size(); ++i) {
     if (!cin[i].defined() || !cin[i].requires_grad()) continue;
     const std::string name = what + ": gradient of input " + std::to_string(i);
@@ -112,6 +118,62 @@ void expect_cuda_matches_cpu(const std::function<Tensor(const std::vector<Tensor
                              bool check_grads) {
   expect_cuda_matches_cpu(OpFn([&op](const std::vector<Tensor>& in) { return std::vector<Tensor>{op(in)}; }),
                           cpu_inputs, tol, what, check_grads);
+}
+
+void expect_reduced_cuda_matches_f32(const OpFn& op, const std::vector<Tensor>& f32_inputs, DType dtype,
+                                     const std::string& what, const ReducedParity& how) {
+#if defined(KESTREL_HAVE_CUDA)
+  std::vector<bool> lower = how.lower;
+  lower.resize(f32_inputs.size(), true);
+  std::vector<Tensor> cin, gin;
+  for (size_t i = 0; i < f32_inputs.size(); ++i) {
+    const Tensor& t = f32_inputs[i];
+    const bool reduce = lower[i] && t.defined() && is_floating(t.dtype());
+    Tensor c = reduce ? t.detach().to(dtype).to(DType::F32) : t.detach().clone();
+    Tensor g = (reduce ? t.detach().to(dtype) : t.detach()).to(Device::cuda());
+    if (t.requires_grad()) {
+      c.set_requires_grad(true);
+      g.set_requires_grad(true);
+    }
+    cin.push_back(c);
+    gin.push_back(g);
+  }
+  const Tolerance tol{parity_tolerance(dtype).atol * how.tol_scale, parity_tolerance(dtype).rtol * how.tol_scale};
+  const std::vector<Tensor> cout = op(cin);
+  std::vector<Tensor> gout;
+  {
+    PoisonScope poison;
+    gout = op(gin);
+  }
+  ASSERT_EQ(cout.size(), gout.size()) << what;
+  for (size_t k = 0; k < cout.size(); ++k) {
+    const std::string name = what + ": output " + std::to_string(k);
+    ASSERT_TRUE(gout[k].device().is_cuda()) << name << ": CUDA path returned a " << gout[k].device().str() << " tensor";
+    ASSERT_EQ(gout[k].dtype(), dtype) << name;
+    expect_close(gout[k].cpu().to(DType::F32), cout[k], tol.atol, tol.rtol, name);
+  }
+  if (!how.check_grads || !backprop_weighted_outputs(cout, gout)) return;
+  const Tolerance gtol{tol.atol * how.grad_tol_scale, tol.rtol * how.grad_tol_scale};
+  for (size_t i = 0; i < cin.size(); ++i) {
+    if (!cin[i].defined() || !cin[i].requires_grad()) continue;
+    const std::string name = what + ": gradient of input " + std::to_string(i);
+    ASSERT_EQ(cin[i].grad().defined(), gin[i].grad().defined()) << name;
+    if (!cin[i].grad().defined()) continue;
+    ASSERT_EQ(gin[i].grad().dtype(), gin[i].dtype()) << name;
+    expect_close(gin[i].grad().cpu().to(DType::F32), cin[i].grad(), gtol.atol, gtol.rtol, name);
+  }
+#else
+  (void)op, (void)f32_inputs, (void)dtype, (void)what, (void)how;
+  GTEST_SKIP() << cuda_skip_reason();
+#endif
+}
+
+void expect_reduced_cuda_matches_f32(const std::function<Tensor(const std::vector<Tensor>&)>& op,
+                                     const std::vector<Tensor>& f32_inputs, DType dtype, const std::string& what,
+                                     const ReducedParity& how) {
+  expect_reduced_cuda_matches_f32(
+      OpFn([&op](const std::vector<Tensor>& in) { return std::vector<Tensor>{op(in)}; }), f32_inputs, dtype, what,
+      how);
 }
 
 }  // namespace kestrel::testing

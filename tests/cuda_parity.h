@@ -45,4 +45,22 @@ void expect_cuda_matches_cpu(const std::function<Tensor(const std::vector<Tensor
                              const std::vector<Tensor>& cpu_inputs, Tolerance tol, const std::string& what,
                              bool check_grads = true);
 
+// How a reduced-precision (f16/bf16) CUDA run is held against the CPU f32 run.
+struct ReducedParity {
+  double tol_scale = 1.0;       // on parity_tolerance(dtype), for outputs and gradients
+  double grad_tol_scale = 1.0;  // on top of tol_scale, for gradients (they round more often)
+  bool check_grads = true;
+  std::vector<bool> lower;      // inputs the CUDA run gets in dtype (default: every floating one)
+};
+
+// f16/bf16 have no CPU kernels: runs `op` on CUDA with the (lowered) floating
+// inputs in `dtype`, and on the CPU in f32 on the same dtype-rounded values;
+// compares every output (which must be in `dtype` on CUDA), then the gradients
+// of every input that requires grad, as expect_cuda_matches_cpu does.
+void expect_reduced_cuda_matches_f32(const OpFn& op, const std::vector<Tensor>& f32_inputs, DType dtype,
+                                     const std::string& what, const ReducedParity& how = {});
+void expect_reduced_cuda_matches_f32(const std::function<Tensor(const std::vector<Tensor>&)>& op,
+                                     const std::vector<Tensor>& f32_inputs, DType dtype, const std::string& what,
+                                     const ReducedParity& how = {});
+
 }  // namespace kestrel::testing

@@ -31,9 +31,10 @@
 using namespace kestrel;
 using kestrel::testing::expect_close;
 using kestrel::testing::expect_cuda_matches_cpu;
-using kestrel::testing::OpFn;
+using kestrel::testing::expect_reduced_cuda_matches_f32;
 using kestrel::testing::parity_tolerance;
 using kestrel::testing::random_tensor;
+using kestrel::testing::ReducedParity;
 using kestrel::testing::Tolerance;
 
 namespace {
@@ -82,53 +83,11 @@ void expect_same_bits(const Tensor& actual, const Tensor& expected, const std::s
 }
 
 // A CUDA run in `dtype` (f16/bf16) against the CPU f32 run on the same
-// rounded inputs; gradients of inputs that require grad too.
-void expect_reduced_matches_cpu(const OpFn& op, const std::vector<Tensor>& f32_inputs, DType dtype,
+// rounded inputs; gradients, which round more often, at 4x the tolerance.
+template <typename Op>
+void expect_reduced_matches_cpu(const Op& op, const std::vector<Tensor>& f32_inputs, DType dtype,
                                 const std::string& what, double tol_scale = 1.0, bool check_grads = true) {
-  std::vector<Tensor> cin, gin;
-  for (const Tensor& t : f32_inputs) {
-    Tensor c = t.detach().to(dtype).to(DType::F32);
-    Tensor g = t.detach().to(dtype).to(Device::cuda());
-    if (t.requires_grad()) {
-      c.set_requires_grad(true);
-      g.set_requires_grad(true);
-    }
-    cin.push_back(c);
-    gin.push_back(g);
-  }
-  const std::vector<Tensor> cout = op(cin), gout = op(gin);
-  ASSERT_EQ(cout.size(), gout.size()) << what;
-  const Tolerance tol = scaled(parity_tolerance(dtype), tol_scale);
-  Tensor closs, gloss;
-  for (size_t k = 0; k < cout.size(); ++k) {
-    ASSERT_TRUE(gout[k].device().is_cuda()) << what;
-    ASSERT_EQ(gout[k].dtype(), dtype) << what;
-    expect_close(gout[k].cpu().to(DType::F32), cout[k], tol.atol, tol.rtol, what + ": output " + std::to_string(k));
-    if (!check_grads || !cout[k].requires_grad()) continue;
-    const Tensor w = random_tensor(cout[k].shape(), 1000 + k, dtype);
-    const Tensor cterm = sum(mul(cout[k], w.to(DType::F32)));
-    const Tensor gterm = sum(mul(gout[k], w.to(Device::cuda())));
-    closs = closs.defined() ? add(closs, cterm) : cterm;
-    gloss = gloss.defined() ? add(gloss, gterm) : gterm;
-  }
-  if (!closs.defined()) return;
-  closs.backward();
-  gloss.backward();
-  const Tolerance gtol = scaled(tol, 4.0);
-  for (size_t i = 0; i < cin.size(); ++i) {
-    if (!cin[i].requires_grad()) continue;
-    const std::string name = what + ": gradient of input " + std::to_string(i);
-    ASSERT_EQ(cin[i].grad().defined(), gin[i].grad().defined()) << name;
-    if (!cin[i].grad().defined()) continue;
-    ASSERT_EQ(gin[i].grad().dtype(), dtype) << name;
-    expect_close(gin[i].grad().cpu().to(DType::F32), cin[i].grad(), gtol.atol, gtol.rtol, name);
-  }
-}
-
-void expect_reduced_matches_cpu(const UnaryFn& op, const std::vector<Tensor>& f32_inputs, DType dtype,
-                                const std::string& what, double tol_scale = 1.0, bool check_grads = true) {
-  expect_reduced_matches_cpu(OpFn([&op](const std::vector<Tensor>& in) { return std::vector<Tensor>{op(in)}; }),
-                             f32_inputs, dtype, what, tol_scale, check_grads);
+  expect_reduced_cuda_matches_f32(op, f32_inputs, dtype, what, ReducedParity{tol_scale, 4.0, check_grads, {}});
 }
 
 const std::vector<DType> kHalfTypes = {DType::F16, DType::BF16};

@@ -2,7 +2,8 @@
 // (tests/cuda_parity.h): outputs and the gradients of every input, at odd
 // shapes (N=1, C=1/3/7/17/64/200, H=W=1/7/33, non-square). f32 and f64 go
 // through expect_cuda_matches_cpu; f16/bf16 run on CUDA against the CPU f32
-// path on the same dtype-rounded inputs, within parity_tolerance(dtype).
+// path on the same dtype-rounded inputs, within parity_tolerance(dtype)
+// (expect_reduced_cuda_matches_f32).
 // Every test skips without a usable CUDA device.
 #include <gtest/gtest.h>
 
@@ -20,10 +21,10 @@
 using namespace kestrel;
 using kestrel::testing::expect_close;
 using kestrel::testing::expect_cuda_matches_cpu;
-using kestrel::testing::OpFn;
+using kestrel::testing::expect_reduced_cuda_matches_f32;
 using kestrel::testing::parity_tolerance;
 using kestrel::testing::random_tensor;
-using kestrel::testing::Tolerance;
+using kestrel::testing::ReducedParity;
 
 namespace {
 
@@ -33,60 +34,6 @@ Tensor leaf(const Tensor& t) {
   Tensor l = t.detach();
   l.set_requires_grad(true);
   return l;
-}
-
-Tensor rounded_to(const Tensor& t, DType dt) { return t.detach().to(dt).to(DType::F32).detach(); }
-
-// The CUDA run of `op` on inputs rounded to dt (where lower[i]) against the
-// CPU f32 run on the same rounded values; compares outputs and the gradients
-// of every input that requires grad.
-void expect_half_matches_f32(const OpFn& op, const std::vector<Tensor>& f32_inputs, DType dt, const std::string& what,
-                             std::vector<bool> lower = {}) {
-  lower.resize(f32_inputs.size(), true);
-  std::vector<Tensor> cin, gin;
-  for (size_t i = 0; i < f32_inputs.size(); ++i) {
-    const Tensor& t = f32_inputs[i];
-    const bool half = lower[i] && is_floating(t.dtype());
-    Tensor c = half ? rounded_to(t, dt) : t.detach().clone();
-    Tensor g = (half ? t.detach().to(dt) : t.detach()).to(Device::cuda()).detach();
-    if (t.requires_grad()) {
-      c.set_requires_grad(true);
-      g.set_requires_grad(true);
-    }
-    cin.push_back(c);
-    gin.push_back(g);
-  }
-  const Tolerance tol = parity_tolerance(dt);
-  const std::vector<Tensor> cout = op(cin);
-  const std::vector<Tensor> gout = op(gin);
-  ASSERT_EQ(cout.size(), gout.size()) << what;
-  Tensor closs, gloss;
-  for (size_t k = 0; k < cout.size(); ++k) {
-    ASSERT_TRUE(gout[k].device().is_cuda()) << what;
-    ASSERT_EQ(gout[k].dtype(), dt) << what << ": output " << k;
-    expect_close(gout[k].cpu().to(DType::F32), cout[k], tol.atol, tol.rtol, what + ": output " + std::to_string(k));
-    if (!cout[k].requires_grad()) continue;
-    const Tensor w = random_tensor(cout[k].shape(), 1000 + k, DType::F32).to(dt);
-    const Tensor cterm = sum(mul(cout[k], w.to(DType::F32)));
-    const Tensor gterm = sum(mul(gout[k], w.to(Device::cuda())));
-    closs = closs.defined() ? add(closs, cterm) : cterm;
-    gloss = gloss.defined() ? add(gloss, gterm) : gterm;
-  }
-  if (!closs.defined()) return;
-  closs.backward();
-  gloss.backward();
-  for (size_t i = 0; i < cin.size(); ++i) {
-    if (!cin[i].requires_grad()) continue;
-    const std::string name = what + ": gradient of input " + std::to_string(i);
-    ASSERT_TRUE(gin[i].grad().defined()) << name;
-    expect_close(gin[i].grad().cpu().to(DType::F32), cin[i].grad(), tol.atol, tol.rtol, name);
-  }
-}
-
-void expect_half_matches_f32(const UnaryOp& op, const std::vector<Tensor>& f32_inputs, DType dt,
-                             const std::string& what, std::vector<bool> lower = {}) {
-  expect_half_matches_f32(OpFn([&op](const std::vector<Tensor>& in) { return std::vector<Tensor>{op(in)}; }),
-                          f32_inputs, dt, what, std::move(lower));
 }
 
 // f32 and f64 through the parity helper, f16 and bf16 against rounded f32.
@@ -102,8 +49,8 @@ void expect_all_dtypes(const UnaryOp& op, const std::vector<Tensor>& f32_inputs,
     }
     expect_cuda_matches_cpu(op, d, parity_tolerance(DType::F64), what + " f64");
   }
-  expect_half_matches_f32(op, f32_inputs, DType::F16, what + " f16");
-  expect_half_matches_f32(op, f32_inputs, DType::BF16, what + " bf16");
+  expect_reduced_cuda_matches_f32(op, f32_inputs, DType::F16, what + " f16");
+  expect_reduced_cuda_matches_f32(op, f32_inputs, DType::BF16, what + " bf16");
 }
 
 struct Nhwc {
@@ -264,7 +211,8 @@ TEST(CudaBatchNorm, TrainAndEvalEveryActivationMatchCpu) {
             const BnInputs h = bn_inputs(shape, seed);
             std::vector<Tensor> hin = {h.x, h.w, h.b, h.rm, h.rv};
             if (residual) hin.push_back(h.res);
-            expect_half_matches_f32(bn_op(training, act, residual), hin, dt, what + " " + dtype_name(dt), lower);
+            expect_reduced_cuda_matches_f32(bn_op(training, act, residual), hin, dt, what + " " + dtype_name(dt),
+                                            ReducedParity{1.0, 1.0, true, lower});
           }
         }
 }
@@ -369,8 +317,8 @@ TEST(CudaLoss, CrossEntropyWithLabelSmoothingMatchesCpu) {
       const std::string what =
           "cross_entropy [" + std::to_string(n) + "," + std::to_string(c) + "] smoothing " + std::to_string(smoothing);
       expect_cuda_matches_cpu(op, {logits, labels}, parity_tolerance(DType::F32), what);
-      expect_half_matches_f32(op, {logits, labels}, DType::F16, what + " f16");
-      expect_half_matches_f32(op, {logits, labels}, DType::BF16, what + " bf16");
+      expect_reduced_cuda_matches_f32(op, {logits, labels}, DType::F16, what + " f16");
+      expect_reduced_cuda_matches_f32(op, {logits, labels}, DType::BF16, what + " bf16");
     }
 }
 
@@ -383,8 +331,8 @@ TEST(CudaLoss, SoftCrossEntropyMatchesCpuWithTargetGradients) {
     const UnaryOp op = [](const std::vector<Tensor>& v) { return cross_entropy_soft(v[0], v[1]); };
     const std::string what = "cross_entropy_soft [" + std::to_string(n) + "," + std::to_string(c) + "]";
     expect_cuda_matches_cpu(op, {logits, q}, parity_tolerance(DType::F32), what);
-    expect_half_matches_f32(op, {logits, q}, DType::F16, what + " f16");
-    expect_half_matches_f32(op, {logits, q}, DType::BF16, what + " bf16");
+    expect_reduced_cuda_matches_f32(op, {logits, q}, DType::F16, what + " f16");
+    expect_reduced_cuda_matches_f32(op, {logits, q}, DType::BF16, what + " bf16");
   }
 }
 

@@ -6,10 +6,10 @@
 #include <climits>
 #include <cstdlib>
 #include <string>
-#include <vector>
 
 #include "engine/cuda/runtime.h"
 #include "engine/error.h"
+#include "engine/gpu/library_handle.h"
 
 namespace kestrel::gpu {
 
@@ -41,17 +41,12 @@ cublasHandle_t create_handle(int device) {
   return handle;
 }
 
-// One handle per thread and device: a handle's stream binding is per call,
-// and sharing one between threads would race on it. Handles live until the
-// process exits (destroying them after the driver has shut down crashes).
+// The current device's handle, bound to its current stream (library_handle.h).
 cublasHandle_t handle_for_current_stream() {
-  thread_local std::vector<cublasHandle_t> handles;
-  const int device = cuda::current_device();
-  if (static_cast<int>(handles.size()) <= device) handles.resize(device + 1, nullptr);
-  if (handles[device] == nullptr) handles[device] = create_handle(device);
-  KESTREL_CUBLAS_CHECK(cublasSetStream(handles[device], cuda::current_stream(device)),
-                       "binding the cuBLAS handle to the current stream");
-  return handles[device];
+  thread_local LibraryHandles<cublasHandle_t> handles;
+  return handles.get(create_handle, [](cublasHandle_t h, cudaStream_t stream) {
+    KESTREL_CUBLAS_CHECK(cublasSetStream(h, stream), "binding the cuBLAS handle to the current stream");
+  });
 }
 
 cublasOperation_t to_op(bool trans) { return trans ? CUBLAS_OP_T : CUBLAS_OP_N; }
@@ -103,7 +98,7 @@ void gemm(int device, DType dtype, bool trans_a, bool trans_b, int64_t M, int64_
   if (K == 0 && beta == 0.0) {  // an empty sum: C = 0 (BLAS leaves C unread when beta is 0)
     const size_t elem = dtype_size(dtype);
     KESTREL_CUDA_CHECK_CTX(cudaMemset2DAsync(C, static_cast<size_t>(ldc) * elem, 0, static_cast<size_t>(N) * elem,
-                                             static_cast<size_t>(M), cuda::current_stream()),
+                                             static_cast<size_t>(M), cuda::current_stream(device)),
                            context());
     return;
   }

@@ -4,16 +4,18 @@
 #include <cudnn.h>
 #endif
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <climits>
 #include <map>
 #include <mutex>
 #include <string>
-#include <vector>
 
 #include "engine/cuda/runtime.h"
 #include "engine/gpu/blas.h"
+#include "engine/gpu/kernel_dtype.h"
+#include "engine/gpu/library_handle.h"
 #include "engine/gpu/linear.h"
 #include "kernels/depthwise_conv.h"
 
@@ -51,13 +53,8 @@ void check_operands(const cpu::ConvGeom& g, const char* op, std::initializer_lis
 
 // ---------------------------------------------------------------- depthwise kernels
 
-kernels::KDType kdtype(DType dtype) {
-  switch (dtype) {
-    case DType::F16: return kernels::KDType::F16;
-    case DType::BF16: return kernels::KDType::BF16;
-    default: return kernels::KDType::F32;
-  }
-}
+// Only f32, f16 and bf16 take the depthwise path (conv2d_path).
+kernels::KDType kdtype(DType dtype) { return kernel_dtype(dtype, "conv2d depthwise", "tensors"); }
 
 kernels::DepthwiseConvShape depthwise_shape(const cpu::ConvGeom& g) {
   kernels::DepthwiseConvShape s;
@@ -79,18 +76,17 @@ kernels::DepthwiseConvShape depthwise_shape(const cpu::ConvGeom& g) {
   return s;
 }
 
-void depthwise_forward(const cpu::ConvGeom& g, const Tensor& x, const Tensor& w, const Tensor& bias,
-                       const Tensor& y) {
+void depthwise_forward(const cpu::ConvGeom& g, const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y) {
   KESTREL_CUDA_CHECK_CTX(kernels::depthwise_conv2d_forward(kdtype(x.dtype()), depthwise_shape(g), x.data_ptr(),
                                                            w.data_ptr(), bias.defined() ? bias.data_ptr() : nullptr,
-                                                           y.data_ptr(), cuda::current_stream()),
+                                                           y.data_ptr(), cuda::current_stream(x.device().index)),
                          "conv2d depthwise forward ", dtype_name(x.dtype()), ", ", geom_str(g));
 }
 
 void depthwise_backward_input(const cpu::ConvGeom& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
-  KESTREL_CUDA_CHECK_CTX(kernels::depthwise_conv2d_backward_data(kdtype(gy.dtype()), depthwise_shape(g),
-                                                                 gy.data_ptr(), w.data_ptr(), gx.data_ptr(),
-                                                                 /*accumulate=*/false, cuda::current_stream()),
+  KESTREL_CUDA_CHECK_CTX(kernels::depthwise_conv2d_backward_data(
+                             kdtype(gy.dtype()), depthwise_shape(g), gy.data_ptr(), w.data_ptr(), gx.data_ptr(),
+                             /*accumulate=*/false, cuda::current_stream(gy.device().index)),
                          "conv2d depthwise backward input ", dtype_name(gy.dtype()), ", ", geom_str(g));
 }
 
@@ -100,31 +96,49 @@ void depthwise_backward_weight(const cpu::ConvGeom& g, const Tensor& x, const Te
   const kernels::DepthwiseConvShape s = depthwise_shape(g);
   const size_t bytes = kernels::depthwise_conv2d_backward_weight_workspace_bytes(s);
   const Tensor workspace = Tensor::empty({static_cast<int64_t>(bytes)}, DType::U8, x.device());
-  KESTREL_CUDA_CHECK_CTX(kernels::depthwise_conv2d_backward_weight(kdtype(x.dtype()), s, x.data_ptr(), gy.data_ptr(),
-                                                                   gw.data_ptr(),
-                                                                   gb.defined() ? gb.data_ptr() : nullptr,
-                                                                   workspace.data_ptr(), cuda::current_stream()),
-                         "conv2d depthwise backward weight ", dtype_name(x.dtype()), ", ", geom_str(g));
+  KESTREL_CUDA_CHECK_CTX(
+      kernels::depthwise_conv2d_backward_weight(kdtype(x.dtype()), s, x.data_ptr(), gy.data_ptr(), gw.data_ptr(),
+                                                gb.defined() ? gb.data_ptr() : nullptr, workspace.data_ptr(),
+                                                cuda::current_stream(x.device().index)),
+      "conv2d depthwise backward weight ", dtype_name(x.dtype()), ", ", geom_str(g));
 }
 
 // ---------------------------------------------------------------- 1x1 as a GEMM over [N*H*W, C]
 
+// cuBLAS sizes are int: the [P, C] matrices go in blocks of at most kGemmRows rows.
+constexpr int64_t kGemmRows = int64_t{1} << 30;
+
+// Element `offset` of a contiguous tensor.
+void* element_at(const Tensor& t, int64_t offset) {
+  return static_cast<char*>(t.data_ptr()) + offset * static_cast<int64_t>(dtype_size(t.dtype()));
+}
+
 void gemm_forward(const cpu::ConvGeom& g, const Tensor& x, const Tensor& w, bool accumulate, const Tensor& y) {
   const int64_t P = g.n * g.h * g.w;  // stride 1, no padding: OH = H, OW = W
-  gemm(x.device().index, x.dtype(), false, true, P, g.c_out, g.c_in, 1.0, x.data_ptr(), g.c_in, w.data_ptr(), g.c_in,
-       accumulate ? 1.0 : 0.0, y.data_ptr(), g.c_out, "conv2d 1x1 forward");
+  for (int64_t r = 0; r < P; r += kGemmRows) {
+    gemm(x.device().index, x.dtype(), false, true, std::min(kGemmRows, P - r), g.c_out, g.c_in, 1.0,
+         element_at(x, r * g.c_in), g.c_in, w.data_ptr(), g.c_in, accumulate ? 1.0 : 0.0, element_at(y, r * g.c_out),
+         g.c_out, "conv2d 1x1 forward");
+  }
 }
 
 void gemm_backward_input(const cpu::ConvGeom& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
   const int64_t P = g.n * g.h * g.w;
-  gemm(gy.device().index, gy.dtype(), false, false, P, g.c_in, g.c_out, 1.0, gy.data_ptr(), g.c_out, w.data_ptr(),
-       g.c_in, 0.0, gx.data_ptr(), g.c_in, "conv2d 1x1 backward input");
+  for (int64_t r = 0; r < P; r += kGemmRows) {
+    gemm(gy.device().index, gy.dtype(), false, false, std::min(kGemmRows, P - r), g.c_in, g.c_out, 1.0,
+         element_at(gy, r * g.c_out), g.c_out, w.data_ptr(), g.c_in, 0.0, element_at(gx, r * g.c_in), g.c_in,
+         "conv2d 1x1 backward input");
+  }
 }
 
+// gw = gy^T x summed over the row blocks (the first block overwrites).
 void gemm_backward_weight(const cpu::ConvGeom& g, const Tensor& x, const Tensor& gy, const Tensor& gw) {
   const int64_t P = g.n * g.h * g.w;
-  gemm(x.device().index, x.dtype(), true, false, g.c_out, g.c_in, P, 1.0, gy.data_ptr(), g.c_out, x.data_ptr(),
-       g.c_in, 0.0, gw.data_ptr(), g.c_in, "conv2d 1x1 backward weight");
+  for (int64_t r = 0; r < P; r += kGemmRows) {
+    gemm(x.device().index, x.dtype(), true, false, g.c_out, g.c_in, std::min(kGemmRows, P - r), 1.0,
+         element_at(gy, r * g.c_out), g.c_out, element_at(x, r * g.c_in), g.c_in, r == 0 ? 0.0 : 1.0, gw.data_ptr(),
+         g.c_in, "conv2d 1x1 backward weight");
+  }
 }
 
 // ---------------------------------------------------------------- cuDNN
@@ -134,29 +148,26 @@ std::atomic<uint64_t> g_algo_misses{0};
 
 #if defined(KESTREL_HAVE_CUDNN)
 
-[[noreturn]] void throw_cudnn_error(cudnnStatus_t status, const char* call, const std::string& context) {
+void check_cudnn(cudnnStatus_t status, const char* call, const std::string& context) {
+  if (status == CUDNN_STATUS_SUCCESS) return;
   throw DeviceError(detail::concat(context, ": ", call, " failed: ", cudnnGetErrorString(status), " (status ",
                                    static_cast<int>(status), ")"));
 }
 
-#define KESTREL_CUDNN_CHECK(call, context)                                  \
-  do {                                                                      \
-    const cudnnStatus_t kestrel_status_ = (call);                           \
-    if (kestrel_status_ != CUDNN_STATUS_SUCCESS)                            \
-      throw_cudnn_error(kestrel_status_, #call, (context));                 \
-  } while (0)
+#define KESTREL_CUDNN_CHECK(call, context) check_cudnn((call), #call, (context))
 
-// One handle per thread and device, bound to the current stream on each use;
-// kept until the process exits (see engine/gpu/blas.cpp).
+// The current device's handle, bound to its current stream (library_handle.h).
 cudnnHandle_t cudnn_handle() {
-  thread_local std::vector<cudnnHandle_t> handles;
-  const int device = cuda::current_device();
-  if (static_cast<int>(handles.size()) <= device) handles.resize(device + 1, nullptr);
-  if (handles[device] == nullptr)
-    KESTREL_CUDNN_CHECK(cudnnCreate(&handles[device]), "cuDNN handle for cuda:" + std::to_string(device));
-  KESTREL_CUDNN_CHECK(cudnnSetStream(handles[device], cuda::current_stream(device)),
-                      "binding the cuDNN handle to the current stream");
-  return handles[device];
+  thread_local LibraryHandles<cudnnHandle_t> handles;
+  return handles.get(
+      [](int device) {
+        cudnnHandle_t h = nullptr;
+        KESTREL_CUDNN_CHECK(cudnnCreate(&h), "cuDNN handle for cuda:" + std::to_string(device));
+        return h;
+      },
+      [](cudnnHandle_t h, cudaStream_t stream) {
+        KESTREL_CUDNN_CHECK(cudnnSetStream(h, stream), "binding the cuDNN handle to the current stream");
+      });
 }
 
 cudnnDataType_t cudnn_dtype(DType dtype) {
@@ -177,34 +188,19 @@ cudnnMathType_t requested_math(DType dtype) {
   return CUDNN_DEFAULT_MATH;
 }
 
-// Owning descriptor wrappers: created empty, configured by the caller.
-struct TensorDesc {
-  cudnnTensorDescriptor_t d = nullptr;
-  explicit TensorDesc(const std::string& context) {
-    KESTREL_CUDNN_CHECK(cudnnCreateTensorDescriptor(&d), context);
-  }
-  ~TensorDesc() { cudnnDestroyTensorDescriptor(d); }
-  TensorDesc(const TensorDesc&) = delete;
-  TensorDesc& operator=(const TensorDesc&) = delete;
+// Owning descriptor: created empty, configured by the caller.
+template <typename Desc, cudnnStatus_t (*Create)(Desc*), cudnnStatus_t (*Destroy)(Desc)>
+struct Descriptor {
+  Desc d = nullptr;
+  explicit Descriptor(const std::string& context) { check_cudnn(Create(&d), "creating a cuDNN descriptor", context); }
+  ~Descriptor() { Destroy(d); }
+  Descriptor(const Descriptor&) = delete;
+  Descriptor& operator=(const Descriptor&) = delete;
 };
-struct FilterDesc {
-  cudnnFilterDescriptor_t d = nullptr;
-  explicit FilterDesc(const std::string& context) {
-    KESTREL_CUDNN_CHECK(cudnnCreateFilterDescriptor(&d), context);
-  }
-  ~FilterDesc() { cudnnDestroyFilterDescriptor(d); }
-  FilterDesc(const FilterDesc&) = delete;
-  FilterDesc& operator=(const FilterDesc&) = delete;
-};
-struct ConvDesc {
-  cudnnConvolutionDescriptor_t d = nullptr;
-  explicit ConvDesc(const std::string& context) {
-    KESTREL_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&d), context);
-  }
-  ~ConvDesc() { cudnnDestroyConvolutionDescriptor(d); }
-  ConvDesc(const ConvDesc&) = delete;
-  ConvDesc& operator=(const ConvDesc&) = delete;
-};
+using TensorDesc = Descriptor<cudnnTensorDescriptor_t, cudnnCreateTensorDescriptor, cudnnDestroyTensorDescriptor>;
+using FilterDesc = Descriptor<cudnnFilterDescriptor_t, cudnnCreateFilterDescriptor, cudnnDestroyFilterDescriptor>;
+using ConvDesc =
+    Descriptor<cudnnConvolutionDescriptor_t, cudnnCreateConvolutionDescriptor, cudnnDestroyConvolutionDescriptor>;
 
 // The descriptors of one convolution: x, y NHWC; w as an NHWC filter
 // [c_out, c_in/groups, kh, kw] in cuDNN's terms, which is OHWI in memory.
@@ -239,6 +235,68 @@ struct CudnnConv {
 };
 
 enum class Direction : int64_t { Forward, BackwardData, BackwardFilter };
+
+// cuDNN's three convolution directions behind one interface: the algorithm
+// list, the workspace size of an algorithm, and the call itself, which reads
+// `a` and `b` and writes `out` (forward: x, w -> y; backward data: w, gy -> gx;
+// backward filter: x, gy -> gw).
+struct ForwardCall {
+  using Perf = cudnnConvolutionFwdAlgoPerf_t;
+  using Algo = cudnnConvolutionFwdAlgo_t;
+  static constexpr int kCount = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
+  static constexpr Direction kDirection = Direction::Forward;
+  static constexpr const char* kName = "forward";
+  static constexpr const char* kCall = "cudnnConvolutionForward";
+  static cudnnStatus_t algorithms(cudnnHandle_t h, const CudnnConv& d, int* count, Perf* perf) {
+    return cudnnGetConvolutionForwardAlgorithm_v7(h, d.x.d, d.w.d, d.conv.d, d.y.d, kCount, count, perf);
+  }
+  static cudnnStatus_t workspace(cudnnHandle_t h, const CudnnConv& d, Algo algo, size_t* bytes) {
+    return cudnnGetConvolutionForwardWorkspaceSize(h, d.x.d, d.w.d, d.conv.d, d.y.d, algo, bytes);
+  }
+  static cudnnStatus_t run(cudnnHandle_t h, const CudnnConv& d, const void* alpha, const void* a, const void* b,
+                           Algo algo, void* ws, size_t ws_bytes, const void* beta, void* out) {
+    return cudnnConvolutionForward(h, alpha, d.x.d, a, d.w.d, b, d.conv.d, algo, ws, ws_bytes, beta, d.y.d, out);
+  }
+};
+
+struct BackwardDataCall {
+  using Perf = cudnnConvolutionBwdDataAlgoPerf_t;
+  using Algo = cudnnConvolutionBwdDataAlgo_t;
+  static constexpr int kCount = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
+  static constexpr Direction kDirection = Direction::BackwardData;
+  static constexpr const char* kName = "backward input";
+  static constexpr const char* kCall = "cudnnConvolutionBackwardData";
+  static cudnnStatus_t algorithms(cudnnHandle_t h, const CudnnConv& d, int* count, Perf* perf) {
+    return cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w.d, d.y.d, d.conv.d, d.x.d, kCount, count, perf);
+  }
+  static cudnnStatus_t workspace(cudnnHandle_t h, const CudnnConv& d, Algo algo, size_t* bytes) {
+    return cudnnGetConvolutionBackwardDataWorkspaceSize(h, d.w.d, d.y.d, d.conv.d, d.x.d, algo, bytes);
+  }
+  static cudnnStatus_t run(cudnnHandle_t h, const CudnnConv& d, const void* alpha, const void* a, const void* b,
+                           Algo algo, void* ws, size_t ws_bytes, const void* beta, void* out) {
+    return cudnnConvolutionBackwardData(h, alpha, d.w.d, a, d.y.d, b, d.conv.d, algo, ws, ws_bytes, beta, d.x.d, out);
+  }
+};
+
+struct BackwardFilterCall {
+  using Perf = cudnnConvolutionBwdFilterAlgoPerf_t;
+  using Algo = cudnnConvolutionBwdFilterAlgo_t;
+  static constexpr int kCount = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
+  static constexpr Direction kDirection = Direction::BackwardFilter;
+  static constexpr const char* kName = "backward weight";
+  static constexpr const char* kCall = "cudnnConvolutionBackwardFilter";
+  static cudnnStatus_t algorithms(cudnnHandle_t h, const CudnnConv& d, int* count, Perf* perf) {
+    return cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d.x.d, d.y.d, d.conv.d, d.w.d, kCount, count, perf);
+  }
+  static cudnnStatus_t workspace(cudnnHandle_t h, const CudnnConv& d, Algo algo, size_t* bytes) {
+    return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, d.x.d, d.y.d, d.conv.d, d.w.d, algo, bytes);
+  }
+  static cudnnStatus_t run(cudnnHandle_t h, const CudnnConv& d, const void* alpha, const void* a, const void* b,
+                           Algo algo, void* ws, size_t ws_bytes, const void* beta, void* out) {
+    return cudnnConvolutionBackwardFilter(h, alpha, d.x.d, a, d.y.d, b, d.conv.d, algo, ws, ws_bytes, beta, d.w.d,
+                                          out);
+  }
+};
 
 struct AlgoChoice {
   int algo = 0;
@@ -278,64 +336,26 @@ AlgoChoice cached_algo(const AlgoKey& key, Choose&& choose) {
 
 // First usable entry of cuDNN's ranked heuristic list, deterministic ones
 // first (the CPU backend is deterministic and so are reruns here). Usable:
-// supported, the math mode allowed for the dtype, workspace within bounds.
-// workspace_of(algo) asks cuDNN for the exact size under the entry's math mode.
-template <typename Perf, typename WorkspaceOf>
-AlgoChoice pick_algo(CudnnConv& d, const Perf* perf, int count, DType dtype, WorkspaceOf&& workspace_of) {
+// supported, the math mode allowed for the dtype, workspace within bounds
+// (asked of cuDNN for the exact size under the entry's math mode).
+template <typename Call>
+AlgoChoice pick_algo(CudnnConv& d, cudnnHandle_t h, DType dtype) {
+  typename Call::Perf perf[Call::kCount];
+  int count = 0;
+  KESTREL_CUDNN_CHECK(Call::algorithms(h, d, &count, perf), d.context);
   for (const bool need_deterministic : {true, false}) {
     for (int i = 0; i < count; ++i) {
-      const Perf& p = perf[i];
+      const typename Call::Perf& p = perf[i];
       if (p.status != CUDNN_STATUS_SUCCESS) continue;
       if (need_deterministic && p.determinism != CUDNN_DETERMINISTIC) continue;
       if (strict_f32(dtype) && p.mathType != CUDNN_FMA_MATH) continue;
       d.set_math(p.mathType);
       size_t bytes = 0;
-      if (workspace_of(p.algo, &bytes) != CUDNN_STATUS_SUCCESS || bytes > kMaxWorkspaceBytes) continue;
+      if (Call::workspace(h, d, p.algo, &bytes) != CUDNN_STATUS_SUCCESS || bytes > kMaxWorkspaceBytes) continue;
       return {static_cast<int>(p.algo), p.mathType, bytes};
     }
   }
   throw DeviceError(detail::concat(d.context, ": cuDNN offers no usable algorithm (", count, " candidates)"));
-}
-
-AlgoChoice forward_algo(CudnnConv& d, cudnnHandle_t h, const AlgoKey& key, DType dtype) {
-  return cached_algo(key, [&] {
-    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    int count = 0;
-    KESTREL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x.d, d.w.d, d.conv.d, d.y.d,
-                                                               CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf),
-                        d.context);
-    return pick_algo(d, perf, count, dtype, [&](cudnnConvolutionFwdAlgo_t algo, size_t* bytes) {
-      return cudnnGetConvolutionForwardWorkspaceSize(h, d.x.d, d.w.d, d.conv.d, d.y.d, algo, bytes);
-    });
-  });
-}
-
-AlgoChoice backward_data_algo(CudnnConv& d, cudnnHandle_t h, const AlgoKey& key, DType dtype) {
-  return cached_algo(key, [&] {
-    cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    int count = 0;
-    KESTREL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w.d, d.y.d, d.conv.d, d.x.d,
-                                                                    CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count,
-                                                                    perf),
-                        d.context);
-    return pick_algo(d, perf, count, dtype, [&](cudnnConvolutionBwdDataAlgo_t algo, size_t* bytes) {
-      return cudnnGetConvolutionBackwardDataWorkspaceSize(h, d.w.d, d.y.d, d.conv.d, d.x.d, algo, bytes);
-    });
-  });
-}
-
-AlgoChoice backward_filter_algo(CudnnConv& d, cudnnHandle_t h, const AlgoKey& key, DType dtype) {
-  return cached_algo(key, [&] {
-    cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-    int count = 0;
-    KESTREL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d.x.d, d.y.d, d.conv.d, d.w.d,
-                                                                      CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count,
-                                                                      perf),
-                        d.context);
-    return pick_algo(d, perf, count, dtype, [&](cudnnConvolutionBwdFilterAlgo_t algo, size_t* bytes) {
-      return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, d.x.d, d.y.d, d.conv.d, d.w.d, algo, bytes);
-    });
-  });
 }
 
 // alpha and beta for cuDNN: double for f64 data, float otherwise.
@@ -347,47 +367,31 @@ struct Scale {
 constexpr Scale kOne{1.f, 1.0};
 constexpr Scale kZero{0.f, 0.0};
 
-Tensor workspace_tensor(size_t bytes, Device device) {
-  return Tensor::empty({static_cast<int64_t>(bytes)}, DType::U8, device);
+// out (+)= the convolution of a and b in direction Call, with the cached algorithm.
+template <typename Call>
+void cudnn_convolve(const cpu::ConvGeom& g, DType dt, Device device, const Tensor& a, const Tensor& b,
+                    bool accumulate, const Tensor& out) {
+  CudnnConv d(g, dt, detail::concat("conv2d ", Call::kName, " (cuDNN) ", dtype_name(dt), ", ", geom_str(g)));
+  cudnnHandle_t h = cudnn_handle();
+  const AlgoChoice c =
+      cached_algo(algo_key(g, dt, Call::kDirection, device.index), [&] { return pick_algo<Call>(d, h, dt); });
+  d.set_math(c.math);
+  const Tensor ws = Tensor::empty({static_cast<int64_t>(c.workspace)}, DType::U8, device);
+  check_cudnn(Call::run(h, d, kOne.get(dt), a.data_ptr(), b.data_ptr(), static_cast<typename Call::Algo>(c.algo),
+                        ws.data_ptr(), c.workspace, (accumulate ? kOne : kZero).get(dt), out.data_ptr()),
+              Call::kCall, d.context);
 }
 
 void cudnn_forward(const cpu::ConvGeom& g, const Tensor& x, const Tensor& w, bool accumulate, const Tensor& y) {
-  const DType dt = x.dtype();
-  CudnnConv d(g, dt, detail::concat("conv2d forward (cuDNN) ", dtype_name(dt), ", ", geom_str(g)));
-  cudnnHandle_t h = cudnn_handle();
-  const AlgoChoice c = forward_algo(d, h, algo_key(g, dt, Direction::Forward, x.device().index), dt);
-  d.set_math(c.math);
-  const Tensor ws = workspace_tensor(c.workspace, x.device());
-  KESTREL_CUDNN_CHECK(cudnnConvolutionForward(h, kOne.get(dt), d.x.d, x.data_ptr(), d.w.d, w.data_ptr(), d.conv.d,
-                                              static_cast<cudnnConvolutionFwdAlgo_t>(c.algo), ws.data_ptr(),
-                                              c.workspace, (accumulate ? kOne : kZero).get(dt), d.y.d, y.data_ptr()),
-                      d.context);
+  cudnn_convolve<ForwardCall>(g, x.dtype(), x.device(), x, w, accumulate, y);
 }
 
 void cudnn_backward_input(const cpu::ConvGeom& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
-  const DType dt = gy.dtype();
-  CudnnConv d(g, dt, detail::concat("conv2d backward input (cuDNN) ", dtype_name(dt), ", ", geom_str(g)));
-  cudnnHandle_t h = cudnn_handle();
-  const AlgoChoice c = backward_data_algo(d, h, algo_key(g, dt, Direction::BackwardData, gy.device().index), dt);
-  d.set_math(c.math);
-  const Tensor ws = workspace_tensor(c.workspace, gy.device());
-  KESTREL_CUDNN_CHECK(cudnnConvolutionBackwardData(h, kOne.get(dt), d.w.d, w.data_ptr(), d.y.d, gy.data_ptr(),
-                                                   d.conv.d, static_cast<cudnnConvolutionBwdDataAlgo_t>(c.algo),
-                                                   ws.data_ptr(), c.workspace, kZero.get(dt), d.x.d, gx.data_ptr()),
-                      d.context);
+  cudnn_convolve<BackwardDataCall>(g, gy.dtype(), gy.device(), w, gy, false, gx);
 }
 
 void cudnn_backward_weight(const cpu::ConvGeom& g, const Tensor& x, const Tensor& gy, const Tensor& gw) {
-  const DType dt = x.dtype();
-  CudnnConv d(g, dt, detail::concat("conv2d backward weight (cuDNN) ", dtype_name(dt), ", ", geom_str(g)));
-  cudnnHandle_t h = cudnn_handle();
-  const AlgoChoice c = backward_filter_algo(d, h, algo_key(g, dt, Direction::BackwardFilter, x.device().index), dt);
-  d.set_math(c.math);
-  const Tensor ws = workspace_tensor(c.workspace, x.device());
-  KESTREL_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, kOne.get(dt), d.x.d, x.data_ptr(), d.y.d, gy.data_ptr(),
-                                                     d.conv.d, static_cast<cudnnConvolutionBwdFilterAlgo_t>(c.algo),
-                                                     ws.data_ptr(), c.workspace, kZero.get(dt), d.w.d, gw.data_ptr()),
-                      d.context);
+  cudnn_convolve<BackwardFilterCall>(g, x.dtype(), x.device(), x, gy, false, gw);
 }
 
 #else  // no cuDNN at build time
@@ -423,6 +427,7 @@ Tensor conv2d_forward(const cpu::ConvGeom& g, const Tensor& x, const Tensor& w, 
   check_operands(g, "conv2d", {&x, &w, &bias});
   cuda::DeviceGuard guard(x.device().index);
   Tensor y = Tensor::empty({g.n, g.oh, g.ow, g.c_out}, x.dtype(), x.device());
+  if (y.numel() == 0) return y;  // an empty batch: the kernels and cuDNN reject zero sizes
   const ConvPath path = conv2d_path(g, x.dtype());
   if (path == ConvPath::Depthwise) {
     depthwise_forward(g, x, w, bias, y);
@@ -440,6 +445,7 @@ Tensor conv2d_forward(const cpu::ConvGeom& g, const Tensor& x, const Tensor& w, 
 Tensor conv2d_backward_input(const cpu::ConvGeom& g, const Tensor& gy, const Tensor& w) {
   check_operands(g, "conv2d backward", {&gy, &w});
   cuda::DeviceGuard guard(gy.device().index);
+  if (gy.numel() == 0) return Tensor::zeros({g.n, g.h, g.w, g.c_in}, gy.dtype(), gy.device());
   Tensor gx = Tensor::empty({g.n, g.h, g.w, g.c_in}, gy.dtype(), gy.device());
   switch (conv2d_path(g, gy.dtype())) {
     case ConvPath::Depthwise: depthwise_backward_input(g, gy, w, gx); break;
@@ -454,6 +460,11 @@ ConvParamGrads conv2d_backward_params(const cpu::ConvGeom& g, const Tensor& x, c
   check_operands(g, "conv2d backward", {&gy, want_weight ? &x : &gy});
   cuda::DeviceGuard guard(gy.device().index);
   ConvParamGrads out;
+  if (gy.numel() == 0) {  // an empty batch contributes nothing
+    if (want_weight) out.weight = Tensor::zeros({g.c_out, g.kh, g.kw, g.cin_g()}, gy.dtype(), gy.device());
+    if (want_bias) out.bias = Tensor::zeros({g.c_out}, gy.dtype(), gy.device());
+    return out;
+  }
   const ConvPath path = conv2d_path(g, gy.dtype());
   if (want_weight) {
     out.weight = Tensor::empty({g.c_out, g.kh, g.kw, g.cin_g()}, gy.dtype(), gy.device());

@@ -74,21 +74,15 @@ void copy_strided(const Tensor& dst, const Tensor& src) {
     return;
   }
   if (dst.dtype() == src.dtype()) {
-    auto bits = [&](auto tag) {
-      using B = KESTREL_DEV_SCALAR(tag);
+    dispatch_bits(dtype_size(dst.dtype()), [&](auto tag) {
+      using B = KESTREL_SCALAR(tag);
       launch_copy<B, B>(static_cast<B*>(dst.data_ptr()), static_cast<const B*>(src.data_ptr()), layout, on.stream);
-    };
-    switch (dtype_size(dst.dtype())) {
-      case 1: bits(DevTag<uint8_t>{}); break;
-      case 2: bits(DevTag<uint16_t>{}); break;
-      case 4: bits(DevTag<uint32_t>{}); break;
-      default: bits(DevTag<uint64_t>{}); break;
-    }
+    });
   } else {
     dispatch_all_dev(dst.dtype(), [&](auto dtag) {
-      using D = KESTREL_DEV_SCALAR(dtag);
+      using D = KESTREL_SCALAR(dtag);
       dispatch_all_dev(src.dtype(), [&](auto stag) {
-        using S = KESTREL_DEV_SCALAR(stag);
+        using S = KESTREL_SCALAR(stag);
         launch_copy<D, S>(static_cast<D*>(dst.data_ptr()), static_cast<const S*>(src.data_ptr()), layout, on.stream);
       });
     });
@@ -120,8 +114,8 @@ void fill(const Tensor& dst, double value) {
                            "fill_ ", describe(dst), " with ", value);
     return;
   }
-  auto launch = [&](auto tag) {
-    using B = KESTREL_DEV_SCALAR(tag);
+  dispatch_bits(width, [&](auto tag) {
+    using B = KESTREL_SCALAR(tag);
     const B v = static_cast<B>(bits);
     for_each_slice<1>(layout, [&](const StridedIndex<1>& index, const std::array<int64_t, 1>& base, int64_t n) {
       B* p = static_cast<B*>(dst.data_ptr()) + base[0];
@@ -130,13 +124,7 @@ void fill(const Tensor& dst, double value) {
       else
         fill_kernel<B, uint64_t><<<grid_for(n), kThreads, 0, on.stream>>>(p, index, n, v);
     });
-  };
-  switch (width) {
-    case 1: launch(DevTag<uint8_t>{}); break;
-    case 2: launch(DevTag<uint16_t>{}); break;
-    case 4: launch(DevTag<uint32_t>{}); break;
-    default: launch(DevTag<uint64_t>{}); break;
-  }
+  });
   KESTREL_CUDA_CHECK_CTX(cudaGetLastError(), "fill_ ", describe(dst), " with ", value);
 }
 

@@ -195,7 +195,7 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
   if (out.numel() == 0) return;
   OnDevice on(out);
   dispatch_float_dev(out.dtype(), "binary op", [&](auto tag) {
-    using T = KESTREL_DEV_SCALAR(tag);
+    using T = KESTREL_SCALAR(tag);
     switch (op) {
       case BinaryOp::Add: launch_binary<T>(out, a, b, AddFn{}, on.stream); break;
       case BinaryOp::Sub: launch_binary<T>(out, a, b, SubFn{}, on.stream); break;
@@ -215,7 +215,7 @@ void unary(UnaryOp op, const Tensor& x, const Tensor& out, UnaryParams p) {
   if (n == 0) return;
   OnDevice on(out);
   dispatch_float_dev(x.dtype(), "unary op", [&](auto tag) {
-    using T = KESTREL_DEV_SCALAR(tag);
+    using T = KESTREL_SCALAR(tag);
     unary_kernel<T><<<grid_for(n), kThreads, 0, on.stream>>>(op, static_cast<const T*>(x.data_ptr()),
                                                              static_cast<T*>(out.data_ptr()), n, p);
   });
@@ -232,7 +232,7 @@ void unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& 
   if (n == 0) return;
   OnDevice on(grad_in);
   dispatch_float_dev(x.dtype(), "unary backward", [&](auto tag) {
-    using T = KESTREL_DEV_SCALAR(tag);
+    using T = KESTREL_SCALAR(tag);
     const T* py = y.defined() ? static_cast<const T*>(y.data_ptr()) : nullptr;
     unary_backward_kernel<T><<<grid_for(n), kThreads, 0, on.stream>>>(
         op, static_cast<const T*>(x.data_ptr()), py, static_cast<const T*>(grad_out.data_ptr()),
@@ -246,7 +246,7 @@ void axpy_inplace(const Tensor& self, const Tensor& other, double alpha) {
   if (self.numel() == 0) return;
   OnDevice on(self);
   dispatch_float_dev(self.dtype(), "add_", [&](auto tag) {
-    using T = KESTREL_DEV_SCALAR(tag);
+    using T = KESTREL_SCALAR(tag);
     using M = MathT<T>;
     launch_binary<T>(self, self, other, AxpyFn<M>{static_cast<M>(alpha)}, on.stream);
   });
@@ -258,7 +258,7 @@ void scale_inplace(const Tensor& self, double s) {
   if (self.numel() == 0) return;
   OnDevice on(self);
   dispatch_float_dev(self.dtype(), "mul_", [&](auto tag) {
-    using T = KESTREL_DEV_SCALAR(tag);
+    using T = KESTREL_SCALAR(tag);
     using M = MathT<T>;
     launch_binary<T>(self, self, self, ScaleFn<M>{static_cast<M>(s)}, on.stream);
   });

@@ -1,61 +1,14 @@
 // Bias kernels for linear and convolution; see linear.h.
 #include "engine/gpu/linear.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <algorithm>
 
-#include "engine/cuda/runtime.h"
+#include "engine/gpu/device_scalar.cuh"
 
 namespace kestrel::gpu {
 
 namespace {
 
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_acc(typename AccOf<T>::type v);
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ double from_acc<double>(double v) { return v; }
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-template <typename T>
-struct Tag {
-  using type = T;
-};
-
-// Calls f(Tag<T>{}) with T the device element type of a floating dtype.
-template <typename F>
-void dispatch_device_float(DType dtype, const char* op, F&& f) {
-  switch (dtype) {
-    case DType::F32: return f(Tag<float>{});
-    case DType::F64: return f(Tag<double>{});
-    case DType::F16: return f(Tag<__half>{});
-    case DType::BF16: return f(Tag<__nv_bfloat16>{});
-    default: break;
-  }
-  throw DTypeError(detail::concat(op, ": CUDA supports f32, f16, bf16 and f64 here, not ", dtype_name(dtype)));
-}
-
-constexpr int kThreads = 256;
 constexpr int kColTile = 32;     // columns per block: one warp reads 32 adjacent elements of a row
 constexpr int kRowLanes = 8;     // rows read in parallel per block
 constexpr int kRowsPerSplit = 1024;
@@ -67,9 +20,7 @@ unsigned blocks_for(int64_t n, int64_t per_block, int64_t cap) {
 
 template <typename T>
 __global__ void broadcast_rows_kernel(const T* __restrict__ row, T* __restrict__ out, int64_t cols, int64_t total) {
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step)
-    out[i] = row[i % cols];
+  KESTREL_GRID_LOOP(i, total) out[i] = row[i % cols];
 }
 
 // Block (kColTile columns x kRowLanes lanes) sums the rows of split
@@ -84,7 +35,7 @@ __global__ void column_partial_kernel(const T* __restrict__ a, Acc* __restrict__
   const int64_t end = min(rows, begin + rows_per_split);
   Acc sum = 0;
   if (c < cols)
-    for (int64_t r = begin + threadIdx.y; r < end; r += kRowLanes) sum += to_acc(a[r * cols + c]);
+    for (int64_t r = begin + threadIdx.y; r < end; r += kRowLanes) sum += to_math(a[r * cols + c]);
   lanes[threadIdx.y][threadIdx.x] = sum;
   __syncthreads();
   for (int half = kRowLanes / 2; half > 0; half >>= 1) {
@@ -102,7 +53,7 @@ __global__ void column_finalize_kernel(const Acc* __restrict__ partial, T* __res
   if (c >= cols) return;
   Acc sum = 0;
   for (int s = 0; s < splits; ++s) sum += partial[static_cast<int64_t>(s) * cols + c];
-  out[c] = from_acc<T>(sum);
+  out[c] = from_math<T>(sum);
 }
 
 }  // namespace
@@ -115,11 +66,10 @@ void broadcast_rows(const Tensor& row, const Tensor& out, const char* op) {
   if (total == 0) return;
   KCHECK(cols > 0 && total % cols == 0, ShapeError, op, ": cannot broadcast a row of ", cols, " elements over ",
          shape_str(out.shape()));
-  cuda::DeviceGuard guard(out.device().index);
-  const cudaStream_t stream = cuda::current_stream();
-  dispatch_device_float(out.dtype(), op, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    broadcast_rows_kernel<T><<<blocks_for(total, kThreads, 1 << 16), kThreads, 0, stream>>>(
+  OnDevice on(out);
+  dispatch_float_dev(out.dtype(), op, [&](auto tag) {
+    using T = KESTREL_SCALAR(tag);
+    broadcast_rows_kernel<T><<<grid_for(total), kThreads, 0, on.stream>>>(
         static_cast<const T*>(row.data_ptr()), static_cast<T*>(out.data_ptr()), cols, total);
   });
   KESTREL_CUDA_CHECK_CTX(cudaGetLastError(), op, ": broadcasting bias ", shape_str(row.shape()), " over ",
@@ -136,18 +86,17 @@ Tensor column_sums(const Tensor& a, int64_t cols, const char* op) {
   const int64_t rows = a.numel() / cols;
   const int splits = static_cast<int>(blocks_for(rows, kRowsPerSplit, kMaxSplits));
   const int64_t rows_per_split = (rows + splits - 1) / splits;
-  cuda::DeviceGuard guard(a.device().index);
-  const cudaStream_t stream = cuda::current_stream();
-  dispatch_device_float(a.dtype(), op, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using Acc = typename AccOf<T>::type;
+  OnDevice on(a);
+  dispatch_float_dev(a.dtype(), op, [&](auto tag) {
+    using T = KESTREL_SCALAR(tag);
+    using Acc = MathT<T>;
     const Tensor workspace = Tensor::empty({static_cast<int64_t>(splits) * cols * static_cast<int64_t>(sizeof(Acc))},
                                            DType::U8, a.device());
     Acc* partial = static_cast<Acc*>(workspace.data_ptr());
     const dim3 grid(blocks_for(cols, kColTile, INT32_MAX), static_cast<unsigned>(splits));
-    column_partial_kernel<T, Acc><<<grid, dim3(kColTile, kRowLanes), 0, stream>>>(
+    column_partial_kernel<T, Acc><<<grid, dim3(kColTile, kRowLanes), 0, on.stream>>>(
         static_cast<const T*>(a.data_ptr()), partial, rows, cols, rows_per_split);
-    column_finalize_kernel<T, Acc><<<blocks_for(cols, kThreads, INT32_MAX), kThreads, 0, stream>>>(
+    column_finalize_kernel<T, Acc><<<blocks_for(cols, kThreads, INT32_MAX), kThreads, 0, on.stream>>>(
         partial, static_cast<T*>(out.data_ptr()), cols, splits);
   });
   KESTREL_CUDA_CHECK_CTX(cudaGetLastError(), op, ": column sums of ", shape_str(a.shape()), " as [",

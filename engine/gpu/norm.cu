@@ -6,7 +6,8 @@
 
 #include <climits>
 
-#include "engine/gpu/acc_type.cuh"
+#include "engine/gpu/device_scalar.cuh"
+#include "engine/gpu/kernel_dtype.h"
 #include "kernels/batch_norm_act.h"
 #include "kernels/common.cuh"
 
@@ -17,28 +18,14 @@ namespace {
 using kernels::KAct;
 using kernels::KDType;
 
-KDType kernel_dtype(DType t, const char* op) {
-  switch (t) {
-    case DType::F32: return KDType::F32;
-    case DType::F16: return KDType::F16;
-    case DType::BF16: return KDType::BF16;
-    default: break;
-  }
-  throw DTypeError(detail::concat(op, ": the CUDA path supports f32, f16 and bf16 activations, got ", dtype_name(t)));
-}
-
 KAct kernel_act(Activation a) { return static_cast<KAct>(static_cast<int>(a)); }
-
-const float* f32_or_null(const Tensor& t) { return t.defined() ? device_ptr<const float>(t) : nullptr; }
-float* f32_or_null_mut(const Tensor& t) { return t.defined() ? device_ptr<float>(t) : nullptr; }
-const void* ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
-void* ptr_or_null_mut(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 Tensor f32_channels(int64_t c, Device d) { return Tensor::empty({c}, DType::F32, d); }
 
 kernels::BatchNormShape shape_of(const Tensor& x, const char* op) {
   const int64_t C = x.size(x.dim() - 1);
-  KCHECK(C <= INT_MAX, ShapeError, op, ": ", C, " channels exceed the CUDA kernel's limit");
+  KCHECK(C >= 1 && C <= INT_MAX, ShapeError, op, ": ", C, " channels are outside the CUDA kernel's range [1, ",
+         INT_MAX, "]");
   kernels::BatchNormShape s;
   s.C = static_cast<int>(C);
   s.M = x.numel() / C;
@@ -78,14 +65,14 @@ __global__ void eval_backward_kernel(EvalBackwardArgs a, const T* __restrict__ d
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int c = static_cast<int>(i % a.C);
     const float g = a.gamma != nullptr ? a.gamma[c] : 1.f;
-    float dz = to_acc(dy[i]);
+    float dz = to_math(dy[i]);
     if (a.act != KAct::None) {
-      const float xhat = (to_acc(x[i]) - a.mean[c]) * a.invstd[c];
-      const float z = fmaf(g, xhat, a.beta != nullptr ? a.beta[c] : 0.f) + (res != nullptr ? to_acc(res[i]) : 0.f);
+      const float xhat = (to_math(x[i]) - a.mean[c]) * a.invstd[c];
+      const float z = fmaf(g, xhat, a.beta != nullptr ? a.beta[c] : 0.f) + (res != nullptr ? to_math(res[i]) : 0.f);
       dz *= kernels::act_derivative(a.act, z);
     }
-    if (dres != nullptr) dres[i] = from_acc<T>(dz);
-    if (dx != nullptr) dx[i] = from_acc<T>(g * a.invstd[c] * dz);
+    if (dres != nullptr) dres[i] = from_math<T>(dz);
+    if (dx != nullptr) dx[i] = from_math<T>(g * a.invstd[c] * dz);
   }
 }
 
@@ -109,9 +96,9 @@ __global__ void eval_param_grad_partial_kernel(EvalBackwardArgs a, int64_t rows,
     const float g = a.gamma != nullptr ? a.gamma[c] : 1.f, b = a.beta != nullptr ? a.beta[c] : 0.f;
     for (int64_t r = beg + threadIdx.y; r < end; r += kLanes) {
       const int64_t e = r * a.C + c;
-      const float xhat = (to_acc(x[e]) - mu) * is;
-      float dz = to_acc(dy[e]);
-      if (a.act != KAct::None) dz *= kernels::act_derivative(a.act, fmaf(g, xhat, b) + (res ? to_acc(res[e]) : 0.f));
+      const float xhat = (to_math(x[e]) - mu) * is;
+      float dz = to_math(dy[e]);
+      if (a.act != KAct::None) dz *= kernels::act_derivative(a.act, fmaf(g, xhat, b) + (res ? to_math(res[e]) : 0.f));
       s0 += dz;
       s1 = fmaf(dz, xhat, s1);
     }
@@ -143,8 +130,6 @@ __global__ void eval_param_grad_finalize_kernel(const float* __restrict__ psum, 
 
 __global__ void increment_kernel(int64_t* counter) { *counter += 1; }
 
-cudaStream_t stream_of(const Tensor& t) { return cuda::current_stream(t.device().index); }
-
 BatchNormGrads eval_backward(const Tensor& gy, const Tensor& x, const Tensor& res, const Tensor& weight,
                              const Tensor& bias, const BatchNormStats& saved, Activation act,
                              const std::vector<bool>& need) {
@@ -156,19 +141,24 @@ BatchNormGrads eval_backward(const Tensor& gy, const Tensor& x, const Tensor& re
   if (need[3]) out.residual = Tensor::empty(x.shape(), x.dtype(), d);
   if (need[1]) out.weight = f32_channels(s.C, d);
   if (need[2]) out.bias = f32_channels(s.C, d);
-  const EvalBackwardArgs a{device_ptr<const float>(saved.mean), device_ptr<const float>(saved.invstd),
-                           f32_or_null(weight), f32_or_null(bias), s.M * s.C, s.C, kernel_act(act)};
-  const cudaStream_t st = stream_of(x);
+  const EvalBackwardArgs a{device_ptr<const float>(saved.mean),
+                           device_ptr<const float>(saved.invstd),
+                           device_ptr_or_null<const float>(weight),
+                           device_ptr_or_null<const float>(bias),
+                           s.M * s.C,
+                           s.C,
+                           kernel_act(act)};
+  const OnDevice on(x);
+  const cudaStream_t st = on.stream;
   const int splits = static_cast<int>(std::clamp<int64_t>((s.M + 127) / 128, 1, 256));
   const Tensor partial = (need[1] || need[2]) ? Tensor::empty({2, splits, s.C}, DType::F32, d) : Tensor();
-  dispatch_device_float(x.dtype(), op, [&](auto tag) {
+  dispatch_float_dev(x.dtype(), op, [&](auto tag) {
     using T = KESTREL_SCALAR(tag);
-    const T* res_p = res.defined() ? device_ptr<const T>(res) : nullptr;
+    const T* res_p = device_ptr_or_null<const T>(res);
     if (need[0] || need[3]) {
-      eval_backward_kernel<T><<<grid_for(a.total), kBlock, 0, st>>>(
-          a, device_ptr<const T>(gy), device_ptr<const T>(x), res_p,
-          out.x.defined() ? device_ptr<T>(out.x) : nullptr,
-          out.residual.defined() ? device_ptr<T>(out.residual) : nullptr);
+      eval_backward_kernel<T><<<grid_for(a.total), kThreads, 0, st>>>(
+          a, device_ptr<const T>(gy), device_ptr<const T>(x), res_p, device_ptr_or_null<T>(out.x),
+          device_ptr_or_null<T>(out.residual));
     }
     if (partial.defined()) {
       float* psum = device_ptr<float>(partial);
@@ -177,7 +167,7 @@ BatchNormGrads eval_backward(const Tensor& gy, const Tensor& x, const Tensor& re
       eval_param_grad_partial_kernel<T><<<grid, dim3(kTileC, kLanes), 0, st>>>(
           a, s.M, splits, device_ptr<const T>(gy), device_ptr<const T>(x), res_p, psum, psumx);
       eval_param_grad_finalize_kernel<<<kernels::ceil_div(s.C, 128), 128, 0, st>>>(
-          psum, psumx, s.C, splits, f32_or_null_mut(out.weight), f32_or_null_mut(out.bias));
+          psum, psumx, s.C, splits, device_ptr_or_null<float>(out.weight), device_ptr_or_null<float>(out.bias));
     }
   });
   check_launch(op, x);
@@ -191,11 +181,11 @@ BatchNormForward batch_norm_act_forward(const Tensor& x, const Tensor& weight, c
                                         const Tensor& residual, bool training, double momentum, double eps,
                                         Activation act, bool keep_stats) {
   const char* op = "batch_norm";
-  const KDType dt = kernel_dtype(x.dtype(), op);
+  const KDType dt = kernel_dtype(x.dtype(), op, "activations");
   const kernels::BatchNormShape s = shape_of(x, op);
   const Device d = x.device();
-  cuda::DeviceGuard guard(d.index);
-  const cudaStream_t st = stream_of(x);
+  const OnDevice on(x);
+  const cudaStream_t st = on.stream;
   kernels::BatchNormActArgs args;
   args.eps = static_cast<float>(eps);
   args.momentum = static_cast<float>(momentum);
@@ -206,19 +196,20 @@ BatchNormForward batch_norm_act_forward(const Tensor& x, const Tensor& weight, c
   if (training) {
     // The kernel needs somewhere to put the batch statistics only when the backward reads them.
     if (keep_stats) out.saved = {f32_channels(s.C, d), f32_channels(s.C, d)};
-    KESTREL_CUDA_CHECK_CTX(
-        kernels::batch_norm_act_forward_training(
-            dt, s, args, x.data_ptr(), ptr_or_null(residual), f32_or_null(weight), f32_or_null(bias),
-            f32_or_null_mut(running_mean), f32_or_null_mut(running_var), f32_or_null_mut(out.saved.mean),
-            f32_or_null_mut(out.saved.invstd), out.y.data_ptr(), ws.data_ptr(), st),
-        op, " input ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
+    KESTREL_CUDA_CHECK_CTX(kernels::batch_norm_act_forward_training(
+                               dt, s, args, x.data_ptr(), device_ptr_or_null<const void>(residual),
+                               device_ptr_or_null<const float>(weight), device_ptr_or_null<const float>(bias),
+                               device_ptr_or_null<float>(running_mean), device_ptr_or_null<float>(running_var),
+                               device_ptr_or_null<float>(out.saved.mean), device_ptr_or_null<float>(out.saved.invstd),
+                               out.y.data_ptr(), ws.data_ptr(), st),
+                           op, " input ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
     return out;
   }
   KESTREL_CUDA_CHECK_CTX(
-      kernels::batch_norm_act_forward_inference(dt, s, args, x.data_ptr(), ptr_or_null(residual), f32_or_null(weight),
-                                                f32_or_null(bias), device_ptr<const float>(running_mean),
-                                                device_ptr<const float>(running_var), out.y.data_ptr(),
-                                                ws.data_ptr(), st),
+      kernels::batch_norm_act_forward_inference(
+          dt, s, args, x.data_ptr(), device_ptr_or_null<const void>(residual), device_ptr_or_null<const float>(weight),
+          device_ptr_or_null<const float>(bias), device_ptr<const float>(running_mean),
+          device_ptr<const float>(running_var), out.y.data_ptr(), ws.data_ptr(), st),
       op, " input ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
   if (keep_stats) {
     // A snapshot: a later training step updates the running statistics in place.
@@ -234,11 +225,11 @@ BatchNormForward batch_norm_act_forward(const Tensor& x, const Tensor& weight, c
 BatchNormGrads batch_norm_act_backward(const Tensor& grad_y, const Tensor& x, const Tensor& residual,
                                        const Tensor& weight, const Tensor& bias, const BatchNormStats& saved,
                                        bool training, Activation act, const std::vector<bool>& need) {
-  cuda::DeviceGuard guard(x.device().index);
-  if (!training) return eval_backward(grad_y, x, residual, weight, bias, saved, act, need);
   const char* op = "batch_norm backward";
-  const KDType dt = kernel_dtype(x.dtype(), op);
+  const KDType dt = kernel_dtype(x.dtype(), op, "activations");
   const kernels::BatchNormShape s = shape_of(x, op);
+  if (!training) return eval_backward(grad_y, x, residual, weight, bias, saved, act, need);
+  const OnDevice on(x);
   const Device d = x.device();
   kernels::BatchNormActArgs args;
   args.act = kernel_act(act);
@@ -249,13 +240,13 @@ BatchNormGrads batch_norm_act_backward(const Tensor& grad_y, const Tensor& x, co
   if (need[1]) out.weight = f32_channels(s.C, d);
   if (need[2]) out.bias = f32_channels(s.C, d);
   const Tensor ws = workspace_for(s, d);
-  KESTREL_CUDA_CHECK_CTX(
-      kernels::batch_norm_act_backward(dt, s, args, grad_y.data_ptr(), x.data_ptr(), ptr_or_null(residual),
-                                       f32_or_null(weight), f32_or_null(bias), device_ptr<const float>(saved.mean),
-                                       device_ptr<const float>(saved.invstd), dx.data_ptr(),
-                                       ptr_or_null_mut(out.residual), f32_or_null_mut(out.weight),
-                                       f32_or_null_mut(out.bias), ws.data_ptr(), stream_of(x)),
-      op, " input ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
+  KESTREL_CUDA_CHECK_CTX(kernels::batch_norm_act_backward(
+                             dt, s, args, grad_y.data_ptr(), x.data_ptr(), device_ptr_or_null<const void>(residual),
+                             device_ptr_or_null<const float>(weight), device_ptr_or_null<const float>(bias),
+                             device_ptr<const float>(saved.mean), device_ptr<const float>(saved.invstd), dx.data_ptr(),
+                             device_ptr_or_null<void>(out.residual), device_ptr_or_null<float>(out.weight),
+                             device_ptr_or_null<float>(out.bias), ws.data_ptr(), on.stream),
+                         op, " input ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
   if (need[0]) out.x = dx;
   return out;
 }
@@ -264,8 +255,8 @@ void increment_counter(const Tensor& counter) {
   KCHECK(counter.dtype() == DType::I64 && counter.numel() == 1, DTypeError,
          "increment_counter: expected an i64 scalar, got ", dtype_name(counter.dtype()), " ",
          shape_str(counter.shape()));
-  cuda::DeviceGuard guard(counter.device().index);
-  increment_kernel<<<1, 1, 0, stream_of(counter)>>>(device_ptr<int64_t>(counter));
+  const OnDevice on(counter);
+  increment_kernel<<<1, 1, 0, on.stream>>>(device_ptr<int64_t>(counter));
   check_launch("increment_counter", counter);
 }
 

@@ -10,22 +10,12 @@
 #include <tuple>
 
 #include "engine/cuda/runtime.h"
+#include "engine/gpu/kernel_dtype.h"
 #include "kernels/fused_optim.h"
 
 namespace kestrel::gpu {
 
 namespace {
-
-kernels::KDType grad_kdtype(const Tensor& g, const char* op) {
-  switch (g.dtype()) {
-    case DType::F32: return kernels::KDType::F32;
-    case DType::F16: return kernels::KDType::F16;
-    case DType::BF16: return kernels::KDType::BF16;
-    default:
-      throw DTypeError(std::string(op) + ": CUDA gradients must be f32, f16 or bf16, got " + dtype_name(g.dtype()) +
-                       " " + shape_str(g.shape()));
-  }
-}
 
 void check_param_and_grad(const Tensor& p, const Tensor& g, const char* op) {
   KCHECK(p.device().is_cuda(), DeviceError, op, ": expected a CUDA parameter, got one on ", p.device().str());
@@ -56,35 +46,45 @@ struct Tables {
 
 float* f32_ptr(const Tensor& t) { return t.defined() ? static_cast<float*>(t.data_ptr()) : nullptr; }
 
+// (device, gradient dtype, the per-launch count: SGD's first-step flag or
+// AdamW's step, lr, weight decay): parameters with equal keys share launches.
+using GroupKey = std::tuple<int, kernels::KDType, int64_t, double, double>;
+using Groups = std::map<GroupKey, Tables>;
+
+// Adds one parameter's pointers to its group; undefined state is a null pointer.
+void add_to_group(Groups& groups, const char* op, int64_t count, double lr, double weight_decay, const Tensor& param,
+                  const Tensor& grad, const Tensor& state_a, const Tensor& state_b) {
+  const GroupKey key{param.device().index, kernel_dtype(grad.dtype(), op, "gradients"), count, lr, weight_decay};
+  Tables& t = groups[key];
+  if (t.params.empty()) t.first_shape = param.shape();
+  t.params.push_back(f32_ptr(param));
+  t.grads.push_back(grad.data_ptr());
+  t.state_a.push_back(f32_ptr(state_a));
+  t.state_b.push_back(f32_ptr(state_b));
+  t.sizes.push_back(param.numel());
+}
+
 }  // namespace
 
 void sgd_step(const std::vector<SgdParamUpdate>& updates, double momentum, double dampening, bool nesterov) {
   constexpr const char* kOp = "SGD.step";
-  // (device, gradient dtype, first step, lr, weight decay)
-  using Key = std::tuple<int, int, bool, double, double>;
-  std::map<Key, Tables> groups;
+  Groups groups;
   for (const SgdParamUpdate& u : updates) {
     check_param_and_grad(u.param, u.grad, kOp);
     if (momentum != 0.0) check_state(u.momentum_buffer, u.param, kOp, "the momentum buffer");
-    const Key key{u.param.device().index, static_cast<int>(grad_kdtype(u.grad, kOp)), u.first, u.lr, u.weight_decay};
-    Tables& t = groups[key];
-    if (t.params.empty()) t.first_shape = u.param.shape();
-    t.params.push_back(f32_ptr(u.param));
-    t.grads.push_back(u.grad.data_ptr());
-    t.state_a.push_back(momentum != 0.0 ? f32_ptr(u.momentum_buffer) : nullptr);
-    t.sizes.push_back(u.param.numel());
+    add_to_group(groups, kOp, u.first ? 1 : 0, u.lr, u.weight_decay, u.param, u.grad,
+                 momentum != 0.0 ? u.momentum_buffer : Tensor(), Tensor());
   }
   for (const auto& [key, t] : groups) {
-    const auto& [device, grad_dtype, first, lr, weight_decay] = key;
+    const auto& [device, gdt, first, lr, weight_decay] = key;
     kernels::SgdArgs a;
     a.lr = static_cast<float>(lr);
     a.momentum = static_cast<float>(momentum);
     a.dampening = static_cast<float>(dampening);
     a.weight_decay = static_cast<float>(weight_decay);
     a.nesterov = nesterov;
-    a.first_step = first;
+    a.first_step = first != 0;
     a.grad_scale = 1.f;
-    const auto gdt = static_cast<kernels::KDType>(grad_dtype);
     cuda::DeviceGuard guard(device);
     KESTREL_CUDA_CHECK_CTX(kernels::sgd_momentum_multi(gdt, t.count(), t.params.data(), t.grads.data(),
                                                        t.state_a.data(), t.sizes.data(), a, nullptr,
@@ -96,25 +96,16 @@ void sgd_step(const std::vector<SgdParamUpdate>& updates, double momentum, doubl
 
 void adamw_step(const std::vector<AdamWParamUpdate>& updates, double beta1, double beta2, double eps) {
   constexpr const char* kOp = "AdamW.step";
-  // (device, gradient dtype, step, lr, weight decay)
-  using Key = std::tuple<int, int, int64_t, double, double>;
-  std::map<Key, Tables> groups;
+  Groups groups;
   for (const AdamWParamUpdate& u : updates) {
     check_param_and_grad(u.param, u.grad, kOp);
     check_state(u.exp_avg, u.param, kOp, "exp_avg");
     check_state(u.exp_avg_sq, u.param, kOp, "exp_avg_sq");
     KCHECK(u.step >= 1 && u.step <= 0x7fffffff, ValueError, kOp, ": step count ", u.step, " out of range");
-    const Key key{u.param.device().index, static_cast<int>(grad_kdtype(u.grad, kOp)), u.step, u.lr, u.weight_decay};
-    Tables& t = groups[key];
-    if (t.params.empty()) t.first_shape = u.param.shape();
-    t.params.push_back(f32_ptr(u.param));
-    t.grads.push_back(u.grad.data_ptr());
-    t.state_a.push_back(f32_ptr(u.exp_avg));
-    t.state_b.push_back(f32_ptr(u.exp_avg_sq));
-    t.sizes.push_back(u.param.numel());
+    add_to_group(groups, kOp, u.step, u.lr, u.weight_decay, u.param, u.grad, u.exp_avg, u.exp_avg_sq);
   }
   for (const auto& [key, t] : groups) {
-    const auto& [device, grad_dtype, step, lr, weight_decay] = key;
+    const auto& [device, gdt, step, lr, weight_decay] = key;
     kernels::AdamWArgs a;
     a.lr = static_cast<float>(lr);
     a.beta1 = static_cast<float>(beta1);
@@ -123,7 +114,6 @@ void adamw_step(const std::vector<AdamWParamUpdate>& updates, double beta1, doub
     a.weight_decay = static_cast<float>(weight_decay);
     a.step = static_cast<int>(step);
     a.grad_scale = 1.f;
-    const auto gdt = static_cast<kernels::KDType>(grad_dtype);
     cuda::DeviceGuard guard(device);
     KESTREL_CUDA_CHECK_CTX(kernels::adamw_multi(gdt, t.count(), t.params.data(), t.grads.data(), t.state_a.data(),
                                                 t.state_b.data(), t.sizes.data(), a, nullptr,

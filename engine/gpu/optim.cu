@@ -4,23 +4,17 @@
 // kMaxTensors tensors and kMaxBlocks chunks by value, so a model's few
 // hundred gradients take a handful of launches. The SGD/AdamW glue is in
 // optim.cpp (kernels/fused_optim.h). Compiles; untested on a GPU.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <map>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
-#include "engine/cuda/runtime.h"
+#include "engine/gpu/device_scalar.cuh"
 #include "engine/gpu/optim.h"
 
 namespace kestrel::gpu {
 
 namespace {
 
-constexpr int kThreads = 256;
 constexpr int64_t kChunk = 16384;  // elements per block
 constexpr int kMaxTensors = 48;
 constexpr int kMaxBlocks = 320;
@@ -42,16 +36,14 @@ struct Span {
 
 int64_t chunks_of(int64_t n) { return (n + kChunk - 1) / kChunk; }
 
-// Fills tables chunk by chunk and calls launch(table, blocks, index of the
-// first block overall) whenever a table is full, and once at the end.
+// Fills tables chunk by chunk and calls launch(table, blocks) whenever a
+// table is full, and once at the end.
 template <typename Launch>
 void for_each_launch(const std::vector<Span>& spans, Launch&& launch) {
   ChunkTable t;
   int nt = 0, nb = 0;
-  int64_t first_block = 0;
   auto flush = [&] {
-    if (nb > 0) launch(t, nb, first_block);
-    first_block += nb;
+    if (nb > 0) launch(t, nb);
     nt = 0;
     nb = 0;
   };
@@ -74,22 +66,6 @@ void for_each_launch(const std::vector<Span>& spans, Launch&& launch) {
   }
   flush();
 }
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-__device__ __forceinline__ double to_double(double v) { return v; }
-template <typename T>
-__device__ __forceinline__ double to_double(T v) { return static_cast<double>(to_float(v)); }
 
 struct ChunkRange {
   int tensor;
@@ -134,37 +110,25 @@ __global__ void __launch_bounds__(kThreads) sum_partials_kernel(const double* pa
   if (threadIdx.x == 0) *out = total;
 }
 
+// x * factor in the math type (f16/bf16 in f32), rounded on its own like the CPU loop.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) scale_kernel(ChunkTable t, float factor) {
+__global__ void __launch_bounds__(kThreads) scale_kernel(ChunkTable t, MathT<T> factor) {
   const ChunkRange r = block_range(t);
   T* x = static_cast<T*>(t.dst[r.tensor]);
-  for (int64_t i = r.begin + threadIdx.x; i < r.end; i += kThreads) x[i] = from_float<T>(__fmul_rn(to_float(x[i]), factor));
-}
-
-__global__ void __launch_bounds__(kThreads) scale_kernel_f64(ChunkTable t, double factor) {
-  const ChunkRange r = block_range(t);
-  double* x = static_cast<double*>(t.dst[r.tensor]);
-  for (int64_t i = r.begin + threadIdx.x; i < r.end; i += kThreads) x[i] = __dmul_rn(x[i], factor);
+  for (int64_t i = r.begin + threadIdx.x; i < r.end; i += kThreads)
+    x[i] = from_math<T>(mul_rn(to_math(x[i]), factor));
 }
 
 // e + w * (m - e), each operation rounded on its own like the CPU loop.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) lerp_kernel(ChunkTable t, float weight) {
+__global__ void __launch_bounds__(kThreads) lerp_kernel(ChunkTable t, MathT<T> weight) {
   const ChunkRange r = block_range(t);
   T* e = static_cast<T*>(t.dst[r.tensor]);
   const T* m = static_cast<const T*>(t.src[r.tensor]);
   for (int64_t i = r.begin + threadIdx.x; i < r.end; i += kThreads) {
-    const float ev = to_float(e[i]);
-    e[i] = from_float<T>(__fadd_rn(ev, __fmul_rn(weight, __fsub_rn(to_float(m[i]), ev))));
+    const MathT<T> ev = to_math(e[i]);
+    e[i] = from_math<T>(add_rn(ev, mul_rn(weight, sub_rn(to_math(m[i]), ev))));
   }
-}
-
-__global__ void __launch_bounds__(kThreads) lerp_kernel_f64(ChunkTable t, double weight) {
-  const ChunkRange r = block_range(t);
-  double* e = static_cast<double*>(t.dst[r.tensor]);
-  const double* m = static_cast<const double*>(t.src[r.tensor]);
-  for (int64_t i = r.begin + threadIdx.x; i < r.end; i += kThreads)
-    e[i] = __dadd_rn(e[i], __dmul_rn(weight, __dsub_rn(m[i], e[i])));
 }
 
 void check_tensor(const Tensor& t, const char* op) {
@@ -178,20 +142,23 @@ void check_tensor(const Tensor& t, const char* op) {
 // Tensors of one device and dtype, launched together.
 using LaunchGroups = std::map<std::pair<int, DType>, std::vector<Span>>;
 
-void launch_error_check(const char* op, const std::pair<int, DType>& key, size_t tensors) {
-  KESTREL_CUDA_CHECK_CTX(cudaGetLastError(), op, ": ", tensors, " ", dtype_name(key.second), " tensors on cuda:",
-                         key.first);
-}
-
-// Calls f(tag) with the CUDA element type of a floating dtype other than f64.
-template <typename F>
-void dispatch_half_or_float(DType d, F&& f) {
-  if (d == DType::F16)
-    f(static_cast<__half*>(nullptr));
-  else if (d == DType::BF16)
-    f(static_cast<__nv_bfloat16*>(nullptr));
-  else
-    f(static_cast<float*>(nullptr));
+// For each group, on its device's current stream: launch(tag, table, blocks,
+// stream) per table of its spans (tag: the device element type); the launches
+// are checked per group.
+template <typename Launch>
+void launch_groups(const LaunchGroups& groups, const char* what, Launch&& launch) {
+  for (const auto& group : groups) {
+    const int device = group.first.first;
+    const DType dtype = group.first.second;
+    const std::vector<Span>& spans = group.second;
+    cuda::DeviceGuard guard(device);
+    const cudaStream_t stream = cuda::current_stream(device);
+    dispatch_float_dev(dtype, what, [&](auto tag) {
+      for_each_launch(spans, [&](const ChunkTable& t, int blocks) { launch(tag, t, blocks, stream); });
+    });
+    KESTREL_CUDA_CHECK_CTX(cudaGetLastError(), what, ": ", spans.size(), " ", dtype_name(dtype), " tensors on cuda:",
+                           device);
+  }
 }
 
 // Device scratch freed on scope exit (also when a check throws).
@@ -219,33 +186,22 @@ double sum_of_squares(const std::vector<Tensor>& tensors) {
   double total = 0.0;
   for (const auto& [device, groups] : by_device) {
     int64_t blocks = 0;
-    for (const auto& [key, spans] : groups)
-      for (const Span& s : spans) blocks += s.n > 0 ? chunks_of(s.n) : 0;
+    for (const auto& group : groups)
+      for (const Span& s : group.second) blocks += s.n > 0 ? chunks_of(s.n) : 0;
     if (blocks == 0) continue;
     cuda::DeviceGuard guard(device);
-    cudaStream_t stream = cuda::current_stream(device);
+    const cudaStream_t stream = cuda::current_stream(device);
     Scratch partials(static_cast<size_t>(blocks + 1) * sizeof(double), device, stream);
-    int64_t offset = 0;
-    for (const auto& group : groups) {
-      const std::pair<int, DType>& key = group.first;
-      const std::vector<Span>& spans = group.second;
-      int64_t group_blocks = 0;
-      for_each_launch(spans, [&](const ChunkTable& t, int nb, int64_t first) {
-        if (key.second == DType::F64) {
-          sum_squares_kernel<double><<<nb, kThreads, 0, stream>>>(t, partials.get(), offset + first);
-        } else {
-          dispatch_half_or_float(key.second, [&](auto* tag) {
-            using T = std::remove_pointer_t<decltype(tag)>;
-            sum_squares_kernel<T><<<nb, kThreads, 0, stream>>>(t, partials.get(), offset + first);
-          });
-        }
-        group_blocks = first + nb;
-      });
-      launch_error_check("clip_grad_norm_ (sum of squares)", key, spans.size());
-      offset += group_blocks;
-    }
-    double* out = partials.get() + blocks;
-    sum_partials_kernel<<<1, kThreads, 0, stream>>>(partials.get(), blocks, out);
+    double* const partial = partials.get();
+    int64_t written = 0;  // blocks are numbered across every launch of this device
+    launch_groups(groups, "clip_grad_norm_ (sum of squares)", [&](auto tag, const ChunkTable& t, int nb,
+                                                                  cudaStream_t s) {
+      using T = KESTREL_SCALAR(tag);
+      sum_squares_kernel<T><<<nb, kThreads, 0, s>>>(t, partial, written);
+      written += nb;
+    });
+    double* out = partial + blocks;
+    sum_partials_kernel<<<1, kThreads, 0, stream>>>(partial, blocks, out);
     KESTREL_CUDA_CHECK_CTX(cudaGetLastError(), "clip_grad_norm_: final sum of ", blocks, " partial sums on cuda:",
                            device);
     double host = 0.0;
@@ -263,23 +219,10 @@ void scale_(const std::vector<Tensor>& tensors, double factor) {
     check_tensor(t, "clip_grad_norm_");
     groups[{t.device().index, t.dtype()}].push_back({t.data_ptr(), nullptr, t.numel()});
   }
-  for (const auto& group : groups) {
-    const std::pair<int, DType>& key = group.first;
-    const std::vector<Span>& spans = group.second;
-    cuda::DeviceGuard guard(key.first);
-    cudaStream_t stream = cuda::current_stream(key.first);
-    for_each_launch(spans, [&](const ChunkTable& t, int nb, int64_t) {
-      if (key.second == DType::F64) {
-        scale_kernel_f64<<<nb, kThreads, 0, stream>>>(t, factor);
-      } else {
-        dispatch_half_or_float(key.second, [&](auto* tag) {
-          using T = std::remove_pointer_t<decltype(tag)>;
-          scale_kernel<T><<<nb, kThreads, 0, stream>>>(t, static_cast<float>(factor));
-        });
-      }
-    });
-    launch_error_check("clip_grad_norm_ (scale)", key, spans.size());
-  }
+  launch_groups(groups, "clip_grad_norm_ (scale)", [&](auto tag, const ChunkTable& t, int nb, cudaStream_t s) {
+    using T = KESTREL_SCALAR(tag);
+    scale_kernel<T><<<nb, kThreads, 0, s>>>(t, static_cast<MathT<T>>(factor));
+  });
 }
 
 void lerp_(const std::vector<Tensor>& dst, const std::vector<Tensor>& src, double weight) {
@@ -296,23 +239,10 @@ void lerp_(const std::vector<Tensor>& dst, const std::vector<Tensor>& src, doubl
            shape_str(src[i].shape()), " on ", src[i].device().str(), " differ");
     groups[{dst[i].device().index, dst[i].dtype()}].push_back({dst[i].data_ptr(), src[i].data_ptr(), dst[i].numel()});
   }
-  for (const auto& group : groups) {
-    const std::pair<int, DType>& key = group.first;
-    const std::vector<Span>& spans = group.second;
-    cuda::DeviceGuard guard(key.first);
-    cudaStream_t stream = cuda::current_stream(key.first);
-    for_each_launch(spans, [&](const ChunkTable& t, int nb, int64_t) {
-      if (key.second == DType::F64) {
-        lerp_kernel_f64<<<nb, kThreads, 0, stream>>>(t, weight);
-      } else {
-        dispatch_half_or_float(key.second, [&](auto* tag) {
-          using T = std::remove_pointer_t<decltype(tag)>;
-          lerp_kernel<T><<<nb, kThreads, 0, stream>>>(t, static_cast<float>(weight));
-        });
-      }
-    });
-    launch_error_check("ModelEma.update", key, spans.size());
-  }
+  launch_groups(groups, "ModelEma.update", [&](auto tag, const ChunkTable& t, int nb, cudaStream_t s) {
+    using T = KESTREL_SCALAR(tag);
+    lerp_kernel<T><<<nb, kThreads, 0, s>>>(t, static_cast<MathT<T>>(weight));
+  });
 }
 
 }  // namespace kestrel::gpu

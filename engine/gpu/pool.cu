@@ -3,7 +3,7 @@
 // fastest, so a warp reads and writes 32 consecutive channels.
 #include "engine/gpu/pool.h"
 
-#include "engine/gpu/acc_type.cuh"
+#include "engine/gpu/device_scalar.cuh"
 
 namespace kestrel::gpu {
 
@@ -30,10 +30,6 @@ __device__ __forceinline__ Pixel unflatten(int64_t i, int64_t rows, int64_t cols
   return p;
 }
 
-#define KESTREL_GRID_STRIDE(i, total)                                                            \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (total);   \
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-
 // Outputs [lo, hi] of a strided, padded kernel window whose window covers input i.
 struct Range {
   int64_t lo, hi;
@@ -52,9 +48,9 @@ __device__ __forceinline__ Range covering_windows(int64_t i, int64_t out, int64_
 template <typename T>
 __global__ void max_pool_forward_kernel(PoolGeom g, const T* __restrict__ x, T* __restrict__ y,
                                         int32_t* __restrict__ argmax) {
-  using A = acc_t<T>;
+  using A = MathT<T>;
   const int64_t total = g.n * g.oh * g.ow * g.c;
-  KESTREL_GRID_STRIDE(i, total) {
+  KESTREL_GRID_LOOP(i, total) {
     const Pixel p = unflatten(i, g.oh, g.ow, g.c);
     const int64_t h0 = imax(p.row * g.stride - g.pad, 0), h1 = imin(p.row * g.stride - g.pad + g.kernel, g.h);
     const int64_t w0 = imax(p.col * g.stride - g.pad, 0), w1 = imin(p.col * g.stride - g.pad + g.kernel, g.w);
@@ -62,7 +58,7 @@ __global__ void max_pool_forward_kernel(PoolGeom g, const T* __restrict__ x, T* 
     int32_t idx = -1;
     for (int64_t ih = h0; ih < h1; ++ih) {
       for (int64_t iw = w0; iw < w1; ++iw) {
-        const A v = to_acc(x[((p.n * g.h + ih) * g.w + iw) * g.c + p.c]);
+        const A v = to_math(x[((p.n * g.h + ih) * g.w + iw) * g.c + p.c]);
         // NaN wins, as in PyTorch; the first maximum is kept on ties.
         if (v > best || (v != v && best == best) || idx < 0) {
           best = v;
@@ -70,7 +66,7 @@ __global__ void max_pool_forward_kernel(PoolGeom g, const T* __restrict__ x, T* 
         }
       }
     }
-    y[i] = from_acc<T>(best);
+    y[i] = from_math<T>(best);
     argmax[i] = idx;
   }
 }
@@ -78,9 +74,9 @@ __global__ void max_pool_forward_kernel(PoolGeom g, const T* __restrict__ x, T* 
 template <typename T>
 __global__ void max_pool_backward_kernel(PoolGeom g, const T* __restrict__ gy, const int32_t* __restrict__ argmax,
                                          T* __restrict__ gx) {
-  using A = acc_t<T>;
+  using A = MathT<T>;
   const int64_t total = g.n * g.h * g.w * g.c;
-  KESTREL_GRID_STRIDE(i, total) {
+  KESTREL_GRID_LOOP(i, total) {
     const Pixel p = unflatten(i, g.h, g.w, g.c);
     const int32_t flat = static_cast<int32_t>(p.row * g.w + p.col);
     const Range rh = covering_windows(p.row, g.oh, g.kernel, g.stride, g.pad);
@@ -89,10 +85,10 @@ __global__ void max_pool_backward_kernel(PoolGeom g, const T* __restrict__ gy, c
     for (int64_t oh = rh.lo; oh <= rh.hi; ++oh) {
       for (int64_t ow = rw.lo; ow <= rw.hi; ++ow) {
         const int64_t off = ((p.n * g.oh + oh) * g.ow + ow) * g.c + p.c;
-        if (argmax[off] == flat) sum += to_acc(gy[off]);
+        if (argmax[off] == flat) sum += to_math(gy[off]);
       }
     }
-    gx[i] = from_acc<T>(sum);
+    gx[i] = from_math<T>(sum);
   }
 }
 
@@ -145,23 +141,23 @@ struct PoolWindows {
 
 template <typename T>
 __global__ void avg_pool_forward_kernel(PoolGeom g, PoolWindows win, const T* __restrict__ x, T* __restrict__ y) {
-  using A = acc_t<T>;
+  using A = MathT<T>;
   const int64_t total = g.n * g.oh * g.ow * g.c;
-  KESTREL_GRID_STRIDE(i, total) {
+  KESTREL_GRID_LOOP(i, total) {
     const Pixel p = unflatten(i, g.oh, g.ow, g.c);
     const Window wh = win.rows(g, p.row), ww = win.cols(g, p.col);
     A sum = 0;
     for (int64_t ih = wh.start; ih < wh.end; ++ih)
-      for (int64_t iw = ww.start; iw < ww.end; ++iw) sum += to_acc(x[((p.n * g.h + ih) * g.w + iw) * g.c + p.c]);
-    y[i] = from_acc<T>(sum * inverse_count<A>(wh.count * ww.count));
+      for (int64_t iw = ww.start; iw < ww.end; ++iw) sum += to_math(x[((p.n * g.h + ih) * g.w + iw) * g.c + p.c]);
+    y[i] = from_math<T>(sum * inverse_count<A>(wh.count * ww.count));
   }
 }
 
 template <typename T>
 __global__ void avg_pool_backward_kernel(PoolGeom g, PoolWindows win, const T* __restrict__ gy, T* __restrict__ gx) {
-  using A = acc_t<T>;
+  using A = MathT<T>;
   const int64_t total = g.n * g.h * g.w * g.c;
-  KESTREL_GRID_STRIDE(i, total) {
+  KESTREL_GRID_LOOP(i, total) {
     const Pixel p = unflatten(i, g.h, g.w, g.c);
     const Range rh = win.candidates(p.row, g.h, g.oh, g);
     const Range rw = win.candidates(p.col, g.w, g.ow, g);
@@ -173,35 +169,41 @@ __global__ void avg_pool_backward_kernel(PoolGeom g, PoolWindows win, const T* _
       for (int64_t ow = rw.lo; ow <= rw.hi; ++ow) {
         const Window ww = win.cols(g, ow);
         if (p.col < ww.start || p.col >= ww.end) continue;
-        sum += to_acc(gy[((p.n * g.oh + oh) * g.ow + ow) * g.c + p.c]) * (inv_h * inverse_count<A>(ww.count));
+        sum += to_math(gy[((p.n * g.oh + oh) * g.ow + ow) * g.c + p.c]) * (inv_h * inverse_count<A>(ww.count));
       }
     }
-    gx[i] = from_acc<T>(sum);
+    gx[i] = from_math<T>(sum);
   }
 }
 
-// Global average: block (32 channels, kRowsY pixel lanes) per (channel tile, image);
-// the pixel lanes are summed in a fixed order, so the result is deterministic.
+// Global average: block (32 channels, kRowsY pixel lanes) per (channel tile,
+// image), images strided over gridDim.y (at most 65535); the pixel lanes are
+// summed in a fixed order, so the result is deterministic.
 constexpr int kChannelsX = 32;
 constexpr int kRowsY = 8;
+constexpr int64_t kMaxGridY = 65535;
 
 template <typename T>
-__global__ void global_avg_pool_kernel(int64_t pixels, int64_t channels, const T* __restrict__ x, T* __restrict__ y) {
-  using A = acc_t<T>;
+__global__ void global_avg_pool_kernel(int64_t batch, int64_t pixels, int64_t channels, const T* __restrict__ x,
+                                       T* __restrict__ y) {
+  using A = MathT<T>;
   __shared__ A partial[kRowsY][kChannelsX];
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kChannelsX + threadIdx.x;
-  const int64_t n = blockIdx.y;
-  A sum = 0;
-  if (c < channels) {
-    const T* base = x + n * pixels * channels + c;
-    for (int64_t q = threadIdx.y; q < pixels; q += kRowsY) sum += to_acc(base[q * channels]);
+  for (int64_t n = blockIdx.y; n < batch; n += gridDim.y) {
+    A sum = 0;
+    if (c < channels) {
+      const T* base = x + n * pixels * channels + c;
+      for (int64_t q = threadIdx.y; q < pixels; q += kRowsY) sum += to_math(base[q * channels]);
+    }
+    partial[threadIdx.y][threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < channels) {
+      A total = 0;
+      for (int r = 0; r < kRowsY; ++r) total += partial[r][threadIdx.x];
+      y[n * channels + c] = from_math<T>(total * (A(1) / static_cast<A>(pixels)));
+    }
+    __syncthreads();  // partial is reused by the next image
   }
-  partial[threadIdx.y][threadIdx.x] = sum;
-  __syncthreads();
-  if (threadIdx.y != 0 || c >= channels) return;
-  A total = 0;
-  for (int r = 0; r < kRowsY; ++r) total += partial[r][threadIdx.x];
-  y[n * channels + c] = from_acc<T>(total * (A(1) / static_cast<A>(pixels)));
 }
 
 // ---------------------------------------------------------------- bilinear
@@ -248,9 +250,9 @@ __device__ __forceinline__ double interp_weight(const Interp& t, int64_t i) {
 
 template <typename T>
 __global__ void resize_forward_kernel(PoolGeom g, bool align_corners, const T* __restrict__ x, T* __restrict__ y) {
-  using A = acc_t<T>;
+  using A = MathT<T>;
   const int64_t total = g.n * g.oh * g.ow * g.c;
-  KESTREL_GRID_STRIDE(i, total) {
+  KESTREL_GRID_LOOP(i, total) {
     const Pixel p = unflatten(i, g.oh, g.ow, g.c);
     const Interp a = bilinear_interp(p.row, g.h, g.oh, align_corners);
     const Interp b = bilinear_interp(p.col, g.w, g.ow, align_corners);
@@ -258,9 +260,9 @@ __global__ void resize_forward_kernel(PoolGeom g, bool align_corners, const T* _
     const T* r1 = x + (p.n * g.h + a.i1) * g.w * g.c + p.c;
     const A h0 = static_cast<A>(a.l0), h1 = static_cast<A>(a.l1);
     const A w0 = static_cast<A>(b.l0), w1 = static_cast<A>(b.l1);
-    const A top = w0 * to_acc(r0[b.i0 * g.c]) + w1 * to_acc(r0[b.i1 * g.c]);
-    const A bottom = w0 * to_acc(r1[b.i0 * g.c]) + w1 * to_acc(r1[b.i1 * g.c]);
-    y[i] = from_acc<T>(h0 * top + h1 * bottom);
+    const A top = w0 * to_math(r0[b.i0 * g.c]) + w1 * to_math(r0[b.i1 * g.c]);
+    const A bottom = w0 * to_math(r1[b.i0 * g.c]) + w1 * to_math(r1[b.i1 * g.c]);
+    y[i] = from_math<T>(h0 * top + h1 * bottom);
   }
 }
 
@@ -268,9 +270,9 @@ __global__ void resize_forward_kernel(PoolGeom g, bool align_corners, const T* _
 // found by binary search, so the gather needs no precomputed tables.
 template <typename T>
 __global__ void resize_backward_kernel(PoolGeom g, bool align_corners, const T* __restrict__ gy, T* __restrict__ gx) {
-  using A = acc_t<T>;
+  using A = MathT<T>;
   const int64_t total = g.n * g.h * g.w * g.c;
-  KESTREL_GRID_STRIDE(i, total) {
+  KESTREL_GRID_LOOP(i, total) {
     const Pixel p = unflatten(i, g.h, g.w, g.c);
     const int64_t oh0 = first_output_reading(p.row - 1, g.h, g.oh, align_corners);
     const int64_t oh1 = first_output_reading(p.row + 1, g.h, g.oh, align_corners);
@@ -283,69 +285,55 @@ __global__ void resize_backward_kernel(PoolGeom g, bool align_corners, const T* 
       const T* row = gy + (p.n * g.oh + oh) * g.ow * g.c + p.c;
       for (int64_t ow = ow0; ow < ow1; ++ow) {
         const double ww = interp_weight(bilinear_interp(ow, g.w, g.ow, align_corners), p.col);
-        if (ww != 0.0) sum += to_acc(row[ow * g.c]) * static_cast<A>(wh * ww);
+        if (ww != 0.0) sum += to_math(row[ow * g.c]) * static_cast<A>(wh * ww);
       }
     }
-    gx[i] = from_acc<T>(sum);
+    gx[i] = from_math<T>(sum);
   }
 }
-
-#undef KESTREL_GRID_STRIDE
 
 int64_t output_numel(const PoolGeom& g) { return g.n * g.oh * g.ow * g.c; }
 int64_t input_numel(const PoolGeom& g) { return g.n * g.h * g.w * g.c; }
 
-cudaStream_t stream_of(const Tensor& t) { return cuda::current_stream(t.device().index); }
+// One thread per element of `total`, on t's device, stream and dtype:
+// kernel(tag, grid, stream) launches the instance for the device type.
+template <typename Launch>
+void launch_elementwise(const char* op, const Tensor& t, int64_t total, Launch&& launch) {
+  if (total == 0) return;
+  launch_float_dev(t, op, [&](auto tag, cudaStream_t stream) { launch(tag, grid_for(total), stream); });
+}
+
+void window_avg_forward(const PoolGeom& g, PoolWindows win, const Tensor& x, const Tensor& y, const char* op) {
+  launch_elementwise(op, x, output_numel(g), [&](auto tag, unsigned grid, cudaStream_t stream) {
+    using T = KESTREL_SCALAR(tag);
+    avg_pool_forward_kernel<T><<<grid, kThreads, 0, stream>>>(g, win, device_ptr<const T>(x), device_ptr<T>(y));
+  });
+}
+
+void window_avg_backward(const PoolGeom& g, PoolWindows win, const Tensor& gy, const Tensor& gx, const char* op) {
+  launch_elementwise(op, gy, input_numel(g), [&](auto tag, unsigned grid, cudaStream_t stream) {
+    using T = KESTREL_SCALAR(tag);
+    avg_pool_backward_kernel<T><<<grid, kThreads, 0, stream>>>(g, win, device_ptr<const T>(gy), device_ptr<T>(gx));
+  });
+}
 
 }  // namespace
 
 void max_pool2d_forward(const PoolGeom& g, const Tensor& x, const Tensor& y, const Tensor& argmax) {
-  if (output_numel(g) == 0) return;
-  cuda::DeviceGuard guard(x.device().index);
-  dispatch_device_float(x.dtype(), "max_pool2d", [&](auto tag) {
+  launch_elementwise("max_pool2d", x, output_numel(g), [&](auto tag, unsigned grid, cudaStream_t stream) {
     using T = KESTREL_SCALAR(tag);
-    max_pool_forward_kernel<T><<<grid_for(output_numel(g)), kBlock, 0, stream_of(x)>>>(
-        g, device_ptr<const T>(x), device_ptr<T>(y), device_ptr<int32_t>(argmax));
+    max_pool_forward_kernel<T><<<grid, kThreads, 0, stream>>>(g, device_ptr<const T>(x), device_ptr<T>(y),
+                                                              device_ptr<int32_t>(argmax));
   });
-  check_launch("max_pool2d", x);
 }
 
 void max_pool2d_backward(const PoolGeom& g, const Tensor& gy, const Tensor& argmax, const Tensor& gx) {
-  if (input_numel(g) == 0) return;
-  cuda::DeviceGuard guard(gy.device().index);
-  dispatch_device_float(gy.dtype(), "max_pool2d backward", [&](auto tag) {
+  launch_elementwise("max_pool2d backward", gy, input_numel(g), [&](auto tag, unsigned grid, cudaStream_t stream) {
     using T = KESTREL_SCALAR(tag);
-    max_pool_backward_kernel<T><<<grid_for(input_numel(g)), kBlock, 0, stream_of(gy)>>>(
-        g, device_ptr<const T>(gy), device_ptr<const int32_t>(argmax), device_ptr<T>(gx));
+    max_pool_backward_kernel<T><<<grid, kThreads, 0, stream>>>(g, device_ptr<const T>(gy),
+                                                               device_ptr<const int32_t>(argmax), device_ptr<T>(gx));
   });
-  check_launch("max_pool2d backward", gy);
 }
-
-namespace {
-
-void window_avg_forward(const PoolGeom& g, PoolWindows win, const Tensor& x, const Tensor& y, const char* op) {
-  if (output_numel(g) == 0) return;
-  cuda::DeviceGuard guard(x.device().index);
-  dispatch_device_float(x.dtype(), op, [&](auto tag) {
-    using T = KESTREL_SCALAR(tag);
-    avg_pool_forward_kernel<T><<<grid_for(output_numel(g)), kBlock, 0, stream_of(x)>>>(g, win, device_ptr<const T>(x),
-                                                                                       device_ptr<T>(y));
-  });
-  check_launch(op, x);
-}
-
-void window_avg_backward(const PoolGeom& g, PoolWindows win, const Tensor& gy, const Tensor& gx, const char* op) {
-  if (input_numel(g) == 0) return;
-  cuda::DeviceGuard guard(gy.device().index);
-  dispatch_device_float(gy.dtype(), op, [&](auto tag) {
-    using T = KESTREL_SCALAR(tag);
-    avg_pool_backward_kernel<T><<<grid_for(input_numel(g)), kBlock, 0, stream_of(gy)>>>(
-        g, win, device_ptr<const T>(gy), device_ptr<T>(gx));
-  });
-  check_launch(op, gy);
-}
-
-}  // namespace
 
 void avg_pool2d_forward(const PoolGeom& g, bool count_include_pad, const Tensor& x, const Tensor& y) {
   window_avg_forward(g, PoolWindows{false, count_include_pad}, x, y, "avg_pool2d");
@@ -358,16 +346,13 @@ void avg_pool2d_backward(const PoolGeom& g, bool count_include_pad, const Tensor
 void adaptive_avg_pool2d_forward(const PoolGeom& g, const Tensor& x, const Tensor& y) {
   if (g.oh != 1 || g.ow != 1) return window_avg_forward(g, PoolWindows{true, true}, x, y, "adaptive_avg_pool2d");
   if (output_numel(g) == 0) return;
-  KCHECK(g.n <= 65535, ShapeError, "global_avg_pool: batch ", g.n, " exceeds the CUDA grid limit 65535");
-  cuda::DeviceGuard guard(x.device().index);
-  dispatch_device_float(x.dtype(), "global_avg_pool", [&](auto tag) {
+  launch_float_dev(x, "global_avg_pool", [&](auto tag, cudaStream_t stream) {
     using T = KESTREL_SCALAR(tag);
-    const dim3 grid(static_cast<unsigned>((g.c + kChannelsX - 1) / kChannelsX), static_cast<unsigned>(g.n));
-    global_avg_pool_kernel<T><<<grid, dim3(kChannelsX, kRowsY), 0, stream_of(x)>>>(g.h * g.w, g.c,
-                                                                                   device_ptr<const T>(x),
-                                                                                   device_ptr<T>(y));
+    const dim3 grid(static_cast<unsigned>((g.c + kChannelsX - 1) / kChannelsX),
+                    static_cast<unsigned>(std::min(g.n, kMaxGridY)));
+    global_avg_pool_kernel<T><<<grid, dim3(kChannelsX, kRowsY), 0, stream>>>(g.n, g.h * g.w, g.c,
+                                                                             device_ptr<const T>(x), device_ptr<T>(y));
   });
-  check_launch("global_avg_pool", x);
 }
 
 void adaptive_avg_pool2d_backward(const PoolGeom& g, const Tensor& gy, const Tensor& gx) {
@@ -375,25 +360,19 @@ void adaptive_avg_pool2d_backward(const PoolGeom& g, const Tensor& gy, const Ten
 }
 
 void resize_bilinear_forward(const PoolGeom& g, bool align_corners, const Tensor& x, const Tensor& y) {
-  if (output_numel(g) == 0) return;
-  cuda::DeviceGuard guard(x.device().index);
-  dispatch_device_float(x.dtype(), "resize_bilinear", [&](auto tag) {
+  launch_elementwise("resize_bilinear", x, output_numel(g), [&](auto tag, unsigned grid, cudaStream_t stream) {
     using T = KESTREL_SCALAR(tag);
-    resize_forward_kernel<T><<<grid_for(output_numel(g)), kBlock, 0, stream_of(x)>>>(
-        g, align_corners, device_ptr<const T>(x), device_ptr<T>(y));
+    resize_forward_kernel<T><<<grid, kThreads, 0, stream>>>(g, align_corners, device_ptr<const T>(x),
+                                                            device_ptr<T>(y));
   });
-  check_launch("resize_bilinear", x);
 }
 
 void resize_bilinear_backward(const PoolGeom& g, bool align_corners, const Tensor& gy, const Tensor& gx) {
-  if (input_numel(g) == 0) return;
-  cuda::DeviceGuard guard(gy.device().index);
-  dispatch_device_float(gy.dtype(), "resize_bilinear backward", [&](auto tag) {
+  launch_elementwise("resize_bilinear backward", gy, input_numel(g), [&](auto tag, unsigned grid, cudaStream_t stream) {
     using T = KESTREL_SCALAR(tag);
-    resize_backward_kernel<T><<<grid_for(input_numel(g)), kBlock, 0, stream_of(gy)>>>(
-        g, align_corners, device_ptr<const T>(gy), device_ptr<T>(gx));
+    resize_backward_kernel<T><<<grid, kThreads, 0, stream>>>(g, align_corners, device_ptr<const T>(gy),
+                                                             device_ptr<T>(gx));
   });
-  check_launch("resize_bilinear backward", gy);
 }
 
 }  // namespace kestrel::gpu

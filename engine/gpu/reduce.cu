@@ -21,19 +21,6 @@ constexpr int64_t kColChunk = 128;
 
 static_assert(kThreads % 32 == 0 && kThreads <= 1024, "block sums assume whole warps");
 
-template <typename A>
-constexpr DType acc_dtype() {
-  return std::is_same_v<A, double> ? DType::F64 : DType::F32;
-}
-
-template <typename Out, typename A>
-__device__ __forceinline__ Out store_acc(A v) {
-  if constexpr (std::is_same_v<Out, A>)
-    return v;
-  else
-    return from_math<Out>(v);
-}
-
 // Sum over the block; the result is valid in thread 0. Fixed order.
 template <typename A>
 __device__ __forceinline__ A block_sum(A v, A* scratch) {
@@ -58,7 +45,7 @@ __global__ void __launch_bounds__(kThreads) sum_rows_seq_kernel(const In* __rest
     const In* p = x + row * inner;
     A acc = A(0);
     for (int64_t i = 0; i < inner; ++i) acc += static_cast<A>(to_math(p[i]));
-    out[row] = store_acc<Out>(acc);
+    out[row] = from_math<Out>(acc);
   }
 }
 
@@ -75,7 +62,7 @@ __global__ void __launch_bounds__(kThreads) sum_rows_chunk_kernel(const In* __re
     A acc = A(0);
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) acc += static_cast<A>(to_math(p[i]));
     acc = block_sum(acc, scratch);
-    if (threadIdx.x == 0) out[task] = store_acc<Out>(acc);
+    if (threadIdx.x == 0) out[task] = from_math<Out>(acc);
     __syncthreads();  // scratch is reused by the next task
   }
 }
@@ -93,7 +80,7 @@ __global__ void __launch_bounds__(kThreads) sum_cols_chunk_kernel(const In* __re
     const int64_t begin = chunk * kColChunk, end = rows < begin + kColChunk ? rows : begin + kColChunk;
     A acc = A(0);
     for (int64_t r = begin; r < end; ++r) acc += static_cast<A>(to_math(x[r * cols + col]));
-    out[chunk * cols + col] = store_acc<Out>(acc);
+    out[chunk * cols + col] = from_math<Out>(acc);
   }
 }
 
@@ -130,13 +117,12 @@ __global__ void __launch_bounds__(kThreads) max_scatter_kernel(const T* __restri
   }
 }
 
-unsigned task_grid(int64_t tasks) {
-  return static_cast<unsigned>(std::clamp<int64_t>(tasks, 1, int64_t{1} << 20));
-}
+// Blocks for a loop that hands one task to each block.
+unsigned task_grid(int64_t tasks) { return grid_for(tasks, 1); }
 
 template <typename A>
 Tensor workspace(int64_t n, Device device) {
-  return Tensor::empty({n}, acc_dtype<A>(), device);
+  return Tensor::empty({n}, DTypeOf<A>::value, device);
 }
 
 template <typename In, typename Out, typename A>
@@ -175,8 +161,8 @@ std::string describe(const Tensor& t) {
 }
 
 void check_reduce_args(const char* op, const Tensor& x, int64_t numel, const Tensor& out, int64_t out_numel) {
-  KCHECK(x.device().is_cuda() && out.device() == x.device(), DeviceError, op, ": expected CUDA tensors on one device, got ",
-         x.device().str(), " and ", out.device().str());
+  KCHECK(x.device().is_cuda() && out.device() == x.device(), DeviceError, op,
+         ": expected CUDA tensors on one device, got ", x.device().str(), " and ", out.device().str());
   KCHECK(x.dtype() == out.dtype(), DTypeError, op, ": dtype mismatch ", describe(x), " -> ", describe(out));
   KCHECK(x.is_contiguous() && out.is_contiguous() && x.numel() == numel && out.numel() == out_numel, ShapeError,
          op, ": needs contiguous ", describe(x), " of ", numel, " elements -> ", out_numel, ", got ", describe(out));
@@ -196,7 +182,7 @@ void sum_rows(const Tensor& x, int64_t outer, int64_t inner, const Tensor& out) 
   OnDevice on(x);
   if (inner == 0) return zero(out, on.stream, "sum");
   dispatch_float_dev(x.dtype(), "sum", [&](auto tag) {
-    using T = KESTREL_DEV_SCALAR(tag);
+    using T = KESTREL_SCALAR(tag);
     sum_rows_launch<T, T, MathT<T>>(static_cast<const T*>(x.data_ptr()), outer, inner, static_cast<T*>(out.data_ptr()),
                                     x.device(), on.stream);
   });
@@ -209,7 +195,7 @@ void sum_cols(const Tensor& x, int64_t rows, int64_t cols, const Tensor& out) {
   OnDevice on(x);
   if (rows == 0) return zero(out, on.stream, "sum");
   dispatch_float_dev(x.dtype(), "sum", [&](auto tag) {
-    using T = KESTREL_DEV_SCALAR(tag);
+    using T = KESTREL_SCALAR(tag);
     sum_cols_launch<T, T, MathT<T>>(static_cast<const T*>(x.data_ptr()), rows, cols, static_cast<T*>(out.data_ptr()),
                                     x.device(), on.stream);
   });
@@ -226,7 +212,7 @@ void max_mid(const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Ten
   if (outer * inner == 0) return;
   OnDevice on(x);
   dispatch_float_dev(x.dtype(), "max", [&](auto tag) {
-    using T = KESTREL_DEV_SCALAR(tag);
+    using T = KESTREL_SCALAR(tag);
     max_mid_kernel<T><<<grid_for(outer * inner), kThreads, 0, on.stream>>>(
         static_cast<const T*>(x.data_ptr()), outer, n, inner, static_cast<T*>(values.data_ptr()),
         static_cast<int64_t*>(indices.data_ptr()));
@@ -245,7 +231,7 @@ void max_backward_scatter(const Tensor& grad, const Tensor& indices, int64_t out
   if (outer * inner == 0) return;
   OnDevice on(grad);
   dispatch_float_dev(grad.dtype(), "max backward", [&](auto tag) {
-    using T = KESTREL_DEV_SCALAR(tag);
+    using T = KESTREL_SCALAR(tag);
     max_scatter_kernel<T><<<grid_for(outer * inner), kThreads, 0, on.stream>>>(
         static_cast<const T*>(grad.data_ptr()), static_cast<const int64_t*>(indices.data_ptr()), outer, n, inner,
         static_cast<T*>(grad_in.data_ptr()));
