@@ -343,6 +343,7 @@ class CachingAllocator final : public DeviceAllocator {
   void empty() {
     std::lock_guard<std::mutex> lock(mu_);
     for (int d = 0; d < device_count() && d < kMaxDevices; ++d) {
+      DeviceGuard g(d);  // synchronize device d, not whichever is current
       (void)cudaDeviceSynchronize();
       release_cached(d);
     }
