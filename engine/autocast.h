@@ -20,7 +20,8 @@
 //   only parameters are conv, batch norm and linear weights, and dropout /
 //   drop_path masks take the dtype of x.
 // - Losses are not autocast: the trainer casts the logits to f32 first.
-// Backward closures never consult the scope; only forward calls do.
+// Backward closures never consult the scope: backward() turns it off for its
+// whole pass (engine/autograd.cpp); only forward calls are cast.
 #pragma once
 #include <utility>
 

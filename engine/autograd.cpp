@@ -2,6 +2,7 @@
 
 #include <unordered_map>
 
+#include "engine/autocast.h"
 #include "engine/ops/elementwise.h"
 
 namespace kestrel {
@@ -78,6 +79,9 @@ void run_backward(const Tensor& root, const Tensor& grad_root) {
   KCHECK(seed.shape() == root.shape(), ShapeError, "backward: gradient shape ", shape_str(seed.shape()),
          " does not match output shape ", shape_str(root.shape()));
   NoGradGuard no_grad;
+  // Closures call engine ops (add, mul, ...): a backward() inside an autocast
+  // scope must not cast their operands, so the scope is off for the whole pass.
+  AutocastGuard no_autocast(DType::F32);
   if (!root.grad_fn()) {  // a leaf: its gradient is the seed
     accumulate_leaf(root.impl(), std::move(seed));
     for (auto& hook : root.impl().grad_ready_hooks) {

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "engine/autocast.h"
+#include "engine/autograd.h"
 #include "engine/io/safetensors.h"
 #include "engine/ops/conv.h"
 #include "engine/ops/linear.h"
@@ -272,6 +273,26 @@ TEST(Autocast, LeavesCpuTensorsAlone) {
     w.zero_grad();
     x.zero_grad();
   }
+}
+
+// Backward closures call engine ops; a backward() started inside an autocast
+// scope must run them with the scope off (and the scope comes back after).
+TEST(Autocast, BackwardRunsWithTheScopeOff) {
+  Tensor x = Tensor::from_vector({1.f, 2.f}, {2}).set_requires_grad();
+  Tensor y = mul_scalar(x, 3.0);
+  std::vector<DType> seen;
+  record(y, "probe", {x}, [&seen](const Tensor& g, const std::vector<bool>&) {
+    seen.push_back(autocast_dtype());
+    return std::vector<Tensor>{mul_scalar(g, 3.0)};
+  });
+  {
+    AutocastGuard guard(DType::F16);
+    sum(y).backward();
+    EXPECT_EQ(autocast_dtype(), DType::F16) << "the caller's scope is restored after backward";
+  }
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0], DType::F32) << "autocast was on inside a backward closure";
+  expect_close(x.grad(), Tensor::from_vector({3.f, 3.f}, {2}), 0.0, 0.0, "gradient through the probe");
 }
 
 TEST(Autocast, TrainWithAmpOnTheCpuIsAClearError) {
