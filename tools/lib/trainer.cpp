@@ -292,7 +292,7 @@ TrainSummary train(TrainConfig c) {
     ProgressBar bar(label, train_loader.num_batches(), c.progress);
     data::Batch b;
     double loss_sum = 0.0;
-    int64_t seen = 0, correct = 0, micro = 0, batches = 0, skipped_steps = 0;
+    int64_t seen = 0, loss_seen = 0, correct = 0, micro = 0, batches = 0, skipped_steps = 0;
     while (train_loader.next(b)) {
       const data::DeviceBatch on_device = data::copy_batch_to_device(b, device);
       Tensor logits;
@@ -303,8 +303,11 @@ TrainSummary train(TrainConfig c) {
       logits = logits_f32(logits);
       Tensor loss = training_loss(c, logits, on_device, classes);
       const double loss_value = loss.item();
-      KCHECK(std::isfinite(loss_value), ValueError, "training diverged: loss is ", loss_value, " at epoch ",
-             epoch + 1, " batch ", b.index, " (try a lower --lr or --clip-grad)");
+      // With fp16 loss scaling an inf/nan loss is not fatal, as in PyTorch: its
+      // gradients are non-finite, so the scaler skips the step and backs off.
+      const bool loss_finite = std::isfinite(loss_value);
+      KCHECK(loss_finite || scaler, ValueError, "training diverged: loss is ", loss_value, " at epoch ", epoch + 1,
+             " batch ", b.index, " (try a lower --lr or --clip-grad)");
       Tensor objective = c.grad_accum > 1 ? mul_scalar(loss, 1.0 / static_cast<double>(c.grad_accum)) : loss;
       (scaler ? scaler->scale(objective) : objective).backward();
       {
@@ -313,7 +316,10 @@ TrainSummary train(TrainConfig c) {
         const std::vector<int64_t> y = b.labels.to_vector_i64();
         for (size_t i = 0; i < y.size(); ++i) correct += pred[i] == y[i];
       }
-      loss_sum += loss_value * static_cast<double>(b.size());
+      if (loss_finite) {
+        loss_sum += loss_value * static_cast<double>(b.size());
+        loss_seen += b.size();
+      }
       seen += b.size();
       ++batches;
       if (++micro == c.grad_accum) {
@@ -336,7 +342,8 @@ TrainSummary train(TrainConfig c) {
       }
       const double secs = bar.elapsed_seconds();
       char extra[160];
-      std::snprintf(extra, sizeof(extra), "loss %.4f acc %s lr %.4g %.0f img/s", loss_sum / seen,
+      std::snprintf(extra, sizeof(extra), "loss %.4f acc %s lr %.4g %.0f img/s",
+                    loss_sum / std::max<int64_t>(loss_seen, 1),
                     fmt_pct(static_cast<double>(correct) / seen).c_str(), optimizer->lr(),
                     secs > 0 ? seen / secs : 0.0);
       bar.update(batches, extra);
@@ -367,7 +374,7 @@ TrainSummary train(TrainConfig c) {
     nlohmann::json rec;
     rec["epoch"] = epoch + 1;
     rec["lr"] = optimizer->lr();
-    rec["train_loss"] = loss_sum / std::max<int64_t>(seen, 1);
+    rec["train_loss"] = loss_sum / std::max<int64_t>(loss_seen, 1);
     rec["train_top1"] = static_cast<double>(correct) / std::max<int64_t>(seen, 1);
     rec["val_loss"] = val.loss;
     rec["val_top1"] = top1;
