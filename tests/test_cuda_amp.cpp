@@ -10,7 +10,6 @@
 // (gradients, which pass through a second half GEMM). Training losses within
 // 0.1 absolute + 10% relative of the f32 run: a loose band, since half
 // rounding compounds over the steps; the losses must also fall.
-#include <stb_image_write.h>
 
 #include <cmath>
 #include <filesystem>
@@ -356,29 +355,6 @@ TEST(CudaAmp, AScaleTooLargeForF16OverflowsInBackwardAndBacksOff) {
 
 namespace {
 
-// root/{train,test}/{a,b,c}/N.png: 12x12 RGB patterns.
-std::string amp_folder_dataset(const std::string& name) {
-  const std::string root = temp_path(name);
-  fs::remove_all(root);
-  const char* classes[] = {"a", "b", "c"};
-  for (const char* split : {"train", "test"})
-    for (int cls = 0; cls < 3; ++cls) {
-      const std::string dir = root + "/" + split + "/" + classes[cls];
-      fs::create_directories(dir);
-      for (int i = 0; i < 12; ++i) {
-        unsigned char px[12 * 12 * 3];
-        for (int y = 0; y < 12; ++y)
-          for (int x = 0; x < 12; ++x)
-            for (int c = 0; c < 3; ++c) {
-              const int v = cls == 0 ? y * 20 : (cls == 1 ? x * 20 : ((x + y) % 2) * 200);
-              px[(y * 12 + x) * 3 + c] = static_cast<unsigned char>((v + 5 * i + 11 * c) % 256);
-            }
-        stbi_write_png((dir + "/" + std::to_string(i) + ".png").c_str(), 12, 12, 3, px, 12 * 3);
-      }
-    }
-  return root;
-}
-
 std::vector<nlohmann::json> amp_metrics_rows(const std::string& dir) {
   std::ifstream in(dir + "/metrics.jsonl");
   std::vector<nlohmann::json> rows;
@@ -390,7 +366,7 @@ std::vector<nlohmann::json> amp_metrics_rows(const std::string& dir) {
 
 TEST(CudaAmp, TrainWithAmpLogsTheLossScaleAndResumesToTheSameState) {
   KESTREL_REQUIRE_CUDA();
-  const std::string data = amp_folder_dataset("amp_train_data");
+  const std::string data = kestrel::testing::write_pattern_folder_dataset("amp_train_data");
   for (const char* amp : {"fp16", "bf16"}) {
     tools::TrainConfig full;
     full.model = "cifar10_200k";

@@ -8,7 +8,6 @@
 // kernels round a few operations differently (fused multiply-adds, bias
 // corrections in f32). Losses of whole training steps within 1e-3 relative
 // (convolutions and reductions sum in another order).
-#include <stb_image_write.h>
 
 #include <cmath>
 #include <filesystem>
@@ -389,29 +388,6 @@ TEST(CudaTrain, PinnedBatchesUploadAsynchronouslyAndMatch) {
 
 namespace {
 
-// root/{train,test}/{a,b,c}/N.png: 12x12 RGB patterns a small CNN separates.
-std::string make_folder_dataset(const std::string& name) {
-  const std::string root = temp_path(name);
-  fs::remove_all(root);
-  const char* classes[] = {"a", "b", "c"};
-  for (const char* split : {"train", "test"})
-    for (int cls = 0; cls < 3; ++cls) {
-      const std::string dir = root + "/" + split + "/" + classes[cls];
-      fs::create_directories(dir);
-      for (int i = 0; i < 12; ++i) {
-        unsigned char px[12 * 12 * 3];
-        for (int y = 0; y < 12; ++y)
-          for (int x = 0; x < 12; ++x)
-            for (int c = 0; c < 3; ++c) {
-              const int v = cls == 0 ? y * 20 : (cls == 1 ? x * 20 : ((x + y) % 2) * 200);
-              px[(y * 12 + x) * 3 + c] = static_cast<unsigned char>((v + 7 * i + 13 * c) % 256);
-            }
-        stbi_write_png((dir + "/" + std::to_string(i) + ".png").c_str(), 12, 12, 3, px, 12 * 3);
-      }
-    }
-  return root;
-}
-
 tools::TrainConfig folder_config(const std::string& data, const std::string& out, const std::string& device) {
   tools::TrainConfig c;
   c.model = "cifar10_200k";
@@ -444,7 +420,7 @@ std::vector<nlohmann::json> metrics_rows(const std::string& dir) {
 
 TEST(CudaTrain, TrainRunOnCudaMatchesCpuAndItsCheckpointsLoadOnCpu) {
   KESTREL_REQUIRE_CUDA();
-  const std::string data = make_folder_dataset("cuda_train_data");
+  const std::string data = kestrel::testing::write_pattern_folder_dataset("cuda_train_data");
   const tools::TrainConfig on_cpu = folder_config(data, "cuda_train_cpu", "cpu");
   const tools::TrainConfig on_cuda = folder_config(data, "cuda_train_cuda", "cuda");
   ASSERT_TRUE(tools::train(on_cpu).completed);

@@ -1,5 +1,7 @@
 #include "test_util.h"
 
+#include <stb_image_write.h>
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -185,6 +187,30 @@ void expect_one_line_error(const CliResult& r, const std::string& expect, const 
   EXPECT_EQ(r.err.rfind("kestrel: error: ", 0), 0u) << what << ": stderr was: " << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << what << ": stderr was: " << r.err;
   EXPECT_NE(r.err.find(expect), std::string::npos) << what << ": expected '" << expect << "' in: " << r.err;
+}
+
+std::string write_pattern_folder_dataset(const std::string& name) {
+  namespace fs = std::filesystem;
+  const std::string root = temp_path(name);
+  fs::remove_all(root);
+  const char* classes[] = {"a", "b", "c"};
+  for (const char* split : {"train", "test"})
+    for (int cls = 0; cls < 3; ++cls) {
+      const std::string dir = root + "/" + split + "/" + classes[cls];
+      fs::create_directories(dir);
+      for (int i = 0; i < 12; ++i) {
+        unsigned char px[12 * 12 * 3];
+        for (int y = 0; y < 12; ++y)
+          for (int x = 0; x < 12; ++x)
+            for (int c = 0; c < 3; ++c) {
+              const int v = cls == 0 ? y * 20 : (cls == 1 ? x * 20 : ((x + y) % 2) * 200);
+              px[(y * 12 + x) * 3 + c] = static_cast<unsigned char>((v + 7 * i + 13 * c) % 256);
+            }
+        KCHECK(stbi_write_png((dir + "/" + std::to_string(i) + ".png").c_str(), 12, 12, 3, px, 12 * 3) != 0,
+               IOError, "write_pattern_folder_dataset: cannot write into ", dir);
+      }
+    }
+  return root;
 }
 
 }  // namespace kestrel::testing

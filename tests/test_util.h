@@ -32,6 +32,10 @@ std::string python_with_torch();
 // Runs `python script args`, returns the exit code; output goes to the test log.
 int run_python(const std::string& python, const std::string& script, const std::string& args);
 std::string temp_path(const std::string& name);
+// A fresh image-folder data set under temp_path(name): {train,test}/{a,b,c}/N.png,
+// 12 images of 12x12 RGB per class whose patterns (rows, columns, checkerboard)
+// a small CNN separates. Returns its root.
+std::string write_pattern_folder_dataset(const std::string& name);
 // Writes a tensor as a NumPy .npy file (f32, f64 or i64) for Python reference scripts.
 void save_npy(const std::string& path, const Tensor& t);
 // Reads a .npy file written by numpy (f32, f64, i64; C order).
