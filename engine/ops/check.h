@@ -18,6 +18,12 @@ inline void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
          shape_str(a.shape()), " vs ", dtype_name(b.dtype()), " ", shape_str(b.shape()), ")");
 }
 
+// The usual pair for a second operand: same device first, then same dtype.
+inline void check_same_device_and_dtype(const Tensor& a, const Tensor& b, const char* op) {
+  check_same_device(a, b, op);
+  check_same_dtype(a, b, op);
+}
+
 inline void check_dim(const Tensor& t, int64_t d, const char* op, const char* what) {
   KCHECK(t.dim() == d, ShapeError, op, ": ", what, " must be ", d, "-d, got shape ", shape_str(t.shape()));
 }

@@ -73,12 +73,10 @@ Tensor conv2d(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
   const Tensor x = autocast_operand(x_in), weight = autocast_operand(weight_in), bias = autocast_operand(bias_in);
   check_defined(x, op, "input");
   check_defined(weight, op, "weight");
-  check_same_device(x, weight, op);
-  check_same_dtype(x, weight, op);
+  check_same_device_and_dtype(x, weight, op);
   const cpu::ConvGeom g = conv_geometry(x, weight, p);
   if (bias.defined()) {
-    check_same_device(x, bias, op);
-    check_same_dtype(x, bias, op);
+    check_same_device_and_dtype(x, bias, op);
     KCHECK(bias.dim() == 1 && bias.size(0) == g.c_out, ShapeError, op, ": bias has shape ", shape_str(bias.shape()),
            " but the weight ", shape_str(weight.shape()), " has ", g.c_out, " output channels");
   }

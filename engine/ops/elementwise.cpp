@@ -51,8 +51,7 @@ void run_unary_backward(cpu::UnaryOp op, const Tensor& x, const Tensor& y, const
 Tensor binary_forward(cpu::BinaryOp op, const char* name, const Tensor& a, const Tensor& b) {
   check_defined(a, name, "first operand");
   check_defined(b, name, "second operand");
-  check_same_device(a, b, name);
-  check_same_dtype(a, b, name);
+  check_same_device_and_dtype(a, b, name);
   Tensor out = Tensor::empty(broadcast_shapes(a.shape(), b.shape(), name), a.dtype(), a.device());
   run_binary(op, a, b, out);
   trace_op(name, {a, b}, out);
@@ -188,8 +187,7 @@ const char* activation_name(Activation a) {
 }
 
 void add_(Tensor& self, const Tensor& other, double alpha) {
-  check_same_device(self, other, "add_");
-  check_same_dtype(self, other, "add_");
+  check_same_device_and_dtype(self, other, "add_");
   const Shape s = broadcast_shapes(self.shape(), other.shape(), "add_");
   KCHECK(s == self.shape(), ShapeError, "add_: ", shape_str(other.shape()), " does not broadcast to ",
          shape_str(self.shape()));

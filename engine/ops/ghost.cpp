@@ -35,8 +35,7 @@ void check_ghost_args(const Tensor& x, const Tensor& wp, const Tensor& bp, const
          " must have between 1 and C_primary = ", primary, " channels");
   for (const Tensor* t : {&wp, &bp, &wc, &bc}) {
     if (!t->defined()) continue;
-    check_same_device(*t, x, op);
-    check_same_dtype(*t, x, op);
+    check_same_device_and_dtype(*t, x, op);
   }
   KCHECK(!bp.defined() || (bp.dim() == 1 && bp.size(0) == primary), ShapeError, op, ": b_primary must be [",
          primary, "], got ", shape_str(bp.shape()));

@@ -89,8 +89,7 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   const Tensor a = autocast_operand(a_in), b = autocast_operand(b_in);
   check_defined(a, op, "first operand");
   check_defined(b, op, "second operand");
-  check_same_device(a, b, op);
-  check_same_dtype(a, b, op);
+  check_same_device_and_dtype(a, b, op);
   check_dim(a, 2, op, "first operand");
   check_dim(b, 2, op, "second operand");
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
@@ -127,16 +126,14 @@ Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
   const Tensor x = autocast_operand(x_in), weight = autocast_operand(weight_in), bias = autocast_operand(bias_in);
   check_defined(x, op, "input");
   check_defined(weight, op, "weight");
-  check_same_device(x, weight, op);
-  check_same_dtype(x, weight, op);
+  check_same_device_and_dtype(x, weight, op);
   check_dim(weight, 2, op, "weight ([out, in])");
   KCHECK(x.dim() >= 1, ShapeError, op, ": input must have at least 1 dim, got ", shape_str(x.shape()));
   const int64_t in = weight.size(1), out_f = weight.size(0);
   KCHECK(x.size(-1) == in, ShapeError, op, ": input has ", x.size(-1), " features but weight ",
          shape_str(weight.shape()), " expects ", in, " (input ", shape_str(x.shape()), ")");
   if (bias.defined()) {
-    check_same_device(x, bias, op);
-    check_same_dtype(x, bias, op);
+    check_same_device_and_dtype(x, bias, op);
     KCHECK(bias.dim() == 1 && bias.size(0) == out_f, ShapeError, op, ": bias has shape ", shape_str(bias.shape()),
            " but weight ", shape_str(weight.shape()), " has ", out_f, " outputs");
   }

@@ -154,8 +154,7 @@ Tensor cross_entropy_soft(const Tensor& logits, const Tensor& target_probs) {
   check_defined(target_probs, op, "target_probs");
   KCHECK(target_probs.shape() == logits.shape(), ShapeError, op, ": target_probs ", shape_str(target_probs.shape()),
          " must have the logits' shape ", shape_str(logits.shape()));
-  check_same_dtype(target_probs, logits, op);
-  check_same_device(target_probs, logits, op);
+  check_same_device_and_dtype(target_probs, logits, op);
   const int64_t N = logits.size(0);
   const Tensor xc = logits.detach().contiguous();
   const Tensor qc = target_probs.detach().contiguous();
@@ -221,8 +220,7 @@ Tensor kl_div_distill(const Tensor& student_logits, const Tensor& teacher_logits
   check_logits(teacher_logits, op, "teacher_logits");
   KCHECK(teacher_logits.shape() == student_logits.shape(), ShapeError, op, ": teacher_logits ",
          shape_str(teacher_logits.shape()), " must match student_logits ", shape_str(student_logits.shape()));
-  check_same_dtype(teacher_logits, student_logits, op);
-  check_same_device(teacher_logits, student_logits, op);
+  check_same_device_and_dtype(teacher_logits, student_logits, op);
   KCHECK(temperature > 0.0 && std::isfinite(temperature), ValueError, op, ": temperature must be positive, got ",
          temperature);
   (void)C;

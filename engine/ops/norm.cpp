@@ -88,8 +88,7 @@ Tensor batch_norm_impl(const char* op, const Tensor& x, const Tensor& weight, co
   if (residual.defined()) {
     KCHECK(residual.shape() == x.shape(), ShapeError, op, ": residual ", shape_str(residual.shape()),
            " must have the input's shape ", shape_str(x.shape()));
-    check_same_dtype(residual, x, op);
-    check_same_device(residual, x, op);
+    check_same_device_and_dtype(residual, x, op);
   }
   KCHECK(p.eps >= 0.0, ValueError, op, ": eps must be non-negative, got ", p.eps);
   KCHECK(p.momentum >= 0.0 && p.momentum <= 1.0, ValueError, op, ": momentum must be in [0, 1], got ", p.momentum);

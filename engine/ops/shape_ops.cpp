@@ -21,8 +21,7 @@ Tensor concat(const std::vector<Tensor>& tensors, int64_t dim) {
   for (size_t i = 0; i < tensors.size(); ++i) {
     const Tensor& t = tensors[i];
     check_defined(t, op, "a tensor");
-    check_same_device(first, t, op);
-    check_same_dtype(first, t, op);
+    check_same_device_and_dtype(first, t, op);
     bool ok = t.dim() == first.dim();
     for (int64_t k = 0; ok && k < t.dim(); ++k)
       if (k != d && t.size(k) != first.size(k)) ok = false;
