@@ -159,3 +159,17 @@ inline bool aligned_to(const void* p, int bytes) {
 }
 
 }  // namespace kestrel::kernels
+
+// Kernels whose weights come in the activation type or in f32: returns
+// CALL(activation type, parameter type) for every accepted pair, else
+// cudaErrorInvalidValue.
+#define KESTREL_ACT_PARAM_DISPATCH(dt, param_dt, CALL)                              \
+  switch (dt) {                                                                     \
+    case KDType::F32: return CALL(float, float);                                    \
+    case KDType::F16:                                                               \
+      return param_dt == KDType::F32 ? CALL(__half, float) : CALL(__half, __half); \
+    case KDType::BF16:                                                              \
+      return param_dt == KDType::F32 ? CALL(__nv_bfloat16, float)                   \
+                                     : CALL(__nv_bfloat16, __nv_bfloat16);          \
+  }                                                                                 \
+  return cudaErrorInvalidValue

@@ -312,18 +312,6 @@ size_t coord_attention_backward_workspace_bytes(const CoordAttentionShape& s) {
   return (rows * (2 * static_cast<size_t>(s.C) + s.mip) + grad_floats(s)) * sizeof(float);
 }
 
-// Instantiates CALL for every accepted (activation type, parameter type) pair.
-#define KESTREL_CA_DISPATCH(dt, param_dt, CALL)                                       \
-  switch (dt) {                                                                       \
-    case KDType::F32: return CALL(float, float);                                      \
-    case KDType::F16:                                                                 \
-      return param_dt == KDType::F32 ? CALL(__half, float) : CALL(__half, __half);   \
-    case KDType::BF16:                                                                \
-      return param_dt == KDType::F32 ? CALL(__nv_bfloat16, float)                     \
-                                     : CALL(__nv_bfloat16, __nv_bfloat16);            \
-  }                                                                                   \
-  return cudaErrorInvalidValue
-
 cudaError_t coord_attention_forward(KDType dt, KDType param_dt, const CoordAttentionShape& s, KAct act, const void* x,
                                     const void* w1, const void* b1, const void* wh, const void* bh, const void* ww,
                                     const void* bw, void* y, void* workspace, cudaStream_t stream) {
@@ -332,7 +320,7 @@ cudaError_t coord_attention_forward(KDType dt, KDType param_dt, const CoordAtten
   forward_t<T, W>(s, act, static_cast<const T*>(x), static_cast<const W*>(w1), static_cast<const W*>(b1),    \
                   static_cast<const W*>(wh), static_cast<const W*>(bh), static_cast<const W*>(ww),           \
                   static_cast<const W*>(bw), static_cast<T*>(y), workspace, stream)
-  KESTREL_CA_DISPATCH(dt, param_dt, KESTREL_CA_FWD);
+  KESTREL_ACT_PARAM_DISPATCH(dt, param_dt, KESTREL_CA_FWD);
 #undef KESTREL_CA_FWD
 }
 
@@ -352,10 +340,9 @@ cudaError_t coord_attention_backward(KDType dt, KDType param_dt, const CoordAtte
                    static_cast<const W*>(wh), static_cast<const W*>(ww), forward_workspace, static_cast<T*>(dx), \
                    static_cast<W*>(dw1), static_cast<W*>(db1), static_cast<W*>(dwh), static_cast<W*>(dbh),      \
                    static_cast<W*>(dww), static_cast<W*>(dbw), workspace, stream)
-  KESTREL_CA_DISPATCH(dt, param_dt, KESTREL_CA_BWD);
+  KESTREL_ACT_PARAM_DISPATCH(dt, param_dt, KESTREL_CA_BWD);
 #undef KESTREL_CA_BWD
 }
 
-#undef KESTREL_CA_DISPATCH
 
 }  // namespace kestrel::kernels

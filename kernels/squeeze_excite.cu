@@ -288,18 +288,6 @@ size_t squeeze_excite_backward_workspace_bytes(const SqueezeExciteShape& s) {
   return (n * pool_splits(s) * s.C + 2 * n * s.C + n * s.Cr + grad_floats(s)) * sizeof(float);
 }
 
-// Instantiates `call` for every accepted (activation type, parameter type) pair.
-#define KESTREL_SE_DISPATCH(dt, param_dt, CALL)                                       \
-  switch (dt) {                                                                       \
-    case KDType::F32: return CALL(float, float);                                      \
-    case KDType::F16:                                                                 \
-      return param_dt == KDType::F32 ? CALL(__half, float) : CALL(__half, __half);   \
-    case KDType::BF16:                                                                \
-      return param_dt == KDType::F32 ? CALL(__nv_bfloat16, float)                     \
-                                     : CALL(__nv_bfloat16, __nv_bfloat16);            \
-  }                                                                                   \
-  return cudaErrorInvalidValue
-
 cudaError_t squeeze_excite_forward(KDType dt, KDType param_dt, const SqueezeExciteShape& s, KAct inner, KAct gate,
                                    const void* x, const void* w1, const void* b1, const void* w2, const void* b2,
                                    void* y, void* workspace, cudaStream_t stream) {
@@ -307,7 +295,7 @@ cudaError_t squeeze_excite_forward(KDType dt, KDType param_dt, const SqueezeExci
 #define KESTREL_SE_FWD(T, W)                                                                                       \
   forward_t<T, W>(s, inner, gate, static_cast<const T*>(x), static_cast<const W*>(w1), static_cast<const W*>(b1), \
                   static_cast<const W*>(w2), static_cast<const W*>(b2), static_cast<T*>(y), workspace, stream)
-  KESTREL_SE_DISPATCH(dt, param_dt, KESTREL_SE_FWD);
+  KESTREL_ACT_PARAM_DISPATCH(dt, param_dt, KESTREL_SE_FWD);
 #undef KESTREL_SE_FWD
 }
 
@@ -327,10 +315,9 @@ cudaError_t squeeze_excite_backward(KDType dt, KDType param_dt, const SqueezeExc
                    static_cast<const W*>(w1), static_cast<const W*>(w2), static_cast<const W*>(b2),             \
                    forward_workspace, static_cast<T*>(dx), static_cast<W*>(dw1), static_cast<W*>(db1),          \
                    static_cast<W*>(dw2), static_cast<W*>(db2), workspace, stream)
-  KESTREL_SE_DISPATCH(dt, param_dt, KESTREL_SE_BWD);
+  KESTREL_ACT_PARAM_DISPATCH(dt, param_dt, KESTREL_SE_BWD);
 #undef KESTREL_SE_BWD
 }
 
-#undef KESTREL_SE_DISPATCH
 
 }  // namespace kestrel::kernels
