@@ -13,7 +13,6 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <set>
 
@@ -353,17 +352,6 @@ TEST(CudaAmp, AScaleTooLargeForF16OverflowsInBackwardAndBacksOff) {
   EXPECT_LE(scaler.current_scale(), 65536.0) << "backed off into f16's range";
 }
 
-namespace {
-
-std::vector<nlohmann::json> amp_metrics_rows(const std::string& dir) {
-  std::ifstream in(dir + "/metrics.jsonl");
-  std::vector<nlohmann::json> rows;
-  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
-  return rows;
-}
-
-}  // namespace
-
 TEST(CudaAmp, TrainWithAmpLogsTheLossScaleAndResumesToTheSameState) {
   KESTREL_REQUIRE_CUDA();
   const std::string data = kestrel::testing::write_pattern_folder_dataset("amp_train_data");
@@ -385,7 +373,7 @@ TEST(CudaAmp, TrainWithAmpLogsTheLossScaleAndResumesToTheSameState) {
     full.out = temp_path(std::string("amp_full_") + amp);
     full.overwrite = true;
     ASSERT_TRUE(tools::train(full).completed) << amp;
-    const auto rows = amp_metrics_rows(full.out);
+    const auto rows = kestrel::testing::read_metrics_jsonl(full.out);
     ASSERT_EQ(rows.size(), 2u) << amp;
     for (const auto& r : rows) {
       EXPECT_TRUE(std::isfinite(r["train_loss"].get<double>())) << amp;

@@ -22,11 +22,6 @@
 #include "engine/gpu/conv.h"
 #endif
 
-namespace kestrel {
-// gtest prints parameters through this (found by argument-dependent lookup).
-void PrintTo(DType dtype, std::ostream* os) { *os << dtype_name(dtype); }
-}  // namespace kestrel
-
 namespace kestrel::testing {
 namespace {
 

@@ -27,11 +27,6 @@
 #include "models/registry.h"
 #include "test_util.h"
 
-namespace kestrel {
-// gtest prints parameters through this (found by argument-dependent lookup).
-void PrintTo(DType dtype, std::ostream* os) { *os << dtype_name(dtype); }
-}  // namespace kestrel
-
 namespace kestrel::testing {
 namespace {
 

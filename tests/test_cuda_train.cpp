@@ -11,7 +11,6 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 
 #include "cuda_parity.h"
@@ -409,13 +408,6 @@ tools::TrainConfig folder_config(const std::string& data, const std::string& out
   return c;
 }
 
-std::vector<nlohmann::json> metrics_rows(const std::string& dir) {
-  std::ifstream in(dir + "/metrics.jsonl");
-  std::vector<nlohmann::json> rows;
-  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
-  return rows;
-}
-
 }  // namespace
 
 TEST(CudaTrain, TrainRunOnCudaMatchesCpuAndItsCheckpointsLoadOnCpu) {
@@ -425,7 +417,8 @@ TEST(CudaTrain, TrainRunOnCudaMatchesCpuAndItsCheckpointsLoadOnCpu) {
   const tools::TrainConfig on_cuda = folder_config(data, "cuda_train_cuda", "cuda");
   ASSERT_TRUE(tools::train(on_cpu).completed);
   ASSERT_TRUE(tools::train(on_cuda).completed);
-  const auto rc = metrics_rows(on_cpu.out), rg = metrics_rows(on_cuda.out);
+  const auto rc = kestrel::testing::read_metrics_jsonl(on_cpu.out);
+  const auto rg = kestrel::testing::read_metrics_jsonl(on_cuda.out);
   ASSERT_EQ(rc.size(), 2u);
   ASSERT_EQ(rg.size(), 2u);
   for (size_t e = 0; e < rc.size(); ++e)

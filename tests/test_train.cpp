@@ -50,9 +50,7 @@ TEST(Train, LossFallsAndAccuracyBeatsChanceOnFashionMnist) {
   c.epochs = 3;
   const tools::TrainSummary s = tools::train(c);
   ASSERT_TRUE(s.completed);
-  std::ifstream in(c.out + "/metrics.jsonl");
-  std::vector<nlohmann::json> rows;
-  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  const std::vector<nlohmann::json> rows = kestrel::testing::read_metrics_jsonl(c.out);
   ASSERT_EQ(rows.size(), 3u);
   EXPECT_LT(rows.back()["train_loss"].get<double>(), 0.8 * rows.front()["train_loss"].get<double>());
   EXPECT_GT(s.best_top1, 0.5) << "10 classes: chance is 0.1";

@@ -10,6 +10,10 @@
 #include <algorithm>
 #include <sstream>
 
+namespace kestrel {
+void PrintTo(DType dtype, std::ostream* os) { *os << dtype_name(dtype); }
+}  // namespace kestrel
+
 namespace kestrel::testing {
 
 void expect_close(const Tensor& actual, const Tensor& expected, double atol, double rtol, const std::string& what) {
@@ -211,6 +215,13 @@ std::string write_pattern_folder_dataset(const std::string& name) {
       }
     }
   return root;
+}
+
+std::vector<nlohmann::json> read_metrics_jsonl(const std::string& run_dir) {
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  std::vector<nlohmann::json> rows;
+  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  return rows;
 }
 
 }  // namespace kestrel::testing

@@ -2,6 +2,7 @@
 // difference gradient checks, and the Python interop runner.
 #pragma once
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <functional>
 #include <string>
@@ -12,6 +13,11 @@
 #include "engine/ops/reduce.h"
 #include "engine/random.h"
 #include "engine/tensor.h"
+
+namespace kestrel {
+// gtest prints DType test parameters by name through this (argument-dependent lookup).
+void PrintTo(DType dtype, std::ostream* os);
+}  // namespace kestrel
 
 namespace kestrel::testing {
 
@@ -36,6 +42,8 @@ std::string temp_path(const std::string& name);
 // 12 images of 12x12 RGB per class whose patterns (rows, columns, checkerboard)
 // a small CNN separates. Returns its root.
 std::string write_pattern_folder_dataset(const std::string& name);
+// The rows of a training run's metrics.jsonl (one JSON object per epoch).
+std::vector<nlohmann::json> read_metrics_jsonl(const std::string& run_dir);
 // Writes a tensor as a NumPy .npy file (f32, f64 or i64) for Python reference scripts.
 void save_npy(const std::string& path, const Tensor& t);
 // Reads a .npy file written by numpy (f32, f64, i64; C order).
