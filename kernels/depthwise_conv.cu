@@ -212,13 +212,15 @@ __global__ void __launch_bounds__(kThreads) dw_backward_weight_partial_kernel(co
   const int cw = blockDim.x * V;
   const int nslots = KW + (do_bias ? 1 : 0);
   for (int k = 0; k < nslots; ++k) {
-    // Select this slot's accumulators with unrolled compares (keeps acc in registers).
+    // Select this slot's accumulators with unrolled compares (keeps acc in
+    // registers). Slot KW is the bias: acc[KW] exists (zeros) when KW is
+    // below the maximum and must not be taken for it.
     float v[V];
 #pragma unroll
     for (int i = 0; i < V; ++i) v[i] = accb[i];
 #pragma unroll
     for (int kk = 0; kk < kDepthwiseMaxKernel; ++kk)
-      if (kk == k) {
+      if (kk == k && k < KW) {
 #pragma unroll
         for (int i = 0; i < V; ++i) v[i] = acc[kk][i];
       }

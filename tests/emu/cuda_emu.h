@@ -1,0 +1,126 @@
+// A CPU emulator of the CUDA execution model, so the hand-written kernels in
+// kernels/ run (slowly, exactly) on machines with no GPU.
+//
+// tools/cuda_emu_translate.py rewrites each .cu file's launches and dynamic
+// shared memory; this header, force-included, supplies the rest:
+//  - every thread of a block is a fiber; blocks run one after another, so a
+//    function-local `static` is the block's shared memory;
+//  - __syncthreads() and the warp shuffles are barriers between fibers. The
+//    fibers between two barriers run one at a time to the next barrier, in
+//    forward order in even blocks and reverse order in odd ones, so a read of
+//    shared memory that lacks its barrier sees a stale value and fails a test;
+//  - a barrier that some threads can never reach (divergent __syncthreads, a
+//    shuffle over exited lanes) or a bad launch configuration fails the launch
+//    with a message, as the hardware would fail or hang;
+//  - device memory is host memory from cudaMalloc, NaN-filled on allocation,
+//    each buffer ending at a guard page, so a read past its end crashes.
+// What it does not model: concurrency between blocks (they never overlap),
+// memory ordering, timing, and warp-synchronous code without shuffles.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace kestrel::emu {
+
+struct Launch {
+  const char* kernel;
+  dim3 grid, block;
+  size_t shared_bytes;
+};
+
+extern uint3 block_idx;
+extern dim3 block_dim, grid_dim;
+const uint3& thread_idx();
+// __syncthreads; returns how many threads of the block passed a true predicate.
+int sync_block(bool predicate = false);
+// Lane `lane ^ lane_mask`'s copy of the bytes at v, after every lane of the
+// warp has offered its own.
+void shuffle_xor(void* v, size_t bytes, unsigned mask, int lane_mask);
+unsigned char* dynamic_shared();
+
+// Runs body(ctx) once per thread of the grid; records the error a real launch
+// would raise (read by cudaGetLastError).
+void run(const Launch& launch, void (*body)(void*), void* ctx);
+
+template <typename... P>
+class Launcher {
+ public:
+  Launcher(void (*kernel)(P...), Launch launch) : kernel_(kernel), launch_(launch) {}
+  template <typename... A>
+  void operator()(A&&... args) const {
+    static_assert(sizeof...(A) == sizeof...(P), "kernel launched with the wrong number of arguments");
+    struct Call {
+      void (*kernel)(P...);
+      std::tuple<P...> args;
+    } call{kernel_, std::tuple<P...>(static_cast<P>(std::forward<A>(args))...)};
+    run(launch_, [](void* c) {
+      auto* k = static_cast<Call*>(c);
+      std::apply(k->kernel, k->args);  // each thread gets its own copies of the arguments
+    }, &call);
+  }
+
+ private:
+  void (*kernel_)(P...);
+  Launch launch_;
+};
+
+template <typename... P>
+Launcher<P...> launch(void (*kernel)(P...), const char* name, dim3 grid, dim3 block, size_t shared_bytes = 0,
+                      cudaStream_t = nullptr) {
+  return Launcher<P...>(kernel, Launch{name, grid, block, shared_bytes});
+}
+
+}  // namespace kestrel::emu
+
+#undef __shared__
+#define __shared__ static
+#define __launch_bounds__(...)
+#define threadIdx (::kestrel::emu::thread_idx())
+#define blockIdx (::kestrel::emu::block_idx)
+#define blockDim (::kestrel::emu::block_dim)
+#define gridDim (::kestrel::emu::grid_dim)
+#define __syncthreads() ::kestrel::emu::sync_block()
+inline int __syncthreads_count(int predicate) { return ::kestrel::emu::sync_block(predicate != 0); }
+inline int __syncthreads_or(int predicate) { return __syncthreads_count(predicate) > 0; }
+inline int __syncthreads_and(int predicate) {
+  return __syncthreads_count(predicate) == static_cast<int>(blockDim.x * blockDim.y * blockDim.z);
+}
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  static_assert(std::is_trivially_copyable_v<T>);
+  ::kestrel::emu::shuffle_xor(&v, sizeof(T), mask, lane_mask);
+  return v;
+}
+
+// CUDA's integer min/max overloads (device code calls them unqualified).
+template <typename A, typename B>
+inline std::common_type_t<A, B> min(A a, B b) {
+  return a < b ? a : b;
+}
+template <typename A, typename B>
+inline std::common_type_t<A, B> max(A a, B b) {
+  return a < b ? b : a;
+}
+
+using std::isfinite;
+using std::isinf;
+using std::isnan;
+
+// Device intrinsics whose host twins are the exact libm functions.
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+template <typename T>
+inline T __ldg(const T* p) {
+  return *p;
+}
