@@ -289,9 +289,7 @@ CaGrads ca_backward_ref(const CaDims& d, Activation act, const Vec& x, const CaP
   return g;
 }
 
-// ---- finite-difference proof of the reference backwards (CPU only, fixed
-// seeds; the main test binary runs them, the emulator's does not)
-#if !defined(KESTREL_KERNEL_EMULATION)
+// ---- finite-difference proof of the reference backwards (CPU only, fixed seeds)
 
 Vec uniform_values(size_t n, std::mt19937_64& rng, double lo = -1.0, double hi = 1.0) {
   std::uniform_real_distribution<double> d(lo, hi);
@@ -414,12 +412,11 @@ TEST(AttentionReferences, CoordAttentionBackwardMatchesFiniteDifferencesOfForwar
     expect_matches_finite_differences(p.bw, g.dbw, loss, "dbw " + label);
   }
 }
-#endif  // !KESTREL_KERNEL_EMULATION
 
 }  // namespace
 }  // namespace kestrel
 
-#if !defined(KESTREL_HAVE_CUDA) && !defined(KESTREL_KERNEL_EMULATION)
+#if !defined(KESTREL_HAVE_CUDA)
 
 TEST(CudaKernels, SkippedBecauseThisBuildHasNoCuda) {
   GTEST_SKIP() << "Kestrel was built without CUDA (nvcc not found or KESTREL_CUDA=OFF)";
@@ -436,19 +433,10 @@ TEST(CudaKernels, SkippedBecauseThisBuildHasNoCuda) {
 #include <string>
 #include <vector>
 
+#include "engine/cuda/runtime.h"
 #include "engine/half.h"
 #include "engine/ops/elementwise.h"
-#if defined(KESTREL_KERNEL_EMULATION)
-#include <stdexcept>
-#define KESTREL_CUDA_CHECK(call)                                                                            \
-  do {                                                                                                      \
-    const cudaError_t kestrel_err_ = (call);                                                                \
-    if (kestrel_err_ != cudaSuccess) throw std::runtime_error(std::string(#call) + ": " + cudaGetErrorString(kestrel_err_)); \
-  } while (0)
-#else
-#include "engine/cuda/runtime.h"
 #include "engine/tensor.h"
-#endif
 #include "kernels/batch_norm_act.h"
 #include "kernels/coord_attention.h"
 #include "kernels/depthwise_conv.h"
@@ -516,28 +504,15 @@ const char* act_label(KAct a) {
   return names[static_cast<int>(a)];
 }
 
-// ---- device buffers (through the caching allocator, so it is exercised too;
-// under the emulator, guarded host pages)
-#if defined(KESTREL_KERNEL_EMULATION)
-void* allocate(size_t bytes) {
-  void* p = nullptr;
-  KESTREL_CUDA_CHECK(cudaMalloc(&p, bytes));
-  return p;
-}
-void release(void* p) { (void)cudaFree(p); }
-#else
-void* allocate(size_t bytes) { return cuda::device_allocate(bytes); }
-void release(void* p) { cuda::device_free(p); }
-#endif
-
+// ---- device buffers (through the caching allocator, so it is exercised too)
 class Buf {
  public:
   Buf() = default;
   Buf(size_t elems, KDType t) : Buf(elems * static_cast<size_t>(kernels::kdtype_size(t))) { type_ = t; count_ = elems; }
   explicit Buf(size_t bytes) : bytes_(bytes) {
-    if (bytes_ > 0) ptr_ = allocate(bytes_);
+    if (bytes_ > 0) ptr_ = cuda::device_allocate(bytes_);
   }
-  ~Buf() { if (ptr_ != nullptr) release(ptr_); }
+  ~Buf() { if (ptr_ != nullptr) cuda::device_free(ptr_); }
   Buf(Buf&& o) noexcept { *this = std::move(o); }
   Buf& operator=(Buf&& o) noexcept {
     std::swap(ptr_, o.ptr_);
@@ -631,9 +606,7 @@ void check_launch(cudaError_t e, const std::string& what) {
 class CudaKernels : public ::testing::Test {
  protected:
   void SetUp() override {
-#if !defined(KESTREL_KERNEL_EMULATION)
     if (!cuda::cuda_available()) GTEST_SKIP() << "no usable CUDA device: " << cuda::unavailable_reason();
-#endif
     rng_.seed(test_seed() + std::hash<std::string>()(
                                 ::testing::UnitTest::GetInstance()->current_test_info()->name()));
   }
@@ -641,7 +614,6 @@ class CudaKernels : public ::testing::Test {
 };
 
 // ================================================================ runtime
-#if !defined(KESTREL_KERNEL_EMULATION)  // the engine's CUDA runtime, not the kernels
 
 TEST(CudaRuntime, AllocationBucketsWasteAtMostAQuarterAbove4KiB) {
   for (size_t n : {size_t{1}, size_t{511}, size_t{513}, size_t{4097}, size_t{1} << 20, (size_t{1} << 20) + 1,
@@ -721,8 +693,6 @@ TEST_F(CudaKernels, PinnedBuffersCopyAsynchronously) {
   s.synchronize();
   EXPECT_EQ(std::memcmp(host.data(), back.data(), n * 4), 0);
 }
-
-#endif  // !KESTREL_KERNEL_EMULATION
 
 // ================================================================ depthwise
 

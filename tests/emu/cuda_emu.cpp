@@ -1,15 +1,10 @@
-// The kernel emulator's scheduler and the slice of the CUDA runtime API that
-// kernels/ and the kernel tests call. See cuda_emu.h for the model.
+// The kernel emulator's scheduler: blocks one after another, a block's
+// threads as fibers. See cuda_emu.h for the model.
 #include "tests/emu/cuda_emu.h"
-
-#include <signal.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -189,16 +184,6 @@ std::string run_block(Scheduler& s, int threads, bool reverse) {
   }
 }
 
-// ---- device memory: host pages, the buffer's end against a PROT_NONE page.
-struct Mapping {
-  void* base;
-  size_t length;
-};
-std::map<void*, Mapping>& mappings() {
-  static std::map<void*, Mapping> m;
-  return m;
-}
-
 }  // namespace
 
 const uint3& thread_idx() { return sched().current->tid; }
@@ -264,82 +249,13 @@ void run(const Launch& launch, void (*body)(void*), void* ctx) {
   s.current = nullptr;
 }
 
-}  // namespace kestrel::emu
-
-// ---- the runtime API slice, on host memory.
-using kestrel::emu::mappings;
-using kestrel::emu::sched;
-
-extern "C" {
-
-cudaError_t cudaGetLastError(void) {
+cudaError_t launch_error(bool clear) {
   const cudaError_t e = sched().last_error;
-  sched().last_error = cudaSuccess;
+  if (clear) sched().last_error = cudaSuccess;
   return e;
 }
 
-cudaError_t cudaPeekAtLastError(void) { return sched().last_error; }
+const char* launch_error_message() { return sched().error.c_str(); }
 
-const char* cudaGetErrorString(cudaError_t error) {
-  switch (error) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidConfiguration:
-    case cudaErrorLaunchFailure: return sched().error.c_str();
-    default: return "cuda emulator: unmodelled error";
-  }
-}
+}  // namespace kestrel::emu
 
-const char* cudaGetErrorName(cudaError_t error) { return cudaGetErrorString(error); }
-
-cudaError_t cudaMalloc(void** ptr, size_t size) {
-  if (ptr == nullptr) return cudaErrorInvalidValue;
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  const size_t rounded = (std::max<size_t>(size, 1) + 15) / 16 * 16;  // cudaMalloc aligns to 256; kernels need 16
-  const size_t length = (rounded + page - 1) / page * page + page;
-  void* base = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (base == MAP_FAILED) return cudaErrorMemoryAllocation;
-  unsigned char* guard = static_cast<unsigned char*>(base) + length - page;
-  mprotect(guard, page, PROT_NONE);
-  unsigned char* p = guard - rounded;
-  std::memset(p, 0xff, rounded);  // NaN in f32, f16 and bf16: reading unwritten memory shows
-  mappings()[p] = {base, length};
-  *ptr = p;
-  return cudaSuccess;
-}
-
-cudaError_t cudaFree(void* ptr) {
-  if (ptr == nullptr) return cudaSuccess;
-  auto it = mappings().find(ptr);
-  if (it == mappings().end()) return cudaErrorInvalidValue;
-  munmap(it->second.base, it->second.length);
-  mappings().erase(it);
-  return cudaSuccess;
-}
-
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind) {
-  std::memmove(dst, src, count);
-  return cudaSuccess;
-}
-
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind, cudaStream_t) {
-  std::memmove(dst, src, count);
-  return cudaSuccess;
-}
-
-cudaError_t cudaMemset(void* ptr, int value, size_t count) {
-  std::memset(ptr, value, count);
-  return cudaSuccess;
-}
-
-cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) {
-  std::memset(ptr, value, count);
-  return cudaSuccess;
-}
-
-cudaError_t cudaDeviceSynchronize(void) { return sched().last_error; }
-
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return sched().last_error; }
-
-}  // extern "C"

@@ -49,6 +49,9 @@ unsigned char* dynamic_shared();
 // Runs body(ctx) once per thread of the grid; records the error a real launch
 // would raise (read by cudaGetLastError).
 void run(const Launch& launch, void (*body)(void*), void* ctx);
+// The error of the last failed launch (cleared when `clear`), and its message.
+cudaError_t launch_error(bool clear);
+const char* launch_error_message();
 
 template <typename... P>
 class Launcher {
@@ -120,6 +123,15 @@ inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+// Rounded single operations (the device never fuses them into an FMA).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
 template <typename T>
 inline T __ldg(const T* p) {
   return *p;

@@ -1,0 +1,294 @@
+// The cuDNN calls Kestrel makes, for the CPU emulator: 4-d tensor, filter and
+// 2-d convolution descriptors (NCHW or NHWC, groups, dilation) and the three
+// convolution directions as plain loops with f64 accumulation. One algorithm
+// is offered: deterministic, FMA math, no workspace.
+#include <cudnn.h>
+
+#include <vector>
+
+#include "tests/emu/element.h"
+
+struct cudnnContext {
+  cudaStream_t stream = nullptr;
+};
+
+struct cudnnTensorStruct {
+  int kind = -1;
+  cudnnTensorFormat_t format = CUDNN_TENSOR_NCHW;
+  int n = 0, c = 0, h = 0, w = 0;
+  int64_t index(int in, int ic, int ih, int iw) const {
+    if (format == CUDNN_TENSOR_NHWC) return ((static_cast<int64_t>(in) * h + ih) * w + iw) * c + ic;
+    return ((static_cast<int64_t>(in) * c + ic) * h + ih) * w + iw;
+  }
+};
+
+struct cudnnFilterStruct {
+  int kind = -1;
+  cudnnTensorFormat_t format = CUDNN_TENSOR_NCHW;
+  int k = 0, c = 0, h = 0, w = 0;
+  int64_t index(int ik, int ic, int ih, int iw) const {
+    if (format == CUDNN_TENSOR_NHWC) return ((static_cast<int64_t>(ik) * h + ih) * w + iw) * c + ic;
+    return ((static_cast<int64_t>(ik) * c + ic) * h + ih) * w + iw;
+  }
+};
+
+struct cudnnConvolutionStruct {
+  int pad_h = 0, pad_w = 0, stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1, groups = 1;
+  cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+};
+
+namespace {
+
+int kind_of(cudnnDataType_t t) {
+  switch (t) {
+    case CUDNN_DATA_FLOAT: return kestrel::emu::kF32;
+    case CUDNN_DATA_HALF: return kestrel::emu::kF16;
+    case CUDNN_DATA_BFLOAT16: return kestrel::emu::kBF16;
+    case CUDNN_DATA_DOUBLE: return kestrel::emu::kF64;
+    default: return -1;
+  }
+}
+
+// The shapes agree: y = conv(x, w) under `conv`.
+bool consistent(const cudnnTensorStruct& x, const cudnnFilterStruct& w, const cudnnConvolutionStruct& conv,
+                const cudnnTensorStruct& y) {
+  if (x.kind < 0 || x.kind != w.kind || x.kind != y.kind || conv.groups < 1) return false;
+  if (x.c != w.c * conv.groups || w.k % conv.groups != 0 || y.c != w.k || y.n != x.n) return false;
+  const int oh = (x.h + 2 * conv.pad_h - conv.dil_h * (w.h - 1) - 1) / conv.stride_h + 1;
+  const int ow = (x.w + 2 * conv.pad_w - conv.dil_w * (w.w - 1) - 1) / conv.stride_w + 1;
+  return y.h == oh && y.w == ow;
+}
+
+// Calls f(x index, w index, y index) for every multiply of the convolution.
+template <typename F>
+void for_each_tap(const cudnnTensorStruct& x, const cudnnFilterStruct& w, const cudnnConvolutionStruct& conv,
+                  const cudnnTensorStruct& y, F&& f) {
+  const int k_per_group = w.k / conv.groups;
+  for (int n = 0; n < y.n; ++n)
+    for (int oh = 0; oh < y.h; ++oh)
+      for (int ow = 0; ow < y.w; ++ow)
+        for (int k = 0; k < w.k; ++k) {
+          const int c0 = (k / k_per_group) * w.c;
+          const int64_t yi = y.index(n, k, oh, ow);
+          for (int r = 0; r < w.h; ++r) {
+            const int ih = oh * conv.stride_h - conv.pad_h + r * conv.dil_h;
+            if (ih < 0 || ih >= x.h) continue;
+            const int fr = conv.mode == CUDNN_CONVOLUTION ? w.h - 1 - r : r;
+            for (int s = 0; s < w.w; ++s) {
+              const int iw = ow * conv.stride_w - conv.pad_w + s * conv.dil_w;
+              if (iw < 0 || iw >= x.w) continue;
+              const int fs = conv.mode == CUDNN_CONVOLUTION ? w.w - 1 - s : s;
+              for (int c = 0; c < w.c; ++c) f(x.index(n, c0 + c, ih, iw), w.index(k, c, fr, fs), yi);
+            }
+          }
+        }
+}
+
+double scalar(const void* p, int kind) {
+  return kind == kestrel::emu::kF64 ? *static_cast<const double*>(p) : *static_cast<const float*>(p);
+}
+
+// out = alpha * acc + beta * out, leaving out unread when beta is 0.
+void blend(void* out, int kind, const std::vector<double>& acc, const void* alpha, const void* beta) {
+  const double a = scalar(alpha, kind), b = scalar(beta, kind);
+  for (size_t i = 0; i < acc.size(); ++i) {
+    const double old = b == 0.0 ? 0.0 : b * kestrel::emu::load_element(out, kind, static_cast<int64_t>(i));
+    kestrel::emu::store_element(out, kind, static_cast<int64_t>(i), a * acc[i] + old);
+  }
+}
+
+size_t elements(const cudnnTensorStruct& t) { return static_cast<size_t>(t.n) * t.c * t.h * t.w; }
+size_t elements(const cudnnFilterStruct& f) { return static_cast<size_t>(f.k) * f.c * f.h * f.w; }
+
+template <typename Perf>
+cudnnStatus_t one_algorithm(int requested, int* returned, Perf* perf) {
+  if (requested < 1) return CUDNN_STATUS_BAD_PARAM;
+  perf[0] = Perf{};
+  perf[0].status = CUDNN_STATUS_SUCCESS;
+  perf[0].determinism = CUDNN_DETERMINISTIC;
+  perf[0].mathType = CUDNN_FMA_MATH;
+  *returned = 1;
+  return CUDNN_STATUS_SUCCESS;
+}
+
+}  // namespace
+
+extern "C" {
+
+cudnnStatus_t cudnnCreate(cudnnHandle_t* handle) {
+  *handle = new cudnnContext;
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t cudnnDestroy(cudnnHandle_t handle) {
+  delete handle;
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t cudnnSetStream(cudnnHandle_t handle, cudaStream_t stream) {
+  handle->stream = stream;
+  return CUDNN_STATUS_SUCCESS;
+}
+
+const char* cudnnGetErrorString(cudnnStatus_t status) {
+  switch (status) {
+    case CUDNN_STATUS_SUCCESS: return "CUDNN_STATUS_SUCCESS";
+    case CUDNN_STATUS_BAD_PARAM: return "CUDNN_STATUS_BAD_PARAM (emulator: inconsistent descriptors)";
+    case CUDNN_STATUS_NOT_SUPPORTED: return "CUDNN_STATUS_NOT_SUPPORTED (emulator)";
+    default: return "a cuDNN status the emulator does not model";
+  }
+}
+
+cudnnStatus_t cudnnCreateTensorDescriptor(cudnnTensorDescriptor_t* d) {
+  *d = new cudnnTensorStruct;
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t cudnnDestroyTensorDescriptor(cudnnTensorDescriptor_t d) {
+  delete d;
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t cudnnCreateFilterDescriptor(cudnnFilterDescriptor_t* d) {
+  *d = new cudnnFilterStruct;
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t cudnnDestroyFilterDescriptor(cudnnFilterDescriptor_t d) {
+  delete d;
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t cudnnCreateConvolutionDescriptor(cudnnConvolutionDescriptor_t* d) {
+  *d = new cudnnConvolutionStruct;
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t cudnnDestroyConvolutionDescriptor(cudnnConvolutionDescriptor_t d) {
+  delete d;
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetTensor4dDescriptor(cudnnTensorDescriptor_t d, cudnnTensorFormat_t format, cudnnDataType_t type,
+                                         int n, int c, int h, int w) {
+  if (kind_of(type) < 0) return CUDNN_STATUS_NOT_SUPPORTED;
+  if (n <= 0 || c <= 0 || h <= 0 || w <= 0) return CUDNN_STATUS_BAD_PARAM;
+  *d = cudnnTensorStruct{kind_of(type), format, n, c, h, w};
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t d, cudnnDataType_t type, cudnnTensorFormat_t format,
+                                         int k, int c, int h, int w) {
+  if (kind_of(type) < 0) return CUDNN_STATUS_NOT_SUPPORTED;
+  if (k <= 0 || c <= 0 || h <= 0 || w <= 0) return CUDNN_STATUS_BAD_PARAM;
+  *d = cudnnFilterStruct{kind_of(type), format, k, c, h, w};
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetConvolution2dDescriptor(cudnnConvolutionDescriptor_t d, int pad_h, int pad_w, int u, int v,
+                                              int dil_h, int dil_w, cudnnConvolutionMode_t mode, cudnnDataType_t) {
+  if (pad_h < 0 || pad_w < 0 || u <= 0 || v <= 0 || dil_h <= 0 || dil_w <= 0) return CUDNN_STATUS_BAD_PARAM;
+  d->pad_h = pad_h;
+  d->pad_w = pad_w;
+  d->stride_h = u;
+  d->stride_w = v;
+  d->dil_h = dil_h;
+  d->dil_w = dil_w;
+  d->mode = mode;
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetConvolutionGroupCount(cudnnConvolutionDescriptor_t d, int groups) {
+  if (groups < 1) return CUDNN_STATUS_BAD_PARAM;
+  d->groups = groups;
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetConvolutionMathType(cudnnConvolutionDescriptor_t, cudnnMathType_t) {
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(cudnnHandle_t, const cudnnTensorDescriptor_t,
+                                                     const cudnnFilterDescriptor_t, const cudnnConvolutionDescriptor_t,
+                                                     const cudnnTensorDescriptor_t, const int requested, int* returned,
+                                                     cudnnConvolutionFwdAlgoPerf_t* perf) {
+  return one_algorithm(requested, returned, perf);
+}
+cudnnStatus_t cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnnHandle_t, const cudnnFilterDescriptor_t,
+                                                          const cudnnTensorDescriptor_t,
+                                                          const cudnnConvolutionDescriptor_t,
+                                                          const cudnnTensorDescriptor_t, const int requested,
+                                                          int* returned, cudnnConvolutionBwdDataAlgoPerf_t* perf) {
+  return one_algorithm(requested, returned, perf);
+}
+cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnnHandle_t, const cudnnTensorDescriptor_t,
+                                                            const cudnnTensorDescriptor_t,
+                                                            const cudnnConvolutionDescriptor_t,
+                                                            const cudnnFilterDescriptor_t, const int requested,
+                                                            int* returned, cudnnConvolutionBwdFilterAlgoPerf_t* perf) {
+  return one_algorithm(requested, returned, perf);
+}
+
+cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t, const cudnnTensorDescriptor_t,
+                                                      const cudnnFilterDescriptor_t,
+                                                      const cudnnConvolutionDescriptor_t,
+                                                      const cudnnTensorDescriptor_t, cudnnConvolutionFwdAlgo_t,
+                                                      size_t* bytes) {
+  *bytes = 0;
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(cudnnHandle_t, const cudnnFilterDescriptor_t,
+                                                           const cudnnTensorDescriptor_t,
+                                                           const cudnnConvolutionDescriptor_t,
+                                                           const cudnnTensorDescriptor_t,
+                                                           cudnnConvolutionBwdDataAlgo_t, size_t* bytes) {
+  *bytes = 0;
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnnHandle_t, const cudnnTensorDescriptor_t,
+                                                             const cudnnTensorDescriptor_t,
+                                                             const cudnnConvolutionDescriptor_t,
+                                                             const cudnnFilterDescriptor_t,
+                                                             cudnnConvolutionBwdFilterAlgo_t, size_t* bytes) {
+  *bytes = 0;
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t, const void* alpha, const cudnnTensorDescriptor_t xd,
+                                      const void* x, const cudnnFilterDescriptor_t wd, const void* w,
+                                      const cudnnConvolutionDescriptor_t conv, cudnnConvolutionFwdAlgo_t, void*,
+                                      size_t, const void* beta, const cudnnTensorDescriptor_t yd, void* y) {
+  if (!consistent(*xd, *wd, *conv, *yd)) return CUDNN_STATUS_BAD_PARAM;
+  const int t = xd->kind;
+  std::vector<double> acc(elements(*yd), 0.0);
+  for_each_tap(*xd, *wd, *conv, *yd, [&](int64_t xi, int64_t wi, int64_t yi) {
+    acc[yi] += kestrel::emu::load_element(x, t, xi) * kestrel::emu::load_element(w, t, wi);
+  });
+  blend(y, t, acc, alpha, beta);
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t, const void* alpha, const cudnnFilterDescriptor_t wd,
+                                           const void* w, const cudnnTensorDescriptor_t dyd, const void* dy,
+                                           const cudnnConvolutionDescriptor_t conv, cudnnConvolutionBwdDataAlgo_t,
+                                           void*, size_t, const void* beta, const cudnnTensorDescriptor_t dxd,
+                                           void* dx) {
+  if (!consistent(*dxd, *wd, *conv, *dyd)) return CUDNN_STATUS_BAD_PARAM;
+  const int t = dxd->kind;
+  std::vector<double> acc(elements(*dxd), 0.0);
+  for_each_tap(*dxd, *wd, *conv, *dyd, [&](int64_t xi, int64_t wi, int64_t yi) {
+    acc[xi] += kestrel::emu::load_element(dy, t, yi) * kestrel::emu::load_element(w, t, wi);
+  });
+  blend(dx, t, acc, alpha, beta);
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t, const void* alpha, const cudnnTensorDescriptor_t xd,
+                                             const void* x, const cudnnTensorDescriptor_t dyd, const void* dy,
+                                             const cudnnConvolutionDescriptor_t conv,
+                                             cudnnConvolutionBwdFilterAlgo_t, void*, size_t, const void* beta,
+                                             const cudnnFilterDescriptor_t dwd, void* dw) {
+  if (!consistent(*xd, *dwd, *conv, *dyd)) return CUDNN_STATUS_BAD_PARAM;
+  const int t = xd->kind;
+  std::vector<double> acc(elements(*dwd), 0.0);
+  for_each_tap(*xd, *dwd, *conv, *dyd, [&](int64_t xi, int64_t wi, int64_t yi) {
+    acc[wi] += kestrel::emu::load_element(dy, t, yi) * kestrel::emu::load_element(x, t, xi);
+  });
+  blend(dw, t, acc, alpha, beta);
+  return CUDNN_STATUS_SUCCESS;
+}
+
+}  // extern "C"
