@@ -37,4 +37,19 @@ fi
 
 echo "== test suite"
 (cd "$build" && ctest -j "$jobs" --output-on-failure) || status=1
+
+# Every CUDA test again, on the CPU emulator of the CUDA execution model
+# (tests/emu): the kernels and the CUDA backend run here, GPU or not.
+# Needs only the CUDA headers; KESTREL_EMULATOR_TESTS=0 skips it.
+if [ "${KESTREL_EMULATOR_TESTS:-1}" != "0" ]; then
+  if [ -f "${CUDA_HOME:-/usr/local/cuda}/include/cuda_runtime.h" ] || command -v nvcc >/dev/null 2>&1; then
+    echo "== building build-emu (CUDA backend on the CPU emulator)"
+    build_tree build-emu cuda_tests -DCMAKE_BUILD_TYPE=Release -DKESTREL_CUDA_EMULATOR=ON -DKESTREL_BENCH=OFF \
+      -DKESTREL_WERROR=ON
+    echo "== CUDA tests on the emulator"
+    (cd build-emu && ctest -j "$jobs" --output-on-failure -L cuda) || status=1
+  else
+    echo "== CUDA tests on the emulator: skipped (no CUDA headers: install the CUDA toolkit to run them)"
+  fi
+fi
 exit $status
