@@ -46,8 +46,12 @@ if [ "${KESTREL_EMULATOR_TESTS:-1}" != "0" ]; then
     echo "== building build-emu (CUDA backend on the CPU emulator)"
     build_tree build-emu cuda_tests -DCMAKE_BUILD_TYPE=Release -DKESTREL_CUDA_EMULATOR=ON -DKESTREL_BENCH=OFF \
       -DKESTREL_WERROR=ON
+    # Without the caching allocator every tensor gets its own guarded,
+    # NaN-filled pages: reads past a tensor's end crash and reads of unwritten
+    # memory fail the parity checks. The allocator's own tests then run with it.
     echo "== CUDA tests on the emulator"
-    (cd build-emu && ctest -j "$jobs" --output-on-failure -L cuda) || status=1
+    (cd build-emu && KESTREL_CUDA_NO_CACHE=1 ctest -j "$jobs" --output-on-failure -L cuda) || status=1
+    (cd build-emu && ctest -j "$jobs" --output-on-failure -L cuda -R 'CudaKernels\.(Caching|BlockUsed)') || status=1
   else
     echo "== CUDA tests on the emulator: skipped (no CUDA headers: install the CUDA toolkit to run them)"
   fi
