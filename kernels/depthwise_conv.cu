@@ -90,6 +90,10 @@ __global__ void __launch_bounds__(kThreads) dw_forward_kernel(const T* __restric
         for (int i = 0; i < V; ++i) acc[i] = fmaf(xv[i], wt[i], acc[i]);
       }
     }
+    if (s.act != KAct::None) {
+#pragma unroll
+      for (int i = 0; i < V; ++i) acc[i] = act_forward(s.act, acc[i]);
+    }
     store_f32<T, V>(y + p * yp + c0, acc);
   }
 }
@@ -389,7 +393,7 @@ cudaError_t depthwise_conv2d_forward(KDType dt, const DepthwiseConvShape& s, con
 
 cudaError_t depthwise_conv2d_backward_data(KDType dt, const DepthwiseConvShape& s, const void* dy, const void* w,
                                            void* dx, bool accumulate, cudaStream_t stream) {
-  if (depthwise_conv_check(s) != nullptr) return cudaErrorInvalidValue;
+  if (depthwise_conv_check(s) != nullptr || s.act != KAct::None) return cudaErrorInvalidValue;
   KESTREL_DW_DISPATCH(dt, backward_data_t<T>(s, static_cast<const T*>(dy), static_cast<const T*>(w),
                                              static_cast<T*>(dx), accumulate, stream));
 }
@@ -400,7 +404,7 @@ size_t depthwise_conv2d_backward_weight_workspace_bytes(const DepthwiseConvShape
 
 cudaError_t depthwise_conv2d_backward_weight(KDType dt, const DepthwiseConvShape& s, const void* x, const void* dy,
                                              void* dw, void* dbias, void* workspace, cudaStream_t stream) {
-  if (depthwise_conv_check(s) != nullptr || workspace == nullptr) return cudaErrorInvalidValue;
+  if (depthwise_conv_check(s) != nullptr || workspace == nullptr || s.act != KAct::None) return cudaErrorInvalidValue;
   KESTREL_DW_DISPATCH(dt, backward_weight_t<T>(s, static_cast<const T*>(x), static_cast<const T*>(dy),
                                                static_cast<T*>(dw), static_cast<T*>(dbias),
                                                static_cast<float*>(workspace), stream));

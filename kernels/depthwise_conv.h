@@ -32,6 +32,10 @@ struct DepthwiseConvShape {
   int dil_h = 1, dil_w = 1;
   int x_pitch = 0;  // 0 means C
   int y_pitch = 0;  // 0 means C
+  // Applied by the forward kernel after the bias (an inference epilogue, e.g.
+  // a batch norm folded into w and bias, then its activation). The backward
+  // launchers need None: they do not see the pre-activation.
+  KAct act = KAct::None;
   KESTREL_HD int OH() const { return (H + 2 * pad_h - dil_h * (KH - 1) - 1) / stride_h + 1; }
   KESTREL_HD int OW() const { return (W + 2 * pad_w - dil_w * (KW - 1) - 1) / stride_w + 1; }
   KESTREL_HD int xp() const { return x_pitch > 0 ? x_pitch : C; }
@@ -44,7 +48,7 @@ constexpr int kDepthwiseMaxKernel = 7;
 // Returns a message naming the first invalid field, or null when the shape is valid.
 const char* depthwise_conv_check(const DepthwiseConvShape& s);
 
-// y = depthwise(x, w) + bias
+// y = act(depthwise(x, w) + bias), act = s.act
 cudaError_t depthwise_conv2d_forward(KDType dt, const DepthwiseConvShape& s, const void* x, const void* w,
                                      const void* bias, void* y, cudaStream_t stream);
 

@@ -40,6 +40,15 @@ ConvBNAct::ConvBNAct(int64_t in, int64_t out, int64_t kernel, ConvSpec spec, Act
 Tensor ConvBNAct::forward(const Tensor& x) { return forward_residual(x, Tensor()); }
 
 Tensor ConvBNAct::forward_residual(const Tensor& x, const Tensor& residual) {
+  // Inference of a depthwise layer on CUDA: the batch norm folds into the
+  // weights and bias, and the kernel applies them and the activation in its
+  // epilogue, one pass over the output instead of two (conv, then BN + act).
+  const bool depthwise = conv->params.groups == conv->in_channels && conv->in_channels == conv->out_channels;
+  if (depthwise && !is_training() && !residual.defined() && x.device().is_cuda() && !GradMode::enabled()) {
+    const FoldedConv f = fold_batch_norm(*conv, *bn);
+    TraceScope scope(bn_name_);
+    return conv2d_act(x, f.weight, f.bias, conv->params, act);
+  }
   Tensor y = (*conv)(x);
   TraceScope scope(bn_name_);
   return bn->forward_fused(y, act, residual);

@@ -63,6 +63,7 @@ class ConvBNAct : public Module {
             const std::string& conv_name = "0", const std::string& bn_name = "1");
   Tensor forward(const Tensor& x) override;
   // act(bn(conv(x)) + residual): the residual add fused into the BN kernel.
+  // Depthwise inference on CUDA folds the BN into the conv (conv2d_act).
   Tensor forward_residual(const Tensor& x, const Tensor& residual);
   std::string type_name() const override { return "ConvBNAct"; }
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cuda_parity.h"
+#include "engine/trace.h"
 #include "engine/autograd.h"
 #include "engine/ops/attention.h"
 #include "engine/ops/conv.h"
@@ -434,7 +435,48 @@ TEST(CudaFusedModules, ModelsMatchCpu) {
     m->to(Device::cuda());
     const Tensor xc = x.detach().to(Device::cuda());
     expect_close(m->forward(xc).cpu(), y_cpu, 1e-3, 1e-3, std::string(name) + " eval, CUDA vs CPU");
+    NoGradGuard inference;  // depthwise layers now fold their batch norms (conv2d_act)
+    expect_close(m->forward(xc).cpu(), y_cpu, 1e-3, 1e-3, std::string(name) + " inference, CUDA vs CPU");
   }
+}
+
+// Inference of a depthwise ConvBNAct on CUDA: BN folded into the conv, bias and
+// activation in the depthwise kernel's epilogue (one op), against the CPU's
+// conv -> BN -> act. With gradients on, the composition runs instead.
+TEST(CudaFusedModules, DepthwiseConvBnActFoldsIntoOneKernelForInference) {
+  KESTREL_REQUIRE_CUDA();
+  for (Activation act : {Activation::ReLU6, Activation::HardSwish, Activation::None})
+    for (int64_t stride : {1, 2})
+      for (int64_t k : {3, 5}) {
+        models::ConvSpec spec;
+        spec.stride = stride;
+        spec.groups = 24;
+        models::ConvBNAct m(24, 24, k, spec, act);
+        randomize_batch_norms(m, 71);
+        m.eval();
+        const Tensor x = param({2, 9, 11, 24}, 72);
+        Tensor y_cpu;
+        {
+          NoGradGuard g;
+          y_cpu = m.forward(x);
+        }
+        m.to(Device::cuda());
+        const Tensor xc = x.detach().to(Device::cuda());
+        const std::string what = std::string("depthwise ConvBNAct k") + std::to_string(k) + " s" +
+                                 std::to_string(stride) + " " + activation_name(act);
+        Tensor y_fused;
+        {
+          NoGradGuard g;
+          TraceRecorder rec;
+          y_fused = m.forward(xc);
+          bool fused = false;
+          for (const TraceEvent& e : rec.events()) fused = fused || e.op == "conv2d_act";
+          EXPECT_TRUE(fused) << what << ": the folded conv2d_act op did not run";
+        }
+        expect_close(y_fused.cpu(), y_cpu, 1e-4, 1e-4, what + ", fused inference vs CPU");
+        const Tensor y_composed = m.forward(xc);  // grad mode on: conv, then BN + act
+        expect_close(y_composed.cpu(), y_cpu, 1e-4, 1e-4, what + ", composed vs CPU");
+      }
 }
 
 }  // namespace

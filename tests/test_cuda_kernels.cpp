@@ -791,6 +791,35 @@ TEST_F(CudaKernels, DepthwiseForwardMatchesCpuLoop) {
       }
 }
 
+TEST_F(CudaKernels, DepthwiseForwardAppliesTheActivationEpilogue) {
+  for (const DwCase& c : kDwCases)
+    for (KDType t : kAllTypes)
+      for (KAct act : {KAct::ReLU6, KAct::HardSwish, KAct::SiLU}) {
+        auto s = dw_shape(c);
+        s.act = act;
+        const std::string label = dw_label(c, t) + " +bias " + act_label(act);
+        SCOPED_TRACE(label);
+        const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, ny = static_cast<size_t>(s.N) * s.OH() * s.OW() * s.C;
+        const auto x = random_values(nx, t, rng_), w = random_values(static_cast<size_t>(s.C) * s.KH * s.KW, t, rng_),
+                   b = random_values(s.C, t, rng_);
+        Buf dx = upload(x, t), dwt = upload(w, t), db = upload(b, t), dy(ny, t);
+        dy.poison();
+        check_launch(kernels::depthwise_conv2d_forward(t, s, dx.get(), dwt.get(), db.get(), dy.get(), nullptr), label);
+        std::vector<double> want = dw_forward_ref(s, x, w, &b, std::vector<double>(ny));
+        for (double& v : want) v = act_ref(act, v);
+        expect_near_all(dy.download(), want, tol_for(t, s.KH * s.KW), "forward " + label);
+      }
+  // The backward launchers do not see the pre-activation: they refuse an epilogue.
+  auto s = dw_shape(kDwCases[0]);
+  s.act = KAct::ReLU;
+  Buf any(size_t{1} << 16);
+  EXPECT_EQ(kernels::depthwise_conv2d_backward_data(KDType::F32, s, any.get(), any.get(), any.get(), false, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(kernels::depthwise_conv2d_backward_weight(KDType::F32, s, any.get(), any.get(), any.get(), nullptr,
+                                                      any.get(), nullptr),
+            cudaErrorInvalidValue);
+}
+
 TEST_F(CudaKernels, DepthwiseBackwardDataAndWeightMatchCpuLoop) {
   for (const DwCase& c : kDwCases)
     for (KDType t : kAllTypes) {

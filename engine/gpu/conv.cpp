@@ -76,11 +76,15 @@ kernels::DepthwiseConvShape depthwise_shape(const cpu::ConvGeom& g) {
   return s;
 }
 
-void depthwise_forward(const cpu::ConvGeom& g, const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y) {
-  KESTREL_CUDA_CHECK_CTX(kernels::depthwise_conv2d_forward(kdtype(x.dtype()), depthwise_shape(g), x.data_ptr(),
+void depthwise_forward(const cpu::ConvGeom& g, const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
+                       Activation act = Activation::None) {
+  kernels::DepthwiseConvShape s = depthwise_shape(g);
+  s.act = static_cast<kernels::KAct>(act);  // same order (test_cuda_kernels.cpp asserts it)
+  KESTREL_CUDA_CHECK_CTX(kernels::depthwise_conv2d_forward(kdtype(x.dtype()), s, x.data_ptr(),
                                                            w.data_ptr(), bias.defined() ? bias.data_ptr() : nullptr,
                                                            y.data_ptr(), cuda::current_stream(x.device().index)),
-                         "conv2d depthwise forward ", dtype_name(x.dtype()), ", ", geom_str(g));
+                         "conv2d depthwise forward ", dtype_name(x.dtype()), ", ", geom_str(g), ", activation ",
+                         activation_name(act));
 }
 
 void depthwise_backward_input(const cpu::ConvGeom& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
@@ -439,6 +443,17 @@ Tensor conv2d_forward(const cpu::ConvGeom& g, const Tensor& x, const Tensor& w, 
     gemm_forward(g, x, w, bias.defined(), y);
   else
     cudnn_forward(g, x, w, bias.defined(), y);
+  return y;
+}
+
+Tensor depthwise_forward_act(const cpu::ConvGeom& g, const Tensor& x, const Tensor& w, const Tensor& bias,
+                             Activation act) {
+  check_operands(g, "conv2d_act", {&x, &w, &bias});
+  KCHECK(conv2d_path(g, x.dtype()) == ConvPath::Depthwise, ValueError,
+         "conv2d_act: the fused epilogue exists for depthwise convolutions only (", geom_str(g), ")");
+  cuda::DeviceGuard guard(x.device().index);
+  Tensor y = Tensor::empty({g.n, g.oh, g.ow, g.c_out}, x.dtype(), x.device());
+  if (y.numel() > 0) depthwise_forward(g, x, w, bias, y, act);
   return y;
 }
 

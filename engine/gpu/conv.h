@@ -14,12 +14,17 @@
 #include <cstdint>
 
 #include "engine/cpu/conv.h"
+#include "engine/ops/elementwise.h"
 #include "engine/tensor.h"
 
 namespace kestrel::gpu {
 
 // Inputs contiguous, on one CUDA device, one floating dtype; bias may be undefined.
 Tensor conv2d_forward(const cpu::ConvGeom& g, const Tensor& x, const Tensor& w, const Tensor& bias);
+// act(depthwise conv + bias) in one kernel, the activation in its epilogue
+// (inference: no gradient). The depthwise path only (conv2d_path).
+Tensor depthwise_forward_act(const cpu::ConvGeom& g, const Tensor& x, const Tensor& w, const Tensor& bias,
+                             Activation act);
 // d(loss)/dx [n, h, w, c_in] from gy [n, oh, ow, c_out].
 Tensor conv2d_backward_input(const cpu::ConvGeom& g, const Tensor& gy, const Tensor& w);
 

@@ -1,5 +1,6 @@
 #include "engine/ops/conv.h"
 
+#include <map>
 #include <string>
 
 #include "engine/autocast.h"
@@ -67,22 +68,54 @@ cpu::ConvGeom conv_geometry(const Tensor& x, const Tensor& w, const Conv2dParams
 
 }  // namespace
 
+namespace {
+
+// The operands after autocast and checks, and contiguous detached copies.
+struct ConvOperands {
+  Tensor x, weight, bias;
+  Tensor xc, wc, bc;
+  cpu::ConvGeom g;
+};
+
+ConvOperands conv_operands(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in, const Conv2dParams& p,
+                           const char* op) {
+  ConvOperands o;
+  // Under autocast (CUDA only) f32 operands become f16/bf16 through recorded casts.
+  o.x = autocast_operand(x_in);
+  o.weight = autocast_operand(weight_in);
+  o.bias = autocast_operand(bias_in);
+  check_defined(o.x, op, "input");
+  check_defined(o.weight, op, "weight");
+  check_same_device_and_dtype(o.x, o.weight, op);
+  o.g = conv_geometry(o.x, o.weight, p);
+  if (o.bias.defined()) {
+    check_same_device_and_dtype(o.x, o.bias, op);
+    KCHECK(o.bias.dim() == 1 && o.bias.size(0) == o.g.c_out, ShapeError, op, ": bias has shape ",
+           shape_str(o.bias.shape()), " but the weight ", shape_str(o.weight.shape()), " has ", o.g.c_out,
+           " output channels");
+  }
+  o.xc = o.x.detach().contiguous();
+  o.wc = o.weight.detach().contiguous();
+  o.bc = o.bias.defined() ? o.bias.detach().contiguous() : Tensor();
+  return o;
+}
+
+std::map<std::string, std::string> conv_trace_attrs(const cpu::ConvGeom& g, const Tensor& bias) {
+  return {{"kernel", pair_str(g.kh, g.kw)},
+          {"stride", pair_str(g.sh, g.sw)},
+          {"padding", pair_str(g.ph, g.pw)},
+          {"dilation", pair_str(g.dh, g.dw)},
+          {"groups", std::to_string(g.groups)},
+          {"bias", bias.defined() ? "true" : "false"}};
+}
+
+}  // namespace
+
 Tensor conv2d(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in, const Conv2dParams& p) {
   const char* op = "conv2d";
-  // Under autocast (CUDA only) f32 operands become f16/bf16 through recorded casts.
-  const Tensor x = autocast_operand(x_in), weight = autocast_operand(weight_in), bias = autocast_operand(bias_in);
-  check_defined(x, op, "input");
-  check_defined(weight, op, "weight");
-  check_same_device_and_dtype(x, weight, op);
-  const cpu::ConvGeom g = conv_geometry(x, weight, p);
-  if (bias.defined()) {
-    check_same_device_and_dtype(x, bias, op);
-    KCHECK(bias.dim() == 1 && bias.size(0) == g.c_out, ShapeError, op, ": bias has shape ", shape_str(bias.shape()),
-           " but the weight ", shape_str(weight.shape()), " has ", g.c_out, " output channels");
-  }
-  const Tensor xc = x.detach().contiguous();
-  const Tensor wc = weight.detach().contiguous();
-  const Tensor bc = bias.defined() ? bias.detach().contiguous() : Tensor();
+  const ConvOperands o = conv_operands(x_in, weight_in, bias_in, p, op);
+  const Tensor &x = o.x, &weight = o.weight, &bias = o.bias, &xc = o.xc, &wc = o.wc, &bc = o.bc;
+  const cpu::ConvGeom& g = o.g;
   Tensor out;
   if constexpr (kHaveCuda) {
     if (x.device().is_cuda()) out = gpu::conv2d_forward(g, xc, wc, bc);
@@ -96,13 +129,7 @@ Tensor conv2d(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
     });
   }
   const int64_t macs = g.n * g.oh * g.ow * g.c_out * g.kh * g.kw * g.cin_g();
-  trace_op(op, {x, weight, bias}, out, macs,
-           {{"kernel", pair_str(g.kh, g.kw)},
-            {"stride", pair_str(g.sh, g.sw)},
-            {"padding", pair_str(g.ph, g.pw)},
-            {"dilation", pair_str(g.dh, g.dw)},
-            {"groups", std::to_string(g.groups)},
-            {"bias", bias.defined() ? "true" : "false"}});
+  trace_op(op, {x, weight, bias}, out, macs, conv_trace_attrs(g, bias));
   if (!needs_grad({x, weight, bias})) return out;
   // Keep only what backward needs: x for the weight gradient, w for the input gradient.
   const Tensor xs = weight.requires_grad() ? xc : Tensor();
@@ -140,6 +167,24 @@ Tensor conv2d(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
     });
     return std::vector<Tensor>{gx, gw, gb};
   });
+}
+
+Tensor conv2d_act(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in, const Conv2dParams& p,
+                  Activation act) {
+  if constexpr (kHaveCuda) {
+    if (x_in.device().is_cuda() && !needs_grad({x_in, weight_in, bias_in})) {
+      const char* op = "conv2d_act";
+      const ConvOperands o = conv_operands(x_in, weight_in, bias_in, p, op);
+      if (gpu::conv2d_path(o.g, o.x.dtype()) == gpu::ConvPath::Depthwise) {
+        Tensor out = gpu::depthwise_forward_act(o.g, o.xc, o.wc, o.bc, act);
+        auto attrs = conv_trace_attrs(o.g, o.bias);
+        attrs["activation"] = activation_name(act);
+        trace_op(op, {o.x, o.weight, o.bias}, out, o.g.n * o.g.oh * o.g.ow * o.g.c_out * o.g.kh * o.g.kw, attrs);
+        return out;
+      }
+    }
+  }
+  return activation(conv2d(x_in, weight_in, bias_in, p), act);
 }
 
 }  // namespace kestrel

@@ -5,6 +5,7 @@
 // 1x1 convolution is a plain GEMM. Checkpoints hold PyTorch's OIHW; the
 // conversion happens at the file boundary (engine/nn/module.cpp).
 #pragma once
+#include "engine/ops/elementwise.h"
 #include "engine/tensor.h"
 
 namespace kestrel {
@@ -19,6 +20,12 @@ struct Conv2dParams {
 // x [N,H,W,C_in], weight [C_out,KH,KW,C_in/groups], bias [C_out] or undefined.
 // Returns [N,OH,OW,C_out]. Depthwise when groups == C_in.
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p);
+
+// act(conv2d(x, weight, bias)). For inference: a CUDA depthwise convolution
+// applies the bias and the activation in its epilogue, one pass over the
+// output instead of two, when no gradient is needed. Otherwise, and on the
+// CPU, conv2d then activation (the same values up to rounding).
+Tensor conv2d_act(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p, Activation act);
 
 int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation);
 
