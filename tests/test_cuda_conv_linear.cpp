@@ -308,6 +308,29 @@ TEST(CudaConv, CudnnAlgorithmIsChosenOnceAndThenServedFromTheCache) {
   EXPECT_EQ(after_second.hits, after_first.hits + 1);
   expect_close(second.cpu(), first.cpu(), 0.0, 0.0, "the same algorithm gives the same bits");
 }
+
+TEST(CudaConv, BenchmarkModeTimesTheAlgorithmsOncePerShapeAndMatchesCpu) {
+  KESTREL_REQUIRE_CUDA();
+  struct BenchmarkScope {
+    bool previous = gpu::cudnn_benchmark_enabled();
+    BenchmarkScope() { gpu::set_cudnn_benchmark(true); }
+    ~BenchmarkScope() { gpu::set_cudnn_benchmark(previous); }
+  };
+  Conv2dParams p;
+  p.pad_h = p.pad_w = 1;
+  p.stride_h = p.stride_w = 2;
+  const Tensor x = random_tensor({2, 9, 10, 7}, 52, DType::F32);
+  const Tensor w = random_tensor({5, 3, 3, 7}, 53, DType::F32);
+  const Tensor heuristic = conv2d(x.to(Device::cuda()), w.to(Device::cuda()), Tensor(), p);
+  BenchmarkScope benchmark;
+  const gpu::ConvAlgoCacheStats start = gpu::conv_algo_cache_stats();
+  const Tensor timed = conv2d(x.to(Device::cuda()), w.to(Device::cuda()), Tensor(), p);
+  EXPECT_EQ(gpu::conv_algo_cache_stats().misses, start.misses + 1) << "a measured choice is cached apart";
+  (void)conv2d(x.to(Device::cuda()), w.to(Device::cuda()), Tensor(), p);
+  EXPECT_EQ(gpu::conv_algo_cache_stats().misses, start.misses + 1) << "and measured once per shape";
+  expect_close(timed.cpu(), conv2d(x, w, Tensor(), p), 1e-4, 1e-4, "conv2d with the measured algorithm vs CPU");
+  expect_close(timed.cpu(), heuristic.cpu(), 1e-4, 1e-4, "measured vs heuristic algorithm");
+}
 #endif
 
 #endif  // KESTREL_HAVE_CUDA

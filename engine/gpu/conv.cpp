@@ -10,6 +10,7 @@
 #include <climits>
 #include <map>
 #include <mutex>
+#include <cstdlib>
 #include <string>
 
 #include "engine/cuda/runtime.h"
@@ -149,6 +150,8 @@ void gemm_backward_weight(const cpu::ConvGeom& g, const Tensor& x, const Tensor&
 
 std::atomic<uint64_t> g_algo_hits{0};
 std::atomic<uint64_t> g_algo_misses{0};
+// -1: not decided yet (read KESTREL_CUDNN_BENCHMARK on first use), 0 off, 1 on.
+std::atomic<int> g_cudnn_benchmark{-1};
 
 #if defined(KESTREL_HAVE_CUDNN)
 
@@ -241,7 +244,8 @@ struct CudnnConv {
 enum class Direction : int64_t { Forward, BackwardData, BackwardFilter };
 
 // cuDNN's three convolution directions behind one interface: the algorithm
-// list, the workspace size of an algorithm, and the call itself, which reads
+// list (ranked by heuristics, or by running each: `timed`), the workspace
+// size of an algorithm, and the call itself, which reads
 // `a` and `b` and writes `out` (forward: x, w -> y; backward data: w, gy -> gx;
 // backward filter: x, gy -> gw).
 struct ForwardCall {
@@ -253,6 +257,9 @@ struct ForwardCall {
   static constexpr const char* kCall = "cudnnConvolutionForward";
   static cudnnStatus_t algorithms(cudnnHandle_t h, const CudnnConv& d, int* count, Perf* perf) {
     return cudnnGetConvolutionForwardAlgorithm_v7(h, d.x.d, d.w.d, d.conv.d, d.y.d, kCount, count, perf);
+  }
+  static cudnnStatus_t timed(cudnnHandle_t h, const CudnnConv& d, int* count, Perf* perf) {
+    return cudnnFindConvolutionForwardAlgorithm(h, d.x.d, d.w.d, d.conv.d, d.y.d, kCount, count, perf);
   }
   static cudnnStatus_t workspace(cudnnHandle_t h, const CudnnConv& d, Algo algo, size_t* bytes) {
     return cudnnGetConvolutionForwardWorkspaceSize(h, d.x.d, d.w.d, d.conv.d, d.y.d, algo, bytes);
@@ -273,6 +280,9 @@ struct BackwardDataCall {
   static cudnnStatus_t algorithms(cudnnHandle_t h, const CudnnConv& d, int* count, Perf* perf) {
     return cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w.d, d.y.d, d.conv.d, d.x.d, kCount, count, perf);
   }
+  static cudnnStatus_t timed(cudnnHandle_t h, const CudnnConv& d, int* count, Perf* perf) {
+    return cudnnFindConvolutionBackwardDataAlgorithm(h, d.w.d, d.y.d, d.conv.d, d.x.d, kCount, count, perf);
+  }
   static cudnnStatus_t workspace(cudnnHandle_t h, const CudnnConv& d, Algo algo, size_t* bytes) {
     return cudnnGetConvolutionBackwardDataWorkspaceSize(h, d.w.d, d.y.d, d.conv.d, d.x.d, algo, bytes);
   }
@@ -291,6 +301,9 @@ struct BackwardFilterCall {
   static constexpr const char* kCall = "cudnnConvolutionBackwardFilter";
   static cudnnStatus_t algorithms(cudnnHandle_t h, const CudnnConv& d, int* count, Perf* perf) {
     return cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d.x.d, d.y.d, d.conv.d, d.w.d, kCount, count, perf);
+  }
+  static cudnnStatus_t timed(cudnnHandle_t h, const CudnnConv& d, int* count, Perf* perf) {
+    return cudnnFindConvolutionBackwardFilterAlgorithm(h, d.x.d, d.y.d, d.conv.d, d.w.d, kCount, count, perf);
   }
   static cudnnStatus_t workspace(cudnnHandle_t h, const CudnnConv& d, Algo algo, size_t* bytes) {
     return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, d.x.d, d.y.d, d.conv.d, d.w.d, algo, bytes);
@@ -311,10 +324,11 @@ struct AlgoChoice {
 // Algorithms needing more scratch than this are passed over.
 constexpr size_t kMaxWorkspaceBytes = size_t{1} << 30;
 
-using AlgoKey = std::array<int64_t, 18>;
+using AlgoKey = std::array<int64_t, 19>;
 
 AlgoKey algo_key(const cpu::ConvGeom& g, DType dtype, Direction dir, int device) {
-  return {device, static_cast<int64_t>(dtype), static_cast<int64_t>(dir), tf32_enabled() ? 1 : 0, g.n, g.h, g.w,
+  return {device, static_cast<int64_t>(dtype), static_cast<int64_t>(dir), tf32_enabled() ? 1 : 0,
+          cudnn_benchmark_enabled() ? 1 : 0, g.n, g.h, g.w,
           g.c_in, g.c_out, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.groups};
 }
 
@@ -338,15 +352,19 @@ AlgoChoice cached_algo(const AlgoKey& key, Choose&& choose) {
   return choice;
 }
 
-// First usable entry of cuDNN's ranked heuristic list, deterministic ones
-// first (the CPU backend is deterministic and so are reruns here). Usable:
+// First usable entry of cuDNN's ranked list (heuristic, or measured with
+// KESTREL_CUDNN_BENCHMARK=1), deterministic ones first (the CPU backend is
+// deterministic and so are reruns here). Usable:
 // supported, the math mode allowed for the dtype, workspace within bounds
 // (asked of cuDNN for the exact size under the entry's math mode).
 template <typename Call>
 AlgoChoice pick_algo(CudnnConv& d, cudnnHandle_t h, DType dtype) {
   typename Call::Perf perf[Call::kCount];
   int count = 0;
-  KESTREL_CUDNN_CHECK(Call::algorithms(h, d, &count, perf), d.context);
+  if (cudnn_benchmark_enabled())
+    KESTREL_CUDNN_CHECK(Call::timed(h, d, &count, perf), d.context);
+  else
+    KESTREL_CUDNN_CHECK(Call::algorithms(h, d, &count, perf), d.context);
   for (const bool need_deterministic : {true, false}) {
     for (int i = 0; i < count; ++i) {
       const typename Call::Perf& p = perf[i];
@@ -499,5 +517,18 @@ ConvParamGrads conv2d_backward_params(const cpu::ConvGeom& g, const Tensor& x, c
 }
 
 ConvAlgoCacheStats conv_algo_cache_stats() { return {g_algo_hits.load(), g_algo_misses.load()}; }
+
+bool cudnn_benchmark_enabled() {
+  int state = g_cudnn_benchmark.load();
+  if (state < 0) {
+    const char* env = std::getenv("KESTREL_CUDNN_BENCHMARK");
+    const int from_env = (env != nullptr && std::string(env) == "1") ? 1 : 0;
+    g_cudnn_benchmark.compare_exchange_strong(state, from_env);
+    state = g_cudnn_benchmark.load();
+  }
+  return state == 1;
+}
+
+void set_cudnn_benchmark(bool on) { g_cudnn_benchmark.store(on ? 1 : 0); }
 
 }  // namespace kestrel::gpu

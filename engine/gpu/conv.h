@@ -47,4 +47,11 @@ struct ConvAlgoCacheStats {
 };
 ConvAlgoCacheStats conv_algo_cache_stats();
 
+// How cuDNN's algorithm is chosen, once per shape: by its heuristics (the
+// default), or by running every candidate and taking the fastest usable one
+// (KESTREL_CUDNN_BENCHMARK=1, like torch.backends.cudnn.benchmark; costs one
+// timed trial per new shape). Cached choices are kept per mode.
+bool cudnn_benchmark_enabled();
+void set_cudnn_benchmark(bool on);
+
 }  // namespace kestrel::gpu

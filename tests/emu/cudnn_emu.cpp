@@ -222,6 +222,28 @@ cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnnHandle_t, const
   return one_algorithm(requested, returned, perf);
 }
 
+// Find* (measured choice): the one algorithm, "timed" at zero.
+cudnnStatus_t cudnnFindConvolutionForwardAlgorithm(cudnnHandle_t, const cudnnTensorDescriptor_t,
+                                                   const cudnnFilterDescriptor_t, const cudnnConvolutionDescriptor_t,
+                                                   const cudnnTensorDescriptor_t, const int requested, int* returned,
+                                                   cudnnConvolutionFwdAlgoPerf_t* perf) {
+  return one_algorithm(requested, returned, perf);
+}
+cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithm(cudnnHandle_t, const cudnnFilterDescriptor_t,
+                                                        const cudnnTensorDescriptor_t,
+                                                        const cudnnConvolutionDescriptor_t,
+                                                        const cudnnTensorDescriptor_t, const int requested,
+                                                        int* returned, cudnnConvolutionBwdDataAlgoPerf_t* perf) {
+  return one_algorithm(requested, returned, perf);
+}
+cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithm(cudnnHandle_t, const cudnnTensorDescriptor_t,
+                                                          const cudnnTensorDescriptor_t,
+                                                          const cudnnConvolutionDescriptor_t,
+                                                          const cudnnFilterDescriptor_t, const int requested,
+                                                          int* returned, cudnnConvolutionBwdFilterAlgoPerf_t* perf) {
+  return one_algorithm(requested, returned, perf);
+}
+
 cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t, const cudnnTensorDescriptor_t,
                                                       const cudnnFilterDescriptor_t,
                                                       const cudnnConvolutionDescriptor_t,
