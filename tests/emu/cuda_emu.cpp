@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -212,6 +213,9 @@ void shuffle_xor(void* v, size_t bytes, unsigned mask, int lane_mask) {
 }
 
 void run(const Launch& launch, void (*body)(void*), void* ctx) {
+  // One launch at a time, whichever host thread asks: the device is serial here.
+  static std::mutex one_launch;
+  std::lock_guard<std::mutex> lock(one_launch);
   Scheduler& s = sched();
   const std::string bad = check_config(launch);
   if (!bad.empty()) {
