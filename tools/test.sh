@@ -43,14 +43,18 @@ echo "== test suite"
 # Needs only the CUDA headers; KESTREL_EMULATOR_TESTS=0 skips it.
 if [ "${KESTREL_EMULATOR_TESTS:-1}" != "0" ]; then
   if [ -f "${CUDA_HOME:-/usr/local/cuda}/include/cuda_runtime.h" ] || command -v nvcc >/dev/null 2>&1; then
-    echo "== building build-emu (CUDA backend on the CPU emulator)"
+    # Under UndefinedBehaviorSanitizer: the kernels' index arithmetic and
+    # vector loads (alignment) are checked as they run.
+    echo "== building build-emu (CUDA backend on the CPU emulator, UBSan)"
     build_tree build-emu cuda_tests -DCMAKE_BUILD_TYPE=Release -DKESTREL_CUDA_EMULATOR=ON -DKESTREL_BENCH=OFF \
-      -DKESTREL_WERROR=ON
+      -DKESTREL_WERROR=ON "-DCMAKE_CXX_FLAGS=-fsanitize=undefined -fno-sanitize-recover=undefined" \
+      -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=undefined
     # Without the caching allocator every tensor gets its own guarded,
     # NaN-filled pages: reads past a tensor's end crash and reads of unwritten
     # memory fail the parity checks. The allocator's own tests then run with it.
     echo "== CUDA tests on the emulator"
-    (cd build-emu && KESTREL_CUDA_NO_CACHE=1 ctest -j "$jobs" --output-on-failure -L cuda) || status=1
+    (cd build-emu && KESTREL_CUDA_NO_CACHE=1 UBSAN_OPTIONS=print_stacktrace=1 ctest -j "$jobs" --output-on-failure \
+      -L cuda) || status=1
     (cd build-emu && ctest -j "$jobs" --output-on-failure -L cuda -R 'CudaKernels\.(Caching|BlockUsed)') || status=1
   else
     echo "== CUDA tests on the emulator: skipped (no CUDA headers: install the CUDA toolkit to run them)"
