@@ -167,16 +167,23 @@ struct CudnnDepthwise {
     int n = 0;
     cudnnConvolutionFwdAlgoPerf_t pf[8];
     CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(g_cudnn, x, w, conv, y, 8, &n, pf));
-    fwd = pf[0].algo;
-    ws_bytes = std::max(ws_bytes, pf[0].memory);
+    fwd = fastest(pf, n, "forward").algo;
+    ws_bytes = std::max(ws_bytes, fastest(pf, n, "forward").memory);
     cudnnConvolutionBwdDataAlgoPerf_t pd[8];
     CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(g_cudnn, w, y, conv, x, 8, &n, pd));
-    bwd_data = pd[0].algo;
-    ws_bytes = std::max(ws_bytes, pd[0].memory);
+    bwd_data = fastest(pd, n, "backward data").algo;
+    ws_bytes = std::max(ws_bytes, fastest(pd, n, "backward data").memory);
     cudnnConvolutionBwdFilterAlgoPerf_t pw[8];
     CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(g_cudnn, x, y, conv, w, 8, &n, pw));
-    bwd_filter = pw[0].algo;
-    ws_bytes = std::max(ws_bytes, pw[0].memory);
+    bwd_filter = fastest(pw, n, "backward filter").algo;
+    ws_bytes = std::max(ws_bytes, fastest(pw, n, "backward filter").memory);
+  }
+  // cudnnFind* lists by time; entries that failed to run carry a bad status.
+  template <typename Perf>
+  static const Perf& fastest(const Perf* perf, int n, const char* what) {
+    for (int i = 0; i < n; ++i)
+      if (perf[i].status == CUDNN_STATUS_SUCCESS) return perf[i];
+    throw kestrel::DeviceError(std::string("cuDNN grouped convolution ") + what + ": no algorithm ran");
   }
   ~CudnnDepthwise() {
     cudnnDestroyTensorDescriptor(x);
