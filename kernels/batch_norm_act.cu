@@ -203,9 +203,11 @@ __global__ void __launch_bounds__(kThreads) bn_backward_reduce_kernel(
 }
 
 // dx = gamma*invstd * (dz - sum(dz)/M - xhat * sum(dz*xhat)/M); stores
-// coef_a = gamma*invstd, coef_b = sum(dz)/M, coef_d = sum(dz*xhat)/M.
+// coef_a = gamma*invstd, coef_b = sum(dz)/M, coef_d = sum(dz*xhat)/M. With
+// frozen statistics the batch terms vanish: coef_b = coef_d = 0 (and splits
+// may be 0 when no parameter gradient is asked for).
 __global__ void bn_backward_finalize_kernel(const float* __restrict__ psum, const float* __restrict__ psumx, int C,
-                                            int splits, int64_t M, const float* __restrict__ gamma,
+                                            int splits, int64_t M, bool frozen, const float* __restrict__ gamma,
                                             const float* __restrict__ invstd, float* dgamma, float* dbeta,
                                             float* coef_a, float* coef_b, float* coef_d) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -219,8 +221,8 @@ __global__ void bn_backward_finalize_kernel(const float* __restrict__ psum, cons
   if (dgamma != nullptr) dgamma[c] = s1;
   const float g = gamma != nullptr ? gamma[c] : 1.f;
   coef_a[c] = g * invstd[c];
-  coef_b[c] = s0 / static_cast<float>(M);
-  coef_d[c] = s1 / static_cast<float>(M);
+  coef_b[c] = frozen ? 0.f : s0 / static_cast<float>(M);
+  coef_d[c] = frozen ? 0.f : s1 / static_cast<float>(M);
 }
 
 template <typename T, int V>
@@ -256,7 +258,7 @@ __global__ void __launch_bounds__(kThreads) bn_backward_apply_kernel(
       out[k] = ca[c] * (dz[k] - cb[c] - xhat * cd[c]);
     }
     if (dres != nullptr) store_f32<T, V>(dres + e, dz);
-    store_f32<T, V>(dx + e, out);
+    if (dx != nullptr) store_f32<T, V>(dx + e, out);
   }
 }
 
@@ -320,16 +322,22 @@ void forward_inference_t(const BatchNormShape& s, const BatchNormActArgs& a, con
   launch_apply<T>(s, x, res, p.w.scale, p.w.shift, y, a.act, st);
 }
 
+// frozen: the statistics were constants of the forward (eval mode); the
+// reduction then runs only for dgamma / dbeta.
 template <typename T>
-void backward_t(const BatchNormShape& s, const BatchNormActArgs& a, const T* dy, const T* x, const T* res,
-                const float* gamma, const float* beta, const float* smean, const float* sinvstd, T* dx, T* dres,
-                float* dgamma, float* dbeta, void* ws, cudaStream_t st) {
+void backward_t(const BatchNormShape& s, const BatchNormActArgs& a, bool frozen, const T* dy, const T* x,
+                const T* res, const float* gamma, const float* beta, const float* smean, const float* sinvstd, T* dx,
+                T* dres, float* dgamma, float* dbeta, void* ws, cudaStream_t st) {
   const Plan p = make_plan(s, ws);
-  bn_backward_reduce_kernel<T><<<dim3(p.g.cblocks, p.g.splits), dim3(p.g.tx, p.g.ty), 0, st>>>(
-      dy, x, res, smean, sinvstd, gamma, beta, s.M, s.C, p.g.splits, a.act, p.w.p0, p.w.p1);
-  bn_backward_finalize_kernel<<<ceil_div(s.C, 128), 128, 0, st>>>(p.w.p0, p.w.p1, s.C, p.g.splits, s.M, gamma,
-                                                                  sinvstd, dgamma, dbeta, p.w.scale, p.w.shift,
-                                                                  p.w.coef);
+  const bool reduce = !frozen || dgamma != nullptr || dbeta != nullptr;
+  if (reduce) {
+    bn_backward_reduce_kernel<T><<<dim3(p.g.cblocks, p.g.splits), dim3(p.g.tx, p.g.ty), 0, st>>>(
+        dy, x, res, smean, sinvstd, gamma, beta, s.M, s.C, p.g.splits, a.act, p.w.p0, p.w.p1);
+  }
+  bn_backward_finalize_kernel<<<ceil_div(s.C, 128), 128, 0, st>>>(p.w.p0, p.w.p1, s.C, reduce ? p.g.splits : 0, s.M,
+                                                                  frozen, gamma, sinvstd, dgamma, dbeta, p.w.scale,
+                                                                  p.w.shift, p.w.coef);
+  if (dx == nullptr && dres == nullptr) return;  // parameter gradients only
   launch_elementwise<T>(s, {dy, x, dx, dres, res}, [&](auto vec, unsigned blocks) {
     bn_backward_apply_kernel<T, decltype(vec)::value><<<blocks, kThreads, 0, st>>>(
         dy, x, res, smean, sinvstd, gamma, beta, p.w.scale, p.w.shift, p.w.coef, dx, dres, s.M * s.C, s.C, a.act);
@@ -394,8 +402,21 @@ cudaError_t batch_norm_act_backward(KDType dt, const BatchNormShape& s, const Ba
                                     float* dgamma, float* dbeta, void* workspace, cudaStream_t stream) {
   return launch_typed(dt, valid(s) && workspace != nullptr, [&](auto e) {
     using T = typename decltype(e)::type;
-    backward_t<T>(s, a, static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<const T*>(residual), gamma,
-                  beta, save_mean, save_invstd, static_cast<T*>(dx), static_cast<T*>(dresidual), dgamma, dbeta,
+    backward_t<T>(s, a, false, static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<const T*>(residual),
+                  gamma, beta, save_mean, save_invstd, static_cast<T*>(dx), static_cast<T*>(dresidual), dgamma, dbeta,
+                  workspace, stream);
+  });
+}
+
+cudaError_t batch_norm_act_backward_frozen(KDType dt, const BatchNormShape& s, const BatchNormActArgs& a,
+                                           const void* dy, const void* x, const void* residual, const float* gamma,
+                                           const float* beta, const float* mean, const float* invstd, void* dx,
+                                           void* dresidual, float* dgamma, float* dbeta, void* workspace,
+                                           cudaStream_t stream) {
+  return launch_typed(dt, valid(s) && workspace != nullptr && mean != nullptr && invstd != nullptr, [&](auto e) {
+    using T = typename decltype(e)::type;
+    backward_t<T>(s, a, true, static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<const T*>(residual),
+                  gamma, beta, mean, invstd, static_cast<T*>(dx), static_cast<T*>(dresidual), dgamma, dbeta,
                   workspace, stream);
   });
 }

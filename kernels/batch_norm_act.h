@@ -48,11 +48,21 @@ cudaError_t batch_norm_act_forward_inference(KDType dt, const BatchNormShape& s,
                                              void* y, void* workspace, cudaStream_t stream);
 
 // Fused backward of the training forward: recomputes the pre-activation from
-// x (and residual), so it needs no saved output. dresidual, dgamma, dbeta may
-// be null. dx may alias dy.
+// x (and residual), so it needs no saved output. dx, dresidual, dgamma, dbeta
+// may be null. dx may alias dy.
 cudaError_t batch_norm_act_backward(KDType dt, const BatchNormShape& s, const BatchNormActArgs& a, const void* dy,
                                     const void* x, const void* residual, const float* gamma, const float* beta,
                                     const float* save_mean, const float* save_invstd, void* dx, void* dresidual,
                                     float* dgamma, float* dbeta, void* workspace, cudaStream_t stream);
+
+// Backward of the inference forward with the statistics as constants (eval
+// mode): dx = gamma * invstd * dz, no batch terms. mean / invstd [C] are the
+// running mean and 1 / sqrt(running_var + eps). dx, dresidual, dgamma, dbeta
+// may each be null.
+cudaError_t batch_norm_act_backward_frozen(KDType dt, const BatchNormShape& s, const BatchNormActArgs& a,
+                                           const void* dy, const void* x, const void* residual, const float* gamma,
+                                           const float* beta, const float* mean, const float* invstd, void* dx,
+                                           void* dresidual, float* dgamma, float* dbeta, void* workspace,
+                                           cudaStream_t stream);
 
 }  // namespace kestrel::kernels
