@@ -15,24 +15,32 @@
 // Napkin math for the counters: bytes = every tensor the op must touch, read
 // once or written once (depthwise fwd: x + y; bwd data: dy + dx; bwd weight:
 // x + dy; BN fwd: x + y; BN bwd: x + dy + dx; SE and CA fwd: x + y; bwd:
-// dy + x + dx; cuDNN's activation reads and
-// writes y again but is charged the same minimal bytes). GB/s = bytes / time,
-// and pct_copy_bw = GB/s over the device-to-device cudaMemcpy bandwidth
-// measured at start-up (2 x bytes copied / time). Times are CUDA-event times
-// per launch (manual time). Written and compiled; never run on a GPU yet.
+// dy + x + dx; cuDNN's activation reads and writes y again but is charged the
+// same minimal bytes). GB/s = bytes / time, and pct_copy_bw = GB/s over the
+// device-to-device cudaMemcpy bandwidth measured at start-up (2 x bytes copied
+// / time). Times are CUDA-event times per launch (manual time).
+//
+//   bench_kernels [benchmark flags]   time every comparison
+//   bench_kernels --verify            launch both sides of each comparison once
+//                                     at a small batch and size (N 2, H and W
+//                                     at most 12) and check their outputs agree;
+//                                     exit 1 when any does not
+// Both run on the CPU emulator too (its cuDNN and cuBLAS are loops), where
+// only --verify means anything.
 #include <benchmark/benchmark.h>
 #include <cublas_v2.h>
 #include <cudnn.h>
 
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
-#include <functional>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "bench/kernel_case.h"
 #include "engine/cuda/runtime.h"
+#include "engine/error.h"
 #include "kernels/batch_norm_act.h"
 #include "kernels/coord_attention.h"
 #include "kernels/depthwise_conv.h"
@@ -40,6 +48,9 @@
 
 namespace {
 
+using kestrel::bench::Buffer;
+using kestrel::bench::Case;
+using kestrel::bench::Elem;
 using kestrel::kernels::KAct;
 using kestrel::kernels::KDType;
 
@@ -50,28 +61,22 @@ using kestrel::kernels::KDType;
       throw kestrel::DeviceError(std::string("cuDNN call failed: ") + #call + ": " + cudnnGetErrorString(st_)); \
   } while (0)
 
+#define CUBLAS_CHECK(call)                                                                                   \
+  do {                                                                                                       \
+    const cublasStatus_t st_ = (call);                                                                       \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                                        \
+      throw kestrel::DeviceError(std::string("cuBLAS call failed: ") + #call + ": " + cublasGetStatusString(st_)); \
+  } while (0)
+
 double g_copy_gbps = 0.0;
 cudnnHandle_t g_cudnn = nullptr;
+cublasHandle_t g_cublas = nullptr;
 
-struct DevMem {
-  void* p = nullptr;
-  explicit DevMem(size_t bytes) { KESTREL_CUDA_CHECK(cudaMalloc(&p, bytes == 0 ? 1 : bytes)); }
-  ~DevMem() { cudaFree(p); }
-  DevMem(const DevMem&) = delete;
-  DevMem& operator=(const DevMem&) = delete;
-};
-
-// Fills with small deterministic values (the speed does not depend on them,
-// but NaN/denormal garbage could).
-void fill(void* p, size_t bytes) {
-  std::vector<uint16_t> host(bytes / 2);
-  for (size_t i = 0; i < host.size(); ++i) host[i] = static_cast<uint16_t>(0x3000 + (i * 2654435761u >> 20) % 0x800);
-  KESTREL_CUDA_CHECK(cudaMemcpy(p, host.data(), host.size() * 2, cudaMemcpyHostToDevice));
-}
+enum class Impl { Kestrel, Baseline };
 
 double measure_copy_bandwidth() {
   const size_t bytes = size_t{1} << 30;
-  DevMem a(bytes), b(bytes);
+  Buffer a(bytes / 4, Elem::F32), b(bytes / 4, Elem::F32);
   KESTREL_CUDA_CHECK(cudaMemset(a.p, 1, bytes));
   kestrel::cuda::Event start, stop;
   KESTREL_CUDA_CHECK(cudaMemcpy(b.p, a.p, bytes, cudaMemcpyDeviceToDevice));  // warm-up
@@ -84,39 +89,100 @@ double measure_copy_bandwidth() {
   return 2.0 * static_cast<double>(bytes) * reps / s / 1e9;
 }
 
-// Times fn per iteration with CUDA events; sets the counters.
-void run_timed(benchmark::State& state, double bytes, const std::function<void()>& fn) {
+// Times the case's launch per iteration with CUDA events; sets the counters.
+void run_timed(benchmark::State& state, const Case& c) {
   kestrel::cuda::Event start, stop;
-  fn();  // warm-up (and lazy cuDNN set-up)
+  c.launch();  // warm-up (and lazy library set-up)
   KESTREL_CUDA_CHECK(cudaDeviceSynchronize());
   for (auto _ : state) {
     start.record(nullptr);
-    fn();
+    c.launch();
     stop.record(nullptr);
     stop.synchronize();
     state.SetIterationTime(start.elapsed_ms(stop) / 1e3);
   }
   KESTREL_CUDA_CHECK(cudaGetLastError());
-  state.counters["GB/s"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["bytes"] = bytes;
+  state.counters["GB/s"] = benchmark::Counter(c.bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["bytes"] = c.bytes;
   state.SetLabel("copy " + std::to_string(static_cast<int>(g_copy_gbps)) + " GB/s");
 }
+
+// Owns cuDNN descriptors for one case; f16 NHWC tensors of logical shape [n, c, h, w].
+struct Descs {
+  std::vector<cudnnTensorDescriptor_t> tensors;
+  cudnnReduceTensorDescriptor_t mean = nullptr, sum = nullptr;
+  cudnnOpTensorDescriptor_t mul = nullptr;
+  cudnnActivationDescriptor_t relu = nullptr, sigmoid = nullptr;
+  Descs() {
+    CUDNN_CHECK(cudnnCreateReduceTensorDescriptor(&mean));
+    CUDNN_CHECK(cudnnSetReduceTensorDescriptor(mean, CUDNN_REDUCE_TENSOR_AVG, CUDNN_DATA_FLOAT, CUDNN_NOT_PROPAGATE_NAN,
+                                               CUDNN_REDUCE_TENSOR_NO_INDICES, CUDNN_32BIT_INDICES));
+    CUDNN_CHECK(cudnnCreateReduceTensorDescriptor(&sum));
+    CUDNN_CHECK(cudnnSetReduceTensorDescriptor(sum, CUDNN_REDUCE_TENSOR_ADD, CUDNN_DATA_FLOAT, CUDNN_NOT_PROPAGATE_NAN,
+                                               CUDNN_REDUCE_TENSOR_NO_INDICES, CUDNN_32BIT_INDICES));
+    CUDNN_CHECK(cudnnCreateOpTensorDescriptor(&mul));
+    CUDNN_CHECK(cudnnSetOpTensorDescriptor(mul, CUDNN_OP_TENSOR_MUL, CUDNN_DATA_FLOAT, CUDNN_NOT_PROPAGATE_NAN));
+    CUDNN_CHECK(cudnnCreateActivationDescriptor(&relu));
+    CUDNN_CHECK(cudnnSetActivationDescriptor(relu, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0));
+    CUDNN_CHECK(cudnnCreateActivationDescriptor(&sigmoid));
+    CUDNN_CHECK(cudnnSetActivationDescriptor(sigmoid, CUDNN_ACTIVATION_SIGMOID, CUDNN_NOT_PROPAGATE_NAN, 0.0));
+  }
+  ~Descs() {
+    for (auto t : tensors) cudnnDestroyTensorDescriptor(t);
+    cudnnDestroyReduceTensorDescriptor(mean);
+    cudnnDestroyReduceTensorDescriptor(sum);
+    cudnnDestroyOpTensorDescriptor(mul);
+    cudnnDestroyActivationDescriptor(relu);
+    cudnnDestroyActivationDescriptor(sigmoid);
+  }
+  Descs(const Descs&) = delete;
+  Descs& operator=(const Descs&) = delete;
+  cudnnTensorDescriptor_t nhwc(int n, int c, int h, int w) {
+    cudnnTensorDescriptor_t t;
+    CUDNN_CHECK(cudnnCreateTensorDescriptor(&t));
+    tensors.push_back(t);
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(t, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, n, c, h, w));
+    return t;
+  }
+  size_t reduce_workspace(cudnnReduceTensorDescriptor_t r, cudnnTensorDescriptor_t a, cudnnTensorDescriptor_t c) const {
+    size_t bytes = 0;
+    CUDNN_CHECK(cudnnGetReductionWorkspaceSize(g_cudnn, r, a, c, &bytes));
+    return bytes;
+  }
+};
+
+// C[m x n] = op(A) * op(B), column-major, f16 storage, f32 compute.
+void gemm_f16(bool ta, bool tb, int m, int n, int k, const void* A, int lda, const void* B, int ldb, void* C, int ldc,
+              float beta = 0.f) {
+  const float one = 1.f;
+  CUBLAS_CHECK(cublasGemmEx(g_cublas, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &one, A,
+                            CUDA_R_16F, lda, B, CUDA_R_16F, ldb, &beta, C, CUDA_R_16F, ldc, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT));
+}
+
+// ---------------------------------------------------------------- depthwise convolution
 
 struct Layer {
   const char* model;
   int N, H, W, C, K, stride;
+  int dil = 1;
 };
 
-// Depthwise layers (input side). EfficientNet-B0 and MobileNetV2 from their
-// papers' stage tables; EMN-Small from its 32x32 CIFAR configuration
-// (update from models/ once the EMN builder lands: the stage widths there are
-// authoritative).
+// Depthwise layers (input side). EMN-Small from models/emn.cpp with the CIFAR
+// stem (resolutions 32-32-32-16-8-8-4; channels = block input x expansion),
+// its multi-scale aggregation's dilated 3x3 branches at the end;
+// EfficientNet-B0 and MobileNetV2 from their papers' stage tables.
 const Layer kLayers[] = {
     // batch 256 at 32x32
     {"EMN-Small", 256, 32, 32, 64, 3, 1},
-    {"EMN-Small", 256, 32, 32, 128, 3, 2},
-    {"EMN-Small", 256, 16, 16, 256, 5, 1},
-    {"EMN-Small", 256, 8, 8, 512, 3, 1},
+    {"EMN-Small", 256, 32, 32, 96, 5, 2},
+    {"EMN-Small", 256, 16, 16, 192, 5, 1},
+    {"EMN-Small", 256, 16, 16, 288, 3, 2},
+    {"EMN-Small", 256, 8, 8, 576, 3, 1},
+    {"EMN-Small", 256, 8, 8, 816, 5, 1},
+    {"EMN-Small", 256, 4, 4, 1344, 5, 1},
+    {"EMN-Small-MSFA", 256, 4, 4, 224, 3, 1, 2},
+    {"EMN-Small-MSFA", 256, 4, 4, 224, 3, 1, 3},
     {"MobileNetV2-32", 256, 32, 32, 96, 3, 1},
     {"MobileNetV2-32", 256, 16, 16, 192, 3, 1},
     {"EfficientNet-B0-32", 256, 16, 16, 144, 5, 2},
@@ -132,12 +198,28 @@ const Layer kLayers[] = {
     {"MobileNetV2", 64, 14, 14, 576, 3, 1},
 };
 
+// A smaller layer of the same kind for --verify: N 2, H and W at most 12.
+template <typename L>
+L verify_size(L l) {
+  l.N = 2;
+  l.H = std::min(l.H, 12);
+  l.W = std::min(l.W, 12);
+  return l;
+}
+
+std::string layer_name(const Layer& l) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "%s/N%d_%dx%d_C%d_k%d_s%d", l.model, l.N, l.H, l.W, l.C, l.K, l.stride);
+  return l.dil == 1 ? std::string(buf) : buf + std::string("_d") + std::to_string(l.dil);
+}
+
 kestrel::kernels::DepthwiseConvShape shape_of(const Layer& l) {
   kestrel::kernels::DepthwiseConvShape s;
   s.N = l.N; s.H = l.H; s.W = l.W; s.C = l.C;
   s.KH = s.KW = l.K;
   s.stride_h = s.stride_w = l.stride;
-  s.pad_h = s.pad_w = l.K / 2;
+  s.dil_h = s.dil_w = l.dil;
+  s.pad_h = s.pad_w = l.dil * (l.K / 2);  // "same" padding
   return s;
 }
 
@@ -185,6 +267,8 @@ struct CudnnDepthwise {
       if (perf[i].status == CUDNN_STATUS_SUCCESS) return perf[i];
     throw kestrel::DeviceError(std::string("cuDNN grouped convolution ") + what + ": no algorithm ran");
   }
+  CudnnDepthwise(const CudnnDepthwise&) = delete;
+  CudnnDepthwise& operator=(const CudnnDepthwise&) = delete;
   ~CudnnDepthwise() {
     cudnnDestroyTensorDescriptor(x);
     cudnnDestroyTensorDescriptor(y);
@@ -196,120 +280,122 @@ struct CudnnDepthwise {
 enum class Dir { Fwd, BwdData, BwdWeight };
 const char* dir_name(Dir d) { return d == Dir::Fwd ? "fwd" : (d == Dir::BwdData ? "bwd_data" : "bwd_weight"); }
 
-void bm_depthwise(benchmark::State& state, Layer l, Dir dir, bool use_cudnn) {
+// fwd: y = dw(x, w); bwd_data: dx = dw^T(dy, w); bwd_weight: dw = x (*) dy.
+Case depthwise_case(const Layer& l, Dir dir, Impl impl) {
   const auto s = shape_of(l);
   const size_t nx = size_t(s.N) * s.H * s.W * s.C, ny = size_t(s.N) * s.OH() * s.OW() * s.C;
   const size_t nw = size_t(s.C) * s.KH * s.KW;
-  DevMem x(nx * 2), y(ny * 2), w(nw * 2);
-  fill(x.p, nx * 2);
-  fill(y.p, ny * 2);
-  fill(w.p, nw * 2);
-  const double bytes = 2.0 * static_cast<double>(nx + ny);
-  if (!use_cudnn) {
-    DevMem ws(kestrel::kernels::depthwise_conv2d_backward_weight_workspace_bytes(s));
-    run_timed(state, bytes, [&] {
-      cudaError_t e = cudaSuccess;
-      if (dir == Dir::Fwd) e = kestrel::kernels::depthwise_conv2d_forward(KDType::F16, s, x.p, w.p, nullptr, y.p, nullptr);
-      if (dir == Dir::BwdData)
-        e = kestrel::kernels::depthwise_conv2d_backward_data(KDType::F16, s, y.p, w.p, x.p, false, nullptr);
+  Case c;
+  Buffer& x = dir == Dir::BwdData ? c.scratch(nx, Elem::F16) : c.input(nx, Elem::F16, 1);
+  Buffer& y = dir == Dir::Fwd ? c.scratch(ny, Elem::F16) : c.input(ny, Elem::F16, 2);
+  Buffer& w = dir == Dir::BwdWeight ? c.scratch(nw, Elem::F16) : c.input(nw, Elem::F16, 3, -0.5f, 0.5f);
+  c.output(dir == Dir::Fwd ? "y" : (dir == Dir::BwdData ? "dx" : "dw"), dir == Dir::Fwd ? y : (dir == Dir::BwdData ? x : w));
+  c.bytes = 2.0 * static_cast<double>(nx + ny);
+  if (impl == Impl::Kestrel) {
+    void* ws = c.workspace(kestrel::kernels::depthwise_conv2d_backward_weight_workspace_bytes(s));
+    c.launch = [s, dir, x = x.p, y = y.p, w = w.p, ws] {
+      namespace k = kestrel::kernels;
+      if (dir == Dir::Fwd) KESTREL_CUDA_CHECK(k::depthwise_conv2d_forward(KDType::F16, s, x, w, nullptr, y, nullptr));
+      if (dir == Dir::BwdData) KESTREL_CUDA_CHECK(k::depthwise_conv2d_backward_data(KDType::F16, s, y, w, x, false, nullptr));
       if (dir == Dir::BwdWeight)
-        e = kestrel::kernels::depthwise_conv2d_backward_weight(KDType::F16, s, x.p, y.p, w.p, nullptr, ws.p, nullptr);
-      KESTREL_CUDA_CHECK(e);
-    });
-  } else {
-    CudnnDepthwise c(s);
-    DevMem ws(c.ws_bytes);
-    const float one = 1.f, zero = 0.f;
-    run_timed(state, bytes, [&] {
-      if (dir == Dir::Fwd)
-        CUDNN_CHECK(cudnnConvolutionForward(g_cudnn, &one, c.x, x.p, c.w, w.p, c.conv, c.fwd, ws.p, c.ws_bytes, &zero,
-                                            c.y, y.p));
-      if (dir == Dir::BwdData)
-        CUDNN_CHECK(cudnnConvolutionBackwardData(g_cudnn, &one, c.w, w.p, c.y, y.p, c.conv, c.bwd_data, ws.p,
-                                                 c.ws_bytes, &zero, c.x, x.p));
-      if (dir == Dir::BwdWeight)
-        CUDNN_CHECK(cudnnConvolutionBackwardFilter(g_cudnn, &one, c.x, x.p, c.y, y.p, c.conv, c.bwd_filter, ws.p,
-                                                   c.ws_bytes, &zero, c.w, w.p));
-    });
+        KESTREL_CUDA_CHECK(k::depthwise_conv2d_backward_weight(KDType::F16, s, x, y, w, nullptr, ws, nullptr));
+    };
+    return c;
   }
+  auto d = std::make_shared<CudnnDepthwise>(s);
+  void* ws = c.workspace(d->ws_bytes);
+  c.launch = [d, dir, x = x.p, y = y.p, w = w.p, ws] {
+    const float one = 1.f, zero = 0.f;
+    if (dir == Dir::Fwd)
+      CUDNN_CHECK(cudnnConvolutionForward(g_cudnn, &one, d->x, x, d->w, w, d->conv, d->fwd, ws, d->ws_bytes, &zero,
+                                          d->y, y));
+    if (dir == Dir::BwdData)
+      CUDNN_CHECK(cudnnConvolutionBackwardData(g_cudnn, &one, d->w, w, d->y, y, d->conv, d->bwd_data, ws, d->ws_bytes,
+                                               &zero, d->x, x));
+    if (dir == Dir::BwdWeight)
+      CUDNN_CHECK(cudnnConvolutionBackwardFilter(g_cudnn, &one, d->x, x, d->y, y, d->conv, d->bwd_filter, ws,
+                                                 d->ws_bytes, &zero, d->w, w));
+  };
+  return c;
 }
 
-// BN + ReLU on the expanded activations of the same layers (the tensors a
-// depthwise layer reads are what BN normalizes beside it).
-void bm_bn_relu(benchmark::State& state, Layer l, bool backward, bool use_cudnn) {
+// ---------------------------------------------------------------- batch norm + ReLU
+
+// Training-mode BN + ReLU on the activations of the same layers (the tensors a
+// depthwise layer reads are what BN normalizes beside it). The backward case
+// runs the forward once when built, for the saved statistics (and, for
+// cuDNN, the activation output its ReLU backward reads).
+Case bn_relu_case(const Layer& l, bool backward, Impl impl) {
   const int64_t M = int64_t(l.N) * l.H * l.W;
   const int C = l.C;
   const size_t n = size_t(M) * C;
-  DevMem x(n * 2), y(n * 2), dy(n * 2), dx(n * 2), gamma(C * 4), beta(C * 4), rm(C * 4), rv(C * 4), sm(C * 4),
-      si(C * 4), dg(C * 4), db(C * 4);
-  fill(x.p, n * 2);
-  fill(dy.p, n * 2);
-  fill(gamma.p, C * 4);
-  fill(beta.p, C * 4);
-  fill(rm.p, C * 4);
-  fill(rv.p, C * 4);
-  const double bytes = 2.0 * static_cast<double>(backward ? 3 * n : 2 * n);
-  if (!use_cudnn) {
-    kestrel::kernels::BatchNormShape s{M, C};
-    kestrel::kernels::BatchNormActArgs a{1e-5f, 0.1f, KAct::ReLU};
-    DevMem ws(kestrel::kernels::batch_norm_act_workspace_bytes(s));
-    float* g = static_cast<float*>(gamma.p);
-    float* b = static_cast<float*>(beta.p);
-    // forward once so the saved statistics are valid for backward
-    KESTREL_CUDA_CHECK(kestrel::kernels::batch_norm_act_forward_training(
-        KDType::F16, s, a, x.p, nullptr, g, b, static_cast<float*>(rm.p), static_cast<float*>(rv.p),
-        static_cast<float*>(sm.p), static_cast<float*>(si.p), y.p, ws.p, nullptr));
-    run_timed(state, bytes, [&] {
-      if (!backward) {
-        KESTREL_CUDA_CHECK(kestrel::kernels::batch_norm_act_forward_training(
-            KDType::F16, s, a, x.p, nullptr, g, b, static_cast<float*>(rm.p), static_cast<float*>(rv.p),
-            static_cast<float*>(sm.p), static_cast<float*>(si.p), y.p, ws.p, nullptr));
-      } else {
-        KESTREL_CUDA_CHECK(kestrel::kernels::batch_norm_act_backward(
-            KDType::F16, s, a, dy.p, x.p, nullptr, g, b, static_cast<const float*>(sm.p),
-            static_cast<const float*>(si.p), dx.p, nullptr, static_cast<float*>(dg.p), static_cast<float*>(db.p),
-            ws.p, nullptr));
-      }
-    });
+  Case c;
+  Buffer& x = c.input(n, Elem::F16, 1);
+  Buffer& dy = c.input(backward ? n : 0, Elem::F16, 2);
+  Buffer& gamma = c.input(C, Elem::F32, 4, 0.5f, 1.5f);
+  Buffer& beta = c.input(C, Elem::F32, 5, -0.5f, 0.5f);
+  Buffer& running_mean = c.input(C, Elem::F32, 6, -0.1f, 0.1f);
+  Buffer& running_var = c.input(C, Elem::F32, 7, 0.5f, 1.5f);
+  Buffer& save_mean = c.scratch(C, Elem::F32);
+  Buffer& save_invstd = c.scratch(C, Elem::F32);
+  Buffer& y = c.scratch(n, Elem::F16);
+  Buffer& dx = c.scratch(backward ? n : 0, Elem::F16);
+  Buffer& dgamma = c.scratch(C, Elem::F32);
+  Buffer& dbeta = c.scratch(C, Elem::F32);
+  c.bytes = 2.0 * static_cast<double>(backward ? 3 * n : 2 * n);
+  if (backward) {
+    c.output("dx", dx);
+    c.output("dgamma", dgamma);
+    c.output("dbeta", dbeta);
   } else {
-    cudnnTensorDescriptor_t td, pd;
-    cudnnActivationDescriptor_t ad;
-    CUDNN_CHECK(cudnnCreateTensorDescriptor(&td));
-    CUDNN_CHECK(cudnnCreateTensorDescriptor(&pd));
-    CUDNN_CHECK(cudnnCreateActivationDescriptor(&ad));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(td, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, l.N, C, l.H, l.W));
-    CUDNN_CHECK(cudnnDeriveBNTensorDescriptor(pd, td, CUDNN_BATCHNORM_SPATIAL_PERSISTENT));
-    CUDNN_CHECK(cudnnSetActivationDescriptor(ad, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0));
-    const float one = 1.f, zero = 0.f;
-    auto forward = [&] {
-      CUDNN_CHECK(cudnnBatchNormalizationForwardTraining(g_cudnn, CUDNN_BATCHNORM_SPATIAL_PERSISTENT, &one, &zero, td,
-                                                         x.p, td, y.p, pd, gamma.p, beta.p, 0.1, rm.p, rv.p, 1e-5,
-                                                         sm.p, si.p));
-      CUDNN_CHECK(cudnnActivationForward(g_cudnn, ad, &one, td, y.p, &zero, td, y.p));
-    };
-    forward();
-    run_timed(state, bytes, [&] {
-      if (!backward) {
-        forward();
-      } else {
-        // ReLU backward needs the pre-activation: cuDNN's way keeps the BN output
-        // (here y, recomputed once above) and overwrites dy's copy in dx.
-        CUDNN_CHECK(cudnnActivationBackward(g_cudnn, ad, &one, td, y.p, td, dy.p, td, y.p, &zero, td, dx.p));
-        CUDNN_CHECK(cudnnBatchNormalizationBackward(g_cudnn, CUDNN_BATCHNORM_SPATIAL_PERSISTENT, &one, &zero, &one,
-                                                    &zero, td, x.p, td, dx.p, td, dx.p, pd, gamma.p, dg.p, db.p, 1e-5,
-                                                    sm.p, si.p));
-      }
-    });
-    cudnnDestroyActivationDescriptor(ad);
-    cudnnDestroyTensorDescriptor(pd);
-    cudnnDestroyTensorDescriptor(td);
+    for (auto [name, b] : {std::pair{"y", &y}, {"save_mean", &save_mean}, {"save_invstd", &save_invstd},
+                           {"running_mean", &running_mean}, {"running_var", &running_var}})
+      c.output(name, *b);
   }
-}
-
-std::string layer_name(const Layer& l) {
-  char buf[160];
-  std::snprintf(buf, sizeof buf, "%s/N%d_%dx%d_C%d_k%d_s%d", l.model, l.N, l.H, l.W, l.C, l.K, l.stride);
-  return buf;
+  // Raw pointers for the launches (the buffers outlive them: the case owns both).
+  auto f32 = [](const Buffer& b) { return static_cast<float*>(b.p); };
+  void *xp = x.p, *dyp = dy.p, *yp = y.p, *dxp = dx.p;
+  float *g = f32(gamma), *b = f32(beta), *rm = f32(running_mean), *rv = f32(running_var);
+  float *sm = f32(save_mean), *si = f32(save_invstd), *dg = f32(dgamma), *db = f32(dbeta);
+  std::function<void()> forward, backward_pass;
+  if (impl == Impl::Kestrel) {
+    const kestrel::kernels::BatchNormShape s{M, C};
+    const kestrel::kernels::BatchNormActArgs a{1e-5f, 0.1f, KAct::ReLU};
+    void* ws = c.workspace(kestrel::kernels::batch_norm_act_workspace_bytes(s));
+    forward = [=] {
+      KESTREL_CUDA_CHECK(kestrel::kernels::batch_norm_act_forward_training(KDType::F16, s, a, xp, nullptr, g, b, rm,
+                                                                           rv, sm, si, yp, ws, nullptr));
+    };
+    backward_pass = [=] {
+      KESTREL_CUDA_CHECK(kestrel::kernels::batch_norm_act_backward(KDType::F16, s, a, dyp, xp, nullptr, g, b, sm, si,
+                                                                   dxp, nullptr, dg, db, ws, nullptr));
+    };
+  } else {
+    auto d = std::make_shared<Descs>();
+    const auto td = d->nhwc(l.N, C, l.H, l.W);
+    cudnnTensorDescriptor_t pd;
+    CUDNN_CHECK(cudnnCreateTensorDescriptor(&pd));
+    d->tensors.push_back(pd);
+    CUDNN_CHECK(cudnnDeriveBNTensorDescriptor(pd, td, CUDNN_BATCHNORM_SPATIAL_PERSISTENT));
+    forward = [=] {
+      const float one = 1.f, zero = 0.f;
+      CUDNN_CHECK(cudnnBatchNormalizationForwardTraining(g_cudnn, CUDNN_BATCHNORM_SPATIAL_PERSISTENT, &one, &zero, td,
+                                                         xp, td, yp, pd, g, b, 0.1, rm, rv, 1e-5, sm, si));
+      CUDNN_CHECK(cudnnActivationForward(g_cudnn, d->relu, &one, td, yp, &zero, td, yp));
+    };
+    // ReLU backward needs the sign of the pre-activation: cuDNN's way keeps the
+    // ReLU output y (same sign) and writes the masked dy to dx, which BN's
+    // backward then overwrites in place.
+    backward_pass = [=] {
+      const float one = 1.f, zero = 0.f;
+      CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d->relu, &one, td, yp, td, dyp, td, yp, &zero, td, dxp));
+      CUDNN_CHECK(cudnnBatchNormalizationBackward(g_cudnn, CUDNN_BATCHNORM_SPATIAL_PERSISTENT, &one, &zero, &one,
+                                                  &zero, td, xp, td, dxp, td, dxp, pd, g, dg, db, 1e-5, sm, si));
+    };
+  }
+  if (backward) forward();
+  c.launch = backward ? backward_pass : forward;
+  return c;
 }
 
 // ---------------------------------------------------------------- squeeze-excite, coordinate attention
@@ -318,17 +404,9 @@ std::string layer_name(const Layer& l) {
 // reductions (cudnnReduceTensor) for the pooling and the channel sums,
 // cuBLAS GEMMs (f16 in, f32 compute) for the 1x1 transforms, cuDNN
 // add/activation/op-tensor (broadcast multiply) for the rest. f16 NHWC, f32
-// weights for the fused kernels (master weights), f16 weights for cuBLAS.
+// weights for the fused kernels (master weights), f16 weights for cuBLAS
+// (the same values: they are filled from the same seeds, exact in f16).
 // Minimal bytes: forward x + y; backward dy + x + dx.
-
-#define CUBLAS_CHECK(call)                                                                                   \
-  do {                                                                                                       \
-    const cublasStatus_t st_ = (call);                                                                       \
-    if (st_ != CUBLAS_STATUS_SUCCESS)                                                                        \
-      throw kestrel::DeviceError(std::string("cuBLAS call failed: ") + #call + ": " + cublasGetStatusString(st_)); \
-  } while (0)
-
-cublasHandle_t g_cublas = nullptr;
 
 struct GateLayer {
   const char* model;
@@ -336,21 +414,22 @@ struct GateLayer {
 };
 
 // SE blocks (EfficientNet-B0: Cr = block input / 4; MobileNetV3-Large:
-// Cr = make_divisible(C / 4, 8)); EMN-Small shapes are placeholders as above.
+// Cr = make_divisible(C / 4, 8)). EMN has no SE (its blocks use coordinate attention).
 const GateLayer kSeLayers[] = {
-    {"EMN-Small", 256, 32, 32, 64, 16},        {"EMN-Small", 256, 16, 16, 128, 32},
-    {"EMN-Small", 256, 8, 8, 256, 64},         {"EfficientNet-B0-32", 256, 16, 16, 144, 6},
-    {"EfficientNet-B0-32", 256, 8, 8, 480, 20}, {"EfficientNet-B0", 64, 112, 112, 32, 8},
-    {"EfficientNet-B0", 64, 56, 56, 144, 6},   {"EfficientNet-B0", 64, 28, 28, 240, 10},
-    {"EfficientNet-B0", 64, 14, 14, 672, 28},  {"EfficientNet-B0", 64, 7, 7, 1152, 48},
-    {"MobileNetV3", 64, 56, 56, 72, 24},       {"MobileNetV3", 64, 28, 28, 120, 32},
-    {"MobileNetV3", 64, 14, 14, 672, 168},     {"MobileNetV3", 64, 7, 7, 960, 240},
+    {"EfficientNet-B0-32", 256, 16, 16, 144, 6}, {"EfficientNet-B0-32", 256, 8, 8, 480, 20},
+    {"EfficientNet-B0", 64, 112, 112, 32, 8},    {"EfficientNet-B0", 64, 56, 56, 144, 6},
+    {"EfficientNet-B0", 64, 28, 28, 240, 10},    {"EfficientNet-B0", 64, 14, 14, 672, 28},
+    {"EfficientNet-B0", 64, 7, 7, 1152, 48},     {"MobileNetV3", 64, 56, 56, 72, 24},
+    {"MobileNetV3", 64, 28, 28, 120, 32},        {"MobileNetV3", 64, 14, 14, 672, 168},
+    {"MobileNetV3", 64, 7, 7, 960, 240},
 };
-// Coordinate attention (mip = max(8, C / 32)) at the same stages.
+// Coordinate attention, mip = max(8, C / 32): EMN-Small's blocks (after their
+// depthwise layer, so at its output resolution) and MobileNetV2 with CA added
+// at the same stages, as in the coordinate-attention paper.
 const GateLayer kCaLayers[] = {
-    {"EMN-Small", 256, 32, 32, 64, 8},      {"EMN-Small", 256, 16, 16, 128, 8},  {"EMN-Small", 256, 8, 8, 256, 8},
-    {"MobileNetV2-32", 256, 16, 16, 192, 8}, {"MobileNetV2", 64, 56, 56, 144, 8}, {"MobileNetV2", 64, 28, 28, 192, 8},
-    {"MobileNetV2", 64, 14, 14, 576, 18},   {"MobileNetV2", 64, 7, 7, 960, 30},
+    {"EMN-Small", 256, 32, 32, 64, 8},     {"EMN-Small", 256, 16, 16, 192, 8},   {"EMN-Small", 256, 8, 8, 576, 18},
+    {"EMN-Small", 256, 4, 4, 1344, 42},    {"MobileNetV2-32", 256, 16, 16, 192, 8}, {"MobileNetV2", 64, 56, 56, 144, 8},
+    {"MobileNetV2", 64, 28, 28, 192, 8},   {"MobileNetV2", 64, 14, 14, 576, 18}, {"MobileNetV2", 64, 7, 7, 960, 30},
 };
 
 std::string gate_layer_name(const GateLayer& l, const char* width) {
@@ -359,197 +438,237 @@ std::string gate_layer_name(const GateLayer& l, const char* width) {
   return buf;
 }
 
-// Owns cuDNN descriptors for one benchmark.
-struct Descs {
-  std::vector<cudnnTensorDescriptor_t> tensors;
-  cudnnReduceTensorDescriptor_t mean = nullptr, sum = nullptr;
-  cudnnOpTensorDescriptor_t mul = nullptr;
-  cudnnActivationDescriptor_t relu = nullptr, sigmoid = nullptr;
-  Descs() {
-    CUDNN_CHECK(cudnnCreateReduceTensorDescriptor(&mean));
-    CUDNN_CHECK(cudnnSetReduceTensorDescriptor(mean, CUDNN_REDUCE_TENSOR_AVG, CUDNN_DATA_FLOAT, CUDNN_NOT_PROPAGATE_NAN,
-                                               CUDNN_REDUCE_TENSOR_NO_INDICES, CUDNN_32BIT_INDICES));
-    CUDNN_CHECK(cudnnCreateReduceTensorDescriptor(&sum));
-    CUDNN_CHECK(cudnnSetReduceTensorDescriptor(sum, CUDNN_REDUCE_TENSOR_ADD, CUDNN_DATA_FLOAT, CUDNN_NOT_PROPAGATE_NAN,
-                                               CUDNN_REDUCE_TENSOR_NO_INDICES, CUDNN_32BIT_INDICES));
-    CUDNN_CHECK(cudnnCreateOpTensorDescriptor(&mul));
-    CUDNN_CHECK(cudnnSetOpTensorDescriptor(mul, CUDNN_OP_TENSOR_MUL, CUDNN_DATA_FLOAT, CUDNN_NOT_PROPAGATE_NAN));
-    CUDNN_CHECK(cudnnCreateActivationDescriptor(&relu));
-    CUDNN_CHECK(cudnnSetActivationDescriptor(relu, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0));
-    CUDNN_CHECK(cudnnCreateActivationDescriptor(&sigmoid));
-    CUDNN_CHECK(cudnnSetActivationDescriptor(sigmoid, CUDNN_ACTIVATION_SIGMOID, CUDNN_NOT_PROPAGATE_NAN, 0.0));
-  }
-  ~Descs() {
-    for (auto t : tensors) cudnnDestroyTensorDescriptor(t);
-    cudnnDestroyReduceTensorDescriptor(mean);
-    cudnnDestroyReduceTensorDescriptor(sum);
-    cudnnDestroyOpTensorDescriptor(mul);
-    cudnnDestroyActivationDescriptor(relu);
-    cudnnDestroyActivationDescriptor(sigmoid);
-  }
-  // NHWC f16 tensor of logical shape [n, c, h, w].
-  cudnnTensorDescriptor_t nhwc(int n, int c, int h, int w) {
-    cudnnTensorDescriptor_t t;
-    CUDNN_CHECK(cudnnCreateTensorDescriptor(&t));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(t, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, n, c, h, w));
-    tensors.push_back(t);
-    return t;
-  }
+// Gate weights and biases, on both sides from the same seeds: f32 for the
+// fused kernels, f16 for the unfused composition.
+struct GateParams {
+  const Buffer &w1, &b1, &w2, &b2;  // SE: w1 [Cr, C], w2 [C, Cr]
 };
-
-size_t reduce_workspace(cudnnReduceTensorDescriptor_t r, cudnnTensorDescriptor_t a, cudnnTensorDescriptor_t c) {
-  size_t bytes = 0;
-  CUDNN_CHECK(cudnnGetReductionWorkspaceSize(g_cudnn, r, a, c, &bytes));
-  return bytes;
+GateParams gate_params(Case& c, int C, int Cr, Elem e, uint32_t seed) {
+  const size_t nw = size_t(C) * Cr;
+  return {c.input(nw, e, seed, -0.5f, 0.5f), c.input(Cr, e, seed + 1, -0.1f, 0.1f),
+          c.input(nw, e, seed + 2, -0.5f, 0.5f), c.input(C, e, seed + 3, -0.1f, 0.1f)};
 }
 
-// C[m x n] = op(A) * op(B), column-major, f16 storage, f32 compute.
-void gemm_f16(bool ta, bool tb, int m, int n, int k, const void* A, int lda, const void* B, int ldb, void* C, int ldc,
-              float beta = 0.f) {
-  const float one = 1.f;
-  CUBLAS_CHECK(cublasGemmEx(g_cublas, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &one, A,
-                            CUDA_R_16F, lda, B, CUDA_R_16F, ldb, &beta, C, CUDA_R_16F, ldc, CUBLAS_COMPUTE_32F,
-                            CUBLAS_GEMM_DEFAULT));
-}
-
-void bm_squeeze_excite(benchmark::State& state, GateLayer l, bool backward, bool unfused) {
+Case squeeze_excite_case(const GateLayer& l, bool backward, Impl impl) {
   const int N = l.N, HW = l.H * l.W, C = l.C, Cr = l.Cr;
   const size_t n = size_t(N) * HW * C, nw = size_t(C) * Cr;
-  DevMem x(n * 2), y(n * 2), dy(n * 2), w1(nw * 4), b1(Cr * 4), w2(nw * 4), b2(C * 4), dw1(nw * 4), db1(Cr * 4),
-      dw2(nw * 4), db2(C * 4);
-  fill(x.p, n * 2);
-  fill(dy.p, n * 2);
-  fill(w1.p, nw * 4);
-  fill(w2.p, nw * 4);
-  fill(b1.p, Cr * 4);
-  fill(b2.p, C * 4);
-  const double bytes = 2.0 * static_cast<double>(backward ? 3 * n : 2 * n);
-  if (!unfused) {
-    const kestrel::kernels::SqueezeExciteShape s{N, HW, C, Cr};
-    DevMem fws(kestrel::kernels::squeeze_excite_workspace_bytes(s)),
-        bws(kestrel::kernels::squeeze_excite_backward_workspace_bytes(s));
-    auto forward = [&] {
-      KESTREL_CUDA_CHECK(kestrel::kernels::squeeze_excite_forward(KDType::F16, KDType::F32, s, KAct::ReLU,
-                                                                  KAct::Sigmoid, x.p, w1.p, b1.p, w2.p, b2.p, y.p,
-                                                                  fws.p, nullptr));
-    };
-    forward();
-    run_timed(state, bytes, [&] {
-      if (!backward) return forward();
-      KESTREL_CUDA_CHECK(kestrel::kernels::squeeze_excite_backward(
-          KDType::F16, KDType::F32, s, KAct::ReLU, KAct::Sigmoid, dy.p, x.p, w1.p, w2.p, b2.p, fws.p, y.p, dw1.p,
-          db1.p, dw2.p, db2.p, bws.p, nullptr));
-    });
-    return;
+  Case c;
+  void* x = c.input(n, Elem::F16, 1).p;
+  void* dy = c.input(backward ? n : 0, Elem::F16, 2).p;
+  Buffer& y = c.scratch(n, Elem::F16);
+  Buffer& dx = c.scratch(backward ? n : 0, Elem::F16);
+  c.bytes = 2.0 * static_cast<double>(backward ? 3 * n : 2 * n);
+  const Elem pe = impl == Impl::Kestrel ? Elem::F32 : Elem::F16;
+  const GateParams p = gate_params(c, C, Cr, pe, 3);
+  Buffer &dw1 = c.scratch(nw, pe), &db1 = c.scratch(Cr, pe), &dw2 = c.scratch(nw, pe), &db2 = c.scratch(C, pe);
+  if (backward) {
+    for (auto [name, b] : {std::pair{"dx", &dx}, {"dw1", &dw1}, {"db1", &db1}, {"dw2", &dw2}, {"db2", &db2}})
+      c.output(name, *b);
+  } else {
+    c.output("y", y);
   }
-  // Unfused: f16 everywhere, small tensors [N, C] / [N, Cr] as NHWC [N, C, 1, 1].
-  Descs d;
-  const auto tx = d.nhwc(N, C, l.H, l.W), tnc = d.nhwc(N, C, 1, 1), tnr = d.nhwc(N, Cr, 1, 1),
-             tc = d.nhwc(1, C, 1, 1), tr = d.nhwc(1, Cr, 1, 1);
-  DevMem pooled(size_t(N) * C * 2), hid(size_t(N) * Cr * 2), act(size_t(N) * Cr * 2), z(size_t(N) * C * 2),
-      sc(size_t(N) * C * 2), tmp(n * 2), ds(size_t(N) * C * 2), dz(size_t(N) * C * 2), dh(size_t(N) * Cr * 2),
-      dp(size_t(N) * C * 2), hw1(nw * 2), hw2(nw * 2), hb1(Cr * 2), hb2(C * 2), hdw(nw * 2), hdb(C * 2);
-  fill(hw1.p, nw * 2);
-  fill(hw2.p, nw * 2);
-  fill(hb1.p, Cr * 2);
-  fill(hb2.p, C * 2);
-  DevMem rws(std::max({reduce_workspace(d.mean, tx, tnc), reduce_workspace(d.sum, tx, tnc),
-                       reduce_workspace(d.sum, tnc, tc), reduce_workspace(d.sum, tnr, tr)}));
-  const size_t rws_bytes = std::max({reduce_workspace(d.mean, tx, tnc), reduce_workspace(d.sum, tx, tnc),
-                                     reduce_workspace(d.sum, tnc, tc), reduce_workspace(d.sum, tnr, tr)});
-  const float one = 1.f, zero = 0.f, inv_hw = 1.f / static_cast<float>(HW);
-  auto reduce = [&](cudnnReduceTensorDescriptor_t r, cudnnTensorDescriptor_t a, const void* ap,
-                    cudnnTensorDescriptor_t c, void* cp) {
-    CUDNN_CHECK(cudnnReduceTensor(g_cudnn, r, nullptr, 0, rws.p, rws_bytes, &one, a, ap, &zero, c, cp));
-  };
-  auto forward = [&] {
-    reduce(d.mean, tx, x.p, tnc, pooled.p);
-    gemm_f16(true, false, Cr, N, C, hw1.p, C, pooled.p, C, hid.p, Cr);  // hidden [N, Cr]
-    CUDNN_CHECK(cudnnAddTensor(g_cudnn, &one, tr, hb1.p, &one, tnr, hid.p));
-    CUDNN_CHECK(cudnnActivationForward(g_cudnn, d.relu, &one, tnr, hid.p, &zero, tnr, act.p));
-    gemm_f16(true, false, C, N, Cr, hw2.p, Cr, act.p, Cr, z.p, C);  // z [N, C]
-    CUDNN_CHECK(cudnnAddTensor(g_cudnn, &one, tc, hb2.p, &one, tnc, z.p));
-    CUDNN_CHECK(cudnnActivationForward(g_cudnn, d.sigmoid, &one, tnc, z.p, &zero, tnc, sc.p));
-    CUDNN_CHECK(cudnnOpTensor(g_cudnn, d.mul, &one, tx, x.p, &one, tnc, sc.p, &zero, tx, y.p));
-  };
-  forward();
-  run_timed(state, bytes, [&] {
-    if (!backward) return forward();
-    CUDNN_CHECK(cudnnOpTensor(g_cudnn, d.mul, &one, tx, dy.p, &one, tx, x.p, &zero, tx, tmp.p));
-    reduce(d.sum, tx, tmp.p, tnc, ds.p);
-    CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d.sigmoid, &one, tnc, sc.p, tnc, ds.p, tnc, z.p, &zero, tnc, dz.p));
-    reduce(d.sum, tnc, dz.p, tc, hdb.p);                              // db2
-    gemm_f16(false, true, Cr, C, N, act.p, Cr, dz.p, C, hdw.p, Cr);   // dw2 [C, Cr]
-    gemm_f16(false, false, Cr, N, C, hw2.p, Cr, dz.p, C, dh.p, Cr);   // da [N, Cr]
-    CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d.relu, &one, tnr, act.p, tnr, dh.p, tnr, hid.p, &zero, tnr, dh.p));
-    reduce(d.sum, tnr, dh.p, tr, hdb.p);                              // db1
-    gemm_f16(false, true, C, Cr, N, pooled.p, C, dh.p, Cr, hdw.p, C);  // dw1 [Cr, C]
-    gemm_f16(false, false, C, N, Cr, hw1.p, C, dh.p, Cr, dp.p, C);    // dpooled [N, C]
-    CUDNN_CHECK(cudnnOpTensor(g_cudnn, d.mul, &one, tx, dy.p, &one, tnc, sc.p, &zero, tx, tmp.p));
-    CUDNN_CHECK(cudnnAddTensor(g_cudnn, &inv_hw, tnc, dp.p, &one, tx, tmp.p));
-  });
+  void *w1 = p.w1.p, *b1 = p.b1.p, *w2 = p.w2.p, *b2 = p.b2.p, *yp = y.p, *dxp = dx.p;
+  void *dw1p = dw1.p, *db1p = db1.p, *dw2p = dw2.p, *db2p = db2.p;
+  std::function<void()> forward, backward_pass;
+  if (impl == Impl::Kestrel) {
+    const kestrel::kernels::SqueezeExciteShape s{N, HW, C, Cr};
+    void* fws = c.workspace(kestrel::kernels::squeeze_excite_workspace_bytes(s));
+    void* bws = c.workspace(kestrel::kernels::squeeze_excite_backward_workspace_bytes(s));
+    forward = [=] {
+      KESTREL_CUDA_CHECK(kestrel::kernels::squeeze_excite_forward(KDType::F16, KDType::F32, s, KAct::ReLU,
+                                                                  KAct::Sigmoid, x, w1, b1, w2, b2, yp, fws, nullptr));
+    };
+    backward_pass = [=] {
+      KESTREL_CUDA_CHECK(kestrel::kernels::squeeze_excite_backward(KDType::F16, KDType::F32, s, KAct::ReLU,
+                                                                   KAct::Sigmoid, dy, x, w1, w2, b2, fws, dxp, dw1p,
+                                                                   db1p, dw2p, db2p, bws, nullptr));
+    };
+  } else {
+    // Small tensors [N, C] / [N, Cr] as NHWC [N, C, 1, 1].
+    auto d = std::make_shared<Descs>();
+    const auto tx = d->nhwc(N, C, l.H, l.W), tnc = d->nhwc(N, C, 1, 1), tnr = d->nhwc(N, Cr, 1, 1),
+               tc = d->nhwc(1, C, 1, 1), tr = d->nhwc(1, Cr, 1, 1);
+    void *pooled = c.scratch(size_t(N) * C, Elem::F16).p, *hid = c.scratch(size_t(N) * Cr, Elem::F16).p,
+         *act = c.scratch(size_t(N) * Cr, Elem::F16).p, *z = c.scratch(size_t(N) * C, Elem::F16).p,
+         *sc = c.scratch(size_t(N) * C, Elem::F16).p, *ds = c.scratch(size_t(N) * C, Elem::F16).p,
+         *dz = c.scratch(size_t(N) * C, Elem::F16).p, *dh = c.scratch(size_t(N) * Cr, Elem::F16).p,
+         *dp = c.scratch(size_t(N) * C, Elem::F16).p;
+    const size_t rws_bytes = std::max({d->reduce_workspace(d->mean, tx, tnc), d->reduce_workspace(d->sum, tx, tnc),
+                                       d->reduce_workspace(d->sum, tnc, tc), d->reduce_workspace(d->sum, tnr, tr)});
+    void* rws = c.workspace(rws_bytes);
+    auto reduce = [=](cudnnReduceTensorDescriptor_t r, cudnnTensorDescriptor_t a, const void* ap,
+                      cudnnTensorDescriptor_t o, void* op) {
+      const float one = 1.f, zero = 0.f;
+      CUDNN_CHECK(cudnnReduceTensor(g_cudnn, r, nullptr, 0, rws, rws_bytes, &one, a, ap, &zero, o, op));
+    };
+    forward = [=] {
+      const float one = 1.f, zero = 0.f;
+      reduce(d->mean, tx, x, tnc, pooled);
+      gemm_f16(true, false, Cr, N, C, w1, C, pooled, C, hid, Cr);  // hidden [N, Cr]
+      CUDNN_CHECK(cudnnAddTensor(g_cudnn, &one, tr, b1, &one, tnr, hid));
+      CUDNN_CHECK(cudnnActivationForward(g_cudnn, d->relu, &one, tnr, hid, &zero, tnr, act));
+      gemm_f16(true, false, C, N, Cr, w2, Cr, act, Cr, z, C);  // z [N, C]
+      CUDNN_CHECK(cudnnAddTensor(g_cudnn, &one, tc, b2, &one, tnc, z));
+      CUDNN_CHECK(cudnnActivationForward(g_cudnn, d->sigmoid, &one, tnc, z, &zero, tnc, sc));
+      CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, x, &one, tnc, sc, &zero, tx, yp));
+    };
+    backward_pass = [=] {
+      const float one = 1.f, zero = 0.f, inv_hw = 1.f / static_cast<float>(HW);
+      CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, dy, &one, tx, x, &zero, tx, dxp));  // dy * x
+      reduce(d->sum, tx, dxp, tnc, ds);
+      CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d->sigmoid, &one, tnc, sc, tnc, ds, tnc, z, &zero, tnc, dz));
+      reduce(d->sum, tnc, dz, tc, db2p);
+      gemm_f16(false, true, Cr, C, N, act, Cr, dz, C, dw2p, Cr);  // dw2 [C, Cr]
+      gemm_f16(false, false, Cr, N, C, w2, Cr, dz, C, dh, Cr);    // d act [N, Cr]
+      CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d->relu, &one, tnr, act, tnr, dh, tnr, hid, &zero, tnr, dh));
+      reduce(d->sum, tnr, dh, tr, db1p);
+      gemm_f16(false, true, C, Cr, N, pooled, C, dh, Cr, dw1p, C);  // dw1 [Cr, C]
+      gemm_f16(false, false, C, N, Cr, w1, C, dh, Cr, dp, C);        // d pooled [N, C]
+      CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, dy, &one, tnc, sc, &zero, tx, dxp));
+      CUDNN_CHECK(cudnnAddTensor(g_cudnn, &inv_hw, tnc, dp, &one, tx, dxp));
+    };
+  }
+  if (backward) forward();
+  c.launch = backward ? backward_pass : forward;
+  return c;
 }
 
-void bm_coord_attention(benchmark::State& state, GateLayer l, bool backward) {
+// Coordinate attention with ReLU in the shared transform on both sides (cuDNN
+// has no hard-swish; the fused kernel's cost does not depend on which). The
+// unfused side exists for the forward only.
+Case coord_attention_case(const GateLayer& l, bool backward, Impl impl) {
   const int N = l.N, H = l.H, W = l.W, C = l.C, mip = l.Cr;
   const size_t n = size_t(N) * H * W * C, nw = size_t(C) * mip;
-  DevMem x(n * 2), y(n * 2), dy(n * 2), w1(nw * 4), b1(mip * 4), wh(nw * 4), bh(C * 4), ww(nw * 4), bw(C * 4),
-      dw1(nw * 4), db1(mip * 4), dwh(nw * 4), dbh(C * 4), dww(nw * 4), dbw(C * 4);
-  fill(x.p, n * 2);
-  fill(dy.p, n * 2);
-  for (const DevMem* m : {&w1, &wh, &ww}) fill(m->p, nw * 4);
-  fill(b1.p, mip * 4);
-  fill(bh.p, C * 4);
-  fill(bw.p, C * 4);
-  const double bytes = 2.0 * static_cast<double>(backward ? 3 * n : 2 * n);
-  const kestrel::kernels::CoordAttentionShape s{N, H, W, C, mip};
-  DevMem fws(kestrel::kernels::coord_attention_workspace_bytes(s)),
-      bws(kestrel::kernels::coord_attention_backward_workspace_bytes(s));
-  auto forward = [&] {
-    KESTREL_CUDA_CHECK(kestrel::kernels::coord_attention_forward(KDType::F16, KDType::F32, s, KAct::HardSwish, x.p,
-                                                                 w1.p, b1.p, wh.p, bh.p, ww.p, bw.p, y.p, fws.p,
-                                                                 nullptr));
+  Case c;
+  void* x = c.input(n, Elem::F16, 1).p;
+  void* dy = c.input(backward ? n : 0, Elem::F16, 2).p;
+  Buffer& y = c.scratch(n, Elem::F16);
+  c.output("y", y);
+  c.bytes = 2.0 * static_cast<double>(backward ? 3 * n : 2 * n);
+  const Elem pe = impl == Impl::Kestrel ? Elem::F32 : Elem::F16;
+  // w1 [mip, C], b1 [mip], wh [C, mip], bh [C]; ww and bw likewise.
+  const GateParams ph = gate_params(c, C, mip, pe, 3);
+  void *w1 = ph.w1.p, *b1 = ph.b1.p, *wh = ph.w2.p, *bh = ph.b2.p;
+  void* ww = c.input(nw, pe, 7, -0.5f, 0.5f).p;
+  void* bw = c.input(C, pe, 8, -0.1f, 0.1f).p;
+  void* yp = y.p;
+  if (impl == Impl::Kestrel) {
+    const kestrel::kernels::CoordAttentionShape s{N, H, W, C, mip};
+    void* fws = c.workspace(kestrel::kernels::coord_attention_workspace_bytes(s));
+    void* bws = c.workspace(kestrel::kernels::coord_attention_backward_workspace_bytes(s));
+    void *dx = c.scratch(backward ? n : 0, Elem::F16).p, *dw1 = c.scratch(nw, pe).p, *db1 = c.scratch(mip, pe).p,
+         *dwh = c.scratch(nw, pe).p, *dbh = c.scratch(C, pe).p, *dww = c.scratch(nw, pe).p,
+         *dbw = c.scratch(C, pe).p;
+    auto forward = [=] {
+      KESTREL_CUDA_CHECK(kestrel::kernels::coord_attention_forward(KDType::F16, KDType::F32, s, KAct::ReLU, x, w1, b1,
+                                                                   wh, bh, ww, bw, yp, fws, nullptr));
+    };
+    if (!backward) {
+      c.launch = forward;
+      return c;
+    }
+    forward();
+    c.launch = [=] {
+      KESTREL_CUDA_CHECK(kestrel::kernels::coord_attention_backward(KDType::F16, KDType::F32, s, KAct::ReLU, dy, x,
+                                                                    w1, wh, ww, fws, dx, dw1, db1, dwh, dbh, dww, dbw,
+                                                                    bws, nullptr));
+    };
+    return c;
+  }
+  if (backward) throw kestrel::ValueError("coordinate attention: no unfused backward baseline");
+  // Two directional means (cuDNN), the shared transform and the gate GEMMs per
+  // direction (cuBLAS), bias adds and activations, two broadcast multiplies.
+  auto d = std::make_shared<Descs>();
+  const auto tx = d->nhwc(N, C, H, W), th = d->nhwc(N, C, H, 1), tw = d->nhwc(N, C, 1, W),
+             tth = d->nhwc(N, mip, H, 1), ttw = d->nhwc(N, mip, 1, W), tm = d->nhwc(1, mip, 1, 1),
+             tc = d->nhwc(1, C, 1, 1);
+  void *pool_h = c.scratch(size_t(N) * H * C, Elem::F16).p, *pool_w = c.scratch(size_t(N) * W * C, Elem::F16).p,
+       *t_h = c.scratch(size_t(N) * H * mip, Elem::F16).p, *t_w = c.scratch(size_t(N) * W * mip, Elem::F16).p,
+       *a_h = c.scratch(size_t(N) * H * C, Elem::F16).p, *a_w = c.scratch(size_t(N) * W * C, Elem::F16).p;
+  const size_t rws_bytes = std::max(d->reduce_workspace(d->mean, tx, th), d->reduce_workspace(d->mean, tx, tw));
+  void* rws = c.workspace(rws_bytes);
+  c.launch = [=] {
+    const float one = 1.f, zero = 0.f;
+    CUDNN_CHECK(cudnnReduceTensor(g_cudnn, d->mean, nullptr, 0, rws, rws_bytes, &one, tx, x, &zero, th, pool_h));
+    CUDNN_CHECK(cudnnReduceTensor(g_cudnn, d->mean, nullptr, 0, rws, rws_bytes, &one, tx, x, &zero, tw, pool_w));
+    gemm_f16(true, false, mip, N * H, C, w1, C, pool_h, C, t_h, mip);
+    gemm_f16(true, false, mip, N * W, C, w1, C, pool_w, C, t_w, mip);
+    CUDNN_CHECK(cudnnAddTensor(g_cudnn, &one, tm, b1, &one, tth, t_h));
+    CUDNN_CHECK(cudnnAddTensor(g_cudnn, &one, tm, b1, &one, ttw, t_w));
+    CUDNN_CHECK(cudnnActivationForward(g_cudnn, d->relu, &one, tth, t_h, &zero, tth, t_h));
+    CUDNN_CHECK(cudnnActivationForward(g_cudnn, d->relu, &one, ttw, t_w, &zero, ttw, t_w));
+    gemm_f16(true, false, C, N * H, mip, wh, mip, t_h, mip, a_h, C);
+    gemm_f16(true, false, C, N * W, mip, ww, mip, t_w, mip, a_w, C);
+    CUDNN_CHECK(cudnnAddTensor(g_cudnn, &one, tc, bh, &one, th, a_h));
+    CUDNN_CHECK(cudnnAddTensor(g_cudnn, &one, tc, bw, &one, tw, a_w));
+    CUDNN_CHECK(cudnnActivationForward(g_cudnn, d->sigmoid, &one, th, a_h, &zero, th, a_h));
+    CUDNN_CHECK(cudnnActivationForward(g_cudnn, d->sigmoid, &one, tw, a_w, &zero, tw, a_w));
+    CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, x, &one, th, a_h, &zero, tx, yp));
+    CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, yp, &one, tw, a_w, &zero, tx, yp));
   };
-  forward();
-  run_timed(state, bytes, [&] {
-    if (!backward) return forward();
-    KESTREL_CUDA_CHECK(kestrel::kernels::coord_attention_backward(
-        KDType::F16, KDType::F32, s, KAct::HardSwish, dy.p, x.p, w1.p, wh.p, ww.p, fws.p, y.p, dw1.p, db1.p, dwh.p,
-        dbh.p, dww.p, dbw.p, bws.p, nullptr));
-  });
+  return c;
 }
 
-// Unfused coordinate-attention forward: two directional means (cuDNN), the
-// shared transform and the gate GEMMs per direction (cuBLAS), activations,
-// two broadcast multiplies. (No unfused backward baseline yet.)
-void bm_coord_attention_unfused_forward(benchmark::State& state, GateLayer l) {
-  const int N = l.N, H = l.H, W = l.W, C = l.C, mip = l.Cr;
-  const size_t n = size_t(N) * H * W * C, nw = size_t(C) * mip;
-  DevMem x(n * 2), y(n * 2), ph(size_t(N) * H * C * 2), pw(size_t(N) * W * C * 2), th(size_t(N) * H * mip * 2),
-      tw(size_t(N) * W * mip * 2), ah(size_t(N) * H * C * 2), aw(size_t(N) * W * C * 2), w1(nw * 2), wh(nw * 2),
-      ww(nw * 2);
-  fill(x.p, n * 2);
-  for (const DevMem* m : {&w1, &wh, &ww}) fill(m->p, nw * 2);
-  Descs d;
-  const auto tx = d.nhwc(N, C, H, W), th_d = d.nhwc(N, C, H, 1), tw_d = d.nhwc(N, C, 1, W),
-             tth = d.nhwc(N, mip, H, 1), ttw = d.nhwc(N, mip, 1, W);
-  const size_t rws_bytes = std::max(reduce_workspace(d.mean, tx, th_d), reduce_workspace(d.mean, tx, tw_d));
-  DevMem rws(rws_bytes);
-  const float one = 1.f, zero = 0.f;
-  run_timed(state, 2.0 * 2 * static_cast<double>(n), [&] {
-    CUDNN_CHECK(cudnnReduceTensor(g_cudnn, d.mean, nullptr, 0, rws.p, rws_bytes, &one, tx, x.p, &zero, th_d, ph.p));
-    CUDNN_CHECK(cudnnReduceTensor(g_cudnn, d.mean, nullptr, 0, rws.p, rws_bytes, &one, tx, x.p, &zero, tw_d, pw.p));
-    gemm_f16(true, false, mip, N * H, C, w1.p, C, ph.p, C, th.p, mip);
-    gemm_f16(true, false, mip, N * W, C, w1.p, C, pw.p, C, tw.p, mip);
-    CUDNN_CHECK(cudnnActivationForward(g_cudnn, d.relu, &one, tth, th.p, &zero, tth, th.p));
-    CUDNN_CHECK(cudnnActivationForward(g_cudnn, d.relu, &one, ttw, tw.p, &zero, ttw, tw.p));
-    gemm_f16(true, false, C, N * H, mip, wh.p, mip, th.p, mip, ah.p, C);
-    gemm_f16(true, false, C, N * W, mip, ww.p, mip, tw.p, mip, aw.p, C);
-    CUDNN_CHECK(cudnnActivationForward(g_cudnn, d.sigmoid, &one, th_d, ah.p, &zero, th_d, ah.p));
-    CUDNN_CHECK(cudnnActivationForward(g_cudnn, d.sigmoid, &one, tw_d, aw.p, &zero, tw_d, aw.p));
-    CUDNN_CHECK(cudnnOpTensor(g_cudnn, d.mul, &one, tx, x.p, &one, th_d, ah.p, &zero, tx, y.p));
-    CUDNN_CHECK(cudnnOpTensor(g_cudnn, d.mul, &one, tx, y.p, &one, tw_d, aw.p, &zero, tx, y.p));
-  });
+// ---------------------------------------------------------------- the comparisons
+
+// One row of the report: an op at one layer, Kestrel's side and (when there
+// is one) the baseline's. make(impl, small) builds a side at the layer's
+// shape or, for --verify, at its verify_size.
+struct Comparison {
+  std::string op, layer, baseline;  // baseline: its label in benchmark names, empty when none
+  std::string verify_layer;         // the layer at its verify_size
+  std::function<Case(Impl, bool small)> make;
+};
+
+std::vector<Comparison> comparisons() {
+  std::vector<Comparison> out;
+  for (const Layer& l : kLayers) {
+    for (Dir d : {Dir::Fwd, Dir::BwdData, Dir::BwdWeight})
+      out.push_back({std::string("depthwise_") + dir_name(d), layer_name(l), "cudnn", layer_name(verify_size(l)),
+                     [l, d](Impl i, bool small) { return depthwise_case(small ? verify_size(l) : l, d, i); }});
+    if (l.stride == 1)
+      for (bool bwd : {false, true})
+        out.push_back({std::string("bn_relu_") + (bwd ? "bwd" : "fwd"), layer_name(l), "cudnn",
+                       layer_name(verify_size(l)),
+                       [l, bwd](Impl i, bool small) { return bn_relu_case(small ? verify_size(l) : l, bwd, i); }});
+  }
+  for (const GateLayer& l : kSeLayers)
+    for (bool bwd : {false, true})
+      out.push_back({std::string("squeeze_excite_") + (bwd ? "bwd" : "fwd"), gate_layer_name(l, "r"), "cudnn+cublas",
+                     gate_layer_name(verify_size(l), "r"),
+                     [l, bwd](Impl i, bool small) { return squeeze_excite_case(small ? verify_size(l) : l, bwd, i); }});
+  for (const GateLayer& l : kCaLayers)
+    for (bool bwd : {false, true})
+      out.push_back({std::string("coord_attention_") + (bwd ? "bwd" : "fwd"), gate_layer_name(l, "mip"),
+                     bwd ? "" : "cudnn+cublas", gate_layer_name(verify_size(l), "mip"), [l, bwd](Impl i, bool small) {
+                       return coord_attention_case(small ? verify_size(l) : l, bwd, i);
+                     }});
+  return out;
+}
+
+// Both sides of every comparison with a baseline, once each at the verify
+// size; returns the number of outputs that disagree.
+int verify_all() {
+  int failures = 0, checked = 0;
+  for (const Comparison& cmp : comparisons()) {
+    if (cmp.baseline.empty()) continue;
+    const std::string label = cmp.op + "/" + cmp.verify_layer;
+    try {
+      Case ours = cmp.make(Impl::Kestrel, true);
+      ours.launch();
+      Case theirs = cmp.make(Impl::Baseline, true);
+      theirs.launch();
+      KESTREL_CUDA_CHECK(cudaDeviceSynchronize());
+      // f16 storage on both sides, f16 intermediates in the baselines.
+      failures += kestrel::bench::compare_outputs(label, ours, theirs, 2e-2);
+    } catch (const std::exception& e) {
+      std::printf("verify %-70s FAIL: %s\n", label.c_str(), e.what());
+      ++failures;
+    }
+    ++checked;
+  }
+  std::printf("verify: %d comparisons, %d outputs disagree\n", checked, failures);
+  return failures;
 }
 
 // Adds pct_copy_bw to every run with a GB/s counter, then prints as usual.
@@ -568,61 +687,73 @@ class CopyBandwidthReporter : public benchmark::ConsoleReporter {
   }
 };
 
+// Google Benchmark calls a benchmark's function several times while it sizes
+// the run; the case (buffers filled, cuDNN algorithms found) is built on the
+// first call and kept until the next benchmark starts.
+struct CurrentCase {
+  std::string name;
+  std::unique_ptr<Case> c;
+} current;
+
+void register_benchmarks() {
+  for (const Comparison& cmp : comparisons())
+    for (Impl impl : {Impl::Kestrel, Impl::Baseline}) {
+      if (impl == Impl::Baseline && cmp.baseline.empty()) continue;
+      const std::string name =
+          cmp.op + "/" + (impl == Impl::Kestrel ? std::string("kestrel") : cmp.baseline) + "/" + cmp.layer;
+      auto make = cmp.make;
+      benchmark::RegisterBenchmark(name.c_str(), [make, impl, name](benchmark::State& state) {
+        if (current.name != name) {
+          current.c.reset();
+          current.c = std::make_unique<Case>(make(impl, false));
+          current.name = name;
+        }
+        run_timed(state, *current.c);
+      })->UseManualTime()->Unit(benchmark::kMicrosecond);
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  bool verify = false;
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--verify") == 0)
+      verify = true;
+    else
+      argv[kept++] = argv[i];
+  }
+  argc = kept;
   benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   if (!kestrel::cuda::cuda_available()) {
     std::printf("bench_kernels: skipped, no usable CUDA device (%s)\n", kestrel::cuda::unavailable_reason().c_str());
     return 0;
   }
-  CUDNN_CHECK(cudnnCreate(&g_cudnn));
-  g_copy_gbps = measure_copy_bandwidth();
-  benchmark::AddCustomContext("copy_gbps", std::to_string(g_copy_gbps));
-  benchmark::AddCustomContext("device", kestrel::cuda::device_name(0));
-  std::printf("device: %s; measured device-to-device copy bandwidth: %.0f GB/s; cuDNN %zu\n",
-              kestrel::cuda::device_name(0).c_str(), g_copy_gbps, cudnnGetVersion());
-  for (const Layer& l : kLayers) {
-    for (Dir d : {Dir::Fwd, Dir::BwdData, Dir::BwdWeight})
-      for (bool cudnn : {false, true}) {
-        const std::string name = std::string("depthwise_") + dir_name(d) + "/" + (cudnn ? "cudnn" : "kestrel") + "/" +
-                                 layer_name(l);
-        benchmark::RegisterBenchmark(name.c_str(), bm_depthwise, l, d, cudnn)->UseManualTime()->Unit(benchmark::kMicrosecond);
-      }
-    if (l.stride == 1) {
-      for (bool bwd : {false, true})
-        for (bool cudnn : {false, true}) {
-          const std::string name = std::string("bn_relu_") + (bwd ? "bwd" : "fwd") + "/" +
-                                   (cudnn ? "cudnn" : "kestrel") + "/" + layer_name(l);
-          benchmark::RegisterBenchmark(name.c_str(), bm_bn_relu, l, bwd, cudnn)->UseManualTime()->Unit(benchmark::kMicrosecond);
-        }
+  int status = 0;
+  try {
+    CUDNN_CHECK(cudnnCreate(&g_cudnn));
+    CUBLAS_CHECK(cublasCreate(&g_cublas));
+    std::printf("device: %s; cuDNN %zu\n", kestrel::cuda::device_name(0).c_str(), cudnnGetVersion());
+    if (verify) {
+      status = verify_all() == 0 ? 0 : 1;
+    } else {
+      g_copy_gbps = measure_copy_bandwidth();
+      benchmark::AddCustomContext("copy_gbps", std::to_string(g_copy_gbps));
+      benchmark::AddCustomContext("device", kestrel::cuda::device_name(0));
+      std::printf("measured device-to-device copy bandwidth: %.0f GB/s\n", g_copy_gbps);
+      register_benchmarks();
+      CopyBandwidthReporter reporter;
+      benchmark::RunSpecifiedBenchmarks(&reporter);
+      current.c.reset();
     }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_kernels: %s\n", e.what());
+    status = 1;
   }
-  CUBLAS_CHECK(cublasCreate(&g_cublas));
-  for (const GateLayer& l : kSeLayers)
-    for (bool bwd : {false, true})
-      for (bool unfused : {false, true}) {
-        const std::string name = std::string("squeeze_excite_") + (bwd ? "bwd" : "fwd") + "/" +
-                                 (unfused ? "cudnn+cublas" : "kestrel") + "/" + gate_layer_name(l, "r");
-        benchmark::RegisterBenchmark(name.c_str(), bm_squeeze_excite, l, bwd, unfused)
-            ->UseManualTime()
-            ->Unit(benchmark::kMicrosecond);
-      }
-  for (const GateLayer& l : kCaLayers) {
-    for (bool bwd : {false, true}) {
-      const std::string name =
-          std::string("coord_attention_") + (bwd ? "bwd" : "fwd") + "/kestrel/" + gate_layer_name(l, "mip");
-      benchmark::RegisterBenchmark(name.c_str(), bm_coord_attention, l, bwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
-    }
-    const std::string name = "coord_attention_fwd/cudnn+cublas/" + gate_layer_name(l, "mip");
-    benchmark::RegisterBenchmark(name.c_str(), bm_coord_attention_unfused_forward, l)
-        ->UseManualTime()
-        ->Unit(benchmark::kMicrosecond);
-  }
-  CopyBandwidthReporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
   benchmark::Shutdown();
-  cublasDestroy(g_cublas);
-  cudnnDestroy(g_cudnn);
-  return 0;
+  if (g_cublas) cublasDestroy(g_cublas);
+  if (g_cudnn) cudnnDestroy(g_cudnn);
+  return status;
 }

@@ -46,7 +46,7 @@ if [ "${KESTREL_EMULATOR_TESTS:-1}" != "0" ]; then
     # Under UndefinedBehaviorSanitizer: the kernels' index arithmetic and
     # vector loads (alignment) are checked as they run.
     echo "== building build-emu (CUDA backend on the CPU emulator, UBSan)"
-    build_tree build-emu cuda_tests -DCMAKE_BUILD_TYPE=Release -DKESTREL_CUDA_EMULATOR=ON -DKESTREL_BENCH=OFF \
+    build_tree build-emu cuda_tests -DCMAKE_BUILD_TYPE=Release -DKESTREL_CUDA_EMULATOR=ON -DKESTREL_BENCH=ON \
       -DKESTREL_WERROR=ON "-DCMAKE_CXX_FLAGS=-fsanitize=undefined -fno-sanitize-recover=undefined" \
       -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=undefined
     # Without the caching allocator every tensor gets its own guarded,

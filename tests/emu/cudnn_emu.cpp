@@ -2,52 +2,15 @@
 // 2-d convolution descriptors (NCHW or NHWC, groups, dilation) and the three
 // convolution directions as plain loops with f64 accumulation. One algorithm
 // is offered: deterministic, FMA math, no workspace.
-#include <cudnn.h>
-
 #include <vector>
 
-#include "tests/emu/element.h"
-
-struct cudnnContext {
-  cudaStream_t stream = nullptr;
-};
-
-struct cudnnTensorStruct {
-  int kind = -1;
-  cudnnTensorFormat_t format = CUDNN_TENSOR_NCHW;
-  int n = 0, c = 0, h = 0, w = 0;
-  int64_t index(int in, int ic, int ih, int iw) const {
-    if (format == CUDNN_TENSOR_NHWC) return ((static_cast<int64_t>(in) * h + ih) * w + iw) * c + ic;
-    return ((static_cast<int64_t>(in) * c + ic) * h + ih) * w + iw;
-  }
-};
-
-struct cudnnFilterStruct {
-  int kind = -1;
-  cudnnTensorFormat_t format = CUDNN_TENSOR_NCHW;
-  int k = 0, c = 0, h = 0, w = 0;
-  int64_t index(int ik, int ic, int ih, int iw) const {
-    if (format == CUDNN_TENSOR_NHWC) return ((static_cast<int64_t>(ik) * h + ih) * w + iw) * c + ic;
-    return ((static_cast<int64_t>(ik) * c + ic) * h + ih) * w + iw;
-  }
-};
-
-struct cudnnConvolutionStruct {
-  int pad_h = 0, pad_w = 0, stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1, groups = 1;
-  cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
-};
+#include "tests/emu/cudnn_emu.h"
 
 namespace {
 
-int kind_of(cudnnDataType_t t) {
-  switch (t) {
-    case CUDNN_DATA_FLOAT: return kestrel::emu::kF32;
-    case CUDNN_DATA_HALF: return kestrel::emu::kF16;
-    case CUDNN_DATA_BFLOAT16: return kestrel::emu::kBF16;
-    case CUDNN_DATA_DOUBLE: return kestrel::emu::kF64;
-    default: return -1;
-  }
-}
+using kestrel::emu::kind_of;
+using kestrel::emu::blend;
+using kestrel::emu::elements;
 
 // The shapes agree: y = conv(x, w) under `conv`.
 bool consistent(const cudnnTensorStruct& x, const cudnnFilterStruct& w, const cudnnConvolutionStruct& conv,
@@ -84,20 +47,6 @@ void for_each_tap(const cudnnTensorStruct& x, const cudnnFilterStruct& w, const 
         }
 }
 
-double scalar(const void* p, int kind) {
-  return kind == kestrel::emu::kF64 ? *static_cast<const double*>(p) : *static_cast<const float*>(p);
-}
-
-// out = alpha * acc + beta * out, leaving out unread when beta is 0.
-void blend(void* out, int kind, const std::vector<double>& acc, const void* alpha, const void* beta) {
-  const double a = scalar(alpha, kind), b = scalar(beta, kind);
-  for (size_t i = 0; i < acc.size(); ++i) {
-    const double old = b == 0.0 ? 0.0 : b * kestrel::emu::load_element(out, kind, static_cast<int64_t>(i));
-    kestrel::emu::store_element(out, kind, static_cast<int64_t>(i), a * acc[i] + old);
-  }
-}
-
-size_t elements(const cudnnTensorStruct& t) { return static_cast<size_t>(t.n) * t.c * t.h * t.w; }
 size_t elements(const cudnnFilterStruct& f) { return static_cast<size_t>(f.k) * f.c * f.h * f.w; }
 
 template <typename Perf>

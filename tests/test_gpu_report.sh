@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# tools/gpu_report.py on made-up logs: the bars' arithmetic (medians over the
+# undilated 3x3 depthwise layers, percent of copy bandwidth, BN + activation
+# faster everywhere), the baseline lookup per op, and the overall verdict.
+set -euo pipefail
+report_py=$1
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+
+cat >"$dir/gpu_tests.xml" <<'XML'
+<testsuites><testsuite name="CudaKernels" tests="3" failures="0">
+<testcase name="a"/><testcase name="b"/><testcase name="c"/></testsuite></testsuites>
+XML
+printf 'verify depthwise_fwd/X/N2_12x12_C64_k3_s1 y ... ok\nverify: 1 comparisons, 0 outputs disagree\n' >"$dir/bench_verify.log"
+
+# copy bandwidth 1000 GB/s; bytes 8e5 in 1 us = 800 GB/s = 80% of it.
+python3 - "$dir/bench.json" <<'PY'
+import json, sys
+def run(name, us, nbytes=8e5):
+    return {"name": name + "/manual_time", "run_type": "iteration", "real_time": us, "time_unit": "us", "bytes": nbytes}
+benchmarks = [
+    run("depthwise_fwd/kestrel/M/N1_8x8_C8_k3_s1", 1.0), run("depthwise_fwd/cudnn/M/N1_8x8_C8_k3_s1", 2.0),
+    run("depthwise_fwd/kestrel/M/N1_8x8_C16_k3_s2", 1.0), run("depthwise_fwd/cudnn/M/N1_8x8_C16_k3_s2", 1.8),
+    # dilated: reported, not in the 3x3 median (it would pull the median down to 1.8x)
+    run("depthwise_fwd/kestrel/M/N1_8x8_C8_k3_s1_d2", 1.0), run("depthwise_fwd/cudnn/M/N1_8x8_C8_k3_s1_d2", 0.1),
+    # BN + ReLU: at 80% of copy bandwidth but slower than cuDNN on one layer -> FAIL
+    run("bn_relu_fwd/kestrel/M/N1_8x8_C8_k3_s1", 1.0), run("bn_relu_fwd/cudnn/M/N1_8x8_C8_k3_s1", 0.9),
+    run("squeeze_excite_fwd/kestrel/M/N1_8x8_C8_r2", 1.0), run("squeeze_excite_fwd/cudnn+cublas/M/N1_8x8_C8_r2", 3.0),
+]
+json.dump({"context": {"copy_gbps": "1000", "device": "test"}, "benchmarks": benchmarks}, open(sys.argv[1], "w"))
+PY
+
+python3 "$report_py" "$dir" "$dir/bench.json" "$dir/report.md" 0 abc123 >/dev/null
+fail() { echo "test_gpu_report: $1"; echo "--- report:"; cat "$dir/report.md"; exit 1; }
+expect() { grep -qF -- "$1" "$dir/report.md" || fail "missing line: $1"; }
+expect "| CudaKernels | 3 | 0 | 0 |"
+expect "verify: 1 comparisons, 0 outputs disagree"
+expect "- depthwise_fwd: median speedup 1.90x, median 80% of copy BW -> PASS"
+expect "- bn_relu_fwd: median speedup 0.90x, median 80% of copy BW -> FAIL"
+expect "| squeeze_excite_fwd | M/N1_8x8_C8_r2 | 1.0 | cudnn+cublas | 3.0 | 3.00x | 800 | 80% |"
+expect "- squeeze_excite_fwd: median speedup 3.00x, median 80% of copy BW (no bar)"
+expect "Overall: all 3 GPU tests passed"
+# A failing status wins over passing tests.
+python3 "$report_py" "$dir" "$dir/bench.json" "$dir/report.md" 1 abc123 >/dev/null
+expect "Overall: FAILURES"
+echo "test_gpu_report: ok"
