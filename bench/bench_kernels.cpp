@@ -8,6 +8,8 @@
 //                                               + cudnnActivationForward
 //   batch norm + ReLU bwd                  vs  cudnnActivationBackward
 //                                               + cudnnBatchNormalizationBackward
+//   ghost module's cheap half, in place    vs  grouped convolution + two copies
+//                                               into the concatenation
 //   squeeze-excite fwd / bwd               vs  cudnnReduceTensor + cuBLAS GEMMs +
 //                                               cuDNN add/activation/op-tensor
 //   coordinate attention fwd / bwd         vs  the same composition (forward only)
@@ -44,6 +46,7 @@
 #include "kernels/batch_norm_act.h"
 #include "kernels/coord_attention.h"
 #include "kernels/depthwise_conv.h"
+#include "kernels/ghost.h"
 #include "kernels/squeeze_excite.h"
 
 namespace {
@@ -315,6 +318,68 @@ Case depthwise_case(const Layer& l, Dir dir, Impl impl) {
     if (dir == Dir::BwdWeight)
       CUDNN_CHECK(cudnnConvolutionBackwardFilter(g_cudnn, &one, d->x, x, d->y, y, d->conv, d->bwd_filter, ws,
                                                  d->ws_bytes, &zero, d->w, w));
+  };
+  return c;
+}
+
+// ---------------------------------------------------------------- ghost module's cheap half
+
+// Ghost modules (GhostNet, ratio 2, 3x3 cheap op): C_out = the module's output
+// channels, the primary 1x1 conv writes ceil(C_out / 2) of them. Layers:
+// GhostNet-1.0's expanding ghost modules at 224x224 and EMN-Small's ghost
+// expansions (models/emn.cpp) at 32x32. Even C_out only, so the cheap op
+// reads all primary channels (cuDNN then needs no strided view).
+struct GhostLayer {
+  const char* model;
+  int N, H, W, C_out;
+};
+const GhostLayer kGhostLayers[] = {
+    {"EMN-Small", 256, 32, 32, 64},   {"EMN-Small", 256, 32, 32, 96}, {"EMN-Small", 256, 16, 16, 288},
+    {"EMN-Small", 256, 8, 8, 576},    {"EMN-Small", 256, 4, 4, 1344}, {"GhostNet", 64, 112, 112, 48},
+    {"GhostNet", 64, 56, 56, 72},     {"GhostNet", 64, 28, 28, 120},  {"GhostNet", 64, 14, 14, 480},
+    {"GhostNet", 64, 7, 7, 960},
+};
+
+std::string ghost_layer_name(const GhostLayer& l) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "%s/N%d_%dx%d_C%d", l.model, l.N, l.H, l.W, l.C_out);
+  return buf;
+}
+
+// Given the primary half p [M, C_p], out [M, C_out] = concat(p, depthwise3x3(p)).
+// Kestrel: the primary conv already wrote p into out's first channels (done
+// here, untimed); the cheap kernel writes the second half in place. cuDNN's
+// way: grouped convolution into its own tensor, then both halves copied into
+// the concatenation (cudaMemcpy2DAsync, the cheapest concat there is).
+// Minimal bytes: read p once, write the cheap half once.
+Case ghost_cheap_case(const GhostLayer& l, Impl impl) {
+  const int Cp = (l.C_out + 1) / 2, Cc = l.C_out - Cp;
+  const size_t M = size_t(l.N) * l.H * l.W;
+  Case c;
+  const Buffer& primary = c.input(M * Cp, Elem::F16, 1);
+  const Buffer& w = c.input(size_t(Cc) * 9, Elem::F16, 3, -0.5f, 0.5f);
+  Buffer& out = c.scratch(M * l.C_out, Elem::F16);
+  c.output("out", out);
+  c.bytes = 2.0 * 2.0 * static_cast<double>(M * Cc);
+  void *o = out.p, *wp = w.p, *pp = primary.p;
+  const size_t row = size_t(l.C_out) * 2;
+  if (impl == Impl::Kestrel) {
+    KESTREL_CUDA_CHECK(cudaMemcpy2DAsync(o, row, pp, size_t(Cp) * 2, size_t(Cp) * 2, M, cudaMemcpyDeviceToDevice, nullptr));
+    const kestrel::kernels::GhostShape g{l.N, l.H, l.W, Cp, l.C_out, 3};
+    c.launch = [=] { KESTREL_CUDA_CHECK(kestrel::kernels::ghost_cheap_forward(KDType::F16, g, o, wp, nullptr, nullptr)); };
+    return c;
+  }
+  const auto d = std::make_shared<CudnnDepthwise>(shape_of(Layer{l.model, l.N, l.H, l.W, Cc, 3, 1}));
+  void* ws = c.workspace(d->ws_bytes);
+  void* cheap = c.scratch(M * Cc, Elem::F16).p;
+  c.launch = [=] {
+    const float one = 1.f, zero = 0.f;
+    CUDNN_CHECK(cudnnConvolutionForward(g_cudnn, &one, d->x, pp, d->w, wp, d->conv, d->fwd, ws, d->ws_bytes, &zero,
+                                        d->y, cheap));
+    KESTREL_CUDA_CHECK(
+        cudaMemcpy2DAsync(o, row, pp, size_t(Cp) * 2, size_t(Cp) * 2, M, cudaMemcpyDeviceToDevice, nullptr));
+    KESTREL_CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(o) + size_t(Cp) * 2, row, cheap, size_t(Cc) * 2,
+                                         size_t(Cc) * 2, M, cudaMemcpyDeviceToDevice, nullptr));
   };
   return c;
 }
@@ -631,6 +696,11 @@ std::vector<Comparison> comparisons() {
         out.push_back({std::string("bn_relu_") + (bwd ? "bwd" : "fwd"), layer_name(l), "cudnn",
                        layer_name(verify_size(l)),
                        [l, bwd](Impl i, bool small) { return bn_relu_case(small ? verify_size(l) : l, bwd, i); }});
+  }
+  for (const GhostLayer& l : kGhostLayers) {
+    GhostLayer small = verify_size(l);
+    out.push_back({"ghost_cheap_fwd", ghost_layer_name(l), "cudnn+copy", ghost_layer_name(small),
+                   [l, small](Impl i, bool is_small) { return ghost_cheap_case(is_small ? small : l, i); }});
   }
   for (const GateLayer& l : kSeLayers)
     for (bool bwd : {false, true})
