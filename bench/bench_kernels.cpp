@@ -12,7 +12,7 @@
 //                                               into the concatenation
 //   squeeze-excite fwd / bwd               vs  cudnnReduceTensor + cuBLAS GEMMs +
 //                                               cuDNN add/activation/op-tensor
-//   coordinate attention fwd / bwd         vs  the same composition (forward only)
+//   coordinate attention fwd / bwd         vs  the same composition
 //
 // Napkin math for the counters: bytes = every tensor the op must touch, read
 // once or written once (depthwise fwd: x + y; bwd data: dy + dx; bwd weight:
@@ -599,8 +599,7 @@ Case squeeze_excite_case(const GateLayer& l, bool backward, Impl impl) {
 }
 
 // Coordinate attention with ReLU in the shared transform on both sides (cuDNN
-// has no hard-swish; the fused kernel's cost does not depend on which). The
-// unfused side exists for the forward only.
+// has no hard-swish; the fused kernel's cost does not depend on which).
 Case coord_attention_case(const GateLayer& l, bool backward, Impl impl) {
   const int N = l.N, H = l.H, W = l.W, C = l.C, mip = l.Cr;
   const size_t n = size_t(N) * H * W * C, nw = size_t(C) * mip;
@@ -608,7 +607,7 @@ Case coord_attention_case(const GateLayer& l, bool backward, Impl impl) {
   void* x = c.input(n, Elem::F16, 1).p;
   void* dy = c.input(backward ? n : 0, Elem::F16, 2).p;
   Buffer& y = c.scratch(n, Elem::F16);
-  c.output("y", y);
+  if (!backward) c.output("y", y);
   c.bytes = 2.0 * static_cast<double>(backward ? 3 * n : 2 * n);
   const Elem pe = impl == Impl::Kestrel ? Elem::F32 : Elem::F16;
   // w1 [mip, C], b1 [mip], wh [C, mip], bh [C]; ww and bw likewise.
@@ -617,13 +616,20 @@ Case coord_attention_case(const GateLayer& l, bool backward, Impl impl) {
   void* ww = c.input(nw, pe, 7, -0.5f, 0.5f).p;
   void* bw = c.input(C, pe, 8, -0.1f, 0.1f).p;
   void* yp = y.p;
+  // Gradients (backward only; count 0 otherwise), in the parameters' type.
+  const size_t g = backward ? 1 : 0;
+  Buffer &dx = c.scratch(g * n, Elem::F16), &dw1 = c.scratch(g * nw, pe), &db1 = c.scratch(g * mip, pe),
+         &dwh = c.scratch(g * nw, pe), &dbh = c.scratch(g * C, pe), &dww = c.scratch(g * nw, pe),
+         &dbw = c.scratch(g * C, pe);
+  if (backward)
+    for (auto [name, buf] : {std::pair{"dx", &dx}, {"dw1", &dw1}, {"db1", &db1}, {"dwh", &dwh}, {"dbh", &dbh},
+                             {"dww", &dww}, {"dbw", &dbw}})
+      c.output(name, *buf);
+  void *dxp = dx.p, *dw1p = dw1.p, *db1p = db1.p, *dwhp = dwh.p, *dbhp = dbh.p, *dwwp = dww.p, *dbwp = dbw.p;
   if (impl == Impl::Kestrel) {
     const kestrel::kernels::CoordAttentionShape s{N, H, W, C, mip};
     void* fws = c.workspace(kestrel::kernels::coord_attention_workspace_bytes(s));
     void* bws = c.workspace(kestrel::kernels::coord_attention_backward_workspace_bytes(s));
-    void *dx = c.scratch(backward ? n : 0, Elem::F16).p, *dw1 = c.scratch(nw, pe).p, *db1 = c.scratch(mip, pe).p,
-         *dwh = c.scratch(nw, pe).p, *dbh = c.scratch(C, pe).p, *dww = c.scratch(nw, pe).p,
-         *dbw = c.scratch(C, pe).p;
     auto forward = [=] {
       KESTREL_CUDA_CHECK(kestrel::kernels::coord_attention_forward(KDType::F16, KDType::F32, s, KAct::ReLU, x, w1, b1,
                                                                    wh, bh, ww, bw, yp, fws, nullptr));
@@ -635,34 +641,42 @@ Case coord_attention_case(const GateLayer& l, bool backward, Impl impl) {
     forward();
     c.launch = [=] {
       KESTREL_CUDA_CHECK(kestrel::kernels::coord_attention_backward(KDType::F16, KDType::F32, s, KAct::ReLU, dy, x,
-                                                                    w1, wh, ww, fws, dx, dw1, db1, dwh, dbh, dww, dbw,
-                                                                    bws, nullptr));
+                                                                    w1, wh, ww, fws, dxp, dw1p, db1p, dwhp, dbhp, dwwp,
+                                                                    dbwp, bws, nullptr));
     };
     return c;
   }
-  if (backward) throw kestrel::ValueError("coordinate attention: no unfused backward baseline");
   // Two directional means (cuDNN), the shared transform and the gate GEMMs per
   // direction (cuBLAS), bias adds and activations, two broadcast multiplies.
+  // Tensors [N, H, C] are NHWC [N, C, H, 1]; [N, W, C] are [N, C, 1, W].
   auto d = std::make_shared<Descs>();
   const auto tx = d->nhwc(N, C, H, W), th = d->nhwc(N, C, H, 1), tw = d->nhwc(N, C, 1, W),
              tth = d->nhwc(N, mip, H, 1), ttw = d->nhwc(N, mip, 1, W), tm = d->nhwc(1, mip, 1, 1),
              tc = d->nhwc(1, C, 1, 1);
-  void *pool_h = c.scratch(size_t(N) * H * C, Elem::F16).p, *pool_w = c.scratch(size_t(N) * W * C, Elem::F16).p,
-       *t_h = c.scratch(size_t(N) * H * mip, Elem::F16).p, *t_w = c.scratch(size_t(N) * W * mip, Elem::F16).p,
-       *a_h = c.scratch(size_t(N) * H * C, Elem::F16).p, *a_w = c.scratch(size_t(N) * W * C, Elem::F16).p;
-  const size_t rws_bytes = std::max(d->reduce_workspace(d->mean, tx, th), d->reduce_workspace(d->mean, tx, tw));
+  auto f16 = [&c](size_t count) { return c.scratch(count, Elem::F16).p; };
+  const size_t nh = size_t(N) * H, nwid = size_t(N) * W;
+  void *pool_h = f16(nh * C), *pool_w = f16(nwid * C), *z_h = f16(nh * mip), *z_w = f16(nwid * mip),
+       *t_h = f16(nh * mip), *t_w = f16(nwid * mip), *a_h = f16(nh * C), *a_w = f16(nwid * C);
+  size_t rws_bytes = 0;
+  for (auto [a, o] : {std::pair{tx, th}, {tx, tw}, {th, tc}, {tw, tc}, {tth, tm}, {ttw, tm}})
+    rws_bytes = std::max(rws_bytes, d->reduce_workspace(d->sum, a, o));
   void* rws = c.workspace(rws_bytes);
-  c.launch = [=] {
+  auto reduce = [=](cudnnReduceTensorDescriptor_t r, cudnnTensorDescriptor_t a, const void* ap,
+                    cudnnTensorDescriptor_t o, void* op, float beta) {
+    const float one = 1.f;
+    CUDNN_CHECK(cudnnReduceTensor(g_cudnn, r, nullptr, 0, rws, rws_bytes, &one, a, ap, &beta, o, op));
+  };
+  auto forward = [=] {
     const float one = 1.f, zero = 0.f;
-    CUDNN_CHECK(cudnnReduceTensor(g_cudnn, d->mean, nullptr, 0, rws, rws_bytes, &one, tx, x, &zero, th, pool_h));
-    CUDNN_CHECK(cudnnReduceTensor(g_cudnn, d->mean, nullptr, 0, rws, rws_bytes, &one, tx, x, &zero, tw, pool_w));
-    gemm_f16(true, false, mip, N * H, C, w1, C, pool_h, C, t_h, mip);
-    gemm_f16(true, false, mip, N * W, C, w1, C, pool_w, C, t_w, mip);
-    CUDNN_CHECK(cudnnAddTensor(g_cudnn, &one, tm, b1, &one, tth, t_h));
-    CUDNN_CHECK(cudnnAddTensor(g_cudnn, &one, tm, b1, &one, ttw, t_w));
-    CUDNN_CHECK(cudnnActivationForward(g_cudnn, d->relu, &one, tth, t_h, &zero, tth, t_h));
-    CUDNN_CHECK(cudnnActivationForward(g_cudnn, d->relu, &one, ttw, t_w, &zero, ttw, t_w));
-    gemm_f16(true, false, C, N * H, mip, wh, mip, t_h, mip, a_h, C);
+    reduce(d->mean, tx, x, th, pool_h, 0.f);
+    reduce(d->mean, tx, x, tw, pool_w, 0.f);
+    gemm_f16(true, false, mip, N * H, C, w1, C, pool_h, C, z_h, mip);  // z [N*H, mip]
+    gemm_f16(true, false, mip, N * W, C, w1, C, pool_w, C, z_w, mip);
+    CUDNN_CHECK(cudnnAddTensor(g_cudnn, &one, tm, b1, &one, tth, z_h));
+    CUDNN_CHECK(cudnnAddTensor(g_cudnn, &one, tm, b1, &one, ttw, z_w));
+    CUDNN_CHECK(cudnnActivationForward(g_cudnn, d->relu, &one, tth, z_h, &zero, tth, t_h));
+    CUDNN_CHECK(cudnnActivationForward(g_cudnn, d->relu, &one, ttw, z_w, &zero, ttw, t_w));
+    gemm_f16(true, false, C, N * H, mip, wh, mip, t_h, mip, a_h, C);  // gate logits [N*H, C]
     gemm_f16(true, false, C, N * W, mip, ww, mip, t_w, mip, a_w, C);
     CUDNN_CHECK(cudnnAddTensor(g_cudnn, &one, tc, bh, &one, th, a_h));
     CUDNN_CHECK(cudnnAddTensor(g_cudnn, &one, tc, bw, &one, tw, a_w));
@@ -670,6 +684,42 @@ Case coord_attention_case(const GateLayer& l, bool backward, Impl impl) {
     CUDNN_CHECK(cudnnActivationForward(g_cudnn, d->sigmoid, &one, tw, a_w, &zero, tw, a_w));
     CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, x, &one, th, a_h, &zero, tx, yp));
     CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, yp, &one, tw, a_w, &zero, tx, yp));
+  };
+  if (!backward) {
+    c.launch = forward;
+    return c;
+  }
+  forward();
+  // Backward (the fused kernel's formulas, coord_attention.h), gradients in f16.
+  void *dyx = f16(n), *prod = f16(n), *dz_h = f16(nh * C), *dz_w = f16(nwid * C), *dt_h = f16(nh * mip),
+       *dt_w = f16(nwid * mip), *dp_h = f16(nh * C), *dp_w = f16(nwid * C);
+  c.launch = [=] {
+    const float one = 1.f, zero = 0.f, inv_w = 1.f / static_cast<float>(W), inv_h = 1.f / static_cast<float>(H);
+    CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, dy, &one, tx, x, &zero, tx, dyx));  // dy * x
+    CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, dyx, &one, tw, a_w, &zero, tx, prod));
+    reduce(d->sum, tx, prod, th, dz_h, 0.f);  // d a_h = sum_w dy x a_w
+    CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, dyx, &one, th, a_h, &zero, tx, prod));
+    reduce(d->sum, tx, prod, tw, dz_w, 0.f);  // d a_w = sum_h dy x a_h
+    CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d->sigmoid, &one, th, a_h, th, dz_h, th, a_h, &zero, th, dz_h));
+    CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d->sigmoid, &one, tw, a_w, tw, dz_w, tw, a_w, &zero, tw, dz_w));
+    reduce(d->sum, th, dz_h, tc, dbhp, 0.f);
+    reduce(d->sum, tw, dz_w, tc, dbwp, 0.f);
+    gemm_f16(false, true, mip, C, N * H, t_h, mip, dz_h, C, dwhp, mip);  // dwh [C, mip]
+    gemm_f16(false, true, mip, C, N * W, t_w, mip, dz_w, C, dwwp, mip);
+    gemm_f16(false, false, mip, N * H, C, wh, mip, dz_h, C, dt_h, mip);  // d t [N*H, mip]
+    gemm_f16(false, false, mip, N * W, C, ww, mip, dz_w, C, dt_w, mip);
+    CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d->relu, &one, tth, t_h, tth, dt_h, tth, z_h, &zero, tth, dt_h));
+    CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d->relu, &one, ttw, t_w, ttw, dt_w, ttw, z_w, &zero, ttw, dt_w));
+    reduce(d->sum, tth, dt_h, tm, db1p, 0.f);
+    reduce(d->sum, ttw, dt_w, tm, db1p, 1.f);
+    gemm_f16(false, true, C, mip, N * H, pool_h, C, dt_h, mip, dw1p, C);  // dw1 [mip, C]
+    gemm_f16(false, true, C, mip, N * W, pool_w, C, dt_w, mip, dw1p, C, 1.f);
+    gemm_f16(false, false, C, N * H, mip, w1, C, dt_h, mip, dp_h, C);  // d pooled [N*H, C]
+    gemm_f16(false, false, C, N * W, mip, w1, C, dt_w, mip, dp_w, C);
+    CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, dy, &one, th, a_h, &zero, tx, dxp));
+    CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, dxp, &one, tw, a_w, &zero, tx, dxp));
+    CUDNN_CHECK(cudnnAddTensor(g_cudnn, &inv_w, th, dp_h, &one, tx, dxp));
+    CUDNN_CHECK(cudnnAddTensor(g_cudnn, &inv_h, tw, dp_w, &one, tx, dxp));
   };
   return c;
 }
@@ -710,7 +760,7 @@ std::vector<Comparison> comparisons() {
   for (const GateLayer& l : kCaLayers)
     for (bool bwd : {false, true})
       out.push_back({std::string("coord_attention_") + (bwd ? "bwd" : "fwd"), gate_layer_name(l, "mip"),
-                     bwd ? "" : "cudnn+cublas", gate_layer_name(verify_size(l), "mip"), [l, bwd](Impl i, bool small) {
+                     "cudnn+cublas", gate_layer_name(verify_size(l), "mip"), [l, bwd](Impl i, bool small) {
                        return coord_attention_case(small ? verify_size(l) : l, bwd, i);
                      }});
   return out;

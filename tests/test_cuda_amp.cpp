@@ -28,6 +28,7 @@
 #include "engine/optim/sgd.h"
 #include "models/registry.h"
 #include "test_util.h"
+#include "train_run_util.h"
 #include "tools/lib/trainer.h"
 
 using namespace kestrel;
@@ -363,22 +364,9 @@ TEST(CudaAmp, TrainWithAmpLogsTheLossScaleAndResumesToTheSameState) {
   KESTREL_REQUIRE_CUDA();
   const std::string data = kestrel::testing::write_pattern_folder_dataset("amp_train_data");
   for (const char* amp : {"fp16", "bf16"}) {
-    tools::TrainConfig full;
-    full.model = "cifar10_200k";
-    full.dataset = "folder";
-    full.data_dir = data;
-    full.epochs = 2;
-    full.batch_size = 6;
-    full.lr = 0.05;
-    full.dropout = 0.0;
-    full.drop_path = 0.0;
-    full.clip_grad = 2.0;
-    full.workers = 1;
-    full.progress = false;
-    full.device = "cuda";
+    tools::TrainConfig full =
+        kestrel::testing::pattern_folder_config(data, std::string("amp_full_") + amp, "cuda");
     full.amp = amp;
-    full.out = temp_path(std::string("amp_full_") + amp);
-    full.overwrite = true;
     ASSERT_TRUE(tools::train(full).completed) << amp;
     const auto rows = kestrel::testing::read_metrics_jsonl(full.out);
     ASSERT_EQ(rows.size(), 2u) << amp;
@@ -394,22 +382,8 @@ TEST(CudaAmp, TrainWithAmpLogsTheLossScaleAndResumesToTheSameState) {
 
     // Killed after the first epoch's 6 steps and one more, resumed on CUDA: the
     // same state as the uninterrupted run up to CUDA's run-to-run differences.
-    tools::TrainConfig killed = full;
-    killed.out = temp_path(std::string("amp_killed_") + amp);
-    killed.stop_after_steps = 7;
-    EXPECT_FALSE(tools::train(killed).completed);
-    tools::TrainConfig resumed = killed;
-    resumed.stop_after_steps = 0;
-    resumed.overwrite = false;
-    resumed.resume = true;
-    ASSERT_TRUE(tools::train(resumed).completed) << amp;
-    const io::SafetensorsContents b = io::load_safetensors(killed.out + "/last.safetensors");
-    ASSERT_EQ(a.tensors.size(), b.tensors.size());
-    for (size_t i = 0; i < a.tensors.size(); ++i) {
-      ASSERT_EQ(a.tensors[i].first, b.tensors[i].first);
-      if (!is_floating(a.tensors[i].second.dtype())) continue;
-      expect_close(b.tensors[i].second.to(DType::F64), a.tensors[i].second.to(DType::F64), 1e-3, 1e-3,
-                   std::string(amp) + " resumed: " + a.tensors[i].first);
-    }
+    const std::string resumed = kestrel::testing::kill_then_resume(full, std::string("amp_killed_") + amp, 7);
+    kestrel::testing::expect_checkpoints_match(full.out + "/last.safetensors", resumed + "/last.safetensors", 1e-3,
+                                               1e-3, std::string(amp) + " resumed");
   }
 }

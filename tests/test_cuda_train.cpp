@@ -25,6 +25,7 @@
 #include "engine/optim/sgd.h"
 #include "models/registry.h"
 #include "test_util.h"
+#include "train_run_util.h"
 #include "tools/lib/checkpoint.h"
 #include "tools/lib/predictor.h"
 #include "tools/lib/trainer.h"
@@ -393,23 +394,9 @@ TEST(CudaTrain, PinnedBatchesUploadAsynchronouslyAndMatch) {
 namespace {
 
 tools::TrainConfig folder_config(const std::string& data, const std::string& out, const std::string& device) {
-  tools::TrainConfig c;
-  c.model = "cifar10_200k";
-  c.dataset = "folder";
-  c.data_dir = data;
-  c.epochs = 2;
-  c.batch_size = 6;
-  c.lr = 0.05;
+  tools::TrainConfig c = kestrel::testing::pattern_folder_config(data, out, device);
   c.warmup_epochs = 0.5;
-  c.dropout = 0.0;
-  c.drop_path = 0.0;
   c.ema = 0.9;
-  c.clip_grad = 2.0;
-  c.workers = 1;
-  c.progress = false;
-  c.device = device;
-  c.out = temp_path(out);
-  c.overwrite = true;
   return c;
 }
 
@@ -453,23 +440,7 @@ TEST(CudaTrain, TrainRunOnCudaMatchesCpuAndItsCheckpointsLoadOnCpu) {
   expect_close(device_logits.cpu(), host_logits, 1e-4, 1e-4, "checkpoint logits, CUDA vs CPU");
 
   // Killed on CUDA, resumed on the CPU: completes and lands near the uninterrupted CUDA run.
-  tools::TrainConfig killed = on_cuda;
-  killed.out = temp_path("cuda_train_killed");
-  killed.stop_after_steps = 8;
-  EXPECT_FALSE(tools::train(killed).completed);
-  tools::TrainConfig resumed = killed;
-  resumed.stop_after_steps = 0;
-  resumed.overwrite = false;
-  resumed.resume = true;
-  resumed.device = "cpu";
-  ASSERT_TRUE(tools::train(resumed).completed);
-  const io::SafetensorsContents a = io::load_safetensors(on_cuda.out + "/last.safetensors");
-  const io::SafetensorsContents b = io::load_safetensors(killed.out + "/last.safetensors");
-  ASSERT_EQ(a.tensors.size(), b.tensors.size());
-  for (size_t i = 0; i < a.tensors.size(); ++i) {
-    ASSERT_EQ(a.tensors[i].first, b.tensors[i].first);
-    if (!is_floating(a.tensors[i].second.dtype())) continue;
-    expect_close(b.tensors[i].second.to(DType::F64), a.tensors[i].second.to(DType::F64), 1e-3, 1e-3,
-                 "resumed on CPU: " + a.tensors[i].first);
-  }
+  const std::string resumed = kestrel::testing::kill_then_resume(on_cuda, "cuda_train_killed", 8, "cpu");
+  kestrel::testing::expect_checkpoints_match(on_cuda.out + "/last.safetensors", resumed + "/last.safetensors", 1e-3,
+                                             1e-3, "resumed on CPU");
 }

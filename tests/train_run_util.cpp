@@ -1,0 +1,62 @@
+#include "train_run_util.h"
+
+#include <gtest/gtest.h>
+
+#include "engine/io/safetensors.h"
+#include "test_util.h"
+#include "tools/lib/trainer.h"
+
+namespace kestrel::testing {
+
+tools::TrainConfig pattern_folder_config(const std::string& data, const std::string& out, const std::string& device) {
+  tools::TrainConfig c;
+  c.model = "cifar10_200k";
+  c.dataset = "folder";
+  c.data_dir = data;
+  c.epochs = 2;
+  c.batch_size = 6;
+  c.lr = 0.05;
+  c.dropout = 0.0;
+  c.drop_path = 0.0;
+  c.clip_grad = 2.0;
+  c.workers = 1;
+  c.progress = false;
+  c.device = device;
+  c.out = temp_path(out);
+  c.overwrite = true;
+  return c;
+}
+
+std::string kill_then_resume(const tools::TrainConfig& full, const std::string& killed_out, int64_t stop_after_steps,
+                             const std::string& resume_device) {
+  tools::TrainConfig killed = full;
+  killed.out = temp_path(killed_out);
+  killed.stop_after_steps = stop_after_steps;
+  EXPECT_FALSE(tools::train(killed).completed) << killed.out << ": the run was to stop after " << stop_after_steps
+                                               << " steps";
+  tools::TrainConfig resumed = killed;
+  resumed.stop_after_steps = 0;
+  resumed.overwrite = false;
+  resumed.resume = true;
+  if (!resume_device.empty()) resumed.device = resume_device;
+  EXPECT_TRUE(tools::train(resumed).completed) << resumed.out << ": the resumed run did not complete";
+  return killed.out;
+}
+
+void expect_checkpoints_match(const std::string& a_path, const std::string& b_path, double atol, double rtol,
+                              const std::string& what) {
+  const io::SafetensorsContents a = io::load_safetensors(a_path);
+  const io::SafetensorsContents b = io::load_safetensors(b_path);
+  ASSERT_EQ(a.tensors.size(), b.tensors.size()) << what;
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    ASSERT_EQ(a.tensors[i].first, b.tensors[i].first) << what;
+    const Tensor& ta = a.tensors[i].second;
+    const Tensor& tb = b.tensors[i].second;
+    if (is_floating(ta.dtype()))
+      expect_close(tb.to(DType::F64), ta.to(DType::F64), atol, rtol, what + ": " + a.tensors[i].first);
+    else
+      EXPECT_EQ(ta.to_vector_f64(), tb.to_vector_f64()) << what << ": " << a.tensors[i].first;
+  }
+}
+
+}  // namespace kestrel::testing

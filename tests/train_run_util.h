@@ -1,0 +1,28 @@
+// Helpers for tests that run whole training jobs (tools::train): the small
+// pattern-folder run, the kill-then-resume sequence, and checkpoint comparison.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "tools/lib/train_config.h"
+
+namespace kestrel::testing {
+
+// cifar10_200k on a write_pattern_folder_dataset folder: 2 epochs of batch 6
+// (6 steps each), SGD at lr 0.05 clipped at 2, no dropout, one worker, no
+// progress bar, out = temp_path(out), overwriting.
+tools::TrainConfig pattern_folder_config(const std::string& data, const std::string& out, const std::string& device);
+
+// Runs `full` under `killed_out` (a temp_path name) until it stops after
+// `stop_after_steps` optimizer steps (expected not to complete), then resumes
+// it there, on `resume_device` when not empty. Returns the run folder, whose
+// last.safetensors a caller compares with the uninterrupted run's.
+std::string kill_then_resume(const tools::TrainConfig& full, const std::string& killed_out, int64_t stop_after_steps,
+                             const std::string& resume_device = "");
+
+// Every tensor of checkpoint b equals a's (same names, same order): floating
+// ones within atol + rtol * |a| (0, 0: bit for bit), the rest exactly.
+void expect_checkpoints_match(const std::string& a_path, const std::string& b_path, double atol, double rtol,
+                              const std::string& what);
+
+}  // namespace kestrel::testing
