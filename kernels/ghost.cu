@@ -19,6 +19,7 @@ DepthwiseConvShape ghost_depthwise_shape(const GhostShape& g) {
   s.pad_h = s.pad_w = g.K / 2;
   s.x_pitch = g.C_out;
   s.y_pitch = g.C_out;
+  s.act = g.act;
   return s;
 }
 
@@ -43,7 +44,7 @@ size_t ghost_cheap_backward_workspace_bytes(const GhostShape& g) {
 
 cudaError_t ghost_cheap_backward(KDType dt, const GhostShape& g, const void* out, void* dout, const void* w_cheap,
                                  void* dw_cheap, void* dbias, void* workspace, cudaStream_t stream) {
-  if (!valid(g)) return cudaErrorInvalidValue;
+  if (!valid(g) || g.act != KAct::None) return cudaErrorInvalidValue;
   const DepthwiseConvShape s = ghost_depthwise_shape(g);
   const void* dy = offset_bytes(dout, g.C_primary, dt);
   // Weight gradient first: it reads dout's cheap half and the forward input.

@@ -23,6 +23,9 @@ struct GhostShape {
   int N = 1, H = 1, W = 1;
   int C_primary = 1, C_out = 2;
   int K = 3;  // cheap depthwise kernel (dw_size in GhostNet)
+  // Applied to the cheap half by the forward kernel's epilogue when no
+  // pre-activation is kept (inference); the backward needs None.
+  KAct act = KAct::None;
   KESTREL_HD int C_cheap() const { return C_out - C_primary; }
 };
 

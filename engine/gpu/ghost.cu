@@ -155,12 +155,18 @@ GhostForward ghost_module_forward(const Tensor& x, const Tensor& w_primary, cons
        0.0, f.y.data_ptr(), g.C_out, op);
   bias_act(dt, f.y, 0, g.C_primary, b_primary, kernel_act(act), f.pre_primary, st);
   check_launch("ghost_module (primary bias and activation)", x, g);
-  // Cheap depthwise: y[:, C_primary:] = dw(y[:, :C_cheap]) + b_cheap, then the activation in place.
-  KESTREL_CUDA_CHECK_CTX(kernels::ghost_cheap_forward(dt, g, f.y.data_ptr(), w_cheap.data_ptr(), ptr_or_null(b_cheap),
-                                                      st),
+  // Cheap depthwise: y[:, C_primary:] = act(dw(y[:, :C_cheap]) + b_cheap). Without a
+  // pre-activation to keep, the activation is the depthwise kernel's epilogue
+  // (one pass over the cheap half instead of two).
+  kernels::GhostShape cheap = g;
+  if (!keep_pre) cheap.act = kernel_act(act);
+  KESTREL_CUDA_CHECK_CTX(kernels::ghost_cheap_forward(dt, cheap, f.y.data_ptr(), w_cheap.data_ptr(),
+                                                      ptr_or_null(b_cheap), st),
                          op, " ", describe(x, g));
-  bias_act(dt, f.y, g.C_primary, g.C_cheap(), Tensor(), kernel_act(act), f.pre_cheap, st);
-  check_launch("ghost_module (cheap activation)", x, g);
+  if (keep_pre) {
+    bias_act(dt, f.y, g.C_primary, g.C_cheap(), Tensor(), kernel_act(act), f.pre_cheap, st);
+    check_launch("ghost_module (cheap activation)", x, g);
+  }
   return f;
 }
 
