@@ -40,6 +40,7 @@ float unit_value(uint32_t seed, size_t i) {
 
 // The first values.size() elements of b.
 void upload(Buffer& b, const std::vector<float>& values) {
+  if (values.empty()) return;
   if (b.elem == Elem::F32) {
     KESTREL_CUDA_CHECK(cudaMemcpy(b.p, values.data(), values.size() * 4, cudaMemcpyHostToDevice));
     return;

@@ -212,13 +212,14 @@ cudaError_t cudaFreeHost(void* ptr) {
   return cudaSuccess;
 }
 
+// A zero-byte copy is valid CUDA even with null pointers; memmove's are not.
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind) {
-  std::memmove(dst, src, count);
+  if (count > 0) std::memmove(dst, src, count);
   return cudaSuccess;
 }
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind, cudaStream_t) {
-  std::memmove(dst, src, count);
+  if (count > 0) std::memmove(dst, src, count);
   return cudaSuccess;
 }
 
