@@ -147,10 +147,23 @@ struct Descs {
     CUDNN_CHECK(cudnnSetTensor4dDescriptor(t, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, n, c, h, w));
     return t;
   }
-  size_t reduce_workspace(cudnnReduceTensorDescriptor_t r, cudnnTensorDescriptor_t a, cudnnTensorDescriptor_t c) const {
-    size_t bytes = 0;
-    CUDNN_CHECK(cudnnGetReductionWorkspaceSize(g_cudnn, r, a, c, &bytes));
-    return bytes;
+
+  // Reductions share one workspace, sized for every (input, output) pair the
+  // case reduces, under either reduction descriptor; then allocated by the case.
+  size_t reduce_bytes = 0;
+  void* reduce_ws = nullptr;
+  void size_reduction(cudnnTensorDescriptor_t a, cudnnTensorDescriptor_t o) {
+    for (cudnnReduceTensorDescriptor_t r : {mean, sum}) {
+      size_t bytes = 0;
+      CUDNN_CHECK(cudnnGetReductionWorkspaceSize(g_cudnn, r, a, o, &bytes));
+      reduce_bytes = std::max(reduce_bytes, bytes);
+    }
+  }
+  // o = reduce(a) + beta * o over the dims where o has size 1.
+  void reduce(cudnnReduceTensorDescriptor_t r, cudnnTensorDescriptor_t a, const void* ap, cudnnTensorDescriptor_t o,
+              void* op, float beta = 0.f) const {
+    const float one = 1.f;
+    CUDNN_CHECK(cudnnReduceTensor(g_cudnn, r, nullptr, 0, reduce_ws, reduce_bytes, &one, a, ap, &beta, o, op));
   }
 };
 
@@ -558,17 +571,11 @@ Case squeeze_excite_case(const GateLayer& l, bool backward, Impl impl) {
          *sc = c.scratch(size_t(N) * C, Elem::F16).p, *ds = c.scratch(size_t(N) * C, Elem::F16).p,
          *dz = c.scratch(size_t(N) * C, Elem::F16).p, *dh = c.scratch(size_t(N) * Cr, Elem::F16).p,
          *dp = c.scratch(size_t(N) * C, Elem::F16).p;
-    const size_t rws_bytes = std::max({d->reduce_workspace(d->mean, tx, tnc), d->reduce_workspace(d->sum, tx, tnc),
-                                       d->reduce_workspace(d->sum, tnc, tc), d->reduce_workspace(d->sum, tnr, tr)});
-    void* rws = c.workspace(rws_bytes);
-    auto reduce = [=](cudnnReduceTensorDescriptor_t r, cudnnTensorDescriptor_t a, const void* ap,
-                      cudnnTensorDescriptor_t o, void* op) {
-      const float one = 1.f, zero = 0.f;
-      CUDNN_CHECK(cudnnReduceTensor(g_cudnn, r, nullptr, 0, rws, rws_bytes, &one, a, ap, &zero, o, op));
-    };
+    for (auto [a, o] : {std::pair{tx, tnc}, {tnc, tc}, {tnr, tr}}) d->size_reduction(a, o);
+    d->reduce_ws = c.workspace(d->reduce_bytes);
     forward = [=] {
       const float one = 1.f, zero = 0.f;
-      reduce(d->mean, tx, x, tnc, pooled);
+      d->reduce(d->mean, tx, x, tnc, pooled);
       gemm_f16(true, false, Cr, N, C, w1, C, pooled, C, hid, Cr);  // hidden [N, Cr]
       CUDNN_CHECK(cudnnAddTensor(g_cudnn, &one, tr, b1, &one, tnr, hid));
       CUDNN_CHECK(cudnnActivationForward(g_cudnn, d->relu, &one, tnr, hid, &zero, tnr, act));
@@ -580,13 +587,13 @@ Case squeeze_excite_case(const GateLayer& l, bool backward, Impl impl) {
     backward_pass = [=] {
       const float one = 1.f, zero = 0.f, inv_hw = 1.f / static_cast<float>(HW);
       CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, dy, &one, tx, x, &zero, tx, dxp));  // dy * x
-      reduce(d->sum, tx, dxp, tnc, ds);
+      d->reduce(d->sum, tx, dxp, tnc, ds);
       CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d->sigmoid, &one, tnc, sc, tnc, ds, tnc, z, &zero, tnc, dz));
-      reduce(d->sum, tnc, dz, tc, db2p);
+      d->reduce(d->sum, tnc, dz, tc, db2p);
       gemm_f16(false, true, Cr, C, N, act, Cr, dz, C, dw2p, Cr);  // dw2 [C, Cr]
       gemm_f16(false, false, Cr, N, C, w2, Cr, dz, C, dh, Cr);    // d act [N, Cr]
       CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d->relu, &one, tnr, act, tnr, dh, tnr, hid, &zero, tnr, dh));
-      reduce(d->sum, tnr, dh, tr, db1p);
+      d->reduce(d->sum, tnr, dh, tr, db1p);
       gemm_f16(false, true, C, Cr, N, pooled, C, dh, Cr, dw1p, C);  // dw1 [Cr, C]
       gemm_f16(false, false, C, N, Cr, w1, C, dh, Cr, dp, C);        // d pooled [N, C]
       CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, dy, &one, tnc, sc, &zero, tx, dxp));
@@ -657,19 +664,12 @@ Case coord_attention_case(const GateLayer& l, bool backward, Impl impl) {
   const size_t nh = size_t(N) * H, nwid = size_t(N) * W;
   void *pool_h = f16(nh * C), *pool_w = f16(nwid * C), *z_h = f16(nh * mip), *z_w = f16(nwid * mip),
        *t_h = f16(nh * mip), *t_w = f16(nwid * mip), *a_h = f16(nh * C), *a_w = f16(nwid * C);
-  size_t rws_bytes = 0;
-  for (auto [a, o] : {std::pair{tx, th}, {tx, tw}, {th, tc}, {tw, tc}, {tth, tm}, {ttw, tm}})
-    rws_bytes = std::max(rws_bytes, d->reduce_workspace(d->sum, a, o));
-  void* rws = c.workspace(rws_bytes);
-  auto reduce = [=](cudnnReduceTensorDescriptor_t r, cudnnTensorDescriptor_t a, const void* ap,
-                    cudnnTensorDescriptor_t o, void* op, float beta) {
-    const float one = 1.f;
-    CUDNN_CHECK(cudnnReduceTensor(g_cudnn, r, nullptr, 0, rws, rws_bytes, &one, a, ap, &beta, o, op));
-  };
+  for (auto [a, o] : {std::pair{tx, th}, {tx, tw}, {th, tc}, {tw, tc}, {tth, tm}, {ttw, tm}}) d->size_reduction(a, o);
+  d->reduce_ws = c.workspace(d->reduce_bytes);
   auto forward = [=] {
     const float one = 1.f, zero = 0.f;
-    reduce(d->mean, tx, x, th, pool_h, 0.f);
-    reduce(d->mean, tx, x, tw, pool_w, 0.f);
+    d->reduce(d->mean, tx, x, th, pool_h);
+    d->reduce(d->mean, tx, x, tw, pool_w);
     gemm_f16(true, false, mip, N * H, C, w1, C, pool_h, C, z_h, mip);  // z [N*H, mip]
     gemm_f16(true, false, mip, N * W, C, w1, C, pool_w, C, z_w, mip);
     CUDNN_CHECK(cudnnAddTensor(g_cudnn, &one, tm, b1, &one, tth, z_h));
@@ -697,21 +697,21 @@ Case coord_attention_case(const GateLayer& l, bool backward, Impl impl) {
     const float one = 1.f, zero = 0.f, inv_w = 1.f / static_cast<float>(W), inv_h = 1.f / static_cast<float>(H);
     CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, dy, &one, tx, x, &zero, tx, dyx));  // dy * x
     CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, dyx, &one, tw, a_w, &zero, tx, prod));
-    reduce(d->sum, tx, prod, th, dz_h, 0.f);  // d a_h = sum_w dy x a_w
+    d->reduce(d->sum, tx, prod, th, dz_h);  // d a_h = sum_w dy x a_w
     CUDNN_CHECK(cudnnOpTensor(g_cudnn, d->mul, &one, tx, dyx, &one, th, a_h, &zero, tx, prod));
-    reduce(d->sum, tx, prod, tw, dz_w, 0.f);  // d a_w = sum_h dy x a_h
+    d->reduce(d->sum, tx, prod, tw, dz_w);  // d a_w = sum_h dy x a_h
     CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d->sigmoid, &one, th, a_h, th, dz_h, th, a_h, &zero, th, dz_h));
     CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d->sigmoid, &one, tw, a_w, tw, dz_w, tw, a_w, &zero, tw, dz_w));
-    reduce(d->sum, th, dz_h, tc, dbhp, 0.f);
-    reduce(d->sum, tw, dz_w, tc, dbwp, 0.f);
+    d->reduce(d->sum, th, dz_h, tc, dbhp);
+    d->reduce(d->sum, tw, dz_w, tc, dbwp);
     gemm_f16(false, true, mip, C, N * H, t_h, mip, dz_h, C, dwhp, mip);  // dwh [C, mip]
     gemm_f16(false, true, mip, C, N * W, t_w, mip, dz_w, C, dwwp, mip);
     gemm_f16(false, false, mip, N * H, C, wh, mip, dz_h, C, dt_h, mip);  // d t [N*H, mip]
     gemm_f16(false, false, mip, N * W, C, ww, mip, dz_w, C, dt_w, mip);
     CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d->relu, &one, tth, t_h, tth, dt_h, tth, z_h, &zero, tth, dt_h));
     CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d->relu, &one, ttw, t_w, ttw, dt_w, ttw, z_w, &zero, ttw, dt_w));
-    reduce(d->sum, tth, dt_h, tm, db1p, 0.f);
-    reduce(d->sum, ttw, dt_w, tm, db1p, 1.f);
+    d->reduce(d->sum, tth, dt_h, tm, db1p);
+    d->reduce(d->sum, ttw, dt_w, tm, db1p, 1.f);  // += into db1
     gemm_f16(false, true, C, mip, N * H, pool_h, C, dt_h, mip, dw1p, C);  // dw1 [mip, C]
     gemm_f16(false, true, C, mip, N * W, pool_w, C, dt_w, mip, dw1p, C, 1.f);
     gemm_f16(false, false, C, N * H, mip, w1, C, dt_h, mip, dp_h, C);  // d pooled [N*H, C]
