@@ -63,10 +63,9 @@ Buffer& Case::input(size_t count, Elem elem, uint32_t seed, float lo, float hi) 
   for (size_t i = 0; i < period; ++i)
     values[i] = Half::to_float(Half::from_float(lo + (hi - lo) * unit_value(seed, i)));
   upload(b, values);
-  const size_t elem_bytes = b.bytes() / std::max<size_t>(count, 1);
   for (size_t done = period; done < count; done *= 2) {
     const size_t n = std::min(done, count - done);
-    KESTREL_CUDA_CHECK(cudaMemcpy(static_cast<char*>(b.p) + done * elem_bytes, b.p, n * elem_bytes,
+    KESTREL_CUDA_CHECK(cudaMemcpy(static_cast<char*>(b.p) + done * b.elem_bytes(), b.p, n * b.elem_bytes(),
                                   cudaMemcpyDeviceToDevice));
   }
   return b;

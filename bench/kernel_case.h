@@ -24,7 +24,8 @@ struct Buffer {
   ~Buffer();
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
-  size_t bytes() const { return count * (elem == Elem::F16 ? 2 : 4); }
+  size_t elem_bytes() const { return elem == Elem::F16 ? 2 : 4; }
+  size_t bytes() const { return count * elem_bytes(); }
   std::vector<float> download() const;
 };
 

@@ -100,6 +100,9 @@ ConvOperands conv_operands(const Tensor& x_in, const Tensor& weight_in, const Te
   return o;
 }
 
+// Multiply-accumulates of one forward, for the trace (FLOP counting).
+int64_t conv_macs(const cpu::ConvGeom& g) { return g.n * g.oh * g.ow * g.c_out * g.kh * g.kw * g.cin_g(); }
+
 std::map<std::string, std::string> conv_trace_attrs(const cpu::ConvGeom& g, const Tensor& bias) {
   return {{"kernel", pair_str(g.kh, g.kw)},
           {"stride", pair_str(g.sh, g.sw)},
@@ -128,8 +131,7 @@ Tensor conv2d(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
                                     bc.defined() ? bc.data<scalar_t>() : nullptr, out.data<scalar_t>());
     });
   }
-  const int64_t macs = g.n * g.oh * g.ow * g.c_out * g.kh * g.kw * g.cin_g();
-  trace_op(op, {x, weight, bias}, out, macs, conv_trace_attrs(g, bias));
+  trace_op(op, {x, weight, bias}, out, conv_macs(g), conv_trace_attrs(g, bias));
   if (!needs_grad({x, weight, bias})) return out;
   // Keep only what backward needs: x for the weight gradient, w for the input gradient.
   const Tensor xs = weight.requires_grad() ? xc : Tensor();
@@ -179,7 +181,7 @@ Tensor conv2d_act(const Tensor& x_in, const Tensor& weight_in, const Tensor& bia
         Tensor out = gpu::depthwise_forward_act(o.g, o.xc, o.wc, o.bc, act);
         auto attrs = conv_trace_attrs(o.g, o.bias);
         attrs["activation"] = activation_name(act);
-        trace_op(op, {o.x, o.weight, o.bias}, out, o.g.n * o.g.oh * o.g.ow * o.g.c_out * o.g.kh * o.g.kw, attrs);
+        trace_op(op, {o.x, o.weight, o.bias}, out, conv_macs(o.g), attrs);
         return out;
       }
     }
