@@ -11,8 +11,7 @@
 #include "tests/emu/cudnn_emu.h"
 
 struct cudnnActivationStruct {
-  cudnnActivationMode_t mode = CUDNN_ACTIVATION_IDENTITY;
-  double coef = 0.0;
+  cudnnActivationMode_t mode = CUDNN_ACTIVATION_IDENTITY;  // the modes modelled take no coefficient
 };
 
 struct cudnnOpTensorStruct {
@@ -20,8 +19,7 @@ struct cudnnOpTensorStruct {
 };
 
 struct cudnnReduceTensorStruct {
-  cudnnReduceTensorOp_t op = CUDNN_REDUCE_TENSOR_ADD;
-  cudnnReduceTensorIndices_t indices = CUDNN_REDUCE_TENSOR_NO_INDICES;
+  cudnnReduceTensorOp_t op = CUDNN_REDUCE_TENSOR_ADD;  // without indices (the only kind modelled)
 };
 
 namespace {
@@ -107,7 +105,7 @@ void channel_moments(const cudnnTensorStruct& xd, const void* x, std::vector<dou
   for (double& v : var) v /= m;
 }
 
-// p[c] = value(c), optionally blended with p's old value.
+// p[c] = value(c) for each channel c.
 template <typename F>
 void store_channels(void* p, int kind, int channels, F&& value) {
   for (int c = 0; c < channels; ++c) kestrel::emu::store_element(p, kind, c, value(c));
@@ -128,10 +126,9 @@ cudnnStatus_t cudnnDestroyActivationDescriptor(cudnnActivationDescriptor_t d) {
   return CUDNN_STATUS_SUCCESS;
 }
 cudnnStatus_t cudnnSetActivationDescriptor(cudnnActivationDescriptor_t d, cudnnActivationMode_t mode,
-                                           cudnnNanPropagation_t, double coef) {
+                                           cudnnNanPropagation_t, double) {
   if (!activation_supported(mode)) return CUDNN_STATUS_NOT_SUPPORTED;
   d->mode = mode;
-  d->coef = coef;
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -168,7 +165,6 @@ cudnnStatus_t cudnnSetReduceTensorDescriptor(cudnnReduceTensorDescriptor_t d, cu
     return CUDNN_STATUS_NOT_SUPPORTED;
   if (indices != CUDNN_REDUCE_TENSOR_NO_INDICES) return CUDNN_STATUS_NOT_SUPPORTED;
   d->op = op;
-  d->indices = indices;
   return CUDNN_STATUS_SUCCESS;
 }
 
