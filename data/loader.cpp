@@ -42,6 +42,8 @@ DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, LoaderOptions opt
   KCHECK(opts_.batch_size > 0, ValueError, "DataLoader: batch_size must be > 0, got ", opts_.batch_size);
   KCHECK(opts_.num_workers >= 0, ValueError, "DataLoader: num_workers must be >= 0, got ", opts_.num_workers);
   KCHECK(opts_.prefetch > 0, ValueError, "DataLoader: prefetch must be > 0, got ", opts_.prefetch);
+  KCHECK(opts_.shard_count > 0 && opts_.shard_rank >= 0 && opts_.shard_rank < opts_.shard_count, ValueError,
+         "DataLoader: shard ", opts_.shard_rank, " of ", opts_.shard_count, " does not exist");
   pin_ = opts_.pin_memory && pinned_memory_available();
 }
 
@@ -66,13 +68,16 @@ std::vector<int64_t> DataLoader::epoch_order(int64_t epoch) const {
 Batch DataLoader::load_batch(int64_t epoch, int64_t batch_index, const std::vector<int64_t>& order) const {
   KCHECK(batch_index >= 0 && batch_index < num_batches(), ValueError, "DataLoader: batch ", batch_index,
          " out of range for an epoch of ", num_batches(), " batches");
-  const int64_t begin = batch_index * opts_.batch_size;
-  const int64_t end = std::min<int64_t>(begin + opts_.batch_size, static_cast<int64_t>(order.size()));
+  const int64_t batch_begin = batch_index * opts_.batch_size;
+  const int64_t whole = std::min<int64_t>(opts_.batch_size, static_cast<int64_t>(order.size()) - batch_begin);
+  const int64_t begin = batch_begin + whole * opts_.shard_rank / opts_.shard_count;
+  const int64_t end = batch_begin + whole * (opts_.shard_rank + 1) / opts_.shard_count;
   Batch b;
   b.epoch = epoch;
   b.index = batch_index;
   b.indices.assign(order.begin() + begin, order.begin() + end);
   const int64_t n = end - begin;
+  if (n == 0) return b;  // an empty part; next() skips it
   std::vector<int64_t> labels(static_cast<size_t>(n));
   int h = 0, w = 0, c = 0;
   float* dst = nullptr;
@@ -157,6 +162,13 @@ void DataLoader::worker_loop() {
 
 bool DataLoader::next(Batch& out) {
   KCHECK(epoch_ >= 0, ValueError, "DataLoader: call start_epoch() before next()");
+  do {
+    if (!next_any(out)) return false;
+  } while (out.indices.empty());
+  return true;
+}
+
+bool DataLoader::next_any(Batch& out) {
   if (next_consume_ >= end_) return false;
   if (workers_.empty()) {
     out = load_batch(epoch_, next_consume_, order_);

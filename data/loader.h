@@ -11,7 +11,8 @@
 //
 // Determinism: the order of an epoch is a shuffle seeded by (seed, epoch);
 // each sample's augmentation generator is seeded by (seed, epoch, dataset
-// index) and each batch transform's by (seed, epoch, batch index). Batches
+// index) and each batch transform's by (seed, epoch, batch index; under
+// sharding each rank's part is transformed on its own). Batches
 // are therefore the same for any number of workers, and a run resumed at
 // (epoch, batch k) sees exactly the batches an uninterrupted run would.
 #pragma once
@@ -42,6 +43,13 @@ struct LoaderOptions {
   // a CUDA device is asynchronous (data/pinned_batch.h). Ignored, and batches
   // are exactly as without it, when no CUDA device is present.
   bool pin_memory = false;
+  // Data parallel: this loader yields part shard_rank of shard_count equal,
+  // contiguous parts of each batch; batch_size stays the whole batch's. The
+  // parts of all ranks together are the batch one process would see, with the
+  // same per-sample augmentation. A part left empty by a short last batch is
+  // skipped.
+  int shard_rank = 0;
+  int shard_count = 1;
 };
 
 // Derives independent 64-bit seeds from a tuple (splitmix64 mixing).
@@ -76,6 +84,7 @@ class DataLoader {
 
  private:
   Batch load_batch(int64_t epoch, int64_t batch_index, const std::vector<int64_t>& order) const;
+  bool next_any(Batch& out);  // next(), empty shard parts included
   void stop_workers();
   void worker_loop();
 

@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "engine/dist/process_group.h"
 #include "engine/error.h"
 
 namespace kestrel::cli {
@@ -18,16 +19,22 @@ int main(int argc, char** argv) {
   kestrel::cli::register_train(app);
   kestrel::cli::register_eval(app);
   kestrel::cli::register_predict(app);
+  // A failing rank of a data-parallel job (mpirun) ends the whole job, so no
+  // rank is left waiting in a collective.
+  auto fail = [](const char* what) {
+    const std::string rank = kestrel::dist::world_size() > 1 ? " (rank " + std::to_string(kestrel::dist::rank()) + ")" : "";
+    std::cerr << "kestrel: error" << rank << ": " << what << "\n";
+    kestrel::dist::abort(1);
+  };
   try {
+    kestrel::dist::init();
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  } catch (const kestrel::Error& e) {
-    std::cerr << "kestrel: error: " << e.what() << "\n";
-    return 1;
+    const int code = app.exit(e);
+    if (code != 0) kestrel::dist::abort(code);
+    return 0;
   } catch (const std::exception& e) {
-    std::cerr << "kestrel: error: " << e.what() << "\n";
-    return 1;
+    fail(e.what());
   }
   return 0;
 }

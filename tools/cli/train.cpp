@@ -5,6 +5,7 @@
 #include <fstream>
 #include <memory>
 
+#include "engine/dist/process_group.h"
 #include "engine/error.h"
 #include "tools/lib/trainer.h"
 
@@ -63,7 +64,8 @@ void register_train(CLI::App& app) {
   cmd->add_flag("--skip-bad", c->skip_bad, "warn about and skip unreadable images instead of stopping");
   cmd->add_option("--workers", c->workers, "data loader threads")->capture_default_str();
   cmd->add_option("--epochs", c->epochs, "epochs")->capture_default_str();
-  cmd->add_option("--batch-size,-b", c->batch_size, "batch size")->capture_default_str();
+  cmd->add_option("--batch-size,-b", c->batch_size,
+                 "batch size (of one whole step: under mpirun, shared among the processes)")->capture_default_str();
   cmd->add_option("--lr", c->lr, "peak learning rate")->capture_default_str();
   cmd->add_option("--optimizer", c->optimizer, "sgd or adamw")->capture_default_str();
   cmd->add_option("--momentum", c->momentum, "SGD momentum")->capture_default_str();
@@ -104,7 +106,7 @@ void register_train(CLI::App& app) {
     if (!recipe->empty()) apply_recipe(*cmd, *recipe);
     c->progress = !*no_progress;
     const tools::TrainSummary s = tools::train(*c);
-    if (!s.completed) return;
+    if (!s.completed || !dist::is_main()) return;
     std::printf("best top-1 %.2f%% at epoch %lld; final top-1 %.2f%%; %.1f s; run folder %s\n", 100 * s.best_top1,
                 static_cast<long long>(s.best_epoch), 100 * s.final_top1, s.seconds, s.out_dir.c_str());
   });

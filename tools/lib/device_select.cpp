@@ -1,5 +1,6 @@
 #include "tools/lib/device_select.h"
 
+#include "engine/dist/process_group.h"
 #include "engine/error.h"
 #if defined(KESTREL_HAVE_CUDA)
 #include "engine/cuda/runtime.h"
@@ -28,7 +29,7 @@ std::string why_no_cuda() {
 }  // namespace
 
 Device resolve_device(const std::string& flag) {
-  if (flag == "auto") return cuda_usable() ? Device::cuda(0) : Device::cpu();
+  if (flag == "auto") return cuda_usable() ? resolve_device("cuda") : Device::cpu();
   Device d;
   try {
     d = Device::parse(flag);
@@ -38,6 +39,8 @@ Device resolve_device(const std::string& flag) {
   if (d.is_cpu()) return d;
   KCHECK(cuda_usable(), DeviceError, "--device ", flag, ": ", why_no_cuda(), "; use --device cpu or auto");
 #if defined(KESTREL_HAVE_CUDA)
+  // One process per GPU in a data-parallel job: "cuda" means this rank's own.
+  if (flag.find(':') == std::string::npos) d.index = dist::local_rank() % cuda::device_count();
   KCHECK(d.index >= 0 && d.index < cuda::device_count(), DeviceError, "--device ", flag, ": this machine has ",
          cuda::device_count(), " CUDA device(s), numbered from 0");
 #endif

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <numeric>
 
+#include "engine/dist/process_group.h"
+
 namespace kestrel::tools {
 
 ClassificationMetrics::ClassificationMetrics(int64_t num_classes)
@@ -37,6 +39,23 @@ void ClassificationMetrics::update(const Tensor& logits, const Tensor& labels) {
 void ClassificationMetrics::add_loss(double loss_sum, int64_t count) {
   loss_sum_ += loss_sum;
   loss_count_ += count;
+}
+
+void ClassificationMetrics::sum_over_ranks() {
+  // Counts travel as doubles: exact below 2^53.
+  std::vector<double> v = {static_cast<double>(count_), static_cast<double>(top1_hits_),
+                           static_cast<double>(top5_hits_), static_cast<double>(loss_count_), loss_sum_};
+  for (const auto& row : confusion_)
+    for (int64_t n : row) v.push_back(static_cast<double>(n));
+  v = dist::all_reduce_sum(std::move(v));
+  count_ = static_cast<int64_t>(v[0]);
+  top1_hits_ = static_cast<int64_t>(v[1]);
+  top5_hits_ = static_cast<int64_t>(v[2]);
+  loss_count_ = static_cast<int64_t>(v[3]);
+  loss_sum_ = v[4];
+  size_t i = 5;
+  for (auto& row : confusion_)
+    for (int64_t& n : row) n = static_cast<int64_t>(v[i++]);
 }
 
 double ClassificationMetrics::top1() const { return count_ ? static_cast<double>(top1_hits_) / count_ : 0.0; }

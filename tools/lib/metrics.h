@@ -14,6 +14,9 @@ class ClassificationMetrics {
   // logits [N, C] (any float dtype/device), labels i64 [N].
   void update(const Tensor& logits, const Tensor& labels);
   void add_loss(double loss_sum, int64_t count);
+  // Data parallel: every rank's counts summed into every rank's metrics (each
+  // rank calls it once, having seen its own share of the data).
+  void sum_over_ranks();
 
   int64_t count() const { return count_; }
   double top1() const;

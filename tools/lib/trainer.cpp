@@ -9,6 +9,8 @@
 #include "data/transforms.h"
 #include "engine/autocast.h"
 #include "engine/autograd.h"
+#include "engine/dist/data_parallel.h"
+#include "engine/dist/process_group.h"
 #include "engine/io/safetensors.h"
 #include "engine/nn/layers.h"
 #include "engine/ops/loss.h"
@@ -126,11 +128,20 @@ void write_metric_files(const std::string& dir, const nlohmann::json& history) {
   write_line_chart(dir + "/curves.png", {{"loss", {tl, vl}}, {"top-1 accuracy (%)", {ta, va}}, {"learning rate", {lr}}});
 }
 
-// Prepares the run folder; returns true when resuming from last.safetensors.
+// Prepares the run folder (rank 0 only; the others wait for it, and need it
+// on a shared file system to resume); returns true when resuming from
+// last.safetensors.
 bool prepare_out_dir(const TrainConfig& c) {
   const std::string last = c.out + "/last.safetensors";
+  if (!dist::is_main()) {
+    dist::barrier();
+    KCHECK(!c.resume || fs::exists(last), IOError, "--resume: rank ", dist::rank(), " sees no checkpoint at ", last,
+           " (the run folder must be on a file system every rank shares)");
+    return c.resume;
+  }
   if (c.resume) {
     KCHECK(fs::exists(last), IOError, "--resume: no checkpoint at ", last);
+    dist::barrier();
     return true;
   }
   if (fs::exists(c.out) && !fs::is_empty(c.out)) {
@@ -139,6 +150,7 @@ bool prepare_out_dir(const TrainConfig& c) {
     for (const auto& e : fs::directory_iterator(c.out)) fs::remove_all(e.path());
   }
   fs::create_directories(c.out);
+  dist::barrier();
   return false;
 }
 
@@ -171,6 +183,7 @@ EvalResult evaluate(nn::Module& model, data::DataLoader& loader, int64_t num_cla
   }
   r.seconds = bar.elapsed_seconds();
   bar.finish();
+  if (loader.options().shard_count > 1) r.metrics.sum_over_ranks();  // each rank saw its share
   r.loss = r.metrics.loss();
   model.train(was_training);
   return r;
@@ -178,6 +191,14 @@ EvalResult evaluate(nn::Module& model, data::DataLoader& loader, int64_t num_cla
 
 TrainSummary train(TrainConfig c) {
   c.validate();
+  dist::init();
+  // Data parallel: one process per device, each on its share of every batch;
+  // rank 0 writes the run folder and prints.
+  const int world = dist::world_size();
+  const bool main_rank = dist::is_main();
+  KCHECK(c.batch_size % world == 0, ValueError, "--batch-size ", c.batch_size, " does not split evenly over ", world,
+         " processes (it is the whole batch of one step, shared among them)");
+  if (!main_rank) c.progress = false;
   // Both before the run folder is touched.
   const Device device = resolve_device(c.device);
   check_amp_device(c, device);
@@ -199,6 +220,8 @@ TrainSummary train(TrainConfig c) {
     saved.device = c.device;  // checkpoints move between devices
     c = saved;
     check_amp_device(c, device);  // the run's own --amp, on this process's device
+    KCHECK(c.batch_size % world == 0, ValueError, "--resume: the run's batch size ", c.batch_size,
+           " does not split evenly over ", world, " processes");
   }
 
   // Data.
@@ -225,6 +248,8 @@ TrainSummary train(TrainConfig c) {
   nn::ModulePtr model = build_from_info(info, c.dropout, c.drop_path);
   model->train();
   if (!device.is_cpu()) model->to(device);  // before the optimizer and EMA take their state
+  dist::broadcast_module(*model);           // seeded alike, but rank 0's is the one
+  dist::GradientAverager grad_sync(model->parameters());
 
   data::LoaderOptions lo;
   lo.batch_size = c.batch_size;
@@ -232,6 +257,8 @@ TrainSummary train(TrainConfig c) {
   lo.num_workers = c.workers;
   lo.drop_last = true;
   lo.pin_memory = device.is_cuda();
+  lo.shard_rank = dist::rank();
+  lo.shard_count = world;
   data::DataLoader train_loader(train_set, lo, train_transform(c, info.height, info.width, norm),
                                 batch_mixing(c, classes));
   data::LoaderOptions eo = lo;
@@ -269,15 +296,20 @@ TrainSummary train(TrainConfig c) {
     best_top1 = state["best_top1"].get<double>();
     history = state["history"];
     nn::init_generator().set_state(state["generator_seed"].get<uint64_t>(), state["generator_offset"].get<uint64_t>());
-    std::cerr << "resuming " << c.out << " at epoch " << start_epoch + 1 << " (step " << global_step << ")\n";
+    if (main_rank) std::cerr << "resuming " << c.out << " at epoch " << start_epoch + 1 << " (step " << global_step << ")\n";
   }
-  write_text_atomic(c.out + "/config.json", c.to_json().dump(2) + "\n");
-  TensorBoardWriter tb(c.out + "/tb");
+  std::unique_ptr<TensorBoardWriter> tb;
+  if (main_rank) {
+    write_text_atomic(c.out + "/config.json", c.to_json().dump(2) + "\n");
+    tb = std::make_unique<TensorBoardWriter>(c.out + "/tb");
+  }
 
-  std::cerr << "training " << c.model << " (" << model->num_parameters() << " parameters) on " << c.dataset << ": "
+  if (main_rank)
+    std::cerr << "training " << c.model << " (" << model->num_parameters() << " parameters) on " << c.dataset << ": "
             << train_set->size() << " train / " << test_set->size() << " test images, " << classes
-            << " classes, device " << device.str() << (c.amp == "off" ? "" : ", amp " + c.amp) << ", " << c.epochs
-            << " epochs\n";
+            << " classes, device " << device.str()
+            << (world > 1 ? " x " + std::to_string(world) + " processes (" + dist::backend_name() + ")" : "")
+            << (c.amp == "off" ? "" : ", amp " + c.amp) << ", " << c.epochs << " epochs\n";
 
   TrainSummary summary;
   summary.out_dir = c.out;
@@ -324,6 +356,7 @@ TrainSummary train(TrainConfig c) {
       ++batches;
       if (++micro == c.grad_accum) {
         micro = 0;
+        grad_sync.average();  // every rank now holds the whole batch's gradient
         // With a scaler: true gradients before clipping; an inf/nan skips the step and halves the scale.
         const bool finite = scaler ? scaler->unscale_(*optimizer) : true;
         if (c.clip_grad > 0 && finite) optim::clip_grad_norm_(params, c.clip_grad);
@@ -345,7 +378,7 @@ TrainSummary train(TrainConfig c) {
       std::snprintf(extra, sizeof(extra), "loss %.4f acc %s lr %.4g %.0f img/s",
                     loss_sum / std::max<int64_t>(loss_seen, 1),
                     fmt_pct(static_cast<double>(correct) / seen).c_str(), optimizer->lr(),
-                    secs > 0 ? seen / secs : 0.0);
+                    secs > 0 ? static_cast<double>(seen) * world / secs : 0.0);
       bar.update(batches, extra);
     }
     // Micro-batches left over when the batch count is not a multiple of
@@ -353,8 +386,22 @@ TrainSummary train(TrainConfig c) {
     if (micro != 0) optimizer->zero_grad();
     const double train_secs = bar.elapsed_seconds();
     bar.finish();
+    if (world > 1) {
+      const std::vector<double> sums = dist::all_reduce_sum(
+          {loss_sum, static_cast<double>(loss_seen), static_cast<double>(seen), static_cast<double>(correct)});
+      loss_sum = sums[0];
+      loss_seen = static_cast<int64_t>(sums[1]);
+      seen = static_cast<int64_t>(sums[2]);
+      correct = static_cast<int64_t>(sums[3]);
+    }
 
-    if (ema) ema->swap_with(*model);
+    // Batch-norm statistics differ by rank (each saw its share): rank 0's
+    // are evaluated and saved, as in PyTorch's DDP.
+    dist::broadcast_buffers(*model);
+    if (ema) {
+      ema->swap_with(*model);
+      dist::broadcast_buffers(*model);
+    }
     EvalResult val = [&] {
       AutocastGuard autocast_scope(autocast);
       return evaluate(*model, test_loader, classes, c.progress, "  eval");
@@ -365,7 +412,8 @@ TrainSummary train(TrainConfig c) {
       best_top1 = top1;
       best_epoch = epoch;
       stale_epochs = 0;
-      save_checkpoint(c.out + "/best.safetensors", *model, info, {}, {{"epoch", std::to_string(epoch + 1)}});
+      if (main_rank)
+        save_checkpoint(c.out + "/best.safetensors", *model, info, {}, {{"epoch", std::to_string(epoch + 1)}});
     } else {
       ++stale_epochs;
     }
@@ -389,11 +437,17 @@ TrainSummary train(TrainConfig c) {
     const std::pair<const char*, const char*> tags[] = {{"train/loss", "train_loss"}, {"train/top1", "train_top1"},
                                                         {"val/loss", "val_loss"},     {"val/top1", "val_top1"},
                                                         {"val/top5", "val_top5"},     {"lr", "lr"}};
-    for (const auto& [tag, key] : tags) tb.add_scalar(tag, rec[key].get<double>(), epoch + 1);
-    if (scaler) tb.add_scalar("amp/loss_scale", scaler->current_scale(), epoch + 1);
-    tb.flush();
-
     const bool stop_early = c.early_stop > 0 && stale_epochs >= c.early_stop;
+    summary.final_top1 = top1;
+    summary.epochs_run = epoch + 1;
+    if (!main_rank) {
+      if (stop_early) break;
+      continue;
+    }
+    for (const auto& [tag, key] : tags) tb->add_scalar(tag, rec[key].get<double>(), epoch + 1);
+    if (scaler) tb->add_scalar("amp/loss_scale", scaler->current_scale(), epoch + 1);
+    tb->flush();
+
     // Checkpoint: model weights + optimizer + EMA + state, one atomic file.
     nlohmann::json st;
     st["config"] = c.to_json();
@@ -428,8 +482,6 @@ TrainSummary train(TrainConfig c) {
                  fmt_pct(rec["train_top1"].get<double>()).c_str(), val.loss, fmt_pct(top1).c_str(),
                  fmt_pct(val.metrics.top5()).c_str(), optimizer->lr(), rec["images_per_sec"].get<double>(), amp_note,
                  improved ? "(best)" : "");
-    summary.final_top1 = top1;
-    summary.epochs_run = epoch + 1;
     if (stop_early) {
       std::cerr << "early stop: no improvement for " << stale_epochs << " epochs\n";
       summary.early_stopped = true;
