@@ -922,6 +922,48 @@ TEST(Loader, DropLastDropsTheShortBatch) {
   for (const Batch& b : full) EXPECT_EQ(b.size(), 16);
 }
 
+TEST(Loader, ShardsOfEachBatchTogetherAreTheWholeBatchWithTheSameAugmentation) {
+  auto ds = index_dataset(50);
+  const Transform tf = compose({random_crop(4, 4, 1), random_hflip(), cutout(2)});
+  LoaderOptions lo;
+  lo.batch_size = 12;
+  lo.seed = 5;
+  lo.num_workers = 2;
+  DataLoader whole_loader(ds, lo, tf);
+  const auto whole = run_epoch(whole_loader, 1);
+  ASSERT_EQ(whole.size(), 5u);  // 4 x 12, then 2
+  std::vector<std::vector<Batch>> parts;
+  for (int r = 0; r < 3; ++r) {
+    LoaderOptions so = lo;
+    so.shard_rank = r;
+    so.shard_count = 3;
+    DataLoader shard(ds, so, tf);
+    EXPECT_EQ(shard.num_batches(), whole_loader.num_batches());
+    parts.push_back(run_epoch(shard, 1));
+  }
+  // The short last batch (2 images) leaves shard 0 with nothing: it skips it.
+  EXPECT_EQ(parts[0].size(), 4u);
+  EXPECT_EQ(parts[1].size(), 5u);
+  EXPECT_EQ(parts[2].size(), 5u);
+  for (size_t b = 0; b < whole.size(); ++b) {
+    std::vector<int64_t> indices;
+    std::vector<float> pixels;
+    for (int r = 0; r < 3; ++r) {
+      if (b >= parts[r].size() || parts[r][b].index != static_cast<int64_t>(b)) continue;
+      const Batch& p = parts[r][b];
+      EXPECT_EQ(p.size(), r == 0 || b < 4 ? 4 : 1) << "shard " << r << " batch " << b;
+      indices.insert(indices.end(), p.indices.begin(), p.indices.end());
+      const std::vector<float> x = p.images.to_vector();
+      pixels.insert(pixels.end(), x.begin(), x.end());
+    }
+    EXPECT_EQ(indices, whole[b].indices) << "batch " << b;
+    EXPECT_EQ(pixels, whole[b].images.to_vector()) << "batch " << b;
+  }
+  lo.shard_rank = 3;
+  lo.shard_count = 3;
+  EXPECT_THROW(DataLoader(ds, lo), ValueError);
+}
+
 TEST(Loader, ResumingFromBatchKMatchesTheUninterruptedRun) {
   auto ds = index_dataset(40);
   LoaderOptions lo;

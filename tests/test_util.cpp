@@ -171,12 +171,12 @@ std::string read_text(const std::string& path) {
 }
 
 // Runs the kestrel binary with stdout and stderr captured to files.
-CliResult kestrel_cli(const std::string& args) {
+CliResult kestrel_cli(const std::string& args, const std::string& launcher) {
   static int n = 0;
   const std::string out = kestrel::testing::temp_path("cli_out_" + std::to_string(n));
   const std::string err = kestrel::testing::temp_path("cli_err_" + std::to_string(n++));
-  const std::string cmd = std::string("OMP_NUM_THREADS=2 ") + KESTREL_BINARY_DIR + "/tools/kestrel " + args + " >" +
-                          out + " 2>" + err;
+  const std::string cmd = std::string("OMP_NUM_THREADS=2 ") + launcher + (launcher.empty() ? "" : " ") +
+                          KESTREL_BINARY_DIR + "/tools/kestrel " + args + " >" + out + " 2>" + err;
   const int status = std::system(cmd.c_str());
   CliResult r;
   r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;

@@ -51,12 +51,13 @@ Tensor load_npy(const std::string& path);
 std::string source_path(const std::string& relative);
 std::string read_text(const std::string& path);
 
-// Runs the built kestrel binary with stdout and stderr captured.
+// Runs the built kestrel binary with stdout and stderr captured, under
+// `launcher` (an mpirun command line, say) when one is given.
 struct CliResult {
   int rc = 0;
   std::string out, err;
 };
-CliResult kestrel_cli(const std::string& args);
+CliResult kestrel_cli(const std::string& args, const std::string& launcher = "");
 // A failing command prints exactly one line, "kestrel: error: ...", containing `expect`.
 void expect_one_line_error(const CliResult& r, const std::string& expect, const std::string& what);
 
