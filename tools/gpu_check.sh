@@ -12,8 +12,8 @@
 #                             # the kernel benchmarks against cuDNN, a summary
 #                             # table, and docs/gpu-report.md (copied to $OUT).
 #
-# cuBLAS, cuDNN and NCCL come from the system or, failing that, from the
-# nvidia-* wheels inside PyTorch's site-packages.
+# cuBLAS, cuDNN and NCCL (loaded at run time) come from the system or, failing
+# that, from the nvidia-* wheels inside PyTorch's site-packages.
 #   KESTREL_GPU_CHECK_SKIP_BENCH=1   skip the benchmarks
 #   KESTREL_GPU_BUILD_DIR=build-gpu  build directory
 #   KESTREL_GPU_CHECK_BUDGET_S=560   seconds for the whole run (a device call
@@ -42,7 +42,7 @@ say() { printf '== %s (t=%ds)\n' "$*" "$(( $(date +%s) - start_time ))"; }
 
 # ---- CUDA libraries: prefer the system's; otherwise the nvidia-* wheels.
 have_lib() { ldconfig -p 2>/dev/null | grep -q "$1" || ls /usr/local/cuda/lib64/"$1"* >/dev/null 2>&1; }
-if ! have_lib libcudnn.so || ! have_lib libcublas.so; then
+if ! have_lib libcudnn.so || ! have_lib libcublas.so || ! have_lib libnccl.so; then
   for d in /opt/torch/.venv/lib/python3*/site-packages/nvidia/*/lib \
            /opt/torch/.venv/lib/python3*/site-packages/nvidia/*/*/lib \
            /usr/local/lib/python3*/dist-packages/nvidia/*/lib \
@@ -57,7 +57,8 @@ fi
 configure_and_build() {  # targets...
   mkdir -p "$build" "$logdir"
   say "configure ($build, Release, sm_80;sm_90)"
-  if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKESTREL_WERROR=ON -DKESTREL_BENCH=ON \
+  # No MPI: the device machine has one GPU, and the bundle carries no MPI runtime.
+  if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKESTREL_WERROR=ON -DKESTREL_BENCH=ON -DKESTREL_MPI=OFF \
        -DCMAKE_CUDA_ARCHITECTURES="80;90" ${CMAKE_LIBRARY_PATH:+-DCMAKE_LIBRARY_PATH="$CMAKE_LIBRARY_PATH"} \
        >"$logdir/configure.log" 2>&1; then
     tail -30 "$logdir/configure.log"; echo "configure failed"; exit 1

@@ -14,6 +14,7 @@ packages=(
   build-essential cmake pkg-config git ccache
   libopenblas-dev libstb-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libopenmpi-dev openmpi-bin
   python3 python3-pip python3-numpy python3-torch python3-torchvision
   dataset-fashion-mnist xz-utils
 )

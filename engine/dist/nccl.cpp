@@ -35,8 +35,9 @@ void resolve(void* lib, const char* name, F& fn, std::string& missing) {
   if (!fn) missing += std::string(missing.empty() ? "" : ", ") + name;
 }
 
+// Never destroyed: dist::finalize() may run from atexit, after static destructors.
 const NcclApi& api() {
-  static const NcclApi loaded = [] {
+  static const NcclApi* loaded = new NcclApi([] {
     NcclApi a;
     const char* env = std::getenv("KESTREL_NCCL");
     if (env && std::string(env) == "0") {
@@ -68,8 +69,8 @@ const NcclApi& api() {
     if (!missing.empty()) a.unavailable = "libnccl lacks " + missing;
 #endif
     return a;
-  }();
-  return loaded;
+  }());
+  return *loaded;
 }
 
 void nccl_check(ncclResult_t r, const char* call, const Tensor* t) {
@@ -146,9 +147,10 @@ void NcclCommunicator::broadcast_(Tensor& t, int root) {
 }
 
 namespace {
+// Never destroyed, as api(): emptied by release_nccl_communicators().
 std::map<int, std::unique_ptr<NcclCommunicator>>& communicators() {
-  static std::map<int, std::unique_ptr<NcclCommunicator>> comms;
-  return comms;
+  static auto* comms = new std::map<int, std::unique_ptr<NcclCommunicator>>();
+  return *comms;
 }
 }  // namespace
 

@@ -36,5 +36,6 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     fail(e.what());
   }
+  kestrel::dist::finalize();  // before static destructors tear down the CUDA runtime
   return 0;
 }
