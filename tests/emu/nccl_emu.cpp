@@ -21,30 +21,21 @@ struct ncclComm {
 
 namespace {
 
-int world_rank() {
+// This process's place in MPI_COMM_WORLD, or {0, 1} outside an MPI job.
+struct Place {
+  int rank = 0, size = 1;
+};
+Place world_place() {
+  Place p;
 #if defined(KESTREL_HAVE_MPI)
   int on = 0;
   MPI_Initialized(&on);
   if (on) {
-    int r = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &r);
-    return r;
+    MPI_Comm_rank(MPI_COMM_WORLD, &p.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &p.size);
   }
 #endif
-  return 0;
-}
-
-int world_size() {
-#if defined(KESTREL_HAVE_MPI)
-  int on = 0;
-  MPI_Initialized(&on);
-  if (on) {
-    int n = 1;
-    MPI_Comm_size(MPI_COMM_WORLD, &n);
-    return n;
-  }
-#endif
-  return 1;
+  return p;
 }
 
 size_t type_size(ncclDataType_t t) {
@@ -69,7 +60,8 @@ ncclResult_t ncclGetUniqueId(ncclUniqueId* id) {
 ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank) {
   if (std::memcmp(id.internal, "kestrel-emu", 11) != 0) return ncclInvalidArgument;
   // The emulator's world is MPI_COMM_WORLD: the ranks must be its ranks.
-  if (nranks != world_size() || rank != world_rank()) return ncclInvalidUsage;
+  const Place place = world_place();
+  if (nranks != place.size || rank != place.rank) return ncclInvalidUsage;
   *comm = new ncclComm{nranks, rank};
   return ncclSuccess;
 }
