@@ -28,8 +28,9 @@ sanitize=${KESTREL_SANITIZE_TESTS:-${CI:-0}}
 status=0
 if [ "$sanitize" != "0" ]; then
   echo "== building build-asan (ASan + UBSan, CPU only)"
+  # Also the build without MPI (a world of one), as the GPU bundle is built.
   build_tree build-asan unit_tests -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKESTREL_SANITIZE=ON -DKESTREL_CUDA=OFF \
-    -DKESTREL_BENCH=OFF -DKESTREL_WERROR=ON
+    -DKESTREL_BENCH=OFF -DKESTREL_WERROR=ON -DKESTREL_MPI=OFF
   echo "== CPU unit tests under ASan + UBSan"
   (cd build-asan && KESTREL_CPU_NO_CACHE=1 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest -j "$jobs" --output-on-failure -L unit) || status=1

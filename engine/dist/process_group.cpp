@@ -65,7 +65,6 @@ MPI_Datatype mpi_type(DType t) {
     default: throw DTypeError(detail::concat("dist: MPI cannot sum ", dtype_name(t), " directly"));
   }
 }
-#endif
 
 // Several ranks on one machine's CPU would each start one OpenMP thread per
 // core; share the cores instead, unless OMP_NUM_THREADS says otherwise.
@@ -74,6 +73,7 @@ void share_cpu_threads(int local_size) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   omp_set_num_threads(std::max(1, cores / local_size));
 }
+#endif
 
 void check_contiguous(const Tensor& t, const char* op) {
   KCHECK(t.is_contiguous(), ValueError, "dist::", op, ": the tensor must be contiguous (shape ", shape_str(t.shape()),

@@ -81,6 +81,14 @@ std::unique_ptr<optim::Optimizer> make_optimizer(const TrainConfig& c, const nn:
   return std::make_unique<optim::SGD>(groups, o);
 }
 
+// Dropout and drop-path draw from the init generator. Each rank gets its own
+// stream so masks differ across ranks; rank 0 keeps the run's (the one a
+// checkpoint stores). All ranks draw alike, so they share the offset.
+uint64_t rank_seed(uint64_t seed, int rank) {
+  constexpr uint64_t kRankTag = 0x52414E4BULL;  // "RANK"
+  return rank == 0 ? seed : data::derive_seed(seed, kRankTag, static_cast<uint64_t>(rank));
+}
+
 // The autocast dtype of --amp: f16, bf16, or f32 for off.
 DType amp_dtype(const std::string& amp) {
   if (amp == "fp16") return DType::F16;
@@ -295,8 +303,12 @@ TrainSummary train(TrainConfig c) {
     best_epoch = state["best_epoch"].get<int64_t>();
     best_top1 = state["best_top1"].get<double>();
     history = state["history"];
-    nn::init_generator().set_state(state["generator_seed"].get<uint64_t>(), state["generator_offset"].get<uint64_t>());
+    nn::init_generator().set_state(rank_seed(state["generator_seed"].get<uint64_t>(), dist::rank()),
+                                   state["generator_offset"].get<uint64_t>());
     if (main_rank) std::cerr << "resuming " << c.out << " at epoch " << start_epoch + 1 << " (step " << global_step << ")\n";
+  } else {
+    Generator& g = nn::init_generator();
+    g.set_state(rank_seed(g.seed(), dist::rank()), g.offset());
   }
   std::unique_ptr<TensorBoardWriter> tb;
   if (main_rank) {
