@@ -15,8 +15,6 @@ namespace fs = std::filesystem;
 using testing::kestrel_cli;
 using testing::temp_path;
 
-const char* kFashionMnist = "/usr/share/datasets/fashion-mnist";
-
 // Two ranks sharing the machine's cores: one OpenMP thread each.
 std::string mpirun2() {
 #if defined(KESTREL_MPIEXEC)
@@ -29,14 +27,13 @@ std::string mpirun2() {
 #define KESTREL_REQUIRE_MPI_AND_DATA()                                                                      \
   do {                                                                                                      \
     if (mpirun2().empty()) GTEST_SKIP() << "this build has no MPI (tools/setup.sh installs libopenmpi-dev)"; \
-    if (!fs::exists(std::string(kFashionMnist) + "/train-images-idx3-ubyte.gz"))                            \
-      GTEST_SKIP() << "Fashion-MNIST not found at " << kFashionMnist << " (apt-get install dataset-fashion-mnist)"; \
+    if (const std::string why = testing::fashion_mnist_skip_reason(); !why.empty()) GTEST_SKIP() << why;    \
   } while (0)
 
 std::string job(const std::string& out, int64_t train_images, int64_t epochs) {
   return "train --config " + testing::source_path("tools/recipes/fashion_mnist_quickstart.toml") + " --data-dir " +
-         kFashionMnist + " --limit-train " + std::to_string(train_images) + " --limit-test 1000 --epochs " +
-         std::to_string(epochs) + " --lr 0.05 --schedule cosine --workers 1 --no-progress --overwrite --out " + out;
+         testing::kFashionMnistDir + " --limit-train " + std::to_string(train_images) +
+         " --limit-test 1000 --epochs " + std::to_string(epochs) + " --lr 0.05 --schedule cosine --workers 1 --no-progress --overwrite --out " + out;
 }
 
 int64_t count_lines(const std::string& text, const std::string& needle) {

@@ -16,10 +16,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const char* kFashionMnist = "/usr/share/datasets/fashion-mnist";
-
-bool have_fashion_mnist() { return fs::exists(std::string(kFashionMnist) + "/train-images-idx3-ubyte.gz"); }
-
 tools::TrainConfig small_config(const std::string& name) {
   tools::TrainConfig c;
   c.model = "cifar10_200k";
@@ -40,9 +36,9 @@ tools::TrainConfig small_config(const std::string& name) {
 
 }  // namespace
 
-#define REQUIRE_FASHION_MNIST()                                                                            \
-  if (!have_fashion_mnist()) GTEST_SKIP() << "Fashion-MNIST not found at " << kFashionMnist \
-                                          << " (tools/setup.sh installs dataset-fashion-mnist)"
+#define REQUIRE_FASHION_MNIST()                                                           \
+  if (const std::string why = kestrel::testing::fashion_mnist_skip_reason(); !why.empty()) \
+  GTEST_SKIP() << why
 
 TEST(Train, LossFallsAndAccuracyBeatsChanceOnFashionMnist) {
   REQUIRE_FASHION_MNIST();

@@ -2,11 +2,20 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "engine/io/safetensors.h"
 #include "test_util.h"
 #include "tools/lib/trainer.h"
 
 namespace kestrel::testing {
+
+const char* const kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
+
+std::string fashion_mnist_skip_reason() {
+  if (std::filesystem::exists(std::string(kFashionMnistDir) + "/train-images-idx3-ubyte.gz")) return "";
+  return std::string("Fashion-MNIST not found at ") + kFashionMnistDir + " (tools/setup.sh installs dataset-fashion-mnist)";
+}
 
 tools::TrainConfig pattern_folder_config(const std::string& data, const std::string& out, const std::string& device) {
   tools::TrainConfig c;

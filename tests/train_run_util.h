@@ -8,6 +8,11 @@
 
 namespace kestrel::testing {
 
+// Where the Debian package dataset-fashion-mnist puts the IDX files.
+extern const char* const kFashionMnistDir;
+// Empty when Fashion-MNIST is there, else the reason to skip, saying how to get it.
+std::string fashion_mnist_skip_reason();
+
 // cifar10_200k on a write_pattern_folder_dataset folder: 2 epochs of batch 6
 // (6 steps each), SGD at lr 0.05 clipped at 2, no dropout, one worker, no
 // progress bar, out = temp_path(out), overwriting.

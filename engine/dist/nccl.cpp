@@ -128,9 +128,15 @@ NcclCommunicator::~NcclCommunicator() {
   if (handle_ && handle_->comm) api().comm_destroy(handle_->comm);
 }
 
+namespace {
+void check_same_device(const Tensor& t, Device communicator, const char* op) {
+  KCHECK(t.device() == communicator, ValueError, op, ": tensor on ", t.device().str(), ", communicator on ",
+         communicator.str());
+}
+}  // namespace
+
 void NcclCommunicator::all_reduce_sum_(Tensor& t) {
-  KCHECK(t.device() == device_, ValueError, "NCCL all-reduce: tensor on ", t.device().str(), ", communicator on ",
-         device_.str());
+  check_same_device(t, device_, "NCCL all-reduce");
   cuda::DeviceGuard guard(device_.index);
   nccl_check(api().all_reduce(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()), nccl_type(t.dtype()),
                               ncclSum, handle_->comm, cuda::current_stream(device_.index)),
@@ -138,8 +144,7 @@ void NcclCommunicator::all_reduce_sum_(Tensor& t) {
 }
 
 void NcclCommunicator::broadcast_(Tensor& t, int root) {
-  KCHECK(t.device() == device_, ValueError, "NCCL broadcast: tensor on ", t.device().str(), ", communicator on ",
-         device_.str());
+  check_same_device(t, device_, "NCCL broadcast");
   cuda::DeviceGuard guard(device_.index);
   nccl_check(api().broadcast(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()), nccl_type(t.dtype()), root,
                              handle_->comm, cuda::current_stream(device_.index)),

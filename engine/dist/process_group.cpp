@@ -75,6 +75,15 @@ void share_cpu_threads(int local_size) {
 }
 #endif
 
+// Runs `collective` on a copy of t (in host memory, or widened to f32 for a
+// half type MPI cannot sum) and writes the result back into t.
+template <typename Collective>
+void on_staged_copy(Tensor& t, Tensor staged, Collective collective) {
+  collective(staged);
+  NoGradGuard no_grad;
+  t.copy_(staged);
+}
+
 void check_contiguous(const Tensor& t, const char* op) {
   KCHECK(t.is_contiguous(), ValueError, "dist::", op, ": the tensor must be contiguous (shape ", shape_str(t.shape()),
          ")");
@@ -137,23 +146,15 @@ const char* backend_name() { return world().backend.c_str(); }
 void all_reduce_sum_(Tensor& t) {
   if (world_size() == 1) return;
   check_contiguous(t, "all_reduce_sum_");
-  NoGradGuard no_grad;
+  const auto reduce = [](Tensor& staged) { all_reduce_sum_(staged); };
   if (t.device().is_cuda()) {
     if (nccl_enabled()) return nccl_communicator(t.device()).all_reduce_sum_(t);
-    Tensor host = t.cpu();
-    all_reduce_sum_(host);
-    t.copy_(host);
-    return;
+    return on_staged_copy(t, t.cpu(), reduce);
   }
-  if (t.dtype() == DType::F16 || t.dtype() == DType::BF16) {  // MPI has no half sum: sum in f32
-    Tensor wide = t.to(DType::F32);
-    all_reduce_sum_(wide);
-    t.copy_(wide);
-    return;
-  }
+  if (t.dtype() == DType::F16 || t.dtype() == DType::BF16) return on_staged_copy(t, t.to(DType::F32), reduce);
 #if defined(KESTREL_HAVE_MPI)
-  KESTREL_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, t.data_ptr(), mpi_count(static_cast<size_t>(t.numel())), mpi_type(t.dtype()),
-                                  MPI_SUM, MPI_COMM_WORLD));
+  KESTREL_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, t.data_ptr(), mpi_count(static_cast<size_t>(t.numel())),
+                                  mpi_type(t.dtype()), MPI_SUM, MPI_COMM_WORLD));
 #endif
 }
 
@@ -162,11 +163,7 @@ void broadcast_(Tensor& t, int root) {
   check_contiguous(t, "broadcast_");
   if (t.device().is_cuda()) {
     if (nccl_enabled()) return nccl_communicator(t.device()).broadcast_(t, root);
-    Tensor host = t.cpu();
-    broadcast_(host, root);
-    NoGradGuard no_grad;
-    t.copy_(host);
-    return;
+    return on_staged_copy(t, t.cpu(), [root](Tensor& staged) { broadcast_(staged, root); });
   }
   broadcast_bytes(t.data_ptr(), t.nbytes(), root);
 }

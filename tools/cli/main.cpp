@@ -19,13 +19,6 @@ int main(int argc, char** argv) {
   kestrel::cli::register_train(app);
   kestrel::cli::register_eval(app);
   kestrel::cli::register_predict(app);
-  // A failing rank of a data-parallel job (mpirun) ends the whole job, so no
-  // rank is left waiting in a collective.
-  auto fail = [](const char* what) {
-    const std::string rank = kestrel::dist::world_size() > 1 ? " (rank " + std::to_string(kestrel::dist::rank()) + ")" : "";
-    std::cerr << "kestrel: error" << rank << ": " << what << "\n";
-    kestrel::dist::abort(1);
-  };
   try {
     kestrel::dist::init();
     app.parse(argc, argv);
@@ -34,7 +27,12 @@ int main(int argc, char** argv) {
     if (code != 0) kestrel::dist::abort(code);
     return 0;
   } catch (const std::exception& e) {
-    fail(e.what());
+    // A failing rank of a data-parallel job (mpirun) ends the whole job, so no
+    // rank is left waiting in a collective.
+    const bool many = kestrel::dist::world_size() > 1;
+    std::cerr << "kestrel: error" << (many ? " (rank " + std::to_string(kestrel::dist::rank()) + ")" : "") << ": "
+              << e.what() << "\n";
+    kestrel::dist::abort(1);
   }
   kestrel::dist::finalize();  // before static destructors tear down the CUDA runtime
   return 0;

@@ -96,9 +96,14 @@ DType amp_dtype(const std::string& amp) {
   return DType::F32;
 }
 
-void check_amp_device(const TrainConfig& c, const Device& device) {
+// What a run's config needs of this process: a CUDA device for --amp, and a
+// batch that splits evenly over the processes of a data-parallel job.
+void check_config_fits_process(const TrainConfig& c, const Device& device) {
   KCHECK(c.amp == "off" || device.is_cuda(), ValueError, "--amp ", c.amp, ": mixed precision needs a CUDA device (",
          device.str(), " selected by --device ", c.device, "); use --amp off on the CPU");
+  KCHECK(c.batch_size % dist::world_size() == 0, ValueError, "--batch-size ", c.batch_size,
+         " does not split evenly over ", dist::world_size(),
+         " processes (it is the whole batch of one step, shared among them)");
 }
 
 // Half logits (autocast) become f32 through a recorded cast, so losses and metrics run in f32.
@@ -204,12 +209,10 @@ TrainSummary train(TrainConfig c) {
   // rank 0 writes the run folder and prints.
   const int world = dist::world_size();
   const bool main_rank = dist::is_main();
-  KCHECK(c.batch_size % world == 0, ValueError, "--batch-size ", c.batch_size, " does not split evenly over ", world,
-         " processes (it is the whole batch of one step, shared among them)");
   if (!main_rank) c.progress = false;
   // Both before the run folder is touched.
   const Device device = resolve_device(c.device);
-  check_amp_device(c, device);
+  check_config_fits_process(c, device);
   const bool resuming = prepare_out_dir(c);
   io::SafetensorsContents resume_ckpt;
   nlohmann::json state;
@@ -227,9 +230,7 @@ TrainSummary train(TrainConfig c) {
     saved.workers = c.workers;
     saved.device = c.device;  // checkpoints move between devices
     c = saved;
-    check_amp_device(c, device);  // the run's own --amp, on this process's device
-    KCHECK(c.batch_size % world == 0, ValueError, "--resume: the run's batch size ", c.batch_size,
-           " does not split evenly over ", world, " processes");
+    check_config_fits_process(c, device);  // the run's own --amp and batch, on this process
   }
 
   // Data.
@@ -303,13 +304,11 @@ TrainSummary train(TrainConfig c) {
     best_epoch = state["best_epoch"].get<int64_t>();
     best_top1 = state["best_top1"].get<double>();
     history = state["history"];
-    nn::init_generator().set_state(rank_seed(state["generator_seed"].get<uint64_t>(), dist::rank()),
-                                   state["generator_offset"].get<uint64_t>());
+    nn::init_generator().set_state(state["generator_seed"].get<uint64_t>(), state["generator_offset"].get<uint64_t>());
     if (main_rank) std::cerr << "resuming " << c.out << " at epoch " << start_epoch + 1 << " (step " << global_step << ")\n";
-  } else {
-    Generator& g = nn::init_generator();
-    g.set_state(rank_seed(g.seed(), dist::rank()), g.offset());
   }
+  Generator& init_gen = nn::init_generator();
+  init_gen.set_state(rank_seed(init_gen.seed(), dist::rank()), init_gen.offset());
   std::unique_ptr<TensorBoardWriter> tb;
   if (main_rank) {
     write_text_atomic(c.out + "/config.json", c.to_json().dump(2) + "\n");
@@ -446,9 +445,6 @@ TrainSummary train(TrainConfig c) {
       rec["skipped_steps"] = skipped_steps;
     }
     history.push_back(rec);
-    const std::pair<const char*, const char*> tags[] = {{"train/loss", "train_loss"}, {"train/top1", "train_top1"},
-                                                        {"val/loss", "val_loss"},     {"val/top1", "val_top1"},
-                                                        {"val/top5", "val_top5"},     {"lr", "lr"}};
     const bool stop_early = c.early_stop > 0 && stale_epochs >= c.early_stop;
     summary.final_top1 = top1;
     summary.epochs_run = epoch + 1;
@@ -456,6 +452,9 @@ TrainSummary train(TrainConfig c) {
       if (stop_early) break;
       continue;
     }
+    const std::pair<const char*, const char*> tags[] = {{"train/loss", "train_loss"}, {"train/top1", "train_top1"},
+                                                        {"val/loss", "val_loss"},     {"val/top1", "val_top1"},
+                                                        {"val/top5", "val_top5"},     {"lr", "lr"}};
     for (const auto& [tag, key] : tags) tb->add_scalar(tag, rec[key].get<double>(), epoch + 1);
     if (scaler) tb->add_scalar("amp/loss_scale", scaler->current_scale(), epoch + 1);
     tb->flush();
