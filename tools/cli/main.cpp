@@ -1,6 +1,8 @@
 // kestrel: one command, many subcommands.
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <iostream>
+#include <thread>
 
 #include "engine/dist/process_group.h"
 #include "engine/error.h"
@@ -29,9 +31,12 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     // A failing rank of a data-parallel job (mpirun) ends the whole job, so no
     // rank is left waiting in a collective.
+    // An error every rank meets (a bad flag) is best reported once, by rank 0:
+    // the others give it a moment to end the job first.
     const bool many = kestrel::dist::world_size() > 1;
-    std::cerr << "kestrel: error" << (many ? " (rank " + std::to_string(kestrel::dist::rank()) + ")" : "") << ": "
-              << e.what() << "\n";
+    if (many && !kestrel::dist::is_main()) std::this_thread::sleep_for(std::chrono::seconds(1));
+    const std::string who = many ? " (rank " + std::to_string(kestrel::dist::rank()) + ")" : "";
+    std::cerr << ("kestrel: error" + who + ": " + e.what() + "\n") << std::flush;  // one write: ranks share stderr
     kestrel::dist::abort(1);
   }
   kestrel::dist::finalize();  // before static destructors tear down the CUDA runtime
