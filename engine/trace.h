@@ -1,5 +1,8 @@
 // The op trace: while a TraceRecorder is active, every op appends what it ran.
 // FLOP counting, the model summary and ONNX export read this one record.
+// A recorder that keeps tensors (ONNX export) also records views and copies
+// (reshape, permute, narrow, expand, clone, cast) and holds every input and
+// output, so the whole data flow and every constant's value can be rebuilt.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -22,19 +25,24 @@ struct TraceEvent {
   // can follow the data flow, e.g. the receptive field along every path.
   std::vector<std::weak_ptr<Storage>> input_storages;
   std::weak_ptr<Storage> output_storage;
+  // Only when the recorder keeps tensors: the op's operands and result.
+  std::vector<Tensor> inputs;
+  Tensor output;
 };
 
 class TraceRecorder {
  public:
-  TraceRecorder();
+  explicit TraceRecorder(bool keep_tensors = false);
   ~TraceRecorder();
   TraceRecorder(const TraceRecorder&) = delete;
   TraceRecorder& operator=(const TraceRecorder&) = delete;
   const std::vector<TraceEvent>& events() const { return events_; }
   void add(TraceEvent e) { events_.push_back(std::move(e)); }
+  bool keeps_tensors() const { return keep_tensors_; }
 
  private:
   std::vector<TraceEvent> events_;
+  bool keep_tensors_;
   TraceRecorder* previous_;
 };
 
@@ -66,7 +74,24 @@ inline void trace_op(const char* op, const std::vector<Tensor>& inputs, const Te
   e.output_storage = output.storage();
   e.macs = macs;
   e.attrs = std::move(attrs);
+  if (r->keeps_tensors()) {
+    e.inputs = inputs;
+    e.output = output;
+  }
   r->add(std::move(e));
 }
+
+// Views and copies: recorded only by a recorder that keeps tensors, so FLOP
+// counts and summaries see the same ops as before.
+inline void trace_view(const char* op, const Tensor& input, const Tensor& output,
+                       std::map<std::string, std::string> attrs = {}) {
+  TraceRecorder* r = active_trace();
+  if (r == nullptr || !r->keeps_tensors()) return;
+  trace_op(op, {input}, output, 0, std::move(attrs));
+}
+
+// Attribute text: "1,2,3"; a double that reads back exactly.
+std::string join_ints(const std::vector<int64_t>& v);
+std::string exact_str(double v);
 
 }  // namespace kestrel

@@ -263,28 +263,8 @@ TEST(ModelInterop, LogitsMatchTorchvisionWithTheSameWeights) {
     o.drop_path = 0.0;  // the calibration pass below must see the eval-mode graph
     auto m = build_model(name, o);
     Tensor x = kestrel::testing::random_tensor({2, 64, 64, 3}, seed++, DType::F32);
-    // Calibrate: one training-mode pass with momentum 1 makes the running
-    // statistics those of this input, so eval-mode activations stay O(1) and
-    // every BN buffer is non-trivial in the comparison.
-    std::vector<std::pair<nn::BatchNorm2d*, double>> bns;
-    std::function<void(nn::Module&)> visit = [&](nn::Module& mod) {
-      if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(&mod)) bns.emplace_back(bn, bn->momentum);
-      for (auto& [n, c] : mod.named_children()) visit(*c);
-    };
-    visit(*m);
-    for (auto& [bn, mom] : bns) {
-      bn->momentum = 1.0;
-      NoGradGuard g;
-      bn->weight.copy_(add_scalar(kestrel::testing::random_tensor(bn->weight.shape(), seed++, DType::F32), 1.0));
-      bn->bias.copy_(mul_scalar(kestrel::testing::random_tensor(bn->bias.shape(), seed++, DType::F32), 0.1));
-    }
-    m->train();
-    {
-      NoGradGuard g;
-      (*m)(x);
-    }
-    for (auto& [bn, mom] : bns) bn->momentum = mom;
-    m->eval();
+    kestrel::testing::calibrate_batch_norms(*m, x, seed);
+    seed += 1000;
     Tensor logits;
     {
       NoGradGuard g;

@@ -1,5 +1,7 @@
 #include "test_util.h"
 
+#include "engine/nn/layers.h"
+
 #include <stb_image_write.h>
 
 #include <cmath>
@@ -91,12 +93,34 @@ void expect_gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f
   }
 }
 
-std::string python_with_torch() {
+std::string python_with(const std::string& module) {
   for (const char* py : {"/usr/bin/python3", "python3"}) {
-    const std::string cmd = std::string(py) + " -c 'import torch' >/dev/null 2>&1";
+    const std::string cmd = std::string(py) + " -c 'import " + module + "' >/dev/null 2>&1";
     if (std::system(cmd.c_str()) == 0) return py;
   }
   return "";
+}
+
+void calibrate_batch_norms(nn::Module& model, const Tensor& x, uint64_t seed) {
+  std::vector<std::pair<nn::BatchNorm2d*, double>> bns;
+  std::function<void(nn::Module&)> visit = [&](nn::Module& mod) {
+    if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(&mod)) bns.emplace_back(bn, bn->momentum);
+    for (auto& [n, c] : mod.named_children()) visit(*c);
+  };
+  visit(model);
+  for (auto& [bn, mom] : bns) {
+    bn->momentum = 1.0;
+    NoGradGuard g;
+    bn->weight.copy_(add_scalar(random_tensor(bn->weight.shape(), seed++, DType::F32), 1.0));
+    bn->bias.copy_(mul_scalar(random_tensor(bn->bias.shape(), seed++, DType::F32), 0.1));
+  }
+  model.train();
+  {
+    NoGradGuard g;
+    model(x);
+  }
+  for (auto& [bn, mom] : bns) bn->momentum = mom;
+  model.eval();
 }
 
 int run_python(const std::string& python, const std::string& script, const std::string& args) {

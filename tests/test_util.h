@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/autograd.h"
+#include "engine/nn/module.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/reduce.h"
 #include "engine/random.h"
@@ -30,11 +31,19 @@ void expect_close(const Tensor& actual, const Tensor& expected, double atol, dou
 void expect_gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f, std::vector<Tensor> inputs,
                       double eps = 1e-6, double atol = 1e-6, double rtol = 1e-5, uint64_t seed = 7);
 
+// Gives every batch norm of `model` random weights and biases and running
+// statistics of `x` (one training-mode pass with momentum 1), then leaves it in
+// eval mode: eval-mode activations stay O(1) and every BN parameter and buffer
+// matters in a comparison.
+void calibrate_batch_norms(nn::Module& model, const Tensor& x, uint64_t seed);
+
 // Random f64/f32 tensor with values in [-1, 1) (uniform) from a seeded generator.
 Tensor random_tensor(const Shape& shape, uint64_t seed, DType dtype = DType::F64);
 
-// Python with torch for interop tests: empty string when unavailable.
-std::string python_with_torch();
+// A python3 that imports `module` (torch, onnxruntime) for interop tests:
+// empty string when there is none.
+std::string python_with(const std::string& module);
+inline std::string python_with_torch() { return python_with("torch"); }
 // Runs `python script args`, returns the exit code; output goes to the test log.
 int run_python(const std::string& python, const std::string& script, const std::string& args);
 std::string temp_path(const std::string& name);

@@ -15,6 +15,7 @@ packages=(
   libopenblas-dev libstb-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin
+  libonnx-dev libprotobuf-dev
   python3 python3-pip python3-numpy python3-torch python3-torchvision
   dataset-fashion-mnist xz-utils
 )
@@ -28,9 +29,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     || fail "apt-get install ${missing[*]} failed"
 fi
 
-# Python interop tests only (never needed to train): safetensors for the
-# system Python that has torch.
-if ! /usr/bin/python3 -c "import safetensors" >/dev/null 2>&1; then
-  /usr/bin/python3 -m pip install -q --break-system-packages safetensors >>"$log" 2>&1 \
-    || fail "pip install safetensors failed"
-fi
+# Python interop tests only (never needed to train): safetensors and
+# onnxruntime for the system Python that has torch.
+for module in safetensors onnxruntime; do
+  if ! /usr/bin/python3 -c "import $module" >/dev/null 2>&1; then
+    /usr/bin/python3 -m pip install -q --break-system-packages "$module" >>"$log" 2>&1 \
+      || fail "pip install $module failed"
+  fi
+done

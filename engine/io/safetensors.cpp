@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -14,6 +13,7 @@
 #include <vector>
 
 #include "engine/autograd.h"
+#include "engine/io/atomic_file.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors I/O assumes a little-endian host"
@@ -255,17 +255,6 @@ void pread_all(int fd, void* dst, size_t n, uint64_t offset, const std::string& 
   }
 }
 
-void write_all(int fd, const void* src, size_t n, const std::string& tmp) {
-  const char* p = static_cast<const char*>(src);
-  while (n > 0) {
-    const ssize_t put = ::write(fd, p, n);
-    if (put < 0 && errno == EINTR) continue;
-    if (put < 0) throw IOError("safetensors: writing " + tmp + " failed: " + errno_text());
-    p += put;
-    n -= static_cast<size_t>(put);
-  }
-}
-
 }  // namespace
 
 const char* safetensors_dtype(DType t) {
@@ -331,27 +320,9 @@ void save_safetensors(const std::string& path, const nn::NamedTensors& tensors, 
   unsigned char len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>((static_cast<uint64_t>(text.size()) >> (8 * i)) & 0xff);
 
-  static std::atomic<uint64_t> counter{0};
-  const std::string tmp = path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (fd.get() < 0) throw IOError("safetensors: cannot create " + tmp + " to write " + path + ": " + errno_text());
-  try {
-    write_all(fd.get(), len, 8, tmp);
-    write_all(fd.get(), text.data(), text.size(), tmp);
-    for (const auto& [name, t] : items) write_all(fd.get(), t.data_ptr(), t.nbytes(), tmp);
-    if (::fsync(fd.get()) != 0) throw IOError("safetensors: fsync of " + tmp + " failed: " + errno_text());
-    if (::close(fd.release()) != 0) throw IOError("safetensors: closing " + tmp + " failed: " + errno_text());
-    if (::rename(tmp.c_str(), path.c_str()) != 0)
-      throw IOError("safetensors: renaming " + tmp + " to " + path + " failed: " + errno_text());
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  // Make the rename itself durable.
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  Fd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dfd.get() >= 0) ::fsync(dfd.get());
+  std::vector<ByteSpan> parts = {{len, 8}, {text.data(), text.size()}};
+  for (const auto& [name, t] : items) parts.emplace_back(t.data_ptr(), t.nbytes());
+  write_file_atomically(path, parts, "safetensors");
 }
 
 SafetensorsContents parse_safetensors(const std::string& bytes, const std::string& source) {

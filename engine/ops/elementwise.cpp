@@ -108,7 +108,7 @@ Tensor unary_op(cpu::UnaryOp op, const char* name, const Tensor& x_in, cpu::Unar
   Tensor x = x_in.contiguous();
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   run_unary(op, x, out, p);
-  trace_op(name, {x}, out);
+  if (active_trace() != nullptr) trace_op(name, {x}, out, 0, {{"a", exact_str(p.a)}, {"b", exact_str(p.b)}});
   if (!needs_grad({x_in})) return out;
   Tensor xd = x.detach(), yd = out.detach();
   return record(out, name, {x_in}, [op, xd, yd, p](const Tensor& g, const std::vector<bool>&) {

@@ -1,7 +1,9 @@
 #include "engine/ops/norm.h"
 
 #include <cmath>
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "engine/autograd.h"
@@ -40,6 +42,11 @@ void check_cuda_input(const Tensor& x, const char* op) {
          ": the CUDA path supports f32, f16 and bf16 input, got ", dtype_name(x.dtype()), " ", shape_str(x.shape()));
 }
 
+std::map<std::string, std::string> norm_trace_attrs(const BatchNormParams& p, Activation act) {
+  if (active_trace() == nullptr) return {};
+  return {{"act", activation_name(act)}, {"training", p.training ? "1" : "0"}, {"eps", exact_str(p.eps)}};
+}
+
 // CUDA: statistics, running-stat update and the backward all stay on the device.
 Tensor batch_norm_cuda(const char* op, const Tensor& x, const Tensor& weight, const Tensor& bias,
                        const Tensor& running_mean, const Tensor& running_var, const BatchNormParams& p,
@@ -51,8 +58,7 @@ Tensor batch_norm_cuda(const char* op, const Tensor& x, const Tensor& weight, co
   const bool grad = needs_grad({x, weight, bias, residual});
   gpu::BatchNormForward f =
       gpu::batch_norm_act_forward(xc, w, b, running_mean, running_var, rc, p.training, p.momentum, p.eps, act, grad);
-  trace_op(op, {x, weight, bias, residual}, f.y, x.numel(),
-           {{"act", activation_name(act)}, {"training", p.training ? "1" : "0"}});
+  trace_op(op, {x, weight, bias, residual, running_mean, running_var}, f.y, x.numel(), norm_trace_attrs(p, act));
   if (!grad) return f.y;
   const gpu::BatchNormStats saved = f.saved;
   const bool training = p.training;
@@ -140,8 +146,7 @@ Tensor batch_norm_impl(const char* op, const Tensor& x, const Tensor& weight, co
 
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   cpu::batch_norm_act_forward(xc, mean->data(), scale.data(), b ? b->data() : nullptr, rc, act, y);
-  trace_op(op, {x, weight, bias, residual}, y, x.numel(),
-           {{"act", activation_name(act)}, {"training", p.training ? "1" : "0"}});
+  trace_op(op, {x, weight, bias, residual, running_mean, running_var}, y, x.numel(), norm_trace_attrs(p, act));
   if (!needs_grad({x, weight, bias, residual})) return y;
 
   const bool training = p.training;

@@ -84,7 +84,7 @@ Tensor pad2d(const Tensor& x, int64_t top, int64_t bottom, int64_t left, int64_t
   trace_op(op, {x}, out, 0,
            {{"pads", std::to_string(top) + "," + std::to_string(bottom) + "," + std::to_string(left) + "," +
                          std::to_string(right)},
-            {"value", std::to_string(value)}});
+            {"value", exact_str(value)}});
   return record(out, op, {x}, [top, left, h, w](const Tensor& g, const std::vector<bool>&) {
     return std::vector<Tensor>{g.narrow(1, top, h).narrow(2, left, w).contiguous()};
   });

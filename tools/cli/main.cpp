@@ -12,6 +12,7 @@ void register_summary(CLI::App& app);  // summary.cpp
 void register_train(CLI::App& app);    // train.cpp
 void register_eval(CLI::App& app);     // eval.cpp
 void register_predict(CLI::App& app);  // predict.cpp
+void register_export(CLI::App& app);   // export.cpp
 }  // namespace kestrel::cli
 
 int main(int argc, char** argv) {
@@ -21,6 +22,7 @@ int main(int argc, char** argv) {
   kestrel::cli::register_train(app);
   kestrel::cli::register_eval(app);
   kestrel::cli::register_predict(app);
+  kestrel::cli::register_export(app);
   try {
     kestrel::dist::init();
     app.parse(argc, argv);

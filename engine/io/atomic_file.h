@@ -1,0 +1,17 @@
+// Writing a file so that a kill at any moment leaves either the old file or
+// the whole new one: a temporary file beside it, fsync, rename, fsync the folder.
+#pragma once
+#include <cstddef>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace kestrel::io {
+
+using ByteSpan = std::pair<const void*, size_t>;
+
+// Writes the concatenation of `parts` to `path`. Throws IOError naming `what`
+// ("safetensors", "onnx") and the file when any step fails; no temporary is left.
+void write_file_atomically(const std::string& path, const std::vector<ByteSpan>& parts, const std::string& what);
+
+}  // namespace kestrel::io

@@ -1,0 +1,82 @@
+// kestrel export: a trained checkpoint as an ONNX graph (opset 17) for
+// onnxruntime, TensorRT and edge runtimes. The graph takes PyTorch's input:
+// [N, C, H, W] float32, normalized with the mean/std stored in its metadata.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+
+#include "engine/error.h"
+#include "engine/io/onnx_export.h"
+#include "tools/lib/checkpoint.h"
+
+namespace kestrel::cli {
+
+namespace {
+
+struct ExportArgs {
+  std::string checkpoint;
+  std::string out;
+  int64_t batch = 0;  // 0: dynamic
+  bool overwrite = false;
+};
+
+std::string join(const std::vector<float>& v) {
+  std::string s;
+  char buf[32];
+  for (size_t i = 0; i < v.size(); ++i) {
+    std::snprintf(buf, sizeof(buf), "%s%.4g", i ? ", " : "", static_cast<double>(v[i]));
+    s += buf;
+  }
+  return s;
+}
+
+void run_export(const ExportArgs& a) {
+  namespace fs = std::filesystem;
+  KCHECK(io::onnx_export_available(), ValueError,
+         "export: this build has no ONNX support (tools/setup.sh installs libonnx-dev; then rebuild)");
+  KCHECK(a.batch >= 0, ValueError, "export: --batch must be >= 1 (or 0 for a dynamic batch), got ", a.batch);
+  const std::string out = a.out.empty() ? fs::path(a.checkpoint).replace_extension(".onnx").string() : a.out;
+  KCHECK(a.overwrite || !fs::exists(out), IOError, "export: ", out, " exists; pass --overwrite to replace it");
+  const fs::path parent = fs::path(out).parent_path();
+  KCHECK(parent.empty() || fs::is_directory(parent), IOError, "export: folder ", parent.string(), " does not exist");
+
+  tools::LoadedModel loaded = tools::load_checkpoint(a.checkpoint);
+  const tools::ModelInfo& info = loaded.info;
+  io::OnnxExportOptions o;
+  o.dynamic_batch = a.batch == 0;
+  o.batch = a.batch == 0 ? 1 : a.batch;
+  o.metadata = info.to_metadata();
+  o.metadata["input_layout"] = "NCHW float32; pixels in [0,1], minus mean, divided by std (per channel)";
+  const io::OnnxExportSummary s =
+      io::export_onnx(*loaded.model, {1, info.height, info.width, info.in_channels}, out, o);
+
+  std::string ops;
+  for (const auto& [type, n] : s.op_counts) ops += (ops.empty() ? "" : ", ") + type + " " + std::to_string(n);
+  std::printf("exported %s (%lld classes) to %s\n", info.model.c_str(), static_cast<long long>(info.num_classes),
+              out.c_str());
+  std::printf("  opset %lld, %lld nodes (%s), %lld initializers, %.2f MB\n", static_cast<long long>(io::kOnnxOpset),
+              static_cast<long long>(s.nodes), ops.c_str(), static_cast<long long>(s.initializers),
+              static_cast<double>(s.file_bytes) / 1e6);
+  std::printf("  input  '%s' [%s, %lld, %lld, %lld] float32, normalized with mean [%s], std [%s]\n",
+              o.input_name.c_str(), o.dynamic_batch ? "batch" : std::to_string(o.batch).c_str(),
+              static_cast<long long>(info.in_channels), static_cast<long long>(info.height),
+              static_cast<long long>(info.width), join(info.mean).c_str(), join(info.std).c_str());
+  std::printf("  output '%s' [%s, %lld] logits\n", o.output_name.c_str(),
+              o.dynamic_batch ? "batch" : std::to_string(o.batch).c_str(), static_cast<long long>(info.num_classes));
+}
+
+}  // namespace
+
+void register_export(CLI::App& app) {
+  auto a = std::make_shared<ExportArgs>();
+  CLI::App* cmd = app.add_subcommand("export", "Write a checkpoint as an ONNX graph (opset 17, NCHW input)");
+  cmd->add_option("--checkpoint,-c", a->checkpoint, "model checkpoint (.safetensors from kestrel train)")->required();
+  cmd->add_option("--out,-o", a->out, "the .onnx file (default: the checkpoint's path with .onnx)");
+  cmd->add_option("--batch", a->batch, "a fixed batch size; 0 leaves the batch dim free")->capture_default_str();
+  cmd->add_flag("--overwrite", a->overwrite, "replace an existing file");
+  cmd->callback([a] { run_export(*a); });
+}
+
+}  // namespace kestrel::cli
