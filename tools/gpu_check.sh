@@ -57,7 +57,8 @@ fi
 configure_and_build() {  # targets...
   mkdir -p "$build" "$logdir"
   say "configure ($build, Release, sm_80;sm_90)"
-  # No MPI: the device machine has one GPU, and the bundle carries no MPI runtime.
+  # No MPI (the device machine has one GPU) and no ONNX export (a CPU-side tool):
+  # the bundle carries neither runtime.
   if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKESTREL_WERROR=ON -DKESTREL_BENCH=ON -DKESTREL_MPI=OFF -DKESTREL_ONNX=OFF \
        -DCMAKE_CUDA_ARCHITECTURES="80;90" ${CMAKE_LIBRARY_PATH:+-DCMAKE_LIBRARY_PATH="$CMAKE_LIBRARY_PATH"} \
        >"$logdir/configure.log" 2>&1; then
