@@ -10,31 +10,13 @@
 #include <filesystem>
 
 #include "engine/error.h"
+#include "engine/io/fd.h"
 
 namespace kestrel::io {
 
 namespace {
 
 std::string errno_text() { return std::strerror(errno); }
-
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  int release() {
-    const int f = fd_;
-    fd_ = -1;
-    return f;
-  }
-
- private:
-  int fd_;
-};
 
 void write_all(int fd, const void* src, size_t n, const std::string& tmp, const std::string& what) {
   const char* p = static_cast<const char*>(src);

@@ -14,6 +14,7 @@
 
 #include "engine/autograd.h"
 #include "engine/io/atomic_file.h"
+#include "engine/io/fd.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors I/O assumes a little-endian host"
@@ -222,25 +223,6 @@ uint64_t checked_header_length(uint64_t n, uint64_t file_size, const std::string
                      " bytes after the length field (truncated file?)");
   return n;
 }
-
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  int release() {
-    const int f = fd_;
-    fd_ = -1;
-    return f;
-  }
-
- private:
-  int fd_;
-};
 
 void pread_all(int fd, void* dst, size_t n, uint64_t offset, const std::string& source) {
   char* p = static_cast<char*>(dst);
