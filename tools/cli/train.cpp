@@ -44,12 +44,11 @@ void apply_recipe(CLI::App& cmd, const std::string& path) {
   }
 }
 
-}  // namespace
-
-void register_train(CLI::App& app) {
+// `kestrel train`, and `kestrel distill`: the same run, which must name its teachers.
+void add_training_command(CLI::App& app, const std::string& name, const std::string& help, bool distill) {
   auto c = std::make_shared<tools::TrainConfig>();
   auto no_progress = std::make_shared<bool>(false);
-  CLI::App* cmd = app.add_subcommand("train", "Train a model from the zoo on a data set");
+  CLI::App* cmd = app.add_subcommand(name, help);
   auto recipe = std::make_shared<std::string>();
   cmd->add_option("--config", *recipe, "recipe file (key = value lines, keys as the long flags); command-line flags win");
   cmd->add_option("--model,-m", c->model, "model name (kestrel summary --list)")->capture_default_str();
@@ -93,6 +92,12 @@ void register_train(CLI::App& app) {
   cmd->add_option("--grad-accum", c->grad_accum, "micro-batches per optimizer step")->capture_default_str();
   cmd->add_option("--clip-grad", c->clip_grad, "clip gradients to this global norm; 0 = off")->capture_default_str();
   cmd->add_option("--early-stop", c->early_stop, "stop after N epochs without improvement; 0 = off");
+  cmd->add_option("--teacher", c->teacher,
+                  "distill from these checkpoints (comma-separated; their logits are averaged)");
+  cmd->add_option("--distill-alpha", c->distill_alpha, "weight of the teachers' term (the labels get 1 - alpha)")
+      ->capture_default_str();
+  cmd->add_option("--distill-temperature", c->distill_temperature, "softmax temperature of distillation")
+      ->capture_default_str();
   cmd->add_option("--seed", c->seed, "random seed")->capture_default_str();
   cmd->add_option("--device", c->device, "auto, cpu, cuda or cuda:N (auto: cuda when a GPU is usable)")
       ->capture_default_str();
@@ -102,14 +107,25 @@ void register_train(CLI::App& app) {
   cmd->add_flag("--no-progress", *no_progress, "no progress bars");
   cmd->add_option("--stop-after-steps", c->stop_after_steps, "stop abruptly after N optimizer steps (testing aid)")
       ->group("");
-  cmd->callback([c, no_progress, recipe, cmd] {
+  cmd->callback([c, no_progress, recipe, cmd, distill] {
     if (!recipe->empty()) apply_recipe(*cmd, *recipe);
+    KCHECK(!distill || !c->teacher.empty(), ValueError,
+           "kestrel distill needs --teacher CHECKPOINT[,CHECKPOINT...] (or a recipe's teacher key)");
     c->progress = !*no_progress;
     const tools::TrainSummary s = tools::train(*c);
     if (!s.completed || !dist::is_main()) return;
     std::printf("best top-1 %.2f%% at epoch %lld; final top-1 %.2f%%; %.1f s; run folder %s\n", 100 * s.best_top1,
                 static_cast<long long>(s.best_epoch), 100 * s.final_top1, s.seconds, s.out_dir.c_str());
   });
+}
+
+}  // namespace
+
+void register_train(CLI::App& app) {
+  add_training_command(app, "train", "Train a model from the zoo on a data set", false);
+  add_training_command(app, "distill",
+                       "Train a student from averaged teacher checkpoints (knowledge distillation) and the labels",
+                       true);
 }
 
 }  // namespace kestrel::cli

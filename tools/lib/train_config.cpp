@@ -9,7 +9,8 @@ namespace kestrel::tools {
   X(limit_test) X(skip_bad) X(workers) X(epochs) X(batch_size) X(lr) X(optimizer) X(momentum) X(nesterov)     \
   X(weight_decay) X(warmup_epochs) X(schedule) X(step_size) X(step_gamma) X(label_smoothing) X(loss)          \
   X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp) X(early_stop) X(mixup) X(cutmix) X(ricap)          \
-  X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop) X(hflip) X(cutout) X(seed) X(device) X(out)
+  X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop) X(hflip) X(cutout) X(seed) X(device) X(out)       \
+  X(teacher) X(distill_alpha) X(distill_temperature)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -58,6 +59,9 @@ void TrainConfig::validate() const {
   KCHECK(dataset != "folder" || !data_dir.empty(), ValueError, "--dataset folder needs --data-dir");
   KCHECK(clip_grad >= 0, ValueError, "--clip-grad must be >= 0");
   KCHECK(warmup_epochs >= 0, ValueError, "--warmup-epochs must be >= 0");
+  KCHECK(distill_alpha >= 0 && distill_alpha <= 1, ValueError, "--distill-alpha must be in [0, 1], got ",
+         distill_alpha);
+  KCHECK(distill_temperature > 0, ValueError, "--distill-temperature must be positive, got ", distill_temperature);
 }
 
 }  // namespace kestrel::tools

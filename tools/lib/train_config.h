@@ -42,6 +42,11 @@ struct TrainConfig {
   std::string amp = "off";  // off, fp16, bf16
   int64_t early_stop = 0;   // patience in epochs; 0 = off
 
+  // knowledge distillation (tools/lib/distill.h)
+  std::string teacher;                // comma-separated teacher checkpoints; empty = off
+  double distill_alpha = 0.5;         // weight of the teachers' term; the labels get 1 - alpha
+  double distill_temperature = 4.0;   // softens both distributions
+
   // augmentation
   double mixup = 0.0;   // probability of applying MixUp to a batch
   double cutmix = 0.0;

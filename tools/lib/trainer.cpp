@@ -24,6 +24,7 @@
 #include "tools/lib/checkpoint.h"
 #include "tools/lib/datasets.h"
 #include "tools/lib/device_select.h"
+#include "tools/lib/distill.h"
 #include "tools/lib/plot.h"
 #include "tools/lib/progress.h"
 #include "tools/lib/tb_writer.h"
@@ -259,6 +260,11 @@ TrainSummary train(TrainConfig c) {
   if (!device.is_cpu()) model->to(device);  // before the optimizer and EMA take their state
   dist::broadcast_module(*model);           // seeded alike, but rank 0's is the one
   dist::GradientAverager grad_sync(model->parameters());
+  std::unique_ptr<TeacherEnsemble> teachers;
+  if (!c.teacher.empty()) {
+    teachers = std::make_unique<TeacherEnsemble>(split_paths(c.teacher), info);
+    if (!device.is_cpu()) teachers->to(device);
+  }
 
   data::LoaderOptions lo;
   lo.batch_size = c.batch_size;
@@ -324,6 +330,17 @@ TrainSummary train(TrainConfig c) {
 
   TrainSummary summary;
   summary.out_dir = c.out;
+  if (teachers) {
+    // What the student is taught from: the averaged teachers' accuracy.
+    AutocastGuard autocast_scope(autocast);
+    summary.teacher_top1 = evaluate(*teachers, test_loader, classes, c.progress, "  teachers").metrics.top1();
+    if (main_rank) {
+      std::cerr << "distilling from " << teachers->names().size() << " teacher(s), logits averaged (alpha "
+                << c.distill_alpha << ", T " << c.distill_temperature << "): ";
+      for (size_t i = 0; i < teachers->names().size(); ++i) std::cerr << (i ? ", " : "") << teachers->names()[i];
+      std::cerr << "; ensemble top-1 " << fmt_pct(summary.teacher_top1) << "\n";
+    }
+  }
   const auto run_start = std::chrono::steady_clock::now();
   const std::vector<Tensor> params = model->parameters();
   for (int64_t epoch = start_epoch; epoch < c.epochs; ++epoch) {
@@ -338,13 +355,15 @@ TrainSummary train(TrainConfig c) {
     int64_t seen = 0, loss_seen = 0, correct = 0, micro = 0, batches = 0, skipped_steps = 0;
     while (train_loader.next(b)) {
       const data::DeviceBatch on_device = data::copy_batch_to_device(b, device);
-      Tensor logits;
+      Tensor logits, teacher_logits;
       {
         AutocastGuard autocast_scope(autocast);  // forward only: backward never consults the scope
         logits = (*model)(on_device.images);
+        if (teachers) teacher_logits = (*teachers)(on_device.images);  // the same (mixed) images
       }
       logits = logits_f32(logits);
       Tensor loss = training_loss(c, logits, on_device, classes);
+      if (teachers) loss = distillation_loss(logits, teacher_logits, loss, c.distill_alpha, c.distill_temperature);
       const double loss_value = loss.item();
       // With fp16 loss scaling an inf/nan loss is not fatal, as in PyTorch: its
       // gradients are non-finite, so the scaler skips the step and backs off.

@@ -20,6 +20,7 @@ struct TrainSummary {
   double final_top1 = 0.0;
   double seconds = 0.0;
   bool early_stopped = false;
+  double teacher_top1 = -1.0;  // the teacher ensemble's test top-1 when distilling
   std::string out_dir;
 };
 

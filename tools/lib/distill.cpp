@@ -1,0 +1,69 @@
+#include "tools/lib/distill.h"
+
+#include <cmath>
+#include <sstream>
+
+#include "engine/autograd.h"
+#include "engine/error.h"
+#include "engine/ops/elementwise.h"
+#include "engine/ops/loss.h"
+
+namespace kestrel::tools {
+
+namespace {
+
+bool same_values(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (std::fabs(a[i] - b[i]) > 1e-6f) return false;
+  return true;
+}
+
+}  // namespace
+
+std::vector<std::string> split_paths(const std::string& comma_separated) {
+  std::vector<std::string> out;
+  std::stringstream in(comma_separated);
+  std::string part;
+  while (std::getline(in, part, ','))
+    if (!part.empty()) out.push_back(part);
+  return out;
+}
+
+TeacherEnsemble::TeacherEnsemble(const std::vector<std::string>& checkpoints, const ModelInfo& student) {
+  KCHECK(!checkpoints.empty(), ValueError, "distillation needs at least one --teacher checkpoint");
+  for (const std::string& path : checkpoints) {
+    LoadedModel t = load_checkpoint(path);
+    const ModelInfo& i = t.info;
+    KCHECK(i.num_classes == student.num_classes, ValueError, "--teacher ", path, " has ", i.num_classes,
+           " classes but the student has ", student.num_classes);
+    KCHECK(i.in_channels == student.in_channels && i.height == student.height && i.width == student.width,
+           ValueError, "--teacher ", path, " reads ", i.in_channels, "x", i.height, "x", i.width,
+           " images but the student's data gives ", student.in_channels, "x", student.height, "x", student.width);
+    KCHECK(same_values(i.mean, student.mean) && same_values(i.std, student.std), ValueError, "--teacher ", path,
+           " was trained with another input normalization (another data set?) than the student's ", student.dataset);
+    names_.push_back(i.model + " (" + path + ")");
+    teachers_.push_back(register_module("teacher" + std::to_string(teachers_.size()), t.model));
+  }
+  train(false);
+}
+
+Tensor TeacherEnsemble::forward(const Tensor& x) {
+  NoGradGuard no_grad;  // teachers only give targets
+  Tensor sum;
+  for (const nn::ModulePtr& t : teachers_) {
+    Tensor logits = (*t)(x);
+    if (logits.dtype() != DType::F32) logits = logits.to(DType::F32);
+    sum = sum.defined() ? add(sum, logits) : logits;
+  }
+  return teachers_.size() == 1 ? sum : mul_scalar(sum, 1.0 / static_cast<double>(teachers_.size()));
+}
+
+Tensor distillation_loss(const Tensor& student_logits, const Tensor& teacher_logits, const Tensor& hard_loss,
+                         double alpha, double temperature) {
+  const Tensor soft = kl_div_distill(student_logits, teacher_logits, temperature);
+  if (alpha >= 1.0) return soft;
+  return add(mul_scalar(hard_loss, 1.0 - alpha), mul_scalar(soft, alpha));
+}
+
+}  // namespace kestrel::tools
