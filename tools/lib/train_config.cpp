@@ -1,6 +1,9 @@
 #include "tools/lib/train_config.h"
 
+#include <filesystem>
+
 #include "engine/error.h"
+#include "tools/lib/distill.h"
 
 namespace kestrel::tools {
 
@@ -62,6 +65,8 @@ void TrainConfig::validate() const {
   KCHECK(distill_alpha >= 0 && distill_alpha <= 1, ValueError, "--distill-alpha must be in [0, 1], got ",
          distill_alpha);
   KCHECK(distill_temperature > 0, ValueError, "--distill-temperature must be positive, got ", distill_temperature);
+  for (const std::string& path : split_paths(teacher))  // before the run folder is touched
+    KCHECK(std::filesystem::is_regular_file(path), IOError, "--teacher checkpoint not found: ", path);
 }
 
 }  // namespace kestrel::tools
