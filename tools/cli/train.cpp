@@ -54,6 +54,9 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--model,-m", c->model, "model name (kestrel summary --list)")->capture_default_str();
   cmd->add_option("--num-classes", c->num_classes, "classifier outputs (default: from the data set)");
   cmd->add_option("--width-mult", c->width_mult, "channel multiplier")->capture_default_str();
+  cmd->add_option("--depth-mult", c->depth_mult, "layer-repeat multiplier (EfficientNet)")->capture_default_str();
+  cmd->add_option("--image-size", c->image_size, "train and evaluate at this square size (images resized); 0 = as stored")
+      ->capture_default_str();
   cmd->add_option("--dropout", c->dropout, "classifier dropout (default: the model's)");
   cmd->add_option("--drop-path", c->drop_path, "stochastic depth rate (default: the model's)");
   cmd->add_option("--dataset", c->dataset, "cifar10, cifar100, fashion-mnist, mnist or folder")->capture_default_str();

@@ -16,6 +16,7 @@ io::Metadata ModelInfo::to_metadata() const {
   j["width"] = width;
   j["cifar_stem"] = cifar_stem;
   j["width_mult"] = width_mult;
+  j["depth_mult"] = depth_mult;
   j["dataset"] = dataset;
   j["classes"] = classes;
   j["mean"] = mean;
@@ -36,6 +37,7 @@ ModelInfo ModelInfo::from_metadata(const io::Metadata& m, const std::string& sou
     info.width = j.at("width").get<int64_t>();
     info.cifar_stem = j.at("cifar_stem").get<bool>();
     info.width_mult = j.value("width_mult", 1.0);
+    info.depth_mult = j.value("depth_mult", 1.0);
     info.dataset = j.value("dataset", "");
     info.classes = j.value("classes", std::vector<std::string>{});
     info.mean = j.value("mean", std::vector<float>{});
@@ -52,6 +54,7 @@ nn::ModulePtr build_from_info(const ModelInfo& info, double dropout, double drop
   o.in_channels = info.in_channels;
   o.cifar_stem = info.cifar_stem;
   o.width_mult = info.width_mult;
+  o.depth_mult = info.depth_mult;
   if (dropout >= 0) o.dropout = dropout;
   if (drop_path >= 0) o.drop_path = drop_path;
   return models::build_model(info.model, o);

@@ -16,6 +16,7 @@ struct ModelInfo {
   int64_t height = 32, width = 32;
   bool cifar_stem = false;
   double width_mult = 1.0;
+  double depth_mult = 1.0;  // EfficientNet-style block repeats multiplier
   std::string dataset;
   std::vector<std::string> classes;
   std::vector<float> mean, std;  // per-channel normalization of [0,1] pixels

@@ -78,6 +78,7 @@ Normalization normalization_for(const std::string& dataset, const data::Dataset&
 
 data::Transform train_transform(const TrainConfig& c, int height, int width, const Normalization& n) {
   std::vector<data::Transform> t;
+  t.push_back(data::resize(height, width));  // nothing to do at the data's own size
   if (c.random_crop) t.push_back(data::random_crop(height, width, std::max(2, height / 8)));
   if (c.hflip) t.push_back(data::random_hflip());
   if (c.auto_augment) t.push_back(data::auto_augment_cifar10());
@@ -92,7 +93,9 @@ data::Transform train_transform(const TrainConfig& c, int height, int width, con
   return data::compose(std::move(t));
 }
 
-data::Transform eval_transform(const Normalization& n) { return data::normalize(n.mean, n.std); }
+data::Transform eval_transform(int height, int width, const Normalization& n) {
+  return data::compose({data::resize(height, width), data::normalize(n.mean, n.std)});
+}
 
 data::BatchTransform batch_mixing(const TrainConfig& c, int64_t num_classes) {
   const double total = c.mixup + c.cutmix + c.ricap;

@@ -8,7 +8,7 @@
 namespace kestrel::tools {
 
 #define KESTREL_CONFIG_FIELDS(X)                                                                              \
-  X(model) X(num_classes) X(width_mult) X(dropout) X(drop_path) X(dataset) X(data_dir) X(limit_train)         \
+  X(model) X(num_classes) X(width_mult) X(depth_mult) X(image_size) X(dropout) X(drop_path) X(dataset) X(data_dir) X(limit_train)         \
   X(limit_test) X(skip_bad) X(workers) X(epochs) X(batch_size) X(lr) X(optimizer) X(momentum) X(nesterov)     \
   X(weight_decay) X(warmup_epochs) X(schedule) X(step_size) X(step_gamma) X(label_smoothing) X(loss)          \
   X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp) X(early_stop) X(mixup) X(cutmix) X(ricap)          \
@@ -62,6 +62,9 @@ void TrainConfig::validate() const {
   KCHECK(dataset != "folder" || !data_dir.empty(), ValueError, "--dataset folder needs --data-dir");
   KCHECK(clip_grad >= 0, ValueError, "--clip-grad must be >= 0");
   KCHECK(warmup_epochs >= 0, ValueError, "--warmup-epochs must be >= 0");
+  KCHECK(width_mult > 0 && depth_mult > 0, ValueError, "--width-mult and --depth-mult must be positive");
+  KCHECK(image_size == 0 || (image_size >= 8 && image_size <= 1024), ValueError,
+         "--image-size must be in [8, 1024] (or 0 for the data's own size), got ", image_size);
   KCHECK(distill_alpha >= 0 && distill_alpha <= 1, ValueError, "--distill-alpha must be in [0, 1], got ",
          distill_alpha);
   KCHECK(distill_temperature > 0, ValueError, "--distill-temperature must be positive, got ", distill_temperature);

@@ -12,6 +12,8 @@ struct TrainConfig {
   std::string model = "cifar10_200k";
   int64_t num_classes = 0;  // 0: from the data set
   double width_mult = 1.0;
+  double depth_mult = 1.0;  // layer-repeat multiplier (EfficientNet compound scaling)
+  int64_t image_size = 0;   // train and evaluate at this square size (resized); 0 = the data's own
   double dropout = -1.0;    // < 0: the model's default
   double drop_path = -1.0;  // < 0: the model's default
   std::string dataset = "fashion-mnist";  // cifar10, cifar100, fashion-mnist, mnist, folder

@@ -247,10 +247,11 @@ TrainSummary train(TrainConfig c) {
   info.model = c.model;
   info.num_classes = classes;
   info.in_channels = probe.image.c;
-  info.height = probe.image.h;
-  info.width = probe.image.w;
-  info.cifar_stem = probe.image.h <= 64;
+  info.height = c.image_size > 0 ? c.image_size : probe.image.h;
+  info.width = c.image_size > 0 ? c.image_size : probe.image.w;
+  info.cifar_stem = info.height <= 64;
   info.width_mult = c.width_mult;
+  info.depth_mult = c.depth_mult;
   info.dataset = c.dataset;
   info.classes = train_set->classes();
   info.mean = norm.mean;
@@ -280,7 +281,7 @@ TrainSummary train(TrainConfig c) {
   eo.shuffle = false;
   eo.drop_last = false;
   eo.batch_size = std::max<int64_t>(c.batch_size, 256);
-  data::DataLoader test_loader(test_set, eo, eval_transform(norm));
+  data::DataLoader test_loader(test_set, eo, eval_transform(info.height, info.width, norm));
 
   KCHECK(train_loader.num_batches() > 0, ValueError, "--batch-size ", c.batch_size, " is larger than the ",
          train_set->size(), " training images (the last partial batch is dropped)");

@@ -1,0 +1,199 @@
+#include "tools/lib/scale_search.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "engine/error.h"
+#include "models/registry.h"
+#include "models/summary.h"
+#include "tools/lib/progress.h"
+#include "tools/lib/trainer.h"
+
+namespace kestrel::tools {
+
+namespace {
+
+// Grid values 1.0, 1.0 + step, ... up to max (inclusive, despite rounding).
+std::vector<double> axis(double max, double step) {
+  std::vector<double> v;
+  for (int64_t i = 0;; ++i) {
+    const double x = 1.0 + static_cast<double>(i) * step;
+    if (x > max + 1e-9) break;
+    v.push_back(std::round(x * 1e6) / 1e6);
+  }
+  return v;
+}
+
+struct Measured {
+  int64_t params, macs;
+};
+
+class Measurer {
+ public:
+  explicit Measurer(const ScaleSearchOptions& o) : o_(o) {}
+
+  // Parameters and multiply-adds of the model at these multipliers; one trace
+  // per distinct architecture (many grid points round to the same one).
+  Measured measure(double depth_mult, double width_mult, int64_t resolution) {
+    models::ModelOptions mo;
+    mo.num_classes = o_.num_classes;
+    mo.in_channels = o_.in_channels;
+    mo.width_mult = width_mult;
+    mo.depth_mult = depth_mult;
+    mo.cifar_stem = resolution <= 64;
+    nn::ModulePtr m = models::build_model(o_.model, mo);
+    const int64_t params = m->num_parameters();
+    const auto key = std::make_pair(params, resolution);
+    auto it = macs_.find(key);
+    if (it == macs_.end())
+      it = macs_.emplace(key, models::summarize(*m, {1, resolution, resolution, o_.in_channels}).total_macs).first;
+    return {params, it->second};
+  }
+
+ private:
+  const ScaleSearchOptions& o_;
+  std::map<std::pair<int64_t, int64_t>, int64_t> macs_;
+};
+
+ScaleCandidate candidate(const std::string& name, const models::CompoundCoefficients& c) {
+  ScaleCandidate r;
+  r.name = name;
+  r.coefficients = c;
+  return r;
+}
+
+std::string coefficient_tag(const models::CompoundCoefficients& c) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "a%.3g_b%.3g_g%.3g", c.alpha, c.beta, c.gamma);
+  return buf;
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::trunc);
+  KCHECK(f.good(), IOError, "scale-search: cannot write ", path);
+  f << text;
+  KCHECK(f.good(), IOError, "scale-search: write failed: ", path);
+}
+
+std::string csv(const std::vector<ScaleCandidate>& rows) {
+  std::ostringstream s;
+  s << "name,alpha,beta,gamma,flops_per_phi,depth_mult,width_mult,resolution,params,macs,macs_ratio,top1\n";
+  for (const ScaleCandidate& r : rows)
+    s << r.name << "," << r.coefficients.alpha << "," << r.coefficients.beta << "," << r.coefficients.gamma << ","
+      << models::flops_per_phi(r.coefficients) << "," << r.depth_mult << "," << r.width_mult << "," << r.resolution
+      << "," << r.params << "," << r.macs << "," << r.macs_ratio << "," << (r.top1 >= 0 ? std::to_string(r.top1) : "")
+      << "\n";
+  return s.str();
+}
+
+}  // namespace
+
+std::vector<models::CompoundCoefficients> constrained_grid(const ScaleGrid& g) {
+  KCHECK(g.step > 0, ValueError, "scale-search: the grid step must be positive, got ", g.step);
+  KCHECK(g.alpha_max >= 1 && g.beta_max >= 1 && g.gamma_max >= 1, ValueError,
+         "scale-search: grid maxima must be >= 1 (coefficients start at 1)");
+  KCHECK(g.tolerance >= 0, ValueError, "scale-search: the tolerance must be >= 0, got ", g.tolerance);
+  std::vector<models::CompoundCoefficients> out;
+  for (double a : axis(g.alpha_max, g.step))
+    for (double b : axis(g.beta_max, g.step))
+      for (double c : axis(g.gamma_max, g.step))
+        if (models::satisfies_constraint({a, b, c}, g.tolerance)) out.push_back({a, b, c});
+  return out;
+}
+
+std::vector<ScaleCandidate> scale_search(const ScaleSearchOptions& o) {
+  KCHECK(o.phi > 0, ValueError, "scale-search: --phi must be positive, got ", o.phi);
+  KCHECK(o.base_resolution >= 8, ValueError, "scale-search: --base-resolution must be >= 8, got ", o.base_resolution);
+  models::find_model(o.model);  // names the valid models when this one is unknown
+  std::vector<ScaleCandidate> rows;
+  const double root2 = std::sqrt(2.0);
+  for (const auto& [name, c] : std::vector<std::pair<std::string, models::CompoundCoefficients>>{
+           {"depth only", {2.0, 1.0, 1.0}},
+           {"width only", {1.0, root2, 1.0}},
+           {"resolution only", {1.0, 1.0, root2}},
+           {"compound (paper)", {1.2, 1.1, 1.15}}})
+    rows.push_back(candidate(name, c));
+  for (const models::CompoundCoefficients& c : constrained_grid(o.grid)) rows.push_back(candidate("grid", c));
+
+  Measurer measurer(o);
+  const Measured base = measurer.measure(1.0, 1.0, o.base_resolution);
+  std::vector<ScaleCandidate> kept;
+  ProgressBar bar("measuring", static_cast<int64_t>(rows.size()), o.progress);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    ScaleCandidate r = rows[i];
+    const models::CompoundCoefficients& c = r.coefficients;
+    r.depth_mult = std::pow(c.alpha, o.phi);
+    r.width_mult = std::pow(c.beta, o.phi);
+    r.resolution = std::lround(static_cast<double>(o.base_resolution) * std::pow(c.gamma, o.phi));
+    const Measured m = measurer.measure(r.depth_mult, r.width_mult, r.resolution);
+    r.params = m.params;
+    r.macs = m.macs;
+    r.macs_ratio = static_cast<double>(m.macs) / static_cast<double>(base.macs);
+    bar.update(static_cast<int64_t>(i + 1));
+    if (o.max_params > 0 && r.params > o.max_params) continue;
+    if (o.max_macs > 0 && r.macs > o.max_macs) continue;
+    kept.push_back(r);
+  }
+  bar.finish(std::to_string(kept.size()) + " of " + std::to_string(rows.size()) + " within budget");
+
+  std::filesystem::create_directories(o.out);
+  if (o.train_epochs > 0) {
+    for (size_t i = 0; i < kept.size(); ++i) {
+      ScaleCandidate& r = kept[i];
+      TrainConfig t = o.train;
+      t.model = o.model;
+      t.num_classes = o.num_classes;
+      t.width_mult = r.width_mult;
+      t.depth_mult = r.depth_mult;
+      t.image_size = r.resolution;
+      t.epochs = o.train_epochs;
+      t.out = o.out + "/" + coefficient_tag(r.coefficients);
+      t.overwrite = true;
+      t.resume = false;
+      t.progress = o.progress;
+      if (o.progress)
+        std::fprintf(stderr, "candidate %zu/%zu: %s (alpha %.3g, beta %.3g, gamma %.3g)\n", i + 1, kept.size(),
+                     r.name.c_str(), r.coefficients.alpha, r.coefficients.beta, r.coefficients.gamma);
+      const TrainSummary s = train(t);
+      r.top1 = s.best_top1;
+      r.run_dir = t.out;
+    }
+  }
+  write_text(o.out + "/search.csv", csv(kept));
+  write_text(o.out + "/search.md", scale_search_markdown(kept, o));
+  return kept;
+}
+
+std::string scale_search_markdown(const std::vector<ScaleCandidate>& rows, const ScaleSearchOptions& o) {
+  const bool trained = std::any_of(rows.begin(), rows.end(), [](const ScaleCandidate& r) { return r.top1 >= 0; });
+  std::ostringstream s;
+  char line[256];
+  std::snprintf(line, sizeof(line), "Compound scaling of %s at phi %g from %lldx%lld (alpha beta^2 gamma^2 within %g of 2)\n\n",
+                o.model.c_str(), o.phi, static_cast<long long>(o.base_resolution),
+                static_cast<long long>(o.base_resolution), o.grid.tolerance);
+  s << line;
+  s << "| strategy | alpha | beta | gamma | a*b^2*g^2 | depth x | width x | resolution | params | MMACs | MACs x |"
+    << (trained ? " top-1 |" : "") << "\n";
+  s << "|---|---|---|---|---|---|---|---|---|---|---|" << (trained ? "---|" : "") << "\n";
+  for (const ScaleCandidate& r : rows) {
+    std::snprintf(line, sizeof(line), "| %s | %.3g | %.3g | %.3g | %.3f | %.3f | %.3f | %lld | %lld | %.1f | %.2f |",
+                  r.name.c_str(), r.coefficients.alpha, r.coefficients.beta, r.coefficients.gamma,
+                  models::flops_per_phi(r.coefficients), r.depth_mult, r.width_mult,
+                  static_cast<long long>(r.resolution), static_cast<long long>(r.params),
+                  static_cast<double>(r.macs) / 1e6, r.macs_ratio);
+    s << line;
+    if (trained) {
+      std::snprintf(line, sizeof(line), " %.2f%% |", 100.0 * r.top1);
+      s << line;
+    }
+    s << "\n";
+  }
+  return s.str();
+}
+
+}  // namespace kestrel::tools
