@@ -124,6 +124,7 @@ void run_backward(const Tensor& root, const Tensor& grad_root) {
     ready.pop_back();
     Tensor g = grads[node.get()];
     grads.erase(node.get());
+    for (const auto& hook : node->gradient_hooks) hook(g);
     std::vector<bool> needs;
     needs.reserve(node->edges.size());
     for (const Edge& e : node->edges) needs.push_back(e.active());
@@ -165,6 +166,12 @@ void run_backward(const Tensor& root, const Tensor& grad_root) {
       }
     }
   }
+}
+
+void on_gradient(const Tensor& t, std::function<void(const Tensor&)> hook) {
+  KCHECK(t.defined() && t.grad_fn() != nullptr, AutogradError,
+         "on_gradient: the tensor is not the output of a recorded op (a leaf, or made without grad)");
+  t.grad_fn()->gradient_hooks.push_back(std::move(hook));
 }
 
 void Tensor::backward(const Tensor& grad) const { run_backward(*this, grad); }

@@ -26,6 +26,9 @@ struct Node {
   BackwardFn backward;      // released after it runs, freeing saved tensors
   Shape output_shape;
   DType output_dtype = DType::F32;
+  // Called with the gradient of the node's output when backward reaches it
+  // (on_gradient: Grad-CAM reads a feature map's gradient this way).
+  std::vector<std::function<void(const Tensor&)>> gradient_hooks;
 };
 
 class GradMode {
@@ -53,5 +56,9 @@ bool needs_grad(const std::vector<Tensor>& inputs);
 Tensor& record(Tensor& output, const char* op, const std::vector<Tensor>& inputs, BackwardFn backward);
 
 void run_backward(const Tensor& root, const Tensor& grad_root);
+
+// Calls `hook` with d(root)/d(t) during the next backward that reaches `t`,
+// an op's output (not a leaf). Throws AutogradError when t has no history.
+void on_gradient(const Tensor& t, std::function<void(const Tensor&)> hook);
 
 }  // namespace kestrel

@@ -143,6 +143,22 @@ TEST(Autograd, GradReadyHookFiresOnceWhenTheGradientIsComplete) {
   EXPECT_EQ(seen, 7.0);  // both paths were in when the hook ran
 }
 
+// d(sum(h * h))/dh = 2h for an intermediate h = 3w reached by two paths.
+TEST(Autograd, OnGradientGivesAnIntermediatesWholeGradient) {
+  Tensor w = Tensor::from_vector_f64({1.0, -2.0}, {2}).set_requires_grad();
+  Tensor h = mul_scalar(w, 3.0);
+  std::vector<double> seen;
+  int calls = 0;
+  on_gradient(h, [&](const Tensor& g) {
+    ++calls;
+    seen = g.to_vector_f64();
+  });
+  sum(add(mul(h, h), mul_scalar(h, 0.0))).backward();
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(seen, (std::vector<double>{6.0, -12.0}));
+  EXPECT_THROW(on_gradient(w, [](const Tensor&) {}), AutogradError);  // a leaf: use its grad
+}
+
 TEST(Gradcheck, ElementwiseBroadcastingOps) {
   auto a = random_tensor({2, 3, 4}, 1).set_requires_grad();
   auto b = add_scalar(random_tensor({3, 1}, 2), 2.0).detach().set_requires_grad();

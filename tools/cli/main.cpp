@@ -14,6 +14,7 @@ void register_eval(CLI::App& app);     // eval.cpp
 void register_predict(CLI::App& app);  // predict.cpp
 void register_export(CLI::App& app);   // export.cpp
 void register_scale_search(CLI::App& app);  // scale_search.cpp
+void register_cam(CLI::App& app);           // cam.cpp
 }  // namespace kestrel::cli
 
 int main(int argc, char** argv) {
@@ -25,6 +26,7 @@ int main(int argc, char** argv) {
   kestrel::cli::register_predict(app);
   kestrel::cli::register_export(app);
   kestrel::cli::register_scale_search(app);
+  kestrel::cli::register_cam(app);
   try {
     kestrel::dist::init();
     app.parse(argc, argv);

@@ -1,0 +1,124 @@
+// Class activation maps: Grad-CAM equals the classic CAM on a pooling + linear
+// head, errors are named, and kestrel cam draws one tile per image and model.
+#include <gtest/gtest.h>
+#include <stb_image.h>
+#include <stb_image_write.h>
+
+#include <algorithm>
+#include <filesystem>
+
+#include "engine/ops/conv.h"
+#include "engine/trace.h"
+#include "models/registry.h"
+#include "test_util.h"
+#include "tools/lib/cam.h"
+#include "tools/lib/checkpoint.h"
+
+namespace kestrel {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Zhou et al.'s CAM of a global-average-pool + linear head, from the feature
+// map and the classifier's weights: relu(sum_k w[c,k] A[p,k]); Grad-CAM's
+// channel weights are w[c,k] / (h w) there, so its map is this over h w.
+TEST(Cam, GradCamOfAPoolThenLinearHeadIsTheClassicCam) {
+  models::ModelOptions o;
+  o.num_classes = 10;
+  o.cifar_stem = true;
+  auto m = models::build_model("cifar10_200k", o);
+  const Tensor x = testing::random_tensor({1, 32, 32, 3}, 3, DType::F32);
+  m->eval();
+  Tensor a;
+  {
+    NoGradGuard g;
+    TraceRecorder trace(true);
+    (*m)(x);
+    for (const TraceEvent& e : trace.events())
+      if (e.op == "global_avg_pool") a = e.inputs[0];
+  }
+  ASSERT_TRUE(a.defined());
+  const int64_t hw = a.size(1) * a.size(2), c = a.size(3);
+  Tensor fc;
+  for (const auto& [name, t] : m->named_parameters())
+    if (name == "fc.weight") fc = t;
+  ASSERT_TRUE(fc.defined());
+  const tools::ClassActivationMap cam = tools::grad_cam(*m, x, 7);
+  EXPECT_EQ(cam.class_index, 7);
+  EXPECT_EQ(cam.height * cam.width, hw);
+  const std::vector<float> av = a.contiguous().to_vector(), wv = fc.to_vector();
+  double top = 0;
+  for (int64_t p = 0; p < hw; ++p) {
+    double s = 0;
+    for (int64_t k = 0; k < c; ++k) s += static_cast<double>(wv[7 * c + k]) * av[p * c + k];
+    const double expected = std::max(0.0, s) / static_cast<double>(hw);
+    top = std::max(top, expected);
+    EXPECT_NEAR(cam.raw[p], expected, 1e-6 + 1e-4 * std::fabs(expected)) << "position " << p;
+  }
+  ASSERT_GT(top, 0.0);
+  EXPECT_FLOAT_EQ(*std::max_element(cam.heat.begin(), cam.heat.end()), 1.0f);
+  for (const Tensor& p : m->parameters()) EXPECT_FALSE(p.grad().defined()) << "cam leaves no gradients behind";
+  EXPECT_FALSE(m->is_training());
+}
+
+class NoPooling : public nn::Module {
+ public:
+  Tensor forward(const Tensor& x) override { return x.reshape({x.size(0), x.numel() / x.size(0)}); }
+};
+
+TEST(Cam, ModelsWithNothingToLocalizeAndBadClassesAreNamed) {
+  NoPooling flat;
+  const Tensor x = testing::random_tensor({1, 2, 2, 1}, 4, DType::F32);
+  EXPECT_THROW(tools::grad_cam(flat, x), ValueError);
+  models::ModelOptions o;
+  o.num_classes = 10;
+  o.cifar_stem = true;
+  auto m = models::build_model("cifar10_200k", o);
+  const Tensor img = testing::random_tensor({1, 32, 32, 3}, 5, DType::F32);
+  EXPECT_THROW(tools::grad_cam(*m, img, 10), ValueError);
+  EXPECT_THROW(tools::grad_cam(*m, testing::random_tensor({2, 32, 32, 3}, 6, DType::F32)), ShapeError);
+  const tools::ClassActivationMap top = tools::grad_cam(*m, img);  // the predicted class
+  EXPECT_GE(top.class_index, 0);
+  EXPECT_GT(top.probability, 0.0);
+}
+
+// Two checkpoints on a folder of two images: a 2 x 3 grid of tiles.
+TEST(Cam, CliDrawsEachImageBesideEachCheckpointsMap) {
+  const std::string dir = testing::temp_path("cam_cli");
+  fs::remove_all(dir);
+  fs::create_directories(dir + "/images");
+  std::vector<uint8_t> px(20 * 20 * 3);
+  for (int i = 0; i < 2; ++i) {
+    for (size_t p = 0; p < px.size(); ++p) px[p] = static_cast<uint8_t>((p * (i + 3)) % 251);
+    ASSERT_TRUE(stbi_write_png((dir + "/images/" + std::to_string(i) + ".png").c_str(), 20, 20, 3, px.data(), 60));
+  }
+  tools::ModelInfo info;
+  info.model = "cifar10_200k";
+  info.num_classes = 3;
+  info.cifar_stem = true;
+  info.classes = {"a", "b", "c"};
+  info.mean = {0.5f, 0.5f, 0.5f};
+  info.std = {0.25f, 0.25f, 0.25f};
+  std::string ckpts;
+  for (int i = 0; i < 2; ++i) {
+    manual_seed(static_cast<uint64_t>(i));
+    const std::string path = dir + "/m" + std::to_string(i) + ".safetensors";
+    tools::save_checkpoint(path, *tools::build_from_info(info), info);
+    ckpts += (i ? "," : "") + path;
+  }
+  const testing::CliResult r =
+      testing::kestrel_cli("cam -c " + ckpts + " " + dir + "/images --size 32 -o " + dir + "/cam.png");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  int w = 0, h = 0, n = 0;
+  ASSERT_TRUE(stbi_info((dir + "/cam.png").c_str(), &w, &h, &n));
+  EXPECT_EQ(w, 3 * (32 + 4) + 4);
+  EXPECT_EQ(h, 2 * (32 + 4) + 4);
+  EXPECT_NE(r.out.find("m1.safetensors"), std::string::npos) << r.out;
+  testing::expect_one_line_error(testing::kestrel_cli("cam -c " + ckpts + " " + dir + "/missing.png"),
+                                 "missing.png", "a missing image");
+  testing::expect_one_line_error(testing::kestrel_cli("cam -c " + ckpts + " --class 3 " + dir + "/images"),
+                                 "class 3 is out of range", "a class the models do not have");
+}
+
+}  // namespace
+}  // namespace kestrel
