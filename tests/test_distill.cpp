@@ -17,18 +17,7 @@ namespace {
 
 using testing::temp_path;
 
-tools::ModelInfo small_info() {
-  tools::ModelInfo info;
-  info.model = "cifar10_200k";
-  info.num_classes = 10;
-  info.in_channels = 1;
-  info.height = info.width = 28;
-  info.cifar_stem = true;
-  info.dataset = "fashion-mnist";
-  info.mean = {0.286f};
-  info.std = {0.353f};
-  return info;
-}
+tools::ModelInfo small_info() { return testing::fashion_mnist_model_info("cifar10_200k"); }
 
 // A freshly initialised model for `info`, saved under `name`; returns the path.
 std::string save_random_checkpoint(const tools::ModelInfo& info, const std::string& name, uint64_t seed) {
@@ -111,30 +100,13 @@ TEST(Distill, LossWeighsTheLabelsAndTheTeachersByAlpha) {
   if (const std::string why = kestrel::testing::fashion_mnist_skip_reason(); !why.empty()) \
   GTEST_SKIP() << why
 
-tools::TrainConfig fashion_config(const std::string& name) {
-  tools::TrainConfig c;
-  c.model = "cifar10_200k";
-  c.dataset = "fashion-mnist";
-  c.limit_train = 1024;
-  c.limit_test = 500;
-  c.epochs = 2;
-  c.batch_size = 64;
-  c.lr = 0.05;
-  c.warmup_epochs = 0.5;
-  c.workers = 1;
-  c.progress = false;
-  c.device = "cpu";
-  c.out = temp_path(name);
-  c.overwrite = true;
-  return c;
-}
 
 // A trained teacher; a student distilled from it alone (listed twice: the
 // ensemble averages) learns, reports the teachers' accuracy, and a killed run
 // resumes exactly.
 TEST(Distill, StudentLearnsFromTrainedTeachersAndResumesExactly) {
   REQUIRE_FASHION_MNIST();
-  tools::TrainConfig teacher = fashion_config("distill_teacher");
+  tools::TrainConfig teacher = testing::fashion_mnist_config("distill_teacher");
   teacher.limit_train = 2048;
   teacher.epochs = 3;
   const tools::TrainSummary t = tools::train(teacher);
@@ -153,7 +125,7 @@ TEST(Distill, StudentLearnsFromTrainedTeachersAndResumesExactly) {
   EXPECT_GT(s.best_top1, 0.5) << "10 classes: chance is 0.1";
 
   // 512 images in batches of 64: 8 steps an epoch; killed in epoch 2.
-  tools::TrainConfig short_run = fashion_config("distill_short");
+  tools::TrainConfig short_run = testing::fashion_mnist_config("distill_short");
   short_run.limit_train = 512;
   short_run.teacher = ckpt;
   short_run.mixup = 0.5;  // the teacher sees the same mixed images

@@ -11,6 +11,7 @@
 #include "models/registry.h"
 #include "test_util.h"
 #include "tools/lib/checkpoint.h"
+#include "train_run_util.h"
 
 namespace kestrel {
 namespace {
@@ -146,15 +147,7 @@ TEST(OnnxExport, CliWritesBesideTheCheckpointAndNeverOverwritesSilently) {
   const std::string dir = temp_path("onnx_cli");
   fs::remove_all(dir);
   fs::create_directories(dir);
-  tools::ModelInfo info;
-  info.model = "emn_tiny";
-  info.num_classes = 10;
-  info.in_channels = 1;
-  info.height = info.width = 28;
-  info.cifar_stem = true;
-  info.dataset = "fashion-mnist";
-  info.mean = {0.286f};
-  info.std = {0.353f};
+  const tools::ModelInfo info = testing::fashion_mnist_model_info("emn_tiny");
   auto m = tools::build_from_info(info);
   const std::string ckpt = dir + "/best.safetensors";
   tools::save_checkpoint(ckpt, *m, info);

@@ -14,35 +14,13 @@
 using namespace kestrel;
 namespace fs = std::filesystem;
 
-namespace {
-
-tools::TrainConfig small_config(const std::string& name) {
-  tools::TrainConfig c;
-  c.model = "cifar10_200k";
-  c.dataset = "fashion-mnist";
-  c.limit_train = 1024;
-  c.limit_test = 500;
-  c.epochs = 2;
-  c.batch_size = 64;
-  c.lr = 0.05;
-  c.warmup_epochs = 0.5;
-  c.workers = 1;
-  c.progress = false;
-  c.out = kestrel::testing::temp_path(name);
-  c.overwrite = true;
-  c.device = "cpu";  // these tests pin down the CPU path, bit for bit, on any machine
-  return c;
-}
-
-}  // namespace
-
 #define REQUIRE_FASHION_MNIST()                                                           \
   if (const std::string why = kestrel::testing::fashion_mnist_skip_reason(); !why.empty()) \
   GTEST_SKIP() << why
 
 TEST(Train, LossFallsAndAccuracyBeatsChanceOnFashionMnist) {
   REQUIRE_FASHION_MNIST();
-  tools::TrainConfig c = small_config("learns");
+  tools::TrainConfig c = kestrel::testing::fashion_mnist_config("learns");
   c.limit_train = 2048;
   c.epochs = 3;
   const tools::TrainSummary s = tools::train(c);
@@ -62,7 +40,7 @@ TEST(Train, LossFallsAndAccuracyBeatsChanceOnFashionMnist) {
 
 TEST(Train, ResumedRunMatchesAnUninterruptedRun) {
   REQUIRE_FASHION_MNIST();
-  tools::TrainConfig full = small_config("uninterrupted");
+  tools::TrainConfig full = kestrel::testing::fashion_mnist_config("uninterrupted");
   full.limit_train = 512;
   full.ema = 0.99;
   full.mixup = 0.5;
@@ -78,7 +56,7 @@ TEST(Train, ResumedRunMatchesAnUninterruptedRun) {
 
 TEST(Train, AnExistingRunFolderIsNeverOverwrittenWithoutConsent) {
   REQUIRE_FASHION_MNIST();
-  tools::TrainConfig c = small_config("existing");
+  tools::TrainConfig c = kestrel::testing::fashion_mnist_config("existing");
   fs::create_directories(c.out);
   std::ofstream(c.out + "/precious.txt") << "keep";
   c.overwrite = false;
@@ -90,7 +68,7 @@ TEST(Train, AnExistingRunFolderIsNeverOverwrittenWithoutConsent) {
 
 TEST(Train, RecipeOptionsTrainWithoutError) {
   REQUIRE_FASHION_MNIST();
-  tools::TrainConfig c = small_config("options");
+  tools::TrainConfig c = kestrel::testing::fashion_mnist_config("options");
   c.limit_train = 512;
   c.epochs = 1;
   c.optimizer = "adamw";
@@ -113,7 +91,7 @@ TEST(Train, RecipeOptionsTrainWithoutError) {
 }
 
 TEST(Train, BadSettingsAreClearErrors) {
-  tools::TrainConfig c = small_config("bad");
+  tools::TrainConfig c = kestrel::testing::fashion_mnist_config("bad");
   c.optimizer = "lbfgs";
   try {
     tools::train(c);
@@ -121,10 +99,10 @@ TEST(Train, BadSettingsAreClearErrors) {
   } catch (const ValueError& e) {
     EXPECT_NE(std::string(e.what()).find("sgd, adamw"), std::string::npos) << e.what();
   }
-  c = small_config("bad2");
+  c = kestrel::testing::fashion_mnist_config("bad2");
   c.epochs = 0;
   EXPECT_THROW(tools::train(c), ValueError);
-  c = small_config("bad3");
+  c = kestrel::testing::fashion_mnist_config("bad3");
   c.amp = "fp16";  // small_config runs on the CPU
   try {
     tools::train(c);
@@ -132,10 +110,10 @@ TEST(Train, BadSettingsAreClearErrors) {
   } catch (const ValueError& e) {
     EXPECT_NE(std::string(e.what()).find("mixed precision needs a CUDA device"), std::string::npos) << e.what();
   }
-  c = small_config("bad4");
+  c = kestrel::testing::fashion_mnist_config("bad4");
   c.data_dir = "/nonexistent/data";
   EXPECT_THROW(tools::train(c), IOError);
-  c = small_config("bad5");
+  c = kestrel::testing::fashion_mnist_config("bad5");
   c.model = "resnet9000";
   EXPECT_THROW(tools::train(c), ValueError);
 }
@@ -163,7 +141,7 @@ TEST(Train, DeviceFlagResolvesAutoAndRefusesWhatIsNotThere) {
 
 TEST(Train, CudaWithoutAGpuFailsBeforeTouchingTheRunFolder) {
   if (kestrel::testing::cuda_skip_reason().empty()) GTEST_SKIP() << "a CUDA device is present";
-  tools::TrainConfig c = small_config("no_gpu");
+  tools::TrainConfig c = kestrel::testing::fashion_mnist_config("no_gpu");
   fs::remove_all(c.out);
   c.device = "cuda";
   EXPECT_THROW(tools::train(c), DeviceError);

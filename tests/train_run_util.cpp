@@ -17,6 +17,37 @@ std::string fashion_mnist_skip_reason() {
   return std::string("Fashion-MNIST not found at ") + kFashionMnistDir + " (tools/setup.sh installs dataset-fashion-mnist)";
 }
 
+tools::TrainConfig fashion_mnist_config(const std::string& name) {
+  tools::TrainConfig c;
+  c.model = "cifar10_200k";
+  c.dataset = "fashion-mnist";
+  c.limit_train = 1024;
+  c.limit_test = 500;
+  c.epochs = 2;
+  c.batch_size = 64;
+  c.lr = 0.05;
+  c.warmup_epochs = 0.5;
+  c.workers = 1;
+  c.progress = false;
+  c.out = temp_path(name);
+  c.overwrite = true;
+  c.device = "cpu";
+  return c;
+}
+
+tools::ModelInfo fashion_mnist_model_info(const std::string& model) {
+  tools::ModelInfo info;
+  info.model = model;
+  info.num_classes = 10;
+  info.in_channels = 1;
+  info.height = info.width = 28;
+  info.cifar_stem = true;
+  info.dataset = "fashion-mnist";
+  info.mean = {0.286f};
+  info.std = {0.353f};
+  return info;
+}
+
 tools::TrainConfig pattern_folder_config(const std::string& data, const std::string& out, const std::string& device) {
   tools::TrainConfig c;
   c.model = "cifar10_200k";

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "tools/lib/checkpoint.h"
 #include "tools/lib/train_config.h"
 
 namespace kestrel::testing {
@@ -12,6 +13,16 @@ namespace kestrel::testing {
 extern const char* const kFashionMnistDir;
 // Empty when Fashion-MNIST is there, else the reason to skip, saying how to get it.
 std::string fashion_mnist_skip_reason();
+
+// cifar10_200k on the first 1024 Fashion-MNIST training images (500 test),
+// 2 epochs of batch 64 at lr 0.05 with half an epoch of warmup, on the CPU
+// (these runs pin down the CPU path, bit for bit, on any machine), one worker,
+// no progress bar, out = temp_path(name), overwriting.
+tools::TrainConfig fashion_mnist_config(const std::string& name);
+
+// What a checkpoint of `model` trained on Fashion-MNIST records: 10 classes of
+// 1x28x28 images, the CIFAR stem, the data set's normalization.
+tools::ModelInfo fashion_mnist_model_info(const std::string& model);
 
 // cifar10_200k on a write_pattern_folder_dataset folder: 2 epochs of batch 6
 // (6 steps each), SGD at lr 0.05 clipped at 2, no dropout, one worker, no
