@@ -160,8 +160,9 @@ TEST(OnnxExport, CliWritesBesideTheCheckpointAndNeverOverwritesSilently) {
   const std::string bytes = read_bytes(dir + "/best.onnx");
   EXPECT_NE(bytes.find("input_layout"), std::string::npos) << "the normalization is not in the metadata";
 
-  if (const std::string py = testing::python_with("onnxruntime"); !py.empty())  // tools/onnx_latency.py times it
+  if (const std::string py = testing::python_with("onnxruntime"); !py.empty()) {  // tools/onnx_latency.py times it
     EXPECT_EQ(testing::run_python(py, "tools/onnx_latency.py", dir + "/best.onnx --iters 3 --batch 4"), 0);
+  }
 
   testing::expect_one_line_error(testing::kestrel_cli("export -c " + ckpt), "pass --overwrite to replace it",
                                  "export onto an existing file");
