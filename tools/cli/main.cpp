@@ -15,6 +15,7 @@ void register_predict(CLI::App& app);  // predict.cpp
 void register_export(CLI::App& app);   // export.cpp
 void register_scale_search(CLI::App& app);  // scale_search.cpp
 void register_cam(CLI::App& app);           // cam.cpp
+void register_bench(CLI::App& app);         // bench.cpp
 }  // namespace kestrel::cli
 
 int main(int argc, char** argv) {
@@ -27,6 +28,7 @@ int main(int argc, char** argv) {
   kestrel::cli::register_export(app);
   kestrel::cli::register_scale_search(app);
   kestrel::cli::register_cam(app);
+  kestrel::cli::register_bench(app);
   try {
     kestrel::dist::init();
     app.parse(argc, argv);

@@ -1,0 +1,56 @@
+// kestrel bench: the model it times is the zoo's, both speeds are measured,
+// and bad settings are named.
+#include <gtest/gtest.h>
+
+#include "models/registry.h"
+#include "models/summary.h"
+#include "test_util.h"
+#include "tools/lib/model_bench.h"
+
+namespace kestrel {
+namespace {
+
+TEST(ModelBench, TimesTheZooModelItDescribes) {
+  tools::BenchOptions o;
+  o.model = "cifar10_200k";
+  o.height = o.width = 32;
+  o.batch = 4;
+  o.warmup = 1;
+  o.iters = 2;
+  const tools::BenchResult r = tools::bench_model(o);
+  EXPECT_EQ(r.params, 150690);  // the CIFAR net's published size at its default 10 classes
+  models::ModelOptions mo;
+  mo.num_classes = 10;
+  mo.cifar_stem = true;
+  auto m = models::build_model("cifar10_200k", mo);
+  EXPECT_EQ(r.macs, models::summarize(*m, {1, 32, 32, 3}).total_macs);
+  EXPECT_GT(r.infer_ms, 0.0);
+  EXPECT_NEAR(r.infer_img_s, 4000.0 / r.infer_ms, 1e-6 * r.infer_img_s);
+  EXPECT_GT(r.train_ms, r.infer_ms) << "a training step does more than a forward pass";
+  o.train = false;
+  EXPECT_EQ(tools::bench_model(o).train_ms, 0.0);
+}
+
+TEST(ModelBench, BadSettingsAreNamed) {
+  tools::BenchOptions o;
+  o.model = "cifar10_200k";
+  o.height = o.width = 32;
+  o.amp = "fp16";
+  EXPECT_THROW(tools::bench_model(o), ValueError);  // mixed precision is for CUDA
+  o.amp = "fp8";
+  EXPECT_THROW(tools::bench_model(o), ValueError);
+  o.amp = "off";
+  o.batch = 0;
+  EXPECT_THROW(tools::bench_model(o), ValueError);
+  testing::expect_one_line_error(testing::kestrel_cli("bench --input 3x224"), "--input must look like 3x224x224",
+                                 "a malformed input size");
+  testing::expect_one_line_error(testing::kestrel_cli("bench -m resnet7 --input 3x32x32"), "resnet7",
+                                 "an unknown model");
+  const testing::CliResult r =
+      testing::kestrel_cli("bench -m cifar10_200k --input 1x28x28 -b 2 --iters 1 --warmup 0 --device cpu");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("| cifar10_200k | 150330 |"), std::string::npos) << r.out;  // 1 input channel
+}
+
+}  // namespace
+}  // namespace kestrel

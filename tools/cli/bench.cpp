@@ -1,0 +1,67 @@
+// kestrel bench: images per second of a zoo model's inference and training
+// steps at one batch size and input, on the CPU or a GPU (like timm's
+// benchmark.py), with its parameters and multiply-adds.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <memory>
+#include <sstream>
+
+#include "engine/error.h"
+#include "tools/lib/device_select.h"
+#include "tools/lib/model_bench.h"
+
+namespace kestrel::cli {
+
+namespace {
+
+struct BenchArgs {
+  tools::BenchOptions o;
+  std::string input = "3x224x224";
+  std::string device = "auto";
+  bool no_train = false;
+};
+
+void parse_input(const std::string& s, tools::BenchOptions& o) {
+  int64_t c = 0, h = 0, w = 0;
+  char x1 = 0, x2 = 0;
+  std::istringstream in(s);
+  const bool ok = (in >> c >> x1 >> h >> x2 >> w) && x1 == 'x' && x2 == 'x' && in.peek() == EOF && c > 0 && h > 0 && w > 0;
+  KCHECK(ok, ValueError, "bench: --input must look like 3x224x224 (C x H x W), got '", s, "'");
+  o.channels = c;
+  o.height = h;
+  o.width = w;
+}
+
+void run_bench(BenchArgs& a) {
+  parse_input(a.input, a.o);
+  a.o.device = tools::resolve_device(a.device);
+  a.o.train = !a.no_train;
+  const tools::BenchResult r = tools::bench_model(a.o);
+  std::printf("| model | params | GMACs/img | device | batch | input | amp | infer img/s (ms) | train img/s (ms) |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  char train[64] = "-";
+  if (a.o.train) std::snprintf(train, sizeof(train), "%.1f (%.2f)", r.train_img_s, r.train_ms);
+  std::printf("| %s | %lld | %.3f | %s | %lld | %s | %s | %.1f (%.2f) | %s |\n", a.o.model.c_str(),
+              static_cast<long long>(r.params), static_cast<double>(r.macs) / 1e9, a.o.device.str().c_str(),
+              static_cast<long long>(a.o.batch), a.input.c_str(), a.o.amp.c_str(), r.infer_img_s, r.infer_ms, train);
+}
+
+}  // namespace
+
+void register_bench(CLI::App& app) {
+  auto a = std::make_shared<BenchArgs>();
+  CLI::App* cmd = app.add_subcommand("bench", "Images per second of a zoo model: inference and training steps");
+  cmd->add_option("--model,-m", a->o.model, "model name (kestrel summary --list)")->capture_default_str();
+  cmd->add_option("--input", a->input, "C x H x W")->capture_default_str();
+  cmd->add_option("--batch-size,-b", a->o.batch, "batch size")->capture_default_str();
+  cmd->add_option("--num-classes", a->o.num_classes, "classifier outputs (default: the model's published count)");
+  cmd->add_option("--width-mult", a->o.width_mult, "channel multiplier")->capture_default_str();
+  cmd->add_option("--device", a->device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--amp", a->o.amp, "off, fp16 or bf16 (CUDA)")->capture_default_str();
+  cmd->add_option("--warmup", a->o.warmup, "untimed iterations first")->capture_default_str();
+  cmd->add_option("--iters", a->o.iters, "timed iterations (the median is reported)")->capture_default_str();
+  cmd->add_flag("--no-train", a->no_train, "time inference only");
+  cmd->callback([a] { run_bench(*a); });
+}
+
+}  // namespace kestrel::cli

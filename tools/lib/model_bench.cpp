@@ -1,0 +1,115 @@
+#include "tools/lib/model_bench.h"
+
+#include <chrono>
+#include <vector>
+
+#include "engine/autocast.h"
+#include "engine/autograd.h"
+#include "engine/error.h"
+#include "engine/ops/loss.h"
+#include "engine/optim/grad_scaler.h"
+#include "engine/optim/sgd.h"
+#include "engine/random.h"
+#include "models/registry.h"
+#include "models/summary.h"
+#include "tools/lib/device_select.h"
+#include "tools/lib/metrics.h"
+
+namespace kestrel::tools {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// Median milliseconds of `iters` calls after `warmup`, each ended by a device sync.
+template <typename F>
+double median_ms(const BenchOptions& o, F&& step) {
+  for (int64_t i = 0; i < o.warmup; ++i) step();
+  synchronize(o.device);
+  std::vector<double> ms;
+  for (int64_t i = 0; i < o.iters; ++i) {
+    const auto t0 = Clock::now();
+    step();
+    synchronize(o.device);
+    ms.push_back(ms_since(t0));
+  }
+  return latency_stats(ms).median;
+}
+
+DType autocast_dtype(const std::string& amp) {
+  if (amp == "off") return DType::F32;
+  if (amp == "fp16") return DType::F16;
+  if (amp == "bf16") return DType::BF16;
+  throw ValueError("bench: --amp '" + amp + "' is not one of: off, fp16, bf16");
+}
+
+}  // namespace
+
+BenchResult bench_model(const BenchOptions& o) {
+  KCHECK(o.batch >= 1 && o.iters >= 1 && o.warmup >= 0, ValueError,
+         "bench: --batch and --iters must be >= 1 and --warmup >= 0");
+  const DType autocast = autocast_dtype(o.amp);
+  KCHECK(autocast == DType::F32 || o.device.is_cuda(), ValueError, "bench: --amp ", o.amp,
+         " needs a CUDA device (it is ", o.device.str(), ")");
+  const int64_t classes = o.num_classes > 0 ? o.num_classes : models::find_model(o.model).default_classes;
+  models::ModelOptions mo;
+  mo.num_classes = classes;
+  mo.in_channels = o.channels;
+  mo.width_mult = o.width_mult;
+  mo.cifar_stem = o.height <= 64;
+  manual_seed(0);
+  nn::ModulePtr model = models::build_model(o.model, mo);
+  BenchResult r;
+  r.params = model->num_parameters();
+  r.macs = models::summarize(*model, {1, o.height, o.width, o.channels}).total_macs;
+  if (!o.device.is_cpu()) model->to(o.device);
+
+  Generator gen(1);
+  const Tensor images = Tensor::randn({o.batch, o.height, o.width, o.channels}, gen).to(o.device);
+  std::vector<int64_t> y(static_cast<size_t>(o.batch));
+  for (int64_t& v : y) v = gen.randint(0, classes);
+  const Tensor labels = Tensor::from_vector_i64(y, {o.batch}).to(o.device);
+
+  model->eval();
+  r.infer_ms = median_ms(o, [&] {
+    NoGradGuard no_grad;
+    AutocastGuard scope(autocast);
+    (*model)(images);
+  });
+  r.infer_img_s = 1000.0 * static_cast<double>(o.batch) / r.infer_ms;
+  if (!o.train) return r;
+
+  model->train();
+  optim::SGDOptions so;
+  so.lr = 1e-3;  // small: the weights should stay sane over the timed steps
+  so.momentum = 0.9;
+  optim::SGD opt(model->parameters(), so);
+  optim::GradScaler scaler;
+  const bool scaled = o.amp == "fp16";
+  r.train_ms = median_ms(o, [&] {
+    Tensor logits;
+    {
+      AutocastGuard scope(autocast);
+      logits = (*model)(images);
+    }
+    if (logits.dtype() != DType::F32) logits = logits.to(DType::F32);
+    const Tensor loss = cross_entropy(logits, labels);
+    if (scaled) {
+      scaler.scale(loss).backward();
+      scaler.step(opt);
+      scaler.update();
+    } else {
+      loss.backward();
+      opt.step();
+    }
+    opt.zero_grad();
+  });
+  r.train_img_s = 1000.0 * static_cast<double>(o.batch) / r.train_ms;
+  return r;
+}
+
+}  // namespace kestrel::tools

@@ -1,0 +1,36 @@
+// Speed of a zoo model as timm's benchmark measures it: images per second of
+// eval-mode inference and of whole training steps (forward, cross-entropy,
+// backward, SGD update) at one batch size, on one device, with or without
+// mixed precision. The library side of `kestrel bench`.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "engine/device.h"
+
+namespace kestrel::tools {
+
+struct BenchOptions {
+  std::string model = "efficientnet_b0";
+  int64_t num_classes = 0;  // 0: the model's published class count (1000, or 10 for CIFAR nets)
+  double width_mult = 1.0;
+  int64_t channels = 3, height = 224, width = 224;
+  int64_t batch = 64;
+  Device device = Device::cpu();
+  std::string amp = "off";  // off, fp16, bf16 (CUDA)
+  bool train = true;        // also time training steps
+  int64_t warmup = 3;
+  int64_t iters = 10;
+};
+
+struct BenchResult {
+  int64_t params = 0;
+  int64_t macs = 0;  // per image, forward
+  double infer_ms = 0, infer_img_s = 0;  // median over iters, per batch
+  double train_ms = 0, train_img_s = 0;  // 0 when not timed
+};
+
+// Random inputs and labels, seeded; the CIFAR stem when the input is 64 px or less.
+BenchResult bench_model(const BenchOptions& o);
+
+}  // namespace kestrel::tools
