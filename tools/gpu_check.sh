@@ -150,6 +150,26 @@ if [ -n "${kestrel_bin:-}" ] && [ -x "$kestrel_bin" ] && [ -f "$fmnist/train-ima
   tail -15 "$logdir/quickstart.log"
 fi
 
+# ---- whole models beside PyTorch (the device image has it): images per second
+# of inference and training steps, bf16, batch 64 at 224 px
+if [ -n "${kestrel_bin:-}" ] && [ -x "$kestrel_bin" ] && [ "${KESTREL_GPU_CHECK_SKIP_MODELS:-0}" = "0" ]; then
+  say "models beside PyTorch"
+  models_log="$logdir/model_bench.log"
+  : >"$models_log"
+  deadline=$(( $(date +%s) + $(step_limit 150 10) ))
+  for m in efficientnet_b0 mobilenet_v2 resnet50; do
+    left=$(( deadline - $(date +%s) )); [ "$left" -gt 5 ] || break
+    timeout "$left" "$kestrel_bin" bench -m "$m" --input 3x224x224 -b 64 --device cuda --amp bf16 >>"$models_log" 2>&1 \
+      || { status=1; echo "kestrel bench $m failed" >>"$models_log"; }
+  done
+  left=$(( deadline - $(date +%s) ))
+  if [ "$left" -gt 5 ] && python3 -c "import torch" 2>/dev/null; then
+    timeout "$left" python3 bench/torch_model_bench.py efficientnet_b0 mobilenet_v2 resnet50 --input 3x224x224 -b 64 \
+      --device cuda --amp bf16 >>"$models_log" 2>&1 || echo "torch_model_bench did not finish" >>"$models_log"
+  fi
+  cat "$models_log"
+fi
+
 # ---- summary table and report
 say "report"
 commit=$(cat "${bin:-/nonexistent}/commit" 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -157,7 +177,8 @@ python3 tools/gpu_report.py "$logdir" "$bench_json" "$report" "$status" "$commit
 # A device call brings back at most 8 files from $OUT: the report and the logs that explain it.
 if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT" && cp "$report" "$OUT/"
-  for f in gpu_tests.xml gpu_tests.log bench_verify.log bench_kernels.json bench_kernels.log quickstart.log; do
+  for f in gpu_tests.xml gpu_tests.log bench_verify.log bench_kernels.json bench_kernels.log quickstart.log \
+           model_bench.log; do
     [ -f "$logdir/$f" ] && cp "$logdir/$f" "$OUT/"
   done
 fi

@@ -100,6 +100,14 @@ if os.path.exists(job_log):
     for l in open(job_log, errors="replace").read().splitlines()[-25:]:
         out(l)
     out("```")
+models_log = os.path.join(logdir, "model_bench.log")
+if os.path.exists(models_log):
+    out()
+    out("## Whole models beside PyTorch (kestrel bench, bench/torch_model_bench.py; bf16, batch 64, 224 px)")
+    out()
+    for l in open(models_log, errors="replace").read().splitlines():
+        if l.startswith("|") or "failed" in l or "did not finish" in l:
+            out(l)
 out()
 if status != 0:
     out(f"Overall: FAILURES (see logs in {logdir})")
