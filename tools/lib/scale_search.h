@@ -32,6 +32,13 @@ struct ScaleCandidate {
   std::string run_dir;
 };
 
+// The proxy runs' defaults: CIFAR-100, as EfficientNet's seed project.
+inline TrainConfig cifar100_recipe() {
+  TrainConfig t;
+  t.dataset = "cifar100";
+  return t;
+}
+
 struct ScaleSearchOptions {
   std::string model = "efficientnet_b0";
   double phi = 1.0;
@@ -44,7 +51,7 @@ struct ScaleSearchOptions {
   // Proxy training of every candidate within budget when train_epochs > 0,
   // with `train` as the recipe (its model, sizes, epochs and out are set per candidate).
   int64_t train_epochs = 0;
-  TrainConfig train;
+  TrainConfig train = cifar100_recipe();
   std::string out = "runs/scale_search";
   bool progress = true;
 };
