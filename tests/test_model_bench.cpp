@@ -26,7 +26,9 @@ TEST(ModelBench, TimesTheZooModelItDescribes) {
   EXPECT_EQ(r.macs, models::summarize(*m, {1, 32, 32, 3}).total_macs);
   EXPECT_GT(r.infer_ms, 0.0);
   EXPECT_NEAR(r.infer_img_s, 4000.0 / r.infer_ms, 1e-6 * r.infer_img_s);
-  EXPECT_GT(r.train_ms, r.infer_ms) << "a training step does more than a forward pass";
+  // Not compared with the inference time: on a loaded CI machine either can spike.
+  EXPECT_GT(r.train_ms, 0.0);
+  EXPECT_NEAR(r.train_img_s, 4000.0 / r.train_ms, 1e-6 * r.train_img_s);
   o.train = false;
   EXPECT_EQ(tools::bench_model(o).train_ms, 0.0);
 }
