@@ -10,11 +10,11 @@
 #include "engine/cpu/strided.h"
 #include "engine/gpu/copy.h"
 #include "engine/ops/check.h"
-#include "engine/trace.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/reduce.h"
 #include "engine/philox.h"
 #include "engine/random.h"
+#include "engine/trace.h"
 
 namespace kestrel {
 
@@ -273,7 +273,7 @@ Tensor Tensor::view(const Shape& shape_req) const {
   KCHECK(view_strides(shape(), strides(), s, st), ShapeError, "view: shape ", shape_str(s),
          " is incompatible with the strides of the input ", shape_str(shape()), "; use reshape()");
   Tensor out = make_view(*this, s, st, offset());
-  trace_view("reshape", *this, out, {{"shape", join_ints(s)}});
+  trace_view("reshape", *this, out, [&] { return TraceAttrs{{"shape", join_ints(s)}}; });
   const Shape in_shape = shape();
   return record(out, "view", {*this}, [in_shape](const Tensor& g, const std::vector<bool>&) {
     return std::vector<Tensor>{g.reshape(in_shape)};
@@ -312,7 +312,7 @@ Tensor Tensor::permute(const std::vector<int64_t>& dims) const {
     st[i] = strides()[d];
   }
   Tensor out = make_view(*this, s, st, offset());
-  trace_view("permute", *this, out, {{"dims", join_ints(dims)}});
+  trace_view("permute", *this, out, [&] { return TraceAttrs{{"dims", join_ints(dims)}}; });
   return record(out, "permute", {*this}, [inverse](const Tensor& g, const std::vector<bool>&) {
     return std::vector<Tensor>{g.permute(inverse)};
   });
@@ -333,8 +333,9 @@ Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
   Shape s = shape();
   s[d] = length;
   Tensor out = make_view(*this, s, strides(), offset() + start * strides()[d]);
-  trace_view("narrow", *this, out,
-             {{"dim", std::to_string(d)}, {"start", std::to_string(start)}, {"length", std::to_string(length)}});
+  trace_view("narrow", *this, out, [&] {
+    return TraceAttrs{{"dim", std::to_string(d)}, {"start", std::to_string(start)}, {"length", std::to_string(length)}};
+  });
   const Shape in_shape = shape();
   return record(out, "narrow", {*this}, [in_shape, d, start, length](const Tensor& g, const std::vector<bool>&) {
     Tensor full = Tensor::zeros(in_shape, g.dtype(), g.device());
@@ -373,7 +374,7 @@ Tensor Tensor::expand(const Shape& target) const {
     }
   }
   Tensor out = make_view(*this, s, st, offset());
-  trace_view("expand", *this, out, {{"shape", join_ints(s)}});
+  trace_view("expand", *this, out, [&] { return TraceAttrs{{"shape", join_ints(s)}}; });
   const Shape in_shape = shape();
   return record(out, "expand", {*this}, [in_shape](const Tensor& g, const std::vector<bool>&) {
     return std::vector<Tensor>{sum_to(g, in_shape)};
@@ -420,7 +421,7 @@ Tensor Tensor::to(DType target) const {
     NoGradGuard guard;
     out.copy_(*this);
   }
-  trace_view("cast", *this, out, {{"dtype", dtype_name(target)}});
+  trace_view("cast", *this, out, [&] { return TraceAttrs{{"dtype", dtype_name(target)}}; });
   if (!is_floating(target)) return out;
   const DType source = dtype();
   return record(out, "cast", {*this},

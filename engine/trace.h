@@ -14,6 +14,8 @@
 
 namespace kestrel {
 
+using TraceAttrs = std::map<std::string, std::string>;
+
 struct TraceEvent {
   std::string op;
   std::string scope;  // dotted module path active when the op ran ("features.3.conv")
@@ -82,12 +84,16 @@ inline void trace_op(const char* op, const std::vector<Tensor>& inputs, const Te
 }
 
 // Views and copies: recorded only by a recorder that keeps tensors, so FLOP
-// counts and summaries see the same ops as before.
-inline void trace_view(const char* op, const Tensor& input, const Tensor& output,
-                       std::map<std::string, std::string> attrs = {}) {
+// counts and summaries see the same ops as before. `make_attrs` runs only
+// then: views are hot, and their attributes are strings.
+template <typename MakeAttrs>
+void trace_view(const char* op, const Tensor& input, const Tensor& output, MakeAttrs&& make_attrs) {
   TraceRecorder* r = active_trace();
   if (r == nullptr || !r->keeps_tensors()) return;
-  trace_op(op, {input}, output, 0, std::move(attrs));
+  trace_op(op, {input}, output, 0, make_attrs());
+}
+inline void trace_view(const char* op, const Tensor& input, const Tensor& output) {
+  trace_view(op, input, output, [] { return TraceAttrs{}; });
 }
 
 // Attribute text: "1,2,3"; a double that reads back exactly.

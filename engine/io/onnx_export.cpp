@@ -75,11 +75,11 @@ class GraphWriter {
   using Attrs = std::function<void(onnx::NodeProto&)>;
   std::string node(const std::string& type, const std::vector<std::string>& inputs, const Attrs& attrs = {}) {
     onnx::NodeProto* n = graph_.add_node();
-    const std::string id = std::to_string(graph_.node_size());
+    const std::string name = (scope.empty() ? "" : scope + "/") + type + "_" + std::to_string(graph_.node_size());
     n->set_op_type(type);
-    n->set_name((scope.empty() ? "" : scope + "/") + type + "_" + id);
+    n->set_name(name);
     for (const std::string& in : inputs) n->add_input(in);
-    const std::string out = (scope.empty() ? "" : scope + "/") + type + "_" + id + ":0";
+    const std::string out = name + ":0";
     n->add_output(out);
     if (attrs) attrs(*n);
     ++op_counts[type];
@@ -246,15 +246,21 @@ class Translator {
     return v.size() == 1 ? std::vector<int64_t>{v[0], v[0]} : v;
   }
 
-  // The batch dim of a shape given to Reshape/Expand stays free with a dynamic batch.
-  std::vector<int64_t> batch_free(Shape s, int64_t batch, int64_t keep) const {
-    if (dynamic_batch_ && !s.empty() && s[0] == batch) s[0] = keep;
+  // A Reshape target whose batch dim stays free with a dynamic batch (0: "copy the input's").
+  std::vector<int64_t> batch_free(Shape s, int64_t batch) const {
+    if (dynamic_batch_ && !s.empty() && s[0] == batch) s[0] = 0;
     return s;
   }
 
   std::string emit(const TraceEvent& e) {
     const std::string& op = e.op;
     const Tensor& x = e.inputs[0];
+    static const std::map<std::string, std::string> kBinary = {
+        {"add", "Add"}, {"sub", "Sub"}, {"mul", "Mul"}, {"div", "Div"}};
+    if (auto b = kBinary.find(op); b != kBinary.end()) {  // operands shaped for broadcasting, not as they are
+      const int64_t out_rank = e.output.dim();
+      return w_.node(b->second, {broadcast_operand(x, out_rank, e), broadcast_operand(e.inputs[1], out_rank, e)});
+    }
     const std::string xin = operand(x, e);
     const int64_t rank = x.dim();
     if (op == "conv2d" || op == "conv2d_act") {
@@ -300,12 +306,6 @@ class Translator {
     if (op == "matmul") {
       if (rank == 4 || e.inputs[1].dim() == 4) unsupported(e, "multiplies 4-d tensors");
       return w_.node("MatMul", {xin, operand(e.inputs[1], e)});
-    }
-    static const std::map<std::string, std::string> kBinary = {
-        {"add", "Add"}, {"sub", "Sub"}, {"mul", "Mul"}, {"div", "Div"}};
-    if (auto b = kBinary.find(op); b != kBinary.end()) {
-      const int64_t out_rank = e.output.dim();
-      return w_.node(b->second, {broadcast_operand(x, out_rank, e), broadcast_operand(e.inputs[1], out_rank, e)});
     }
     if (const std::string y = unary(e, xin); !y.empty()) return y;
     if (op == "max_pool2d" || op == "avg_pool2d") {
@@ -397,8 +397,8 @@ class Translator {
     std::string v = x;
     if (in.size() == 4 && !spatial_ones(in))
       v = w_.node("Transpose", {v}, [](onnx::NodeProto& n) { set_ints(n, "perm", kToNhwc); });
-    if (out.size() != 4 || spatial_ones(out)) return w_.node("Reshape", {v, w_.ints(batch_free(onnx_shape(out), batch, 0))});
-    v = w_.node("Reshape", {v, w_.ints(batch_free(out, batch, 0))});
+    if (out.size() != 4 || spatial_ones(out)) return w_.node("Reshape", {v, w_.ints(batch_free(onnx_shape(out), batch))});
+    v = w_.node("Reshape", {v, w_.ints(batch_free(out, batch))});
     return w_.node("Transpose", {v}, [](onnx::NodeProto& n) { set_ints(n, "perm", kToNchw); });
   }
 
