@@ -13,5 +13,8 @@ using ByteSpan = std::pair<const void*, size_t>;
 // Writes the concatenation of `parts` to `path`. Throws IOError naming `what`
 // ("safetensors", "onnx") and the file when any step fails; no temporary is left.
 void write_file_atomically(const std::string& path, const std::vector<ByteSpan>& parts, const std::string& what);
+inline void write_text_atomically(const std::string& path, const std::string& text, const std::string& what) {
+  write_file_atomically(path, {{text.data(), text.size()}}, what);
+}
 
 }  // namespace kestrel::io

@@ -4,9 +4,9 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <memory>
-#include <sstream>
 
 #include "engine/error.h"
+#include "tools/cli/input_size.h"
 #include "tools/lib/device_select.h"
 #include "tools/lib/model_bench.h"
 
@@ -21,19 +21,11 @@ struct BenchArgs {
   bool no_train = false;
 };
 
-void parse_input(const std::string& s, tools::BenchOptions& o) {
-  int64_t c = 0, h = 0, w = 0;
-  char x1 = 0, x2 = 0;
-  std::istringstream in(s);
-  const bool ok = (in >> c >> x1 >> h >> x2 >> w) && x1 == 'x' && x2 == 'x' && in.peek() == EOF && c > 0 && h > 0 && w > 0;
-  KCHECK(ok, ValueError, "bench: --input must look like 3x224x224 (C x H x W), got '", s, "'");
-  o.channels = c;
-  o.height = h;
-  o.width = w;
-}
-
 void run_bench(BenchArgs& a) {
-  parse_input(a.input, a.o);
+  const std::vector<int64_t> chw = parse_chw(a.input, "bench");
+  a.o.channels = chw[0];
+  a.o.height = chw[1];
+  a.o.width = chw[2];
   a.o.device = tools::resolve_device(a.device);
   a.o.train = !a.no_train;
   const tools::BenchResult r = tools::bench_model(a.o);

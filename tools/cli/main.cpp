@@ -12,7 +12,7 @@ void register_summary(CLI::App& app);  // summary.cpp
 void register_train(CLI::App& app);    // train.cpp
 void register_eval(CLI::App& app);     // eval.cpp
 void register_predict(CLI::App& app);  // predict.cpp
-void register_export(CLI::App& app);   // export.cpp
+void register_export(CLI::App& app);        // export.cpp
 void register_scale_search(CLI::App& app);  // scale_search.cpp
 void register_cam(CLI::App& app);           // cam.cpp
 void register_bench(CLI::App& app);         // bench.cpp
@@ -38,9 +38,8 @@ int main(int argc, char** argv) {
     return 0;
   } catch (const std::exception& e) {
     // A failing rank of a data-parallel job (mpirun) ends the whole job, so no
-    // rank is left waiting in a collective.
-    // An error every rank meets (a bad flag) is best reported once, by rank 0:
-    // the others give it a moment to end the job first.
+    // rank is left waiting in a collective. An error every rank meets (a bad
+    // flag) is best reported once, by rank 0: the others give it a moment first.
     const bool many = kestrel::dist::world_size() > 1;
     if (many && !kestrel::dist::is_main()) std::this_thread::sleep_for(std::chrono::seconds(1));
     const std::string who = many ? " (rank " + std::to_string(kestrel::dist::rank()) + ")" : "";

@@ -4,9 +4,9 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
-#include <sstream>
 
 #include "engine/error.h"
+#include "tools/cli/input_size.h"
 #include "models/efficientnet.h"
 #include "models/registry.h"
 #include "models/scaling.h"
@@ -25,27 +25,6 @@ struct SummaryArgs {
   bool cifar_stem = false;
   bool list = false;
 };
-
-// "3x32x32" -> {3, 32, 32}
-std::vector<int64_t> parse_chw(const std::string& s) {
-  std::vector<int64_t> dims;
-  std::stringstream in(s);
-  std::string part;
-  while (std::getline(in, part, 'x')) {
-    size_t used = 0;
-    int64_t v = 0;
-    try {
-      v = std::stoll(part, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    KCHECK(used == part.size() && !part.empty() && v > 0, ValueError, "summary: --input must look like 3x224x224 (C x H x W), got '",
-           s, "'");
-    dims.push_back(v);
-  }
-  KCHECK(dims.size() == 3, ValueError, "summary: --input must look like 3x224x224 (C x H x W), got '", s, "'");
-  return dims;
-}
 
 void print_list() {
   std::cout << "models:\n";
@@ -83,7 +62,7 @@ void run(const SummaryArgs& a) {
   if (a.input.empty())
     chw = {3, entry.default_resolution, entry.default_resolution};
   else
-    chw = parse_chw(a.input);
+    chw = parse_chw(a.input, "summary");
   models::ModelOptions o;
   if (a.num_classes != 0) o.num_classes = a.num_classes;
   o.width_mult = a.width_mult;

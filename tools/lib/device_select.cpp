@@ -62,4 +62,11 @@ void synchronize(Device device) {
 #endif
 }
 
+DType amp_dtype(const std::string& amp) {
+  if (amp == "off") return DType::F32;
+  if (amp == "fp16") return DType::F16;
+  if (amp == "bf16") return DType::BF16;
+  throw ValueError("--amp '" + amp + "' is not one of: off, fp16, bf16");
+}
+
 }  // namespace kestrel::tools

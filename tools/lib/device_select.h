@@ -1,7 +1,9 @@
 // The --device flag of kestrel train, eval and predict, and the little a
 // command needs to run a model on the device it names.
 #pragma once
+#include <chrono>
 #include <string>
+#include <vector>
 
 #include "engine/device.h"
 #include "engine/nn/module.h"
@@ -21,5 +23,29 @@ Device module_device(const nn::Module& module);
 // Waits for the work queued on the device (its current stream); nothing on the CPU.
 // For timing: CUDA launches return before the kernels finish.
 void synchronize(Device device);
+
+// The --amp flag: "off", "fp16" or "bf16" -> the autocast dtype (f32 for off).
+// Throws ValueError naming the valid values otherwise.
+DType amp_dtype(const std::string& amp);
+
+inline double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Milliseconds of each of `iters` calls after `warmup` untimed ones, each
+// ended by synchronize(device) so a CUDA call is timed to its last kernel.
+template <typename F>
+std::vector<double> timed_calls_ms(Device device, int64_t warmup, int64_t iters, F&& call) {
+  for (int64_t i = 0; i < warmup; ++i) call();
+  synchronize(device);
+  std::vector<double> ms;
+  for (int64_t i = 0; i < iters; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    call();
+    synchronize(device);
+    ms.push_back(ms_since(t0));
+  }
+  return ms;
+}
 
 }  // namespace kestrel::tools

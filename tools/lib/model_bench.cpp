@@ -1,6 +1,5 @@
 #include "tools/lib/model_bench.h"
 
-#include <chrono>
 #include <vector>
 
 #include "engine/autocast.h"
@@ -19,32 +18,10 @@ namespace kestrel::tools {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
-
-// Median milliseconds of `iters` calls after `warmup`, each ended by a device sync.
+// Median milliseconds of `iters` calls after `warmup`.
 template <typename F>
 double median_ms(const BenchOptions& o, F&& step) {
-  for (int64_t i = 0; i < o.warmup; ++i) step();
-  synchronize(o.device);
-  std::vector<double> ms;
-  for (int64_t i = 0; i < o.iters; ++i) {
-    const auto t0 = Clock::now();
-    step();
-    synchronize(o.device);
-    ms.push_back(ms_since(t0));
-  }
-  return latency_stats(ms).median;
-}
-
-DType autocast_dtype(const std::string& amp) {
-  if (amp == "off") return DType::F32;
-  if (amp == "fp16") return DType::F16;
-  if (amp == "bf16") return DType::BF16;
-  throw ValueError("bench: --amp '" + amp + "' is not one of: off, fp16, bf16");
+  return latency_stats(timed_calls_ms(o.device, o.warmup, o.iters, step)).median;
 }
 
 }  // namespace
@@ -52,7 +29,7 @@ DType autocast_dtype(const std::string& amp) {
 BenchResult bench_model(const BenchOptions& o) {
   KCHECK(o.batch >= 1 && o.iters >= 1 && o.warmup >= 0, ValueError,
          "bench: --batch and --iters must be >= 1 and --warmup >= 0");
-  const DType autocast = autocast_dtype(o.amp);
+  const DType autocast = amp_dtype(o.amp);
   KCHECK(autocast == DType::F32 || o.device.is_cuda(), ValueError, "bench: --amp ", o.amp,
          " needs a CUDA device (it is ", o.device.str(), ")");
   const int64_t classes = o.num_classes > 0 ? o.num_classes : models::find_model(o.model).default_classes;

@@ -11,6 +11,7 @@
 #include "data/loader.h"
 #include "engine/autograd.h"
 #include "engine/error.h"
+#include "engine/io/atomic_file.h"
 #include "tools/lib/checkpoint.h"
 #include "tools/lib/datasets.h"
 #include "tools/lib/device_select.h"
@@ -24,12 +25,6 @@ namespace kestrel::tools {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
-
 std::string fmt(const char* f, double v) {
   char b[64];
   std::snprintf(b, sizeof(b), f, v);
@@ -37,13 +32,6 @@ std::string fmt(const char* f, double v) {
 }
 
 std::string pct(double v) { return fmt("%.2f", 100.0 * v); }
-
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::trunc);
-  KCHECK(out.good(), IOError, "eval: cannot write ", path);
-  out << text;
-  KCHECK(out.good(), IOError, "eval: write failed: ", path);
-}
 
 // The run folder's config.json (written by kestrel train) names the data the model was trained on.
 nlohmann::json training_config_beside(const std::string& checkpoint) {
@@ -154,16 +142,8 @@ EvalReport run_eval(const EvalOptions& o) {
     model.eval();
     // Timed passes end with synchronize(): a CUDA forward returns before its kernels finish.
     const Tensor one = input_batch(*test_set, input, info, 1).to(device);
-    for (int i = 0; i < 5; ++i) model(one);  // warm-up: allocator, caches, thread pool
-    synchronize(device);
-    std::vector<double> ms;
-    for (int64_t i = 0; i < o.latency_iters; ++i) {
-      const auto t0 = Clock::now();
-      Tensor y = model(one);
-      synchronize(device);
-      ms.push_back(ms_since(t0));
-    }
-    const LatencyStats s = latency_stats(ms);
+    // 5 warm-up passes: allocator, caches, thread pool.
+    const LatencyStats s = latency_stats(timed_calls_ms(device, 5, o.latency_iters, [&] { model(one); }));
     r.latency_median_ms = s.median;
     r.latency_p95_ms = s.p95;
     r.latency_mean_ms = s.mean;
@@ -175,7 +155,7 @@ EvalReport run_eval(const EvalOptions& o) {
     synchronize(device);
     // At least 3 passes and 1 s of work, at most 20 passes.
     int64_t passes = 0;
-    const auto t0 = Clock::now();
+    const auto t0 = std::chrono::steady_clock::now();
     while (passes < 3 || (passes < 20 && ms_since(t0) < 1000.0)) {
       model(many);
       ++passes;
@@ -272,9 +252,9 @@ void write_report(const EvalReport& r, const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   KCHECK(!ec, IOError, "eval: cannot create ", dir, ": ", ec.message());
-  write_file(dir + "/report.json", report_json(r).dump(2) + "\n");
-  write_file(dir + "/report.md", report_markdown(r));
-  write_file(dir + "/confusion.csv", confusion_csv(r));
+  io::write_text_atomically(dir + "/report.json", report_json(r).dump(2) + "\n", "eval");
+  io::write_text_atomically(dir + "/report.md", report_markdown(r), "eval");
+  io::write_text_atomically(dir + "/confusion.csv", confusion_csv(r), "eval");
   std::vector<std::vector<long long>> counts;
   for (const auto& row : r.confusion) counts.emplace_back(row.begin(), row.end());
   write_heatmap(dir + "/confusion.png", counts, r.classes,

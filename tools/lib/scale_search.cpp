@@ -4,11 +4,11 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <sstream>
 
 #include "engine/error.h"
+#include "engine/io/atomic_file.h"
 #include "models/registry.h"
 #include "models/summary.h"
 #include "tools/lib/progress.h"
@@ -71,13 +71,6 @@ std::string coefficient_tag(const models::CompoundCoefficients& c) {
   char buf[64];
   std::snprintf(buf, sizeof(buf), "a%.3g_b%.3g_g%.3g", c.alpha, c.beta, c.gamma);
   return buf;
-}
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::trunc);
-  KCHECK(f.good(), IOError, "scale-search: cannot write ", path);
-  f << text;
-  KCHECK(f.good(), IOError, "scale-search: write failed: ", path);
 }
 
 std::string csv(const std::vector<ScaleCandidate>& rows) {
@@ -164,8 +157,8 @@ std::vector<ScaleCandidate> scale_search(const ScaleSearchOptions& o) {
       r.run_dir = t.out;
     }
   }
-  write_text(o.out + "/search.csv", csv(kept));
-  write_text(o.out + "/search.md", scale_search_markdown(kept, o));
+  io::write_text_atomically(o.out + "/search.csv", csv(kept), "scale-search");
+  io::write_text_atomically(o.out + "/search.md", scale_search_markdown(kept, o), "scale-search");
   return kept;
 }
 

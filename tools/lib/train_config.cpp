@@ -7,13 +7,13 @@
 
 namespace kestrel::tools {
 
-#define KESTREL_CONFIG_FIELDS(X)                                                                              \
-  X(model) X(num_classes) X(width_mult) X(depth_mult) X(image_size) X(dropout) X(drop_path) X(dataset) X(data_dir) X(limit_train)         \
-  X(limit_test) X(skip_bad) X(workers) X(epochs) X(batch_size) X(lr) X(optimizer) X(momentum) X(nesterov)     \
-  X(weight_decay) X(warmup_epochs) X(schedule) X(step_size) X(step_gamma) X(label_smoothing) X(loss)          \
-  X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp) X(early_stop) X(mixup) X(cutmix) X(ricap)          \
-  X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop) X(hflip) X(cutout) X(seed) X(device) X(out)       \
-  X(teacher) X(distill_alpha) X(distill_temperature)
+#define KESTREL_CONFIG_FIELDS(X)                                                                                 \
+  X(model) X(num_classes) X(width_mult) X(depth_mult) X(image_size) X(dropout) X(drop_path) X(dataset)           \
+  X(data_dir) X(limit_train) X(limit_test) X(skip_bad) X(workers) X(epochs) X(batch_size) X(lr)                  \
+  X(optimizer) X(momentum) X(nesterov) X(weight_decay) X(warmup_epochs) X(schedule) X(step_size)                 \
+  X(step_gamma) X(label_smoothing) X(loss) X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp)               \
+  X(early_stop) X(mixup) X(cutmix) X(ricap) X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop)           \
+  X(hflip) X(cutout) X(seed) X(device) X(out) X(teacher) X(distill_alpha) X(distill_temperature)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;

@@ -2,7 +2,6 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 
 #include "data/pinned_batch.h"
@@ -11,6 +10,7 @@
 #include "engine/autograd.h"
 #include "engine/dist/data_parallel.h"
 #include "engine/dist/process_group.h"
+#include "engine/io/atomic_file.h"
 #include "engine/io/safetensors.h"
 #include "engine/nn/layers.h"
 #include "engine/ops/loss.h"
@@ -36,17 +36,6 @@ namespace kestrel::tools {
 namespace {
 
 constexpr const char* kStateKey = "kestrel.train_state";
-
-void write_text_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    KCHECK(out.good(), IOError, "cannot write ", tmp);
-    out << text;
-    KCHECK(out.good(), IOError, "write failed: ", tmp);
-  }
-  fs::rename(tmp, path);
-}
 
 Tensor training_loss(const TrainConfig& c, const Tensor& logits, const data::DeviceBatch& b, int64_t classes) {
   if (b.targets.defined()) {
@@ -90,13 +79,6 @@ uint64_t rank_seed(uint64_t seed, int rank) {
   return rank == 0 ? seed : data::derive_seed(seed, kRankTag, static_cast<uint64_t>(rank));
 }
 
-// The autocast dtype of --amp: f16, bf16, or f32 for off.
-DType amp_dtype(const std::string& amp) {
-  if (amp == "fp16") return DType::F16;
-  if (amp == "bf16") return DType::BF16;
-  return DType::F32;
-}
-
 // What a run's config needs of this process: a CUDA device for --amp, and a
 // batch that splits evenly over the processes of a data-parallel job.
 void check_config_fits_process(const TrainConfig& c, const Device& device) {
@@ -128,8 +110,8 @@ void write_metric_files(const std::string& dir, const nlohmann::json& history) {
                   h["images_per_sec"].get<double>());
     csv += line;
   }
-  write_text_atomic(dir + "/metrics.jsonl", jsonl);
-  write_text_atomic(dir + "/metrics.csv", csv);
+  io::write_text_atomically(dir + "/metrics.jsonl", jsonl, "train");
+  io::write_text_atomically(dir + "/metrics.csv", csv, "train");
   Series tl{"train", {}, {}}, vl{"val", {}, {}}, ta{"train", {}, {}}, va{"val", {}, {}}, lr{"lr", {}, {}};
   for (const auto& h : history) {
     const double e = static_cast<double>(h["epoch"].get<int64_t>());
@@ -318,7 +300,7 @@ TrainSummary train(TrainConfig c) {
   init_gen.set_state(rank_seed(init_gen.seed(), dist::rank()), init_gen.offset());
   std::unique_ptr<TensorBoardWriter> tb;
   if (main_rank) {
-    write_text_atomic(c.out + "/config.json", c.to_json().dump(2) + "\n");
+    io::write_text_atomically(c.out + "/config.json", c.to_json().dump(2) + "\n", "train");
     tb = std::make_unique<TensorBoardWriter>(c.out + "/tb");
   }
 
@@ -500,7 +482,7 @@ TrainSummary train(TrainConfig c) {
       extra.insert(extra.end(), sc.begin(), sc.end());
     }
     save_checkpoint(c.out + "/last.safetensors", *model, info, extra, {{kStateKey, st.dump()}});
-    write_text_atomic(c.out + "/state.json", st.dump(2) + "\n");
+    io::write_text_atomically(c.out + "/state.json", st.dump(2) + "\n", "train");
     write_metric_files(c.out, history);
 
     char amp_note[96] = "";
