@@ -44,7 +44,8 @@ Tensor ConvBNAct::forward_residual(const Tensor& x, const Tensor& residual) {
   // weights and bias, and the kernel applies them and the activation in its
   // epilogue, one pass over the output instead of two (conv, then BN + act).
   const bool depthwise = conv->params.groups == conv->in_channels && conv->in_channels == conv->out_channels;
-  if (depthwise && !is_training() && !residual.defined() && x.device().is_cuda() && !GradMode::enabled()) {
+  if (depthwise && !bn->folded && !is_training() && !residual.defined() && x.device().is_cuda() &&
+      !GradMode::enabled()) {
     const FoldedConv f = fold_batch_norm(*conv, *bn);
     TraceScope scope(bn_name_);
     return conv2d_act(x, f.weight, f.bias, conv->params, act);

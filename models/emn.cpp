@@ -64,7 +64,7 @@ bool fused_kernel_dtype(DType t) { return t == DType::F32 || t == DType::F16 || 
 // the CPU, whose results stay those of the composition).
 bool CoordinateAttention::can_fuse(const Tensor& x) const {
   const DType p = conv1_->weight.dtype();
-  return x.device().is_cuda() && !bn1_->is_training() && fused_kernel_dtype(x.dtype()) &&
+  return x.device().is_cuda() && !bn1_->folded && !bn1_->is_training() && fused_kernel_dtype(x.dtype()) &&
          p == bn1_->weight.dtype() && (p == x.dtype() || p == DType::F32) && conv_h_->weight.dtype() == p &&
          conv_w_->weight.dtype() == p;
 }

@@ -29,7 +29,8 @@ bool GhostModule::can_fuse(const Tensor& x) const {
   const nn::Conv2d& cheap = *cheap_->conv;
   const int64_t init = primary_->conv->out_channels;
   const DType t = x.dtype();
-  return x.device().is_cuda() && !primary_->bn->is_training() && !cheap_->bn->is_training() &&
+  return x.device().is_cuda() && !primary_->bn->folded && !cheap_->bn->folded && !primary_->bn->is_training() &&
+         !cheap_->bn->is_training() &&
          (t == DType::F32 || t == DType::F16 || t == DType::BF16) && primary_->conv->weight.dtype() == t &&
          cheap.weight.dtype() == t && primary_->bn->weight.dtype() == t && cheap_->bn->weight.dtype() == t &&
          cheap.out_channels == init && out_ > init && cheap.kernel_size <= 7 && primary_->act == cheap_->act;

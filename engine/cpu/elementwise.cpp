@@ -14,6 +14,15 @@ inline T sigmoid_of(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 
+// The integer x maps to before clamping; f32 as ONNX's QuantizeLinear computes it.
+inline float quant_level(float x, const UnaryParams& p) {
+  return std::nearbyint(x / static_cast<float>(p.a)) + static_cast<float>(p.b);
+}
+inline float fake_quant(float x, const UnaryParams& p) {
+  const float q = std::min(std::max(quant_level(x, p), static_cast<float>(p.qmin)), static_cast<float>(p.qmax));
+  return (q - static_cast<float>(p.b)) * static_cast<float>(p.a);
+}
+
 template <typename T>
 inline T forward_value(UnaryOp op, T x, const UnaryParams& p) {
   switch (op) {
@@ -35,6 +44,7 @@ inline T forward_value(UnaryOp op, T x, const UnaryParams& p) {
     case UnaryOp::HardSwish: return x * std::min(std::max(x + T(3), T(0)), T(6)) / T(6);
     case UnaryOp::HardSigmoid: return std::min(std::max(x + T(3), T(0)), T(6)) / T(6);
     case UnaryOp::GELU: return T(0.5) * x * (T(1) + std::erf(x * static_cast<T>(M_SQRT1_2)));
+    case UnaryOp::FakeQuant: return static_cast<T>(fake_quant(static_cast<float>(x), p));
   }
   return x;
 }
@@ -66,6 +76,10 @@ inline T derivative(UnaryOp op, T x, T y, const UnaryParams& p) {
       const T cdf = T(0.5) * (T(1) + std::erf(x * static_cast<T>(M_SQRT1_2)));
       const T pdf = std::exp(T(-0.5) * x * x) * static_cast<T>(0.3989422804014327);
       return cdf + x * pdf;
+    }
+    case UnaryOp::FakeQuant: {  // straight through on the grid's range, zero where it clamps
+      const float q = quant_level(static_cast<float>(x), p);
+      return (q >= static_cast<float>(p.qmin) && q <= static_cast<float>(p.qmax)) ? T(1) : T(0);
     }
   }
   return T(1);

@@ -10,10 +10,13 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out);
 
 enum class UnaryOp {
   Neg, Exp, Log, Sqrt, Square, Pow, Abs, Clamp, AddScalar, MulScalar,
-  ReLU, ReLU6, Sigmoid, Tanh, SiLU, HardSwish, HardSigmoid, GELU
+  ReLU, ReLU6, Sigmoid, Tanh, SiLU, HardSwish, HardSigmoid, GELU, FakeQuant
 };
 struct UnaryParams {
   double a = 0.0, b = 0.0;  // Pow: a = exponent; Clamp: [a, b]; scalars: a
+  // FakeQuant: scale a, zero point b, integer grid [qmin, qmax]:
+  // y = (clamp(round_half_even(x / a) + b, qmin, qmax) - b) * a in f32.
+  double qmin = 0.0, qmax = 0.0;
 };
 // x contiguous -> out contiguous.
 void unary(UnaryOp op, const Tensor& x, const Tensor& out, UnaryParams p = {});

@@ -29,6 +29,15 @@ __device__ __forceinline__ double m_tanh(double x) { return ::tanh(x); }
 __device__ __forceinline__ float m_erf(float x) { return ::erff(x); }
 __device__ __forceinline__ double m_erf(double x) { return ::erf(x); }
 
+// As quant_level / fake_quant in engine/cpu/elementwise.cpp: f32, round half to even.
+__device__ __forceinline__ float quant_level(float x, const UnaryParams& p) {
+  return ::nearbyintf(__fdiv_rn(x, static_cast<float>(p.a))) + static_cast<float>(p.b);
+}
+__device__ __forceinline__ float fake_quant(float x, const UnaryParams& p) {
+  const float q = fminf(fmaxf(quant_level(x, p), static_cast<float>(p.qmin)), static_cast<float>(p.qmax));
+  return __fmul_rn(q - static_cast<float>(p.b), static_cast<float>(p.a));
+}
+
 template <typename M>
 __device__ __forceinline__ M sigmoid_of(M x) {
   return M(1) / (M(1) + m_exp(-x));
@@ -56,6 +65,7 @@ __device__ __forceinline__ M forward_value(UnaryOp op, M x, const UnaryParams& p
     case UnaryOp::HardSwish: return x * std_min(std_max(x + M(3), M(0)), M(6)) / M(6);
     case UnaryOp::HardSigmoid: return std_min(std_max(x + M(3), M(0)), M(6)) / M(6);
     case UnaryOp::GELU: return M(0.5) * x * (M(1) + m_erf(x * static_cast<M>(M_SQRT1_2)));
+    case UnaryOp::FakeQuant: return static_cast<M>(fake_quant(static_cast<float>(x), p));
   }
   return x;
 }
@@ -88,6 +98,10 @@ __device__ __forceinline__ M derivative(UnaryOp op, M x, M y, const UnaryParams&
       const M cdf = M(0.5) * (M(1) + m_erf(x * static_cast<M>(M_SQRT1_2)));
       const M pdf = m_exp(M(-0.5) * x * x) * static_cast<M>(0.3989422804014327);
       return cdf + mul_rn(x, pdf);
+    }
+    case UnaryOp::FakeQuant: {
+      const float q = quant_level(static_cast<float>(x), p);
+      return (q >= static_cast<float>(p.qmin) && q <= static_cast<float>(p.qmax)) ? M(1) : M(0);
     }
   }
   return M(1);

@@ -1,13 +1,16 @@
 #include "engine/nn/layers.h"
 
 #include <cmath>
+#include <functional>
 
 #include "engine/autograd.h"
 #include "engine/gpu/norm.h"
+#include "engine/nn/quant.h"
 #include "engine/ops/check.h"
 #include "engine/ops/dropout.h"
 #include "engine/ops/linear.h"
 #include "engine/ops/pool.h"
+#include "engine/ops/quantize.h"
 
 namespace kestrel::nn {
 
@@ -38,7 +41,40 @@ Conv2d::Conv2d(int64_t in, int64_t out, int64_t kernel, Conv2dOptions o)
   if (o.bias) bias = register_parameter("bias", uniform_init({out}, fan_in));
 }
 
-Tensor Conv2d::forward(const Tensor& x) { return conv2d(x, weight, bias, params); }
+namespace {
+// y = op(quantized x, quantized weight), then the output quantized if asked.
+template <typename Op>
+Tensor quantized_forward(const Module& m, LayerQuantization& q, const Tensor& x, const Tensor& weight, Op op) {
+  const bool observe = observing_ranges(m);
+  Tensor y = op(quantize_activation(x, q.input_range, observe, "input"), fake_quantize_weight(weight));
+  return q.quantize_output ? quantize_activation(y, q.output_range, observe, "output") : y;
+}
+
+void enable(Module& m, LayerQuantization& q, bool quantize_output,
+            const std::function<Tensor&(const std::string&, Tensor)>& add_buffer) {
+  KCHECK(!q.enabled, ValueError, m.type_name(), ": quantization is already enabled");
+  q.enabled = true;
+  q.quantize_output = quantize_output;
+  q.input_range = add_buffer("input_range", unobserved_range());
+  if (quantize_output) q.output_range = add_buffer("output_range", unobserved_range());
+}
+}  // namespace
+
+Tensor Conv2d::forward(const Tensor& x) {
+  if (!quant.enabled) return conv2d(x, weight, bias, params);
+  return quantized_forward(*this, quant, x, weight,
+                           [&](const Tensor& xq, const Tensor& wq) { return conv2d(xq, wq, bias, params); });
+}
+
+void Conv2d::enable_quantization(bool quantize_output) {
+  enable(*this, quant, quantize_output, [&](const std::string& n, Tensor t) -> Tensor& {
+    return register_buffer(n, t.to(weight.device()));
+  });
+}
+
+void Conv2d::add_bias() {
+  if (!bias.defined()) bias = register_parameter("bias", Tensor::zeros({out_channels}, weight.dtype(), weight.device()));
+}
 
 BatchNorm2d::BatchNorm2d(int64_t c, double eps, double momentum) : channels(c), eps(eps), momentum(momentum) {
   KCHECK(c > 0, ValueError, "BatchNorm2d: channels must be positive, got ", c);
@@ -61,7 +97,25 @@ void count_batch(const Tensor& counter) {
 
 Tensor BatchNorm2d::forward(const Tensor& x) { return forward_fused(x, Activation::None); }
 
+void BatchNorm2d::fold_away() {
+  KCHECK(!folded, ValueError, "BatchNorm2d: already folded");
+  const Device device = running_mean.device();
+  clear_tensors();
+  weight = bias = running_mean = running_var = num_batches_tracked = Tensor();
+  folded = true;
+  output_range = register_buffer("output_range", unobserved_range().to(device));
+}
+
 Tensor BatchNorm2d::forward_fused(const Tensor& x, Activation act, const Tensor& residual) {
+  if (folded) {
+    const bool observe = observing_ranges(*this);
+    const bool clamp_like = !residual.defined() &&
+                            (act == Activation::None || act == Activation::ReLU || act == Activation::ReLU6);
+    if (clamp_like) return quantize_activation(activation(x, act), output_range, observe, "output");
+    Tensor y = quantize_activation(x, output_range, observe, "output");
+    if (residual.defined()) y = add(y, residual);
+    return activation(y, act);
+  }
   BatchNormParams p;
   p.training = is_training();
   p.momentum = momentum;
@@ -78,7 +132,17 @@ Linear::Linear(int64_t in, int64_t out, bool has_bias) : in_features(in), out_fe
   if (has_bias) bias = register_parameter("bias", uniform_init({out}, in));
 }
 
-Tensor Linear::forward(const Tensor& x) { return linear(x, weight, bias); }
+Tensor Linear::forward(const Tensor& x) {
+  if (!quant.enabled) return linear(x, weight, bias);
+  return quantized_forward(*this, quant, x, weight,
+                           [&](const Tensor& xq, const Tensor& wq) { return linear(xq, wq, bias); });
+}
+
+void Linear::enable_quantization(bool quantize_output) {
+  enable(*this, quant, quantize_output, [&](const std::string& n, Tensor t) -> Tensor& {
+    return register_buffer(n, t.to(weight.device()));
+  });
+}
 
 Tensor Dropout::forward(const Tensor& x) { return dropout(x, p, is_training(), init_generator()); }
 

@@ -20,14 +20,28 @@ struct Conv2dOptions {
 };
 
 // weight is OHWI [out, k, k, in/groups]; PyTorch's default init (kaiming uniform, a=sqrt(5)).
+// Quantization-aware training (engine/nn/quant.h) of a Conv2d or Linear: the
+// input and the weight are fake-quantized, and the output too unless a folded
+// batch norm after the layer quantizes it. Adds the buffers input_range and
+// (with quantize_output) output_range.
+struct LayerQuantization {
+  bool enabled = false;
+  bool quantize_output = false;
+  Tensor input_range, output_range;
+};
+
 class Conv2d : public Module {
  public:
   Conv2d(int64_t in, int64_t out, int64_t kernel, Conv2dOptions o = {});
   Tensor forward(const Tensor& x) override;
   std::string type_name() const override { return "Conv2d"; }
+  void enable_quantization(bool quantize_output);
+  // Gives the conv a bias (zeros) if it has none, e.g. to fold a batch norm into.
+  void add_bias();
   Tensor weight, bias;
   int64_t in_channels, out_channels, kernel_size;
   Conv2dParams params;
+  LayerQuantization quant;
 };
 
 class BatchNorm2d : public Module {
@@ -36,10 +50,18 @@ class BatchNorm2d : public Module {
   Tensor forward(const Tensor& x) override;
   // act(bn(x) + residual) in one fused op.
   Tensor forward_fused(const Tensor& x, Activation act, const Tensor& residual = Tensor());
-  std::string type_name() const override { return "BatchNorm2d"; }
+  std::string type_name() const override { return folded ? "BatchNorm2d(folded)" : "BatchNorm2d"; }
+  // After the caller has folded this norm into the conv before it: the module
+  // keeps only its activation and residual add, and quantizes the conv's
+  // output, after the activation when it is a clamp (none, ReLU, ReLU6, no
+  // residual) so int8 runtimes fuse it into the conv, else before. Its
+  // tensors become one buffer, output_range.
+  void fold_away();
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
   int64_t channels;
   double eps, momentum;
+  bool folded = false;
+  Tensor output_range;
 };
 
 class Linear : public Module {
@@ -47,8 +69,10 @@ class Linear : public Module {
   Linear(int64_t in, int64_t out, bool bias = true);
   Tensor forward(const Tensor& x) override;
   std::string type_name() const override { return "Linear"; }
+  void enable_quantization(bool quantize_output);
   Tensor weight, bias;
   int64_t in_features, out_features;
+  LayerQuantization quant;
 };
 
 class Act : public Module {

@@ -36,6 +36,11 @@ Tensor& Module::buffer(const std::string& name) {
   throw ValueError(type_name() + ": no buffer named '" + name + "'");
 }
 
+void Module::clear_tensors() {
+  params_.clear();
+  buffers_.clear();
+}
+
 void Module::collect(const std::string& prefix, bool params, std::vector<std::pair<std::string, Slot*>>& out) const {
   auto& slots = const_cast<std::vector<Slot>&>(params ? params_ : buffers_);
   for (Slot& s : slots) out.emplace_back(prefix + s.name, &s);

@@ -52,6 +52,8 @@ class Module {
   }
   Tensor& param(const std::string& name);
   Tensor& buffer(const std::string& name);
+  // Forgets every parameter and buffer of this module (not its children's).
+  void clear_tensors();
 
  private:
   struct Slot {

@@ -1,5 +1,7 @@
 #include "engine/ops/elementwise.h"
 
+#include <cmath>
+
 #include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/cpu/elementwise.h"
@@ -108,7 +110,14 @@ Tensor unary_op(cpu::UnaryOp op, const char* name, const Tensor& x_in, cpu::Unar
   Tensor x = x_in.contiguous();
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   run_unary(op, x, out, p);
-  if (active_trace() != nullptr) trace_op(name, {x}, out, 0, {{"a", exact_str(p.a)}, {"b", exact_str(p.b)}});
+  if (active_trace() != nullptr) {
+    TraceAttrs attrs = {{"a", exact_str(p.a)}, {"b", exact_str(p.b)}};
+    if (op == cpu::UnaryOp::FakeQuant) {
+      attrs["qmin"] = exact_str(p.qmin);
+      attrs["qmax"] = exact_str(p.qmax);
+    }
+    trace_op(name, {x}, out, 0, std::move(attrs));
+  }
   if (!needs_grad({x_in})) return out;
   Tensor xd = x.detach(), yd = out.detach();
   return record(out, name, {x_in}, [op, xd, yd, p](const Tensor& g, const std::vector<bool>&) {
@@ -141,6 +150,14 @@ Tensor silu(const Tensor& x) { return unary_op(cpu::UnaryOp::SiLU, "silu", x); }
 Tensor hardswish(const Tensor& x) { return unary_op(cpu::UnaryOp::HardSwish, "hardswish", x); }
 Tensor hardsigmoid(const Tensor& x) { return unary_op(cpu::UnaryOp::HardSigmoid, "hardsigmoid", x); }
 Tensor gelu(const Tensor& x) { return unary_op(cpu::UnaryOp::GELU, "gelu", x); }
+Tensor fake_quantize(const Tensor& x, double scale, int64_t zero_point, int64_t qmin, int64_t qmax) {
+  KCHECK(scale > 0 && std::isfinite(scale), ValueError, "fake_quantize: scale must be positive and finite, got ", scale);
+  KCHECK(qmin < qmax && zero_point >= qmin && zero_point <= qmax, ValueError, "fake_quantize: zero point ", zero_point,
+         " outside the grid [", qmin, ", ", qmax, "]");
+  cpu::UnaryParams p{static_cast<double>(static_cast<float>(scale)), static_cast<double>(zero_point),
+                     static_cast<double>(qmin), static_cast<double>(qmax)};
+  return unary_op(cpu::UnaryOp::FakeQuant, "fake_quantize", x, p);
+}
 
 Tensor activation(const Tensor& x, Activation a) {
   switch (a) {

@@ -41,4 +41,10 @@ Tensor hardswish(const Tensor& x);
 Tensor hardsigmoid(const Tensor& x);
 Tensor gelu(const Tensor& x);  // exact (erf) form, as torch's default
 
+// Rounds x to the integer grid q in [qmin, qmax] with x ~ scale * (q - zero_point)
+// and back (f32, round half to even, as ONNX's QuantizeLinear then
+// DequantizeLinear). scale is used as the f32 it rounds to. The gradient passes
+// straight through where q is inside the grid and is zero where it clamps.
+Tensor fake_quantize(const Tensor& x, double scale, int64_t zero_point, int64_t qmin, int64_t qmax);
+
 }  // namespace kestrel

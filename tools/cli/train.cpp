@@ -2,11 +2,13 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 
 #include "engine/dist/process_group.h"
 #include "engine/error.h"
+#include "tools/lib/qat.h"
 #include "tools/lib/trainer.h"
 
 namespace kestrel::cli {
@@ -44,19 +46,35 @@ void apply_recipe(CLI::App& cmd, const std::string& path) {
   }
 }
 
-// `kestrel train`, and `kestrel distill`: the same run, which must name its teachers.
-void add_training_command(CLI::App& app, const std::string& name, const std::string& help, bool distill) {
+// `kestrel train`; `kestrel distill`, the same run, which must name its
+// teachers; `kestrel qat`, the same run from a float checkpoint, whose model it keeps.
+enum class Kind { Train, Distill, Qat };
+
+void add_training_command(CLI::App& app, const std::string& name, const std::string& help, Kind kind) {
   auto c = std::make_shared<tools::TrainConfig>();
+  if (kind == Kind::Qat) {  // a short fine-tune of a trained model
+    c->epochs = 3;
+    c->lr = 0.005;
+    c->warmup_epochs = 0;
+    c->out = "runs/qat";
+  }
   auto no_progress = std::make_shared<bool>(false);
   CLI::App* cmd = app.add_subcommand(name, help);
   auto recipe = std::make_shared<std::string>();
   cmd->add_option("--config", *recipe, "recipe file (key = value lines, keys as the long flags); command-line flags win");
-  cmd->add_option("--model,-m", c->model, "model name (kestrel summary --list)")->capture_default_str();
-  cmd->add_option("--num-classes", c->num_classes, "classifier outputs (default: from the data set)");
-  cmd->add_option("--width-mult", c->width_mult, "channel multiplier")->capture_default_str();
-  cmd->add_option("--depth-mult", c->depth_mult, "layer-repeat multiplier (EfficientNet)")->capture_default_str();
-  cmd->add_option("--image-size", c->image_size, "train and evaluate at this square size (images resized); 0 = as stored")
-      ->capture_default_str();
+  if (kind == Kind::Qat) {
+    cmd->add_option("--checkpoint", c->quantize_from, "the float checkpoint to quantize (its model and data set are kept)")
+        ->required();
+    cmd->add_option("--calib-batches", c->calib_batches,
+                    "training batches that calibrate the activation ranges first (0 = all)")->capture_default_str();
+  } else {
+    cmd->add_option("--model,-m", c->model, "model name (kestrel summary --list)")->capture_default_str();
+    cmd->add_option("--num-classes", c->num_classes, "classifier outputs (default: from the data set)");
+    cmd->add_option("--width-mult", c->width_mult, "channel multiplier")->capture_default_str();
+    cmd->add_option("--depth-mult", c->depth_mult, "layer-repeat multiplier (EfficientNet)")->capture_default_str();
+    cmd->add_option("--image-size", c->image_size,
+                    "train and evaluate at this square size (images resized); 0 = as stored")->capture_default_str();
+  }
   cmd->add_option("--dropout", c->dropout, "classifier dropout (default: the model's)");
   cmd->add_option("--drop-path", c->drop_path, "stochastic depth rate (default: the model's)");
   cmd->add_option("--dataset", c->dataset, "cifar10, cifar100, fashion-mnist, mnist or folder")->capture_default_str();
@@ -65,7 +83,8 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--limit-test", c->limit_test, "use only the first N test images");
   cmd->add_flag("--skip-bad", c->skip_bad, "warn about and skip unreadable images instead of stopping");
   cmd->add_option("--workers", c->workers, "data loader threads")->capture_default_str();
-  cmd->add_option("--epochs", c->epochs, "epochs")->capture_default_str();
+  cmd->add_option("--epochs", c->epochs, kind == Kind::Qat ? "epochs (0: post-training quantization only)" : "epochs")
+      ->capture_default_str();
   cmd->add_option("--batch-size,-b", c->batch_size,
                  "batch size (of one whole step: under mpirun, shared among the processes)")->capture_default_str();
   cmd->add_option("--lr", c->lr, "peak learning rate")->capture_default_str();
@@ -95,12 +114,14 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--grad-accum", c->grad_accum, "micro-batches per optimizer step")->capture_default_str();
   cmd->add_option("--clip-grad", c->clip_grad, "clip gradients to this global norm; 0 = off")->capture_default_str();
   cmd->add_option("--early-stop", c->early_stop, "stop after N epochs without improvement; 0 = off");
-  cmd->add_option("--teacher", c->teacher,
-                  "distill from these checkpoints (comma-separated; their logits are averaged)");
-  cmd->add_option("--distill-alpha", c->distill_alpha, "weight of the teachers' term (the labels get 1 - alpha)")
-      ->capture_default_str();
-  cmd->add_option("--distill-temperature", c->distill_temperature, "softmax temperature of distillation")
-      ->capture_default_str();
+  if (kind != Kind::Qat) {
+    cmd->add_option("--teacher", c->teacher,
+                    "distill from these checkpoints (comma-separated; their logits are averaged)");
+    cmd->add_option("--distill-alpha", c->distill_alpha, "weight of the teachers' term (the labels get 1 - alpha)")
+        ->capture_default_str();
+    cmd->add_option("--distill-temperature", c->distill_temperature, "softmax temperature of distillation")
+        ->capture_default_str();
+  }
   cmd->add_option("--seed", c->seed, "random seed")->capture_default_str();
   cmd->add_option("--device", c->device, "auto, cpu, cuda or cuda:N (auto: cuda when a GPU is usable)")
       ->capture_default_str();
@@ -110,13 +131,25 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_flag("--no-progress", *no_progress, "no progress bars");
   cmd->add_option("--stop-after-steps", c->stop_after_steps, "stop abruptly after N optimizer steps (testing aid)")
       ->group("");
-  cmd->callback([c, no_progress, recipe, cmd, distill] {
+  cmd->callback([c, no_progress, recipe, cmd, kind] {
     if (!recipe->empty()) apply_recipe(*cmd, *recipe);
-    KCHECK(!distill || !c->teacher.empty(), ValueError,
+    KCHECK(kind != Kind::Distill || !c->teacher.empty(), ValueError,
            "kestrel distill needs --teacher CHECKPOINT[,CHECKPOINT...] (or a recipe's teacher key)");
+    if (kind == Kind::Qat && !c->resume) {
+      KCHECK(std::filesystem::is_regular_file(c->quantize_from), IOError, "float checkpoint not found: ",
+             c->quantize_from);
+      tools::configure_from_float_checkpoint(*c, cmd->get_option("--dataset")->count() > 0);
+    }
     c->progress = !*no_progress;
     const tools::TrainSummary s = tools::train(*c);
     if (!s.completed || !dist::is_main()) return;
+    if (kind == Kind::Qat && s.float_top1 >= 0)
+      std::printf("float top-1 %.2f%%; int8 after calibration %.2f%%; ", 100 * s.float_top1,
+                  100 * s.calibrated_top1);
+    if (s.epochs_run == 0) {
+      std::printf("%.1f s; run folder %s (ptq.safetensors)\n", s.seconds, s.out_dir.c_str());
+      return;
+    }
     std::printf("best top-1 %.2f%% at epoch %lld; final top-1 %.2f%%; %.1f s; run folder %s\n", 100 * s.best_top1,
                 static_cast<long long>(s.best_epoch), 100 * s.final_top1, s.seconds, s.out_dir.c_str());
   });
@@ -125,10 +158,13 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
 }  // namespace
 
 void register_train(CLI::App& app) {
-  add_training_command(app, "train", "Train a model from the zoo on a data set", false);
+  add_training_command(app, "train", "Train a model from the zoo on a data set", Kind::Train);
   add_training_command(app, "distill",
                        "Train a student from averaged teacher checkpoints (knowledge distillation) and the labels",
-                       true);
+                       Kind::Distill);
+  add_training_command(app, "qat",
+                       "Quantize a float checkpoint to int8: fold BNs, calibrate, then fine-tune with fake quantization",
+                       Kind::Qat);
 }
 
 }  // namespace kestrel::cli

@@ -1,8 +1,10 @@
 #include "tools/lib/checkpoint.h"
 
+#include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "models/quantize.h"
 #include "models/registry.h"
 
 namespace kestrel::tools {
@@ -17,6 +19,7 @@ io::Metadata ModelInfo::to_metadata() const {
   j["cifar_stem"] = cifar_stem;
   j["width_mult"] = width_mult;
   j["depth_mult"] = depth_mult;
+  if (quantized) j["quantized"] = true;
   j["dataset"] = dataset;
   j["classes"] = classes;
   j["mean"] = mean;
@@ -38,6 +41,7 @@ ModelInfo ModelInfo::from_metadata(const io::Metadata& m, const std::string& sou
     info.cifar_stem = j.at("cifar_stem").get<bool>();
     info.width_mult = j.value("width_mult", 1.0);
     info.depth_mult = j.value("depth_mult", 1.0);
+    info.quantized = j.value("quantized", false);
     info.dataset = j.value("dataset", "");
     info.classes = j.value("classes", std::vector<std::string>{});
     info.mean = j.value("mean", std::vector<float>{});
@@ -57,7 +61,28 @@ nn::ModulePtr build_from_info(const ModelInfo& info, double dropout, double drop
   o.depth_mult = info.depth_mult;
   if (dropout >= 0) o.dropout = dropout;
   if (drop_path >= 0) o.drop_path = drop_path;
-  return models::build_model(info.model, o);
+  nn::ModulePtr m = models::build_model(info.model, o);
+  if (info.quantized) models::prepare_quantization(*m, {1, info.height, info.width, info.in_channels});
+  return m;
+}
+
+namespace {
+bool same_values(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (std::fabs(a[i] - b[i]) > 1e-6f) return false;
+  return true;
+}
+}  // namespace
+
+void check_fits_run(const ModelInfo& i, const ModelInfo& r, const std::string& what, const std::string& run) {
+  KCHECK(i.num_classes == r.num_classes, ValueError, what, " has ", i.num_classes, " classes but ", run, " has ",
+         r.num_classes);
+  KCHECK(i.in_channels == r.in_channels && i.height == r.height && i.width == r.width, ValueError, what, " reads ",
+         i.in_channels, "x", i.height, "x", i.width, " images but ", run, "'s data gives ", r.in_channels, "x",
+         r.height, "x", r.width);
+  KCHECK(same_values(i.mean, r.mean) && same_values(i.std, r.std), ValueError, what,
+         " was trained with another input normalization (another data set?) than ", run, "'s ", r.dataset);
 }
 
 void save_checkpoint(const std::string& path, const nn::Module& model, const ModelInfo& info,

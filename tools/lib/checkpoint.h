@@ -17,6 +17,7 @@ struct ModelInfo {
   bool cifar_stem = false;
   double width_mult = 1.0;
   double depth_mult = 1.0;  // EfficientNet-style block repeats multiplier
+  bool quantized = false;   // int8 quantization-aware (models/quantize.h): BNs folded, ranges observed
   std::string dataset;
   std::vector<std::string> classes;
   std::vector<float> mean, std;  // per-channel normalization of [0,1] pixels
@@ -26,7 +27,14 @@ struct ModelInfo {
 };
 
 // dropout / drop_path < 0: the model's defaults (they change no parameters).
+// A quantized model comes prepared for its quantized weights.
 nn::ModulePtr build_from_info(const ModelInfo& info, double dropout = -1.0, double drop_path = -1.0);
+
+// Checks that a checkpoint's model reads a run's inputs and gives its classes:
+// same classes, image size, channels and normalization. `what` names the
+// checkpoint ("--teacher a.safetensors") and `run` the other side ("the student").
+void check_fits_run(const ModelInfo& checkpoint, const ModelInfo& run_info, const std::string& what,
+                    const std::string& run);
 
 // Tensors whose names start with "__" are training state, not model weights.
 inline bool is_training_state_name(const std::string& n) { return n.rfind("__", 0) == 0; }

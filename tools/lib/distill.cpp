@@ -1,6 +1,5 @@
 #include "tools/lib/distill.h"
 
-#include <cmath>
 #include <sstream>
 
 #include "engine/autograd.h"
@@ -9,17 +8,6 @@
 #include "engine/ops/loss.h"
 
 namespace kestrel::tools {
-
-namespace {
-
-bool same_values(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (std::fabs(a[i] - b[i]) > 1e-6f) return false;
-  return true;
-}
-
-}  // namespace
 
 std::vector<std::string> split_paths(const std::string& comma_separated) {
   std::vector<std::string> out;
@@ -35,13 +23,7 @@ TeacherEnsemble::TeacherEnsemble(const std::vector<std::string>& checkpoints, co
   for (const std::string& path : checkpoints) {
     LoadedModel t = load_checkpoint(path);
     const ModelInfo& i = t.info;
-    KCHECK(i.num_classes == student.num_classes, ValueError, "--teacher ", path, " has ", i.num_classes,
-           " classes but the student has ", student.num_classes);
-    KCHECK(i.in_channels == student.in_channels && i.height == student.height && i.width == student.width,
-           ValueError, "--teacher ", path, " reads ", i.in_channels, "x", i.height, "x", i.width,
-           " images but the student's data gives ", student.in_channels, "x", student.height, "x", student.width);
-    KCHECK(same_values(i.mean, student.mean) && same_values(i.std, student.std), ValueError, "--teacher ", path,
-           " was trained with another input normalization (another data set?) than the student's ", student.dataset);
+    check_fits_run(i, student, "--teacher " + path, "the student");
     names_.push_back(i.model + " (" + path + ")");
     teachers_.push_back(register_module("teacher" + std::to_string(teachers_.size()), t.model));
   }

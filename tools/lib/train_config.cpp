@@ -13,7 +13,8 @@ namespace kestrel::tools {
   X(optimizer) X(momentum) X(nesterov) X(weight_decay) X(warmup_epochs) X(schedule) X(step_size)                 \
   X(step_gamma) X(label_smoothing) X(loss) X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp)               \
   X(early_stop) X(mixup) X(cutmix) X(ricap) X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop)           \
-  X(hflip) X(cutout) X(seed) X(device) X(out) X(teacher) X(distill_alpha) X(distill_temperature)
+  X(hflip) X(cutout) X(seed) X(device) X(out) X(teacher) X(distill_alpha) X(distill_temperature)              \
+  X(quantize_from) X(calib_batches)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -49,7 +50,9 @@ void TrainConfig::validate() const {
   one_of("schedule", schedule, {"cosine", "step", "onecycle"});
   one_of("loss", loss, {"ce", "focal"});
   one_of("amp", amp, {"off", "fp16", "bf16"});
-  KCHECK(epochs > 0, ValueError, "--epochs must be positive, got ", epochs);
+  // A qat run of 0 epochs is post-training quantization: calibration alone.
+  KCHECK(epochs > 0 || (epochs == 0 && !quantize_from.empty()), ValueError, "--epochs must be positive, got ",
+         epochs);
   KCHECK(batch_size > 0, ValueError, "--batch-size must be positive, got ", batch_size);
   KCHECK(lr > 0, ValueError, "--lr must be positive, got ", lr);
   KCHECK(grad_accum >= 1, ValueError, "--grad-accum must be at least 1, got ", grad_accum);
@@ -68,6 +71,10 @@ void TrainConfig::validate() const {
   KCHECK(distill_alpha >= 0 && distill_alpha <= 1, ValueError, "--distill-alpha must be in [0, 1], got ",
          distill_alpha);
   KCHECK(distill_temperature > 0, ValueError, "--distill-temperature must be positive, got ", distill_temperature);
+  KCHECK(quantize_from.empty() || amp == "off", ValueError,
+         "quantization-aware training runs in f32: --amp must be off, got ", amp);
+  KCHECK(quantize_from.empty() || std::filesystem::is_regular_file(quantize_from), IOError,
+         "float checkpoint not found: ", quantize_from);
   for (const std::string& path : split_paths(teacher))  // before the run folder is touched
     KCHECK(std::filesystem::is_regular_file(path), IOError, "--teacher checkpoint not found: ", path);
 }

@@ -49,6 +49,10 @@ struct TrainConfig {
   double distill_alpha = 0.5;         // weight of the teachers' term; the labels get 1 - alpha
   double distill_temperature = 4.0;   // softens both distributions
 
+  // int8 quantization-aware training (tools/lib/qat.h)
+  std::string quantize_from;   // the float checkpoint to quantize; empty = a float run
+  int64_t calib_batches = 32;  // training batches that calibrate the ranges first (<= 0: all)
+
   // augmentation
   double mixup = 0.0;   // probability of applying MixUp to a batch
   double cutmix = 0.0;

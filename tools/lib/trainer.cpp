@@ -27,6 +27,7 @@
 #include "tools/lib/distill.h"
 #include "tools/lib/plot.h"
 #include "tools/lib/progress.h"
+#include "tools/lib/qat.h"
 #include "tools/lib/tb_writer.h"
 
 namespace fs = std::filesystem;
@@ -239,6 +240,14 @@ TrainSummary train(TrainConfig c) {
   info.mean = norm.mean;
   info.std = norm.std;
   nn::ModulePtr model = build_from_info(info, c.dropout, c.drop_path);
+  const bool quantizing = !c.quantize_from.empty();
+  if (quantizing) {  // on the CPU, before the weights of a resumed run are loaded
+    if (resuming)
+      models::prepare_quantization(*model, {1, info.height, info.width, info.in_channels});
+    else
+      load_for_quantization(*model, info, c.quantize_from, main_rank);
+    info.quantized = true;
+  }
   model->train();
   if (!device.is_cpu()) model->to(device);  // before the optimizer and EMA take their state
   dist::broadcast_module(*model);           // seeded alike, but rank 0's is the one
@@ -323,6 +332,26 @@ TrainSummary train(TrainConfig c) {
       for (size_t i = 0; i < teachers->names().size(); ++i) std::cerr << (i ? ", " : "") << teachers->names()[i];
       std::cerr << "; ensemble top-1 " << fmt_pct(summary.teacher_top1) << "\n";
     }
+  }
+  if (quantizing && !resuming) {
+    // Post-training quantization first: the float model's accuracy, then the
+    // calibrated int8 model's, saved as ptq.safetensors.
+    {
+      LoadedModel float_model = load_checkpoint(c.quantize_from);
+      if (!device.is_cpu()) float_model.model->to(device);
+      summary.float_top1 = evaluate(*float_model.model, test_loader, classes, c.progress, "  float").metrics.top1();
+    }
+    data::LoaderOptions co = lo;  // training images, shuffled, without augmentation
+    data::DataLoader calib_loader(train_set, co, eval_transform(info.height, info.width, norm));
+    calibrate_ranges(*model, calib_loader, c.calib_batches, device, c.progress);
+    dist::broadcast_buffers(*model);  // rank 0's ranges
+    summary.calibrated_top1 = evaluate(*model, test_loader, classes, c.progress, "  int8").metrics.top1();
+    if (main_rank) {
+      save_checkpoint(c.out + "/ptq.safetensors", *model, info);
+      std::cerr << "float top-1 " << fmt_pct(summary.float_top1) << "; int8 after calibration (post-training) "
+                << fmt_pct(summary.calibrated_top1) << "\n";
+    }
+    summary.final_top1 = summary.calibrated_top1;
   }
   const auto run_start = std::chrono::steady_clock::now();
   const std::vector<Tensor> params = model->parameters();

@@ -21,6 +21,8 @@ struct TrainSummary {
   double seconds = 0.0;
   bool early_stopped = false;
   double teacher_top1 = -1.0;  // the teacher ensemble's test top-1 when distilling
+  double float_top1 = -1.0;       // qat: the float checkpoint's test top-1
+  double calibrated_top1 = -1.0;  // qat: the int8 model's after calibration, before fine-tuning
   std::string out_dir;
 };
 

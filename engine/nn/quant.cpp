@@ -1,0 +1,84 @@
+#include "engine/nn/quant.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/ops/elementwise.h"
+#include "engine/ops/quantize.h"
+#include "engine/ops/reduce.h"
+#include "engine/trace.h"
+
+namespace kestrel::nn {
+
+namespace {
+
+thread_local bool g_calibrating = false;
+
+// The activations quantize_activation returned and that are still alive.
+struct QuantizedTensor {
+  std::weak_ptr<Storage> storage;
+  int64_t offset;
+  Shape shape;
+};
+thread_local std::vector<QuantizedTensor> g_quantized;
+
+bool already_quantized(const Tensor& x) {
+  for (const QuantizedTensor& q : g_quantized) {
+    const auto s = q.storage.lock();
+    if (s && s == x.storage() && q.offset == x.offset() && q.shape == x.shape()) return true;
+  }
+  return false;
+}
+
+void remember_quantized(const Tensor& x) {
+  g_quantized.erase(std::remove_if(g_quantized.begin(), g_quantized.end(),
+                                   [](const QuantizedTensor& q) { return q.storage.expired(); }),
+                    g_quantized.end());
+  g_quantized.push_back({x.storage(), x.offset(), x.shape()});
+}
+
+constexpr double kMinAverageWeight = 0.01;
+
+void observe(const Tensor& range, const Tensor& x) {
+  NoGradGuard no_grad;
+  const Tensor flat = x.detach().reshape({-1});
+  const float hi = static_cast<float>(max(flat, 0).item());
+  const float lo = static_cast<float>(-max(neg(flat), 0).item());
+  std::vector<float> r = range.cpu().to_vector();
+  const double n = r[2];
+  const double w = std::max(1.0 / (n + 1.0), kMinAverageWeight);
+  r[0] = static_cast<float>(n == 0 ? lo : r[0] + w * (lo - r[0]));
+  r[1] = static_cast<float>(n == 0 ? hi : r[1] + w * (hi - r[1]));
+  r[2] = static_cast<float>(n + 1);
+  Tensor updated = Tensor::from_vector(r, {3});
+  const_cast<Tensor&>(range).copy_(updated.to(range.device()));
+}
+
+}  // namespace
+
+CalibrationGuard::CalibrationGuard() : previous_(g_calibrating) { g_calibrating = true; }
+CalibrationGuard::~CalibrationGuard() { g_calibrating = previous_; }
+
+bool observing_ranges(const Module& m) { return m.is_training() || g_calibrating; }
+
+Tensor unobserved_range() { return Tensor::zeros({3}); }
+
+Tensor quantize_activation(const Tensor& x, const Tensor& range, bool observe_now, const char* what) {
+  if (already_quantized(x)) return x;
+  KCHECK(x.dtype() == DType::F32, DTypeError, "quantization-aware layers run in f32 (", current_trace_scope(),
+         " got ", dtype_name(x.dtype()), "; turn --amp off)");
+  if (observe_now) observe(range, x);
+  const std::vector<float> r = range.cpu().to_vector();
+  KCHECK(r[2] > 0, ValueError, current_trace_scope(), ": the ", what,
+         " range was never observed (calibrate the quantized model first, as kestrel qat does)");
+  const QuantGrid g = activation_grid(r[0], r[1]);
+  Tensor out = fake_quantize(x, g.scale, g.zero_point, g.qmin, g.qmax);
+  remember_quantized(out);
+  return out;
+}
+
+}  // namespace kestrel::nn

@@ -1,0 +1,43 @@
+#include "engine/ops/quantize.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/autograd.h"
+#include "engine/ops/elementwise.h"
+#include "engine/ops/reduce.h"
+#include "engine/trace.h"
+
+namespace kestrel {
+
+QuantGrid activation_grid(float lo, float hi) {
+  KCHECK(std::isfinite(lo) && std::isfinite(hi) && lo <= hi, ValueError, "activation range [", lo, ", ", hi,
+         "] is not a finite interval");
+  lo = std::min(lo, 0.0f);
+  hi = std::max(hi, 0.0f);
+  QuantGrid g;
+  g.scale = (hi - lo) / 255.0f;
+  if (!(g.scale > 0.0f)) g.scale = 1.0f;  // all zeros: any grid holds them
+  g.zero_point = std::clamp<int64_t>(static_cast<int64_t>(std::nearbyint(-lo / g.scale)), 0, 255);
+  return g;
+}
+
+Tensor weight_scales(const Tensor& w) {
+  KCHECK(w.dim() >= 2, ShapeError, "weight_scales: expected a weight of 2 or more dims, got ", shape_str(w.shape()));
+  NoGradGuard no_grad;
+  const Tensor absmax = max(abs(w.detach()).reshape({w.size(0), -1}), 1);
+  return clamp(mul_scalar(absmax, 1.0 / kWeightQmax), 1e-12, 3.0e38);
+}
+
+Tensor fake_quantize_weight(const Tensor& w) {
+  const Tensor scales = weight_scales(w);
+  Shape per_channel(w.dim(), 1);
+  per_channel[0] = w.size(0);
+  const Tensor s = scales.reshape(per_channel);
+  Tensor out = mul(fake_quantize(div(w, s), 1.0, 0, -kWeightQmax, kWeightQmax), s);
+  if (TraceRecorder* r = active_trace(); r != nullptr && r->keeps_tensors())
+    trace_op("fake_quantize_weight", {w, scales}, out);
+  return out;
+}
+
+}  // namespace kestrel

@@ -1,0 +1,66 @@
+#include "tools/lib/qat.h"
+
+#include <iostream>
+
+#include "data/pinned_batch.h"
+#include "engine/autograd.h"
+#include "engine/nn/quant.h"
+#include "tools/lib/progress.h"
+
+namespace kestrel::tools {
+
+void configure_from_float_checkpoint(TrainConfig& c, bool keep_dataset) {
+  const ModelInfo info = ModelInfo::from_metadata(io::load_safetensors(c.quantize_from).metadata, c.quantize_from);
+  KCHECK(!info.quantized, ValueError, c.quantize_from,
+         " is already quantized; kestrel qat starts from a float checkpoint (continue a qat run with --resume)");
+  c.model = info.model;
+  c.width_mult = info.width_mult;
+  c.depth_mult = info.depth_mult;
+  c.num_classes = info.num_classes;
+  c.image_size = info.height == info.width ? info.height : 0;
+  if (!keep_dataset && !info.dataset.empty()) c.dataset = info.dataset;
+}
+
+models::QuantizationReport load_for_quantization(nn::Module& model, const ModelInfo& run,
+                                                 const std::string& float_checkpoint, bool verbose) {
+  const io::SafetensorsContents contents = io::load_safetensors(float_checkpoint);
+  const ModelInfo info = ModelInfo::from_metadata(contents.metadata, float_checkpoint);
+  KCHECK(!info.quantized, ValueError, float_checkpoint, " is already quantized");
+  check_fits_run(info, run, float_checkpoint, "this run");
+  load_weights(contents, model, float_checkpoint);
+  const models::QuantizationReport r =
+      models::prepare_quantization(model, {1, run.height, run.width, run.in_channels});
+  if (verbose) {
+    std::cerr << "quantized " << r.convs << " convolutions and " << r.linears << " linear layers to int8 ("
+              << r.folded_norms << " batch norms folded)";
+    if (!r.float_layers.empty()) {
+      std::cerr << "; " << r.float_layers.size() << " stay float, inside fused ops: " << r.float_layers[0];
+      if (r.float_layers.size() > 1) std::cerr << ", ...";
+    }
+    std::cerr << "\n";
+  }
+  return r;
+}
+
+void calibrate_ranges(nn::Module& model, data::DataLoader& loader, int64_t batches, const Device& device,
+                      bool progress) {
+  const int64_t total = batches > 0 ? std::min(batches, loader.num_batches()) : loader.num_batches();
+  KCHECK(total > 0, ValueError, "calibration: the loader has no batches");
+  const bool was_training = model.is_training();
+  model.eval();
+  ProgressBar bar("  calibrate", total, progress);
+  {
+    nn::CalibrationGuard calibrating;
+    NoGradGuard no_grad;
+    loader.start_epoch(0);
+    data::Batch b;
+    for (int64_t i = 0; i < total && loader.next(b); ++i) {
+      model(data::copy_batch_to_device(b, device).images);
+      bar.update(i + 1, "");
+    }
+  }
+  bar.finish();
+  model.train(was_training);
+}
+
+}  // namespace kestrel::tools
