@@ -457,6 +457,7 @@ const std::vector<UnaryCase> kUnaryOps = {
     {"hardswish", [](const std::vector<Tensor>& in) { return hardswish(first(in)); }, -8, 8},
     {"hardsigmoid", [](const std::vector<Tensor>& in) { return hardsigmoid(first(in)); }, -8, 8},
     {"gelu", [](const std::vector<Tensor>& in) { return gelu(first(in)); }, -8, 8},
+    {"fake_quantize", [](const std::vector<Tensor>& in) { return fake_quantize(first(in), 0.05, 128, 0, 255); }, -8, 8},
 };
 
 }  // namespace

@@ -65,6 +65,25 @@ std::vector<int64_t> parse_ints(const std::string& text) {
   return v;
 }
 
+void set_ints(onnx::NodeProto& n, const char* name, const std::vector<int64_t>& v) {
+  onnx::AttributeProto* a = n.add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::INTS);
+  for (int64_t x : v) a->add_ints(x);
+}
+void set_int(onnx::NodeProto& n, const char* name, int64_t v) {
+  onnx::AttributeProto* a = n.add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::INT);
+  a->set_i(v);
+}
+void set_float(onnx::NodeProto& n, const char* name, double v) {
+  onnx::AttributeProto* a = n.add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::FLOAT);
+  a->set_f(static_cast<float>(v));
+}
+
 class GraphWriter {
  public:
   GraphWriter(onnx::GraphProto& graph, std::map<ViewKey, std::string> param_names)
@@ -99,12 +118,61 @@ class GraphWriter {
     constants_[key] = name;
     return name;
   }
+  // An int8 weight quantized per output channel, with its DequantizeLinear:
+  // q = clamp(round(w / scale_c), -127, 127) in f32, as fake_quantize_weight.
+  std::string quantized_weight(const Tensor& w, const Tensor& scales) {
+    const ViewKey key = key_of(w);
+    if (auto it = dequantized_.find(key); it != dequantized_.end()) return it->second;
+    auto p = param_names_.find(key);
+    const std::string base = p != param_names_.end() ? p->second : "const_" + std::to_string(++n_const_);
+    const Tensor v = w.dim() == 4 ? w.permute(kToNchw).contiguous() : w.contiguous();
+    const std::vector<float> values = v.to_vector(), s = scales.contiguous().to_vector();
+    const int64_t per_channel = static_cast<int64_t>(values.size()) / static_cast<int64_t>(s.size());
+    std::string q(values.size(), '\0');
+    for (size_t i = 0; i < values.size(); ++i) {
+      const float level = std::nearbyint(values[i] / s[i / per_channel]);
+      q[i] = static_cast<char>(static_cast<int8_t>(std::clamp(level, -127.0f, 127.0f)));
+    }
+    add_initializer(base + "_quantized", onnx::TensorProto::INT8, v.shape(), q);
+    const int64_t channels = static_cast<int64_t>(s.size());
+    add_float_initializer(base + "_scale", s, {channels});
+    add_initializer(base + "_zero_point", onnx::TensorProto::INT8, {channels}, std::string(s.size(), '\0'));
+    const std::string out = node("DequantizeLinear", {base + "_quantized", base + "_scale", base + "_zero_point"},
+                                 [](onnx::NodeProto& n) { set_int(n, "axis", 0); });
+    dequantized_[key] = out;
+    return out;
+  }
+
+  // A bias as int32 at scale input_scale * weight_scale_c, the form int8
+  // convolutions and GEMMs take it in, with its DequantizeLinear.
+  std::string quantized_bias(const Tensor& b, float input_scale, const Tensor& weight_scales) {
+    const std::vector<float> values = b.contiguous().to_vector(), ws = weight_scales.contiguous().to_vector();
+    std::vector<float> scale(values.size());
+    std::vector<int32_t> q(values.size());
+    for (size_t i = 0; i < values.size(); ++i) {
+      scale[i] = input_scale * ws[i];
+      // f32 division, as fake_quantize_bias; a bias of an int32 overflow's size is not a real one.
+      q[i] = static_cast<int32_t>(std::clamp(std::nearbyint(values[i] / scale[i]), -2.0e9f, 2.0e9f));
+    }
+    const std::string name = (scope.empty() ? "" : scope + ".") + "bias_quantized_" + std::to_string(++n_const_);
+    const Shape shape{static_cast<int64_t>(values.size())};
+    add_initializer(name, onnx::TensorProto::INT32, shape,
+                    std::string(reinterpret_cast<const char*>(q.data()), q.size() * sizeof(int32_t)));
+    const std::string scale_name = floats(scale, shape);
+    return node("DequantizeLinear", {name, scale_name}, [](onnx::NodeProto& n) { set_int(n, "axis", 0); });
+  }
+
   std::string floats(const std::vector<float>& values, const Shape& shape) {
     const std::string name = "const_" + std::to_string(++n_const_);
     add_float_initializer(name, values, shape);
     return name;
   }
   std::string scalar(double v) { return floats({static_cast<float>(v)}, {}); }
+  std::string uint8_scalar(int64_t v) {
+    const std::string name = "const_" + std::to_string(++n_const_);
+    add_initializer(name, onnx::TensorProto::UINT8, {}, std::string(1, static_cast<char>(static_cast<uint8_t>(v))));
+    return name;
+  }
   std::string ints(const std::vector<int64_t>& values) {
     onnx::TensorProto* t = graph_.add_initializer();
     t->set_name("const_" + std::to_string(++n_const_));
@@ -118,39 +186,26 @@ class GraphWriter {
   int64_t weight_bytes = 0;
 
  private:
-  void add_float_initializer(const std::string& name, const std::vector<float>& values, const Shape& shape) {
+  void add_initializer(const std::string& name, onnx::TensorProto::DataType type, const Shape& shape,
+                       const std::string& raw) {
     onnx::TensorProto* t = graph_.add_initializer();
     t->set_name(name);
-    t->set_data_type(onnx::TensorProto::FLOAT);
+    t->set_data_type(type);
     for (int64_t d : shape) t->add_dims(d);
-    t->set_raw_data(values.data(), values.size() * sizeof(float));  // little-endian, as ONNX stores it
-    weight_bytes += static_cast<int64_t>(values.size() * sizeof(float));
+    t->set_raw_data(raw);  // little-endian, as ONNX stores it
+    weight_bytes += static_cast<int64_t>(raw.size());
+  }
+  void add_float_initializer(const std::string& name, const std::vector<float>& values, const Shape& shape) {
+    add_initializer(name, onnx::TensorProto::FLOAT, shape,
+                    std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float)));
   }
 
   onnx::GraphProto& graph_;
   std::map<ViewKey, std::string> param_names_;
   std::map<ViewKey, std::string> constants_;
+  std::map<ViewKey, std::string> dequantized_;
   int64_t n_const_ = 0;
 };
-
-void set_ints(onnx::NodeProto& n, const char* name, const std::vector<int64_t>& v) {
-  onnx::AttributeProto* a = n.add_attribute();
-  a->set_name(name);
-  a->set_type(onnx::AttributeProto::INTS);
-  for (int64_t x : v) a->add_ints(x);
-}
-void set_int(onnx::NodeProto& n, const char* name, int64_t v) {
-  onnx::AttributeProto* a = n.add_attribute();
-  a->set_name(name);
-  a->set_type(onnx::AttributeProto::INT);
-  a->set_i(v);
-}
-void set_float(onnx::NodeProto& n, const char* name, double v) {
-  onnx::AttributeProto* a = n.add_attribute();
-  a->set_name(name);
-  a->set_type(onnx::AttributeProto::FLOAT);
-  a->set_f(static_cast<float>(v));
-}
 
 // Turns the trace of one forward pass into ONNX nodes, op by op.
 class Translator {
@@ -160,6 +215,10 @@ class Translator {
   void add_input(const Tensor& x, const std::string& name) { define(x, name); }
 
   void translate(const TraceEvent& e) {
+    if (e.op == "fake_quantize_weight") {  // stored as int8, dequantized where a layer reads it
+      quantized_weights_[key_of(e.output)] = {e.inputs[0], e.inputs[1]};
+      return;
+    }
     const bool dynamic = std::any_of(e.inputs.begin(), e.inputs.end(),
                                      [&](const Tensor& t) { return t.defined() && values_.count(key_of(t)); });
     if (!dynamic) {
@@ -200,7 +259,19 @@ class Translator {
   std::string operand(const Tensor& t, const TraceEvent& e) {
     if (auto it = values_.find(key_of(t)); it != values_.end()) return it->second;
     check_not_an_unexplained_view(t, e);
+    if (auto q = quantized_weights_.find(key_of(t)); q != quantized_weights_.end())
+      return w_.quantized_weight(q->second.first, q->second.second);
     return w_.constant(t);
+  }
+
+  // The bias of a conv or GEMM whose input and weight are both quantized is
+  // int32 (what int8 runtimes fuse); otherwise float.
+  std::string bias_operand(const Tensor& bias, const Tensor& x, const Tensor& weight, const TraceEvent& e) {
+    auto s = activation_scales_.find(key_of(x));
+    auto w = quantized_weights_.find(key_of(weight));
+    if (s == activation_scales_.end() || w == quantized_weights_.end() || values_.count(key_of(bias)))
+      return operand(bias, e);
+    return w_.quantized_bias(bias, s->second, w->second.second);
   }
 
   // An elementwise operand broadcast against a 4-D result: a lower-rank
@@ -263,9 +334,17 @@ class Translator {
     }
     const std::string xin = operand(x, e);
     const int64_t rank = x.dim();
+    if (op == "fake_quantize") {
+      if (attr(e, "qmin") != "0" || attr(e, "qmax") != "255") unsupported(e, "quantizes to a grid other than uint8");
+      const double scale = attr_double(e, "a");
+      const std::vector<std::string> grid = {w_.scalar(scale), w_.uint8_scalar(std::stoll(attr(e, "b")))};
+      const std::string q = w_.node("QuantizeLinear", {xin, grid[0], grid[1]});
+      activation_scales_[key_of(e.output)] = static_cast<float>(scale);
+      return w_.node("DequantizeLinear", {q, grid[0], grid[1]});
+    }
     if (op == "conv2d" || op == "conv2d_act") {
       std::vector<std::string> ins = {xin, operand(e.inputs[1], e)};
-      if (e.inputs[2].defined()) ins.push_back(operand(e.inputs[2], e));
+      if (e.inputs[2].defined()) ins.push_back(bias_operand(e.inputs[2], x, e.inputs[1], e));
       const auto k = pair_attr(e, "kernel"), s = pair_attr(e, "stride"), p = pair_attr(e, "padding"),
                  d = pair_attr(e, "dilation");
       const int64_t groups = std::stoll(attr(e, "groups"));
@@ -297,7 +376,7 @@ class Translator {
       const Tensor& weight = e.inputs[1];
       if (rank == 2) {
         std::vector<std::string> ins = {xin, operand(weight, e)};
-        if (e.inputs[2].defined()) ins.push_back(operand(e.inputs[2], e));
+        if (e.inputs[2].defined()) ins.push_back(bias_operand(e.inputs[2], x, weight, e));
         return w_.node("Gemm", ins, [](onnx::NodeProto& n) { set_int(n, "transB", 1); });
       }
       const std::string y = w_.node("MatMul", {xin, w_.constant(weight.transpose(0, 1).contiguous())});
@@ -406,6 +485,8 @@ class Translator {
   bool dynamic_batch_;
   std::map<ViewKey, std::string> values_;
   std::set<const Storage*> dynamic_storages_;
+  std::map<ViewKey, std::pair<Tensor, Tensor>> quantized_weights_;  // fake-quantized weight -> (weight, scales)
+  std::map<ViewKey, float> activation_scales_;                       // dequantized activation -> its scale
 };
 
 void set_tensor_type(onnx::ValueInfoProto& v, const std::string& name, const Shape& shape, bool dynamic_batch) {

@@ -42,12 +42,17 @@ Conv2d::Conv2d(int64_t in, int64_t out, int64_t kernel, Conv2dOptions o)
 }
 
 namespace {
-// y = op(quantized x, quantized weight), then the output quantized if asked.
+// y = op(quantized x, quantized weight, bias on the int32 grid), then the
+// output quantized if asked: what an int8 kernel computes.
 template <typename Op>
-Tensor quantized_forward(const Module& m, LayerQuantization& q, const Tensor& x, const Tensor& weight, Op op) {
+Tensor quantized_forward(const Module& m, LayerQuantization& q, const Tensor& x, const Tensor& weight,
+                         const Tensor& bias, Op op) {
   const bool observe = observing_ranges(m);
-  Tensor y = op(quantize_activation(x, q.input_range, observe, "input"), fake_quantize_weight(weight));
-  return q.quantize_output ? quantize_activation(y, q.output_range, observe, "output") : y;
+  const QuantizedActivation xq = quantize_activation(x, q.input_range, observe, "input");
+  const Tensor scales = weight_scales(weight);
+  const Tensor bq = bias.defined() ? fake_quantize_bias(bias, xq.scale, scales) : bias;
+  Tensor y = op(xq.value, fake_quantize_weight(weight, scales), bq);
+  return q.quantize_output ? quantize_activation(y, q.output_range, observe, "output").value : y;
 }
 
 void enable(Module& m, LayerQuantization& q, bool quantize_output,
@@ -62,8 +67,9 @@ void enable(Module& m, LayerQuantization& q, bool quantize_output,
 
 Tensor Conv2d::forward(const Tensor& x) {
   if (!quant.enabled) return conv2d(x, weight, bias, params);
-  return quantized_forward(*this, quant, x, weight,
-                           [&](const Tensor& xq, const Tensor& wq) { return conv2d(xq, wq, bias, params); });
+  return quantized_forward(*this, quant, x, weight, bias, [&](const Tensor& xq, const Tensor& wq, const Tensor& bq) {
+    return conv2d(xq, wq, bq, params);
+  });
 }
 
 void Conv2d::enable_quantization(bool quantize_output) {
@@ -111,8 +117,8 @@ Tensor BatchNorm2d::forward_fused(const Tensor& x, Activation act, const Tensor&
     const bool observe = observing_ranges(*this);
     const bool clamp_like = !residual.defined() &&
                             (act == Activation::None || act == Activation::ReLU || act == Activation::ReLU6);
-    if (clamp_like) return quantize_activation(activation(x, act), output_range, observe, "output");
-    Tensor y = quantize_activation(x, output_range, observe, "output");
+    if (clamp_like) return quantize_activation(activation(x, act), output_range, observe, "output").value;
+    Tensor y = quantize_activation(x, output_range, observe, "output").value;
     if (residual.defined()) y = add(y, residual);
     return activation(y, act);
   }
@@ -134,8 +140,8 @@ Linear::Linear(int64_t in, int64_t out, bool has_bias) : in_features(in), out_fe
 
 Tensor Linear::forward(const Tensor& x) {
   if (!quant.enabled) return linear(x, weight, bias);
-  return quantized_forward(*this, quant, x, weight,
-                           [&](const Tensor& xq, const Tensor& wq) { return linear(xq, wq, bias); });
+  return quantized_forward(*this, quant, x, weight, bias,
+                           [](const Tensor& xq, const Tensor& wq, const Tensor& bq) { return linear(xq, wq, bq); });
 }
 
 void Linear::enable_quantization(bool quantize_output) {

@@ -23,22 +23,23 @@ struct QuantizedTensor {
   std::weak_ptr<Storage> storage;
   int64_t offset;
   Shape shape;
+  float scale;
 };
 thread_local std::vector<QuantizedTensor> g_quantized;
 
-bool already_quantized(const Tensor& x) {
+const QuantizedTensor* find_quantized(const Tensor& x) {
   for (const QuantizedTensor& q : g_quantized) {
     const auto s = q.storage.lock();
-    if (s && s == x.storage() && q.offset == x.offset() && q.shape == x.shape()) return true;
+    if (s && s == x.storage() && q.offset == x.offset() && q.shape == x.shape()) return &q;
   }
-  return false;
+  return nullptr;
 }
 
-void remember_quantized(const Tensor& x) {
+void remember_quantized(const Tensor& x, float scale) {
   g_quantized.erase(std::remove_if(g_quantized.begin(), g_quantized.end(),
                                    [](const QuantizedTensor& q) { return q.storage.expired(); }),
                     g_quantized.end());
-  g_quantized.push_back({x.storage(), x.offset(), x.shape()});
+  g_quantized.push_back({x.storage(), x.offset(), x.shape(), scale});
 }
 
 constexpr double kMinAverageWeight = 0.01;
@@ -67,8 +68,8 @@ bool observing_ranges(const Module& m) { return m.is_training() || g_calibrating
 
 Tensor unobserved_range() { return Tensor::zeros({3}); }
 
-Tensor quantize_activation(const Tensor& x, const Tensor& range, bool observe_now, const char* what) {
-  if (already_quantized(x)) return x;
+QuantizedActivation quantize_activation(const Tensor& x, const Tensor& range, bool observe_now, const char* what) {
+  if (const QuantizedTensor* q = find_quantized(x)) return {x, q->scale};
   KCHECK(x.dtype() == DType::F32, DTypeError, "quantization-aware layers run in f32 (", current_trace_scope(),
          " got ", dtype_name(x.dtype()), "; turn --amp off)");
   if (observe_now) observe(range, x);
@@ -77,8 +78,8 @@ Tensor quantize_activation(const Tensor& x, const Tensor& range, bool observe_no
          " range was never observed (calibrate the quantized model first, as kestrel qat does)");
   const QuantGrid g = activation_grid(r[0], r[1]);
   Tensor out = fake_quantize(x, g.scale, g.zero_point, g.qmin, g.qmax);
-  remember_quantized(out);
-  return out;
+  remember_quantized(out, g.scale);
+  return {out, g.scale};
 }
 
 }  // namespace kestrel::nn

@@ -35,7 +35,12 @@ Tensor unobserved_range();
 // Updates `range` from x when `observe`, then rounds x to the uint8 grid the
 // range gives. An x that this function produced (a quantized activation passed
 // on unchanged, say conv -> ReLU-folded output -> conv) is already on a grid and
-// is returned as it is. `what` names the range in the error for one never observed.
-Tensor quantize_activation(const Tensor& x, const Tensor& range, bool observe, const char* what);
+// is returned as it is, with that grid's scale. `what` names the range in the
+// error for one never observed.
+struct QuantizedActivation {
+  Tensor value;
+  float scale;
+};
+QuantizedActivation quantize_activation(const Tensor& x, const Tensor& range, bool observe, const char* what);
 
 }  // namespace kestrel::nn

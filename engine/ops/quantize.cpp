@@ -29,8 +29,7 @@ Tensor weight_scales(const Tensor& w) {
   return clamp(mul_scalar(absmax, 1.0 / kWeightQmax), 1e-12, 3.0e38);
 }
 
-Tensor fake_quantize_weight(const Tensor& w) {
-  const Tensor scales = weight_scales(w);
+Tensor fake_quantize_weight(const Tensor& w, const Tensor& scales) {
   Shape per_channel(w.dim(), 1);
   per_channel[0] = w.size(0);
   const Tensor s = scales.reshape(per_channel);
@@ -38,6 +37,16 @@ Tensor fake_quantize_weight(const Tensor& w) {
   if (TraceRecorder* r = active_trace(); r != nullptr && r->keeps_tensors())
     trace_op("fake_quantize_weight", {w, scales}, out);
   return out;
+}
+
+Tensor fake_quantize_bias(const Tensor& bias, float input_scale, const Tensor& weight_scales) {
+  constexpr int64_t kInt32Max = 2147483647;
+  Tensor s;
+  {
+    NoGradGuard no_grad;
+    s = mul_scalar(weight_scales, input_scale);
+  }
+  return mul(fake_quantize(div(bias, s), 1.0, 0, -kInt32Max, kInt32Max), s);
 }
 
 }  // namespace kestrel

@@ -24,9 +24,13 @@ QuantGrid activation_grid(float lo, float hi);
 // Not differentiable (fake_quantize_weight treats it as a constant).
 Tensor weight_scales(const Tensor& w);
 
-// w rounded to its channels' int8 grids and back; the gradient passes straight
-// through. A tensor-keeping trace (ONNX export) sees one "fake_quantize_weight"
-// event with inputs {w, scales}.
-Tensor fake_quantize_weight(const Tensor& w);
+// w rounded to its channels' int8 grids (scales = weight_scales(w)) and back;
+// the gradient passes straight through. A tensor-keeping trace (ONNX export)
+// sees one "fake_quantize_weight" event with inputs {w, scales}.
+Tensor fake_quantize_weight(const Tensor& w, const Tensor& scales);
+
+// A bias on the int32 grid int8 kernels add it on: per channel, scale
+// input_scale * weight_scale_c (f32), zero point 0. Straight-through gradient.
+Tensor fake_quantize_bias(const Tensor& bias, float input_scale, const Tensor& weight_scales);
 
 }  // namespace kestrel

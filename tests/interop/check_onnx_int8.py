@@ -1,0 +1,68 @@
+"""Runs Kestrel's int8 (QDQ) ONNX graphs in onnxruntime and compares logits.
+
+Usage: check_onnx_int8.py DIR. Each line of DIR/models.txt is "NAME MIN_INT8":
+DIR/NAME.onnx is the exported quantized graph, DIR/NAME_x.npy an input batch
+(NHWC) and DIR/NAME_logits.npy Kestrel's fake-quantized logits for it.
+
+Two sessions per graph:
+- unoptimized: onnxruntime runs each QuantizeLinear / DequantizeLinear as
+  written, the arithmetic Kestrel simulates; logits must agree closely.
+- optimized (the default, what users run): onnxruntime fuses the QDQ pattern
+  into integer kernels (QLinearConv, QGemm, ...). At least MIN_INT8 of them
+  must appear, and the logits must agree within a few quantization steps
+  (integer requantization rounds differently from the float simulation).
+Exits 1 on any failure.
+"""
+import os
+import sys
+import tempfile
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+INT8_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger", "DynamicQuantizeLinear")
+SIMULATED_RTOL = 0.03  # of the logit span: neighbouring grid points where float sums round differently
+INT8_RTOL = 0.03
+
+
+def run(path, x, level, optimized_path=None):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = level
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    (y,) = sess.run(None, {sess.get_inputs()[0].name: x})
+    return y
+
+
+def main(d):
+    failed = False
+    with open(os.path.join(d, "models.txt")) as f:
+        rows = [l.split() for l in f if l.strip()]
+    for name, min_int8 in rows:
+        path = os.path.join(d, name + ".onnx")
+        x = np.load(os.path.join(d, name + "_x.npy")).transpose(0, 3, 1, 2).copy()
+        ref = np.load(os.path.join(d, name + "_logits.npy"))
+        span = float(ref.max() - ref.min()) or 1.0
+        simulated = run(path, x, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        with tempfile.TemporaryDirectory() as tmp:
+            opt_path = os.path.join(tmp, "optimized.onnx")
+            fused = run(path, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, opt_path)
+            ops = Counter(n.op_type for n in onnx.load(opt_path).graph.node)
+        int8_ops = {k: v for k, v in ops.items() if k in INT8_KERNELS}
+        d_sim = float(np.abs(simulated - ref).max())
+        d_int8 = float(np.abs(fused - ref).max())
+        agree = float((fused.argmax(1) == ref.argmax(1)).mean())
+        ok = (d_sim <= SIMULATED_RTOL * span and d_int8 <= INT8_RTOL * span
+              and sum(int8_ops.values()) >= int(min_int8))
+        print(f"{name}: logit span {span:.3f}; max |diff| QDQ as written {d_sim:.3g}, int8 kernels {d_int8:.3g} "
+              f"(top-1 agreement {agree:.2f}); int8 kernels {int8_ops}, float Conv left {ops.get('Conv', 0)}: "
+              f"{'ok' if ok else 'MISMATCH'}")
+        failed |= not ok
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

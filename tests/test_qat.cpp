@@ -1,0 +1,175 @@
+// int8 quantization of whole models: batch norm folding and range
+// calibration, quantized checkpoints, the int8 ONNX graph in onnxruntime, and
+// kestrel qat end to end.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "engine/io/onnx_export.h"
+#include "engine/nn/layers.h"
+#include "engine/nn/quant.h"
+#include "models/quantize.h"
+#include "models/registry.h"
+#include "test_util.h"
+#include "tools/lib/checkpoint.h"
+#include "train_run_util.h"
+
+namespace kestrel {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::temp_path;
+
+models::ModelOptions options(int64_t classes, bool cifar_stem, int64_t in_channels, double width = 1.0) {
+  models::ModelOptions o;
+  o.num_classes = classes;
+  o.cifar_stem = cifar_stem;
+  o.in_channels = in_channels;
+  o.width_mult = width;
+  o.drop_path = 0.0;
+  return o;
+}
+
+Tensor eval_logits(nn::Module& m, const Tensor& x) {
+  m.eval();
+  NoGradGuard g;
+  return m(x);
+}
+
+// Eval mode over a few batches under a CalibrationGuard, as kestrel qat calibrates.
+void calibrate(nn::Module& m, const Shape& input, uint64_t seed, int batches = 3) {
+  m.eval();
+  nn::CalibrationGuard calibrating;
+  NoGradGuard g;
+  for (int i = 0; i < batches; ++i) m(testing::random_tensor(input, seed + i, DType::F32));
+}
+
+double span(const Tensor& t) {
+  const std::vector<float> v = t.to_vector();
+  return *std::max_element(v.begin(), v.end()) - *std::min_element(v.begin(), v.end());
+}
+
+// Folding and quantizing keeps what the network computes, up to int8 rounding:
+// the calibrated model's logits stay near the float model's.
+TEST(PrepareQuantization, FoldsEveryConvBatchNormPairAndStaysNearTheFloatModel) {
+  auto m = models::build_model("cifar10_200k", options(10, true, 1));
+  const Shape input{8, 28, 28, 1};
+  const Tensor x = testing::random_tensor(input, 1, DType::F32);
+  testing::calibrate_batch_norms(*m, x, 2);
+  const Tensor float_logits = eval_logits(*m, x);
+  const size_t float_tensors = m->state_dict().size();
+
+  const models::QuantizationReport r = models::prepare_quantization(*m, input);
+  // 1 stem + 8 blocks x 4 + 3 shortcuts convs; a BN after every conv but the depthwise ones.
+  EXPECT_EQ(r.convs, 36);
+  EXPECT_EQ(r.folded_norms, 20);
+  EXPECT_EQ(r.linears, 1);
+  EXPECT_TRUE(r.float_layers.empty());
+  EXPECT_TRUE(models::is_quantized(*m));
+  EXPECT_THROW(models::prepare_quantization(*m, input), ValueError);
+  // Folded BNs lose weight, bias, mean, var and count but keep a range; convs gain ranges and, folded, a bias.
+  EXPECT_EQ(m->state_dict().size(), float_tensors - 20 * 5 + 20 + 37 + 16 + 20 + 1);
+
+  try {
+    eval_logits(*m, x);
+    FAIL() << "an uncalibrated model should not run in eval mode";
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("range was never observed"), std::string::npos) << e.what();
+  }
+  calibrate(*m, input, 10);
+  const Tensor int8_logits = eval_logits(*m, x);
+  const double diff = span(sub(int8_logits, float_logits)) + 0.0;
+  const double worst = max(abs(sub(int8_logits, float_logits)).reshape({-1}), 0).item();
+  EXPECT_LT(worst, 0.2 * span(float_logits)) << "int8 logits drift from the float ones (span of the diff " << diff
+                                             << ")";
+  EXPECT_GT(worst, 0.0) << "nothing was quantized";
+}
+
+TEST(PrepareQuantization, LeavesConvolutionsInsideFusedOpsInFloat) {
+  // MobileNetV3's squeeze-and-excitation convs run in the fused SE op.
+  auto m = models::build_model("mobilenet_v3_small", options(10, false, 3, 0.5));
+  const models::QuantizationReport r = models::prepare_quantization(*m, {1, 64, 64, 3});
+  EXPECT_GT(r.convs, 20);
+  EXPECT_GT(r.folded_norms, 20);
+  EXPECT_EQ(r.linears, 2);
+  ASSERT_FALSE(r.float_layers.empty());
+  EXPECT_EQ(r.float_layers[0], "features.1.block.1 (conv2d)");  // the first block's SE
+}
+
+TEST(PrepareQuantization, RejectsAnInputThatIsNotNhwc) {
+  auto m = models::build_model("cifar10_200k", options(10, true, 1));
+  EXPECT_THROW(models::prepare_quantization(*m, {28, 28, 1}), ShapeError);
+}
+
+// A quantized checkpoint rebuilds the prepared model: same logits after loading.
+TEST(QuantizedCheckpoint, RoundTripsThroughBuildFromInfo) {
+  tools::ModelInfo info = testing::fashion_mnist_model_info("cifar10_200k");
+  auto m = tools::build_from_info(info);
+  const Shape input{4, 28, 28, 1};
+  testing::calibrate_batch_norms(*m, testing::random_tensor(input, 3, DType::F32), 4);
+  models::prepare_quantization(*m, input);
+  calibrate(*m, input, 20);
+  info.quantized = true;
+  const std::string path = temp_path("quantized.safetensors");
+  tools::save_checkpoint(path, *m, info);
+  const tools::LoadedModel loaded = tools::load_checkpoint(path);
+  EXPECT_TRUE(loaded.info.quantized);
+  EXPECT_TRUE(models::is_quantized(*loaded.model));
+  const Tensor x = testing::random_tensor(input, 30, DType::F32);
+  testing::expect_close(eval_logits(*loaded.model, x), eval_logits(*m, x), 0, 0, "logits after reloading");
+}
+
+#define KESTREL_REQUIRE_ONNX() \
+  if (!io::onnx_export_available()) GTEST_SKIP() << "this build has no ONNX support (tools/setup.sh installs libonnx-dev)"
+
+// The exported int8 graph: QDQ pairs around every quantized layer, int8
+// weights (about a quarter of the float graph's bytes), and onnxruntime both
+// as written and with its integer kernels gives Kestrel's fake-quantized logits.
+TEST(QuantizedExport, OnnxruntimeRunsTheInt8GraphAsKestrelSimulatesIt) {
+  KESTREL_REQUIRE_ONNX();
+  const std::string py = testing::python_with("onnxruntime");
+  if (py.empty()) GTEST_SKIP() << "python3 with onnxruntime not found (tools/setup.sh installs it)";
+  const std::string dir = temp_path("onnx_int8");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  struct Case {
+    std::string model;
+    Shape input;
+    models::ModelOptions options;
+    int min_int8;             // layers onnxruntime must run as integer kernels
+    double max_weight_ratio;  // of the float graph's weight bytes (float SE convs weigh in MobileNetV3)
+  };
+  const std::vector<Case> cases = {
+      {"cifar10_200k", {3, 28, 28, 1}, options(10, true, 1), 37, 0.3},
+      {"mobilenet_v3_small", {3, 64, 64, 3}, options(10, false, 3, 0.5), 36, 0.55},
+      {"resnet18", {3, 32, 32, 3}, options(10, true, 3), 21, 0.3},
+  };
+  std::ofstream list(dir + "/models.txt");
+  uint64_t seed = 300;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.model);
+    auto m = models::build_model(c.model, c.options);
+    const Tensor x = testing::random_tensor(c.input, seed++, DType::F32);
+    testing::calibrate_batch_norms(*m, x, seed++);
+    const std::string float_path = dir + "/" + c.model + "_float.onnx";
+    const io::OnnxExportSummary f = io::export_onnx(*m, c.input, float_path);
+    models::prepare_quantization(*m, c.input);
+    calibrate(*m, c.input, seed);
+    seed += 10;
+    const io::OnnxExportSummary q = io::export_onnx(*m, c.input, dir + "/" + c.model + ".onnx");
+    EXPECT_GE(q.op_counts.at("QuantizeLinear"), c.min_int8);
+    EXPECT_EQ(q.op_counts.count("BatchNormalization"), 0u);
+    EXPECT_LT(q.weight_bytes, c.max_weight_ratio * static_cast<double>(f.weight_bytes));
+    testing::save_npy(dir + "/" + c.model + "_x.npy", x);
+    testing::save_npy(dir + "/" + c.model + "_logits.npy", eval_logits(*m, x));
+    list << c.model << " " << c.min_int8 << "\n";
+  }
+  list.close();
+  EXPECT_EQ(testing::run_python(py, "tests/interop/check_onnx_int8.py", dir), 0)
+      << "tests/interop/check_onnx_int8.py found a mismatch (see its output above)";
+}
+
+}  // namespace
+}  // namespace kestrel
