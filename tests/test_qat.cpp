@@ -14,6 +14,7 @@
 #include "models/registry.h"
 #include "test_util.h"
 #include "tools/lib/checkpoint.h"
+#include "tools/lib/trainer.h"
 #include "train_run_util.h"
 
 namespace kestrel {
@@ -169,6 +170,108 @@ TEST(QuantizedExport, OnnxruntimeRunsTheInt8GraphAsKestrelSimulatesIt) {
   list.close();
   EXPECT_EQ(testing::run_python(py, "tests/interop/check_onnx_int8.py", dir), 0)
       << "tests/interop/check_onnx_int8.py found a mismatch (see its output above)";
+}
+
+// A float model trained on a little Fashion-MNIST, once for the tests below.
+class QatRun : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!testing::fashion_mnist_skip_reason().empty()) return;
+    tools::TrainConfig c = testing::fashion_mnist_config("qat_float");
+    c.limit_train = 2048;
+    c.epochs = 3;
+    float_top1_ = tools::train(c).best_top1;
+    float_checkpoint_ = c.out + "/best.safetensors";
+  }
+  void SetUp() override {
+    if (const std::string why = testing::fashion_mnist_skip_reason(); !why.empty()) GTEST_SKIP() << why;
+  }
+  // What kestrel qat runs, on 512 of the float run's images (8 steps an epoch), at a small rate.
+  static tools::TrainConfig qat_config(const std::string& name) {
+    tools::TrainConfig c = testing::fashion_mnist_config(name);
+    c.quantize_from = float_checkpoint_;
+    c.limit_train = 512;
+    c.lr = 0.001;
+    c.warmup_epochs = 0;
+    c.calib_batches = 4;
+    return c;
+  }
+  static inline std::string float_checkpoint_;
+  static inline double float_top1_ = 0;
+};
+
+// kestrel qat: the calibrated int8 model holds the float accuracy, the
+// fine-tuned one too, and both checkpoints come back quantized for eval.
+TEST_F(QatRun, CliCalibratesFineTunesAndWritesQuantizedCheckpoints) {
+  const std::string out = temp_path("qat_cli");
+  testing::CliResult r = testing::kestrel_cli(
+      "qat --checkpoint " + float_checkpoint_ + " --limit-train 1024 --limit-test 500 --batch-size 64 --epochs 1 " +
+      "--calib-batches 4 --workers 1 --no-progress --overwrite --out " + out);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("quantized 36 convolutions and 1 linear layers to int8 (20 batch norms folded)"),
+            std::string::npos)
+      << r.err;
+  double float_top1 = 0, calibrated = 0, best = 0;
+  ASSERT_EQ(std::sscanf(r.out.c_str(), "float top-1 %lf%%; int8 after calibration %lf%%; best top-1 %lf%%", &float_top1,
+                        &calibrated, &best),
+            3)
+      << r.out;
+  EXPECT_NEAR(float_top1, 100 * float_top1_, 1e-6);
+  EXPECT_GT(float_top1, 60.0);
+  EXPECT_GT(calibrated, float_top1 - 3.0) << "post-training int8 lost too much";
+  EXPECT_GT(best, float_top1 - 3.0) << "fine-tuned int8 lost too much";
+  for (const char* f : {"ptq.safetensors", "best.safetensors", "last.safetensors"}) {
+    const tools::LoadedModel m = tools::load_checkpoint(out + "/" + f);
+    EXPECT_TRUE(m.info.quantized) << f;
+    EXPECT_TRUE(models::is_quantized(*m.model)) << f;
+  }
+  r = testing::kestrel_cli("eval -c " + out + "/best.safetensors --limit 500 --latency-iters 0 --no-progress");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("Top-1 (%)"), std::string::npos) << r.out;
+
+  // --epochs 0: post-training quantization alone.
+  const std::string ptq = temp_path("qat_ptq_only");
+  r = testing::kestrel_cli("qat --checkpoint " + float_checkpoint_ +
+                           " --limit-train 1024 --limit-test 500 --batch-size 64 --epochs 0 --calib-batches 2 "
+                           "--workers 1 --no-progress --overwrite --out " + ptq);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("(ptq.safetensors)"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(ptq + "/ptq.safetensors"));
+  EXPECT_TRUE(fs::exists(ptq + "/best.safetensors")) << "the calibrated model is the best so far";
+  EXPECT_FALSE(fs::exists(ptq + "/last.safetensors"));
+}
+
+TEST_F(QatRun, BadRequestsAreNamedInOneLine) {
+  const std::string out = " --no-progress --overwrite --out " + temp_path("qat_bad");
+  testing::expect_one_line_error(testing::kestrel_cli("qat --checkpoint /nonexistent.safetensors" + out),
+                                 "float checkpoint not found: /nonexistent.safetensors", "a missing checkpoint");
+  testing::expect_one_line_error(testing::kestrel_cli("qat --amp bf16 --checkpoint " + float_checkpoint_ + out),
+                                 "--amp must be off", "mixed precision");
+  const std::string rgb = testing::write_pattern_folder_dataset("qat_rgb_folder");
+  testing::expect_one_line_error(
+      testing::kestrel_cli("qat --dataset folder --data-dir " + rgb + " --checkpoint " + float_checkpoint_ + out),
+      "reads 1x28x28 images but this run's data gives 3x28x28", "another data set");
+  const tools::LoadedModel f = tools::load_checkpoint(float_checkpoint_);
+  tools::ModelInfo info = f.info;
+  models::prepare_quantization(*f.model, {1, 28, 28, 1});
+  info.quantized = true;
+  const std::string quantized = temp_path("already_quantized.safetensors");
+  tools::save_checkpoint(quantized, *f.model, info);
+  testing::expect_one_line_error(testing::kestrel_cli("qat --checkpoint " + quantized + out), "is already quantized",
+                                 "a quantized checkpoint");
+}
+
+// A qat run killed in its second epoch and resumed ends with the
+// uninterrupted run's weights and ranges, bit for bit.
+TEST_F(QatRun, ResumeIsExact) {
+  tools::TrainConfig c = qat_config("qat_full");
+  const tools::TrainSummary s = tools::train(c);
+  ASSERT_TRUE(s.completed);
+  EXPECT_NEAR(s.float_top1, float_top1_, 1e-12);
+  EXPECT_GE(s.calibrated_top1, 0.0);
+  const std::string resumed = testing::kill_then_resume(c, "qat_killed", 11);
+  testing::expect_checkpoints_match(c.out + "/last.safetensors", resumed + "/last.safetensors", 0.0, 0.0,
+                                    "qat resumed after 11 steps");
 }
 
 }  // namespace

@@ -17,20 +17,19 @@ except ImportError as e:
     sys.exit(f"onnx_latency: {e.name} is not installed (tools/setup.sh installs it)")
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model")
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads (Kestrel's OpenMP threads, for a fair match)")
-    p.add_argument("--iters", type=int, default=100)
-    p.add_argument("--batch", type=int, default=256, help="batch size of the throughput measurement")
-    a = p.parse_args()
+def open_session(path, threads, tool="onnx_latency"):
+    """A CPU session with `threads` intra-op threads; a load failure exits with one line."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = a.threads
+    opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     try:
-        sess = ort.InferenceSession(a.model, opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own types; one line either way
-        sys.exit(f"onnx_latency: cannot load {a.model}: {str(e).splitlines()[0]}")
+        sys.exit(f"{tool}: cannot load {path}: {str(e).splitlines()[0]}")
+
+
+def measure_speed(sess, iters, batch):
+    """(median ms, p95 ms) at batch 1 and images/s at `batch` (None when the batch dim is fixed)."""
     inp = sess.get_inputs()[0]
     shape = [d if isinstance(d, int) else 1 for d in inp.shape]
     rng = np.random.default_rng(0)
@@ -38,22 +37,36 @@ def main():
     for _ in range(10):
         sess.run(None, {inp.name: x1})
     times = []
-    for _ in range(a.iters):
+    for _ in range(iters):
         t = time.perf_counter()
         sess.run(None, {inp.name: x1})
         times.append((time.perf_counter() - t) * 1e3)
     times.sort()
     median, p95 = times[len(times) // 2], times[min(len(times) - 1, int(0.95 * len(times)))]
     if isinstance(inp.shape[0], int):
-        print(f"{a.model}: latency median {median:.3f} ms, p95 {p95:.3f} ms (batch fixed at {inp.shape[0]})")
-        return
-    xb = rng.standard_normal([a.batch] + shape[1:], dtype=np.float32)
+        return median, p95, None
+    xb = rng.standard_normal([batch] + shape[1:], dtype=np.float32)
     sess.run(None, {inp.name: xb})
     t = time.perf_counter()
     reps = 3
     for _ in range(reps):
         sess.run(None, {inp.name: xb})
-    per_sec = reps * a.batch / (time.perf_counter() - t)
+    return median, p95, reps * batch / (time.perf_counter() - t)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads (Kestrel's OpenMP threads, for a fair match)")
+    p.add_argument("--iters", type=int, default=100)
+    p.add_argument("--batch", type=int, default=256, help="batch size of the throughput measurement")
+    a = p.parse_args()
+    sess = open_session(a.model, a.threads)
+    median, p95, per_sec = measure_speed(sess, a.iters, a.batch)
+    if per_sec is None:
+        print(f"{a.model}: latency median {median:.3f} ms, p95 {p95:.3f} ms "
+              f"(batch fixed at {sess.get_inputs()[0].shape[0]})")
+        return
     print(f"{a.model}: latency median {median:.3f} ms, p95 {p95:.3f} ms; throughput {per_sec:.0f} img/s at batch {a.batch}"
           f" ({a.threads} threads)")
 

@@ -346,8 +346,10 @@ TrainSummary train(TrainConfig c) {
     calibrate_ranges(*model, calib_loader, c.calib_batches, device, c.progress);
     dist::broadcast_buffers(*model);  // rank 0's ranges
     summary.calibrated_top1 = evaluate(*model, test_loader, classes, c.progress, "  int8").metrics.top1();
+    best_top1 = summary.calibrated_top1;  // fine-tuning must beat it to replace best.safetensors
     if (main_rank) {
       save_checkpoint(c.out + "/ptq.safetensors", *model, info);
+      save_checkpoint(c.out + "/best.safetensors", *model, info, {}, {{"epoch", "0"}});
       std::cerr << "float top-1 " << fmt_pct(summary.float_top1) << "; int8 after calibration (post-training) "
                 << fmt_pct(summary.calibrated_top1) << "\n";
     }
