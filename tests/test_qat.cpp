@@ -243,6 +243,12 @@ TEST_F(QatRun, CliCalibratesFineTunesAndWritesQuantizedCheckpoints) {
 
 TEST_F(QatRun, BadRequestsAreNamedInOneLine) {
   const std::string out = " --no-progress --overwrite --out " + temp_path("qat_bad");
+  testing::expect_one_line_error(testing::kestrel_cli("qat" + out), "kestrel qat needs --checkpoint", "no checkpoint");
+  testing::expect_one_line_error(
+      testing::kestrel_cli("qat --config " + testing::source_path("tools/recipes/qat_mobilenet_v3_small_w0.5_cifar10.toml") +
+                           out),
+      "float checkpoint not found: runs/distill_mobilenet_v3_small_w0.5_cifar10/best.safetensors",
+      "the recipe, before its float model is trained");
   testing::expect_one_line_error(testing::kestrel_cli("qat --checkpoint /nonexistent.safetensors" + out),
                                  "float checkpoint not found: /nonexistent.safetensors", "a missing checkpoint");
   testing::expect_one_line_error(testing::kestrel_cli("qat --amp bf16 --checkpoint " + float_checkpoint_ + out),

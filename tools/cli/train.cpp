@@ -63,8 +63,8 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   auto recipe = std::make_shared<std::string>();
   cmd->add_option("--config", *recipe, "recipe file (key = value lines, keys as the long flags); command-line flags win");
   if (kind == Kind::Qat) {
-    cmd->add_option("--checkpoint", c->quantize_from, "the float checkpoint to quantize (its model and data set are kept)")
-        ->required();
+    cmd->add_option("--checkpoint", c->quantize_from,
+                    "the float checkpoint to quantize (its model and data set are kept); required");
     cmd->add_option("--calib-batches", c->calib_batches,
                     "training batches that calibrate the activation ranges first (0 = all)")->capture_default_str();
   } else {
@@ -135,6 +135,8 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
     if (!recipe->empty()) apply_recipe(*cmd, *recipe);
     KCHECK(kind != Kind::Distill || !c->teacher.empty(), ValueError,
            "kestrel distill needs --teacher CHECKPOINT[,CHECKPOINT...] (or a recipe's teacher key)");
+    KCHECK(kind != Kind::Qat || !c->quantize_from.empty(), ValueError,
+           "kestrel qat needs --checkpoint FLOAT.safetensors (or a recipe's checkpoint key)");
     if (kind == Kind::Qat && !c->resume) {
       KCHECK(std::filesystem::is_regular_file(c->quantize_from), IOError, "float checkpoint not found: ",
              c->quantize_from);
