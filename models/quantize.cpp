@@ -109,12 +109,14 @@ QuantizationReport prepare_quantization(nn::Module& model, const Shape& input_nh
     nn::Conv2d& conv = *it->second.first;
     // The one reader of the conv's output is a batch norm (in eval mode: its running statistics)?
     nn::BatchNorm2d* bn = nullptr;
+    bool with_residual = false;
     if (readers[e.output.storage().get()] == 1 && i + 1 < events.size()) {
       for (size_t j = i + 1; j < events.size() && bn == nullptr; ++j) {
         const TraceEvent& n = events[j];
         if ((n.op != "batch_norm" && n.op != "batch_norm_act") || !same_view(n.inputs[0], e.output)) continue;
         auto b = layers.norms.find(n.inputs[4].defined() ? n.inputs[4].storage().get() : nullptr);
         if (b != layers.norms.end() && b->second->weight.defined() && !b->second->folded) bn = b->second;
+        with_residual = n.inputs[3].defined();
       }
     }
     if (bn != nullptr) {
@@ -122,7 +124,7 @@ QuantizationReport prepare_quantization(nn::Module& model, const Shape& input_nh
       conv.add_bias();
       conv.weight.copy_(f.weight);
       conv.bias.copy_(f.bias);
-      bn->fold_away();
+      bn->fold_away(with_residual);
       ++report.folded_norms;
     }
     conv.enable_quantization(/*quantize_output=*/bn == nullptr);

@@ -103,24 +103,27 @@ void count_batch(const Tensor& counter) {
 
 Tensor BatchNorm2d::forward(const Tensor& x) { return forward_fused(x, Activation::None); }
 
-void BatchNorm2d::fold_away() {
+void BatchNorm2d::fold_away(bool with_residual) {
   KCHECK(!folded, ValueError, "BatchNorm2d: already folded");
   const Device device = running_mean.device();
   clear_tensors();
   weight = bias = running_mean = running_var = num_batches_tracked = Tensor();
   folded = true;
   output_range = register_buffer("output_range", unobserved_range().to(device));
+  if (with_residual) sum_range = register_buffer("sum_range", unobserved_range().to(device));
 }
 
 Tensor BatchNorm2d::forward_fused(const Tensor& x, Activation act, const Tensor& residual) {
   if (folded) {
     const bool observe = observing_ranges(*this);
-    const bool clamp_like = !residual.defined() &&
-                            (act == Activation::None || act == Activation::ReLU || act == Activation::ReLU6);
-    if (clamp_like) return quantize_activation(activation(x, act), output_range, observe, "output").value;
+    const bool clamp = act == Activation::None || act == Activation::ReLU || act == Activation::ReLU6;
+    if (clamp && !residual.defined())
+      return quantize_activation(activation(x, act), output_range, observe, "output").value;
     Tensor y = quantize_activation(x, output_range, observe, "output").value;
-    if (residual.defined()) y = add(y, residual);
-    return activation(y, act);
+    if (!residual.defined()) return activation(y, act);
+    KCHECK(sum_range.defined(), ValueError, "BatchNorm2d: folded without a residual but given one");
+    y = activation(add(y, residual), act);
+    return clamp ? quantize_activation(y, sum_range, observe, "sum").value : y;
   }
   BatchNormParams p;
   p.training = is_training();

@@ -53,15 +53,16 @@ class BatchNorm2d : public Module {
   std::string type_name() const override { return folded ? "BatchNorm2d(folded)" : "BatchNorm2d"; }
   // After the caller has folded this norm into the conv before it: the module
   // keeps only its activation and residual add, and quantizes the conv's
-  // output, after the activation when it is a clamp (none, ReLU, ReLU6, no
-  // residual) so int8 runtimes fuse it into the conv, else before. Its
-  // tensors become one buffer, output_range.
-  void fold_away();
+  // output (buffer output_range), after the activation when it is a clamp
+  // (none, ReLU, ReLU6) and there is no residual, so int8 runtimes fuse it
+  // into the conv, else before. With a residual and a clamp, the sum is
+  // quantized too (buffer sum_range), so the add runs as an int8 add.
+  void fold_away(bool with_residual);
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
   int64_t channels;
   double eps, momentum;
   bool folded = false;
-  Tensor output_range;
+  Tensor output_range, sum_range;
 };
 
 class Linear : public Module {

@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-INT8_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger", "DynamicQuantizeLinear")
+INT8_KERNELS = ("QLinearConv", "QGemm", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearConcat",
+                "QLinearSigmoid", "QLinearMatMul", "ConvInteger", "MatMulIntegerToFloat")
 SIMULATED_RTOL = 0.03  # of the logit span: neighbouring grid points where float sums round differently
 INT8_RTOL = 0.03
 

@@ -333,6 +333,7 @@ TrainSummary train(TrainConfig c) {
       std::cerr << "; ensemble top-1 " << fmt_pct(summary.teacher_top1) << "\n";
     }
   }
+  const auto run_start = std::chrono::steady_clock::now();
   if (quantizing && !resuming) {
     // Post-training quantization first: the float model's accuracy, then the
     // calibrated int8 model's, saved as ptq.safetensors.
@@ -355,7 +356,6 @@ TrainSummary train(TrainConfig c) {
     }
     summary.final_top1 = summary.calibrated_top1;
   }
-  const auto run_start = std::chrono::steady_clock::now();
   const std::vector<Tensor> params = model->parameters();
   for (int64_t epoch = start_epoch; epoch < c.epochs; ++epoch) {
     model->train();
