@@ -21,9 +21,9 @@ struct Conv2dOptions {
 
 // weight is OHWI [out, k, k, in/groups]; PyTorch's default init (kaiming uniform, a=sqrt(5)).
 // Quantization-aware training (engine/nn/quant.h) of a Conv2d or Linear: the
-// input and the weight are fake-quantized, and the output too unless a folded
-// batch norm after the layer quantizes it. Adds the buffers input_range and
-// (with quantize_output) output_range.
+// input, weight and bias are fake-quantized, and the output too unless a
+// folded batch norm after the layer quantizes it. Adds the buffers input_range
+// and (with quantize_output) output_range.
 struct LayerQuantization {
   bool enabled = false;
   bool quantize_output = false;

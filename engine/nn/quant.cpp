@@ -44,7 +44,7 @@ void remember_quantized(const Tensor& x, float scale) {
 
 constexpr double kMinAverageWeight = 0.01;
 
-void observe(const Tensor& range, const Tensor& x) {
+void observe(Tensor range, const Tensor& x) {  // a handle: the layer's buffer is updated in place
   NoGradGuard no_grad;
   const Tensor flat = x.detach().reshape({-1});
   const float hi = static_cast<float>(max(flat, 0).item());
@@ -56,7 +56,7 @@ void observe(const Tensor& range, const Tensor& x) {
   r[1] = static_cast<float>(n == 0 ? hi : r[1] + w * (hi - r[1]));
   r[2] = static_cast<float>(n + 1);
   Tensor updated = Tensor::from_vector(r, {3});
-  const_cast<Tensor&>(range).copy_(updated.to(range.device()));
+  range.copy_(updated.to(range.device()));
 }
 
 }  // namespace

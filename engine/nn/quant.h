@@ -1,6 +1,6 @@
 // Quantization-aware training inside the layers: a quantized Conv2d or Linear
-// fake-quantizes its input, its weight and (unless a folded batch norm after it
-// does) its output; models/quantize.h prepares a whole model.
+// fake-quantizes its input, weight and bias and (unless a folded batch norm
+// after it does) its output; models/quantize.h prepares a whole model.
 //
 // Each activation grid comes from an observed range, a buffer [min, max,
 // batches]: the running mean of the batches' min and max for the first 100
