@@ -81,6 +81,26 @@ TEST(Cli, BadFlagValuesAreOneLineErrors) {
                         "valid models", "model name");
 }
 
+// Every recipe's keys are flags of the command it is for (distill_* for
+// kestrel distill, qat_* for kestrel qat, the rest kestrel train): each is
+// read to the end, and the run stops at the first check after it, before any
+// data is touched (an --epochs of 0, or qat's float checkpoint, not trained here).
+TEST(Cli, EveryRecipeReadsAsItsCommandsFlags) {
+  int recipes = 0;
+  for (const auto& entry : fs::directory_iterator(kestrel::testing::source_path("tools/recipes"))) {
+    const std::string name = entry.path().filename().string();
+    if (entry.path().extension() != ".toml") continue;
+    const std::string command = name.rfind("distill_", 0) == 0 ? "distill" : name.rfind("qat_", 0) == 0 ? "qat" : "train";
+    const kestrel::testing::CliResult r =
+        kestrel_cli(command + " --config " + entry.path().string() + " --epochs 0 --out " + temp_path("recipe_" + name));
+    const bool stopped_after_reading = r.err.find("--epochs must be positive, got 0") != std::string::npos ||
+                                       r.err.find("float checkpoint not found: runs/") != std::string::npos;
+    EXPECT_TRUE(r.rc != 0 && stopped_after_reading) << name << " (kestrel " << command << "): " << r.err;
+    ++recipes;
+  }
+  EXPECT_GE(recipes, 19);
+}
+
 TEST(Cli, AmpOnTheCpuIsAOneLineError) {
   for (const char* amp : {"fp16", "bf16"})
     expect_one_line_error(kestrel_cli(std::string("train --amp ") + amp + " --device cpu --out " +
