@@ -230,6 +230,18 @@ TEST_F(QatRun, CliCalibratesFineTunesAndWritesQuantizedCheckpoints) {
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.out.find("Top-1 (%)"), std::string::npos) << r.out;
 
+  // The float and int8 graphs side by side in onnxruntime (tools/onnx_report.py).
+  if (io::onnx_export_available()) {
+    ASSERT_EQ(testing::kestrel_cli("export -c " + float_checkpoint_ + " --overwrite -o " + out + "/float.onnx").rc, 0);
+    ASSERT_EQ(testing::kestrel_cli("export -c " + out + "/best.safetensors --overwrite -o " + out + "/int8.onnx").rc, 0);
+    EXPECT_LT(fs::file_size(out + "/int8.onnx"), fs::file_size(out + "/float.onnx") / 2);
+    if (const std::string py = testing::python_with("onnxruntime"); !py.empty()) {
+      EXPECT_EQ(testing::run_python(py, "tools/onnx_report.py",
+                                    out + "/float.onnx " + out + "/int8.onnx --limit 300 --iters 3 --batch 64"),
+                0);
+    }
+  }
+
   // --epochs 0: post-training quantization alone.
   const std::string ptq = temp_path("qat_ptq_only");
   r = testing::kestrel_cli("qat --checkpoint " + float_checkpoint_ +
@@ -266,6 +278,32 @@ TEST_F(QatRun, BadRequestsAreNamedInOneLine) {
   tools::save_checkpoint(quantized, *f.model, info);
   testing::expect_one_line_error(testing::kestrel_cli("qat --checkpoint " + quantized + out), "is already quantized",
                                  "a quantized checkpoint");
+}
+
+// tools/onnx_report.py reads image folders by the model's class names, and
+// names what is wrong with one.
+TEST(OnnxReport, ReadsAnImageFolderAndNamesAMissingOne) {
+  KESTREL_REQUIRE_ONNX();
+  const std::string py = testing::python_with("onnxruntime");
+  if (py.empty()) GTEST_SKIP() << "python3 with onnxruntime not found (tools/setup.sh installs it)";
+  const std::string data = testing::write_pattern_folder_dataset("onnx_report_folder");
+  tools::ModelInfo info;
+  info.model = "cifar10_200k";
+  info.num_classes = 3;
+  info.height = info.width = 12;
+  info.cifar_stem = true;
+  info.dataset = "folder";
+  info.classes = {"a", "b", "c"};
+  info.mean = {0.5f, 0.5f, 0.5f};
+  info.std = {0.25f, 0.25f, 0.25f};
+  auto m = tools::build_from_info(info);
+  const std::string path = temp_path("folder_model.onnx");
+  io::OnnxExportOptions o;
+  o.metadata = info.to_metadata();
+  io::export_onnx(*m, {1, 12, 12, 3}, path, o);
+  EXPECT_EQ(testing::run_python(py, "tools/onnx_report.py", path + " --data-dir " + data + " --iters 3 --batch 8"), 0);
+  EXPECT_NE(testing::run_python(py, "tools/onnx_report.py", path + " --iters 3"), 0) << "no --data-dir for a folder";
+  EXPECT_NE(testing::run_python(py, "tools/onnx_report.py", path + " --data-dir " + temp_path("nowhere")), 0);
 }
 
 // A qat run killed in its second epoch and resumed ends with the

@@ -7,7 +7,9 @@ Usage: tools/onnx_report.py MODEL.onnx [MODEL.onnx ...] [--data-dir DIR]
        [--limit N] [--threads 2] [--iters 100] [--batch 256]
 The data set and its normalization come from each model's Kestrel metadata;
 the readers cover the official files: Fashion-MNIST / MNIST IDX (plain or .gz)
-and CIFAR-10 / CIFAR-100 binary. Needs onnxruntime and numpy.
+and CIFAR-10 / CIFAR-100 binary, and image folders (DIR/test/<class>/*, decoded
+by Pillow, whose JPEG decoder may differ from Kestrel's stb_image by a pixel
+level here and there). Needs onnxruntime and numpy.
 """
 import argparse
 import gzip
@@ -48,8 +50,34 @@ def read_idx(path):
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def test_split(dataset, d):
+def folder_test_split(d, classes, size):
+    try:
+        from PIL import Image
+    except ImportError:
+        fail("reading image folders needs Pillow (python3-pil)")
+    root = os.path.join(d, "test")
+    if not os.path.isdir(root):
+        fail(f"no test/ folder in {d}")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        folder = os.path.join(root, name)
+        if not os.path.isdir(folder):
+            fail(f"class folder {folder} not found (the model's classes: {', '.join(classes)})")
+        for f in sorted(os.listdir(folder)):
+            if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp")):
+                img = Image.open(os.path.join(folder, f))
+                img = img.convert("L" if size[2] == 1 else "RGB")
+                if img.size != (size[1], size[0]):
+                    fail(f"{os.path.join(folder, f)} is {img.size[0]}x{img.size[1]}, the model reads {size[1]}x{size[0]}")
+                images.append(np.asarray(img).reshape(size[0], size[1], size[2]))
+                labels.append(label)
+    return np.stack(images), np.array(labels, np.int64)
+
+
+def test_split(dataset, d, info):
     """Images [N, H, W, C] uint8 and labels [N] of the test split."""
+    if dataset == "folder":
+        return folder_test_split(d, info["classes"], (info["height"], info["width"], info["in_channels"]))
     if dataset in ("fashion-mnist", "mnist"):
         images = read_idx(find(d, ["t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte"]))
         labels = read_idx(find(d, ["t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte"]))
@@ -59,7 +87,7 @@ def test_split(dataset, d):
         raw = np.fromfile(find(d, ["test_batch.bin"] if dataset == "cifar10" else ["test.bin"]), np.uint8)
         rows = raw.reshape(-1, skip + 3072)
         return rows[:, skip:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), rows[:, skip - 1].astype(np.int64)
-    fail(f"no reader here for data set '{dataset}' (fashion-mnist, mnist, cifar10, cifar100)")
+    fail(f"no reader here for data set '{dataset}' (fashion-mnist, mnist, cifar10, cifar100, folder)")
 
 
 def model_info(sess, path):
@@ -98,7 +126,10 @@ def main():
         info = model_info(sess, path)
         if not a.batch or isinstance(sess.get_inputs()[0].shape[0], int):
             fail(f"{path} has a fixed batch size; export it with --batch 0")
-        images, labels = test_split(info["dataset"], a.data_dir or DEFAULT_DIRS.get(info["dataset"], ""))
+        data_dir = a.data_dir or DEFAULT_DIRS.get(info["dataset"], "")
+        if not data_dir:
+            fail(f"{path} was trained on an image folder: name it with --data-dir")
+        images, labels = test_split(info["dataset"], data_dir, info)
         if a.limit:
             images, labels = images[:a.limit], labels[:a.limit]
         acc = top1(sess, info, images, labels, a.batch)
