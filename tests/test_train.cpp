@@ -8,6 +8,7 @@
 #include "engine/io/safetensors.h"
 #include "test_util.h"
 #include "train_run_util.h"
+#include "tools/lib/datasets.h"
 #include "tools/lib/device_select.h"
 #include "tools/lib/trainer.h"
 
@@ -186,4 +187,22 @@ TEST(Train, PinMemoryLeavesBatchesAsTheyAreAndStagesThemOnlyWithAGpu) {
   }
   EXPECT_EQ(batches, 3);
   EXPECT_EQ(data::pinned_memory_available(), kestrel::testing::cuda_skip_reason().empty());
+}
+
+// --limit-train on an image folder (listed class by class) samples every
+// class, evenly spaced; on the official (shuffled) files it is the first N.
+TEST(Datasets, LimitOnAnImageFolderSpreadsOverItsClasses) {
+  const std::string root = kestrel::testing::write_pattern_folder_dataset("limit_folder");
+  const auto full = tools::open_dataset("folder", root, data::Split::Train, false, 0);
+  const auto limited = tools::open_dataset("folder", root, data::Split::Train, false, 6);
+  ASSERT_EQ(limited->size(), 6);
+  std::vector<int64_t> per_class(3, 0);
+  for (int64_t i = 0; i < limited->size(); ++i) ++per_class[limited->get(i).label];
+  EXPECT_EQ(per_class, (std::vector<int64_t>{2, 2, 2}));
+  EXPECT_EQ(limited->get(1).image.pixels, full->get(full->size() / 6).image.pixels);
+  if (kestrel::testing::fashion_mnist_skip_reason().empty()) {
+    const auto fm = tools::open_dataset("fashion-mnist", "", data::Split::Test, false, 3);
+    const auto fm_full = tools::open_dataset("fashion-mnist", "", data::Split::Test, false, 0);
+    EXPECT_EQ(fm->get(2).image.pixels, fm_full->get(2).image.pixels);
+  }
 }

@@ -79,8 +79,8 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--drop-path", c->drop_path, "stochastic depth rate (default: the model's)");
   cmd->add_option("--dataset", c->dataset, "cifar10, cifar100, fashion-mnist, mnist or folder")->capture_default_str();
   cmd->add_option("--data-dir", c->data_dir, "data location (default: the data set's standard place)");
-  cmd->add_option("--limit-train", c->limit_train, "use only the first N training images");
-  cmd->add_option("--limit-test", c->limit_test, "use only the first N test images");
+  cmd->add_option("--limit-train", c->limit_train, "use only N training images (the first; an image folder's spread over its classes)");
+  cmd->add_option("--limit-test", c->limit_test, "use only N test images (the first; an image folder's spread over its classes)");
   cmd->add_flag("--skip-bad", c->skip_bad, "warn about and skip unreadable images instead of stopping");
   cmd->add_option("--workers", c->workers, "data loader threads")->capture_default_str();
   cmd->add_option("--epochs", c->epochs, kind == Kind::Qat ? "epochs (0: post-training quantization only)" : "epochs")
