@@ -64,7 +64,9 @@ SqueezeExcite::SqueezeExcite(int64_t channels, int64_t squeeze, Activation act, 
 // One op: the fused kernels on CUDA, the same composition as before on the CPU.
 // The ops run in this module's trace scope, not in fc1's and fc2's.
 Tensor SqueezeExcite::forward(const Tensor& x) {
-  return squeeze_excite(x, reduce->weight, reduce->bias, expand->weight, expand->bias, act, gate);
+  if (!through_modules) return squeeze_excite(x, reduce->weight, reduce->bias, expand->weight, expand->bias, act, gate);
+  const Tensor s = activation((*reduce)(global_avg_pool(x)), act);
+  return mul(x, activation((*expand)(s), gate));
 }
 
 FoldedConv fold_batch_norm(const nn::Conv2d& conv, const nn::BatchNorm2d& bn) {

@@ -89,6 +89,9 @@ class SqueezeExcite : public Module {
   std::string type_name() const override { return "SqueezeExcite"; }
   std::shared_ptr<nn::Conv2d> reduce, expand;
   Activation act, gate;
+  // Run the two convs as modules rather than one fused op, so that int8
+  // quantization (models/quantize.h) reaches them.
+  bool through_modules = false;
 };
 
 // A convolution followed by an eval-mode batch norm, as one convolution:

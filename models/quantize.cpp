@@ -76,6 +76,9 @@ QuantizationReport prepare_quantization(nn::Module& model, const Shape& input_nh
   KCHECK(!is_quantized(model), ValueError, "quantization: the model is already prepared");
   for (const Tensor& p : model.parameters())
     KCHECK(p.device().is_cpu(), DeviceError, "quantization: prepare the model on the CPU, then move it");
+  visit(model, "", [](nn::Module& m, const std::string&) {
+    if (auto* se = dynamic_cast<SqueezeExcite*>(&m)) se->through_modules = true;  // its convs become int8 too
+  });
   const Layers layers = find_layers(model);
   const std::vector<TraceEvent> events = trace_eval_forward(model, input_nhwc);
 

@@ -2,9 +2,10 @@
 // each batch norm that only normalizes a convolution's output is folded into
 // that convolution, and every Conv2d and Linear the forward pass calls is
 // quantized. The model's eval-mode forward pass is traced once, on the CPU, to
-// find them. Convolutions inside fused ops (ghost, coordinate attention,
-// squeeze-and-excitation) and batch norms that cannot fold (before a
-// convolution, as DenseNet's) stay in float.
+// find them. Squeeze-and-excitation blocks switch from their fused op to
+// their two conv modules first, so those are quantized too. Convolutions
+// inside other fused ops (coordinate attention) and batch norms that cannot
+// fold (before a convolution, as DenseNet's) stay in float.
 #pragma once
 #include <string>
 #include <vector>

@@ -1,15 +1,18 @@
 """Runs Kestrel's int8 (QDQ) ONNX graphs in onnxruntime and compares logits.
 
-Usage: check_onnx_int8.py DIR. Each line of DIR/models.txt is "NAME MIN_INT8":
+Usage: check_onnx_int8.py DIR. Each line of DIR/models.txt is
+"NAME MIN_INT8 SIMULATED_RTOL INT8_RTOL":
 DIR/NAME.onnx is the exported quantized graph, DIR/NAME_x.npy an input batch
 (NHWC) and DIR/NAME_logits.npy Kestrel's fake-quantized logits for it.
 
 Two sessions per graph:
 - unoptimized: onnxruntime runs each QuantizeLinear / DequantizeLinear as
-  written, the arithmetic Kestrel simulates; logits must agree closely.
+  written, the arithmetic Kestrel simulates; logits must agree within
+  SIMULATED_RTOL of their span (float sums in another order can land a value
+  on the neighbouring grid point).
 - optimized (the default, what users run): onnxruntime fuses the QDQ pattern
   into integer kernels (QLinearConv, QGemm, ...). At least MIN_INT8 of them
-  must appear, and the logits must agree within a few quantization steps
+  must appear, and the logits must agree within INT8_RTOL of their span
   (integer requantization rounds differently from the float simulation).
 Exits 1 on any failure.
 """
@@ -24,8 +27,6 @@ import onnxruntime as ort
 
 INT8_KERNELS = ("QLinearConv", "QGemm", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearConcat",
                 "QLinearSigmoid", "QLinearMatMul", "ConvInteger", "MatMulIntegerToFloat")
-SIMULATED_RTOL = 0.03  # of the logit span: neighbouring grid points where float sums round differently
-INT8_RTOL = 0.03
 
 
 def run(path, x, level, optimized_path=None):
@@ -42,7 +43,7 @@ def main(d):
     failed = False
     with open(os.path.join(d, "models.txt")) as f:
         rows = [l.split() for l in f if l.strip()]
-    for name, min_int8 in rows:
+    for name, min_int8, sim_rtol, int8_rtol in rows:
         path = os.path.join(d, name + ".onnx")
         x = np.load(os.path.join(d, name + "_x.npy")).transpose(0, 3, 1, 2).copy()
         ref = np.load(os.path.join(d, name + "_logits.npy"))
@@ -56,7 +57,7 @@ def main(d):
         d_sim = float(np.abs(simulated - ref).max())
         d_int8 = float(np.abs(fused - ref).max())
         agree = float((fused.argmax(1) == ref.argmax(1)).mean())
-        ok = (d_sim <= SIMULATED_RTOL * span and d_int8 <= INT8_RTOL * span
+        ok = (d_sim <= float(sim_rtol) * span and d_int8 <= float(int8_rtol) * span
               and sum(int8_ops.values()) >= int(min_int8))
         print(f"{name}: logit span {span:.3f}; max |diff| QDQ as written {d_sim:.3g}, int8 kernels {d_int8:.3g} "
               f"(top-1 agreement {agree:.2f}); int8 kernels {int8_ops}, float Conv left {ops.get('Conv', 0)}: "
