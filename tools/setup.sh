@@ -30,9 +30,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Python interop tests only (never needed to train): safetensors and
-# onnxruntime (and onnx, to read the graphs it optimizes) for the system Python
-# that has torch.
-for module in safetensors onnxruntime onnx; do
+# onnxruntime for the system Python that has torch.
+for module in safetensors onnxruntime; do
   if ! /usr/bin/python3 -c "import $module" >/dev/null 2>&1; then
     /usr/bin/python3 -m pip install -q --break-system-packages "$module" >>"$log" 2>&1 \
       || fail "pip install $module failed"
