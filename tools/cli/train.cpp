@@ -77,7 +77,10 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   }
   cmd->add_option("--dropout", c->dropout, "classifier dropout (default: the model's)");
   cmd->add_option("--drop-path", c->drop_path, "stochastic depth rate (default: the model's)");
-  cmd->add_option("--dataset", c->dataset, "cifar10, cifar100, fashion-mnist, mnist or folder")->capture_default_str();
+  if (kind == Kind::Qat)
+    cmd->add_option("--dataset", c->dataset, "cifar10, cifar100, fashion-mnist, mnist or folder (default: the checkpoint's)");
+  else
+    cmd->add_option("--dataset", c->dataset, "cifar10, cifar100, fashion-mnist, mnist or folder")->capture_default_str();
   cmd->add_option("--data-dir", c->data_dir, "data location (default: the data set's standard place)");
   cmd->add_option("--limit-train", c->limit_train, "use only N training images (the first; an image folder's spread over its classes)");
   cmd->add_option("--limit-test", c->limit_test, "use only N test images (the first; an image folder's spread over its classes)");
