@@ -44,7 +44,8 @@ void remember_quantized(const Tensor& x, float scale) {
 
 constexpr double kMinAverageWeight = 0.01;
 
-void observe(Tensor range, const Tensor& x) {  // a handle: the layer's buffer is updated in place
+// Updates the layer's range buffer (a handle) from x; returns its new values.
+std::vector<float> observe(Tensor range, const Tensor& x) {
   NoGradGuard no_grad;
   const Tensor flat = x.detach().reshape({-1});
   const float hi = static_cast<float>(max(flat, 0).item());
@@ -55,8 +56,8 @@ void observe(Tensor range, const Tensor& x) {  // a handle: the layer's buffer i
   r[0] = static_cast<float>(n == 0 ? lo : r[0] + w * (lo - r[0]));
   r[1] = static_cast<float>(n == 0 ? hi : r[1] + w * (hi - r[1]));
   r[2] = static_cast<float>(n + 1);
-  Tensor updated = Tensor::from_vector(r, {3});
-  range.copy_(updated.to(range.device()));
+  range.copy_(Tensor::from_vector(r, {3}).to(range.device()));
+  return r;
 }
 
 }  // namespace
@@ -72,8 +73,8 @@ QuantizedActivation quantize_activation(const Tensor& x, const Tensor& range, bo
   if (const QuantizedTensor* q = find_quantized(x)) return {x, q->scale};
   KCHECK(x.dtype() == DType::F32, DTypeError, "quantization-aware layers run in f32 (", current_trace_scope(),
          " got ", dtype_name(x.dtype()), "; turn --amp off)");
-  if (observe_now) observe(range, x);
-  const std::vector<float> r = range.cpu().to_vector();
+  // One read of the buffer either way (a device sync on CUDA).
+  const std::vector<float> r = observe_now ? observe(range, x) : range.cpu().to_vector();
   KCHECK(r[2] > 0, ValueError, current_trace_scope(), ": the ", what,
          " range was never observed (calibrate the quantized model first, as kestrel qat does)");
   const QuantGrid g = activation_grid(r[0], r[1]);

@@ -29,11 +29,19 @@ Tensor weight_scales(const Tensor& w) {
   return clamp(mul_scalar(absmax, 1.0 / kWeightQmax), 1e-12, 3.0e38);
 }
 
-Tensor fake_quantize_weight(const Tensor& w, const Tensor& scales) {
-  Shape per_channel(w.dim(), 1);
-  per_channel[0] = w.size(0);
+namespace {
+// t rounded to the symmetric grid [-qmax, qmax] of its dim-0 channel's scale
+// (scales: one per channel, a constant to autograd) and back.
+Tensor fake_quantize_per_channel(const Tensor& t, const Tensor& scales, int64_t qmax) {
+  Shape per_channel(t.dim(), 1);
+  per_channel[0] = t.size(0);
   const Tensor s = scales.reshape(per_channel);
-  Tensor out = mul(fake_quantize(div(w, s), 1.0, 0, -kWeightQmax, kWeightQmax), s);
+  return mul(fake_quantize(div(t, s), 1.0, 0, -qmax, qmax), s);
+}
+}  // namespace
+
+Tensor fake_quantize_weight(const Tensor& w, const Tensor& scales) {
+  Tensor out = fake_quantize_per_channel(w, scales, kWeightQmax);
   if (TraceRecorder* r = active_trace(); r != nullptr && r->keeps_tensors())
     trace_op("fake_quantize_weight", {w, scales}, out);
   return out;
@@ -46,7 +54,7 @@ Tensor fake_quantize_bias(const Tensor& bias, float input_scale, const Tensor& w
     NoGradGuard no_grad;
     s = mul_scalar(weight_scales, input_scale);
   }
-  return mul(fake_quantize(div(bias, s), 1.0, 0, -kInt32Max, kInt32Max), s);
+  return fake_quantize_per_channel(bias, s, kInt32Max);
 }
 
 }  // namespace kestrel
