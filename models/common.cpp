@@ -84,12 +84,14 @@ Tensor residual_add(const Tensor& branch, const Tensor& x, double drop_path_prob
   return add(branch, x);
 }
 
-namespace {
-void visit(Module& m, const std::function<void(Module&)>& f) {
-  f(m);
-  for (auto& [name, child] : m.named_children()) visit(*child, f);
+void visit_modules(Module& root, const std::function<void(Module&, const std::string&)>& f,
+                   const std::string& path) {
+  f(root, path);
+  for (auto& [name, child] : root.named_children())
+    visit_modules(*child, f, path.empty() || name.empty() ? path + name : path + "." + name);
 }
 
+namespace {
 void fill_normal(Tensor& t, double stddev) {
   NoGradGuard g;
   t.copy_(mul_scalar(Tensor::randn(t.shape(), nn::init_generator(), t.dtype()), stddev));
@@ -103,7 +105,7 @@ void fill_uniform(Tensor& t, double bound) {
 }  // namespace
 
 void init_weights(Module& root, LinearInit linear, bool conv_fan_out) {
-  visit(root, [&](Module& m) {
+  visit_modules(root, [&](Module& m, const std::string&) {
     if (auto* c = dynamic_cast<nn::Conv2d*>(&m)) {
       // kaiming normal, gain sqrt(2): PyTorch's fan_out = out * k * k, fan_in = in/groups * k * k.
       const int64_t k2 = c->kernel_size * c->kernel_size;

@@ -4,6 +4,7 @@
 // Every block takes the child names it registers as data, so one block serves
 // torchvision's names ("0", "1", "fc1") and timm's ("conv", "bn1", "conv_reduce").
 #pragma once
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -121,6 +122,11 @@ class AvgPool2d : public Module {
 
 // x + drop_path(branch): stochastic depth on a residual branch (identity in eval).
 Tensor residual_add(const Tensor& branch, const Tensor& x, double drop_path_prob, bool training);
+
+// Calls f on root and every module under it, depth first, with its dotted
+// path ("features.3.conv"; "" for root), the names state_dict and the trace use.
+void visit_modules(Module& root, const std::function<void(Module&, const std::string&)>& f,
+                   const std::string& path = "");
 
 // Weight initialisation the reference implementations use, applied to every
 // Conv2d / BatchNorm2d / Linear under root.

@@ -1,6 +1,5 @@
 #include "models/quantize.h"
 
-#include <functional>
 #include <map>
 
 #include "engine/autograd.h"
@@ -12,12 +11,6 @@
 namespace kestrel::models {
 
 namespace {
-
-void visit(nn::Module& m, const std::string& path, const std::function<void(nn::Module&, const std::string&)>& f) {
-  f(m, path);
-  for (auto& [name, child] : m.named_children())
-    visit(*child, path.empty() || name.empty() ? path + name : path + "." + name, f);
-}
 
 bool same_view(const Tensor& a, const Tensor& b) {
   return a.defined() && b.defined() && a.storage() == b.storage() && a.offset() == b.offset() &&
@@ -32,7 +25,7 @@ struct Layers {
 
 Layers find_layers(nn::Module& model) {
   Layers l;
-  visit(model, "", [&](nn::Module& m, const std::string& path) {
+  visit_modules(model, [&](nn::Module& m, const std::string& path) {
     if (auto* c = dynamic_cast<nn::Conv2d*>(&m)) l.convs[c->weight.storage().get()] = {c, path};
     if (auto* f = dynamic_cast<nn::Linear*>(&m)) l.linears[f->weight.storage().get()] = {f, path};
     if (auto* b = dynamic_cast<nn::BatchNorm2d*>(&m); b && !b->folded) l.norms[b->running_mean.storage().get()] = b;
@@ -63,7 +56,7 @@ std::vector<TraceEvent> trace_eval_forward(nn::Module& model, const Shape& input
 
 bool is_quantized(const nn::Module& model) {
   bool any = false;
-  visit(const_cast<nn::Module&>(model), "", [&](nn::Module& m, const std::string&) {
+  visit_modules(const_cast<nn::Module&>(model), [&](nn::Module& m, const std::string&) {
     if (auto* c = dynamic_cast<nn::Conv2d*>(&m)) any = any || c->quant.enabled;
     if (auto* f = dynamic_cast<nn::Linear*>(&m)) any = any || f->quant.enabled;
   });
@@ -76,7 +69,7 @@ QuantizationReport prepare_quantization(nn::Module& model, const Shape& input_nh
   KCHECK(!is_quantized(model), ValueError, "quantization: the model is already prepared");
   for (const Tensor& p : model.parameters())
     KCHECK(p.device().is_cpu(), DeviceError, "quantization: prepare the model on the CPU, then move it");
-  visit(model, "", [](nn::Module& m, const std::string&) {
+  visit_modules(model, [](nn::Module& m, const std::string&) {
     if (auto* se = dynamic_cast<SqueezeExcite*>(&m)) se->through_modules = true;  // its convs become int8 too
   });
   const Layers layers = find_layers(model);
@@ -113,12 +106,13 @@ QuantizationReport prepare_quantization(nn::Module& model, const Shape& input_nh
     // The one reader of the conv's output is a batch norm (in eval mode: its running statistics)?
     nn::BatchNorm2d* bn = nullptr;
     bool with_residual = false;
-    if (readers[e.output.storage().get()] == 1 && i + 1 < events.size()) {
+    if (readers[e.output.storage().get()] == 1) {
       for (size_t j = i + 1; j < events.size() && bn == nullptr; ++j) {
         const TraceEvent& n = events[j];
         if ((n.op != "batch_norm" && n.op != "batch_norm_act") || !same_view(n.inputs[0], e.output)) continue;
         auto b = layers.norms.find(n.inputs[4].defined() ? n.inputs[4].storage().get() : nullptr);
-        if (b != layers.norms.end() && b->second->weight.defined() && !b->second->folded) bn = b->second;
+        if (b == layers.norms.end() || !b->second->weight.defined() || b->second->folded) continue;
+        bn = b->second;
         with_residual = n.inputs[3].defined();
       }
     }

@@ -7,15 +7,11 @@
 
 #include "engine/autograd.h"
 #include "engine/trace.h"
+#include "models/common.h"
 
 namespace kestrel::models {
 
 namespace {
-
-void index_modules(nn::Module& m, const std::string& path, std::map<std::string, nn::Module*>& out) {
-  out[path] = &m;
-  for (auto& [name, child] : m.named_children()) index_modules(*child, path.empty() ? name : path + "." + name, out);
-}
 
 int64_t own_params(const nn::Module& m) {
   int64_t n = m.num_parameters();
@@ -45,7 +41,7 @@ bool is_window_op(const TraceEvent& e) { return e.attrs.count("kernel") && e.att
 ModelSummary summarize(nn::Module& model, const Shape& input_nhwc) {
   KCHECK(input_nhwc.size() == 4, ShapeError, "summary: input must be NHWC [N,H,W,C], got ", shape_str(input_nhwc));
   std::map<std::string, nn::Module*> modules;
-  index_modules(model, "", modules);
+  visit_modules(model, [&](nn::Module& m, const std::string& path) { modules[path] = &m; });
 
   const bool was_training = model.is_training();
   model.eval();
