@@ -1,5 +1,6 @@
 #include "tools/lib/qat.h"
 
+#include <algorithm>
 #include <iostream>
 
 #include "data/pinned_batch.h"
@@ -22,12 +23,11 @@ void configure_from_float_checkpoint(TrainConfig& c, bool keep_dataset) {
 }
 
 models::QuantizationReport load_for_quantization(nn::Module& model, const ModelInfo& run,
-                                                 const std::string& float_checkpoint, bool verbose) {
-  const io::SafetensorsContents contents = io::load_safetensors(float_checkpoint);
-  const ModelInfo info = ModelInfo::from_metadata(contents.metadata, float_checkpoint);
-  KCHECK(!info.quantized, ValueError, float_checkpoint, " is already quantized");
-  check_fits_run(info, run, float_checkpoint, "this run");
-  load_weights(contents, model, float_checkpoint);
+                                                 const LoadedModel& float_checkpoint, const std::string& path,
+                                                 bool verbose) {
+  KCHECK(!float_checkpoint.info.quantized, ValueError, path, " is already quantized");
+  check_fits_run(float_checkpoint.info, run, path, "this run");
+  load_weights(float_checkpoint.contents, model, path);
   const models::QuantizationReport r =
       models::prepare_quantization(model, {1, run.height, run.width, run.in_channels});
   if (verbose) {

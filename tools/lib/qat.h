@@ -19,11 +19,12 @@ namespace kestrel::tools {
 // unless `keep_dataset` (given on the command line).
 void configure_from_float_checkpoint(TrainConfig& c, bool keep_dataset);
 
-// Loads the float checkpoint into `model` (built from `run`, still on the CPU)
-// after checking it fits the run, then prepares quantization. Prints what was
-// quantized when `verbose`.
+// Loads the float checkpoint's weights into `model` (built from `run`, still
+// on the CPU) after checking it fits the run, then prepares quantization.
+// Prints what was quantized when `verbose`.
 models::QuantizationReport load_for_quantization(nn::Module& model, const ModelInfo& run,
-                                                 const std::string& float_checkpoint, bool verbose);
+                                                 const LoadedModel& float_checkpoint, const std::string& path,
+                                                 bool verbose);
 
 // Post-training calibration: `batches` batches (all when <= 0) in eval mode,
 // without gradients, each observed by every range.

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 
 #include "data/pinned_batch.h"
 #include "data/transforms.h"
@@ -241,11 +242,14 @@ TrainSummary train(TrainConfig c) {
   info.std = norm.std;
   nn::ModulePtr model = build_from_info(info, c.dropout, c.drop_path);
   const bool quantizing = !c.quantize_from.empty();
+  std::optional<LoadedModel> float_model;  // a fresh qat run's starting point, measured before calibration
   if (quantizing) {  // on the CPU, before the weights of a resumed run are loaded
-    if (resuming)
+    if (resuming) {
       models::prepare_quantization(*model, {1, info.height, info.width, info.in_channels});
-    else
-      load_for_quantization(*model, info, c.quantize_from, main_rank);
+    } else {
+      float_model = load_checkpoint(c.quantize_from);
+      load_for_quantization(*model, info, *float_model, c.quantize_from, main_rank);
+    }
     info.quantized = true;
   }
   model->train();
@@ -337,11 +341,9 @@ TrainSummary train(TrainConfig c) {
   if (quantizing && !resuming) {
     // Post-training quantization first: the float model's accuracy, then the
     // calibrated int8 model's, saved as ptq.safetensors.
-    {
-      LoadedModel float_model = load_checkpoint(c.quantize_from);
-      if (!device.is_cpu()) float_model.model->to(device);
-      summary.float_top1 = evaluate(*float_model.model, test_loader, classes, c.progress, "  float").metrics.top1();
-    }
+    if (!device.is_cpu()) float_model->model->to(device);
+    summary.float_top1 = evaluate(*float_model->model, test_loader, classes, c.progress, "  float").metrics.top1();
+    float_model.reset();
     data::LoaderOptions co = lo;  // training images, shuffled, without augmentation
     data::DataLoader calib_loader(train_set, co, eval_transform(info.height, info.width, norm));
     calibrate_ranges(*model, calib_loader, c.calib_batches, device, c.progress);
