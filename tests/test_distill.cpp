@@ -15,6 +15,7 @@
 namespace kestrel {
 namespace {
 
+using testing::eval_logits;
 using testing::temp_path;
 
 tools::ModelInfo small_info() { return testing::fashion_mnist_model_info("cifar10_200k"); }
@@ -26,12 +27,6 @@ std::string save_random_checkpoint(const tools::ModelInfo& info, const std::stri
   const std::string path = temp_path(name + ".safetensors");
   tools::save_checkpoint(path, *m, info);
   return path;
-}
-
-Tensor eval_logits(nn::Module& m, const Tensor& x) {
-  m.eval();
-  NoGradGuard g;
-  return m(x);
 }
 
 TEST(Distill, EnsembleGivesTheMeanOfItsTeachersLogitsInEvalMode) {

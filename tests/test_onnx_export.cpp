@@ -17,33 +17,15 @@ namespace kestrel {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::eval_logits;
 using testing::temp_path;
-
-#define KESTREL_REQUIRE_ONNX() \
-  if (!io::onnx_export_available()) GTEST_SKIP() << "this build has no ONNX support (tools/setup.sh installs libonnx-dev)"
+using testing::zoo_options;
 
 struct ExportCase {
   std::string model;
   Shape input;  // NHWC
   models::ModelOptions options;
 };
-
-models::ModelOptions options(int64_t classes, bool cifar_stem = false, int64_t in_channels = 3,
-                             double width_mult = 1.0) {
-  models::ModelOptions o;
-  o.num_classes = classes;
-  o.cifar_stem = cifar_stem;
-  o.in_channels = in_channels;
-  o.width_mult = width_mult;
-  return o;
-}
-
-// Logits of `m` in eval mode.
-Tensor eval_logits(nn::Module& m, const Tensor& x) {
-  m.eval();
-  NoGradGuard g;
-  return m(x);
-}
 
 std::string read_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -60,15 +42,15 @@ TEST(OnnxExport, EveryFamilyMatchesOnnxruntimeAtAnotherBatchSize) {
   const std::string dir = temp_path("onnx_zoo");
   fs::create_directories(dir);
   const std::vector<ExportCase> cases = {
-      {"cifar10_200k", {3, 32, 32, 3}, options(10)},
-      {"emn_tiny", {3, 28, 28, 1}, options(10, true, 1)},
-      {"emn_small", {3, 32, 32, 3}, options(100, true)},
-      {"efficientnet_b0", {3, 64, 64, 3}, options(10)},
-      {"mobilenet_v2", {3, 64, 64, 3}, options(10)},
-      {"mobilenet_v3_small", {3, 64, 64, 3}, options(10, false, 3, 0.5)},
-      {"ghostnet_100", {3, 64, 64, 3}, options(10)},
-      {"resnet18", {3, 64, 64, 3}, options(10)},
-      {"densenet121", {3, 32, 32, 3}, options(10, true)},
+      {"cifar10_200k", {3, 32, 32, 3}, zoo_options(10)},
+      {"emn_tiny", {3, 28, 28, 1}, zoo_options(10, true, 1)},
+      {"emn_small", {3, 32, 32, 3}, zoo_options(100, true)},
+      {"efficientnet_b0", {3, 64, 64, 3}, zoo_options(10)},
+      {"mobilenet_v2", {3, 64, 64, 3}, zoo_options(10)},
+      {"mobilenet_v3_small", {3, 64, 64, 3}, zoo_options(10, false, 3, 0.5)},
+      {"ghostnet_100", {3, 64, 64, 3}, zoo_options(10)},
+      {"resnet18", {3, 64, 64, 3}, zoo_options(10)},
+      {"densenet121", {3, 32, 32, 3}, zoo_options(10, true)},
   };
   std::ofstream list(dir + "/models.txt");
   uint64_t seed = 100;
@@ -97,7 +79,7 @@ TEST(OnnxExport, EveryFamilyMatchesOnnxruntimeAtAnotherBatchSize) {
 // BatchNormalization nodes, and the model comes back in training mode.
 TEST(OnnxExport, InitializersCarryTheStateDictNames) {
   KESTREL_REQUIRE_ONNX();
-  auto m = models::build_model("resnet18", options(10));
+  auto m = models::build_model("resnet18", zoo_options(10));
   m->train();
   const std::string path = temp_path("resnet18_names.onnx");
   const io::OnnxExportSummary s = io::export_onnx(*m, {1, 32, 32, 3}, path);
@@ -135,7 +117,7 @@ TEST(OnnxExport, AnOpWithNoOnnxFormIsNamedAndNothingIsWritten) {
         << e.what();
   }
   EXPECT_FALSE(fs::exists(path));
-  auto resnet = models::build_model("resnet18", options(10));
+  auto resnet = models::build_model("resnet18", zoo_options(10));
   EXPECT_THROW(io::export_onnx(*resnet, {1, 32, 32, 3}, temp_path("no_such_folder") + "/m.onnx"), IOError);
   EXPECT_THROW(io::export_onnx(*resnet, {32, 32, 3}, temp_path("m.onnx")), ShapeError);
 }

@@ -22,23 +22,9 @@ namespace kestrel {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::eval_logits;
 using testing::temp_path;
-
-models::ModelOptions options(int64_t classes, bool cifar_stem, int64_t in_channels, double width = 1.0) {
-  models::ModelOptions o;
-  o.num_classes = classes;
-  o.cifar_stem = cifar_stem;
-  o.in_channels = in_channels;
-  o.width_mult = width;
-  o.drop_path = 0.0;
-  return o;
-}
-
-Tensor eval_logits(nn::Module& m, const Tensor& x) {
-  m.eval();
-  NoGradGuard g;
-  return m(x);
-}
+using testing::zoo_options;
 
 // Eval mode over a few batches under a CalibrationGuard, as kestrel qat calibrates.
 void calibrate(nn::Module& m, const Shape& input, uint64_t seed, int batches = 3) {
@@ -56,7 +42,7 @@ double span(const Tensor& t) {
 // Folding and quantizing keeps what the network computes, up to int8 rounding:
 // the calibrated model's logits stay near the float model's.
 TEST(PrepareQuantization, FoldsEveryConvBatchNormPairAndStaysNearTheFloatModel) {
-  auto m = models::build_model("cifar10_200k", options(10, true, 1));
+  auto m = models::build_model("cifar10_200k", zoo_options(10, true, 1));
   const Shape input{8, 28, 28, 1};
   const Tensor x = testing::random_tensor(input, 1, DType::F32);
   testing::calibrate_batch_norms(*m, x, 2);
@@ -92,7 +78,7 @@ TEST(PrepareQuantization, FoldsEveryConvBatchNormPairAndStaysNearTheFloatModel) 
 
 TEST(PrepareQuantization, ReachesSqueezeExciteConvsButNotOtherFusedOps) {
   // MobileNetV3's SE blocks run their convs as modules once prepared: all quantized.
-  auto m = models::build_model("mobilenet_v3_small", options(10, false, 3, 0.5));
+  auto m = models::build_model("mobilenet_v3_small", zoo_options(10, false, 3, 0.5));
   const models::QuantizationReport r = models::prepare_quantization(*m, {1, 64, 64, 3});
   EXPECT_EQ(r.convs, 52);  // 34 conv-BN-act + 9 SE blocks x 2
   EXPECT_EQ(r.folded_norms, 34);
@@ -121,7 +107,7 @@ TEST(PrepareQuantization, NamesTheConvolutionsItCannotReach) {
 }
 
 TEST(PrepareQuantization, RejectsAnInputThatIsNotNhwc) {
-  auto m = models::build_model("cifar10_200k", options(10, true, 1));
+  auto m = models::build_model("cifar10_200k", zoo_options(10, true, 1));
   EXPECT_THROW(models::prepare_quantization(*m, {28, 28, 1}), ShapeError);
 }
 
@@ -142,9 +128,6 @@ TEST(QuantizedCheckpoint, RoundTripsThroughBuildFromInfo) {
   const Tensor x = testing::random_tensor(input, 30, DType::F32);
   testing::expect_close(eval_logits(*loaded.model, x), eval_logits(*m, x), 0, 0, "logits after reloading");
 }
-
-#define KESTREL_REQUIRE_ONNX() \
-  if (!io::onnx_export_available()) GTEST_SKIP() << "this build has no ONNX support (tools/setup.sh installs libonnx-dev)"
 
 // The exported int8 graph: QDQ pairs around every quantized layer, int8
 // weights (about a quarter of the float graph's bytes), and onnxruntime both
@@ -171,9 +154,9 @@ TEST(QuantizedExport, OnnxruntimeRunsTheInt8GraphAsKestrelSimulatesIt) {
     double simulated_rtol, int8_rtol;
   };
   const std::vector<Case> cases = {
-      {"cifar10_200k", {3, 28, 28, 1}, options(10, true, 1), 46, 0.3, 0.02, 0.03},
-      {"mobilenet_v3_small", {3, 64, 64, 3}, options(10, false, 3, 0.5), 55, 0.3, 0.02, 0.2},
-      {"resnet18", {3, 32, 32, 3}, options(10, true, 3), 30, 0.3, 0.05, 0.05},
+      {"cifar10_200k", {3, 28, 28, 1}, zoo_options(10, true, 1), 46, 0.3, 0.02, 0.03},
+      {"mobilenet_v3_small", {3, 64, 64, 3}, zoo_options(10, false, 3, 0.5), 55, 0.3, 0.02, 0.2},
+      {"resnet18", {3, 32, 32, 3}, zoo_options(10, true, 3), 30, 0.3, 0.05, 0.05},
   };
   std::ofstream list(dir + "/models.txt");
   uint64_t seed = 300;

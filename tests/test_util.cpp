@@ -41,6 +41,21 @@ void expect_close(const Tensor& actual, const Tensor& expected, double atol, dou
   }
 }
 
+Tensor eval_logits(nn::Module& m, const Tensor& x) {
+  m.eval();
+  NoGradGuard g;
+  return m(x);
+}
+
+models::ModelOptions zoo_options(int64_t classes, bool cifar_stem, int64_t in_channels, double width_mult) {
+  models::ModelOptions o;
+  o.num_classes = classes;
+  o.cifar_stem = cifar_stem;
+  o.in_channels = in_channels;
+  o.width_mult = width_mult;
+  return o;
+}
+
 Tensor random_tensor(const Shape& shape, uint64_t seed, DType dtype) {
   Generator g(seed);
   return add_scalar(mul_scalar(Tensor::rand(shape, g, DType::F64), 2.0), -1.0).to(dtype);

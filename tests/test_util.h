@@ -9,16 +9,23 @@
 #include <vector>
 
 #include "engine/autograd.h"
+#include "engine/io/onnx_export.h"
 #include "engine/nn/module.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/reduce.h"
 #include "engine/random.h"
 #include "engine/tensor.h"
+#include "models/common.h"
 
 namespace kestrel {
 // gtest prints DType test parameters by name through this (argument-dependent lookup).
 void PrintTo(DType dtype, std::ostream* os);
 }  // namespace kestrel
+
+// Skips a test in a build without ONNX export (it needs libonnx).
+#define KESTREL_REQUIRE_ONNX()                 \
+  if (!::kestrel::io::onnx_export_available()) \
+  GTEST_SKIP() << "this build has no ONNX support (tools/setup.sh installs libonnx-dev)"
 
 namespace kestrel::testing {
 
@@ -36,6 +43,13 @@ void expect_gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f
 // eval mode: eval-mode activations stay O(1) and every BN parameter and buffer
 // matters in a comparison.
 void calibrate_batch_norms(nn::Module& model, const Tensor& x, uint64_t seed);
+
+// Logits of `m` in eval mode, without gradients (the mode is left at eval).
+Tensor eval_logits(nn::Module& m, const Tensor& x);
+
+// Options for a zoo model: classes, the CIFAR stem, input channels, width.
+models::ModelOptions zoo_options(int64_t classes, bool cifar_stem = false, int64_t in_channels = 3,
+                                 double width_mult = 1.0);
 
 // Random f64/f32 tensor with values in [-1, 1) (uniform) from a seeded generator.
 Tensor random_tensor(const Shape& shape, uint64_t seed, DType dtype = DType::F64);
