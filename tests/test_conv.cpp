@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/autograd.h"
 #include "engine/ops/conv.h"
 #include "engine/trace.h"
 #include "test_util.h"
@@ -195,6 +196,57 @@ TEST(Conv2d, ForwardMatchesNaiveLoopsInFloat64) {
 
 TEST(Conv2d, BackwardMatchesNaiveLoopsInFloat32) {
   for (const ConvCase& c : forward_cases()) run_backward_case(c, DType::F32, 2e-5);
+}
+
+// The depthwise forward keeps 64-byte channel blocks in registers and runs
+// interior pixels four at a time: channel counts around the block sizes (16
+// and 8 floats, 8 and 4 doubles) and widths with and without an interior.
+std::vector<ConvCase> depthwise_block_cases() {
+  std::vector<ConvCase> cases;
+  for (int64_t c : {7, 8, 12, 16, 20, 27, 40})
+    cases.push_back({"depthwise_c" + std::to_string(c), 2, 9, 11, c, c, 3, 3, params(1, 1, 1, c), c % 2 == 0});
+  cases.push_back({"depthwise_stride2_c24", 1, 13, 17, 24, 24, 3, 3, params(2, 1, 1, 24), true});
+  cases.push_back({"depthwise5x5_dilation2_c20", 1, 12, 14, 20, 20, 5, 5, params(1, 4, 2, 20), true});
+  cases.push_back({"depthwise_nopad_c9", 1, 6, 12, 9, 9, 3, 3, params(1, 0, 1, 9), false});
+  cases.push_back({"depthwise_narrow_c20", 1, 3, 2, 20, 20, 3, 3, params(1, 1, 1, 20), true});
+  return cases;
+}
+
+TEST(Conv2d, DepthwiseChannelBlocksMatchNaiveLoops) {
+  for (const ConvCase& c : depthwise_block_cases()) {
+    run_forward_case(c, DType::F32, 1e-5);
+    run_forward_case(c, DType::F64, 1e-12);
+  }
+}
+
+TEST(Conv2d, FusedActivationEpilogueMatchesConvThenActivation) {
+  std::vector<ConvCase> cases = depthwise_block_cases();
+  cases.push_back({"pointwise_c20_to_40", 2, 7, 9, 20, 40, 1, 1, params(1, 0), true});
+  cases.push_back({"stem3x3", 2, 9, 9, 3, 20, 3, 3, params(1, 1), true});
+  cases.push_back({"groups2_nobias", 1, 8, 8, 6, 4, 3, 3, params(2, 1, 1, 2), false});
+  NoGradGuard inference;
+  for (Activation act : {Activation::ReLU, Activation::ReLU6, Activation::HardSwish, Activation::SiLU})
+    for (const ConvCase& c : cases)
+      for (DType dt : {DType::F32, DType::F64}) {
+        const std::string what = c.name + " " + activation_name(act) + " " + dtype_name(dt);
+        const Tensor x = mul_scalar(random_tensor({c.n, c.h, c.w, c.c_in}, 21, dt), 4.0);  // reach ReLU6's cap
+        const Tensor w = make_weight(c, 22, dt);
+        const Tensor b = c.bias ? random_tensor({c.c_out}, 23, dt) : Tensor();
+        TraceRecorder rec;
+        const Tensor y = conv2d_act(x, w, b, c.p, act);
+        ASSERT_EQ(rec.events().size(), 1u) << what << ": expected one fused op";
+        EXPECT_EQ(rec.events()[0].op, "conv2d_act") << what;
+        const double tol = dt == DType::F32 ? 1e-4 : 1e-12;
+        expect_close(y, activation(naive_conv(x, w, b, c.p), act), tol, tol, what);
+      }
+}
+
+TEST(Conv2d, FusedActivationWithAGradientFallsBackToConvThenActivation) {
+  const ConvCase c = depthwise_block_cases()[4];
+  const Tensor x = random_tensor({c.n, c.h, c.w, c.c_in}, 31, DType::F64).set_requires_grad();
+  const Tensor w = make_weight(c, 32, DType::F64);
+  expect_gradcheck([&](const std::vector<Tensor>& in) { return conv2d_act(in[0], w, Tensor(), c.p, Activation::SiLU); },
+                   {x});
 }
 
 TEST(Conv2d, LargeInputsSpanSeveralIm2colChunksAndStillMatch) {

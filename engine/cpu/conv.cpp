@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "engine/cpu/activation_math.h"
 #include "engine/cpu/gemm.h"
 #include "engine/cpu/taps.h"
 
@@ -88,6 +89,15 @@ void col2im_gather(const ConvGeom& g, const T* gcol, int64_t n0, int64_t nb, int
   }
 }
 
+// y = act(y), in place.
+template <typename T>
+void apply_activation(Activation act, T* y, int64_t n) {
+  act_dispatch(act, [&](auto a) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) y[i] = act_value<decltype(a)::value, T>(y[i]);
+  });
+}
+
 // ------------------------------------------------------------------ depthwise
 
 template <typename T>
@@ -105,30 +115,123 @@ std::vector<T> depthwise_weight_khkwc(const ConvGeom& g, const T* w) {
 // picked at load time (the project baseline is x86-64-v2, i.e. 4-wide SSE).
 #define KESTREL_INLINE inline __attribute__((always_inline))
 
-template <typename T>
-KESTREL_INLINE void dw_forward_row(const ConvGeom& g, const T* x, const T* wt, const T* bias, T* yrow, int64_t n,
-                                   int64_t oh) {
-  const int64_t C = g.c_in;
-  for (int64_t ow = 0; ow < g.ow; ++ow) {
-    T* __restrict out = yrow + ow * C;
-    if (bias != nullptr)
-      std::memcpy(out, bias, sizeof(T) * C);
-    else
-      std::memset(out, 0, sizeof(T) * C);
-    for (int64_t kh = 0; kh < g.kh; ++kh) {
-      const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
-      if (ih < 0 || ih >= g.h) continue;
-      const T* xrow = x + (n * g.h + ih) * g.w * C;
-      for (int64_t kw = 0; kw < g.kw; ++kw) {
-        const int64_t iw = ow * g.sw - g.pw + kw * g.dw;
-        if (iw < 0 || iw >= g.w) continue;
-        const T* __restrict xp = xrow + iw * C;
-        const T* __restrict wp = wt + (kh * g.kw + kw) * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) out[c] += xp[c] * wp[c];
+// Taps [k0, k1) of a kernel axis that land inside the input for output position o.
+struct TapRange {
+  int64_t k0, k1;
+};
+inline TapRange valid_taps(int64_t o, int64_t stride, int64_t pad, int64_t dil, int64_t k, int64_t size) {
+  const int64_t i0 = o * stride - pad;
+  int64_t k0 = 0, k1 = k;
+  while (k0 < k1 && i0 + k0 * dil < 0) ++k0;
+  while (k1 > k0 && i0 + (k1 - 1) * dil >= size) --k1;
+  return {k0, k1};
+}
+
+// GCC vector types: N lanes held in registers whatever the ISA clone (one
+// AVX-512 register, two AVX2 or four SSE for 16 floats).
+template <typename T, int64_t N>
+struct Lanes {
+  typedef T type __attribute__((vector_size(sizeof(T) * N)));
+};
+template <typename V, typename T>
+KESTREL_INLINE void load_lanes(V& v, const T* p) {
+  std::memcpy(&v, p, sizeof v);
+}
+
+// Output pixels [0, P) (input columns g.sw apart), channels [c, c + N): the
+// sums stay in registers across all taps and are stored once, then the
+// activation is applied while they are in L1. P pixels side by side give P
+// independent FMA chains that share each weight load.
+template <typename T, Activation A, int64_t P, int64_t N>
+KESTREL_INLINE void dw_forward_pixels(const ConvGeom& g, const T* x, int64_t win, const T* wt, const T* bias,
+                                      TapRange th, TapRange tw, int64_t c, T* out) {
+  using V = typename Lanes<T, N>::type;
+  const int64_t C = g.c_in, step = g.sw * C;
+  V init{};
+  if (bias != nullptr) load_lanes(init, bias + c);
+  V acc[P];
+  for (int64_t p = 0; p < P; ++p) acc[p] = init;
+  for (int64_t kh = th.k0; kh < th.k1; ++kh) {
+    const T* xr = x + (win + kh * g.dh * g.w * C + c);
+    const T* wr = wt + kh * g.kw * C + c;
+    for (int64_t kw = tw.k0; kw < tw.k1; ++kw) {
+      V wv, xv;
+      load_lanes(wv, wr + kw * C);
+      for (int64_t p = 0; p < P; ++p) {
+        load_lanes(xv, xr + kw * g.dw * C + p * step);
+        acc[p] += xv * wv;
       }
     }
   }
+  for (int64_t p = 0; p < P; ++p) {
+    T* o = out + p * C + c;
+    std::memcpy(o, &acc[p], sizeof(V));
+    if constexpr (A != Activation::None)
+      for (int64_t j = 0; j < N; ++j) o[j] = act_value<A, T>(o[j]);
+  }
+}
+
+// One output pixel of a layer thinner than half a vector: plain loops.
+template <typename T, Activation A>
+KESTREL_INLINE void dw_forward_thin(const ConvGeom& g, const T* x, int64_t win, const T* wt, const T* bias,
+                                    TapRange th, TapRange tw, T* out) {
+  const int64_t C = g.c_in;
+  for (int64_t c = 0; c < C; ++c) out[c] = bias != nullptr ? bias[c] : T(0);
+  for (int64_t kh = th.k0; kh < th.k1; ++kh)
+    for (int64_t kw = tw.k0; kw < tw.k1; ++kw) {
+      const T* xp = x + (win + (kh * g.dh * g.w + kw * g.dw) * C);
+      const T* wp = wt + (kh * g.kw + kw) * C;
+      for (int64_t c = 0; c < C; ++c) out[c] += xp[c] * wp[c];
+    }
+  for (int64_t c = 0; c < C; ++c) out[c] = act_value<A, T>(out[c]);
+}
+
+// P output pixels from column ow, all with the taps tw. Channels go in blocks
+// of 64 bytes; a ragged tail is one more block (or half block) that ends at C,
+// overlapping the one before: recomputing a few channels costs less than a
+// partial block spilled to memory.
+template <typename T, Activation A, int64_t P>
+KESTREL_INLINE void dw_forward_run(const ConvGeom& g, const T* x, const T* wt, const T* bias, TapRange th,
+                                   TapRange tw, int64_t row, int64_t ow, T* out) {
+  constexpr int64_t kBlock = 64 / sizeof(T), kHalf = kBlock / 2;
+  const int64_t C = g.c_in, win = (row + ow * g.sw - g.pw) * C;
+  if (C < kHalf) {
+    for (int64_t p = 0; p < P; ++p) dw_forward_thin<T, A>(g, x, win + p * g.sw * C, wt, bias, th, tw, out + p * C);
+    return;
+  }
+  int64_t c = 0;
+  for (; c + kBlock <= C; c += kBlock) dw_forward_pixels<T, A, P, kBlock>(g, x, win, wt, bias, th, tw, c, out);
+  if (c == C) return;
+  if (C - c <= kHalf)
+    dw_forward_pixels<T, A, P, kHalf>(g, x, win, wt, bias, th, tw, C - kHalf, out);
+  else if (C >= kBlock)
+    dw_forward_pixels<T, A, P, kBlock>(g, x, win, wt, bias, th, tw, C - kBlock, out);
+  else {  // kHalf < C < kBlock
+    dw_forward_pixels<T, A, P, kHalf>(g, x, win, wt, bias, th, tw, 0, out);
+    dw_forward_pixels<T, A, P, kHalf>(g, x, win, wt, bias, th, tw, C - kHalf, out);
+  }
+}
+
+// One output row. A window's top-left input pixel may lie in the padding (its
+// offset may be negative): only valid taps are read. Interior pixels, whose
+// taps are all inside, go four at a time.
+template <typename T, Activation A>
+KESTREL_INLINE void dw_forward_row(const ConvGeom& g, const T* x, const T* wt, const T* bias, T* yrow, int64_t n,
+                                   int64_t oh) {
+  constexpr int64_t kPixels = 4;
+  const int64_t C = g.c_in;
+  const TapRange th = valid_taps(oh, g.sh, g.ph, g.dh, g.kh, g.h);
+  const int64_t row = (n * g.h + oh * g.sh - g.ph) * g.w;  // input pixel index of the window row's column 0
+  int64_t first = 0, last = g.ow - 1;                      // the interior output columns
+  while (first < g.ow && first * g.sw - g.pw < 0) ++first;
+  while (last >= first && last * g.sw - g.pw + (g.kw - 1) * g.dw >= g.w) --last;
+  int64_t ow = 0;
+  for (; ow < first; ++ow)
+    dw_forward_run<T, A, 1>(g, x, wt, bias, th, valid_taps(ow, g.sw, g.pw, g.dw, g.kw, g.w), row, ow, yrow + ow * C);
+  for (; ow + kPixels <= last + 1; ow += kPixels)
+    dw_forward_run<T, A, kPixels>(g, x, wt, bias, th, TapRange{0, g.kw}, row, ow, yrow + ow * C);
+  for (; ow < g.ow; ++ow)
+    dw_forward_run<T, A, 1>(g, x, wt, bias, th, valid_taps(ow, g.sw, g.pw, g.dw, g.kw, g.w), row, ow, yrow + ow * C);
 }
 
 template <typename T>
@@ -174,14 +277,22 @@ KESTREL_INLINE void dw_backward_weight_row(const ConvGeom& g, const T* x, const 
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define KESTREL_ISA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define KESTREL_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define KESTREL_ISA_CLONES
 #endif
 
+// The activations that models put after a depthwise conv are inlined here, so
+// they are compiled for each ISA clone too; any other runs as a second pass.
 KESTREL_ISA_CLONES void dw_forward_row_f32(const ConvGeom& g, const float* x, const float* wt, const float* bias,
-                                           float* yrow, int64_t n, int64_t oh) {
-  dw_forward_row<float>(g, x, wt, bias, yrow, n, oh);
+                                           float* yrow, int64_t n, int64_t oh, Activation act) {
+  switch (act) {
+    case Activation::ReLU: return dw_forward_row<float, Activation::ReLU>(g, x, wt, bias, yrow, n, oh);
+    case Activation::ReLU6: return dw_forward_row<float, Activation::ReLU6>(g, x, wt, bias, yrow, n, oh);
+    case Activation::HardSwish: return dw_forward_row<float, Activation::HardSwish>(g, x, wt, bias, yrow, n, oh);
+    default: dw_forward_row<float, Activation::None>(g, x, wt, bias, yrow, n, oh);
+  }
+  if (act != Activation::None) apply_activation(act, yrow, g.ow * g.c_in);
 }
 KESTREL_ISA_CLONES void dw_backward_input_row_f32(const ConvGeom& g, const float* gy, const float* wt, const Taps& th,
                                                   const Taps& tw, float* gxrow, int64_t n, int64_t ih) {
@@ -195,8 +306,9 @@ KESTREL_ISA_CLONES void dw_backward_weight_row_f32(const ConvGeom& g, const floa
 // f64 is for gradchecks: the plain template.
 template <typename T>
 struct DwRows {
-  static void forward(const ConvGeom& g, const T* x, const T* wt, const T* bias, T* yrow, int64_t n, int64_t oh) {
-    dw_forward_row<T>(g, x, wt, bias, yrow, n, oh);
+  static void forward(const ConvGeom& g, const T* x, const T* wt, const T* bias, T* yrow, int64_t n, int64_t oh,
+                      Activation act) {
+    act_dispatch(act, [&](auto a) { dw_forward_row<T, decltype(a)::value>(g, x, wt, bias, yrow, n, oh); });
   }
   static void backward_input(const ConvGeom& g, const T* gy, const T* wt, const Taps& th, const Taps& tw, T* gxrow,
                              int64_t n, int64_t ih) {
@@ -210,8 +322,8 @@ struct DwRows {
 template <>
 struct DwRows<float> {
   static void forward(const ConvGeom& g, const float* x, const float* wt, const float* bias, float* yrow, int64_t n,
-                      int64_t oh) {
-    dw_forward_row_f32(g, x, wt, bias, yrow, n, oh);
+                      int64_t oh, Activation act) {
+    dw_forward_row_f32(g, x, wt, bias, yrow, n, oh, act);
   }
   static void backward_input(const ConvGeom& g, const float* gy, const float* wt, const Taps& th, const Taps& tw,
                              float* gxrow, int64_t n, int64_t ih) {
@@ -224,13 +336,14 @@ struct DwRows<float> {
 };
 
 template <typename T>
-void depthwise_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y) {
+void depthwise_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y, Activation act) {
   const int64_t C = g.c_in;
   const std::vector<T> wt_v = depthwise_weight_khkwc(g, w);
   const T* wt = wt_v.data();
   const int64_t rows = g.n * g.oh;
 #pragma omp parallel for schedule(static) if (rows * g.ow * C * g.kh * g.kw > 32768)
-  for (int64_t r = 0; r < rows; ++r) DwRows<T>::forward(g, x, wt, bias, y + r * g.ow * C, r / g.oh, r % g.oh);
+  for (int64_t r = 0; r < rows; ++r)
+    DwRows<T>::forward(g, x, wt, bias, y + r * g.ow * C, r / g.oh, r % g.oh, act);
 }
 
 template <typename T>
@@ -285,24 +398,38 @@ void for_each_image_chunk(const ConvGeom& g, F&& fn) {
 // ------------------------------------------------------------------ entry points
 
 template <typename T>
-void conv2d_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y) {
+void conv2d_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y, Activation act) {
   if (g.n == 0 || g.oh == 0 || g.ow == 0 || g.c_out == 0) return;
-  if (g.depthwise()) return depthwise_forward(g, x, w, bias, y);
+  if (g.depthwise()) return depthwise_forward(g, x, w, bias, y, act);
   const int64_t M = g.n * g.oh * g.ow, cg = g.cin_g(), og = g.cout_g(), K = g.k();
-  if (bias != nullptr) {
-#pragma omp parallel for schedule(static) if (M * g.c_out > 65536)
-    for (int64_t m = 0; m < M; ++m) std::memcpy(y + m * g.c_out, bias, sizeof(T) * g.c_out);
-  }
   const T beta = bias != nullptr ? T(1) : T(0);
+  // Output rows [m0, m0 + mc): the bias first (the GEMMs accumulate onto it), the activation after.
+  auto init_rows = [&](int64_t m0, int64_t mc) {
+    if (bias == nullptr) return;
+#pragma omp parallel for schedule(static) if (mc * g.c_out > 65536)
+    for (int64_t m = m0; m < m0 + mc; ++m) std::memcpy(y + m * g.c_out, bias, sizeof(T) * g.c_out);
+  };
+  auto finish_rows = [&](int64_t m0, int64_t mc) {
+    if (act != Activation::None) apply_activation(act, y + m0 * g.c_out, mc * g.c_out);
+  };
   if (g.pointwise()) {
-    for (int64_t grp = 0; grp < g.groups; ++grp)
-      gemm<T>(false, true, M, og, cg, T(1), x + grp * cg, g.c_in, w + grp * og * cg, cg, beta, y + grp * og,
-              g.c_out);
+    // Row blocks small enough to stay in cache between the GEMM and the activation.
+    const int64_t block = act == Activation::None ? M : std::max<int64_t>(256, (int64_t(1) << 16) / g.c_out);
+    for (int64_t m0 = 0; m0 < M; m0 += block) {
+      const int64_t mc = std::min(block, M - m0);
+      init_rows(m0, mc);
+      for (int64_t grp = 0; grp < g.groups; ++grp)
+        gemm<T>(false, true, mc, og, cg, T(1), x + m0 * g.c_in + grp * cg, g.c_in, w + grp * og * cg, cg, beta,
+                y + m0 * g.c_out + grp * og, g.c_out);
+      finish_rows(m0, mc);
+    }
     return;
   }
   for_each_image_chunk<T>(g, [&](T* col, int64_t n0, int64_t nb, int64_t m0, int64_t mc, int64_t grp) {
+    if (grp == 0) init_rows(m0, mc);
     im2col(g, x, n0, nb, grp, col);
     gemm<T>(false, true, mc, og, K, T(1), col, K, w + grp * og * K, K, beta, y + m0 * g.c_out + grp * og, g.c_out);
+    if (grp == g.groups - 1) finish_rows(m0, mc);
   });
 }
 
@@ -356,7 +483,7 @@ void conv2d_backward_bias(const ConvGeom& g, const T* gy, T* gb) {
 }
 
 #define KESTREL_INSTANTIATE_CONV(T)                                                              \
-  template void conv2d_forward<T>(const ConvGeom&, const T*, const T*, const T*, T*);            \
+  template void conv2d_forward<T>(const ConvGeom&, const T*, const T*, const T*, T*, Activation); \
   template void conv2d_backward_input<T>(const ConvGeom&, const T*, const T*, T*);               \
   template void conv2d_backward_weight<T>(const ConvGeom&, const T*, const T*, T*);              \
   template void conv2d_backward_bias<T>(const ConvGeom&, const T*, T*);

@@ -9,6 +9,8 @@
 #pragma once
 #include <cstdint>
 
+#include "engine/ops/elementwise.h"
+
 namespace kestrel::cpu {
 
 struct ConvGeom {
@@ -24,9 +26,11 @@ struct ConvGeom {
   bool depthwise() const { return groups == c_in && c_out == c_in && groups > 1; }
 };
 
-// y = conv(x, w) + bias; bias may be null.
+// y = act(conv(x, w) + bias); bias may be null. The activation is applied
+// while the output is still in cache (inference with a folded batch norm).
 template <typename T>
-void conv2d_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y);
+void conv2d_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y,
+                    Activation act = Activation::None);
 // gx = d(loss)/dx given gy (overwrites gx).
 template <typename T>
 void conv2d_backward_input(const ConvGeom& g, const T* gy, const T* w, T* gx);

@@ -173,20 +173,31 @@ Tensor conv2d(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
 
 Tensor conv2d_act(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in, const Conv2dParams& p,
                   Activation act) {
+  if (needs_grad({x_in, weight_in, bias_in})) return activation(conv2d(x_in, weight_in, bias_in, p), act);
+  const char* op = "conv2d_act";
+  const ConvOperands o = conv_operands(x_in, weight_in, bias_in, p, op);
+  const cpu::ConvGeom& g = o.g;
+  Tensor out;
   if constexpr (kHaveCuda) {
-    if (x_in.device().is_cuda() && !needs_grad({x_in, weight_in, bias_in})) {
-      const char* op = "conv2d_act";
-      const ConvOperands o = conv_operands(x_in, weight_in, bias_in, p, op);
-      if (gpu::conv2d_path(o.g, o.x.dtype()) == gpu::ConvPath::Depthwise) {
-        Tensor out = gpu::depthwise_forward_act(o.g, o.xc, o.wc, o.bc, act);
-        auto attrs = conv_trace_attrs(o.g, o.bias);
-        attrs["activation"] = activation_name(act);
-        trace_op(op, {o.x, o.weight, o.bias}, out, conv_macs(o.g), attrs);
-        return out;
-      }
+    if (o.x.device().is_cuda()) {
+      // Only the depthwise kernel has an activation epilogue on CUDA.
+      if (gpu::conv2d_path(g, o.x.dtype()) != gpu::ConvPath::Depthwise)
+        return activation(conv2d(x_in, weight_in, bias_in, p), act);
+      out = gpu::depthwise_forward_act(g, o.xc, o.wc, o.bc, act);
     }
   }
-  return activation(conv2d(x_in, weight_in, bias_in, p), act);
+  if (!out.defined()) {
+    out = Tensor::empty({g.n, g.oh, g.ow, g.c_out}, o.x.dtype(), o.x.device());
+    dispatch_float(o.x.dtype(), op, [&](auto tag_) {
+      using scalar_t = KESTREL_SCALAR(tag_);
+      cpu::conv2d_forward<scalar_t>(g, o.xc.data<scalar_t>(), o.wc.data<scalar_t>(),
+                                    o.bc.defined() ? o.bc.data<scalar_t>() : nullptr, out.data<scalar_t>(), act);
+    });
+  }
+  auto attrs = conv_trace_attrs(g, o.bias);
+  attrs["activation"] = activation_name(act);
+  trace_op(op, {o.x, o.weight, o.bias}, out, conv_macs(g), attrs);
+  return out;
 }
 
 }  // namespace kestrel

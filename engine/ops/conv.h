@@ -21,10 +21,11 @@ struct Conv2dParams {
 // Returns [N,OH,OW,C_out]. Depthwise when groups == C_in.
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p);
 
-// act(conv2d(x, weight, bias)). For inference: a CUDA depthwise convolution
-// applies the bias and the activation in its epilogue, one pass over the
-// output instead of two, when no gradient is needed. Otherwise, and on the
-// CPU, conv2d then activation (the same values up to rounding).
+// act(conv2d(x, weight, bias)). For inference (no gradient needed) the bias
+// and the activation are applied in the convolution's epilogue, while the
+// output is in registers or cache, instead of in a second pass over memory:
+// on the CPU for every convolution, on CUDA for depthwise ones. With a
+// gradient, and for other CUDA convolutions, conv2d then activation.
 Tensor conv2d_act(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p, Activation act);
 
 int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation);
