@@ -17,6 +17,7 @@
 using namespace kestrel;
 using kestrel::models::build_model;
 using kestrel::models::ModelOptions;
+using kestrel::testing::expect_message_of;
 
 namespace {
 
@@ -30,16 +31,6 @@ Tensor forward_eval(nn::Module& m, const Shape& nhwc, uint64_t seed = 1) {
   m.eval();
   NoGradGuard g;
   return m(kestrel::testing::random_tensor(nhwc, seed, DType::F32));
-}
-
-std::string expect_message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const ValueError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a ValueError";
-  return "";
 }
 
 }  // namespace

@@ -44,6 +44,9 @@ void expect_gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f
 // matters in a comparison.
 void calibrate_batch_norms(nn::Module& model, const Tensor& x, uint64_t seed);
 
+// The message of the ValueError f throws (a test failure when it throws none).
+std::string expect_message_of(const std::function<void()>& f);
+
 // Logits of `m` in eval mode, without gradients (the mode is left at eval).
 Tensor eval_logits(nn::Module& m, const Tensor& x);
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "engine/cpu/strided.h"
 
@@ -85,6 +86,33 @@ inline T derivative(UnaryOp op, T x, T y, const UnaryParams& p) {
   return T(1);
 }
 
+// Calls f with op as a compile-time constant, so that the switches in
+// forward_value and derivative fold away and the loops vectorize.
+template <typename F>
+void with_unary_op(UnaryOp op, F&& f) {
+  switch (op) {
+    case UnaryOp::Neg: return f(std::integral_constant<UnaryOp, UnaryOp::Neg>{});
+    case UnaryOp::Exp: return f(std::integral_constant<UnaryOp, UnaryOp::Exp>{});
+    case UnaryOp::Log: return f(std::integral_constant<UnaryOp, UnaryOp::Log>{});
+    case UnaryOp::Sqrt: return f(std::integral_constant<UnaryOp, UnaryOp::Sqrt>{});
+    case UnaryOp::Square: return f(std::integral_constant<UnaryOp, UnaryOp::Square>{});
+    case UnaryOp::Pow: return f(std::integral_constant<UnaryOp, UnaryOp::Pow>{});
+    case UnaryOp::Abs: return f(std::integral_constant<UnaryOp, UnaryOp::Abs>{});
+    case UnaryOp::Clamp: return f(std::integral_constant<UnaryOp, UnaryOp::Clamp>{});
+    case UnaryOp::AddScalar: return f(std::integral_constant<UnaryOp, UnaryOp::AddScalar>{});
+    case UnaryOp::MulScalar: return f(std::integral_constant<UnaryOp, UnaryOp::MulScalar>{});
+    case UnaryOp::ReLU: return f(std::integral_constant<UnaryOp, UnaryOp::ReLU>{});
+    case UnaryOp::ReLU6: return f(std::integral_constant<UnaryOp, UnaryOp::ReLU6>{});
+    case UnaryOp::Sigmoid: return f(std::integral_constant<UnaryOp, UnaryOp::Sigmoid>{});
+    case UnaryOp::Tanh: return f(std::integral_constant<UnaryOp, UnaryOp::Tanh>{});
+    case UnaryOp::SiLU: return f(std::integral_constant<UnaryOp, UnaryOp::SiLU>{});
+    case UnaryOp::HardSwish: return f(std::integral_constant<UnaryOp, UnaryOp::HardSwish>{});
+    case UnaryOp::HardSigmoid: return f(std::integral_constant<UnaryOp, UnaryOp::HardSigmoid>{});
+    case UnaryOp::GELU: return f(std::integral_constant<UnaryOp, UnaryOp::GELU>{});
+    case UnaryOp::FakeQuant: return f(std::integral_constant<UnaryOp, UnaryOp::FakeQuant>{});
+  }
+}
+
 template <typename T, typename F>
 void binary_loop(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
   const T* pa = static_cast<const T*>(a.data_ptr());
@@ -138,8 +166,10 @@ void unary(UnaryOp op, const Tensor& x, const Tensor& out, UnaryParams p) {
     const T* px = static_cast<const T*>(x.data_ptr());
     T* po = static_cast<T*>(out.data_ptr());
     const int64_t n = x.numel();
-#pragma omp parallel for schedule(static) if (n > 32768)
-    for (int64_t i = 0; i < n; ++i) po[i] = forward_value<T>(op, px[i], p);
+    with_unary_op(op, [&](auto op_) {
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+      for (int64_t i = 0; i < n; ++i) po[i] = forward_value<T>(decltype(op_)::value, px[i], p);
+    });
   });
 }
 
@@ -153,8 +183,16 @@ void unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& 
     const T* pg = static_cast<const T*>(grad_out.data_ptr());
     T* pi = static_cast<T*>(grad_in.data_ptr());
     const int64_t n = x.numel();
-#pragma omp parallel for schedule(static) if (n > 32768)
-    for (int64_t i = 0; i < n; ++i) pi[i] = pg[i] * derivative<T>(op, px[i], py ? py[i] : T(0), p);
+    with_unary_op(op, [&](auto op_) {
+      constexpr UnaryOp kOp = decltype(op_)::value;
+      if (py != nullptr) {
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+        for (int64_t i = 0; i < n; ++i) pi[i] = pg[i] * derivative<T>(kOp, px[i], py[i], p);
+      } else {
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+        for (int64_t i = 0; i < n; ++i) pi[i] = pg[i] * derivative<T>(kOp, px[i], T(0), p);
+      }
+    });
   });
 }
 

@@ -66,6 +66,7 @@ void enable(Module& m, LayerQuantization& q, bool quantize_output,
 }  // namespace
 
 Tensor Conv2d::forward(const Tensor& x) {
+  if (fused_act != Activation::None) return conv2d_act(x, weight, bias, params, fused_act);
   if (!quant.enabled) return conv2d(x, weight, bias, params);
   return quantized_forward(*this, quant, x, weight, bias, [&](const Tensor& xq, const Tensor& wq, const Tensor& bq) {
     return conv2d(xq, wq, bq, params);
@@ -113,7 +114,20 @@ void BatchNorm2d::fold_away(bool with_residual) {
   if (with_residual) sum_range = register_buffer("sum_range", unobserved_range().to(device));
 }
 
+void BatchNorm2d::fold_for_inference() {
+  KCHECK(!folded, ValueError, "BatchNorm2d: already folded");
+  clear_tensors();
+  weight = bias = running_mean = running_var = num_batches_tracked = Tensor();
+  folded = true;
+}
+
 Tensor BatchNorm2d::forward_fused(const Tensor& x, Activation act, const Tensor& residual) {
+  if (folded && !output_range.defined()) {  // folded for inference, with its activation
+    KCHECK(!is_training(), ValueError,
+           "BatchNorm2d: folded into its convolution for inference; build the model again to train it");
+    KCHECK(!residual.defined(), ValueError, "BatchNorm2d: folded for inference but given a residual");
+    return x;
+  }
   if (folded) {
     const bool observe = observing_ranges(*this);
     const bool clamp = act == Activation::None || act == Activation::ReLU || act == Activation::ReLU6;

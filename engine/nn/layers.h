@@ -42,6 +42,9 @@ class Conv2d : public Module {
   int64_t in_channels, out_channels, kernel_size;
   Conv2dParams params;
   LayerQuantization quant;
+  // Inference with a folded batch norm (models/fuse.h): the activation that
+  // followed the norm, applied in the convolution's epilogue (conv2d_act).
+  Activation fused_act = Activation::None;
 };
 
 class BatchNorm2d : public Module {
@@ -58,6 +61,10 @@ class BatchNorm2d : public Module {
   // into the conv, else before. With a residual and a clamp, the sum is
   // quantized too (buffer sum_range), so the add runs as an int8 add.
   void fold_away(bool with_residual);
+  // Inference (models/fuse.h): the caller folded this norm, and the
+  // activation after it, into the conv before it; the module passes its input
+  // through. Eval mode only: training would need the statistics that are gone.
+  void fold_for_inference();
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
   int64_t channels;
   double eps, momentum;

@@ -19,6 +19,7 @@ struct BenchArgs {
   std::string input = "3x224x224";
   std::string device = "auto";
   bool no_train = false;
+  bool no_fuse = false;
 };
 
 void run_bench(BenchArgs& a) {
@@ -28,6 +29,7 @@ void run_bench(BenchArgs& a) {
   a.o.width = chw[2];
   a.o.device = tools::resolve_device(a.device);
   a.o.train = !a.no_train;
+  a.o.fuse = !a.no_fuse;
   const tools::BenchResult r = tools::bench_model(a.o);
   std::printf("| model | params | GMACs/img | device | batch | input | amp | infer img/s (ms) | train img/s (ms) |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|\n");
@@ -53,6 +55,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--warmup", a->o.warmup, "untimed iterations first")->capture_default_str();
   cmd->add_option("--iters", a->o.iters, "timed iterations (the median is reported)")->capture_default_str();
   cmd->add_flag("--no-train", a->no_train, "time inference only");
+  cmd->add_flag("--no-fuse", a->no_fuse, "CPU inference without folding batch norms into convolutions");
   cmd->callback([a] { run_bench(*a); });
 }
 

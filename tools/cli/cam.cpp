@@ -29,7 +29,7 @@ void run_cam(const CamArgs& a) {
   const std::vector<std::string> paths = tools::split_paths(a.checkpoints);
   KCHECK(!paths.empty(), ValueError, "cam: --checkpoint names no checkpoint");
   std::vector<std::unique_ptr<tools::Predictor>> models;
-  for (const std::string& p : paths) models.push_back(std::make_unique<tools::Predictor>(p));
+  for (const std::string& p : paths) models.push_back(std::make_unique<tools::Predictor>(p, Device::cpu(), /*fuse=*/false));
   std::vector<std::string> images;
   for (const std::string& i : a.images)
     for (const std::string& f : tools::list_images(i)) images.push_back(f);

@@ -9,6 +9,7 @@
 #include "engine/optim/grad_scaler.h"
 #include "engine/optim/sgd.h"
 #include "engine/random.h"
+#include "models/fuse.h"
 #include "models/registry.h"
 #include "models/summary.h"
 #include "tools/lib/device_select.h"
@@ -51,12 +52,21 @@ BenchResult bench_model(const BenchOptions& o) {
   for (int64_t& v : y) v = gen.randint(0, classes);
   const Tensor labels = Tensor::from_vector_i64(y, {o.batch}).to(o.device);
 
-  model->eval();
+  // Inference as kestrel eval and predict run it: on the CPU, a second copy
+  // with its batch norms folded (the first stays trainable).
+  nn::ModulePtr inference = model;
+  if (o.fuse && o.device.is_cpu()) {
+    manual_seed(0);
+    inference = models::build_model(o.model, mo);
+    models::fuse_for_inference(*inference, {1, o.height, o.width, o.channels});
+  }
+  inference->eval();
   r.infer_ms = median_ms(o, [&] {
     NoGradGuard no_grad;
     AutocastGuard scope(autocast);
-    (*model)(images);
+    (*inference)(images);
   });
+  inference.reset();
   r.infer_img_s = 1000.0 * static_cast<double>(o.batch) / r.infer_ms;
   if (!o.train) return r;
 

@@ -19,6 +19,7 @@ struct BenchOptions {
   Device device = Device::cpu();
   std::string amp = "off";  // off, fp16, bf16 (CUDA)
   bool train = true;        // also time training steps
+  bool fuse = true;         // CPU inference with batch norms folded (models/fuse.h), as eval and predict run it
   int64_t warmup = 3;
   int64_t iters = 10;
 };

@@ -8,6 +8,8 @@
 #include "data/readers.h"
 #include "engine/autograd.h"
 #include "engine/ops/loss.h"
+#include "models/fuse.h"
+#include "models/quantize.h"
 
 namespace fs = std::filesystem;
 
@@ -68,7 +70,8 @@ data::Transform model_input_transform(const ModelInfo& info) {
   };
 }
 
-Predictor::Predictor(const std::string& checkpoint_path, Device device) : path_(checkpoint_path), device_(device) {
+Predictor::Predictor(const std::string& checkpoint_path, Device device, bool fuse)
+    : path_(checkpoint_path), device_(device) {
   LoadedModel loaded;
   try {
     loaded = load_checkpoint(checkpoint_path);
@@ -81,7 +84,10 @@ Predictor::Predictor(const std::string& checkpoint_path, Device device) : path_(
   }
   info_ = loaded.info;
   model_ = loaded.model;
+  parameters_ = model_->num_parameters();
   model_->eval();
+  if (fuse && device_.is_cpu() && !models::is_quantized(*model_))
+    models::fuse_for_inference(*model_, {1, info_.height, info_.width, info_.in_channels});
   if (!device_.is_cpu()) model_->to(device_);
   input_ = model_input_transform(info_);
 }

@@ -44,8 +44,10 @@ class Predictor {
  public:
   // Throws IOError for a missing or unreadable checkpoint and ValueError when
   // its weights do not fit the model its metadata names. The model runs on
-  // `device` (inputs are copied there, probabilities back).
-  explicit Predictor(const std::string& checkpoint_path, Device device = Device::cpu());
+  // `device` (inputs are copied there, probabilities back). On the CPU its
+  // batch norms are folded into their convolutions (models/fuse.h) unless
+  // fuse is false, e.g. for Grad-CAM, which differentiates the model as built.
+  explicit Predictor(const std::string& checkpoint_path, Device device = Device::cpu(), bool fuse = true);
 
   TopK predict(const data::Image& image, int64_t k = 5);
   TopK predict(const std::string& image_path, int64_t k = 5);
@@ -63,6 +65,8 @@ class Predictor {
 
   const ModelInfo& info() const { return info_; }
   nn::Module& model() { return *model_; }
+  // The checkpoint's parameter count (before any folding).
+  int64_t num_parameters() const { return parameters_; }
   const std::string& checkpoint_path() const { return path_; }
   Device device() const { return device_; }
   std::string class_name(int64_t index) const;
@@ -73,6 +77,7 @@ class Predictor {
   Device device_;
   ModelInfo info_;
   nn::ModulePtr model_;
+  int64_t parameters_ = 0;
   data::Transform input_;
 };
 

@@ -89,7 +89,7 @@ EvalReport run_eval(const EvalOptions& o) {
     if (cfg.is_object() && cfg.value("dataset", "") == r.dataset) r.data_dir = cfg.value("data_dir", "");
   }
   if (r.data_dir.empty()) r.data_dir = default_data_dir(r.dataset);
-  r.parameters = model.num_parameters();
+  r.parameters = predictor.num_parameters();
   r.input_height = info.height;
   r.input_width = info.width;
   r.input_channels = info.in_channels;

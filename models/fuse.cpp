@@ -1,0 +1,35 @@
+#include "models/fuse.h"
+
+#include "models/common.h"
+#include "models/quantize.h"
+#include "models/traced_layers.h"
+
+namespace kestrel::models {
+
+bool is_fused_for_inference(const nn::Module& model) {
+  bool any = false;
+  visit_modules(const_cast<nn::Module&>(model), [&](nn::Module& m, const std::string&) {
+    if (auto* b = dynamic_cast<nn::BatchNorm2d*>(&m)) any = any || (b->folded && !b->output_range.defined());
+  });
+  return any;
+}
+
+InferenceFusion fuse_for_inference(nn::Module& model, const Shape& input_nhwc) {
+  KCHECK(!is_quantized(model), ValueError, "inference fusion: the model is quantized (its norms are folded already)");
+  KCHECK(!is_fused_for_inference(model), ValueError, "inference fusion: the model is fused already");
+  InferenceFusion report;
+  for (const TracedLayer& l : trace_layers(model, input_nhwc, "inference fusion")) {
+    // A norm that adds a residual stays: its one fused pass (normalize, add,
+    // activate) costs what the add and the activation alone would.
+    if (l.norm == nullptr || l.norm_has_residual) continue;
+    fold_norm_into_conv(*l.conv, *l.norm);
+    l.conv->fused_act = l.norm_act;
+    l.norm->fold_for_inference();
+    ++report.folded_norms;
+    report.fused_activations += l.norm_act != Activation::None ? 1 : 0;
+  }
+  model.eval();
+  return report;
+}
+
+}  // namespace kestrel::models
