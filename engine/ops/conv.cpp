@@ -104,6 +104,7 @@ ConvOperands conv_operands(const Tensor& x_in, const Tensor& weight_in, const Te
 int64_t conv_macs(const cpu::ConvGeom& g) { return g.n * g.oh * g.ow * g.c_out * g.kh * g.kw * g.cin_g(); }
 
 std::map<std::string, std::string> conv_trace_attrs(const cpu::ConvGeom& g, const Tensor& bias) {
+  if (active_trace() == nullptr) return {};  // the strings cost more than a small conv at batch 1
   return {{"kernel", pair_str(g.kh, g.kw)},
           {"stride", pair_str(g.sh, g.sw)},
           {"padding", pair_str(g.ph, g.pw)},
@@ -195,7 +196,7 @@ Tensor conv2d_act(const Tensor& x_in, const Tensor& weight_in, const Tensor& bia
     });
   }
   auto attrs = conv_trace_attrs(g, o.bias);
-  attrs["activation"] = activation_name(act);
+  if (!attrs.empty()) attrs["activation"] = activation_name(act);
   trace_op(op, {o.x, o.weight, o.bias}, out, conv_macs(g), attrs);
   return out;
 }
