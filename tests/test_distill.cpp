@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "engine/ops/loss.h"
+#include "models/fuse.h"
 #include "test_util.h"
 #include "tools/lib/checkpoint.h"
 #include "tools/lib/distill.h"
@@ -46,6 +47,7 @@ TEST(Distill, EnsembleGivesTheMeanOfItsTeachersLogitsInEvalMode) {
   EXPECT_GT(apart, 1e-3) << "the two teachers should differ";
   EXPECT_EQ(ensemble.names()[1], "cifar10_200k (" + b + ")");
   EXPECT_FALSE(ensemble(x).requires_grad());
+  EXPECT_TRUE(models::is_fused_for_inference(ensemble)) << "CPU teachers only infer: their norms fold";
 }
 
 TEST(Distill, TeachersThatDoNotFitTheStudentAreNamed) {

@@ -6,6 +6,8 @@
 #include "engine/error.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/loss.h"
+#include "models/fuse.h"
+#include "models/quantize.h"
 
 namespace kestrel::tools {
 
@@ -18,16 +20,20 @@ std::vector<std::string> split_paths(const std::string& comma_separated) {
   return out;
 }
 
-TeacherEnsemble::TeacherEnsemble(const std::vector<std::string>& checkpoints, const ModelInfo& student) {
+TeacherEnsemble::TeacherEnsemble(const std::vector<std::string>& checkpoints, const ModelInfo& student,
+                                 Device device) {
   KCHECK(!checkpoints.empty(), ValueError, "distillation needs at least one --teacher checkpoint");
   for (const std::string& path : checkpoints) {
     LoadedModel t = load_checkpoint(path);
     const ModelInfo& i = t.info;
     check_fits_run(i, student, "--teacher " + path, "the student");
     names_.push_back(i.model + " (" + path + ")");
+    if (device.is_cpu() && !models::is_quantized(*t.model))
+      models::fuse_for_inference(*t.model, {1, i.height, i.width, i.in_channels});
     teachers_.push_back(register_module("teacher" + std::to_string(teachers_.size()), t.model));
   }
   train(false);
+  if (!device.is_cpu()) to(device);
 }
 
 Tensor TeacherEnsemble::forward(const Tensor& x) {

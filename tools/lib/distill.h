@@ -15,7 +15,10 @@ namespace kestrel::tools {
 // size, normalization); a mismatch is a ValueError naming the checkpoint.
 class TeacherEnsemble : public nn::Module {
  public:
-  TeacherEnsemble(const std::vector<std::string>& checkpoints, const ModelInfo& student);
+  // The teachers run on `device`; on the CPU their batch norms are folded
+  // into their convolutions (models/fuse.h), since they only ever infer.
+  TeacherEnsemble(const std::vector<std::string>& checkpoints, const ModelInfo& student,
+                  Device device = Device::cpu());
   Tensor forward(const Tensor& x) override;
   void train(bool) override { nn::Module::train(false); }  // teachers stay in eval mode
   std::string type_name() const override { return "TeacherEnsemble"; }

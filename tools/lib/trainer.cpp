@@ -258,8 +258,7 @@ TrainSummary train(TrainConfig c) {
   dist::GradientAverager grad_sync(model->parameters());
   std::unique_ptr<TeacherEnsemble> teachers;
   if (!c.teacher.empty()) {
-    teachers = std::make_unique<TeacherEnsemble>(split_paths(c.teacher), info);
-    if (!device.is_cpu()) teachers->to(device);
+    teachers = std::make_unique<TeacherEnsemble>(split_paths(c.teacher), info, device);
   }
 
   data::LoaderOptions lo;
