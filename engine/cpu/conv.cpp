@@ -9,6 +9,7 @@
 
 #include "engine/cpu/activation_math.h"
 #include "engine/cpu/gemm.h"
+#include "engine/cpu/parallel.h"
 #include "engine/cpu/taps.h"
 
 namespace kestrel::cpu {
@@ -28,8 +29,7 @@ template <typename T>
 void im2col(const ConvGeom& g, const T* x, int64_t n0, int64_t nb, int64_t grp, T* col) {
   const int64_t cg = g.cin_g(), K = g.k();
   const int64_t rows = nb * g.oh;
-#pragma omp parallel for schedule(static) if (rows * g.ow * K > 32768)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * g.ow * K > 32768, [&](int64_t r) {
     const int64_t n = n0 + r / g.oh, oh = r % g.oh;
     T* dst_row = col + r * g.ow * K;
     for (int64_t ow = 0; ow < g.ow; ++ow) {
@@ -61,7 +61,7 @@ void im2col(const ConvGeom& g, const T* x, int64_t n0, int64_t nb, int64_t grp, 
         }
       }
     }
-  }
+  });
 }
 
 // gx[n, ih, iw, group channels] = sum of the gcol entries that read it (overwrites).
@@ -70,8 +70,7 @@ void col2im_gather(const ConvGeom& g, const T* gcol, int64_t n0, int64_t nb, int
                    const Taps& tw, T* gx) {
   const int64_t cg = g.cin_g(), K = g.k();
   const int64_t rows = nb * g.h;
-#pragma omp parallel for schedule(static) if (rows * g.w * cg * g.kh * g.kw > 32768)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * g.w * cg * g.kh * g.kw > 32768, [&](int64_t r) {
     const int64_t nl = r / g.h, ih = r % g.h;
     const int64_t n = n0 + nl;
     for (int64_t iw = 0; iw < g.w; ++iw) {
@@ -87,7 +86,7 @@ void col2im_gather(const ConvGeom& g, const T* gcol, int64_t n0, int64_t nb, int
         }
       }
     }
-  }
+  });
 }
 
 // y[r, c] = act(y[r, c] + bias[c]) in place, for rows [0, rows); bias may be null.
@@ -95,8 +94,7 @@ template <typename T>
 void bias_act_rows(T* y, int64_t rows, int64_t C, const T* bias, Activation act) {
   act_dispatch(act, [&](auto a) {
     constexpr Activation A = decltype(a)::value;
-#pragma omp parallel for schedule(static) if (rows * C > 65536)
-    for (int64_t r = 0; r < rows; ++r) {
+    parallel_for(rows, rows * C > 65536, [&](int64_t r) {
       T* row = y + r * C;
       if (bias != nullptr) {
 #pragma omp simd
@@ -105,7 +103,7 @@ void bias_act_rows(T* y, int64_t rows, int64_t C, const T* bias, Activation act)
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) row[c] = act_value<A, T>(row[c]);
       }
-    }
+    });
   });
 }
 
@@ -237,12 +235,16 @@ KESTREL_INLINE void dw_forward_row(const ConvGeom& g, const T* x, const T* wt, c
   while (first < g.ow && first * g.sw - g.pw < 0) ++first;
   while (last >= first && last * g.sw - g.pw + (g.kw - 1) * g.dw >= g.w) --last;
   int64_t ow = 0;
-  for (; ow < first; ++ow)
-    dw_forward_run<T, A, 1, Bytes>(g, x, wt, bias, th, valid_taps(ow, g.sw, g.pw, g.dw, g.kw, g.w), row, ow, yrow + ow * C);
+  // Inlined, so it is compiled for the caller's ISA (a lambda is otherwise a
+  // function of its own, built for the baseline).
+  auto edge = [&](int64_t o) __attribute__((always_inline)) {
+    const TapRange tw = valid_taps(o, g.sw, g.pw, g.dw, g.kw, g.w);
+    dw_forward_run<T, A, 1, Bytes>(g, x, wt, bias, th, tw, row, o, yrow + o * C);
+  };
+  for (; ow < first; ++ow) edge(ow);
   for (; ow + kPixels <= last + 1; ow += kPixels)
     dw_forward_run<T, A, kPixels, Bytes>(g, x, wt, bias, th, TapRange{0, g.kw}, row, ow, yrow + ow * C);
-  for (; ow < g.ow; ++ow)
-    dw_forward_run<T, A, 1, Bytes>(g, x, wt, bias, th, valid_taps(ow, g.sw, g.pw, g.dw, g.kw, g.w), row, ow, yrow + ow * C);
+  for (; ow < g.ow; ++ow) edge(ow);
 }
 
 template <typename T>
@@ -385,9 +387,8 @@ void depthwise_forward(const ConvGeom& g, const T* x, const T* w, const T* bias,
   const std::vector<T> wt_v = depthwise_weight_khkwc(g, w);
   const T* wt = wt_v.data();
   const int64_t rows = g.n * g.oh;
-#pragma omp parallel for schedule(static) if (rows * g.ow * C * g.kh * g.kw > 32768)
-  for (int64_t r = 0; r < rows; ++r)
-    DwRows<T>::forward(g, x, wt, bias, y + r * g.ow * C, r / g.oh, r % g.oh, act);
+  parallel_for(rows, rows * g.ow * C * g.kh * g.kw > 32768,
+               [&](int64_t r) { DwRows<T>::forward(g, x, wt, bias, y + r * g.ow * C, r / g.oh, r % g.oh, act); });
 }
 
 template <typename T>
@@ -398,9 +399,9 @@ void depthwise_backward_input(const ConvGeom& g, const T* gy, const T* w, T* gx)
   const Taps th = kernel_taps(g.h, g.oh, g.kh, g.sh, g.ph, g.dh);
   const Taps tw = kernel_taps(g.w, g.ow, g.kw, g.sw, g.pw, g.dw);
   const int64_t rows = g.n * g.h;
-#pragma omp parallel for schedule(static) if (rows * g.w * C * g.kh * g.kw > 32768)
-  for (int64_t r = 0; r < rows; ++r)
+  parallel_for(rows, rows * g.w * C * g.kh * g.kw > 32768, [&](int64_t r) {
     DwRows<T>::backward_input(g, gy, wt, th, tw, gx + r * g.w * C, r / g.h, r % g.h);
+  });
 }
 
 template <typename T>
@@ -410,11 +411,18 @@ void depthwise_backward_weight(const ConvGeom& g, const T* x, const T* gy, T* gw
   const bool parallel = rows * g.ow * C * taps > 32768;
   const int nthreads = parallel ? omp_get_max_threads() : 1;
   std::vector<T> partial(static_cast<size_t>(nthreads) * taps * C, T(0));
-#pragma omp parallel num_threads(nthreads) if (parallel)
-  {
-    T* acc = partial.data() + static_cast<int64_t>(omp_get_thread_num()) * taps * C;
+  auto accumulate = [&](T* acc, int64_t r) {
+    DwRows<T>::backward_weight(g, x, gy + r * g.ow * C, acc, r / g.oh, r % g.oh);
+  };
+  if (parallel) {
+#pragma omp parallel num_threads(nthreads)
+    {
+      T* acc = partial.data() + static_cast<int64_t>(omp_get_thread_num()) * taps * C;
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) DwRows<T>::backward_weight(g, x, gy + r * g.ow * C, acc, r / g.oh, r % g.oh);
+      for (int64_t r = 0; r < rows; ++r) accumulate(acc, r);
+    }
+  } else {
+    for (int64_t r = 0; r < rows; ++r) accumulate(partial.data(), r);
   }
   for (int64_t c = 0; c < C; ++c)
     for (int64_t t = 0; t < taps; ++t) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "engine/cpu/parallel.h"
 #include "engine/cpu/strided.h"
 
 namespace kestrel::cpu {
@@ -120,8 +121,10 @@ void binary_loop(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
   T* po = static_cast<T*>(out.data_ptr());
   const int64_t n = out.numel();
   if (a.shape() == out.shape() && b.shape() == out.shape() && a.is_contiguous() && b.is_contiguous()) {
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) po[i] = f(pa[i], pb[i]);
+    parallel_range(n, n > 65536, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) po[i] = f(pa[i], pb[i]);
+    });
     return;
   }
   auto layout = coalesce<3>(out.shape(), {out.strides(), broadcast_strides(a, out.shape()),
@@ -167,8 +170,10 @@ void unary(UnaryOp op, const Tensor& x, const Tensor& out, UnaryParams p) {
     T* po = static_cast<T*>(out.data_ptr());
     const int64_t n = x.numel();
     with_unary_op(op, [&](auto op_) {
-#pragma omp parallel for simd schedule(static) if (n > 32768)
-      for (int64_t i = 0; i < n; ++i) po[i] = forward_value<T>(decltype(op_)::value, px[i], p);
+      parallel_range(n, n > 32768, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+        for (int64_t i = i0; i < i1; ++i) po[i] = forward_value<T>(decltype(op_)::value, px[i], p);
+      });
     });
   });
 }
@@ -185,13 +190,15 @@ void unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& 
     const int64_t n = x.numel();
     with_unary_op(op, [&](auto op_) {
       constexpr UnaryOp kOp = decltype(op_)::value;
-      if (py != nullptr) {
-#pragma omp parallel for simd schedule(static) if (n > 32768)
-        for (int64_t i = 0; i < n; ++i) pi[i] = pg[i] * derivative<T>(kOp, px[i], py[i], p);
-      } else {
-#pragma omp parallel for simd schedule(static) if (n > 32768)
-        for (int64_t i = 0; i < n; ++i) pi[i] = pg[i] * derivative<T>(kOp, px[i], T(0), p);
-      }
+      parallel_range(n, n > 32768, [&](int64_t i0, int64_t i1) {
+        if (py != nullptr) {
+#pragma omp simd
+          for (int64_t i = i0; i < i1; ++i) pi[i] = pg[i] * derivative<T>(kOp, px[i], py[i], p);
+        } else {
+#pragma omp simd
+          for (int64_t i = i0; i < i1; ++i) pi[i] = pg[i] * derivative<T>(kOp, px[i], T(0), p);
+        }
+      });
     });
   });
 }

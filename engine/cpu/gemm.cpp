@@ -131,15 +131,20 @@ void column_sums(int64_t rows, int64_t cols, const T* a, T* out) {
   const bool parallel = rows * cols > 65536 && rows > 1;
   const int nthreads = parallel ? omp_get_max_threads() : 1;
   std::vector<T> partial(static_cast<size_t>(nthreads) * cols, T(0));
-#pragma omp parallel num_threads(nthreads) if (parallel)
-  {
-    T* acc = partial.data() + static_cast<int64_t>(omp_get_thread_num()) * cols;
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* row = a + r * cols;
+  auto accumulate = [&](T* acc, int64_t r) {
+    const T* row = a + r * cols;
 #pragma omp simd
-      for (int64_t c = 0; c < cols; ++c) acc[c] += row[c];
+    for (int64_t c = 0; c < cols; ++c) acc[c] += row[c];
+  };
+  if (parallel) {
+#pragma omp parallel num_threads(nthreads)
+    {
+      T* acc = partial.data() + static_cast<int64_t>(omp_get_thread_num()) * cols;
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < rows; ++r) accumulate(acc, r);
     }
+  } else {
+    for (int64_t r = 0; r < rows; ++r) accumulate(partial.data(), r);
   }
   for (int64_t c = 0; c < cols; ++c) {
     T s = T(0);

@@ -5,6 +5,8 @@
 #include <limits>
 #include <vector>
 
+#include "engine/cpu/parallel.h"
+
 namespace kestrel::cpu {
 
 namespace {
@@ -26,8 +28,7 @@ void softmax_forward(const Tensor& x, int64_t outer, int64_t n, int64_t inner, b
     const T* px = static_cast<const T*>(x.data_ptr());
     T* py = static_cast<T*>(y.data_ptr());
     if (inner == 1) {
-#pragma omp parallel for schedule(static) if (outer * n > kParallelMin)
-      for (int64_t o = 0; o < outer; ++o) {
+      parallel_for(outer, outer * n > kParallelMin, [&](int64_t o) {
         const T* xr = px + o * n;
         T* yr = py + o * n;
         T mx = xr[0];
@@ -41,13 +42,12 @@ void softmax_forward(const Tensor& x, int64_t outer, int64_t n, int64_t inner, b
           const double inv = 1.0 / sum;
           for (int64_t k = 0; k < n; ++k) yr[k] = static_cast<T>(std::exp(static_cast<double>(xr[k] - mx)) * inv);
         }
-      }
+      });
       return;
     }
     // Softmax over a strided dim: walk n rows of `inner` contiguous values, keeping
     // per-column running max and sum, so memory is read in order.
-#pragma omp parallel for schedule(static) if (outer * n * inner > kParallelMin)
-    for (int64_t o = 0; o < outer; ++o) {
+    parallel_for(outer, outer * n * inner > kParallelMin, [&](int64_t o) {
       const T* xb = px + o * n * inner;
       T* yb = py + o * n * inner;
       std::vector<T> mx(xb, xb + inner);
@@ -67,7 +67,7 @@ void softmax_forward(const Tensor& x, int64_t outer, int64_t n, int64_t inner, b
           for (int64_t i = 0; i < inner; ++i)
             yb[k * inner + i] = static_cast<T>(std::exp(static_cast<double>(xb[k * inner + i] - mx[i])) * sum[i]);
       }
-    }
+    });
   });
 }
 
@@ -78,8 +78,7 @@ void softmax_backward(const Tensor& y, const Tensor& gy, int64_t outer, int64_t 
     const T* py = static_cast<const T*>(y.data_ptr());
     const T* pg = static_cast<const T*>(gy.data_ptr());
     T* pd = static_cast<T*>(gx.data_ptr());
-#pragma omp parallel for schedule(static) if (outer * n * inner > kParallelMin)
-    for (int64_t o = 0; o < outer; ++o) {
+    parallel_for(outer, outer * n * inner > kParallelMin, [&](int64_t o) {
       const int64_t base = o * n * inner;
       std::vector<double> dot(inner, 0.0);
       for (int64_t k = 0; k < n; ++k) {
@@ -96,7 +95,7 @@ void softmax_backward(const Tensor& y, const Tensor& gy, int64_t outer, int64_t 
             pd[r + i] = static_cast<T>(py[r + i] * (pg[r + i] - dot[i]));
         }
       }
-    }
+    });
   });
 }
 
@@ -104,15 +103,14 @@ void row_logsumexp(const Tensor& logits, int64_t rows, int64_t classes, double* 
   dispatch_float(logits.dtype(), "logsumexp", [&](auto tag_) {
     using T = KESTREL_SCALAR(tag_);
     const T* px = static_cast<const T*>(logits.data_ptr());
-#pragma omp parallel for schedule(static) if (rows * classes > kParallelMin)
-    for (int64_t r = 0; r < rows; ++r) {
+    parallel_for(rows, rows * classes > kParallelMin, [&](int64_t r) {
       const T* xr = px + r * classes;
       double mx = -std::numeric_limits<double>::infinity();
       for (int64_t k = 0; k < classes; ++k) mx = std::max(mx, static_cast<double>(xr[k]) * inv_temperature);
       double sum = 0.0;
       for (int64_t k = 0; k < classes; ++k) sum += std::exp(static_cast<double>(xr[k]) * inv_temperature - mx);
       lse[r] = mx + std::log(sum);
-    }
+    });
   });
 }
 
@@ -122,8 +120,7 @@ double cross_entropy_forward(const Tensor& logits, const int64_t* target, double
   dispatch_float(logits.dtype(), "cross_entropy", [&](auto tag_) {
     using T = KESTREL_SCALAR(tag_);
     const T* px = static_cast<const T*>(logits.data_ptr());
-#pragma omp parallel for schedule(static) if (N * C > kParallelMin)
-    for (int64_t r = 0; r < N; ++r) {
+    parallel_for(N, N * C > kParallelMin, [&](int64_t r) {
       const T* xr = px + r * C;
       const double nll = lse[r] - static_cast<double>(xr[target[r]]);
       double smooth = 0.0;
@@ -133,7 +130,7 @@ double cross_entropy_forward(const Tensor& logits, const int64_t* target, double
         smooth = lse[r] - sx / static_cast<double>(C);  // mean over classes of -log p
       }
       loss[r] = (1.0 - smoothing) * nll + smoothing * smooth;
-    }
+    });
   });
   return mean_of(loss);
 }
@@ -146,14 +143,13 @@ void cross_entropy_backward(const Tensor& logits, const int64_t* target, double 
     const T* px = static_cast<const T*>(logits.data_ptr());
     T* pg = static_cast<T*>(grad_logits.data_ptr());
     const double uniform = smoothing / static_cast<double>(C);
-#pragma omp parallel for schedule(static) if (N * C > kParallelMin)
-    for (int64_t r = 0; r < N; ++r) {
+    parallel_for(N, N * C > kParallelMin, [&](int64_t r) {
       const T* xr = px + r * C;
       T* gr = pg + r * C;
       for (int64_t k = 0; k < C; ++k)
         gr[k] = static_cast<T>(scale * (std::exp(static_cast<double>(xr[k]) - lse[r]) - uniform));
       gr[target[r]] -= static_cast<T>(scale * (1.0 - smoothing));
-    }
+    });
   });
 }
 
@@ -164,13 +160,12 @@ double soft_cross_entropy_forward(const Tensor& logits, const Tensor& q, const d
     using T = KESTREL_SCALAR(tag_);
     const T* px = static_cast<const T*>(logits.data_ptr());
     const T* pq = static_cast<const T*>(q.data_ptr());
-#pragma omp parallel for schedule(static) if (N * C > kParallelMin)
-    for (int64_t r = 0; r < N; ++r) {
+    parallel_for(N, N * C > kParallelMin, [&](int64_t r) {
       double s = 0.0;
       for (int64_t k = 0; k < C; ++k)
         s -= static_cast<double>(pq[r * C + k]) * (static_cast<double>(px[r * C + k]) - lse[r]);
       loss[r] = s;
-    }
+    });
   });
   return mean_of(loss);
 }
@@ -184,8 +179,7 @@ void soft_cross_entropy_backward(const Tensor& logits, const Tensor& q, const do
     const T* pq = static_cast<const T*>(q.data_ptr());
     T* pgx = grad_logits.defined() ? static_cast<T*>(grad_logits.data_ptr()) : nullptr;
     T* pgq = grad_q.defined() ? static_cast<T*>(grad_q.data_ptr()) : nullptr;
-#pragma omp parallel for schedule(static) if (N * C > kParallelMin)
-    for (int64_t r = 0; r < N; ++r) {
+    parallel_for(N, N * C > kParallelMin, [&](int64_t r) {
       const T* xr = px + r * C;
       const T* qr = pq + r * C;
       if (pgx != nullptr) {
@@ -197,7 +191,7 @@ void soft_cross_entropy_backward(const Tensor& logits, const Tensor& q, const do
       }
       if (pgq != nullptr)
         for (int64_t k = 0; k < C; ++k) pgq[r * C + k] = static_cast<T>(-scale * (static_cast<double>(xr[k]) - lse[r]));
-    }
+    });
   });
 }
 
@@ -239,15 +233,14 @@ void focal_backward(const Tensor& logits, const int64_t* target, double gamma, d
     using T = KESTREL_SCALAR(tag_);
     const T* px = static_cast<const T*>(logits.data_ptr());
     T* pg = static_cast<T*>(grad_logits.data_ptr());
-#pragma omp parallel for schedule(static) if (N * C > kParallelMin)
-    for (int64_t r = 0; r < N; ++r) {
+    parallel_for(N, N * C > kParallelMin, [&](int64_t r) {
       const T* xr = px + r * C;
       T* gr = pg + r * C;
       const double d = scale * focal_terms(static_cast<double>(xr[target[r]]) - lse[r], gamma, alpha).dvalue_dlogpt;
       // d log p_t / d x_k = [k == t] - p_k
       for (int64_t k = 0; k < C; ++k) gr[k] = static_cast<T>(-d * std::exp(static_cast<double>(xr[k]) - lse[r]));
       gr[target[r]] += static_cast<T>(d);
-    }
+    });
   });
 }
 
@@ -260,8 +253,7 @@ double kl_distill_forward(const Tensor& student, const Tensor& teacher, double t
     using T = KESTREL_SCALAR(tag_);
     const T* ps = static_cast<const T*>(student.data_ptr());
     const T* pt = static_cast<const T*>(teacher.data_ptr());
-#pragma omp parallel for schedule(static) if (N * C > kParallelMin)
-    for (int64_t r = 0; r < N; ++r) {
+    parallel_for(N, N * C > kParallelMin, [&](int64_t r) {
       double s = 0.0;
       for (int64_t k = 0; k < C; ++k) {
         const double log_t = static_cast<double>(pt[r * C + k]) * inv_t - lse_t[r];
@@ -269,7 +261,7 @@ double kl_distill_forward(const Tensor& student, const Tensor& teacher, double t
         s += std::exp(log_t) * (log_t - log_s);  // 0 when p_t underflows, as torch's xlogy
       }
       loss[r] = s;
-    }
+    });
   });
   return mean_of(loss);
 }
@@ -283,14 +275,13 @@ void kl_distill_backward(const Tensor& student, const Tensor& teacher, double te
     const T* ps = static_cast<const T*>(student.data_ptr());
     const T* pt = static_cast<const T*>(teacher.data_ptr());
     T* pg = static_cast<T*>(grad_student.data_ptr());
-#pragma omp parallel for schedule(static) if (N * C > kParallelMin)
-    for (int64_t r = 0; r < N; ++r) {
+    parallel_for(N, N * C > kParallelMin, [&](int64_t r) {
       for (int64_t k = 0; k < C; ++k) {
         const double p_s = std::exp(static_cast<double>(ps[r * C + k]) * inv_t - lse_s[r]);
         const double p_t = std::exp(static_cast<double>(pt[r * C + k]) * inv_t - lse_t[r]);
         pg[r * C + k] = static_cast<T>(scale * (p_s - p_t));
       }
-    }
+    });
   });
 }
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "engine/cpu/activation_math.h"
+#include "engine/cpu/parallel.h"
 
 namespace kestrel::cpu {
 
@@ -96,8 +97,7 @@ void batch_norm_stats(const Tensor& x, int64_t rows, int64_t channels, double* m
     for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<double>(px[c]);
     const int64_t nb = num_row_blocks(rows, C);
     std::vector<double> part(static_cast<size_t>(2 * nb * C), 0.0);
-#pragma omp parallel for schedule(static) if (rows * C > kParallelMin)
-    for (int64_t b = 0; b < nb; ++b) {
+    parallel_for(nb, rows * C > kParallelMin, [&](int64_t b) {
       double* s1 = part.data() + 2 * b * C;
       double* s2 = s1 + C;
       for (int64_t r = block_begin(b, nb, rows); r < block_begin(b + 1, nb, rows); ++r) {
@@ -108,7 +108,7 @@ void batch_norm_stats(const Tensor& x, int64_t rows, int64_t channels, double* m
           s2[c] += d * d;
         }
       }
-    }
+    });
     const double inv_m = 1.0 / static_cast<double>(rows);
     for (int64_t c = 0; c < C; ++c) {
       double a = 0.0, q = 0.0;
@@ -138,8 +138,7 @@ void batch_norm_act_forward(const Tensor& x, const double* mean, const double* s
       const T* px = static_cast<const T*>(x.data_ptr());
       const T* pr = residual.defined() ? static_cast<const T*>(residual.data_ptr()) : nullptr;
       T* py = static_cast<T*>(y.data_ptr());
-#pragma omp parallel for schedule(static) if (rows * C > kParallelMin)
-      for (int64_t r = 0; r < rows; ++r) {
+      parallel_for(rows, rows * C > kParallelMin, [&](int64_t r) {
         const T* xr = px + r * C;
         T* yr = py + r * C;
         if (pr != nullptr) {
@@ -148,7 +147,7 @@ void batch_norm_act_forward(const Tensor& x, const double* mean, const double* s
         } else {
           for (int64_t c = 0; c < C; ++c) yr[c] = act_value<A, T>((xr[c] - m[c]) * s[c] + b[c]);
         }
-      }
+      });
     });
   });
 }
@@ -183,13 +182,12 @@ void batch_norm_act_backward(const Tensor& x, const Tensor& residual, const Tens
       std::vector<double> part(static_cast<size_t>(2 * nb * C), 0.0);
       std::vector<T> scratch(static_cast<size_t>(2 * nb * C));
       auto pass1 = [&](auto has_residual, auto store) {
-#pragma omp parallel for schedule(static) if (rows * C > kParallelMin)
-        for (int64_t bl = 0; bl < nb; ++bl) {
+        parallel_for(nb, rows * C > kParallelMin, [&](int64_t bl) {
           double* sg = part.data() + 2 * bl * C;
           bn_backward_sums<A, T, decltype(has_residual)::value, decltype(store)::value>(
               px, pr, pg, gz_store, m, s, b, C, block_begin(bl, nb, rows), block_begin(bl + 1, nb, rows), sg,
               sg + C, scratch.data() + 2 * bl * C);
-        }
+        });
       };
       using Yes = std::true_type;
       using No = std::false_type;
@@ -228,8 +226,7 @@ void batch_norm_act_backward(const Tensor& x, const Tensor& residual, const Tens
       const T* q1 = k1.data();
       const T* q2 = k2.data();
       const T* q3 = k3.data();
-#pragma omp parallel for schedule(static) if (rows * C > kParallelMin)
-      for (int64_t r = 0; r < rows; ++r) {
+      parallel_for(rows, rows * C > kParallelMin, [&](int64_t r) {
         T* dr = pdx + r * C;
         const T* xr = px + r * C;
         if (gz_saved != nullptr) {
@@ -239,7 +236,7 @@ void batch_norm_act_backward(const Tensor& x, const Tensor& residual, const Tens
           const T* gr = pg + r * C;  // no store only without an activation: gz = gy
           for (int64_t c = 0; c < C; ++c) dr[c] = q1[c] * gr[c] + q2[c] * (xr[c] - m[c]) + q3[c];
         }
-      }
+      });
     });
   });
 }

@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "engine/cpu/parallel.h"
 #include "engine/cpu/taps.h"
 
 namespace kestrel::cpu {
@@ -19,26 +20,24 @@ constexpr int64_t kParallelWork = 32768;
 template <typename T, typename Body>
 void for_each_input_pixel(const PoolGeom& g, T* gx, int64_t work_per_pixel, Body&& body) {
   const int64_t rows = g.n * g.h;
-#pragma omp parallel for schedule(static) if (rows * g.w * work_per_pixel > kParallelWork)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * g.w * work_per_pixel > kParallelWork, [&](int64_t r) {
     const int64_t n = r / g.h, ih = r % g.h;
     for (int64_t iw = 0; iw < g.w; ++iw) {
       T* dst = gx + (r * g.w + iw) * g.c;
       std::memset(dst, 0, sizeof(T) * g.c);
       body(dst, n, ih, iw);
     }
-  }
+  });
 }
 
 // Same for every output pixel.
 template <typename T, typename Body>
 void for_each_output_pixel(const PoolGeom& g, T* y, int64_t work_per_pixel, Body&& body) {
   const int64_t rows = g.n * g.oh;
-#pragma omp parallel for schedule(static) if (rows * g.ow * work_per_pixel > kParallelWork)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * g.ow * work_per_pixel > kParallelWork, [&](int64_t r) {
     const int64_t n = r / g.oh, oh = r % g.oh;
     for (int64_t ow = 0; ow < g.ow; ++ow) body(y + (r * g.ow + ow) * g.c, n, oh, ow);
-  }
+  });
 }
 
 // ---------------------------------------------------------------- avg pool helpers

@@ -2,6 +2,8 @@
 
 #include <vector>
 
+#include "engine/cpu/parallel.h"
+
 namespace kestrel::cpu {
 
 void sum_rows(const Tensor& x, int64_t outer, int64_t inner, const Tensor& out) {
@@ -9,13 +11,12 @@ void sum_rows(const Tensor& x, int64_t outer, int64_t inner, const Tensor& out) 
     using scalar_t = KESTREL_SCALAR(tag_);
     const scalar_t* px = static_cast<const scalar_t*>(x.data_ptr());
     scalar_t* po = static_cast<scalar_t*>(out.data_ptr());
-#pragma omp parallel for schedule(static) if (outer * inner > 65536 && outer > 1)
-    for (int64_t o = 0; o < outer; ++o) {
+    parallel_for(outer, outer * inner > 65536 && outer > 1, [&](int64_t o) {
       const scalar_t* row = px + o * inner;
       double acc = 0.0;
       for (int64_t i = 0; i < inner; ++i) acc += static_cast<double>(row[i]);
       po[o] = static_cast<scalar_t>(acc);
-    }
+    });
   });
 }
 
@@ -27,8 +28,7 @@ void sum_cols(const Tensor& x, int64_t rows, int64_t cols, const Tensor& out) {
     // Split columns into blocks so threads write disjoint outputs and read rows sequentially.
     const int64_t block = 256;
     const int64_t nblocks = (cols + block - 1) / block;
-#pragma omp parallel for schedule(static) if (rows * cols > 65536)
-    for (int64_t b = 0; b < nblocks; ++b) {
+    parallel_for(nblocks, rows * cols > 65536, [&](int64_t b) {
       const int64_t c0 = b * block, c1 = std::min(cols, c0 + block);
       double acc[256] = {0.0};
       for (int64_t r = 0; r < rows; ++r) {
@@ -36,7 +36,7 @@ void sum_cols(const Tensor& x, int64_t rows, int64_t cols, const Tensor& out) {
         for (int64_t c = c0; c < c1; ++c) acc[c - c0] += static_cast<double>(row[c]);
       }
       for (int64_t c = c0; c < c1; ++c) po[c] = static_cast<scalar_t>(acc[c - c0]);
-    }
+    });
   });
 }
 
@@ -46,8 +46,7 @@ void max_mid(const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Ten
     const scalar_t* px = static_cast<const scalar_t*>(x.data_ptr());
     scalar_t* pv = static_cast<scalar_t*>(values.data_ptr());
     int64_t* pi = indices.data<int64_t>();
-#pragma omp parallel for schedule(static) if (outer * n * inner > 65536)
-    for (int64_t o = 0; o < outer; ++o) {
+    parallel_for(outer, outer * n * inner > 65536, [&](int64_t o) {
       for (int64_t i = 0; i < inner; ++i) {
         const scalar_t* p = px + o * n * inner + i;
         scalar_t best = p[0];
@@ -61,7 +60,7 @@ void max_mid(const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Ten
         pv[o * inner + i] = best;
         pi[o * inner + i] = arg;
       }
-    }
+    });
   });
 }
 

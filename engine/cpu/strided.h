@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/cpu/parallel.h"
 #include "engine/tensor.h"
 
 namespace kestrel::cpu {
@@ -50,8 +51,7 @@ void for_each_row(const StridedLayout<N>& layout, F&& f) {
   std::array<int64_t, N> inner_strides;
   for (int k = 0; k < N; ++k) inner_strides[k] = layout.strides[k].back();
   const bool parallel = rows > 1 && rows * inner > 32768;
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, parallel, [&](int64_t r) {
     std::array<int64_t, N> off{};
     int64_t rem = r;
     for (int64_t d = nd - 2; d >= 0; --d) {
@@ -60,7 +60,7 @@ void for_each_row(const StridedLayout<N>& layout, F&& f) {
       for (int k = 0; k < N; ++k) off[k] += i * layout.strides[k][d];
     }
     f(off, inner, inner_strides);
-  }
+  });
 }
 
 // Strides of `t` viewed at `shape` under broadcasting (0 where t has size 1 or lacks the dim).
