@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "engine/autograd.h"
+#include "engine/cpu/parallel.h"
 #include "engine/gpu/optim.h"
 #include "engine/ops/check.h"
 
@@ -27,8 +28,7 @@ void adamw_update(T* p, const T* g, T* m, T* v, int64_t n, double decay_factor, 
   const T keep = static_cast<T>(decay_factor);
   const T w1 = static_cast<T>(1.0 - beta1), b2 = static_cast<T>(beta2), w2 = static_cast<T>(1.0 - beta2);
   const T ss = static_cast<T>(step_size), bc2 = static_cast<T>(bc2_sqrt), e = static_cast<T>(eps);
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) {
+  cpu::parallel_for(n, n > 32768, [&](int64_t i) {
     const T gi = g[i];
     const T mi = m[i] + w1 * (gi - m[i]);
     const T vi = b2 * v[i] + w2 * gi * gi;
@@ -36,7 +36,7 @@ void adamw_update(T* p, const T* g, T* m, T* v, int64_t n, double decay_factor, 
     v[i] = vi;
     const T denom = std::sqrt(vi) / bc2 + e;
     p[i] = p[i] * keep - ss * mi / denom;
-  }
+  });
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "engine/autograd.h"
+#include "engine/cpu/parallel.h"
 #include "engine/gpu/optim.h"
 #include "engine/ops/check.h"
 
@@ -70,8 +71,7 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, bool 
       T* x = g.data<T>();
       const T c = static_cast<T>(coef);
       const int64_t n = g.numel();
-#pragma omp parallel for schedule(static) if (n > 32768)
-      for (int64_t i = 0; i < n; ++i) x[i] *= c;
+      cpu::parallel_for(n, n > 32768, [&](int64_t i) { x[i] *= c; });
     });
   }
   if constexpr (kHaveCuda) {

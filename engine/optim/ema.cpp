@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "engine/autograd.h"
+#include "engine/cpu/parallel.h"
 #include "engine/gpu/optim.h"
 #include "engine/ops/check.h"
 
@@ -21,8 +22,7 @@ nn::NamedTensors params_and_buffers(const nn::Module& model) {
 template <typename T>
 void lerp_into(T* e, const T* m, int64_t n, double weight) {
   const T w = static_cast<T>(weight);
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) e[i] = e[i] + w * (m[i] - e[i]);
+  cpu::parallel_for(n, n > 32768, [&](int64_t i) { e[i] = e[i] + w * (m[i] - e[i]); });
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "engine/autograd.h"
+#include "engine/cpu/parallel.h"
 #include "engine/gpu/optim.h"
 #include "engine/ops/check.h"
 
@@ -26,20 +27,18 @@ void sgd_update(T* p, const T* g, T* buf, bool first, int64_t n, double lr_d, do
   const T lr = static_cast<T>(lr_d), wd = static_cast<T>(wd_d), mom = static_cast<T>(mom_d);
   const T keep = static_cast<T>(1.0 - damp_d);
   if (buf == nullptr) {
-#pragma omp parallel for schedule(static) if (n > 32768)
-    for (int64_t i = 0; i < n; ++i) {
+    cpu::parallel_for(n, n > 32768, [&](int64_t i) {
       const T d = g[i] + wd * p[i];
       p[i] -= lr * d;
-    }
+    });
     return;
   }
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) {
+  cpu::parallel_for(n, n > 32768, [&](int64_t i) {
     const T d = g[i] + wd * p[i];
     const T b = first ? d : mom * buf[i] + keep * d;
     buf[i] = b;
     p[i] -= lr * (nesterov ? d + mom * b : b);
-  }
+  });
 }
 
 }  // namespace
