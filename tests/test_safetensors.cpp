@@ -99,6 +99,7 @@ void expect_rejected(const std::string& bytes, const std::string& needle, const 
     ADD_FAILURE() << label << ": threw a non-IOError: " << e.what();
   }
   EXPECT_THROW(io::parse_safetensors(bytes, label), IOError) << label;
+  EXPECT_THROW(io::load_safetensors_metadata(path), IOError) << label << ": the metadata reader checks the header too";
 }
 
 std::string python_with_safetensors() {
@@ -143,6 +144,7 @@ TEST(Safetensors, EveryDtypeRoundTripsExactlyWithMetadata) {
   save_safetensors(path, interop_tensors(), {{"format", "pt"}, {"producer", "kestrel"}});
   io::SafetensorsContents c = load_safetensors(path);
   EXPECT_EQ(c.metadata, (io::Metadata{{"format", "pt"}, {"producer", "kestrel"}}));
+  EXPECT_EQ(io::load_safetensors_metadata(path), c.metadata);
   ASSERT_EQ(c.tensors.size(), interop_specs().size());
   for (const Spec& s : interop_specs()) {
     ASSERT_NE(c.find(s.name), nullptr) << s.name;

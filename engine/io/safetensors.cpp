@@ -323,8 +323,9 @@ SafetensorsContents parse_safetensors(const std::string& bytes, const std::strin
   return out;
 }
 
-SafetensorsContents load_safetensors(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+namespace {
+// Opens `path` into fd and reads and checks its header, not the tensors' data.
+Header read_header(const std::string& path, Fd& fd, uint64_t& header_length) {
   if (fd.get() < 0) throw IOError("safetensors file " + path + ": cannot open: " + errno_text());
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) fail(path, "cannot stat: " + errno_text());
@@ -333,10 +334,17 @@ SafetensorsContents load_safetensors(const std::string& path) {
   if (size < 8) fail(path, "is " + std::to_string(size) + " bytes, too short for the 8-byte header length");
   unsigned char len[8];
   pread_all(fd.get(), len, 8, 0, path);
-  const uint64_t n = checked_header_length(read_le64(len), size, path);
-  std::string text(n, '\0');
-  pread_all(fd.get(), text.data(), n, 8, path);
-  Header h = parse_header(text.data(), n, size - 8 - n, path);
+  header_length = checked_header_length(read_le64(len), size, path);
+  std::string text(header_length, '\0');
+  pread_all(fd.get(), text.data(), header_length, 8, path);
+  return parse_header(text.data(), header_length, size - 8 - header_length, path);
+}
+}  // namespace
+
+SafetensorsContents load_safetensors(const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  uint64_t n = 0;
+  Header h = read_header(path, fd, n);
   SafetensorsContents out;
   out.metadata = std::move(h.metadata);
   for (const Entry& e : h.entries) {
@@ -345,6 +353,12 @@ SafetensorsContents load_safetensors(const std::string& path) {
     out.tensors.emplace_back(e.name, t);
   }
   return out;
+}
+
+Metadata load_safetensors_metadata(const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  uint64_t n = 0;
+  return read_header(path, fd, n).metadata;
 }
 
 void save_module(const std::string& path, const nn::Module& module, const Metadata& metadata) {

@@ -37,6 +37,8 @@ void save_safetensors(const std::string& path, const nn::NamedTensors& tensors, 
 
 // CPU tensors. Throws IOError for a missing, unreadable or malformed file.
 SafetensorsContents load_safetensors(const std::string& path);
+// The metadata alone: reads and checks the header, not the tensors' data.
+Metadata load_safetensors_metadata(const std::string& path);
 // Same checks on bytes already in memory; `source` names them in errors.
 SafetensorsContents parse_safetensors(const std::string& bytes, const std::string& source);
 

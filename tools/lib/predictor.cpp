@@ -77,7 +77,7 @@ Predictor::Predictor(const std::string& checkpoint_path, Device device, bool fus
     loaded = load_checkpoint(checkpoint_path);
   } catch (const ValueError& e) {
     // load_weights names the mismatching tensors; say which model the metadata asked for.
-    const ModelInfo meta = ModelInfo::from_metadata(io::load_safetensors(checkpoint_path).metadata, checkpoint_path);
+    const ModelInfo meta = ModelInfo::from_metadata(io::load_safetensors_metadata(checkpoint_path), checkpoint_path);
     throw ValueError(std::string(e.what()) + " (the checkpoint's metadata asks for model '" + meta.model + "' with " +
                      std::to_string(meta.num_classes) + " classes and " + std::to_string(meta.in_channels) +
                      " input channels)");

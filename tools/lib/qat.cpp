@@ -11,7 +11,7 @@
 namespace kestrel::tools {
 
 void configure_from_float_checkpoint(TrainConfig& c, bool keep_dataset) {
-  const ModelInfo info = ModelInfo::from_metadata(io::load_safetensors(c.quantize_from).metadata, c.quantize_from);
+  const ModelInfo info = ModelInfo::from_metadata(io::load_safetensors_metadata(c.quantize_from), c.quantize_from);
   KCHECK(!info.quantized, ValueError, c.quantize_from,
          " is already quantized; kestrel qat starts from a float checkpoint (continue a qat run with --resume)");
   c.model = info.model;
