@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "engine/io/safetensors.h"
+#include "models/fuse.h"
 #include "models/registry.h"
 #include "test_util.h"
 #include "tools/lib/checkpoint.h"
@@ -221,6 +222,15 @@ TEST_F(EvalPredict, PredictorProbabilitiesSumToOneAndEasyImagesGetTheirClass) {
   }
   // Top-k larger than the class count gives every class once.
   EXPECT_EQ(p.predict(pattern(0, 1, kSize, 0.0), 10).size(), 3u);
+
+  // On the CPU the predictor folds the batch norms; unfolded, the same probabilities.
+  EXPECT_TRUE(models::is_fused_for_inference(p.model()));
+  Predictor as_built(*ckpt_, Device::cpu(), /*fuse=*/false);
+  EXPECT_FALSE(models::is_fused_for_inference(as_built.model()));
+  EXPECT_EQ(p.num_parameters(), as_built.model().num_parameters());
+  const data::Image noisy = pattern(1, 5, kSize, 0.3);
+  const std::vector<float> a = p.probabilities({noisy})[0], b = as_built.probabilities({noisy})[0];
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5) << "class " << i;
 }
 
 TEST_F(EvalPredict, PredictorConvertsChannelsAndResizesAnyImage) {
