@@ -161,13 +161,13 @@ KESTREL_INLINE void dw_forward_pixels(const ConvGeom& g, const T* x, int64_t win
   V acc[P];
   for (int64_t p = 0; p < P; ++p) acc[p] = init;
   for (int64_t kh = th.k0; kh < th.k1; ++kh) {
-    const T* xr = x + (win + kh * g.dh * g.w * C + c);
+    const int64_t xr = win + kh * g.dh * g.w * C + c;  // an offset: win + c alone may precede x
     const T* wr = wt + kh * g.kw * C + c;
     for (int64_t kw = tw.k0; kw < tw.k1; ++kw) {
       V wv, xv;
       load_lanes(wv, wr + kw * C);
       for (int64_t p = 0; p < P; ++p) {
-        load_lanes(xv, xr + kw * g.dw * C + p * step);
+        load_lanes(xv, x + (xr + kw * g.dw * C + p * step));
         acc[p] += xv * wv;
       }
     }
