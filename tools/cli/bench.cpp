@@ -31,6 +31,9 @@ void run_bench(BenchArgs& a) {
   a.o.train = !a.no_train;
   a.o.fuse = !a.no_fuse;
   const tools::BenchResult r = tools::bench_model(a.o);
+  if (a.o.fuse && a.o.device.is_cpu())
+    std::fprintf(stderr, "inference timed with batch norms folded into their convolutions, as eval and predict run "
+                         "(--no-fuse: the model as built)\n");
   std::printf("| model | params | GMACs/img | device | batch | input | amp | infer img/s (ms) | train img/s (ms) |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|\n");
   char train[64] = "-";
