@@ -1,5 +1,7 @@
-#include "test_util.h"
 #include <cmath>
+
+#include "engine/cpu/activation_math.h"
+#include "test_util.h"
 
 using namespace kestrel;
 using kestrel::testing::expect_close;
@@ -189,6 +191,31 @@ TEST(Activations, MatchTheirDefinitions) {
   expect_close(hardsigmoid(x), Tensor::from_vector({0.0f, 1.0f / 3.0f, 0.5f, 5.0f / 6.0f, 1.0f}, {5}), 1e-6);
   expect_close(relu6(x), Tensor::from_vector({0, 0, 0, 2, 6}, {5}), 0);
   expect_close(gelu(Tensor::from_vector({1.0f}, {1})), Tensor::from_vector({0.8413447f}, {1}), 1e-6);
+}
+
+// f32 sigmoid and SiLU use an arithmetic exp (engine/cpu/activation_math.h)
+// that vectorizes: within 1 ulp of e^x over its range, and the ops within 1e-6
+// of the f64 definitions from -100 to 100.
+TEST(Activations, F32ExpIsWithinOneUlpAndSigmoidAndSiluFollowTheirDefinitions) {
+  double worst_ulps = 0.0, worst_x = 0.0;
+  for (float x = -87.0f; x <= 88.0f; x += 0.0137f) {
+    const double exact = std::exp(static_cast<double>(x));
+    const double ulp = std::nextafter(static_cast<float>(exact), INFINITY) - static_cast<float>(exact);
+    const double ulps = std::fabs(cpu::exp_f32(x) - exact) / ulp;
+    if (ulps > worst_ulps) worst_ulps = ulps, worst_x = x;
+  }
+  EXPECT_LE(worst_ulps, 1.0) << "at x = " << worst_x;
+  std::vector<float> xs;
+  for (float x = -100.0f; x <= 100.0f; x += 0.173f) xs.push_back(x);
+  const Tensor x = Tensor::from_vector(xs, {static_cast<int64_t>(xs.size())});
+  std::vector<double> sig(xs.size()), silu(xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) {
+    sig[i] = 1.0 / (1.0 + std::exp(-static_cast<double>(xs[i])));
+    silu[i] = xs[i] * sig[i];
+  }
+  const int64_t n = static_cast<int64_t>(xs.size());
+  expect_close(activation(x, Activation::Sigmoid), Tensor::from_vector_f64(sig, {n}).to(DType::F32), 1e-6, 1e-6);
+  expect_close(activation(x, Activation::SiLU), Tensor::from_vector_f64(silu, {n}).to(DType::F32), 1e-6, 1e-6);
 }
 
 TEST(Gradcheck, ReductionsOverAnyDims) {

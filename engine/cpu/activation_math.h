@@ -6,6 +6,8 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "engine/ops/elementwise.h"
@@ -31,8 +33,36 @@ decltype(auto) act_dispatch(Activation a, F&& f) {
   return f(ActTag<Activation::None>{});
 }
 
+// e^x for f32 in plain arithmetic, so loops that call it vectorize (a libm
+// expf call per element was 40% of EfficientNet-B0's CPU inference). x is
+// clamped to [-87, 88], where e^x stays a normal float: callers are sigmoid
+// and SiLU, whose values do not change past that range. Range reduction
+// x = n ln2 + r, |r| <= ln2 / 2 (ln2 in two parts, Cody and Waite), then a
+// degree-7 polynomial for e^r and 2^n from the exponent bits. Within 1 ulp
+// of e^x for every float in [-87, 88] (checked exhaustively once; the test
+// samples).
+inline float exp_f32(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);  // on values: std::min/max's references block vectorizing
+  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504088896341f + shifter) - shifter;
+  const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
+  // e^r = 1 + r + r^2 q(r), q the minimax fit of Cephes' expf.
+  float q = 1.9875691500e-4f;
+  q = q * r + 1.3981999507e-3f;
+  q = q * r + 8.3334519073e-3f;
+  q = q * r + 4.1665795894e-2f;
+  q = q * r + 1.6666665459e-1f;
+  q = q * r + 5.0000001201e-1f;
+  const float p = q * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
 template <typename T>
 inline T act_sigmoid(T z) {
+  if constexpr (std::is_same_v<T, float>) return 1.0f / (1.0f + exp_f32(-z));
   return T(1) / (T(1) + std::exp(-z));
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "engine/cpu/activation_math.h"
@@ -89,22 +90,53 @@ void col2im_gather(const ConvGeom& g, const T* gcol, int64_t n0, int64_t nb, int
   });
 }
 
+#define KESTREL_INLINE inline __attribute__((always_inline))
+
+// row[c] = act(row[c] + bias[c]) in place; bias may be null.
+template <typename T, Activation A>
+KESTREL_INLINE void bias_act_row(T* row, int64_t C, const T* bias) {
+  if (bias != nullptr) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) row[c] = act_value<A, T>(row[c] + bias[c]);
+  } else {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) row[c] = act_value<A, T>(row[c]);
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KESTREL_ISA_CLONES_V4 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define KESTREL_ISA_CLONES_V4
+#endif
+
+// f32 rows for each ISA: sigmoid and SiLU (their arithmetic exp) are most of
+// EfficientNet's epilogue time, and the baseline build is 4-wide SSE.
+KESTREL_ISA_CLONES_V4 void bias_act_row_f32(float* row, int64_t C, const float* bias, Activation act) {
+  switch (act) {
+    case Activation::None: return bias_act_row<float, Activation::None>(row, C, bias);
+    case Activation::ReLU: return bias_act_row<float, Activation::ReLU>(row, C, bias);
+    case Activation::ReLU6: return bias_act_row<float, Activation::ReLU6>(row, C, bias);
+    case Activation::Sigmoid: return bias_act_row<float, Activation::Sigmoid>(row, C, bias);
+    case Activation::SiLU: return bias_act_row<float, Activation::SiLU>(row, C, bias);
+    case Activation::HardSwish: return bias_act_row<float, Activation::HardSwish>(row, C, bias);
+    case Activation::HardSigmoid: return bias_act_row<float, Activation::HardSigmoid>(row, C, bias);
+    case Activation::Tanh: return bias_act_row<float, Activation::Tanh>(row, C, bias);
+    case Activation::GELU: return bias_act_row<float, Activation::GELU>(row, C, bias);
+  }
+}
+
 // y[r, c] = act(y[r, c] + bias[c]) in place, for rows [0, rows); bias may be null.
 template <typename T>
 void bias_act_rows(T* y, int64_t rows, int64_t C, const T* bias, Activation act) {
-  act_dispatch(act, [&](auto a) {
-    constexpr Activation A = decltype(a)::value;
-    parallel_for(rows, rows * C > 65536, [&](int64_t r) {
-      T* row = y + r * C;
-      if (bias != nullptr) {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) row[c] = act_value<A, T>(row[c] + bias[c]);
-      } else {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) row[c] = act_value<A, T>(row[c]);
-      }
+  if constexpr (std::is_same_v<T, float>) {
+    parallel_for(rows, rows * C > 65536, [&](int64_t r) { bias_act_row_f32(y + r * C, C, bias, act); });
+  } else {
+    act_dispatch(act, [&](auto a) {
+      parallel_for(rows, rows * C > 65536,
+                   [&](int64_t r) { bias_act_row<T, decltype(a)::value>(y + r * C, C, bias); });
     });
-  });
+  }
 }
 
 // ------------------------------------------------------------------ depthwise
@@ -122,7 +154,6 @@ std::vector<T> depthwise_weight_khkwc(const ConvGeom& g, const T* w) {
 // one contiguous multiply-add over C values. Always inlined into the f32
 // wrappers below, which are compiled for AVX-512, AVX2 and the baseline ISA and
 // picked at load time (the project baseline is x86-64-v2, i.e. 4-wide SSE).
-#define KESTREL_INLINE inline __attribute__((always_inline))
 
 // Taps [k0, k1) of a kernel axis that land inside the input for output position o.
 struct TapRange {

@@ -4,17 +4,13 @@
 #include <cmath>
 #include <type_traits>
 
+#include "engine/cpu/activation_math.h"
 #include "engine/cpu/parallel.h"
 #include "engine/cpu/strided.h"
 
 namespace kestrel::cpu {
 
 namespace {
-
-template <typename T>
-inline T sigmoid_of(T x) {
-  return T(1) / (T(1) + std::exp(-x));
-}
 
 // The integer x maps to before clamping; f32 as ONNX's QuantizeLinear computes it.
 inline float quant_level(float x, const UnaryParams& p) {
@@ -40,9 +36,9 @@ inline T forward_value(UnaryOp op, T x, const UnaryParams& p) {
     case UnaryOp::MulScalar: return x * static_cast<T>(p.a);
     case UnaryOp::ReLU: return x > T(0) ? x : T(0);
     case UnaryOp::ReLU6: return std::min(std::max(x, T(0)), T(6));
-    case UnaryOp::Sigmoid: return sigmoid_of(x);
+    case UnaryOp::Sigmoid: return act_sigmoid(x);
     case UnaryOp::Tanh: return std::tanh(x);
-    case UnaryOp::SiLU: return x * sigmoid_of(x);
+    case UnaryOp::SiLU: return x * act_sigmoid(x);
     case UnaryOp::HardSwish: return x * std::min(std::max(x + T(3), T(0)), T(6)) / T(6);
     case UnaryOp::HardSigmoid: return std::min(std::max(x + T(3), T(0)), T(6)) / T(6);
     case UnaryOp::GELU: return T(0.5) * x * (T(1) + std::erf(x * static_cast<T>(M_SQRT1_2)));
@@ -69,7 +65,7 @@ inline T derivative(UnaryOp op, T x, T y, const UnaryParams& p) {
     case UnaryOp::Sigmoid: return y * (T(1) - y);
     case UnaryOp::Tanh: return T(1) - y * y;
     case UnaryOp::SiLU: {
-      const T s = sigmoid_of(x);
+      const T s = act_sigmoid(x);
       return s * (T(1) + x * (T(1) - s));
     }
     case UnaryOp::HardSwish: return x < T(-3) ? T(0) : (x <= T(3) ? x / T(3) + T(0.5) : T(1));
