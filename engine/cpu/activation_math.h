@@ -17,8 +17,9 @@ namespace kestrel::cpu {
 template <Activation A>
 using ActTag = std::integral_constant<Activation, A>;
 
+// Always inlined, with an always-inline f, inside ISA clones (cpu/isa.h).
 template <typename F>
-decltype(auto) act_dispatch(Activation a, F&& f) {
+inline __attribute__((always_inline)) decltype(auto) act_dispatch(Activation a, F&& f) {
   switch (a) {
     case Activation::None: return f(ActTag<Activation::None>{});
     case Activation::ReLU: return f(ActTag<Activation::ReLU>{});

@@ -10,6 +10,7 @@
 
 #include "engine/cpu/activation_math.h"
 #include "engine/cpu/gemm.h"
+#include "engine/cpu/isa.h"
 #include "engine/cpu/parallel.h"
 #include "engine/cpu/taps.h"
 
@@ -90,8 +91,6 @@ void col2im_gather(const ConvGeom& g, const T* gcol, int64_t n0, int64_t nb, int
   });
 }
 
-#define KESTREL_INLINE inline __attribute__((always_inline))
-
 // row[c] = act(row[c] + bias[c]) in place; bias may be null.
 template <typename T, Activation A>
 KESTREL_INLINE void bias_act_row(T* row, int64_t C, const T* bias) {
@@ -104,26 +103,10 @@ KESTREL_INLINE void bias_act_row(T* row, int64_t C, const T* bias) {
   }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define KESTREL_ISA_CLONES_V4 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define KESTREL_ISA_CLONES_V4
-#endif
-
 // f32 rows for each ISA: sigmoid and SiLU (their arithmetic exp) are most of
 // EfficientNet's epilogue time, and the baseline build is 4-wide SSE.
-KESTREL_ISA_CLONES_V4 void bias_act_row_f32(float* row, int64_t C, const float* bias, Activation act) {
-  switch (act) {
-    case Activation::None: return bias_act_row<float, Activation::None>(row, C, bias);
-    case Activation::ReLU: return bias_act_row<float, Activation::ReLU>(row, C, bias);
-    case Activation::ReLU6: return bias_act_row<float, Activation::ReLU6>(row, C, bias);
-    case Activation::Sigmoid: return bias_act_row<float, Activation::Sigmoid>(row, C, bias);
-    case Activation::SiLU: return bias_act_row<float, Activation::SiLU>(row, C, bias);
-    case Activation::HardSwish: return bias_act_row<float, Activation::HardSwish>(row, C, bias);
-    case Activation::HardSigmoid: return bias_act_row<float, Activation::HardSigmoid>(row, C, bias);
-    case Activation::Tanh: return bias_act_row<float, Activation::Tanh>(row, C, bias);
-    case Activation::GELU: return bias_act_row<float, Activation::GELU>(row, C, bias);
-  }
+KESTREL_CLONES_AVX512 void bias_act_row_f32(float* row, int64_t C, const float* bias, Activation act) {
+  act_dispatch(act, [&](auto a) KESTREL_LAMBDA_INLINE { bias_act_row<float, decltype(a)::value>(row, C, bias); });
 }
 
 // y[r, c] = act(y[r, c] + bias[c]) in place, for rows [0, rows); bias may be null.
@@ -268,7 +251,7 @@ KESTREL_INLINE void dw_forward_row(const ConvGeom& g, const T* x, const T* wt, c
   int64_t ow = 0;
   // Inlined, so it is compiled for the caller's ISA (a lambda is otherwise a
   // function of its own, built for the baseline).
-  auto edge = [&](int64_t o) __attribute__((always_inline)) {
+  auto edge = [&](int64_t o) KESTREL_LAMBDA_INLINE {
     const TapRange tw = valid_taps(o, g.sw, g.pw, g.dw, g.kw, g.w);
     dw_forward_run<T, A, 1, Bytes>(g, x, wt, bias, th, tw, row, o, yrow + o * C);
   };
@@ -320,15 +303,6 @@ KESTREL_INLINE void dw_backward_weight_row(const ConvGeom& g, const T* x, const 
   }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define KESTREL_ISA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#define KESTREL_AVX512 __attribute__((target("arch=x86-64-v4")))
-#define KESTREL_HAVE_AVX512_CLONE 1
-#else
-#define KESTREL_ISA_CLONES
-#define KESTREL_HAVE_AVX512_CLONE 0
-#endif
-
 // The activations that models put after a depthwise conv are inlined, so they
 // are compiled for each ISA too; any other runs as a second pass.
 template <int64_t Bytes>
@@ -347,13 +321,13 @@ KESTREL_INLINE void dw_forward_row_act(const ConvGeom& g, const float* x, const 
 // 32-byte channel blocks for AVX2 and the baseline: 64 with P = 4 pixels
 // would need 16 AVX2 registers for the sums alone and spill (measured 1.8x
 // slower than the AVX-512 build on the same machine, and slower than before).
-KESTREL_ISA_CLONES void dw_forward_row_avx2(const ConvGeom& g, const float* x, const float* wt, const float* bias,
+KESTREL_CLONES_AVX2 void dw_forward_row_avx2(const ConvGeom& g, const float* x, const float* wt, const float* bias,
                                             float* yrow, int64_t n, int64_t oh, Activation act) {
   dw_forward_row_act<32>(g, x, wt, bias, yrow, n, oh, act);
 }
 
-#if KESTREL_HAVE_AVX512_CLONE
-KESTREL_AVX512 void dw_forward_row_avx512(const ConvGeom& g, const float* x, const float* wt, const float* bias,
+#if KESTREL_HAVE_AVX512_TARGET
+KESTREL_TARGET_AVX512 void dw_forward_row_avx512(const ConvGeom& g, const float* x, const float* wt, const float* bias,
                                           float* yrow, int64_t n, int64_t oh, Activation act) {
   dw_forward_row_act<64>(g, x, wt, bias, yrow, n, oh, act);
 }
@@ -361,7 +335,7 @@ KESTREL_AVX512 void dw_forward_row_avx512(const ConvGeom& g, const float* x, con
 
 void dw_forward_row_f32(const ConvGeom& g, const float* x, const float* wt, const float* bias, float* yrow, int64_t n,
                         int64_t oh, Activation act) {
-#if KESTREL_HAVE_AVX512_CLONE
+#if KESTREL_HAVE_AVX512_TARGET
   // KESTREL_NO_AVX512=1 takes the AVX2 path on any machine (its tests use it).
   static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
@@ -371,11 +345,11 @@ void dw_forward_row_f32(const ConvGeom& g, const float* x, const float* wt, cons
   dw_forward_row_avx2(g, x, wt, bias, yrow, n, oh, act);
 }
 
-KESTREL_ISA_CLONES void dw_backward_input_row_f32(const ConvGeom& g, const float* gy, const float* wt, const Taps& th,
+KESTREL_CLONES_AVX2 void dw_backward_input_row_f32(const ConvGeom& g, const float* gy, const float* wt, const Taps& th,
                                                   const Taps& tw, float* gxrow, int64_t n, int64_t ih) {
   dw_backward_input_row<float>(g, gy, wt, th, tw, gxrow, n, ih);
 }
-KESTREL_ISA_CLONES void dw_backward_weight_row_f32(const ConvGeom& g, const float* x, const float* gyrow, float* acc,
+KESTREL_CLONES_AVX2 void dw_backward_weight_row_f32(const ConvGeom& g, const float* x, const float* gyrow, float* acc,
                                                    int64_t n, int64_t oh) {
   dw_backward_weight_row<float>(g, x, gyrow, acc, n, oh);
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "engine/cpu/activation_math.h"
+#include "engine/cpu/isa.h"
 #include "engine/cpu/parallel.h"
 
 namespace kestrel::cpu {
@@ -127,8 +128,7 @@ namespace {
 
 // One row: y = act((x - m) * s + b [+ residual]).
 template <typename T, Activation A>
-inline __attribute__((always_inline)) void norm_act_row(const T* xr, const T* rr, const T* m, const T* s, const T* b,
-                                                        int64_t C, T* yr) {
+KESTREL_INLINE void norm_act_row(const T* xr, const T* rr, const T* m, const T* s, const T* b, int64_t C, T* yr) {
   if (rr != nullptr) {
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) yr[c] = act_value<A, T>((xr[c] - m[c]) * s[c] + b[c] + rr[c]);
@@ -138,27 +138,13 @@ inline __attribute__((always_inline)) void norm_act_row(const T* xr, const T* rr
   }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define KESTREL_NORM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define KESTREL_NORM_CLONES
-#endif
-
 // f32 rows for each ISA (the baseline build is 4-wide SSE): SiLU's exp made
 // this loop most of an unfolded EfficientNet's inference.
-KESTREL_NORM_CLONES void norm_act_row_f32(const float* xr, const float* rr, const float* m, const float* s,
-                                          const float* b, int64_t C, Activation act, float* yr) {
-  switch (act) {
-    case Activation::None: return norm_act_row<float, Activation::None>(xr, rr, m, s, b, C, yr);
-    case Activation::ReLU: return norm_act_row<float, Activation::ReLU>(xr, rr, m, s, b, C, yr);
-    case Activation::ReLU6: return norm_act_row<float, Activation::ReLU6>(xr, rr, m, s, b, C, yr);
-    case Activation::Sigmoid: return norm_act_row<float, Activation::Sigmoid>(xr, rr, m, s, b, C, yr);
-    case Activation::SiLU: return norm_act_row<float, Activation::SiLU>(xr, rr, m, s, b, C, yr);
-    case Activation::HardSwish: return norm_act_row<float, Activation::HardSwish>(xr, rr, m, s, b, C, yr);
-    case Activation::HardSigmoid: return norm_act_row<float, Activation::HardSigmoid>(xr, rr, m, s, b, C, yr);
-    case Activation::Tanh: return norm_act_row<float, Activation::Tanh>(xr, rr, m, s, b, C, yr);
-    case Activation::GELU: return norm_act_row<float, Activation::GELU>(xr, rr, m, s, b, C, yr);
-  }
+KESTREL_CLONES_AVX512 void norm_act_row_f32(const float* xr, const float* rr, const float* m, const float* s,
+                                            const float* b, int64_t C, Activation act, float* yr) {
+  act_dispatch(act, [&](auto a) KESTREL_LAMBDA_INLINE {
+    norm_act_row<float, decltype(a)::value>(xr, rr, m, s, b, C, yr);
+  });
 }
 
 }  // namespace

@@ -1,0 +1,24 @@
+// Attributes for CPU kernels built once per instruction set and picked at
+// load time (the project's baseline is x86-64-v2: 4-wide SSE). Everything a
+// cloned function calls in its hot loop must be KESTREL_INLINE: an
+// out-of-line callee (a lambda, a template helper) is compiled once, for the
+// baseline, and keeps the loop scalar.
+#pragma once
+
+#define KESTREL_INLINE inline __attribute__((always_inline))
+// The same for a lambda: [&](auto x) KESTREL_LAMBDA_INLINE { ... }
+#define KESTREL_LAMBDA_INLINE __attribute__((always_inline))
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// AVX-512, AVX2 and baseline builds of one function.
+#define KESTREL_CLONES_AVX512 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// AVX2 and baseline builds (where the AVX-512 build measured slower).
+#define KESTREL_CLONES_AVX2 __attribute__((target_clones("arch=x86-64-v3", "default")))
+// An AVX-512-only function, for a caller that checks the CPU itself.
+#define KESTREL_TARGET_AVX512 __attribute__((target("arch=x86-64-v4")))
+#define KESTREL_HAVE_AVX512_TARGET 1
+#else
+#define KESTREL_CLONES_AVX512
+#define KESTREL_CLONES_AVX2
+#define KESTREL_HAVE_AVX512_TARGET 0
+#endif
