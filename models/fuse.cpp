@@ -9,7 +9,7 @@ namespace kestrel::models {
 bool is_fused_for_inference(const nn::Module& model) {
   bool any = false;
   visit_modules(const_cast<nn::Module&>(model), [&](nn::Module& m, const std::string&) {
-    if (auto* b = dynamic_cast<nn::BatchNorm2d*>(&m)) any = any || (b->folded && !b->output_range.defined());
+    if (auto* b = dynamic_cast<nn::BatchNorm2d*>(&m)) any = any || b->folded_for_inference();
   });
   return any;
 }

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "engine/cpu/isa.h"
 #include "engine/ops/elementwise.h"
 
 namespace kestrel::cpu {
@@ -19,7 +20,7 @@ using ActTag = std::integral_constant<Activation, A>;
 
 // Always inlined, with an always-inline f, inside ISA clones (cpu/isa.h).
 template <typename F>
-inline __attribute__((always_inline)) decltype(auto) act_dispatch(Activation a, F&& f) {
+KESTREL_INLINE decltype(auto) act_dispatch(Activation a, F&& f) {
   switch (a) {
     case Activation::None: return f(ActTag<Activation::None>{});
     case Activation::ReLU: return f(ActTag<Activation::ReLU>{});
@@ -37,14 +38,13 @@ inline __attribute__((always_inline)) decltype(auto) act_dispatch(Activation a, 
 // e^x for f32 in plain arithmetic, so loops that call it vectorize (a libm
 // expf call per element was 40% of EfficientNet-B0's CPU inference). x is
 // clamped to [-86, 80], where e^x and the sigmoid built on it stay normal
-// floats: a subnormal costs a microcode assist per element (measured: the
-// clamp at -87 made a random-weight EfficientNet 3x slower). Callers are
+// floats (a subnormal operand can cost a microcode assist). Callers are
 // sigmoid and SiLU, whose float values do not change past that range by
 // more than 2e-35. Range reduction x = n ln2 + r, |r| <= ln2 / 2 (ln2 in two
 // parts, Cody and Waite), then a degree-7 polynomial for e^r and 2^n from
 // the exponent bits. Within 1 ulp of e^x for every float in [-86, 80]
 // (checked exhaustively once; the test samples).
-inline __attribute__((always_inline)) float exp_f32(float x) {
+KESTREL_INLINE float exp_f32(float x) {
   x = x < -86.0f ? -86.0f : (x > 80.0f ? 80.0f : x);  // on values: std::min/max's references block vectorizing
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const float n = (x * 1.44269504088896341f + shifter) - shifter;
@@ -64,13 +64,13 @@ inline __attribute__((always_inline)) float exp_f32(float x) {
 }
 
 template <typename T>
-inline __attribute__((always_inline)) T act_sigmoid(T z) {
+KESTREL_INLINE T act_sigmoid(T z) {
   if constexpr (std::is_same_v<T, float>) return 1.0f / (1.0f + exp_f32(-z));
   return T(1) / (T(1) + std::exp(-z));
 }
 
 template <Activation A, typename T>
-inline __attribute__((always_inline)) T act_value(T z) {
+KESTREL_INLINE T act_value(T z) {
   if constexpr (A == Activation::None) return z;
   if constexpr (A == Activation::ReLU) return z > T(0) ? z : T(0);
   if constexpr (A == Activation::ReLU6) return std::min(std::max(z, T(0)), T(6));

@@ -1,7 +1,5 @@
 #include "engine/cpu/conv.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -413,22 +411,12 @@ template <typename T>
 void depthwise_backward_weight(const ConvGeom& g, const T* x, const T* gy, T* gw) {
   const int64_t C = g.c_in, taps = g.kh * g.kw;
   const int64_t rows = g.n * g.oh;
-  const bool parallel = rows * g.ow * C * taps > 32768;
-  const int nthreads = parallel ? omp_get_max_threads() : 1;
+  const int nthreads = partial_count(rows * g.ow * C * taps > 32768);
   std::vector<T> partial(static_cast<size_t>(nthreads) * taps * C, T(0));
-  auto accumulate = [&](T* acc, int64_t r) {
+  parallel_for_each_thread(rows, nthreads, [&](int t, int64_t r) {
+    T* acc = partial.data() + static_cast<int64_t>(t) * taps * C;
     DwRows<T>::backward_weight(g, x, gy + r * g.ow * C, acc, r / g.oh, r % g.oh);
-  };
-  if (parallel) {
-#pragma omp parallel num_threads(nthreads)
-    {
-      T* acc = partial.data() + static_cast<int64_t>(omp_get_thread_num()) * taps * C;
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < rows; ++r) accumulate(acc, r);
-    }
-  } else {
-    for (int64_t r = 0; r < rows; ++r) accumulate(partial.data(), r);
-  }
+  });
   for (int64_t c = 0; c < C; ++c)
     for (int64_t t = 0; t < taps; ++t) {
       T s = T(0);

@@ -8,6 +8,7 @@
 #include <climits>
 #include <vector>
 
+#include "engine/cpu/parallel.h"
 #include "engine/error.h"
 
 namespace kestrel::cpu {
@@ -128,24 +129,14 @@ template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const 
 
 template <typename T>
 void column_sums(int64_t rows, int64_t cols, const T* a, T* out) {
-  const bool parallel = rows * cols > 65536 && rows > 1;
-  const int nthreads = parallel ? omp_get_max_threads() : 1;
+  const int nthreads = partial_count(rows * cols > 65536 && rows > 1);
   std::vector<T> partial(static_cast<size_t>(nthreads) * cols, T(0));
-  auto accumulate = [&](T* acc, int64_t r) {
+  parallel_for_each_thread(rows, nthreads, [&](int t, int64_t r) {
+    T* acc = partial.data() + static_cast<int64_t>(t) * cols;
     const T* row = a + r * cols;
 #pragma omp simd
     for (int64_t c = 0; c < cols; ++c) acc[c] += row[c];
-  };
-  if (parallel) {
-#pragma omp parallel num_threads(nthreads)
-    {
-      T* acc = partial.data() + static_cast<int64_t>(omp_get_thread_num()) * cols;
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < rows; ++r) accumulate(acc, r);
-    }
-  } else {
-    for (int64_t r = 0; r < rows; ++r) accumulate(partial.data(), r);
-  }
+  });
   for (int64_t c = 0; c < cols; ++c) {
     T s = T(0);
     for (int t = 0; t < nthreads; ++t) s += partial[static_cast<int64_t>(t) * cols + c];

@@ -10,10 +10,14 @@
 
 namespace kestrel::cpu {
 
-// body(i) for i in [0, n), split statically over the threads when `parallel`.
 // Whether a loop flagged `parallel` has more than this thread to run on.
 inline bool use_threads(bool parallel) { return parallel && omp_get_max_threads() > 1 && !omp_in_parallel(); }
 
+// The number of per-thread partial results a reduction flagged `parallel`
+// needs for parallel_for_each_thread: 1 when it runs on the caller.
+inline int partial_count(bool parallel) { return use_threads(parallel) ? omp_get_max_threads() : 1; }
+
+// body(i) for i in [0, n), split statically over the threads when `parallel`.
 template <typename F>
 inline void parallel_for(int64_t n, bool parallel, F&& body) {
   if (use_threads(parallel)) {
@@ -34,6 +38,23 @@ inline void parallel_range(int64_t n, bool parallel, F&& body) {
   {
     const int64_t t = omp_get_thread_num(), threads = omp_get_num_threads();
     body(n * t / threads, n * (t + 1) / threads);
+  }
+}
+
+// body(t, i) for i in [0, n), t in [0, threads) the index of the thread that
+// runs it, so each thread accumulates into partial result t (threads from
+// partial_count; static schedule, so the split depends on the count only).
+template <typename F>
+inline void parallel_for_each_thread(int64_t n, int threads, F&& body) {
+  if (threads <= 1) {
+    for (int64_t i = 0; i < n; ++i) body(0, i);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num();
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i) body(t, i);
   }
 }
 

@@ -122,7 +122,7 @@ void BatchNorm2d::fold_for_inference() {
 }
 
 Tensor BatchNorm2d::forward_fused(const Tensor& x, Activation act, const Tensor& residual) {
-  if (folded && !output_range.defined()) {  // folded for inference, with its activation
+  if (folded_for_inference()) {  // its activation moved into the conv too
     KCHECK(!is_training(), ValueError,
            "BatchNorm2d: folded into its convolution for inference; build the model again to train it");
     KCHECK(!residual.defined(), ValueError, "BatchNorm2d: folded for inference but given a residual");

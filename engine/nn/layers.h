@@ -65,6 +65,8 @@ class BatchNorm2d : public Module {
   // activation after it, into the conv before it; the module passes its input
   // through. Eval mode only: training would need the statistics that are gone.
   void fold_for_inference();
+  // Folded by fold_for_inference (not by fold_away, which adds output_range).
+  bool folded_for_inference() const { return folded && !output_range.defined(); }
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
   int64_t channels;
   double eps, momentum;

@@ -113,6 +113,18 @@ std::map<std::string, std::string> conv_trace_attrs(const cpu::ConvGeom& g, cons
           {"bias", bias.defined() ? "true" : "false"}};
 }
 
+// act(conv(x, w) + b) on the CPU, the activation in the kernel's epilogue.
+Tensor cpu_forward(const ConvOperands& o, Activation act, const char* op) {
+  const cpu::ConvGeom& g = o.g;
+  Tensor out = Tensor::empty({g.n, g.oh, g.ow, g.c_out}, o.x.dtype(), o.x.device());
+  dispatch_float(o.x.dtype(), op, [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    cpu::conv2d_forward<scalar_t>(g, o.xc.data<scalar_t>(), o.wc.data<scalar_t>(),
+                                  o.bc.defined() ? o.bc.data<scalar_t>() : nullptr, out.data<scalar_t>(), act);
+  });
+  return out;
+}
+
 }  // namespace
 
 Tensor conv2d(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in, const Conv2dParams& p) {
@@ -124,14 +136,7 @@ Tensor conv2d(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
   if constexpr (kHaveCuda) {
     if (x.device().is_cuda()) out = gpu::conv2d_forward(g, xc, wc, bc);
   }
-  if (!out.defined()) {
-    out = Tensor::empty({g.n, g.oh, g.ow, g.c_out}, x.dtype(), x.device());
-    dispatch_float(x.dtype(), op, [&](auto tag_) {
-      using scalar_t = KESTREL_SCALAR(tag_);
-      cpu::conv2d_forward<scalar_t>(g, xc.data<scalar_t>(), wc.data<scalar_t>(),
-                                    bc.defined() ? bc.data<scalar_t>() : nullptr, out.data<scalar_t>());
-    });
-  }
+  if (!out.defined()) out = cpu_forward(o, Activation::None, op);
   trace_op(op, {x, weight, bias}, out, conv_macs(g), conv_trace_attrs(g, bias));
   if (!needs_grad({x, weight, bias})) return out;
   // Keep only what backward needs: x for the weight gradient, w for the input gradient.
@@ -187,14 +192,7 @@ Tensor conv2d_act(const Tensor& x_in, const Tensor& weight_in, const Tensor& bia
       out = gpu::depthwise_forward_act(g, o.xc, o.wc, o.bc, act);
     }
   }
-  if (!out.defined()) {
-    out = Tensor::empty({g.n, g.oh, g.ow, g.c_out}, o.x.dtype(), o.x.device());
-    dispatch_float(o.x.dtype(), op, [&](auto tag_) {
-      using scalar_t = KESTREL_SCALAR(tag_);
-      cpu::conv2d_forward<scalar_t>(g, o.xc.data<scalar_t>(), o.wc.data<scalar_t>(),
-                                    o.bc.defined() ? o.bc.data<scalar_t>() : nullptr, out.data<scalar_t>(), act);
-    });
-  }
+  if (!out.defined()) out = cpu_forward(o, act, op);
   auto attrs = conv_trace_attrs(g, o.bias);
   if (!attrs.empty()) attrs["activation"] = activation_name(act);
   trace_op(op, {o.x, o.weight, o.bias}, out, conv_macs(g), attrs);

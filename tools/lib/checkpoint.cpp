@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "models/fuse.h"
 #include "models/quantize.h"
 #include "models/registry.h"
 
@@ -116,6 +117,12 @@ LoadedModel load_checkpoint(const std::string& path) {
   load_weights(out.contents, *out.model, path);
   out.model->eval();
   return out;
+}
+
+void fold_for_inference_on(const LoadedModel& loaded, Device device) {
+  if (!device.is_cpu() || loaded.info.quantized) return;
+  const ModelInfo& i = loaded.info;
+  models::fuse_for_inference(*loaded.model, {1, i.height, i.width, i.in_channels});
 }
 
 }  // namespace kestrel::tools

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/device.h"
 #include "engine/io/safetensors.h"
 #include "engine/nn/module.h"
 
@@ -52,5 +53,10 @@ struct LoadedModel {
 LoadedModel load_checkpoint(const std::string& path);
 // Loads a checkpoint's weights into an existing model; mismatches are listed.
 void load_weights(const io::SafetensorsContents& contents, nn::Module& model, const std::string& source);
+
+// A loaded model that will only infer on `device`: on the CPU, and unless it
+// is quantized (its norms are folded already), its batch norms are folded
+// into their convolutions (models/fuse.h). On CUDA the model is left as built.
+void fold_for_inference_on(const LoadedModel& loaded, Device device);
 
 }  // namespace kestrel::tools

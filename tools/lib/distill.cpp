@@ -6,8 +6,6 @@
 #include "engine/error.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/loss.h"
-#include "models/fuse.h"
-#include "models/quantize.h"
 
 namespace kestrel::tools {
 
@@ -28,8 +26,7 @@ TeacherEnsemble::TeacherEnsemble(const std::vector<std::string>& checkpoints, co
     const ModelInfo& i = t.info;
     check_fits_run(i, student, "--teacher " + path, "the student");
     names_.push_back(i.model + " (" + path + ")");
-    if (device.is_cpu() && !models::is_quantized(*t.model))
-      models::fuse_for_inference(*t.model, {1, i.height, i.width, i.in_channels});
+    fold_for_inference_on(t, device);
     teachers_.push_back(register_module("teacher" + std::to_string(teachers_.size()), t.model));
   }
   train(false);

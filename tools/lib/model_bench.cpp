@@ -52,12 +52,14 @@ BenchResult bench_model(const BenchOptions& o) {
   for (int64_t& v : y) v = gen.randint(0, classes);
   const Tensor labels = Tensor::from_vector_i64(y, {o.batch}).to(o.device);
 
-  // Inference as kestrel eval and predict run it: on the CPU, a second copy
-  // with its batch norms folded (the first stays trainable).
+  // Inference as kestrel eval and predict run it: on the CPU with its batch
+  // norms folded, in a second copy when training steps are timed after it.
   nn::ModulePtr inference = model;
   if (o.fuse && o.device.is_cpu()) {
-    manual_seed(0);
-    inference = models::build_model(o.model, mo);
+    if (o.train) {
+      manual_seed(0);
+      inference = models::build_model(o.model, mo);
+    }
     models::fuse_for_inference(*inference, {1, o.height, o.width, o.channels});
   }
   inference->eval();

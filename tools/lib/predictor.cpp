@@ -8,8 +8,6 @@
 #include "data/readers.h"
 #include "engine/autograd.h"
 #include "engine/ops/loss.h"
-#include "models/fuse.h"
-#include "models/quantize.h"
 
 namespace fs = std::filesystem;
 
@@ -86,8 +84,7 @@ Predictor::Predictor(const std::string& checkpoint_path, Device device, bool fus
   model_ = loaded.model;
   parameters_ = model_->num_parameters();
   model_->eval();
-  if (fuse && device_.is_cpu() && !models::is_quantized(*model_))
-    models::fuse_for_inference(*model_, {1, info_.height, info_.width, info_.in_channels});
+  if (fuse) fold_for_inference_on(loaded, device_);
   if (!device_.is_cpu()) model_->to(device_);
   input_ = model_input_transform(info_);
 }
