@@ -32,6 +32,38 @@ uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
   return splitmix64(h ^ c);
 }
 
+uint64_t sample_seed(uint64_t seed, int64_t epoch, int64_t dataset_index) {
+  return derive_seed(seed, kSampleTag, static_cast<uint64_t>(epoch), static_cast<uint64_t>(dataset_index));
+}
+
+uint64_t batch_seed(uint64_t seed, int64_t epoch, int64_t batch_index) {
+  return derive_seed(seed, kBatchTag, static_cast<uint64_t>(epoch), static_cast<uint64_t>(batch_index));
+}
+
+std::vector<int64_t> epoch_order(int64_t size, bool shuffle, uint64_t seed, int64_t epoch) {
+  std::vector<int64_t> order(static_cast<size_t>(size));
+  std::iota(order.begin(), order.end(), 0);
+  if (shuffle) {
+    Generator gen(derive_seed(seed, kShuffleTag, static_cast<uint64_t>(epoch)));
+    for (int64_t i = static_cast<int64_t>(order.size()) - 1; i > 0; --i)
+      std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(gen.randint(0, i + 1))]);
+  }
+  return order;
+}
+
+int64_t batch_count(const LoaderOptions& opts, int64_t n) {
+  return opts.drop_last ? n / opts.batch_size : (n + opts.batch_size - 1) / opts.batch_size;
+}
+
+std::pair<int64_t, int64_t> batch_positions(const LoaderOptions& opts, int64_t dataset_size, int64_t batch_index) {
+  KCHECK(batch_index >= 0 && batch_index < batch_count(opts, dataset_size), ValueError, "DataLoader: batch ",
+         batch_index, " out of range for an epoch of ", batch_count(opts, dataset_size), " batches");
+  const int64_t batch_begin = batch_index * opts.batch_size;
+  const int64_t whole = std::min<int64_t>(opts.batch_size, dataset_size - batch_begin);
+  return {batch_begin + whole * opts.shard_rank / opts.shard_count,
+          batch_begin + whole * (opts.shard_rank + 1) / opts.shard_count};
+}
+
 DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, LoaderOptions opts, Transform sample_transform,
                        BatchTransform batch_transform)
     : dataset_(std::move(dataset)),
@@ -49,29 +81,14 @@ DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, LoaderOptions opt
 
 DataLoader::~DataLoader() { stop_workers(); }
 
-int64_t DataLoader::num_batches() const {
-  const int64_t n = dataset_->size();
-  return opts_.drop_last ? n / opts_.batch_size : (n + opts_.batch_size - 1) / opts_.batch_size;
-}
+int64_t DataLoader::num_batches() const { return batch_count(opts_, dataset_->size()); }
 
 std::vector<int64_t> DataLoader::epoch_order(int64_t epoch) const {
-  std::vector<int64_t> order(static_cast<size_t>(dataset_->size()));
-  std::iota(order.begin(), order.end(), 0);
-  if (opts_.shuffle) {
-    Generator gen(derive_seed(opts_.seed, kShuffleTag, static_cast<uint64_t>(epoch)));
-    for (int64_t i = static_cast<int64_t>(order.size()) - 1; i > 0; --i)
-      std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(gen.randint(0, i + 1))]);
-  }
-  return order;
+  return data::epoch_order(dataset_->size(), opts_.shuffle, opts_.seed, epoch);
 }
 
 Batch DataLoader::load_batch(int64_t epoch, int64_t batch_index, const std::vector<int64_t>& order) const {
-  KCHECK(batch_index >= 0 && batch_index < num_batches(), ValueError, "DataLoader: batch ", batch_index,
-         " out of range for an epoch of ", num_batches(), " batches");
-  const int64_t batch_begin = batch_index * opts_.batch_size;
-  const int64_t whole = std::min<int64_t>(opts_.batch_size, static_cast<int64_t>(order.size()) - batch_begin);
-  const int64_t begin = batch_begin + whole * opts_.shard_rank / opts_.shard_count;
-  const int64_t end = batch_begin + whole * (opts_.shard_rank + 1) / opts_.shard_count;
+  const auto [begin, end] = batch_positions(opts_, static_cast<int64_t>(order.size()), batch_index);
   Batch b;
   b.epoch = epoch;
   b.index = batch_index;
@@ -86,7 +103,7 @@ Batch DataLoader::load_batch(int64_t epoch, int64_t batch_index, const std::vect
     Example ex = dataset_->get(idx);
     FImage img = to_float(ex.image, opts_.to_float_scale);
     if (sample_transform_) {
-      Generator gen(derive_seed(opts_.seed, kSampleTag, static_cast<uint64_t>(epoch), static_cast<uint64_t>(idx)));
+      Generator gen(sample_seed(opts_.seed, epoch, idx));
       sample_transform_(img, gen);
     }
     if (i == 0) {
@@ -104,7 +121,7 @@ Batch DataLoader::load_batch(int64_t epoch, int64_t batch_index, const std::vect
   }
   b.labels = Tensor::from_vector_i64(labels, {n});
   if (batch_transform_) {
-    Generator gen(derive_seed(opts_.seed, kBatchTag, static_cast<uint64_t>(epoch), static_cast<uint64_t>(batch_index)));
+    Generator gen(batch_seed(opts_.seed, epoch, batch_index));
     batch_transform_(b, gen);
   }
   if (pin_) b.pinned = stage_pinned(b);  // on the worker thread, off the training loop

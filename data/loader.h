@@ -23,6 +23,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "data/batch.h"
@@ -54,8 +55,30 @@ struct LoaderOptions {
 
 // Derives independent 64-bit seeds from a tuple (splitmix64 mixing).
 uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b = 0, uint64_t c = 0);
+// The generators every loader uses: a sample's augmentation, a batch's mixing.
+uint64_t sample_seed(uint64_t seed, int64_t epoch, int64_t dataset_index);
+uint64_t batch_seed(uint64_t seed, int64_t epoch, int64_t batch_index);
+// Dataset indices of `epoch` (a shuffle seeded by (seed, epoch), or identity).
+std::vector<int64_t> epoch_order(int64_t size, bool shuffle, uint64_t seed, int64_t epoch);
+// Positions [first, second) of `order` that batch `batch_index` gives this rank.
+std::pair<int64_t, int64_t> batch_positions(const LoaderOptions& opts, int64_t dataset_size, int64_t batch_index);
+int64_t batch_count(const LoaderOptions& opts, int64_t dataset_size);
 
-class DataLoader {
+// What a trainer or an evaluation reads batches from: the threaded host
+// loader below, or the resident loader (data/resident_loader.h).
+class BatchLoader {
+ public:
+  virtual ~BatchLoader() = default;
+  virtual int64_t num_batches() const = 0;
+  virtual int64_t dataset_size() const = 0;
+  virtual const LoaderOptions& options() const = 0;
+  // Begins `epoch` at batch `start_batch` (0 for a fresh epoch; k to resume).
+  virtual void start_epoch(int64_t epoch, int64_t start_batch = 0) = 0;
+  // The next batch of the current epoch; false when the epoch is done.
+  virtual bool next(Batch& out) = 0;
+};
+
+class DataLoader : public BatchLoader {
  public:
   DataLoader(std::shared_ptr<const Dataset> dataset, LoaderOptions opts, Transform sample_transform = {},
              BatchTransform batch_transform = {});
@@ -63,15 +86,13 @@ class DataLoader {
   DataLoader(const DataLoader&) = delete;
   DataLoader& operator=(const DataLoader&) = delete;
 
-  int64_t num_batches() const;
-  int64_t dataset_size() const { return dataset_->size(); }
-  const LoaderOptions& options() const { return opts_; }
+  int64_t num_batches() const override;
+  int64_t dataset_size() const override { return dataset_->size(); }
+  const LoaderOptions& options() const override { return opts_; }
 
-  // Begins `epoch` at batch `start_batch` (0 for a fresh epoch; k to resume).
-  void start_epoch(int64_t epoch, int64_t start_batch = 0);
-  // The next batch of the current epoch; false when the epoch is done.
+  void start_epoch(int64_t epoch, int64_t start_batch = 0) override;
   // Errors from workers (a bad file) are rethrown here.
-  bool next(Batch& out);
+  bool next(Batch& out) override;
 
   // Resume state: the epoch and the index of the batch next() returns next.
   int64_t epoch() const { return epoch_; }

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 
 #include "engine/error.h"
 
@@ -27,7 +26,6 @@ float grey(const FImage& img, size_t p) {
   return img.c >= 3 ? 0.299f * px[0] + 0.587f * px[1] + 0.114f * px[2] : px[0];
 }
 
-bool coin(Generator& gen, double p) { return p >= 1.0 || (p > 0.0 && gen.uniform() < p); }
 double uniform(Generator& gen, double lo, double hi) { return lo + (hi - lo) * gen.uniform(); }
 
 void rgb_to_hsv(float r, float g, float b, float& h, float& s, float& v) {
@@ -78,6 +76,8 @@ void map_hsv(FImage& img, F f) {
 }
 
 }  // namespace
+
+bool coin(Generator& gen, double p) { return p >= 1.0 || (p > 0.0 && gen.uniform() < p); }
 
 FImage to_float(const Image& img, float scale) {
   FImage out(img.h, img.w, img.c);
@@ -551,177 +551,6 @@ Transform auto_augment_cifar10() {
     const auto& sub = kCifar10Policy[gen.randint(0, 25)];
     for (const SubPolicyOp& o : sub)
       if (gen.uniform() < o.prob) apply_op(img, o.op, o.magnitude / 9.0, false, gen);
-  };
-}
-
-// ------------------------------------------------------------------ batch level
-
-double sample_beta(double a, double b, Generator& gen) {
-  KCHECK(a > 0 && b > 0, ValueError, "sample_beta: parameters must be > 0, got ", a, ", ", b);
-  // Gamma(k, 1) by Marsaglia and Tsang (2000); k < 1 through Gamma(k + 1) * U^(1/k).
-  auto gamma = [&gen](double k) {
-    double boost = 1.0;
-    if (k < 1.0) {
-      boost = std::pow(std::max(gen.uniform(), 1e-300), 1.0 / k);
-      k += 1.0;
-    }
-    const double d = k - 1.0 / 3.0, c = 1.0 / std::sqrt(9.0 * d);
-    for (;;) {
-      const double x = gen.normal();
-      double v = 1.0 + c * x;
-      if (v <= 0) continue;
-      v = v * v * v;
-      const double u = gen.uniform();
-      if (u < 1.0 - 0.0331 * x * x * x * x || std::log(std::max(u, 1e-300)) < 0.5 * x * x + d * (1.0 - v + std::log(v)))
-        return d * v * boost;
-    }
-  };
-  const double x = gamma(a), y = gamma(b);
-  return x + y > 0 ? x / (x + y) : 0.5;
-}
-
-Tensor one_hot(const Tensor& labels, int64_t num_classes, float smoothing) {
-  KCHECK(num_classes > 0, ValueError, "one_hot: num_classes must be > 0");
-  const std::vector<int64_t> y = labels.to_vector_i64();
-  const auto n = static_cast<int64_t>(y.size());
-  Tensor t = Tensor::empty({n, num_classes});
-  float* p = t.data<float>();
-  const float off = smoothing / static_cast<float>(num_classes), on = 1.0f - smoothing + off;
-  for (int64_t i = 0; i < n; ++i) {
-    KCHECK(y[i] >= 0 && y[i] < num_classes, ValueError, "one_hot: label ", y[i], " out of range for ", num_classes,
-           " classes");
-    for (int64_t k = 0; k < num_classes; ++k) p[i * num_classes + k] = off;
-    p[i * num_classes + y[i]] = on;
-  }
-  return t;
-}
-
-namespace {
-
-void ensure_targets(Batch& b, int64_t num_classes) {
-  if (!b.targets.defined()) b.targets = one_hot(b.labels, num_classes);
-  KCHECK(b.targets.dim() == 2 && b.targets.size(1) == num_classes, ShapeError, "batch mixing: targets ",
-         shape_str(b.targets.shape()), " do not have ", num_classes, " classes");
-  b.images = b.images.contiguous();
-  b.targets = b.targets.contiguous();
-}
-
-std::vector<int64_t> permutation(int64_t n, Generator& gen) {
-  std::vector<int64_t> perm(static_cast<size_t>(n));
-  std::iota(perm.begin(), perm.end(), 0);
-  for (int64_t i = n - 1; i > 0; --i) std::swap(perm[i], perm[gen.randint(0, i + 1)]);
-  return perm;
-}
-
-}  // namespace
-
-void mix_batch(Batch& b, const std::vector<int64_t>& perm, double lambda, int64_t num_classes) {
-  ensure_targets(b, num_classes);
-  const int64_t n = b.images.size(0), per = b.images.numel() / std::max<int64_t>(n, 1);
-  const Tensor x0 = b.images.clone(), t0 = b.targets.clone();
-  const float* xs = x0.data<float>();
-  const float* ts = t0.data<float>();
-  float* x = b.images.data<float>();
-  float* t = b.targets.data<float>();
-  const auto l = static_cast<float>(lambda);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t j = perm[i];
-    for (int64_t k = 0; k < per; ++k) x[i * per + k] = l * xs[i * per + k] + (1 - l) * xs[j * per + k];
-    for (int64_t k = 0; k < num_classes; ++k)
-      t[i * num_classes + k] = l * ts[i * num_classes + k] + (1 - l) * ts[j * num_classes + k];
-  }
-}
-
-void paste_box(Batch& b, const std::vector<int64_t>& perm, int top, int left, int bh, int bw, int64_t num_classes) {
-  ensure_targets(b, num_classes);
-  const int64_t n = b.images.size(0), H = b.images.size(1), W = b.images.size(2), C = b.images.size(3);
-  const Tensor x0 = b.images.clone(), t0 = b.targets.clone();
-  const float* xs = x0.data<float>();
-  const float* ts = t0.data<float>();
-  float* x = b.images.data<float>();
-  float* t = b.targets.data<float>();
-  const double kept = 1.0 - static_cast<double>(bh) * bw / static_cast<double>(H * W);
-  const auto l = static_cast<float>(kept);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t j = perm[i];
-    for (int64_t y = top; y < top + bh; ++y)
-      for (int64_t xx = left; xx < left + bw; ++xx)
-        for (int64_t c = 0; c < C; ++c) x[((i * H + y) * W + xx) * C + c] = xs[((j * H + y) * W + xx) * C + c];
-    for (int64_t k = 0; k < num_classes; ++k)
-      t[i * num_classes + k] = l * ts[i * num_classes + k] + (1 - l) * ts[j * num_classes + k];
-  }
-}
-
-BatchTransform mixup(double alpha, int64_t num_classes, double p) {
-  KCHECK(alpha > 0, ValueError, "mixup: alpha must be > 0, got ", alpha);
-  return [=](Batch& b, Generator& gen) {
-    if (!coin(gen, p)) {
-      ensure_targets(b, num_classes);
-      return;
-    }
-    const double lambda = sample_beta(alpha, alpha, gen);
-    mix_batch(b, permutation(b.size(), gen), lambda, num_classes);
-  };
-}
-
-BatchTransform cutmix(double alpha, int64_t num_classes, double p) {
-  KCHECK(alpha > 0, ValueError, "cutmix: alpha must be > 0, got ", alpha);
-  return [=](Batch& b, Generator& gen) {
-    if (!coin(gen, p)) {
-      ensure_targets(b, num_classes);
-      return;
-    }
-    const auto H = static_cast<int>(b.images.size(1)), W = static_cast<int>(b.images.size(2));
-    const double lambda = sample_beta(alpha, alpha, gen);
-    const double r = std::sqrt(1.0 - lambda);
-    const int ch = static_cast<int>(gen.randint(0, H)), cw = static_cast<int>(gen.randint(0, W));
-    const int bh = static_cast<int>(H * r), bw = static_cast<int>(W * r);
-    const int y0 = std::max(0, ch - bh / 2), y1 = std::min(H, ch + bh / 2);
-    const int x0 = std::max(0, cw - bw / 2), x1 = std::min(W, cw + bw / 2);
-    paste_box(b, permutation(b.size(), gen), y0, x0, y1 - y0, x1 - x0, num_classes);
-  };
-}
-
-BatchTransform ricap(double beta, int64_t num_classes, double p) {
-  KCHECK(beta > 0, ValueError, "ricap: beta must be > 0, got ", beta);
-  return [=](Batch& b, Generator& gen) {
-    ensure_targets(b, num_classes);
-    if (!coin(gen, p)) return;
-    const int64_t n = b.size(), H = b.images.size(1), W = b.images.size(2), C = b.images.size(3);
-    const auto w = static_cast<int64_t>(std::lround(W * sample_beta(beta, beta, gen)));
-    const auto h = static_cast<int64_t>(std::lround(H * sample_beta(beta, beta, gen)));
-    const int64_t ws[4] = {w, W - w, w, W - w}, hs[4] = {h, h, H - h, H - h};
-    const int64_t ox[4] = {0, w, 0, w}, oy[4] = {0, 0, h, h};
-    const Tensor x0 = b.images.clone(), t0 = b.targets.clone();
-    const float* xs = x0.data<float>();
-    const float* ts = t0.data<float>();
-    float* x = b.images.data<float>();
-    float* t = b.targets.data<float>();
-    std::fill(t, t + n * num_classes, 0.0f);
-    for (int k = 0; k < 4; ++k) {
-      const std::vector<int64_t> perm = permutation(n, gen);
-      const float area = static_cast<float>(ws[k] * hs[k]) / static_cast<float>(W * H);
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t j = perm[i];
-        // A random ws x hs crop of image j, placed in quadrant k of image i.
-        const int64_t sx = gen.randint(0, W - ws[k] + 1), sy = gen.randint(0, H - hs[k] + 1);
-        for (int64_t y = 0; y < hs[k]; ++y)
-          for (int64_t xx = 0; xx < ws[k]; ++xx)
-            for (int64_t c = 0; c < C; ++c)
-              x[((i * H + oy[k] + y) * W + ox[k] + xx) * C + c] = xs[((j * H + sy + y) * W + sx + xx) * C + c];
-        for (int64_t c = 0; c < num_classes; ++c) t[i * num_classes + c] += area * ts[j * num_classes + c];
-      }
-    }
-  };
-}
-
-BatchTransform mixup_or_cutmix(double mixup_alpha, double cutmix_alpha, int64_t num_classes, double switch_prob) {
-  BatchTransform mix = mixup(mixup_alpha, num_classes), cut = cutmix(cutmix_alpha, num_classes);
-  return [=](Batch& b, Generator& gen) {
-    if (gen.uniform() < switch_prob)
-      cut(b, gen);
-    else
-      mix(b, gen);
   };
 }
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "data/batch.h"
+#include "data/batch_mix.h"
 #include "data/dataset.h"
 #include "engine/random.h"
 #include "engine/tensor.h"
@@ -72,6 +73,8 @@ void adjust_sharpness(FImage& img, float factor);  // blend with a 3x3 smoothed 
 void invert(FImage& img);
 
 // ---- random transforms
+// True with probability p (one draw unless p is 0 or 1).
+bool coin(Generator& gen, double p);
 using Transform = std::function<void(FImage&, Generator&)>;
 
 Transform compose(std::vector<Transform> transforms);
@@ -102,24 +105,6 @@ Transform rand_augment(int n, int m, int levels = 30);
 // CIFAR-10 (paper appendix, Table 7): pick one sub-policy, apply its two ops
 // with their probabilities and magnitudes (0..9 over the ranges of Table 1).
 Transform auto_augment_cifar10();
-
-// ---- batch level: soft targets [N, num_classes]
-using BatchTransform = std::function<void(Batch&, Generator&)>;
-// One-hot targets (with optional label smoothing) from batch.labels; kept when already set.
-Tensor one_hot(const Tensor& labels, int64_t num_classes, float smoothing = 0.0f);
-// MixUp (Zhang et al. 2018): lambda ~ Beta(alpha, alpha), x = lambda x + (1 - lambda) x[perm].
-BatchTransform mixup(double alpha, int64_t num_classes, double p = 1.0);
-// CutMix (Yun et al. 2019): a box of area (1 - lambda) from x[perm]; lambda re-set to the exact area kept.
-BatchTransform cutmix(double alpha, int64_t num_classes, double p = 1.0);
-// RICAP (Takahashi et al. 2018): four random crops tiled around a boundary point
-// drawn from Beta(beta, beta); targets weighted by the area of each crop.
-BatchTransform ricap(double beta, int64_t num_classes, double p = 1.0);
-// Either MixUp or CutMix per batch (switch_prob chooses CutMix).
-BatchTransform mixup_or_cutmix(double mixup_alpha, double cutmix_alpha, int64_t num_classes, double switch_prob = 0.5);
-double sample_beta(double a, double b, Generator& gen);
-// The deterministic cores, for tests: mix rows with perm by lambda / paste a box.
-void mix_batch(Batch& batch, const std::vector<int64_t>& perm, double lambda, int64_t num_classes);
-void paste_box(Batch& batch, const std::vector<int64_t>& perm, int top, int left, int bh, int bw, int64_t num_classes);
 
 // ---- test-time augmentation
 struct TTAOptions {

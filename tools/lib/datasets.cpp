@@ -100,23 +100,20 @@ data::Transform eval_transform(int height, int width, const Normalization& n) {
   return data::compose({data::resize(height, width), data::normalize(n.mean, n.std)});
 }
 
-data::BatchTransform batch_mixing(const TrainConfig& c, int64_t num_classes) {
+data::BatchMixer batch_mixer(const TrainConfig& c) {
   const double total = c.mixup + c.cutmix + c.ricap;
   if (total <= 0) return {};
   KCHECK(total <= 1.0 + 1e-9, ValueError, "--mixup + --cutmix + --ricap probabilities sum to ", total,
          "; they are exclusive per batch, so the sum must be at most 1");
-  data::BatchTransform mix = data::mixup(c.mix_alpha, num_classes), cut = data::cutmix(c.mix_alpha, num_classes),
-                       ric = data::ricap(0.3, num_classes);
-  const double pm = c.mixup, pc = c.cutmix, pr = c.ricap;
-  return [=](data::Batch& b, Generator& g) {
-    const double u = g.uniform();
-    if (u < pm)
-      mix(b, g);
-    else if (u < pm + pc)
-      cut(b, g);
-    else if (u < pm + pc + pr)
-      ric(b, g);
-  };
+  return data::choose_mixer({{c.mixup, data::mixup_mixer(c.mix_alpha)},
+                             {c.cutmix, data::cutmix_mixer(c.mix_alpha)},
+                             {c.ricap, data::ricap_mixer(0.3)}});
+}
+
+data::BatchTransform batch_mixing(const TrainConfig& c, int64_t num_classes) {
+  data::BatchMixer mixer = batch_mixer(c);
+  if (!mixer) return {};
+  return data::mixing_transform(std::move(mixer), num_classes);
 }
 
 }  // namespace kestrel::tools

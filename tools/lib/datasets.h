@@ -25,6 +25,7 @@ Normalization normalization_for(const std::string& dataset, const data::Dataset&
 data::Transform train_transform(const TrainConfig& c, int height, int width, const Normalization& n);
 data::Transform eval_transform(int height, int width, const Normalization& n);
 // MixUp / CutMix / RICAP chosen per batch with their probabilities; empty when all are 0.
+data::BatchMixer batch_mixer(const TrainConfig& c);
 data::BatchTransform batch_mixing(const TrainConfig& c, int64_t num_classes);
 
 }  // namespace kestrel::tools
