@@ -444,3 +444,20 @@ TEST(CudaTrain, TrainRunOnCudaMatchesCpuAndItsCheckpointsLoadOnCpu) {
   kestrel::testing::expect_checkpoints_match(on_cuda.out + "/last.safetensors", resumed + "/last.safetensors", 1e-3,
                                              1e-3, "resumed on CPU");
 }
+
+TEST(CudaTrain, ResidentLoaderRunOnCudaEqualsTheThreadedRun) {
+  KESTREL_REQUIRE_CUDA();
+  const std::string data = kestrel::testing::write_pattern_folder_dataset("cuda_resident_data");
+  tools::TrainConfig threads = folder_config(data, "cuda_loader_threads", "cuda");
+  threads.cutmix = 0.5;
+  threads.cutout = 0.5;
+  threads.loader = "threads";
+  tools::TrainConfig resident = threads;
+  resident.loader = "resident";
+  resident.out = kestrel::testing::temp_path("cuda_loader_resident");
+  ASSERT_TRUE(tools::train(threads).completed);
+  ASSERT_TRUE(tools::train(resident).completed);
+  // The same batches reach the same kernels: only nondeterministic kernels could part them.
+  kestrel::testing::expect_checkpoints_match(threads.out + "/last.safetensors", resident.out + "/last.safetensors",
+                                             1e-6, 1e-5, "resident vs threaded loader on CUDA");
+}

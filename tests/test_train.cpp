@@ -55,6 +55,51 @@ TEST(Train, ResumedRunMatchesAnUninterruptedRun) {
                                              "resumed on the CPU");
 }
 
+TEST(Train, TheResidentLoaderTrainsToTheSameWeightsAndResumesAThreadedRun) {
+  REQUIRE_FASHION_MNIST();
+  tools::TrainConfig threads = kestrel::testing::fashion_mnist_config("loader_threads");
+  threads.limit_train = 384;
+  threads.cutout = 0.5;
+  threads.cutmix = 0.3;
+  threads.mixup = 0.3;
+  threads.ricap = 0.3;
+  threads.loader = "threads";
+  ASSERT_TRUE(tools::train(threads).completed);
+  tools::TrainConfig resident = threads;
+  resident.loader = "resident";
+  resident.out = kestrel::testing::temp_path("loader_resident");
+  ASSERT_TRUE(tools::train(resident).completed);
+  kestrel::testing::expect_checkpoints_match(threads.out + "/last.safetensors", resident.out + "/last.safetensors",
+                                             0.0, 0.0, "resident vs threaded loader");
+
+  // Killed under one loader, resumed under the other: the same weights again.
+  tools::TrainConfig killed = threads;
+  killed.out = kestrel::testing::temp_path("loader_killed");
+  killed.stop_after_steps = 7;  // 6 steps per epoch: inside epoch 2
+  ASSERT_FALSE(tools::train(killed).completed);
+  killed.stop_after_steps = 0;
+  killed.overwrite = false;
+  killed.resume = true;
+  killed.loader = "resident";
+  ASSERT_TRUE(tools::train(killed).completed);
+  kestrel::testing::expect_checkpoints_match(threads.out + "/last.safetensors", killed.out + "/last.safetensors",
+                                             0.0, 0.0, "threaded run resumed on the resident loader");
+
+  // What the resident loader cannot do is named.
+  tools::TrainConfig policy = threads;
+  policy.out = kestrel::testing::temp_path("loader_policy");
+  policy.loader = "resident";
+  policy.auto_augment = true;
+  try {
+    tools::train(policy);
+    FAIL() << "expected ValueError";
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("--loader resident cannot be used: --auto-augment runs on the host"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(Train, AnExistingRunFolderIsNeverOverwrittenWithoutConsent) {
   REQUIRE_FASHION_MNIST();
   tools::TrainConfig c = kestrel::testing::fashion_mnist_config("existing");

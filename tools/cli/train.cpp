@@ -86,6 +86,10 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--limit-test", c->limit_test, "use only N test images (the first; an image folder's spread over its classes)");
   cmd->add_flag("--skip-bad", c->skip_bad, "warn about and skip unreadable images instead of stopping");
   cmd->add_option("--workers", c->workers, "data loader threads")->capture_default_str();
+  cmd->add_option("--loader", c->loader,
+                  "auto, threads or resident (images kept on the device, batches built there; "
+                  "auto: resident on CUDA when the augmentations allow)")
+      ->capture_default_str();
   cmd->add_option("--epochs", c->epochs, kind == Kind::Qat ? "epochs (0: post-training quantization only)" : "epochs")
       ->capture_default_str();
   cmd->add_option("--batch-size,-b", c->batch_size,

@@ -100,6 +100,58 @@ data::Transform eval_transform(int height, int width, const Normalization& n) {
   return data::compose({data::resize(height, width), data::normalize(n.mean, n.std)});
 }
 
+data::ResidentAugment resident_train_augment(const TrainConfig& c, int height, const Normalization& n) {
+  data::ResidentAugment a;  // the resident twin of train_transform's steps
+  if (c.random_crop) a.crop_padding = std::max(2, height / 8);
+  if (c.hflip) a.hflip = 0.5;
+  if (c.cutout > 0) {
+    a.cutout_size = std::max(4, height / 2);
+    a.cutout_p = c.cutout;
+  }
+  a.mean = n.mean;
+  a.std = n.std;
+  return a;
+}
+
+data::ResidentAugment resident_eval_augment(const Normalization& n) {
+  data::ResidentAugment a;
+  a.mean = n.mean;
+  a.std = n.std;
+  return a;
+}
+
+std::string resident_unsupported(const TrainConfig& c, bool train, const data::Dataset& ds, int height, int width) {
+  if (train && c.auto_augment) return "--auto-augment runs on the host";
+  if (train && !c.randaugment.empty()) return "--randaugment runs on the host";
+  const data::Image first = ds.get(0).image;
+  if (first.h != height || first.w != width)
+    return "the images are " + std::to_string(first.h) + "x" + std::to_string(first.w) + " and need resizing to " +
+           std::to_string(height) + "x" + std::to_string(width);
+  return "";
+}
+
+LoaderChoice make_loader(const TrainConfig& c, std::shared_ptr<const data::Dataset> ds, const data::LoaderOptions& lo,
+                         bool train, int height, int width, const Normalization& n, int64_t num_classes,
+                         Device device) {
+  const std::string why_not = resident_unsupported(c, train, *ds, height, width);
+  KCHECK(c.loader != "resident" || why_not.empty(), ValueError, "--loader resident cannot be used: ", why_not);
+  const bool resident = c.loader == "resident" ||
+                        (c.loader == "auto" && device.is_cuda() && why_not.empty() && c.dataset != "folder" &&
+                         data::resident_size_bytes(*ds) <= kAutoResidentBytes);
+  LoaderChoice choice;
+  choice.resident = resident;
+  if (resident) {
+    choice.loader = std::make_unique<data::ResidentLoader>(
+        *ds, lo, train ? resident_train_augment(c, height, n) : resident_eval_augment(n),
+        train ? batch_mixer(c) : data::BatchMixer(), num_classes, device);
+  } else {
+    choice.loader = std::make_unique<data::DataLoader>(
+        ds, lo, train ? train_transform(c, height, width, n) : eval_transform(height, width, n),
+        train ? batch_mixing(c, num_classes) : data::BatchTransform());
+  }
+  return choice;
+}
+
 data::BatchMixer batch_mixer(const TrainConfig& c) {
   const double total = c.mixup + c.cutmix + c.ricap;
   if (total <= 0) return {};

@@ -7,6 +7,7 @@
 
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "data/resident_loader.h"
 #include "data/transforms.h"
 #include "tools/lib/train_config.h"
 
@@ -24,6 +25,24 @@ Normalization normalization_for(const std::string& dataset, const data::Dataset&
 
 data::Transform train_transform(const TrainConfig& c, int height, int width, const Normalization& n);
 data::Transform eval_transform(int height, int width, const Normalization& n);
+// The resident loader's twins of train_transform and eval_transform.
+data::ResidentAugment resident_train_augment(const TrainConfig& c, int height, const Normalization& n);
+data::ResidentAugment resident_eval_augment(const Normalization& n);
+// Why the resident loader cannot give this run's training (or evaluation)
+// batches of `ds` at height x width; empty when it can.
+std::string resident_unsupported(const TrainConfig& c, bool train, const data::Dataset& ds, int height, int width);
+
+// The loader --loader asks for (auto: resident on CUDA when supported and the
+// images take at most kAutoResidentBytes), with the train or eval augmentation.
+constexpr int64_t kAutoResidentBytes = 4LL << 30;
+struct LoaderChoice {
+  std::unique_ptr<data::BatchLoader> loader;
+  bool resident = false;
+};
+LoaderChoice make_loader(const TrainConfig& c, std::shared_ptr<const data::Dataset> ds, const data::LoaderOptions& lo,
+                         bool train, int height, int width, const Normalization& n, int64_t num_classes,
+                         Device device);
+
 // MixUp / CutMix / RICAP chosen per batch with their probabilities; empty when all are 0.
 data::BatchMixer batch_mixer(const TrainConfig& c);
 data::BatchTransform batch_mixing(const TrainConfig& c, int64_t num_classes);

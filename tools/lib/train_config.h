@@ -22,6 +22,10 @@ struct TrainConfig {
   int64_t limit_test = 0;
   bool skip_bad = false;
   int workers = 2;
+  // threads: host workers decode and augment; resident: the images live on
+  // the device and batches are built there (data/resident_loader.h); auto:
+  // resident on CUDA when the augmentations allow it, else threads.
+  std::string loader = "auto";
 
   // optimisation
   int64_t epochs = 10;

@@ -154,7 +154,7 @@ bool prepare_out_dir(const TrainConfig& c) {
 
 }  // namespace
 
-EvalResult evaluate(nn::Module& model, data::DataLoader& loader, int64_t num_classes, bool progress,
+EvalResult evaluate(nn::Module& model, data::BatchLoader& loader, int64_t num_classes, bool progress,
                     const std::string& label, bool tta) {
   EvalResult r(num_classes);
   const Device device = module_device(model);
@@ -169,7 +169,7 @@ EvalResult evaluate(nn::Module& model, data::DataLoader& loader, int64_t num_cla
     Tensor logits;
     if (tta) {
       std::vector<Tensor> outs;  // views are made on the host; tta_average returns host logits
-      for (const Tensor& v : data::tta_views(b.images)) outs.push_back(logits_f32(model(v.to(device))));
+      for (const Tensor& v : data::tta_views(b.images.cpu())) outs.push_back(logits_f32(model(v.to(device))));
       logits = data::tta_average(outs);
     } else {
       logits = logits_f32(model(data::copy_batch_to_device(b, device).images));
@@ -213,6 +213,7 @@ TrainSummary train(TrainConfig c) {
     saved.progress = c.progress;
     saved.stop_after_steps = c.stop_after_steps;
     saved.workers = c.workers;
+    saved.loader = c.loader;  // both loaders give the same batches
     saved.device = c.device;  // checkpoints move between devices
     c = saved;
     check_config_fits_process(c, device);  // the run's own --amp and batch, on this process
@@ -269,13 +270,14 @@ TrainSummary train(TrainConfig c) {
   lo.pin_memory = device.is_cuda();
   lo.shard_rank = dist::rank();
   lo.shard_count = world;
-  data::DataLoader train_loader(train_set, lo, train_transform(c, info.height, info.width, norm),
-                                batch_mixing(c, classes));
+  LoaderChoice train_choice = make_loader(c, train_set, lo, true, info.height, info.width, norm, classes, device);
   data::LoaderOptions eo = lo;
   eo.shuffle = false;
   eo.drop_last = false;
   eo.batch_size = std::max<int64_t>(c.batch_size, 256);
-  data::DataLoader test_loader(test_set, eo, eval_transform(info.height, info.width, norm));
+  LoaderChoice test_choice = make_loader(c, test_set, eo, false, info.height, info.width, norm, classes, device);
+  data::BatchLoader& train_loader = *train_choice.loader;
+  data::BatchLoader& test_loader = *test_choice.loader;
 
   KCHECK(train_loader.num_batches() > 0, ValueError, "--batch-size ", c.batch_size, " is larger than the ",
          train_set->size(), " training images (the last partial batch is dropped)");
@@ -321,7 +323,8 @@ TrainSummary train(TrainConfig c) {
             << train_set->size() << " train / " << test_set->size() << " test images, " << classes
             << " classes, device " << device.str()
             << (world > 1 ? " x " + std::to_string(world) + " processes (" + dist::backend_name() + ")" : "")
-            << (c.amp == "off" ? "" : ", amp " + c.amp) << ", " << c.epochs << " epochs\n";
+            << (c.amp == "off" ? "" : ", amp " + c.amp) << ", " << c.epochs << " epochs, "
+            << (train_choice.resident ? "resident loader" : "threaded loader") << "\n";
 
   TrainSummary summary;
   summary.out_dir = c.out;

@@ -37,7 +37,7 @@ struct EvalResult {
 // Runs the model over a loader in eval mode without gradients. Under an
 // AutocastGuard (engine/autocast.h) the forward runs in f16/bf16 on CUDA; the
 // logits are cast to f32 before the loss and metrics.
-EvalResult evaluate(nn::Module& model, data::DataLoader& loader, int64_t num_classes, bool progress,
+EvalResult evaluate(nn::Module& model, data::BatchLoader& loader, int64_t num_classes, bool progress,
                     const std::string& label = "eval", bool tta = false);
 
 }  // namespace kestrel::tools
