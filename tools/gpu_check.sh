@@ -148,6 +148,14 @@ if [ -n "${kestrel_bin:-}" ] && [ -x "$kestrel_bin" ] && [ -f "$fmnist/train-ima
     status=1
   fi
   tail -15 "$logdir/quickstart.log"
+  # The two loaders on the same run (same batches, so the same losses): images per second.
+  for loader in threads resident; do
+    echo "--- loader $loader" >>"$logdir/quickstart.log"
+    timeout "$(step_limit 60 10)" "$kestrel_bin" train --config tools/recipes/fashion_mnist_quickstart.toml --device cuda \
+      --data-dir "$fmnist" --epochs 2 --loader "$loader" --no-progress --out "$logdir/loader_$loader" --overwrite \
+      2>&1 | grep -E "^epoch|loader" >>"$logdir/quickstart.log" || status=1
+  done
+  grep -A3 -E "^--- loader" "$logdir/quickstart.log"
 fi
 
 # ---- whole models beside PyTorch (the device image has it): images per second
