@@ -1,4 +1,4 @@
-// Augmentations on float HWC images, and batch-level label mixing.
+// Augmentations on float HWC images (batch-level label mixing: data/batch_mix.h).
 //
 // Images reach the transforms as FImage with values in [0, 1] (to_float of a
 // u8 Image); colour ops clamp to [0, 1]; normalize() comes last. Every random
