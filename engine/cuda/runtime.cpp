@@ -7,7 +7,9 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -519,9 +521,61 @@ void copy_async(void* dst, Device dst_dev, const void* src, Device src_dev, size
                          dst_dev.str());
 }
 
+namespace {
+
+// Small host-to-device copies go through pinned blocks, so the host need not
+// wait for the stream to drain: each block returns to the pinned cache once
+// the event recorded after its copy has passed. A training step's small
+// uploads (labels, soft targets, the resident loader's batch plan) then keep
+// the host running ahead of the device.
+constexpr size_t kStagedUploadMax = size_t{1} << 20;
+constexpr size_t kMaxUploadsInFlight = 256;  // past this, wait for the oldest
+
+struct StagedUpload {
+  void* block;
+  std::unique_ptr<Event> done;
+};
+
+struct StagingQueue {
+  std::mutex mu;
+  std::deque<StagedUpload> in_flight;  // in stream order: the front finishes first
+};
+
+StagingQueue& staging_queue() {
+  static StagingQueue* q = new StagingQueue();
+  return *q;
+}
+
+void upload_staged(void* dst, Device dst_dev, const void* src, size_t nbytes) {
+  StagingQueue& q = staging_queue();
+  std::lock_guard<std::mutex> lock(q.mu);
+  while (!q.in_flight.empty() && (q.in_flight.size() >= kMaxUploadsInFlight || q.in_flight.front().done->query())) {
+    q.in_flight.front().done->synchronize();
+    pinned_free(q.in_flight.front().block);
+    q.in_flight.pop_front();
+  }
+  DeviceGuard g(dst_dev.index);
+  void* block = pinned_allocate(nbytes);
+  std::memcpy(block, src, nbytes);
+  cudaStream_t stream = current_stream(dst_dev.index);
+  auto done = std::make_unique<Event>(false);
+  try {
+    copy_async(dst, dst_dev, block, Device::cpu(), nbytes, stream);
+    done->record(stream);
+  } catch (...) {
+    pinned_free(block);  // the copy never started
+    throw;
+  }
+  q.in_flight.push_back({block, std::move(done)});
+}
+
+}  // namespace
+
 void copy_sync(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes) {
   if (nbytes == 0) return;
   require_device();
+  if (src_dev.is_cpu() && dst_dev.is_cuda() && nbytes <= kStagedUploadMax)
+    return upload_staged(dst, dst_dev, src, nbytes);
   const int dev = dst_dev.is_cuda() ? dst_dev.index : src_dev.index;
   DeviceGuard g(dev);
   cudaStream_t stream = current_stream(dev);

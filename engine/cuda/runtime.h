@@ -184,7 +184,10 @@ class PinnedBuffer {
 // memory makes host<->device copies truly asynchronous.
 void copy_async(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes,
                 cudaStream_t stream = nullptr);
-// Blocking copy (stream-ordered, then waits for that stream).
+// A copy the host may build on: when it returns, `src` may be reused and
+// `dst` holds the data for any later work on the current stream. It waits for
+// the stream, except for host-to-device copies of at most 1 MiB: those are
+// staged in pinned memory and not waited for (the host runs ahead).
 void copy_sync(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes);
 
 }  // namespace kestrel::cuda

@@ -1,5 +1,7 @@
 #include "tools/lib/trainer.h"
 
+#include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -151,6 +153,80 @@ bool prepare_out_dir(const TrainConfig& c) {
   dist::barrier();
   return false;
 }
+
+}  // namespace
+
+namespace {
+
+// An epoch's training loss and accuracy. On the CPU each step is read at
+// once. On CUDA the steps' losses and logits stay on the device and are read
+// in groups (after half a second or 64 steps), so the host is not made to
+// wait for the device every step and can queue the next step's work. A
+// non-finite loss stops the run, naming its batch, unless a loss scaler is on:
+// with fp16 loss scaling an inf/nan loss is not fatal, as in PyTorch (its
+// gradients are non-finite, so the scaler skips the step and backs off).
+class EpochTally {
+ public:
+  EpochTally(bool scaled, int64_t epoch, Device device) : scaled_(scaled), epoch_(epoch), device_(device) {}
+
+  void add(const Tensor& loss, const Tensor& logits, const data::Batch& b) {
+    pending_.push_back({loss.detach(), logits.detach(), b.labels.to_vector_i64(), b.index});
+    const bool due = device_.is_cpu() || pending_.size() >= kMaxPending ||
+                     std::chrono::duration<double>(Clock::now() - last_read_).count() >= kReadSeconds;
+    if (due) flush();
+  }
+
+  // Reads every pending step (one wait for the device).
+  void flush() {
+    for (const Step& s : pending_) {
+      const double loss_value = s.loss.item();
+      const bool loss_finite = std::isfinite(loss_value);
+      KCHECK(loss_finite || scaled_, ValueError, "training diverged: loss is ", loss_value, " at epoch ", epoch_ + 1,
+             " batch ", s.batch, " (try a lower --lr or --clip-grad)");
+      const Tensor host_logits = s.logits.device().is_cpu() ? s.logits : s.logits.cpu();
+      const std::vector<int64_t> pred = argmax(host_logits, 1).to_vector_i64();
+      for (size_t i = 0; i < s.labels.size(); ++i) correct_ += pred[i] == s.labels[i];
+      const auto n = static_cast<int64_t>(s.labels.size());
+      if (loss_finite) {
+        loss_sum_ += loss_value * static_cast<double>(n);
+        loss_seen_ += n;
+      }
+      seen_ += n;
+    }
+    pending_.clear();
+    last_read_ = Clock::now();
+  }
+
+  void sum_over_ranks() {
+    const std::vector<double> sums = dist::all_reduce_sum(
+        {loss_sum_, static_cast<double>(loss_seen_), static_cast<double>(seen_), static_cast<double>(correct_)});
+    loss_sum_ = sums[0];
+    loss_seen_ = static_cast<int64_t>(sums[1]);
+    seen_ = static_cast<int64_t>(sums[2]);
+    correct_ = static_cast<int64_t>(sums[3]);
+  }
+
+  double mean_loss() const { return loss_sum_ / static_cast<double>(std::max<int64_t>(loss_seen_, 1)); }
+  double accuracy() const { return static_cast<double>(correct_) / static_cast<double>(std::max<int64_t>(seen_, 1)); }
+  int64_t seen() const { return seen_; }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  static constexpr size_t kMaxPending = 64;
+  static constexpr double kReadSeconds = 0.5;
+  struct Step {
+    Tensor loss, logits;
+    std::vector<int64_t> labels;
+    int64_t batch;
+  };
+  bool scaled_;
+  int64_t epoch_;
+  Device device_;
+  std::vector<Step> pending_;
+  Clock::time_point last_read_ = Clock::now();
+  double loss_sum_ = 0.0;
+  int64_t loss_seen_ = 0, seen_ = 0, correct_ = 0;
+};
 
 }  // namespace
 
@@ -369,8 +445,8 @@ TrainSummary train(TrainConfig c) {
                   static_cast<long long>(c.epochs));
     ProgressBar bar(label, train_loader.num_batches(), c.progress);
     data::Batch b;
-    double loss_sum = 0.0;
-    int64_t seen = 0, loss_seen = 0, correct = 0, micro = 0, batches = 0, skipped_steps = 0;
+    EpochTally tally(scaler != nullptr, epoch, device);
+    int64_t seen = 0, micro = 0, batches = 0, skipped_steps = 0;
     while (train_loader.next(b)) {
       const data::DeviceBatch on_device = data::copy_batch_to_device(b, device);
       Tensor logits, teacher_logits;
@@ -382,24 +458,9 @@ TrainSummary train(TrainConfig c) {
       logits = logits_f32(logits);
       Tensor loss = training_loss(c, logits, on_device, classes);
       if (teachers) loss = distillation_loss(logits, teacher_logits, loss, c.distill_alpha, c.distill_temperature);
-      const double loss_value = loss.item();
-      // With fp16 loss scaling an inf/nan loss is not fatal, as in PyTorch: its
-      // gradients are non-finite, so the scaler skips the step and backs off.
-      const bool loss_finite = std::isfinite(loss_value);
-      KCHECK(loss_finite || scaler, ValueError, "training diverged: loss is ", loss_value, " at epoch ", epoch + 1,
-             " batch ", b.index, " (try a lower --lr or --clip-grad)");
       Tensor objective = c.grad_accum > 1 ? mul_scalar(loss, 1.0 / static_cast<double>(c.grad_accum)) : loss;
       (scaler ? scaler->scale(objective) : objective).backward();
-      {
-        const Tensor host_logits = device.is_cpu() ? logits.detach() : logits.detach().cpu();
-        const std::vector<int64_t> pred = argmax(host_logits, 1).to_vector_i64();
-        const std::vector<int64_t> y = b.labels.to_vector_i64();
-        for (size_t i = 0; i < y.size(); ++i) correct += pred[i] == y[i];
-      }
-      if (loss_finite) {
-        loss_sum += loss_value * static_cast<double>(b.size());
-        loss_seen += b.size();
-      }
+      tally.add(loss, logits, b);  // before the step: a diverged loss stops the run with the weights unchanged (CPU)
       seen += b.size();
       ++batches;
       if (++micro == c.grad_accum) {
@@ -423,25 +484,18 @@ TrainSummary train(TrainConfig c) {
       }
       const double secs = bar.elapsed_seconds();
       char extra[160];
-      std::snprintf(extra, sizeof(extra), "loss %.4f acc %s lr %.4g %.0f img/s",
-                    loss_sum / std::max<int64_t>(loss_seen, 1),
-                    fmt_pct(static_cast<double>(correct) / seen).c_str(), optimizer->lr(),
+      std::snprintf(extra, sizeof(extra), "loss %.4f acc %s lr %.4g %.0f img/s", tally.mean_loss(),
+                    fmt_pct(tally.accuracy()).c_str(), optimizer->lr(),
                     secs > 0 ? static_cast<double>(seen) * world / secs : 0.0);
       bar.update(batches, extra);
     }
     // Micro-batches left over when the batch count is not a multiple of
     // --grad-accum are dropped, so no gradient crosses an epoch (or a resume).
     if (micro != 0) optimizer->zero_grad();
+    tally.flush();
     const double train_secs = bar.elapsed_seconds();
     bar.finish();
-    if (world > 1) {
-      const std::vector<double> sums = dist::all_reduce_sum(
-          {loss_sum, static_cast<double>(loss_seen), static_cast<double>(seen), static_cast<double>(correct)});
-      loss_sum = sums[0];
-      loss_seen = static_cast<int64_t>(sums[1]);
-      seen = static_cast<int64_t>(sums[2]);
-      correct = static_cast<int64_t>(sums[3]);
-    }
+    if (world > 1) tally.sum_over_ranks();
 
     // Batch-norm statistics differ by rank (each saw its share): rank 0's
     // are evaluated and saved, as in PyTorch's DDP.
@@ -470,13 +524,13 @@ TrainSummary train(TrainConfig c) {
     nlohmann::json rec;
     rec["epoch"] = epoch + 1;
     rec["lr"] = optimizer->lr();
-    rec["train_loss"] = loss_sum / std::max<int64_t>(loss_seen, 1);
-    rec["train_top1"] = static_cast<double>(correct) / std::max<int64_t>(seen, 1);
+    rec["train_loss"] = tally.mean_loss();
+    rec["train_top1"] = tally.accuracy();
     rec["val_loss"] = val.loss;
     rec["val_top1"] = top1;
     rec["val_top5"] = val.metrics.top5();
     rec["epoch_seconds"] = train_secs + val.seconds;
-    rec["images_per_sec"] = train_secs > 0 ? seen / train_secs : 0.0;
+    rec["images_per_sec"] = train_secs > 0 ? static_cast<double>(tally.seen()) / train_secs : 0.0;
     if (scaler) {
       rec["loss_scale"] = scaler->current_scale();
       rec["skipped_steps"] = skipped_steps;
