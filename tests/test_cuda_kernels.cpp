@@ -645,6 +645,25 @@ TEST(CudaRuntime, AvailabilityQueryNeverThrows) {
   }
 }
 
+TEST_F(CudaKernels, SmallUploadsAreStagedSoTheHostBufferIsFreeAtOnce) {
+  // 300 uploads (more than the 256 kept in flight) of sizes on both sides of
+  // the 1 MiB staging limit, each host buffer overwritten right after its
+  // copy returns: every device tensor still holds what was copied.
+  std::vector<Tensor> on_device;
+  std::vector<std::vector<float>> expected;
+  for (int i = 0; i < 300; ++i) {
+    const int64_t n = i % 50 == 0 ? (int64_t{1} << 18) + 3 : 1 + i % 37;  // 1 MiB + 12 bytes, or a few floats
+    std::vector<float> values(static_cast<size_t>(n));
+    for (int64_t k = 0; k < n; ++k) values[static_cast<size_t>(k)] = static_cast<float>(i * 1000 + k % 1000);
+    Tensor host = Tensor::from_vector(values, {n});
+    on_device.push_back(host.to(Device::cuda()));
+    std::fill(host.data<float>(), host.data<float>() + n, -1.0f);  // the source may be reused at once
+    expected.push_back(std::move(values));
+  }
+  for (size_t i = 0; i < on_device.size(); ++i)
+    ASSERT_EQ(on_device[i].cpu().to_vector(), expected[i]) << "upload " << i;
+}
+
 TEST_F(CudaKernels, CachingAllocatorReusesFreedBlocksAndTracksStats) {
   cuda::empty_cache();
   const cuda::AllocatorStats s0 = cuda::allocator_stats();
