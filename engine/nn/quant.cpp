@@ -10,6 +10,7 @@
 #include "engine/ops/elementwise.h"
 #include "engine/ops/quantize.h"
 #include "engine/ops/reduce.h"
+#include "engine/ops/shape_ops.h"
 #include "engine/trace.h"
 
 namespace kestrel::nn {
@@ -48,9 +49,11 @@ constexpr double kMinAverageWeight = 0.01;
 std::vector<float> observe(Tensor range, const Tensor& x) {
   NoGradGuard no_grad;
   const Tensor flat = x.detach().reshape({-1});
-  const float hi = static_cast<float>(max(flat, 0).item());
-  const float lo = static_cast<float>(-max(neg(flat), 0).item());
-  std::vector<float> r = range.cpu().to_vector();
+  // The batch's extremes and the running range in one read (one device sync on CUDA).
+  const std::vector<float> read =
+      concat({max(flat, 0, true), neg(max(neg(flat), 0, true)), range.detach()}, 0).cpu().to_vector();
+  const float hi = read[0], lo = read[1];
+  std::vector<float> r(read.begin() + 2, read.end());
   const double n = r[2];
   const double w = std::max(1.0 / (n + 1.0), kMinAverageWeight);
   r[0] = static_cast<float>(n == 0 ? lo : r[0] + w * (lo - r[0]));
