@@ -92,7 +92,8 @@ TEST(CudaAssembleBatch, MatchesTheCpuReferenceExactly) {
     for (const bool mixed : {false, true}) {
       const std::vector<RowPlan> plan = mixed ? rows : std::vector<RowPlan>{};
       expect_cuda_matches_cpu([&](const std::vector<Tensor>& in) { return assemble_batch(in[0], views, plan, o); },
-                              {images}, kestrel::testing::Tolerance{0.0, 0.0}, what + (mixed ? " mixed" : " views"), false);
+                              {images}, kestrel::testing::Tolerance{0.0, 0.0}, what + (mixed ? " mixed" : " views"),
+                              false);
     }
   }
 }
@@ -130,7 +131,8 @@ TEST(CudaResidentLoader, EpochsOnTheDeviceEqualTheCpuLoadersExactly) {
       ASSERT_TRUE(b.labels.device().is_cpu());  // the trainer counts accuracy on the host
       const std::vector<float> x = a.images.to_vector(), y = b.images.cpu().to_vector();
       ASSERT_EQ(x.size(), y.size());
-      EXPECT_EQ(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)), 0) << "epoch " << epoch << " batch " << a.index;
+      EXPECT_EQ(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)), 0)
+          << "epoch " << epoch << " batch " << a.index;
       EXPECT_EQ(a.targets.to_vector(), b.targets.cpu().to_vector());
       EXPECT_EQ(a.labels.to_vector_i64(), b.labels.to_vector_i64());
     }
