@@ -9,7 +9,7 @@ namespace kestrel::tools {
 
 #define KESTREL_CONFIG_FIELDS(X)                                                                                 \
   X(model) X(num_classes) X(width_mult) X(depth_mult) X(image_size) X(dropout) X(drop_path) X(dataset)           \
-  X(data_dir) X(limit_train) X(limit_test) X(skip_bad) X(workers) X(loader) X(epochs) X(batch_size) X(lr)      \
+  X(data_dir) X(limit_train) X(limit_test) X(skip_bad) X(workers) X(loader) X(epochs) X(batch_size) X(lr)        \
   X(optimizer) X(momentum) X(nesterov) X(weight_decay) X(warmup_epochs) X(schedule) X(step_size)                 \
   X(step_gamma) X(label_smoothing) X(loss) X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp)               \
   X(early_stop) X(mixup) X(cutmix) X(ricap) X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop)           \
