@@ -166,4 +166,10 @@ TEST(CudaResidentLoader, AutoChoosesItOnCudaWhenTheAugmentationsAllow) {
   tools::TrainConfig folder = c;
   folder.dataset = "folder";  // images of any size: never chosen unasked
   EXPECT_FALSE(resident(folder, Device::cuda(), 8));
+  // The run says why it took the threaded loader.
+  EXPECT_EQ(tools::make_loader(policy, ds, lo, true, 8, 8, norm, 2, Device::cuda()).why_threads,
+            "--randaugment runs on the host");
+  EXPECT_EQ(tools::make_loader(c, ds, lo, true, 16, 16, norm, 2, Device::cuda()).why_threads,
+            "the images are 8x8 and need resizing to 16x16");
+  EXPECT_EQ(tools::make_loader(c, ds, lo, true, 8, 8, norm, 2, Device::cuda()).why_threads, "");
 }

@@ -135,10 +135,17 @@ LoaderChoice make_loader(const TrainConfig& c, std::shared_ptr<const data::Datas
                          Device device) {
   const std::string why_not = resident_unsupported(c, train, *ds, height, width);
   KCHECK(c.loader != "resident" || why_not.empty(), ValueError, "--loader resident cannot be used: ", why_not);
-  const bool resident = c.loader == "resident" ||
-                        (c.loader == "auto" && device.is_cuda() && why_not.empty() && c.dataset != "folder" &&
-                         data::resident_size_bytes(*ds) <= kAutoResidentBytes);
   LoaderChoice choice;
+  if (c.loader == "auto" && device.is_cuda()) {
+    if (!why_not.empty())
+      choice.why_threads = why_not;
+    else if (c.dataset == "folder")
+      choice.why_threads = "image folders may hold images of several sizes";
+    else if (data::resident_size_bytes(*ds) > kAutoResidentBytes)
+      choice.why_threads = "the images take more than 4 GiB";
+  }
+  const bool resident =
+      c.loader == "resident" || (c.loader == "auto" && device.is_cuda() && choice.why_threads.empty());
   choice.resident = resident;
   if (resident) {
     choice.loader = std::make_unique<data::ResidentLoader>(

@@ -38,6 +38,7 @@ constexpr int64_t kAutoResidentBytes = 4LL << 30;
 struct LoaderChoice {
   std::unique_ptr<data::BatchLoader> loader;
   bool resident = false;
+  std::string why_threads;  // on CUDA under auto: why the threaded loader was taken
 };
 LoaderChoice make_loader(const TrainConfig& c, std::shared_ptr<const data::Dataset> ds, const data::LoaderOptions& lo,
                          bool train, int height, int width, const Normalization& n, int64_t num_classes,
