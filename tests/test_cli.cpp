@@ -79,6 +79,18 @@ TEST(Cli, BadFlagValuesAreOneLineErrors) {
   expect_one_line_error(kestrel_cli("train --optimizer lbfgs --out " + temp_path("r5")), "sgd, adamw", "optimizer");
   expect_one_line_error(kestrel_cli("train --model nope --limit-train 256 --out " + temp_path("r6") + " --no-progress"),
                         "valid models", "model name");
+  expect_one_line_error(kestrel_cli("train --loader gpu --out " + temp_path("r7")), "auto, threads, resident",
+                        "loader name");
+  const std::string folder = make_folder("loader_policy");
+  expect_one_line_error(kestrel_cli("train --dataset folder --data-dir " + folder + " --loader resident --auto-augment" +
+                                    " --epochs 1 --out " + temp_path("r8") + " --no-progress"),
+                        "--loader resident cannot be used: --auto-augment runs on the host", "resident refusal");
+  // What the flag parser refuses is one line too.
+  expect_one_line_error(kestrel_cli("train --auto-augment true --out " + temp_path("r9")), "not expected: true",
+                        "stray value");
+  expect_one_line_error(kestrel_cli("train --epochs ten --out " + temp_path("r10")), "--epochs", "non-numeric value");
+  expect_one_line_error(kestrel_cli("frobnicate"), "unknown command 'frobnicate' (commands: summary, train,",
+                        "unknown subcommand");
 }
 
 // Every recipe's keys are flags of the command it is for (distill_* for

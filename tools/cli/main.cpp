@@ -1,5 +1,6 @@
 // kestrel: one command, many subcommands.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 #include <thread>
@@ -31,11 +32,23 @@ int main(int argc, char** argv) {
   kestrel::cli::register_bench(app);
   try {
     kestrel::dist::init();
+    if (argc > 1 && argv[1][0] != '-') {  // CLI11 would only say "A subcommand is required"
+      std::string names;
+      bool known = false;
+      for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+        known |= sub->check_name(argv[1]);
+        names += (names.empty() ? "" : ", ") + sub->get_name();
+      }
+      KCHECK(known, ValueError, "unknown command '", argv[1], "' (commands: ", names, ")");
+    }
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
-    if (code != 0) kestrel::dist::abort(code);
-    return 0;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    // CLI11 prints two lines; a bad flag is one line here, like every other error.
+    std::string what = e.what();
+    std::replace(what.begin(), what.end(), '\n', ' ');
+    if (kestrel::dist::is_main()) std::cerr << ("kestrel: error: " + what + " (see --help)\n") << std::flush;
+    kestrel::dist::abort(e.get_exit_code());
   } catch (const std::exception& e) {
     // A failing rank of a data-parallel job (mpirun) ends the whole job, so no
     // rank is left waiting in a collective. An error every rank meets (a bad
