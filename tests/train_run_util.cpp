@@ -83,6 +83,19 @@ std::string kill_then_resume(const tools::TrainConfig& full, const std::string& 
   return killed.out;
 }
 
+void expect_run_diverges(tools::TrainConfig c) {
+  c.lr = 1e12;
+  c.clip_grad = 0;
+  c.warmup_epochs = 0;
+  try {
+    tools::train(c);
+    ADD_FAILURE() << c.out << ": expected the run to stop";
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("training diverged: loss is "), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(" at epoch 1 batch "), std::string::npos) << e.what();
+  }
+}
+
 void expect_checkpoints_match(const std::string& a_path, const std::string& b_path, double atol, double rtol,
                               const std::string& what) {
   const io::SafetensorsContents a = io::load_safetensors(a_path);

@@ -36,6 +36,11 @@ tools::TrainConfig pattern_folder_config(const std::string& data, const std::str
 std::string kill_then_resume(const tools::TrainConfig& full, const std::string& killed_out, int64_t stop_after_steps,
                              const std::string& resume_device = "");
 
+// Trains `c` at a learning rate of 1e12 (no clipping, no warmup), so the loss
+// goes inf or nan after the first update, and expects the run to stop with
+// "training diverged: loss is ... at epoch 1 batch N".
+void expect_run_diverges(tools::TrainConfig c);
+
 // Every tensor of checkpoint b equals a's (same names, same order): floating
 // ones within atol + rtol * |a| (0, 0: bit for bit), the rest exactly.
 void expect_checkpoints_match(const std::string& a_path, const std::string& b_path, double atol, double rtol,
