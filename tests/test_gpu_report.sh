@@ -47,6 +47,24 @@ expect "## Whole models beside PyTorch"
 expect "| efficientnet_b0 | 5288548 |"
 expect "kestrel bench resnet50 failed"
 if grep -qF "noise line" "$dir/report.md"; then fail "a log line that is not a row was copied"; fi
+# The main job's log: its own tail, then one row per loader run.
+cat >"$dir/quickstart.log" <<'LOG'
+epoch 5/5  train loss 0.2100 acc 92.00%  val loss 0.2500 acc 91.30% top5 99.80%  lr 0.0001  40000 img/s  (best)
+main job: 60 s
+--- loader threads
+training cifar10_200k (150330 parameters) on fashion-mnist: ..., threaded loader
+epoch 1/2  train loss 0.6000 acc 78.00%  val loss 0.4000 acc 85.00% top5 99.00%  lr 0.1  30000 img/s  (best)
+epoch 2/2  train loss 0.3837 acc 86.16%  val loss 0.3157 acc 88.40% top5 99.20%  lr 0.001508  31000 img/s  (best)
+--- loader resident
+epoch 2/2  train loss 0.3837 acc 86.16%  val loss 0.3157 acc 88.40% top5 99.20%  lr 0.001508  52000.5 img/s  (best)
+LOG
+python3 "$report_py" "$dir" "$dir/bench.json" "$dir/report.md" 0 abc123 >/dev/null
+expect "main job: 60 s"
+expect "| threads | 31000 | 0.3837 |"
+expect "| resident | 52000.5 | 0.3837 |"
+if sed -n '/^## Main job/,/^## Data loaders/p' "$dir/report.md" | grep -qF -- "--- loader"; then
+  fail "the loader runs were copied into the main job's tail"
+fi
 # A failing status wins over passing tests.
 python3 "$report_py" "$dir" "$dir/bench.json" "$dir/report.md" 1 abc123 >/dev/null
 expect "Overall: FAILURES"

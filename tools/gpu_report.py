@@ -96,10 +96,29 @@ if os.path.exists(job_log):
     out()
     out("## Main job on the GPU (fashion_mnist_quickstart recipe, then eval)")
     out()
+    job_lines = open(job_log, errors="replace").read().splitlines()
+    marks = [i for i, l in enumerate(job_lines) if l.startswith("--- loader ")]
     out("```")
-    for l in open(job_log, errors="replace").read().splitlines()[-25:]:
+    for l in job_lines[:marks[0] if marks else len(job_lines)][-25:]:
         out(l)
     out("```")
+    # The same run under each loader (gpu_check.sh): the same batches, so the
+    # same losses; the images per second of the last epoch compare them.
+    if marks:
+        out()
+        out("## Data loaders on the GPU (the recipe for 2 epochs; equal losses expected)")
+        out()
+        out("| loader | last epoch img/s | train loss |")
+        out("|---|---|---|")
+        for k, start in enumerate(marks):
+            end = marks[k + 1] if k + 1 < len(marks) else len(job_lines)
+            name = job_lines[start][len("--- loader "):].strip()
+            speed, loss = "did not finish", "-"
+            for l in job_lines[start + 1:end]:
+                m = re.match(r"epoch \d+/\d+\s+train loss ([\d.]+).*?([\d.]+) img/s", l)
+                if m:
+                    loss, speed = m.group(1), m.group(2)
+            out(f"| {name} | {speed} | {loss} |")
 models_log = os.path.join(logdir, "model_bench.log")
 if os.path.exists(models_log):
     out()
