@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "data/transforms.h"
+#include "engine/cpu/assemble_batch.h"
 #include "engine/error.h"
 
 namespace kestrel::data {
@@ -158,26 +159,9 @@ BatchMixer choose_mixer(std::vector<std::pair<double, BatchMixer>> choices) {
 
 namespace {
 
-void check_rows(const BatchMix& mix, int64_t n) {
+void check_row_count(const BatchMix& mix, int64_t n) {
   KCHECK(mix.identity() || static_cast<int64_t>(mix.rows.size()) == n, ShapeError, "batch mixing: ",
          mix.rows.size(), " row mixes for a batch of ", n);
-  auto row_ok = [n](int64_t r) { return r >= 0 && r < n; };
-  for (const RowMix& r : mix.rows) {
-    bool ok = row_ok(r.base) && (r.blend < 0 || row_ok(r.blend));
-    for (const MixTile& t : r.tiles) ok = ok && row_ok(t.src);
-    for (const auto& term : r.target_terms) ok = ok && row_ok(term.first);
-    KCHECK(ok, ShapeError, "batch mixing: a row index is outside a batch of ", n);
-  }
-}
-
-void check_tiles(const BatchMix& mix, int64_t H, int64_t W) {
-  for (const RowMix& r : mix.rows)
-    for (const MixTile& t : r.tiles) {
-      const bool inside = t.h >= 0 && t.w >= 0 && t.top >= 0 && t.left >= 0 && t.top + t.h <= H &&
-                          t.left + t.w <= W && t.src_top >= 0 && t.src_left >= 0 && t.src_top + t.h <= H &&
-                          t.src_left + t.w <= W;
-      KCHECK(inside, ShapeError, "batch mixing: a tile falls outside the ", H, "x", W, " images");
-    }
 }
 
 void ensure_targets(Batch& b, int64_t num_classes) {
@@ -194,7 +178,11 @@ Tensor mix_targets(const Tensor& targets, const BatchMix& mix) {
   if (mix.identity()) return targets;
   const Tensor t0 = targets.contiguous();
   const int64_t n = t0.size(0), K = t0.size(1);
-  check_rows(mix, n);
+  check_row_count(mix, n);
+  for (const RowMix& r : mix.rows)
+    for (const auto& term : r.target_terms)
+      KCHECK(term.first >= 0 && term.first < n, ShapeError, "batch mixing: a target names row ", term.first,
+             " outside a batch of ", n);
   Tensor out = Tensor::zeros({n, K});
   const float* ts = t0.data<float>();
   float* t = out.data<float>();
@@ -208,27 +196,11 @@ void apply_mix(Batch& b, const BatchMix& mix, int64_t num_classes) {
   ensure_targets(b, num_classes);
   if (mix.identity()) return;
   const int64_t n = b.images.size(0), H = b.images.size(1), W = b.images.size(2), C = b.images.size(3);
-  const int64_t per = H * W * C;
-  check_rows(mix, n);
-  check_tiles(mix, H, W);
+  check_row_count(mix, n);
+  for (const RowMix& r : mix.rows) check_row_plan("batch mixing", r, n, H, W);
   const Tensor x0 = b.images.clone();
-  const float* xs = x0.data<float>();
   float* x = b.images.data<float>();
-  for (int64_t i = 0; i < n; ++i) {
-    const RowMix& r = mix.rows[i];
-    float* row = x + i * per;
-    std::copy(xs + r.base * per, xs + (r.base + 1) * per, row);
-    for (const MixTile& t : r.tiles)
-      for (int y = 0; y < t.h; ++y) {
-        const float* from = xs + ((t.src * H + t.src_top + y) * W + t.src_left) * C;
-        std::copy(from, from + t.w * C, row + ((t.top + y) * W + t.left) * C);
-      }
-    if (r.blend >= 0) {
-      const float l = r.weight;
-      const float* other = xs + r.blend * per;
-      for (int64_t k = 0; k < per; ++k) row[k] = l * row[k] + (1 - l) * other[k];
-    }
-  }
+  for (int64_t i = 0; i < n; ++i) cpu::compose_row(x0.data<float>(), H, W, C, mix.rows[i], x + i * H * W * C);
   b.targets = mix_targets(b.targets, mix);
 }
 

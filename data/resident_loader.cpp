@@ -82,18 +82,13 @@ bool ResidentLoader::next(Batch& out) {
   return false;
 }
 
-Batch ResidentLoader::load_batch(int64_t epoch, int64_t batch_index) const {
-  return load_batch(epoch, batch_index, epoch_order(size(), opts_.shuffle, opts_.seed, epoch));
-}
-
 // The draws of resident_host_transform, in its order, from the sample's generator.
 ImageView ResidentLoader::draw_view(int64_t epoch, int64_t index) const {
   const int h = static_cast<int>(images_.size(1)), w = static_cast<int>(images_.size(2));
   Generator gen(sample_seed(opts_.seed, epoch, index));
   ImageView v;
   v.image = index;
-  v.top = v.left = std::max(aug_.crop_padding, 0);  // no crop: the padding-free identity
-  if (aug_.crop_padding >= 0) {
+  if (aug_.crop_padding >= 0) {  // else (0, 0) with no padding: the image itself
     v.top = static_cast<int>(gen.randint(0, 2 * aug_.crop_padding + 1));
     v.left = static_cast<int>(gen.randint(0, 2 * aug_.crop_padding + 1));
   }

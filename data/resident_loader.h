@@ -52,8 +52,6 @@ class ResidentLoader : public BatchLoader {
   void start_epoch(int64_t epoch, int64_t start_batch = 0) override;
   bool next(Batch& out) override;
 
-  // The batch `batch_index` of `epoch`, as next() gives it.
-  Batch load_batch(int64_t epoch, int64_t batch_index) const;
   // Bytes of images held on the device.
   int64_t resident_bytes() const { return images_.numel(); }
 

@@ -37,23 +37,24 @@ void assemble_batch(const uint8_t* images, int64_t H, int64_t W, int64_t C, cons
     parallel_for(n, n > 1, [&](int64_t r) { write_view(images, H, W, C, views[r], o, out + r * per); });
     return;
   }
-  // Every view once, then each row composed from them (as data::apply_mix composes the host batch).
+  // Every view once, then each row composed from them.
   std::vector<float> unmixed(static_cast<size_t>(n * per));
   parallel_for(n, n > 1, [&](int64_t r) { write_view(images, H, W, C, views[r], o, unmixed.data() + r * per); });
-  parallel_for(n, n > 1, [&](int64_t r) {
-    const RowPlan& p = rows[r];
-    float* row = out + r * per;
-    std::copy_n(unmixed.data() + p.base * per, per, row);
-    for (const AssembleTile& t : p.tiles)
-      for (int y = 0; y < t.h; ++y)
-        std::copy_n(unmixed.data() + ((t.src * H + t.src_top + y) * W + t.src_left) * C, t.w * C,
-                    row + ((t.top + y) * W + t.left) * C);
-    if (p.blend >= 0) {
-      const float l = p.weight;
-      const float* other = unmixed.data() + p.blend * per;
-      for (int64_t k = 0; k < per; ++k) row[k] = l * row[k] + (1 - l) * other[k];
-    }
-  });
+  parallel_for(n, n > 1, [&](int64_t r) { compose_row(unmixed.data(), H, W, C, rows[r], out + r * per); });
+}
+
+void compose_row(const float* unmixed, int64_t h, int64_t w, int64_t c, const RowPlan& p, float* row) {
+  const int64_t per = h * w * c;
+  std::copy_n(unmixed + p.base * per, per, row);
+  for (const AssembleTile& t : p.tiles)
+    for (int y = 0; y < t.h; ++y)
+      std::copy_n(unmixed + ((t.src * h + t.src_top + y) * w + t.src_left) * c, t.w * c,
+                  row + ((t.top + y) * w + t.left) * c);
+  if (p.blend >= 0) {
+    const float l = p.weight;
+    const float* other = unmixed + p.blend * per;
+    for (int64_t k = 0; k < per; ++k) row[k] = l * row[k] + (1 - l) * other[k];
+  }
 }
 
 }  // namespace kestrel::cpu

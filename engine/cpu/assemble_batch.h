@@ -5,6 +5,11 @@
 
 namespace kestrel::cpu {
 
+// Row = unmixed row p.base, p's tiles pasted over it, then the blend (see
+// RowPlan); `unmixed` holds the batch's rows [*, h, w, c] before mixing. The
+// host mix (data::apply_mix) composes its rows with this too, so both round alike.
+void compose_row(const float* unmixed, int64_t h, int64_t w, int64_t c, const RowPlan& p, float* row);
+
 void assemble_batch(const uint8_t* images, int64_t H, int64_t W, int64_t C, const std::vector<ImageView>& views,
                     const std::vector<RowPlan>& rows, const AssembleOptions& o, float* out);
 

@@ -65,8 +65,6 @@ Tensor pack_plan(int64_t C, const std::vector<ImageView>& views, const std::vect
 void assemble_batch(const Tensor& images, const std::vector<ImageView>& views, const std::vector<RowPlan>& rows,
                     const AssembleOptions& options, const Tensor& out) {
   const int64_t C = images.size(3);
-  KCHECK(rows.empty() || rows.size() == views.size(), ShapeError, "assemble_batch: ", rows.size(),
-         " row plans for ", views.size(), " views");
   const Tensor plan = pack_plan(C, views, rows, options).to(images.device());
   kernels::AssembleBatchShape s;
   s.n = as_i32(static_cast<int64_t>(views.size()));

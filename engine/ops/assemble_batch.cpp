@@ -34,20 +34,24 @@ void check_plan(int64_t N, int64_t H, int64_t W, int64_t C, const std::vector<Im
   KCHECK(rows.empty() || static_cast<int64_t>(rows.size()) == n, ShapeError, kOp, ": ", rows.size(),
          " row plans for ", n, " views");
   for (const RowPlan& r : rows) {
-    KCHECK(within(r.base, 0, n - 1) && (r.blend < 0 || r.blend < n), ShapeError, kOp,
-           ": a row plan names a view outside the ", n, " views");
     KCHECK(r.tiles.size() <= kMaxTiles, ValueError, kOp, ": a row has ", r.tiles.size(), " tiles; at most ",
            kMaxTiles);
-    for (const AssembleTile& t : r.tiles) {
-      const bool ok = within(t.src, 0, n - 1) && t.h >= 0 && t.w >= 0 && t.top >= 0 && t.left >= 0 &&
-                      t.top + t.h <= H && t.left + t.w <= W && t.src_top >= 0 && t.src_left >= 0 &&
-                      t.src_top + t.h <= H && t.src_left + t.w <= W;
-      KCHECK(ok, ShapeError, kOp, ": a tile falls outside the ", H, "x", W, " images or the ", n, " views");
-    }
+    check_row_plan(kOp, r, n, H, W);
   }
 }
 
 }  // namespace
+
+void check_row_plan(const char* op, const RowPlan& r, int64_t rows, int64_t h, int64_t w) {
+  bool rows_ok = within(r.base, 0, rows - 1) && (r.blend < 0 || r.blend < rows);
+  for (const AssembleTile& t : r.tiles) rows_ok = rows_ok && within(t.src, 0, rows - 1);
+  KCHECK(rows_ok, ShapeError, op, ": a row plan names a row outside the ", rows, " rows");
+  for (const AssembleTile& t : r.tiles) {
+    const bool inside = t.h >= 0 && t.w >= 0 && t.top >= 0 && t.left >= 0 && t.top + t.h <= h && t.left + t.w <= w &&
+                        t.src_top >= 0 && t.src_left >= 0 && t.src_top + t.h <= h && t.src_left + t.w <= w;
+    KCHECK(inside, ShapeError, op, ": a tile falls outside the ", h, "x", w, " images");
+  }
+}
 
 Tensor assemble_batch(const Tensor& images, const std::vector<ImageView>& views, const std::vector<RowPlan>& rows,
                       const AssembleOptions& options) {

@@ -47,6 +47,10 @@ struct AssembleOptions {
   std::vector<float> mean = {0.0f}, std = {1.0f};  // one value, or one per channel
 };
 
+// Throws ShapeError (naming `op`) unless every row `r` names lies in [0, rows)
+// and every tile lies inside the h x w images.
+void check_row_plan(const char* op, const RowPlan& r, int64_t rows, int64_t h, int64_t w);
+
 // images: u8 [N, H, W, C] contiguous, on the CPU or a CUDA device. rows: one
 // per view, or empty (row r is view r). Returns f32 [views, H, W, C] on the
 // images' device.

@@ -81,9 +81,11 @@ Normalization normalization_for(const std::string& dataset, const data::Dataset&
 
 data::Transform train_transform(const TrainConfig& c, int height, int width, const Normalization& n) {
   std::vector<data::Transform> t;
+  // The crop, mirror and cutout settings are the resident loader's (one place).
+  const data::ResidentAugment a = resident_train_augment(c, height, n);
   t.push_back(data::resize(height, width));  // nothing to do at the data's own size
-  if (c.random_crop) t.push_back(data::random_crop(height, width, std::max(2, height / 8)));
-  if (c.hflip) t.push_back(data::random_hflip());
+  if (a.crop_padding >= 0) t.push_back(data::random_crop(height, width, a.crop_padding));
+  if (a.hflip > 0) t.push_back(data::random_hflip(a.hflip));
   if (c.auto_augment) t.push_back(data::auto_augment_cifar10());
   if (!c.randaugment.empty()) {
     int rn = 0, rm = 0;
@@ -91,8 +93,8 @@ data::Transform train_transform(const TrainConfig& c, int height, int width, con
            "--randaugment expects N,M (e.g. 2,9), got '", c.randaugment, "'");
     t.push_back(data::rand_augment(rn, rm));
   }
-  if (c.cutout > 0) t.push_back(data::cutout(std::max(4, height / 2), c.cutout));
-  t.push_back(data::normalize(n.mean, n.std));
+  if (a.cutout_size > 0) t.push_back(data::cutout(a.cutout_size, a.cutout_p));
+  t.push_back(data::normalize(a.mean, a.std));
   return data::compose(std::move(t));
 }
 
