@@ -129,6 +129,16 @@ Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device
   }
 }
 
+std::shared_ptr<const void> Storage::derived(const std::string& key,
+                                             const std::function<std::shared_ptr<const void>()>& make) {
+  KCHECK(frozen_, ValueError, "Storage::derived: the storage is not frozen, so its contents may still change");
+  std::lock_guard<std::mutex> lock(derived_mu_);
+  for (const auto& [k, value] : derived_)
+    if (k == key) return value;
+  derived_.emplace_back(key, make());
+  return derived_.back().second;
+}
+
 Storage::~Storage() {
   if (data_ == nullptr) return;
   if (device_.is_cpu()) {

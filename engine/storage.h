@@ -4,6 +4,10 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "engine/device.h"
 
@@ -32,10 +36,22 @@ class Storage {
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
 
+  // A frozen storage's bytes no longer change (inference fusion freezes a
+  // model's weights; Tensor::copy_ into it is an error), so forms derived
+  // from them, such as a convolution's packed weights, are built once and
+  // kept here: derived(key, make) returns what make() built for key the
+  // first time. Thread-safe.
+  void freeze() { frozen_ = true; }
+  bool frozen() const { return frozen_; }
+  std::shared_ptr<const void> derived(const std::string& key, const std::function<std::shared_ptr<const void>()>& make);
+
  private:
   void* data_ = nullptr;
   size_t nbytes_ = 0;
   Device device_;
+  bool frozen_ = false;
+  std::mutex derived_mu_;
+  std::vector<std::pair<std::string, std::shared_ptr<const void>>> derived_;
 };
 
 // Copies nbytes between any two devices.

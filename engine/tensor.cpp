@@ -190,6 +190,12 @@ std::vector<float> Tensor::to_vector() const {
 }
 
 std::vector<double> Tensor::to_vector_f64() const {
+  // Contiguous f32 and f64 on the CPU, the common case (a batch norm's
+  // statistics, every eval-mode call), without intermediate tensors.
+  if (defined() && device().is_cpu() && is_contiguous()) {
+    if (dtype() == DType::F64) return std::vector<double>(data<double>(), data<double>() + numel());
+    if (dtype() == DType::F32) return std::vector<double>(data<float>(), data<float>() + numel());
+  }
   Tensor c = detach().to(Device::cpu()).to(DType::F64).contiguous();
   return std::vector<double>(c.data<double>(), c.data<double>() + c.numel());
 }
@@ -485,6 +491,8 @@ Tensor& Tensor::copy_(const Tensor& src_in) {
            shape_str(shape()));
   }
   if (numel() == 0) return *this;
+  KCHECK(!storage()->frozen(), ValueError,
+         "copy_: the tensor is frozen (a model fused for inference); build the model again to change its weights");
   const Tensor src = src_in.detach();
   if (src.device() == device()) {
     copy_same_device(*this, src);

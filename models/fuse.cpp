@@ -29,6 +29,9 @@ InferenceFusion fuse_for_inference(nn::Module& model, const Shape& input_nhwc) {
     report.fused_activations += l.norm_act != Activation::None ? 1 : 0;
   }
   model.eval();
+  // Nothing trains or loads into a fused model: its weights' derived forms
+  // (packed convolution weights) can be built once and kept.
+  for (const Tensor& p : model.parameters()) p.storage()->freeze();
   return report;
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/cpu/activation_math.h"
+#include "engine/cpu/conv_gemm.h"
 #include "engine/cpu/gemm.h"
 #include "engine/cpu/isa.h"
 #include "engine/cpu/parallel.h"
@@ -335,10 +336,7 @@ void dw_forward_row_f32(const ConvGeom& g, const float* x, const float* wt, cons
                         int64_t oh, Activation act) {
 #if KESTREL_HAVE_AVX512_TARGET
   // KESTREL_NO_AVX512=1 takes the AVX2 path on any machine (its tests use it).
-  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-                             std::getenv("KESTREL_NO_AVX512") == nullptr;
-  if (avx512) return dw_forward_row_avx512(g, x, wt, bias, yrow, n, oh, act);
+  if (use_avx512()) return dw_forward_row_avx512(g, x, wt, bias, yrow, n, oh, act);
 #endif
   dw_forward_row_avx2(g, x, wt, bias, yrow, n, oh, act);
 }
@@ -446,6 +444,8 @@ template <typename T>
 void conv2d_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y, Activation act) {
   if (g.n == 0 || g.oh == 0 || g.ow == 0 || g.c_out == 0) return;
   if (g.depthwise()) return depthwise_forward(g, x, w, bias, y, act);
+  if constexpr (std::is_same_v<T, float>)
+    if (implicit_gemm_enabled()) return implicit_gemm_conv(g, x, pack_conv_weights(g, w), bias, y, act);
   const int64_t M = g.n * g.oh * g.ow, cg = g.cin_g(), og = g.cout_g(), K = g.k();
   // The GEMMs write output rows [m0, m0 + mc); then the bias and the activation
   // go on in one pass. (Pointwise GEMMs in row blocks, to keep each block in

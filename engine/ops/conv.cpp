@@ -6,6 +6,7 @@
 #include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/cpu/conv.h"
+#include "engine/cpu/conv_gemm.h"
 #include "engine/gpu/conv.h"
 #include "engine/ops/check.h"
 #include "engine/trace.h"
@@ -114,9 +115,31 @@ std::map<std::string, std::string> conv_trace_attrs(const cpu::ConvGeom& g, cons
 }
 
 // act(conv(x, w) + b) on the CPU, the activation in the kernel's epilogue.
+// A frozen weight's (a model fused for inference) packed form, built on its
+// first use and kept with its storage; null where the weight may still change
+// or the implicit GEMM does not run.
+std::shared_ptr<const cpu::PackedConvWeights> cached_packed_weights(const ConvOperands& o) {
+  const cpu::ConvGeom& g = o.g;
+  const std::shared_ptr<Storage>& storage = o.wc.storage();
+  if (o.wc.dtype() != DType::F32 || g.depthwise() || !cpu::implicit_gemm_enabled() || !storage->frozen())
+    return nullptr;
+  const auto offset = static_cast<const char*>(o.wc.data_ptr()) - static_cast<const char*>(storage->data());
+  const std::string key = "conv_gemm@" + std::to_string(offset) + " groups " + std::to_string(g.groups) + " k " +
+                          std::to_string(g.k()) + " c_out " + std::to_string(g.c_out);
+  return std::static_pointer_cast<const cpu::PackedConvWeights>(storage->derived(key, [&] {
+    return std::make_shared<const cpu::PackedConvWeights>(cpu::pack_conv_weights(g, o.wc.data<float>()));
+  }));
+}
+
 Tensor cpu_forward(const ConvOperands& o, Activation act, const char* op) {
   const cpu::ConvGeom& g = o.g;
   Tensor out = Tensor::empty({g.n, g.oh, g.ow, g.c_out}, o.x.dtype(), o.x.device());
+  const std::shared_ptr<const cpu::PackedConvWeights> packed = cached_packed_weights(o);
+  if (packed != nullptr) {
+    cpu::implicit_gemm_conv(g, o.xc.data<float>(), *packed, o.bc.defined() ? o.bc.data<float>() : nullptr,
+                            out.data<float>(), act);
+    return out;
+  }
   dispatch_float(o.x.dtype(), op, [&](auto tag_) {
     using scalar_t = KESTREL_SCALAR(tag_);
     cpu::conv2d_forward<scalar_t>(g, o.xc.data<scalar_t>(), o.wc.data<scalar_t>(),

@@ -1,0 +1,222 @@
+#include "engine/cpu/conv_gemm.h"
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <new>
+#include <utility>
+#include <vector>
+
+#include "engine/cpu/activation_math.h"
+#include "engine/cpu/isa.h"
+#include "engine/cpu/parallel.h"
+#include "engine/error.h"
+
+#if KESTREL_HAVE_AVX512_TARGET
+#include <immintrin.h>
+#endif
+
+namespace kestrel::cpu {
+
+PackedConvWeights pack_conv_weights(const ConvGeom& g, const float* w) {
+  PackedConvWeights p;
+  const int64_t og = g.cout_g(), K = g.k();
+  p.groups = g.groups;
+  p.k = K;
+  p.panels = (og + kConvPanel - 1) / kConvPanel;
+  const size_t bytes = (sizeof(float) * p.groups * p.panels * K * kConvPanel + 63) / 64 * 64;
+  p.data = {static_cast<float*>(std::aligned_alloc(64, std::max<size_t>(bytes, 64))), std::free};
+  if (!p.data) throw std::bad_alloc();
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    for (int64_t o = 0; o < p.panels * kConvPanel; ++o) {
+      float* dst = p.data.get() + (grp * p.panels + o / kConvPanel) * K * kConvPanel + o % kConvPanel;
+      const float* src = w + (grp * og + o) * K;
+      for (int64_t k = 0; k < K; ++k) dst[k * kConvPanel] = o < og ? src[k] : 0.0f;
+    }
+  return p;
+}
+
+#if KESTREL_HAVE_AVX512_TARGET
+
+bool implicit_gemm_enabled() {
+  static const bool on = use_avx512() && !env_switch("KESTREL_NO_CONV_GEMM");
+  return on;
+}
+
+namespace {
+
+#define KESTREL_AVX512_INLINE inline __attribute__((always_inline, target("arch=x86-64-v4")))
+
+// A tile is up to 12 output pixels by one panel: 24 sums, two weight vectors
+// and a broadcast fill 27 of the 32 vector registers.
+constexpr int kTileRows = 12;
+// Reduction indices per block: a panel's slice is then 16 KB, half of L1,
+// and stays there while the tiles of a chunk stream their pixels past it.
+constexpr int64_t kDepth = 128;
+// Output pixels per task: a chunk's inputs stay in L2 across the panels.
+constexpr int64_t kChunkRows = 8 * kTileRows;
+
+struct Job {
+  const ConvGeom& g;
+  const float* x;
+  const PackedConvWeights& w;
+  const float* bias;
+  float* y;
+  Activation act;
+  const float* zeros;  // cin_g() zeros: what a tap in the padding reads
+};
+
+bool activates_in_register(Activation act) {
+  return act == Activation::None || act == Activation::ReLU || act == Activation::ReLU6;
+}
+// act: one that activates_in_register. (The masked forms: GCC 12 flags the
+// plain _mm512_max_ps's undefined pass-through.)
+KESTREL_AVX512_INLINE __m512 clamp_in_register(__m512 v, Activation act) {
+  if (act == Activation::None) return v;
+  v = _mm512_mask_max_ps(v, 0xFFFF, v, _mm512_setzero_ps());
+  return act == Activation::ReLU6 ? _mm512_mask_min_ps(v, 0xFFFF, v, _mm512_set1_ps(6.0f)) : v;
+}
+
+// Any other activation: over the stored tile, while it is in L1.
+KESTREL_TARGET_AVX512 void activate_tile(float* y, int64_t rows, int64_t cols, int64_t ld, Activation act) {
+  act_dispatch(act, [&](auto a) KESTREL_LAMBDA_INLINE {
+    for (int64_t r = 0; r < rows; ++r) {
+      float* p = y + r * ld;
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) p[c] = act_value<decltype(a)::value, float>(p[c]);
+    }
+  });
+}
+
+KESTREL_AVX512_INLINE __mmask16 lane_mask(int64_t lanes) {
+  return lanes >= 16 ? __mmask16(0xFFFF) : lanes <= 0 ? __mmask16(0) : __mmask16((1u << lanes) - 1);
+}
+
+// Output pixels [m0, m0 + MR) by panel p of group grp, reduction indices
+// [k0, k1): the sums start from the bias (the first block) or from y (later
+// blocks) and are stored once; the last block also applies the activation.
+// NV: weight vectors per panel row in use (1 when the panel holds at most 16
+// channels).
+template <int MR, int NV>
+KESTREL_TARGET_AVX512 void tile(const Job& j, int64_t grp, int64_t p, int64_t m0, int64_t k0, int64_t k1) {
+  const ConvGeom& g = j.g;
+  const int64_t cg = g.cin_g(), og = g.cout_g(), col0 = p * kConvPanel;
+  const int64_t cols = std::min(kConvPanel, og - col0);
+  const __mmask16 mask0 = lane_mask(cols), mask1 = lane_mask(cols - 16);
+  float* yt = j.y + m0 * g.c_out + grp * og + col0;
+  __m512 acc[MR][NV];
+  if (k0 == 0) {
+    const float* b = j.bias != nullptr ? j.bias + grp * og + col0 : nullptr;
+    const __m512 b0 = b != nullptr ? _mm512_maskz_loadu_ps(mask0, b) : _mm512_setzero_ps();
+    const __m512 b1 = b != nullptr && NV == 2 ? _mm512_maskz_loadu_ps(mask1, b + 16) : _mm512_setzero_ps();
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      acc[r][0] = b0;
+      if constexpr (NV == 2) acc[r][1] = b1;
+    }
+  } else {
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      acc[r][0] = _mm512_maskz_loadu_ps(mask0, yt + r * g.c_out);
+      if constexpr (NV == 2) acc[r][1] = _mm512_maskz_loadu_ps(mask1, yt + r * g.c_out + 16);
+    }
+  }
+  // Each pixel's image and the input position of its window's top-left tap.
+  const bool pointwise = g.pointwise();
+  int64_t image[MR], top[MR], left[MR];
+  if (!pointwise)
+    for (int r = 0; r < MR; ++r) {
+      const int64_t m = m0 + r, ow = m % g.ow, oh = m / g.ow % g.oh;
+      image[r] = m / (g.ow * g.oh);
+      top[r] = oh * g.sh - g.ph;
+      left[r] = ow * g.sw - g.pw;
+    }
+  const float* panel = j.w.panel(grp, p);
+  for (int64_t k = k0; k < k1;) {  // one tap's run of channels at a time
+    const int64_t t = k / cg, c = k - t * cg, len = std::min(k1 - k, cg - c);
+    const float* a[MR];
+    if (pointwise) {
+      for (int r = 0; r < MR; ++r) a[r] = j.x + (m0 + r) * g.c_in + grp * cg + c;
+    } else {
+      const int64_t kh = t / g.kw, kw = t % g.kw;
+      for (int r = 0; r < MR; ++r) {
+        const int64_t ih = top[r] + kh * g.dh, iw = left[r] + kw * g.dw;
+        const bool inside = ih >= 0 && ih < g.h && iw >= 0 && iw < g.w;
+        a[r] = inside ? j.x + ((image[r] * g.h + ih) * g.w + iw) * g.c_in + grp * cg + c : j.zeros;
+      }
+    }
+    const float* wk = panel + k * kConvPanel;
+    for (int64_t i = 0; i < len; ++i, wk += kConvPanel) {
+      const __m512 w0 = _mm512_load_ps(wk);
+      const __m512 w1 = NV == 2 ? _mm512_load_ps(wk + 16) : w0;
+#pragma GCC unroll 12
+      for (int r = 0; r < MR; ++r) {
+        const __m512 v = _mm512_set1_ps(a[r][i]);
+        acc[r][0] = _mm512_fmadd_ps(v, w0, acc[r][0]);
+        if constexpr (NV == 2) acc[r][1] = _mm512_fmadd_ps(v, w1, acc[r][1]);
+      }
+    }
+    k += len;
+  }
+  const bool last = k1 == j.w.k;
+  const Activation in_register = last && activates_in_register(j.act) ? j.act : Activation::None;
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) {
+    _mm512_mask_storeu_ps(yt + r * g.c_out, mask0, clamp_in_register(acc[r][0], in_register));
+    if constexpr (NV == 2) _mm512_mask_storeu_ps(yt + r * g.c_out + 16, mask1, clamp_in_register(acc[r][1], in_register));
+  }
+  if (last && !activates_in_register(j.act)) activate_tile(yt, MR, cols, g.c_out, j.act);
+}
+
+using TileFn = void (*)(const Job&, int64_t, int64_t, int64_t, int64_t, int64_t);
+
+template <int NV, int... R>
+constexpr std::array<TileFn, kTileRows> tiles_of_width(std::integer_sequence<int, R...>) {
+  return {&tile<R + 1, NV>...};
+}
+// kTiles[NV - 1][MR - 1]
+const std::array<std::array<TileFn, kTileRows>, 2> kTiles = {
+    tiles_of_width<1>(std::make_integer_sequence<int, kTileRows>{}),
+    tiles_of_width<2>(std::make_integer_sequence<int, kTileRows>{})};
+
+// Output pixels [r0, r1) by panel p of group grp, every reduction block.
+void run_task(const Job& j, int64_t grp, int64_t p, int64_t r0, int64_t r1) {
+  const int64_t K = j.w.k, blocks = (K + kDepth - 1) / kDepth;
+  const int64_t cols = std::min(kConvPanel, j.g.cout_g() - p * kConvPanel);
+  const auto& tiles = kTiles[cols > 16 ? 1 : 0];
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t k0 = K * b / blocks, k1 = K * (b + 1) / blocks;
+    for (int64_t m = r0; m < r1; m += kTileRows)
+      tiles[std::min<int64_t>(kTileRows, r1 - m) - 1](j, grp, p, m, k0, k1);
+  }
+}
+
+}  // namespace
+
+void implicit_gemm_conv(const ConvGeom& g, const float* x, const PackedConvWeights& w, const float* bias, float* y,
+                        Activation act) {
+  KCHECK(!g.depthwise() && w.k == g.k() && w.groups == g.groups, ShapeError,
+         "implicit_gemm_conv: weights packed for another convolution");
+  const int64_t M = g.n * g.oh * g.ow;
+  if (M == 0 || g.c_out == 0) return;
+  const std::vector<float> zeros(g.pointwise() ? 0 : static_cast<size_t>(g.cin_g()), 0.0f);
+  const Job job{g, x, w, bias, y, act, zeros.data()};
+  const int64_t chunks = (M + kChunkRows - 1) / kChunkRows, per_group = chunks * w.panels;
+  const double macs = static_cast<double>(M) * static_cast<double>(g.c_out) * static_cast<double>(g.k());
+  parallel_for(g.groups * per_group, macs >= double(1 << 17), [&](int64_t task) {
+    const int64_t grp = task / per_group, chunk = task % per_group / w.panels, p = task % w.panels;
+    run_task(job, grp, p, chunk * kChunkRows, std::min(M, (chunk + 1) * kChunkRows));
+  });
+}
+
+#else  // no AVX-512 build target: conv2d_forward keeps its im2col + BLAS path
+
+bool implicit_gemm_enabled() { return false; }
+
+void implicit_gemm_conv(const ConvGeom&, const float*, const PackedConvWeights&, const float*, float*, Activation) {
+  throw DeviceError("implicit_gemm_conv: this build has no AVX-512 target");
+}
+
+#endif
+
+}  // namespace kestrel::cpu

@@ -1,0 +1,40 @@
+// f32 convolution forward as an implicit GEMM on AVX-512, for every
+// convolution that is not depthwise (1x1 and dense k x k alike):
+//   - no im2col buffer: each output pixel reads its taps from the input;
+//   - the weights are repacked once per call in panels of 32 output channels;
+//   - the sums start from the bias, stay in registers over a block of the
+//     reduction, and get the activation before their one store, so C is
+//     never zeroed and the epilogue is not a second pass.
+// Each output element is summed by one thread in one fixed order, so the
+// result does not depend on the thread count.
+#pragma once
+#include <cstdint>
+#include <memory>
+
+#include "engine/cpu/conv.h"
+
+namespace kestrel::cpu {
+
+constexpr int64_t kConvPanel = 32;  // output channels per weight panel: two AVX-512 registers
+
+// Weights [c_out, kh, kw, c_in / groups] as [groups][panels][k][32]: for each
+// reduction index k (kh, kw, c order, as im2col), the weights of 32
+// consecutive output channels of the group, zero past the group's last.
+struct PackedConvWeights {
+  int64_t groups = 0, k = 0, panels = 0;
+  std::unique_ptr<float[], void (*)(void*)> data{nullptr, nullptr};  // 64-byte aligned
+  const float* panel(int64_t grp, int64_t p) const { return data.get() + (grp * panels + p) * k * kConvPanel; }
+};
+
+PackedConvWeights pack_conv_weights(const ConvGeom& g, const float* w);
+
+// Whether conv2d_forward<float> takes this path for a non-depthwise
+// convolution: the CPU has AVX-512, and neither KESTREL_NO_AVX512 nor
+// KESTREL_NO_CONV_GEMM (im2col and BLAS instead, to compare) is set.
+bool implicit_gemm_enabled();
+
+// y = act(conv(x, w) + bias) for a convolution that is not depthwise; bias may be null.
+void implicit_gemm_conv(const ConvGeom& g, const float* x, const PackedConvWeights& w, const float* bias, float* y,
+                        Activation act);
+
+}  // namespace kestrel::cpu
