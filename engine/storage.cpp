@@ -139,6 +139,11 @@ std::shared_ptr<const void> Storage::derived(const std::string& key,
   return derived_.back().second;
 }
 
+size_t Storage::derived_count() {
+  std::lock_guard<std::mutex> lock(derived_mu_);
+  return derived_.size();
+}
+
 Storage::~Storage() {
   if (data_ == nullptr) return;
   if (device_.is_cpu()) {

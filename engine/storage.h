@@ -44,6 +44,7 @@ class Storage {
   void freeze() { frozen_ = true; }
   bool frozen() const { return frozen_; }
   std::shared_ptr<const void> derived(const std::string& key, const std::function<std::shared_ptr<const void>()>& make);
+  size_t derived_count();
 
  private:
   void* data_ = nullptr;

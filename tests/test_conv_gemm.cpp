@@ -44,8 +44,8 @@ cpu::ConvGeom geom(int64_t n, int64_t h, int64_t w, int64_t c_in, int64_t c_out,
   return g;
 }
 
-// Tiles are 12 output pixels by a 32-channel panel (16-channel when the rest
-// is that narrow); the reduction goes in blocks of at most 128; tasks are 96
+// Tiles are 12 output pixels by a 32-channel panel, of which the last may use
+// 8, 16 or 24; the reduction goes in blocks of at most 128; tasks are 96
 // pixels.
 std::vector<GemmCase> cases() {
   return {
@@ -151,18 +151,30 @@ TEST(ConvGemm, PackedWeightsHoldEachPanelsChannelsWithZerosPastTheLast) {
       }
 }
 
-TEST(ConvGemm, AFrozenWeightIsPackedOnceAndGivesTheSameResult) {
-  Conv2dParams params;
-  params.pad_h = params.pad_w = 1;
-  const Tensor x = random_tensor({2, 9, 9, 20}, 1, DType::F32);
+TEST(ConvGemm, AFrozenWeightKeepsItsKernelLayoutAndGivesTheSameResult) {
+  // A dense convolution (packed panels) and a depthwise one (taps-major weights).
+  for (int64_t groups : {1, 20}) {
+    Conv2dParams params;
+    params.pad_h = params.pad_w = 1;
+    params.groups = groups;
+    const int64_t c_out = groups == 1 ? 40 : 20;
+    const Tensor x = random_tensor({2, 9, 9, 20}, 1, DType::F32);
+    const Tensor w = random_tensor({c_out, 3, 3, 20 / groups}, 2, DType::F32);
+    const Tensor b = random_tensor({c_out}, 3, DType::F32);
+    NoGradGuard inference;
+    const Tensor before = conv2d_act(x, w, b, params, Activation::HardSwish);
+    w.storage()->freeze();
+    const Tensor first = conv2d_act(x, w, b, params, Activation::HardSwish);
+    const Tensor again = conv2d_act(x, w, b, params, Activation::HardSwish);
+    EXPECT_EQ(w.storage()->derived_count(), cpu::implicit_gemm_enabled() || groups > 1 ? 1u : 0u);
+    EXPECT_EQ(before.to_vector_f64(), first.to_vector_f64()) << "groups " << groups;
+    EXPECT_EQ(first.to_vector_f64(), again.to_vector_f64()) << "groups " << groups;
+  }
+}
+
+TEST(ConvGemm, AFrozenStorageBuildsEachDerivedFormOnceAndRefusesWrites) {
   const Tensor w = random_tensor({40, 3, 3, 20}, 2, DType::F32), b = random_tensor({40}, 3, DType::F32);
-  NoGradGuard inference;
-  const Tensor before = conv2d_act(x, w, b, params, Activation::HardSwish);
   w.storage()->freeze();
-  const Tensor first = conv2d_act(x, w, b, params, Activation::HardSwish);
-  const Tensor again = conv2d_act(x, w, b, params, Activation::HardSwish);
-  EXPECT_EQ(before.to_vector_f64(), first.to_vector_f64());
-  EXPECT_EQ(first.to_vector_f64(), again.to_vector_f64());
   int builds = 0;
   const auto make = [&] {
     ++builds;

@@ -123,15 +123,6 @@ void bias_act_rows(T* y, int64_t rows, int64_t C, const T* bias, Activation act)
 
 // ------------------------------------------------------------------ depthwise
 
-template <typename T>
-std::vector<T> depthwise_weight_khkwc(const ConvGeom& g, const T* w) {
-  const int64_t C = g.c_in, taps = g.kh * g.kw;
-  std::vector<T> wt(taps * C);
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t t = 0; t < taps; ++t) wt[t * C + c] = w[c * taps + t];
-  return wt;
-}
-
 // Per-row bodies of the depthwise kernels: channels innermost, so each tap is
 // one contiguous multiply-add over C values. Always inlined into the f32
 // wrappers below, which are compiled for AVX-512, AVX2 and the baseline ISA and
@@ -384,18 +375,13 @@ struct DwRows<float> {
 
 template <typename T>
 void depthwise_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y, Activation act) {
-  const int64_t C = g.c_in;
-  const std::vector<T> wt_v = depthwise_weight_khkwc(g, w);
-  const T* wt = wt_v.data();
-  const int64_t rows = g.n * g.oh;
-  parallel_for(rows, rows * g.ow * C * g.kh * g.kw > 32768,
-               [&](int64_t r) { DwRows<T>::forward(g, x, wt, bias, y + r * g.ow * C, r / g.oh, r % g.oh, act); });
+  depthwise_forward_taps_major(g, x, depthwise_weight_taps_major(g, w).data(), bias, y, act);
 }
 
 template <typename T>
 void depthwise_backward_input(const ConvGeom& g, const T* gy, const T* w, T* gx) {
   const int64_t C = g.c_in;
-  const std::vector<T> wt_v = depthwise_weight_khkwc(g, w);
+  const std::vector<T> wt_v = depthwise_weight_taps_major(g, w);
   const T* wt = wt_v.data();
   const Taps th = kernel_taps(g.h, g.oh, g.kh, g.sh, g.ph, g.dh);
   const Taps tw = kernel_taps(g.w, g.ow, g.kw, g.sw, g.pw, g.dw);
@@ -439,6 +425,23 @@ void for_each_image_chunk(const ConvGeom& g, F&& fn) {
 }  // namespace
 
 // ------------------------------------------------------------------ entry points
+
+template <typename T>
+std::vector<T> depthwise_weight_taps_major(const ConvGeom& g, const T* w) {
+  const int64_t C = g.c_in, taps = g.kh * g.kw;
+  std::vector<T> wt(taps * C);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t t = 0; t < taps; ++t) wt[t * C + c] = w[c * taps + t];
+  return wt;
+}
+
+template <typename T>
+void depthwise_forward_taps_major(const ConvGeom& g, const T* x, const T* wt, const T* bias, T* y, Activation act) {
+  if (g.n == 0 || g.oh == 0 || g.ow == 0 || g.c_out == 0) return;
+  const int64_t C = g.c_in, rows = g.n * g.oh;
+  parallel_for(rows, rows * g.ow * C * g.kh * g.kw > 32768,
+               [&](int64_t r) { DwRows<T>::forward(g, x, wt, bias, y + r * g.ow * C, r / g.oh, r % g.oh, act); });
+}
 
 template <typename T>
 void conv2d_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y, Activation act) {
@@ -517,6 +520,8 @@ void conv2d_backward_bias(const ConvGeom& g, const T* gy, T* gb) {
 }
 
 #define KESTREL_INSTANTIATE_CONV(T)                                                              \
+  template std::vector<T> depthwise_weight_taps_major<T>(const ConvGeom&, const T*);             \
+  template void depthwise_forward_taps_major<T>(const ConvGeom&, const T*, const T*, const T*, T*, Activation); \
   template void conv2d_forward<T>(const ConvGeom&, const T*, const T*, const T*, T*, Activation); \
   template void conv2d_backward_input<T>(const ConvGeom&, const T*, const T*, T*);               \
   template void conv2d_backward_weight<T>(const ConvGeom&, const T*, const T*, T*);              \

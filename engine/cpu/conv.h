@@ -8,6 +8,7 @@
 // is written by one thread and the result does not depend on the thread count.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "engine/ops/elementwise.h"
 
@@ -31,6 +32,14 @@ struct ConvGeom {
 template <typename T>
 void conv2d_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y,
                     Activation act = Activation::None);
+// A depthwise convolution's weights [c, kh, kw, 1] as [kh, kw, c], the layout
+// its kernels read, and its forward pass given them (a frozen model keeps
+// them so; conv2d_forward relays them out on each call).
+template <typename T>
+std::vector<T> depthwise_weight_taps_major(const ConvGeom& g, const T* w);
+template <typename T>
+void depthwise_forward_taps_major(const ConvGeom& g, const T* x, const T* wt, const T* bias, T* y,
+                                  Activation act = Activation::None);
 // gx = d(loss)/dx given gy (overwrites gx).
 template <typename T>
 void conv2d_backward_input(const ConvGeom& g, const T* gy, const T* w, T* gx);

@@ -69,13 +69,6 @@ struct Job {
 bool activates_in_register(Activation act) {
   return act == Activation::None || act == Activation::ReLU || act == Activation::ReLU6;
 }
-// act: one that activates_in_register. (The masked forms: GCC 12 flags the
-// plain _mm512_max_ps's undefined pass-through.)
-KESTREL_AVX512_INLINE __m512 clamp_in_register(__m512 v, Activation act) {
-  if (act == Activation::None) return v;
-  v = _mm512_mask_max_ps(v, 0xFFFF, v, _mm512_setzero_ps());
-  return act == Activation::ReLU6 ? _mm512_mask_min_ps(v, 0xFFFF, v, _mm512_set1_ps(6.0f)) : v;
-}
 
 // Any other activation: over the stored tile, while it is in L1.
 KESTREL_TARGET_AVX512 void activate_tile(float* y, int64_t rows, int64_t cols, int64_t ld, Activation act) {
@@ -88,37 +81,82 @@ KESTREL_TARGET_AVX512 void activate_tile(float* y, int64_t rows, int64_t cols, i
   });
 }
 
-KESTREL_AVX512_INLINE __mmask16 lane_mask(int64_t lanes) {
-  return lanes >= 16 ? __mmask16(0xFFFF) : lanes <= 0 ? __mmask16(0) : __mmask16((1u << lanes) - 1);
+// A register of sums for 16 channels or for 8. A panel's last 1-8 channels
+// take an 8-lane register: where the CPU splits 512-bit operations in two
+// (AMD Zen 4), its multiply-adds cost half. (The masked max and min: GCC 12
+// flags the plain _mm512_max_ps's undefined pass-through.)
+template <int Lanes>
+struct Vec;
+template <>
+struct Vec<16> {
+  using V = __m512;
+  static KESTREL_AVX512_INLINE __mmask16 mask(int64_t n) {
+    return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+  }
+  static KESTREL_AVX512_INLINE V zero() { return _mm512_setzero_ps(); }
+  static KESTREL_AVX512_INLINE V load(const float* p) { return _mm512_load_ps(p); }
+  static KESTREL_AVX512_INLINE V load(__mmask16 m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static KESTREL_AVX512_INLINE void store(float* p, __mmask16 m, V v) { _mm512_mask_storeu_ps(p, m, v); }
+  static KESTREL_AVX512_INLINE V fma(float a, V w, V acc) { return _mm512_fmadd_ps(_mm512_set1_ps(a), w, acc); }
+  static KESTREL_AVX512_INLINE V relu(V v) { return _mm512_mask_max_ps(v, 0xFFFF, v, zero()); }
+  static KESTREL_AVX512_INLINE V cap6(V v) { return _mm512_mask_min_ps(v, 0xFFFF, v, _mm512_set1_ps(6.0f)); }
+};
+template <>
+struct Vec<8> {
+  using V = __m256;
+  static KESTREL_AVX512_INLINE __mmask8 mask(int64_t n) {
+    return n >= 8 ? __mmask8(0xFF) : n <= 0 ? __mmask8(0) : __mmask8((1u << n) - 1);
+  }
+  static KESTREL_AVX512_INLINE V zero() { return _mm256_setzero_ps(); }
+  static KESTREL_AVX512_INLINE V load(const float* p) { return _mm256_load_ps(p); }
+  static KESTREL_AVX512_INLINE V load(__mmask8 m, const float* p) { return _mm256_maskz_loadu_ps(m, p); }
+  static KESTREL_AVX512_INLINE void store(float* p, __mmask8 m, V v) { _mm256_mask_storeu_ps(p, m, v); }
+  static KESTREL_AVX512_INLINE V fma(float a, V w, V acc) { return _mm256_fmadd_ps(_mm256_set1_ps(a), w, acc); }
+  static KESTREL_AVX512_INLINE V relu(V v) { return _mm256_max_ps(v, zero()); }
+  static KESTREL_AVX512_INLINE V cap6(V v) { return _mm256_min_ps(v, _mm256_set1_ps(6.0f)); }
+};
+
+// act: one that activates_in_register.
+template <typename S>
+KESTREL_AVX512_INLINE typename S::V clamp_in_register(typename S::V v, Activation act) {
+  if (act == Activation::None) return v;
+  v = S::relu(v);
+  return act == Activation::ReLU6 ? S::cap6(v) : v;
 }
 
 // Output pixels [m0, m0 + MR) by panel p of group grp, reduction indices
 // [k0, k1): the sums start from the bias (the first block) or from y (later
 // blocks) and are stored once; the last block also applies the activation.
-// NV: weight vectors per panel row in use (1 when the panel holds at most 16
-// channels).
-template <int MR, int NV>
+// W: the panel's channels in use, in eighths of the 32 (ceil(cols / 8)):
+// channels [0, 16) or [0, 8) in register 0, [16, 32) or [16, 24) in register
+// 1 when W > 2.
+template <int MR, int W>
 KESTREL_TARGET_AVX512 void tile(const Job& j, int64_t grp, int64_t p, int64_t m0, int64_t k0, int64_t k1) {
+  using S0 = Vec<(W >= 2 ? 16 : 8)>;
+  using S1 = Vec<(W == 4 ? 16 : 8)>;
+  constexpr bool two = W > 2;
   const ConvGeom& g = j.g;
   const int64_t cg = g.cin_g(), og = g.cout_g(), col0 = p * kConvPanel;
   const int64_t cols = std::min(kConvPanel, og - col0);
-  const __mmask16 mask0 = lane_mask(cols), mask1 = lane_mask(cols - 16);
+  const auto mask0 = S0::mask(cols);
+  const auto mask1 = S1::mask(cols - 16);
   float* yt = j.y + m0 * g.c_out + grp * og + col0;
-  __m512 acc[MR][NV];
+  typename S0::V acc0[MR];
+  [[maybe_unused]] typename S1::V acc1[MR];
   if (k0 == 0) {
     const float* b = j.bias != nullptr ? j.bias + grp * og + col0 : nullptr;
-    const __m512 b0 = b != nullptr ? _mm512_maskz_loadu_ps(mask0, b) : _mm512_setzero_ps();
-    const __m512 b1 = b != nullptr && NV == 2 ? _mm512_maskz_loadu_ps(mask1, b + 16) : _mm512_setzero_ps();
+    const auto b0 = b != nullptr ? S0::load(mask0, b) : S0::zero();
+    const auto b1 = b != nullptr && two ? S1::load(mask1, b + 16) : S1::zero();
 #pragma GCC unroll 12
     for (int r = 0; r < MR; ++r) {
-      acc[r][0] = b0;
-      if constexpr (NV == 2) acc[r][1] = b1;
+      acc0[r] = b0;
+      if constexpr (two) acc1[r] = b1;
     }
   } else {
 #pragma GCC unroll 12
     for (int r = 0; r < MR; ++r) {
-      acc[r][0] = _mm512_maskz_loadu_ps(mask0, yt + r * g.c_out);
-      if constexpr (NV == 2) acc[r][1] = _mm512_maskz_loadu_ps(mask1, yt + r * g.c_out + 16);
+      acc0[r] = S0::load(mask0, yt + r * g.c_out);
+      if constexpr (two) acc1[r] = S1::load(mask1, yt + r * g.c_out + 16);
     }
   }
   // Each pixel's image and the input position of its window's top-left tap.
@@ -147,13 +185,13 @@ KESTREL_TARGET_AVX512 void tile(const Job& j, int64_t grp, int64_t p, int64_t m0
     }
     const float* wk = panel + k * kConvPanel;
     for (int64_t i = 0; i < len; ++i, wk += kConvPanel) {
-      const __m512 w0 = _mm512_load_ps(wk);
-      const __m512 w1 = NV == 2 ? _mm512_load_ps(wk + 16) : w0;
+      const auto w0 = S0::load(wk);
+      [[maybe_unused]] typename S1::V w1;
+      if constexpr (two) w1 = S1::load(wk + 16);
 #pragma GCC unroll 12
       for (int r = 0; r < MR; ++r) {
-        const __m512 v = _mm512_set1_ps(a[r][i]);
-        acc[r][0] = _mm512_fmadd_ps(v, w0, acc[r][0]);
-        if constexpr (NV == 2) acc[r][1] = _mm512_fmadd_ps(v, w1, acc[r][1]);
+        acc0[r] = S0::fma(a[r][i], w0, acc0[r]);
+        if constexpr (two) acc1[r] = S1::fma(a[r][i], w1, acc1[r]);
       }
     }
     k += len;
@@ -162,28 +200,30 @@ KESTREL_TARGET_AVX512 void tile(const Job& j, int64_t grp, int64_t p, int64_t m0
   const Activation in_register = last && activates_in_register(j.act) ? j.act : Activation::None;
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r) {
-    _mm512_mask_storeu_ps(yt + r * g.c_out, mask0, clamp_in_register(acc[r][0], in_register));
-    if constexpr (NV == 2) _mm512_mask_storeu_ps(yt + r * g.c_out + 16, mask1, clamp_in_register(acc[r][1], in_register));
+    S0::store(yt + r * g.c_out, mask0, clamp_in_register<S0>(acc0[r], in_register));
+    if constexpr (two) S1::store(yt + r * g.c_out + 16, mask1, clamp_in_register<S1>(acc1[r], in_register));
   }
   if (last && !activates_in_register(j.act)) activate_tile(yt, MR, cols, g.c_out, j.act);
 }
 
 using TileFn = void (*)(const Job&, int64_t, int64_t, int64_t, int64_t, int64_t);
 
-template <int NV, int... R>
+template <int W, int... R>
 constexpr std::array<TileFn, kTileRows> tiles_of_width(std::integer_sequence<int, R...>) {
-  return {&tile<R + 1, NV>...};
+  return {&tile<R + 1, W>...};
 }
-// kTiles[NV - 1][MR - 1]
-const std::array<std::array<TileFn, kTileRows>, 2> kTiles = {
+// kTiles[W - 1][MR - 1]
+const std::array<std::array<TileFn, kTileRows>, 4> kTiles = {
     tiles_of_width<1>(std::make_integer_sequence<int, kTileRows>{}),
-    tiles_of_width<2>(std::make_integer_sequence<int, kTileRows>{})};
+    tiles_of_width<2>(std::make_integer_sequence<int, kTileRows>{}),
+    tiles_of_width<3>(std::make_integer_sequence<int, kTileRows>{}),
+    tiles_of_width<4>(std::make_integer_sequence<int, kTileRows>{})};
 
 // Output pixels [r0, r1) by panel p of group grp, every reduction block.
 void run_task(const Job& j, int64_t grp, int64_t p, int64_t r0, int64_t r1) {
   const int64_t K = j.w.k, blocks = (K + kDepth - 1) / kDepth;
   const int64_t cols = std::min(kConvPanel, j.g.cout_g() - p * kConvPanel);
-  const auto& tiles = kTiles[cols > 16 ? 1 : 0];
+  const auto& tiles = kTiles[(cols + 7) / 8 - 1];
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t k0 = K * b / blocks, k1 = K * (b + 1) / blocks;
     for (int64_t m = r0; m < r1; m += kTileRows)

@@ -114,31 +114,44 @@ std::map<std::string, std::string> conv_trace_attrs(const cpu::ConvGeom& g, cons
           {"bias", bias.defined() ? "true" : "false"}};
 }
 
-// act(conv(x, w) + b) on the CPU, the activation in the kernel's epilogue.
-// A frozen weight's (a model fused for inference) packed form, built on its
-// first use and kept with its storage; null where the weight may still change
-// or the implicit GEMM does not run.
-std::shared_ptr<const cpu::PackedConvWeights> cached_packed_weights(const ConvOperands& o) {
+// A frozen weight's (a model fused for inference) form for the kernels,
+// built by make() on its first use and kept with its storage; null where the
+// weight may still change.
+template <typename Form, typename Make>
+std::shared_ptr<const Form> frozen_form(const ConvOperands& o, const char* name, Make&& make) {
   const cpu::ConvGeom& g = o.g;
   const std::shared_ptr<Storage>& storage = o.wc.storage();
-  if (o.wc.dtype() != DType::F32 || g.depthwise() || !cpu::implicit_gemm_enabled() || !storage->frozen())
-    return nullptr;
+  if (!storage->frozen()) return nullptr;
   const auto offset = static_cast<const char*>(o.wc.data_ptr()) - static_cast<const char*>(storage->data());
-  const std::string key = "conv_gemm@" + std::to_string(offset) + " groups " + std::to_string(g.groups) + " k " +
-                          std::to_string(g.k()) + " c_out " + std::to_string(g.c_out);
-  return std::static_pointer_cast<const cpu::PackedConvWeights>(storage->derived(key, [&] {
-    return std::make_shared<const cpu::PackedConvWeights>(cpu::pack_conv_weights(g, o.wc.data<float>()));
-  }));
+  const std::string key = std::string(name) + "@" + std::to_string(offset) + " groups " + std::to_string(g.groups) +
+                          " k " + std::to_string(g.k()) + " c_out " + std::to_string(g.c_out);
+  return std::static_pointer_cast<const Form>(
+      storage->derived(key, [&] { return std::make_shared<const Form>(make()); }));
 }
 
+// act(conv(x, w) + b) on the CPU, the activation in the kernel's epilogue.
 Tensor cpu_forward(const ConvOperands& o, Activation act, const char* op) {
   const cpu::ConvGeom& g = o.g;
   Tensor out = Tensor::empty({g.n, g.oh, g.ow, g.c_out}, o.x.dtype(), o.x.device());
-  const std::shared_ptr<const cpu::PackedConvWeights> packed = cached_packed_weights(o);
-  if (packed != nullptr) {
-    cpu::implicit_gemm_conv(g, o.xc.data<float>(), *packed, o.bc.defined() ? o.bc.data<float>() : nullptr,
-                            out.data<float>(), act);
-    return out;
+  if (o.wc.dtype() == DType::F32) {
+    const float* x = o.xc.data<float>();
+    const float* bias = o.bc.defined() ? o.bc.data<float>() : nullptr;
+    float* y = out.data<float>();
+    if (g.depthwise()) {
+      const auto taps_major = frozen_form<std::vector<float>>(
+          o, "depthwise_taps_major", [&] { return cpu::depthwise_weight_taps_major(g, o.wc.data<float>()); });
+      if (taps_major != nullptr) {
+        cpu::depthwise_forward_taps_major(g, x, taps_major->data(), bias, y, act);
+        return out;
+      }
+    } else if (cpu::implicit_gemm_enabled()) {
+      const auto packed = frozen_form<cpu::PackedConvWeights>(
+          o, "conv_gemm", [&] { return cpu::pack_conv_weights(g, o.wc.data<float>()); });
+      if (packed != nullptr) {
+        cpu::implicit_gemm_conv(g, x, *packed, bias, y, act);
+        return out;
+      }
+    }
   }
   dispatch_float(o.x.dtype(), op, [&](auto tag_) {
     using scalar_t = KESTREL_SCALAR(tag_);
