@@ -209,6 +209,11 @@ std::vector<ConvCase> depthwise_block_cases() {
   cases.push_back({"depthwise5x5_dilation2_c20", 1, 12, 14, 20, 20, 5, 5, params(1, 4, 2, 20), true});
   cases.push_back({"depthwise_nopad_c9", 1, 6, 12, 9, 9, 3, 3, params(1, 0, 1, 9), false});
   cases.push_back({"depthwise_narrow_c20", 1, 3, 2, 20, 20, 3, 3, params(1, 1, 1, 20), true});
+  // The sliding kernel (dilation 1, stride 1 or 2, 3 or 5 taps across):
+  // 8 interior pixels at a time, then 4, then the per-pixel paths.
+  cases.push_back({"depthwise_c16_w14", 2, 5, 14, 16, 16, 3, 3, params(1, 1, 1, 16), true});
+  cases.push_back({"depthwise5x5_c20_w21", 1, 7, 21, 20, 20, 5, 5, params(1, 2, 1, 20), true});
+  cases.push_back({"depthwise5x5_stride2_c33", 1, 11, 23, 33, 33, 5, 5, params(2, 2, 1, 33), false});
   return cases;
 }
 

@@ -154,28 +154,81 @@ KESTREL_INLINE void load_lanes(V& v, const T* p) {
 // Output pixels [0, P) (input columns g.sw apart), channels [c, c + N): the
 // sums stay in registers across all taps and are stored once, then the
 // activation is applied while they are in L1. P pixels side by side give P
-// independent FMA chains that share each weight load.
+// independent FMA chains that share each weight load. Fewer than 4 pixels
+// (edges, a row's last interior ones) each keep Q partial sums that take
+// turns over the taps: one chain waits out each multiply-add's latency
+// (measured: a lone edge pixel cost as much as four interior ones).
 template <typename T, Activation A, int64_t P, int64_t N>
 KESTREL_INLINE void dw_forward_pixels(const ConvGeom& g, const T* x, int64_t win, const T* wt, const T* bias,
                                       TapRange th, TapRange tw, int64_t c, T* out) {
   using V = typename Lanes<T, N>::type;
+  constexpr int64_t Q = P >= 4 ? 1 : 2;
   const int64_t C = g.c_in, step = g.sw * C;
   V init{};
   if (bias != nullptr) load_lanes(init, bias + c);
-  V acc[P];
-  for (int64_t p = 0; p < P; ++p) acc[p] = init;
+  V acc[P][Q];
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < P; ++p) {
+    acc[p][0] = init;
+#pragma GCC unroll 4
+    for (int64_t q = 1; q < Q; ++q) acc[p][q] = V{};
+  }
   for (int64_t kh = th.k0; kh < th.k1; ++kh) {
     const int64_t xr = win + kh * g.dh * g.w * C + c;  // an offset: win + c alone may precede x
     const T* wr = wt + kh * g.kw * C + c;
     for (int64_t kw = tw.k0; kw < tw.k1; ++kw) {
       V wv, xv;
       load_lanes(wv, wr + kw * C);
+#pragma GCC unroll 4
       for (int64_t p = 0; p < P; ++p) {
         load_lanes(xv, x + (xr + kw * g.dw * C + p * step));
-        acc[p] += xv * wv;
+        const V sum = acc[p][0] + xv * wv;
+#pragma GCC unroll 4
+        for (int64_t q = 0; q + 1 < Q; ++q) acc[p][q] = acc[p][q + 1];  // rotate: the next tap adds to the next sum
+        acc[p][Q - 1] = sum;
       }
     }
   }
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < P; ++p) {
+#pragma GCC unroll 4
+    for (int64_t q = 1; q < Q; ++q) acc[p][0] += acc[p][q];
+    T* o = out + p * C + c;
+    std::memcpy(o, &acc[p][0], sizeof(V));
+    if constexpr (A != Activation::None)
+      for (int64_t j = 0; j < N; ++j) o[j] = act_value<A, T>(o[j]);
+  }
+}
+
+// P output pixels side by side of a convolution with stride S (1 or 2) and
+// dilation 1 along the width, all KW taps inside: they read S (P - 1) + KW
+// input columns per kernel row, each loaded once and used for every tap
+// that reaches it (dw_forward_pixels loads P x KW: the loads, not the
+// multiply-adds, bounded it). Taps are summed in the same order as there.
+template <typename T, Activation A, int64_t P, int64_t KW, int64_t S, int64_t N>
+KESTREL_INLINE void dw_forward_pixels_sliding(const ConvGeom& g, const T* x, int64_t win, const T* wt, const T* bias,
+                                              TapRange th, int64_t c, T* out) {
+  using V = typename Lanes<T, N>::type;
+  const int64_t C = g.c_in;
+  V init{};
+  if (bias != nullptr) load_lanes(init, bias + c);
+  V acc[P];
+#pragma GCC unroll 16
+  for (int64_t p = 0; p < P; ++p) acc[p] = init;
+  for (int64_t kh = th.k0; kh < th.k1; ++kh) {
+    const T* xp = x + (win + kh * g.dh * g.w * C + c);  // one sum: win + c alone may precede x
+    const T* wr = wt + kh * KW * C + c;
+    V wv[KW], xv[S * (P - 1) + KW];
+#pragma GCC unroll 8
+    for (int64_t k = 0; k < KW; ++k) load_lanes(wv[k], wr + k * C);
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < S * (P - 1) + KW; ++i, xp += C) load_lanes(xv[i], xp);  // one pointer, not 12 offsets
+#pragma GCC unroll 8
+    for (int64_t p = 0; p < P; ++p)
+#pragma GCC unroll 8
+      for (int64_t k = 0; k < KW; ++k) acc[p] += xv[S * p + k] * wv[k];
+  }
+#pragma GCC unroll 16
   for (int64_t p = 0; p < P; ++p) {
     T* o = out + p * C + c;
     std::memcpy(o, &acc[p], sizeof(V));
@@ -203,7 +256,9 @@ KESTREL_INLINE void dw_forward_thin(const ConvGeom& g, const T* x, int64_t win, 
 // of Bytes (one vector register's width); a ragged tail is one more block (or
 // half block) that ends at C, overlapping the one before: recomputing a few
 // channels costs less than a partial block spilled to memory.
-template <typename T, Activation A, int64_t P, int64_t Bytes>
+// KW > 0: the sliding kernel, for interior pixels of a row with stride S and
+// dilation 1 along the width and KW taps across (tw must be all of them).
+template <typename T, Activation A, int64_t P, int64_t Bytes, int64_t KW = 0, int64_t S = 1>
 KESTREL_INLINE void dw_forward_run(const ConvGeom& g, const T* x, const T* wt, const T* bias, TapRange th,
                                    TapRange tw, int64_t row, int64_t ow, T* out) {
   constexpr int64_t kBlock = Bytes / sizeof(T), kHalf = kBlock / 2;
@@ -212,42 +267,107 @@ KESTREL_INLINE void dw_forward_run(const ConvGeom& g, const T* x, const T* wt, c
     for (int64_t p = 0; p < P; ++p) dw_forward_thin<T, A>(g, x, win + p * g.sw * C, wt, bias, th, tw, out + p * C);
     return;
   }
+  auto block = [&](auto lanes, int64_t c) KESTREL_LAMBDA_INLINE {
+    constexpr int64_t N = decltype(lanes)::value;
+    if constexpr (KW > 0)
+      dw_forward_pixels_sliding<T, A, P, KW, S, N>(g, x, win, wt, bias, th, c, out);
+    else
+      dw_forward_pixels<T, A, P, N>(g, x, win, wt, bias, th, tw, c, out);
+  };
+  using Full = std::integral_constant<int64_t, kBlock>;
+  using Half = std::integral_constant<int64_t, kHalf>;
   int64_t c = 0;
-  for (; c + kBlock <= C; c += kBlock) dw_forward_pixels<T, A, P, kBlock>(g, x, win, wt, bias, th, tw, c, out);
+  for (; c + kBlock <= C; c += kBlock) block(Full{}, c);
   if (c == C) return;
   if (C - c <= kHalf)
-    dw_forward_pixels<T, A, P, kHalf>(g, x, win, wt, bias, th, tw, C - kHalf, out);
+    block(Half{}, C - kHalf);
   else if (C >= kBlock)
-    dw_forward_pixels<T, A, P, kBlock>(g, x, win, wt, bias, th, tw, C - kBlock, out);
+    block(Full{}, C - kBlock);
   else {  // kHalf < C < kBlock
-    dw_forward_pixels<T, A, P, kHalf>(g, x, win, wt, bias, th, tw, 0, out);
-    dw_forward_pixels<T, A, P, kHalf>(g, x, win, wt, bias, th, tw, C - kHalf, out);
+    block(Half{}, 0);
+    block(Half{}, C - kHalf);
   }
 }
 
-// One output row. A window's top-left input pixel may lie in the padding (its
-// offset may be negative): only valid taps are read. Interior pixels, whose
-// taps are all inside, go four at a time.
+// Interior pixels [ow, end) of a row whose taps are all inside, through the
+// sliding kernel: Wide at a time, then 4. Returns where it stopped.
+template <typename T, int64_t Wide, int64_t Bytes, int64_t KW, int64_t S>
+KESTREL_INLINE int64_t dw_forward_sliding_runs(const ConvGeom& g, const T* x, const T* wt, const T* bias, TapRange th,
+                                               int64_t row, int64_t ow, int64_t end, T* yrow) {
+  const TapRange all{0, KW};
+  for (; ow + Wide <= end; ow += Wide)
+    dw_forward_run<T, Activation::None, Wide, Bytes, KW, S>(g, x, wt, bias, th, all, row, ow, yrow + ow * g.c_in);
+  if constexpr (Wide > 4)
+    for (; ow + 4 <= end; ow += 4)
+      dw_forward_run<T, Activation::None, 4, Bytes, KW, S>(g, x, wt, bias, th, all, row, ow, yrow + ow * g.c_in);
+  return ow;
+}
+
+// Where one output row's windows lie: the kernel rows inside the input, the
+// input pixel index of the windows' row at column 0, and the interior output
+// columns [first, last], whose taps are all inside.
+struct DwRowSpan {
+  TapRange th;
+  int64_t row, first, last;
+};
+inline DwRowSpan dw_row_span(const ConvGeom& g, int64_t n, int64_t oh) {
+  DwRowSpan s{valid_taps(oh, g.sh, g.ph, g.dh, g.kh, g.h), (n * g.h + oh * g.sh - g.ph) * g.w, 0, g.ow - 1};
+  while (s.first < g.ow && s.first * g.sw - g.pw < 0) ++s.first;
+  while (s.last >= s.first && s.last * g.sw - g.pw + (g.kw - 1) * g.dw >= g.w) --s.last;
+  return s;
+}
+
+// The sliding kernel over a row's interior, for dilation 1, strides 1 and 2
+// and the zoo's kernel widths (3, 5), with no activation: one build serves
+// every activation (each build is hundreds of unrolled multiply-adds; built
+// per activation they took minutes to compile). Returns where it stopped:
+// the first interior column it left to dw_forward_row.
+template <int64_t Bytes>
+KESTREL_INLINE int64_t dw_forward_sliding(const ConvGeom& g, const float* x, const float* wt, const float* bias,
+                                          const DwRowSpan& s, float* yrow) {
+  // Stride 1: 8 sums, 5 weights and 12 input columns fit AVX-512's 32
+  // registers; stride 2 reads 2 columns per pixel, so 4 pixels.
+  constexpr int64_t kWide = Bytes >= 64 ? 8 : 4;
+  const int64_t end = s.last + 1;
+  if (g.dw != 1) return s.first;
+  if (g.sw == 1 && g.kw == 3)
+    return dw_forward_sliding_runs<float, kWide, Bytes, 3, 1>(g, x, wt, bias, s.th, s.row, s.first, end, yrow);
+  if (g.sw == 1 && g.kw == 5)
+    return dw_forward_sliding_runs<float, kWide, Bytes, 5, 1>(g, x, wt, bias, s.th, s.row, s.first, end, yrow);
+  if (g.sw == 2 && g.kw == 3)
+    return dw_forward_sliding_runs<float, 4, Bytes, 3, 2>(g, x, wt, bias, s.th, s.row, s.first, end, yrow);
+  if (g.sw == 2 && g.kw == 5)
+    return dw_forward_sliding_runs<float, 4, Bytes, 5, 2>(g, x, wt, bias, s.th, s.row, s.first, end, yrow);
+  return s.first;
+}
+
+// y[i] = act(y[i]) for i in [0, count).
+template <Activation A>
+KESTREL_INLINE void activate_span(float* y, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) y[i] = act_value<A, float>(y[i]);
+}
+
+// One output row, but for the interior columns [s.first, from), which are
+// done. A window's top-left input pixel may lie in the padding (its offset
+// may be negative): only valid taps are read. Interior pixels, whose taps
+// are all inside, go four at a time.
 template <typename T, Activation A, int64_t Bytes>
-KESTREL_INLINE void dw_forward_row(const ConvGeom& g, const T* x, const T* wt, const T* bias, T* yrow, int64_t n,
-                                   int64_t oh) {
+KESTREL_INLINE void dw_forward_row(const ConvGeom& g, const T* x, const T* wt, const T* bias, T* yrow,
+                                   const DwRowSpan& s, int64_t from) {
   constexpr int64_t kPixels = 4;
   const int64_t C = g.c_in;
-  const TapRange th = valid_taps(oh, g.sh, g.ph, g.dh, g.kh, g.h);
-  const int64_t row = (n * g.h + oh * g.sh - g.ph) * g.w;  // input pixel index of the window row's column 0
-  int64_t first = 0, last = g.ow - 1;                      // the interior output columns
-  while (first < g.ow && first * g.sw - g.pw < 0) ++first;
-  while (last >= first && last * g.sw - g.pw + (g.kw - 1) * g.dw >= g.w) --last;
-  int64_t ow = 0;
   // Inlined, so it is compiled for the caller's ISA (a lambda is otherwise a
   // function of its own, built for the baseline).
   auto edge = [&](int64_t o) KESTREL_LAMBDA_INLINE {
     const TapRange tw = valid_taps(o, g.sw, g.pw, g.dw, g.kw, g.w);
-    dw_forward_run<T, A, 1, Bytes>(g, x, wt, bias, th, tw, row, o, yrow + o * C);
+    dw_forward_run<T, A, 1, Bytes>(g, x, wt, bias, s.th, tw, s.row, o, yrow + o * C);
   };
-  for (; ow < first; ++ow) edge(ow);
-  for (; ow + kPixels <= last + 1; ow += kPixels)
-    dw_forward_run<T, A, kPixels, Bytes>(g, x, wt, bias, th, TapRange{0, g.kw}, row, ow, yrow + ow * C);
+  for (int64_t ow = 0; ow < s.first; ++ow) edge(ow);
+  int64_t ow = std::max(from, s.first);
+  for (; ow + kPixels <= s.last + 1; ow += kPixels)
+    dw_forward_run<T, A, kPixels, Bytes>(g, x, wt, bias, s.th, TapRange{0, g.kw}, s.row, ow, yrow + ow * C);
+  for (; ow + 2 <= s.last + 1; ow += 2)
+    dw_forward_run<T, A, 2, Bytes>(g, x, wt, bias, s.th, TapRange{0, g.kw}, s.row, ow, yrow + ow * C);
   for (; ow < g.ow; ++ow) edge(ow);
 }
 
@@ -295,15 +415,26 @@ KESTREL_INLINE void dw_backward_weight_row(const ConvGeom& g, const T* x, const 
 
 // The activations that models put after a depthwise conv are inlined, so they
 // are compiled for each ISA too; any other runs as a second pass.
+// The interior goes through the sliding kernel first, then gets its
+// activation while in L1.
 template <int64_t Bytes>
 KESTREL_INLINE void dw_forward_row_act(const ConvGeom& g, const float* x, const float* wt, const float* bias,
                                        float* yrow, int64_t n, int64_t oh, Activation act) {
+  const DwRowSpan s = dw_row_span(g, n, oh);
+  const int64_t from = dw_forward_sliding<Bytes>(g, x, wt, bias, s, yrow);
+  float* done = yrow + s.first * g.c_in;
+  const int64_t done_count = (from - s.first) * g.c_in;
   switch (act) {
-    case Activation::ReLU: return dw_forward_row<float, Activation::ReLU, Bytes>(g, x, wt, bias, yrow, n, oh);
-    case Activation::ReLU6: return dw_forward_row<float, Activation::ReLU6, Bytes>(g, x, wt, bias, yrow, n, oh);
+    case Activation::ReLU:
+      activate_span<Activation::ReLU>(done, done_count);
+      return dw_forward_row<float, Activation::ReLU, Bytes>(g, x, wt, bias, yrow, s, from);
+    case Activation::ReLU6:
+      activate_span<Activation::ReLU6>(done, done_count);
+      return dw_forward_row<float, Activation::ReLU6, Bytes>(g, x, wt, bias, yrow, s, from);
     case Activation::HardSwish:
-      return dw_forward_row<float, Activation::HardSwish, Bytes>(g, x, wt, bias, yrow, n, oh);
-    default: dw_forward_row<float, Activation::None, Bytes>(g, x, wt, bias, yrow, n, oh);
+      activate_span<Activation::HardSwish>(done, done_count);
+      return dw_forward_row<float, Activation::HardSwish, Bytes>(g, x, wt, bias, yrow, s, from);
+    default: dw_forward_row<float, Activation::None, Bytes>(g, x, wt, bias, yrow, s, from);
   }
   if (act != Activation::None) bias_act_rows(yrow, 1, g.ow * g.c_in, static_cast<const float*>(nullptr), act);
 }
@@ -346,7 +477,8 @@ template <typename T>
 struct DwRows {
   static void forward(const ConvGeom& g, const T* x, const T* wt, const T* bias, T* yrow, int64_t n, int64_t oh,
                       Activation act) {
-    act_dispatch(act, [&](auto a) { dw_forward_row<T, decltype(a)::value, 64>(g, x, wt, bias, yrow, n, oh); });
+    const DwRowSpan s = dw_row_span(g, n, oh);
+    act_dispatch(act, [&](auto a) { dw_forward_row<T, decltype(a)::value, 64>(g, x, wt, bias, yrow, s, s.first); });
   }
   static void backward_input(const ConvGeom& g, const T* gy, const T* wt, const Taps& th, const Taps& tw, T* gxrow,
                              int64_t n, int64_t ih) {
