@@ -161,7 +161,7 @@ KESTREL_TARGET_AVX512 void tile(const Job& j, int64_t grp, int64_t p, int64_t m0
   }
   // Each pixel's image and the input position of its window's top-left tap.
   const bool pointwise = g.pointwise();
-  int64_t image[MR], top[MR], left[MR];
+  int64_t image[MR] = {}, top[MR] = {}, left[MR] = {};
   if (!pointwise)
     for (int r = 0; r < MR; ++r) {
       const int64_t m = m0 + r, ow = m % g.ow, oh = m / g.ow % g.oh;
