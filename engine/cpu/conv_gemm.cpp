@@ -53,7 +53,7 @@ constexpr int kTileRows = 12;
 // Reduction indices per block: a panel's slice is then 16 KB, half of L1,
 // and stays there while the tiles of a chunk stream their pixels past it.
 constexpr int64_t kDepth = 128;
-// Output pixels per task: a chunk's inputs stay in L2 across the panels.
+// Output pixels per task at most: a chunk's inputs stay in L2 across the panels.
 constexpr int64_t kChunkRows = 8 * kTileRows;
 
 struct Job {
@@ -241,11 +241,16 @@ void implicit_gemm_conv(const ConvGeom& g, const float* x, const PackedConvWeigh
   if (M == 0 || g.c_out == 0) return;
   const std::vector<float> zeros(g.pointwise() ? 0 : static_cast<size_t>(g.cin_g()), 0.0f);
   const Job job{g, x, w, bias, y, act, zeros.data()};
-  const int64_t chunks = (M + kChunkRows - 1) / kChunkRows, per_group = chunks * w.panels;
   const double macs = static_cast<double>(M) * static_cast<double>(g.c_out) * static_cast<double>(g.k());
-  parallel_for(g.groups * per_group, macs >= double(1 << 17), [&](int64_t task) {
+  const bool parallel = macs >= double(1 << 17);
+  // Small layers (batch 1) in chunks of as little as one tile, so that the
+  // threads get about four tasks each; chunk bounds do not change any sum.
+  const int64_t spread = 4 * int64_t{partial_count(parallel)} * g.groups * w.panels;
+  const int64_t rows = std::clamp((M / spread + kTileRows - 1) / kTileRows * kTileRows, int64_t{kTileRows}, kChunkRows);
+  const int64_t chunks = (M + rows - 1) / rows, per_group = chunks * w.panels;
+  parallel_for(g.groups * per_group, parallel, [&](int64_t task) {
     const int64_t grp = task / per_group, chunk = task % per_group / w.panels, p = task % w.panels;
-    run_task(job, grp, p, chunk * kChunkRows, std::min(M, (chunk + 1) * kChunkRows));
+    run_task(job, grp, p, chunk * rows, std::min(M, (chunk + 1) * rows));
   });
 }
 
