@@ -6,6 +6,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/env.h"
 #include "engine/error.h"
 
 namespace kestrel {
@@ -26,8 +27,7 @@ class HostBlockCache {
   static constexpr size_t kMaxCachedBytes = size_t{1} << 30;
 
   HostBlockCache() {
-    const char* env = std::getenv("KESTREL_CPU_NO_CACHE");
-    enabled_ = !(env != nullptr && env[0] != '\0' && std::strcmp(env, "0") != 0);
+    enabled_ = !env_switch("KESTREL_CPU_NO_CACHE");
   }
 
   // 64-byte multiples up to 4 KiB, then four classes per power of two (<= 25% slack).

@@ -4,8 +4,7 @@
 // out-of-line callee (a lambda, a template helper) is compiled once, for the
 // baseline, and keeps the loop scalar.
 #pragma once
-#include <cstdlib>
-#include <cstring>
+#include "engine/env.h"
 
 #define KESTREL_INLINE inline __attribute__((always_inline))
 // The same for a lambda: [&](auto x) KESTREL_LAMBDA_INLINE { ... }
@@ -26,13 +25,6 @@
 #endif
 
 namespace kestrel::cpu {
-
-// An environment switch such as KESTREL_NO_AVX512: on when set to anything
-// but "" or "0".
-inline bool env_switch(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
-}
 
 // Whether this CPU runs the AVX-512 kernels (KESTREL_NO_AVX512=1 turns them off).
 inline bool use_avx512() {

@@ -14,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/env.h"
 #include "engine/storage.h"
 
 namespace kestrel::cuda {
@@ -216,8 +217,7 @@ struct PendingFree {
 class CachingAllocator final : public DeviceAllocator {
  public:
   CachingAllocator() {
-    const char* env = std::getenv("KESTREL_CUDA_NO_CACHE");
-    caching_ = !(env != nullptr && env[0] != '\0' && std::strcmp(env, "0") != 0);
+    caching_ = !env_switch("KESTREL_CUDA_NO_CACHE");
   }
 
   bool caching() const { return caching_; }
