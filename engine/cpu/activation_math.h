@@ -83,6 +83,18 @@ KESTREL_INLINE T act_value(T z) {
   return z;
 }
 
+// row[c] = act(row[c] + bias[c]) in place, for c in [0, C); bias may be null.
+template <typename T, Activation A>
+KESTREL_INLINE void bias_act_row(T* row, int64_t C, const T* bias) {
+  if (bias != nullptr) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) row[c] = act_value<A, T>(row[c] + bias[c]);
+  } else {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) row[c] = act_value<A, T>(row[c]);
+  }
+}
+
 // d act(z) / dz
 template <Activation A, typename T>
 inline T act_derivative(T z) {

@@ -90,18 +90,6 @@ void col2im_gather(const ConvGeom& g, const T* gcol, int64_t n0, int64_t nb, int
   });
 }
 
-// row[c] = act(row[c] + bias[c]) in place; bias may be null.
-template <typename T, Activation A>
-KESTREL_INLINE void bias_act_row(T* row, int64_t C, const T* bias) {
-  if (bias != nullptr) {
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) row[c] = act_value<A, T>(row[c] + bias[c]);
-  } else {
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) row[c] = act_value<A, T>(row[c]);
-  }
-}
-
 // f32 rows for each ISA: sigmoid and SiLU (their arithmetic exp) are most of
 // EfficientNet's epilogue time, and the baseline build is 4-wide SSE.
 KESTREL_CLONES_AVX512 void bias_act_row_f32(float* row, int64_t C, const float* bias, Activation act) {
@@ -151,6 +139,14 @@ KESTREL_INLINE void load_lanes(V& v, const T* p) {
   std::memcpy(&v, p, sizeof v);
 }
 
+// One pixel's N sums stored at o, then activated while in L1.
+template <typename T, Activation A, int64_t N, typename V>
+KESTREL_INLINE void store_sums(T* o, const V& sums) {
+  std::memcpy(o, &sums, sizeof(V));
+  if constexpr (A != Activation::None)
+    for (int64_t j = 0; j < N; ++j) o[j] = act_value<A, T>(o[j]);
+}
+
 // Output pixels [0, P) (input columns g.sw apart), channels [c, c + N): the
 // sums stay in registers across all taps and are stored once, then the
 // activation is applied while they are in L1. P pixels side by side give P
@@ -193,10 +189,7 @@ KESTREL_INLINE void dw_forward_pixels(const ConvGeom& g, const T* x, int64_t win
   for (int64_t p = 0; p < P; ++p) {
 #pragma GCC unroll 4
     for (int64_t q = 1; q < Q; ++q) acc[p][0] += acc[p][q];
-    T* o = out + p * C + c;
-    std::memcpy(o, &acc[p][0], sizeof(V));
-    if constexpr (A != Activation::None)
-      for (int64_t j = 0; j < N; ++j) o[j] = act_value<A, T>(o[j]);
+    store_sums<T, A, N>(out + p * C + c, acc[p][0]);
   }
 }
 
@@ -229,12 +222,7 @@ KESTREL_INLINE void dw_forward_pixels_sliding(const ConvGeom& g, const T* x, int
       for (int64_t k = 0; k < KW; ++k) acc[p] += xv[S * p + k] * wv[k];
   }
 #pragma GCC unroll 16
-  for (int64_t p = 0; p < P; ++p) {
-    T* o = out + p * C + c;
-    std::memcpy(o, &acc[p], sizeof(V));
-    if constexpr (A != Activation::None)
-      for (int64_t j = 0; j < N; ++j) o[j] = act_value<A, T>(o[j]);
-  }
+  for (int64_t p = 0; p < P; ++p) store_sums<T, A, N>(out + p * C + c, acc[p]);
 }
 
 // One output pixel of a layer thinner than half a vector: plain loops.
@@ -341,12 +329,6 @@ KESTREL_INLINE int64_t dw_forward_sliding(const ConvGeom& g, const float* x, con
   return s.first;
 }
 
-// y[i] = act(y[i]) for i in [0, count).
-template <Activation A>
-KESTREL_INLINE void activate_span(float* y, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) y[i] = act_value<A, float>(y[i]);
-}
-
 // One output row, but for the interior columns [s.first, from), which are
 // done. A window's top-left input pixel may lie in the padding (its offset
 // may be negative): only valid taps are read. Interior pixels, whose taps
@@ -413,10 +395,10 @@ KESTREL_INLINE void dw_backward_weight_row(const ConvGeom& g, const T* x, const 
   }
 }
 
-// The activations that models put after a depthwise conv are inlined, so they
-// are compiled for each ISA too; any other runs as a second pass.
 // The interior goes through the sliding kernel first, then gets its
-// activation while in L1.
+// activation while in L1. The activations that models put after a depthwise
+// conv are inlined, so they are compiled for each ISA too; any other runs as
+// a second pass over the row.
 template <int64_t Bytes>
 KESTREL_INLINE void dw_forward_row_act(const ConvGeom& g, const float* x, const float* wt, const float* bias,
                                        float* yrow, int64_t n, int64_t oh, Activation act) {
@@ -426,13 +408,13 @@ KESTREL_INLINE void dw_forward_row_act(const ConvGeom& g, const float* x, const 
   const int64_t done_count = (from - s.first) * g.c_in;
   switch (act) {
     case Activation::ReLU:
-      activate_span<Activation::ReLU>(done, done_count);
+      bias_act_row<float, Activation::ReLU>(done, done_count, nullptr);
       return dw_forward_row<float, Activation::ReLU, Bytes>(g, x, wt, bias, yrow, s, from);
     case Activation::ReLU6:
-      activate_span<Activation::ReLU6>(done, done_count);
+      bias_act_row<float, Activation::ReLU6>(done, done_count, nullptr);
       return dw_forward_row<float, Activation::ReLU6, Bytes>(g, x, wt, bias, yrow, s, from);
     case Activation::HardSwish:
-      activate_span<Activation::HardSwish>(done, done_count);
+      bias_act_row<float, Activation::HardSwish>(done, done_count, nullptr);
       return dw_forward_row<float, Activation::HardSwish, Bytes>(g, x, wt, bias, yrow, s, from);
     default: dw_forward_row<float, Activation::None, Bytes>(g, x, wt, bias, yrow, s, from);
   }

@@ -73,11 +73,7 @@ bool activates_in_register(Activation act) {
 // Any other activation: over the stored tile, while it is in L1.
 KESTREL_TARGET_AVX512 void activate_tile(float* y, int64_t rows, int64_t cols, int64_t ld, Activation act) {
   act_dispatch(act, [&](auto a) KESTREL_LAMBDA_INLINE {
-    for (int64_t r = 0; r < rows; ++r) {
-      float* p = y + r * ld;
-#pragma omp simd
-      for (int64_t c = 0; c < cols; ++c) p[c] = act_value<decltype(a)::value, float>(p[c]);
-    }
+    for (int64_t r = 0; r < rows; ++r) bias_act_row<float, decltype(a)::value>(y + r * ld, cols, nullptr);
   });
 }
 
