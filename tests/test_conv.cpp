@@ -224,6 +224,28 @@ TEST(Conv2d, DepthwiseChannelBlocksMatchNaiveLoops) {
   }
 }
 
+// The depthwise backward: the input gradient's sliding kernel (S * P input
+// pixels from shared gy columns; at stride 2 the pixels of a group alternate
+// between two sets of taps) and the weight gradient's register sums over
+// interior columns, whose channels go in whole and half blocks with a
+// per-element tail. Widths around the group sizes, both parities at stride 2,
+// no padding, and 7 taps (the weight kernel only).
+TEST(Conv2d, DepthwiseBackwardMatchesNaiveLoops) {
+  std::vector<ConvCase> cases = depthwise_block_cases();
+  for (int64_t w : {8, 15, 16, 17, 33})
+    cases.push_back({"depthwise_stride2_w" + std::to_string(w), 2, 6, w, 16, 16, 3, 3, params(2, 1, 1, 16), true});
+  cases.push_back({"depthwise_stride2_nopad_c40", 1, 9, 21, 40, 40, 3, 3, params(2, 0, 1, 40), false});
+  cases.push_back({"depthwise5x5_stride2_w30_c24", 2, 9, 30, 24, 24, 5, 5, params(2, 2, 1, 24), true});
+  cases.push_back({"depthwise5x5_w30_c48", 1, 6, 30, 48, 48, 5, 5, params(1, 2, 1, 48), false});
+  cases.push_back({"depthwise_w37_c20", 2, 4, 37, 20, 20, 3, 3, params(1, 1, 1, 20), true});
+  cases.push_back({"depthwise7x7_c24", 1, 10, 19, 24, 24, 7, 7, params(1, 3, 1, 24), true});
+  cases.push_back({"depthwise_rect_pad_c16", 1, 8, 18, 16, 16, 3, 5, params_hw(1, 1, 1, 2, 1, 1, 16), true});
+  for (const ConvCase& c : cases) {
+    run_backward_case(c, DType::F32, 5e-5);
+    run_backward_case(c, DType::F64, 1e-12);
+  }
+}
+
 TEST(Conv2d, FusedActivationEpilogueMatchesConvThenActivation) {
   std::vector<ConvCase> cases = depthwise_block_cases();
   cases.push_back({"pointwise_c20_to_40", 2, 7, 9, 20, 40, 1, 1, params(1, 0), true});
