@@ -246,6 +246,25 @@ TEST(Conv2d, DepthwiseBackwardMatchesNaiveLoops) {
   }
 }
 
+// A 1x1 convolution's gradients with AVX-512 (KESTREL_NO_CONV_GEMM=1 runs the
+// BLAS path): the input gradient as the transposed convolution through the
+// implicit GEMM, the weight gradient's own kernel. Channel counts across
+// the 32-channel panels and 12-row tiles, pixel counts that are not a
+// multiple of 12, and one large enough for several reduction chunks.
+TEST(Conv2d, PointwiseBackwardMatchesNaiveLoops) {
+  const std::vector<ConvCase> cases = {
+      {"pointwise_c20_to_40", 2, 7, 9, 20, 40, 1, 1, params(1, 0), true},
+      {"pointwise_c45_to_33", 1, 5, 7, 45, 33, 1, 1, params(1, 0), false},
+      {"pointwise_c160_to_80", 3, 4, 4, 160, 80, 1, 1, params(1, 0), true},
+      {"pointwise_c7_to_13", 2, 3, 5, 7, 13, 1, 1, params(1, 0), false},
+      {"pointwise_long_c24_to_17", 4, 37, 41, 24, 17, 1, 1, params(1, 0), true},
+  };
+  for (const ConvCase& c : cases) {
+    run_backward_case(c, DType::F32, 2e-4);
+    run_backward_case(c, DType::F64, 1e-12);
+  }
+}
+
 TEST(Conv2d, FusedActivationEpilogueMatchesConvThenActivation) {
   std::vector<ConvCase> cases = depthwise_block_cases();
   cases.push_back({"pointwise_c20_to_40", 2, 7, 9, 20, 40, 1, 1, params(1, 0), true});

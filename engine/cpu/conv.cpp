@@ -110,6 +110,19 @@ void bias_act_rows(T* y, int64_t rows, int64_t C, const T* bias, Activation act)
   }
 }
 
+// A 1x1 convolution's input gradient, gx = gy w, is the forward pass of the
+// 1x1 convolution from gy's c_out channels to c_in with w transposed: the
+// implicit GEMM, which packs no activations (OpenBLAS packs gy).
+void pointwise_backward_input_gemm(const ConvGeom& g, const float* gy, const float* w, float* gx) {
+  ConvGeom t = g;
+  t.c_in = g.c_out;
+  t.c_out = g.c_in;
+  std::vector<float> w_t(static_cast<size_t>(g.c_in * g.c_out));
+  for (int64_t o = 0; o < g.c_out; ++o)
+    for (int64_t i = 0; i < g.c_in; ++i) w_t[i * g.c_out + o] = w[o * g.c_in + i];
+  implicit_gemm_conv(t, gy, pack_conv_weights(t, w_t.data()), nullptr, gx, Activation::None);
+}
+
 // Calls fn(col, n0, nb, m0, mc, grp) for each chunk of whole images and each
 // group: images [n0, n0+nb), output rows [m0, m0+mc), and col a scratch buffer
 // of mc x k() elements that the im2col-based paths share.
@@ -160,6 +173,8 @@ void conv2d_backward_input(const ConvGeom& g, const T* gy, const T* w, T* gx) {
     return;
   }
   if (g.depthwise()) return depthwise_backward_input(g, gy, w, gx);
+  if constexpr (std::is_same_v<T, float>)
+    if (g.pointwise() && g.groups == 1 && implicit_gemm_enabled()) return pointwise_backward_input_gemm(g, gy, w, gx);
   const int64_t M = g.n * g.oh * g.ow, cg = g.cin_g(), og = g.cout_g(), K = g.k();
   if (g.pointwise()) {
     for (int64_t grp = 0; grp < g.groups; ++grp)
