@@ -5,6 +5,7 @@
 // weights that a frozen (fused) model keeps.
 #include <omp.h>
 
+#include <array>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -131,6 +132,33 @@ TEST(ConvGemm, ResultsDoNotDependOnTheThreadCount) {
     }
     omp_set_num_threads(threads);
     EXPECT_EQ(ys[0], ys[1]) << c.name;
+  }
+}
+
+// The 1x1 weight gradient: every tile height (12, 8, 4, 2, 1 in sums) and
+// panel width, several reduction chunks, against f64 sums; bit-identical at 1
+// and 3 threads; NaN-poisoned outputs are all written.
+TEST(ConvGemm, PointwiseWeightGradientMatchesFloat64SumsAtAnyThreadCount) {
+  if (!cpu::implicit_gemm_enabled()) GTEST_SKIP() << "this CPU has no AVX-512 (or KESTREL_NO_CONV_GEMM is set)";
+  const int threads = omp_get_max_threads();
+  for (const auto& [M, c_out, c_in] : std::vector<std::array<int64_t, 3>>{
+           {1, 1, 1}, {5, 23, 9}, {37, 12, 32}, {1000, 47, 40}, {5000, 31, 72}, {3000, 160, 17}}) {
+    const std::string name = std::to_string(M) + "x" + std::to_string(c_out) + "x" + std::to_string(c_in);
+    const std::vector<float> x = random_floats(M * c_in, 4), gy = random_floats(M * c_out, 5);
+    std::vector<std::vector<float>> gws;
+    for (int t : {1, 3}) {
+      omp_set_num_threads(t);
+      gws.emplace_back(static_cast<size_t>(c_out * c_in), std::numeric_limits<float>::quiet_NaN());
+      cpu::pointwise_weight_gradient(M, c_out, c_in, x.data(), gy.data(), gws.back().data());
+    }
+    omp_set_num_threads(threads);
+    EXPECT_EQ(gws[0], gws[1]) << name;
+    for (int64_t o = 0; o < c_out; ++o)
+      for (int64_t i = 0; i < c_in; ++i) {
+        double want = 0;
+        for (int64_t m = 0; m < M; ++m) want += double(gy[m * c_out + o]) * double(x[m * c_in + i]);
+        ASSERT_NEAR(gws[0][o * c_in + i], want, 1e-5 * std::sqrt(double(M)) + 1e-6) << name << " o " << o << " i " << i;
+      }
   }
 }
 

@@ -198,6 +198,9 @@ void conv2d_backward_weight(const ConvGeom& g, const T* x, const T* gy, T* gw) {
     return;
   }
   if (g.depthwise()) return depthwise_backward_weight(g, x, gy, gw);
+  if constexpr (std::is_same_v<T, float>)
+    if (g.pointwise() && g.groups == 1 && implicit_gemm_enabled())
+      return pointwise_weight_gradient(M, g.c_out, g.c_in, x, gy, gw);
   if (g.pointwise()) {
     for (int64_t grp = 0; grp < g.groups; ++grp)
       gemm<T>(true, false, og, cg, M, T(1), gy + grp * og, g.c_out, x + grp * cg, g.c_in, T(0), gw + grp * og * cg,

@@ -1,8 +1,10 @@
 // CPU convolution kernels on NHWC activations and OHWI weights, raw pointers.
 //
-//   1x1, stride 1, no padding   -> one GEMM per group over [N*H*W, C_in/g]
-//   depthwise (groups==C_in==C_out) -> direct loops, channels innermost
-//   anything else               -> im2col per group (chunks of whole images) + GEMM
+//   depthwise (groups==C_in==C_out) -> direct loops, channels innermost (depthwise.h)
+//   f32 with AVX-512                -> implicit GEMM (conv_gemm.h): the forward
+//                                      pass, and a 1x1 convolution's gradients
+//   otherwise: 1x1, stride 1, no padding -> one BLAS GEMM per group over [N*H*W, C_in/g]
+//              anything else       -> im2col per group (chunks of whole images) + GEMM
 //
 // Backward input uses a gather (col2im by input pixel) so every output element
 // is written by one thread and the result does not depend on the thread count.

@@ -227,7 +227,94 @@ void run_task(const Job& j, int64_t grp, int64_t p, int64_t r0, int64_t r1) {
   }
 }
 
+// ------------------------------------------------------------------ 1x1 weight gradient
+
+// Reduction chunks of a 1x1 weight gradient: fixed by the shape (never by
+// the thread count), so that the sums' order is too; each chunk's partial
+// gradient is a c_out x c_in buffer, 16 MB in all at most.
+int64_t weight_chunks(int64_t M, int64_t c_out, int64_t c_in) {
+  const int64_t by_size = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, c_out * c_in));
+  return std::clamp<int64_t>(M / 1024, 1, std::min<int64_t>(32, by_size));
+}
+
+// gw rows [o0, o0 + MR) by columns [i0, i0 + 32) of gw = sum over pixels
+// [m0, m1) of gy[m, o] x[m, i]: a row of x is the panel (no packing), gy's
+// values are broadcast; the sums stay in registers and are stored once, to
+// out (row stride c_in). W: the columns in use, in eighths of 32.
+template <int MR, int W>
+KESTREL_TARGET_AVX512 void weight_tile(const float* gy, const float* x, int64_t c_out, int64_t c_in, int64_t o0,
+                                       int64_t i0, int64_t m0, int64_t m1, float* out) {
+  using S0 = Vec<(W >= 2 ? 16 : 8)>;
+  using S1 = Vec<(W == 4 ? 16 : 8)>;
+  constexpr bool two = W > 2;
+  const int64_t cols = std::min(kConvPanel, c_in - i0);
+  const auto mask0 = S0::mask(cols);
+  const auto mask1 = S1::mask(cols - 16);
+  typename S0::V acc0[MR];
+  [[maybe_unused]] typename S1::V acc1[MR];
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) {
+    acc0[r] = S0::zero();
+    if constexpr (two) acc1[r] = S1::zero();
+  }
+  const float* a = gy + m0 * c_out + o0;
+  const float* b = x + m0 * c_in + i0;
+  for (int64_t m = m0; m < m1; ++m, a += c_out, b += c_in) {
+    const auto w0 = S0::load(mask0, b);
+    [[maybe_unused]] typename S1::V w1;
+    if constexpr (two) w1 = S1::load(mask1, b + 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      acc0[r] = S0::fma(a[r], w0, acc0[r]);
+      if constexpr (two) acc1[r] = S1::fma(a[r], w1, acc1[r]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) {
+    S0::store(out + r * c_in + i0, mask0, acc0[r]);
+    if constexpr (two) S1::store(out + r * c_in + i0 + 16, mask1, acc1[r]);
+  }
+}
+
+using WeightTileFn = void (*)(const float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*);
+
+// kWeightTiles[W - 1][j]: rows 12, 8, 4, 2 and 1 (a remainder takes several).
+template <int W>
+constexpr std::array<WeightTileFn, 5> weight_tiles_of_width() {
+  return {&weight_tile<12, W>, &weight_tile<8, W>, &weight_tile<4, W>, &weight_tile<2, W>, &weight_tile<1, W>};
+}
+constexpr int kWeightTileRows[5] = {12, 8, 4, 2, 1};
+const std::array<std::array<WeightTileFn, 5>, 4> kWeightTiles = {
+    weight_tiles_of_width<1>(), weight_tiles_of_width<2>(), weight_tiles_of_width<3>(), weight_tiles_of_width<4>()};
+
 }  // namespace
+
+void pointwise_weight_gradient(int64_t M, int64_t c_out, int64_t c_in, const float* x, const float* gy, float* gw) {
+  if (c_out == 0 || c_in == 0) return;
+  const int64_t chunks = weight_chunks(M, c_out, c_in);
+  const int64_t row_tiles = (c_out + kTileRows - 1) / kTileRows, panels = (c_in + kConvPanel - 1) / kConvPanel;
+  std::vector<float> part(static_cast<size_t>(chunks * c_out * c_in));
+  const double macs = static_cast<double>(M) * static_cast<double>(c_out) * static_cast<double>(c_in);
+  parallel_for(chunks * row_tiles * panels, macs >= double(1 << 17), [&](int64_t task) {
+    const int64_t chunk = task / (row_tiles * panels), rt = task / panels % row_tiles, p = task % panels;
+    const int64_t m0 = M * chunk / chunks, m1 = M * (chunk + 1) / chunks;
+    const int64_t i0 = p * kConvPanel, cols = std::min(kConvPanel, c_in - i0);
+    const auto& tiles = kWeightTiles[(cols + 7) / 8 - 1];
+    float* out = part.data() + chunk * c_out * c_in;
+    for (int64_t o = rt * kTileRows, end = std::min(c_out, o + kTileRows); o < end;) {
+      int j = 0;
+      while (kWeightTileRows[j] > end - o) ++j;
+      tiles[j](gy, x, c_out, c_in, o, i0, m0, m1, out + o * c_in);
+      o += kWeightTileRows[j];
+    }
+  });
+  const int64_t n = c_out * c_in;
+  parallel_for(n, n * chunks >= (1 << 16), [&](int64_t e) {
+    float s = part[e];
+    for (int64_t c = 1; c < chunks; ++c) s += part[c * n + e];
+    gw[e] = s;
+  });
+}
 
 void implicit_gemm_conv(const ConvGeom& g, const float* x, const PackedConvWeights& w, const float* bias, float* y,
                         Activation act) {
@@ -256,6 +343,10 @@ bool implicit_gemm_enabled() { return false; }
 
 void implicit_gemm_conv(const ConvGeom&, const float*, const PackedConvWeights&, const float*, float*, Activation) {
   throw DeviceError("implicit_gemm_conv: this build has no AVX-512 target");
+}
+
+void pointwise_weight_gradient(int64_t, int64_t, int64_t, const float*, const float*, float*) {
+  throw DeviceError("pointwise_weight_gradient: this build has no AVX-512 target");
 }
 
 #endif

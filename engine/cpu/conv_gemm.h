@@ -6,7 +6,8 @@
 //     reduction, and get the activation before their one store, so C is
 //     never zeroed and the epilogue is not a second pass.
 // Each output element is summed by one thread in one fixed order, so the
-// result does not depend on the thread count.
+// result does not depend on the thread count. The same registers serve a 1x1
+// convolution's weight gradient (pointwise_weight_gradient).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -36,5 +37,11 @@ bool implicit_gemm_enabled();
 // y = act(conv(x, w) + bias) for a convolution that is not depthwise; bias may be null.
 void implicit_gemm_conv(const ConvGeom& g, const float* x, const PackedConvWeights& w, const float* bias, float* y,
                         Activation act);
+
+// gw[o, i] = sum over m of gy[m, o] x[m, i]: the weight gradient of a 1x1
+// convolution (one group) over M pixels, overwriting gw [c_out, c_in]. The
+// reduction goes in chunks fixed by the shape, each summed by one thread,
+// then added in order: the result does not depend on the thread count.
+void pointwise_weight_gradient(int64_t M, int64_t c_out, int64_t c_in, const float* x, const float* gy, float* gw);
 
 }  // namespace kestrel::cpu
