@@ -246,18 +246,24 @@ TEST(Conv2d, DepthwiseBackwardMatchesNaiveLoops) {
   }
 }
 
-// A 1x1 convolution's gradients with AVX-512 (KESTREL_NO_CONV_GEMM=1 runs the
-// BLAS path): the input gradient as the transposed convolution through the
-// implicit GEMM, the weight gradient's own kernel. Channel counts across
-// the 32-channel panels and 12-row tiles, pixel counts that are not a
-// multiple of 12, and one large enough for several reduction chunks.
-TEST(Conv2d, PointwiseBackwardMatchesNaiveLoops) {
+// The gradients that go through the AVX-512 kernels (KESTREL_NO_CONV_GEMM=1
+// runs the BLAS path): at stride 1 the input gradient as the flipped,
+// transposed convolution through the implicit GEMM (padding (k-1)d - p: 1x1,
+// 3x3, dilated, 5x5 with less than "same" padding); a 1x1 convolution's
+// weight gradient through its own kernel. Channel counts across the
+// 32-channel panels and 12-row tiles, pixel counts that are not a multiple of
+// 12, and one large enough for several reduction chunks.
+TEST(Conv2d, GemmBackwardMatchesNaiveLoops) {
   const std::vector<ConvCase> cases = {
       {"pointwise_c20_to_40", 2, 7, 9, 20, 40, 1, 1, params(1, 0), true},
       {"pointwise_c45_to_33", 1, 5, 7, 45, 33, 1, 1, params(1, 0), false},
       {"pointwise_c160_to_80", 3, 4, 4, 160, 80, 1, 1, params(1, 0), true},
       {"pointwise_c7_to_13", 2, 3, 5, 7, 13, 1, 1, params(1, 0), false},
       {"pointwise_long_c24_to_17", 4, 37, 41, 24, 17, 1, 1, params(1, 0), true},
+      {"dense3x3_c40_to_36", 2, 9, 11, 40, 36, 3, 3, params(1, 1), true},
+      {"dense3x3_dilation2_c33_to_20", 1, 12, 10, 33, 20, 3, 3, params(1, 2, 2), false},
+      {"dense5x5_pad1_c16_to_40", 1, 9, 8, 16, 40, 5, 5, params(1, 1), true},
+      {"dense3x1_c70_to_12", 2, 6, 5, 70, 12, 3, 1, params_hw(1, 1, 1, 0, 1, 1, 1), false},
   };
   for (const ConvCase& c : cases) {
     run_backward_case(c, DType::F32, 2e-4);

@@ -135,30 +135,55 @@ TEST(ConvGemm, ResultsDoNotDependOnTheThreadCount) {
   }
 }
 
-// The 1x1 weight gradient: every tile height (12, 8, 4, 2, 1 in sums) and
-// panel width, several reduction chunks, against f64 sums; bit-identical at 1
-// and 3 threads; NaN-poisoned outputs are all written.
-TEST(ConvGemm, PointwiseWeightGradientMatchesFloat64SumsAtAnyThreadCount) {
+// The weight gradient's kernel: every tile height (12, 8, 4, 2, 1 in sums)
+// and panel width, several reduction chunks, taps in the padding, strides
+// and dilations, against f64 sums over naive loops; bit-identical at 1 and 3
+// threads; NaN-poisoned outputs are all written.
+TEST(ConvGemm, WeightGradientMatchesFloat64SumsAtAnyThreadCount) {
   if (!cpu::implicit_gemm_enabled()) GTEST_SKIP() << "this CPU has no AVX-512 (or KESTREL_NO_CONV_GEMM is set)";
   const int threads = omp_get_max_threads();
-  for (const auto& [M, c_out, c_in] : std::vector<std::array<int64_t, 3>>{
-           {1, 1, 1}, {5, 23, 9}, {37, 12, 32}, {1000, 47, 40}, {5000, 31, 72}, {3000, 160, 17}}) {
-    const std::string name = std::to_string(M) + "x" + std::to_string(c_out) + "x" + std::to_string(c_in);
-    const std::vector<float> x = random_floats(M * c_in, 4), gy = random_floats(M * c_out, 5);
+  const std::vector<GemmCase> cases = {
+      {"1x1 M1", geom(1, 1, 1, 1, 1, 1, 1, 0)},
+      {"1x1 5x23x9", geom(1, 1, 5, 9, 23, 1, 1, 0)},
+      {"1x1 37x12x32", geom(1, 37, 1, 32, 12, 1, 1, 0)},
+      {"1x1 chunks 47x40", geom(4, 20, 40, 40, 47, 1, 1, 0)},
+      {"1x1 chunks 31x72", geom(5, 20, 50, 72, 31, 1, 1, 0)},
+      {"1x1 160x17", geom(3, 25, 40, 17, 160, 1, 1, 0)},
+      {"3x3 pad1 c16", geom(2, 9, 11, 16, 20, 3, 1, 1)},
+      {"3x3 stride2 c40", geom(3, 33, 17, 40, 13, 3, 2, 1)},
+      {"3x3 dilation2 c33", geom(1, 12, 10, 33, 25, 3, 1, 2, 2)},
+      {"5x5 nopad c24", geom(2, 9, 8, 24, 7, 5, 1, 0)},
+      {"1x1 stride2 c64", geom(2, 14, 14, 64, 36, 1, 2, 0)},
+      {"7x7 stride2 pad3 c16", geom(1, 23, 21, 16, 12, 7, 2, 3)},
+  };
+  for (const GemmCase& c : cases) {
+    const cpu::ConvGeom& g = c.g;
+    ASSERT_TRUE(cpu::weight_gradient_gemm_applies(g)) << c.name;
+    const int64_t M = g.n * g.oh * g.ow, K = g.k();
+    const std::vector<float> x = random_floats(g.n * g.h * g.w * g.c_in, 4), gy = random_floats(M * g.c_out, 5);
     std::vector<std::vector<float>> gws;
     for (int t : {1, 3}) {
       omp_set_num_threads(t);
-      gws.emplace_back(static_cast<size_t>(c_out * c_in), std::numeric_limits<float>::quiet_NaN());
-      cpu::pointwise_weight_gradient(M, c_out, c_in, x.data(), gy.data(), gws.back().data());
+      gws.emplace_back(static_cast<size_t>(g.c_out * K), std::numeric_limits<float>::quiet_NaN());
+      cpu::weight_gradient_gemm(g, x.data(), gy.data(), gws.back().data());
     }
     omp_set_num_threads(threads);
-    EXPECT_EQ(gws[0], gws[1]) << name;
-    for (int64_t o = 0; o < c_out; ++o)
-      for (int64_t i = 0; i < c_in; ++i) {
-        double want = 0;
-        for (int64_t m = 0; m < M; ++m) want += double(gy[m * c_out + o]) * double(x[m * c_in + i]);
-        ASSERT_NEAR(gws[0][o * c_in + i], want, 1e-5 * std::sqrt(double(M)) + 1e-6) << name << " o " << o << " i " << i;
-      }
+    EXPECT_EQ(gws[0], gws[1]) << c.name;
+    std::vector<double> want(static_cast<size_t>(g.c_out * K), 0.0);
+    for (int64_t m = 0; m < M; ++m) {
+      const int64_t n = m / (g.oh * g.ow), oh = m / g.ow % g.oh, ow = m % g.ow;
+      for (int64_t kh = 0; kh < g.kh; ++kh)
+        for (int64_t kw = 0; kw < g.kw; ++kw) {
+          const int64_t ih = oh * g.sh - g.ph + kh * g.dh, iw = ow * g.sw - g.pw + kw * g.dw;
+          if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) continue;
+          for (int64_t o = 0; o < g.c_out; ++o)
+            for (int64_t i = 0; i < g.c_in; ++i)
+              want[o * K + (kh * g.kw + kw) * g.c_in + i] +=
+                  double(gy[m * g.c_out + o]) * double(x[((n * g.h + ih) * g.w + iw) * g.c_in + i]);
+        }
+    }
+    for (int64_t e = 0; e < g.c_out * K; ++e)
+      ASSERT_NEAR(gws[0][e], want[e], 1e-5 * std::sqrt(double(M)) + 1e-6) << c.name << " element " << e;
   }
 }
 

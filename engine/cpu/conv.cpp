@@ -110,17 +110,20 @@ void bias_act_rows(T* y, int64_t rows, int64_t C, const T* bias, Activation act)
   }
 }
 
-// A 1x1 convolution's input gradient, gx = gy w, is the forward pass of the
-// 1x1 convolution from gy's c_out channels to c_in with w transposed: the
-// implicit GEMM, which packs no activations (OpenBLAS packs gy).
-void pointwise_backward_input_gemm(const ConvGeom& g, const float* gy, const float* w, float* gx) {
+// At stride 1 (one group), a convolution's input gradient is the forward
+// pass of the convolution from gy's c_out channels to c_in with the kernel
+// flipped and transposed and padding (k - 1) d - p: the implicit GEMM, with
+// neither im2col nor col2im (a 1x1 convolution is the case k = 1).
+bool backward_input_is_a_convolution(const ConvGeom& g) {
+  return g.groups == 1 && g.sh == 1 && g.sw == 1 && (g.kh - 1) * g.dh >= g.ph && (g.kw - 1) * g.dw >= g.pw;
+}
+
+void backward_input_gemm(const ConvGeom& g, const float* gy, const float* w, float* gx) {
   ConvGeom t = g;
-  t.c_in = g.c_out;
-  t.c_out = g.c_in;
-  std::vector<float> w_t(static_cast<size_t>(g.c_in * g.c_out));
-  for (int64_t o = 0; o < g.c_out; ++o)
-    for (int64_t i = 0; i < g.c_in; ++i) w_t[i * g.c_out + o] = w[o * g.c_in + i];
-  implicit_gemm_conv(t, gy, pack_conv_weights(t, w_t.data()), nullptr, gx, Activation::None);
+  t.h = g.oh, t.w = g.ow, t.c_in = g.c_out;
+  t.oh = g.h, t.ow = g.w, t.c_out = g.c_in;
+  t.ph = (g.kh - 1) * g.dh - g.ph, t.pw = (g.kw - 1) * g.dw - g.pw;
+  implicit_gemm_conv(t, gy, pack_conv_weights_transposed(g, w), nullptr, gx, Activation::None);
 }
 
 // Calls fn(col, n0, nb, m0, mc, grp) for each chunk of whole images and each
@@ -174,7 +177,7 @@ void conv2d_backward_input(const ConvGeom& g, const T* gy, const T* w, T* gx) {
   }
   if (g.depthwise()) return depthwise_backward_input(g, gy, w, gx);
   if constexpr (std::is_same_v<T, float>)
-    if (g.pointwise() && g.groups == 1 && implicit_gemm_enabled()) return pointwise_backward_input_gemm(g, gy, w, gx);
+    if (backward_input_is_a_convolution(g) && implicit_gemm_enabled()) return backward_input_gemm(g, gy, w, gx);
   const int64_t M = g.n * g.oh * g.ow, cg = g.cin_g(), og = g.cout_g(), K = g.k();
   if (g.pointwise()) {
     for (int64_t grp = 0; grp < g.groups; ++grp)
@@ -199,8 +202,7 @@ void conv2d_backward_weight(const ConvGeom& g, const T* x, const T* gy, T* gw) {
   }
   if (g.depthwise()) return depthwise_backward_weight(g, x, gy, gw);
   if constexpr (std::is_same_v<T, float>)
-    if (g.pointwise() && g.groups == 1 && implicit_gemm_enabled())
-      return pointwise_weight_gradient(M, g.c_out, g.c_in, x, gy, gw);
+    if (weight_gradient_gemm_applies(g)) return weight_gradient_gemm(g, x, gy, gw);
   if (g.pointwise()) {
     for (int64_t grp = 0; grp < g.groups; ++grp)
       gemm<T>(true, false, og, cg, M, T(1), gy + grp * og, g.c_out, x + grp * cg, g.c_in, T(0), gw + grp * og * cg,

@@ -18,21 +18,58 @@
 
 namespace kestrel::cpu {
 
-PackedConvWeights pack_conv_weights(const ConvGeom& g, const float* w) {
+namespace {
+
+PackedConvWeights allocate_packed(int64_t groups, int64_t k, int64_t out_channels) {
   PackedConvWeights p;
-  const int64_t og = g.cout_g(), K = g.k();
-  p.groups = g.groups;
-  p.k = K;
-  p.panels = (og + kConvPanel - 1) / kConvPanel;
-  const size_t bytes = (sizeof(float) * p.groups * p.panels * K * kConvPanel + 63) / 64 * 64;
+  p.groups = groups;
+  p.k = k;
+  p.panels = (out_channels + kConvPanel - 1) / kConvPanel;
+  const size_t bytes = (sizeof(float) * p.groups * p.panels * k * kConvPanel + 63) / 64 * 64;
   p.data = {static_cast<float*>(std::aligned_alloc(64, std::max<size_t>(bytes, 64))), std::free};
   if (!p.data) throw std::bad_alloc();
+  return p;
+}
+
+}  // namespace
+
+PackedConvWeights pack_conv_weights(const ConvGeom& g, const float* w) {
+  const int64_t og = g.cout_g(), K = g.k();
+  PackedConvWeights p = allocate_packed(g.groups, K, og);
+  // Reduction indices in blocks of 64: a block of the panel (8 KB) stays in
+  // L1 while its 32 rows are written across it.
+  constexpr int64_t kBlock = 64;
   for (int64_t grp = 0; grp < g.groups; ++grp)
-    for (int64_t o = 0; o < p.panels * kConvPanel; ++o) {
-      float* dst = p.data.get() + (grp * p.panels + o / kConvPanel) * K * kConvPanel + o % kConvPanel;
-      const float* src = w + (grp * og + o) * K;
-      for (int64_t k = 0; k < K; ++k) dst[k * kConvPanel] = o < og ? src[k] : 0.0f;
+    for (int64_t pn = 0; pn < p.panels; ++pn) {
+      float* panel = p.data.get() + (grp * p.panels + pn) * K * kConvPanel;
+      for (int64_t k0 = 0; k0 < K; k0 += kBlock) {
+        const int64_t k1 = std::min(K, k0 + kBlock);
+        for (int64_t j = 0; j < kConvPanel; ++j) {
+          const int64_t o = pn * kConvPanel + j;
+          const float* src = w + (grp * og + o) * K;
+          for (int64_t k = k0; k < k1; ++k) panel[k * kConvPanel + j] = o < og ? src[k] : 0.0f;
+        }
+      }
     }
+  return p;
+}
+
+PackedConvWeights pack_conv_weights_transposed(const ConvGeom& g, const float* w) {
+  KCHECK(g.groups == 1, ShapeError, "pack_conv_weights_transposed: one group only");
+  const int64_t taps = g.kh * g.kw, C = g.c_in, O = g.c_out;
+  PackedConvWeights p = allocate_packed(1, taps * O, C);
+  // The transposed kernel's reduction index is (tap, o) and its output
+  // channel i: a panel's row for (tap, o) is 32 consecutive i of w[o, flipped tap].
+  for (int64_t pn = 0; pn < p.panels; ++pn) {
+    const int64_t i0 = pn * kConvPanel, n = std::min(kConvPanel, C - i0);
+    float* dst = p.data.get() + pn * p.k * kConvPanel;
+    for (int64_t t = 0; t < taps; ++t)
+      for (int64_t o = 0; o < O; ++o, dst += kConvPanel) {
+        const float* src = w + (o * taps + (taps - 1 - t)) * C + i0;
+        std::copy(src, src + n, dst);
+        std::fill(dst + n, dst + kConvPanel, 0.0f);
+      }
+  }
   return p;
 }
 
@@ -227,56 +264,87 @@ void run_task(const Job& j, int64_t grp, int64_t p, int64_t r0, int64_t r1) {
   }
 }
 
-// ------------------------------------------------------------------ 1x1 weight gradient
+// ------------------------------------------------------------------ weight gradient
 
-// Reduction chunks of a 1x1 weight gradient: fixed by the shape (never by
-// the thread count), so that the sums' order is too; each chunk's partial
-// gradient is a c_out x c_in buffer, 16 MB in all at most.
-int64_t weight_chunks(int64_t M, int64_t c_out, int64_t c_in) {
-  const int64_t by_size = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, c_out * c_in));
+// Reduction chunks of a weight gradient (output pixels): fixed by the shape,
+// never by the thread count, so that the sums' order is too; each chunk's
+// partial gradient is a c_out x k buffer, 16 MB in all at most.
+int64_t weight_chunks(int64_t M, int64_t c_out, int64_t k) {
+  const int64_t by_size = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, c_out * k));
   return std::clamp<int64_t>(M / 1024, 1, std::min<int64_t>(32, by_size));
 }
 
-// gw rows [o0, o0 + MR) by columns [i0, i0 + 32) of gw = sum over pixels
-// [m0, m1) of gy[m, o] x[m, i]: a row of x is the panel (no packing), gy's
-// values are broadcast; the sums stay in registers and are stored once, to
-// out (row stride c_in). W: the columns in use, in eighths of 32.
-template <int MR, int W>
-KESTREL_TARGET_AVX512 void weight_tile(const float* gy, const float* x, int64_t c_out, int64_t c_in, int64_t o0,
-                                       int64_t i0, int64_t m0, int64_t m1, float* out) {
-  using S0 = Vec<(W >= 2 ? 16 : 8)>;
-  using S1 = Vec<(W == 4 ? 16 : 8)>;
-  constexpr bool two = W > 2;
-  const int64_t cols = std::min(kConvPanel, c_in - i0);
-  const auto mask0 = S0::mask(cols);
-  const auto mask1 = S1::mask(cols - 16);
-  typename S0::V acc0[MR];
-  [[maybe_unused]] typename S1::V acc1[MR];
-#pragma GCC unroll 12
-  for (int r = 0; r < MR; ++r) {
-    acc0[r] = S0::zero();
-    if constexpr (two) acc1[r] = S1::zero();
-  }
-  const float* a = gy + m0 * c_out + o0;
-  const float* b = x + m0 * c_in + i0;
-  for (int64_t m = m0; m < m1; ++m, a += c_out, b += c_in) {
+// acc[r] += gy[a + r] * x row b, for count pixels whose gy rows are a_step
+// apart and whose input rows are b_step apart.
+template <int MR, typename S0, typename S1, bool kTwo>
+KESTREL_AVX512_INLINE void accumulate_pixels(typename S0::V (&acc0)[MR], typename S1::V (&acc1)[MR], const float* a,
+                                             const float* b, int64_t count, int64_t a_step, int64_t b_step,
+                                             decltype(S0::mask(0)) mask0, decltype(S1::mask(0)) mask1) {
+  for (int64_t i = 0; i < count; ++i, a += a_step, b += b_step) {
     const auto w0 = S0::load(mask0, b);
     [[maybe_unused]] typename S1::V w1;
-    if constexpr (two) w1 = S1::load(mask1, b + 16);
+    if constexpr (kTwo) w1 = S1::load(mask1, b + 16);
 #pragma GCC unroll 12
     for (int r = 0; r < MR; ++r) {
       acc0[r] = S0::fma(a[r], w0, acc0[r]);
-      if constexpr (two) acc1[r] = S1::fma(a[r], w1, acc1[r]);
+      if constexpr (kTwo) acc1[r] = S1::fma(a[r], w1, acc1[r]);
     }
-  }
-#pragma GCC unroll 12
-  for (int r = 0; r < MR; ++r) {
-    S0::store(out + r * c_in + i0, mask0, acc0[r]);
-    if constexpr (two) S1::store(out + r * c_in + i0 + 16, mask1, acc1[r]);
   }
 }
 
-using WeightTileFn = void (*)(const float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*);
+// gw rows [o0, o0 + MR) by input channels [c0, c0 + 32) of tap t: the sum over
+// output pixels [m0, m1) of gy[m, o] times the input pixel that tap t of m
+// reads (none in the padding). The input rows are the panel (no packing),
+// gy's values are broadcast; the sums stay in registers and are stored once
+// to out (row stride g.k()). W: the channels in use, in eighths of 32.
+template <int MR, int W>
+KESTREL_TARGET_AVX512 void weight_tile(const ConvGeom& g, const float* x, const float* gy, int64_t o0, int64_t t,
+                                       int64_t c0, int64_t m0, int64_t m1, float* out) {
+  using S0 = Vec<(W >= 2 ? 16 : 8)>;
+  using S1 = Vec<(W == 4 ? 16 : 8)>;
+  constexpr bool two = W > 2;
+  const int64_t C = g.c_in, O = g.c_out;
+  const int64_t cols = std::min(kConvPanel, C - c0);
+  const auto mask0 = S0::mask(cols);
+  const auto mask1 = S1::mask(cols - 16);
+  typename S0::V acc0[MR];
+  typename S1::V acc1[MR];
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) {
+    acc0[r] = S0::zero();
+    acc1[r] = S1::zero();
+  }
+  if (g.pointwise()) {
+    accumulate_pixels<MR, S0, S1, two>(acc0, acc1, gy + m0 * O + o0, x + m0 * C + c0, m1 - m0, O, C, mask0, mask1);
+  } else {
+    // Output row by output row: the pixels of a row whose tap lands inside.
+    const int64_t kh = t / g.kw, kw = t % g.kw;
+    for (int64_t m = m0; m < m1;) {
+      const int64_t row = m / g.ow, ow0 = m % g.ow, ow1 = std::min(g.ow, ow0 + (m1 - m));
+      const int64_t n = row / g.oh, ih = row % g.oh * g.sh - g.ph + kh * g.dh;
+      if (ih >= 0 && ih < g.h) {
+        const int64_t shift = kw * g.dw - g.pw;  // iw = ow * sw + shift
+        const int64_t lo = std::max(ow0, shift >= 0 ? 0 : (-shift + g.sw - 1) / g.sw);
+        const int64_t hi = std::min(ow1, g.w - 1 - shift < 0 ? 0 : (g.w - 1 - shift) / g.sw + 1);
+        if (hi > lo)
+          accumulate_pixels<MR, S0, S1, two>(acc0, acc1, gy + (row * g.ow + lo) * O + o0,
+                                             x + ((n * g.h + ih) * g.w + lo * g.sw + shift) * C + c0, hi - lo, O,
+                                             g.sw * C, mask0, mask1);
+      }
+      m += ow1 - ow0;
+    }
+  }
+  const int64_t K = g.k();
+  float* dst = out + t * C + c0;
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) {
+    S0::store(dst + r * K, mask0, acc0[r]);
+    if constexpr (two) S1::store(dst + r * K + 16, mask1, acc1[r]);
+  }
+}
+
+using WeightTileFn = void (*)(const ConvGeom&, const float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                              float*);
 
 // kWeightTiles[W - 1][j]: rows 12, 8, 4, 2 and 1 (a remainder takes several).
 template <int W>
@@ -289,26 +357,34 @@ const std::array<std::array<WeightTileFn, 5>, 4> kWeightTiles = {
 
 }  // namespace
 
-void pointwise_weight_gradient(int64_t M, int64_t c_out, int64_t c_in, const float* x, const float* gy, float* gw) {
-  if (c_out == 0 || c_in == 0) return;
-  const int64_t chunks = weight_chunks(M, c_out, c_in);
-  const int64_t row_tiles = (c_out + kTileRows - 1) / kTileRows, panels = (c_in + kConvPanel - 1) / kConvPanel;
-  std::vector<float> part(static_cast<size_t>(chunks * c_out * c_in));
-  const double macs = static_cast<double>(M) * static_cast<double>(c_out) * static_cast<double>(c_in);
-  parallel_for(chunks * row_tiles * panels, macs >= double(1 << 17), [&](int64_t task) {
-    const int64_t chunk = task / (row_tiles * panels), rt = task / panels % row_tiles, p = task % panels;
+bool weight_gradient_gemm_applies(const ConvGeom& g) {
+  // Fewer input channels (a stem's 3) would leave most of each register idle.
+  return implicit_gemm_enabled() && g.groups == 1 && !g.depthwise() && (g.pointwise() || g.c_in >= 16);
+}
+
+void weight_gradient_gemm(const ConvGeom& g, const float* x, const float* gy, float* gw) {
+  KCHECK(g.groups == 1, ShapeError, "weight_gradient_gemm: one group only");
+  const int64_t M = g.n * g.oh * g.ow, O = g.c_out, C = g.c_in, K = g.k(), taps = g.kh * g.kw;
+  if (O == 0 || K == 0) return;
+  const int64_t chunks = weight_chunks(M, O, K);
+  const int64_t row_tiles = (O + kTileRows - 1) / kTileRows, panels = (C + kConvPanel - 1) / kConvPanel;
+  const int64_t columns = taps * panels;
+  std::vector<float> part(static_cast<size_t>(chunks * O * K));
+  const double macs = static_cast<double>(M) * static_cast<double>(O) * static_cast<double>(K);
+  parallel_for(chunks * row_tiles * columns, macs >= double(1 << 17), [&](int64_t task) {
+    const int64_t chunk = task / (row_tiles * columns), rt = task / columns % row_tiles, col = task % columns;
+    const int64_t t = col / panels, c0 = col % panels * kConvPanel;
     const int64_t m0 = M * chunk / chunks, m1 = M * (chunk + 1) / chunks;
-    const int64_t i0 = p * kConvPanel, cols = std::min(kConvPanel, c_in - i0);
-    const auto& tiles = kWeightTiles[(cols + 7) / 8 - 1];
-    float* out = part.data() + chunk * c_out * c_in;
-    for (int64_t o = rt * kTileRows, end = std::min(c_out, o + kTileRows); o < end;) {
+    const auto& tiles = kWeightTiles[(std::min(kConvPanel, C - c0) + 7) / 8 - 1];
+    float* out = part.data() + chunk * O * K;
+    for (int64_t o = rt * kTileRows, end = std::min(O, o + kTileRows); o < end;) {
       int j = 0;
       while (kWeightTileRows[j] > end - o) ++j;
-      tiles[j](gy, x, c_out, c_in, o, i0, m0, m1, out + o * c_in);
+      tiles[j](g, x, gy, o, t, c0, m0, m1, out + o * K);
       o += kWeightTileRows[j];
     }
   });
-  const int64_t n = c_out * c_in;
+  const int64_t n = O * K;
   parallel_for(n, n * chunks >= (1 << 16), [&](int64_t e) {
     float s = part[e];
     for (int64_t c = 1; c < chunks; ++c) s += part[c * n + e];
@@ -345,8 +421,10 @@ void implicit_gemm_conv(const ConvGeom&, const float*, const PackedConvWeights&,
   throw DeviceError("implicit_gemm_conv: this build has no AVX-512 target");
 }
 
-void pointwise_weight_gradient(int64_t, int64_t, int64_t, const float*, const float*, float*) {
-  throw DeviceError("pointwise_weight_gradient: this build has no AVX-512 target");
+bool weight_gradient_gemm_applies(const ConvGeom&) { return false; }
+
+void weight_gradient_gemm(const ConvGeom&, const float*, const float*, float*) {
+  throw DeviceError("weight_gradient_gemm: this build has no AVX-512 target");
 }
 
 #endif

@@ -6,8 +6,8 @@
 //     reduction, and get the activation before their one store, so C is
 //     never zeroed and the epilogue is not a second pass.
 // Each output element is summed by one thread in one fixed order, so the
-// result does not depend on the thread count. The same registers serve a 1x1
-// convolution's weight gradient (pointwise_weight_gradient).
+// result does not depend on the thread count. The same registers serve the
+// weight gradient (weight_gradient_gemm).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -28,6 +28,10 @@ struct PackedConvWeights {
 };
 
 PackedConvWeights pack_conv_weights(const ConvGeom& g, const float* w);
+// The weights of the convolution whose forward pass is g's input gradient at
+// stride 1 (one group): kernel flipped, in and out channels swapped. Packed
+// straight from w: a panel row is 32 consecutive input channels of w.
+PackedConvWeights pack_conv_weights_transposed(const ConvGeom& g, const float* w);
 
 // Whether conv2d_forward<float> takes this path for a non-depthwise
 // convolution: the CPU has AVX-512, and neither KESTREL_NO_AVX512 nor
@@ -38,10 +42,14 @@ bool implicit_gemm_enabled();
 void implicit_gemm_conv(const ConvGeom& g, const float* x, const PackedConvWeights& w, const float* bias, float* y,
                         Activation act);
 
-// gw[o, i] = sum over m of gy[m, o] x[m, i]: the weight gradient of a 1x1
-// convolution (one group) over M pixels, overwriting gw [c_out, c_in]. The
-// reduction goes in chunks fixed by the shape, each summed by one thread,
-// then added in order: the result does not depend on the thread count.
-void pointwise_weight_gradient(int64_t M, int64_t c_out, int64_t c_in, const float* x, const float* gy, float* gw);
+// A convolution's weight gradient (one group), overwriting gw [c_out, kh, kw,
+// c_in]: for each tap, gw[o, tap, c] = sum over output pixels m of gy[m, o]
+// times the input pixel that the tap of m reads. The reduction goes in
+// chunks fixed by the shape, each summed by one thread, then added in order:
+// the result does not depend on the thread count.
+void weight_gradient_gemm(const ConvGeom& g, const float* x, const float* gy, float* gw);
+// Whether conv2d_backward_weight<float> takes it: implicit_gemm_enabled(),
+// one group, and 1x1 or at least 16 input channels.
+bool weight_gradient_gemm_applies(const ConvGeom& g);
 
 }  // namespace kestrel::cpu
