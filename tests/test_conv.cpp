@@ -249,8 +249,8 @@ TEST(Conv2d, DepthwiseBackwardMatchesNaiveLoops) {
 // The gradients that go through the AVX-512 kernels (KESTREL_NO_CONV_GEMM=1
 // runs the BLAS path): at stride 1 the input gradient as the flipped,
 // transposed convolution through the implicit GEMM (padding (k-1)d - p: 1x1,
-// 3x3, dilated, 5x5 with less than "same" padding); a 1x1 convolution's
-// weight gradient through its own kernel. Channel counts across the
+// 3x3, dilated, 5x5 with less than "same" padding); the weight gradient
+// through its own kernel, over im2col rows for a stem. Channel counts across the
 // 32-channel panels and 12-row tiles, pixel counts that are not a multiple of
 // 12, and one large enough for several reduction chunks.
 TEST(Conv2d, GemmBackwardMatchesNaiveLoops) {
@@ -264,6 +264,10 @@ TEST(Conv2d, GemmBackwardMatchesNaiveLoops) {
       {"dense3x3_dilation2_c33_to_20", 1, 12, 10, 33, 20, 3, 3, params(1, 2, 2), false},
       {"dense5x5_pad1_c16_to_40", 1, 9, 8, 16, 40, 5, 5, params(1, 1), true},
       {"dense3x1_c70_to_12", 2, 6, 5, 70, 12, 3, 1, params_hw(1, 1, 1, 0, 1, 1, 1), false},
+      // A stem (3 input channels): its weight gradient over im2col rows, here
+      // in two chunks of whole images (the second adds to the first).
+      {"stem3x3_two_im2col_chunks", 3, 256, 256, 3, 8, 3, 3, params(1, 1), true},
+      {"stem7x7_stride2", 2, 21, 19, 3, 10, 7, 7, params(2, 3), false},
   };
   for (const ConvCase& c : cases) {
     run_backward_case(c, DType::F32, 2e-4);

@@ -139,6 +139,23 @@ void for_each_image_chunk(const ConvGeom& g, F&& fn) {
   }
 }
 
+// Few input channels (a stem), one group, AVX-512: the im2col rows (taps x
+// c_in values each, 27 for a 3x3 RGB stem) are the input of a 1x1 weight
+// gradient, whose kernel then fills its registers where the taps alone would not.
+void im2col_weight_gradient(const ConvGeom& g, const float* x, const float* gy, float* gw) {
+  const int64_t K = g.k();
+  std::vector<float> chunk_gw;
+  for_each_image_chunk<float>(g, [&](float* col, int64_t n0, int64_t nb, int64_t m0, int64_t mc, int64_t) {
+    im2col(g, x, n0, nb, 0, col);
+    ConvGeom rows;  // mc pixels of K channels, 1x1
+    rows.n = 1, rows.h = rows.oh = mc, rows.w = rows.ow = 1, rows.c_in = K, rows.c_out = g.c_out;
+    if (n0 == 0) return weight_gradient_gemm(rows, col, gy + m0 * g.c_out, gw);
+    chunk_gw.resize(static_cast<size_t>(g.c_out * K));
+    weight_gradient_gemm(rows, col, gy + m0 * g.c_out, chunk_gw.data());
+    for (int64_t e = 0; e < g.c_out * K; ++e) gw[e] += chunk_gw[e];
+  });
+}
+
 }  // namespace
 
 template <typename T>
@@ -201,8 +218,10 @@ void conv2d_backward_weight(const ConvGeom& g, const T* x, const T* gy, T* gw) {
     return;
   }
   if (g.depthwise()) return depthwise_backward_weight(g, x, gy, gw);
-  if constexpr (std::is_same_v<T, float>)
+  if constexpr (std::is_same_v<T, float>) {
     if (weight_gradient_gemm_applies(g)) return weight_gradient_gemm(g, x, gy, gw);
+    if (g.groups == 1 && implicit_gemm_enabled()) return im2col_weight_gradient(g, x, gy, gw);
+  }
   if (g.pointwise()) {
     for (int64_t grp = 0; grp < g.groups; ++grp)
       gemm<T>(true, false, og, cg, M, T(1), gy + grp * og, g.c_out, x + grp * cg, g.c_in, T(0), gw + grp * og * cg,
