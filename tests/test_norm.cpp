@@ -203,6 +203,39 @@ TEST(BatchNormAct, FusedForwardMatchesNaiveForEveryActivationWithAndWithoutResid
   }
 }
 
+// The f32 statistics keep a channel block's sums in registers (blocks of 16,
+// 8 and 4 channels, then single channels), and the f32 backward runs its
+// own builds of the row loops: both against the same inputs in f64, for
+// channel counts that reach every block, over rows that end inside a 16-row
+// sub-sum, with the activations whose derivative is a select and one that
+// is not.
+TEST(BatchNormAct, Float32GradientsMatchFloat64ForEveryChannelBlock) {
+  for (int64_t C : {1, 3, 16, 20, 29, 45}) {
+    for (Activation act : {Activation::None, Activation::ReLU, Activation::ReLU6, Activation::SiLU}) {
+      for (bool res : {false, true}) {
+        const Shape s{3, 7, 5, C};
+        SCOPED_TRACE(label(s, act, res));
+        const BNInputs in64 = make_inputs(s, 61, DType::F64, res);
+        const Tensor gy64 = random_tensor(s, 67, DType::F64);
+        std::vector<std::vector<Tensor>> grads;
+        for (DType dt : {DType::F64, DType::F32}) {
+          Tensor x = in64.x.to(dt).clone().set_requires_grad(), w = in64.w.to(dt).clone().set_requires_grad();
+          Tensor b = in64.b.to(dt).clone().set_requires_grad();
+          Tensor r = res ? in64.res.to(dt).clone().set_requires_grad() : Tensor();
+          Tensor rm = in64.rm.to(dt).clone(), rv = in64.rv.to(dt).clone();
+          BatchNormParams p;
+          p.training = true;
+          batch_norm_act(x, w, b, rm, rv, p, act, r).backward(gy64.to(dt));
+          grads.push_back({x.grad(), w.grad(), b.grad(), res ? r.grad() : Tensor(), rv});
+        }
+        const char* names[] = {"grad x", "grad weight", "grad bias", "grad residual", "running var"};
+        for (size_t i = 0; i < grads[0].size(); ++i)
+          if (grads[0][i].defined()) expect_close(grads[1][i], grads[0][i], 2e-4, 2e-4, names[i]);
+      }
+    }
+  }
+}
+
 TEST(BatchNorm, TrainingBackwardMatchesFiniteDifferences) {
   for (const Shape& s : {Shape{2, 3, 3, 4}, Shape{5, 3}, Shape{2, 1, 1, 1}}) {
     BNInputs in = make_inputs(s, 41, DType::F64);

@@ -8,6 +8,7 @@
 #include "engine/cpu/activation_math.h"
 #include "engine/cpu/isa.h"
 #include "engine/cpu/parallel.h"
+#include "engine/cpu/vector_lanes.h"
 
 namespace kestrel::cpu {
 
@@ -86,6 +87,46 @@ void bn_backward_sums(const T* __restrict px, const T* __restrict pr, const T* _
   }
 }
 
+// ------------------------------------------------------------------ f32 statistics, sums in registers
+//
+// A channel block's sums stay in registers down kSubRows rows (C apart, in
+// L1), in f32, then go into the double totals. The f64 loop below converted
+// every element to double and kept its sums in memory: 6% of a cifar10_200k
+// training step, now 2.4%. (The backward's pass 1 done the same way measured
+// slower than its row loop, 10.4% against 6.4%: it stays a row loop.)
+
+// Statistics: s1 += sum of d, s2 += sum of d * d, d = x - shift, over rows
+// [r, re) (at most kSubRows) and channels [c, c + N).
+template <int64_t N>
+KESTREL_INLINE void stats_lanes(const float* px, const float* shift, int64_t C, int64_t c, int64_t r, int64_t re,
+                                double* s1, double* s2) {
+  using V = typename Lanes<float, N>::type;
+  V sh, t1{}, t2{};
+  load_lanes(sh, shift + c);
+  for (int64_t q = r; q < re; ++q) {
+    V x;
+    load_lanes(x, px + q * C + c);
+    const V d = x - sh;
+    t1 += d;
+    t2 += d * d;
+  }
+  for (int64_t j = 0; j < N; ++j) {
+    s1[c + j] += static_cast<double>(t1[j]);
+    s2[c + j] += static_cast<double>(t2[j]);
+  }
+}
+
+// kSubRows rows at a time (in L1), each channel block's sums in registers down them.
+KESTREL_CLONES_AVX512 void stats_rows_f32(const float* px, const float* shift, int64_t C, int64_t r0, int64_t r1,
+                                          double* s1, double* s2) {
+  for (int64_t r = r0; r < r1; r += kSubRows) {
+    const int64_t re = std::min(r1, r + kSubRows);
+    for_disjoint_channel_blocks<float, 64>(C, [&](auto lanes, int64_t c) KESTREL_LAMBDA_INLINE {
+      stats_lanes<decltype(lanes)::value>(px, shift, C, c, r, re, s1, s2);
+    });
+  }
+}
+
 }  // namespace
 
 void batch_norm_stats(const Tensor& x, int64_t rows, int64_t channels, double* mean, double* var) {
@@ -98,10 +139,18 @@ void batch_norm_stats(const Tensor& x, int64_t rows, int64_t channels, double* m
     for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<double>(px[c]);
     const int64_t nb = num_row_blocks(rows, C);
     std::vector<double> part(static_cast<size_t>(2 * nb * C), 0.0);
+    std::vector<float> shift_f32;
+    if constexpr (std::is_same_v<T, float>) shift_f32.assign(px, px + (rows > 0 ? C : 0));
     parallel_for(nb, rows * C > kParallelMin, [&](int64_t b) {
       double* s1 = part.data() + 2 * b * C;
       double* s2 = s1 + C;
-      for (int64_t r = block_begin(b, nb, rows); r < block_begin(b + 1, nb, rows); ++r) {
+      const int64_t r0 = block_begin(b, nb, rows), r1 = block_begin(b + 1, nb, rows);
+      if constexpr (std::is_same_v<T, float>) {
+        // f32: d in f32 (x and the shift are both f32), summed in registers.
+        if (r1 > r0) stats_rows_f32(px, shift_f32.data(), C, r0, r1, s1, s2);
+        return;
+      }
+      for (int64_t r = r0; r < r1; ++r) {
         const T* row = px + r * C;
         for (int64_t c = 0; c < C; ++c) {
           const double d = static_cast<double>(row[c]) - shift[c];

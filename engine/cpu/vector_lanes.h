@@ -47,4 +47,24 @@ KESTREL_INLINE void for_overlapping_channel_blocks(int64_t C, F&& block) {
   }
 }
 
+// Calls block(lanes, c) over channels [0, C) in disjoint blocks of Bytes,
+// then a half and a quarter block where they fit, then single lanes (a layer
+// of 20 floats with 64-byte blocks is 16 + 4): for kernels that add into
+// their outputs, where overlapping blocks would add twice.
+template <typename T, int64_t Bytes, typename F>
+KESTREL_INLINE void for_disjoint_channel_blocks(int64_t C, F&& block) {
+  constexpr int64_t kBlock = Bytes / sizeof(T), kHalf = kBlock / 2, kQuarter = kBlock / 4;
+  int64_t c = 0;
+  for (; c + kBlock <= C; c += kBlock) block(std::integral_constant<int64_t, kBlock>{}, c);
+  if (c + kHalf <= C) {
+    block(std::integral_constant<int64_t, kHalf>{}, c);
+    c += kHalf;
+  }
+  if (kQuarter > 1 && c + kQuarter <= C) {
+    block(std::integral_constant<int64_t, kQuarter>{}, c);
+    c += kQuarter;
+  }
+  for (; c < C; ++c) block(std::integral_constant<int64_t, 1>{}, c);
+}
+
 }  // namespace kestrel::cpu
