@@ -227,6 +227,33 @@ TEST(Gradcheck, ReductionsOverAnyDims) {
   expect_gradcheck([](const std::vector<Tensor>& in) { return in[0].permute({2, 0, 1}).narrow(1, 1, 1).expand({4, 3, 3}); }, {x});
 }
 
+// Reduced dims in the middle ([N, H, W, C] over W, or over H and W) sum
+// without a transposing copy: against naive loops, with an inner size over
+// one 256-column block, from a non-contiguous view, and with an empty dim.
+TEST(Reduce, SumsOverMiddleDimsMatchNaiveLoops) {
+  const Shape s{2, 3, 4, 300};
+  const Tensor x = random_tensor(s, 8, DType::F32);
+  const std::vector<float> v = x.to_vector();
+  std::vector<double> over_w(2 * 3 * 300, 0.0), over_hw(2 * 300, 0.0), over_h(2 * 4 * 300, 0.0);
+  for (int n = 0; n < 2; ++n)
+    for (int h = 0; h < 3; ++h)
+      for (int w = 0; w < 4; ++w)
+        for (int c = 0; c < 300; ++c) {
+          const double e = v[((n * 3 + h) * 4 + w) * 300 + c];
+          over_w[(n * 3 + h) * 300 + c] += e;
+          over_hw[n * 300 + c] += e;
+          over_h[(n * 4 + w) * 300 + c] += e;
+        }
+  expect_close(sum(x, {2}), Tensor::from_vector_f64(over_w, {2, 3, 300}).to(DType::F32), 1e-5);
+  expect_close(sum(x, {1, 2}, true), Tensor::from_vector_f64(over_hw, {2, 1, 1, 300}).to(DType::F32), 1e-5);
+  expect_close(sum(x, {1}), Tensor::from_vector_f64(over_h, {2, 4, 300}).to(DType::F32), 1e-5);
+  // [N, W, H, C] view of x: reducing its dim 2 is x's H.
+  expect_close(sum(x.permute({0, 2, 1, 3}), {2}), Tensor::from_vector_f64(over_h, {2, 4, 300}).to(DType::F32), 1e-5);
+  const Tensor empty = sum(Tensor::zeros({2, 0, 3, 5}, DType::F32), {2});
+  EXPECT_EQ(empty.shape(), (Shape{2, 0, 5}));
+  EXPECT_EQ(sum(Tensor::ones({2, 0, 3, 5}, DType::F32), {1}).to_vector(), std::vector<float>(2 * 3 * 5, 0.0f));
+}
+
 TEST(Reduce, ValuesMatchNaiveLoops) {
   Tensor x = random_tensor({3, 5, 7}, 4, DType::F32);
   const std::vector<float> v = x.to_vector();

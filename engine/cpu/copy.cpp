@@ -1,4 +1,5 @@
 #include <cstring>
+#include <type_traits>
 
 #include "engine/cpu/scalar_cast.h"
 #include "engine/cpu/strided.h"
@@ -31,6 +32,10 @@ void copy_strided(const Tensor& dst, const Tensor& src) {
       for_each_row<2>(layout, [&](const std::array<int64_t, 2>& off, int64_t n, const std::array<int64_t, 2>& st) {
         D* dp = d + off[0];
         const S* sp = s + off[1];
+        // Rows of one dtype, both contiguous (a concat's or a split's channel
+        // runs): a plain copy; the strided loop below does not vectorize.
+        if constexpr (std::is_same_v<D, S>)
+          if (st[0] == 1 && st[1] == 1) return static_cast<void>(std::memcpy(dp, sp, sizeof(D) * n));
         for (int64_t i = 0; i < n; ++i) dp[i * st[0]] = cast_value<D>(sp[i * st[1]]);
       });
     });

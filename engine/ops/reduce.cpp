@@ -70,6 +70,18 @@ Tensor sum_raw(const Tensor& x_in, const std::vector<bool>& mask) {
     run_sum_cols(x.contiguous(), inner, outer, out);
     return out;
   }
+  // Reduced dims consecutive, between kept ones (a broadcast gradient's sum
+  // over W of [N, H, W, C]): on the CPU, sums over the middle without the
+  // transposing copy below.
+  const bool consecutive =
+      !reduced.empty() && reduced.back() - reduced.front() + 1 == static_cast<int64_t>(reduced.size());
+  if (consecutive && !kept.empty() && x.device().is_cpu()) {
+    int64_t before = 1, after = 1;
+    for (int64_t d = 0; d < reduced.front(); ++d) before *= x.size(d);
+    for (int64_t d = reduced.back() + 1; d < x.dim(); ++d) after *= x.size(d);
+    cpu::sum_mid(x.contiguous(), before, inner, after, out);
+    return out;
+  }
   std::vector<int64_t> order = kept;
   order.insert(order.end(), reduced.begin(), reduced.end());
   run_sum_rows(x.permute(order).contiguous(), outer, inner, out);
