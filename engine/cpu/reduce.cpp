@@ -20,32 +20,12 @@ void sum_rows(const Tensor& x, int64_t outer, int64_t inner, const Tensor& out) 
   });
 }
 
-void sum_cols(const Tensor& x, int64_t rows, int64_t cols, const Tensor& out) {
-  dispatch_float(x.dtype(), "sum", [&](auto tag_) {
-    using scalar_t = KESTREL_SCALAR(tag_);
-    const scalar_t* px = static_cast<const scalar_t*>(x.data_ptr());
-    scalar_t* po = static_cast<scalar_t*>(out.data_ptr());
-    // Split columns into blocks so threads write disjoint outputs and read rows sequentially.
-    const int64_t block = 256;
-    const int64_t nblocks = (cols + block - 1) / block;
-    parallel_for(nblocks, rows * cols > 65536, [&](int64_t b) {
-      const int64_t c0 = b * block, c1 = std::min(cols, c0 + block);
-      double acc[256] = {0.0};
-      for (int64_t r = 0; r < rows; ++r) {
-        const scalar_t* row = px + r * cols;
-        for (int64_t c = c0; c < c1; ++c) acc[c - c0] += static_cast<double>(row[c]);
-      }
-      for (int64_t c = c0; c < c1; ++c) po[c] = static_cast<scalar_t>(acc[c - c0]);
-    });
-  });
-}
-
 void sum_mid(const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Tensor& out) {
   dispatch_float(x.dtype(), "sum", [&](auto tag_) {
     using scalar_t = KESTREL_SCALAR(tag_);
     const scalar_t* px = static_cast<const scalar_t*>(x.data_ptr());
     scalar_t* po = static_cast<scalar_t*>(out.data_ptr());
-    // As sum_cols, per outer index: tasks write disjoint outputs and read rows sequentially.
+    // Columns in blocks, per outer index: tasks write disjoint outputs and read rows sequentially.
     const int64_t block = 256;
     const int64_t nblocks = (inner + block - 1) / block;
     parallel_for(outer * nblocks, outer * n * inner > 65536, [&](int64_t t) {
@@ -59,6 +39,8 @@ void sum_mid(const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Ten
     });
   });
 }
+
+void sum_cols(const Tensor& x, int64_t rows, int64_t cols, const Tensor& out) { sum_mid(x, 1, rows, cols, out); }
 
 void max_mid(const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Tensor& values, const Tensor& indices) {
   dispatch_float(x.dtype(), "max", [&](auto tag_) {
