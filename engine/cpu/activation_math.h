@@ -97,7 +97,7 @@ KESTREL_INLINE void bias_act_row(T* row, int64_t C, const T* bias) {
 
 // d act(z) / dz
 template <Activation A, typename T>
-inline T act_derivative(T z) {
+KESTREL_INLINE T act_derivative(T z) {
   if constexpr (A == Activation::None) return T(1);
   if constexpr (A == Activation::ReLU) return z > T(0) ? T(1) : T(0);
   if constexpr (A == Activation::ReLU6) return (z > T(0) && z < T(6)) ? T(1) : T(0);
