@@ -11,6 +11,7 @@
 #include "engine/io/safetensors.h"
 #include "engine/ops/conv.h"
 #include "engine/ops/linear.h"
+#include "engine/optim/clip.h"
 #include "engine/optim/grad_scaler.h"
 #include "engine/optim/sgd.h"
 #include "test_util.h"
@@ -120,6 +121,42 @@ TEST(GradScaler, InfOrNanSkipsTheStepBacksOffAndResetsTheTracker) {
     clean_step(s, m);
     EXPECT_EQ(s.current_scale(), 65536.0);
   }
+}
+
+// Gradient norm 13 * 65536 scaled, 13 unscaled: clipping to 6.5 halves the true gradients.
+TEST(GradScaler, UnscaleWithClipEqualsUnscaleThenClipGradNorm) {
+  for (const double max_norm : {6.5, 1e9}) {
+    optim::GradScaler one_pass, two_pass;
+    OneParam a, b;
+    const std::vector<float> g = {3 * 65536.f, 4 * 65536.f, 12 * 65536.f, 0.f};
+    a.set_grad(g);
+    b.set_grad(g);
+    EXPECT_TRUE(one_pass.unscale_(a.sgd, max_norm));
+    EXPECT_TRUE(two_pass.unscale_(b.sgd));
+    EXPECT_DOUBLE_EQ(optim::clip_grad_norm_({b.p}, max_norm), 13.0);
+    expect_close(a.p.grad(), b.p.grad(), 0.0, 0.0, "one pass against two");
+    const float k = max_norm < 13 ? static_cast<float>(6.5 / (13.0 + 1e-6)) : 1.f;
+    expect_close(a.p.grad(), Tensor::from_vector({3 * k, 4 * k, 12 * k, 0.f}, {4}), 1e-7, 0.0, "clipped");
+  }
+  // Random gradients over several tensors, a transposed one among them.
+  Tensor p = Tensor::zeros({3, 2}).set_requires_grad(), q = Tensor::zeros({50}).set_requires_grad();
+  Tensor p2 = Tensor::zeros({3, 2}).set_requires_grad(), q2 = Tensor::zeros({50}).set_requires_grad();
+  optim::SGD sgd({optim::ParamGroup{{p, q}, 0.0, 1.0}}, optim::SGDOptions{});
+  optim::SGD sgd2({optim::ParamGroup{{p2, q2}, 0.0, 1.0}}, optim::SGDOptions{});
+  for (auto [x, y] : {std::pair{p, p2}, std::pair{q, q2}}) {
+    const Tensor g = mul_scalar(random_tensor(x.shape(), x.numel(), DType::F32), 65536.0);
+    x.set_grad(g.clone());
+    y.set_grad(g.clone());
+  }
+  optim::GradScaler one_pass, two_pass;
+  EXPECT_TRUE(one_pass.unscale_(sgd, 0.3));
+  EXPECT_TRUE(two_pass.unscale_(sgd2));
+  optim::clip_grad_norm_({p2, q2}, 0.3);
+  expect_close(p.grad(), p2.grad(), 0.0, 0.0, "p");
+  expect_close(q.grad(), q2.grad(), 0.0, 0.0, "q");
+  EXPECT_NEAR(optim::grad_norm({p, q}), 0.3, 1e-6);
+  optim::GradScaler s;
+  EXPECT_THROW(s.unscale_(sgd, -1.0), ValueError);
 }
 
 TEST(GradScaler, OnlyParametersWithGradientsAreChecked) {

@@ -10,8 +10,10 @@
 // (convolutions and reductions sum in another order).
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <functional>
+#include <limits>
 
 #include "cuda_parity.h"
 #include "data/loader.h"
@@ -22,6 +24,7 @@
 #include "engine/optim/adamw.h"
 #include "engine/optim/clip.h"
 #include "engine/optim/ema.h"
+#include "engine/optim/grad_scaler.h"
 #include "engine/optim/sgd.h"
 #include "models/registry.h"
 #include "test_util.h"
@@ -29,6 +32,10 @@
 #include "tools/lib/checkpoint.h"
 #include "tools/lib/predictor.h"
 #include "tools/lib/trainer.h"
+
+#if defined(KESTREL_CUDA_EMULATOR)
+#include "tests/emu/cuda_emu.h"
+#endif
 
 using namespace kestrel;
 using kestrel::testing::expect_close;
@@ -239,6 +246,103 @@ TEST(CudaTrain, ClipGradNormMatchesCpu) {
     half.push_back(p);
   }
   EXPECT_NEAR(optim::grad_norm(half), std::sqrt(expected), 1e-9 * std::sqrt(expected));
+}
+
+namespace {
+
+// Equal bit patterns (so NaN equals NaN), element by element.
+void expect_same_bits(const Tensor& actual, const Tensor& expected, const std::string& what) {
+  const std::vector<float> a = actual.to(DType::F32).to_vector(), e = expected.to(DType::F32).to_vector();
+  ASSERT_EQ(a.size(), e.size()) << what;
+  for (size_t i = 0; i < a.size(); ++i)
+    ASSERT_EQ(std::memcmp(&a[i], &e[i], sizeof(float)), 0) << what << " element " << i << ": " << a[i] << " vs " << e[i];
+}
+
+// The emulator counts the host's waits for the device; on a GPU only the results are compared.
+#if defined(KESTREL_CUDA_EMULATOR)
+constexpr bool kCountsHostWaits = true;
+int64_t host_waits() { return emu::host_waits(); }
+#else
+constexpr bool kCountsHostWaits = false;
+int64_t host_waits() { return 0; }
+#endif
+
+// Gradients for params: f32 mostly, bf16 and f16 for two, none for index 2.
+void set_mixed_grads(std::vector<Tensor>& params, uint64_t seed) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (i == 2) continue;
+    const DType dt = i == 4 ? DType::BF16 : i == 5 ? DType::F16 : DType::F32;
+    params[i].set_grad(random_tensor(params[i].shape(), seed + i, DType::F32).to(dt).to(params[i].device()));
+  }
+}
+
+}  // namespace
+
+TEST(CudaTrain, ClippingWithoutAHostWaitEqualsClipGradNormBitForBit) {
+  KESTREL_REQUIRE_CUDA();
+  for (const double max_norm : {1e9, 0.5, 0.0}) {
+    const std::string what = "max_norm " + std::to_string(max_norm);
+    std::vector<Tensor> waits = to_cuda(make_params(3)), queued = to_cuda(make_params(3));
+    set_mixed_grads(waits, 700);
+    set_mixed_grads(queued, 700);
+    const int64_t before_sync = host_waits();
+    const double expected = optim::clip_grad_norm_(waits, max_norm);
+    const int64_t before_queued = host_waits();
+    const Tensor norm = optim::clip_grad_norm_no_sync_(queued, max_norm);
+    if (kCountsHostWaits) {
+      EXPECT_GT(before_queued, before_sync) << "clip_grad_norm_ reads its norm back (the counter must see it)";
+      EXPECT_EQ(host_waits(), before_queued) << what << ": the device-side clip waited for the device";
+    }
+    ASSERT_TRUE(norm.device().is_cuda()) << what;
+    EXPECT_EQ(norm.dtype(), DType::F64);
+    EXPECT_EQ(norm.item(), expected) << what;
+    EXPECT_FALSE(queued[2].grad().defined());
+    for (size_t i = 0; i < waits.size(); ++i)
+      if (i != 2) expect_same_bits(queued[i].grad(), waits[i].grad(), what + " gradient " + std::to_string(i));
+  }
+  // An inf gradient: torch scales every gradient by max_norm / inf = 0 (the inf itself becomes NaN).
+  std::vector<Tensor> waits = to_cuda(make_params(5)), queued = to_cuda(make_params(5));
+  set_mixed_grads(waits, 800);
+  set_mixed_grads(queued, 800);
+  const Tensor inf = Tensor::full({7}, std::numeric_limits<double>::infinity(), DType::F32, kCuda);
+  waits[1].set_grad(inf.clone());
+  queued[1].set_grad(inf.clone());
+  EXPECT_TRUE(std::isinf(optim::clip_grad_norm_(waits, 1.0)));
+  EXPECT_TRUE(std::isinf(optim::clip_grad_norm_no_sync_(queued, 1.0).item()));
+  for (size_t i = 0; i < waits.size(); ++i)
+    if (i != 2) expect_same_bits(queued[i].grad(), waits[i].grad(), "inf case, gradient " + std::to_string(i));
+  EXPECT_TRUE(std::isnan(queued[1].grad().to_vector()[0]));
+  EXPECT_EQ(queued[0].grad().to_vector()[0], 0.f);
+  EXPECT_THROW(optim::clip_grad_norm_no_sync_(queued, -1.0), ValueError);
+}
+
+TEST(CudaTrain, ScalerUnscaleWithClipIsUnscaleThenClipInOneHostWait) {
+  KESTREL_REQUIRE_CUDA();
+  for (const double max_norm : {1e9, 0.5}) {
+    const std::string what = "max_norm " + std::to_string(max_norm);
+    std::vector<Tensor> two_pass = to_cuda(make_params(9)), one_pass = to_cuda(make_params(9));
+    optim::SGD opt_two(two_pass, optim::SGDOptions{}), opt_one(one_pass, optim::SGDOptions{});
+    optim::GradScaler scaler_two, scaler_one;
+    for (std::vector<Tensor>* ps : {&two_pass, &one_pass}) {
+      set_mixed_grads(*ps, 900);
+      for (Tensor& p : *ps)
+        if (p.grad().defined()) p.set_grad(mul_scalar(p.grad(), scaler_one.current_scale()));  // as scale(loss) does
+    }
+    const int64_t w0 = host_waits();
+    ASSERT_TRUE(scaler_two.unscale_(opt_two));
+    const int64_t w1 = host_waits();
+    optim::clip_grad_norm_(two_pass, max_norm);
+    const int64_t w2 = host_waits();
+    ASSERT_TRUE(scaler_one.unscale_(opt_one, max_norm));
+    const int64_t w3 = host_waits();
+    if (kCountsHostWaits) {
+      EXPECT_GT(w1, w0);
+      EXPECT_GT(w2, w1) << "clip_grad_norm_ waits a second time";
+      EXPECT_EQ(w3 - w2, w1 - w0) << what << ": clipping inside unscale_ must not add a host wait";
+    }
+    for (size_t i = 0; i < two_pass.size(); ++i)
+      if (i != 2) expect_same_bits(one_pass[i].grad(), two_pass[i].grad(), what + " gradient " + std::to_string(i));
+  }
 }
 
 namespace {

@@ -1,9 +1,11 @@
 // Multi-tensor kernels behind clip_grad_norm_ and ModelEma on CUDA: sum of
 // squares (f64 partials per block, then one deterministic final sum), in-place
-// scaling, and the EMA blend. Each launch carries a table of up to
+// scaling (by a host factor, or by the clip factor of a norm left on the
+// device), and the EMA blend. Each launch carries a table of up to
 // kMaxTensors tensors and kMaxBlocks chunks by value, so a model's few
 // hundred gradients take a handful of launches. The SGD/AdamW glue is in
 // optim.cpp (kernels/fused_optim.h). Compiles; untested on a GPU.
+#include <algorithm>
 #include <map>
 #include <utility>
 #include <vector>
@@ -103,16 +105,32 @@ __global__ void __launch_bounds__(kThreads) sum_squares_kernel(ChunkTable t, dou
   if (threadIdx.x == 0) partials[first_block + blockIdx.x] = total;
 }
 
-__global__ void __launch_bounds__(kThreads) sum_partials_kernel(const double* partials, int64_t count, double* out) {
+// *out = the sum of the partials, or its square root (the norm) when `root`.
+__global__ void __launch_bounds__(kThreads) sum_partials_kernel(const double* partials, int64_t count, bool root,
+                                                               double* out) {
   double acc = 0.0;
   for (int64_t i = threadIdx.x; i < count; i += kThreads) acc += partials[i];
   const double total = block_sum(acc);
-  if (threadIdx.x == 0) *out = total;
+  if (threadIdx.x == 0) *out = root ? sqrt(total) : total;
 }
 
 // x * factor in the math type (f16/bf16 in f32), rounded on its own like the CPU loop.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) scale_kernel(ChunkTable t, MathT<T> factor) {
+  const ChunkRange r = block_range(t);
+  T* x = static_cast<T*>(t.dst[r.tensor]);
+  for (int64_t i = r.begin + threadIdx.x; i < r.end; i += kThreads)
+    x[i] = from_math<T>(mul_rn(to_math(x[i]), factor));
+}
+
+// x * (max_norm / (norm + 1e-6)) when that factor is below 1 or the norm is
+// not finite; the branch and the rounding are clip_grad_norm_'s on the CPU.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) clip_kernel(ChunkTable t, const double* norm, double max_norm) {
+  const double n = *norm;
+  const double coef = max_norm / (n + 1e-6);
+  if (!(coef < 1.0) && isfinite(n)) return;
+  const MathT<T> factor = static_cast<MathT<T>>(coef);
   const ChunkRange r = block_range(t);
   T* x = static_cast<T*>(t.dst[r.tensor]);
   for (int64_t i = r.begin + threadIdx.x; i < r.end; i += kThreads)
@@ -177,6 +195,35 @@ class Scratch {
 
 }  // namespace
 
+namespace {
+
+int64_t block_count(const LaunchGroups& groups) {
+  int64_t blocks = 0;
+  for (const auto& group : groups)
+    for (const Span& s : group.second) blocks += s.n > 0 ? chunks_of(s.n) : 0;
+  return blocks;
+}
+
+// Queues the sum of squares of one device's groups (`blocks` chunks) on its
+// current stream; *out receives the sum, or the norm when `root`.
+void launch_sum_of_squares(const LaunchGroups& groups, int device, int64_t blocks, bool root, double* out) {
+  cuda::DeviceGuard guard(device);
+  const cudaStream_t stream = cuda::current_stream(device);
+  Scratch partials(static_cast<size_t>(std::max<int64_t>(blocks, 1)) * sizeof(double), device, stream);
+  double* const partial = partials.get();
+  int64_t written = 0;  // blocks are numbered across every launch of this device
+  launch_groups(groups, "clip_grad_norm_ (sum of squares)", [&](auto tag, const ChunkTable& t, int nb, cudaStream_t s) {
+    using T = KESTREL_SCALAR(tag);
+    sum_squares_kernel<T><<<nb, kThreads, 0, s>>>(t, partial, written);
+    written += nb;
+  });
+  sum_partials_kernel<<<1, kThreads, 0, stream>>>(partial, blocks, root, out);
+  KESTREL_CUDA_CHECK_CTX(cudaGetLastError(), "clip_grad_norm_: final sum of ", blocks, " partial sums on cuda:",
+                         device);
+}
+
+}  // namespace
+
 double sum_of_squares(const std::vector<Tensor>& tensors) {
   std::map<int, LaunchGroups> by_device;
   for (const Tensor& t : tensors) {
@@ -185,32 +232,41 @@ double sum_of_squares(const std::vector<Tensor>& tensors) {
   }
   double total = 0.0;
   for (const auto& [device, groups] : by_device) {
-    int64_t blocks = 0;
-    for (const auto& group : groups)
-      for (const Span& s : group.second) blocks += s.n > 0 ? chunks_of(s.n) : 0;
+    const int64_t blocks = block_count(groups);
     if (blocks == 0) continue;
     cuda::DeviceGuard guard(device);
     const cudaStream_t stream = cuda::current_stream(device);
-    Scratch partials(static_cast<size_t>(blocks + 1) * sizeof(double), device, stream);
-    double* const partial = partials.get();
-    int64_t written = 0;  // blocks are numbered across every launch of this device
-    launch_groups(groups, "clip_grad_norm_ (sum of squares)", [&](auto tag, const ChunkTable& t, int nb,
-                                                                  cudaStream_t s) {
-      using T = KESTREL_SCALAR(tag);
-      sum_squares_kernel<T><<<nb, kThreads, 0, s>>>(t, partial, written);
-      written += nb;
-    });
-    double* out = partial + blocks;
-    sum_partials_kernel<<<1, kThreads, 0, stream>>>(partial, blocks, out);
-    KESTREL_CUDA_CHECK_CTX(cudaGetLastError(), "clip_grad_norm_: final sum of ", blocks, " partial sums on cuda:",
-                           device);
+    Scratch result(sizeof(double), device, stream);
+    launch_sum_of_squares(groups, device, blocks, /*root=*/false, result.get());
     double host = 0.0;
-    KESTREL_CUDA_CHECK_CTX(cudaMemcpyAsync(&host, out, sizeof(double), cudaMemcpyDeviceToHost, stream),
+    KESTREL_CUDA_CHECK_CTX(cudaMemcpyAsync(&host, result.get(), sizeof(double), cudaMemcpyDeviceToHost, stream),
                            "clip_grad_norm_: reading the squared norm from cuda:", device);
     KESTREL_CUDA_CHECK_CTX(cudaStreamSynchronize(stream), "clip_grad_norm_: gradient norm on cuda:", device);
     total += host;
   }
   return total;
+}
+
+Tensor clip_by_norm_(const std::vector<Tensor>& tensors, double max_norm) {
+  KCHECK(!tensors.empty(), ValueError, "clip_grad_norm_: no CUDA gradients to clip");
+  const Device device = tensors.front().device();
+  LaunchGroups groups;
+  for (const Tensor& t : tensors) {
+    check_tensor(t, "clip_grad_norm_");
+    KCHECK(t.device() == device, DeviceError, "clip_grad_norm_: gradients on ", device.str(), " and ",
+           t.device().str(), " (the device-side clip takes one device)");
+    groups[{device.index, t.dtype()}].push_back({t.data_ptr(), t.data_ptr(), t.numel()});
+  }
+  Tensor norm = Tensor::zeros({1}, DType::F64, device);
+  const int64_t blocks = block_count(groups);
+  if (blocks == 0) return norm;
+  double* const norm_ptr = static_cast<double*>(norm.data_ptr());
+  launch_sum_of_squares(groups, device.index, blocks, /*root=*/true, norm_ptr);
+  launch_groups(groups, "clip_grad_norm_ (clip)", [&](auto tag, const ChunkTable& t, int nb, cudaStream_t s) {
+    using T = KESTREL_SCALAR(tag);
+    clip_kernel<T><<<nb, kThreads, 0, s>>>(t, norm_ptr, max_norm);
+  });
+  return norm;
 }
 
 void scale_(const std::vector<Tensor>& tensors, double factor) {

@@ -38,6 +38,11 @@ void adamw_step(const std::vector<AdamWParamUpdate>& updates, double beta1, doub
 double sum_of_squares(const std::vector<Tensor>& tensors);
 // x *= factor in place (factor rounded to the tensor's precision once, as the CPU path).
 void scale_(const std::vector<Tensor>& tensors, double factor);
+// clip_grad_norm_ with no host wait: the global L2 norm of `tensors` (all on
+// one CUDA device) is reduced, and the clip factor applied, on the device, in
+// the rounding of the CPU path. Returns the norm as a one-element f64 tensor
+// on that device.
+Tensor clip_by_norm_(const std::vector<Tensor>& tensors, double max_norm);
 // dst = dst + weight * (src - dst) in place, pairwise; floating, contiguous,
 // same shape, dtype and device. Rounded as the CPU loop (no fused multiply-add);
 // f16/bf16 are blended in f32 and rounded back.

@@ -50,13 +50,7 @@ double grad_norm(const std::vector<Tensor>& params) {
   return std::sqrt(total);
 }
 
-double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, bool error_if_nonfinite) {
-  KCHECK(max_norm >= 0.0, ValueError, "clip_grad_norm_: max_norm must be >= 0, got ", max_norm);
-  const double norm = grad_norm(params);
-  KCHECK(!error_if_nonfinite || std::isfinite(norm), ValueError, "clip_grad_norm_: the total gradient norm is ", norm,
-         " (a NaN or inf gradient)");
-  const double coef = max_norm / (norm + 1e-6);
-  if (!(coef < 1.0) && std::isfinite(norm)) return norm;  // nothing to clip
+void scale_grads_(const std::vector<Tensor>& params, double factor) {
   NoGradGuard guard;
   std::vector<Tensor> on_cuda;
   for (const Tensor& p : params) {
@@ -69,15 +63,44 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, bool 
     dispatch_float(g.dtype(), "clip_grad_norm_", [&](auto tag) {
       using T = KESTREL_SCALAR(tag);
       T* x = g.data<T>();
-      const T c = static_cast<T>(coef);
+      const T c = static_cast<T>(factor);
       const int64_t n = g.numel();
       cpu::parallel_for(n, n > 32768, [&](int64_t i) { x[i] *= c; });
     });
   }
   if constexpr (kHaveCuda) {
-    if (!on_cuda.empty()) gpu::scale_(on_cuda, coef);
+    if (!on_cuda.empty()) gpu::scale_(on_cuda, factor);
   }
+}
+
+double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, bool error_if_nonfinite) {
+  KCHECK(max_norm >= 0.0, ValueError, "clip_grad_norm_: max_norm must be >= 0, got ", max_norm);
+  const double norm = grad_norm(params);
+  KCHECK(!error_if_nonfinite || std::isfinite(norm), ValueError, "clip_grad_norm_: the total gradient norm is ", norm,
+         " (a NaN or inf gradient)");
+  const double coef = max_norm / (norm + 1e-6);
+  if (!(coef < 1.0) && std::isfinite(norm)) return norm;  // nothing to clip
+  scale_grads_(params, coef);
   return norm;
+}
+
+Tensor clip_grad_norm_no_sync_(const std::vector<Tensor>& params, double max_norm) {
+  KCHECK(max_norm >= 0.0, ValueError, "clip_grad_norm_: max_norm must be >= 0, got ", max_norm);
+  if constexpr (kHaveCuda) {
+    std::vector<Tensor> grads;
+    bool one_cuda_device = true;
+    for (const Tensor& p : params) {
+      Tensor g = checked_grad(p);
+      if (!g.defined()) continue;
+      one_cuda_device = one_cuda_device && g.device().is_cuda() && (grads.empty() || g.device() == grads[0].device());
+      grads.push_back(g);
+    }
+    if (one_cuda_device && !grads.empty()) {
+      NoGradGuard guard;
+      return gpu::clip_by_norm_(grads, max_norm);
+    }
+  }
+  return Tensor::full({1}, clip_grad_norm_(params, max_norm), DType::F64);
 }
 
 }  // namespace kestrel::optim

@@ -12,10 +12,21 @@ namespace kestrel::optim {
 // norm throws ValueError when error_if_nonfinite, else gradients are scaled
 // as torch does (they become NaN) and the norm is returned for the caller to see.
 // CUDA gradients are reduced and scaled on their device; reading the norm back
-// is the one synchronization.
+// is the one host wait.
 double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, bool error_if_nonfinite = false);
+
+// clip_grad_norm_ without the host wait, for the training loop: when every
+// gradient is on one CUDA device, the norm and the clip factor never leave
+// it, so the host queues the next step at once. Returns the norm as a
+// one-element f64 tensor on the gradients' device (the CPU otherwise). The
+// clipped gradients are bit-identical to clip_grad_norm_'s.
+Tensor clip_grad_norm_no_sync_(const std::vector<Tensor>& params, double max_norm);
 
 // The global L2 norm of the gradients, without changing them.
 double grad_norm(const std::vector<Tensor>& params);
+
+// Multiplies every gradient in place by factor, rounded once to its dtype;
+// CUDA gradients take a few multi-tensor launches.
+void scale_grads_(const std::vector<Tensor>& params, double factor);
 
 }  // namespace kestrel::optim

@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include "engine/autograd.h"
 #include "engine/ops/elementwise.h"
 #include "engine/optim/clip.h"
 
@@ -40,18 +39,22 @@ GradScaler::GradScaler(GradScalerOptions o) : opts_(o), scale_(o.init_scale) {
 
 Tensor GradScaler::scale(const Tensor& loss) const { return mul_scalar(loss, scale_); }
 
-bool GradScaler::unscale_(Optimizer& optimizer) {
+bool GradScaler::unscale_(Optimizer& optimizer) { return unscale_(optimizer, 0.0); }
+
+bool GradScaler::unscale_(Optimizer& optimizer, double clip_max_norm) {
   KCHECK(!unscaled_, ValueError, "GradScaler.unscale_: already called since the last update()");
+  KCHECK(clip_max_norm >= 0.0, ValueError, "GradScaler.unscale_: clip_max_norm must be >= 0, got ", clip_max_norm);
   unscaled_ = true;
   const std::vector<Tensor> params = params_with_grads(optimizer);
-  found_inf_ = !std::isfinite(grad_norm(params));  // the one host synchronization of the step
-  if (found_inf_) return false;                    // the step is skipped; the gradients are not used
-  NoGradGuard guard;
-  const double inverse = 1.0 / scale_;
-  for (const Tensor& p : params) {
-    Tensor g = p.grad();
-    mul_(g, inverse);
+  const double scaled_norm = grad_norm(params);  // the one host wait of the step
+  found_inf_ = !std::isfinite(scaled_norm);
+  if (found_inf_) return false;  // the step is skipped; the gradients are not used
+  double factor = 1.0 / scale_;
+  if (clip_max_norm > 0.0) {
+    const double clip = clip_max_norm / (scaled_norm / scale_ + 1e-6);  // clip_grad_norm_'s factor
+    if (clip < 1.0) factor *= clip;
   }
+  scale_grads_(params, factor);
   return true;
 }
 

@@ -2,6 +2,7 @@
 //
 //   scaler.scale(loss).backward();
 //   scaler.unscale_(opt);            // optional: before clipping gradients
+//                                    // (unscale_(opt, max_norm) clips too, in the same pass)
 //   scaler.step(opt);                // skipped when a gradient is inf/nan
 //   scaler.update();                 // backoff or growth of the scale
 //
@@ -10,8 +11,9 @@
 // untouched) and by growth_factor after growth_interval clean steps in a row.
 // Finiteness is read from the global gradient norm (engine/optim/clip.h,
 // accumulated in f64, so it is finite exactly when every gradient is): one
-// host synchronization per step on CUDA. Gradients are then divided by the
-// scale in place with engine ops, so CPU and CUDA tensors take the same path.
+// host wait per step on CUDA, as torch's scaler with a non-fused optimizer.
+// Gradients are then divided by the scale in place (engine/optim/clip.h
+// scale_grads_: a few multi-tensor launches on CUDA).
 // bf16 has f32's exponent range and runs without a scaler.
 #pragma once
 #include <cstdint>
@@ -39,6 +41,12 @@ class GradScaler {
   // all are finite, divides them by the scale in place. At most once between
   // two update() calls; returns true when every gradient is finite.
   bool unscale_(Optimizer& optimizer);
+  // unscale_, then clip_grad_norm_ to clip_max_norm (> 0) in the same pass:
+  // the norm of the unscaled gradients is the finiteness check's norm over
+  // the scale, so clipping costs no second reduction and no second host wait.
+  // Bit-identical to unscale_ then clip_grad_norm_ while the scale is a power
+  // of two (the defaults keep it one).
+  bool unscale_(Optimizer& optimizer, double clip_max_norm);
 
   // Runs unscale_ unless it already ran this step, then optimizer.step()
   // unless a gradient was inf/nan. Returns whether the optimizer stepped.

@@ -23,6 +23,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <tuple>
 #include <type_traits>
@@ -52,6 +53,10 @@ void run(const Launch& launch, void (*body)(void*), void* ctx);
 // The error of the last failed launch (cleared when `clear`), and its message.
 cudaError_t launch_error(bool clear);
 const char* launch_error_message();
+// How often the host has waited for the device so far: stream, event and
+// device synchronizations, and copies from device to host. Tests read it to
+// prove a step queues its work without waiting.
+int64_t host_waits();
 
 template <typename... P>
 class Launcher {

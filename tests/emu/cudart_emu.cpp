@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -46,7 +47,12 @@ struct EmuEvent {
   std::chrono::steady_clock::time_point at;
 };
 
+std::atomic<int64_t> host_wait_count{0};
+void count_host_wait() { host_wait_count.fetch_add(1, std::memory_order_relaxed); }
+
 }  // namespace
+
+int64_t kestrel::emu::host_waits() { return host_wait_count.load(std::memory_order_relaxed); }
 
 extern "C" {
 
@@ -129,7 +135,10 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
   }
 }
 
-cudaError_t cudaDeviceSynchronize(void) { return kestrel::emu::launch_error(false); }
+cudaError_t cudaDeviceSynchronize(void) {
+  count_host_wait();
+  return kestrel::emu::launch_error(false);
+}
 
 // ---- streams and events: work is already done when it is queued
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
@@ -142,7 +151,10 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return kestrel::emu::launch_error(false); }
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  count_host_wait();
+  return kestrel::emu::launch_error(false);
+}
 cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
 
@@ -162,7 +174,10 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
 }
 
 cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) {
+  count_host_wait();
+  return cudaSuccess;
+}
 
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   const auto d = reinterpret_cast<EmuEvent*>(end)->at - reinterpret_cast<EmuEvent*>(start)->at;
@@ -213,12 +228,14 @@ cudaError_t cudaFreeHost(void* ptr) {
 }
 
 // A zero-byte copy is valid CUDA even with null pointers; memmove's are not.
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind) {
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+  if (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDefault) count_host_wait();
   if (count > 0) std::memmove(dst, src, count);
   return cudaSuccess;
 }
 
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind, cudaStream_t) {
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t) {
+  if (kind == cudaMemcpyDeviceToHost) count_host_wait();
   if (count > 0) std::memmove(dst, src, count);
   return cudaSuccess;
 }

@@ -467,9 +467,10 @@ TrainSummary train(TrainConfig c) {
       if (++micro == c.grad_accum) {
         micro = 0;
         grad_sync.average();  // every rank now holds the whole batch's gradient
-        // With a scaler: true gradients before clipping; an inf/nan skips the step and halves the scale.
-        const bool finite = scaler ? scaler->unscale_(*optimizer) : true;
-        if (c.clip_grad > 0 && finite) optim::clip_grad_norm_(params, c.clip_grad);
+        // With a scaler: unscaled (and clipped) gradients, or an inf/nan that skips the step and halves the
+        // scale; its finiteness check is the step's one host wait. Without one, clipping never waits for the GPU.
+        const bool finite = scaler ? scaler->unscale_(*optimizer, c.clip_grad) : true;
+        if (!scaler && c.clip_grad > 0) optim::clip_grad_norm_no_sync_(params, c.clip_grad);
         optimizer->set_lr(schedule->lr(global_step));
         if (finite) optimizer->step();
         if (scaler) scaler->update();
