@@ -141,3 +141,18 @@ TEST(Cli, DeviceAutoTrainsOnWhatTheMachineHas) {
   const std::string expected = kestrel::testing::cuda_skip_reason().empty() ? "device cuda:0" : "device cpu";
   EXPECT_NE(r.err.find(expected), std::string::npos) << r.err;
 }
+
+// A scripted sweep may rerun every command: resuming a finished run trains
+// nothing, says so, and exits 0.
+TEST(Cli, ResumingAFinishedRunSaysNothingIsLeft) {
+  const std::string root = make_folder("finished_run");
+  const std::string out = temp_path("finished_run_out");
+  const std::string args = "train --dataset folder --data-dir " + root +
+                           " --batch-size 4 --epochs 1 --workers 0 --device cpu --no-progress --out " + out;
+  ASSERT_EQ(kestrel_cli(args + " --overwrite").rc, 0);
+  const auto r = kestrel_cli(args + " --resume");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("nothing left to train: run folder " + out + " already holds its 1 epochs"), std::string::npos)
+      << r.out;
+  EXPECT_EQ(r.out.find("ptq"), std::string::npos) << r.out;
+}

@@ -155,8 +155,14 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
     if (kind == Kind::Qat && s.float_top1 >= 0)
       std::printf("float top-1 %.2f%%; int8 after calibration %.2f%%; ", 100 * s.float_top1,
                   100 * s.calibrated_top1);
-    if (s.epochs_run == 0) {
+    if (s.epochs_run == 0 && s.float_top1 >= 0) {  // qat with --epochs 0: post-training quantization only
       std::printf("%.1f s; run folder %s (ptq.safetensors)\n", s.seconds, s.out_dir.c_str());
+      return;
+    }
+    if (s.epochs_run == 0) {  // --resume of a run that had already finished
+      std::printf("nothing left to train: run folder %s already holds its %lld epochs; best top-1 %.2f%% at epoch %lld\n",
+                  s.out_dir.c_str(), static_cast<long long>(c->epochs), 100 * s.best_top1,
+                  static_cast<long long>(s.best_epoch));
       return;
     }
     std::printf("best top-1 %.2f%% at epoch %lld; final top-1 %.2f%%; %.1f s; run folder %s\n", 100 * s.best_top1,
