@@ -17,6 +17,7 @@ void register_export(CLI::App& app);        // export.cpp
 void register_scale_search(CLI::App& app);  // scale_search.cpp
 void register_cam(CLI::App& app);           // cam.cpp
 void register_bench(CLI::App& app);         // bench.cpp
+void register_table(CLI::App& app);         // table.cpp
 }  // namespace kestrel::cli
 
 int main(int argc, char** argv) {
@@ -30,6 +31,7 @@ int main(int argc, char** argv) {
   kestrel::cli::register_scale_search(app);
   kestrel::cli::register_cam(app);
   kestrel::cli::register_bench(app);
+  kestrel::cli::register_table(app);
   try {
     kestrel::dist::init();
     if (argc > 1 && argv[1][0] != '-') {  // CLI11 would only say "A subcommand is required"

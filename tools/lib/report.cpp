@@ -25,14 +25,6 @@ namespace kestrel::tools {
 
 namespace {
 
-std::string fmt(const char* f, double v) {
-  char b[64];
-  std::snprintf(b, sizeof(b), f, v);
-  return b;
-}
-
-std::string pct(double v) { return fmt("%.2f", 100.0 * v); }
-
 // The run folder's config.json (written by kestrel train) names the data the model was trained on.
 nlohmann::json training_config_beside(const std::string& checkpoint) {
   const fs::path cfg = fs::path(checkpoint).parent_path() / "config.json";
@@ -63,9 +55,17 @@ Tensor input_batch(const data::Dataset& ds, const data::Transform& input, const 
 
 }  // namespace
 
+std::string format_number(const char* format, double v) {
+  char b[64];
+  std::snprintf(b, sizeof(b), format, v);
+  return b;
+}
+
+std::string format_percent(double fraction) { return format_number("%.2f", 100.0 * fraction); }
+
 std::string format_count(int64_t n) {
-  if (n >= 1000000) return fmt("%.2fM", static_cast<double>(n) / 1e6);
-  if (n >= 1000) return fmt("%.1fK", static_cast<double>(n) / 1e3);
+  if (n >= 1000000) return format_number("%.2fM", static_cast<double>(n) / 1e6);
+  if (n >= 1000) return format_number("%.1fK", static_cast<double>(n) / 1e3);
   return std::to_string(n);
 }
 
@@ -212,20 +212,20 @@ std::string report_markdown(const EvalReport& r) {
   md += "| Model | Params | Top-1 (%) | Top-5 (%) | Macro F1 (%) | Latency b=1 (ms, median / p95) | Throughput (img/s, b=" +
         std::to_string(r.throughput_batch) + ") |\n";
   md += "|:--|--:|--:|--:|--:|--:|--:|\n";
-  md += "| " + r.model + " | " + format_count(r.parameters) + " | " + pct(r.top1) + " | " + pct(r.top5) + " | " +
-        pct(r.macro_f1) + " | " +
-        (timed ? fmt("%.2f", r.latency_median_ms) + " / " + fmt("%.2f", r.latency_p95_ms) : std::string("-")) +
-        " | " + (timed ? fmt("%.0f", r.throughput) : std::string("-")) + " |\n\n";
+  md += "| " + r.model + " | " + format_count(r.parameters) + " | " + format_percent(r.top1) + " | " + format_percent(r.top5) + " | " +
+        format_percent(r.macro_f1) + " | " +
+        (timed ? format_number("%.2f", r.latency_median_ms) + " / " + format_number("%.2f", r.latency_p95_ms) : std::string("-")) +
+        " | " + (timed ? format_number("%.0f", r.throughput) : std::string("-")) + " |\n\n";
   md += std::to_string(r.images) + " test images of " + r.dataset + " (" + r.data_dir + "), input " +
         std::to_string(r.input_height) + "x" + std::to_string(r.input_width) + "x" + std::to_string(r.input_channels) +
         ", TTA " + (r.tta ? "on (flip)" : "off") + ", " + r.device + " with " + std::to_string(r.threads) +
         " thread" + (r.threads == 1 ? "" : "s") + "; checkpoint `" + r.checkpoint + "`.\n";
-  md += "Macro precision " + pct(r.macro_precision) + "%, macro recall " + pct(r.macro_recall) + "%, loss " +
-        fmt("%.4f", r.loss) + ".\n\n";
+  md += "Macro precision " + format_percent(r.macro_precision) + "%, macro recall " + format_percent(r.macro_recall) + "%, loss " +
+        format_number("%.4f", r.loss) + ".\n\n";
   md += "| Class | Images | Accuracy (%) | Precision (%) | F1 (%) |\n|:--|--:|--:|--:|--:|\n";
   for (size_t k = 0; k < r.classes.size(); ++k)
-    md += "| " + r.classes[k] + " | " + std::to_string(r.support[k]) + " | " + pct(r.per_class_accuracy[k]) + " | " +
-          pct(r.precision[k]) + " | " + pct(r.f1[k]) + " |\n";
+    md += "| " + r.classes[k] + " | " + std::to_string(r.support[k]) + " | " + format_percent(r.per_class_accuracy[k]) + " | " +
+          format_percent(r.precision[k]) + " | " + format_percent(r.f1[k]) + " |\n";
   md += "\nConfusion matrix (rows: true class, columns: predicted): confusion.csv, confusion.png.\n";
   return md;
 }
@@ -258,7 +258,7 @@ void write_report(const EvalReport& r, const std::string& dir) {
   std::vector<std::vector<long long>> counts;
   for (const auto& row : r.confusion) counts.emplace_back(row.begin(), row.end());
   write_heatmap(dir + "/confusion.png", counts, r.classes,
-                r.model + " on " + r.dataset + ": top-1 " + pct(r.top1) + "%");
+                r.model + " on " + r.dataset + ": top-1 " + format_percent(r.top1) + "%");
 }
 
 }  // namespace kestrel::tools

@@ -56,5 +56,9 @@ std::string confusion_csv(const EvalReport& r);
 void write_report(const EvalReport& r, const std::string& dir);
 // "150.3K", "5.29M"
 std::string format_count(int64_t n);
+// One number, printf-style: format_number("%.2f", x).
+std::string format_number(const char* format, double v);
+// 0.9367 -> "93.67"
+std::string format_percent(double fraction);
 
 }  // namespace kestrel::tools

@@ -1,0 +1,54 @@
+// kestrel table: several runs' eval reports as one results table (Markdown on
+// stdout, and a .md or .csv file with --out), as tools/reproduce.sh ends.
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+
+#include "engine/error.h"
+#include "tools/lib/results_table.h"
+
+namespace kestrel::cli {
+
+namespace {
+
+struct TableArgs {
+  std::vector<std::string> runs;
+  std::string out;
+};
+
+void run_table(const TableArgs& a) {
+  namespace fs = std::filesystem;
+  const std::string ext = fs::path(a.out).extension().string();
+  KCHECK(a.out.empty() || ext == ".md" || ext == ".csv", ValueError, "table: --out must end in .md or .csv, got ",
+         a.out);
+  std::vector<tools::ResultsRow> rows;
+  for (const std::string& run : a.runs) rows.push_back(tools::read_results_row(run));
+  const std::string md = tools::results_table_markdown(rows);
+  std::cout << md;
+  if (a.out.empty()) return;
+  const std::string text = ext == ".csv" ? tools::results_table_csv(rows) : md;
+  const std::string tmp = a.out + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    KCHECK(f.good(), IOError, "table: cannot write ", a.out);
+    f << text;
+    KCHECK(f.good(), IOError, "table: writing ", a.out, " failed");
+  }
+  fs::rename(tmp, a.out);
+  std::cerr << rows.size() << " runs written to " << a.out << "\n";
+}
+
+}  // namespace
+
+void register_table(CLI::App& app) {
+  auto a = std::make_shared<TableArgs>();
+  CLI::App* cmd = app.add_subcommand("table", "Put several runs' eval reports in one results table");
+  cmd->add_option("runs", a->runs, "run folders (holding eval/report.json), eval folders or report.json files")
+      ->required();
+  cmd->add_option("--out,-o", a->out, "also write the table to this .md or .csv file");
+  cmd->callback([a] { run_table(*a); });
+}
+
+}  // namespace kestrel::cli
