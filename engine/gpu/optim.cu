@@ -5,7 +5,6 @@
 // kMaxTensors tensors and kMaxBlocks chunks by value, so a model's few
 // hundred gradients take a handful of launches. The SGD/AdamW glue is in
 // optim.cpp (kernels/fused_optim.h). Compiles; untested on a GPU.
-#include <algorithm>
 #include <map>
 #include <utility>
 #include <vector>
@@ -123,8 +122,8 @@ __global__ void __launch_bounds__(kThreads) scale_kernel(ChunkTable t, MathT<T> 
     x[i] = from_math<T>(mul_rn(to_math(x[i]), factor));
 }
 
-// x * (max_norm / (norm + 1e-6)) when that factor is below 1 or the norm is
-// not finite; the branch and the rounding are clip_grad_norm_'s on the CPU.
+// x * optim::clip_coefficient(*norm, max_norm), skipped where that is 1: the
+// host rule (engine/optim/clip.h) written again for the device, same rounding.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) clip_kernel(ChunkTable t, const double* norm, double max_norm) {
   const double n = *norm;
@@ -204,12 +203,12 @@ int64_t block_count(const LaunchGroups& groups) {
   return blocks;
 }
 
-// Queues the sum of squares of one device's groups (`blocks` chunks) on its
-// current stream; *out receives the sum, or the norm when `root`.
+// Queues the sum of squares of one device's groups (`blocks` > 0 chunks) on
+// its current stream; *out receives the sum, or the norm when `root`.
 void launch_sum_of_squares(const LaunchGroups& groups, int device, int64_t blocks, bool root, double* out) {
   cuda::DeviceGuard guard(device);
   const cudaStream_t stream = cuda::current_stream(device);
-  Scratch partials(static_cast<size_t>(std::max<int64_t>(blocks, 1)) * sizeof(double), device, stream);
+  Scratch partials(static_cast<size_t>(blocks) * sizeof(double), device, stream);
   double* const partial = partials.get();
   int64_t written = 0;  // blocks are numbered across every launch of this device
   launch_groups(groups, "clip_grad_norm_ (sum of squares)", [&](auto tag, const ChunkTable& t, int nb, cudaStream_t s) {

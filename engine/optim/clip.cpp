@@ -73,13 +73,18 @@ void scale_grads_(const std::vector<Tensor>& params, double factor) {
   }
 }
 
+double clip_coefficient(double norm, double max_norm) {
+  const double coef = max_norm / (norm + 1e-6);
+  return !(coef < 1.0) && std::isfinite(norm) ? 1.0 : coef;
+}
+
 double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, bool error_if_nonfinite) {
   KCHECK(max_norm >= 0.0, ValueError, "clip_grad_norm_: max_norm must be >= 0, got ", max_norm);
   const double norm = grad_norm(params);
   KCHECK(!error_if_nonfinite || std::isfinite(norm), ValueError, "clip_grad_norm_: the total gradient norm is ", norm,
          " (a NaN or inf gradient)");
-  const double coef = max_norm / (norm + 1e-6);
-  if (!(coef < 1.0) && std::isfinite(norm)) return norm;  // nothing to clip
+  const double coef = clip_coefficient(norm, max_norm);
+  if (coef == 1.0) return norm;  // nothing to clip (a factor computed below 1 is never exactly 1)
   scale_grads_(params, coef);
   return norm;
 }

@@ -25,6 +25,10 @@ Tensor clip_grad_norm_no_sync_(const std::vector<Tensor>& params, double max_nor
 // The global L2 norm of the gradients, without changing them.
 double grad_norm(const std::vector<Tensor>& params);
 
+// The factor clip_grad_norm_ multiplies the gradients by: max_norm / (norm +
+// 1e-6) when that is below 1 or the norm is not finite (torch's rule), else 1.
+double clip_coefficient(double norm, double max_norm);
+
 // Multiplies every gradient in place by factor, rounded once to its dtype;
 // CUDA gradients take a few multi-tensor launches.
 void scale_grads_(const std::vector<Tensor>& params, double factor);

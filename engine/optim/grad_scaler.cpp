@@ -49,12 +49,8 @@ bool GradScaler::unscale_(Optimizer& optimizer, double clip_max_norm) {
   const double scaled_norm = grad_norm(params);  // the one host wait of the step
   found_inf_ = !std::isfinite(scaled_norm);
   if (found_inf_) return false;  // the step is skipped; the gradients are not used
-  double factor = 1.0 / scale_;
-  if (clip_max_norm > 0.0) {
-    const double clip = clip_max_norm / (scaled_norm / scale_ + 1e-6);  // clip_grad_norm_'s factor
-    if (clip < 1.0) factor *= clip;
-  }
-  scale_grads_(params, factor);
+  const double clip = clip_max_norm > 0.0 ? clip_coefficient(scaled_norm / scale_, clip_max_norm) : 1.0;
+  scale_grads_(params, (1.0 / scale_) * clip);
   return true;
 }
 

@@ -2,11 +2,11 @@
 // stdout, and a .md or .csv file with --out), as tools/reproduce.sh ends.
 #include <CLI/CLI.hpp>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <memory>
 
 #include "engine/error.h"
+#include "engine/io/atomic_file.h"
 #include "tools/lib/results_table.h"
 
 namespace kestrel::cli {
@@ -28,15 +28,7 @@ void run_table(const TableArgs& a) {
   const std::string md = tools::results_table_markdown(rows);
   std::cout << md;
   if (a.out.empty()) return;
-  const std::string text = ext == ".csv" ? tools::results_table_csv(rows) : md;
-  const std::string tmp = a.out + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary);
-    KCHECK(f.good(), IOError, "table: cannot write ", a.out);
-    f << text;
-    KCHECK(f.good(), IOError, "table: writing ", a.out, " failed");
-  }
-  fs::rename(tmp, a.out);
+  io::write_text_atomically(a.out, ext == ".csv" ? tools::results_table_csv(rows) : md, "table");
   std::cerr << rows.size() << " runs written to " << a.out << "\n";
 }
 
