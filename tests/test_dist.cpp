@@ -12,6 +12,10 @@
 #include "tests/cuda_parity.h"
 #include "tools/lib/device_select.h"
 #include "tests/test_util.h"
+#if defined(KESTREL_CUDA_EMULATOR)
+#include "engine/cuda/runtime.h"
+#include "tests/emu/cuda_emu.h"
+#endif
 
 namespace kestrel {
 namespace {
@@ -76,30 +80,28 @@ TEST_P(Dist, BroadcastGivesEveryRankTheRootsTensor) {
   expect_close(t.cpu(), Tensor::full({3, 17}, root + 1.0), 0.0);
 }
 
-TEST_P(Dist, AveragedShardGradientsEqualTheWholeBatchGradient) {
-  // The same global batch on every rank (same seeds); each rank takes its share.
-  const int64_t batch = 8;
-  ASSERT_EQ(batch % world_, 0) << "run with a world size dividing " << batch;
-  const Tensor images = testing::random_tensor({batch, 6, 6, 3}, 11, DType::F32);
-  const Tensor labels = Tensor::from_vector_i64({0, 1, 2, 3, 4, 0, 1, 2}, {batch});
-  const int64_t share = batch / world_;
+// The same global batch on every rank (same seeds); each rank takes its share.
+struct GlobalBatch {
+  static constexpr int64_t kSize = 8;
+  Tensor images = testing::random_tensor({kSize, 6, 6, 3}, 11, DType::F32);
+  Tensor labels = Tensor::from_vector_i64({0, 1, 2, 3, 4, 0, 1, 2}, {kSize});
+};
 
-  auto replica = small_net(5, device_);
-  dist::GradientAverager sync(replica->parameters(), /*bucket_bytes=*/512);  // several buckets
-  cross_entropy((*replica)(images.narrow(0, rank_ * share, share).to(device_)),
-                labels.narrow(0, rank_ * share, share).to(device_))
-      .backward();
-  sync.average();
+// Gradients of the whole batch on one replica, by parameter name.
+std::vector<std::pair<std::string, Tensor>> whole_batch_gradients(const GlobalBatch& batch, Device device) {
+  auto whole = small_net(5, device);
+  cross_entropy((*whole)(batch.images.to(device)), batch.labels.to(device)).backward();
+  return whole->named_parameters();
+}
 
-  auto whole = small_net(5, device_);
-  cross_entropy((*whole)(images.to(device_)), labels.to(device_)).backward();
-
-  const auto got = replica->named_parameters(), want = whole->named_parameters();
+// `got` holds averaged shard gradients: equal to the whole batch's, except the
+// head no rank reached, averaged as zeros in a world of several and untouched in one.
+void expect_whole_batch_gradients(const nn::Module& got_model, const GlobalBatch& batch, Device device, int world) {
+  const auto got = got_model.named_parameters(), want = whole_batch_gradients(batch, device);
   for (size_t i = 0; i < got.size(); ++i) {
     const std::string& name = got[i].first;
     if (name.rfind("unused.", 0) == 0) {
-      // No rank reached it: averaged as zeros in a world of several, untouched in one.
-      if (world_ > 1) {
+      if (world > 1) {
         expect_close(got[i].second.grad().cpu(), Tensor::zeros(got[i].second.shape()), 0.0, 0.0, name);
       } else {
         EXPECT_FALSE(got[i].second.grad().defined()) << name;
@@ -108,10 +110,119 @@ TEST_P(Dist, AveragedShardGradientsEqualTheWholeBatchGradient) {
     }
     expect_close(got[i].second.grad().cpu(), want[i].second.grad().cpu(), 1e-6, 1e-5, name);
   }
-  if (world_ > 1) {
-    EXPECT_GT(sync.buckets_last_average(), 1);
+}
+
+TEST_P(Dist, AveragedShardGradientsEqualTheWholeBatchGradient) {
+  const GlobalBatch batch;
+  ASSERT_EQ(batch.kSize % world_, 0) << "run with a world size dividing " << batch.kSize;
+  const int64_t share = batch.kSize / world_;
+  for (const bool overlap : {false, true}) {
+    SCOPED_TRACE(overlap ? "started during backward" : "started after backward");
+    auto replica = small_net(5, device_);
+    dist::GradientAverager sync(replica->parameters(), /*bucket_bytes=*/512);  // several buckets
+    if (overlap) sync.prepare_for_backward();
+    cross_entropy((*replica)(batch.images.narrow(0, rank_ * share, share).to(device_)),
+                  batch.labels.narrow(0, rank_ * share, share).to(device_))
+        .backward();
+    sync.average();
+    expect_whole_batch_gradients(*replica, batch, device_, world_);
+    EXPECT_GT(sync.buckets(), 1);
+    // The unused head is last, so in the first bucket: it holds every bucket back.
+    EXPECT_EQ(sync.buckets_started_in_backward(), 0);
   }
 }
+
+TEST_P(Dist, AllReducesStartDuringTheLastMicroBatchesBackward) {
+  const GlobalBatch batch;
+  ASSERT_EQ(batch.kSize % (2 * world_), 0) << "run with a world size dividing " << batch.kSize / 2;
+  const int64_t share = batch.kSize / world_, micro = share / 2;
+  auto replica = small_net(5, device_);
+  replica->unused->weight.set_requires_grad(false);  // frozen: left out of the buckets
+  replica->unused->bias.set_requires_grad(false);
+  dist::GradientAverager sync(replica->parameters(), /*bucket_bytes=*/512);
+  for (int64_t m = 0; m < 2; ++m) {
+    if (m == 1) sync.prepare_for_backward();
+    const int64_t first = rank_ * share + m * micro;
+    mul_scalar(cross_entropy((*replica)(batch.images.narrow(0, first, micro).to(device_)),
+                             batch.labels.narrow(0, first, micro).to(device_)),
+               0.5)
+        .backward();
+  }
+  sync.average();
+  const auto got = replica->named_parameters(), want = whole_batch_gradients(batch, device_);
+  for (size_t i = 0; i < got.size(); ++i) {
+    const std::string& name = got[i].first;
+    if (name.rfind("unused.", 0) == 0) {
+      EXPECT_FALSE(got[i].second.grad().defined()) << name;
+      continue;
+    }
+    expect_close(got[i].second.grad().cpu(), want[i].second.grad().cpu(), 1e-6, 1e-5, name);
+  }
+  if (world_ > 1) {
+    EXPECT_GT(sync.buckets(), 1);
+    EXPECT_EQ(sync.buckets_started_in_backward(), sync.buckets());
+    // A further backward would add to gradients already being summed.
+    sync.prepare_for_backward();
+    Tensor loss = cross_entropy((*replica)(batch.images.narrow(0, rank_ * share, share).to(device_)),
+                                batch.labels.narrow(0, rank_ * share, share).to(device_));
+    loss.backward();
+    try {
+      cross_entropy((*replica)(batch.images.narrow(0, rank_ * share, share).to(device_)),
+                    batch.labels.narrow(0, rank_ * share, share).to(device_))
+          .backward();
+      ADD_FAILURE() << "a second backward after prepare_for_backward() was accepted";
+    } catch (const AutogradError& e) {
+      EXPECT_NE(std::string(e.what()).find("second backward"), std::string::npos) << e.what();
+    }
+    sync.average();  // the ranks' collectives stay paired
+  } else {
+    EXPECT_EQ(sync.buckets_started_in_backward(), 0);  // a world of one has nothing to sum
+  }
+}
+
+#if defined(KESTREL_CUDA_EMULATOR)
+// The emulator runs every stream at once, so the order of the side stream's
+// NCCL work is read from what was queued: each all-reduce after its stream
+// waited for the current one (the gradients are written), and the current
+// stream waiting for it before average() returns (the optimizer reads them).
+TEST_P(Dist, OverlappedAllReducesRunOnASideStreamOrderedWithTheCurrentOne) {
+  if (GetParam() != DeviceType::CUDA || world_ == 1) GTEST_SKIP() << "needs CUDA and a world of several ranks";
+  const GlobalBatch batch;
+  const int64_t share = batch.kSize / world_;
+  auto replica = small_net(5, device_);
+  replica->unused->weight.set_requires_grad(false);
+  replica->unused->bias.set_requires_grad(false);
+  dist::GradientAverager sync(replica->parameters(), /*bucket_bytes=*/512);
+  const cudaStream_t current = cuda::current_stream(device_.index);
+  sync.prepare_for_backward();
+  cross_entropy((*replica)(batch.images.narrow(0, rank_ * share, share).to(device_)),
+                batch.labels.narrow(0, rank_ * share, share).to(device_))
+      .backward();
+  ASSERT_EQ(sync.buckets_started_in_backward(), sync.buckets());
+  emu::take_stream_log();  // the creation of the communicator, if this test made it
+  sync.prepare_for_backward();
+  cross_entropy((*replica)(batch.images.narrow(0, rank_ * share, share).to(device_)),
+                batch.labels.narrow(0, rank_ * share, share).to(device_))
+      .backward();
+  sync.average();
+  const std::vector<emu::StreamLogEntry> log = emu::take_stream_log();
+  int64_t collectives = 0;
+  bool side_waited = false;
+  for (const emu::StreamLogEntry& e : log) {
+    if (e.kind == emu::StreamLogEntry::kWait && e.waited == current) side_waited = true;
+    if (e.kind != emu::StreamLogEntry::kCollective) continue;
+    ++collectives;
+    EXPECT_NE(e.stream, current) << "all-reduce " << collectives << " ran on the current stream";
+    EXPECT_TRUE(side_waited) << "all-reduce " << collectives << " queued before its stream waited for the gradients";
+    side_waited = false;
+  }
+  EXPECT_EQ(collectives, sync.buckets());
+  ASSERT_FALSE(log.empty());
+  EXPECT_EQ(log.back().kind, emu::StreamLogEntry::kWait);
+  EXPECT_EQ(log.back().stream, current) << "average() returned before the current stream waited for the sums";
+  EXPECT_NE(log.back().waited, current);
+}
+#endif
 
 TEST_P(Dist, BroadcastModuleGivesEveryRankRankZerosWeightsAndBuffers) {
   manual_seed(100 + rank_);  // a different model on each rank

@@ -4,9 +4,11 @@
 //
 //   dist::broadcast_module(*model);              // rank 0's initial weights everywhere
 //   dist::GradientAverager sync(model->parameters());
+//   sync.prepare_for_backward();                 // optional: overlap the averaging with backward
 //   loss.backward();  sync.average();  optimizer.step();
 #pragma once
 #include <cstddef>
+#include <memory>
 #include <vector>
 
 #include "engine/nn/module.h"
@@ -21,21 +23,37 @@ void broadcast_buffers(nn::Module& module, int root = 0);
 
 class GradientAverager {
  public:
-  // Gradients travel in buckets of about `bucket_bytes`: one all-reduce per
-  // bucket instead of one per parameter.
+  // Gradients travel in buckets: one all-reduce per bucket instead of one per
+  // parameter. Buckets take the parameters in reverse order, the order backward
+  // finishes them in; the first holds at most 1 MiB so its reduction starts
+  // early, the others about `bucket_bytes`. Parameters that do not require a
+  // gradient are left out.
   explicit GradientAverager(std::vector<Tensor> params, size_t bucket_bytes = size_t{25} << 20);
+  ~GradientAverager();
+  GradientAverager(const GradientAverager&) = delete;
+  GradientAverager& operator=(const GradientAverager&) = delete;
+
+  // Before the backward whose gradients average() will average (with
+  // gradient accumulation, the last micro-batch's): during that backward each
+  // bucket's all-reduce starts as soon as its gradients, and those of the
+  // buckets before it, are complete, overlapping the rest of backward (on
+  // CUDA, NCCL runs on a side stream). A parameter the backward never reaches
+  // holds its bucket, and the ones after it, back until average().
+  void prepare_for_backward();
 
   // After backward, on every rank: each gradient becomes its mean over the
   // ranks. A parameter that got no gradient counts as zeros (the layout must
   // be the same on every rank). The gradients become views into the buckets.
   // A world of one returns at once.
   void average();
-  int64_t buckets_last_average() const { return buckets_; }
+
+  int64_t buckets() const;
+  // Of the last average(), the buckets whose all-reduce started during backward.
+  int64_t buckets_started_in_backward() const;
 
  private:
-  std::vector<Tensor> params_;
-  size_t bucket_bytes_;
-  int64_t buckets_ = 0;
+  struct State;
+  std::shared_ptr<State> state_;  // the parameters' hooks hold it weakly
 };
 
 }  // namespace kestrel::dist

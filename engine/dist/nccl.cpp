@@ -102,6 +102,10 @@ bool nccl_enabled(std::string* why) {
 
 struct NcclCommunicator::Handle {
   ncclComm_t comm = nullptr;
+  // For start_all_reduce_sum_: made on first use.
+  cuda::Stream side;
+  std::unique_ptr<cuda::Event> inputs_ready, side_done;
+  bool started = false;
 };
 
 std::string NcclCommunicator::new_unique_id() {
@@ -141,6 +145,33 @@ void NcclCommunicator::all_reduce_sum_(Tensor& t) {
   nccl_check(api().all_reduce(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()), nccl_type(t.dtype()),
                               ncclSum, handle_->comm, cuda::current_stream(device_.index)),
              "ncclAllReduce", &t);
+}
+
+void NcclCommunicator::start_all_reduce_sum_(Tensor& t) {
+  check_same_device(t, device_, "NCCL all-reduce");
+  cuda::DeviceGuard guard(device_.index);
+  Handle& h = *handle_;
+  if (!h.side_done) {
+    h.side = cuda::Stream::create(device_.index);
+    h.inputs_ready = std::make_unique<cuda::Event>(/*timing=*/false);
+    h.side_done = std::make_unique<cuda::Event>(/*timing=*/false);
+  }
+  h.inputs_ready->record(cuda::current_stream(device_.index));
+  h.inputs_ready->wait(h.side.handle());
+  cuda::record_stream(t.storage()->data(), h.side.handle());  // if freed early, reuse still waits for the reduction
+  nccl_check(api().all_reduce(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()), nccl_type(t.dtype()),
+                              ncclSum, h.comm, h.side.handle()),
+             "ncclAllReduce", &t);
+  h.started = true;
+}
+
+void NcclCommunicator::join_started() {
+  Handle& h = *handle_;
+  if (!h.started) return;
+  cuda::DeviceGuard guard(device_.index);
+  h.side_done->record(h.side.handle());
+  h.side_done->wait(cuda::current_stream(device_.index));
+  h.started = false;
 }
 
 void NcclCommunicator::broadcast_(Tensor& t, int root) {
@@ -186,6 +217,8 @@ NcclCommunicator::NcclCommunicator(int, int, const std::string&, Device device) 
 NcclCommunicator::~NcclCommunicator() = default;
 void NcclCommunicator::all_reduce_sum_(Tensor&) {}
 void NcclCommunicator::broadcast_(Tensor&, int) {}
+void NcclCommunicator::start_all_reduce_sum_(Tensor&) {}
+void NcclCommunicator::join_started() {}
 NcclCommunicator& nccl_communicator(Device) { throw DeviceError("this build has no NCCL"); }
 void release_nccl_communicators() {}
 

@@ -26,6 +26,11 @@ class NcclCommunicator {
   // On the device's current stream, ordered with the ops around them.
   void all_reduce_sum_(Tensor& t);
   void broadcast_(Tensor& t, int root);
+  // On the communicator's own stream, after the current stream's work so far,
+  // so later kernels on the current stream overlap it. `t` must stay alive and
+  // untouched until join_started() (which orders the current stream after it).
+  void start_all_reduce_sum_(Tensor& t);
+  void join_started();
   Device device() const { return device_; }
 
  private:

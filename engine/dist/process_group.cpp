@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <set>
 #include <cstdlib>
 #include <string>
 #include <thread>
@@ -23,6 +24,11 @@ struct World {
   bool mpi = false;
   int rank = 0, size = 1, local_rank = 0, local_size = 1;
   std::string backend = "none";
+  // Started by start_all_reduce_sum_, ended by finish_all_reduces.
+#if defined(KESTREL_HAVE_MPI)
+  std::vector<MPI_Request> requests;
+#endif
+  std::set<int> nccl_devices;
 };
 
 World& world() {
@@ -156,6 +162,39 @@ void all_reduce_sum_(Tensor& t) {
   KESTREL_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, t.data_ptr(), mpi_count(static_cast<size_t>(t.numel())),
                                   mpi_type(t.dtype()), MPI_SUM, MPI_COMM_WORLD));
 #endif
+}
+
+void start_all_reduce_sum_(Tensor& t) {
+  if (world_size() == 1) return;
+  check_contiguous(t, "start_all_reduce_sum_");
+  if (t.device().is_cuda() && nccl_enabled()) {
+    nccl_communicator(t.device()).start_all_reduce_sum_(t);
+    world().nccl_devices.insert(t.device().index);
+    return;
+  }
+#if defined(KESTREL_HAVE_MPI)
+  if (t.device().is_cpu() && t.dtype() != DType::F16 && t.dtype() != DType::BF16) {
+    MPI_Request request;
+    KESTREL_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, t.data_ptr(), mpi_count(static_cast<size_t>(t.numel())),
+                                     mpi_type(t.dtype()), MPI_SUM, MPI_COMM_WORLD, &request));
+    world().requests.push_back(request);
+    return;
+  }
+#endif
+  all_reduce_sum_(t);  // staged through a copy: nothing to leave running
+}
+
+void finish_all_reduces() {
+  World& w = world();
+#if defined(KESTREL_HAVE_MPI)
+  if (!w.requests.empty()) {
+    std::vector<MPI_Request> requests = std::move(w.requests);
+    w.requests.clear();
+    KESTREL_MPI_CHECK(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE));
+  }
+#endif
+  for (int device : w.nccl_devices) nccl_communicator(Device::cuda(device)).join_started();
+  w.nccl_devices.clear();
 }
 
 void broadcast_(Tensor& t, int root) {

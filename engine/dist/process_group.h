@@ -37,6 +37,13 @@ void all_reduce_sum_(Tensor& t);
 void broadcast_(Tensor& t, int root = 0);
 void broadcast_bytes(void* data, size_t nbytes, int root = 0);
 std::vector<double> all_reduce_sum(std::vector<double> values);  // host numbers (metric counts)
+// The same sum, started and left running where the backend allows: CUDA
+// tensors by NCCL on a side stream after the current stream's work so far,
+// CPU tensors by a non-blocking MPI all-reduce; otherwise done at the call.
+// `t` must stay alive and untouched until finish_all_reduces(), after which
+// the host (CPU) or the current stream's later work (CUDA) sees every sum.
+void start_all_reduce_sum_(Tensor& t);
+void finish_all_reduces();
 void barrier();
 
 // Ends every process of the job with `code` (a failing rank must not leave the

@@ -28,6 +28,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace kestrel::emu {
 
@@ -57,6 +58,17 @@ const char* launch_error_message();
 // device synchronizations, and copies from device to host. Tests read it to
 // prove a step queues its work without waiting.
 int64_t host_waits();
+// Cross-stream ordering as it was queued, for code that uses a side stream:
+// every stream runs at once here, so a missing wait cannot fail a comparison.
+// The log holds each NCCL collective with its stream, and each wait of one
+// stream for an event recorded on another; take_stream_log() empties it.
+struct StreamLogEntry {
+  enum Kind { kCollective, kWait } kind;
+  cudaStream_t stream;  // the collective's, or the waiting one
+  cudaStream_t waited;  // kWait: where the event was recorded
+};
+std::vector<StreamLogEntry> take_stream_log();
+void log_collective(cudaStream_t stream);
 
 template <typename... P>
 class Launcher {

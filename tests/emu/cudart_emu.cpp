@@ -45,7 +45,15 @@ cudaError_t fail(cudaError_t e) {
 // Events remember when they were recorded, for cudaEventElapsedTime.
 struct EmuEvent {
   std::chrono::steady_clock::time_point at;
+  cudaStream_t recorded_on = nullptr;
 };
+
+std::mutex stream_log_mutex;
+std::vector<kestrel::emu::StreamLogEntry> stream_log;
+void append_to_stream_log(kestrel::emu::StreamLogEntry entry) {
+  std::lock_guard<std::mutex> lock(stream_log_mutex);
+  stream_log.push_back(entry);
+}
 
 std::atomic<int64_t> host_wait_count{0};
 void count_host_wait() { host_wait_count.fetch_add(1, std::memory_order_relaxed); }
@@ -53,6 +61,15 @@ void count_host_wait() { host_wait_count.fetch_add(1, std::memory_order_relaxed)
 }  // namespace
 
 int64_t kestrel::emu::host_waits() { return host_wait_count.load(std::memory_order_relaxed); }
+
+std::vector<kestrel::emu::StreamLogEntry> kestrel::emu::take_stream_log() {
+  std::lock_guard<std::mutex> lock(stream_log_mutex);
+  return std::exchange(stream_log, {});
+}
+
+void kestrel::emu::log_collective(cudaStream_t stream) {
+  append_to_stream_log({StreamLogEntry::kCollective, stream, nullptr});
+}
 
 extern "C" {
 
@@ -156,7 +173,11 @@ cudaError_t cudaStreamSynchronize(cudaStream_t) {
   return kestrel::emu::launch_error(false);
 }
 cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
+  const cudaStream_t recorded_on = reinterpret_cast<EmuEvent*>(event)->recorded_on;
+  if (recorded_on != stream) append_to_stream_log({kestrel::emu::StreamLogEntry::kWait, stream, recorded_on});
+  return cudaSuccess;
+}
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
   *event = reinterpret_cast<cudaEvent_t>(new EmuEvent{std::chrono::steady_clock::now()});
@@ -168,8 +189,9 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
   return cudaSuccess;
 }
 
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   reinterpret_cast<EmuEvent*>(event)->at = std::chrono::steady_clock::now();
+  reinterpret_cast<EmuEvent*>(event)->recorded_on = stream;
   return cudaSuccess;
 }
 

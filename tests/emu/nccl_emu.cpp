@@ -9,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "tests/emu/cuda_emu.h"
 #include "tests/emu/element.h"
 #if defined(KESTREL_HAVE_MPI)
 #include <mpi.h>
@@ -81,8 +82,9 @@ const char* ncclGetErrorString(ncclResult_t r) {
 }
 
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataType_t type, ncclRedOp_t op,
-                           ncclComm_t comm, cudaStream_t) {
+                           ncclComm_t comm, cudaStream_t stream) {
   if (op != ncclSum || !comm) return ncclInvalidArgument;
+  kestrel::emu::log_collective(stream);
   if (send != recv) std::memmove(recv, send, count * type_size(type));
   if (comm->nranks == 1) return ncclSuccess;
 #if defined(KESTREL_HAVE_MPI)
@@ -114,8 +116,9 @@ ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataT
 }
 
 ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataType_t type, int root,
-                           ncclComm_t comm, cudaStream_t) {
+                           ncclComm_t comm, cudaStream_t stream) {
   if (!comm || root < 0 || root >= comm->nranks) return ncclInvalidArgument;
+  kestrel::emu::log_collective(stream);
   const size_t bytes = count * type_size(type);
   if (comm->rank == root && send != recv) std::memmove(recv, send, bytes);
   if (comm->nranks == 1) return ncclSuccess;

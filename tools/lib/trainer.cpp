@@ -460,6 +460,7 @@ TrainSummary train(TrainConfig c) {
       Tensor loss = training_loss(c, logits, on_device, classes);
       if (teachers) loss = distillation_loss(logits, teacher_logits, loss, c.distill_alpha, c.distill_temperature);
       Tensor objective = c.grad_accum > 1 ? mul_scalar(loss, 1.0 / static_cast<double>(c.grad_accum)) : loss;
+      if (micro + 1 == c.grad_accum) grad_sync.prepare_for_backward();  // all-reduces overlap this backward
       (scaler ? scaler->scale(objective) : objective).backward();
       tally.add(loss, logits, b);  // before the step: a diverged loss stops the run with the weights unchanged (CPU)
       seen += b.size();
