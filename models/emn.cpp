@@ -86,7 +86,7 @@ Tensor CoordinateAttention::forward(const Tensor& x) {
   std::vector<Tensor> parts = split(y, {h, w}, 1);
   Tensor gate_h = sigmoid((*conv_h_)(parts[0]));                                       // [N,H,1,C]
   Tensor gate_w = sigmoid((*conv_w_)(parts[1].permute({0, 2, 1, 3}).contiguous()));  // [N,1,W,C]
-  return mul(mul(x, gate_h), gate_w);
+  return coord_gate(x, gate_h, gate_w);
 }
 
 namespace {

@@ -332,6 +332,8 @@ class Translator {
       const int64_t out_rank = e.output.dim();
       return w_.node(b->second, {broadcast_operand(x, out_rank, e), broadcast_operand(e.inputs[1], out_rank, e)});
     }
+    if (op == "coord_gate")  // x * gate_h * gate_w: the two multiplies it fuses
+      return w_.node("Mul", {w_.node("Mul", {operand(x, e), operand(e.inputs[1], e)}), operand(e.inputs[2], e)});
     const std::string xin = operand(x, e);
     const int64_t rank = x.dim();
     if (op == "fake_quantize") {

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "engine/autograd.h"
+#include "engine/cpu/coord_gate.h"
 #include "engine/gpu/attention.h"
 #include "engine/ops/check.h"
 #include "engine/ops/conv.h"
@@ -84,7 +85,7 @@ Tensor coord_attention_composed(const Tensor& x, const Tensor& w1, const Tensor&
   std::vector<Tensor> parts = split(t, {h, w}, 1);
   Tensor gate_h = sigmoid(pointwise(parts[0], wh, bh));                                       // [N,H,1,C]
   Tensor gate_w = sigmoid(pointwise(parts[1].permute({0, 2, 1, 3}).contiguous(), ww, bw));  // [N,1,W,C]
-  return mul(mul(x, gate_h), gate_w);
+  return coord_gate(x, gate_h, gate_w);
 }
 
 Tensor squeeze_excite_cuda(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2,
@@ -129,7 +130,36 @@ Tensor coord_attention_cuda(const Tensor& x, const Tensor& w1, const Tensor& b1,
                 });
 }
 
+bool fused_gate_on_cpu(const Tensor& x, const Tensor& gate_h, const Tensor& gate_w) {
+  for (const Tensor* t : {&x, &gate_h, &gate_w})
+    if (!t->device().is_cpu() || t->dtype() != x.dtype()) return false;
+  return x.dtype() == DType::F32 || x.dtype() == DType::F64;
+}
+
 }  // namespace
+
+Tensor coord_gate(const Tensor& x, const Tensor& gate_h, const Tensor& gate_w) {
+  const char* op = "coord_gate";
+  check_input(x, op);
+  check_defined(gate_h, op, "gate_h");
+  check_defined(gate_w, op, "gate_w");
+  const int64_t n = x.size(0), h = x.size(1), w = x.size(2), c = x.size(3);
+  KCHECK(gate_h.shape() == Shape({n, h, 1, c}) && gate_w.shape() == Shape({n, 1, w, c}), ShapeError, op,
+         ": gates must be [N,H,1,C] and [N,1,W,C] for input ", shape_str(x.shape()), ", got ",
+         shape_str(gate_h.shape()), " and ", shape_str(gate_w.shape()));
+  if (!fused_gate_on_cpu(x, gate_h, gate_w)) return mul(mul(x, gate_h), gate_w);
+  const Tensor xc = x.detach().contiguous(), hc = gate_h.detach().contiguous(), wc = gate_w.detach().contiguous();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  cpu::coord_gate_forward(xc, hc, wc, y);
+  trace_op(op, {x, gate_h, gate_w}, y);
+  return record(y, op, {x, gate_h, gate_w}, [xc, hc, wc](const Tensor& g, const std::vector<bool>& needs) {
+    std::vector<Tensor> grads(3);
+    for (size_t i = 0; i < 3; ++i)
+      if (needs[i]) grads[i] = Tensor::empty((i == 0 ? xc : i == 1 ? hc : wc).shape(), xc.dtype(), xc.device());
+    cpu::coord_gate_backward(g.contiguous(), xc, hc, wc, grads[0], grads[1], grads[2]);
+    return grads;
+  });
+}
 
 Tensor squeeze_excite(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2,
                       Activation act, Activation gate) {

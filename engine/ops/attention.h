@@ -25,4 +25,10 @@ Tensor squeeze_excite(const Tensor& x, const Tensor& w1, const Tensor& b1, const
 Tensor coord_attention(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& wh, const Tensor& bh,
                        const Tensor& ww, const Tensor& bw, Activation act);
 
+// Coordinate attention's gating, x * gate_h * gate_w: x [N,H,W,C], gate_h
+// [N,H,1,C], gate_w [N,1,W,C]. On the CPU (f32, f64) one pass each way
+// (engine/cpu/coord_gate.h), equal bit for bit to the two multiplies it
+// replaces; elsewhere those multiplies.
+Tensor coord_gate(const Tensor& x, const Tensor& gate_h, const Tensor& gate_w);
+
 }  // namespace kestrel
