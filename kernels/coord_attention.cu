@@ -229,6 +229,17 @@ BackwardScratch backward_scratch(const CoordAttentionShape& s, void* ws) {
   return b;
 }
 
+template <typename T>
+void launch_apply(const CoordAttentionShape& s, const T* x, const float* gates, T* y, cudaStream_t st) {
+  constexpr int V = vec_width<T>();
+  const int64_t total = static_cast<int64_t>(s.N) * s.H * s.W * s.C;
+  if (s.C % V == 0 && aligned_to(x, 16) && aligned_to(y, 16)) {
+    ca_apply_kernel<T, V><<<grid_for(total / V), kThreads, 0, st>>>(x, gates, y, s, total);
+  } else {
+    ca_apply_kernel<T, 1><<<grid_for(total), kThreads, 0, st>>>(x, gates, y, s, total);
+  }
+}
+
 template <typename T, typename W>
 cudaError_t forward_t(const CoordAttentionShape& s, KAct act, const T* x, const W* w1, const W* b1, const W* wh,
                       const W* bh, const W* ww, const W* bw, T* y, void* ws, cudaStream_t st) {
@@ -237,13 +248,7 @@ cudaError_t forward_t(const CoordAttentionShape& s, KAct act, const T* x, const 
   const size_t smem = static_cast<size_t>(s.C + s.mip) * sizeof(float);
   ca_transform_kernel<W><<<s.N * (s.H + s.W), kThreads, smem, st>>>(sv.pooled, s, act, w1, b1, wh, bh, ww, bw,
                                                                     sv.hidden, sv.gates);
-  constexpr int V = vec_width<T>();
-  const int64_t total = static_cast<int64_t>(s.N) * s.H * s.W * s.C;
-  if (s.C % V == 0 && aligned_to(x, 16) && aligned_to(y, 16)) {
-    ca_apply_kernel<T, V><<<grid_for(total / V), kThreads, 0, st>>>(x, sv.gates, y, s, total);
-  } else {
-    ca_apply_kernel<T, 1><<<grid_for(total), kThreads, 0, st>>>(x, sv.gates, y, s, total);
-  }
+  launch_apply<T>(s, x, sv.gates, y, st);
   return cudaGetLastError();
 }
 
@@ -287,6 +292,14 @@ cudaError_t backward_t(const CoordAttentionShape& s, KAct act, const T* dy, cons
   } else {
     ca_dx_kernel<T, 1><<<grid_for(total), kThreads, 0, st>>>(dy, sv.gates, b.dpool, dx, s, total);
   }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t gate_backward_t(const CoordAttentionShape& s, const T* dy, const T* x, const float* gates, T* dx,
+                            float* dgates, cudaStream_t st) {
+  if (dgates != nullptr) launch_pool<T, true>(s, x, dy, gates, dgates, st);
+  if (dx != nullptr) launch_apply<T>(s, dy, gates, dx, st);  // dy * ah * aw
   return cudaGetLastError();
 }
 
@@ -344,5 +357,23 @@ cudaError_t coord_attention_backward(KDType dt, KDType param_dt, const CoordAtte
 #undef KESTREL_CA_BWD
 }
 
+cudaError_t coord_gate_forward(KDType dt, const CoordAttentionShape& s, const void* x, const float* gates, void* y,
+                               cudaStream_t stream) {
+  if (!valid(s, dt, dt) || gates == nullptr) return cudaErrorInvalidValue;
+#define KESTREL_GATE_FWD(T, W) \
+  (launch_apply<T>(s, static_cast<const T*>(x), gates, static_cast<T*>(y), stream), cudaGetLastError())
+  KESTREL_ACT_PARAM_DISPATCH(dt, dt, KESTREL_GATE_FWD);
+#undef KESTREL_GATE_FWD
+}
+
+cudaError_t coord_gate_backward(KDType dt, const CoordAttentionShape& s, const void* dy, const void* x,
+                                const float* gates, void* dx, float* dgates, cudaStream_t stream) {
+  if (!valid(s, dt, dt) || gates == nullptr) return cudaErrorInvalidValue;
+#define KESTREL_GATE_BWD(T, W)                                                                                   \
+  gate_backward_t<T>(s, static_cast<const T*>(dy), static_cast<const T*>(x), gates, static_cast<T*>(dx), dgates, \
+                     stream)
+  KESTREL_ACT_PARAM_DISPATCH(dt, dt, KESTREL_GATE_BWD);
+#undef KESTREL_GATE_BWD
+}
 
 }  // namespace kestrel::kernels

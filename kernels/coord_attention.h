@@ -53,4 +53,14 @@ cudaError_t coord_attention_backward(KDType dt, KDType param_dt, const CoordAtte
                                      const void* forward_workspace, void* dx, void* dw1, void* db1, void* dwh,
                                      void* dbh, void* dww, void* dbw, void* workspace, cudaStream_t stream);
 
+// The gate alone, y = x * ah * aw, for a training step whose shared transform
+// and its batch norm run through the engine: gates in the workspace's layout
+// ([N, H+W, C] f32, ah rows first); s.mip is unused.
+cudaError_t coord_gate_forward(KDType dt, const CoordAttentionShape& s, const void* x, const float* gates, void* y,
+                               cudaStream_t stream);
+// dx = dy * ah * aw; dgates[n,p,c] = dah[h,c] for p = h < H, daw[w,c] for p =
+// H + w (the sums above). Either output may be null (skipped).
+cudaError_t coord_gate_backward(KDType dt, const CoordAttentionShape& s, const void* dy, const void* x,
+                                const float* gates, void* dx, float* dgates, cudaStream_t stream);
+
 }  // namespace kestrel::kernels

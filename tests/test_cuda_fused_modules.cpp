@@ -364,6 +364,20 @@ TEST_P(CudaFused, CoordAttentionMatchesCpu) {
   }
 }
 
+// The gate alone, as a training step runs it (the transform through the
+// engine): the gate kernels against the CPU's one-pass op.
+TEST_P(CudaFused, CoordGateMatchesCpu) {
+  KESTREL_REQUIRE_CUDA();
+  const DType dtype = GetParam();
+  for (const CACase& s : ca_cases()) {
+    MultiOp op = [](const std::vector<Tensor>& v) { return coord_gate(v[0], v[1], v[2]); };
+    const std::vector<Tensor> inputs = {param({s.n, s.h, s.w, s.c}, 21, dtype), param({s.n, s.h, 1, s.c}, 22, dtype),
+                                        param({s.n, 1, s.w, s.c}, 23, dtype)};
+    expect_cuda_matches_cpu(in_dtype(dtype, op), inputs, fused_tolerance(dtype, std::max(s.h, s.w)),
+                            "coord_gate " + shape_str({s.n, s.h, s.w, s.c}));
+  }
+}
+
 TEST_P(CudaFused, GhostModuleMatchesCpu) {
   KESTREL_REQUIRE_CUDA();
   const DType dtype = GetParam();

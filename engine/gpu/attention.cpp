@@ -161,4 +161,44 @@ CoordAttentionGrads coord_attention_backward(const Tensor& grad_y, const Tensor&
   return g;
 }
 
+namespace {
+kernels::CoordAttentionShape gate_shape(const Tensor& x, const char* op) {
+  kernels::CoordAttentionShape s;
+  s.N = as_int(x.size(0), op, x);
+  s.H = as_int(x.size(1), op, x);
+  s.W = as_int(x.size(2), op, x);
+  s.C = as_int(x.size(3), op, x);
+  return s;
+}
+}  // namespace
+
+Tensor coord_gate_forward(const Tensor& x, const Tensor& gates) {
+  const char* op = "coord_gate";
+  const KDType dt = kernel_dtype(x.dtype(), op, x);
+  const kernels::CoordAttentionShape s = gate_shape(x, op);
+  cuda::DeviceGuard guard(x.device().index);
+  Tensor y = empty_like(x);
+  KESTREL_CUDA_CHECK_CTX(kernels::coord_gate_forward(dt, s, x.data_ptr(), gates.data<float>(), y.data_ptr(),
+                                                     cuda::current_stream(x.device().index)),
+                         op, " input ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
+  return y;
+}
+
+CoordGateGrads coord_gate_backward(const Tensor& grad_y, const Tensor& x, const Tensor& gates, bool need_x,
+                                   bool need_gates) {
+  const char* op = "coord_gate backward";
+  const KDType dt = kernel_dtype(x.dtype(), op, x);
+  const kernels::CoordAttentionShape s = gate_shape(x, op);
+  cuda::DeviceGuard guard(x.device().index);
+  CoordGateGrads g;
+  if (need_x) g.x = empty_like(x);
+  if (need_gates) g.gates = Tensor::empty(gates.shape(), DType::F32, x.device());
+  KESTREL_CUDA_CHECK_CTX(
+      kernels::coord_gate_backward(dt, s, grad_y.data_ptr(), x.data_ptr(), gates.data<float>(),
+                                   need_x ? g.x.data_ptr() : nullptr, need_gates ? g.gates.data<float>() : nullptr,
+                                   cuda::current_stream(x.device().index)),
+      op, " input ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
+  return g;
+}
+
 }  // namespace kestrel::gpu

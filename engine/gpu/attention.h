@@ -41,4 +41,15 @@ CoordAttentionGrads coord_attention_backward(const Tensor& grad_y, const Tensor&
                                              const Tensor& wh, const Tensor& ww, const Tensor& saved, Activation act,
                                              const std::vector<bool>& need);
 
+// Coordinate attention's gate alone, x * gate_h * gate_w (kestrel::coord_gate
+// in training, where the shared transform's batch norm is not folded): the
+// gates as one f32 tensor [N, H+W, C], gate_h's rows first.
+Tensor coord_gate_forward(const Tensor& x, const Tensor& gates);
+
+struct CoordGateGrads {
+  Tensor x, gates;  // gates: f32 [N, H+W, C]; undefined where not requested
+};
+CoordGateGrads coord_gate_backward(const Tensor& grad_y, const Tensor& x, const Tensor& gates, bool need_x,
+                                   bool need_gates);
+
 }  // namespace kestrel::gpu

@@ -136,18 +136,8 @@ bool fused_gate_on_cpu(const Tensor& x, const Tensor& gate_h, const Tensor& gate
   return x.dtype() == DType::F32 || x.dtype() == DType::F64;
 }
 
-}  // namespace
-
-Tensor coord_gate(const Tensor& x, const Tensor& gate_h, const Tensor& gate_w) {
+Tensor coord_gate_cpu(const Tensor& x, const Tensor& gate_h, const Tensor& gate_w) {
   const char* op = "coord_gate";
-  check_input(x, op);
-  check_defined(gate_h, op, "gate_h");
-  check_defined(gate_w, op, "gate_w");
-  const int64_t n = x.size(0), h = x.size(1), w = x.size(2), c = x.size(3);
-  KCHECK(gate_h.shape() == Shape({n, h, 1, c}) && gate_w.shape() == Shape({n, 1, w, c}), ShapeError, op,
-         ": gates must be [N,H,1,C] and [N,1,W,C] for input ", shape_str(x.shape()), ", got ",
-         shape_str(gate_h.shape()), " and ", shape_str(gate_w.shape()));
-  if (!fused_gate_on_cpu(x, gate_h, gate_w)) return mul(mul(x, gate_h), gate_w);
   const Tensor xc = x.detach().contiguous(), hc = gate_h.detach().contiguous(), wc = gate_w.detach().contiguous();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   cpu::coord_gate_forward(xc, hc, wc, y);
@@ -159,6 +149,45 @@ Tensor coord_gate(const Tensor& x, const Tensor& gate_h, const Tensor& gate_w) {
     cpu::coord_gate_backward(g.contiguous(), xc, hc, wc, grads[0], grads[1], grads[2]);
     return grads;
   });
+}
+
+// The kernels take both gates as one f32 [N, H+W, C] tensor (small beside x).
+Tensor coord_gate_cuda(const Tensor& x, const Tensor& gate_h, const Tensor& gate_w) {
+  const char* op = "coord_gate";
+  const int64_t n = x.size(0), h = x.size(1), w = x.size(2), c = x.size(3);
+  const Tensor xc = x.detach().contiguous();
+  const Tensor gates =
+      concat({gate_h.detach().reshape({n, h, c}), gate_w.detach().reshape({n, w, c})}, 1).to(DType::F32).contiguous();
+  Tensor y = gpu::coord_gate_forward(xc, gates);
+  trace_op(op, {x, gate_h, gate_w}, y);
+  const DType dt = x.dtype();
+  return record(y, op, {x, gate_h, gate_w}, [xc, gates, n, h, w, c, dt](const Tensor& g, const std::vector<bool>& needs) {
+    gpu::CoordGateGrads gr = gpu::coord_gate_backward(g.contiguous(), xc, gates, needs[0], needs[1] || needs[2]);
+    Tensor gh, gw;
+    if (needs[1]) gh = gr.gates.narrow(1, 0, h).reshape({n, h, 1, c}).to(dt);
+    if (needs[2]) gw = gr.gates.narrow(1, h, w).reshape({n, 1, w, c}).to(dt);
+    return std::vector<Tensor>{gr.x, gh, gw};
+  });
+}
+
+}  // namespace
+
+Tensor coord_gate(const Tensor& x, const Tensor& gate_h, const Tensor& gate_w) {
+  const char* op = "coord_gate";
+  check_input(x, op);
+  check_defined(gate_h, op, "gate_h");
+  check_defined(gate_w, op, "gate_w");
+  const int64_t n = x.size(0), h = x.size(1), w = x.size(2), c = x.size(3);
+  KCHECK(gate_h.shape() == Shape({n, h, 1, c}) && gate_w.shape() == Shape({n, 1, w, c}), ShapeError, op,
+         ": gates must be [N,H,1,C] and [N,1,W,C] for input ", shape_str(x.shape()), ", got ",
+         shape_str(gate_h.shape()), " and ", shape_str(gate_w.shape()));
+  if (fused_gate_on_cpu(x, gate_h, gate_w)) return coord_gate_cpu(x, gate_h, gate_w);
+  if constexpr (kHaveCuda) {
+    if (fused_on_cuda(x) && gate_h.device() == x.device() && gate_w.device() == x.device() &&
+        gate_h.dtype() == x.dtype() && gate_w.dtype() == x.dtype())
+      return coord_gate_cuda(x, gate_h, gate_w);
+  }
+  return mul(mul(x, gate_h), gate_w);
 }
 
 Tensor squeeze_excite(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2,
