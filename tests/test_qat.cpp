@@ -255,9 +255,9 @@ TEST_F(QatRun, CliCalibratesFineTunesAndWritesQuantizedCheckpoints) {
     }
   }
 
-  // --epochs 0: post-training quantization alone.
+  // --epochs 0: post-training quantization alone (and -c, as eval and export take it).
   const std::string ptq = temp_path("qat_ptq_only");
-  r = testing::kestrel_cli("qat --checkpoint " + float_checkpoint_ +
+  r = testing::kestrel_cli("qat -c " + float_checkpoint_ +
                            " --limit-train 1024 --limit-test 500 --batch-size 64 --epochs 0 --calib-batches 2 "
                            "--workers 1 --no-progress --overwrite --out " + ptq);
   ASSERT_EQ(r.rc, 0) << r.err;

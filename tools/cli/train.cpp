@@ -63,7 +63,7 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   auto recipe = std::make_shared<std::string>();
   cmd->add_option("--config", *recipe, "recipe file (key = value lines, keys as the long flags); command-line flags win");
   if (kind == Kind::Qat) {
-    cmd->add_option("--checkpoint", c->quantize_from,
+    cmd->add_option("--checkpoint,-c", c->quantize_from,
                     "the float checkpoint to quantize (its model and data set are kept); required");
     cmd->add_option("--calib-batches", c->calib_batches,
                     "training batches that calibrate the activation ranges first (0 = all)")->capture_default_str();
