@@ -13,6 +13,9 @@ TraceRecorder::TraceRecorder(bool keep_tensors) : keep_tensors_(keep_tensors), p
 TraceRecorder::~TraceRecorder() { g_active = previous_; }
 TraceRecorder* active_trace() { return g_active; }
 
+TracePause::TracePause() : paused_(g_active) { g_active = nullptr; }
+TracePause::~TracePause() { g_active = paused_; }
+
 TraceScope::TraceScope(const std::string& name) { g_scope.push_back(name); }
 TraceScope::~TraceScope() { g_scope.pop_back(); }
 

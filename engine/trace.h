@@ -50,6 +50,19 @@ class TraceRecorder {
 
 TraceRecorder* active_trace();
 
+// Hides the ops run in its scope from the active recorder, so an op that
+// computes itself with other ops is traced once, as itself.
+class TracePause {
+ public:
+  TracePause();
+  ~TracePause();
+  TracePause(const TracePause&) = delete;
+  TracePause& operator=(const TracePause&) = delete;
+
+ private:
+  TraceRecorder* paused_;
+};
+
 // Pushes a name onto the module scope for its lifetime.
 class TraceScope {
  public:

@@ -49,9 +49,7 @@ class SeparableBlock : public Module {
       TraceScope s("bn1");
       h = bn1->forward_fused(h, Activation::ReLU);
     }
-    h = (*pw2)((*dw2)(h));
-    TraceScope s("bn2");
-    return bn2->forward_fused(h, Activation::ReLU, identity);
+    return conv_bn_forward(*pw2, *bn2, "bn2", (*dw2)(h), Activation::ReLU, identity);
   }
   std::string type_name() const override { return "SeparableBlock"; }
 

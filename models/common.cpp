@@ -50,9 +50,21 @@ Tensor ConvBNAct::forward_residual(const Tensor& x, const Tensor& residual) {
     TraceScope scope(bn_name_);
     return conv2d_act(x, f.weight, f.bias, conv->params, act);
   }
-  Tensor y = (*conv)(x);
-  TraceScope scope(bn_name_);
-  return bn->forward_fused(y, act, residual);
+  return conv_bn_forward(*conv, *bn, bn_name_.c_str(), x, act, residual);
+}
+
+Tensor conv_bn_forward(nn::Conv2d& conv, nn::BatchNorm2d& bn, const char* bn_scope, const Tensor& x, Activation act,
+                       const Tensor& residual) {
+  if (residual.defined()) {
+    conv.takes_residual = true;
+    if (bn.folded_for_inference()) {
+      bn.check_not_trained_folded();
+      return conv.forward_residual(x, residual);
+    }
+  }
+  Tensor y = conv(x);
+  TraceScope scope(bn_scope);
+  return bn.forward_fused(y, act, residual);
 }
 
 SqueezeExcite::SqueezeExcite(int64_t channels, int64_t squeeze, Activation act, Activation gate, SENames names)

@@ -56,6 +56,13 @@ struct ConvSpec {
   bool bias = false;
 };
 
+// act(bn(conv(x)) + residual), bn traced under bn_scope; residual may be
+// undefined. The way a block gives a norm its residual: after inference
+// fusion (models/fuse.h) folded the norm into the conv, the add and the
+// activation then run in the conv's epilogue, with no pass of their own.
+Tensor conv_bn_forward(nn::Conv2d& conv, nn::BatchNorm2d& bn, const char* bn_scope, const Tensor& x, Activation act,
+                       const Tensor& residual);
+
 // conv -> BN -> activation, padding (k-1)/2*dilation, as torchvision's
 // Conv2dNormActivation (children "0" conv, "1" BN) unless other names are given.
 class ConvBNAct : public Module {

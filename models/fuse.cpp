@@ -19,9 +19,11 @@ InferenceFusion fuse_for_inference(nn::Module& model, const Shape& input_nhwc) {
   KCHECK(!is_fused_for_inference(model), ValueError, "inference fusion: the model is fused already");
   InferenceFusion report;
   for (const TracedLayer& l : trace_layers(model, input_nhwc, "inference fusion")) {
-    // A norm that adds a residual stays: its one fused pass (normalize, add,
-    // activate) costs what the add and the activation alone would.
-    if (l.norm == nullptr || l.norm_has_residual) continue;
+    // A norm that adds a residual folds when the block hands that residual to
+    // the conv (models::conv_bn_forward): the add joins the conv's epilogue.
+    // Otherwise it stays, its one pass (normalize, add, activate) costing what
+    // the add and the activation alone would.
+    if (l.norm == nullptr || (l.norm_has_residual && !l.conv->takes_residual)) continue;
     fold_norm_into_conv(*l.conv, *l.norm);
     l.conv->fused_act = l.norm_act;
     l.norm->fold_for_inference();

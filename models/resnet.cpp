@@ -55,9 +55,7 @@ class BasicBlock : public Module {
       TraceScope s("bn1");
       h = bn1->forward_fused(c, Activation::ReLU);
     }
-    Tensor c = (*conv2)(h);
-    TraceScope s("bn2");
-    return bn2->forward_fused(c, Activation::ReLU, identity);
+    return conv_bn_forward(*conv2, *bn2, "bn2", h, Activation::ReLU, identity);
   }
   std::string type_name() const override { return "BasicBlock"; }
 
@@ -82,17 +80,13 @@ class Bottleneck : public Module {
   }
   Tensor forward(const Tensor& x) override {
     Tensor identity = down ? (*down)(x) : x;
-    Tensor h = bn_act(*bn1, "bn1", (*conv1)(x), Tensor());
-    h = bn_act(*bn2, "bn2", (*conv2)(h), Tensor());
-    return bn_act(*bn3, "bn3", (*conv3)(h), identity);
+    Tensor h = conv_bn_forward(*conv1, *bn1, "bn1", x, Activation::ReLU, Tensor());
+    h = conv_bn_forward(*conv2, *bn2, "bn2", h, Activation::ReLU, Tensor());
+    return conv_bn_forward(*conv3, *bn3, "bn3", h, Activation::ReLU, identity);
   }
   std::string type_name() const override { return "Bottleneck"; }
 
  private:
-  static Tensor bn_act(nn::BatchNorm2d& bn, const char* name, const Tensor& x, const Tensor& residual) {
-    TraceScope s(name);
-    return bn.forward_fused(x, Activation::ReLU, residual);
-  }
   std::shared_ptr<nn::Conv2d> conv1, conv2, conv3;
   std::shared_ptr<nn::BatchNorm2d> bn1, bn2, bn3;
   std::shared_ptr<nn::Sequential> down;

@@ -297,6 +297,42 @@ TEST(Conv2d, FusedActivationEpilogueMatchesConvThenActivation) {
       }
 }
 
+// With a residual: in the implicit GEMM's epilogue (f32, not depthwise; the
+// weights packed for the call, as they are not frozen), else added in a pass
+// of its own; either way traced as one op.
+TEST(Conv2d, FusedResidualEpilogueMatchesConvPlusResidualThenActivation) {
+  std::vector<ConvCase> cases = {depthwise_block_cases()[0]};
+  cases.push_back({"pointwise_c20_to_40", 2, 7, 9, 20, 40, 1, 1, params(1, 0), true});
+  cases.push_back({"dense3x3_c16_to_37", 2, 6, 5, 16, 37, 3, 3, params(1, 1), false});
+  NoGradGuard inference;
+  for (Activation act : {Activation::None, Activation::ReLU, Activation::SiLU})
+    for (const ConvCase& c : cases)
+      for (DType dt : {DType::F32, DType::F64}) {
+        const std::string what = c.name + " " + activation_name(act) + " " + dtype_name(dt);
+        const Tensor x = random_tensor({c.n, c.h, c.w, c.c_in}, 41, dt);
+        const Tensor w = make_weight(c, 42, dt);
+        const Tensor b = c.bias ? random_tensor({c.c_out}, 43, dt) : Tensor();
+        const Tensor expected_conv = naive_conv(x, w, b, c.p);
+        const Tensor residual = random_tensor(expected_conv.shape(), 44, dt);
+        TraceRecorder rec;
+        const Tensor y = conv2d_act(x, w, b, c.p, act, residual);
+        ASSERT_EQ(rec.events().size(), 1u) << what << ": expected one fused op";
+        EXPECT_EQ(rec.events()[0].op, "conv2d_act") << what;
+        const double tol = dt == DType::F32 ? 1e-4 : 1e-12;
+        expect_close(y, activation(add(expected_conv, residual.to(expected_conv.dtype())), act), tol, tol, what);
+      }
+  const ConvCase& c = cases[1];
+  const Tensor x = random_tensor({c.n, c.h, c.w, c.c_in}, 45, DType::F32);
+  try {
+    conv2d_act(x, make_weight(c, 46, DType::F32), Tensor(), c.p, Activation::ReLU, Tensor::zeros({1, 7, 9, 40}));
+    ADD_FAILURE() << "a residual of another shape was accepted";
+  } catch (const ShapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("residual [1,7,9,40] f32 must match the output [2,7,9,40] f32"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(Conv2d, FusedActivationWithAGradientFallsBackToConvThenActivation) {
   const ConvCase c = depthwise_block_cases()[4];
   const Tensor x = random_tensor({c.n, c.h, c.w, c.c_in}, 31, DType::F64).set_requires_grad();

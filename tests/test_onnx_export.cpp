@@ -8,6 +8,7 @@
 
 #include "engine/io/onnx_export.h"
 #include "engine/ops/reduce.h"
+#include "models/fuse.h"
 #include "models/registry.h"
 #include "test_util.h"
 #include "tools/lib/checkpoint.h"
@@ -25,6 +26,7 @@ struct ExportCase {
   std::string model;
   Shape input;  // NHWC
   models::ModelOptions options;
+  bool fused = false;  // exported after inference fusion (models/fuse.h), as the predictor runs it
 };
 
 std::string read_bytes(const std::string& path) {
@@ -51,6 +53,9 @@ TEST(OnnxExport, EveryFamilyMatchesOnnxruntimeAtAnotherBatchSize) {
       {"ghostnet_100", {3, 64, 64, 3}, zoo_options(10)},
       {"resnet18", {3, 64, 64, 3}, zoo_options(10)},
       {"densenet121", {3, 32, 32, 3}, zoo_options(10, true)},
+      // Norms folded into the convs, residual adds and ReLUs in their epilogues.
+      {"cifar10_200k", {3, 32, 32, 3}, zoo_options(10), true},
+      {"resnet18", {3, 64, 64, 3}, zoo_options(10), true},
   };
   std::ofstream list(dir + "/models.txt");
   uint64_t seed = 100;
@@ -62,12 +67,17 @@ TEST(OnnxExport, EveryFamilyMatchesOnnxruntimeAtAnotherBatchSize) {
     const Tensor x = testing::random_tensor(c.input, seed++, DType::F32);
     testing::calibrate_batch_norms(*m, x, seed);
     seed += 1000;
-    const io::OnnxExportSummary s = io::export_onnx(*m, c.input, dir + "/" + c.model + ".onnx");
+    if (c.fused) models::fuse_for_inference(*m, c.input);
+    const std::string name = c.model + (c.fused ? "_fused" : "");
+    const io::OnnxExportSummary s = io::export_onnx(*m, c.input, dir + "/" + name + ".onnx");
     EXPECT_GT(s.op_counts.at("Conv"), 0);
-    EXPECT_EQ(s.file_bytes, static_cast<int64_t>(fs::file_size(dir + "/" + c.model + ".onnx")));
-    testing::save_npy(dir + "/" + c.model + "_x.npy", x);
-    testing::save_npy(dir + "/" + c.model + "_logits.npy", eval_logits(*m, x));
-    list << c.model << "\n";
+    if (c.fused) {
+      EXPECT_EQ(s.op_counts.count("BatchNormalization"), 0u);
+    }
+    EXPECT_EQ(s.file_bytes, static_cast<int64_t>(fs::file_size(dir + "/" + name + ".onnx")));
+    testing::save_npy(dir + "/" + name + "_x.npy", x);
+    testing::save_npy(dir + "/" + name + "_logits.npy", eval_logits(*m, x));
+    list << name << "\n";
   }
   list.close();
   EXPECT_EQ(testing::run_python(py, "tests/interop/check_onnx.py", dir), 0)

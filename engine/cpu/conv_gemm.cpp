@@ -100,7 +100,8 @@ struct Job {
   const float* bias;
   float* y;
   Activation act;
-  const float* zeros;  // cin_g() zeros: what a tap in the padding reads
+  const float* zeros;     // cin_g() zeros: what a tap in the padding reads
+  const float* residual;  // null, or added (shaped as y) before the activation
 };
 
 bool activates_in_register(Activation act) {
@@ -131,6 +132,7 @@ struct Vec<16> {
   static KESTREL_AVX512_INLINE V load(__mmask16 m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
   static KESTREL_AVX512_INLINE void store(float* p, __mmask16 m, V v) { _mm512_mask_storeu_ps(p, m, v); }
   static KESTREL_AVX512_INLINE V fma(float a, V w, V acc) { return _mm512_fmadd_ps(_mm512_set1_ps(a), w, acc); }
+  static KESTREL_AVX512_INLINE V add(V a, V b) { return _mm512_add_ps(a, b); }
   static KESTREL_AVX512_INLINE V relu(V v) { return _mm512_mask_max_ps(v, 0xFFFF, v, zero()); }
   static KESTREL_AVX512_INLINE V cap6(V v) { return _mm512_mask_min_ps(v, 0xFFFF, v, _mm512_set1_ps(6.0f)); }
 };
@@ -145,6 +147,7 @@ struct Vec<8> {
   static KESTREL_AVX512_INLINE V load(__mmask8 m, const float* p) { return _mm256_maskz_loadu_ps(m, p); }
   static KESTREL_AVX512_INLINE void store(float* p, __mmask8 m, V v) { _mm256_mask_storeu_ps(p, m, v); }
   static KESTREL_AVX512_INLINE V fma(float a, V w, V acc) { return _mm256_fmadd_ps(_mm256_set1_ps(a), w, acc); }
+  static KESTREL_AVX512_INLINE V add(V a, V b) { return _mm256_add_ps(a, b); }
   static KESTREL_AVX512_INLINE V relu(V v) { return _mm256_max_ps(v, zero()); }
   static KESTREL_AVX512_INLINE V cap6(V v) { return _mm256_min_ps(v, _mm256_set1_ps(6.0f)); }
 };
@@ -230,6 +233,14 @@ KESTREL_TARGET_AVX512 void tile(const Job& j, int64_t grp, int64_t p, int64_t m0
     k += len;
   }
   const bool last = k1 == j.w.k;
+  if (last && j.residual != nullptr) {
+    const float* rt = j.residual + m0 * g.c_out + grp * og + col0;
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      acc0[r] = S0::add(acc0[r], S0::load(mask0, rt + r * g.c_out));
+      if constexpr (two) acc1[r] = S1::add(acc1[r], S1::load(mask1, rt + r * g.c_out + 16));
+    }
+  }
   const Activation in_register = last && activates_in_register(j.act) ? j.act : Activation::None;
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r) {
@@ -393,13 +404,13 @@ void weight_gradient_gemm(const ConvGeom& g, const float* x, const float* gy, fl
 }
 
 void implicit_gemm_conv(const ConvGeom& g, const float* x, const PackedConvWeights& w, const float* bias, float* y,
-                        Activation act) {
+                        Activation act, const float* residual) {
   KCHECK(!g.depthwise() && w.k == g.k() && w.groups == g.groups, ShapeError,
          "implicit_gemm_conv: weights packed for another convolution");
   const int64_t M = g.n * g.oh * g.ow;
   if (M == 0 || g.c_out == 0) return;
   const std::vector<float> zeros(g.pointwise() ? 0 : static_cast<size_t>(g.cin_g()), 0.0f);
-  const Job job{g, x, w, bias, y, act, zeros.data()};
+  const Job job{g, x, w, bias, y, act, zeros.data(), residual};
   const double macs = static_cast<double>(M) * static_cast<double>(g.c_out) * static_cast<double>(g.k());
   const bool parallel = macs >= double(1 << 17);
   // Small layers (batch 1) in chunks of as little as one tile, so that the
@@ -417,7 +428,8 @@ void implicit_gemm_conv(const ConvGeom& g, const float* x, const PackedConvWeigh
 
 bool implicit_gemm_enabled() { return false; }
 
-void implicit_gemm_conv(const ConvGeom&, const float*, const PackedConvWeights&, const float*, float*, Activation) {
+void implicit_gemm_conv(const ConvGeom&, const float*, const PackedConvWeights&, const float*, float*, Activation,
+                        const float*) {
   throw DeviceError("implicit_gemm_conv: this build has no AVX-512 target");
 }
 

@@ -38,9 +38,10 @@ PackedConvWeights pack_conv_weights_transposed(const ConvGeom& g, const float* w
 // KESTREL_NO_CONV_GEMM (im2col and BLAS instead, to compare) is set.
 bool implicit_gemm_enabled();
 
-// y = act(conv(x, w) + bias) for a convolution that is not depthwise; bias may be null.
+// y = act(conv(x, w) + bias + residual) for a convolution that is not
+// depthwise; bias and residual (shaped as y) may be null.
 void implicit_gemm_conv(const ConvGeom& g, const float* x, const PackedConvWeights& w, const float* bias, float* y,
-                        Activation act);
+                        Activation act, const float* residual = nullptr);
 
 // A convolution's weight gradient (one group), overwriting gw [c_out, kh, kw,
 // c_in]: for each tap, gw[o, tap, c] = sum over output pixels m of gy[m, o]

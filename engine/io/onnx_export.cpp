@@ -357,7 +357,9 @@ class Translator {
         set_ints(n, "dilations", d);
         set_int(n, "group", groups);
       });
-      return op == "conv2d_act" ? activation(attr(e, "activation"), y, e) : y;
+      if (op != "conv2d_act") return y;
+      const bool residual = e.inputs.size() > 3 && e.inputs[3].defined();  // added before the activation
+      return activation(attr(e, "activation"), residual ? w_.node("Add", {y, operand(e.inputs[3], e)}) : y, e);
     }
     if (op == "batch_norm" || op == "batch_norm_act") {
       if (attr(e, "training") != "0") unsupported(e, "ran in training mode");

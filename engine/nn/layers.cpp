@@ -6,6 +6,7 @@
 #include "engine/autograd.h"
 #include "engine/gpu/norm.h"
 #include "engine/nn/quant.h"
+#include "engine/trace.h"
 #include "engine/ops/check.h"
 #include "engine/ops/dropout.h"
 #include "engine/ops/linear.h"
@@ -73,6 +74,11 @@ Tensor Conv2d::forward(const Tensor& x) {
   });
 }
 
+Tensor Conv2d::forward_residual(const Tensor& x, const Tensor& residual) {
+  TraceScope scope(scope_name());
+  return conv2d_act(x, weight, bias, params, fused_act, residual);
+}
+
 void Conv2d::enable_quantization(bool quantize_output) {
   enable(*this, quant, quantize_output, [&](const std::string& n, Tensor t) -> Tensor& {
     return register_buffer(n, t.to(weight.device()));
@@ -121,10 +127,14 @@ void BatchNorm2d::fold_for_inference() {
   folded = true;
 }
 
+void BatchNorm2d::check_not_trained_folded() const {
+  KCHECK(!(folded_for_inference() && is_training()), ValueError,
+         "BatchNorm2d: folded into its convolution for inference; build the model again to train it");
+}
+
 Tensor BatchNorm2d::forward_fused(const Tensor& x, Activation act, const Tensor& residual) {
   if (folded_for_inference()) {  // its activation moved into the conv too
-    KCHECK(!is_training(), ValueError,
-           "BatchNorm2d: folded into its convolution for inference; build the model again to train it");
+    check_not_trained_folded();
     KCHECK(!residual.defined(), ValueError, "BatchNorm2d: folded for inference but given a residual");
     return x;
   }

@@ -45,6 +45,12 @@ class Conv2d : public Module {
   // Inference with a folded batch norm (models/fuse.h): the activation that
   // followed the norm, applied in the convolution's epilogue (conv2d_act).
   Activation fused_act = Activation::None;
+  // act(conv(x) + residual) with fused_act: a folded norm's residual add in
+  // the epilogue too. Traced under this module's name, as forward is.
+  Tensor forward_residual(const Tensor& x, const Tensor& residual);
+  // Set when models::conv_bn_forward gave this conv's norm a residual: the
+  // model then routes that residual here, so fusion may fold such a norm.
+  bool takes_residual = false;
 };
 
 class BatchNorm2d : public Module {
@@ -67,6 +73,8 @@ class BatchNorm2d : public Module {
   void fold_for_inference();
   // Folded by fold_for_inference (not by fold_away, which adds output_range).
   bool folded_for_inference() const { return folded && !output_range.defined(); }
+  // Throws ValueError when folded for inference and in training mode.
+  void check_not_trained_folded() const;
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
   int64_t channels;
   double eps, momentum;

@@ -42,6 +42,8 @@ class Module {
   virtual std::string type_name() const { return "Module"; }
 
  protected:
+  // The name the parent registered this module under (its trace scope).
+  const std::string& scope_name() const { return scope_name_; }
   Tensor& register_parameter(const std::string& name, Tensor t, bool conv_weight = false);
   Tensor& register_buffer(const std::string& name, Tensor t);
   template <typename M>

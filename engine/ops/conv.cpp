@@ -129,8 +129,15 @@ std::shared_ptr<const Form> frozen_form(const ConvOperands& o, const char* name,
       storage->derived(key, [&] { return std::make_shared<const Form>(make()); }));
 }
 
-// act(conv(x, w) + b) on the CPU, the activation in the kernel's epilogue.
-Tensor cpu_forward(const ConvOperands& o, Activation act, const char* op) {
+// act(conv(x, w) + b + residual) on the CPU, the activation in the kernel's
+// epilogue. residual: contiguous, of the output's shape and
+// dtype, or undefined. The implicit GEMM adds it in its epilogue, the other
+// paths in a pass of their own.
+Tensor cpu_forward(const ConvOperands& o, Activation act, const char* op, const Tensor& residual = Tensor()) {
+  if (residual.defined() && (o.g.depthwise() || o.wc.dtype() != DType::F32 || !cpu::implicit_gemm_enabled())) {
+    TracePause inside_this_op;
+    return activation(add(cpu_forward(o, Activation::None, op), residual), act);
+  }
   const cpu::ConvGeom& g = o.g;
   Tensor out = Tensor::empty({g.n, g.oh, g.ow, g.c_out}, o.x.dtype(), o.x.device());
   if (o.wc.dtype() == DType::F32) {
@@ -145,10 +152,12 @@ Tensor cpu_forward(const ConvOperands& o, Activation act, const char* op) {
         return out;
       }
     } else if (cpu::implicit_gemm_enabled()) {
-      const auto packed = frozen_form<cpu::PackedConvWeights>(
+      auto packed = frozen_form<cpu::PackedConvWeights>(
           o, "conv_gemm", [&] { return cpu::pack_conv_weights(g, o.wc.data<float>()); });
+      if (packed == nullptr && residual.defined())  // weights not frozen: packed for this call alone
+        packed = std::make_shared<const cpu::PackedConvWeights>(cpu::pack_conv_weights(g, o.wc.data<float>()));
       if (packed != nullptr) {
-        cpu::implicit_gemm_conv(g, x, *packed, bias, y, act);
+        cpu::implicit_gemm_conv(g, x, *packed, bias, y, act, residual.defined() ? residual.data<float>() : nullptr);
         return out;
       }
     }
@@ -214,24 +223,35 @@ Tensor conv2d(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
 }
 
 Tensor conv2d_act(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in, const Conv2dParams& p,
-                  Activation act) {
-  if (needs_grad({x_in, weight_in, bias_in})) return activation(conv2d(x_in, weight_in, bias_in, p), act);
+                  Activation act, const Tensor& residual_in) {
+  const auto composed = [&] {
+    const Tensor y = conv2d(x_in, weight_in, bias_in, p);
+    return activation(residual_in.defined() ? add(y, residual_in) : y, act);
+  };
+  if (needs_grad({x_in, weight_in, bias_in, residual_in})) return composed();
   const char* op = "conv2d_act";
   const ConvOperands o = conv_operands(x_in, weight_in, bias_in, p, op);
   const cpu::ConvGeom& g = o.g;
+  Tensor residual;
+  if (residual_in.defined()) {
+    check_same_device(residual_in, o.x, op);
+    KCHECK(residual_in.shape() == Shape({g.n, g.oh, g.ow, g.c_out}) && residual_in.dtype() == o.x.dtype(), ShapeError,
+           op, ": residual ", shape_str(residual_in.shape()), " ", dtype_name(residual_in.dtype()),
+           " must match the output ", shape_str({g.n, g.oh, g.ow, g.c_out}), " ", dtype_name(o.x.dtype()));
+    residual = residual_in.contiguous();
+  }
   Tensor out;
   if constexpr (kHaveCuda) {
     if (o.x.device().is_cuda()) {
-      // Only the depthwise kernel has an activation epilogue on CUDA.
-      if (gpu::conv2d_path(g, o.x.dtype()) != gpu::ConvPath::Depthwise)
-        return activation(conv2d(x_in, weight_in, bias_in, p), act);
+      // Only the depthwise kernel has an activation epilogue on CUDA, and no residual.
+      if (residual.defined() || gpu::conv2d_path(g, o.x.dtype()) != gpu::ConvPath::Depthwise) return composed();
       out = gpu::depthwise_forward_act(g, o.xc, o.wc, o.bc, act);
     }
   }
-  if (!out.defined()) out = cpu_forward(o, act, op);
+  if (!out.defined()) out = cpu_forward(o, act, op, residual);
   auto attrs = conv_trace_attrs(g, o.bias);
   if (!attrs.empty()) attrs["activation"] = activation_name(act);
-  trace_op(op, {o.x, o.weight, o.bias}, out, conv_macs(g), attrs);
+  trace_op(op, {o.x, o.weight, o.bias, residual}, out, conv_macs(g), attrs);
   return out;
 }
 

@@ -26,7 +26,11 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
 // output is in registers or cache, instead of in a second pass over memory:
 // on the CPU for every convolution, on CUDA for depthwise ones. With a
 // gradient, and for other CUDA convolutions, conv2d then activation.
-Tensor conv2d_act(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p, Activation act);
+// A residual (shaped as the output) is added before the activation: in the
+// epilogue too for the CPU's implicit GEMM (dense, not depthwise, f32),
+// otherwise as a separate add.
+Tensor conv2d_act(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p, Activation act,
+                  const Tensor& residual = Tensor());
 
 int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation);
 
