@@ -296,6 +296,12 @@ cudaError_t backward_t(const CoordAttentionShape& s, KAct act, const T* dy, cons
 }
 
 template <typename T>
+cudaError_t gate_forward_t(const CoordAttentionShape& s, const T* x, const float* gates, T* y, cudaStream_t st) {
+  launch_apply<T>(s, x, gates, y, st);
+  return cudaGetLastError();
+}
+
+template <typename T>
 cudaError_t gate_backward_t(const CoordAttentionShape& s, const T* dy, const T* x, const float* gates, T* dx,
                             float* dgates, cudaStream_t st) {
   if (dgates != nullptr) launch_pool<T, true>(s, x, dy, gates, dgates, st);
@@ -360,8 +366,7 @@ cudaError_t coord_attention_backward(KDType dt, KDType param_dt, const CoordAtte
 cudaError_t coord_gate_forward(KDType dt, const CoordAttentionShape& s, const void* x, const float* gates, void* y,
                                cudaStream_t stream) {
   if (!valid(s, dt, dt) || gates == nullptr) return cudaErrorInvalidValue;
-#define KESTREL_GATE_FWD(T, W) \
-  (launch_apply<T>(s, static_cast<const T*>(x), gates, static_cast<T*>(y), stream), cudaGetLastError())
+#define KESTREL_GATE_FWD(T, W) gate_forward_t<T>(s, static_cast<const T*>(x), gates, static_cast<T*>(y), stream)
   KESTREL_ACT_PARAM_DISPATCH(dt, dt, KESTREL_GATE_FWD);
 #undef KESTREL_GATE_FWD
 }

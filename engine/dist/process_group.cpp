@@ -4,8 +4,8 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <set>
 #include <cstdlib>
+#include <set>
 #include <string>
 #include <thread>
 

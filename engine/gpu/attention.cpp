@@ -58,12 +58,18 @@ kernels::SqueezeExciteShape se_shape(const Tensor& x, const Tensor& w1, const ch
   return s;
 }
 
-kernels::CoordAttentionShape ca_shape(const Tensor& x, const Tensor& w1, const char* op) {
+// x's sizes; mip keeps its default (the gate alone has no transform).
+kernels::CoordAttentionShape gate_shape(const Tensor& x, const char* op) {
   kernels::CoordAttentionShape s;
   s.N = as_int(x.size(0), op, x);
   s.H = as_int(x.size(1), op, x);
   s.W = as_int(x.size(2), op, x);
   s.C = as_int(x.size(3), op, x);
+  return s;
+}
+
+kernels::CoordAttentionShape ca_shape(const Tensor& x, const Tensor& w1, const char* op) {
+  kernels::CoordAttentionShape s = gate_shape(x, op);
   s.mip = as_int(w1.size(0), op, x);
   return s;
 }
@@ -160,17 +166,6 @@ CoordAttentionGrads coord_attention_backward(const Tensor& grad_y, const Tensor&
   if (!need[0]) g.x = Tensor();
   return g;
 }
-
-namespace {
-kernels::CoordAttentionShape gate_shape(const Tensor& x, const char* op) {
-  kernels::CoordAttentionShape s;
-  s.N = as_int(x.size(0), op, x);
-  s.H = as_int(x.size(1), op, x);
-  s.W = as_int(x.size(2), op, x);
-  s.C = as_int(x.size(3), op, x);
-  return s;
-}
-}  // namespace
 
 Tensor coord_gate_forward(const Tensor& x, const Tensor& gates) {
   const char* op = "coord_gate";

@@ -6,12 +6,12 @@
 #include "engine/autograd.h"
 #include "engine/gpu/norm.h"
 #include "engine/nn/quant.h"
-#include "engine/trace.h"
 #include "engine/ops/check.h"
 #include "engine/ops/dropout.h"
 #include "engine/ops/linear.h"
 #include "engine/ops/pool.h"
 #include "engine/ops/quantize.h"
+#include "engine/trace.h"
 
 namespace kestrel::nn {
 

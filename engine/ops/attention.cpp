@@ -130,10 +130,11 @@ Tensor coord_attention_cuda(const Tensor& x, const Tensor& w1, const Tensor& b1,
                 });
 }
 
-bool fused_gate_on_cpu(const Tensor& x, const Tensor& gate_h, const Tensor& gate_w) {
-  for (const Tensor* t : {&x, &gate_h, &gate_w})
-    if (!t->device().is_cpu() || t->dtype() != x.dtype()) return false;
-  return x.dtype() == DType::F32 || x.dtype() == DType::F64;
+// The fused gates take the gates on x's device and in x's dtype.
+bool gates_like_input(const Tensor& x, const Tensor& gate_h, const Tensor& gate_w) {
+  for (const Tensor* t : {&gate_h, &gate_w})
+    if (t->device() != x.device() || t->dtype() != x.dtype()) return false;
+  return true;
 }
 
 Tensor coord_gate_cpu(const Tensor& x, const Tensor& gate_h, const Tensor& gate_w) {
@@ -143,9 +144,10 @@ Tensor coord_gate_cpu(const Tensor& x, const Tensor& gate_h, const Tensor& gate_
   cpu::coord_gate_forward(xc, hc, wc, y);
   trace_op(op, {x, gate_h, gate_w}, y);
   return record(y, op, {x, gate_h, gate_w}, [xc, hc, wc](const Tensor& g, const std::vector<bool>& needs) {
+    const Tensor inputs[3] = {xc, hc, wc};
     std::vector<Tensor> grads(3);
     for (size_t i = 0; i < 3; ++i)
-      if (needs[i]) grads[i] = Tensor::empty((i == 0 ? xc : i == 1 ? hc : wc).shape(), xc.dtype(), xc.device());
+      if (needs[i]) grads[i] = Tensor::empty(inputs[i].shape(), xc.dtype(), xc.device());
     cpu::coord_gate_backward(g.contiguous(), xc, hc, wc, grads[0], grads[1], grads[2]);
     return grads;
   });
@@ -181,11 +183,12 @@ Tensor coord_gate(const Tensor& x, const Tensor& gate_h, const Tensor& gate_w) {
   KCHECK(gate_h.shape() == Shape({n, h, 1, c}) && gate_w.shape() == Shape({n, 1, w, c}), ShapeError, op,
          ": gates must be [N,H,1,C] and [N,1,W,C] for input ", shape_str(x.shape()), ", got ",
          shape_str(gate_h.shape()), " and ", shape_str(gate_w.shape()));
-  if (fused_gate_on_cpu(x, gate_h, gate_w)) return coord_gate_cpu(x, gate_h, gate_w);
-  if constexpr (kHaveCuda) {
-    if (fused_on_cuda(x) && gate_h.device() == x.device() && gate_w.device() == x.device() &&
-        gate_h.dtype() == x.dtype() && gate_w.dtype() == x.dtype())
-      return coord_gate_cuda(x, gate_h, gate_w);
+  if (gates_like_input(x, gate_h, gate_w)) {
+    if (x.device().is_cpu() && (x.dtype() == DType::F32 || x.dtype() == DType::F64))
+      return coord_gate_cpu(x, gate_h, gate_w);
+    if constexpr (kHaveCuda) {
+      if (fused_on_cuda(x)) return coord_gate_cuda(x, gate_h, gate_w);
+    }
   }
   return mul(mul(x, gate_h), gate_w);
 }

@@ -130,9 +130,9 @@ std::shared_ptr<const Form> frozen_form(const ConvOperands& o, const char* name,
 }
 
 // act(conv(x, w) + b + residual) on the CPU, the activation in the kernel's
-// epilogue. residual: contiguous, of the output's shape and
-// dtype, or undefined. The implicit GEMM adds it in its epilogue, the other
-// paths in a pass of their own.
+// epilogue. residual: contiguous, of the output's shape and dtype, or
+// undefined; the implicit GEMM adds it in its epilogue, the other paths in a
+// pass of their own.
 Tensor cpu_forward(const ConvOperands& o, Activation act, const char* op, const Tensor& residual = Tensor()) {
   if (residual.defined() && (o.g.depthwise() || o.wc.dtype() != DType::F32 || !cpu::implicit_gemm_enabled())) {
     TracePause inside_this_op;
