@@ -130,6 +130,36 @@ TEST(MaxPool2d, ForwardMatchesNaiveLoops) {
     }
 }
 
+// PyTorch's rules: on a tie the first maximum in the window (row-major) takes
+// the gradient; a NaN wins over any number and propagates.
+TEST(MaxPool2d, TiesGoToTheFirstMaximumAndNaNWins) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  for (DType dt : {DType::F32, DType::F64}) {
+    // [1, 2, 2, 4], one 2x2 window: channel 0 ties everywhere, channel 1 holds a
+    // NaN at (1, 0) after a larger number, channel 2 is all -inf, channel 3 ties late.
+    const Tensor x = Tensor::from_vector({1.f, 5.f, -inf, 0.f,    // (0, 0)
+                                          1.f, 7.f, -inf, 2.f,    // (0, 1)
+                                          1.f, nan, -inf, 1.f,    // (1, 0)
+                                          1.f, 9.f, -inf, 2.f},   // (1, 1)
+                                         {1, 2, 2, 4})
+                         .to(dt)
+                         .set_requires_grad();
+    const Tensor y = max_pool2d(x, 2, 2, 0);
+    const std::vector<double> yv = y.to_vector_f64();
+    EXPECT_EQ(yv[0], 1.0);
+    EXPECT_TRUE(std::isnan(yv[1]));
+    EXPECT_EQ(yv[2], -std::numeric_limits<double>::infinity());
+    EXPECT_EQ(yv[3], 2.0);
+    sum(y).backward();
+    const std::vector<double> g = x.grad().to_vector_f64();
+    const std::vector<double> want = {1, 0, 1, 0,   // ties: the first tap; all -inf: the first tap too
+                                      0, 0, 0, 1,   // channel 3's first 2 is at (0, 1)
+                                      0, 1, 0, 0,   // the NaN
+                                      0, 0, 0, 0};
+    EXPECT_EQ(g, want) << dtype_name(dt);
+  }
+}
+
 TEST(MaxPool2d, BackwardMatchesFiniteDifferences) {
   gradcheck_unary([](const Tensor& x) { return max_pool2d(x, 3, 2, 1); }, {2, 5, 6, 3}, 2);
   gradcheck_unary([](const Tensor& x) { return max_pool2d(x, 2, 2, 0); }, {1, 4, 4, 2}, 3);

@@ -163,24 +163,33 @@ void max_pool2d_forward(const PoolGeom& g, const T* x, T* y, int32_t* argmax) {
   const T lowest = -std::numeric_limits<T>::infinity();
   for_each_output_pixel(g, y, g.c * g.kernel * g.kernel, [&](T* out, int64_t n, int64_t oh, int64_t ow) {
     int32_t* idx = argmax + (out - y);
-    for (int64_t c = 0; c < g.c; ++c) {
-      out[c] = lowest;
-      idx[c] = -1;
-    }
     const int64_t h0 = std::max<int64_t>(oh * g.stride - g.pad, 0), h1 = std::min(oh * g.stride - g.pad + g.kernel, g.h);
     const int64_t w0 = std::max<int64_t>(ow * g.stride - g.pad, 0), w1 = std::min(ow * g.stride - g.pad + g.kernel, g.w);
+    if (h0 >= h1 || w0 >= w1) {  // a window wholly in the padding
+      std::fill(out, out + g.c, lowest);
+      std::fill(idx, idx + g.c, -1);
+      return;
+    }
+    bool first = true;
     for (int64_t ih = h0; ih < h1; ++ih) {
       const T* xrow = x + (n * g.h + ih) * g.w * g.c;
       for (int64_t iw = w0; iw < w1; ++iw) {
         const T* xp = xrow + iw * g.c;
         const int32_t flat = static_cast<int32_t>(ih * g.w + iw);
+        if (first) {  // the window's first tap seeds the maximum
+          std::copy(xp, xp + g.c, out);
+          std::fill(idx, idx + g.c, flat);
+          first = false;
+          continue;
+        }
+        // Selects, not branches, so the channel loop vectorises. NaN wins, as
+        // in PyTorch; the first maximum is kept on ties.
+#pragma omp simd
         for (int64_t c = 0; c < g.c; ++c) {
-          const T v = xp[c];
-          // NaN wins, as in PyTorch; the first maximum is kept on ties.
-          if (v > out[c] || (v != v && out[c] == out[c]) || idx[c] < 0) {
-            out[c] = v;
-            idx[c] = flat;
-          }
+          const T v = xp[c], o = out[c];
+          const bool take = v > o || (v != v && o == o);
+          out[c] = take ? v : o;
+          idx[c] = take ? flat : idx[c];
         }
       }
     }
