@@ -1,15 +1,31 @@
 #include "engine/autograd.h"
 
+#include <optional>
 #include <unordered_map>
 
 #include "engine/autocast.h"
 #include "engine/ops/elementwise.h"
+#include "engine/trace.h"
 
 namespace kestrel {
 
 namespace {
 thread_local bool g_grad_enabled = true;
+
+// A timed trace's event for one node's backward, timed to its last kernel.
+void add_backward_event(TraceRecorder& r, const Node& node, const std::vector<Tensor>& grads) {
+  Device device = Device::cpu();
+  for (const Tensor& g : grads)
+    if (g.defined()) device = g.device();
+  TraceEvent e;
+  e.op = node.op;
+  e.scope = node.scope;
+  e.output_shape = node.output_shape;
+  e.backward = true;
+  e.seconds = r.lap(device);
+  r.add(std::move(e));
 }
+}  // namespace
 
 bool GradMode::enabled() { return g_grad_enabled; }
 void GradMode::set_enabled(bool on) { g_grad_enabled = on; }
@@ -39,6 +55,7 @@ Tensor& record(Tensor& output, const char* op, const std::vector<Tensor>& inputs
     node->edges.push_back(std::move(e));
   }
   node->backward = std::move(backward);
+  if (const TraceRecorder* r = active_trace(); r != nullptr && r->timed()) node->scope = current_trace_scope();
   output.impl().grad_fn = std::move(node);
   output.impl().requires_grad = true;
   return output;
@@ -82,6 +99,11 @@ void run_backward(const Tensor& root, const Tensor& grad_root) {
   // Closures call engine ops (add, mul, ...): a backward() inside an autocast
   // scope must not cast their operands, so the scope is off for the whole pass.
   AutocastGuard no_autocast(DType::F32);
+  // Under a timed trace (the op profile) each node's backward is one event,
+  // and the ops it runs are not traced as forward ops.
+  TraceRecorder* timed = active_trace() != nullptr && active_trace()->timed() ? active_trace() : nullptr;
+  std::optional<TracePause> hide_ops;
+  if (timed != nullptr) hide_ops.emplace();
   if (!root.grad_fn()) {  // a leaf: its gradient is the seed
     accumulate_leaf(root.impl(), std::move(seed));
     for (auto& hook : root.impl().grad_ready_hooks) {
@@ -130,6 +152,7 @@ void run_backward(const Tensor& root, const Tensor& grad_root) {
     for (const Edge& e : node->edges) needs.push_back(e.active());
     std::vector<Tensor> input_grads = node->backward(g, needs);
     node->backward = nullptr;
+    if (timed != nullptr) add_backward_event(*timed, *node, input_grads);
     KCHECK(input_grads.size() == node->edges.size(), AutogradError, "backward of '", node->op, "' returned ",
            input_grads.size(), " gradients for ", node->edges.size(), " inputs");
     for (size_t i = 0; i < node->edges.size(); ++i) {

@@ -29,6 +29,9 @@ struct Node {
   // Called with the gradient of the node's output when backward reaches it
   // (on_gradient: Grad-CAM reads a feature map's gradient this way).
   std::vector<std::function<void(const Tensor&)>> gradient_hooks;
+  // The module scope the op ran in, kept only under a timed trace (the op
+  // profile times each node's backward under it).
+  std::string scope;
 };
 
 class GradMode {

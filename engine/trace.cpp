@@ -1,17 +1,59 @@
 #include "engine/trace.h"
 
+#include <chrono>
 #include <cstdio>
+
+#if defined(KESTREL_HAVE_CUDA)
+#include "engine/cuda/runtime.h"
+#endif
 
 namespace kestrel {
 
 namespace {
 thread_local TraceRecorder* g_active = nullptr;
 thread_local std::vector<std::string> g_scope;
+
+double clock_seconds(Device device) {
+#if defined(KESTREL_HAVE_CUDA)
+  if (device.is_cuda()) {
+    cuda::DeviceGuard guard(device.index);
+    KESTREL_CUDA_CHECK_CTX(cudaStreamSynchronize(cuda::current_stream(device.index)), "op profile: synchronize ",
+                           device.str());
+  }
+#else
+  (void)device;
+#endif
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 }  // namespace
 
-TraceRecorder::TraceRecorder(bool keep_tensors) : keep_tensors_(keep_tensors), previous_(g_active) { g_active = this; }
+TraceRecorder::TraceRecorder(bool keep_tensors, bool timed)
+    : keep_tensors_(keep_tensors), timed_(timed), previous_(g_active) {
+  if (timed_) lap_start_ = clock_seconds(Device::cpu());
+  g_active = this;
+}
 TraceRecorder::~TraceRecorder() { g_active = previous_; }
 TraceRecorder* active_trace() { return g_active; }
+
+double TraceRecorder::lap(Device device) {
+  const double now = clock_seconds(device);
+  const double s = now - lap_start_;
+  lap_start_ = now;
+  return s;
+}
+
+void TraceRecorder::restart_clock(Device device) { lap_start_ = clock_seconds(device); }
+
+void trace_region(const char* name, Device device) {
+  TraceRecorder* r = active_trace();
+  if (r == nullptr || !r->timed()) return;
+  TraceEvent e;
+  e.op = name;
+  e.scope = current_trace_scope();
+  e.seconds = r->lap(device);
+  r->add(std::move(e));
+}
 
 TracePause::TracePause() : paused_(g_active) { g_active = nullptr; }
 TracePause::~TracePause() { g_active = paused_; }

@@ -3,6 +3,8 @@
 // A recorder that keeps tensors (ONNX export) also records views and copies
 // (reshape, permute, narrow, expand, clone, cast) and holds every input and
 // output, so the whole data flow and every constant's value can be rebuilt.
+// A timed recorder (the op profile, tools/lib/op_profile.h) also times each
+// op, and each autograd node's backward.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -30,21 +32,34 @@ struct TraceEvent {
   // Only when the recorder keeps tensors: the op's operands and result.
   std::vector<Tensor> inputs;
   Tensor output;
+  // Only when the recorder is timed: the time since the previous event ended
+  // (so an untraced op's time goes to the next traced one), and whether this
+  // is an autograd node's backward rather than a forward op.
+  double seconds = 0;
+  bool backward = false;
 };
 
 class TraceRecorder {
  public:
-  explicit TraceRecorder(bool keep_tensors = false);
+  explicit TraceRecorder(bool keep_tensors = false, bool timed = false);
   ~TraceRecorder();
   TraceRecorder(const TraceRecorder&) = delete;
   TraceRecorder& operator=(const TraceRecorder&) = delete;
   const std::vector<TraceEvent>& events() const { return events_; }
   void add(TraceEvent e) { events_.push_back(std::move(e)); }
   bool keeps_tensors() const { return keep_tensors_; }
+  bool timed() const { return timed_; }
+  // Seconds since the previous lap (or the start, or restart_clock), once the
+  // work queued on `device` is done: a CUDA op is timed to its last kernel.
+  double lap(Device device);
+  // Starts the next lap now: the time since the last event is not an op's.
+  void restart_clock(Device device);
 
  private:
   std::vector<TraceEvent> events_;
   bool keep_tensors_;
+  bool timed_;
+  double lap_start_ = 0;
   TraceRecorder* previous_;
 };
 
@@ -93,8 +108,13 @@ inline void trace_op(const char* op, const std::vector<Tensor>& inputs, const Te
     e.inputs = inputs;
     e.output = output;
   }
+  if (r->timed()) e.seconds = r->lap(output.defined() ? output.device() : Device::cpu());
   r->add(std::move(e));
 }
+
+// A timed recorder's event for work that runs no traced op (an optimizer's
+// fused update): call it when the work has been queued.
+void trace_region(const char* name, Device device);
 
 // Views and copies: recorded only by a recorder that keeps tensors, so FLOP
 // counts and summaries see the same ops as before. `make_attrs` runs only

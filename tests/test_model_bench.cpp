@@ -33,6 +33,26 @@ TEST(ModelBench, TimesTheZooModelItDescribes) {
   EXPECT_EQ(tools::bench_model(o).train_ms, 0.0);
 }
 
+TEST(ModelBench, ProfileSplitsInferenceAndTrainingStepsByOp) {
+  const testing::CliResult r = testing::kestrel_cli(
+      "bench -m cifar10_200k --input 3x32x32 -b 2 --iters 2 --warmup 0 --device cpu --profile --profile-layers 4");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  for (const char* want : {"Inference, per batch:", "Training step, per batch:", "| conv2d 3x3 dw |",
+                           "| conv2d 3x3 dw backward |", "| optimizer step | 1 |", "| layer | calls | ms |"})
+    EXPECT_NE(r.out.find(want), std::string::npos) << want << "\n" << r.out;
+  tools::BenchOptions o;
+  o.model = "cifar10_200k";
+  o.height = o.width = 32;
+  o.batch = 2;
+  o.warmup = 0;
+  o.iters = 1;
+  o.profile = true;
+  const tools::BenchResult b = tools::bench_model(o);
+  EXPECT_GT(b.infer_profile.total_ms, 0.0);
+  EXPECT_GT(b.train_profile.total_ms, 0.0);
+  EXPECT_GT(b.train_profile.layers.size(), b.infer_profile.layers.size()) << "backward rows too";
+}
+
 TEST(ModelBench, BadSettingsAreNamed) {
   tools::BenchOptions o;
   o.model = "cifar10_200k";

@@ -20,7 +20,14 @@ struct BenchArgs {
   std::string device = "auto";
   bool no_train = false;
   bool no_fuse = false;
+  int64_t profile_layers = 15;
 };
+
+void print_profile(const char* what, const tools::OpProfile& p, double unprofiled_ms, const BenchArgs& a) {
+  std::printf("\n%s, per batch: %.2f ms profiled (%.2f ms unprofiled), mean of %lld passes\n\n", what, p.total_ms,
+              unprofiled_ms, static_cast<long long>(a.o.iters));
+  std::printf("%s", tools::profile_markdown(p, a.profile_layers).c_str());
+}
 
 void run_bench(BenchArgs& a) {
   const std::vector<int64_t> chw = parse_chw(a.input, "bench");
@@ -41,6 +48,9 @@ void run_bench(BenchArgs& a) {
   std::printf("| %s | %lld | %.3f | %s | %lld | %s | %s | %.1f (%.2f) | %s |\n", a.o.model.c_str(),
               static_cast<long long>(r.params), static_cast<double>(r.macs) / 1e9, a.o.device.str().c_str(),
               static_cast<long long>(a.o.batch), a.input.c_str(), a.o.amp.c_str(), r.infer_img_s, r.infer_ms, train);
+  if (!a.o.profile) return;
+  print_profile("Inference", r.infer_profile, r.infer_ms, a);
+  if (a.o.train) print_profile("Training step", r.train_profile, r.train_ms, a);
 }
 
 }  // namespace
@@ -59,6 +69,10 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--iters", a->o.iters, "timed iterations (the median is reported)")->capture_default_str();
   cmd->add_flag("--no-train", a->no_train, "time inference only");
   cmd->add_flag("--no-fuse", a->no_fuse, "CPU inference without folding batch norms into convolutions");
+  cmd->add_flag("--profile", a->o.profile, "then time every op: tables by kind of op and by layer (on CUDA each op "
+                                           "waits for its kernels)");
+  cmd->add_option("--profile-layers", a->profile_layers, "slowest layers listed by --profile (-1: all)")
+      ->capture_default_str();
   cmd->callback([a] { run_bench(*a); });
 }
 

@@ -9,6 +9,7 @@
 #include "engine/optim/grad_scaler.h"
 #include "engine/optim/sgd.h"
 #include "engine/random.h"
+#include "engine/trace.h"
 #include "models/fuse.h"
 #include "models/registry.h"
 #include "models/summary.h"
@@ -23,6 +24,17 @@ namespace {
 template <typename F>
 double median_ms(const BenchOptions& o, F&& step) {
   return latency_stats(timed_calls_ms(o.device, o.warmup, o.iters, step)).median;
+}
+
+// `iters` more calls under a timed trace, summed per call.
+template <typename F>
+OpProfile profile_calls(const BenchOptions& o, F&& step) {
+  TraceRecorder trace(/*keep_tensors=*/false, /*timed=*/true);
+  for (int64_t i = 0; i < o.iters; ++i) {
+    trace.restart_clock(o.device);  // the gap between calls is no op's
+    step();
+  }
+  return summarize_profile(trace.events(), o.iters);
 }
 
 }  // namespace
@@ -63,11 +75,13 @@ BenchResult bench_model(const BenchOptions& o) {
     models::fuse_for_inference(*inference, {1, o.height, o.width, o.channels});
   }
   inference->eval();
-  r.infer_ms = median_ms(o, [&] {
+  auto infer = [&] {
     NoGradGuard no_grad;
     AutocastGuard scope(autocast);
     (*inference)(images);
-  });
+  };
+  r.infer_ms = median_ms(o, infer);
+  if (o.profile) r.infer_profile = profile_calls(o, infer);
   inference.reset();
   r.infer_img_s = 1000.0 * static_cast<double>(o.batch) / r.infer_ms;
   if (!o.train) return r;
@@ -79,7 +93,7 @@ BenchResult bench_model(const BenchOptions& o) {
   optim::SGD opt(model->parameters(), so);
   optim::GradScaler scaler;
   const bool scaled = o.amp == "fp16";
-  r.train_ms = median_ms(o, [&] {
+  auto train_step = [&] {
     Tensor logits;
     {
       AutocastGuard scope(autocast);
@@ -96,7 +110,10 @@ BenchResult bench_model(const BenchOptions& o) {
       opt.step();
     }
     opt.zero_grad();
-  });
+    trace_region("optimizer step", o.device);
+  };
+  r.train_ms = median_ms(o, train_step);
+  if (o.profile) r.train_profile = profile_calls(o, train_step);
   r.train_img_s = 1000.0 * static_cast<double>(o.batch) / r.train_ms;
   return r;
 }

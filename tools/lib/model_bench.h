@@ -7,6 +7,7 @@
 #include <string>
 
 #include "engine/device.h"
+#include "tools/lib/op_profile.h"
 
 namespace kestrel::tools {
 
@@ -22,6 +23,7 @@ struct BenchOptions {
   bool fuse = true;         // CPU inference with batch norms folded (models/fuse.h), as eval and predict run it
   int64_t warmup = 3;
   int64_t iters = 10;
+  bool profile = false;  // after timing, `iters` more passes of each under a timed trace
 };
 
 struct BenchResult {
@@ -29,6 +31,7 @@ struct BenchResult {
   int64_t macs = 0;  // per image, forward
   double infer_ms = 0, infer_img_s = 0;  // median over iters, per batch
   double train_ms = 0, train_img_s = 0;  // 0 when not timed
+  OpProfile infer_profile, train_profile;  // with BenchOptions::profile (per batch)
 };
 
 // Random inputs and labels, seeded; the CIFAR stem when the input is 64 px or less.
