@@ -59,6 +59,12 @@ std::vector<GemmCase> cases() {
       {"3x3_groups2_og17", geom(2, 7, 6, 40, 34, 3, 1, 1, 1, 2)},
       {"5x5_stem_cin1", geom(3, 12, 10, 1, 16, 5, 1, 2)},
       {"7x7_stride2_pad3_cin3", geom(1, 33, 33, 3, 24, 7, 2, 3)},
+      // Wide enough that whole tiles sit inside the input: runs span window rows
+      // (K 27; K 147 splits a block inside a row).
+      {"3x3_stride2_stem_w40", geom(2, 30, 40, 3, 16, 3, 2, 1)},
+      {"7x7_stride2_stem_w64", geom(1, 20, 64, 3, 32, 7, 2, 3)},
+      {"3x3_dilation2_w60", geom(1, 6, 60, 8, 16, 3, 1, 2, 2)},       // dilated taps are not contiguous
+      {"3x3_groups2_w40", geom(1, 4, 40, 16, 16, 3, 1, 1, 1, 2)},     // nor are one group's channels
       {"3x3_h1w1", geom(5, 1, 1, 7, 40, 3, 1, 1)},
       {"1x1_stride2", geom(2, 9, 9, 8, 12, 1, 2, 0)},
       {"3x3_nopad_k1152", geom(1, 6, 7, 128, 65, 3, 1, 0)},  // 9 blocks of 128, panels 32 + 32 + 1

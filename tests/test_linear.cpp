@@ -1,9 +1,11 @@
 // matmul and linear: naive loops, finite differences, PyTorch.
 #include <array>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <vector>
 
+#include "engine/cpu/gemm.h"
 #include "engine/ops/linear.h"
 #include "engine/trace.h"
 #include "test_util.h"
@@ -54,6 +56,39 @@ TEST(Matmul, LargeProductsSplitAcrossThreadsStillMatch) {
   y.backward(gy);
   expect_close(x.grad(), naive_matmul(gy, w), 1e-10, 1e-10, "grad x");
   expect_close(w.grad(), naive_matmul(gy.transpose(0, 1).contiguous(), x), 1e-10, 1e-10, "grad w");
+}
+
+// One row or one column of C is BLAS's matrix-vector product: every
+// transpose, leading dimensions wider than the matrix, beta 0 and 1, and sizes
+// the threads split.
+TEST(Gemm, SingleRowsAndColumnsMatchNaiveLoopsInEveryLayout) {
+  for (auto [M, N, K] : std::vector<std::array<int64_t, 3>>{{1, 7, 5}, {6, 1, 5}, {1, 600, 1024}, {700, 1, 512}})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (float beta : {0.f, 1.f}) {
+          const int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 3, ldc = N + 3;
+          const std::vector<float> a = random_tensor({(ta ? K : M) * lda}, 40).to_vector();
+          const std::vector<float> b = random_tensor({(tb ? N : K) * ldb}, 41).to_vector();
+          std::vector<float> c = random_tensor({M * ldc}, 42).to_vector();
+          std::vector<double> want(c.begin(), c.end());
+          const float alpha = 0.5f;
+          for (int64_t i = 0; i < M; ++i)
+            for (int64_t j = 0; j < N; ++j) {
+              double sum = 0;
+              for (int64_t k = 0; k < K; ++k)
+                sum += static_cast<double>(ta ? a[k * lda + i] : a[i * lda + k]) *
+                       static_cast<double>(tb ? b[j * ldb + k] : b[k * ldb + j]);
+              want[i * ldc + j] = alpha * sum + beta * want[i * ldc + j];
+            }
+          cpu::gemm<float>(ta, tb, M, N, K, alpha, a.data(), lda, b.data(), ldb, beta, c.data(), ldc);
+          for (int64_t i = 0; i < M; ++i)
+            for (int64_t j = 0; j < N; ++j)
+              ASSERT_NEAR(c[i * ldc + j], want[i * ldc + j], 1e-4 * (1 + std::abs(want[i * ldc + j])))
+                  << "M " << M << " N " << N << " K " << K << " ta " << ta << " tb " << tb << " beta " << beta
+                  << " at " << i << "," << j;
+          for (int64_t i = 0; i < M; ++i)  // the padding past each row of C is untouched
+            for (int64_t j = N; j < ldc; ++j) ASSERT_EQ(c[i * ldc + j], static_cast<float>(want[i * ldc + j]));
+        }
 }
 
 TEST(Matmul, TransposedAndStridedOperandsNeedNoCopyAndStayCorrect) {

@@ -100,7 +100,7 @@ struct Job {
   const float* bias;
   float* y;
   Activation act;
-  const float* zeros;     // cin_g() zeros: what a tap in the padding reads
+  const float* zeros;     // kw * cin_g() zeros: what a tap (or window row) in the padding reads
   const float* residual;  // null, or added (shaped as y) before the activation
 };
 
@@ -205,9 +205,17 @@ KESTREL_TARGET_AVX512 void tile(const Job& j, int64_t grp, int64_t p, int64_t m0
       top[r] = oh * g.sh - g.ph;
       left[r] = ow * g.sw - g.pw;
     }
+  // When every pixel's window lies inside the input across its width, and
+  // one group reads all channels at dilation 1, a window row's taps are
+  // contiguous: a run can span the whole row (kw * c_in values) rather than
+  // one tap's channels. That matters where c_in is small: a 3-channel stem's
+  // pointers and bounds checks cost as much as its multiply-adds per tap.
+  bool whole_rows = !pointwise && g.groups == 1 && g.dw == 1;
+  for (int r = 0; r < MR && whole_rows; ++r) whole_rows = left[r] >= 0 && left[r] + g.kw <= g.w;
   const float* panel = j.w.panel(grp, p);
-  for (int64_t k = k0; k < k1;) {  // one tap's run of channels at a time
-    const int64_t t = k / cg, c = k - t * cg, len = std::min(k1 - k, cg - c);
+  for (int64_t k = k0; k < k1;) {  // one tap's run of channels (or a window row's) at a time
+    const int64_t t = k / cg, c = k - t * cg;
+    const int64_t len = std::min(k1 - k, whole_rows ? (g.kw - t % g.kw) * cg - c : cg - c);
     const float* a[MR];
     if (pointwise) {
       for (int r = 0; r < MR; ++r) a[r] = j.x + (m0 + r) * g.c_in + grp * cg + c;
@@ -409,7 +417,8 @@ void implicit_gemm_conv(const ConvGeom& g, const float* x, const PackedConvWeigh
          "implicit_gemm_conv: weights packed for another convolution");
   const int64_t M = g.n * g.oh * g.ow;
   if (M == 0 || g.c_out == 0) return;
-  const std::vector<float> zeros(g.pointwise() ? 0 : static_cast<size_t>(g.cin_g()), 0.0f);
+  // What a tap in the padding reads: up to a window row's run (tile()).
+  const std::vector<float> zeros(g.pointwise() ? 0 : static_cast<size_t>(g.kw * g.cin_g()), 0.0f);
   const Job job{g, x, w, bias, y, act, zeros.data(), residual};
   const double macs = static_cast<double>(M) * static_cast<double>(g.c_out) * static_cast<double>(g.k());
   const bool parallel = macs >= double(1 << 17);

@@ -29,18 +29,52 @@ void check_blas_sizes(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
 }
 
 // Raw single-threaded BLAS calls.
-void blas(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, static_cast<int>(M),
-              static_cast<int>(N), static_cast<int>(K), alpha, A, static_cast<int>(lda), B, static_cast<int>(ldb),
-              beta, C, static_cast<int>(ldc));
+void gemm_call(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
+               float beta, float* C, int ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
+              B, ldb, beta, C, ldc);
+}
+void gemm_call(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B,
+               int ldb, double beta, double* C, int ldc) {
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
+              B, ldb, beta, C, ldc);
+}
+// y = alpha * op(A) x + beta * y, A rows x cols (row-major, leading dimension lda).
+void gemv_call(bool trans, int rows, int cols, float alpha, const float* A, int lda, const float* x, int incx,
+               float beta, float* y, int incy) {
+  cblas_sgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, rows, cols, alpha, A, lda, x, incx, beta, y, incy);
+}
+void gemv_call(bool trans, int rows, int cols, double alpha, const double* A, int lda, const double* x, int incx,
+               double beta, double* y, int incy) {
+  cblas_dgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, rows, cols, alpha, A, lda, x, incx, beta, y, incy);
 }
 
-void blas(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t lda,
-          const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, static_cast<int>(M),
-              static_cast<int>(N), static_cast<int>(K), alpha, A, static_cast<int>(lda), B, static_cast<int>(ldb),
-              beta, C, static_cast<int>(ldc));
+// One row or one column of C is a matrix-vector product. As a GEMM, OpenBLAS
+// packs the whole matrix before reading it once: a 1000-class classifier at
+// batch 1 copied its 4 MB of weights per call (0.75 ms of MobileNetV3-Small's
+// 3.2 ms on one thread, against 0.2 ms for onnxruntime's).
+template <typename T>
+void blas(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+          int64_t ldb, T beta, T* C, int64_t ldc) {
+  const int m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
+  if (M == 1) {  // C[0, :] = a op(B), a = row 0 of op(A)
+    const int inc_a = ta ? static_cast<int>(lda) : 1;
+    if (tb)  // B is [N, K]
+      gemv_call(false, n, k, alpha, B, static_cast<int>(ldb), A, inc_a, beta, C, 1);
+    else  // B is [K, N]
+      gemv_call(true, k, n, alpha, B, static_cast<int>(ldb), A, inc_a, beta, C, 1);
+    return;
+  }
+  if (N == 1) {  // C[:, 0] = op(A) b, b = column 0 of op(B)
+    const int inc_b = tb ? 1 : static_cast<int>(ldb);
+    if (ta)  // A is [K, M]
+      gemv_call(true, k, m, alpha, A, static_cast<int>(lda), B, inc_b, beta, C, static_cast<int>(ldc));
+    else  // A is [M, K]
+      gemv_call(false, m, k, alpha, A, static_cast<int>(lda), B, inc_b, beta, C, static_cast<int>(ldc));
+    return;
+  }
+  gemm_call(ta, tb, m, n, k, alpha, A, static_cast<int>(lda), B, static_cast<int>(ldb), beta, C,
+            static_cast<int>(ldc));
 }
 
 // OpenBLAS (pthreads build) keeps its own thread pool whose idle threads spin;
