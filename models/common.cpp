@@ -39,6 +39,12 @@ ConvBNAct::ConvBNAct(int64_t in, int64_t out, int64_t kernel, ConvSpec spec, Act
 
 Tensor ConvBNAct::forward(const Tensor& x) { return forward_residual(x, Tensor()); }
 
+ConvStage inference_stage(const nn::Conv2d& conv) { return {conv.weight, conv.bias, conv.params, conv.fused_act}; }
+
+bool folded_without_quantization(const ConvBNAct& layer) {
+  return layer.bn->folded_for_inference() && !layer.conv->quant.enabled;
+}
+
 Tensor ConvBNAct::forward_residual(const Tensor& x, const Tensor& residual) {
   // Inference of a depthwise layer on CUDA: the batch norm folds into the
   // weights and bias, and the kernel applies them and the activation in its

@@ -106,6 +106,13 @@ class SqueezeExcite : public Module {
 // weight * s and (bias - running_mean) * s + beta, s = gamma / sqrt(running_var
 // + eps). Built from engine ops, so gradients reach both modules' parameters;
 // exact only in eval mode (training BN normalizes with batch statistics).
+// A conv whose norm is folded into it for inference, as a stage of a
+// convolution chain (engine/ops/conv.h): its weight, bias, parameters and the
+// activation in its epilogue.
+ConvStage inference_stage(const nn::Conv2d& conv);
+// Whether a ConvBNAct's norm is folded into its conv and it is not quantized.
+bool folded_without_quantization(const ConvBNAct& layer);
+
 struct FoldedConv {
   Tensor weight, bias;
 };

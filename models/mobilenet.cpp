@@ -29,8 +29,10 @@ class InvertedResidualV2 : public Module {
   InvertedResidualV2(int64_t in, int64_t out, int64_t stride, int64_t t) : residual_(stride == 1 && in == out) {
     const int64_t hidden = in * t;
     conv_ = register_module("conv", std::make_shared<nn::Sequential>());
-    if (t != 1) conv_->push_back(std::make_shared<ConvBNAct>(in, hidden, 1, ConvSpec{}, Activation::ReLU6));
-    conv_->push_back(std::make_shared<ConvBNAct>(hidden, hidden, 3, ConvSpec{stride, hidden}, Activation::ReLU6));
+    if (t != 1) expand_ = std::make_shared<ConvBNAct>(in, hidden, 1, ConvSpec{}, Activation::ReLU6);
+    if (expand_) conv_->push_back(expand_);
+    dw_ = std::make_shared<ConvBNAct>(hidden, hidden, 3, ConvSpec{stride, hidden}, Activation::ReLU6);
+    conv_->push_back(dw_);
     nn::Conv2dOptions pw;
     pw.bias = false;
     project_ = std::make_shared<nn::Conv2d>(hidden, out, 1, pw);
@@ -39,13 +41,30 @@ class InvertedResidualV2 : public Module {
     conv_->push_back(project_bn_);
   }
   Tensor forward(const Tensor& x) override {
+    if (const Tensor y = banded_inference(x); y.defined()) return y;
     Tensor y = (*conv_)(x);
     return residual_ ? add(x, y) : y;
   }
   std::string type_name() const override { return "InvertedResidual"; }
 
  private:
+  // A model fused for inference (models/fuse.h) on the CPU runs the three
+  // convolutions in bands of rows (inverted_residual_banded): the same
+  // outputs, without the expanded tensor going out to memory. Undefined
+  // where that does not apply.
+  Tensor banded_inference(const Tensor& x) const {
+    if (is_training() || !project_bn_->folded_for_inference() || !folded_without_quantization(*dw_) ||
+        (expand_ && !folded_without_quantization(*expand_)) || project_->quant.enabled)
+      return Tensor();
+    const ConvStage e = inference_stage(expand_ ? *expand_->conv : *dw_->conv), d = inference_stage(*dw_->conv);
+    const ConvStage p = inference_stage(*project_);
+    const ConvStage* ep = expand_ ? &e : nullptr;
+    if (!inverted_residual_banded_applies(x, ep, d, p)) return Tensor();
+    return inverted_residual_banded(x, ep, d, p, residual_ ? x : Tensor());
+  }
+
   std::shared_ptr<nn::Sequential> conv_;
+  std::shared_ptr<ConvBNAct> expand_, dw_;
   std::shared_ptr<nn::Conv2d> project_;
   std::shared_ptr<nn::BatchNorm2d> project_bn_;
   bool residual_;

@@ -1,12 +1,15 @@
 #include "engine/ops/conv.h"
 
+#include <algorithm>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/cpu/conv.h"
 #include "engine/cpu/conv_gemm.h"
+#include "engine/cpu/parallel.h"
 #include "engine/gpu/conv.h"
 #include "engine/ops/check.h"
 #include "engine/trace.h"
@@ -26,9 +29,9 @@ namespace {
 
 std::string pair_str(int64_t a, int64_t b) { return std::to_string(a) + "x" + std::to_string(b); }
 
-cpu::ConvGeom conv_geometry(const Tensor& x, const Tensor& w, const Conv2dParams& p) {
+cpu::ConvGeom conv_geometry(const Shape& xs, const Tensor& w, const Conv2dParams& p) {
   const char* op = "conv2d";
-  check_dim(x, 4, op, "input (NHWC)");
+  KCHECK(xs.size() == 4, ShapeError, op, ": input (NHWC) must have 4 dims, got ", shape_str(xs));
   check_dim(w, 4, op, "weight (OHWI)");
   KCHECK(p.stride_h >= 1 && p.stride_w >= 1, ValueError, op, ": stride must be >= 1, got ",
          pair_str(p.stride_h, p.stride_w));
@@ -37,10 +40,10 @@ cpu::ConvGeom conv_geometry(const Tensor& x, const Tensor& w, const Conv2dParams
   KCHECK(p.pad_h >= 0 && p.pad_w >= 0, ValueError, op, ": padding must be >= 0, got ", pair_str(p.pad_h, p.pad_w));
   KCHECK(p.groups >= 1, ValueError, op, ": groups must be >= 1, got ", p.groups);
   cpu::ConvGeom g;
-  g.n = x.size(0);
-  g.h = x.size(1);
-  g.w = x.size(2);
-  g.c_in = x.size(3);
+  g.n = xs[0];
+  g.h = xs[1];
+  g.w = xs[2];
+  g.c_in = xs[3];
   g.c_out = w.size(0);
   g.kh = w.size(1);
   g.kw = w.size(2);
@@ -52,17 +55,17 @@ cpu::ConvGeom conv_geometry(const Tensor& x, const Tensor& w, const Conv2dParams
   g.dw = p.dilation_w;
   g.groups = p.groups;
   KCHECK(g.c_in % p.groups == 0, ShapeError, op, ": groups=", p.groups, " does not divide the ", g.c_in,
-         " input channels (input ", shape_str(x.shape()), " NHWC, weight ", shape_str(w.shape()), " OHWI)");
+         " input channels (input ", shape_str(xs), " NHWC, weight ", shape_str(w.shape()), " OHWI)");
   KCHECK(g.c_out % p.groups == 0, ShapeError, op, ": groups=", p.groups, " does not divide the ", g.c_out,
          " output channels (weight ", shape_str(w.shape()), " OHWI)");
   KCHECK(w.size(3) * p.groups == g.c_in, ShapeError, op, ": input has ", g.c_in, " channels but weight expects ",
          w.size(3) * p.groups, " (", w.size(3), " per group x ", p.groups, " groups; weight ", shape_str(w.shape()),
-         " OHWI, input ", shape_str(x.shape()), " NHWC)");
+         " OHWI, input ", shape_str(xs), " NHWC)");
   KCHECK(g.kh >= 1 && g.kw >= 1, ShapeError, op, ": empty kernel in weight ", shape_str(w.shape()));
   g.oh = conv_output_size(g.h, g.kh, g.sh, g.ph, g.dh);
   g.ow = conv_output_size(g.w, g.kw, g.sw, g.pw, g.dw);
   KCHECK(g.oh > 0 && g.ow > 0, ShapeError, op, ": kernel ", pair_str(g.kh, g.kw), " with dilation ",
-         pair_str(g.dh, g.dw), " does not fit the padded input (input ", shape_str(x.shape()), " NHWC, padding ",
+         pair_str(g.dh, g.dw), " does not fit the padded input (input ", shape_str(xs), " NHWC, padding ",
          pair_str(g.ph, g.pw), ")");
   return g;
 }
@@ -88,7 +91,7 @@ ConvOperands conv_operands(const Tensor& x_in, const Tensor& weight_in, const Te
   check_defined(o.x, op, "input");
   check_defined(o.weight, op, "weight");
   check_same_device_and_dtype(o.x, o.weight, op);
-  o.g = conv_geometry(o.x, o.weight, p);
+  o.g = conv_geometry(o.x.shape(), o.weight, p);
   if (o.bias.defined()) {
     check_same_device_and_dtype(o.x, o.bias, op);
     KCHECK(o.bias.dim() == 1 && o.bias.size(0) == o.g.c_out, ShapeError, op, ": bias has shape ",
@@ -252,6 +255,155 @@ Tensor conv2d_act(const Tensor& x_in, const Tensor& weight_in, const Tensor& bia
   auto attrs = conv_trace_attrs(g, o.bias);
   if (!attrs.empty()) attrs["activation"] = activation_name(act);
   trace_op(op, {o.x, o.weight, o.bias, residual}, out, conv_macs(g), attrs);
+  return out;
+}
+
+namespace {
+
+bool frozen_f32_cpu(const Tensor& t) {
+  return !t.defined() || (t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && t.storage()->frozen());
+}
+
+bool is_pointwise(const ConvStage& s) {
+  const Conv2dParams& p = s.params;
+  return s.weight.dim() == 4 && s.weight.size(1) == 1 && s.weight.size(2) == 1 && p.stride_h == 1 &&
+         p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 && p.groups == 1;
+}
+
+// A stage's geometry on rows x width pixels of one image.
+cpu::ConvGeom band_geometry(const cpu::ConvGeom& g, int64_t rows, int64_t out_rows) {
+  cpu::ConvGeom b = g;
+  b.n = 1;
+  b.h = rows;
+  b.oh = out_rows;
+  return b;
+}
+
+// Expanded rows to keep in cache per band: about a quarter of a 1 MiB L2.
+constexpr int64_t kBandBytes = 256 * 1024;
+
+}  // namespace
+
+bool inverted_residual_banded_applies(const Tensor& x, const ConvStage* expand, const ConvStage& depthwise,
+                                      const ConvStage& project, int64_t min_expanded_bytes) {
+  if (!cpu::implicit_gemm_enabled() || !x.defined() || x.dim() != 4 || !x.device().is_cpu() ||
+      x.dtype() != DType::F32)
+    return false;
+  if (const TraceRecorder* r = active_trace(); r != nullptr && !r->timed()) return false;
+  std::vector<Tensor> all{x, depthwise.weight, depthwise.bias, project.weight, project.bias};
+  if (expand != nullptr) {
+    all.push_back(expand->weight);
+    all.push_back(expand->bias);
+  }
+  if (needs_grad(all)) return false;
+  for (size_t i = 1; i < all.size(); ++i)
+    if (!frozen_f32_cpu(all[i])) return false;
+  if (!depthwise.weight.defined() || !project.weight.defined() || !is_pointwise(project) ||
+      (expand != nullptr && (!expand->weight.defined() || !is_pointwise(*expand))))
+    return false;
+  const int64_t mid = depthwise.weight.size(0);
+  const int64_t in = expand != nullptr ? expand->weight.size(3) : mid;
+  if (x.size(3) != in || (expand != nullptr && expand->weight.size(0) != mid) || depthwise.params.groups != mid ||
+      depthwise.weight.size(3) != 1 || project.weight.size(3) != mid)
+    return false;
+  return x.size(1) * x.size(2) * mid * int64_t{sizeof(float)} >= min_expanded_bytes;
+}
+
+Tensor inverted_residual_banded(const Tensor& x_in, const ConvStage* expand, const ConvStage& depthwise,
+                                const ConvStage& project, const Tensor& residual_in) {
+  const char* op = "inverted_residual";
+  KCHECK(inverted_residual_banded_applies(x_in, expand, depthwise, project, 0), ValueError, op,
+         ": needs f32 CPU tensors, frozen weights of a 1x1 / depthwise / 1x1 chain, no gradient and the AVX-512 "
+         "implicit GEMM (input ", shape_str(x_in.shape()), ")");
+  const Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2);
+  // Each stage's geometry over the whole input, checked as conv2d checks it.
+  const int64_t mid = depthwise.weight.size(0);
+  cpu::ConvGeom ge{};
+  if (expand != nullptr) ge = conv_geometry(x.shape(), expand->weight, expand->params);
+  const cpu::ConvGeom gd = conv_geometry({N, H, W, mid}, depthwise.weight, depthwise.params);
+  const cpu::ConvGeom gp = conv_geometry({N, gd.oh, gd.ow, mid}, project.weight, project.params);
+  Tensor residual;
+  if (residual_in.defined()) {
+    KCHECK(residual_in.shape() == Shape({N, gp.oh, gp.ow, gp.c_out}) && residual_in.dtype() == DType::F32 &&
+               residual_in.device().is_cpu(),
+           ShapeError, op, ": residual ", shape_str(residual_in.shape()), " must match the output ",
+           shape_str({N, gp.oh, gp.ow, gp.c_out}));
+    residual = residual_in.contiguous();
+  }
+  Tensor out = Tensor::empty({N, gp.oh, gp.ow, gp.c_out}, DType::F32, x.device());
+
+  // The kernels' forms of the frozen weights, shared with conv2d_act's.
+  auto operands = [&](const ConvStage& s, const cpu::ConvGeom& g) {
+    ConvOperands o;
+    o.x = o.xc = x;
+    o.weight = o.wc = s.weight;
+    o.bias = o.bc = s.bias;
+    o.g = g;
+    return o;
+  };
+  std::shared_ptr<const cpu::PackedConvWeights> packed_expand;
+  if (expand != nullptr)
+    packed_expand = frozen_form<cpu::PackedConvWeights>(
+        operands(*expand, ge), "conv_gemm", [&] { return cpu::pack_conv_weights(ge, expand->weight.data<float>()); });
+  const auto taps = frozen_form<std::vector<float>>(operands(depthwise, gd), "depthwise_taps_major", [&] {
+    return cpu::depthwise_weight_taps_major(gd, depthwise.weight.data<float>());
+  });
+  const auto packed_project = frozen_form<cpu::PackedConvWeights>(
+      operands(project, gp), "conv_gemm", [&] { return cpu::pack_conv_weights(gp, project.weight.data<float>()); });
+  const float* bias_e = expand != nullptr && expand->bias.defined() ? expand->bias.data<float>() : nullptr;
+  const float* bias_d = depthwise.bias.defined() ? depthwise.bias.data<float>() : nullptr;
+  const float* bias_p = project.bias.defined() ? project.bias.data<float>() : nullptr;
+
+  // Input rows [lo, hi) that output rows [o0, o1) of the depthwise read.
+  const int64_t reach = (gd.kh - 1) * gd.dh + 1;
+  auto rows_lo = [&](int64_t o0) { return std::max<int64_t>(0, o0 * gd.sh - gd.ph); };
+  auto rows_hi = [&](int64_t o1) { return std::min<int64_t>(H, (o1 - 1) * gd.sh - gd.ph + reach); };
+  const int64_t row_bytes = W * mid * int64_t{sizeof(float)};
+  const int64_t band = std::clamp<int64_t>((kBandBytes / row_bytes - reach) / gd.sh + 1, 1, gd.oh);
+  // Strips of output rows, two per thread in all: each thread walks its own
+  // strip band by band, keeping the rows a band shares with the next.
+  const int threads = cpu::partial_count(true);
+  const int64_t strips = threads > 1 ? std::clamp<int64_t>((2 * threads + N - 1) / N, 1, gd.oh) : 1;
+  const float* px = x.data<float>();
+  float* py = out.data<float>();
+  const float* pr = residual.defined() ? residual.data<float>() : nullptr;
+  cpu::parallel_for(N * strips, N * strips > 1, [&](int64_t item) {
+    const int64_t n = item / strips, s = item % strips;
+    const int64_t first = gd.oh * s / strips, last = gd.oh * (s + 1) / strips;
+    if (first == last) return;
+    const float* image = px + n * H * W * x.size(3);
+    std::vector<float> expanded, dw_out(static_cast<size_t>(band * gd.ow * mid));
+    if (expand != nullptr) expanded.resize(static_cast<size_t>(((band - 1) * gd.sh + reach) * W * mid));
+    int64_t have_lo = 0, have_hi = 0;  // expanded rows held, at the front of `expanded`
+    for (int64_t o0 = first; o0 < last; o0 += band) {
+      const int64_t o1 = std::min(last, o0 + band), lo = rows_lo(o0), hi = rows_hi(o1);
+      const float* rows = image + lo * W * mid;  // no expansion: the input's own rows
+      if (expand != nullptr) {
+        if (have_hi > lo && have_lo <= lo) {  // keep the rows this band shares with the last
+          std::copy(expanded.begin() + (lo - have_lo) * W * mid, expanded.begin() + (have_hi - have_lo) * W * mid,
+                    expanded.begin());
+        } else {
+          have_hi = lo;
+        }
+        have_lo = lo;
+        if (hi > have_hi) {
+          const cpu::ConvGeom g = band_geometry(ge, hi - have_hi, hi - have_hi);
+          cpu::implicit_gemm_conv(g, image + have_hi * W * ge.c_in, *packed_expand, bias_e,
+                                  expanded.data() + (have_hi - lo) * W * mid, expand->act, nullptr);
+          have_hi = hi;
+        }
+        rows = expanded.data();
+      }
+      cpu::ConvGeom g = band_geometry(gd, hi - lo, o1 - o0);
+      g.ph = lo - (o0 * gd.sh - gd.ph);  // the band's first row is the window's top, or the padding above it
+      cpu::depthwise_forward_taps_major(g, rows, taps->data(), bias_d, dw_out.data(), depthwise.act);
+      const int64_t offset = ((n * gp.oh + o0) * gp.ow) * gp.c_out;
+      cpu::implicit_gemm_conv(band_geometry(gp, o1 - o0, o1 - o0), dw_out.data(), *packed_project, bias_p,
+                              py + offset, project.act, pr != nullptr ? pr + offset : nullptr);
+    }
+  });
+  trace_op(op, {x_in, residual_in}, out, conv_macs(gd) + conv_macs(gp) + (expand != nullptr ? conv_macs(ge) : 0));
   return out;
 }
 

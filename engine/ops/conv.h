@@ -34,4 +34,25 @@ Tensor conv2d_act(const Tensor& x, const Tensor& weight, const Tensor& bias, con
 
 int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation);
 
+// One convolution of a chain: act(conv(x, weight) + bias).
+struct ConvStage {
+  Tensor weight, bias;
+  Conv2dParams params;
+  Activation act = Activation::None;
+};
+
+// An inverted-residual block's convolutions at inference: [1x1 expand ->]
+// depthwise -> 1x1 project [+ residual, shaped as the output], computed in
+// bands of output rows, so that each expanded band is used while it is in
+// cache instead of the whole expanded tensor going out to memory and back.
+// The same sums as the chained conv2d_act calls, bit for bit.
+// inverted_residual_banded_applies says whether it can run: f32 CPU tensors,
+// no gradient, frozen weights (a model fused for inference), the AVX-512
+// implicit GEMM, no trace recording the layers (a timed one sees one op), and
+// an expanded tensor of at least min_expanded_bytes per image.
+bool inverted_residual_banded_applies(const Tensor& x, const ConvStage* expand, const ConvStage& depthwise,
+                                      const ConvStage& project, int64_t min_expanded_bytes = int64_t{1} << 18);
+Tensor inverted_residual_banded(const Tensor& x, const ConvStage* expand, const ConvStage& depthwise,
+                                const ConvStage& project, const Tensor& residual = Tensor());
+
 }  // namespace kestrel
