@@ -313,8 +313,8 @@ Tensor inverted_residual_banded(const Tensor& x_in, const ConvStage* expand, con
                                 const ConvStage& project, const Tensor& residual_in) {
   const char* op = "inverted_residual";
   KCHECK(inverted_residual_banded_applies(x_in, expand, depthwise, project, 0), ValueError, op,
-         ": needs f32 CPU tensors, frozen weights of a 1x1 / depthwise / 1x1 chain, no gradient and the AVX-512 "
-         "implicit GEMM (input ", shape_str(x_in.shape()), ")");
+         ": needs f32 CPU tensors, frozen weights of a 1x1 / depthwise / 1x1 chain, no gradient, the AVX-512 "
+         "implicit GEMM and no trace naming each layer (input ", shape_str(x_in.shape()), ")");
   const Tensor x = x_in.contiguous();
   const int64_t N = x.size(0), H = x.size(1), W = x.size(2);
   // Each stage's geometry over the whole input, checked as conv2d checks it.
