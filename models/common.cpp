@@ -39,10 +39,27 @@ ConvBNAct::ConvBNAct(int64_t in, int64_t out, int64_t kernel, ConvSpec spec, Act
 
 Tensor ConvBNAct::forward(const Tensor& x) { return forward_residual(x, Tensor()); }
 
+namespace {
+
+// A conv with its norm folded in, as a stage of a convolution chain.
 ConvStage inference_stage(const nn::Conv2d& conv) { return {conv.weight, conv.bias, conv.params, conv.fused_act}; }
 
 bool folded_without_quantization(const ConvBNAct& layer) {
   return layer.bn->folded_for_inference() && !layer.conv->quant.enabled;
+}
+
+}  // namespace
+
+Tensor banded_block_inference(const Tensor& x, const ConvBNAct* expand, const ConvBNAct& depthwise,
+                              const nn::Conv2d& project, bool project_folded, bool residual) {
+  if (depthwise.is_training() || !project_folded || project.quant.enabled ||
+      !folded_without_quantization(depthwise) || (expand != nullptr && !folded_without_quantization(*expand)))
+    return Tensor();
+  const ConvStage d = inference_stage(*depthwise.conv), p = inference_stage(project);
+  const ConvStage e = expand != nullptr ? inference_stage(*expand->conv) : ConvStage{};
+  const ConvStage* ep = expand != nullptr ? &e : nullptr;
+  if (!inverted_residual_banded_applies(x, ep, d, p)) return Tensor();
+  return inverted_residual_banded(x, ep, d, p, residual ? x : Tensor());
 }
 
 Tensor ConvBNAct::forward_residual(const Tensor& x, const Tensor& residual) {

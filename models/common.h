@@ -106,12 +106,14 @@ class SqueezeExcite : public Module {
 // weight * s and (bias - running_mean) * s + beta, s = gamma / sqrt(running_var
 // + eps). Built from engine ops, so gradients reach both modules' parameters;
 // exact only in eval mode (training BN normalizes with batch statistics).
-// A conv whose norm is folded into it for inference, as a stage of a
-// convolution chain (engine/ops/conv.h): its weight, bias, parameters and the
-// activation in its epilogue.
-ConvStage inference_stage(const nn::Conv2d& conv);
-// Whether a ConvBNAct's norm is folded into its conv and it is not quantized.
-bool folded_without_quantization(const ConvBNAct& layer);
+// An inverted-residual block at inference on the CPU, [expand ->] depthwise
+// -> project [+ x], through inverted_residual_banded (engine/ops/conv.h):
+// for a model fused for inference (models/fuse.h) whose norms are all folded
+// into the convs (project_folded: the projection's) and none is quantized.
+// The same outputs as the layers one by one, without the expanded tensor
+// going out to memory. Undefined where that does not apply.
+Tensor banded_block_inference(const Tensor& x, const ConvBNAct* expand, const ConvBNAct& depthwise,
+                              const nn::Conv2d& project, bool project_folded, bool residual);
 
 struct FoldedConv {
   Tensor weight, bias;

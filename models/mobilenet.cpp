@@ -41,28 +41,16 @@ class InvertedResidualV2 : public Module {
     conv_->push_back(project_bn_);
   }
   Tensor forward(const Tensor& x) override {
-    if (const Tensor y = banded_inference(x); y.defined()) return y;
+    // Fused for inference on the CPU: the three convolutions in bands of rows.
+    const Tensor banded =
+        banded_block_inference(x, expand_.get(), *dw_, *project_, project_bn_->folded_for_inference(), residual_);
+    if (banded.defined()) return banded;
     Tensor y = (*conv_)(x);
     return residual_ ? add(x, y) : y;
   }
   std::string type_name() const override { return "InvertedResidual"; }
 
  private:
-  // A model fused for inference (models/fuse.h) on the CPU runs the three
-  // convolutions in bands of rows (inverted_residual_banded): the same
-  // outputs, without the expanded tensor going out to memory. Undefined
-  // where that does not apply.
-  Tensor banded_inference(const Tensor& x) const {
-    if (is_training() || !project_bn_->folded_for_inference() || !folded_without_quantization(*dw_) ||
-        (expand_ && !folded_without_quantization(*expand_)) || project_->quant.enabled)
-      return Tensor();
-    const ConvStage e = inference_stage(expand_ ? *expand_->conv : *dw_->conv), d = inference_stage(*dw_->conv);
-    const ConvStage p = inference_stage(*project_);
-    const ConvStage* ep = expand_ ? &e : nullptr;
-    if (!inverted_residual_banded_applies(x, ep, d, p)) return Tensor();
-    return inverted_residual_banded(x, ep, d, p, residual_ ? x : Tensor());
-  }
-
   std::shared_ptr<nn::Sequential> conv_;
   std::shared_ptr<ConvBNAct> expand_, dw_;
   std::shared_ptr<nn::Conv2d> project_;
@@ -134,17 +122,25 @@ constexpr int64_t kV3LargeLastChannel = 1280, kV3SmallLastChannel = 1024;
 class InvertedResidualV3 : public Module {
  public:
   InvertedResidualV3(int64_t in, int64_t kernel, int64_t mid, int64_t out, bool se, bool hswish, int64_t stride)
-      : residual_(stride == 1 && in == out) {
+      : residual_(stride == 1 && in == out), se_(se) {
     const Activation act = hswish ? Activation::HardSwish : Activation::ReLU;
     block_ = register_module("block", std::make_shared<nn::Sequential>());
-    if (mid != in) block_->push_back(std::make_shared<ConvBNAct>(in, mid, 1, ConvSpec{}, act, kTfBN));
-    block_->push_back(std::make_shared<ConvBNAct>(mid, mid, kernel, ConvSpec{stride, mid}, act, kTfBN));
+    if (mid != in) expand_ = std::make_shared<ConvBNAct>(in, mid, 1, ConvSpec{}, act, kTfBN);
+    if (expand_) block_->push_back(expand_);
+    dw_ = std::make_shared<ConvBNAct>(mid, mid, kernel, ConvSpec{stride, mid}, act, kTfBN);
+    block_->push_back(dw_);
     if (se)
       block_->push_back(std::make_shared<SqueezeExcite>(mid, make_divisible(static_cast<double>(mid / 4)),
                                                         Activation::ReLU, Activation::HardSigmoid));
-    block_->push_back(std::make_shared<ConvBNAct>(mid, out, 1, ConvSpec{}, Activation::None, kTfBN));
+    project_ = std::make_shared<ConvBNAct>(mid, out, 1, ConvSpec{}, Activation::None, kTfBN);
+    block_->push_back(project_);
   }
   Tensor forward(const Tensor& x) override {
+    if (!se_) {  // fused for inference on the CPU: the three convolutions in bands of rows
+      const Tensor banded = banded_block_inference(x, expand_.get(), *dw_, *project_->conv,
+                                                   project_->bn->folded_for_inference(), residual_);
+      if (banded.defined()) return banded;
+    }
     Tensor y = (*block_)(x);
     return residual_ ? add(y, x) : y;
   }
@@ -152,7 +148,8 @@ class InvertedResidualV3 : public Module {
 
  private:
   std::shared_ptr<nn::Sequential> block_;
-  bool residual_;
+  std::shared_ptr<ConvBNAct> expand_, dw_, project_;
+  bool residual_, se_;
 };
 
 class MobileNetV3 : public Module {

@@ -1,6 +1,6 @@
 // inverted_residual_banded: an inverted-residual block's three convolutions
 // in bands of rows give the chained conv2d_act results bit for bit, alone and
-// inside a fused MobileNetV2.
+// inside fused MobileNets.
 #include <gtest/gtest.h>
 
 #include "engine/autograd.h"
@@ -80,7 +80,7 @@ TEST(InvertedResidualBanded, AppliesOnlyWhereItIsExact) {
   {
     NoGradGuard no_grad;
     EXPECT_TRUE(inverted_residual_banded_applies(x, &e, d, p, 0));
-    EXPECT_FALSE(inverted_residual_banded_applies(x, &e, d, p)) << "32 KB expanded: not worth bands";
+    EXPECT_FALSE(inverted_residual_banded_applies(x, &e, d, p)) << "32 KB expanded: fits in L2";
     TraceRecorder summary;  // a trace that names each layer sees them one by one
     EXPECT_FALSE(inverted_residual_banded_applies(x, &e, d, p, 0));
   }
@@ -98,30 +98,32 @@ TEST(InvertedResidualBanded, AppliesOnlyWhereItIsExact) {
   EXPECT_THROW(inverted_residual_banded(x, &p, d, e), ValueError);
 }
 
-TEST(InvertedResidualBanded, AFusedMobileNetV2GivesTheSameLogitsWithBands) {
+TEST(InvertedResidualBanded, FusedMobileNetsGiveTheSameLogitsWithBands) {
   if (!cpu::implicit_gemm_enabled()) GTEST_SKIP() << "this CPU has no AVX-512 (or KESTREL_NO_CONV_GEMM is set)";
-  models::ModelOptions mo;
-  mo.num_classes = 10;
-  mo.cifar_stem = true;
-  manual_seed(0);
-  nn::ModulePtr model = models::build_model("mobilenet_v2", mo);
-  model->eval();
-  models::fuse_for_inference(*model, {1, 64, 64, 3});
-  const Tensor x = random_tensor({2, 64, 64, 3}, 5, DType::F32);
-  NoGradGuard no_grad;
-  Tensor banded, layers;
-  int64_t banded_blocks = 0;
-  {
-    TraceRecorder profile(/*keep_tensors=*/false, /*timed=*/true);
-    banded = (*model)(x);
-    for (const TraceEvent& ev : profile.events()) banded_blocks += ev.op == "inverted_residual" ? 1 : 0;
+  for (const char* name : {"mobilenet_v2", "mobilenet_v3_small"}) {  // V3: the blocks without squeeze-excite
+    models::ModelOptions mo;
+    mo.num_classes = 10;
+    mo.cifar_stem = true;
+    manual_seed(0);
+    nn::ModulePtr model = models::build_model(name, mo);
+    model->eval();
+    models::fuse_for_inference(*model, {1, 64, 64, 3});
+    const Tensor x = random_tensor({2, 64, 64, 3}, 5, DType::F32);
+    NoGradGuard no_grad;
+    Tensor banded, layers;
+    int64_t banded_blocks = 0;
+    {
+      TraceRecorder profile(/*keep_tensors=*/false, /*timed=*/true);
+      banded = (*model)(x);
+      for (const TraceEvent& ev : profile.events()) banded_blocks += ev.op == "inverted_residual" ? 1 : 0;
+    }
+    {
+      TraceRecorder plain;  // layer by layer
+      layers = (*model)(x);
+    }
+    EXPECT_GT(banded_blocks, 0) << name << ": some 64-pixel blocks' expanded tensors pass 1 MiB";
+    EXPECT_EQ(banded.to_vector(), layers.to_vector()) << name;
   }
-  {
-    TraceRecorder plain;  // layer by layer
-    layers = (*model)(x);
-  }
-  EXPECT_GT(banded_blocks, 0) << "the 64-pixel blocks' expanded tensors pass 1 MiB";
-  EXPECT_EQ(banded.to_vector(), layers.to_vector());
 }
 
 }  // namespace

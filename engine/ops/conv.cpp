@@ -306,7 +306,7 @@ bool inverted_residual_banded_applies(const Tensor& x, const ConvStage* expand, 
   if (x.size(3) != in || (expand != nullptr && expand->weight.size(0) != mid) || depthwise.params.groups != mid ||
       depthwise.weight.size(3) != 1 || project.weight.size(3) != mid)
     return false;
-  return x.size(1) * x.size(2) * mid * int64_t{sizeof(float)} >= min_expanded_bytes;
+  return x.size(0) * x.size(1) * x.size(2) * mid * int64_t{sizeof(float)} >= min_expanded_bytes;
 }
 
 Tensor inverted_residual_banded(const Tensor& x_in, const ConvStage* expand, const ConvStage& depthwise,

@@ -49,9 +49,10 @@ struct ConvStage {
 // inverted_residual_banded_applies says whether it can run: f32 CPU tensors,
 // no gradient, frozen weights (a model fused for inference), the AVX-512
 // implicit GEMM, no trace recording the layers (a timed one sees one op), and
-// an expanded tensor of at least min_expanded_bytes per image.
+// an expanded tensor of at least min_expanded_bytes (the whole batch's): one
+// that fits in L2 gains nothing from bands.
 bool inverted_residual_banded_applies(const Tensor& x, const ConvStage* expand, const ConvStage& depthwise,
-                                      const ConvStage& project, int64_t min_expanded_bytes = int64_t{1} << 18);
+                                      const ConvStage& project, int64_t min_expanded_bytes = int64_t{1} << 20);
 Tensor inverted_residual_banded(const Tensor& x, const ConvStage* expand, const ConvStage& depthwise,
                                 const ConvStage& project, const Tensor& residual = Tensor());
 
