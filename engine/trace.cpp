@@ -3,9 +3,7 @@
 #include <chrono>
 #include <cstdio>
 
-#if defined(KESTREL_HAVE_CUDA)
-#include "engine/cuda/runtime.h"
-#endif
+#include "engine/device_sync.h"
 
 namespace kestrel {
 
@@ -14,15 +12,7 @@ thread_local TraceRecorder* g_active = nullptr;
 thread_local std::vector<std::string> g_scope;
 
 double clock_seconds(Device device) {
-#if defined(KESTREL_HAVE_CUDA)
-  if (device.is_cuda()) {
-    cuda::DeviceGuard guard(device.index);
-    KESTREL_CUDA_CHECK_CTX(cudaStreamSynchronize(cuda::current_stream(device.index)), "op profile: synchronize ",
-                           device.str());
-  }
-#else
-  (void)device;
-#endif
+  synchronize(device);
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 

@@ -121,11 +121,10 @@ std::map<std::string, std::string> conv_trace_attrs(const cpu::ConvGeom& g, cons
 // built by make() on its first use and kept with its storage; null where the
 // weight may still change.
 template <typename Form, typename Make>
-std::shared_ptr<const Form> frozen_form(const ConvOperands& o, const char* name, Make&& make) {
-  const cpu::ConvGeom& g = o.g;
-  const std::shared_ptr<Storage>& storage = o.wc.storage();
+std::shared_ptr<const Form> frozen_form(const Tensor& weight, const cpu::ConvGeom& g, const char* name, Make&& make) {
+  const std::shared_ptr<Storage>& storage = weight.storage();
   if (!storage->frozen()) return nullptr;
-  const auto offset = static_cast<const char*>(o.wc.data_ptr()) - static_cast<const char*>(storage->data());
+  const auto offset = static_cast<const char*>(weight.data_ptr()) - static_cast<const char*>(storage->data());
   const std::string key = std::string(name) + "@" + std::to_string(offset) + " groups " + std::to_string(g.groups) +
                           " k " + std::to_string(g.k()) + " c_out " + std::to_string(g.c_out);
   return std::static_pointer_cast<const Form>(
@@ -149,14 +148,14 @@ Tensor cpu_forward(const ConvOperands& o, Activation act, const char* op, const 
     float* y = out.data<float>();
     if (g.depthwise()) {
       const auto taps_major = frozen_form<std::vector<float>>(
-          o, "depthwise_taps_major", [&] { return cpu::depthwise_weight_taps_major(g, o.wc.data<float>()); });
+          o.wc, g, "depthwise_taps_major", [&] { return cpu::depthwise_weight_taps_major(g, o.wc.data<float>()); });
       if (taps_major != nullptr) {
         cpu::depthwise_forward_taps_major(g, x, taps_major->data(), bias, y, act);
         return out;
       }
     } else if (cpu::implicit_gemm_enabled()) {
       auto packed = frozen_form<cpu::PackedConvWeights>(
-          o, "conv_gemm", [&] { return cpu::pack_conv_weights(g, o.wc.data<float>()); });
+          o.wc, g, "conv_gemm", [&] { return cpu::pack_conv_weights(g, o.wc.data<float>()); });
       if (packed == nullptr && residual.defined())  // weights not frozen: packed for this call alone
         packed = std::make_shared<const cpu::PackedConvWeights>(cpu::pack_conv_weights(g, o.wc.data<float>()));
       if (packed != nullptr) {
@@ -334,23 +333,15 @@ Tensor inverted_residual_banded(const Tensor& x_in, const ConvStage* expand, con
   Tensor out = Tensor::empty({N, gp.oh, gp.ow, gp.c_out}, DType::F32, x.device());
 
   // The kernels' forms of the frozen weights, shared with conv2d_act's.
-  auto operands = [&](const ConvStage& s, const cpu::ConvGeom& g) {
-    ConvOperands o;
-    o.x = o.xc = x;
-    o.weight = o.wc = s.weight;
-    o.bias = o.bc = s.bias;
-    o.g = g;
-    return o;
-  };
   std::shared_ptr<const cpu::PackedConvWeights> packed_expand;
   if (expand != nullptr)
     packed_expand = frozen_form<cpu::PackedConvWeights>(
-        operands(*expand, ge), "conv_gemm", [&] { return cpu::pack_conv_weights(ge, expand->weight.data<float>()); });
-  const auto taps = frozen_form<std::vector<float>>(operands(depthwise, gd), "depthwise_taps_major", [&] {
+        expand->weight, ge, "conv_gemm", [&] { return cpu::pack_conv_weights(ge, expand->weight.data<float>()); });
+  const auto taps = frozen_form<std::vector<float>>(depthwise.weight, gd, "depthwise_taps_major", [&] {
     return cpu::depthwise_weight_taps_major(gd, depthwise.weight.data<float>());
   });
   const auto packed_project = frozen_form<cpu::PackedConvWeights>(
-      operands(project, gp), "conv_gemm", [&] { return cpu::pack_conv_weights(gp, project.weight.data<float>()); });
+      project.weight, gp, "conv_gemm", [&] { return cpu::pack_conv_weights(gp, project.weight.data<float>()); });
   const float* bias_e = expand != nullptr && expand->bias.defined() ? expand->bias.data<float>() : nullptr;
   const float* bias_d = depthwise.bias.defined() ? depthwise.bias.data<float>() : nullptr;
   const float* bias_p = project.bias.defined() ? project.bias.data<float>() : nullptr;

@@ -54,14 +54,6 @@ Device module_device(const nn::Module& module) {
   return buffers.empty() ? Device::cpu() : buffers.front().second.device();
 }
 
-void synchronize(Device device) {
-  if (device.is_cpu()) return;
-#if defined(KESTREL_HAVE_CUDA)
-  cuda::DeviceGuard guard(device.index);
-  KESTREL_CUDA_CHECK_CTX(cudaStreamSynchronize(cuda::current_stream(device.index)), "synchronize ", device.str());
-#endif
-}
-
 DType amp_dtype(const std::string& amp) {
   if (amp == "off") return DType::F32;
   if (amp == "fp16") return DType::F16;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "engine/device.h"
+#include "engine/device_sync.h"
 #include "engine/nn/module.h"
 
 namespace kestrel::tools {
@@ -20,10 +21,6 @@ Device resolve_device(const std::string& flag);
 // Where the module's parameters (else buffers) live; cpu for a module with none.
 Device module_device(const nn::Module& module);
 
-// Waits for the work queued on the device (its current stream); nothing on the CPU.
-// For timing: CUDA launches return before the kernels finish.
-void synchronize(Device device);
-
 // The --amp flag: "off", "fp16" or "bf16" -> the autocast dtype (f32 for off).
 // Throws ValueError naming the valid values otherwise.
 DType amp_dtype(const std::string& amp);
@@ -33,7 +30,7 @@ inline double ms_since(std::chrono::steady_clock::time_point t0) {
 }
 
 // Milliseconds of each of `iters` calls after `warmup` untimed ones, each
-// ended by synchronize(device) so a CUDA call is timed to its last kernel.
+// ended by synchronize(device) (engine/device_sync.h) so a CUDA call is timed to its last kernel.
 template <typename F>
 std::vector<double> timed_calls_ms(Device device, int64_t warmup, int64_t iters, F&& call) {
   for (int64_t i = 0; i < warmup; ++i) call();

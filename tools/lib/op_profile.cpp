@@ -71,18 +71,25 @@ std::string op_kind(const TraceEvent& e) {
 OpProfile summarize_profile(const std::vector<TraceEvent>& events, int64_t passes) {
   OpProfile p;
   if (passes < 1) return p;
-  // A backward node takes the kind of the forward op it came from (same layer, same op).
+  // Each forward op's kind once; a backward node takes the kind of the
+  // forward op it came from (same layer, same op).
+  std::vector<std::string> kind_of(events.size());
   std::map<std::pair<std::string, std::string>, std::string> forward_kind;
-  for (const TraceEvent& e : events)
-    if (!e.backward) forward_kind.emplace(std::make_pair(e.scope, e.op), op_kind(e));
+  for (size_t i = 0; i < events.size(); ++i)
+    if (!events[i].backward) {
+      kind_of[i] = op_kind(events[i]);
+      forward_kind.emplace(std::make_pair(events[i].scope, events[i].op), kind_of[i]);
+    }
+  for (size_t i = 0; i < events.size(); ++i)
+    if (events[i].backward) {
+      const auto it = forward_kind.find({events[i].scope, events[i].op});
+      kind_of[i] = (it != forward_kind.end() ? it->second : events[i].op) + " backward";
+    }
   std::map<std::string, Sum> kinds, layers;
   double total = 0;
-  for (const TraceEvent& e : events) {
-    std::string kind = op_kind(e);
-    if (e.backward) {
-      const auto it = forward_kind.find({e.scope, e.op});
-      kind = (it != forward_kind.end() ? it->second : e.op) + " backward";
-    }
+  for (size_t i = 0; i < events.size(); ++i) {
+    const TraceEvent& e = events[i];
+    const std::string& kind = kind_of[i];
     const std::string layer = (e.scope.empty() ? "(model)" : e.scope) + " " + e.op + (e.backward ? " backward" : "") +
                               " " + shape_str(e.output_shape);
     for (Sum* s : {&kinds[kind], &layers[layer]}) {
