@@ -51,15 +51,20 @@ bool folded_without_quantization(const ConvBNAct& layer) {
 }  // namespace
 
 Tensor banded_block_inference(const Tensor& x, const ConvBNAct* expand, const ConvBNAct& depthwise,
-                              const nn::Conv2d& project, bool project_folded, bool residual) {
+                              const SqueezeExcite* se, const nn::Conv2d& project, bool project_folded,
+                              bool residual) {
   if (depthwise.is_training() || !project_folded || project.quant.enabled ||
-      !folded_without_quantization(depthwise) || (expand != nullptr && !folded_without_quantization(*expand)))
+      !folded_without_quantization(depthwise) || (expand != nullptr && !folded_without_quantization(*expand)) ||
+      (se != nullptr && se->through_modules))
     return Tensor();
   const ConvStage d = inference_stage(*depthwise.conv), p = inference_stage(project);
   const ConvStage e = expand != nullptr ? inference_stage(*expand->conv) : ConvStage{};
   const ConvStage* ep = expand != nullptr ? &e : nullptr;
-  if (!inverted_residual_banded_applies(x, ep, d, p)) return Tensor();
-  return inverted_residual_banded(x, ep, d, p, residual ? x : Tensor());
+  SqueezeExciteStage s;
+  if (se != nullptr) s = {se->reduce->weight, se->reduce->bias, se->expand->weight, se->expand->bias, se->act, se->gate};
+  const SqueezeExciteStage* sp = se != nullptr ? &s : nullptr;
+  if (!inverted_residual_banded_applies(x, ep, d, sp, p)) return Tensor();
+  return inverted_residual_banded(x, ep, d, sp, p, residual ? x : Tensor());
 }
 
 Tensor ConvBNAct::forward_residual(const Tensor& x, const Tensor& residual) {

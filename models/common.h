@@ -107,13 +107,14 @@ class SqueezeExcite : public Module {
 // + eps). Built from engine ops, so gradients reach both modules' parameters;
 // exact only in eval mode (training BN normalizes with batch statistics).
 // An inverted-residual block at inference on the CPU, [expand ->] depthwise
-// -> project [+ x], through inverted_residual_banded (engine/ops/conv.h):
-// for a model fused for inference (models/fuse.h) whose norms are all folded
-// into the convs (project_folded: the projection's) and none is quantized.
-// The same outputs as the layers one by one, without the expanded tensor
-// going out to memory. Undefined where that does not apply.
+// [-> squeeze-excite] -> project [+ x], through inverted_residual_banded
+// (engine/ops/conv.h): for a model fused for inference (models/fuse.h) whose
+// norms are all folded into the convs (project_folded: the projection's) and
+// none is quantized. The same outputs as the layers one by one, without the
+// expanded tensor going out to memory. Undefined where that does not apply.
 Tensor banded_block_inference(const Tensor& x, const ConvBNAct* expand, const ConvBNAct& depthwise,
-                              const nn::Conv2d& project, bool project_folded, bool residual);
+                              const SqueezeExcite* se, const nn::Conv2d& project, bool project_folded,
+                              bool residual);
 
 struct FoldedConv {
   Tensor weight, bias;

@@ -25,14 +25,20 @@ class MBConv : public Module {
       : residual_(stride == 1 && in == out), drop_path_(drop_path) {
     const int64_t mid = make_divisible(static_cast<double>(in * expand));
     block_ = register_module("block", std::make_shared<nn::Sequential>());
-    if (mid != in) block_->push_back(std::make_shared<ConvBNAct>(in, mid, 1, ConvSpec{}, Activation::SiLU, bn));
-    block_->push_back(
-        std::make_shared<ConvBNAct>(mid, mid, kernel, ConvSpec{stride, mid}, Activation::SiLU, bn));
-    block_->push_back(
-        std::make_shared<SqueezeExcite>(mid, std::max<int64_t>(1, in / 4), Activation::SiLU, Activation::Sigmoid));
-    block_->push_back(std::make_shared<ConvBNAct>(mid, out, 1, ConvSpec{}, Activation::None, bn));
+    if (mid != in) {
+      expand_ = std::make_shared<ConvBNAct>(in, mid, 1, ConvSpec{}, Activation::SiLU, bn);
+      block_->push_back(expand_);
+    }
+    dw_ = std::make_shared<ConvBNAct>(mid, mid, kernel, ConvSpec{stride, mid}, Activation::SiLU, bn);
+    se_ = std::make_shared<SqueezeExcite>(mid, std::max<int64_t>(1, in / 4), Activation::SiLU, Activation::Sigmoid);
+    project_ = std::make_shared<ConvBNAct>(mid, out, 1, ConvSpec{}, Activation::None, bn);
+    for (const ModulePtr& m : std::initializer_list<ModulePtr>{dw_, se_, project_}) block_->push_back(m);
   }
   Tensor forward(const Tensor& x) override {
+    // Fused for inference on the CPU: the convolutions in bands of rows.
+    const Tensor banded = banded_block_inference(x, expand_.get(), *dw_, se_.get(), *project_->conv,
+                                                 project_->bn->folded_for_inference(), residual_);
+    if (banded.defined()) return banded;
     Tensor y = (*block_)(x);
     return residual_ ? residual_add(y, x, drop_path_, is_training()) : y;
   }
@@ -40,6 +46,8 @@ class MBConv : public Module {
 
  private:
   std::shared_ptr<nn::Sequential> block_;
+  std::shared_ptr<ConvBNAct> expand_, dw_, project_;
+  std::shared_ptr<SqueezeExcite> se_;
   bool residual_;
   double drop_path_;
 };

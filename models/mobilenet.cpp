@@ -43,7 +43,8 @@ class InvertedResidualV2 : public Module {
   Tensor forward(const Tensor& x) override {
     // Fused for inference on the CPU: the three convolutions in bands of rows.
     const Tensor banded =
-        banded_block_inference(x, expand_.get(), *dw_, *project_, project_bn_->folded_for_inference(), residual_);
+        banded_block_inference(x, expand_.get(), *dw_, nullptr, *project_, project_bn_->folded_for_inference(),
+                               residual_);
     if (banded.defined()) return banded;
     Tensor y = (*conv_)(x);
     return residual_ ? add(x, y) : y;
@@ -122,25 +123,26 @@ constexpr int64_t kV3LargeLastChannel = 1280, kV3SmallLastChannel = 1024;
 class InvertedResidualV3 : public Module {
  public:
   InvertedResidualV3(int64_t in, int64_t kernel, int64_t mid, int64_t out, bool se, bool hswish, int64_t stride)
-      : residual_(stride == 1 && in == out), se_(se) {
+      : residual_(stride == 1 && in == out) {
     const Activation act = hswish ? Activation::HardSwish : Activation::ReLU;
     block_ = register_module("block", std::make_shared<nn::Sequential>());
     if (mid != in) expand_ = std::make_shared<ConvBNAct>(in, mid, 1, ConvSpec{}, act, kTfBN);
     if (expand_) block_->push_back(expand_);
     dw_ = std::make_shared<ConvBNAct>(mid, mid, kernel, ConvSpec{stride, mid}, act, kTfBN);
     block_->push_back(dw_);
-    if (se)
-      block_->push_back(std::make_shared<SqueezeExcite>(mid, make_divisible(static_cast<double>(mid / 4)),
-                                                        Activation::ReLU, Activation::HardSigmoid));
+    if (se) {
+      se_ = std::make_shared<SqueezeExcite>(mid, make_divisible(static_cast<double>(mid / 4)), Activation::ReLU,
+                                            Activation::HardSigmoid);
+      block_->push_back(se_);
+    }
     project_ = std::make_shared<ConvBNAct>(mid, out, 1, ConvSpec{}, Activation::None, kTfBN);
     block_->push_back(project_);
   }
   Tensor forward(const Tensor& x) override {
-    if (!se_) {  // fused for inference on the CPU: the three convolutions in bands of rows
-      const Tensor banded = banded_block_inference(x, expand_.get(), *dw_, *project_->conv,
-                                                   project_->bn->folded_for_inference(), residual_);
-      if (banded.defined()) return banded;
-    }
+    // Fused for inference on the CPU: the convolutions in bands of rows.
+    const Tensor banded = banded_block_inference(x, expand_.get(), *dw_, se_.get(), *project_->conv,
+                                                 project_->bn->folded_for_inference(), residual_);
+    if (banded.defined()) return banded;
     Tensor y = (*block_)(x);
     return residual_ ? add(y, x) : y;
   }
@@ -149,7 +151,8 @@ class InvertedResidualV3 : public Module {
  private:
   std::shared_ptr<nn::Sequential> block_;
   std::shared_ptr<ConvBNAct> expand_, dw_, project_;
-  bool residual_, se_;
+  std::shared_ptr<SqueezeExcite> se_;
+  bool residual_;
 };
 
 class MobileNetV3 : public Module {

@@ -5,6 +5,7 @@
 
 #include "engine/autograd.h"
 #include "engine/cpu/conv_gemm.h"
+#include "engine/ops/attention.h"
 #include "engine/ops/conv.h"
 #include "engine/trace.h"
 #include "models/fuse.h"
@@ -56,15 +57,26 @@ TEST(InvertedResidualBanded, EqualsTheChainedConvolutionsBitForBit) {
     const ConvStage p = frozen_stage({c.out, 1, 1, c.mid}, {}, Activation::None, 30);
     const ConvStage* ep = c.expand ? &e : nullptr;
     const bool residual = c.stride == 1 && c.in == c.out;
-    const std::string what = "case " + shape_str({c.n, c.h, c.w, c.in, c.mid, c.out, c.kernel, c.stride});
-    ASSERT_TRUE(inverted_residual_banded_applies(x, ep, d, p, 0)) << what;
+    // A squeeze-excite squeezing to a quarter, as EfficientNet's and MobileNetV3's.
+    const int64_t squeeze = std::max<int64_t>(1, c.mid / 4);
+    const SqueezeExciteStage se{frozen_stage({squeeze, 1, 1, c.mid}, {}, Activation::None, 40).weight,
+                                frozen_stage({squeeze, 1, 1, c.mid}, {}, Activation::None, 40).bias,
+                                frozen_stage({c.mid, 1, 1, squeeze}, {}, Activation::None, 50).weight,
+                                frozen_stage({c.mid, 1, 1, squeeze}, {}, Activation::None, 50).bias,
+                                Activation::SiLU, Activation::HardSigmoid};
+    for (const SqueezeExciteStage* sp : {static_cast<const SqueezeExciteStage*>(nullptr), &se}) {
+      const std::string what = "case " + shape_str({c.n, c.h, c.w, c.in, c.mid, c.out, c.kernel, c.stride}) +
+                               (sp != nullptr ? " with squeeze-excite" : "");
+      ASSERT_TRUE(inverted_residual_banded_applies(x, ep, d, sp, p, 0)) << what;
 
-    Tensor chained = c.expand ? conv2d_act(x, e.weight, e.bias, e.params, e.act) : x;
-    chained = conv2d_act(chained, d.weight, d.bias, d.params, d.act);
-    chained = conv2d_act(chained, p.weight, p.bias, p.params, p.act, residual ? x : Tensor());
-    const Tensor banded = inverted_residual_banded(x, ep, d, p, residual ? x : Tensor());
-    ASSERT_EQ(banded.shape(), chained.shape()) << what;
-    EXPECT_EQ(banded.to_vector(), chained.to_vector()) << what;
+      Tensor chained = c.expand ? conv2d_act(x, e.weight, e.bias, e.params, e.act) : x;
+      chained = conv2d_act(chained, d.weight, d.bias, d.params, d.act);
+      if (sp != nullptr) chained = squeeze_excite(chained, se.w1, se.b1, se.w2, se.b2, se.act, se.gate);
+      chained = conv2d_act(chained, p.weight, p.bias, p.params, p.act, residual ? x : Tensor());
+      const Tensor banded = inverted_residual_banded(x, ep, d, sp, p, residual ? x : Tensor());
+      ASSERT_EQ(banded.shape(), chained.shape()) << what;
+      EXPECT_EQ(banded.to_vector(), chained.to_vector()) << what;
+    }
   }
 }
 
@@ -79,28 +91,40 @@ TEST(InvertedResidualBanded, AppliesOnlyWhereItIsExact) {
   const ConvStage p = frozen_stage({8, 1, 1, 32}, {}, Activation::None, 30);
   {
     NoGradGuard no_grad;
-    EXPECT_TRUE(inverted_residual_banded_applies(x, &e, d, p, 0));
-    EXPECT_FALSE(inverted_residual_banded_applies(x, &e, d, p)) << "32 KB expanded: fits in L2";
+    EXPECT_TRUE(inverted_residual_banded_applies(x, &e, d, nullptr, p, 0));
+    EXPECT_FALSE(inverted_residual_banded_applies(x, &e, d, nullptr, p)) << "32 KB expanded: fits in L2";
     TraceRecorder summary;  // a trace that names each layer sees them one by one
-    EXPECT_FALSE(inverted_residual_banded_applies(x, &e, d, p, 0));
+    EXPECT_FALSE(inverted_residual_banded_applies(x, &e, d, nullptr, p, 0));
   }
   {
     NoGradGuard no_grad;
     TraceRecorder profile(/*keep_tensors=*/false, /*timed=*/true);  // the profile sees the op
-    EXPECT_TRUE(inverted_residual_banded_applies(x, &e, d, p, 0));
+    EXPECT_TRUE(inverted_residual_banded_applies(x, &e, d, nullptr, p, 0));
   }
   NoGradGuard no_grad;
   ConvStage thawed = d;
   thawed.weight = d.weight.clone();  // weights that may change: no cached forms
-  EXPECT_FALSE(inverted_residual_banded_applies(x, &e, thawed, p, 0));
-  EXPECT_FALSE(inverted_residual_banded_applies(x.to(DType::F64), &e, d, p, 0));
-  EXPECT_FALSE(inverted_residual_banded_applies(x, &p, d, e, 0)) << "stages out of order";
-  EXPECT_THROW(inverted_residual_banded(x, &p, d, e), ValueError);
+  EXPECT_FALSE(inverted_residual_banded_applies(x, &e, thawed, nullptr, p, 0));
+  EXPECT_FALSE(inverted_residual_banded_applies(x.to(DType::F64), &e, d, nullptr, p, 0));
+  EXPECT_FALSE(inverted_residual_banded_applies(x, &p, d, nullptr, e, 0)) << "stages out of order";
+  EXPECT_THROW(inverted_residual_banded(x, &p, d, nullptr, e), ValueError);
+
+  const ConvStage reduce = frozen_stage({8, 1, 1, 32}, {}, Activation::None, 40);
+  const ConvStage restore = frozen_stage({32, 1, 1, 8}, {}, Activation::None, 50);
+  const SqueezeExciteStage se{reduce.weight, reduce.bias, restore.weight, restore.bias, Activation::ReLU,
+                              Activation::Sigmoid};
+  EXPECT_TRUE(inverted_residual_banded_applies(x, &e, d, &se, p, 0));
+  const SqueezeExciteStage swapped{restore.weight, restore.bias, reduce.weight, reduce.bias, Activation::ReLU,
+                                   Activation::Sigmoid};
+  EXPECT_FALSE(inverted_residual_banded_applies(x, &e, d, &swapped, p, 0)) << "squeeze weights of other widths";
+  SqueezeExciteStage thawed_se = se;
+  thawed_se.w2 = se.w2.clone();
+  EXPECT_FALSE(inverted_residual_banded_applies(x, &e, d, &thawed_se, p, 0)) << "squeeze weights that may change";
 }
 
 TEST(InvertedResidualBanded, FusedMobileNetsGiveTheSameLogitsWithBands) {
   if (!cpu::implicit_gemm_enabled()) GTEST_SKIP() << "this CPU has no AVX-512 (or KESTREL_NO_CONV_GEMM is set)";
-  for (const char* name : {"mobilenet_v2", "mobilenet_v3_small"}) {  // V3: the blocks without squeeze-excite
+  for (const char* name : {"mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"}) {
     models::ModelOptions mo;
     mo.num_classes = 10;
     mo.cifar_stem = true;
@@ -108,20 +132,31 @@ TEST(InvertedResidualBanded, FusedMobileNetsGiveTheSameLogitsWithBands) {
     nn::ModulePtr model = models::build_model(name, mo);
     model->eval();
     models::fuse_for_inference(*model, {1, 64, 64, 3});
-    const Tensor x = random_tensor({2, 64, 64, 3}, 5, DType::F32);
+    const Tensor x = random_tensor({4, 64, 64, 3}, 5, DType::F32);  // V3-Small's first block: 1 MiB expanded
     NoGradGuard no_grad;
     Tensor banded, layers;
-    int64_t banded_blocks = 0;
+    // Poolings: the head's, and one per squeeze-excite outside a banded block.
+    auto count = [](const TraceRecorder& r, const char* op) {
+      int64_t n = 0;
+      for (const TraceEvent& ev : r.events()) n += ev.op == op ? 1 : 0;
+      return n;
+    };
+    int64_t banded_blocks = 0, banded_pools = 0, layer_pools = 0;
     {
       TraceRecorder profile(/*keep_tensors=*/false, /*timed=*/true);
       banded = (*model)(x);
-      for (const TraceEvent& ev : profile.events()) banded_blocks += ev.op == "inverted_residual" ? 1 : 0;
+      banded_blocks = count(profile, "inverted_residual");
+      banded_pools = count(profile, "global_avg_pool");
     }
     {
       TraceRecorder plain;  // layer by layer
       layers = (*model)(x);
+      layer_pools = count(plain, "global_avg_pool");
     }
     EXPECT_GT(banded_blocks, 0) << name << ": some 64-pixel blocks' expanded tensors pass 1 MiB";
+    if (std::string(name) != "mobilenet_v2") {
+      EXPECT_LT(banded_pools, layer_pools) << name << ": no squeeze-excite block banded";
+    }
     EXPECT_EQ(banded.to_vector(), layers.to_vector()) << name;
   }
 }

@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include <omp.h>
+
+#include "engine/cpu/pool.h"
 #include "engine/ops/pool.h"
 #include "engine/trace.h"
 #include "test_util.h"
@@ -192,6 +195,24 @@ TEST(GlobalAvgPool, AveragesEveryPixelIntoOneAndSpreadsTheGradientBack) {
   expect_close(y, mean(x.to(DType::F64), {1, 2}, true), 1e-6, 1e-6, "global_avg_pool");
   gradcheck_unary([](const Tensor& t) { return global_avg_pool(t); }, {2, 3, 4, 3}, 10);
   gradcheck_unary([](const Tensor& t) { return global_avg_pool(t); }, {1, 1, 1, 2}, 11);
+}
+
+// Global pooling sums rows, then rows' sums (cpu::row_sums, mean_of_row_sums):
+// rows in parallel at batch 1, the same sums for any thread count, and the
+// order a banded block repeats as it makes the rows.
+TEST(GlobalAvgPool, SumsRowsThenRowSumsForAnyThreadCount) {
+  Tensor x = add_scalar(random_tensor({1, 112, 112, 40}, 21, DType::F32), 3.0);  // an offset: rounding shows
+  const Tensor y = global_avg_pool(x);
+  expect_close(y, mean(x.to(DType::F64), {1, 2}, true), 2e-6, 1e-5, "global_avg_pool 112x112");
+  std::vector<float> sums(112 * 40), two_steps(40);
+  cpu::row_sums(x.data<float>(), 112, 112, 40, sums.data());
+  cpu::mean_of_row_sums(sums.data(), 1, 112, 112, 40, two_steps.data());
+  EXPECT_EQ(y.to_vector(), two_steps);
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const Tensor one_thread = global_avg_pool(x);
+  omp_set_num_threads(threads);
+  EXPECT_EQ(one_thread.to_vector(), y.to_vector());
 }
 
 TEST(AdaptiveAvgPool2d, ForwardMatchesPyTorchsBinRule) {

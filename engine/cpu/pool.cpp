@@ -230,7 +230,42 @@ void avg_pool2d_backward(const PoolGeom& g, bool count_include_pad, const T* gy,
 }
 
 template <typename T>
+void row_sums(const T* x, int64_t rows, int64_t width, int64_t c, T* sums) {
+  parallel_for(rows, rows * width * c > kParallelWork, [&](int64_t r) {
+    T* out = sums + r * c;
+    std::memset(out, 0, sizeof(T) * c);
+    for (int64_t iw = 0; iw < width; ++iw) {
+      const T* xp = x + (r * width + iw) * c;
+#pragma omp simd
+      for (int64_t k = 0; k < c; ++k) out[k] += xp[k];
+    }
+  });
+}
+
+template <typename T>
+void mean_of_row_sums(const T* sums, int64_t n, int64_t h, int64_t width, int64_t c, T* y) {
+  const T inv = T(1) / static_cast<T>(h * width);
+  for (int64_t i = 0; i < n; ++i) {
+    T* out = y + i * c;
+    std::memset(out, 0, sizeof(T) * c);
+    for (int64_t r = 0; r < h; ++r) {
+      const T* row = sums + (i * h + r) * c;
+#pragma omp simd
+      for (int64_t k = 0; k < c; ++k) out[k] += row[k];
+    }
+#pragma omp simd
+    for (int64_t k = 0; k < c; ++k) out[k] *= inv;
+  }
+}
+
+template <typename T>
 void adaptive_avg_pool2d_forward(const PoolGeom& g, const T* x, T* y) {
+  if (g.oh == 1 && g.ow == 1) {
+    std::vector<T> sums(static_cast<size_t>(g.n * g.h * g.c));
+    row_sums(x, g.n * g.h, g.w, g.c, sums.data());
+    mean_of_row_sums(sums.data(), g.n, g.h, g.w, g.c, y);
+    return;
+  }
   window_avg_forward(g, adaptive_windows(g.h, g.oh), adaptive_windows(g.w, g.ow), x, y);
 }
 
@@ -287,6 +322,8 @@ void resize_bilinear_backward(const PoolGeom& g, bool align_corners, const T* gy
   template void avg_pool2d_backward<T>(const PoolGeom&, bool, const T*, T*);                      \
   template void adaptive_avg_pool2d_forward<T>(const PoolGeom&, const T*, T*);                    \
   template void adaptive_avg_pool2d_backward<T>(const PoolGeom&, const T*, T*);                   \
+  template void row_sums<T>(const T*, int64_t, int64_t, int64_t, T*);                              \
+  template void mean_of_row_sums<T>(const T*, int64_t, int64_t, int64_t, int64_t, T*);             \
   template void resize_bilinear_forward<T>(const PoolGeom&, bool, const T*, T*);                  \
   template void resize_bilinear_backward<T>(const PoolGeom&, bool, const T*, T*);
 KESTREL_INSTANTIATE_POOL(float)

@@ -24,8 +24,20 @@ template <typename T>
 void avg_pool2d_backward(const PoolGeom& g, bool count_include_pad, const T* gy, T* gx);
 
 // Output bin i covers [floor(i*in/out), ceil((i+1)*in/out)) as in PyTorch.
+// A 1x1 output (global pooling) sums in the order of the two functions below.
 template <typename T>
 void adaptive_avg_pool2d_forward(const PoolGeom& g, const T* x, T* y);
+
+// Global average pooling in two steps, so that rows can be summed as they are
+// made (a banded block, engine/ops/conv.h) with the same result: each row's
+// sum left to right, then an image's row sums top to bottom. Rows in
+// parallel, where the single running sum per image left one thread at batch 1.
+// row_sums: sums[r, c] = sum over w of x[r, w, c], for rows of width pixels.
+template <typename T>
+void row_sums(const T* x, int64_t rows, int64_t width, int64_t c, T* sums);
+// y[n, c] = (sum over h of sums[n, h, c]) / (h * width).
+template <typename T>
+void mean_of_row_sums(const T* sums, int64_t n, int64_t h, int64_t width, int64_t c, T* y);
 template <typename T>
 void adaptive_avg_pool2d_backward(const PoolGeom& g, const T* gy, T* gx);
 

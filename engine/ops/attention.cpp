@@ -68,12 +68,19 @@ Tensor in_shape(const Tensor& g, const Shape& s) { return g.defined() ? g.view(s
 
 Tensor pointwise(const Tensor& x, const Tensor& w, const Tensor& b) { return conv2d(x, as_ohwi(w), b, {}); }
 
+}  // namespace
+
+Tensor squeeze_excite_gate(const Tensor& pooled, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                           const Tensor& b2, Activation act, Activation gate) {
+  const Tensor s = activation(pointwise(pooled, w1, b1), act);
+  return activation(pointwise(s, w2, b2), gate);
+}
+
+namespace {
+
 Tensor squeeze_excite_composed(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
                                const Tensor& b2, Activation act, Activation gate) {
-  Tensor s = global_avg_pool(x);  // [N,1,1,C]
-  s = activation(pointwise(s, w1, b1), act);
-  s = activation(pointwise(s, w2, b2), gate);
-  return mul(x, s);
+  return mul(x, squeeze_excite_gate(global_avg_pool(x), w1, b1, w2, b2, act, gate));
 }
 
 Tensor coord_attention_composed(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& wh,

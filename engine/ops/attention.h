@@ -16,6 +16,11 @@ namespace kestrel {
 Tensor squeeze_excite(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2,
                       Activation act, Activation gate);
 
+// The gate alone from the pooled input [N,1,1,C]: gate(conv2(act(conv1(pooled)))),
+// as the CPU's squeeze_excite computes it (a banded block repeats it exactly).
+Tensor squeeze_excite_gate(const Tensor& pooled, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                           const Tensor& b2, Activation act, Activation gate);
+
 // Coordinate attention (Hou et al., 2021) with the shared 1x1's batch norm
 // already folded into w1/b1:
 //   t  = act(conv1(concat(mean_w(x), mean_h(x))))       [N, H+W, mip]

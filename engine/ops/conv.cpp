@@ -10,7 +10,9 @@
 #include "engine/cpu/conv.h"
 #include "engine/cpu/conv_gemm.h"
 #include "engine/cpu/parallel.h"
+#include "engine/cpu/pool.h"
 #include "engine/gpu/conv.h"
+#include "engine/ops/attention.h"
 #include "engine/ops/check.h"
 #include "engine/trace.h"
 
@@ -283,8 +285,25 @@ constexpr int64_t kBandBytes = 256 * 1024;
 
 }  // namespace
 
+namespace {
+
+// The squeeze-excite's weights fit a block of `mid` channels: [cr,..,mid] then [mid,..,cr].
+bool fits_channels(const SqueezeExciteStage& se, int64_t mid) {
+  const Tensor &w1 = se.w1, &w2 = se.w2;
+  if (!w1.defined() || !w2.defined()) return false;
+  const bool shapes_ok = (w1.dim() == 2 || (w1.dim() == 4 && w1.size(1) == 1 && w1.size(2) == 1)) &&
+                         (w2.dim() == 2 || (w2.dim() == 4 && w2.size(1) == 1 && w2.size(2) == 1));
+  if (!shapes_ok || w1.size(w1.dim() - 1) != mid || w2.size(0) != mid || w2.size(w2.dim() - 1) != w1.size(0))
+    return false;
+  return (!se.b1.defined() || se.b1.shape() == Shape({w1.size(0)})) &&
+         (!se.b2.defined() || se.b2.shape() == Shape({mid}));
+}
+
+}  // namespace
+
 bool inverted_residual_banded_applies(const Tensor& x, const ConvStage* expand, const ConvStage& depthwise,
-                                      const ConvStage& project, int64_t min_expanded_bytes) {
+                                      const SqueezeExciteStage* se, const ConvStage& project,
+                                      int64_t min_expanded_bytes) {
   if (!cpu::implicit_gemm_enabled() || !x.defined() || x.dim() != 4 || !x.device().is_cpu() ||
       x.dtype() != DType::F32)
     return false;
@@ -294,6 +313,7 @@ bool inverted_residual_banded_applies(const Tensor& x, const ConvStage* expand, 
     all.push_back(expand->weight);
     all.push_back(expand->bias);
   }
+  if (se != nullptr) all.insert(all.end(), {se->w1, se->b1, se->w2, se->b2});
   if (needs_grad(all)) return false;
   for (size_t i = 1; i < all.size(); ++i)
     if (!frozen_f32_cpu(all[i])) return false;
@@ -303,17 +323,17 @@ bool inverted_residual_banded_applies(const Tensor& x, const ConvStage* expand, 
   const int64_t mid = depthwise.weight.size(0);
   const int64_t in = expand != nullptr ? expand->weight.size(3) : mid;
   if (x.size(3) != in || (expand != nullptr && expand->weight.size(0) != mid) || depthwise.params.groups != mid ||
-      depthwise.weight.size(3) != 1 || project.weight.size(3) != mid)
+      depthwise.weight.size(3) != 1 || project.weight.size(3) != mid || (se != nullptr && !fits_channels(*se, mid)))
     return false;
   return x.size(0) * x.size(1) * x.size(2) * mid * int64_t{sizeof(float)} >= min_expanded_bytes;
 }
 
 Tensor inverted_residual_banded(const Tensor& x_in, const ConvStage* expand, const ConvStage& depthwise,
-                                const ConvStage& project, const Tensor& residual_in) {
+                                const SqueezeExciteStage* se, const ConvStage& project, const Tensor& residual_in) {
   const char* op = "inverted_residual";
-  KCHECK(inverted_residual_banded_applies(x_in, expand, depthwise, project, 0), ValueError, op,
-         ": needs f32 CPU tensors, frozen weights of a 1x1 / depthwise / 1x1 chain, no gradient, the AVX-512 "
-         "implicit GEMM and no trace naming each layer (input ", shape_str(x_in.shape()), ")");
+  KCHECK(inverted_residual_banded_applies(x_in, expand, depthwise, se, project, 0), ValueError, op,
+         ": needs f32 CPU tensors, frozen weights of a 1x1 / depthwise / [squeeze-excite /] 1x1 chain, no gradient, "
+         "the AVX-512 implicit GEMM and no trace naming each layer (input ", shape_str(x_in.shape()), ")");
   const Tensor x = x_in.contiguous();
   const int64_t N = x.size(0), H = x.size(1), W = x.size(2);
   // Each stage's geometry over the whole input, checked as conv2d checks it.
@@ -345,6 +365,21 @@ Tensor inverted_residual_banded(const Tensor& x_in, const ConvStage* expand, con
   const float* bias_e = expand != nullptr && expand->bias.defined() ? expand->bias.data<float>() : nullptr;
   const float* bias_d = depthwise.bias.defined() ? depthwise.bias.data<float>() : nullptr;
   const float* bias_p = project.bias.defined() ? project.bias.data<float>() : nullptr;
+  float* py = out.data<float>();
+  const float* pr = residual.defined() ? residual.data<float>() : nullptr;
+  // Output rows [o0, o1) of image n through the projection, from the band's depthwise rows.
+  auto project_band = [&](const float* rows, int64_t n, int64_t o0, int64_t o1) {
+    const int64_t offset = ((n * gp.oh + o0) * gp.ow) * gp.c_out;
+    cpu::implicit_gemm_conv(band_geometry(gp, o1 - o0, o1 - o0), rows, *packed_project, bias_p, py + offset,
+                            project.act, pr != nullptr ? pr + offset : nullptr);
+  };
+  // With a squeeze-excite: the whole depthwise output, and each of its rows' sums.
+  Tensor dw_all;
+  std::vector<float> dw_row_sums;
+  if (se != nullptr) {
+    dw_all = Tensor::empty({N, gd.oh, gd.ow, mid}, DType::F32, x.device());
+    dw_row_sums.resize(static_cast<size_t>(N * gd.oh * mid));
+  }
 
   // Input rows [lo, hi) that output rows [o0, o1) of the depthwise read.
   const int64_t reach = (gd.kh - 1) * gd.dh + 1;
@@ -357,14 +392,12 @@ Tensor inverted_residual_banded(const Tensor& x_in, const ConvStage* expand, con
   const int threads = cpu::partial_count(true);
   const int64_t strips = threads > 1 ? std::clamp<int64_t>((2 * threads + N - 1) / N, 1, gd.oh) : 1;
   const float* px = x.data<float>();
-  float* py = out.data<float>();
-  const float* pr = residual.defined() ? residual.data<float>() : nullptr;
   cpu::parallel_for(N * strips, N * strips > 1, [&](int64_t item) {
     const int64_t n = item / strips, s = item % strips;
     const int64_t first = gd.oh * s / strips, last = gd.oh * (s + 1) / strips;
     if (first == last) return;
     const float* image = px + n * H * W * x.size(3);
-    std::vector<float> expanded, dw_out(static_cast<size_t>(band * gd.ow * mid));
+    std::vector<float> expanded, dw_band(se != nullptr ? 0 : static_cast<size_t>(band * gd.ow * mid));
     if (expand != nullptr) expanded.resize(static_cast<size_t>(((band - 1) * gd.sh + reach) * W * mid));
     int64_t have_lo = 0, have_hi = 0;  // expanded rows held, at the front of `expanded`
     for (int64_t o0 = first; o0 < last; o0 += band) {
@@ -388,13 +421,50 @@ Tensor inverted_residual_banded(const Tensor& x_in, const ConvStage* expand, con
       }
       cpu::ConvGeom g = band_geometry(gd, hi - lo, o1 - o0);
       g.ph = lo - (o0 * gd.sh - gd.ph);  // the band's first row is the window's top, or the padding above it
-      cpu::depthwise_forward_taps_major(g, rows, taps->data(), bias_d, dw_out.data(), depthwise.act);
-      const int64_t offset = ((n * gp.oh + o0) * gp.ow) * gp.c_out;
-      cpu::implicit_gemm_conv(band_geometry(gp, o1 - o0, o1 - o0), dw_out.data(), *packed_project, bias_p,
-                              py + offset, project.act, pr != nullptr ? pr + offset : nullptr);
+      if (se == nullptr) {
+        cpu::depthwise_forward_taps_major(g, rows, taps->data(), bias_d, dw_band.data(), depthwise.act);
+        project_band(dw_band.data(), n, o0, o1);
+      } else {
+        float* dw_rows = dw_all.data<float>() + (n * gd.oh + o0) * gd.ow * mid;
+        cpu::depthwise_forward_taps_major(g, rows, taps->data(), bias_d, dw_rows, depthwise.act);
+        cpu::row_sums(dw_rows, o1 - o0, gd.ow, mid, dw_row_sums.data() + (n * gd.oh + o0) * mid);
+      }
     }
   });
-  trace_op(op, {x_in, residual_in}, out, conv_macs(gd) + conv_macs(gp) + (expand != nullptr ? conv_macs(ge) : 0));
+  int64_t se_macs = 0;
+  if (se != nullptr) {
+    Tensor gate;
+    {
+      TracePause inside_this_op;
+      Tensor pooled = Tensor::empty({N, 1, 1, mid}, DType::F32, x.device());
+      cpu::mean_of_row_sums(dw_row_sums.data(), N, gd.oh, gd.ow, mid, pooled.data<float>());
+      gate = squeeze_excite_gate(pooled, se->w1, se->b1, se->w2, se->b2, se->act, se->gate).contiguous();
+    }
+    se_macs = 2 * N * se->w1.numel() + dw_all.numel();
+    // Bands of the depthwise output times the gate, projected while in cache.
+    const int64_t gated_band = std::clamp<int64_t>(kBandBytes / (gd.ow * mid * int64_t{sizeof(float)}), 1, gd.oh);
+    const float* pd = dw_all.data<float>();
+    const float* pg = gate.data<float>();
+    cpu::parallel_for(N * strips, N * strips > 1, [&](int64_t item) {
+      const int64_t n = item / strips, s = item % strips;
+      const int64_t first = gd.oh * s / strips, last = gd.oh * (s + 1) / strips;
+      std::vector<float> gated(static_cast<size_t>(std::min(gated_band, last - first) * gd.ow * mid));
+      const float* g = pg + n * mid;
+      for (int64_t o0 = first; o0 < last; o0 += gated_band) {
+        const int64_t o1 = std::min(last, o0 + gated_band), pixels = (o1 - o0) * gd.ow;
+        const float* src = pd + (n * gd.oh + o0) * gd.ow * mid;
+        for (int64_t q = 0; q < pixels; ++q) {
+          const float* xr = src + q * mid;
+          float* yr = gated.data() + q * mid;
+#pragma omp simd
+          for (int64_t c = 0; c < mid; ++c) yr[c] = xr[c] * g[c];
+        }
+        project_band(gated.data(), n, o0, o1);
+      }
+    });
+  }
+  trace_op(op, {x_in, residual_in}, out,
+           conv_macs(gd) + conv_macs(gp) + (expand != nullptr ? conv_macs(ge) : 0) + se_macs);
   return out;
 }
 

@@ -41,19 +41,33 @@ struct ConvStage {
   Activation act = Activation::None;
 };
 
+// A squeeze-and-excitation between the depthwise and the projection:
+// x * gate(w2 * act(w1 * mean_hw(x) + b1) + b2), 1x1 weights [out,1,1,in]
+// (or [out,in]), biases optional (engine/ops/attention.h).
+struct SqueezeExciteStage {
+  Tensor w1, b1, w2, b2;
+  Activation act = Activation::ReLU, gate = Activation::Sigmoid;
+};
+
 // An inverted-residual block's convolutions at inference: [1x1 expand ->]
-// depthwise -> 1x1 project [+ residual, shaped as the output], computed in
-// bands of output rows, so that each expanded band is used while it is in
-// cache instead of the whole expanded tensor going out to memory and back.
-// The same sums as the chained conv2d_act calls, bit for bit.
+// depthwise [-> squeeze-excite] -> 1x1 project [+ residual, shaped as the
+// output], computed in bands of output rows, so that each expanded band is
+// used while it is in cache instead of the whole expanded tensor going out to
+// memory and back. With a squeeze-excite the gate needs every pixel of the
+// depthwise output: the bands write it out with each row's sums (the pooling,
+// engine/cpu/pool.h), then bands of it are gated and projected in cache, so
+// the gated tensor never goes to memory either.
+// The same results as the chained ops (conv2d_act, squeeze_excite), bit for bit.
 // inverted_residual_banded_applies says whether it can run: f32 CPU tensors,
 // no gradient, frozen weights (a model fused for inference), the AVX-512
 // implicit GEMM, no trace recording the layers (a timed one sees one op), and
 // an expanded tensor of at least min_expanded_bytes (the whole batch's): one
 // that fits in L2 gains nothing from bands.
 bool inverted_residual_banded_applies(const Tensor& x, const ConvStage* expand, const ConvStage& depthwise,
-                                      const ConvStage& project, int64_t min_expanded_bytes = int64_t{1} << 20);
+                                      const SqueezeExciteStage* se, const ConvStage& project,
+                                      int64_t min_expanded_bytes = int64_t{1} << 20);
 Tensor inverted_residual_banded(const Tensor& x, const ConvStage* expand, const ConvStage& depthwise,
-                                const ConvStage& project, const Tensor& residual = Tensor());
+                                const SqueezeExciteStage* se, const ConvStage& project,
+                                const Tensor& residual = Tensor());
 
 }  // namespace kestrel
