@@ -150,14 +150,15 @@ TEST(QuantizedExport, OnnxruntimeRunsTheInt8GraphAsKestrelSimulatesIt) {
     // value on the neighbouring grid point; ResNet-18's 3x3x512 sums do), and
     // with its integer kernels. MobileNetV3's random-init logits span only
     // ~0.04, and integer requantization in its SE path (pool, two 1x1 convs on
-    // 1x1 maps) moves them by 0.005-0.01 (0.23 of the span), depending on
-    // the calibrated scales: float rounding in the calibration pass moves
-    // those. Its QDQ-as-written logits still match Kestrel's exactly.
+    // 1x1 maps) moves them by 0.005-0.01 (up to 0.31 of the span), depending
+    // on the calibrated scales: float rounding in the calibration pass moves
+    // those (a change of global pooling's summation order took it from 0.23
+    // to 0.31). Its QDQ-as-written logits still match Kestrel's exactly.
     double simulated_rtol, int8_rtol;
   };
   const std::vector<Case> cases = {
       {"cifar10_200k", {3, 28, 28, 1}, zoo_options(10, true, 1), 46, 0.3, 0.02, 0.03},
-      {"mobilenet_v3_small", {3, 64, 64, 3}, zoo_options(10, false, 3, 0.5), 55, 0.3, 0.02, 0.3},
+      {"mobilenet_v3_small", {3, 64, 64, 3}, zoo_options(10, false, 3, 0.5), 55, 0.3, 0.02, 0.4},
       {"resnet18", {3, 32, 32, 3}, zoo_options(10, true, 3), 30, 0.3, 0.05, 0.05},
   };
   std::ofstream list(dir + "/models.txt");
