@@ -212,21 +212,24 @@ TEST(BatchNormAct, FusedForwardMatchesNaiveForEveryActivationWithAndWithoutResid
 TEST(BatchNormAct, Float32GradientsMatchFloat64ForEveryChannelBlock) {
   for (int64_t C : {1, 3, 16, 20, 29, 45}) {
     for (Activation act : {Activation::None, Activation::ReLU, Activation::ReLU6, Activation::SiLU}) {
-      for (bool res : {false, true}) {
+      // 1: a residual with a gradient; 2: one that needs none (pass 2 then
+      // recomputes a ReLU's pre-activation from x and the residual).
+      for (int res : {0, 1, 2}) {
         const Shape s{3, 7, 5, C};
-        SCOPED_TRACE(label(s, act, res));
-        const BNInputs in64 = make_inputs(s, 61, DType::F64, res);
+        SCOPED_TRACE(label(s, act, res != 0) + (res == 2 ? " (no residual gradient)" : ""));
+        const BNInputs in64 = make_inputs(s, 61, DType::F64, res != 0);
         const Tensor gy64 = random_tensor(s, 67, DType::F64);
         std::vector<std::vector<Tensor>> grads;
         for (DType dt : {DType::F64, DType::F32}) {
           Tensor x = in64.x.to(dt).clone().set_requires_grad(), w = in64.w.to(dt).clone().set_requires_grad();
           Tensor b = in64.b.to(dt).clone().set_requires_grad();
-          Tensor r = res ? in64.res.to(dt).clone().set_requires_grad() : Tensor();
+          Tensor r = res != 0 ? in64.res.to(dt).clone() : Tensor();
+          if (res == 1) r.set_requires_grad();
           Tensor rm = in64.rm.to(dt).clone(), rv = in64.rv.to(dt).clone();
           BatchNormParams p;
           p.training = true;
           batch_norm_act(x, w, b, rm, rv, p, act, r).backward(gy64.to(dt));
-          grads.push_back({x.grad(), w.grad(), b.grad(), res ? r.grad() : Tensor(), rv});
+          grads.push_back({x.grad(), w.grad(), b.grad(), res == 1 ? r.grad() : Tensor(), rv});
         }
         const char* names[] = {"grad x", "grad weight", "grad bias", "grad residual", "running var"};
         for (size_t i = 0; i < grads[0].size(); ++i)
@@ -278,7 +281,9 @@ double kink_distance(Activation act, const Tensor& z) {
 
 TEST(BatchNormAct, FusedBackwardMatchesFiniteDifferencesForEachActivationOffTheKinks) {
   for (Activation act : kAllActs) {
-    for (bool res : {true, false}) {
+    // 2: a residual that needs no gradient (pass 2 then recomputes a ReLU's
+    // pre-activation from x and the residual rather than store its gradient).
+    for (int res : {1, 0, 2}) {
       for (bool training : {true, false}) {
         const Shape s{2, 3, 2, 3};
         BatchNormParams p;
@@ -286,7 +291,7 @@ TEST(BatchNormAct, FusedBackwardMatchesFiniteDifferencesForEachActivationOffTheK
         // Pick the first seed whose pre-activations are all at least 1e-3 from a kink.
         BNInputs in;
         for (uint64_t seed = 100; seed < 300; ++seed) {
-          in = make_inputs(s, seed, DType::F64, res);
+          in = make_inputs(s, seed, DType::F64, res != 0);
           in.w = mul_scalar(in.w, 3.0);
           Tensor rm = in.rm.clone(), rv = in.rv.clone();
           Tensor z = batch_norm_act(in.x, in.w, in.b, rm, rv, p, Activation::None, in.res);
@@ -295,13 +300,16 @@ TEST(BatchNormAct, FusedBackwardMatchesFiniteDifferencesForEachActivationOffTheK
         in.x.set_requires_grad();
         in.w.set_requires_grad();
         in.b.set_requires_grad();
-        if (res) in.res.set_requires_grad();
-        SCOPED_TRACE(label(s, act, res) + (training ? " train" : " eval"));
+        if (res == 1) in.res.set_requires_grad();
+        SCOPED_TRACE(label(s, act, res != 0) + (training ? " train" : " eval") +
+                     (res == 2 ? ", no residual gradient" : ""));
+        std::vector<Tensor> inputs{in.x, in.w, in.b};
+        if (res == 1) inputs.push_back(in.res);
         expect_gradcheck(
             [&](const std::vector<Tensor>& v) {
-              return batch_norm_act(v[0], v[1], v[2], in.rm, in.rv, p, act, res ? v[3] : Tensor());
+              return batch_norm_act(v[0], v[1], v[2], in.rm, in.rv, p, act, res == 1 ? v[3] : in.res);
             },
-            {in.x, in.w, in.b, in.res}, 1e-6, 1e-7, 1e-5);
+            inputs, 1e-6, 1e-7, 1e-5);
       }
     }
   }
