@@ -210,10 +210,16 @@ std::vector<ConvCase> depthwise_block_cases() {
   cases.push_back({"depthwise_nopad_c9", 1, 6, 12, 9, 9, 3, 3, params(1, 0, 1, 9), false});
   cases.push_back({"depthwise_narrow_c20", 1, 3, 2, 20, 20, 3, 3, params(1, 1, 1, 20), true});
   // The sliding kernel (dilation 1, stride 1 or 2, 3 or 5 taps across):
-  // 8 interior pixels at a time, then 4, then the per-pixel paths.
+  // runs of 8 (stride 1) or 4 pixels, those that reach into the padding with
+  // its columns read as zeros and only the row's pixels stored.
   cases.push_back({"depthwise_c16_w14", 2, 5, 14, 16, 16, 3, 3, params(1, 1, 1, 16), true});
   cases.push_back({"depthwise5x5_c20_w21", 1, 7, 21, 20, 20, 5, 5, params(1, 2, 1, 20), true});
   cases.push_back({"depthwise5x5_stride2_c33", 1, 11, 23, 33, 33, 5, 5, params(2, 2, 1, 33), false});
+  cases.push_back({"depthwise5x5_c40_w7", 2, 7, 7, 40, 40, 5, 5, params(1, 2, 1, 40), true});  // all edges
+  cases.push_back({"depthwise5x5_c24_w2", 1, 3, 2, 24, 24, 5, 5, params(1, 2, 1, 24), true});  // narrower than 5
+  cases.push_back({"depthwise_stride2_c16_w7", 1, 7, 7, 16, 16, 3, 3, params(2, 1, 1, 16), true});
+  cases.push_back({"depthwise5x5_stride2_c48_w14", 1, 6, 14, 48, 48, 5, 5, params(2, 2, 1, 48), true});
+  cases.push_back({"depthwise_pad2_c17_w5", 1, 4, 5, 17, 17, 3, 3, params(1, 2, 1, 17), true});  // windows all padding
   return cases;
 }
 

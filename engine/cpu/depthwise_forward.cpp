@@ -91,9 +91,15 @@ KESTREL_INLINE void dw_forward_pixels(const ConvGeom& g, const T* x, int64_t win
 // input columns per kernel row, each loaded once and used for every tap
 // that reaches it (dw_forward_pixels loads P x KW: the loads, not the
 // multiply-adds, bounded it). Taps are summed in the same order as there.
-template <typename T, Activation A, int64_t P, int64_t KW, int64_t S, int64_t N>
+// kPadded: the window may reach into the padding (col0, the first input
+// column read, may be negative; columns past g.w too): such columns load as
+// zeros, which leave each sum as it was, and only the first `valid` pixels
+// are stored. On a row of 7 or 14 (a late 5x5 layer) most pixels are edges,
+// which one at a time (dw_forward_pixels) cost several times as much.
+template <typename T, Activation A, int64_t P, int64_t KW, int64_t S, int64_t N, bool kPadded = false>
 KESTREL_INLINE void dw_forward_pixels_sliding(const ConvGeom& g, const T* x, int64_t win, const T* wt, const T* bias,
-                                              TapRange th, int64_t c, T* out) {
+                                              TapRange th, int64_t c, T* out, int64_t col0 = 0,
+                                              int64_t valid = P) {
   using V = typename Lanes<T, N>::type;
   const int64_t C = g.c_in;
   V init{};
@@ -102,20 +108,32 @@ KESTREL_INLINE void dw_forward_pixels_sliding(const ConvGeom& g, const T* x, int
 #pragma GCC unroll 16
   for (int64_t p = 0; p < P; ++p) acc[p] = init;
   for (int64_t kh = th.k0; kh < th.k1; ++kh) {
-    const T* xp = x + (win + kh * g.dh * g.w * C + c);  // one sum: win + c alone may precede x
+    const int64_t xr = win + kh * g.dh * g.w * C + c;  // an offset: it may precede x
     const T* wr = wt + kh * KW * C + c;
     V wv[KW], xv[S * (P - 1) + KW];
 #pragma GCC unroll 8
     for (int64_t k = 0; k < KW; ++k) load_lanes(wv[k], wr + k * C);
+    if constexpr (kPadded) {
 #pragma GCC unroll 16
-    for (int64_t i = 0; i < S * (P - 1) + KW; ++i, xp += C) load_lanes(xv[i], xp);  // one pointer, not 12 offsets
+      for (int64_t i = 0; i < S * (P - 1) + KW; ++i) {
+        if (static_cast<uint64_t>(col0 + i) < static_cast<uint64_t>(g.w))
+          load_lanes(xv[i], x + (xr + i * C));
+        else
+          xv[i] = V{};
+      }
+    } else {
+      const T* xp = x + xr;
+#pragma GCC unroll 16
+      for (int64_t i = 0; i < S * (P - 1) + KW; ++i, xp += C) load_lanes(xv[i], xp);  // one pointer, not 12 offsets
+    }
 #pragma GCC unroll 8
     for (int64_t p = 0; p < P; ++p)
 #pragma GCC unroll 8
       for (int64_t k = 0; k < KW; ++k) acc[p] += xv[S * p + k] * wv[k];
   }
 #pragma GCC unroll 16
-  for (int64_t p = 0; p < P; ++p) store_sums<T, A, N>(out + p * C + c, acc[p]);
+  for (int64_t p = 0; p < P; ++p)
+    if (!kPadded || p < valid) store_sums<T, A, N>(out + p * C + c, acc[p]);
 }
 
 // One output pixel of a layer thinner than half a vector: plain loops.
@@ -134,13 +152,13 @@ KESTREL_INLINE void dw_forward_thin(const ConvGeom& g, const T* x, int64_t win, 
 }
 
 // P output pixels from column ow, all with the taps tw, channel block by
-// channel block. KW > 0: the sliding kernel, for interior pixels of a row
-// with stride S and dilation 1 along the width and KW taps across (tw must be
-// all of them).
-template <typename T, Activation A, int64_t P, int64_t Bytes, int64_t KW = 0, int64_t S = 1>
+// channel block. KW > 0: the sliding kernel, for pixels of a row with stride
+// S and dilation 1 along the width and KW taps across (tw must be all of
+// them): interior ones, or with kPadded any, of which `valid` are stored.
+template <typename T, Activation A, int64_t P, int64_t Bytes, int64_t KW = 0, int64_t S = 1, bool kPadded = false>
 KESTREL_INLINE void dw_forward_run(const ConvGeom& g, const T* x, const T* wt, const T* bias, TapRange th,
-                                   TapRange tw, int64_t row, int64_t ow, T* out) {
-  const int64_t C = g.c_in, win = (row + ow * g.sw - g.pw) * C;
+                                   TapRange tw, int64_t row, int64_t ow, T* out, int64_t valid = P) {
+  const int64_t C = g.c_in, col0 = ow * g.sw - g.pw, win = (row + col0) * C;
   if (C < int64_t(Bytes / sizeof(T) / 2)) {
     for (int64_t p = 0; p < P; ++p) dw_forward_thin<T, A>(g, x, win + p * g.sw * C, wt, bias, th, tw, out + p * C);
     return;
@@ -148,24 +166,10 @@ KESTREL_INLINE void dw_forward_run(const ConvGeom& g, const T* x, const T* wt, c
   for_overlapping_channel_blocks<T, Bytes>(C, [&](auto lanes, int64_t c) KESTREL_LAMBDA_INLINE {
     constexpr int64_t N = decltype(lanes)::value;
     if constexpr (KW > 0)
-      dw_forward_pixels_sliding<T, A, P, KW, S, N>(g, x, win, wt, bias, th, c, out);
+      dw_forward_pixels_sliding<T, A, P, KW, S, N, kPadded>(g, x, win, wt, bias, th, c, out, col0, valid);
     else
       dw_forward_pixels<T, A, P, N>(g, x, win, wt, bias, th, tw, c, out);
   });
-}
-
-// Interior pixels [ow, end) of a row whose taps are all inside, through the
-// sliding kernel: Wide at a time, then 4. Returns where it stopped.
-template <typename T, int64_t Wide, int64_t Bytes, int64_t KW, int64_t S>
-KESTREL_INLINE int64_t dw_forward_sliding_runs(const ConvGeom& g, const T* x, const T* wt, const T* bias, TapRange th,
-                                               int64_t row, int64_t ow, int64_t end, T* yrow) {
-  const TapRange all{0, KW};
-  for (; ow + Wide <= end; ow += Wide)
-    dw_forward_run<T, Activation::None, Wide, Bytes, KW, S>(g, x, wt, bias, th, all, row, ow, yrow + ow * g.c_in);
-  if constexpr (Wide > 4)
-    for (; ow + 4 <= end; ow += 4)
-      dw_forward_run<T, Activation::None, 4, Bytes, KW, S>(g, x, wt, bias, th, all, row, ow, yrow + ow * g.c_in);
-  return ow;
 }
 
 // Where one output row's windows lie: the kernel rows inside the input, the
@@ -182,37 +186,56 @@ inline DwRowSpan dw_row_span(const ConvGeom& g, int64_t n, int64_t oh) {
   return s;
 }
 
-// The sliding kernel over a row's interior, for dilation 1, strides 1 and 2
-// and the zoo's kernel widths (3, 5), with no activation: one build serves
+// A whole row through the sliding kernel, Wide pixels at a time: interior
+// runs as they are, runs that reach into the padding with its columns read
+// as zeros. Channel counts under half a block keep dw_forward_row.
+template <typename T, int64_t Wide, int64_t Bytes, int64_t KW, int64_t S>
+KESTREL_INLINE void dw_forward_sliding_row(const ConvGeom& g, const T* x, const T* wt, const T* bias,
+                                           const DwRowSpan& s, T* yrow) {
+  const TapRange all{0, KW};
+  for (int64_t ow = 0; ow < g.ow; ow += Wide) {
+    T* out = yrow + ow * g.c_in;
+    if (ow >= s.first && ow + Wide <= s.last + 1)
+      dw_forward_run<T, Activation::None, Wide, Bytes, KW, S>(g, x, wt, bias, s.th, all, s.row, ow, out);
+    else
+      dw_forward_run<T, Activation::None, Wide, Bytes, KW, S, true>(g, x, wt, bias, s.th, all, s.row, ow, out,
+                                                                   std::min(Wide, g.ow - ow));
+  }
+}
+
+// The sliding kernel over a whole row, for dilation 1, strides 1 and 2 and
+// the zoo's kernel widths (3, 5), with no activation: one build serves
 // every activation (each build is hundreds of unrolled multiply-adds; built
-// per activation they took minutes to compile). Returns where it stopped:
-// the first interior column it left to dw_forward_row.
+// per activation they took minutes to compile). False where it does not
+// apply: dw_forward_row then does the row.
 template <int64_t Bytes>
-KESTREL_INLINE int64_t dw_forward_sliding(const ConvGeom& g, const float* x, const float* wt, const float* bias,
-                                          const DwRowSpan& s, float* yrow) {
+KESTREL_INLINE bool dw_forward_sliding(const ConvGeom& g, const float* x, const float* wt, const float* bias,
+                                       const DwRowSpan& s, float* yrow) {
   // Stride 1: 8 sums, 5 weights and 12 input columns fit AVX-512's 32
   // registers; stride 2 reads 2 columns per pixel, so 4 pixels.
   constexpr int64_t kWide = Bytes >= 64 ? 8 : 4;
-  const int64_t end = s.last + 1;
-  if (g.dw != 1) return s.first;
+  if (g.dw != 1 || g.c_in < int64_t(Bytes / sizeof(float) / 2)) return false;
   if (g.sw == 1 && g.kw == 3)
-    return dw_forward_sliding_runs<float, kWide, Bytes, 3, 1>(g, x, wt, bias, s.th, s.row, s.first, end, yrow);
-  if (g.sw == 1 && g.kw == 5)
-    return dw_forward_sliding_runs<float, kWide, Bytes, 5, 1>(g, x, wt, bias, s.th, s.row, s.first, end, yrow);
-  if (g.sw == 2 && g.kw == 3)
-    return dw_forward_sliding_runs<float, 4, Bytes, 3, 2>(g, x, wt, bias, s.th, s.row, s.first, end, yrow);
-  if (g.sw == 2 && g.kw == 5)
-    return dw_forward_sliding_runs<float, 4, Bytes, 5, 2>(g, x, wt, bias, s.th, s.row, s.first, end, yrow);
-  return s.first;
+    dw_forward_sliding_row<float, kWide, Bytes, 3, 1>(g, x, wt, bias, s, yrow);
+  else if (g.sw == 1 && g.kw == 5)
+    dw_forward_sliding_row<float, kWide, Bytes, 5, 1>(g, x, wt, bias, s, yrow);
+  else if (g.sw == 2 && g.kw == 3)
+    dw_forward_sliding_row<float, 4, Bytes, 3, 2>(g, x, wt, bias, s, yrow);
+  else if (g.sw == 2 && g.kw == 5)
+    dw_forward_sliding_row<float, 4, Bytes, 5, 2>(g, x, wt, bias, s, yrow);
+  else
+    return false;
+  return true;
 }
 
-// One output row, but for the interior columns [s.first, from), which are
-// done. A window's top-left input pixel may lie in the padding (its offset
-// may be negative): only valid taps are read. Interior pixels, whose taps
-// are all inside, go four at a time.
+// One output row, pixel runs with only their valid taps: for what the
+// sliding kernel does not take (dilation, 7x7, thin layers, f64). A
+// window's top-left input pixel may lie in the padding (its offset may be
+// negative): only valid taps are read. Interior pixels, whose taps are all
+// inside, go four at a time.
 template <typename T, Activation A, int64_t Bytes>
 KESTREL_INLINE void dw_forward_row(const ConvGeom& g, const T* x, const T* wt, const T* bias, T* yrow,
-                                   const DwRowSpan& s, int64_t from) {
+                                   const DwRowSpan& s) {
   constexpr int64_t kPixels = 4;
   const int64_t C = g.c_in;
   // Inlined, so it is compiled for the caller's ISA (a lambda is otherwise a
@@ -222,7 +245,7 @@ KESTREL_INLINE void dw_forward_row(const ConvGeom& g, const T* x, const T* wt, c
     dw_forward_run<T, A, 1, Bytes>(g, x, wt, bias, s.th, tw, s.row, o, yrow + o * C);
   };
   for (int64_t ow = 0; ow < s.first; ++ow) edge(ow);
-  int64_t ow = std::max(from, s.first);
+  int64_t ow = s.first;
   for (; ow + kPixels <= s.last + 1; ow += kPixels)
     dw_forward_run<T, A, kPixels, Bytes>(g, x, wt, bias, s.th, TapRange{0, g.kw}, s.row, ow, yrow + ow * C);
   for (; ow + 2 <= s.last + 1; ow += 2)
@@ -230,28 +253,22 @@ KESTREL_INLINE void dw_forward_row(const ConvGeom& g, const T* x, const T* wt, c
   for (; ow < g.ow; ++ow) edge(ow);
 }
 
-// The interior goes through the sliding kernel first, then gets its
-// activation while in L1. The activations that models put after a depthwise
-// conv are inlined, so they are compiled for each ISA too; any other runs as
-// a second pass over the row.
+// The sliding kernel where it applies, then the activation over the row
+// while it is in cache; elsewhere dw_forward_row, with the activations that
+// models put after a depthwise conv inlined (so compiled for each ISA too)
+// and any other as a second pass over the row.
 template <int64_t Bytes>
 KESTREL_INLINE void dw_forward_row_act(const ConvGeom& g, const float* x, const float* wt, const float* bias,
                                        float* yrow, int64_t n, int64_t oh, Activation act) {
   const DwRowSpan s = dw_row_span(g, n, oh);
-  const int64_t from = dw_forward_sliding<Bytes>(g, x, wt, bias, s, yrow);
-  float* done = yrow + s.first * g.c_in;
-  const int64_t done_count = (from - s.first) * g.c_in;
-  switch (act) {
-    case Activation::ReLU:
-      bias_act_row<float, Activation::ReLU>(done, done_count, nullptr);
-      return dw_forward_row<float, Activation::ReLU, Bytes>(g, x, wt, bias, yrow, s, from);
-    case Activation::ReLU6:
-      bias_act_row<float, Activation::ReLU6>(done, done_count, nullptr);
-      return dw_forward_row<float, Activation::ReLU6, Bytes>(g, x, wt, bias, yrow, s, from);
-    case Activation::HardSwish:
-      bias_act_row<float, Activation::HardSwish>(done, done_count, nullptr);
-      return dw_forward_row<float, Activation::HardSwish, Bytes>(g, x, wt, bias, yrow, s, from);
-    default: dw_forward_row<float, Activation::None, Bytes>(g, x, wt, bias, yrow, s, from);
+  const bool slid = dw_forward_sliding<Bytes>(g, x, wt, bias, s, yrow);
+  if (!slid) {
+    switch (act) {
+      case Activation::ReLU: return dw_forward_row<float, Activation::ReLU, Bytes>(g, x, wt, bias, yrow, s);
+      case Activation::ReLU6: return dw_forward_row<float, Activation::ReLU6, Bytes>(g, x, wt, bias, yrow, s);
+      case Activation::HardSwish: return dw_forward_row<float, Activation::HardSwish, Bytes>(g, x, wt, bias, yrow, s);
+      default: dw_forward_row<float, Activation::None, Bytes>(g, x, wt, bias, yrow, s);
+    }
   }
   if (act == Activation::None) return;
   act_dispatch(act, [&](auto a) KESTREL_LAMBDA_INLINE {
@@ -291,7 +308,7 @@ void dw_forward_row_any(const ConvGeom& g, const T* x, const T* wt, const T* bia
     dw_forward_row_f32(g, x, wt, bias, yrow, n, oh, act);
   } else {
     const DwRowSpan s = dw_row_span(g, n, oh);
-    act_dispatch(act, [&](auto a) { dw_forward_row<T, decltype(a)::value, 64>(g, x, wt, bias, yrow, s, s.first); });
+    act_dispatch(act, [&](auto a) { dw_forward_row<T, decltype(a)::value, 64>(g, x, wt, bias, yrow, s); });
   }
 }
 
