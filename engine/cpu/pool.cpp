@@ -229,17 +229,25 @@ void avg_pool2d_backward(const PoolGeom& g, bool count_include_pad, const T* gy,
                       pool_windows(g.w, g.ow, g.kernel, g.stride, g.pad, count_include_pad), gy, gx);
 }
 
+namespace {
+
+// out = the sum of `count` consecutive rows of c values, first to last.
+template <typename T>
+void sum_rows(const T* first, int64_t count, int64_t c, T* out) {
+  std::memset(out, 0, sizeof(T) * c);
+  for (int64_t i = 0; i < count; ++i) {
+    const T* row = first + i * c;
+#pragma omp simd
+    for (int64_t k = 0; k < c; ++k) out[k] += row[k];
+  }
+}
+
+}  // namespace
+
 template <typename T>
 void row_sums(const T* x, int64_t rows, int64_t width, int64_t c, T* sums) {
-  parallel_for(rows, rows * width * c > kParallelWork, [&](int64_t r) {
-    T* out = sums + r * c;
-    std::memset(out, 0, sizeof(T) * c);
-    for (int64_t iw = 0; iw < width; ++iw) {
-      const T* xp = x + (r * width + iw) * c;
-#pragma omp simd
-      for (int64_t k = 0; k < c; ++k) out[k] += xp[k];
-    }
-  });
+  parallel_for(rows, rows * width * c > kParallelWork,
+               [&](int64_t r) { sum_rows(x + r * width * c, width, c, sums + r * c); });
 }
 
 template <typename T>
@@ -247,12 +255,7 @@ void mean_of_row_sums(const T* sums, int64_t n, int64_t h, int64_t width, int64_
   const T inv = T(1) / static_cast<T>(h * width);
   for (int64_t i = 0; i < n; ++i) {
     T* out = y + i * c;
-    std::memset(out, 0, sizeof(T) * c);
-    for (int64_t r = 0; r < h; ++r) {
-      const T* row = sums + (i * h + r) * c;
-#pragma omp simd
-      for (int64_t k = 0; k < c; ++k) out[k] += row[k];
-    }
+    sum_rows(sums + i * h * c, h, c, out);
 #pragma omp simd
     for (int64_t k = 0; k < c; ++k) out[k] *= inv;
   }
