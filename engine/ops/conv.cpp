@@ -283,10 +283,6 @@ cpu::ConvGeom band_geometry(const cpu::ConvGeom& g, int64_t rows, int64_t out_ro
 // Expanded rows to keep in cache per band: about a quarter of a 1 MiB L2.
 constexpr int64_t kBandBytes = 256 * 1024;
 
-}  // namespace
-
-namespace {
-
 // The squeeze-excite's weights fit a block of `mid` channels: [cr,..,mid] then [mid,..,cr].
 bool fits_channels(const SqueezeExciteStage& se, int64_t mid) {
   const Tensor &w1 = se.w1, &w2 = se.w2;
