@@ -427,8 +427,15 @@ void implicit_gemm_conv(const ConvGeom& g, const float* x, const PackedConvWeigh
   const int64_t spread = 4 * int64_t{partial_count(parallel)} * g.groups * w.panels;
   const int64_t rows = std::clamp((M / spread + kTileRows - 1) / kTileRows * kTileRows, int64_t{kTileRows}, kChunkRows);
   const int64_t chunks = (M + rows - 1) / rows, per_group = chunks * w.panels;
+  // Consecutive tasks (one thread's, under the static schedule) share what is
+  // bigger: a chunk of pixels across the panels, or, where the weights
+  // outweigh the pixels (late layers at batch 1: 49 pixels, 4608 x 512
+  // weights), a panel across the chunks, so that it is read from memory once
+  // and then from L2, not once per chunk. The sums are the same either way.
+  const bool panel_major = g.c_out > M;
   parallel_for(g.groups * per_group, parallel, [&](int64_t task) {
-    const int64_t grp = task / per_group, chunk = task % per_group / w.panels, p = task % w.panels;
+    const int64_t grp = task / per_group, i = task % per_group;
+    const int64_t chunk = panel_major ? i % chunks : i / w.panels, p = panel_major ? i / chunks : i % w.panels;
     run_task(job, grp, p, chunk * rows, std::min(M, (chunk + 1) * rows));
   });
 }
