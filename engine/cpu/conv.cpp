@@ -43,6 +43,19 @@ void im2col(const ConvGeom& g, const T* x, int64_t n0, int64_t nb, int64_t grp, 
           continue;
         }
         const T* src_row = x + ((n * g.h + ih) * g.w) * g.c_in + grp * cg;
+        const int64_t iw0 = ow * g.sw - g.pw;
+        if (cg == g.c_in && g.dw == 1 && iw0 >= 0 && iw0 + g.kw <= g.w) {
+          // One group at dilation 1, the window row inside: its taps are one
+          // run of kw * c_in values (a 3x3 RGB stem copied 3 floats at a time).
+          const T* s = src_row + iw0 * g.c_in;
+          T* d = dst + kh * g.kw * cg;
+          const int64_t len = g.kw * cg;
+          if (len >= 16)
+            std::memcpy(d, s, sizeof(T) * len);
+          else
+            for (int64_t i = 0; i < len; ++i) d[i] = s[i];
+          continue;
+        }
         for (int64_t kw = 0; kw < g.kw; ++kw) {
           const int64_t iw = ow * g.sw - g.pw + kw * g.dw;
           T* d = dst + (kh * g.kw + kw) * cg;
