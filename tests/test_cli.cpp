@@ -85,6 +85,12 @@ TEST(Cli, BadFlagValuesAreOneLineErrors) {
   expect_one_line_error(kestrel_cli("train --dataset folder --data-dir " + folder + " --loader resident --auto-augment" +
                                     " --epochs 1 --out " + temp_path("r8") + " --no-progress"),
                         "--loader resident cannot be used: --auto-augment runs on the host", "resident refusal");
+  expect_one_line_error(kestrel_cli("train --initial-checkpoint " + temp_path("none.safetensors") + " --out " +
+                                    temp_path("r11")),
+                        "--initial-checkpoint not found", "missing initial checkpoint");
+  expect_one_line_error(kestrel_cli("train --dataset folder --data-dir " + folder + " --epochs 1 --initial-checkpoint " +
+                                    folder + "/train/a/0.png --out " + temp_path("r12") + " --no-progress"),
+                        "0.png", "initial checkpoint that is not a safetensors file");
   // What the flag parser refuses is one line too.
   expect_one_line_error(kestrel_cli("train --auto-augment true --out " + temp_path("r9")), "not expected: true",
                         "stray value");

@@ -74,6 +74,9 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
     cmd->add_option("--depth-mult", c->depth_mult, "layer-repeat multiplier (EfficientNet)")->capture_default_str();
     cmd->add_option("--image-size", c->image_size,
                     "train and evaluate at this square size (images resized); 0 = as stored")->capture_default_str();
+    cmd->add_option("--initial-checkpoint", c->initial_checkpoint,
+                    "start from these weights: a Kestrel checkpoint or a torchvision/timm state_dict in safetensors "
+                    "(tools/torch_weights.py); a classifier of another class count starts fresh");
   }
   cmd->add_option("--dropout", c->dropout, "classifier dropout (default: the model's)");
   cmd->add_option("--drop-path", c->drop_path, "stochastic depth rate (default: the model's)");

@@ -14,7 +14,7 @@ namespace kestrel::tools {
   X(step_gamma) X(label_smoothing) X(loss) X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp)               \
   X(early_stop) X(mixup) X(cutmix) X(ricap) X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop)           \
   X(hflip) X(cutout) X(seed) X(device) X(out) X(teacher) X(distill_alpha) X(distill_temperature)              \
-  X(quantize_from) X(calib_batches)
+  X(quantize_from) X(calib_batches) X(initial_checkpoint)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -76,6 +76,10 @@ void TrainConfig::validate() const {
          "quantization-aware training runs in f32: --amp must be off, got ", amp);
   KCHECK(quantize_from.empty() || std::filesystem::is_regular_file(quantize_from), IOError,
          "float checkpoint not found: ", quantize_from);
+  KCHECK(initial_checkpoint.empty() || quantize_from.empty(), ValueError,
+         "--initial-checkpoint is for float runs; kestrel qat starts from its --checkpoint");
+  KCHECK(initial_checkpoint.empty() || std::filesystem::is_regular_file(initial_checkpoint), IOError,
+         "--initial-checkpoint not found: ", initial_checkpoint);
   for (const std::string& path : split_paths(teacher))  // before the run folder is touched
     KCHECK(std::filesystem::is_regular_file(path), IOError, "--teacher checkpoint not found: ", path);
 }

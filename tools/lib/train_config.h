@@ -16,6 +16,7 @@ struct TrainConfig {
   int64_t image_size = 0;   // train and evaluate at this square size (resized); 0 = the data's own
   double dropout = -1.0;    // < 0: the model's default
   double drop_path = -1.0;  // < 0: the model's default
+  std::string initial_checkpoint;  // starting weights (tools/lib/initial_weights.h); empty = seeded init
   std::string dataset = "fashion-mnist";  // cifar10, cifar100, fashion-mnist, mnist, folder
   std::string data_dir;                   // empty: the dataset's default location
   int64_t limit_train = 0;                // use only the first N training images (0 = all)

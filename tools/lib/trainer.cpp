@@ -28,6 +28,7 @@
 #include "tools/lib/datasets.h"
 #include "tools/lib/device_select.h"
 #include "tools/lib/distill.h"
+#include "tools/lib/initial_weights.h"
 #include "tools/lib/plot.h"
 #include "tools/lib/progress.h"
 #include "tools/lib/qat.h"
@@ -328,6 +329,14 @@ TrainSummary train(TrainConfig c) {
       load_for_quantization(*model, info, *float_model, c.quantize_from, main_rank);
     }
     info.quantized = true;
+  }
+  if (!resuming && !c.initial_checkpoint.empty()) {  // a resumed run's weights come from its own checkpoint
+    const std::vector<std::string> fresh = load_initial_weights(c.initial_checkpoint, *model, info);
+    if (main_rank) {
+      std::cerr << "initial weights from " << c.initial_checkpoint;
+      for (size_t i = 0; i < fresh.size(); ++i) std::cerr << (i ? ", " : "; kept fresh: ") << fresh[i];
+      std::cerr << "\n";
+    }
   }
   model->train();
   if (!device.is_cpu()) model->to(device);  // before the optimizer and EMA take their state

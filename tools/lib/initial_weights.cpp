@@ -1,0 +1,66 @@
+#include "tools/lib/initial_weights.h"
+
+#include <filesystem>
+#include <map>
+
+#include "engine/error.h"
+#include "engine/io/safetensors.h"
+
+namespace kestrel::tools {
+
+namespace {
+
+// The dotted prefix ("classifier.1.") of the last Linear module, in
+// registration order (the classifier of every zoo model); empty if none.
+void find_last_linear(const nn::Module& m, const std::string& prefix, std::string& found) {
+  if (m.type_name() == "Linear") found = prefix;
+  for (const auto& [name, child] : m.named_children()) find_last_linear(*child, prefix + name + ".", found);
+}
+
+}  // namespace
+
+std::vector<std::string> load_initial_weights(const std::string& path, nn::Module& model, const ModelInfo& run) {
+  KCHECK(std::filesystem::is_regular_file(path), IOError, "--initial-checkpoint not found: ", path);
+  const io::SafetensorsContents file = io::load_safetensors(path);
+  if (file.metadata.count("kestrel.model_info")) {
+    const ModelInfo saved = ModelInfo::from_metadata(file.metadata, path);
+    KCHECK(saved.model == run.model, ValueError, "--initial-checkpoint ", path, " holds a ", saved.model,
+           ", not a ", run.model);
+    KCHECK(!saved.quantized, ValueError, "--initial-checkpoint ", path,
+           " is quantized (int8); start from its float checkpoint");
+  }
+  std::string head;
+  find_last_linear(model, "", head);
+  std::map<std::string, Tensor> own;
+  for (auto& [name, t] : model.state_dict()) own.emplace(name, t);
+
+  nn::NamedTensors given;
+  std::vector<std::string> kept_fresh;
+  int64_t shared = 0;
+  for (const auto& [name, t] : file.tensors) {
+    if (is_training_state_name(name)) continue;
+    auto it = own.find(name);
+    shared += it != own.end();
+    const bool in_head = !head.empty() && name.rfind(head, 0) == 0 && name.find('.', head.size()) == std::string::npos;
+    if (in_head && it != own.end() && it->second.shape() != t.shape()) {
+      kept_fresh.push_back(name + " " + shape_str(it->second.shape()) + " (file: " + shape_str(t.shape()) + ")");
+      given.emplace_back(name, it->second);  // the model's own value: loads as a no-op
+      continue;
+    }
+    given.emplace_back(name, t);
+  }
+  KCHECK(shared > 0, ValueError, "--initial-checkpoint ", path, " shares no tensor names with ", run.model,
+         " (the weights of another architecture?)");
+  try {
+    model.load_state_dict(given, true);
+  } catch (const ValueError& e) {
+    std::string hint;
+    if (run.cifar_stem && std::string(e.what()).find(" has shape ") != std::string::npos)
+      hint = " (the model was built with its small-image stem for " + std::to_string(run.height) +
+             "px inputs; --image-size 224 builds the ImageNet one)";
+    throw ValueError("--initial-checkpoint " + path + ": " + e.what() + hint);
+  }
+  return kept_fresh;
+}
+
+}  // namespace kestrel::tools

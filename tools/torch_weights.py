@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Writes a torchvision (or timm) model's weights as a safetensors file that
+`kestrel train --initial-checkpoint` starts from: the zoo's models use the
+same tensor names and layouts.
+
+    tools/torch_weights.py efficientnet_b0 effb0_imagenet.safetensors
+    kestrel train -m efficientnet_b0 --dataset cifar100 --image-size 224 \\
+        --initial-checkpoint effb0_imagenet.safetensors --lr 0.01 --epochs 10
+
+Needs torch and torchvision (timm for ghostnet_100), and the internet the
+first time (torch caches the download). --random writes the architecture's
+seeded random initialization instead, without downloading (for tests).
+"""
+import argparse
+import json
+import struct
+import sys
+
+# Kestrel zoo name -> (library, its model name)
+SOURCES = {name: ("torchvision", name) for name in [
+    "resnet18", "resnet50", "resnet152", "densenet121", "densenet201", "mobilenet_v2",
+    "mobilenet_v3_small", "mobilenet_v3_large"] + [f"efficientnet_b{i}" for i in range(8)]}
+SOURCES["ghostnet_100"] = ("timm", "ghostnet_100")
+
+DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
+          "int64": "I64", "int32": "I32", "uint8": "U8", "int8": "I8"}
+
+
+def build(name, pretrained):
+    library, source_name = SOURCES[name]
+    if library == "timm":
+        import timm
+        return timm.create_model(source_name, pretrained=pretrained)
+    import torchvision
+    return getattr(torchvision.models, source_name)(weights="DEFAULT" if pretrained else None)
+
+
+def save_safetensors(path, state, metadata):
+    """The safetensors layout: 8-byte header length, JSON header, raw data."""
+    import torch
+    header, blobs, offset = {"__metadata__": metadata}, [], 0
+    for name, t in state.items():
+        t = t.detach().cpu().contiguous()
+        dtype = DTYPES.get(str(t.dtype).replace("torch.", ""))
+        if dtype is None:
+            raise SystemExit(f"torch_weights.py: {name} has dtype {t.dtype}, which safetensors files here do not hold")
+        data = t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for b in blobs:
+            f.write(b)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="Kestrel zoo name: " + ", ".join(sorted(SOURCES)))
+    p.add_argument("out", help="safetensors file to write")
+    p.add_argument("--random", action="store_true", help="seeded random weights, no download (tests)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --random")
+    a = p.parse_args()
+    if a.model not in SOURCES:
+        sys.exit(f"torch_weights.py: no torchvision or timm weights for '{a.model}'; one of: "
+                 + ", ".join(sorted(SOURCES)))
+    try:
+        import torch
+        torch.manual_seed(a.seed)
+        model = build(a.model, not a.random)
+    except ImportError as e:
+        sys.exit(f"torch_weights.py: {e.name} is not installed (pip install torch torchvision timm)")
+    except Exception as e:  # a download that fails: no network, a moved URL
+        sys.exit(f"torch_weights.py: could not get {a.model}'s weights: {str(e).splitlines()[0]}")
+    library, source_name = SOURCES[a.model]
+    save_safetensors(a.out, model.state_dict(),
+                     {"source": f"{library}.{source_name}", "pretrained": str(not a.random).lower()})
+    print(f"{a.out}: {len(model.state_dict())} tensors of {library} {source_name}"
+          f" ({'pretrained' if not a.random else 'random, seed %d' % a.seed})")
+
+
+if __name__ == "__main__":
+    main()
