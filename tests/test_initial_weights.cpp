@@ -147,6 +147,17 @@ TEST(InitialWeights, TorchvisionStateDictFromTorchWeightsScript) {
     if (name.rfind("classifier.3.", 0) == 0) continue;
     testing::expect_close(t, file.at(name), 0, 0, name);
   }
+  // It is a whole checkpoint too: torchvision's input size, normalization and class names.
+  const tools::LoadedModel loaded = tools::load_checkpoint(path);
+  EXPECT_EQ(loaded.info.model, "mobilenet_v3_small");
+  EXPECT_EQ(loaded.info.num_classes, 1000);
+  EXPECT_EQ(loaded.info.height, 224);
+  EXPECT_FALSE(loaded.info.cifar_stem);
+  ASSERT_EQ(loaded.info.classes.size(), 1000u);
+  EXPECT_EQ(loaded.info.classes[0], "tench");
+  ASSERT_EQ(loaded.info.mean.size(), 3u);
+  EXPECT_NEAR(loaded.info.mean[0], 0.485, 1e-6);
+  EXPECT_NEAR(loaded.info.std[2], 0.225, 1e-6);
 }
 
 // A run started from another run's checkpoint begins where that one ended: at

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Writes a torchvision (or timm) model's weights as a safetensors file that
-`kestrel train --initial-checkpoint` starts from: the zoo's models use the
-same tensor names and layouts.
+"""Writes a torchvision (or timm) model's weights as a Kestrel checkpoint:
+the zoo's models use the same tensor names and layouts, and the metadata
+records the model, its input size and normalization, and the ImageNet class
+names. So `kestrel predict`, `eval`, `export`, `cam` and `bench` take it as
+it is, and `kestrel train --initial-checkpoint` fine-tunes from it.
 
     tools/torch_weights.py efficientnet_b0 effb0_imagenet.safetensors
+    kestrel predict -c effb0_imagenet.safetensors photo.jpg --top-k 5
     kestrel train -m efficientnet_b0 --dataset cifar100 --image-size 224 \\
         --initial-checkpoint effb0_imagenet.safetensors --lr 0.01 --epochs 10
 
@@ -33,6 +36,28 @@ def build(name, pretrained):
         return timm.create_model(source_name, pretrained=pretrained)
     import torchvision
     return getattr(torchvision.models, source_name)(weights="DEFAULT" if pretrained else None)
+
+
+def model_info(name, model):
+    """Kestrel's kestrel.model_info metadata (tools/lib/checkpoint.h, ModelInfo)."""
+    library, source_name = SOURCES[name]
+    if library == "timm":
+        cfg = model.pretrained_cfg
+        size, mean, std = cfg["input_size"][1], list(cfg["mean"]), list(cfg["std"])
+        try:
+            from timm.data import ImageNetInfo
+            classes = [ImageNetInfo().index_to_description(i) for i in range(model.num_classes)]
+        except ImportError:  # older timm: no label table
+            classes = [str(i) for i in range(model.num_classes)]
+    else:
+        import torchvision
+        weights = torchvision.models.get_model_weights(source_name).DEFAULT
+        transforms = weights.transforms()  # describes the preprocessing; downloads nothing
+        size, mean, std = transforms.crop_size[0], list(transforms.mean), list(transforms.std)
+        classes = list(weights.meta["categories"])
+    return {"model": name, "num_classes": len(classes), "in_channels": 3, "height": size, "width": size,
+            "cifar_stem": False, "width_mult": 1.0, "depth_mult": 1.0, "dataset": "imagenet",
+            "classes": classes, "mean": mean, "std": std}
 
 
 def save_safetensors(path, state, metadata):
@@ -77,7 +102,8 @@ def main():
         sys.exit(f"torch_weights.py: could not get {a.model}'s weights: {str(e).splitlines()[0]}")
     library, source_name = SOURCES[a.model]
     save_safetensors(a.out, model.state_dict(),
-                     {"source": f"{library}.{source_name}", "pretrained": str(not a.random).lower()})
+                     {"kestrel.model_info": json.dumps(model_info(a.model, model)),
+                      "source": f"{library}.{source_name}", "pretrained": str(not a.random).lower()})
     print(f"{a.out}: {len(model.state_dict())} tensors of {library} {source_name}"
           f" ({'pretrained' if not a.random else 'random, seed %d' % a.seed})")
 
