@@ -313,6 +313,11 @@ bool valid(const CoordAttentionShape& s, KDType dt, KDType param_dt) {
   return s.N >= 1 && s.H >= 1 && s.W >= 1 && s.C >= 1 && s.mip >= 1 && (param_dt == dt || param_dt == KDType::F32);
 }
 
+// The transform kernels keep C + mip floats in dynamic shared memory (the gate kernels none).
+bool transform_fits(const CoordAttentionShape& s) {
+  return (static_cast<int64_t>(s.C) + s.mip) * sizeof(float) <= 48 * 1024;  // the default limit
+}
+
 }  // namespace
 
 size_t coord_attention_workspace_bytes(const CoordAttentionShape& s) {
@@ -334,7 +339,7 @@ size_t coord_attention_backward_workspace_bytes(const CoordAttentionShape& s) {
 cudaError_t coord_attention_forward(KDType dt, KDType param_dt, const CoordAttentionShape& s, KAct act, const void* x,
                                     const void* w1, const void* b1, const void* wh, const void* bh, const void* ww,
                                     const void* bw, void* y, void* workspace, cudaStream_t stream) {
-  if (!valid(s, dt, param_dt) || workspace == nullptr) return cudaErrorInvalidValue;
+  if (!valid(s, dt, param_dt) || !transform_fits(s) || workspace == nullptr) return cudaErrorInvalidValue;
 #define KESTREL_CA_FWD(T, W)                                                                                  \
   forward_t<T, W>(s, act, static_cast<const T*>(x), static_cast<const W*>(w1), static_cast<const W*>(b1),    \
                   static_cast<const W*>(wh), static_cast<const W*>(bh), static_cast<const W*>(ww),           \
@@ -353,7 +358,7 @@ cudaError_t coord_attention_backward(KDType dt, KDType param_dt, const CoordAtte
                                      const void* dy, const void* x, const void* w1, const void* wh, const void* ww,
                                      const void* forward_workspace, void* dx, void* dw1, void* db1, void* dwh,
                                      void* dbh, void* dww, void* dbw, void* workspace, cudaStream_t stream) {
-  if (!valid(s, dt, param_dt) || forward_workspace == nullptr || workspace == nullptr) return cudaErrorInvalidValue;
+  if (!valid(s, dt, param_dt) || !transform_fits(s) || forward_workspace == nullptr || workspace == nullptr) return cudaErrorInvalidValue;
 #define KESTREL_CA_BWD(T, W)                                                                                     \
   backward_t<T, W>(s, act, static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<const W*>(w1),      \
                    static_cast<const W*>(wh), static_cast<const W*>(ww), forward_workspace, static_cast<T*>(dx), \

@@ -20,6 +20,7 @@
 #include "cuda_parity.h"
 #include "engine/trace.h"
 #include "engine/autograd.h"
+#include "engine/gpu/attention.h"
 #include "engine/ops/attention.h"
 #include "engine/ops/conv.h"
 #include "engine/ops/ghost.h"
@@ -422,6 +423,25 @@ TEST(CudaFusedModules, EvalCoordAttentionAndGhostMatchCpu) {
     NoGradGuard inference;  // nothing kept for backward: the cheap half's activation is the kernel's epilogue
     expect_close(gm(gc).cpu(), g_cpu, 1e-4, 1e-4,
                  std::string("GhostModule inference, CUDA fused vs CPU composed, ") + activation_name(act));
+  }
+}
+
+// Layers whose channels overflow the fused kernels' 48 KiB of shared memory
+// compose engine ops on CUDA; at the bound they still take the fused kernels.
+TEST(CudaFusedModules, AttentionWiderThanSharedMemoryComposes) {
+  KESTREL_REQUIRE_CUDA();
+  const int64_t limit = gpu::kFusedAttentionSharedFloats;
+  for (const int64_t c : {limit - 4, limit + 12}) {  // hidden 2: at the bound, then past it
+    const SECase s{1, 2, 1, c, 2, Activation::ReLU, Activation::Sigmoid};
+    MultiOp op = [s](const std::vector<Tensor>& v) { return squeeze_excite(v[0], v[1], v[2], v[3], v[4], s.act, s.gate); };
+    expect_cuda_matches_cpu(op, se_inputs(s, DType::F32), fused_tolerance(DType::F32),
+                            "wide squeeze_excite C " + std::to_string(c));
+    const CACase a{1, 2, 1, c, 2, Activation::HardSwish};
+    MultiOp ca = [a](const std::vector<Tensor>& v) {
+      return coord_attention(v[0], v[1], v[2], v[3], v[4], v[5], v[6], a.act);
+    };
+    expect_cuda_matches_cpu(ca, ca_inputs(a, DType::F32), fused_tolerance(DType::F32),
+                            "wide coord_attention C " + std::to_string(c));
   }
 }
 

@@ -506,6 +506,14 @@ void copy_async(void* dst, Device dst_dev, const void* src, Device src_dev, size
   if (dst_dev.is_cuda() && src_dev.is_cuda()) {
     kind = cudaMemcpyDeviceToDevice;
     if (dst_dev.index != src_dev.index) {
+      // A peer copy queued on the destination's stream does not wait for the
+      // source device's work: the kernel still writing src must finish first.
+      {
+        DeviceGuard on_src(src_dev.index);
+        Event src_done(false);
+        src_done.record(current_stream(src_dev.index));
+        src_done.wait(stream);
+      }  // destroying a recorded event is safe: CUDA frees it once it completes
       KESTREL_CUDA_CHECK_CTX(cudaMemcpyPeerAsync(dst, dst_dev.index, src, src_dev.index, nbytes, stream), nbytes,
                              " bytes ", src_dev.str(), " -> ", dst_dev.str());
       return;

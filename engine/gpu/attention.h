@@ -12,6 +12,14 @@
 
 namespace kestrel::gpu {
 
+// The fused kernels keep one sample's C + 2 * hidden floats (SE's hidden is
+// Cr, coordinate attention's mip) in dynamic shared memory, whose default
+// limit is 48 KiB; wider layers compose engine ops instead.
+constexpr int64_t kFusedAttentionSharedFloats = 48 * 1024 / 4;
+inline bool fused_attention_fits(int64_t channels, int64_t hidden) {
+  return channels + 2 * hidden <= kFusedAttentionSharedFloats;
+}
+
 struct FusedAttentionForward {
   Tensor y;
   Tensor saved;  // the forward workspace the backward reads

@@ -215,7 +215,8 @@ Tensor squeeze_excite(const Tensor& x, const Tensor& w1, const Tensor& b1, const
   check_bias(b1, w1, x, op, "b1");
   check_bias(b2, w2, x, op, "b2");
   if constexpr (kHaveCuda) {
-    if (fused_on_cuda(x)) return squeeze_excite_cuda(x, w1, b1, w2, b2, act, gate);
+    if (fused_on_cuda(x) && gpu::fused_attention_fits(C, w1.size(0)))
+      return squeeze_excite_cuda(x, w1, b1, w2, b2, act, gate);
   }
   return squeeze_excite_composed(x, w1, b1, w2, b2, act, gate);
 }
@@ -239,7 +240,8 @@ Tensor coord_attention(const Tensor& x, const Tensor& w1, const Tensor& b1, cons
   check_bias(bh, wh, x, op, "bh");
   check_bias(bw, ww, x, op, "bw");
   if constexpr (kHaveCuda) {
-    if (fused_on_cuda(x)) return coord_attention_cuda(x, w1, b1, wh, bh, ww, bw, act);
+    if (fused_on_cuda(x) && gpu::fused_attention_fits(C, w1.size(0)))
+      return coord_attention_cuda(x, w1, b1, wh, bh, ww, bw, act);
   }
   return coord_attention_composed(x, w1, b1, wh, bh, ww, bw, act);
 }
