@@ -258,6 +258,45 @@ TEST_F(EvalPredict, PredictorConvertsChannelsAndResizesAnyImage) {
   EXPECT_THROW(p.predict(bad), ValueError);
 }
 
+// torchvision's evaluation framing: scale to cover the input size over the
+// crop fraction, then the centre. On a horizontal ramp (bilinear resizing is
+// exact on it) each output column holds the source column it maps back to.
+TEST(ModelInput, ResizeAndCenterCropKeepsTheMiddleOfTheImage) {
+  data::FImage ramp(40, 60, 1);
+  for (int y = 0; y < 40; ++y)
+    for (int x = 0; x < 60; ++x) ramp.at(y, x, 0) = static_cast<float>(x);
+  // Cover 16x16 / 0.5 = 32x32: scale max(32/40, 32/60) = 0.8 -> 32x48; the
+  // centred 16x16 starts at row 8, column 16 of that.
+  const data::FImage out = resize_and_center_crop(ramp, 16, 16, 0.5);
+  ASSERT_EQ(out.h, 16);
+  ASSERT_EQ(out.w, 16);
+  for (int y = 0; y < 16; ++y)
+    for (int x = 0; x < 16; ++x)
+      ASSERT_NEAR(out.at(y, x, 0), (16 + x + 0.5) / 0.8 - 0.5, 1e-4) << "row " << y << " column " << x;
+  // A fraction of 1 on a square image is the plain resize.
+  data::FImage square(30, 30, 1);
+  for (int i = 0; i < 900; ++i) square.data[i] = static_cast<float>(i % 7);
+  const data::FImage plain = resize_for_model(square, 12, 12), framed = resize_and_center_crop(square, 12, 12, 1.0);
+  EXPECT_EQ(plain.data, framed.data);
+  EXPECT_THROW(resize_and_center_crop(square, 12, 12, 0.0), ValueError);
+
+  // The checkpoint metadata carries it; model_input_transform applies it.
+  tools::ModelInfo info;
+  info.model = "cifar10_200k";
+  info.num_classes = 2;
+  info.in_channels = 1;
+  info.height = info.width = 16;
+  info.crop_fraction = 0.5;
+  const tools::ModelInfo back = tools::ModelInfo::from_metadata(info.to_metadata(), "metadata");
+  EXPECT_EQ(back.crop_fraction, 0.5);
+  data::FImage img = ramp;
+  Generator gen(1);
+  model_input_transform(back)(img, gen);
+  EXPECT_EQ(img.data, out.data);
+  info.crop_fraction = 1.5;
+  EXPECT_THROW(tools::ModelInfo::from_metadata(info.to_metadata(), "metadata"), IOError);
+}
+
 TEST_F(EvalPredict, PredictBatchMatchesOneAtATimeAndReadsFiles) {
   Predictor p(*ckpt_);
   std::vector<data::Image> imgs;

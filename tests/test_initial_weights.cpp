@@ -158,6 +158,7 @@ TEST(InitialWeights, TorchvisionStateDictFromTorchWeightsScript) {
   ASSERT_EQ(loaded.info.mean.size(), 3u);
   EXPECT_NEAR(loaded.info.mean[0], 0.485, 1e-6);
   EXPECT_NEAR(loaded.info.std[2], 0.225, 1e-6);
+  EXPECT_NEAR(loaded.info.crop_fraction, 224.0 / 256.0, 1e-12);  // torchvision's Resize(256) + CenterCrop(224)
 }
 
 // A run started from another run's checkpoint begins where that one ended: at

@@ -44,6 +44,7 @@ def model_info(name, model):
     if library == "timm":
         cfg = model.pretrained_cfg
         size, mean, std = cfg["input_size"][1], list(cfg["mean"]), list(cfg["std"])
+        crop_fraction = float(cfg.get("crop_pct", 0.875))
         try:
             from timm.data import ImageNetInfo
             classes = [ImageNetInfo().index_to_description(i) for i in range(model.num_classes)]
@@ -54,10 +55,11 @@ def model_info(name, model):
         weights = torchvision.models.get_model_weights(source_name).DEFAULT
         transforms = weights.transforms()  # describes the preprocessing; downloads nothing
         size, mean, std = transforms.crop_size[0], list(transforms.mean), list(transforms.std)
+        crop_fraction = size / transforms.resize_size[0]  # e.g. a 224 crop of 256
         classes = list(weights.meta["categories"])
     return {"model": name, "num_classes": len(classes), "in_channels": 3, "height": size, "width": size,
             "cifar_stem": False, "width_mult": 1.0, "depth_mult": 1.0, "dataset": "imagenet",
-            "classes": classes, "mean": mean, "std": std}
+            "classes": classes, "mean": mean, "std": std, "crop_fraction": crop_fraction}
 
 
 def save_safetensors(path, state, metadata):

@@ -25,6 +25,7 @@ io::Metadata ModelInfo::to_metadata() const {
   j["classes"] = classes;
   j["mean"] = mean;
   j["std"] = std;
+  if (crop_fraction != 1.0) j["crop_fraction"] = crop_fraction;
   return {{"kestrel.model_info", j.dump()}};
 }
 
@@ -47,9 +48,12 @@ ModelInfo ModelInfo::from_metadata(const io::Metadata& m, const std::string& sou
     info.classes = j.value("classes", std::vector<std::string>{});
     info.mean = j.value("mean", std::vector<float>{});
     info.std = j.value("std", std::vector<float>{});
+    info.crop_fraction = j.value("crop_fraction", 1.0);
   } catch (const nlohmann::json::exception& e) {
     throw IOError(source + ": malformed kestrel.model_info metadata (" + e.what() + ")");
   }
+  KCHECK(info.crop_fraction > 0.0 && info.crop_fraction <= 1.0, IOError, source,
+         ": kestrel.model_info crop_fraction must be in (0, 1], got ", info.crop_fraction);
   return info;
 }
 

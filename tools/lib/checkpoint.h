@@ -22,6 +22,10 @@ struct ModelInfo {
   std::string dataset;
   std::vector<std::string> classes;
   std::vector<float> mean, std;  // per-channel normalization of [0,1] pixels
+  // Evaluation framing: 1 resizes the whole image to height x width; below 1
+  // the image is scaled to cover (height, width) / crop_fraction and its centre
+  // cropped, as torchvision and timm evaluate ImageNet models (224 of 256: 0.875).
+  double crop_fraction = 1.0;
 
   io::Metadata to_metadata() const;
   static ModelInfo from_metadata(const io::Metadata& m, const std::string& source);

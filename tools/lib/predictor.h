@@ -36,8 +36,12 @@ data::FImage convert_channels(const data::FImage& img, int channels);
 // Bilinear resize; when shrinking by 2x or more, first averages whole blocks so
 // that fine detail is not aliased into the small image.
 data::FImage resize_for_model(const data::FImage& img, int height, int width);
+// Scales img to cover height x width divided by crop_fraction (aspect kept),
+// then takes the centred height x width (torchvision's Resize + CenterCrop).
+data::FImage resize_and_center_crop(const data::FImage& img, int height, int width, double crop_fraction);
 // The model's input pipeline as a transform of [0,1] float images: channels,
-// size, then normalization from the checkpoint metadata.
+// size (a plain resize, or resize_and_center_crop when the metadata's
+// crop_fraction is below 1), then normalization from the checkpoint metadata.
 data::Transform model_input_transform(const ModelInfo& info);
 
 class Predictor {
