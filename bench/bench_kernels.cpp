@@ -248,6 +248,9 @@ struct CudnnDepthwise {
   cudnnConvolutionFwdAlgo_t fwd{};
   cudnnConvolutionBwdDataAlgo_t bwd_data{};
   cudnnConvolutionBwdFilterAlgo_t bwd_filter{};
+  // cudnnFind* times each algorithm under both math types and reports the
+  // winner's; the descriptor must carry it when that algorithm runs.
+  cudnnMathType_t fwd_math{}, bwd_data_math{}, bwd_filter_math{};
   size_t ws_bytes = 0;
 
   explicit CudnnDepthwise(const kestrel::kernels::DepthwiseConvShape& s) {
@@ -266,15 +269,26 @@ struct CudnnDepthwise {
     cudnnConvolutionFwdAlgoPerf_t pf[8];
     CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(g_cudnn, x, w, conv, y, 8, &n, pf));
     fwd = fastest(pf, n, "forward").algo;
-    ws_bytes = std::max(ws_bytes, fastest(pf, n, "forward").memory);
+    fwd_math = fastest(pf, n, "forward").mathType;
     cudnnConvolutionBwdDataAlgoPerf_t pd[8];
     CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(g_cudnn, w, y, conv, x, 8, &n, pd));
     bwd_data = fastest(pd, n, "backward data").algo;
-    ws_bytes = std::max(ws_bytes, fastest(pd, n, "backward data").memory);
+    bwd_data_math = fastest(pd, n, "backward data").mathType;
     cudnnConvolutionBwdFilterAlgoPerf_t pw[8];
     CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(g_cudnn, x, y, conv, w, 8, &n, pw));
     bwd_filter = fastest(pw, n, "backward filter").algo;
-    ws_bytes = std::max(ws_bytes, fastest(pw, n, "backward filter").memory);
+    bwd_filter_math = fastest(pw, n, "backward filter").mathType;
+    // Each direction's workspace under the math type it will run with.
+    size_t bytes = 0;
+    CUDNN_CHECK(cudnnSetConvolutionMathType(conv, fwd_math));
+    CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(g_cudnn, x, w, conv, y, fwd, &bytes));
+    ws_bytes = std::max(ws_bytes, bytes);
+    CUDNN_CHECK(cudnnSetConvolutionMathType(conv, bwd_data_math));
+    CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(g_cudnn, w, y, conv, x, bwd_data, &bytes));
+    ws_bytes = std::max(ws_bytes, bytes);
+    CUDNN_CHECK(cudnnSetConvolutionMathType(conv, bwd_filter_math));
+    CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(g_cudnn, x, y, conv, w, bwd_filter, &bytes));
+    ws_bytes = std::max(ws_bytes, bytes);
   }
   // cudnnFind* lists by time; entries that failed to run carry a bad status.
   template <typename Perf>
@@ -322,6 +336,8 @@ Case depthwise_case(const Layer& l, Dir dir, Impl impl) {
   void* ws = c.workspace(d->ws_bytes);
   c.launch = [d, dir, x = x.p, y = y.p, w = w.p, ws] {
     const float one = 1.f, zero = 0.f;
+    CUDNN_CHECK(cudnnSetConvolutionMathType(
+        d->conv, dir == Dir::Fwd ? d->fwd_math : (dir == Dir::BwdData ? d->bwd_data_math : d->bwd_filter_math)));
     if (dir == Dir::Fwd)
       CUDNN_CHECK(cudnnConvolutionForward(g_cudnn, &one, d->x, x, d->w, w, d->conv, d->fwd, ws, d->ws_bytes, &zero,
                                           d->y, y));
@@ -418,6 +434,8 @@ Case bn_relu_case(const Layer& l, bool backward, Impl impl) {
   Buffer& save_invstd = c.scratch(C, Elem::F32);
   Buffer& y = c.scratch(n, Elem::F16);
   Buffer& dx = c.scratch(backward ? n : 0, Elem::F16);
+  // cuDNN's side: the ReLU-masked dy, apart from dx (BN's backward is not documented in place).
+  Buffer& masked_dy = c.scratch(backward && impl != Impl::Kestrel ? n : 0, Elem::F16);
   Buffer& dgamma = c.scratch(C, Elem::F32);
   Buffer& dbeta = c.scratch(C, Elem::F32);
   c.bytes = 2.0 * static_cast<double>(backward ? 3 * n : 2 * n);
@@ -432,7 +450,7 @@ Case bn_relu_case(const Layer& l, bool backward, Impl impl) {
   }
   // Raw pointers for the launches (the buffers outlive them: the case owns both).
   auto f32 = [](const Buffer& b) { return static_cast<float*>(b.p); };
-  void *xp = x.p, *dyp = dy.p, *yp = y.p, *dxp = dx.p;
+  void *xp = x.p, *dyp = dy.p, *yp = y.p, *dxp = dx.p, *mdyp = masked_dy.p;
   float *g = f32(gamma), *b = f32(beta), *rm = f32(running_mean), *rv = f32(running_var);
   float *sm = f32(save_mean), *si = f32(save_invstd), *dg = f32(dgamma), *db = f32(dbeta);
   std::function<void()> forward, backward_pass;
@@ -462,13 +480,12 @@ Case bn_relu_case(const Layer& l, bool backward, Impl impl) {
       CUDNN_CHECK(cudnnActivationForward(g_cudnn, d->relu, &one, td, yp, &zero, td, yp));
     };
     // ReLU backward needs the sign of the pre-activation: cuDNN's way keeps the
-    // ReLU output y (same sign) and writes the masked dy to dx, which BN's
-    // backward then overwrites in place.
+    // ReLU output y (same sign) and writes the masked dy, which BN's backward reads.
     backward_pass = [=] {
       const float one = 1.f, zero = 0.f;
-      CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d->relu, &one, td, yp, td, dyp, td, yp, &zero, td, dxp));
+      CUDNN_CHECK(cudnnActivationBackward(g_cudnn, d->relu, &one, td, yp, td, dyp, td, yp, &zero, td, mdyp));
       CUDNN_CHECK(cudnnBatchNormalizationBackward(g_cudnn, CUDNN_BATCHNORM_SPATIAL_PERSISTENT, &one, &zero, &one,
-                                                  &zero, td, xp, td, dxp, td, dxp, pd, g, dg, db, 1e-5, sm, si));
+                                                  &zero, td, xp, td, mdyp, td, dxp, pd, g, dg, db, 1e-5, sm, si));
     };
   }
   if (backward) forward();

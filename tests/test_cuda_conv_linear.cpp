@@ -146,7 +146,7 @@ TEST_P(CudaConvParity, NonSquareKernelAndAsymmetricStrideMatchTheCpu) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Dtypes, CudaConvParity, ::testing::Values(DType::F32, DType::F16, DType::BF16),
+INSTANTIATE_TEST_SUITE_P(Dtypes, CudaConvParity, ::testing::Values(DType::F32, DType::F64, DType::F16, DType::BF16),
                          [](const ::testing::TestParamInfo<DType>& info) {
                            return std::string(dtype_name(info.param));
                          });
