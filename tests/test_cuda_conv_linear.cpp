@@ -309,6 +309,37 @@ TEST(CudaConv, CudnnAlgorithmIsChosenOnceAndThenServedFromTheCache) {
   expect_close(second.cpu(), first.cpu(), 0.0, 0.0, "the same algorithm gives the same bits");
 }
 
+// A ranked algorithm that cuDNN refuses when run (the emulator refuses
+// algorithm 0 on request) gives way to the next, in all three directions, and
+// the cache then starts from the one that ran.
+TEST(CudaConv, RefusedAlgorithmGivesWayToTheNextOneAndTheCacheRemembers) {
+  KESTREL_REQUIRE_CUDA();
+#if !defined(KESTREL_CUDA_EMULATOR)
+  GTEST_SKIP() << "needs the emulator's KESTREL_EMU_CUDNN_REFUSE_ALGO";
+#endif
+  Conv2dParams p;
+  p.pad_h = p.pad_w = 1;
+  p.stride_w = 2;
+  // A shape no other test uses, so every direction starts with a cache miss.
+  const Tensor x = input({2, 9, 8, 6}, 60, DType::F32), w = input({5, 3, 3, 6}, 61, DType::F32);
+  const UnaryOp conv = [p](const std::vector<Tensor>& in) { return conv2d(in[0], in[1], Tensor(), p); };
+  ::setenv("KESTREL_EMU_CUDNN_REFUSE_ALGO", "0", 1);
+  const gpu::ConvAlgoCacheStats start = gpu::conv_algo_cache_stats();
+  expect_cuda_matches_cpu(conv, {x, w}, parity_tolerance(DType::F32), "refused algorithm 0, first call");
+  const gpu::ConvAlgoCacheStats first = gpu::conv_algo_cache_stats();
+  EXPECT_EQ(first.fallbacks, start.fallbacks + 3) << "forward, input gradient and weight gradient each fell back";
+  expect_cuda_matches_cpu(conv, {x, w}, parity_tolerance(DType::F32), "refused algorithm 0, cached");
+  EXPECT_EQ(gpu::conv_algo_cache_stats().fallbacks, first.fallbacks) << "the cache starts at the algorithm that ran";
+  ::setenv("KESTREL_EMU_CUDNN_REFUSE_ALGO", "1", 1);  // now the only one left is refused too
+  try {
+    conv2d(x.to(Device::cuda()), w.to(Device::cuda()), Tensor(), p);
+    ADD_FAILURE() << "no error when every algorithm is refused";
+  } catch (const DeviceError& e) {
+    EXPECT_NE(std::string(e.what()).find("every usable cuDNN algorithm was refused"), std::string::npos) << e.what();
+  }
+  ::unsetenv("KESTREL_EMU_CUDNN_REFUSE_ALGO");
+}
+
 TEST(CudaConv, BenchmarkModeTimesTheAlgorithmsOncePerShapeAndMatchesCpu) {
   KESTREL_REQUIRE_CUDA();
   struct BenchmarkScope {

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "engine/cuda/runtime.h"
 #include "engine/gpu/blas.h"
@@ -150,6 +151,7 @@ void gemm_backward_weight(const cpu::ConvGeom& g, const Tensor& x, const Tensor&
 
 std::atomic<uint64_t> g_algo_hits{0};
 std::atomic<uint64_t> g_algo_misses{0};
+std::atomic<uint64_t> g_algo_fallbacks{0};
 // -1: not decided yet (read KESTREL_CUDNN_BENCHMARK on first use), 0 off, 1 on.
 std::atomic<int> g_cudnn_benchmark{-1};
 
@@ -332,52 +334,77 @@ AlgoKey algo_key(const cpu::ConvGeom& g, DType dtype, Direction dir, int device)
           g.c_in, g.c_out, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.groups};
 }
 
-// The cached choice for `key`, or choose() run once and cached.
+// Every usable algorithm of a shape, best first.
+using AlgoChoices = std::vector<AlgoChoice>;
+
+std::mutex g_algo_mu;
+std::map<AlgoKey, AlgoChoices>& algo_cache() {
+  static std::map<AlgoKey, AlgoChoices> cache;
+  return cache;
+}
+
+// The cached choices for `key`, or choose() run once and cached.
 template <typename Choose>
-AlgoChoice cached_algo(const AlgoKey& key, Choose&& choose) {
-  static std::mutex mu;
-  static std::map<AlgoKey, AlgoChoice> cache;
+AlgoChoices cached_algos(const AlgoKey& key, Choose&& choose) {
   {
-    std::lock_guard<std::mutex> lock(mu);
-    const auto it = cache.find(key);
-    if (it != cache.end()) {
+    std::lock_guard<std::mutex> lock(g_algo_mu);
+    const auto it = algo_cache().find(key);
+    if (it != algo_cache().end()) {
       ++g_algo_hits;
       return it->second;
     }
   }
-  const AlgoChoice choice = choose();
-  std::lock_guard<std::mutex> lock(mu);
+  AlgoChoices choices = choose();
+  std::lock_guard<std::mutex> lock(g_algo_mu);
   ++g_algo_misses;
-  cache.emplace(key, choice);
-  return choice;
+  algo_cache().emplace(key, choices);
+  return choices;
 }
 
-// First usable entry of cuDNN's ranked list (heuristic, or measured with
+// The first `refused` of `choices` failed when run: later lookups start past them.
+void drop_refused(const AlgoKey& key, const AlgoChoices& choices, size_t refused) {
+  std::lock_guard<std::mutex> lock(g_algo_mu);
+  algo_cache()[key] = AlgoChoices(choices.begin() + static_cast<std::ptrdiff_t>(refused), choices.end());
+  g_algo_fallbacks += refused;
+}
+
+// cuDNN 9 numbers its "not supported" statuses 3000-3999 (older versions had one).
+bool not_supported(cudnnStatus_t s) {
+#if CUDNN_MAJOR >= 9
+  return s / 1000 == CUDNN_STATUS_NOT_SUPPORTED / 1000;
+#else
+  return s == CUDNN_STATUS_NOT_SUPPORTED;
+#endif
+}
+
+// The usable entries of cuDNN's ranked list (heuristic, or measured with
 // KESTREL_CUDNN_BENCHMARK=1), deterministic ones first (the CPU backend is
 // deterministic and so are reruns here). Usable:
 // supported, the math mode allowed for the dtype, workspace within bounds
 // (asked of cuDNN for the exact size under the entry's math mode).
 template <typename Call>
-AlgoChoice pick_algo(CudnnConv& d, cudnnHandle_t h, DType dtype) {
+AlgoChoices usable_algos(CudnnConv& d, cudnnHandle_t h, DType dtype) {
   typename Call::Perf perf[Call::kCount];
   int count = 0;
   if (cudnn_benchmark_enabled())
     KESTREL_CUDNN_CHECK(Call::timed(h, d, &count, perf), d.context);
   else
     KESTREL_CUDNN_CHECK(Call::algorithms(h, d, &count, perf), d.context);
-  for (const bool need_deterministic : {true, false}) {
+  AlgoChoices usable;
+  for (const bool deterministic : {true, false}) {
     for (int i = 0; i < count; ++i) {
       const typename Call::Perf& p = perf[i];
       if (p.status != CUDNN_STATUS_SUCCESS) continue;
-      if (need_deterministic && p.determinism != CUDNN_DETERMINISTIC) continue;
+      if ((p.determinism == CUDNN_DETERMINISTIC) != deterministic) continue;
       if (strict_f32(dtype) && p.mathType != CUDNN_FMA_MATH) continue;
       d.set_math(p.mathType);
       size_t bytes = 0;
       if (Call::workspace(h, d, p.algo, &bytes) != CUDNN_STATUS_SUCCESS || bytes > kMaxWorkspaceBytes) continue;
-      return {static_cast<int>(p.algo), p.mathType, bytes};
+      usable.push_back({static_cast<int>(p.algo), p.mathType, bytes});
     }
   }
-  throw DeviceError(detail::concat(d.context, ": cuDNN offers no usable algorithm (", count, " candidates)"));
+  KCHECK(!usable.empty(), DeviceError, d.context, ": cuDNN offers no usable algorithm (", count, " candidates)");
+  return usable;
 }
 
 // alpha and beta for cuDNN: double for f64 data, float otherwise.
@@ -389,19 +416,41 @@ struct Scale {
 constexpr Scale kOne{1.f, 1.0};
 constexpr Scale kZero{0.f, 0.0};
 
-// out (+)= the convolution of a and b in direction Call, with the cached algorithm.
+// out (+)= the convolution of a and b in direction Call, with the first cached
+// algorithm that runs: a heuristic's favourite can still be refused at run
+// time (not supported for this layout or shape), or its workspace may not fit
+// in memory; the next one then takes its place, for later calls too. (A
+// refusal happens before any output is written, so accumulation is safe.)
 template <typename Call>
 void cudnn_convolve(const cpu::ConvGeom& g, DType dt, Device device, const Tensor& a, const Tensor& b,
                     bool accumulate, const Tensor& out) {
   CudnnConv d(g, dt, detail::concat("conv2d ", Call::kName, " (cuDNN) ", dtype_name(dt), ", ", geom_str(g)));
   cudnnHandle_t h = cudnn_handle();
-  const AlgoChoice c =
-      cached_algo(algo_key(g, dt, Call::kDirection, device.index), [&] { return pick_algo<Call>(d, h, dt); });
-  d.set_math(c.math);
-  const Tensor ws = Tensor::empty({static_cast<int64_t>(c.workspace)}, DType::U8, device);
-  check_cudnn(Call::run(h, d, kOne.get(dt), a.data_ptr(), b.data_ptr(), static_cast<typename Call::Algo>(c.algo),
-                        ws.data_ptr(), c.workspace, (accumulate ? kOne : kZero).get(dt), out.data_ptr()),
-              Call::kCall, d.context);
+  const AlgoKey key = algo_key(g, dt, Call::kDirection, device.index);
+  const AlgoChoices choices = cached_algos(key, [&] { return usable_algos<Call>(d, h, dt); });
+  std::string refusals;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const AlgoChoice& c = choices[i];
+    d.set_math(c.math);
+    Tensor ws;
+    try {
+      ws = Tensor::empty({static_cast<int64_t>(c.workspace)}, DType::U8, device);
+    } catch (const DeviceError& e) {  // out of memory for this one's workspace
+      refusals += detail::concat("; algorithm ", c.algo, ": ", c.workspace, " bytes of workspace: ", e.what());
+      continue;
+    }
+    const cudnnStatus_t status =
+        Call::run(h, d, kOne.get(dt), a.data_ptr(), b.data_ptr(), static_cast<typename Call::Algo>(c.algo),
+                  ws.data_ptr(), c.workspace, (accumulate ? kOne : kZero).get(dt), out.data_ptr());
+    if (not_supported(status)) {
+      refusals += detail::concat("; algorithm ", c.algo, ": ", cudnnGetErrorString(status));
+      continue;
+    }
+    check_cudnn(status, Call::kCall, d.context);
+    if (i > 0) drop_refused(key, choices, i);
+    return;
+  }
+  throw DeviceError(detail::concat(d.context, ": every usable cuDNN algorithm was refused", refusals));
 }
 
 void cudnn_forward(const cpu::ConvGeom& g, const Tensor& x, const Tensor& w, bool accumulate, const Tensor& y) {
@@ -516,7 +565,9 @@ ConvParamGrads conv2d_backward_params(const cpu::ConvGeom& g, const Tensor& x, c
   return out;
 }
 
-ConvAlgoCacheStats conv_algo_cache_stats() { return {g_algo_hits.load(), g_algo_misses.load()}; }
+ConvAlgoCacheStats conv_algo_cache_stats() {
+  return {g_algo_hits.load(), g_algo_misses.load(), g_algo_fallbacks.load()};
+}
 
 bool cudnn_benchmark_enabled() {
   int state = g_cudnn_benchmark.load();

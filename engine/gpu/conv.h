@@ -40,10 +40,14 @@ enum class ConvPath { Depthwise, Gemm, Cudnn };
 ConvPath conv2d_path(const cpu::ConvGeom& g, DType dtype);
 
 // cuDNN algorithm cache counters (all devices and directions); a lookup that
-// finds a cached algorithm is a hit, one that runs the heuristic a miss.
+// finds a cached algorithm is a hit, one that runs the heuristic a miss. A
+// fallback: the ranked algorithm was refused when run (not supported, or its
+// workspace could not be allocated) and the next usable one took its place,
+// in the cache too.
 struct ConvAlgoCacheStats {
   uint64_t hits = 0;
   uint64_t misses = 0;
+  uint64_t fallbacks = 0;
 };
 ConvAlgoCacheStats conv_algo_cache_stats();
 

@@ -1,7 +1,9 @@
 // The cuDNN calls Kestrel makes, for the CPU emulator: 4-d tensor, filter and
 // 2-d convolution descriptors (NCHW or NHWC, groups, dilation) and the three
-// convolution directions as plain loops with f64 accumulation. One algorithm
-// is offered: deterministic, FMA math, no workspace.
+// convolution directions as plain loops with f64 accumulation. Two algorithms
+// are offered, computing alike: deterministic, FMA math, no workspace.
+#include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 #include "tests/emu/cudnn_emu.h"
@@ -49,15 +51,27 @@ void for_each_tap(const cudnnTensorStruct& x, const cudnnFilterStruct& w, const 
 
 size_t elements(const cudnnFilterStruct& f) { return static_cast<size_t>(f.k) * f.c * f.h * f.w; }
 
+// Two algorithms (0 and 1) that compute alike, so that a caller's fallback
+// from a refused one can be tested.
 template <typename Perf>
-cudnnStatus_t one_algorithm(int requested, int* returned, Perf* perf) {
+cudnnStatus_t two_algorithms(int requested, int* returned, Perf* perf) {
   if (requested < 1) return CUDNN_STATUS_BAD_PARAM;
-  perf[0] = Perf{};
-  perf[0].status = CUDNN_STATUS_SUCCESS;
-  perf[0].determinism = CUDNN_DETERMINISTIC;
-  perf[0].mathType = CUDNN_FMA_MATH;
-  *returned = 1;
+  *returned = std::min(requested, 2);
+  for (int i = 0; i < *returned; ++i) {
+    perf[i] = Perf{};
+    perf[i].algo = static_cast<decltype(perf[i].algo)>(i);
+    perf[i].status = CUDNN_STATUS_SUCCESS;
+    perf[i].determinism = CUDNN_DETERMINISTIC;
+    perf[i].mathType = CUDNN_FMA_MATH;
+  }
   return CUDNN_STATUS_SUCCESS;
+}
+
+// KESTREL_EMU_CUDNN_REFUSE_ALGO=N: running algorithm N returns "not supported",
+// as real cuDNN does for a ranked algorithm that cannot take the shape.
+bool refused(int algo) {
+  const char* v = std::getenv("KESTREL_EMU_CUDNN_REFUSE_ALGO");
+  return v != nullptr && *v != '\0' && std::atoi(v) == algo;
 }
 
 }  // namespace
@@ -82,6 +96,7 @@ const char* cudnnGetErrorString(cudnnStatus_t status) {
     case CUDNN_STATUS_SUCCESS: return "CUDNN_STATUS_SUCCESS";
     case CUDNN_STATUS_BAD_PARAM: return "CUDNN_STATUS_BAD_PARAM (emulator: inconsistent descriptors)";
     case CUDNN_STATUS_NOT_SUPPORTED: return "CUDNN_STATUS_NOT_SUPPORTED (emulator)";
+    case CUDNN_STATUS_NOT_SUPPORTED_SHAPE: return "CUDNN_STATUS_NOT_SUPPORTED_SHAPE (emulator: KESTREL_EMU_CUDNN_REFUSE_ALGO)";
     default: return "a cuDNN status the emulator does not model";
   }
 }
@@ -154,21 +169,21 @@ cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(cudnnHandle_t, const cudnnT
                                                      const cudnnFilterDescriptor_t, const cudnnConvolutionDescriptor_t,
                                                      const cudnnTensorDescriptor_t, const int requested, int* returned,
                                                      cudnnConvolutionFwdAlgoPerf_t* perf) {
-  return one_algorithm(requested, returned, perf);
+  return two_algorithms(requested, returned, perf);
 }
 cudnnStatus_t cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnnHandle_t, const cudnnFilterDescriptor_t,
                                                           const cudnnTensorDescriptor_t,
                                                           const cudnnConvolutionDescriptor_t,
                                                           const cudnnTensorDescriptor_t, const int requested,
                                                           int* returned, cudnnConvolutionBwdDataAlgoPerf_t* perf) {
-  return one_algorithm(requested, returned, perf);
+  return two_algorithms(requested, returned, perf);
 }
 cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnnHandle_t, const cudnnTensorDescriptor_t,
                                                             const cudnnTensorDescriptor_t,
                                                             const cudnnConvolutionDescriptor_t,
                                                             const cudnnFilterDescriptor_t, const int requested,
                                                             int* returned, cudnnConvolutionBwdFilterAlgoPerf_t* perf) {
-  return one_algorithm(requested, returned, perf);
+  return two_algorithms(requested, returned, perf);
 }
 
 // Find* (measured choice): the one algorithm, "timed" at zero.
@@ -176,21 +191,21 @@ cudnnStatus_t cudnnFindConvolutionForwardAlgorithm(cudnnHandle_t, const cudnnTen
                                                    const cudnnFilterDescriptor_t, const cudnnConvolutionDescriptor_t,
                                                    const cudnnTensorDescriptor_t, const int requested, int* returned,
                                                    cudnnConvolutionFwdAlgoPerf_t* perf) {
-  return one_algorithm(requested, returned, perf);
+  return two_algorithms(requested, returned, perf);
 }
 cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithm(cudnnHandle_t, const cudnnFilterDescriptor_t,
                                                         const cudnnTensorDescriptor_t,
                                                         const cudnnConvolutionDescriptor_t,
                                                         const cudnnTensorDescriptor_t, const int requested,
                                                         int* returned, cudnnConvolutionBwdDataAlgoPerf_t* perf) {
-  return one_algorithm(requested, returned, perf);
+  return two_algorithms(requested, returned, perf);
 }
 cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithm(cudnnHandle_t, const cudnnTensorDescriptor_t,
                                                           const cudnnTensorDescriptor_t,
                                                           const cudnnConvolutionDescriptor_t,
                                                           const cudnnFilterDescriptor_t, const int requested,
                                                           int* returned, cudnnConvolutionBwdFilterAlgoPerf_t* perf) {
-  return one_algorithm(requested, returned, perf);
+  return two_algorithms(requested, returned, perf);
 }
 
 cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t, const cudnnTensorDescriptor_t,
@@ -220,9 +235,10 @@ cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnnHandle_t, cons
 
 cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t, const void* alpha, const cudnnTensorDescriptor_t xd,
                                       const void* x, const cudnnFilterDescriptor_t wd, const void* w,
-                                      const cudnnConvolutionDescriptor_t conv, cudnnConvolutionFwdAlgo_t, void*,
+                                      const cudnnConvolutionDescriptor_t conv, cudnnConvolutionFwdAlgo_t algo, void*,
                                       size_t, const void* beta, const cudnnTensorDescriptor_t yd, void* y) {
   if (!consistent(*xd, *wd, *conv, *yd)) return CUDNN_STATUS_BAD_PARAM;
+  if (refused(algo)) return CUDNN_STATUS_NOT_SUPPORTED_SHAPE;
   const int t = xd->kind;
   std::vector<double> acc(elements(*yd), 0.0);
   for_each_tap(*xd, *wd, *conv, *yd, [&](int64_t xi, int64_t wi, int64_t yi) {
@@ -234,10 +250,11 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t, const void* alpha, const cu
 
 cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t, const void* alpha, const cudnnFilterDescriptor_t wd,
                                            const void* w, const cudnnTensorDescriptor_t dyd, const void* dy,
-                                           const cudnnConvolutionDescriptor_t conv, cudnnConvolutionBwdDataAlgo_t,
+                                           const cudnnConvolutionDescriptor_t conv, cudnnConvolutionBwdDataAlgo_t algo,
                                            void*, size_t, const void* beta, const cudnnTensorDescriptor_t dxd,
                                            void* dx) {
   if (!consistent(*dxd, *wd, *conv, *dyd)) return CUDNN_STATUS_BAD_PARAM;
+  if (refused(algo)) return CUDNN_STATUS_NOT_SUPPORTED_SHAPE;
   const int t = dxd->kind;
   std::vector<double> acc(elements(*dxd), 0.0);
   for_each_tap(*dxd, *wd, *conv, *dyd, [&](int64_t xi, int64_t wi, int64_t yi) {
@@ -250,9 +267,10 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t, const void* alpha, con
 cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t, const void* alpha, const cudnnTensorDescriptor_t xd,
                                              const void* x, const cudnnTensorDescriptor_t dyd, const void* dy,
                                              const cudnnConvolutionDescriptor_t conv,
-                                             cudnnConvolutionBwdFilterAlgo_t, void*, size_t, const void* beta,
+                                             cudnnConvolutionBwdFilterAlgo_t algo, void*, size_t, const void* beta,
                                              const cudnnFilterDescriptor_t dwd, void* dw) {
   if (!consistent(*xd, *dwd, *conv, *dyd)) return CUDNN_STATUS_BAD_PARAM;
+  if (refused(algo)) return CUDNN_STATUS_NOT_SUPPORTED_SHAPE;
   const int t = xd->kind;
   std::vector<double> acc(elements(*dwd), 0.0);
   for_each_tap(*xd, *dwd, *conv, *dyd, [&](int64_t xi, int64_t wi, int64_t yi) {
