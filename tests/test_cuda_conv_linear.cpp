@@ -361,6 +361,13 @@ TEST(CudaConv, BenchmarkModeTimesTheAlgorithmsOncePerShapeAndMatchesCpu) {
   EXPECT_EQ(gpu::conv_algo_cache_stats().misses, start.misses + 1) << "and measured once per shape";
   expect_close(timed.cpu(), conv2d(x, w, Tensor(), p), 1e-4, 1e-4, "conv2d with the measured algorithm vs CPU");
   expect_close(timed.cpu(), heuristic.cpu(), 1e-4, 1e-4, "measured vs heuristic algorithm");
+  // All three directions timed on their own operands; the forward adds onto a
+  // bias already in its output, which the timing runs must not overwrite.
+  const UnaryOp with_bias = [p](const std::vector<Tensor>& in) { return conv2d(in[0], in[1], in[2], p); };
+  expect_cuda_matches_cpu(with_bias,
+                          {input({1, 7, 6, 7}, 55, DType::F32), input({5, 3, 3, 7}, 56, DType::F32),
+                           input({5}, 57, DType::F32)},
+                          parity_tolerance(DType::F32), "benchmark mode, bias and gradients");
 }
 #endif
 

@@ -260,8 +260,10 @@ struct ForwardCall {
   static cudnnStatus_t algorithms(cudnnHandle_t h, const CudnnConv& d, int* count, Perf* perf) {
     return cudnnGetConvolutionForwardAlgorithm_v7(h, d.x.d, d.w.d, d.conv.d, d.y.d, kCount, count, perf);
   }
-  static cudnnStatus_t timed(cudnnHandle_t h, const CudnnConv& d, int* count, Perf* perf) {
-    return cudnnFindConvolutionForwardAlgorithm(h, d.x.d, d.w.d, d.conv.d, d.y.d, kCount, count, perf);
+  static cudnnStatus_t timed(cudnnHandle_t h, const CudnnConv& d, const void* a, const void* b, void* out,
+                             int* count, Perf* perf, void* ws, size_t ws_bytes) {
+    return cudnnFindConvolutionForwardAlgorithmEx(h, d.x.d, a, d.w.d, b, d.conv.d, d.y.d, out, kCount, count, perf,
+                                                  ws, ws_bytes);
   }
   static cudnnStatus_t workspace(cudnnHandle_t h, const CudnnConv& d, Algo algo, size_t* bytes) {
     return cudnnGetConvolutionForwardWorkspaceSize(h, d.x.d, d.w.d, d.conv.d, d.y.d, algo, bytes);
@@ -282,8 +284,10 @@ struct BackwardDataCall {
   static cudnnStatus_t algorithms(cudnnHandle_t h, const CudnnConv& d, int* count, Perf* perf) {
     return cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w.d, d.y.d, d.conv.d, d.x.d, kCount, count, perf);
   }
-  static cudnnStatus_t timed(cudnnHandle_t h, const CudnnConv& d, int* count, Perf* perf) {
-    return cudnnFindConvolutionBackwardDataAlgorithm(h, d.w.d, d.y.d, d.conv.d, d.x.d, kCount, count, perf);
+  static cudnnStatus_t timed(cudnnHandle_t h, const CudnnConv& d, const void* a, const void* b, void* out,
+                             int* count, Perf* perf, void* ws, size_t ws_bytes) {
+    return cudnnFindConvolutionBackwardDataAlgorithmEx(h, d.w.d, a, d.y.d, b, d.conv.d, d.x.d, out, kCount, count,
+                                                       perf, ws, ws_bytes);
   }
   static cudnnStatus_t workspace(cudnnHandle_t h, const CudnnConv& d, Algo algo, size_t* bytes) {
     return cudnnGetConvolutionBackwardDataWorkspaceSize(h, d.w.d, d.y.d, d.conv.d, d.x.d, algo, bytes);
@@ -304,8 +308,10 @@ struct BackwardFilterCall {
   static cudnnStatus_t algorithms(cudnnHandle_t h, const CudnnConv& d, int* count, Perf* perf) {
     return cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d.x.d, d.y.d, d.conv.d, d.w.d, kCount, count, perf);
   }
-  static cudnnStatus_t timed(cudnnHandle_t h, const CudnnConv& d, int* count, Perf* perf) {
-    return cudnnFindConvolutionBackwardFilterAlgorithm(h, d.x.d, d.y.d, d.conv.d, d.w.d, kCount, count, perf);
+  static cudnnStatus_t timed(cudnnHandle_t h, const CudnnConv& d, const void* a, const void* b, void* out,
+                             int* count, Perf* perf, void* ws, size_t ws_bytes) {
+    return cudnnFindConvolutionBackwardFilterAlgorithmEx(h, d.x.d, a, d.y.d, b, d.conv.d, d.w.d, out, kCount, count,
+                                                         perf, ws, ws_bytes);
   }
   static cudnnStatus_t workspace(cudnnHandle_t h, const CudnnConv& d, Algo algo, size_t* bytes) {
     return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, d.x.d, d.y.d, d.conv.d, d.w.d, algo, bytes);
@@ -377,17 +383,52 @@ bool not_supported(cudnnStatus_t s) {
 #endif
 }
 
+// The operands cuDNN times the algorithms on (KESTREL_CUDNN_BENCHMARK=1):
+// the call's inputs, a scratch output (the real one may hold a bias to add
+// to) and a workspace from the caching allocator, as large as the largest the
+// heuristics' candidates ask for, halved while it does not fit. (The variant
+// without operands allocates its own memory, outside the cache, and fails
+// once the cache holds most of the device.)
+template <typename Call>
+void time_algos(CudnnConv& d, cudnnHandle_t h, const Tensor& a, const Tensor& b, const Tensor& out, int* count,
+                typename Call::Perf* perf) {
+  KESTREL_CUDNN_CHECK(Call::algorithms(h, d, count, perf), d.context);
+  size_t bytes = 0;
+  for (int i = 0; i < *count; ++i) {
+    size_t need = 0;
+    d.set_math(perf[i].mathType);
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && Call::workspace(h, d, perf[i].algo, &need) == CUDNN_STATUS_SUCCESS &&
+        need <= kMaxWorkspaceBytes)
+      bytes = std::max(bytes, need);
+  }
+  Tensor ws;
+  for (;; bytes /= 2) {
+    try {
+      ws = Tensor::empty({static_cast<int64_t>(bytes)}, DType::U8, out.device());
+      break;
+    } catch (const DeviceError&) {
+      if (bytes == 0) throw;
+    }
+  }
+  const Tensor scratch_out = Tensor::empty(out.shape(), out.dtype(), out.device());
+  d.set_math(requested_math(out.dtype()));
+  KESTREL_CUDNN_CHECK(Call::timed(h, d, a.data_ptr(), b.data_ptr(), scratch_out.data_ptr(), count, perf,
+                                  ws.data_ptr(), bytes),
+                      d.context);
+}
+
 // The usable entries of cuDNN's ranked list (heuristic, or measured with
 // KESTREL_CUDNN_BENCHMARK=1), deterministic ones first (the CPU backend is
 // deterministic and so are reruns here). Usable:
 // supported, the math mode allowed for the dtype, workspace within bounds
 // (asked of cuDNN for the exact size under the entry's math mode).
 template <typename Call>
-AlgoChoices usable_algos(CudnnConv& d, cudnnHandle_t h, DType dtype) {
+AlgoChoices usable_algos(CudnnConv& d, cudnnHandle_t h, DType dtype, const Tensor& a, const Tensor& b,
+                         const Tensor& out) {
   typename Call::Perf perf[Call::kCount];
   int count = 0;
   if (cudnn_benchmark_enabled())
-    KESTREL_CUDNN_CHECK(Call::timed(h, d, &count, perf), d.context);
+    time_algos<Call>(d, h, a, b, out, &count, perf);
   else
     KESTREL_CUDNN_CHECK(Call::algorithms(h, d, &count, perf), d.context);
   AlgoChoices usable;
@@ -427,7 +468,7 @@ void cudnn_convolve(const cpu::ConvGeom& g, DType dt, Device device, const Tenso
   CudnnConv d(g, dt, detail::concat("conv2d ", Call::kName, " (cuDNN) ", dtype_name(dt), ", ", geom_str(g)));
   cudnnHandle_t h = cudnn_handle();
   const AlgoKey key = algo_key(g, dt, Call::kDirection, device.index);
-  const AlgoChoices choices = cached_algos(key, [&] { return usable_algos<Call>(d, h, dt); });
+  const AlgoChoices choices = cached_algos(key, [&] { return usable_algos<Call>(d, h, dt, a, b, out); });
   std::string refusals;
   for (size_t i = 0; i < choices.size(); ++i) {
     const AlgoChoice& c = choices[i];

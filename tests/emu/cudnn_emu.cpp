@@ -3,6 +3,7 @@
 // convolution directions as plain loops with f64 accumulation. Two algorithms
 // are offered, computing alike: deterministic, FMA math, no workspace.
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <vector>
 
@@ -72,6 +73,19 @@ cudnnStatus_t two_algorithms(int requested, int* returned, Perf* perf) {
 bool refused(int algo) {
   const char* v = std::getenv("KESTREL_EMU_CUDNN_REFUSE_ALGO");
   return v != nullptr && *v != '\0' && std::atoi(v) == algo;
+}
+
+// Find*Ex's operands: present (a workspace when sized), the output then
+// overwritten with NaN, as real timing runs leave it holding some run's result.
+cudnnStatus_t timed_on(const void* a, const void* b, void* out, int kind, size_t count, const void* ws,
+                       size_t ws_bytes) {
+  if (a == nullptr || b == nullptr || out == nullptr || (ws == nullptr && ws_bytes > 0)) return CUDNN_STATUS_BAD_PARAM;
+  const double one = 1.0, zero = 0.0;
+  const float one_f = 1.0f, zero_f = 0.0f;
+  const bool f64 = kind == kestrel::emu::kF64;
+  blend(out, kind, std::vector<double>(count, std::nan("")), f64 ? static_cast<const void*>(&one) : &one_f,
+        f64 ? static_cast<const void*>(&zero) : &zero_f);
+  return CUDNN_STATUS_SUCCESS;
 }
 
 }  // namespace
@@ -186,7 +200,7 @@ cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnnHandle_t, const
   return two_algorithms(requested, returned, perf);
 }
 
-// Find* (measured choice): the one algorithm, "timed" at zero.
+// Find* (measured choice): both algorithms, "timed" at zero.
 cudnnStatus_t cudnnFindConvolutionForwardAlgorithm(cudnnHandle_t, const cudnnTensorDescriptor_t,
                                                    const cudnnFilterDescriptor_t, const cudnnConvolutionDescriptor_t,
                                                    const cudnnTensorDescriptor_t, const int requested, int* returned,
@@ -206,6 +220,42 @@ cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithm(cudnnHandle_t, const c
                                                           const cudnnFilterDescriptor_t, const int requested,
                                                           int* returned, cudnnConvolutionBwdFilterAlgoPerf_t* perf) {
   return two_algorithms(requested, returned, perf);
+}
+
+// Find*Ex (measured on the caller's operands): both algorithms; the output is
+// overwritten with NaN (timed_on), so a caller that hands its real output (a
+// bias to accumulate onto) is caught.
+cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(cudnnHandle_t, const cudnnTensorDescriptor_t xd, const void* x,
+                                                     const cudnnFilterDescriptor_t wd, const void* w,
+                                                     const cudnnConvolutionDescriptor_t conv,
+                                                     const cudnnTensorDescriptor_t yd, void* y, const int requested,
+                                                     int* returned, cudnnConvolutionFwdAlgoPerf_t* perf, void* ws,
+                                                     size_t ws_bytes) {
+  if (!consistent(*xd, *wd, *conv, *yd)) return CUDNN_STATUS_BAD_PARAM;
+  const cudnnStatus_t s = timed_on(x, w, y, yd->kind, elements(*yd), ws, ws_bytes);
+  return s != CUDNN_STATUS_SUCCESS ? s : two_algorithms(requested, returned, perf);
+}
+cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithmEx(cudnnHandle_t, const cudnnFilterDescriptor_t wd,
+                                                          const void* w, const cudnnTensorDescriptor_t dyd,
+                                                          const void* dy, const cudnnConvolutionDescriptor_t conv,
+                                                          const cudnnTensorDescriptor_t dxd, void* dx,
+                                                          const int requested, int* returned,
+                                                          cudnnConvolutionBwdDataAlgoPerf_t* perf, void* ws,
+                                                          size_t ws_bytes) {
+  if (!consistent(*dxd, *wd, *conv, *dyd)) return CUDNN_STATUS_BAD_PARAM;
+  const cudnnStatus_t s = timed_on(w, dy, dx, dxd->kind, elements(*dxd), ws, ws_bytes);
+  return s != CUDNN_STATUS_SUCCESS ? s : two_algorithms(requested, returned, perf);
+}
+cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(cudnnHandle_t, const cudnnTensorDescriptor_t xd,
+                                                            const void* x, const cudnnTensorDescriptor_t dyd,
+                                                            const void* dy, const cudnnConvolutionDescriptor_t conv,
+                                                            const cudnnFilterDescriptor_t dwd, void* dw,
+                                                            const int requested, int* returned,
+                                                            cudnnConvolutionBwdFilterAlgoPerf_t* perf, void* ws,
+                                                            size_t ws_bytes) {
+  if (!consistent(*xd, *dwd, *conv, *dyd)) return CUDNN_STATUS_BAD_PARAM;
+  const cudnnStatus_t s = timed_on(x, dy, dw, xd->kind, elements(*dwd), ws, ws_bytes);
+  return s != CUDNN_STATUS_SUCCESS ? s : two_algorithms(requested, returned, perf);
 }
 
 cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t, const cudnnTensorDescriptor_t,
