@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/autograd.h"
 #include "engine/cuda/runtime.h"
 #include "engine/gpu/blas.h"
 #include "engine/gpu/kernel_dtype.h"
@@ -211,8 +212,14 @@ using FilterDesc = Descriptor<cudnnFilterDescriptor_t, cudnnCreateFilterDescript
 using ConvDesc =
     Descriptor<cudnnConvolutionDescriptor_t, cudnnCreateConvolutionDescriptor, cudnnDestroyConvolutionDescriptor>;
 
+// cuDNN's double-precision kernels take channels-first data (PyTorch turns
+// channels-last off for f64 for this reason): f64 operands are copied to NCHW
+// (filters to OIHW) around the call; f64 is for checking, not for speed.
+bool cudnn_channels_first(DType dtype) { return dtype == DType::F64; }
+
 // The descriptors of one convolution: x, y NHWC; w as an NHWC filter
 // [c_out, c_in/groups, kh, kw] in cuDNN's terms, which is OHWI in memory.
+// Channels first (cudnn_channels_first): x, y NCHW and w OIHW.
 struct CudnnConv {
   std::string context;
   TensorDesc x, y;
@@ -222,16 +229,14 @@ struct CudnnConv {
 
   CudnnConv(const cpu::ConvGeom& g, DType dt, const std::string& ctx)
       : context(ctx), x(ctx), y(ctx), w(ctx), conv(ctx), dtype(cudnn_dtype(dt)) {
+    const cudnnTensorFormat_t format = cudnn_channels_first(dt) ? CUDNN_TENSOR_NCHW : CUDNN_TENSOR_NHWC;
     KCHECK(fits_int(g) && g.n * g.h * g.w * g.c_in <= INT_MAX && g.n * g.oh * g.ow * g.c_out <= INT_MAX, ValueError,
            context, ": tensors beyond 2^31 elements are not supported by the cuDNN path");
     const auto i = [](int64_t v) { return static_cast<int>(v); };
-    KESTREL_CUDNN_CHECK(cudnnSetTensor4dDescriptor(x.d, CUDNN_TENSOR_NHWC, dtype, i(g.n), i(g.c_in), i(g.h), i(g.w)),
+    KESTREL_CUDNN_CHECK(cudnnSetTensor4dDescriptor(x.d, format, dtype, i(g.n), i(g.c_in), i(g.h), i(g.w)), context);
+    KESTREL_CUDNN_CHECK(cudnnSetTensor4dDescriptor(y.d, format, dtype, i(g.n), i(g.c_out), i(g.oh), i(g.ow)), context);
+    KESTREL_CUDNN_CHECK(cudnnSetFilter4dDescriptor(w.d, dtype, format, i(g.c_out), i(g.cin_g()), i(g.kh), i(g.kw)),
                         context);
-    KESTREL_CUDNN_CHECK(
-        cudnnSetTensor4dDescriptor(y.d, CUDNN_TENSOR_NHWC, dtype, i(g.n), i(g.c_out), i(g.oh), i(g.ow)), context);
-    KESTREL_CUDNN_CHECK(
-        cudnnSetFilter4dDescriptor(w.d, dtype, CUDNN_TENSOR_NHWC, i(g.c_out), i(g.cin_g()), i(g.kh), i(g.kw)),
-        context);
     const cudnnDataType_t compute = dt == DType::F64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT;
     KESTREL_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv.d, i(g.ph), i(g.pw), i(g.sh), i(g.sw), i(g.dh), i(g.dw),
                                                         CUDNN_CROSS_CORRELATION, compute),
@@ -463,8 +468,8 @@ constexpr Scale kZero{0.f, 0.0};
 // in memory; the next one then takes its place, for later calls too. (A
 // refusal happens before any output is written, so accumulation is safe.)
 template <typename Call>
-void cudnn_convolve(const cpu::ConvGeom& g, DType dt, Device device, const Tensor& a, const Tensor& b,
-                    bool accumulate, const Tensor& out) {
+void cudnn_convolve_as_laid_out(const cpu::ConvGeom& g, DType dt, Device device, const Tensor& a, const Tensor& b,
+                                bool accumulate, const Tensor& out) {
   CudnnConv d(g, dt, detail::concat("conv2d ", Call::kName, " (cuDNN) ", dtype_name(dt), ", ", geom_str(g)));
   cudnnHandle_t h = cudnn_handle();
   const AlgoKey key = algo_key(g, dt, Call::kDirection, device.index);
@@ -492,6 +497,20 @@ void cudnn_convolve(const cpu::ConvGeom& g, DType dt, Device device, const Tenso
     return;
   }
   throw DeviceError(detail::concat(d.context, ": every usable cuDNN algorithm was refused", refusals));
+}
+
+Tensor channels_first_copy(const Tensor& t) { return t.permute({0, 3, 1, 2}).contiguous(); }
+
+// Every operand (activations NHWC, filters OHWI) is 4-d with its channels last.
+template <typename Call>
+void cudnn_convolve(const cpu::ConvGeom& g, DType dt, Device device, const Tensor& a, const Tensor& b,
+                    bool accumulate, const Tensor& out) {
+  if (!cudnn_channels_first(dt)) return cudnn_convolve_as_laid_out<Call>(g, dt, device, a, b, accumulate, out);
+  NoGradGuard no_grad;
+  const Tensor out_first = channels_first_copy(out);  // holds what to accumulate onto
+  cudnn_convolve_as_laid_out<Call>(g, dt, device, channels_first_copy(a), channels_first_copy(b), accumulate,
+                                   out_first);
+  Tensor(out).copy_(out_first.permute({0, 2, 3, 1}));
 }
 
 void cudnn_forward(const cpu::ConvGeom& g, const Tensor& x, const Tensor& w, bool accumulate, const Tensor& y) {
