@@ -12,6 +12,9 @@
 
 namespace kestrel::kernels {
 
+// Dynamic shared memory a launch may take without cudaFuncSetAttribute.
+constexpr size_t kDefaultDynamicSharedBytes = 48 * 1024;
+
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }

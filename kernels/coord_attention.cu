@@ -315,7 +315,7 @@ bool valid(const CoordAttentionShape& s, KDType dt, KDType param_dt) {
 
 // The transform kernels keep C + mip floats in dynamic shared memory (the gate kernels none).
 bool transform_fits(const CoordAttentionShape& s) {
-  return (static_cast<int64_t>(s.C) + s.mip) * sizeof(float) <= 48 * 1024;  // the default limit
+  return (static_cast<int64_t>(s.C) + s.mip) * sizeof(float) <= kDefaultDynamicSharedBytes;
 }
 
 }  // namespace
@@ -358,7 +358,8 @@ cudaError_t coord_attention_backward(KDType dt, KDType param_dt, const CoordAtte
                                      const void* dy, const void* x, const void* w1, const void* wh, const void* ww,
                                      const void* forward_workspace, void* dx, void* dw1, void* db1, void* dwh,
                                      void* dbh, void* dww, void* dbw, void* workspace, cudaStream_t stream) {
-  if (!valid(s, dt, param_dt) || !transform_fits(s) || forward_workspace == nullptr || workspace == nullptr) return cudaErrorInvalidValue;
+  if (!valid(s, dt, param_dt) || !transform_fits(s) || forward_workspace == nullptr || workspace == nullptr)
+    return cudaErrorInvalidValue;
 #define KESTREL_CA_BWD(T, W)                                                                                     \
   backward_t<T, W>(s, act, static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<const W*>(w1),      \
                    static_cast<const W*>(wh), static_cast<const W*>(ww), forward_workspace, static_cast<T*>(dx), \

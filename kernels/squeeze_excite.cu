@@ -269,7 +269,7 @@ cudaError_t backward_t(const SqueezeExciteShape& s, KAct inner, KAct gate, const
 bool valid(const SqueezeExciteShape& s, KDType dt, KDType param_dt) {
   const int64_t shared_floats = static_cast<int64_t>(s.C) + 2 * s.Cr;  // the backward's, the larger
   return s.N >= 1 && s.HW >= 1 && s.C >= 1 && s.Cr >= 1 && (param_dt == dt || param_dt == KDType::F32) &&
-         shared_floats * sizeof(float) <= 48 * 1024;  // the default dynamic shared-memory limit
+         shared_floats * sizeof(float) <= kDefaultDynamicSharedBytes;
 }
 
 }  // namespace

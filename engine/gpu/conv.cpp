@@ -388,6 +388,14 @@ bool not_supported(cudnnStatus_t s) {
 #endif
 }
 
+// The workspace cuDNN asks for `p`'s algorithm under its math type, if it
+// answers and the size is within kMaxWorkspaceBytes (leaves d in that math type).
+template <typename Call>
+bool workspace_within_bounds(CudnnConv& d, cudnnHandle_t h, const typename Call::Perf& p, size_t* bytes) {
+  d.set_math(p.mathType);
+  return Call::workspace(h, d, p.algo, bytes) == CUDNN_STATUS_SUCCESS && *bytes <= kMaxWorkspaceBytes;
+}
+
 // The operands cuDNN times the algorithms on (KESTREL_CUDNN_BENCHMARK=1):
 // the call's inputs, a scratch output (the real one may hold a bias to add
 // to) and a workspace from the caching allocator, as large as the largest the
@@ -401,9 +409,7 @@ void time_algos(CudnnConv& d, cudnnHandle_t h, const Tensor& a, const Tensor& b,
   size_t bytes = 0;
   for (int i = 0; i < *count; ++i) {
     size_t need = 0;
-    d.set_math(perf[i].mathType);
-    if (perf[i].status == CUDNN_STATUS_SUCCESS && Call::workspace(h, d, perf[i].algo, &need) == CUDNN_STATUS_SUCCESS &&
-        need <= kMaxWorkspaceBytes)
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && workspace_within_bounds<Call>(d, h, perf[i], &need))
       bytes = std::max(bytes, need);
   }
   Tensor ws;
@@ -443,9 +449,8 @@ AlgoChoices usable_algos(CudnnConv& d, cudnnHandle_t h, DType dtype, const Tenso
       if (p.status != CUDNN_STATUS_SUCCESS) continue;
       if ((p.determinism == CUDNN_DETERMINISTIC) != deterministic) continue;
       if (strict_f32(dtype) && p.mathType != CUDNN_FMA_MATH) continue;
-      d.set_math(p.mathType);
       size_t bytes = 0;
-      if (Call::workspace(h, d, p.algo, &bytes) != CUDNN_STATUS_SUCCESS || bytes > kMaxWorkspaceBytes) continue;
+      if (!workspace_within_bounds<Call>(d, h, p, &bytes)) continue;
       usable.push_back({static_cast<int>(p.algo), p.mathType, bytes});
     }
   }
