@@ -56,7 +56,8 @@ data::FImage resize_for_model(const data::FImage& img, int height, int width) {
 data::FImage resize_and_center_crop(const data::FImage& img, int height, int width, double crop_fraction) {
   KCHECK(crop_fraction > 0.0 && crop_fraction <= 1.0, ValueError, "crop fraction must be in (0, 1], got ",
          crop_fraction);
-  const double scale = std::max(static_cast<double>(height) / img.h, static_cast<double>(width) / img.w) / crop_fraction;
+  const double cover = std::max(static_cast<double>(height) / img.h, static_cast<double>(width) / img.w);
+  const double scale = cover / crop_fraction;
   const int h = std::max(height, static_cast<int>(std::lround(img.h * scale)));
   const int w = std::max(width, static_cast<int>(std::lround(img.w * scale)));
   const data::FImage scaled = resize_for_model(img, h, w);
