@@ -35,6 +35,10 @@ struct ModelOptions {
   double drop_path_or(double fallback) const { return drop_path.value_or(fallback); }
 };
 
+// The rule train, eval, bench, summary and scale-search share: inputs of 64 px
+// and below get the CIFAR stem.
+inline bool cifar_stem_for_resolution(int64_t height) { return height <= 64; }
+
 // Round v to the nearest multiple of divisor, never below min_value (divisor when
 // 0) and never more than 10% down: the TF/torchvision/timm channel rounding.
 int64_t make_divisible(double v, int64_t divisor = 8, int64_t min_value = 0);

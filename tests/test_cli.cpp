@@ -162,3 +162,22 @@ TEST(Cli, ResumingAFinishedRunSaysNothingIsLeft) {
       << r.out;
   EXPECT_EQ(r.out.find("ptq"), std::string::npos) << r.out;
 }
+
+// summary shows the network train and bench build at that size: the CIFAR stem
+// at 64 px and below, unless told otherwise.
+TEST(Cli, SummaryBuildsTheStemTrainingWouldAtThatSize) {
+  const auto small = kestrel_cli("summary -m emn_tiny --input 3x32x32");
+  ASSERT_EQ(small.rc, 0) << small.err;
+  EXPECT_NE(small.out.find("[1,32,32,16]"), std::string::npos) << small.out;  // stride-1 stem
+  EXPECT_NE(small.out.find("built with the CIFAR stem"), std::string::npos) << small.out;
+  const auto own = kestrel_cli("summary -m emn_tiny --input 3x32x32 --no-cifar-stem");
+  ASSERT_EQ(own.rc, 0) << own.err;
+  EXPECT_NE(own.out.find("stem.0                               Conv2d               [1,16,16,16]"), std::string::npos)
+      << own.out;
+  EXPECT_EQ(own.out.find("built with the CIFAR stem"), std::string::npos) << own.out;
+  const auto large = kestrel_cli("summary -m emn_tiny --input 3x96x96");
+  ASSERT_EQ(large.rc, 0) << large.err;
+  EXPECT_EQ(large.out.find("built with the CIFAR stem"), std::string::npos) << large.out;
+  expect_one_line_error(kestrel_cli("summary -m emn_tiny --cifar-stem --no-cifar-stem"), "not both",
+                        "contradictory stem flags");
+}

@@ -22,7 +22,8 @@ struct SummaryArgs {
   int64_t num_classes = 0;
   double width_mult = 1.0;
   double depth_mult = 1.0;
-  bool cifar_stem = false;
+  bool cifar_stem = false;     // force the CIFAR stem
+  bool no_cifar_stem = false;  // force the model's own stem
   bool list = false;
 };
 
@@ -67,11 +68,16 @@ void run(const SummaryArgs& a) {
   if (a.num_classes != 0) o.num_classes = a.num_classes;
   o.width_mult = a.width_mult;
   o.depth_mult = a.depth_mult;
-  o.cifar_stem = a.cifar_stem;
+  KCHECK(!(a.cifar_stem && a.no_cifar_stem), ValueError, "summary: give --cifar-stem or --no-cifar-stem, not both");
+  // By default the stem train and bench would build at this resolution.
+  o.cifar_stem = a.cifar_stem || (!a.no_cifar_stem && models::cifar_stem_for_resolution(chw[1]));
   o.in_channels = chw[0];
   nn::ModulePtr model = models::build_model(a.model, o);
   const models::ModelSummary s = models::summarize(*model, {1, chw[1], chw[2], chw[0]});
   std::cout << models::format_summary(a.model, s);
+  if (o.cifar_stem && entry.family != "cifar")  // the CIFAR net has only the one stem
+    std::cout << "built with the CIFAR stem (stride 1, total stride 8), as train and bench build it at 64 px and below; "
+                 "--no-cifar-stem for the model's own\n";
 }
 
 }  // namespace
@@ -84,7 +90,9 @@ void register_summary(CLI::App& app) {
   cmd->add_option("--num-classes", args->num_classes, "classifier outputs (default: the model's)");
   cmd->add_option("--width-mult", args->width_mult, "channel multiplier");
   cmd->add_option("--depth-mult", args->depth_mult, "layer-count multiplier");
-  cmd->add_flag("--cifar-stem", args->cifar_stem, "stride-1 stem for 32x32 / 28x28 inputs (total stride 8)");
+  cmd->add_flag("--cifar-stem", args->cifar_stem,
+                "stride-1 stem, total stride 8 (default: at 64 px and below, as train and bench build)");
+  cmd->add_flag("--no-cifar-stem", args->no_cifar_stem, "the model's own stem at any input size");
   cmd->add_flag("--list", args->list, "list the models and EfficientNet's B0-B7 compound-scaling table");
   cmd->callback([args] { run(*args); });
 }

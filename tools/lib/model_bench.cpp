@@ -50,7 +50,7 @@ BenchResult bench_model(const BenchOptions& o) {
   mo.num_classes = classes;
   mo.in_channels = o.channels;
   mo.width_mult = o.width_mult;
-  mo.cifar_stem = o.height <= 64;
+  mo.cifar_stem = models::cifar_stem_for_resolution(o.height);
   manual_seed(0);
   nn::ModulePtr model = models::build_model(o.model, mo);
   BenchResult r;

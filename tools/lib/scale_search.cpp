@@ -45,7 +45,7 @@ class Measurer {
     mo.in_channels = o_.in_channels;
     mo.width_mult = width_mult;
     mo.depth_mult = depth_mult;
-    mo.cifar_stem = resolution <= 64;
+    mo.cifar_stem = models::cifar_stem_for_resolution(resolution);
     nn::ModulePtr m = models::build_model(o_.model, mo);
     const int64_t params = m->num_parameters();
     const auto key = std::make_pair(params, resolution);

@@ -24,6 +24,7 @@
 #include "engine/optim/grad_scaler.h"
 #include "engine/optim/schedule.h"
 #include "engine/optim/sgd.h"
+#include "models/common.h"
 #include "tools/lib/checkpoint.h"
 #include "tools/lib/datasets.h"
 #include "tools/lib/device_select.h"
@@ -311,7 +312,7 @@ TrainSummary train(TrainConfig c) {
   info.in_channels = probe.image.c;
   info.height = c.image_size > 0 ? c.image_size : probe.image.h;
   info.width = c.image_size > 0 ? c.image_size : probe.image.w;
-  info.cifar_stem = info.height <= 64;
+  info.cifar_stem = models::cifar_stem_for_resolution(info.height);
   info.width_mult = c.width_mult;
   info.depth_mult = c.depth_mult;
   info.dataset = c.dataset;
