@@ -120,5 +120,47 @@ TEST(Cam, CliDrawsEachImageBesideEachCheckpointsMap) {
                                  "class 3 is out of range", "a class the models do not have");
 }
 
+// A checkpoint whose metadata crops the centre (torchvision's weights) gets
+// its map drawn over that centre, not over the whole image squashed: on a
+// wide image of red | green | blue bands, the tile shows the green band only.
+TEST(Cam, CliDrawsTheCropTheModelSees) {
+  const std::string dir = testing::temp_path("cam_crop");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const int w = 40, h = 20;
+  std::vector<uint8_t> px(w * h * 3, 0);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) px[(y * w + x) * 3 + (x < 10 ? 0 : x < 30 ? 1 : 2)] = 255;
+  ASSERT_TRUE(stbi_write_png((dir + "/bands.png").c_str(), w, h, 3, px.data(), w * 3));
+  tools::ModelInfo info;
+  info.model = "cifar10_200k";
+  info.num_classes = 2;
+  info.cifar_stem = true;
+  info.mean = {0.5f, 0.5f, 0.5f};
+  info.std = {0.25f, 0.25f, 0.25f};
+  info.crop_fraction = 0.5;
+  manual_seed(0);
+  tools::save_checkpoint(dir + "/m.safetensors", *tools::build_from_info(info), info);
+  const testing::CliResult r = testing::kestrel_cli("cam -c " + dir + "/m.safetensors " + dir +
+                                                    "/bands.png --size 32 -o " + dir + "/cam.png");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  int gw = 0, gh = 0, n = 0;
+  unsigned char* grid = stbi_load((dir + "/cam.png").c_str(), &gw, &gh, &n, 3);
+  ASSERT_NE(grid, nullptr);
+  for (int x : {4, 4 + 31}) {  // the first tile's left and right edges, mid-height
+    const unsigned char* p = grid + ((4 + 16) * gw + x) * 3;
+    EXPECT_GT(p[1], 200) << "x " << x;
+    EXPECT_LT(p[0], 60) << "x " << x;
+    EXPECT_LT(p[2], 60) << "x " << x;
+  }
+  stbi_image_free(grid);
+  testing::expect_one_line_error(testing::kestrel_cli("cam -c " + dir + "/m.safetensors --class -2 " + dir +
+                                                      "/bands.png"),
+                                 "--class must be a class index", "a negative class");
+  testing::expect_one_line_error(testing::kestrel_cli("cam -c " + dir + "/m.safetensors " + dir + "/bands.png -o " +
+                                                      dir + "/nowhere/cam.png"),
+                                 "does not exist", "an output folder that does not exist");
+}
+
 }  // namespace
 }  // namespace kestrel

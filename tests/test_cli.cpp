@@ -181,3 +181,124 @@ TEST(Cli, SummaryBuildsTheStemTrainingWouldAtThatSize) {
   expect_one_line_error(kestrel_cli("summary -m emn_tiny --cifar-stem --no-cifar-stem"), "not both",
                         "contradictory stem flags");
 }
+
+// --overwrite deletes a run only once the new one has everything it reads,
+// never a folder no run wrote, and never the checkpoint it starts from.
+TEST(Cli, OverwriteNeverLosesWhatItCannotReplace) {
+  const std::string root = make_folder("overwrite_data");
+  const std::string out = temp_path("overwrite_run");
+  const std::string args = "train --dataset folder --data-dir " + root +
+                           " --batch-size 4 --epochs 1 --workers 0 --device cpu --no-progress --out " + out;
+  ASSERT_EQ(kestrel_cli(args).rc, 0);
+  // A run that fails before it starts leaves the old one as it was.
+  expect_one_line_error(kestrel_cli("train --dataset folder --data-dir " + root + "/nowhere --out " + out +
+                                    " --overwrite --no-progress"),
+                        "nowhere", "missing data on --overwrite");
+  EXPECT_TRUE(fs::exists(out + "/best.safetensors"));
+  expect_one_line_error(kestrel_cli("qat -c " + out + "/best.safetensors --dataset folder --data-dir " + root +
+                                    " --epochs 0 --batch-size 4 --out " + out + " --overwrite --no-progress"),
+                        "--overwrite would delete --checkpoint", "qat into its own float run");
+  EXPECT_TRUE(fs::exists(out + "/best.safetensors"));
+  expect_one_line_error(kestrel_cli("export -c " + out + "/best.safetensors -o " + out + "/best.safetensors --overwrite"),
+                        "is the checkpoint itself", "export onto its checkpoint");
+  EXPECT_TRUE(fs::exists(out + "/last.safetensors"));
+
+  const std::string notes = temp_path("overwrite_notes");
+  fs::create_directories(notes);
+  std::ofstream(notes + "/thesis.tex") << "important";
+  expect_one_line_error(kestrel_cli(args.substr(0, args.find(" --out ")) + " --out " + notes + " --overwrite"),
+                        "holds no run's config.json", "a folder no run wrote");
+  EXPECT_TRUE(fs::exists(notes + "/thesis.tex"));
+  expect_one_line_error(kestrel_cli(args.substr(0, args.find(" --out ")) + " --out " + notes + "/thesis.tex"),
+                        "is a file, not a folder", "--out naming a file");
+  expect_one_line_error(kestrel_cli(args.substr(0, args.find(" --out ")) + " --out " + root + "/run"),
+                        "lies inside --data-dir", "--out inside the image folder");
+}
+
+// --resume continues the run as it was set up: asking for something else is
+// refused rather than ignored; a run that stopped early stays stopped.
+TEST(Cli, ResumeRefusesChangesAndKeepsAnEarlyStop) {
+  const std::string root = make_folder("resume_changes");
+  const std::string out = temp_path("resume_changes_out");
+  const std::string args = "train --dataset folder --data-dir " + root +
+                           " --batch-size 4 --epochs 1 --workers 0 --device cpu --no-progress --out " + out;
+  ASSERT_EQ(kestrel_cli(args).rc, 0);
+  std::string more = args;
+  more.replace(more.find("--epochs 1"), 10, "--epochs 3");
+  expect_one_line_error(kestrel_cli(more + " --resume"), "changes --epochs 3 (the run's: 1)",
+                        "resume with more epochs");
+  const auto plain = kestrel_cli("train --resume --no-progress --out " + out);  // flags default, not set
+  EXPECT_EQ(plain.rc, 0) << plain.err;
+  EXPECT_NE(plain.out.find("already holds its 1 epochs"), std::string::npos) << plain.out;
+
+  // lr 0: nothing improves after the first epoch, so patience 1 stops at epoch 2 of 4.
+  const std::string early = temp_path("resume_early_out");
+  const std::string early_args = "train --dataset folder --data-dir " + root +
+                                 " --batch-size 4 --epochs 4 --early-stop 1 --lr 1e-12 --workers 0 --device cpu "
+                                 "--no-progress --out " + early;
+  const auto first = kestrel_cli(early_args);
+  ASSERT_EQ(first.rc, 0) << first.err;
+  ASSERT_NE(first.err.find("early stop"), std::string::npos) << first.err;
+  const auto again = kestrel_cli(early_args + " --resume");
+  EXPECT_EQ(again.rc, 0) << again.err;
+  EXPECT_NE(again.out.find("stopped early"), std::string::npos) << again.out;
+  EXPECT_EQ(again.err.find("epoch 3/4"), std::string::npos) << again.err;
+}
+
+// Recipe files: a comment may follow any value; a key set twice or a value
+// that does not convert is named with its file and line.
+TEST(Cli, RecipeCommentsDuplicatesAndBadValues) {
+  const std::string root = make_folder("recipe_data");
+  const auto recipe = [&](const std::string& name, const std::string& text) {
+    const std::string path = temp_path(name + ".toml");
+    std::ofstream(path) << text;
+    return path;
+  };
+  const std::string base = "dataset = \"folder\"   # an image folder\nbatch-size = 4  # small\nepochs = 1\n";
+  const auto ok = kestrel_cli("train --config " + recipe("commented", base) + " --data-dir " + root +
+                              " --workers 0 --device cpu --no-progress --out " + temp_path("recipe_run"));
+  EXPECT_EQ(ok.rc, 0) << ok.err;
+  const std::string twice = recipe("twice", base + "epochs = 2\n");
+  expect_one_line_error(kestrel_cli("train --config " + twice + " --out " + temp_path("recipe_r2")),
+                        twice + ":4: 'epochs' is set twice", "duplicate key");
+  const std::string bad = recipe("bad_value", "epochs = 1.5\n");
+  expect_one_line_error(kestrel_cli("train --config " + bad + " --out " + temp_path("recipe_r3")), bad + ":1: epochs",
+                        "value that does not convert");
+}
+
+TEST(Cli, LossAndScheduleCombinationsThatCannotWorkAreRefused) {
+  expect_one_line_error(kestrel_cli("train --loss focal --label-smoothing 0.1 --out " + temp_path("combo1")),
+                        "--loss focal takes hard labels", "focal with smoothing");
+  expect_one_line_error(kestrel_cli("train --randaugment 2,9x --out " + temp_path("combo2")), "--randaugment expects N,M",
+                        "trailing junk in --randaugment");
+  expect_one_line_error(kestrel_cli("train --early-stop -3 --out " + temp_path("combo3")), "--early-stop must be >= 0",
+                        "negative patience");
+  const std::string root = make_folder("onecycle_data");  // 8 images, batch 4: 2 steps
+  expect_one_line_error(kestrel_cli("train --dataset folder --data-dir " + root + " --batch-size 4 --epochs 1 "
+                                    "--schedule onecycle --workers 0 --device cpu --no-progress --out " +
+                                    temp_path("combo4")),
+                        "--schedule onecycle needs at least 4 optimizer steps", "onecycle on 2 steps");
+}
+
+// qat and distill feed their batches to an existing model: a subset of its
+// training folder works (its normalization is the model's), and a folder whose
+// classes are named or ordered otherwise is refused.
+TEST(Cli, QatAndDistillFitTheirReferenceModelsClasses) {
+  const std::string root = make_folder("reference_data");
+  const std::string teacher = temp_path("reference_teacher");
+  ASSERT_EQ(kestrel_cli("train --dataset folder --data-dir " + root + " --batch-size 4 --epochs 1 --workers 0 "
+                        "--device cpu --no-progress --out " + teacher).rc,
+            0);
+  const auto subset = kestrel_cli("qat -c " + teacher + "/best.safetensors --dataset folder --data-dir " + root +
+                                  " --limit-train 4 --batch-size 2 --epochs 0 --workers 0 --device cpu --no-progress "
+                                  "--out " + temp_path("reference_qat"));
+  EXPECT_EQ(subset.rc, 0) << subset.err;
+  const std::string renamed = temp_path("reference_renamed");
+  fs::create_directories(renamed);
+  fs::copy(root, renamed, fs::copy_options::recursive);
+  for (const char* split : {"/train/", "/test/"}) fs::rename(renamed + split + "a", renamed + split + "z");  // b, z
+  expect_one_line_error(kestrel_cli("distill --teacher " + teacher + "/best.safetensors --dataset folder --data-dir " +
+                                    renamed + " --batch-size 4 --epochs 1 --workers 0 --device cpu --no-progress "
+                                    "--out " + temp_path("reference_distill")),
+                        "class 0 is 'a' but the student's is 'b'", "teacher with other class names");
+}

@@ -109,6 +109,12 @@ TEST(InitialWeights, WhatDoesNotFitIsNamed) {
   EXPECT_TRUE(contains(e, state[0].first + " has shape [")) << e;
   EXPECT_TRUE(contains(e, "--image-size 224 builds the ImageNet one")) << "the CIFAR stem hint: " << e;
 
+  nn::NamedTensors rgb_stem = state;  // weights of a 3-channel run: the hint names the channels, not the stem
+  const Tensor& stem = rgb_stem[0].second;
+  rgb_stem[0].second = Tensor::zeros({stem.size(0), 3, stem.size(2), stem.size(3)});
+  e = load_error(write("rgb_stem", rgb_stem), *model, info);
+  EXPECT_TRUE(contains(e, "the checkpoint reads 3-channel images, this run's data has 1")) << e;
+
   e = load_error(write("unrelated", {{"encoder.w", Tensor::zeros({3})}}), *model, info);
   EXPECT_TRUE(contains(e, "shares no tensor names with cifar10_200k")) << e;
 

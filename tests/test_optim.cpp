@@ -308,6 +308,20 @@ TEST(Schedule, StepDecayAtKeySteps) {
   EXPECT_DOUBLE_EQ(m.lr(80), 0.25);
 }
 
+// timm's warmup_t in front of a step schedule: linear from 0 to the
+// schedule's value at the warmup's end, then the schedule itself.
+TEST(Schedule, LinearWarmupRampsIntoTheScheduleBehindIt) {
+  LinearWarmup s(std::make_unique<StepDecay>(0.1, 30, 0.1), 10);
+  EXPECT_DOUBLE_EQ(s.lr(0), 0.0);
+  EXPECT_DOUBLE_EQ(s.lr(5), 0.05);
+  EXPECT_DOUBLE_EQ(s.lr(10), 0.1);
+  EXPECT_DOUBLE_EQ(s.lr(29), 0.1);
+  EXPECT_NEAR(s.lr(30), 0.01, 1e-15);
+  LinearWarmup none(std::make_unique<StepDecay>(0.1, 30, 0.1), 0);
+  EXPECT_DOUBLE_EQ(none.lr(0), 0.1);
+  EXPECT_THROW(LinearWarmup(nullptr, 3), ValueError);
+}
+
 TEST(Schedule, OneCycleMatchesTorchOneCycleLRAtKeySteps) {
   // max 1.0, 100 steps, pct 0.3: initial 0.04, final 4e-6, peak at step 29.
   OneCycle s(1.0, 100);

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "models/registry.h"
 #include "models/scaling.h"
@@ -47,6 +48,7 @@ tools::ScaleSearchOptions small_search(const std::string& out) {
   o.num_classes = 10;
   o.grid.step = 0.2;  // a handful of grid points
   o.out = testing::temp_path(out);
+  o.overwrite = true;  // a test may search its folder again
   o.progress = false;
   return o;
 }
@@ -104,6 +106,51 @@ TEST(ScaleSearch, BudgetsDropWhatDoesNotFit) {
   EXPECT_THROW(row(kept, "depth only"), std::runtime_error);
   o.model = "no_such_model";
   EXPECT_THROW(tools::scale_search(o), ValueError);
+}
+
+TEST(ScaleSearch, AnExistingSearchIsKeptWithoutOverwrite) {
+  tools::ScaleSearchOptions o = small_search("scale_existing");
+  tools::scale_search(o);
+  o.overwrite = false;
+  try {
+    tools::scale_search(o);
+    FAIL() << "a second search into the same folder replaced the first";
+  } catch (const IOError& e) {
+    EXPECT_NE(std::string(e.what()).find("pass --overwrite"), std::string::npos) << e.what();
+  }
+  o.grid.step = 1e-4;
+  o.overwrite = true;
+  EXPECT_THROW(tools::scale_search(o), ValueError);  // a grid of 10^12 points, refused before any is built
+}
+
+// Candidates on either side of 64 px keep the base model's stem, so their
+// multiply-adds compare: resolution alone scales them by the pixel count.
+TEST(ScaleSearch, CandidatesKeepTheBaseModelsStemAcrossSixtyFourPixels) {
+  tools::ScaleSearchOptions o = small_search("scale_stem");
+  o.base_resolution = 56;  // CIFAR stem; resolution only: round(56 sqrt 2) = 79 px
+  const std::vector<ScaleCandidate> rows = tools::scale_search(o);
+  const ScaleCandidate& res = row(rows, "resolution only");
+  EXPECT_EQ(res.resolution, 79);
+  EXPECT_NEAR(res.macs_ratio, 79.0 * 79.0 / (56.0 * 56.0), 0.1 * 2.0);
+}
+
+// A model whose table lists every block has no depth multiplier: the search
+// keeps alpha at 1 instead of failing, and lists each coefficient set once.
+TEST(ScaleSearch, FixedDepthModelsSearchWidthAndResolutionOnly) {
+  tools::ScaleSearchOptions o = small_search("scale_fixed_depth");
+  o.model = "mobilenet_v3_small";
+  o.base_resolution = 32;
+  const std::vector<ScaleCandidate> rows = tools::scale_search(o);
+  ASSERT_FALSE(rows.empty());
+  std::set<std::string> seen;
+  for (const ScaleCandidate& r : rows) {
+    EXPECT_EQ(r.coefficients.alpha, 1.0) << r.name;
+    char tag[64];
+    std::snprintf(tag, sizeof(tag), "%g/%g/%g", r.coefficients.alpha, r.coefficients.beta, r.coefficients.gamma);
+    EXPECT_TRUE(seen.insert(tag).second) << "listed twice: " << tag;
+  }
+  EXPECT_NO_THROW(row(rows, "width only"));
+  EXPECT_THROW(row(rows, "depth only"), std::runtime_error);
 }
 
 // Each candidate within budget is trained briefly at its own depth, width and

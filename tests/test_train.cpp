@@ -135,8 +135,8 @@ TEST(Train, RecipeOptionsTrainWithoutError) {
   const tools::TrainSummary s = tools::train(c);
   EXPECT_TRUE(s.completed);
   EXPECT_EQ(s.global_step, 4);  // 8 batches of 64, two per step
-  c.loss = "focal";
-  c.cutmix = c.ricap = 0;
+  c.loss = "focal";  // on hard labels: no mixing, no smoothing
+  c.cutmix = c.ricap = c.label_smoothing = 0;
   c.schedule = "step";
   EXPECT_TRUE(tools::train(c).completed);
 }

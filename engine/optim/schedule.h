@@ -42,6 +42,18 @@ class StepDecay : public LrSchedule {
   std::vector<int64_t> milestones_;
 };
 
+// Linear warmup from 0 (step 0) to what `after` gives at warmup_steps, then
+// `after` itself: the warmup of any schedule (timm's warmup_t).
+class LinearWarmup : public LrSchedule {
+ public:
+  LinearWarmup(std::unique_ptr<LrSchedule> after, int64_t warmup_steps);
+  double lr(int64_t step) const override;
+
+ private:
+  std::unique_ptr<LrSchedule> after_;
+  int64_t warmup_;
+};
+
 // torch.optim.lr_scheduler.OneCycleLR with anneal_strategy='cos',
 // three_phase=False: cosine from max_lr/div_factor up to max_lr over the first
 // pct_start*total_steps - 1 steps, then cosine down to

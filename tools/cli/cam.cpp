@@ -3,6 +3,7 @@
 // look at.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 
 #include "engine/error.h"
@@ -26,6 +27,11 @@ struct CamArgs {
 void run_cam(const CamArgs& a) {
   KCHECK(a.display >= 8 && a.display <= 1024, ValueError, "cam: --size must be in [8, 1024], got ", a.display);
   KCHECK(a.alpha >= 0 && a.alpha <= 1, ValueError, "cam: --alpha must be in [0, 1], got ", a.alpha);
+  KCHECK(a.class_index >= -1, ValueError, "cam: --class must be a class index (or -1: each model's prediction), got ",
+         a.class_index);
+  const std::filesystem::path parent = std::filesystem::path(a.out).parent_path();
+  KCHECK(parent.empty() || std::filesystem::is_directory(parent), IOError, "cam: folder ", parent.string(),
+         " does not exist");
   const std::vector<std::string> paths = tools::split_paths(a.checkpoints);
   KCHECK(!paths.empty(), ValueError, "cam: --checkpoint names no checkpoint");
   std::vector<std::unique_ptr<tools::Predictor>> models;
@@ -37,13 +43,19 @@ void run_cam(const CamArgs& a) {
   std::vector<std::vector<data::FImage>> grid;
   for (const std::string& file : images) {
     const data::Image img = models[0]->load_image(file);
-    data::FImage shown = data::resize_bilinear(data::to_float(img), a.display, a.display);
-    std::vector<data::FImage> row{shown};
+    // Each map is drawn over the part of the image its model sees (a centre
+    // crop when its metadata has a crop_fraction below 1).
+    const auto view = [&](const tools::Predictor& p) {
+      const double crop = p.info().crop_fraction;
+      return crop < 1.0 ? tools::resize_and_center_crop(data::to_float(img), a.display, a.display, crop)
+                        : data::resize_bilinear(data::to_float(img), a.display, a.display);
+    };
+    std::vector<data::FImage> row{view(*models[0])};
     std::printf("%s\n", file.c_str());
     for (size_t m = 0; m < models.size(); ++m) {
       tools::Predictor& p = *models[m];
       const tools::ClassActivationMap cam = tools::grad_cam(p.model(), p.preprocess(img), a.class_index);
-      row.push_back(tools::overlay_heat(shown, cam, a.alpha));
+      row.push_back(tools::overlay_heat(view(p), cam, a.alpha));
       std::printf("  %-40s %-16s p=%.3f  map %lldx%lld\n", paths[m].c_str(), p.class_name(cam.class_index).c_str(),
                   cam.probability, static_cast<long long>(cam.height), static_cast<long long>(cam.width));
     }

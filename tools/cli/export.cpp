@@ -38,6 +38,9 @@ void run_export(const ExportArgs& a) {
          "export: this build has no ONNX support (tools/setup.sh installs libonnx-dev; then rebuild)");
   KCHECK(a.batch >= 0, ValueError, "export: --batch must be >= 1 (or 0 for a dynamic batch), got ", a.batch);
   const std::string out = a.out.empty() ? fs::path(a.checkpoint).replace_extension(".onnx").string() : a.out;
+  std::error_code same_error;
+  KCHECK(!fs::equivalent(out, a.checkpoint, same_error), IOError, "export: ", out,
+         " is the checkpoint itself; give another -o");
   KCHECK(a.overwrite || !fs::exists(out), IOError, "export: ", out, " exists; pass --overwrite to replace it");
   const fs::path parent = fs::path(out).parent_path();
   KCHECK(parent.empty() || fs::is_directory(parent), IOError, "export: folder ", parent.string(), " does not exist");

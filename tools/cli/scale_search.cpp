@@ -39,6 +39,7 @@ void register_scale_search(CLI::App& app) {
   cmd->add_option("--device", o->train.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--seed", o->train.seed, "random seed of every proxy run")->capture_default_str();
   cmd->add_option("--out,-o", o->out, "folder for search.csv, search.md and the proxy runs")->capture_default_str();
+  cmd->add_flag("--overwrite", o->overwrite, "replace an existing search (and its proxy runs) in --out");
   cmd->add_flag("--no-progress", *no_progress, "no progress bars");
   cmd->callback([o, no_progress] {
     o->progress = !*no_progress;

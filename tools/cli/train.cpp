@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <set>
 
 #include "engine/dist/process_group.h"
 #include "engine/error.h"
@@ -27,23 +28,54 @@ void apply_recipe(CLI::App& cmd, const std::string& path) {
   std::ifstream in(path);
   KCHECK(in.good(), IOError, "cannot read recipe file ", path);
   std::string line;
+  std::set<std::string> seen;
   for (int lineno = 1; std::getline(in, line); ++lineno) {
-    const size_t hash = line.find('#');
-    if (hash != std::string::npos && line.find('"') > hash) line = line.substr(0, hash);
     line = trim(line);
-    if (line.empty() || line[0] == '[') continue;
+    if (line.empty() || line[0] == '#' || line[0] == '[') continue;
     const size_t eq = line.find('=');
     KCHECK(eq != std::string::npos, ValueError, path, ":", lineno, ": expected key = value, got '", line, "'");
     std::string key = trim(line.substr(0, eq)), value = trim(line.substr(eq + 1));
     std::replace(key.begin(), key.end(), '_', '-');
-    if (value.size() >= 2 && value.front() == '"' && value.back() == '"') value = value.substr(1, value.size() - 2);
+    std::string rest;  // what follows the value: nothing, or a comment
+    if (!value.empty() && value.front() == '"') {
+      const size_t close = value.find('"', 1);
+      KCHECK(close != std::string::npos, ValueError, path, ":", lineno, ": unterminated string for '", key, "'");
+      rest = trim(value.substr(close + 1));
+      value = value.substr(1, close - 1);
+    } else if (const size_t hash = value.find('#'); hash != std::string::npos) {
+      rest = value.substr(hash);
+      value = trim(value.substr(0, hash));
+    }
+    KCHECK(rest.empty() || rest[0] == '#', ValueError, path, ":", lineno, ": unexpected '", rest, "' after the value of '",
+           key, "'");
     CLI::Option* opt = cmd.get_option_no_throw("--" + key);
-    KCHECK(opt != nullptr && key != "config", ValueError, path, ":", lineno, ": unknown key '", key,
-           "' (keys are the long flags of kestrel train)");
+    KCHECK(opt != nullptr && key != "config", ValueError, path, ":", lineno, ": unknown key '", key, "' (keys are the long flags of kestrel ",
+           cmd.get_name(), ")");
+    KCHECK(seen.insert(key).second, ValueError, path, ":", lineno, ": '", key, "' is set twice");
     if (opt->count() > 0) continue;  // the command line wins
-    opt->add_result(value);
-    opt->run_callback();
+    try {
+      opt->add_result(value);
+      opt->run_callback();
+    } catch (const CLI::Error& e) {
+      throw ValueError(detail::concat(path, ":", lineno, ": ", key, " = ", value, ": ", e.what()));
+    }
   }
+}
+
+// --resume continues a run exactly as it was set up: a command that asks
+// for something else (more epochs, another teacher) would be silently
+// ignored, so it is refused.
+void refuse_to_change_a_resumed_run(const tools::TrainConfig& c, const nlohmann::json& defaults) {
+  nlohmann::json requested = nlohmann::json::object();
+  const nlohmann::json now = c.to_json();
+  for (const auto& [key, value] : now.items())
+    if (!defaults.contains(key) || defaults[key] != value) requested[key] = value;
+  const std::vector<std::string> conflicts = tools::resume_conflicts(c.out, requested);
+  std::string list;
+  for (const std::string& one : conflicts) list += (list.empty() ? "" : ", ") + one;
+  KCHECK(conflicts.empty(), ValueError, "--resume continues ", c.out, " as it was set up, but this command changes ",
+         list, "; drop those flags, or start a new run from its weights with --initial-checkpoint ", c.out,
+         "/last.safetensors");
 }
 
 // `kestrel train`; `kestrel distill`, the same run, which must name its
@@ -78,6 +110,8 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
                     "start from these weights: a Kestrel checkpoint or a torchvision/timm state_dict in safetensors "
                     "(tools/torch_weights.py); a classifier of another class count starts fresh");
   }
+  cmd->add_option("--stem", c->stem, "auto (the stride-1 CIFAR stem at 64 px and below), cifar, or model (its own)")
+      ->capture_default_str();
   cmd->add_option("--dropout", c->dropout, "classifier dropout (default: the model's)");
   cmd->add_option("--drop-path", c->drop_path, "stochastic depth rate (default: the model's)");
   if (kind == Kind::Qat)
@@ -102,7 +136,7 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--momentum", c->momentum, "SGD momentum")->capture_default_str();
   cmd->add_option("--nesterov", c->nesterov, "Nesterov momentum (true/false)")->capture_default_str();
   cmd->add_option("--weight-decay", c->weight_decay, "weight decay (not on biases and norms)")->capture_default_str();
-  cmd->add_option("--warmup-epochs", c->warmup_epochs, "linear warmup length")->capture_default_str();
+  cmd->add_option("--warmup-epochs", c->warmup_epochs, "linear warmup, at most half the run (cosine and step; onecycle ramps up by itself)")->capture_default_str();
   cmd->add_option("--schedule", c->schedule, "cosine, step or onecycle")->capture_default_str();
   cmd->add_option("--step-size", c->step_size, "epochs between decays for --schedule step")->capture_default_str();
   cmd->add_option("--step-gamma", c->step_gamma, "decay factor for --schedule step")->capture_default_str();
@@ -141,11 +175,15 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_flag("--no-progress", *no_progress, "no progress bars");
   cmd->add_option("--stop-after-steps", c->stop_after_steps, "stop abruptly after N optimizer steps (testing aid)")
       ->group("");
-  cmd->callback([c, no_progress, recipe, cmd, kind] {
+  // What the command sets is what differs from these (flags and recipe keys alike).
+  const auto defaults = std::make_shared<nlohmann::json>(c->to_json());
+  cmd->callback([c, no_progress, recipe, cmd, kind, defaults] {
     if (!recipe->empty()) apply_recipe(*cmd, *recipe);
-    KCHECK(kind != Kind::Distill || !c->teacher.empty(), ValueError,
+    if (c->resume) refuse_to_change_a_resumed_run(*c, *defaults);
+    // A resumed run has its teachers and float checkpoint in its saved recipe.
+    KCHECK(kind != Kind::Distill || c->resume || !c->teacher.empty(), ValueError,
            "kestrel distill needs --teacher CHECKPOINT[,CHECKPOINT...] (or a recipe's teacher key)");
-    KCHECK(kind != Kind::Qat || !c->quantize_from.empty(), ValueError,
+    KCHECK(kind != Kind::Qat || c->resume || !c->quantize_from.empty(), ValueError,
            "kestrel qat needs --checkpoint FLOAT.safetensors (or a recipe's checkpoint key)");
     if (kind == Kind::Qat && !c->resume) {
       KCHECK(std::filesystem::is_regular_file(c->quantize_from), IOError, "float checkpoint not found: ",
@@ -162,9 +200,14 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
       std::printf("%.1f s; run folder %s (ptq.safetensors)\n", s.seconds, s.out_dir.c_str());
       return;
     }
+    if (s.epochs_run == 0 && s.early_stopped) {  // --resume of a run that had stopped early
+      std::printf("nothing left to train: run folder %s stopped early (--early-stop); best top-1 %.2f%% at epoch %lld\n",
+                  s.out_dir.c_str(), 100 * s.best_top1, static_cast<long long>(s.best_epoch));
+      return;
+    }
     if (s.epochs_run == 0) {  // --resume of a run that had already finished
       std::printf("nothing left to train: run folder %s already holds its %lld epochs; best top-1 %.2f%% at epoch %lld\n",
-                  s.out_dir.c_str(), static_cast<long long>(c->epochs), 100 * s.best_top1,
+                  s.out_dir.c_str(), static_cast<long long>(s.epochs), 100 * s.best_top1,
                   static_cast<long long>(s.best_epoch));
       return;
     }

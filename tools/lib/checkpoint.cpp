@@ -88,6 +88,11 @@ void check_fits_run(const ModelInfo& i, const ModelInfo& r, const std::string& w
          r.height, "x", r.width);
   KCHECK(same_values(i.mean, r.mean) && same_values(i.std, r.std), ValueError, what,
          " was trained with another input normalization (another data set?) than ", run, "'s ", r.dataset);
+  // Same count, other order (folders named differently) would train on wrong targets.
+  if (!i.classes.empty() && !r.classes.empty())
+    for (size_t k = 0; k < i.classes.size() && k < r.classes.size(); ++k)
+      KCHECK(i.classes[k] == r.classes[k], ValueError, what, "'s class ", k, " is '", i.classes[k], "' but ", run,
+             "'s is '", r.classes[k], "' (the classes must be the same, in the same order)");
 }
 
 void save_checkpoint(const std::string& path, const nn::Module& model, const ModelInfo& info,

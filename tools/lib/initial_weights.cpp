@@ -1,5 +1,6 @@
 #include "tools/lib/initial_weights.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 
@@ -15,6 +16,29 @@ namespace {
 void find_last_linear(const nn::Module& m, const std::string& prefix, std::string& found) {
   if (m.type_name() == "Linear") found = prefix;
   for (const auto& [name, child] : m.named_children()) find_last_linear(*child, prefix + name + ".", found);
+}
+
+// Why a tensor's shape may differ: the input channels (the file's, from its
+// metadata or its first convolution's weight [O, C, kh, kw]), or the stem.
+std::string shape_mismatch_hint(const io::SafetensorsContents& file, const nn::Module& model, const ModelInfo& run,
+                                const std::string& path) {
+  const bool kestrel = file.metadata.count("kestrel.model_info") > 0;
+  const ModelInfo saved = kestrel ? ModelInfo::from_metadata(file.metadata, path) : ModelInfo{};
+  int64_t channels = kestrel ? saved.in_channels : -1;
+  for (const auto& [name, t] : model.state_dict()) {
+    if (kestrel || t.dim() != 4) continue;
+    const auto it = std::find_if(file.tensors.begin(), file.tensors.end(),
+                                 [&](const auto& named) { return named.first == name; });
+    if (it != file.tensors.end() && it->second.dim() == 4) channels = it->second.size(1);
+    break;
+  }
+  if (channels > 0 && channels != run.in_channels)
+    return " (the checkpoint reads " + std::to_string(channels) + "-channel images, this run's data has " +
+           std::to_string(run.in_channels) + ")";
+  if (run.cifar_stem && (!kestrel || !saved.cifar_stem))
+    return " (the model was built with its small-image stem for " + std::to_string(run.height) +
+           "px inputs; --image-size 224 builds the ImageNet one)";
+  return "";
 }
 
 }  // namespace
@@ -54,11 +78,8 @@ std::vector<std::string> load_initial_weights(const std::string& path, nn::Modul
   try {
     model.load_state_dict(given, true);
   } catch (const ValueError& e) {
-    std::string hint;
-    if (run.cifar_stem && std::string(e.what()).find(" has shape ") != std::string::npos)
-      hint = " (the model was built with its small-image stem for " + std::to_string(run.height) +
-             "px inputs; --image-size 224 builds the ImageNet one)";
-    throw ValueError("--initial-checkpoint " + path + ": " + e.what() + hint);
+    const bool shape = std::string(e.what()).find(" has shape ") != std::string::npos;
+    throw ValueError("--initial-checkpoint " + path + ": " + e.what() + (shape ? shape_mismatch_hint(file, model, run, path) : ""));
   }
   return kept_fresh;
 }

@@ -19,6 +19,7 @@ void configure_from_float_checkpoint(TrainConfig& c, bool keep_dataset) {
   c.depth_mult = info.depth_mult;
   c.num_classes = info.num_classes;
   c.image_size = info.height == info.width ? info.height : 0;
+  c.stem = info.cifar_stem ? "cifar" : "model";
   if (!keep_dataset && !info.dataset.empty()) c.dataset = info.dataset;
 }
 

@@ -35,7 +35,8 @@ struct Measured {
 
 class Measurer {
  public:
-  explicit Measurer(const ScaleSearchOptions& o) : o_(o) {}
+  explicit Measurer(const ScaleSearchOptions& o)
+      : o_(o), cifar_stem_(models::cifar_stem_for_resolution(o.base_resolution)) {}
 
   // Parameters and multiply-adds of the model at these multipliers; one trace
   // per distinct architecture (many grid points round to the same one).
@@ -45,7 +46,7 @@ class Measurer {
     mo.in_channels = o_.in_channels;
     mo.width_mult = width_mult;
     mo.depth_mult = depth_mult;
-    mo.cifar_stem = models::cifar_stem_for_resolution(resolution);
+    mo.cifar_stem = cifar_stem_;  // the base model's, at every candidate's size: MACs stay comparable
     nn::ModulePtr m = models::build_model(o_.model, mo);
     const int64_t params = m->num_parameters();
     const auto key = std::make_pair(params, resolution);
@@ -57,6 +58,7 @@ class Measurer {
 
  private:
   const ScaleSearchOptions& o_;
+  const bool cifar_stem_;
   std::map<std::pair<int64_t, int64_t>, int64_t> macs_;
 };
 
@@ -65,6 +67,20 @@ ScaleCandidate candidate(const std::string& name, const models::CompoundCoeffici
   r.name = name;
   r.coefficients = c;
   return r;
+}
+
+// MobileNetV3 and GhostNet list every block in their tables: no depth_mult.
+bool supports_depth_scaling(const ScaleSearchOptions& o) {
+  models::ModelOptions mo;
+  mo.num_classes = o.num_classes;
+  mo.in_channels = o.in_channels;
+  mo.depth_mult = 2.0;
+  try {
+    models::build_model(o.model, mo);
+    return true;
+  } catch (const ValueError&) {
+    return false;
+  }
 }
 
 std::string coefficient_tag(const models::CompoundCoefficients& c) {
@@ -91,6 +107,10 @@ std::vector<models::CompoundCoefficients> constrained_grid(const ScaleGrid& g) {
   KCHECK(g.alpha_max >= 1 && g.beta_max >= 1 && g.gamma_max >= 1, ValueError,
          "scale-search: grid maxima must be >= 1 (coefficients start at 1)");
   KCHECK(g.tolerance >= 0, ValueError, "scale-search: the tolerance must be >= 0, got ", g.tolerance);
+  const double points = std::floor((g.alpha_max - 1) / g.step + 1) * std::floor((g.beta_max - 1) / g.step + 1) *
+                        std::floor((g.gamma_max - 1) / g.step + 1);
+  KCHECK(points <= 1e6, ValueError, "scale-search: --step ", g.step, " makes a grid of ", points,
+         " points; at most a million (raise --step)");
   std::vector<models::CompoundCoefficients> out;
   for (double a : axis(g.alpha_max, g.step))
     for (double b : axis(g.beta_max, g.step))
@@ -102,7 +122,17 @@ std::vector<models::CompoundCoefficients> constrained_grid(const ScaleGrid& g) {
 std::vector<ScaleCandidate> scale_search(const ScaleSearchOptions& o) {
   KCHECK(o.phi > 0, ValueError, "scale-search: --phi must be positive, got ", o.phi);
   KCHECK(o.base_resolution >= 8, ValueError, "scale-search: --base-resolution must be >= 8, got ", o.base_resolution);
+  KCHECK(o.max_params >= 0 && o.max_macs >= 0, ValueError, "scale-search: --max-params and --max-macs must be >= 0 "
+         "(0: no budget), got ", o.max_params, " and ", o.max_macs);
+  KCHECK(o.train_epochs >= 0, ValueError, "scale-search: --train-epochs must be >= 0, got ", o.train_epochs);
   models::find_model(o.model);  // names the valid models when this one is unknown
+  namespace fs = std::filesystem;
+  KCHECK(o.overwrite || !fs::exists(o.out) || fs::is_empty(o.out), IOError, "scale-search: ", o.out,
+         " already exists; pass --overwrite to replace its search and proxy runs, or give another --out");
+  const bool scales_depth = supports_depth_scaling(o);
+  if (!scales_depth && o.progress)
+    std::fprintf(stderr, "%s lists every block (no depth multiplier): candidates with alpha 1 only\n",
+                 o.model.c_str());
   std::vector<ScaleCandidate> rows;
   const double root2 = std::sqrt(2.0);
   for (const auto& [name, c] : std::vector<std::pair<std::string, models::CompoundCoefficients>>{
@@ -110,8 +140,14 @@ std::vector<ScaleCandidate> scale_search(const ScaleSearchOptions& o) {
            {"width only", {1.0, root2, 1.0}},
            {"resolution only", {1.0, 1.0, root2}},
            {"compound (paper)", {1.2, 1.1, 1.15}}})
-    rows.push_back(candidate(name, c));
-  for (const models::CompoundCoefficients& c : constrained_grid(o.grid)) rows.push_back(candidate("grid", c));
+    if (scales_depth || c.alpha == 1.0) rows.push_back(candidate(name, c));
+  const auto already_listed = [&](const models::CompoundCoefficients& c) {
+    return std::any_of(rows.begin(), rows.end(), [&](const ScaleCandidate& r) {
+      return coefficient_tag(r.coefficients) == coefficient_tag(c);  // the same run folder
+    });
+  };
+  for (const models::CompoundCoefficients& c : constrained_grid(o.grid))
+    if ((scales_depth || c.alpha == 1.0) && !already_listed(c)) rows.push_back(candidate("grid", c));
 
   Measurer measurer(o);
   const Measured base = measurer.measure(1.0, 1.0, o.base_resolution);
@@ -144,6 +180,7 @@ std::vector<ScaleCandidate> scale_search(const ScaleSearchOptions& o) {
       t.width_mult = r.width_mult;
       t.depth_mult = r.depth_mult;
       t.image_size = r.resolution;
+      t.stem = models::cifar_stem_for_resolution(o.base_resolution) ? "cifar" : "model";  // as measured
       t.epochs = o.train_epochs;
       t.out = o.out + "/" + coefficient_tag(r.coefficients);
       t.overwrite = true;

@@ -53,6 +53,7 @@ struct ScaleSearchOptions {
   int64_t train_epochs = 0;
   TrainConfig train = cifar100_recipe();
   std::string out = "runs/scale_search";
+  bool overwrite = false;  // replace an existing search in `out`
   bool progress = true;
 };
 

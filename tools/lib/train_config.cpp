@@ -1,5 +1,6 @@
 #include "tools/lib/train_config.h"
 
+#include <cstdio>
 #include <filesystem>
 
 #include "engine/error.h"
@@ -8,7 +9,7 @@
 namespace kestrel::tools {
 
 #define KESTREL_CONFIG_FIELDS(X)                                                                                 \
-  X(model) X(num_classes) X(width_mult) X(depth_mult) X(image_size) X(dropout) X(drop_path) X(dataset)           \
+  X(model) X(num_classes) X(width_mult) X(depth_mult) X(image_size) X(stem) X(dropout) X(drop_path) X(dataset)           \
   X(data_dir) X(limit_train) X(limit_test) X(skip_bad) X(workers) X(loader) X(epochs) X(batch_size) X(lr)        \
   X(optimizer) X(momentum) X(nesterov) X(weight_decay) X(warmup_epochs) X(schedule) X(step_size)                 \
   X(step_gamma) X(label_smoothing) X(loss) X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp)               \
@@ -45,6 +46,7 @@ void one_of(const std::string& flag, const std::string& value, std::initializer_
 }  // namespace
 
 void TrainConfig::validate() const {
+  one_of("stem", stem, {"auto", "cifar", "model"});
   one_of("dataset", dataset, {"cifar10", "cifar100", "fashion-mnist", "mnist", "folder"});
   one_of("optimizer", optimizer, {"sgd", "adamw"});
   one_of("schedule", schedule, {"cosine", "step", "onecycle"});
@@ -54,7 +56,29 @@ void TrainConfig::validate() const {
   // A qat run of 0 epochs is post-training quantization: calibration alone.
   KCHECK(epochs > 0 || (epochs == 0 && !quantize_from.empty()), ValueError, "--epochs must be positive, got ",
          epochs);
+  // Far beyond any real run, and epochs * steps stays inside 64 bits.
+  KCHECK(epochs <= 1000000, ValueError, "--epochs must be at most 1000000, got ", epochs);
   KCHECK(batch_size > 0, ValueError, "--batch-size must be positive, got ", batch_size);
+  KCHECK(limit_train >= 0 && limit_test >= 0, ValueError, "--limit-train and --limit-test must be >= 0 (0: all), got ",
+         limit_train, " and ", limit_test);
+  KCHECK(early_stop >= 0, ValueError, "--early-stop must be >= 0 (0: off), got ", early_stop);
+  KCHECK(calib_batches >= 0, ValueError, "--calib-batches must be >= 0 (0: all), got ", calib_batches);
+  KCHECK(dropout == -1.0 || (dropout >= 0 && dropout < 1), ValueError, "--dropout must be in [0, 1), got ", dropout);
+  KCHECK(drop_path == -1.0 || (drop_path >= 0 && drop_path < 1), ValueError, "--drop-path must be in [0, 1), got ",
+         drop_path);
+  KCHECK(schedule != "step" || (step_size >= 1 && step_gamma > 0), ValueError,
+         "--schedule step needs --step-size >= 1 and --step-gamma > 0, got ", step_size, " and ", step_gamma);
+  KCHECK(mix_alpha > 0, ValueError, "--mix-alpha must be positive, got ", mix_alpha);
+  // The focal loss is defined on hard labels; soft targets would silently drop it.
+  KCHECK(loss != "focal" || (label_smoothing == 0 && mixup == 0 && cutmix == 0 && ricap == 0), ValueError,
+         "--loss focal takes hard labels: it cannot be combined with --label-smoothing, --mixup, --cutmix or --ricap");
+  if (!randaugment.empty()) {
+    int n = 0, m = 0, used = 0;
+    const bool parsed = std::sscanf(randaugment.c_str(), "%d,%d%n", &n, &m, &used) == 2 &&
+                        used == static_cast<int>(randaugment.size());
+    KCHECK(parsed && n > 0 && m >= 0 && m <= 30, ValueError,
+           "--randaugment expects N,M with N >= 1 and M in [0, 30] (e.g. 2,9), got '", randaugment, "'");
+  }
   KCHECK(lr > 0, ValueError, "--lr must be positive, got ", lr);
   KCHECK(grad_accum >= 1, ValueError, "--grad-accum must be at least 1, got ", grad_accum);
   KCHECK(label_smoothing >= 0 && label_smoothing < 1, ValueError, "--label-smoothing must be in [0, 1), got ",

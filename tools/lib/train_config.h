@@ -14,6 +14,7 @@ struct TrainConfig {
   double width_mult = 1.0;
   double depth_mult = 1.0;  // layer-repeat multiplier (EfficientNet compound scaling)
   int64_t image_size = 0;   // train and evaluate at this square size (resized); 0 = the data's own
+  std::string stem = "auto";  // auto: the CIFAR stem at 64 px and below; cifar; model (the model's own)
   double dropout = -1.0;    // < 0: the model's default
   double drop_path = -1.0;  // < 0: the model's default
   std::string initial_checkpoint;  // starting weights (tools/lib/initial_weights.h); empty = seeded init

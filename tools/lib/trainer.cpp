@@ -1,9 +1,11 @@
 #include "tools/lib/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <optional>
 
@@ -53,11 +55,25 @@ Tensor training_loss(const TrainConfig& c, const Tensor& logits, const data::Dev
   return cross_entropy(logits, b.labels, c.label_smoothing);
 }
 
+// The warmup a run gets: --warmup-epochs, but at most half the run (a recipe's
+// 5-epoch warmup on a 2-epoch quick pass would otherwise only ever ramp up).
+double effective_warmup_epochs(const TrainConfig& c) {
+  if (c.schedule == "onecycle") return 0.0;  // it ramps up by itself
+  return std::min(c.warmup_epochs, static_cast<double>(c.epochs) / 2.0);
+}
+
 std::unique_ptr<optim::LrSchedule> make_schedule(const TrainConfig& c, int64_t steps_per_epoch) {
   const int64_t total = std::max<int64_t>(1, c.epochs * steps_per_epoch);
-  const int64_t warmup = static_cast<int64_t>(c.warmup_epochs * static_cast<double>(steps_per_epoch));
-  if (c.schedule == "step") return std::make_unique<optim::StepDecay>(c.lr, c.step_size * steps_per_epoch, c.step_gamma);
-  if (c.schedule == "onecycle") return std::make_unique<optim::OneCycle>(c.lr, total);
+  const int64_t warmup = static_cast<int64_t>(effective_warmup_epochs(c) * static_cast<double>(steps_per_epoch));
+  if (c.schedule == "step")
+    return std::make_unique<optim::LinearWarmup>(
+        std::make_unique<optim::StepDecay>(c.lr, c.step_size * steps_per_epoch, c.step_gamma), warmup);
+  if (c.schedule == "onecycle") {
+    // Its rising phase ends 30% of the way in, after at least one step.
+    KCHECK(total >= 4, ValueError, "--schedule onecycle needs at least 4 optimizer steps, this run has ", total,
+           " (epochs x batches per epoch / --grad-accum); train longer or use --schedule cosine");
+    return std::make_unique<optim::OneCycle>(c.lr, total);
+  }
   return std::make_unique<optim::WarmupCosine>(c.lr, total, std::min(warmup, total), 0.0, c.lr * 0.01);
 }
 
@@ -130,30 +146,79 @@ void write_metric_files(const std::string& dir, const nlohmann::json& history) {
   write_line_chart(dir + "/curves.png", {{"loss", {tl, vl}}, {"top-1 accuracy (%)", {ta, va}}, {"learning rate", {lr}}});
 }
 
-// Prepares the run folder (rank 0 only; the others wait for it, and need it
-// on a shared file system to resume); returns true when resuming from
-// last.safetensors.
-bool prepare_out_dir(const TrainConfig& c) {
-  const std::string last = c.out + "/last.safetensors";
-  if (!dist::is_main()) {
-    dist::barrier();
-    KCHECK(!c.resume || fs::exists(last), IOError, "--resume: rank ", dist::rank(), " sees no checkpoint at ", last,
-           " (the run folder must be on a file system every rank shares)");
-    return c.resume;
+// A folder's normalization is measured on its training images, so another
+// --limit-train measures slightly other values. A run that feeds its batches
+// to an existing model (qat's float checkpoint, distill's first teacher) of
+// the same kind of data set takes that model's normalization.
+Normalization run_normalization(const TrainConfig& c, const data::Dataset& train_set) {
+  const std::vector<std::string> teachers = split_paths(c.teacher);
+  const std::string reference = !c.quantize_from.empty() ? c.quantize_from : teachers.empty() ? "" : teachers[0];
+  if (c.dataset == "folder" && !reference.empty() && fs::exists(reference)) {
+    const ModelInfo r = ModelInfo::from_metadata(io::load_safetensors_metadata(reference), reference);
+    if (r.dataset == "folder" && !r.mean.empty()) return {r.mean, r.std};
   }
+  return normalization_for(c.dataset, train_set);
+}
+
+// Whether `path` is `folder` or lies inside it.
+bool lies_in(const std::string& path, const std::string& folder) {
+  const fs::path rel = fs::weakly_canonical(path).lexically_relative(fs::weakly_canonical(folder));
+  return !rel.empty() && *rel.begin() != "..";
+}
+
+// An --overwrite run deletes its folder's contents: never the inputs it was
+// given (the float checkpoint qat starts from, a teacher), and never a folder
+// no run wrote (one without a Kestrel config.json).
+void check_overwrite_is_safe(const TrainConfig& c) {
+  std::vector<std::pair<std::string, std::string>> inputs = {{"--checkpoint", c.quantize_from},
+                                                              {"--initial-checkpoint", c.initial_checkpoint}};
+  for (const std::string& t : split_paths(c.teacher)) inputs.push_back({"--teacher", t});
+  for (const auto& [flag, path] : inputs)
+    KCHECK(path.empty() || !lies_in(path, c.out), IOError, "--overwrite would delete ", flag, " ", path,
+           ": it lies in the run folder ", c.out, "; give another --out");
+  bool run_folder = false;
+  try {
+    std::ifstream in(c.out + "/config.json");
+    run_folder = in.good() && nlohmann::json::parse(in).contains("model");
+  } catch (const nlohmann::json::exception&) {
+  }
+  KCHECK(run_folder, IOError, "--overwrite replaces run folders only, and ", c.out,
+         " holds no run's config.json; give an empty or new --out");
+}
+
+// Checks the run folder before anything is read or written; returns true
+// when resuming from its last.safetensors. Every rank checks (they need the
+// folder on a shared file system to resume); only rank 0 clears and writes it.
+bool check_out_dir(const TrainConfig& c) {
+  const std::string last = c.out + "/last.safetensors";
+  KCHECK(!fs::exists(c.out) || fs::is_directory(c.out), IOError, "--out ", c.out, " is a file, not a folder");
+  KCHECK(c.dataset != "folder" || c.data_dir.empty() || !lies_in(c.out, c.data_dir), IOError, "--out ", c.out,
+         " lies inside --data-dir ", c.data_dir, ", where it would be read as a class folder; give another --out");
   if (c.resume) {
-    KCHECK(fs::exists(last), IOError, "--resume: no checkpoint at ", last);
-    dist::barrier();
+    KCHECK(fs::exists(last), IOError, "--resume: no checkpoint at ", last,
+           dist::is_main() ? " (a run that stopped before its first epoch ended starts again with --overwrite)"
+                           : " (the run folder must be on a file system every rank shares)");
     return true;
   }
-  if (fs::exists(c.out) && !fs::is_empty(c.out)) {
+  if (dist::is_main() && fs::exists(c.out) && !fs::is_empty(c.out)) {
     KCHECK(c.overwrite, IOError, "run folder ", c.out,
-           " already exists; pass --resume to continue it or --overwrite to replace it");
-    for (const auto& e : fs::directory_iterator(c.out)) fs::remove_all(e.path());
+           fs::exists(last) ? " already exists; pass --resume to continue it or --overwrite to replace it"
+                            : " already exists, with no checkpoint (stopped before its first epoch ended?); "
+                              "pass --overwrite to start it again");
+    check_overwrite_is_safe(c);
   }
-  fs::create_directories(c.out);
-  dist::barrier();
   return false;
+}
+
+// Rank 0 empties (--overwrite) or creates the folder of a new run, once the
+// data, model and every checkpoint it reads have loaded; the others wait.
+void start_out_dir(const TrainConfig& c) {
+  if (dist::is_main()) {
+    if (fs::exists(c.out))
+      for (const auto& e : fs::directory_iterator(c.out)) fs::remove_all(e.path());
+    fs::create_directories(c.out);
+  }
+  dist::barrier();
 }
 
 }  // namespace
@@ -265,6 +330,24 @@ EvalResult evaluate(nn::Module& model, data::BatchLoader& loader, int64_t num_cl
   return r;
 }
 
+std::vector<std::string> resume_conflicts(const std::string& out, const nlohmann::json& requested) {
+  const std::string last = out + "/last.safetensors";
+  if (!fs::exists(last)) return {};
+  const io::Metadata meta = io::load_safetensors_metadata(last);
+  const auto it = meta.find(kStateKey);
+  if (it == meta.end()) return {};
+  const nlohmann::json saved = TrainConfig::from_json(nlohmann::json::parse(it->second)["config"]).to_json();
+  std::vector<std::string> conflicts;
+  for (const auto& [key, value] : requested.items()) {
+    if (key == "out" || key == "device" || key == "loader" || key == "workers" || key == "data_dir") continue;
+    if (!saved.contains(key) || saved[key] == value) continue;
+    std::string flag = key;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    conflicts.push_back("--" + flag + " " + value.dump() + " (the run's: " + saved[key].dump() + ")");
+  }
+  return conflicts;
+}
+
 TrainSummary train(TrainConfig c) {
   c.validate();
   dist::init();
@@ -276,7 +359,7 @@ TrainSummary train(TrainConfig c) {
   // Both before the run folder is touched.
   const Device device = resolve_device(c.device);
   check_config_fits_process(c, device);
-  const bool resuming = prepare_out_dir(c);
+  const bool resuming = check_out_dir(c);
   io::SafetensorsContents resume_ckpt;
   nlohmann::json state;
   if (resuming) {
@@ -293,16 +376,20 @@ TrainSummary train(TrainConfig c) {
     saved.workers = c.workers;
     saved.loader = c.loader;  // both loaders give the same batches
     saved.device = c.device;  // checkpoints move between devices
+    if (!c.data_dir.empty()) saved.data_dir = c.data_dir;  // the same data, moved
     c = saved;
     check_config_fits_process(c, device);  // the run's own --amp and batch, on this process
   }
+
+  // Saved absolute, so eval and --resume find the data from any working folder.
+  if (!c.data_dir.empty()) c.data_dir = fs::absolute(c.data_dir).lexically_normal().string();
 
   // Data.
   auto train_set = open_dataset(c.dataset, c.data_dir, data::Split::Train, c.skip_bad, c.limit_train);
   auto test_set = open_dataset(c.dataset, c.data_dir, data::Split::Test, c.skip_bad, c.limit_test);
   const data::Example probe = train_set->get(0);
   const int64_t classes = c.num_classes > 0 ? c.num_classes : train_set->num_classes();
-  const Normalization norm = normalization_for(c.dataset, *train_set);
+  const Normalization norm = run_normalization(c, *train_set);
 
   // Model: seeded init, reproducible.
   manual_seed(c.seed);
@@ -312,7 +399,7 @@ TrainSummary train(TrainConfig c) {
   info.in_channels = probe.image.c;
   info.height = c.image_size > 0 ? c.image_size : probe.image.h;
   info.width = c.image_size > 0 ? c.image_size : probe.image.w;
-  info.cifar_stem = models::cifar_stem_for_resolution(info.height);
+  info.cifar_stem = c.stem == "auto" ? models::cifar_stem_for_resolution(info.height) : c.stem == "cifar";
   info.width_mult = c.width_mult;
   info.depth_mult = c.depth_mult;
   info.dataset = c.dataset;
@@ -372,6 +459,9 @@ TrainSummary train(TrainConfig c) {
   const int64_t steps_per_epoch = std::max<int64_t>(1, train_loader.num_batches() / c.grad_accum);
   auto optimizer = make_optimizer(c, *model);
   auto schedule = make_schedule(c, steps_per_epoch);
+  if (main_rank && c.schedule != "onecycle" && effective_warmup_epochs(c) < c.warmup_epochs)
+    std::cerr << "warning: --warmup-epochs " << c.warmup_epochs << " cut to " << effective_warmup_epochs(c)
+              << ", half of this " << c.epochs << "-epoch run\n";
   std::unique_ptr<optim::ModelEma> ema;
   if (c.ema > 0) ema = std::make_unique<optim::ModelEma>(*model, optim::EmaOptions{c.ema, true});
   // Mixed precision: forward passes under autocast; f16 also scales the loss (bf16 needs no scaler).
@@ -380,6 +470,7 @@ TrainSummary train(TrainConfig c) {
   if (c.amp == "fp16") scaler = std::make_unique<optim::GradScaler>();
 
   int64_t start_epoch = 0, global_step = 0, stale_epochs = 0, best_epoch = -1;
+  bool had_stopped_early = false;
   double best_top1 = -1.0;
   nlohmann::json history = nlohmann::json::array();
   if (resuming) {
@@ -390,14 +481,19 @@ TrainSummary train(TrainConfig c) {
     start_epoch = state["next_epoch"].get<int64_t>();
     global_step = state["global_step"].get<int64_t>();
     stale_epochs = state["stale_epochs"].get<int64_t>();
-    best_epoch = state["best_epoch"].get<int64_t>();
+    best_epoch = state.contains("best_epoch_number") ? state["best_epoch_number"].get<int64_t>() - 1
+                                                     : state["best_epoch"].get<int64_t>();  // older runs: from 0
     best_top1 = state["best_top1"].get<double>();
     history = state["history"];
     nn::init_generator().set_state(state["generator_seed"].get<uint64_t>(), state["generator_offset"].get<uint64_t>());
-    if (main_rank) std::cerr << "resuming " << c.out << " at epoch " << start_epoch + 1 << " (step " << global_step << ")\n";
+    had_stopped_early = c.early_stop > 0 && stale_epochs >= c.early_stop;
+    if (had_stopped_early) start_epoch = c.epochs;
+    if (main_rank && start_epoch < c.epochs)
+      std::cerr << "resuming " << c.out << " at epoch " << start_epoch + 1 << " (step " << global_step << ")\n";
   }
   Generator& init_gen = nn::init_generator();
   init_gen.set_state(rank_seed(init_gen.seed(), dist::rank()), init_gen.offset());
+  if (!resuming) start_out_dir(c);
   std::unique_ptr<TensorBoardWriter> tb;
   if (main_rank) {
     io::write_text_atomically(c.out + "/config.json", c.to_json().dump(2) + "\n", "train");
@@ -415,6 +511,8 @@ TrainSummary train(TrainConfig c) {
 
   TrainSummary summary;
   summary.out_dir = c.out;
+  summary.epochs = c.epochs;
+  summary.early_stopped = had_stopped_early;
   if (teachers) {
     // What the student is taught from: the averaged teachers' accuracy.
     AutocastGuard autocast_scope(autocast);
@@ -569,7 +667,7 @@ TrainSummary train(TrainConfig c) {
     st["next_epoch"] = epoch + 1;
     st["global_step"] = global_step;
     st["stale_epochs"] = stale_epochs;
-    st["best_epoch"] = best_epoch;
+    st["best_epoch_number"] = best_epoch + 1;  // counted from 1, as printed
     st["best_top1"] = best_top1;
     st["history"] = history;
     st["generator_seed"] = nn::init_generator().seed();

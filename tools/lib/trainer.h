@@ -14,6 +14,7 @@ namespace kestrel::tools {
 struct TrainSummary {
   bool completed = false;  // false when stopped early by stop_after_steps (simulated kill)
   int64_t epochs_run = 0;
+  int64_t epochs = 0;  // the run's length (a resumed run's own, from its saved recipe)
   int64_t global_step = 0;
   double best_top1 = 0.0;
   int64_t best_epoch = -1;
@@ -27,6 +28,13 @@ struct TrainSummary {
 };
 
 TrainSummary train(TrainConfig config);
+
+// What --resume of the run in `out` would be asked to change: each field of
+// `requested` (TrainConfig JSON keys a command sets) whose value differs from
+// the run's saved recipe, as "--key value (the run's: value)". The fields a
+// resumed run takes from the command (out, device, loader, workers,
+// data_dir) are not compared. Empty when out holds no checkpoint.
+std::vector<std::string> resume_conflicts(const std::string& out, const nlohmann::json& requested);
 
 struct EvalResult {
   double loss = 0.0;
