@@ -369,13 +369,98 @@ std::vector<uint8_t> read_image_bytes(const std::string& path, const ReadOptions
   return read_whole_file(path, "image");
 }
 
-bool is_image_name(const fs::path& p) {
-  std::string ext = p.extension().string();
-  for (char& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".bmp";
+// "jpg, jpeg, png, ..." for messages.
+std::string image_extensions_text() {
+  std::string text;
+  for (const std::string& e : image_extensions()) text += (text.empty() ? "" : ", ") + e;
+  return text;
+}
+
+// The sorted names of root's sub-folders (symlinks to folders count).
+std::vector<std::string> class_folder_names(const std::string& root) {
+  std::error_code ec;
+  if (!fs::exists(root, ec)) throw IOError(detail::concat("image folder: ", root, ": no such directory"));
+  if (!fs::is_directory(root, ec)) throw IOError(detail::concat("image folder: ", root, ": not a directory"));
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(root, ec))
+    if (e.is_directory()) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  if (names.empty())
+    throw IOError(detail::concat("image folder: ", root, ": has no class sub-folders (expected ", root,
+                                 "/<class>/<image>)"));
+  return names;
+}
+
+// Labels are positions in the sorted class list, so train/ and test/ must
+// hold the same class folders or every label after a difference shifts.
+void check_same_classes(const std::string& root, const std::vector<std::string>& train,
+                        const std::vector<std::string>& test) {
+  for (size_t i = 0; i < std::max(train.size(), test.size()); ++i) {
+    if (i < train.size() && i < test.size() && train[i] == test[i]) continue;
+    // Sorted lists: the smaller name at the first difference is the one the other split lacks.
+    const bool test_lacks = i >= test.size() || (i < train.size() && train[i] < test[i]);
+    if (test_lacks)
+      throw IOError(detail::concat("image folder ", root, ": test/ lacks class '", train[i],
+                                   "' that train/ has (both splits need the same class folders)"));
+    throw IOError(detail::concat("image folder ", root, ": test/ has class '", test[i],
+                                 "' that train/ lacks (both splits need the same class folders)"));
+  }
+}
+
+// Decoded bytes of all entries, from the header sizes of up to 16 evenly spaced ones.
+int64_t estimate_decoded_bytes(const std::vector<ImageFolderDataset::Entry>& entries, int channels) {
+  const size_t n = entries.size(), samples = std::min<size_t>(n, 16);
+  double sum = 0;
+  size_t read = 0;
+  for (size_t s = 0; s < samples; ++s) {
+    int w = 0, h = 0, comp = 0;
+    if (!stbi_info(entries[s * n / samples].path.c_str(), &w, &h, &comp)) continue;  // bad files are found later
+    sum += static_cast<double>(w) * h * (channels > 0 ? channels : comp);
+    ++read;
+  }
+  return read ? static_cast<int64_t>(sum / static_cast<double>(read) * static_cast<double>(n)) : 0;
 }
 
 }  // namespace
+
+const std::vector<std::string>& image_extensions() {
+  static const std::vector<std::string> extensions = {"jpg", "jpeg", "png", "bmp", "gif",
+                                                      "tga", "ppm",  "pgm", "pnm"};
+  return extensions;
+}
+
+bool is_image_file_name(const std::string& path) {
+  std::string ext = fs::path(path).extension().string();
+  if (ext.empty()) return false;
+  ext.erase(0, 1);  // the dot
+  for (char& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  const std::vector<std::string>& known = image_extensions();
+  return std::find(known.begin(), known.end(), ext) != known.end();
+}
+
+std::vector<std::string> list_image_files(const std::string& path) {
+  std::error_code ec;
+  KCHECK(fs::exists(path, ec), IOError, "image: ", path, ": no such file or folder");
+  if (!fs::is_directory(path, ec)) return {path};
+  std::vector<std::string> files;
+  fs::recursive_directory_iterator it(path, fs::directory_options::follow_directory_symlink, ec);
+  for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    std::error_code entry_ec;
+    if (it->is_directory(entry_ec)) {
+      // A link to this folder or one above it would be listed forever: skip it.
+      std::error_code parent_ec;
+      const fs::path real = fs::canonical(it->path(), entry_ec);
+      const fs::path rel = fs::canonical(it->path().parent_path(), parent_ec).lexically_relative(real);
+      if (entry_ec || parent_ec || (!rel.empty() && *rel.begin() != "..")) it.disable_recursion_pending();
+    } else if (it->is_regular_file(entry_ec) && is_image_file_name(it->path().string())) {
+      files.push_back(it->path().string());
+    }
+  }
+  KCHECK(!ec, IOError, "image folder: ", path, ": cannot list: ", ec.message());
+  std::sort(files.begin(), files.end());
+  KCHECK(!files.empty(), IOError, "image folder: ", path, ": no images in it (", image_extensions_text(), ")");
+  return files;
+}
 
 Image decode_image_file(const std::string& path, int channels, const ReadOptions& opts) {
   KCHECK(channels >= 0 && channels <= 4, ValueError, "decode_image_file: channels must be 0..4, got ", channels);
@@ -397,25 +482,18 @@ Image decode_image_file(const std::string& path, int channels, const ReadOptions
 std::vector<ImageFolderDataset::Entry> list_image_folder(const std::string& root, std::vector<std::string>& classes,
                                                          const ReadOptions& opts, std::vector<std::string>* warnings) {
   std::error_code ec;
-  if (!fs::exists(root, ec)) throw IOError(detail::concat("image folder: ", root, ": no such directory"));
-  if (!fs::is_directory(root, ec)) throw IOError(detail::concat("image folder: ", root, ": not a directory"));
-  classes.clear();
-  for (const auto& e : fs::directory_iterator(root, ec))
-    if (e.is_directory()) classes.push_back(e.path().filename().string());
-  std::sort(classes.begin(), classes.end());
-  if (classes.empty())
-    throw IOError(detail::concat("image folder: ", root, ": has no class sub-folders (expected ", root,
-                                 "/<class>/<image>)"));
+  classes = class_folder_names(root);
   std::vector<std::string> local_warnings;
   std::vector<ImageFolderDataset::Entry> entries;
   for (size_t k = 0; k < classes.size(); ++k) {
     const fs::path dir = fs::path(root) / classes[k];
     std::vector<std::string> files;
     for (const auto& e : fs::directory_iterator(dir, ec))
-      if (e.is_regular_file() && is_image_name(e.path())) files.push_back(e.path().string());
+      if (e.is_regular_file() && is_image_file_name(e.path().string())) files.push_back(e.path().string());
     std::sort(files.begin(), files.end());
     if (files.empty())
-      report_bad(detail::concat("image folder: ", dir.string(), ": class folder has no images (jpg, jpeg, png, bmp)"),
+      report_bad(detail::concat("image folder: ", dir.string(), ": class folder has no images (",
+                                image_extensions_text(), ")"),
                  opts, warnings ? *warnings : local_warnings);
     for (auto& f : files) entries.push_back({std::move(f), static_cast<int64_t>(k)});
   }
@@ -428,13 +506,18 @@ ImageFolderDataset::ImageFolderDataset(std::vector<Entry> entries, std::vector<s
   KCHECK(opts.channels >= 0 && opts.channels <= 4, ValueError, "image folder: channels must be 0..4, got ",
          opts.channels);
   classes_ = std::move(classes);
+  if (opts.preload) estimated_decoded_bytes_ = estimate_decoded_bytes(entries, opts.channels);
+  preloaded_ = opts.preload && (opts.preload_limit_bytes < 0 || estimated_decoded_bytes_ <= opts.preload_limit_bytes);
+  // Under skip_bad a bad file must be skipped here: get() cannot skip it later.
+  const bool decode_now = preloaded_ || opts.read.skip_bad;
   entries_.reserve(entries.size());
   for (Entry& e : entries) {
     KCHECK(e.label >= 0 && e.label < num_classes(), ValueError, "image folder: ", e.path, " has label ", e.label,
            ", out of range for ", num_classes(), " classes");
     try {
-      if (opts.preload) {
-        images_.push_back(decode_image_file(e.path, opts.channels, opts.read));
+      if (decode_now) {
+        Image img = decode_image_file(e.path, opts.channels, opts.read);
+        if (preloaded_) images_.push_back(std::move(img));
       } else {
         const std::vector<uint8_t> bytes = read_image_bytes(e.path, opts.read);
         int w = 0, h = 0;
@@ -453,7 +536,7 @@ Example ImageFolderDataset::get(int64_t index) const {
   const Entry& e = entries_[static_cast<size_t>(index)];
   Example ex;
   ex.label = e.label;
-  ex.image = opts_.preload ? images_[static_cast<size_t>(index)] : decode_image_file(e.path, opts_.channels, opts_.read);
+  ex.image = preloaded_ ? images_[static_cast<size_t>(index)] : decode_image_file(e.path, opts_.channels, opts_.read);
   return ex;
 }
 
@@ -470,6 +553,9 @@ std::shared_ptr<ImageFolderDataset> open_image_folder(const std::string& root, S
   std::vector<ImageFolderDataset::Entry> entries;
   if (fs::is_directory(train, ec) && fs::is_directory(test, ec)) {
     entries = list_image_folder((split == Split::Train ? train : test).string(), classes, opts.read, &warnings);
+    // After the listing, so that a problem inside this split is reported first.
+    const std::vector<std::string> other = class_folder_names((split == Split::Train ? test : train).string());
+    check_same_classes(root, split == Split::Train ? classes : other, split == Split::Train ? other : classes);
   } else {
     KCHECK(opts.test_fraction >= 0.0 && opts.test_fraction < 1.0, ValueError,
            "image folder: test_fraction must be in [0, 1), got ", opts.test_fraction);

@@ -39,12 +39,25 @@ std::shared_ptr<ArrayDataset> open_fashion_mnist(const std::string& dir, Split s
 std::shared_ptr<ArrayDataset> open_mnist(const std::string& dir, Split split, const ReadOptions& opts = {});
 const std::vector<std::string>& fashion_mnist_classes();
 
-// ---- Image folders: root/<class>/<file>.{jpg,jpeg,png,bmp}; classes are the
-// sorted sub-folder names, files are taken in sorted order.
+// ---- Image files: the names that training's image folders and `kestrel
+// predict` both take, formats stb_image decodes (of a GIF, its first frame).
+const std::vector<std::string>& image_extensions();  // "jpg", "jpeg", ... (lower case, no dot)
+bool is_image_file_name(const std::string& path);     // by extension, in any case
+// Image files in `path` and every folder below it, symlinked folders included
+// (a link back up the tree is not followed), sorted by path; `path` itself when
+// it is a file. Throws IOError for a missing path or a folder with no images.
+std::vector<std::string> list_image_files(const std::string& path);
+
+// ---- Image folders: root/<class>/<image file>; classes are the sorted
+// sub-folder names (symlinked folders too), files are taken in sorted order.
 struct ImageFolderOptions {
   ReadOptions read;
   int channels = 3;        // decode to this many channels (1 or 3); 0 keeps each file's own
   bool preload = false;    // decode everything up front (fully validates; fast epochs)
+  // With preload: preload only when the decoded images, estimated from their
+  // count and a sample of their sizes, take at most this many bytes; decode on
+  // access otherwise (preloaded() says which). Negative: no limit.
+  int64_t preload_limit_bytes = -1;
   // When root has no train/ and test/ sub-folders: the fraction of each class
   // that goes to the test split, chosen with split_seed. 0 = use root whole.
   double test_fraction = 0.0;
@@ -57,23 +70,30 @@ class ImageFolderDataset : public Dataset {
     std::string path;
     int64_t label;
   };
-  // Files are checked up front (size, header, dimensions); with preload they
-  // are also decoded. Without preload a file that fails to decode later
-  // throws IOError from get().
+  // Files are checked up front (size, header, dimensions); when preloaded or
+  // under read.skip_bad they are also decoded, so every bad file is found
+  // here. Otherwise a file that fails to decode later throws IOError from get().
   ImageFolderDataset(std::vector<Entry> entries, std::vector<std::string> classes, const ImageFolderOptions& opts);
   int64_t size() const override { return static_cast<int64_t>(entries_.size()); }
   Example get(int64_t index) const override;
   int64_t label(int64_t index) const override;
   const std::vector<Entry>& entries() const { return entries_; }
+  // Whether the images are held decoded (else decoded by each get()).
+  bool preloaded() const { return preloaded_; }
+  // The decoded images' size estimated before loading (bytes).
+  int64_t estimated_decoded_bytes() const { return estimated_decoded_bytes_; }
 
  private:
   std::vector<Entry> entries_;
   std::vector<Image> images_;  // when preloaded
   ImageFolderOptions opts_;
+  bool preloaded_ = false;
+  int64_t estimated_decoded_bytes_ = 0;
 };
 
-// Uses root/train or root/test when both exist; otherwise root itself, split
-// per class by opts.test_fraction.
+// Uses root/train or root/test when both exist (they must hold the same class
+// folders, else IOError naming the first difference); otherwise root itself,
+// split per class by opts.test_fraction.
 std::shared_ptr<ImageFolderDataset> open_image_folder(const std::string& root, Split split,
                                                       const ImageFolderOptions& opts = {});
 // Lists root/<class>/* (no decoding). Throws IOError for a missing root, no

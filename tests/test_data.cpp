@@ -16,6 +16,7 @@
 #include "data/readers.h"
 #include "data/transforms.h"
 #include "test_util.h"
+#include "tools/lib/datasets.h"
 
 using namespace kestrel;
 using namespace kestrel::data;
@@ -435,6 +436,134 @@ TEST(ImageFolder, WithoutPreloadADecodeFailureSurfacesFromGet) {
   auto ds = open_image_folder(root, Split::Train, {});
   ASSERT_EQ(ds->size(), 1);
   expect_io_error([&] { ds->get(0); }, root + "/cls/t.png");
+}
+
+TEST(ImageFolder, SplitsWithDifferentClassFoldersAreAnErrorNamingTheClass) {
+  // Labels are positions in each split's sorted class list: a class missing
+  // from one split would shift every label after it.
+  const std::string root = fresh_dir("folder_classes");
+  for (const char* c : {"airplane", "bird", "cat"})
+    write_png(root + "/train/" + c + "/0.png", 4, 4, pattern_rgb(4, 4, 1));
+  for (const char* c : {"bird", "cat"}) write_png(root + "/test/" + c + "/0.png", 4, 4, pattern_rgb(4, 4, 2));
+  for (Split split : {Split::Train, Split::Test})
+    expect_io_error([&] { open_image_folder(root, split); }, "test/ lacks class 'airplane' that train/ has");
+  write_png(root + "/test/airplane/0.png", 4, 4, pattern_rgb(4, 4, 3));
+  write_png(root + "/test/dog/0.png", 4, 4, pattern_rgb(4, 4, 4));
+  expect_io_error([&] { open_image_folder(root, Split::Train); }, "test/ has class 'dog' that train/ lacks");
+  fs::rename(root + "/test/dog", root + "/test/cow");  // as many classes, one name differs
+  fs::remove_all(root + "/test/cat");
+  expect_io_error([&] { open_image_folder(root, Split::Test); }, "test/ lacks class 'cat' that train/ has");
+  fs::rename(root + "/test/cow", root + "/test/cat");
+  EXPECT_EQ(open_image_folder(root, Split::Test)->classes(), open_image_folder(root, Split::Train)->classes());
+}
+
+TEST(ImageFiles, TrainingAndPredictTakeTheSameFormatsAndFollowSymlinkedFolders) {
+  for (const std::string& ext : image_extensions()) {
+    std::string upper = ext;
+    for (char& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    EXPECT_TRUE(is_image_file_name("dir/a." + ext)) << ext;
+    EXPECT_TRUE(is_image_file_name("dir/a." + upper)) << upper;
+  }
+  for (const char* name : {"notes.txt", "gif", "a.jpg.bak", "png/readme"})
+    EXPECT_FALSE(is_image_file_name(name)) << name;
+
+  // train/cat holds one image of each format stb_image reads beyond jpg/png/bmp;
+  // train/dog is a symlink to a folder elsewhere.
+  const std::string root = fresh_dir("image_files"), elsewhere = fresh_dir("image_files_elsewhere");
+  write_png(root + "/train/cat/a.png", 2, 2, pattern_rgb(2, 2, 1));
+  std::vector<uint8_t> ppm = {'P', '6', '\n', '2', ' ', '2', '\n', '2', '5', '5', '\n'};
+  for (uint8_t v : pattern_rgb(2, 2, 2)) ppm.push_back(v);
+  write_bytes(root + "/train/cat/b.ppm", ppm);
+  ASSERT_NE(stbi_write_tga((root + "/train/cat/c.tga").c_str(), 2, 2, 3, pattern_rgb(2, 2, 3).data()), 0);
+  write_bytes(root + "/train/cat/d.gif",  // the classic 1x1 GIF89a
+              {0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0xFF, 0xFF,
+               0xFF, 0x00, 0x00, 0x00, 0x21, 0xF9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2C, 0x00, 0x00,
+               0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3B});
+  write_png(elsewhere + "/dogs/e.png", 2, 2, pattern_rgb(2, 2, 5));
+  fs::create_directory_symlink(elsewhere + "/dogs", root + "/train/dog");
+  fs::create_directory_symlink(root + "/train", root + "/train/cat/loop");  // a link back up: not followed
+  for (const char* c : {"cat", "dog"}) write_png(root + "/test/" + c + "/0.png", 2, 2, pattern_rgb(2, 2, 6));
+
+  ImageFolderOptions opts;
+  opts.preload = true;
+  auto train = open_image_folder(root, Split::Train, opts);
+  ASSERT_EQ(train->size(), 5) << "4 images of cat (png, ppm, tga, gif) and dog's through the link";
+  EXPECT_EQ(train->skipped(), 0);
+  EXPECT_EQ(train->entries()[4].path, root + "/train/dog/e.png");
+  EXPECT_EQ(train->get(2).image.pixels, pattern_rgb(2, 2, 3)) << "the TGA";
+  EXPECT_EQ(train->get(3).image.h, 1) << "the GIF";
+
+  const std::vector<std::string> listed = list_image_files(root + "/train");
+  std::vector<std::string> expected;
+  for (const auto& e : train->entries()) expected.push_back(e.path);
+  EXPECT_EQ(listed, expected) << "predict lists what training takes";
+  EXPECT_EQ(list_image_files(root + "/train/cat/a.png"), std::vector<std::string>{root + "/train/cat/a.png"});
+  expect_io_error([&] { list_image_files(root + "/none"); }, root + "/none");
+  fs::create_directories(root + "/empty");
+  expect_io_error([&] { list_image_files(root + "/empty"); }, "no images in it (jpg, jpeg, png, bmp, gif, tga, ppm");
+}
+
+TEST(ImageFolder, PreloadsOnlyWithinItsLimitAndOtherwiseDecodesEachGet) {
+  const std::string root = fresh_dir("folder_limit");
+  for (int k = 0; k < 4; ++k) write_png(root + "/cls/" + std::to_string(k) + ".png", 8, 6, pattern_rgb(8, 6, k));
+  ImageFolderOptions opts;
+  opts.preload = true;
+  opts.preload_limit_bytes = 4 * 8 * 6 * 3;  // exactly the decoded size
+  auto fits = open_image_folder(root, Split::Train, opts);
+  EXPECT_TRUE(fits->preloaded());
+  EXPECT_EQ(fits->estimated_decoded_bytes(), 4 * 8 * 6 * 3);
+  opts.preload_limit_bytes -= 1;
+  auto over = open_image_folder(root, Split::Train, opts);
+  EXPECT_FALSE(over->preloaded());
+  ASSERT_EQ(over->size(), 4);
+  for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(over->get(i).image.pixels, fits->get(i).image.pixels) << i;
+  opts.channels = 1;  // the estimate counts the channels decoded to
+  EXPECT_EQ(open_image_folder(root, Split::Train, opts)->estimated_decoded_bytes(), 4 * 8 * 6);
+}
+
+TEST(ImageFolder, DecodedOnAccessUnderSkipBadABadFileIsSkippedUpFront) {
+  // The header of t.png is whole, so only decoding finds the damage; under
+  // skip_bad that must happen here, since get() cannot skip a file.
+  const std::string root = fresh_dir("folder_lazy_skip");
+  write_png(root + "/cls/good.png", 16, 16, pattern_rgb(16, 16, 1));
+  write_png(root + "/cls/t.png", 16, 16, pattern_rgb(16, 16, 7));
+  truncate_file(root + "/cls/t.png", fs::file_size(root + "/cls/t.png") - 30);
+  ImageFolderOptions opts;
+  opts.preload = true;
+  opts.preload_limit_bytes = 0;
+  opts.read = skipping();
+  auto ds = open_image_folder(root, Split::Train, opts);
+  EXPECT_FALSE(ds->preloaded());
+  ASSERT_EQ(ds->size(), 1);
+  EXPECT_EQ(ds->skipped(), 1);
+  EXPECT_NE(ds->warnings()[0].find(root + "/cls/t.png"), std::string::npos) << ds->warnings()[0];
+  EXPECT_EQ(ds->get(0).image.pixels, pattern_rgb(16, 16, 1));
+}
+
+TEST(ImageFolder, OpenDatasetPreloadsUnlessOverTheLimitInTheEnvironment) {
+  const std::string root = fresh_dir("folder_env_limit");
+  for (const char* split : {"train", "test"})
+    for (const char* c : {"a", "b"}) write_png(root + "/" + split + "/" + c + "/0.png", 4, 4, pattern_rgb(4, 4, 1));
+  const char* saved = std::getenv("KESTREL_PRELOAD_LIMIT_MB");
+  const std::string saved_value = saved ? saved : "";
+  auto open = [&] {
+    auto ds = std::dynamic_pointer_cast<const ImageFolderDataset>(
+        tools::open_dataset("folder", root, Split::Train, false, 0));
+    EXPECT_NE(ds, nullptr);
+    return ds;
+  };
+  setenv("KESTREL_PRELOAD_LIMIT_MB", "0", 1);
+  EXPECT_FALSE(open()->preloaded());
+  setenv("KESTREL_PRELOAD_LIMIT_MB", "1", 1);
+  EXPECT_TRUE(open()->preloaded());
+  setenv("KESTREL_PRELOAD_LIMIT_MB", "lots", 1);
+  EXPECT_THROW(open(), ValueError);
+  unsetenv("KESTREL_PRELOAD_LIMIT_MB");
+  const int64_t limit = tools::image_preload_limit_bytes();
+  EXPECT_GT(limit, 0);
+  EXPECT_LE(limit, int64_t{2} << 30);
+  EXPECT_TRUE(open()->preloaded());
+  if (saved) setenv("KESTREL_PRELOAD_LIMIT_MB", saved_value.c_str(), 1);
 }
 
 TEST(ImageFolder, RealCifar10JpegFoldersLoadWhenPresent) {
@@ -902,6 +1031,30 @@ TEST(Loader, SameBatchesWithZeroOneOrThreeWorkers) {
   ASSERT_EQ(runs[0].size(), 8u);
   EXPECT_EQ(runs[0].back().size(), 3);
   EXPECT_EQ(runs[0][0].targets.shape(), (Shape{6, 5}));
+}
+
+TEST(Loader, ImageFolderDecodedOnAccessGivesThePreloadedBatchesWithThreeWorkers) {
+  const std::string root = fresh_dir("loader_lazy_folder");
+  for (int k = 0; k < 20; ++k)
+    write_png(root + "/" + (k % 2 ? "b" : "a") + "/" + std::to_string(k) + ".png", 6, 6, pattern_rgb(6, 6, k));
+  ImageFolderOptions opts;
+  opts.preload = true;
+  auto preloaded = open_image_folder(root, Split::Train, opts);
+  opts.preload_limit_bytes = 0;
+  auto lazy = open_image_folder(root, Split::Train, opts);
+  ASSERT_TRUE(preloaded->preloaded());
+  ASSERT_FALSE(lazy->preloaded());
+  std::vector<std::vector<Batch>> runs;
+  for (const auto& ds : {preloaded, lazy}) {
+    LoaderOptions lo;
+    lo.batch_size = 4;
+    lo.seed = 5;
+    lo.num_workers = 3;
+    DataLoader loader(ds, lo, compose({random_crop(6, 6, 1), random_hflip()}));
+    runs.push_back(run_epoch(loader, 1));
+  }
+  expect_same_batches(runs[0], runs[1], "preloaded vs decoded on access");
+  EXPECT_EQ(runs[1].size(), 5u);
 }
 
 TEST(Loader, DropLastDropsTheShortBatch) {

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <sstream>
@@ -399,6 +400,116 @@ TEST_F(EvalPredict, MismatchedCheckpointsNameTheFirstMismatchingTensors) {
   expect_one_line_error(r, "does not match the model", "architecture mismatch (predict)");
   EXPECT_NE(r.err.find("missing "), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("model 'cifar10_200k'"), std::string::npos) << r.err;
+}
+
+// A copy of the fixture's checkpoint whose metadata says `change(info)`.
+std::string checkpoint_with(const std::string& ckpt, const std::string& path,
+                            const std::function<void(ModelInfo&)>& change) {
+  const io::SafetensorsContents good = io::load_safetensors(ckpt);
+  ModelInfo info = ModelInfo::from_metadata(good.metadata, ckpt);
+  change(info);
+  io::Metadata meta = good.metadata;
+  meta["kestrel.model_info"] = info.to_metadata().at("kestrel.model_info");
+  io::save_safetensors(path, good.tensors, meta);
+  return path;
+}
+
+// Code points: the columns a terminal gives UTF-8 text.
+size_t code_points(const std::string& s) {
+  return static_cast<size_t>(std::count_if(s.begin(), s.end(), [](char ch) { return (ch & 0xC0) != 0x80; }));
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::stringstream ss(text);
+  for (std::string l; std::getline(ss, l);) lines.push_back(l);
+  return lines;
+}
+
+TEST_F(EvalPredict, EvalRefusesDataWhoseClassesDifferFromTheCheckpoints) {
+  const std::string renamed = checkpoint_with(*ckpt_, *scratch_ + "/renamed.safetensors",
+                                              [](ModelInfo& i) { i.classes = {"checker", "hstripes", "zebra"}; });
+  const std::string eval =
+      " --data-dir " + *shared_ + "/data --no-progress --latency-iters 0 --out " + *scratch_ + "/ev";
+  expect_one_line_error(kestrel_cli("eval --checkpoint " + renamed + eval),
+                        "class 2 of folder at " + *shared_ +
+                            "/data is 'vstripes' but the checkpoint's class 2 is 'zebra'",
+                        "class names differ (eval)");
+  // A test/ split that lacks one of train/'s classes.
+  const std::string data = *scratch_ + "/two_test_classes";
+  fs::remove_all(data);
+  fs::create_directories(data + "/test");
+  fs::create_directory_symlink(*shared_ + "/data/train", data + "/train");
+  for (const char* c : {"checker", "hstripes"})
+    fs::create_directory_symlink(*shared_ + "/data/test/" + c, data + "/test/" + c);
+  expect_one_line_error(kestrel_cli("eval --checkpoint " + *ckpt_ + " --data-dir " + data + " --no-progress"),
+                        "test/ lacks class 'vstripes' that train/ has", "splits with different classes (eval)");
+}
+
+TEST_F(EvalPredict, ModelWithMoreOutputsThanItsDataHasClassesIsEvaluatedAndItsExtraOutputsNamed) {
+  // As kestrel train --num-classes 5 on the 3-class data leaves it: 5 outputs, 3 names.
+  ModelInfo info = load_checkpoint(*ckpt_).info;
+  info.num_classes = 5;
+  const std::string five = *scratch_ + "/five_outputs.safetensors";
+  save_checkpoint(five, *build_from_info(info), info);
+  EvalOptions o;
+  o.checkpoint = five;
+  o.data_dir = *shared_ + "/data";
+  o.latency_iters = 0;
+  o.progress = false;
+  const EvalReport r = run_eval(o);
+  EXPECT_EQ(r.images, 72);
+  EXPECT_EQ(r.classes, (std::vector<std::string>{"checker", "hstripes", "vstripes", "class 3 (unnamed)",
+                                                 "class 4 (unnamed)"}));
+  EXPECT_EQ(r.confusion.size(), 5u);
+
+  const CliResult json =
+      kestrel_cli("predict --checkpoint " + five + " " + *shared_ + "/data/test/checker/0.png -k 5 --format json");
+  ASSERT_EQ(json.rc, 0) << json.err;
+  const nlohmann::json top = nlohmann::json::parse(json.out)["predictions"][0]["top_k"];
+  ASSERT_EQ(top.size(), 5u);
+  for (const auto& c : top) {
+    const int64_t k = c["class_index"].get<int64_t>();
+    EXPECT_EQ(c["class_name"].get<std::string>(), k < 3 ? kClasses[k] : "class " + std::to_string(k) + " (unnamed)");
+  }
+}
+
+TEST_F(EvalPredict, PredictRejectsATopKOrBatchSizeBelowOneInOneClearLine) {
+  const std::string img = " " + *shared_ + "/data/test/checker/0.png";
+  expect_one_line_error(kestrel_cli("predict --checkpoint " + *ckpt_ + img + " -k 0"),
+                        "--top-k must be at least 1, got 0", "top-k 0");
+  expect_one_line_error(kestrel_cli("predict --checkpoint " + *ckpt_ + img + " --batch-size 0"),
+                        "--batch-size must be at least 1, got 0", "batch size 0");
+}
+
+TEST_F(EvalPredict, PredictTableAlignsClassNamesOfManyBytesPerCharacter) {
+  const std::string german = checkpoint_with(*ckpt_, *scratch_ + "/strasse.safetensors",
+                                             [](ModelInfo& i) { i.classes = {"Straße", "hstripes", "vstripes"}; });
+  const CliResult table =
+      kestrel_cli("predict --checkpoint " + german + " " + *shared_ + "/data/test/checker/0.png -k 3");
+  ASSERT_EQ(table.rc, 0) << table.err;
+  const std::vector<std::string> lines = lines_of(table.out);
+  ASSERT_EQ(lines.size(), 4u) << table.out;
+  EXPECT_NE(table.out.find("Straße"), std::string::npos) << table.out;
+  for (const std::string& line : lines)
+    EXPECT_EQ(code_points(line), code_points(lines[0])) << "rows of one table have one width:\n" << table.out;
+}
+
+TEST_F(EvalPredict, PredictTakesTheFormatsTrainingTakesAndFollowsSymlinkedFolders) {
+  const std::string folder = *scratch_ + "/predict_folder";
+  fs::remove_all(folder);
+  fs::create_directories(folder);
+  fs::create_directory_symlink(*shared_ + "/data/test/checker", folder + "/linked");
+  const data::Image img = pattern(1, 42);
+  std::string ppm = "P6\n" + std::to_string(img.w) + " " + std::to_string(img.h) + "\n255\n";
+  ppm.append(img.pixels.begin(), img.pixels.end());
+  std::ofstream(folder + "/stripes.ppm", std::ios::binary) << ppm;
+  const CliResult json = kestrel_cli("predict --checkpoint " + *ckpt_ + " " + folder + " --format json -k 1");
+  ASSERT_EQ(json.rc, 0) << json.err;
+  const nlohmann::json preds = nlohmann::json::parse(json.out)["predictions"];
+  ASSERT_EQ(preds.size(), 25u) << "24 images through the link and the PPM";
+  EXPECT_EQ(preds[0]["image"].get<std::string>(), folder + "/linked/0.png");
+  EXPECT_EQ(preds[24]["image"].get<std::string>(), folder + "/stripes.ppm");
 }
 
 }  // namespace

@@ -169,3 +169,21 @@ TEST(OnnxExport, CliWritesBesideTheCheckpointAndNeverOverwritesSilently) {
 
 }  // namespace
 }  // namespace kestrel
+
+namespace kestrel {
+namespace {
+
+// tools/onnx_report.py and tools/torch_weights.py as a user runs them: every
+// bad input one line on stderr, and onnx_report's images (resized, cropped,
+// --limit) the ones kestrel eval and predict read.
+TEST(PythonTools, OnnxReportAndTorchWeightsBehaveAsKestrel) {
+  const std::string py = testing::python_with("numpy");
+  if (py.empty()) GTEST_SKIP() << "no python3 with numpy";
+  EXPECT_EQ(testing::run_python(py, "tests/interop/check_python_tools.py",
+                                std::string(KESTREL_BINARY_DIR) + "/tools/kestrel " + temp_path("python_tools")),
+            0)
+      << "tests/interop/check_python_tools.py failed (its output above)";
+}
+
+}  // namespace
+}  // namespace kestrel

@@ -1,11 +1,15 @@
 #include <stb_image.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <sstream>
 
 #include "test_util.h"
 #include "tools/lib/metrics.h"
 #include "tools/lib/plot.h"
+#include "tools/lib/report.h"
+#include "tools/lib/results_table.h"
 #include "tools/lib/tb_writer.h"
 
 using namespace kestrel;
@@ -25,6 +29,27 @@ TEST(Metrics, TopKPrecisionRecallAndConfusionMatchHandCounts) {
   EXPECT_DOUBLE_EQ(m.recall()[2], 0.5);
   EXPECT_NEAR(m.macro_f1(), (1.0 + 2 * 0.5 * 1.0 / 1.5 + 2 * 1.0 * 0.5 / 1.5) / 3, 1e-12);
   EXPECT_THROW(m.update(logits, Tensor::from_vector_i64({0, 1, 3, 2}, {4})), ValueError);
+}
+
+TEST(Metrics, MacroAveragesSkipClassesWithNeitherLabelsNorPredictions) {
+  // 10 classes, 3 images (eval --limit 3): labels 0, 1, 2 predicted as 0, 1, 1.
+  // As scikit-learn's default, the means run over classes 0-2 only.
+  std::vector<float> v(30, 0.0f);
+  v[0] = v[10 + 1] = v[20 + 1] = 5.0f;
+  ClassificationMetrics m(10);
+  m.update(Tensor::from_vector(v, {3, 10}), Tensor::from_vector_i64({0, 1, 2}, {3}));
+  EXPECT_EQ(m.macro_class_count(), 3);
+  EXPECT_DOUBLE_EQ(m.macro_precision(), (1.0 + 0.5 + 0.0) / 3);
+  EXPECT_DOUBLE_EQ(m.macro_recall(), (1.0 + 1.0 + 0.0) / 3);
+  EXPECT_NEAR(m.macro_f1(), (1.0 + 2 * 0.5 * 1.0 / 1.5 + 0.0) / 3, 1e-12);
+  // A class only predicted counts too: its precision is 0.
+  v[20 + 1] = 0.0f;
+  v[20 + 7] = 5.0f;
+  ClassificationMetrics p(10);
+  p.update(Tensor::from_vector(v, {3, 10}), Tensor::from_vector_i64({0, 1, 2}, {3}));
+  EXPECT_EQ(p.macro_class_count(), 4);
+  EXPECT_DOUBLE_EQ(p.macro_precision(), (1.0 + 1.0 + 0.0 + 0.0) / 4);
+  EXPECT_EQ(ClassificationMetrics(4).macro_f1(), 0.0) << "no images: no classes, no mean";
 }
 
 TEST(Metrics, LatencyStatsGiveMedianAndP95) {
@@ -68,6 +93,92 @@ TEST(TensorBoard, EventFileIsAValidRecordStream) {
   EXPECT_NE(bytes.find("train/loss"), std::string::npos);
 }
 
+namespace {
+
+EvalReport two_class_report() {
+  EvalReport r;
+  r.model = "cifar10_200k";
+  r.dataset = "folder";
+  r.classes = {"c|d", "Straße"};
+  r.images = 3;
+  r.support = {2, 1};
+  r.per_class_accuracy = r.precision = r.recall = r.f1 = {1.0, 1.0};
+  r.confusion = {{2, 0}, {0, 1}};
+  r.macro_classes = 2;
+  return r;
+}
+
+// The cells of a Markdown table row: split at | not escaped as \|.
+std::vector<std::string> markdown_cells(const std::string& row) {
+  std::vector<std::string> cells(1);
+  for (size_t i = 0; i < row.size(); ++i) {
+    if (row[i] == '|' && (i == 0 || row[i - 1] != '\\'))
+      cells.emplace_back();
+    else
+      cells.back() += row[i];
+  }
+  return cells;
+}
+
+}  // namespace
+
+TEST(Report, MarkdownTablesEscapePipesInClassNames) {
+  const std::string md = report_markdown(two_class_report());
+  std::stringstream lines(md);
+  size_t columns = 0;
+  int rows = 0;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line[0] != '|') {
+      columns = 0;  // the next table starts
+      continue;
+    }
+    const size_t n = markdown_cells(line).size();
+    if (columns == 0) columns = n;
+    EXPECT_EQ(n, columns) << "a row of another width than its table's header: " << line;
+    ++rows;
+  }
+  EXPECT_EQ(rows, 3 + 4);  // header, rule, model; header, rule, 2 classes
+  EXPECT_NE(md.find("| c\\|d | 2 |"), std::string::npos) << md;
+}
+
+// kestrel table: a run or data set named with a | keeps the table's columns.
+TEST(Report, ResultsTableEscapesPipesInNames) {
+  tools::ResultsRow row;
+  row.run = "a|b";
+  row.model = "cifar10_200k";
+  row.dataset = "folder|x";
+  row.device = "cpu";
+  const std::string md = tools::results_table_markdown({row});
+  const std::string last = md.substr(md.rfind('\n', md.size() - 2) + 1);
+  EXPECT_NE(last.find("| a\\|b |"), std::string::npos) << last;
+  EXPECT_NE(last.find("folder\\|x"), std::string::npos) << last;
+}
+
+TEST(Report, UntimedEvalLeavesOutLatencyAndThroughput) {
+  EvalReport r = two_class_report();
+  const std::string untimed = report_markdown(r);
+  EXPECT_EQ(untimed.find("Throughput"), std::string::npos) << untimed;
+  EXPECT_EQ(untimed.find("b=0"), std::string::npos) << untimed;
+  EXPECT_NE(untimed.find("latency and throughput not measured"), std::string::npos) << untimed;
+  r.latency_iters = 5;
+  r.latency_median_ms = 1.5;
+  r.throughput_batch = 16;
+  r.throughput = 900;
+  const std::string timed = report_markdown(r);
+  EXPECT_NE(timed.find("| Latency b=1 (ms, median / p95) | Throughput (img/s, b=16) |"), std::string::npos) << timed;
+  EXPECT_NE(timed.find("| 1.50 / 0.00 | 900 |"), std::string::npos) << timed;
+}
+
+TEST(Report, MacroAveragesSayWhichClassesTheyCover) {
+  EvalReport r = two_class_report();
+  r.classes.push_back("unseen");
+  const std::string md = report_markdown(r);
+  EXPECT_NE(md.find("Macro averages over the 2 of 3 classes present in the labels or the predictions"),
+            std::string::npos)
+      << md;
+  EXPECT_EQ(report_json(r)["macro_classes"].get<int64_t>(), 2);
+}
+
 TEST(Plot, LineChartAndHeatmapAreReadablePngs) {
   const std::string chart = kestrel::testing::temp_path("curves.png");
   write_line_chart(chart, {{"loss", {{"train", {1, 2, 3}, {1.0, 0.6, 0.4}}, {"val", {1, 2, 3}, {1.1, 0.8, 0.7}}}},
@@ -86,4 +197,25 @@ TEST(Plot, LineChartAndHeatmapAreReadablePngs) {
   ASSERT_NE(px, nullptr);
   stbi_image_free(px);
   EXPECT_THROW(write_line_chart("/nonexistent-dir/x.png", {}), IOError);
+}
+
+TEST(Plot, HeatmapLabelsTheColumnsAsWellAsTheRows) {
+  // Row labels sit left of the grid (x < 90); anything the labels change to
+  // the right of that is a column label.
+  const std::string named = kestrel::testing::temp_path("named.png"), bare = kestrel::testing::temp_path("bare.png");
+  write_heatmap(named, {{5, 1}, {0, 6}}, {"cat", "dog"}, "confusion");
+  write_heatmap(bare, {{5, 1}, {0, 6}}, {"", ""}, "confusion");
+  int w1, h1, w2, h2, c;
+  unsigned char* a = stbi_load(named.c_str(), &w1, &h1, &c, 3);
+  unsigned char* b = stbi_load(bare.c_str(), &w2, &h2, &c, 3);
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  ASSERT_EQ(w1, w2);
+  ASSERT_EQ(h1, h2);
+  int differ_right = 0;
+  for (int y = 0; y < h1; ++y)
+    for (int x = 90; x < w1; ++x) differ_right += std::memcmp(a + (y * w1 + x) * 3, b + (y * w1 + x) * 3, 3) != 0;
+  stbi_image_free(a);
+  stbi_image_free(b);
+  EXPECT_GT(differ_right, 20) << "no column labels drawn";
 }

@@ -7,6 +7,8 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "data/readers.h"
+#include "engine/error.h"
 #include "tools/lib/device_select.h"
 #include "tools/lib/predictor.h"
 
@@ -23,18 +25,30 @@ struct PredictArgs {
   std::string device = "auto";
 };
 
+// Columns as a terminal shows UTF-8 text: one per code point (printf's widths count bytes).
+size_t display_width(const std::string& s) {
+  size_t n = 0;
+  for (char ch : s) n += (static_cast<unsigned char>(ch) & 0xC0) != 0x80;  // not a continuation byte
+  return n;
+}
+
+std::string pad_right(const std::string& s, size_t width) {
+  const size_t w = display_width(s);
+  return w >= width ? s : s + std::string(width - w, ' ');
+}
+
 void print_table(const std::vector<std::string>& images, const std::vector<tools::TopK>& results) {
   size_t wi = std::string("image").size(), wc = std::string("class").size();
   for (size_t i = 0; i < images.size(); ++i) {
-    wi = std::max(wi, images[i].size());
-    for (const auto& p : results[i]) wc = std::max(wc, p.class_name.size());
+    wi = std::max(wi, display_width(images[i]));
+    for (const auto& p : results[i]) wc = std::max(wc, display_width(p.class_name));
   }
-  const int iw = static_cast<int>(wi), cw = static_cast<int>(wc);
-  std::printf("%-*s  %4s  %-*s  %11s\n", iw, "image", "rank", cw, "class", "probability");
+  std::printf("%s  %4s  %s  %11s\n", pad_right("image", wi).c_str(), "rank", pad_right("class", wc).c_str(),
+              "probability");
   for (size_t i = 0; i < images.size(); ++i)
     for (size_t r = 0; r < results[i].size(); ++r)
-      std::printf("%-*s  %4zu  %-*s  %10.2f%%\n", iw, r == 0 ? images[i].c_str() : "", r + 1, cw,
-                  results[i][r].class_name.c_str(), 100.0 * results[i][r].probability);
+      std::printf("%s  %4zu  %s  %10.2f%%\n", pad_right(r == 0 ? images[i] : "", wi).c_str(), r + 1,
+                  pad_right(results[i][r].class_name, wc).c_str(), 100.0 * results[i][r].probability);
 }
 
 void print_json(const tools::Predictor& p, const std::vector<std::string>& images,
@@ -60,18 +74,22 @@ void register_predict(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("predict", "Classify images (files or folders) with a checkpoint");
   cmd->add_option("--checkpoint,-c", a->checkpoint, "model checkpoint (.safetensors from kestrel train)")->required();
   cmd->add_option("images", a->inputs, "image files or folders (every image below a folder, sorted)")->required();
-  cmd->add_option("--top-k,-k", a->top_k, "classes to show per image")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--batch-size,-b", a->batch_size, "images per forward pass")->capture_default_str()->check(
-      CLI::PositiveNumber);
+  cmd->add_option("--top-k,-k", a->top_k, "classes to show per image")->capture_default_str();
+  cmd->add_option("--batch-size,-b", a->batch_size, "images per forward pass")->capture_default_str();
   cmd->add_option("--format", a->format, "table or json")->capture_default_str()->check(
       CLI::IsMember({"table", "json"}));
   cmd->add_option("--device", a->device, "auto, cpu, cuda or cuda:N (auto: cuda when a GPU is usable)")
       ->capture_default_str();
   cmd->callback([a] {
+    // Checked here: CLI11's range check prints its range as a 300-digit float.
+    KCHECK(a->top_k >= 1, ValueError, "--top-k must be at least 1, got ", a->top_k);
+    KCHECK(a->batch_size >= 1, ValueError, "--batch-size must be at least 1, got ", a->batch_size);
     std::vector<std::string> images;
     for (const auto& in : a->inputs)  // all paths are checked before the model is loaded
-      for (auto& f : tools::list_images(in)) images.push_back(std::move(f));
+      for (auto& f : data::list_image_files(in)) images.push_back(std::move(f));
     tools::Predictor p(a->checkpoint, tools::resolve_device(a->device));
+    // A model trained with --num-classes above its data's count has outputs
+    // without names: the predictor calls them "class N (unnamed)".
     const std::vector<tools::TopK> results = p.predict_batch(images, a->top_k, a->batch_size);
     if (a->format == "json")
       print_json(p, images, results);

@@ -1,10 +1,30 @@
 #include "tools/lib/datasets.h"
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <iostream>
 
 #include "data/readers.h"
+#include "engine/dist/process_group.h"
 
 namespace kestrel::tools {
+
+int64_t image_preload_limit_bytes() {
+  // KESTREL_PRELOAD_LIMIT_MB overrides the limit (tests set it small).
+  if (const char* env = std::getenv("KESTREL_PRELOAD_LIMIT_MB")) {
+    char* end = nullptr;
+    const long long mb = std::strtoll(env, &end, 10);
+    KCHECK(*env != '\0' && *end == '\0' && mb >= 0, ValueError,
+           "KESTREL_PRELOAD_LIMIT_MB must be a whole number of megabytes, got '", env, "'");
+    return mb << 20;
+  }
+  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+  const int64_t quarter_of_ram = pages > 0 && page_size > 0 ? static_cast<int64_t>(pages) * page_size / 4 : 0;
+  return quarter_of_ram > 0 ? std::min<int64_t>(2LL << 30, quarter_of_ram) : 2LL << 30;
+}
 
 std::string default_data_dir(const std::string& dataset) {
   if (dataset == "fashion-mnist") return "/usr/share/datasets/fashion-mnist";
@@ -33,8 +53,22 @@ std::shared_ptr<const data::Dataset> open_dataset(const std::string& dataset, co
     data::ImageFolderOptions fo;
     fo.read = ro;
     fo.preload = true;
+    fo.preload_limit_bytes = image_preload_limit_bytes();
     fo.test_fraction = 0.1;
-    ds = data::open_image_folder(dir, split, fo);
+    auto folder = data::open_image_folder(dir, split, fo);
+    if (!folder->preloaded() && dist::is_main()) {
+      auto size = [](int64_t bytes) {
+        const double mib = static_cast<double>(bytes) / (1 << 20);
+        char b[32];
+        std::snprintf(b, sizeof(b), mib >= 1024 ? "%.1f GiB" : "%.1f MiB", mib >= 1024 ? mib / 1024 : mib);
+        return std::string(b);
+      };
+      std::cerr << "image folder " << dir << " (" << (split == data::Split::Train ? "train" : "test") << "): about "
+                << size(folder->estimated_decoded_bytes()) << " decoded, over the preload limit of "
+                << size(fo.preload_limit_bytes)
+                << " (KESTREL_PRELOAD_LIMIT_MB sets it); decoding each image as it is read\n";
+    }
+    ds = folder;
   } else {
     throw ValueError("unknown dataset '" + dataset + "' (valid: cifar10, cifar100, fashion-mnist, mnist, folder)");
   }

@@ -14,8 +14,13 @@
 namespace kestrel::tools {
 
 std::string default_data_dir(const std::string& dataset);
+// An image folder is preloaded (decoded once, up front) when it fits
+// image_preload_limit_bytes(), else decoded as it is read.
 std::shared_ptr<const data::Dataset> open_dataset(const std::string& dataset, const std::string& data_dir,
                                                   data::Split split, bool skip_bad, int64_t limit);
+// Per split: the smaller of 2 GiB and a quarter of physical memory, or
+// $KESTREL_PRELOAD_LIMIT_MB megabytes when set.
+int64_t image_preload_limit_bytes();
 
 struct Normalization {
   std::vector<float> mean, std;

@@ -89,15 +89,31 @@ std::vector<double> ClassificationMetrics::f1() const {
   return out;
 }
 
-namespace {
-double average(const std::vector<double>& v) {
-  return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+std::vector<char> ClassificationMetrics::present() const {
+  std::vector<char> out(num_classes_, 0);
+  for (int64_t t = 0; t < num_classes_; ++t)
+    for (int64_t p = 0; p < num_classes_; ++p)
+      if (confusion_[t][p] > 0) out[t] = out[p] = 1;
+  return out;
 }
-}  // namespace
 
-double ClassificationMetrics::macro_precision() const { return average(precision()); }
-double ClassificationMetrics::macro_recall() const { return average(recall()); }
-double ClassificationMetrics::macro_f1() const { return average(f1()); }
+double ClassificationMetrics::macro_average(const std::vector<double>& per_class) const {
+  const std::vector<char> in = present();
+  double sum = 0.0;
+  int64_t n = 0;
+  for (int64_t k = 0; k < num_classes_; ++k)
+    if (in[k]) sum += per_class[k], ++n;
+  return n ? sum / static_cast<double>(n) : 0.0;
+}
+
+double ClassificationMetrics::macro_precision() const { return macro_average(precision()); }
+double ClassificationMetrics::macro_recall() const { return macro_average(recall()); }
+double ClassificationMetrics::macro_f1() const { return macro_average(f1()); }
+
+int64_t ClassificationMetrics::macro_class_count() const {
+  const std::vector<char> in = present();
+  return std::count(in.begin(), in.end(), 1);
+}
 
 LatencyStats latency_stats(std::vector<double> samples) {
   LatencyStats s;

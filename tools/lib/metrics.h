@@ -26,14 +26,20 @@ class ClassificationMetrics {
   std::vector<double> precision() const;
   std::vector<double> recall() const;
   std::vector<double> f1() const;
+  // Means over the classes present in the labels or the predictions
+  // (scikit-learn's default), so classes a --limit left out do not count as 0.
   double macro_precision() const;
   double macro_recall() const;
   double macro_f1() const;
+  int64_t macro_class_count() const;  // how many classes those means run over
   // confusion[true][predicted]
   const std::vector<std::vector<int64_t>>& confusion() const { return confusion_; }
   int64_t num_classes() const { return num_classes_; }
 
  private:
+  std::vector<char> present() const;  // per class: in the labels or the predictions
+  double macro_average(const std::vector<double>& per_class) const;
+
   int64_t num_classes_;
   int64_t count_ = 0, top1_hits_ = 0, top5_hits_ = 0, loss_count_ = 0;
   double loss_sum_ = 0.0;

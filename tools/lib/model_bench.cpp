@@ -41,7 +41,7 @@ OpProfile profile_calls(const BenchOptions& o, F&& step) {
 
 BenchResult bench_model(const BenchOptions& o) {
   KCHECK(o.batch >= 1 && o.iters >= 1 && o.warmup >= 0, ValueError,
-         "bench: --batch and --iters must be >= 1 and --warmup >= 0");
+         "bench: --batch-size and --iters must be >= 1 and --warmup >= 0");
   const DType autocast = amp_dtype(o.amp);
   KCHECK(autocast == DType::F32 || o.device.is_cuda(), ValueError, "bench: --amp ", o.amp,
          " needs a CUDA device (it is ", o.device.str(), ")");

@@ -39,16 +39,17 @@ class Canvas {
       rect(x - thick / 2, y - thick / 2, x + thick / 2, y + thick / 2, c);
     }
   }
-  // stb_easy_font emits quads (4 vertices of x,y,z,color = 16 bytes each).
   void text(int x, int y, const std::string& s, Color c, int scale = 1) {
-    static char buffer[99999];
-    const int quads = stb_easy_font_print(0, 0, const_cast<char*>(s.c_str()), nullptr, buffer, sizeof(buffer));
-    for (int q = 0; q < quads; ++q) {
-      const float* v = reinterpret_cast<const float*>(buffer + q * 64);
-      const int qx0 = static_cast<int>(v[0]), qy0 = static_cast<int>(v[1]);
-      const int qx1 = static_cast<int>(v[8]), qy1 = static_cast<int>(v[9]);
+    for_each_glyph_quad(s, [&](int qx0, int qy0, int qx1, int qy1) {
       rect(x + qx0 * scale, y + qy0 * scale, x + qx1 * scale - 1, y + qy1 * scale - 1, c);
-    }
+    });
+  }
+  // The same text turned a quarter turn anticlockwise (read bottom to top),
+  // starting at (x, y) and rising from there: for column labels.
+  void text_up(int x, int y, const std::string& s, Color c) {
+    for_each_glyph_quad(s, [&](int qx0, int qy0, int qx1, int qy1) {
+      rect(x + qy0, y - qx1 + 1, x + qy1 - 1, y - qx0, c);
+    });
   }
   static int text_width(const std::string& s) { return stb_easy_font_width(const_cast<char*>(s.c_str())); }
   void save(const std::string& path) const {
@@ -57,6 +58,18 @@ class Canvas {
   }
 
  private:
+  // stb_easy_font emits quads (4 vertices of x,y,z,color = 16 bytes each);
+  // f(x0, y0, x1, y1) gets each one's corners.
+  template <typename F>
+  static void for_each_glyph_quad(const std::string& s, F f) {
+    static char buffer[99999];
+    const int quads = stb_easy_font_print(0, 0, const_cast<char*>(s.c_str()), nullptr, buffer, sizeof(buffer));
+    for (int q = 0; q < quads; ++q) {
+      const float* v = reinterpret_cast<const float*>(buffer + q * 64);
+      f(static_cast<int>(v[0]), static_cast<int>(v[1]), static_cast<int>(v[8]), static_cast<int>(v[9]));
+    }
+  }
+
   int w_, h_;
   std::vector<uint8_t> px_;
 };
@@ -127,13 +140,18 @@ void write_heatmap(const std::string& path, const std::vector<std::vector<long l
                    const std::vector<std::string>& labels, const std::string& title) {
   const int n = static_cast<int>(counts.size());
   const int cell = std::max(8, std::min(40, 600 / std::max(n, 1)));
-  const int label_w = 90, top = 40;
-  Canvas cv(label_w + n * cell + 20, top + n * cell + 20);
-  cv.text(label_w, 10, title + " (rows: true, columns: predicted)", Color{40, 40, 40});
+  const bool named = cell >= 10;  // room for a line of text per row and column
+  // Row labels on the left, column labels above the grid, read upwards; 14 characters fit either.
+  const int label_w = 90, top = named ? 30 + label_w : 40;
+  const std::string heading = title + " (rows: true, columns: predicted)";
+  Canvas cv(label_w + std::max(n * cell, Canvas::text_width(heading)) + 20, top + n * cell + 20);
+  cv.text(label_w, 10, heading, Color{40, 40, 40});
+  for (int p = 0; p < n && named && p < static_cast<int>(labels.size()); ++p)
+    cv.text_up(label_w + p * cell + cell / 2 - 4, top - 5, labels[p].substr(0, 14), Color{40, 40, 40});
   for (int t = 0; t < n; ++t) {
     long long row_sum = 0;
     for (long long v : counts[t]) row_sum += v;
-    if (t < static_cast<int>(labels.size()) && cell >= 10)
+    if (t < static_cast<int>(labels.size()) && named)
       cv.text(4, top + t * cell + cell / 2 - 3, labels[t].substr(0, 14), Color{40, 40, 40});
     for (int p = 0; p < n; ++p) {
       const double frac = row_sum ? static_cast<double>(counts[t][p]) / row_sum : 0.0;

@@ -8,6 +8,7 @@
 #include "data/readers.h"
 #include "engine/autograd.h"
 #include "engine/ops/loss.h"
+#include "tools/lib/report.h"
 
 namespace fs = std::filesystem;
 
@@ -106,7 +107,7 @@ Predictor::Predictor(const std::string& checkpoint_path, Device device, bool fus
 
 std::string Predictor::class_name(int64_t index) const {
   if (index >= 0 && index < static_cast<int64_t>(info_.classes.size())) return info_.classes[static_cast<size_t>(index)];
-  return std::to_string(index);
+  return unnamed_class_name(index);
 }
 
 data::Image Predictor::load_image(const std::string& path) const {
@@ -186,26 +187,8 @@ std::vector<TopK> Predictor::predict_batch(const std::vector<std::string>& image
   return out;
 }
 
-bool is_image_file_name(const std::string& path) {
-  std::string ext = fs::path(path).extension().string();
-  for (char& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  for (const char* e : {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tga", ".ppm", ".pgm", ".pnm"})
-    if (ext == e) return true;
-  return false;
-}
+bool is_image_file_name(const std::string& path) { return data::is_image_file_name(path); }
 
-std::vector<std::string> list_images(const std::string& path) {
-  std::error_code ec;
-  KCHECK(fs::exists(path, ec), IOError, "image: ", path, ": no such file or folder");
-  if (!fs::is_directory(path, ec)) return {path};
-  std::vector<std::string> files;
-  for (const auto& e : fs::recursive_directory_iterator(path, ec))
-    if (e.is_regular_file() && is_image_file_name(e.path().string())) files.push_back(e.path().string());
-  KCHECK(!ec, IOError, "image folder: ", path, ": cannot list: ", ec.message());
-  std::sort(files.begin(), files.end());
-  KCHECK(!files.empty(), IOError, "image folder: ", path,
-         ": no images in it (jpg, jpeg, png, bmp, gif, tga, ppm, pgm, pnm)");
-  return files;
-}
+std::vector<std::string> list_images(const std::string& path) { return data::list_image_files(path); }
 
 }  // namespace kestrel::tools

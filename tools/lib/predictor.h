@@ -85,8 +85,8 @@ class Predictor {
   data::Transform input_;
 };
 
-// Image files directly in `path` and below it, sorted by path; `path` itself
-// when it is a file. Throws IOError for a missing path or a folder with no images.
+// data::list_image_files: the image files training takes, in `path` and below
+// it (symlinked folders too), sorted; `path` itself when it is a file.
 std::vector<std::string> list_images(const std::string& path);
 bool is_image_file_name(const std::string& path);
 

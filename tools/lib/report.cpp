@@ -6,7 +6,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <iostream>
 
 #include "data/loader.h"
 #include "engine/autograd.h"
@@ -53,7 +52,26 @@ Tensor input_batch(const data::Dataset& ds, const data::Transform& input, const 
   return t;
 }
 
+// The classes the model's outputs stand for: the checkpoint's names, then the
+// data's for outputs the checkpoint does not name, then "class N (unnamed)".
+std::vector<std::string> output_class_names(const ModelInfo& info, const std::vector<std::string>& data_classes) {
+  std::vector<std::string> names;
+  for (size_t k = 0; k < static_cast<size_t>(info.num_classes); ++k)
+    names.push_back(k < info.classes.size()  ? info.classes[k]
+                    : k < data_classes.size() ? data_classes[k]
+                                              : unnamed_class_name(static_cast<int64_t>(k)));
+  return names;
+}
+
 }  // namespace
+
+std::string markdown_cell(const std::string& text) {
+  std::string out;
+  for (char ch : text) out += ch == '|' ? std::string("\\|") : ch == '\n' ? std::string(" ") : std::string(1, ch);
+  return out;
+}
+
+std::string unnamed_class_name(int64_t index) { return "class " + std::to_string(index) + " (unnamed)"; }
 
 std::string format_number(const char* format, double v) {
   char b[64];
@@ -98,13 +116,23 @@ EvalReport run_eval(const EvalOptions& o) {
   r.threads = omp_get_max_threads();
 
   auto test_set = open_dataset(r.dataset, r.data_dir, data::Split::Test, false, o.limit);
-  KCHECK(test_set->num_classes() == info.num_classes, ValueError, "eval: ", r.dataset, " at ", r.data_dir, " has ",
+  // Labels index the model's outputs: the data's classes must be the model's
+  // first ones, in order. Fewer is fine: a model trained with --num-classes
+  // above its data's class count has unnamed outputs after them.
+  const std::vector<std::string>& data_classes = test_set->classes();
+  KCHECK(test_set->num_classes() <= info.num_classes, ValueError, "eval: ", r.dataset, " at ", r.data_dir, " has ",
          test_set->num_classes(), " classes but the model in ", o.checkpoint, " has ", info.num_classes,
          " outputs; pass the --dataset/--data-dir it was trained on");
-  r.classes = info.classes.size() == static_cast<size_t>(info.num_classes) ? info.classes : test_set->classes();
-  if (!info.classes.empty() && info.classes != test_set->classes())
-    std::cerr << "kestrel eval: warning: the class names of " << r.dataset
-              << " differ from those stored in the checkpoint; reporting the checkpoint's\n";
+  if (!info.classes.empty())
+    for (size_t k = 0; k < data_classes.size(); ++k) {
+      KCHECK(k < info.classes.size(), ValueError, "eval: ", r.dataset, " at ", r.data_dir, " has class '",
+             data_classes[k], "' (class ", k, ") but the checkpoint ", o.checkpoint, " names only ",
+             info.classes.size(), " classes; pass the --dataset/--data-dir it was trained on");
+      KCHECK(data_classes[k] == info.classes[k], ValueError, "eval: class ", k, " of ", r.dataset, " at ",
+             r.data_dir, " is '", data_classes[k], "' but the checkpoint's class ", k, " is '", info.classes[k],
+             "' (the classes must be the same, in the same order); pass the --dataset/--data-dir it was trained on");
+    }
+  r.classes = output_class_names(info, data_classes);
 
   // Accuracy pass.
   const data::Transform input = model_input_transform(info);
@@ -125,6 +153,7 @@ EvalReport run_eval(const EvalOptions& o) {
   r.macro_precision = m.macro_precision();
   r.macro_recall = m.macro_recall();
   r.macro_f1 = m.macro_f1();
+  r.macro_classes = m.macro_class_count();
   r.per_class_accuracy = m.per_class_accuracy();
   r.precision = m.precision();
   r.recall = m.recall();
@@ -185,6 +214,7 @@ nlohmann::json report_json(const EvalReport& r) {
   j["macro_precision"] = r.macro_precision;
   j["macro_recall"] = r.macro_recall;
   j["macro_f1"] = r.macro_f1;
+  j["macro_classes"] = r.macro_classes;
   nlohmann::json per = nlohmann::json::array();
   for (size_t k = 0; k < r.classes.size(); ++k)
     per.push_back({{"class", r.classes[k]},
@@ -209,23 +239,31 @@ nlohmann::json report_json(const EvalReport& r) {
 std::string report_markdown(const EvalReport& r) {
   const bool timed = r.latency_iters > 0;
   std::string md = "# " + r.model + " on " + r.dataset + "\n\n";
-  md += "| Model | Params | Top-1 (%) | Top-5 (%) | Macro F1 (%) | Latency b=1 (ms, median / p95) | Throughput (img/s, b=" +
-        std::to_string(r.throughput_batch) + ") |\n";
-  md += "|:--|--:|--:|--:|--:|--:|--:|\n";
-  md += "| " + r.model + " | " + format_count(r.parameters) + " | " + format_percent(r.top1) + " | " + format_percent(r.top5) + " | " +
-        format_percent(r.macro_f1) + " | " +
-        (timed ? format_number("%.2f", r.latency_median_ms) + " / " + format_number("%.2f", r.latency_p95_ms) : std::string("-")) +
-        " | " + (timed ? format_number("%.0f", r.throughput) : std::string("-")) + " |\n\n";
+  md += "| Model | Params | Top-1 (%) | Top-5 (%) | Macro F1 (%) |";
+  if (timed)
+    md += " Latency b=1 (ms, median / p95) | Throughput (img/s, b=" + std::to_string(r.throughput_batch) + ") |";
+  md += timed ? "\n|:--|--:|--:|--:|--:|--:|--:|\n" : "\n|:--|--:|--:|--:|--:|\n";
+  md += "| " + markdown_cell(r.model) + " | " + format_count(r.parameters) + " | " + format_percent(r.top1) + " | " +
+        format_percent(r.top5) + " | " + format_percent(r.macro_f1) + " |";
+  if (timed)
+    md += " " + format_number("%.2f", r.latency_median_ms) + " / " + format_number("%.2f", r.latency_p95_ms) + " | " +
+          format_number("%.0f", r.throughput) + " |";
+  md += "\n\n";
   md += std::to_string(r.images) + " test images of " + r.dataset + " (" + r.data_dir + "), input " +
         std::to_string(r.input_height) + "x" + std::to_string(r.input_width) + "x" + std::to_string(r.input_channels) +
         ", TTA " + (r.tta ? "on (flip)" : "off") + ", " + r.device + " with " + std::to_string(r.threads) +
-        " thread" + (r.threads == 1 ? "" : "s") + "; checkpoint `" + r.checkpoint + "`.\n";
-  md += "Macro precision " + format_percent(r.macro_precision) + "%, macro recall " + format_percent(r.macro_recall) + "%, loss " +
+        " thread" + (r.threads == 1 ? "" : "s") + "; checkpoint `" + r.checkpoint + "`" +
+        (timed ? "" : "; latency and throughput not measured (--latency-iters 0)") + ".\n";
+  // scikit-learn's default: classes with neither images nor predictions (under --limit, say) are left out.
+  md += "Macro averages over the " + std::to_string(r.macro_classes) + " of " + std::to_string(r.classes.size()) +
+        " classes present in the labels or the predictions: precision " + format_percent(r.macro_precision) +
+        "%, recall " + format_percent(r.macro_recall) + "%, F1 " + format_percent(r.macro_f1) + "%; loss " +
         format_number("%.4f", r.loss) + ".\n\n";
   md += "| Class | Images | Accuracy (%) | Precision (%) | F1 (%) |\n|:--|--:|--:|--:|--:|\n";
   for (size_t k = 0; k < r.classes.size(); ++k)
-    md += "| " + r.classes[k] + " | " + std::to_string(r.support[k]) + " | " + format_percent(r.per_class_accuracy[k]) + " | " +
-          format_percent(r.precision[k]) + " | " + format_percent(r.f1[k]) + " |\n";
+    md += "| " + markdown_cell(r.classes[k]) + " | " + std::to_string(r.support[k]) + " | " +
+          format_percent(r.per_class_accuracy[k]) + " | " + format_percent(r.precision[k]) + " | " +
+          format_percent(r.f1[k]) + " |\n";
   md += "\nConfusion matrix (rows: true class, columns: predicted): confusion.csv, confusion.png.\n";
   return md;
 }

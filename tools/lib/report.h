@@ -34,6 +34,7 @@ struct EvalReport {
   std::vector<std::string> classes;
   // accuracy
   double loss = 0, top1 = 0, top5 = 0, macro_precision = 0, macro_recall = 0, macro_f1 = 0;
+  int64_t macro_classes = 0;  // the macro averages' classes: those in the labels or the predictions
   std::vector<double> per_class_accuracy, precision, recall, f1;
   std::vector<int64_t> support;
   std::vector<std::vector<int64_t>> confusion;  // [true][predicted]
@@ -54,6 +55,10 @@ std::string report_markdown(const EvalReport& r);
 std::string confusion_csv(const EvalReport& r);
 // report.json, report.md, confusion.csv, confusion.png in dir (created if needed).
 void write_report(const EvalReport& r, const std::string& dir);
+// User text (a class, run or model name) as a Markdown table cell: | escaped, no line breaks.
+std::string markdown_cell(const std::string& text);
+// How a report names a model output the checkpoint has no class name for: "class 9 (unnamed)".
+std::string unnamed_class_name(int64_t index);
 // "150.3K", "5.29M"
 std::string format_count(int64_t n);
 // One number, printf-style: format_number("%.2f", x).

@@ -123,14 +123,14 @@ std::string results_table_markdown(const std::vector<ResultsRow>& rows) {
   for (const ResultsRow& r : rows) {
     std::string model = r.model;
     if (r.width_mult != 1.0) model += " x" + format_number("%g", r.width_mult);
-    md += "| " + r.run + " | " + model + " | " + std::to_string(r.input_height) + "x" + std::to_string(r.input_width) +
-          " | " + format_count(r.parameters) + " | " + format_macs(r.macs) + " | " + r.dataset +
+    md += "| " + markdown_cell(r.run) + " | " + markdown_cell(model) + " | " + std::to_string(r.input_height) + "x" + std::to_string(r.input_width) +
+          " | " + format_count(r.parameters) + " | " + format_macs(r.macs) + " | " + markdown_cell(r.dataset) +
           (r.tta ? " (TTA)" : "") + " | " + (r.epochs < 0 ? std::string("-") : std::to_string(r.epochs)) + " | " +
           format_percent(r.top1) + " | " + format_percent(r.top5) + " | " + format_percent(r.macro_f1) + " | " +
           (r.latency_median_ms > 0 ? format_number("%.2f", r.latency_median_ms) : std::string("-")) + " | " +
           (r.throughput > 0 ? format_number("%.0f", r.throughput) + " (b=" + std::to_string(r.throughput_batch) + ")"
                             : std::string("-")) +
-          " | " + r.device + " | " + format_duration(r.train_seconds) + " |\n";
+          " | " + markdown_cell(r.device) + " | " + format_duration(r.train_seconds) + " |\n";
   }
   return md;
 }
