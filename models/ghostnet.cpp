@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "engine/ops/conv.h"
 #include "engine/ops/dropout.h"
 #include "engine/ops/ghost.h"
 #include "engine/ops/pool.h"
@@ -36,6 +37,23 @@ bool GhostModule::can_fuse(const Tensor& x) const {
          cheap.out_channels == init && out_ > init && cheap.kernel_size <= 7 && primary_->act == cheap_->act;
 }
 
+// A model fused for inference (models/fuse.h) on the CPU: both norms are
+// already in the convs, whose outputs ghost_module then writes into one
+// tensor (engine/ops/conv.h, ghost_in_place). Undefined where that does not apply.
+Tensor GhostModule::forward_in_place(const Tensor& x) const {
+  const nn::Conv2d &p = *primary_->conv, &c = *cheap_->conv;
+  const auto folded = [](const ConvBNAct& layer) {
+    return layer.bn->folded_for_inference() && !layer.conv->quant.enabled && !layer.is_training();
+  };
+  const int64_t used = out_ - p.out_channels;
+  if (!x.device().is_cpu() || !folded(*primary_) || !folded(*cheap_) || c.out_channels != p.out_channels ||
+      used < 2 || p.fused_act != c.fused_act)
+    return Tensor();
+  const Tensor wc = c.weight.narrow(0, 0, used), bc = c.bias.defined() ? c.bias.narrow(0, 0, used) : Tensor();
+  if (!ghost_in_place_applies(x, p.weight, p.bias, wc, bc)) return Tensor();
+  return ghost_module(x, p.weight, p.bias, wc, bc, p.fused_act);
+}
+
 Tensor GhostModule::forward(const Tensor& x) {
   if (can_fuse(x)) {
     const int64_t used = out_ - primary_->conv->out_channels;  // cheap channels kept after the cut to out_
@@ -43,6 +61,7 @@ Tensor GhostModule::forward(const Tensor& x) {
     const FoldedConv c = fold_batch_norm(*cheap_->conv, *cheap_->bn);
     return ghost_module(x, p.weight, p.bias, c.weight.narrow(0, 0, used), c.bias.narrow(0, 0, used), primary_->act);
   }
+  if (Tensor y = forward_in_place(x); y.defined()) return y;
   Tensor a = (*primary_)(x);
   Tensor b = (*cheap_)(a);
   Tensor y = concat({a, b}, 3);

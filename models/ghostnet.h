@@ -17,6 +17,8 @@ class GhostModule : public Module {
   bool can_fuse(const Tensor& x) const;
 
  private:
+  Tensor forward_in_place(const Tensor& x) const;
+
   std::shared_ptr<ConvBNAct> primary_, cheap_;
   int64_t out_;
 };

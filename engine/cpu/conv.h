@@ -21,7 +21,15 @@ struct ConvGeom {
   int64_t oh = 0, ow = 0, c_out = 0;      // output [n, oh, ow, c_out]
   int64_t kh = 1, kw = 1;                 // weight [c_out, kh, kw, c_in / groups]
   int64_t sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, groups = 1;
+  // Elements from one pixel of x (y) to the next when it is a channel slice
+  // of a wider tensor (a ghost module's halves); 0: dense, c_in (c_out).
+  // Only implicit_gemm_conv (y) and depthwise_forward_taps_major (x and y)
+  // take slices; every other kernel needs both dense.
+  int64_t x_pixel_stride = 0, y_pixel_stride = 0;
 
+  int64_t xs() const { return x_pixel_stride != 0 ? x_pixel_stride : c_in; }
+  int64_t ys() const { return y_pixel_stride != 0 ? y_pixel_stride : c_out; }
+  bool dense() const { return xs() == c_in && ys() == c_out; }
   int64_t cin_g() const { return c_in / groups; }
   int64_t cout_g() const { return c_out / groups; }
   int64_t k() const { return kh * kw * cin_g(); }  // im2col row length per group

@@ -176,7 +176,8 @@ KESTREL_TARGET_AVX512 void tile(const Job& j, int64_t grp, int64_t p, int64_t m0
   const int64_t cols = std::min(kConvPanel, og - col0);
   const auto mask0 = S0::mask(cols);
   const auto mask1 = S1::mask(cols - 16);
-  float* yt = j.y + m0 * g.c_out + grp * og + col0;
+  const int64_t ys = g.ys();
+  float* yt = j.y + m0 * ys + grp * og + col0;
   typename S0::V acc0[MR];
   [[maybe_unused]] typename S1::V acc1[MR];
   if (k0 == 0) {
@@ -191,8 +192,8 @@ KESTREL_TARGET_AVX512 void tile(const Job& j, int64_t grp, int64_t p, int64_t m0
   } else {
 #pragma GCC unroll 12
     for (int r = 0; r < MR; ++r) {
-      acc0[r] = S0::load(mask0, yt + r * g.c_out);
-      if constexpr (two) acc1[r] = S1::load(mask1, yt + r * g.c_out + 16);
+      acc0[r] = S0::load(mask0, yt + r * ys);
+      if constexpr (two) acc1[r] = S1::load(mask1, yt + r * ys + 16);
     }
   }
   // Each pixel's image and the input position of its window's top-left tap.
@@ -252,10 +253,10 @@ KESTREL_TARGET_AVX512 void tile(const Job& j, int64_t grp, int64_t p, int64_t m0
   const Activation in_register = last && activates_in_register(j.act) ? j.act : Activation::None;
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r) {
-    S0::store(yt + r * g.c_out, mask0, clamp_in_register<S0>(acc0[r], in_register));
-    if constexpr (two) S1::store(yt + r * g.c_out + 16, mask1, clamp_in_register<S1>(acc1[r], in_register));
+    S0::store(yt + r * ys, mask0, clamp_in_register<S0>(acc0[r], in_register));
+    if constexpr (two) S1::store(yt + r * ys + 16, mask1, clamp_in_register<S1>(acc1[r], in_register));
   }
-  if (last && !activates_in_register(j.act)) activate_tile(yt, MR, cols, g.c_out, j.act);
+  if (last && !activates_in_register(j.act)) activate_tile(yt, MR, cols, ys, j.act);
 }
 
 using TileFn = void (*)(const Job&, int64_t, int64_t, int64_t, int64_t, int64_t);
@@ -415,6 +416,8 @@ void implicit_gemm_conv(const ConvGeom& g, const float* x, const PackedConvWeigh
                         Activation act, const float* residual) {
   KCHECK(!g.depthwise() && w.k == g.k() && w.groups == g.groups, ShapeError,
          "implicit_gemm_conv: weights packed for another convolution");
+  KCHECK(g.xs() == g.c_in && (residual == nullptr || g.ys() == g.c_out), ShapeError,
+         "implicit_gemm_conv: x must be dense, and y too when a residual is added");
   const int64_t M = g.n * g.oh * g.ow;
   if (M == 0 || g.c_out == 0) return;
   // What a tap in the padding reads: up to a window row's run (tile()).

@@ -52,7 +52,7 @@ KESTREL_INLINE void dw_forward_pixels(const ConvGeom& g, const T* x, int64_t win
                                       TapRange th, TapRange tw, int64_t c, T* out) {
   using V = typename Lanes<T, N>::type;
   constexpr int64_t Q = P >= 4 ? 1 : 2;
-  const int64_t C = g.c_in, step = g.sw * C;
+  const int64_t C = g.c_in, XS = g.xs(), YS = g.ys(), step = g.sw * XS;
   V init{};
   if (bias != nullptr) load_lanes(init, bias + c);
   V acc[P][Q];
@@ -63,14 +63,14 @@ KESTREL_INLINE void dw_forward_pixels(const ConvGeom& g, const T* x, int64_t win
     for (int64_t q = 1; q < Q; ++q) acc[p][q] = V{};
   }
   for (int64_t kh = th.k0; kh < th.k1; ++kh) {
-    const int64_t xr = win + kh * g.dh * g.w * C + c;  // an offset: win + c alone may precede x
+    const int64_t xr = win + kh * g.dh * g.w * XS + c;  // an offset: win + c alone may precede x
     const T* wr = wt + kh * g.kw * C + c;
     for (int64_t kw = tw.k0; kw < tw.k1; ++kw) {
       V wv, xv;
       load_lanes(wv, wr + kw * C);
 #pragma GCC unroll 4
       for (int64_t p = 0; p < P; ++p) {
-        load_lanes(xv, x + (xr + kw * g.dw * C + p * step));
+        load_lanes(xv, x + (xr + kw * g.dw * XS + p * step));
         const V sum = acc[p][0] + xv * wv;
 #pragma GCC unroll 4
         for (int64_t q = 0; q + 1 < Q; ++q) acc[p][q] = acc[p][q + 1];  // rotate: the next tap adds to the next sum
@@ -82,7 +82,7 @@ KESTREL_INLINE void dw_forward_pixels(const ConvGeom& g, const T* x, int64_t win
   for (int64_t p = 0; p < P; ++p) {
 #pragma GCC unroll 4
     for (int64_t q = 1; q < Q; ++q) acc[p][0] += acc[p][q];
-    store_sums<T, A, N>(out + p * C + c, acc[p][0]);
+    store_sums<T, A, N>(out + p * YS + c, acc[p][0]);
   }
 }
 
@@ -101,14 +101,14 @@ KESTREL_INLINE void dw_forward_pixels_sliding(const ConvGeom& g, const T* x, int
                                               TapRange th, int64_t c, T* out, int64_t col0 = 0,
                                               int64_t valid = P) {
   using V = typename Lanes<T, N>::type;
-  const int64_t C = g.c_in;
+  const int64_t C = g.c_in, XS = g.xs(), YS = g.ys();
   V init{};
   if (bias != nullptr) load_lanes(init, bias + c);
   V acc[P];
 #pragma GCC unroll 16
   for (int64_t p = 0; p < P; ++p) acc[p] = init;
   for (int64_t kh = th.k0; kh < th.k1; ++kh) {
-    const int64_t xr = win + kh * g.dh * g.w * C + c;  // an offset: it may precede x
+    const int64_t xr = win + kh * g.dh * g.w * XS + c;  // an offset: it may precede x
     const T* wr = wt + kh * KW * C + c;
     V wv[KW], xv[S * (P - 1) + KW];
 #pragma GCC unroll 8
@@ -117,14 +117,14 @@ KESTREL_INLINE void dw_forward_pixels_sliding(const ConvGeom& g, const T* x, int
 #pragma GCC unroll 16
       for (int64_t i = 0; i < S * (P - 1) + KW; ++i) {
         if (static_cast<uint64_t>(col0 + i) < static_cast<uint64_t>(g.w))
-          load_lanes(xv[i], x + (xr + i * C));
+          load_lanes(xv[i], x + (xr + i * XS));
         else
           xv[i] = V{};
       }
     } else {
       const T* xp = x + xr;
 #pragma GCC unroll 16
-      for (int64_t i = 0; i < S * (P - 1) + KW; ++i, xp += C) load_lanes(xv[i], xp);  // one pointer, not 12 offsets
+      for (int64_t i = 0; i < S * (P - 1) + KW; ++i, xp += XS) load_lanes(xv[i], xp);  // one pointer, not 12 offsets
     }
 #pragma GCC unroll 8
     for (int64_t p = 0; p < P; ++p)
@@ -133,7 +133,7 @@ KESTREL_INLINE void dw_forward_pixels_sliding(const ConvGeom& g, const T* x, int
   }
 #pragma GCC unroll 16
   for (int64_t p = 0; p < P; ++p)
-    if (!kPadded || p < valid) store_sums<T, A, N>(out + p * C + c, acc[p]);
+    if (!kPadded || p < valid) store_sums<T, A, N>(out + p * YS + c, acc[p]);
 }
 
 // One output pixel of a layer thinner than half a vector: plain loops.
@@ -144,7 +144,7 @@ KESTREL_INLINE void dw_forward_thin(const ConvGeom& g, const T* x, int64_t win, 
   for (int64_t c = 0; c < C; ++c) out[c] = bias != nullptr ? bias[c] : T(0);
   for (int64_t kh = th.k0; kh < th.k1; ++kh)
     for (int64_t kw = tw.k0; kw < tw.k1; ++kw) {
-      const T* xp = x + (win + (kh * g.dh * g.w + kw * g.dw) * C);
+      const T* xp = x + (win + (kh * g.dh * g.w + kw * g.dw) * g.xs());
       const T* wp = wt + (kh * g.kw + kw) * C;
       for (int64_t c = 0; c < C; ++c) out[c] += xp[c] * wp[c];
     }
@@ -158,9 +158,10 @@ KESTREL_INLINE void dw_forward_thin(const ConvGeom& g, const T* x, int64_t win, 
 template <typename T, Activation A, int64_t P, int64_t Bytes, int64_t KW = 0, int64_t S = 1, bool kPadded = false>
 KESTREL_INLINE void dw_forward_run(const ConvGeom& g, const T* x, const T* wt, const T* bias, TapRange th,
                                    TapRange tw, int64_t row, int64_t ow, T* out, int64_t valid = P) {
-  const int64_t C = g.c_in, col0 = ow * g.sw - g.pw, win = (row + col0) * C;
+  const int64_t C = g.c_in, XS = g.xs(), col0 = ow * g.sw - g.pw, win = (row + col0) * XS;
   if (C < int64_t(Bytes / sizeof(T) / 2)) {
-    for (int64_t p = 0; p < P; ++p) dw_forward_thin<T, A>(g, x, win + p * g.sw * C, wt, bias, th, tw, out + p * C);
+    for (int64_t p = 0; p < P; ++p)
+      dw_forward_thin<T, A>(g, x, win + p * g.sw * XS, wt, bias, th, tw, out + p * g.ys());
     return;
   }
   for_overlapping_channel_blocks<T, Bytes>(C, [&](auto lanes, int64_t c) KESTREL_LAMBDA_INLINE {
@@ -194,7 +195,7 @@ KESTREL_INLINE void dw_forward_sliding_row(const ConvGeom& g, const T* x, const 
                                            const DwRowSpan& s, T* yrow) {
   const TapRange all{0, KW};
   for (int64_t ow = 0; ow < g.ow; ow += Wide) {
-    T* out = yrow + ow * g.c_in;
+    T* out = yrow + ow * g.ys();
     if (ow >= s.first && ow + Wide <= s.last + 1)
       dw_forward_run<T, Activation::None, Wide, Bytes, KW, S>(g, x, wt, bias, s.th, all, s.row, ow, out);
     else
@@ -237,19 +238,19 @@ template <typename T, Activation A, int64_t Bytes>
 KESTREL_INLINE void dw_forward_row(const ConvGeom& g, const T* x, const T* wt, const T* bias, T* yrow,
                                    const DwRowSpan& s) {
   constexpr int64_t kPixels = 4;
-  const int64_t C = g.c_in;
+  const int64_t YS = g.ys();
   // Inlined, so it is compiled for the caller's ISA (a lambda is otherwise a
   // function of its own, built for the baseline).
   auto edge = [&](int64_t o) KESTREL_LAMBDA_INLINE {
     const TapRange tw = valid_taps(o, g.sw, g.pw, g.dw, g.kw, g.w);
-    dw_forward_run<T, A, 1, Bytes>(g, x, wt, bias, s.th, tw, s.row, o, yrow + o * C);
+    dw_forward_run<T, A, 1, Bytes>(g, x, wt, bias, s.th, tw, s.row, o, yrow + o * YS);
   };
   for (int64_t ow = 0; ow < s.first; ++ow) edge(ow);
   int64_t ow = s.first;
   for (; ow + kPixels <= s.last + 1; ow += kPixels)
-    dw_forward_run<T, A, kPixels, Bytes>(g, x, wt, bias, s.th, TapRange{0, g.kw}, s.row, ow, yrow + ow * C);
+    dw_forward_run<T, A, kPixels, Bytes>(g, x, wt, bias, s.th, TapRange{0, g.kw}, s.row, ow, yrow + ow * YS);
   for (; ow + 2 <= s.last + 1; ow += 2)
-    dw_forward_run<T, A, 2, Bytes>(g, x, wt, bias, s.th, TapRange{0, g.kw}, s.row, ow, yrow + ow * C);
+    dw_forward_run<T, A, 2, Bytes>(g, x, wt, bias, s.th, TapRange{0, g.kw}, s.row, ow, yrow + ow * YS);
   for (; ow < g.ow; ++ow) edge(ow);
 }
 
@@ -272,7 +273,8 @@ KESTREL_INLINE void dw_forward_row_act(const ConvGeom& g, const float* x, const 
   }
   if (act == Activation::None) return;
   act_dispatch(act, [&](auto a) KESTREL_LAMBDA_INLINE {
-    bias_act_row<float, decltype(a)::value>(yrow, g.ow * g.c_in, nullptr);
+    if (g.ys() == g.c_in) return bias_act_row<float, decltype(a)::value>(yrow, g.ow * g.c_in, nullptr);
+    for (int64_t o = 0; o < g.ow; ++o) bias_act_row<float, decltype(a)::value>(yrow + o * g.ys(), g.c_in, nullptr);
   });
 }
 
@@ -327,8 +329,9 @@ template <typename T>
 void depthwise_forward_taps_major(const ConvGeom& g, const T* x, const T* wt, const T* bias, T* y, Activation act) {
   if (g.n == 0 || g.oh == 0 || g.ow == 0 || g.c_out == 0) return;
   const int64_t C = g.c_in, rows = g.n * g.oh;
-  parallel_for(rows, rows * g.ow * C * g.kh * g.kw > 32768,
-               [&](int64_t r) { dw_forward_row_any<T>(g, x, wt, bias, y + r * g.ow * C, r / g.oh, r % g.oh, act); });
+  parallel_for(rows, rows * g.ow * C * g.kh * g.kw > 32768, [&](int64_t r) {
+    dw_forward_row_any<T>(g, x, wt, bias, y + r * g.ow * g.ys(), r / g.oh, r % g.oh, act);
+  });
 }
 
 template <typename T>

@@ -297,6 +297,52 @@ bool fits_channels(const SqueezeExciteStage& se, int64_t mid) {
 
 }  // namespace
 
+bool ghost_in_place_applies(const Tensor& x, const Tensor& wp, const Tensor& bp, const Tensor& wc,
+                            const Tensor& bc) {
+  if (!cpu::implicit_gemm_enabled() || !x.defined() || x.dim() != 4 || !x.device().is_cpu() ||
+      x.dtype() != DType::F32 || !wp.defined() || !wc.defined())
+    return false;
+  if (const TraceRecorder* r = active_trace(); r != nullptr && !r->timed()) return false;
+  if (needs_grad({x, wp, bp, wc, bc})) return false;
+  for (const Tensor* t : {&wp, &bp, &wc, &bc})
+    if (!frozen_f32_cpu(*t)) return false;
+  if (wp.dim() != 4 || wp.size(1) != 1 || wp.size(2) != 1 || wp.size(3) != x.size(3)) return false;
+  const int64_t primary = wp.size(0), cheap = wc.size(0);
+  return wc.dim() == 4 && wc.size(1) == wc.size(2) && wc.size(1) % 2 == 1 && wc.size(3) == 1 && cheap >= 2 &&
+         cheap <= primary && (!bp.defined() || bp.shape() == Shape({primary})) &&
+         (!bc.defined() || bc.shape() == Shape({cheap}));
+}
+
+Tensor ghost_in_place(const Tensor& x_in, const Tensor& wp, const Tensor& bp, const Tensor& wc, const Tensor& bc,
+                      Activation act) {
+  const char* op = "ghost_module";
+  KCHECK(ghost_in_place_applies(x_in, wp, bp, wc, bc), ValueError, op,
+         ": in place needs f32 CPU tensors, frozen 1x1 and depthwise weights, no gradient, the AVX-512 implicit "
+         "GEMM and no trace naming each layer (input ", shape_str(x_in.shape()), ")");
+  const Tensor x = x_in.contiguous();
+  const int64_t primary = wp.size(0), cheap = wc.size(0), out_channels = primary + cheap, k = wc.size(1);
+  const cpu::ConvGeom g_primary_dense = conv_geometry(x.shape(), wp, Conv2dParams{});
+  cpu::ConvGeom g_primary = g_primary_dense;
+  g_primary.y_pixel_stride = out_channels;
+  Conv2dParams dw;
+  dw.pad_h = dw.pad_w = k / 2;
+  dw.groups = cheap;
+  cpu::ConvGeom g_cheap = conv_geometry({x.size(0), x.size(1), x.size(2), cheap}, wc, dw);
+  g_cheap.x_pixel_stride = g_cheap.y_pixel_stride = out_channels;
+  // The packed forms conv2d_act keeps for these weights (same keys, same geometry).
+  const auto packed = frozen_form<cpu::PackedConvWeights>(
+      wp, g_primary_dense, "conv_gemm", [&] { return cpu::pack_conv_weights(g_primary_dense, wp.data<float>()); });
+  const auto taps = frozen_form<std::vector<float>>(
+      wc, g_cheap, "depthwise_taps_major", [&] { return cpu::depthwise_weight_taps_major(g_cheap, wc.data<float>()); });
+  Tensor out = Tensor::empty({x.size(0), x.size(1), x.size(2), out_channels}, DType::F32, x.device());
+  float* y = out.data<float>();
+  cpu::implicit_gemm_conv(g_primary, x.data<float>(), *packed, bp.defined() ? bp.data<float>() : nullptr, y, act);
+  cpu::depthwise_forward_taps_major(g_cheap, static_cast<const float*>(y), taps->data(),
+                                    bc.defined() ? bc.data<float>() : nullptr, y + primary, act);
+  trace_op(op, {x_in, wp, bp, wc, bc}, out, conv_macs(g_primary) + conv_macs(g_cheap));
+  return out;
+}
+
 bool inverted_residual_banded_applies(const Tensor& x, const ConvStage* expand, const ConvStage& depthwise,
                                       const SqueezeExciteStage* se, const ConvStage& project,
                                       int64_t min_expanded_bytes) {

@@ -49,6 +49,19 @@ struct SqueezeExciteStage {
   Activation act = Activation::ReLU, gate = Activation::Sigmoid;
 };
 
+// The ghost module (engine/ops/ghost.h) of a model fused for inference on
+// the CPU: the primary 1x1 convolution writes the first C_primary channels of
+// the output and the cheap depthwise one reads them there and writes the
+// rest, so there is no concat copy. The same kernels as conv2d_act, so the
+// same results bit for bit. ghost_in_place_applies: f32 CPU tensors, no
+// gradient, frozen weights, the AVX-512 implicit GEMM, a 1x1 primary weight
+// [C_primary,1,1,C_in] and a depthwise cheap one [C_cheap,K,K,1] with
+// 2 <= C_cheap <= C_primary and K odd, and no trace recording the layers.
+bool ghost_in_place_applies(const Tensor& x, const Tensor& w_primary, const Tensor& b_primary, const Tensor& w_cheap,
+                            const Tensor& b_cheap);
+Tensor ghost_in_place(const Tensor& x, const Tensor& w_primary, const Tensor& b_primary, const Tensor& w_cheap,
+                      const Tensor& b_cheap, Activation act);
+
 // An inverted-residual block's convolutions at inference: [1x1 expand ->]
 // depthwise [-> squeeze-excite] -> 1x1 project [+ residual, shaped as the
 // output], computed in bands of output rows, so that each expanded band is

@@ -98,6 +98,8 @@ Tensor ghost_module(const Tensor& x, const Tensor& w_primary, const Tensor& b_pr
   if constexpr (kHaveCuda) {
     if (fused_on_cuda(x, w_cheap)) return ghost_cuda(x, w_primary, b_primary, w_cheap, b_cheap, act);
   }
+  if (ghost_in_place_applies(x, w_primary, b_primary, w_cheap, b_cheap))
+    return ghost_in_place(x, w_primary, b_primary, w_cheap, b_cheap, act);
   return ghost_composed(x, w_primary, b_primary, w_cheap, b_cheap, act);
 }
 

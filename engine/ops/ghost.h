@@ -7,8 +7,9 @@
 // [C_cheap,K,K,1] with 1 <= C_cheap <= C_primary, K odd ("same" padding,
 // stride 1); biases [C] or undefined; all in x's dtype. On CUDA the primary
 // GEMM and the cheap depthwise kernel (kernels/ghost.h) write straight into
-// y's channel ranges (no concat) when K <= 7 and x is f32/f16/bf16; otherwise
-// (and on the CPU) it is the composition above.
+// y's channel ranges (no concat) when K <= 7 and x is f32/f16/bf16; on the
+// CPU a model fused for inference does the same (ghost_in_place,
+// engine/ops/conv.h); otherwise it is the composition above.
 #pragma once
 #include "engine/ops/elementwise.h"
 #include "engine/tensor.h"
