@@ -171,7 +171,11 @@ TEST(Report, UntimedEvalLeavesOutLatencyAndThroughput) {
 
 TEST(Report, MacroAveragesSayWhichClassesTheyCover) {
   EvalReport r = two_class_report();
-  r.classes.push_back("unseen");
+  r.classes.push_back("unseen");  // no images, no predictions
+  r.support.push_back(0);
+  for (std::vector<double>* v : {&r.per_class_accuracy, &r.precision, &r.recall, &r.f1}) v->push_back(0.0);
+  for (auto& row : r.confusion) row.push_back(0);
+  r.confusion.push_back({0, 0, 0});
   const std::string md = report_markdown(r);
   EXPECT_NE(md.find("Macro averages over the 2 of 3 classes present in the labels or the predictions"),
             std::string::npos)
