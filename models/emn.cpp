@@ -76,9 +76,7 @@ Tensor CoordinateAttention::forward(const Tensor& x) {
                            Activation::HardSwish);
   }
   const int64_t h = x.size(1), w = x.size(2);
-  Tensor along_h = adaptive_avg_pool2d(x, h, 1);                        // [N,H,1,C]
-  Tensor along_w = adaptive_avg_pool2d(x, 1, w).permute({0, 2, 1, 3});  // [N,W,1,C]
-  Tensor y = (*conv1_)(concat({along_h, along_w}, 1));
+  Tensor y = (*conv1_)(coord_pool(x));  // [N,H+W,1,C]: the rows' means, then the columns'
   {
     TraceScope s("bn1");
     y = bn1_->forward_fused(y, Activation::HardSwish);

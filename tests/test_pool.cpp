@@ -12,7 +12,10 @@
 #include <omp.h>
 
 #include "engine/cpu/pool.h"
+#include "engine/autograd.h"
 #include "engine/ops/pool.h"
+#include "engine/ops/reduce.h"
+#include "engine/ops/shape_ops.h"
 #include "engine/trace.h"
 #include "test_util.h"
 
@@ -330,4 +333,39 @@ TEST(Pooling, TraceRecordsEachOp) {
   EXPECT_EQ(rec.events()[0].op, "max_pool2d");
   EXPECT_EQ(rec.events()[2].op, "global_avg_pool");
   EXPECT_EQ(rec.events()[4].output_shape, (Shape{1, 4, 4, 2}));
+}
+
+// Coordinate attention's poolings in one pass equal the two adaptive poolings
+// and their concat bit for bit; with a gradient to record, or under a trace
+// that names each layer, coord_pool is those ops.
+TEST(CoordPool, EqualsBothAdaptivePoolingsConcatenatedBitForBit) {
+  const std::vector<Shape> shapes = {{2, 5, 7, 16}, {1, 32, 32, 96}, {3, 1, 9, 3}, {1, 6, 1, 20}};
+  for (DType dtype : {DType::F32, DType::F64})
+    for (const Shape& s : shapes) {
+      const Tensor x = random_tensor(s, 3, dtype);
+      const Tensor expected =
+          concat({adaptive_avg_pool2d(x, s[1], 1), adaptive_avg_pool2d(x, 1, s[2]).permute({0, 2, 1, 3})}, 1);
+      Tensor fused;
+      {
+        TraceRecorder profile(/*keep_tensors=*/false, /*timed=*/true);
+        fused = coord_pool(x);
+        ASSERT_EQ(profile.events().size(), 1u);
+        EXPECT_EQ(profile.events()[0].op, "coord_pool");
+      }
+      ASSERT_EQ(fused.shape(), expected.shape());
+      EXPECT_EQ(fused.to_vector_f64(), expected.to_vector_f64()) << shape_str(s) << " " << dtype_name(dtype);
+    }
+  const Tensor x = random_tensor({1, 4, 4, 8}, 4, DType::F32);
+  {
+    TraceRecorder summary;
+    coord_pool(x);
+    EXPECT_GE(summary.events().size(), 3u) << "the layers one by one: two poolings and the concat";
+  }
+  Tensor trainable = x.clone();
+  trainable.set_requires_grad(true);
+  const Tensor y = coord_pool(trainable);
+  sum(y).backward();
+  ASSERT_TRUE(trainable.grad().defined()) << "with a gradient it is the recorded ops";
+  // d/dx of the sum of all H + W means: 1/W from its row's mean plus 1/H from its column's.
+  for (double g : trainable.grad().to_vector_f64()) EXPECT_NEAR(g, 0.25 + 0.25, 1e-6);
 }

@@ -277,6 +277,35 @@ void adaptive_avg_pool2d_backward(const PoolGeom& g, const T* gy, T* gx) {
   window_avg_backward(g, adaptive_windows(g.h, g.oh), adaptive_windows(g.w, g.ow), gy, gx);
 }
 
+template <typename T>
+void coord_pool_forward(const T* x, int64_t n, int64_t h, int64_t w, int64_t c, T* y) {
+  parallel_for(n, n * h * w * c > kParallelWork, [&](int64_t i) {
+    T* rows = y + i * (h + w) * c;  // [h, c]
+    T* cols = rows + h * c;         // [w, c]: one image's, in L1 or L2 while the rows stream past
+    std::memset(cols, 0, sizeof(T) * w * c);
+    for (int64_t ih = 0; ih < h; ++ih) {
+      T* row = rows + ih * c;
+      std::memset(row, 0, sizeof(T) * c);
+      const T* xr = x + (i * h + ih) * w * c;
+      for (int64_t iw = 0; iw < w; ++iw) {
+        const T* xp = xr + iw * c;
+        T* col = cols + iw * c;
+#pragma omp simd
+        for (int64_t k = 0; k < c; ++k) {
+          row[k] += xp[k];
+          col[k] += xp[k];
+        }
+      }
+      const T inv_w = T(1) / static_cast<T>(w);
+#pragma omp simd
+      for (int64_t k = 0; k < c; ++k) row[k] *= inv_w;
+    }
+    const T inv_h = T(1) / static_cast<T>(h);
+#pragma omp simd
+    for (int64_t k = 0; k < w * c; ++k) cols[k] *= inv_h;
+  });
+}
+
 // ---------------------------------------------------------------- bilinear
 
 template <typename T>
@@ -325,6 +354,7 @@ void resize_bilinear_backward(const PoolGeom& g, bool align_corners, const T* gy
   template void avg_pool2d_backward<T>(const PoolGeom&, bool, const T*, T*);                      \
   template void adaptive_avg_pool2d_forward<T>(const PoolGeom&, const T*, T*);                    \
   template void adaptive_avg_pool2d_backward<T>(const PoolGeom&, const T*, T*);                   \
+  template void coord_pool_forward<T>(const T*, int64_t, int64_t, int64_t, int64_t, T*);          \
   template void row_sums<T>(const T*, int64_t, int64_t, int64_t, T*);                              \
   template void mean_of_row_sums<T>(const T*, int64_t, int64_t, int64_t, int64_t, T*);             \
   template void resize_bilinear_forward<T>(const PoolGeom&, bool, const T*, T*);                  \

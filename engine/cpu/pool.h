@@ -41,6 +41,13 @@ void mean_of_row_sums(const T* sums, int64_t n, int64_t h, int64_t width, int64_
 template <typename T>
 void adaptive_avg_pool2d_backward(const PoolGeom& g, const T* gy, T* gx);
 
+// Coordinate attention's two poolings in one pass over x [n, h, w, c]:
+// y [n, h + w, c], rows [0, h) the mean of each row (adaptive_avg_pool2d to
+// h x 1), rows [h, h + w) the mean of each column (to 1 x w). The same sums in
+// the same order as those, so the same values bit for bit.
+template <typename T>
+void coord_pool_forward(const T* x, int64_t n, int64_t h, int64_t w, int64_t c, T* y);
+
 template <typename T>
 void resize_bilinear_forward(const PoolGeom& g, bool align_corners, const T* x, T* y);
 template <typename T>

@@ -86,9 +86,7 @@ Tensor squeeze_excite_composed(const Tensor& x, const Tensor& w1, const Tensor& 
 Tensor coord_attention_composed(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& wh,
                                 const Tensor& bh, const Tensor& ww, const Tensor& bw, Activation act) {
   const int64_t h = x.size(1), w = x.size(2);
-  Tensor along_h = adaptive_avg_pool2d(x, h, 1);                        // [N,H,1,C]
-  Tensor along_w = adaptive_avg_pool2d(x, 1, w).permute({0, 2, 1, 3});  // [N,W,1,C]
-  Tensor t = activation(pointwise(concat({along_h, along_w}, 1), w1, b1), act);
+  Tensor t = activation(pointwise(coord_pool(x), w1, b1), act);  // pooled [N,H+W,1,C]
   std::vector<Tensor> parts = split(t, {h, w}, 1);
   Tensor gate_h = sigmoid(pointwise(parts[0], wh, bh));                                       // [N,H,1,C]
   Tensor gate_w = sigmoid(pointwise(parts[1].permute({0, 2, 1, 3}).contiguous(), ww, bw));  // [N,1,W,C]

@@ -8,6 +8,7 @@
 #include "engine/gpu/pool.h"
 #include "engine/ops/check.h"
 #include "engine/ops/conv.h"
+#include "engine/ops/shape_ops.h"
 #include "engine/trace.h"
 
 namespace kestrel {
@@ -202,6 +203,26 @@ Tensor global_avg_pool(const Tensor& x) { return adaptive_impl(x, 1, 1, "global_
 
 Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w) {
   return adaptive_impl(x, out_h, out_w, "adaptive_avg_pool2d");
+}
+
+Tensor coord_pool(const Tensor& x) {
+  const char* op = "coord_pool";
+  const cpu::PoolGeom g = input_geom(x, op);
+  const TraceRecorder* trace = active_trace();
+  if (!x.device().is_cpu() || needs_grad({x}) || (trace != nullptr && !trace->timed())) {
+    Tensor along_h = adaptive_avg_pool2d(x, g.h, 1);                        // [N,H,1,C]
+    Tensor along_w = adaptive_avg_pool2d(x, 1, g.w).permute({0, 2, 1, 3});  // [N,W,1,C]
+    return concat({along_h, along_w}, 1);
+  }
+  KCHECK(g.h >= 1 && g.w >= 1, ShapeError, op, ": input ", shape_str(x.shape()), " NHWC has no pixels");
+  const Tensor xc = x.contiguous();
+  Tensor out = Tensor::empty({g.n, g.h + g.w, 1, g.c}, x.dtype(), x.device());
+  dispatch_float(x.dtype(), op, [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    cpu::coord_pool_forward<scalar_t>(xc.data<scalar_t>(), g.n, g.h, g.w, g.c, out.data<scalar_t>());
+  });
+  trace_op(op, {x}, out, 0);
+  return out;
 }
 
 Tensor resize_bilinear(const Tensor& x, int64_t out_h, int64_t out_w, bool align_corners) {
