@@ -30,6 +30,12 @@ std::string make_folder(const std::string& name) {
   return root;
 }
 
+// A one-epoch CPU training run on an image folder, into out.
+std::string one_epoch_on(const std::string& folder, const std::string& out) {
+  return "train --dataset folder --data-dir " + folder +
+         " --batch-size 4 --epochs 1 --workers 0 --device cpu --no-progress --out " + out;
+}
+
 }  // namespace
 
 TEST(Cli, MissingDataPathIsOneLineError) {
@@ -153,8 +159,7 @@ TEST(Cli, DeviceAutoTrainsOnWhatTheMachineHas) {
 TEST(Cli, ResumingAFinishedRunSaysNothingIsLeft) {
   const std::string root = make_folder("finished_run");
   const std::string out = temp_path("finished_run_out");
-  const std::string args = "train --dataset folder --data-dir " + root +
-                           " --batch-size 4 --epochs 1 --workers 0 --device cpu --no-progress --out " + out;
+  const std::string args = one_epoch_on(root, out);
   ASSERT_EQ(kestrel_cli(args + " --overwrite").rc, 0);
   const auto r = kestrel_cli(args + " --resume");
   ASSERT_EQ(r.rc, 0) << r.err;
@@ -187,8 +192,7 @@ TEST(Cli, SummaryBuildsTheStemTrainingWouldAtThatSize) {
 TEST(Cli, OverwriteNeverLosesWhatItCannotReplace) {
   const std::string root = make_folder("overwrite_data");
   const std::string out = temp_path("overwrite_run");
-  const std::string args = "train --dataset folder --data-dir " + root +
-                           " --batch-size 4 --epochs 1 --workers 0 --device cpu --no-progress --out " + out;
+  const std::string args = one_epoch_on(root, out);
   ASSERT_EQ(kestrel_cli(args).rc, 0);
   // A run that fails before it starts leaves the old one as it was.
   expect_one_line_error(kestrel_cli("train --dataset folder --data-dir " + root + "/nowhere --out " + out +
@@ -220,8 +224,7 @@ TEST(Cli, OverwriteNeverLosesWhatItCannotReplace) {
 TEST(Cli, ResumeRefusesChangesAndKeepsAnEarlyStop) {
   const std::string root = make_folder("resume_changes");
   const std::string out = temp_path("resume_changes_out");
-  const std::string args = "train --dataset folder --data-dir " + root +
-                           " --batch-size 4 --epochs 1 --workers 0 --device cpu --no-progress --out " + out;
+  const std::string args = one_epoch_on(root, out);
   ASSERT_EQ(kestrel_cli(args).rc, 0);
   std::string more = args;
   more.replace(more.find("--epochs 1"), 10, "--epochs 3");

@@ -29,12 +29,6 @@ struct GhostCase {
   Activation act;
 };
 
-int64_t count(const TraceRecorder& r, const char* op) {
-  int64_t n = 0;
-  for (const TraceEvent& ev : r.events()) n += ev.op == op ? 1 : 0;
-  return n;
-}
-
 TEST(GhostInPlace, EqualsTheConvolutionsAndConcatBitForBit) {
   if (!cpu::implicit_gemm_enabled()) GTEST_SKIP() << "this CPU has no AVX-512 (or KESTREL_NO_CONV_GEMM is set)";
   // The depthwise kernel's paths: sliding rows (3x3, 5x5), the per-pixel loop
@@ -89,12 +83,12 @@ TEST(GhostInPlace, AppliesOnlyWhereItIsExact) {
       TraceRecorder summary;  // a trace that names each layer sees them one by one
       EXPECT_FALSE(ghost_in_place_applies(x, wp, bp, wc, bc));
       ghost_module(x, wp, bp, wc, bc, Activation::ReLU);
-      EXPECT_EQ(count(summary, "ghost_module"), 0);
-      EXPECT_EQ(count(summary, "concat"), 1);
+      EXPECT_EQ(testing::count_ops(summary, "ghost_module"), 0);
+      EXPECT_EQ(testing::count_ops(summary, "concat"), 1);
     }
     TraceRecorder profile(/*keep_tensors=*/false, /*timed=*/true);  // the profile sees the op
     ghost_module(x, wp, bp, wc, bc, Activation::ReLU);
-    EXPECT_EQ(count(profile, "ghost_module"), 1);
+    EXPECT_EQ(testing::count_ops(profile, "ghost_module"), 1);
   }
   Tensor trainable = random_tensor({1, 6, 6, 8}, 2, DType::F32);
   trainable.set_requires_grad(true);
@@ -106,13 +100,7 @@ TEST(GhostInPlace, AppliesOnlyWhereItIsExact) {
 TEST(GhostInPlace, FusedGhostModelsGiveTheSameLogits) {
   if (!cpu::implicit_gemm_enabled()) GTEST_SKIP() << "this CPU has no AVX-512 (or KESTREL_NO_CONV_GEMM is set)";
   for (const char* name : {"emn_tiny", "ghostnet_100"}) {
-    models::ModelOptions mo;
-    mo.num_classes = 10;
-    mo.cifar_stem = true;
-    manual_seed(0);
-    nn::ModulePtr model = models::build_model(name, mo);
-    model->eval();
-    models::fuse_for_inference(*model, {1, 32, 32, 3});
+    nn::ModulePtr model = testing::fused_cifar_stem_model(name, 32);
     const Tensor x = random_tensor({2, 32, 32, 3}, 5, DType::F32);
     NoGradGuard no_grad;
     Tensor in_place, layers;
@@ -120,12 +108,12 @@ TEST(GhostInPlace, FusedGhostModelsGiveTheSameLogits) {
     {
       TraceRecorder profile(/*keep_tensors=*/false, /*timed=*/true);
       in_place = (*model)(x);
-      ghosts = count(profile, "ghost_module");
+      ghosts = testing::count_ops(profile, "ghost_module");
     }
     {
       TraceRecorder plain;  // layer by layer
       layers = (*model)(x);
-      concats = count(plain, "concat");
+      concats = testing::count_ops(plain, "concat");
     }
     EXPECT_GT(ghosts, 0) << name;
     EXPECT_GE(concats, ghosts) << name;

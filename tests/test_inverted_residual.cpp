@@ -125,33 +125,22 @@ TEST(InvertedResidualBanded, AppliesOnlyWhereItIsExact) {
 TEST(InvertedResidualBanded, FusedMobileNetsGiveTheSameLogitsWithBands) {
   if (!cpu::implicit_gemm_enabled()) GTEST_SKIP() << "this CPU has no AVX-512 (or KESTREL_NO_CONV_GEMM is set)";
   for (const char* name : {"mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"}) {
-    models::ModelOptions mo;
-    mo.num_classes = 10;
-    mo.cifar_stem = true;
-    manual_seed(0);
-    nn::ModulePtr model = models::build_model(name, mo);
-    model->eval();
-    models::fuse_for_inference(*model, {1, 64, 64, 3});
+    nn::ModulePtr model = testing::fused_cifar_stem_model(name, 64);
     const Tensor x = random_tensor({4, 64, 64, 3}, 5, DType::F32);  // V3-Small's first block: 1 MiB expanded
     NoGradGuard no_grad;
     Tensor banded, layers;
     // Poolings: the head's, and one per squeeze-excite outside a banded block.
-    auto count = [](const TraceRecorder& r, const char* op) {
-      int64_t n = 0;
-      for (const TraceEvent& ev : r.events()) n += ev.op == op ? 1 : 0;
-      return n;
-    };
     int64_t banded_blocks = 0, banded_pools = 0, layer_pools = 0;
     {
       TraceRecorder profile(/*keep_tensors=*/false, /*timed=*/true);
       banded = (*model)(x);
-      banded_blocks = count(profile, "inverted_residual");
-      banded_pools = count(profile, "global_avg_pool");
+      banded_blocks = testing::count_ops(profile, "inverted_residual");
+      banded_pools = testing::count_ops(profile, "global_avg_pool");
     }
     {
       TraceRecorder plain;  // layer by layer
       layers = (*model)(x);
-      layer_pools = count(plain, "global_avg_pool");
+      layer_pools = testing::count_ops(plain, "global_avg_pool");
     }
     EXPECT_GT(banded_blocks, 0) << name << ": some 64-pixel blocks' expanded tensors pass 1 MiB";
     if (std::string(name) != "mobilenet_v2") {

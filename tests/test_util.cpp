@@ -1,6 +1,8 @@
 #include "test_util.h"
 
 #include "engine/nn/layers.h"
+#include "models/fuse.h"
+#include "models/registry.h"
 
 #include <stb_image_write.h>
 
@@ -64,6 +66,20 @@ models::ModelOptions zoo_options(int64_t classes, bool cifar_stem, int64_t in_ch
   o.in_channels = in_channels;
   o.width_mult = width_mult;
   return o;
+}
+
+nn::ModulePtr fused_cifar_stem_model(const std::string& name, int64_t size) {
+  manual_seed(0);
+  nn::ModulePtr model = models::build_model(name, zoo_options(10, /*cifar_stem=*/true));
+  model->eval();
+  models::fuse_for_inference(*model, {1, size, size, 3});
+  return model;
+}
+
+int64_t count_ops(const TraceRecorder& trace, const std::string& op) {
+  int64_t n = 0;
+  for (const TraceEvent& ev : trace.events()) n += ev.op == op ? 1 : 0;
+  return n;
 }
 
 Tensor random_tensor(const Shape& shape, uint64_t seed, DType dtype) {

@@ -15,6 +15,7 @@
 #include "engine/ops/reduce.h"
 #include "engine/random.h"
 #include "engine/tensor.h"
+#include "engine/trace.h"
 #include "models/common.h"
 
 namespace kestrel {
@@ -53,6 +54,13 @@ Tensor eval_logits(nn::Module& m, const Tensor& x);
 // Options for a zoo model: classes, the CIFAR stem, input channels, width.
 models::ModelOptions zoo_options(int64_t classes, bool cifar_stem = false, int64_t in_channels = 3,
                                  double width_mult = 1.0);
+
+// A zoo model with 10 classes and the CIFAR stem, seeded, in eval mode and
+// fused for inference (models/fuse.h) at size x size x 3, as predict runs it.
+nn::ModulePtr fused_cifar_stem_model(const std::string& name, int64_t size);
+
+// How many events of `op` a trace recorded.
+int64_t count_ops(const TraceRecorder& trace, const std::string& op);
 
 // Random f64/f32 tensor with values in [-1, 1) (uniform) from a seeded generator.
 Tensor random_tensor(const Shape& shape, uint64_t seed, DType dtype = DType::F64);
