@@ -64,6 +64,13 @@ class TraceRecorder {
 };
 
 TraceRecorder* active_trace();
+// Whether a trace records each layer by name (summary, ONNX export, int8
+// preparation): fused paths that run several layers as one op step aside.
+// A timed trace (a profile) takes the fused op as it is.
+inline bool layers_are_traced() {
+  const TraceRecorder* r = active_trace();
+  return r != nullptr && !r->timed();
+}
 
 // Hides the ops run in its scope from the active recorder, so an op that
 // computes itself with other ops is traced once, as itself.

@@ -44,11 +44,11 @@ namespace {
 // A conv with its norm folded in, as a stage of a convolution chain.
 ConvStage inference_stage(const nn::Conv2d& conv) { return {conv.weight, conv.bias, conv.params, conv.fused_act}; }
 
+}  // namespace
+
 bool folded_without_quantization(const ConvBNAct& layer) {
   return layer.bn->folded_for_inference() && !layer.conv->quant.enabled;
 }
-
-}  // namespace
 
 Tensor banded_block_inference(const Tensor& x, const ConvBNAct* expand, const ConvBNAct& depthwise,
                               const SqueezeExcite* se, const nn::Conv2d& project, bool project_folded,

@@ -110,6 +110,10 @@ class SqueezeExcite : public Module {
 // weight * s and (bias - running_mean) * s + beta, s = gamma / sqrt(running_var
 // + eps). Built from engine ops, so gradients reach both modules' parameters;
 // exact only in eval mode (training BN normalizes with batch statistics).
+// Whether models/fuse.h folded this layer's norm into its conv for float
+// inference (an int8 layer keeps its norm's output range instead).
+bool folded_without_quantization(const ConvBNAct& layer);
+
 // An inverted-residual block at inference on the CPU, [expand ->] depthwise
 // [-> squeeze-excite] -> project [+ x], through inverted_residual_banded
 // (engine/ops/conv.h): for a model fused for inference (models/fuse.h) whose

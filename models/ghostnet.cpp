@@ -38,20 +38,18 @@ bool GhostModule::can_fuse(const Tensor& x) const {
 }
 
 // A model fused for inference (models/fuse.h) on the CPU: both norms are
-// already in the convs, whose outputs ghost_module then writes into one
-// tensor (engine/ops/conv.h, ghost_in_place). Undefined where that does not apply.
+// already in the convs, whose outputs ghost_in_place (engine/ops/conv.h) then
+// writes into one tensor. Undefined where that does not apply.
 Tensor GhostModule::forward_in_place(const Tensor& x) const {
   const nn::Conv2d &p = *primary_->conv, &c = *cheap_->conv;
-  const auto folded = [](const ConvBNAct& layer) {
-    return layer.bn->folded_for_inference() && !layer.conv->quant.enabled && !layer.is_training();
-  };
   const int64_t used = out_ - p.out_channels;
-  if (!x.device().is_cpu() || !folded(*primary_) || !folded(*cheap_) || c.out_channels != p.out_channels ||
-      used < 2 || p.fused_act != c.fused_act)
+  if (!x.device().is_cpu() || is_training() || !folded_without_quantization(*primary_) ||
+      !folded_without_quantization(*cheap_) || c.out_channels != p.out_channels || used < 2 ||
+      p.fused_act != c.fused_act)
     return Tensor();
   const Tensor wc = c.weight.narrow(0, 0, used), bc = c.bias.defined() ? c.bias.narrow(0, 0, used) : Tensor();
   if (!ghost_in_place_applies(x, p.weight, p.bias, wc, bc)) return Tensor();
-  return ghost_module(x, p.weight, p.bias, wc, bc, p.fused_act);
+  return ghost_in_place(x, p.weight, p.bias, wc, bc, p.fused_act);
 }
 
 Tensor GhostModule::forward(const Tensor& x) {

@@ -302,8 +302,7 @@ bool ghost_in_place_applies(const Tensor& x, const Tensor& wp, const Tensor& bp,
   if (!cpu::implicit_gemm_enabled() || !x.defined() || x.dim() != 4 || !x.device().is_cpu() ||
       x.dtype() != DType::F32 || !wp.defined() || !wc.defined())
     return false;
-  if (const TraceRecorder* r = active_trace(); r != nullptr && !r->timed()) return false;
-  if (needs_grad({x, wp, bp, wc, bc})) return false;
+  if (layers_are_traced() || needs_grad({x, wp, bp, wc, bc})) return false;
   for (const Tensor* t : {&wp, &bp, &wc, &bc})
     if (!frozen_f32_cpu(*t)) return false;
   if (wp.dim() != 4 || wp.size(1) != 1 || wp.size(2) != 1 || wp.size(3) != x.size(3)) return false;
@@ -349,7 +348,7 @@ bool inverted_residual_banded_applies(const Tensor& x, const ConvStage* expand, 
   if (!cpu::implicit_gemm_enabled() || !x.defined() || x.dim() != 4 || !x.device().is_cpu() ||
       x.dtype() != DType::F32)
     return false;
-  if (const TraceRecorder* r = active_trace(); r != nullptr && !r->timed()) return false;
+  if (layers_are_traced()) return false;
   std::vector<Tensor> all{x, depthwise.weight, depthwise.bias, project.weight, project.bias};
   if (expand != nullptr) {
     all.push_back(expand->weight);

@@ -208,8 +208,7 @@ Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w) {
 Tensor coord_pool(const Tensor& x) {
   const char* op = "coord_pool";
   const cpu::PoolGeom g = input_geom(x, op);
-  const TraceRecorder* trace = active_trace();
-  if (!x.device().is_cpu() || needs_grad({x}) || (trace != nullptr && !trace->timed())) {
+  if (!x.device().is_cpu() || needs_grad({x}) || layers_are_traced()) {
     Tensor along_h = adaptive_avg_pool2d(x, g.h, 1);                        // [N,H,1,C]
     Tensor along_w = adaptive_avg_pool2d(x, 1, g.w).permute({0, 2, 1, 3});  // [N,W,1,C]
     return concat({along_h, along_w}, 1);

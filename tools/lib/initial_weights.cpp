@@ -18,20 +18,25 @@ void find_last_linear(const nn::Module& m, const std::string& prefix, std::strin
   for (const auto& [name, child] : m.named_children()) find_last_linear(*child, prefix + name + ".", found);
 }
 
+// The input channels of a file without Kestrel metadata: dim 1 of its tensor
+// named as the model's first convolution weight ([O, C, kh, kw]); -1 if none.
+int64_t first_conv_input_channels(const io::SafetensorsContents& file, const nn::Module& model) {
+  for (const auto& [name, t] : model.state_dict()) {
+    if (t.dim() != 4) continue;
+    const auto it = std::find_if(file.tensors.begin(), file.tensors.end(),
+                                 [&](const auto& named) { return named.first == name; });
+    return it != file.tensors.end() && it->second.dim() == 4 ? it->second.size(1) : -1;
+  }
+  return -1;
+}
+
 // Why a tensor's shape may differ: the input channels (the file's, from its
-// metadata or its first convolution's weight [O, C, kh, kw]), or the stem.
+// metadata or its first convolution's weight), or the stem.
 std::string shape_mismatch_hint(const io::SafetensorsContents& file, const nn::Module& model, const ModelInfo& run,
                                 const std::string& path) {
   const bool kestrel = file.metadata.count("kestrel.model_info") > 0;
   const ModelInfo saved = kestrel ? ModelInfo::from_metadata(file.metadata, path) : ModelInfo{};
-  int64_t channels = kestrel ? saved.in_channels : -1;
-  for (const auto& [name, t] : model.state_dict()) {
-    if (kestrel || t.dim() != 4) continue;
-    const auto it = std::find_if(file.tensors.begin(), file.tensors.end(),
-                                 [&](const auto& named) { return named.first == name; });
-    if (it != file.tensors.end() && it->second.dim() == 4) channels = it->second.size(1);
-    break;
-  }
+  const int64_t channels = kestrel ? saved.in_channels : first_conv_input_channels(file, model);
   if (channels > 0 && channels != run.in_channels)
     return " (the checkpoint reads " + std::to_string(channels) + "-channel images, this run's data has " +
            std::to_string(run.in_channels) + ")";

@@ -187,8 +187,6 @@ std::vector<TopK> Predictor::predict_batch(const std::vector<std::string>& image
   return out;
 }
 
-bool is_image_file_name(const std::string& path) { return data::is_image_file_name(path); }
-
 std::vector<std::string> list_images(const std::string& path) { return data::list_image_files(path); }
 
 }  // namespace kestrel::tools

@@ -88,6 +88,5 @@ class Predictor {
 // data::list_image_files: the image files training takes, in `path` and below
 // it (symlinked folders too), sorted; `path` itself when it is a file.
 std::vector<std::string> list_images(const std::string& path);
-bool is_image_file_name(const std::string& path);
 
 }  // namespace kestrel::tools

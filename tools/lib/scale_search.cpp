@@ -35,8 +35,7 @@ struct Measured {
 
 class Measurer {
  public:
-  explicit Measurer(const ScaleSearchOptions& o)
-      : o_(o), cifar_stem_(models::cifar_stem_for_resolution(o.base_resolution)) {}
+  Measurer(const ScaleSearchOptions& o, bool cifar_stem) : o_(o), cifar_stem_(cifar_stem) {}
 
   // Parameters and multiply-adds of the model at these multipliers; one trace
   // per distinct architecture (many grid points round to the same one).
@@ -149,7 +148,9 @@ std::vector<ScaleCandidate> scale_search(const ScaleSearchOptions& o) {
   for (const models::CompoundCoefficients& c : constrained_grid(o.grid))
     if ((scales_depth || c.alpha == 1.0) && !already_listed(c)) rows.push_back(candidate("grid", c));
 
-  Measurer measurer(o);
+  // The base model's stem at every candidate's size: MACs and proxy runs compare.
+  const bool cifar_stem = models::cifar_stem_for_resolution(o.base_resolution);
+  Measurer measurer(o, cifar_stem);
   const Measured base = measurer.measure(1.0, 1.0, o.base_resolution);
   std::vector<ScaleCandidate> kept;
   ProgressBar bar("measuring", static_cast<int64_t>(rows.size()), o.progress);
@@ -180,7 +181,7 @@ std::vector<ScaleCandidate> scale_search(const ScaleSearchOptions& o) {
       t.width_mult = r.width_mult;
       t.depth_mult = r.depth_mult;
       t.image_size = r.resolution;
-      t.stem = models::cifar_stem_for_resolution(o.base_resolution) ? "cifar" : "model";  // as measured
+      t.stem = cifar_stem ? "cifar" : "model";  // as measured
       t.epochs = o.train_epochs;
       t.out = o.out + "/" + coefficient_tag(r.coefficients);
       t.overwrite = true;

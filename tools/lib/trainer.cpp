@@ -44,6 +44,11 @@ namespace kestrel::tools {
 namespace {
 
 constexpr const char* kStateKey = "kestrel.train_state";
+// What a resumed run takes from the command instead of its saved recipe:
+// what runs this process, not what the run computes (the loaders give the
+// same batches, checkpoints move between devices, data may move; data_dir
+// only when given).
+const std::string kTakenFromTheCommand[] = {"out", "device", "loader", "workers", "data_dir"};
 
 Tensor training_loss(const TrainConfig& c, const Tensor& logits, const data::DeviceBatch& b, int64_t classes) {
   if (b.targets.defined()) {
@@ -339,8 +344,9 @@ std::vector<std::string> resume_conflicts(const std::string& out, const nlohmann
   const nlohmann::json saved = TrainConfig::from_json(nlohmann::json::parse(it->second)["config"]).to_json();
   std::vector<std::string> conflicts;
   for (const auto& [key, value] : requested.items()) {
-    if (key == "out" || key == "device" || key == "loader" || key == "workers" || key == "data_dir") continue;
-    if (!saved.contains(key) || saved[key] == value) continue;
+    const bool from_command = std::find(std::begin(kTakenFromTheCommand), std::end(kTakenFromTheCommand), key) !=
+                              std::end(kTakenFromTheCommand);
+    if (from_command || !saved.contains(key) || saved[key] == value) continue;
     std::string flag = key;
     std::replace(flag.begin(), flag.end(), '_', '-');
     conflicts.push_back("--" + flag + " " + value.dump() + " (the run's: " + saved[key].dump() + ")");
@@ -368,15 +374,14 @@ TrainSummary train(TrainConfig c) {
     KCHECK(it != resume_ckpt.metadata.end(), IOError, c.out, "/last.safetensors has no training state");
     state = nlohmann::json::parse(it->second);
     // The recipe of the run wins; only what controls this process may differ.
-    TrainConfig saved = TrainConfig::from_json(state["config"]);
-    saved.out = c.out;
+    nlohmann::json recipe = state["config"];
+    const nlohmann::json mine = c.to_json();
+    for (const std::string& key : kTakenFromTheCommand)
+      if (key != "data_dir" || !c.data_dir.empty()) recipe[key] = mine[key];
+    TrainConfig saved = TrainConfig::from_json(recipe);
     saved.resume = true;
     saved.progress = c.progress;
     saved.stop_after_steps = c.stop_after_steps;
-    saved.workers = c.workers;
-    saved.loader = c.loader;  // both loaders give the same batches
-    saved.device = c.device;  // checkpoints move between devices
-    if (!c.data_dir.empty()) saved.data_dir = c.data_dir;  // the same data, moved
     c = saved;
     check_config_fits_process(c, device);  // the run's own --amp and batch, on this process
   }

@@ -98,7 +98,7 @@ def _is_within(path, folder):
 
 def list_images(path):
     """An image file as itself; a folder as every image file below it, sorted
-    by path (tools::list_images, what `kestrel predict` does with a folder)."""
+    by path (data::list_image_files, what `kestrel predict` does with a folder)."""
     if not os.path.exists(path):
         raise KestrelError(f"image: {path}: no such file or folder")
     if not os.path.isdir(path):
