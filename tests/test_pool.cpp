@@ -361,11 +361,33 @@ TEST(CoordPool, EqualsBothAdaptivePoolingsConcatenatedBitForBit) {
     coord_pool(x);
     EXPECT_GE(summary.events().size(), 3u) << "the layers one by one: two poolings and the concat";
   }
+  // The gradient: one pass, equal bit for bit to the composed ops' (the two
+  // pooling gradients' sum), for an upstream gradient that is not uniform.
+  for (const Shape& s : shapes) {
+    const Tensor xs = random_tensor(s, 5, DType::F32);
+    const Tensor upstream = random_tensor({s[0], s[1] + s[2], 1, s[3]}, 6, DType::F32);
+    auto grad_of = [&](bool composed) {
+      Tensor leaf = xs.clone();
+      leaf.set_requires_grad(true);
+      Tensor y;
+      if (composed) {
+        TraceRecorder summary;  // names each layer: the composed ops
+        y = coord_pool(leaf);
+        EXPECT_GE(summary.events().size(), 3u);
+      } else {
+        TraceRecorder profile(/*keep_tensors=*/false, /*timed=*/true);
+        y = coord_pool(leaf);
+        EXPECT_EQ(profile.events().size(), 1u) << "with a gradient to record, still the one-pass op";
+      }
+      sum(mul(y, upstream)).backward();
+      return leaf.grad().to_vector_f64();
+    };
+    EXPECT_EQ(grad_of(false), grad_of(true)) << shape_str(s);
+  }
   Tensor trainable = x.clone();
   trainable.set_requires_grad(true);
-  const Tensor y = coord_pool(trainable);
-  sum(y).backward();
-  ASSERT_TRUE(trainable.grad().defined()) << "with a gradient it is the recorded ops";
+  sum(coord_pool(trainable)).backward();
+  ASSERT_TRUE(trainable.grad().defined());
   // d/dx of the sum of all H + W means: 1/W from its row's mean plus 1/H from its column's.
   for (double g : trainable.grad().to_vector_f64()) EXPECT_NEAR(g, 0.25 + 0.25, 1e-6);
 }

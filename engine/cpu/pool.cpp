@@ -306,6 +306,23 @@ void coord_pool_forward(const T* x, int64_t n, int64_t h, int64_t w, int64_t c, 
   });
 }
 
+template <typename T>
+void coord_pool_backward(const T* gy, int64_t n, int64_t h, int64_t w, int64_t c, T* gx) {
+  const T inv_w = T(1) / static_cast<T>(w), inv_h = T(1) / static_cast<T>(h);
+  parallel_for(n * h, n * h * w * c > kParallelWork, [&](int64_t r) {
+    const int64_t i = r / h, ih = r % h;
+    const T* g_row = gy + (i * (h + w) + ih) * c;
+    const T* g_cols = gy + (i * (h + w) + h) * c;
+    T* out = gx + r * w * c;
+    for (int64_t iw = 0; iw < w; ++iw) {
+      const T* g_col = g_cols + iw * c;
+      T* o = out + iw * c;
+#pragma omp simd
+      for (int64_t k = 0; k < c; ++k) o[k] = g_row[k] * inv_w + g_col[k] * inv_h;
+    }
+  });
+}
+
 // ---------------------------------------------------------------- bilinear
 
 template <typename T>
@@ -355,6 +372,7 @@ void resize_bilinear_backward(const PoolGeom& g, bool align_corners, const T* gy
   template void adaptive_avg_pool2d_forward<T>(const PoolGeom&, const T*, T*);                    \
   template void adaptive_avg_pool2d_backward<T>(const PoolGeom&, const T*, T*);                   \
   template void coord_pool_forward<T>(const T*, int64_t, int64_t, int64_t, int64_t, T*);          \
+  template void coord_pool_backward<T>(const T*, int64_t, int64_t, int64_t, int64_t, T*);         \
   template void row_sums<T>(const T*, int64_t, int64_t, int64_t, T*);                              \
   template void mean_of_row_sums<T>(const T*, int64_t, int64_t, int64_t, int64_t, T*);             \
   template void resize_bilinear_forward<T>(const PoolGeom&, bool, const T*, T*);                  \

@@ -47,6 +47,11 @@ void adaptive_avg_pool2d_backward(const PoolGeom& g, const T* gy, T* gx);
 // the same order as those, so the same values bit for bit.
 template <typename T>
 void coord_pool_forward(const T* x, int64_t n, int64_t h, int64_t w, int64_t c, T* y);
+// Its gradient, gx [n, h, w, c] from gy [n, h + w, c]: each pixel's row
+// gradient / w plus its column gradient / h, the sum of the two adaptive
+// poolings' backward passes bit for bit.
+template <typename T>
+void coord_pool_backward(const T* gy, int64_t n, int64_t h, int64_t w, int64_t c, T* gx);
 
 template <typename T>
 void resize_bilinear_forward(const PoolGeom& g, bool align_corners, const T* x, T* y);

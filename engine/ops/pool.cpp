@@ -208,20 +208,29 @@ Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w) {
 Tensor coord_pool(const Tensor& x) {
   const char* op = "coord_pool";
   const cpu::PoolGeom g = input_geom(x, op);
-  if (!x.device().is_cpu() || needs_grad({x}) || layers_are_traced()) {
+  if (!x.device().is_cpu() || layers_are_traced()) {
     Tensor along_h = adaptive_avg_pool2d(x, g.h, 1);                        // [N,H,1,C]
     Tensor along_w = adaptive_avg_pool2d(x, 1, g.w).permute({0, 2, 1, 3});  // [N,W,1,C]
     return concat({along_h, along_w}, 1);
   }
   KCHECK(g.h >= 1 && g.w >= 1, ShapeError, op, ": input ", shape_str(x.shape()), " NHWC has no pixels");
-  const Tensor xc = x.contiguous();
+  const Tensor xc = x.detach().contiguous();
   Tensor out = Tensor::empty({g.n, g.h + g.w, 1, g.c}, x.dtype(), x.device());
   dispatch_float(x.dtype(), op, [&](auto tag_) {
     using scalar_t = KESTREL_SCALAR(tag_);
     cpu::coord_pool_forward<scalar_t>(xc.data<scalar_t>(), g.n, g.h, g.w, g.c, out.data<scalar_t>());
   });
   trace_op(op, {x}, out, 0);
-  return out;
+  if (!needs_grad({x})) return out;
+  return record(out, op, {x}, [g](const Tensor& grad, const std::vector<bool>&) {
+    const Tensor gy = grad.contiguous();
+    Tensor gx = input_grad_for(g, gy);
+    dispatch_float(gy.dtype(), "coord_pool backward", [&](auto tag_) {
+      using scalar_t = KESTREL_SCALAR(tag_);
+      cpu::coord_pool_backward<scalar_t>(gy.data<scalar_t>(), g.n, g.h, g.w, g.c, gx.data<scalar_t>());
+    });
+    return std::vector<Tensor>{gx};
+  });
 }
 
 Tensor resize_bilinear(const Tensor& x, int64_t out_h, int64_t out_w, bool align_corners) {
