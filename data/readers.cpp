@@ -21,12 +21,6 @@ namespace kestrel::data {
 
 namespace {
 
-void report_bad(const std::string& message, const ReadOptions& opts, std::vector<std::string>& warnings) {
-  if (!opts.skip_bad) throw IOError(message);
-  if (!opts.quiet) std::fprintf(stderr, "warning: %s (skipped)\n", message.c_str());
-  warnings.push_back(message);
-}
-
 std::vector<uint8_t> read_whole_file(const std::string& path, const char* what) {
   std::error_code ec;
   if (!fs::exists(path, ec)) throw IOError(detail::concat(what, ": ", path, ": no such file"));
@@ -376,14 +370,17 @@ std::string image_extensions_text() {
   return text;
 }
 
-// The sorted names of root's sub-folders (symlinks to folders count).
+// Names starting with a dot (.ipynb_checkpoints, macOS ._ files) are no data.
+bool is_hidden(const fs::path& p) { return p.filename().string().rfind('.', 0) == 0; }
+
+// The sorted names of root's sub-folders (symlinks to folders count; hidden ones not).
 std::vector<std::string> class_folder_names(const std::string& root) {
   std::error_code ec;
   if (!fs::exists(root, ec)) throw IOError(detail::concat("image folder: ", root, ": no such directory"));
   if (!fs::is_directory(root, ec)) throw IOError(detail::concat("image folder: ", root, ": not a directory"));
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(root, ec))
-    if (e.is_directory()) names.push_back(e.path().filename().string());
+    if (e.is_directory() && !is_hidden(e.path())) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   if (names.empty())
     throw IOError(detail::concat("image folder: ", root, ": has no class sub-folders (expected ", root,
@@ -393,16 +390,16 @@ std::vector<std::string> class_folder_names(const std::string& root) {
 
 // Labels are positions in the sorted class list, so train/ and test/ must
 // hold the same class folders or every label after a difference shifts.
-void check_same_classes(const std::string& root, const std::vector<std::string>& train,
+void check_same_classes(const std::string& root, const std::string& test_name, const std::vector<std::string>& train,
                         const std::vector<std::string>& test) {
   for (size_t i = 0; i < std::max(train.size(), test.size()); ++i) {
     if (i < train.size() && i < test.size() && train[i] == test[i]) continue;
     // Sorted lists: the smaller name at the first difference is the one the other split lacks.
     const bool test_lacks = i >= test.size() || (i < train.size() && train[i] < test[i]);
     if (test_lacks)
-      throw IOError(detail::concat("image folder ", root, ": test/ lacks class '", train[i],
+      throw IOError(detail::concat("image folder ", root, ": ", test_name, "/ lacks class '", train[i],
                                    "' that train/ has (both splits need the same class folders)"));
-    throw IOError(detail::concat("image folder ", root, ": test/ has class '", test[i],
+    throw IOError(detail::concat("image folder ", root, ": ", test_name, "/ has class '", test[i],
                                  "' that train/ lacks (both splits need the same class folders)"));
   }
 }
@@ -446,7 +443,9 @@ std::vector<std::string> list_image_files(const std::string& path) {
   fs::recursive_directory_iterator it(path, fs::directory_options::follow_directory_symlink, ec);
   for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
     std::error_code entry_ec;
-    if (it->is_directory(entry_ec)) {
+    if (is_hidden(it->path())) {
+      if (it->is_directory(entry_ec)) it.disable_recursion_pending();
+    } else if (it->is_directory(entry_ec)) {
       // A link to this folder or one above it would be listed forever: skip it.
       std::error_code parent_ec;
       const fs::path real = fs::canonical(it->path(), entry_ec);
@@ -479,22 +478,21 @@ Image decode_image_file(const std::string& path, int channels, const ReadOptions
   return img;
 }
 
-std::vector<ImageFolderDataset::Entry> list_image_folder(const std::string& root, std::vector<std::string>& classes,
-                                                         const ReadOptions& opts, std::vector<std::string>* warnings) {
+std::vector<ImageFolderDataset::Entry> list_image_folder(const std::string& root, std::vector<std::string>& classes) {
   std::error_code ec;
   classes = class_folder_names(root);
-  std::vector<std::string> local_warnings;
   std::vector<ImageFolderDataset::Entry> entries;
   for (size_t k = 0; k < classes.size(); ++k) {
     const fs::path dir = fs::path(root) / classes[k];
     std::vector<std::string> files;
     for (const auto& e : fs::directory_iterator(dir, ec))
-      if (e.is_regular_file() && is_image_file_name(e.path().string())) files.push_back(e.path().string());
+      if (e.is_regular_file() && !is_hidden(e.path()) && is_image_file_name(e.path().string()))
+        files.push_back(e.path().string());
     std::sort(files.begin(), files.end());
+    // Not skippable: the class would stay, a label no image teaches.
     if (files.empty())
-      report_bad(detail::concat("image folder: ", dir.string(), ": class folder has no images (",
-                                image_extensions_text(), ")"),
-                 opts, warnings ? *warnings : local_warnings);
+      throw IOError(detail::concat("image folder: ", dir.string(), ": class folder has no images (",
+                                   image_extensions_text(), "); add some or remove the folder"));
     for (auto& f : files) entries.push_back({std::move(f), static_cast<int64_t>(k)});
   }
   return entries;
@@ -548,18 +546,24 @@ int64_t ImageFolderDataset::label(int64_t index) const {
 std::shared_ptr<ImageFolderDataset> open_image_folder(const std::string& root, Split split,
                                                       const ImageFolderOptions& opts) {
   std::error_code ec;
-  const fs::path train = fs::path(root) / "train", test = fs::path(root) / "test";
-  std::vector<std::string> classes, warnings;
+  const fs::path train = fs::path(root) / "train";
+  const fs::path test = fs::is_directory(fs::path(root) / "test", ec) ? fs::path(root) / "test" : fs::path(root) / "val";
+  std::vector<std::string> classes;
   std::vector<ImageFolderDataset::Entry> entries;
   if (fs::is_directory(train, ec) && fs::is_directory(test, ec)) {
-    entries = list_image_folder((split == Split::Train ? train : test).string(), classes, opts.read, &warnings);
+    entries = list_image_folder((split == Split::Train ? train : test).string(), classes);
     // After the listing, so that a problem inside this split is reported first.
     const std::vector<std::string> other = class_folder_names((split == Split::Train ? test : train).string());
-    check_same_classes(root, split == Split::Train ? classes : other, split == Split::Train ? other : classes);
+    const std::vector<std::string>& train_classes = split == Split::Train ? classes : other;
+    const std::vector<std::string>& test_classes = split == Split::Train ? other : classes;
+    check_same_classes(root, test.filename().string(), train_classes, test_classes);
   } else {
+    // A train/ beside no test/ would be read as a class named "train".
+    KCHECK(!fs::is_directory(train, ec), IOError, "image folder ", root,
+           ": has train/ but no test/ (or val/) beside it; add one, or put the class folders in ", root, " itself");
     KCHECK(opts.test_fraction >= 0.0 && opts.test_fraction < 1.0, ValueError,
            "image folder: test_fraction must be in [0, 1), got ", opts.test_fraction);
-    entries = list_image_folder(root, classes, opts.read, &warnings);
+    entries = list_image_folder(root, classes);
     if (opts.test_fraction > 0.0) {
       // Per class: a seeded shuffle of that class's files, the first
       // round(fraction * count) of them go to the test split.
@@ -576,20 +580,16 @@ std::shared_ptr<ImageFolderDataset> open_image_folder(const std::string& root, S
       std::vector<ImageFolderDataset::Entry> chosen;
       for (size_t i = 0; i < entries.size(); ++i)
         if ((is_test[i] != 0) == (split == Split::Test)) chosen.push_back(entries[i]);
+      KCHECK(!chosen.empty(), IOError, "image folder ", root, ": its ", std::llround(opts.test_fraction * 100),
+             "% ", split == Split::Test ? "test" : "training", " split of ", entries.size(), " images in ",
+             classes.size(), " classes is empty (too few images per class); give it train/ and test/ sub-folders");
       entries = std::move(chosen);
     } else {
       KCHECK(split == Split::Train, ValueError, "image folder: ", root,
              " has no train/ and test/ sub-folders; set test_fraction to split it");
     }
   }
-  auto ds = std::make_shared<ImageFolderDataset>(std::move(entries), std::move(classes), opts);
-  // Warnings from listing (empty class folders) count with the per-file ones.
-  for (const std::string& w : warnings) {
-    ReadOptions quiet = opts.read;
-    quiet.quiet = true;  // already printed while listing
-    ds->bad_input(w, quiet);
-  }
-  return ds;
+  return std::make_shared<ImageFolderDataset>(std::move(entries), std::move(classes), opts);
 }
 
 }  // namespace kestrel::data

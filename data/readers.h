@@ -91,15 +91,16 @@ class ImageFolderDataset : public Dataset {
   int64_t estimated_decoded_bytes_ = 0;
 };
 
-// Uses root/train or root/test when both exist (they must hold the same class
-// folders, else IOError naming the first difference); otherwise root itself,
-// split per class by opts.test_fraction.
+// Uses root/train and root/test (or root/val, ImageNet's layout) when both
+// exist (they must hold the same class folders, else IOError naming the first
+// difference); otherwise root itself, split per class by opts.test_fraction.
+// Names starting with a dot are skipped.
 std::shared_ptr<ImageFolderDataset> open_image_folder(const std::string& root, Split split,
                                                       const ImageFolderOptions& opts = {});
 // Lists root/<class>/* (no decoding). Throws IOError for a missing root, no
-// class folders, or an empty class folder (a warning under skip_bad).
-std::vector<ImageFolderDataset::Entry> list_image_folder(const std::string& root, std::vector<std::string>& classes,
-                                                         const ReadOptions& opts, std::vector<std::string>* warnings);
+// class folders, or an empty class folder (even under skip_bad: the class
+// would stay, with nothing to learn it from).
+std::vector<ImageFolderDataset::Entry> list_image_folder(const std::string& root, std::vector<std::string>& classes);
 
 // Decodes one image file (jpg/png/bmp/...), checking the file-size and pixel
 // limits first. channels 0 keeps the file's own. Throws IOError naming the file.

@@ -64,6 +64,11 @@ const ModelEntry& find_model(const std::string& name) {
   throw ValueError(msg.str());
 }
 
+bool has_stochastic_depth(const std::string& name) {
+  const std::string& family = find_model(name).family;
+  return family == "emn" || family == "efficientnet";
+}
+
 ModulePtr build_model(const std::string& name, const ModelOptions& options) {
   const ModelEntry& entry = find_model(name);
   check_common_options(name, options);

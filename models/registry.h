@@ -22,6 +22,8 @@ const std::vector<ModelEntry>& model_registry();
 std::vector<std::string> model_names();
 // Throws ValueError listing every valid name when `name` is unknown.
 const ModelEntry& find_model(const std::string& name);
+// Whether the model has residual branches that --drop-path (stochastic depth) drops.
+bool has_stochastic_depth(const std::string& name);
 // Checks the options, then builds. Throws ValueError on bad names and options.
 ModulePtr build_model(const std::string& name, const ModelOptions& options = {});
 

@@ -100,7 +100,11 @@ TEST(Cli, BadFlagValuesAreOneLineErrors) {
   // What the flag parser refuses is one line too.
   expect_one_line_error(kestrel_cli("train --auto-augment true --out " + temp_path("r9")), "not expected: true",
                         "stray value");
-  expect_one_line_error(kestrel_cli("train --epochs ten --out " + temp_path("r10")), "--epochs", "non-numeric value");
+  expect_one_line_error(kestrel_cli("summary -m resnet18 --num-classes 0"), "--num-classes", "no classes");
+  const auto non_numeric = kestrel_cli("train --epochs ten --out " + temp_path("r10"));
+  expect_one_line_error(non_numeric, "--epochs", "non-numeric value");
+  EXPECT_EQ(non_numeric.rc, 2) << "a usage error exits 2, as argparse's do";
+  EXPECT_EQ(kestrel_cli("predict image.png").rc, 2) << "a required flag left out";
   expect_one_line_error(kestrel_cli("frobnicate"), "unknown command 'frobnicate' (commands: summary, train,",
                         "unknown subcommand");
 }
@@ -217,6 +221,68 @@ TEST(Cli, OverwriteNeverLosesWhatItCannotReplace) {
                         "is a file, not a folder", "--out naming a file");
   expect_one_line_error(kestrel_cli(args.substr(0, args.find(" --out ")) + " --out " + root + "/run"),
                         "lies inside --data-dir", "--out inside the image folder");
+
+  // The data and the recipe a run reads are inputs too, kept when they lie in the run folder.
+  fs::copy(root, out + "/data", fs::copy_options::recursive);
+  std::ofstream(out + "/recipe.toml") << "epochs = 1\n";
+  expect_one_line_error(kestrel_cli(one_epoch_on(out + "/data", out) + " --overwrite"),
+                        "--overwrite would delete --data-dir", "data inside the run folder");
+  expect_one_line_error(kestrel_cli(args + " --config " + out + "/recipe.toml --overwrite"),
+                        "--overwrite would delete --config", "recipe inside the run folder");
+  EXPECT_TRUE(fs::exists(out + "/data/train/a/0.png"));
+  EXPECT_TRUE(fs::exists(out + "/recipe.toml"));
+}
+
+// A CIFAR run on its default folder (datasets/, relative to where it ran)
+// saves that folder absolute, so eval finds the data from anywhere.
+TEST(Cli, TheDefaultDataFolderIsSavedAbsolute) {
+  const std::string work = temp_path("default_data_work");
+  const std::string batches = work + "/datasets/cifar-10-batches-bin";
+  fs::create_directories(batches);
+  auto write_batch = [&](const std::string& name) {
+    std::ofstream f(batches + "/" + name, std::ios::binary);
+    for (int r = 0; r < 8; ++r) {
+      f.put(static_cast<char>(r % 2));
+      for (int i = 0; i < 3072; ++i) f.put(static_cast<char>((r % 2 ? i : 3 * i) % 251));
+    }
+  };
+  for (int b = 1; b <= 5; ++b) write_batch("data_batch_" + std::to_string(b) + ".bin");
+  write_batch("test_batch.bin");
+  const auto trained = kestrel_cli("train --dataset cifar10 --epochs 1 -b 8 --workers 0 --device cpu --no-progress "
+                                   "--out run", "env -C " + work);
+  ASSERT_EQ(trained.rc, 0) << trained.err;
+  std::ifstream config(work + "/run/config.json");
+  const std::string text((std::istreambuf_iterator<char>(config)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("\"data_dir\": \"" + fs::weakly_canonical(work).string() + "/datasets\""), std::string::npos)
+      << text;
+  const auto evaluated = kestrel_cli("eval -c " + work + "/run/best.safetensors --limit 8 --latency-iters 0 --no-progress");
+  EXPECT_EQ(evaluated.rc, 0) << evaluated.err;
+}
+
+// --dataset cifar100-coarse trains on CIFAR-100's 20 superclasses (the first
+// label byte of each record) under their names.
+TEST(Cli, Cifar100CoarseTrainsOnTheTwentySuperclasses) {
+  const std::string dir = temp_path("cifar100_coarse") + "/cifar-100-binary";
+  fs::create_directories(dir);
+  for (const char* name : {"train.bin", "test.bin"}) {
+    std::ofstream f(dir + "/" + name, std::ios::binary);
+    for (int r = 0; r < 8; ++r) {
+      f.put(static_cast<char>(r % 20));        // coarse
+      f.put(static_cast<char>(99 - r % 100));  // fine
+      for (int i = 0; i < 3072; ++i) f.put(static_cast<char>((r * 7 + i) % 251));
+    }
+  }
+  std::ofstream coarse(dir + "/coarse_label_names.txt");
+  for (int k = 0; k < 20; ++k) coarse << "super" << k << "\n";
+  coarse.close();
+  const std::string out = temp_path("cifar100_coarse_run");
+  const auto r = kestrel_cli("train --dataset cifar100-coarse --data-dir " + dir + " --epochs 1 -b 4 --workers 0 "
+                             "--device cpu --no-progress --out " + out);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("8 train / 8 test images, 20 classes"), std::string::npos) << r.err;
+  std::ifstream config(out + "/config.json");
+  const std::string text((std::istreambuf_iterator<char>(config)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("\"dataset\": \"cifar100-coarse\""), std::string::npos) << text;
 }
 
 // --resume continues the run as it was set up: asking for something else is
@@ -230,6 +296,10 @@ TEST(Cli, ResumeRefusesChangesAndKeepsAnEarlyStop) {
   more.replace(more.find("--epochs 1"), 10, "--epochs 3");
   expect_one_line_error(kestrel_cli(more + " --resume"), "changes --epochs 3 (the run's: 1)",
                         "resume with more epochs");
+  // A flag given is a request even at its default value (the run's lr is 0.05).
+  ASSERT_EQ(kestrel_cli(args + " --lr 0.05 --overwrite").rc, 0);
+  expect_one_line_error(kestrel_cli("train --resume --lr 0.1 --no-progress --out " + out),
+                        "changes --lr 0.1 (the run's: 0.05)", "resume with the default lr given");
   const auto plain = kestrel_cli("train --resume --no-progress --out " + out);  // flags default, not set
   EXPECT_EQ(plain.rc, 0) << plain.err;
   EXPECT_NE(plain.out.find("already holds its 1 epochs"), std::string::npos) << plain.out;
@@ -267,6 +337,41 @@ TEST(Cli, RecipeCommentsDuplicatesAndBadValues) {
   const std::string bad = recipe("bad_value", "epochs = 1.5\n");
   expect_one_line_error(kestrel_cli("train --config " + bad + " --out " + temp_path("recipe_r3")), bad + ":1: epochs",
                         "value that does not convert");
+}
+
+// Values the run would fail on later, or silently ignore, are refused before
+// anything is read: non-finite numbers, negative class counts and gammas,
+// seeds outside 64 bits, a folder given as the recipe, stochastic depth on a
+// model without it, fewer classes than the data, mixed image sizes.
+TEST(Cli, ValuesThatCannotWorkAreRefusedUpFront) {
+  expect_one_line_error(kestrel_cli("train --mixup 1 --mix-alpha inf --out " + temp_path("v1")),
+                        "--mix-alpha must be a finite number", "infinite alpha");
+  expect_one_line_error(kestrel_cli("train --lr nan --out " + temp_path("v2")), "--lr must be a finite number",
+                        "nan lr");
+  expect_one_line_error(kestrel_cli("train --loss focal --focal-gamma -1 --out " + temp_path("v3")),
+                        "--focal-gamma must be >= 0", "negative gamma");
+  expect_one_line_error(kestrel_cli("train --num-classes -7 --out " + temp_path("v4")),
+                        "--num-classes must be positive", "negative class count");
+  for (const char* seed : {"-1", "18446744073709551616", "1e23"})
+    expect_one_line_error(kestrel_cli(std::string("train --seed ") + seed + " --out " + temp_path("v5")),
+                          "must be a whole number from 0 to 18446744073709551615", seed);
+  const std::string recipes = kestrel::testing::source_path("tools/recipes");
+  expect_one_line_error(kestrel_cli("train --config " + recipes + " --out " + temp_path("v6")),
+                        "is a folder, not a recipe file", "a folder as --config");
+  const std::string root = make_folder("values_data");
+  expect_one_line_error(kestrel_cli(one_epoch_on(root, temp_path("v7")) + " --drop-path 0.3"),
+                        "--drop-path: cifar10_200k has no stochastic depth", "drop path on cifar10_200k");
+  expect_one_line_error(kestrel_cli(one_epoch_on(root, temp_path("v8")) + " --num-classes 1"),
+                        "--num-classes 1 is fewer than the data set's 2 classes", "too few classes");
+  EXPECT_FALSE(fs::exists(temp_path("v8"))) << "refused before the run folder was made";
+  {
+    unsigned char px[20 * 30] = {};
+    stbi_write_png((root + "/train/a/00_wide.png").c_str(), 30, 20, 1, px, 30);
+  }
+  expect_one_line_error(kestrel_cli(one_epoch_on(root, temp_path("v9"))),
+                        "differ in size (the first is 8x8, number 2 is 30x20); pass --image-size N", "mixed sizes");
+  const auto resized = kestrel_cli(one_epoch_on(root, temp_path("v10")) + " --image-size 8");
+  EXPECT_EQ(resized.rc, 0) << resized.err;
 }
 
 TEST(Cli, LossAndScheduleCombinationsThatCannotWorkAreRefused) {

@@ -413,13 +413,15 @@ TEST(ImageFolder, BadInputsAreIOErrorsNamingTheFileOrWarnedAndCounted) {
   }
   // All at once under skip_bad: each bad file warned and counted, the good one kept.
   for (const Case& c : cases) c.make(root + "/cls/" + c.name);
-  fs::create_directories(root + "/empty_class");
   ImageFolderOptions lenient = strict;
   lenient.read = skipping();
   auto ds = open_image_folder(root, Split::Train, lenient);
   EXPECT_EQ(ds->size(), 1);
-  EXPECT_EQ(ds->skipped(), static_cast<int64_t>(cases.size()) + 1);
+  EXPECT_EQ(ds->skipped(), static_cast<int64_t>(cases.size()));
   EXPECT_EQ(ds->entries()[0].path, root + "/cls/good.png");
+  // An empty class folder is not skipped: it would stay a class no image teaches.
+  fs::create_directories(root + "/empty_class");
+  expect_io_error([&] { open_image_folder(root, Split::Train, lenient); }, root + "/empty_class");
 
   // A file over the byte limit (here set low).
   ImageFolderOptions small = strict;
@@ -427,6 +429,33 @@ TEST(ImageFolder, BadInputsAreIOErrorsNamingTheFileOrWarnedAndCounted) {
   fs::remove_all(root + "/empty_class");
   for (const Case& c : cases) fs::remove(root + "/cls/" + c.name);
   expect_io_error([&] { open_image_folder(root, Split::Train, small); }, root + "/cls/good.png");
+}
+
+// Hidden entries (.ipynb_checkpoints, macOS ._ files) are no data; val/ is
+// a test split (ImageNet's layout); a train/ alone, or a split that comes out
+// empty, is a one-line error.
+TEST(ImageFolder, LayoutsHiddenEntriesAndEmptySplits) {
+  const std::string root = fresh_dir("folder_layouts");
+  for (const std::string split : {"train", "val"})
+    for (const std::string cls : {"a", "b"}) write_png(root + "/" + split + "/" + cls + "/1.png", 4, 4, pattern_rgb(4, 4, 3));
+  fs::create_directories(root + "/train/.ipynb_checkpoints");
+  write_bytes(root + "/train/a/._1.png", {'m', 'a', 'c'});
+  ImageFolderOptions o;
+  auto train = open_image_folder(root, Split::Train, o);
+  auto test = open_image_folder(root, Split::Test, o);
+  EXPECT_EQ(train->classes(), (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(train->size(), 2);
+  EXPECT_EQ(test->size(), 2);
+  EXPECT_EQ(test->entries()[0].path, root + "/val/a/1.png");
+  EXPECT_EQ(list_image_files(root + "/train"), (std::vector<std::string>{root + "/train/a/1.png", root + "/train/b/1.png"}));
+
+  fs::remove_all(root + "/val");
+  expect_io_error([&] { open_image_folder(root, Split::Train, o); }, "has train/ but no test/ (or val/)");
+
+  const std::string flat = fresh_dir("folder_flat_small");
+  for (const std::string cls : {"a", "b"}) write_png(flat + "/" + cls + "/1.png", 4, 4, pattern_rgb(4, 4, 3));
+  o.test_fraction = 0.1;  // round(0.1 * 1) = 0 test images per class
+  expect_io_error([&] { open_image_folder(flat, Split::Test, o); }, "10% test split of 2 images in 2 classes is empty");
 }
 
 TEST(ImageFolder, WithoutPreloadADecodeFailureSurfacesFromGet) {

@@ -28,4 +28,22 @@ printf 'hello\n' > "$tmp/cut.txt"; truncate -s 3 "$tmp/cut.txt"
 check "truncated file fails" 1 bash "$script" --verify "$tmp/cut.txt" b1946ac92492d2347c6235b4d2611184
 grep -q "MD5 .*expected" "$tmp/out" || { echo "FAIL: mismatch message does not name both sums"; fail=1; }
 check "unknown argument fails" 1 bash "$script" --bogus
+
+# Downloads, offline: an unreachable mirror is one line naming the URL, exit 1.
+check "unreachable URL fails" 1 env KESTREL_CIFAR_URL="file://$tmp/no-mirror" bash "$script" --dest "$tmp/d" cifar10
+last=$(tail -1 "$tmp/out")
+[[ $last == "get_data.sh: could not download file://$tmp/no-mirror/cifar-10-binary.tar.gz"* ]] ||
+  { echo "FAIL: unreachable URL: last line: $last"; fail=1; }
+[[ $(grep -c . "$tmp/out") -eq 2 ]] || { echo "FAIL: unreachable URL: more than 'downloading' and one error line"; cat "$tmp/out"; fail=1; }
+# A folder left incomplete (an interrupted tar) is not taken as done.
+mkdir -p "$tmp/d/cifar-10-batches-bin"
+printf 'x' > "$tmp/d/cifar-10-batches-bin/data_batch_1.bin"
+check "incomplete folder is fetched again" 1 env KESTREL_CIFAR_URL="file://$tmp/no-mirror" bash "$script" --dest "$tmp/d" cifar10
+grep -q "cifar-10-batches-bin is incomplete (data_batch_1.bin missing or cut short)" "$tmp/out" ||
+  { echo "FAIL: incomplete folder not named"; cat "$tmp/out"; fail=1; }
+# Every file present at its size: complete, nothing downloaded.
+for f in data_batch_{1,2,3,4,5}.bin test_batch.bin; do truncate -s 30730000 "$tmp/d/cifar-10-batches-bin/$f"; done
+: > "$tmp/d/cifar-10-batches-bin/batches.meta.txt"
+check "complete folder is kept" 0 env KESTREL_CIFAR_URL="file://$tmp/no-mirror" bash "$script" --dest "$tmp/d" cifar10
+grep -q "is complete; skipping" "$tmp/out" || { echo "FAIL: complete folder not recognised"; cat "$tmp/out"; fail=1; }
 exit $fail

@@ -243,6 +243,10 @@ TEST_F(QatRun, CliCalibratesFineTunesAndWritesQuantizedCheckpoints) {
   r = testing::kestrel_cli("eval -c " + out + "/best.safetensors --limit 500 --latency-iters 0 --no-progress");
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.out.find("Top-1 (%)"), std::string::npos) << r.out;
+  // kestrel table takes an int8 run: the float model's multiply-adds (its own are uncalibrated when built fresh).
+  r = testing::kestrel_cli("table " + out);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("| cifar10_200k |"), std::string::npos) << r.out;
 
   // The float and int8 graphs side by side in onnxruntime (tools/onnx_report.py).
   if (io::onnx_export_available()) {

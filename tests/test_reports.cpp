@@ -93,6 +93,29 @@ TEST(TensorBoard, EventFileIsAValidRecordStream) {
   EXPECT_NE(bytes.find("train/loss"), std::string::npos);
 }
 
+// A resumed run's writer marks where it logs again from: an Event at that
+// step holding SessionLog { status: START }, which TensorBoard purges after.
+TEST(TensorBoard, RestartWritesASessionLogStartAtItsStep) {
+  std::string path;
+  {
+    TensorBoardWriter w(kestrel::testing::temp_path("tb_restart"));
+    w.restart_at(3);
+    path = w.path();
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::string> payloads;
+  for (size_t pos = 0; pos + 12 <= bytes.size();) {
+    uint64_t len;
+    std::memcpy(&len, bytes.data() + pos, 8);
+    payloads.push_back(bytes.substr(pos + 12, len));
+    pos += 12 + len + 4;
+  }
+  ASSERT_EQ(payloads.size(), 2u);  // version header + the restart
+  // wall_time (tag 0x09 + 8 bytes), step (0x10, varint 3), session_log (0x3a, 2 bytes: status 0x08 = START 1).
+  EXPECT_EQ(payloads[1].substr(9), std::string("\x10\x03\x3a\x02\x08\x01", 6));
+}
+
 namespace {
 
 EvalReport two_class_report() {

@@ -66,6 +66,13 @@ TEST(Reproduce, TrainsEvaluatesTabulatesAndContinuesWhereItStopped) {
   EXPECT_TRUE(contains(resumed.out, "nothing left to train")) << resumed.out;
   EXPECT_TRUE(fs::is_regular_file(run + "/eval/report.json"));
 
+  // Another pass over the same runs (here 2 epochs where they trained 1) is refused, not mixed in.
+  std::string longer = args;
+  longer.replace(longer.find("--epochs 1"), 10, "--epochs 2");
+  const ScriptResult other = reproduce(longer);
+  EXPECT_EQ(other.rc, 1) << other.out;
+  EXPECT_TRUE(contains(other.out, "reproduce: " + run + " was trained by another command")) << other.out;
+
   // kestrel table reads a run folder, an eval folder or a report, alike.
   const auto t = kestrel_cli("table " + run + " " + run + "/eval " + run + "/eval/report.json");
   ASSERT_EQ(t.rc, 0) << t.err;
@@ -87,7 +94,11 @@ TEST(Reproduce, TheDistillTableTrainsTeachersThenStudentsThenInt8) {
   EXPECT_LT(teacher, distill);
   EXPECT_LT(distill, qat);
   EXPECT_TRUE(contains(r.out, "table " + runs + "/teacher_resnet18_cifar10")) << r.out;
+  EXPECT_TRUE(contains(r.out, "--out " + runs + "/distill.csv")) << "both table commands listed: " << r.out;
   EXPECT_FALSE(fs::exists(runs)) << "a dry run writes nothing";
+  const ScriptResult help = reproduce("--help");
+  EXPECT_EQ(help.rc, 0) << help.out;
+  EXPECT_TRUE(contains(help.out, "Tables: emn (seed 1)")) << help.out;
 }
 
 TEST(Reproduce, BadUsageIsOneLineAndNonZero) {

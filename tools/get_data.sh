@@ -7,10 +7,12 @@
 #
 # After it: DIR/cifar-10-batches-bin/{data_batch_1..5,test_batch}.bin and
 # DIR/cifar-100-binary/{train,test}.bin, which data::open_cifar10/100 read.
+# A folder already there is checked file by file (sizes included) and
+# unpacked again when incomplete. KESTREL_CIFAR_URL names a mirror.
 # Fashion-MNIST comes from the Debian package dataset-fashion-mnist.
 set -euo pipefail
 
-CIFAR_URL=https://www.cs.toronto.edu/~kriz
+CIFAR_URL=${KESTREL_CIFAR_URL:-https://www.cs.toronto.edu/~kriz}
 CIFAR10_FILE=cifar-10-binary.tar.gz
 CIFAR10_MD5=c32a1d4ab5d03f1284b67883e8d87530
 CIFAR100_FILE=cifar-100-binary.tar.gz
@@ -45,23 +47,59 @@ verify() {
   echo "$file: MD5 OK"
 }
 
+# One line on failure (the tool's own reason in it); a progress bar only on a terminal.
 download() {
-  local url=$1 out=$2
+  local url=$1 out=$2 err
+  err=$(mktemp)
+  local ok=0
   if command -v curl >/dev/null 2>&1; then
-    curl -fL --retry 3 -o "$out.part" "$url"
+    if [[ -t 2 ]]; then
+      curl -fL --retry 3 -# -o "$out.part" "$url" || ok=$?
+    else
+      curl -fsSL --retry 3 -o "$out.part" "$url" 2>"$err" || ok=$?
+    fi
   elif command -v wget >/dev/null 2>&1; then
-    wget -O "$out.part" "$url"
+    if [[ -t 2 ]]; then
+      wget -q --show-progress -O "$out.part" "$url" || ok=$?
+    else
+      wget -q -O "$out.part" "$url" 2>"$err" || ok=$?
+    fi
   else
     die "need curl or wget to download $url"
+  fi
+  local reason
+  reason=$(grep -v '^Warning' "$err" | tail -1 || true)
+  rm -f "$err"
+  if [[ $ok -ne 0 ]]; then
+    rm -f "$out.part"
+    die "could not download $url (${reason:-exit $ok}); check the network, or put $(basename "$out") in $(dirname "$out") yourself and rerun"
   fi
   mv "$out.part" "$out"
 }
 
-fetch() {  # fetch FILE MD5 DIR_IT_UNPACKS_TO
-  local file=$1 md5=$2 unpacked=$3
+# The first missing or wrongly sized file of DIR, from NAME:BYTES pairs; empty when complete.
+first_missing() {
+  local dir=$1; shift
+  local pair name bytes
+  for pair in "$@"; do
+    name=${pair%%:*}; bytes=${pair#*:}
+    if [[ ! -f $dir/$name ]] || [[ $bytes != "-" && $(wc -c <"$dir/$name") -ne $bytes ]]; then
+      echo "$name"
+      return
+    fi
+  done
+}
+
+fetch() {  # fetch FILE MD5 DIR_IT_UNPACKS_TO NAME:BYTES...
+  local file=$1 md5=$2 unpacked=$3; shift 3
   if [[ -d $DEST/$unpacked ]]; then
-    echo "$DEST/$unpacked exists; skipping"
-    return
+    local missing
+    missing=$(first_missing "$DEST/$unpacked" "$@")
+    if [[ -z $missing ]]; then
+      echo "$DEST/$unpacked is complete; skipping"
+      return
+    fi
+    echo "$DEST/$unpacked is incomplete ($missing missing or cut short); unpacking it again"
   fi
   if [[ -f $DEST/$file ]] && verify "$DEST/$file" "$md5" >/dev/null 2>&1; then
     echo "$DEST/$file already downloaded"
@@ -70,7 +108,9 @@ fetch() {  # fetch FILE MD5 DIR_IT_UNPACKS_TO
     download "$CIFAR_URL/$file" "$DEST/$file"
   fi
   verify "$DEST/$file" "$md5" || die "refusing to unpack $DEST/$file"
+  rm -rf "${DEST:?}/$unpacked"
   tar -xzf "$DEST/$file" -C "$DEST"
+  [[ -z $(first_missing "$DEST/$unpacked" "$@") ]] || die "$DEST/$file unpacked without $(first_missing "$DEST/$unpacked" "$@")"
   echo "unpacked $DEST/$unpacked"
 }
 
@@ -86,7 +126,7 @@ main() {
         ;;
       --dest) [[ $# -ge 2 ]] || die "--dest needs a directory"; DEST=$2; shift 2 ;;
       cifar10|cifar100) want+=("$1"); shift ;;
-      -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; return 0 ;;
+      -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; return 0 ;;
       *) die "unknown argument '$1' (expected cifar10, cifar100, --dest DIR or --verify FILE MD5)" ;;
     esac
   done
@@ -94,8 +134,11 @@ main() {
   mkdir -p "$DEST"
   for w in "${want[@]}"; do
     case $w in
-      cifar10) fetch "$CIFAR10_FILE" "$CIFAR10_MD5" cifar-10-batches-bin ;;
-      cifar100) fetch "$CIFAR100_FILE" "$CIFAR100_MD5" cifar-100-binary ;;
+      # 10,000 records of 1 label + 3,072 pixel bytes per batch; CIFAR-100 records have 2 labels.
+      cifar10) fetch "$CIFAR10_FILE" "$CIFAR10_MD5" cifar-10-batches-bin data_batch_{1,2,3,4,5}.bin:30730000 \
+                 test_batch.bin:30730000 batches.meta.txt:- ;;
+      cifar100) fetch "$CIFAR100_FILE" "$CIFAR100_MD5" cifar-100-binary train.bin:153700000 test.bin:30740000 \
+                  fine_label_names.txt:- coarse_label_names.txt:- ;;
     esac
   done
 }

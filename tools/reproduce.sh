@@ -11,7 +11,9 @@
 # recipe with an eval report is done, one with a checkpoint resumes
 # (exactly, from last.safetensors), a run folder without one starts again.
 # --epochs N overrides every recipe's schedule length (a quick pass; it
-# changes the results). Flags after -- go to every training command.
+# changes the results). Flags after -- go to every training command. Each run
+# folder records the command that trained it (reproduce.cmd): a rerun with
+# other settings (a full pass over a quick one) is refused, not mixed in.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 kestrel=${KESTREL_BIN:-$root/build/tools/kestrel}
@@ -20,6 +22,10 @@ recipes=$root/tools/recipes
 die() { echo "reproduce: $*" >&2; exit 1; }
 
 [ $# -ge 1 ] || die "usage: tools/reproduce.sh TABLE [--runs DIR] [--epochs N] [--device D] [--data-dir DIR] [--dry-run] [-- TRAIN FLAGS]"
+if [ "$1" = -h ] || [ "$1" = --help ]; then
+  sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
+  exit 0
+fi
 table=$1; shift
 case $table in
   emn) list="emn_tiny_cifar10 emn_small_cifar10 emn_base_cifar10" ;;
@@ -59,10 +65,6 @@ done_runs=()
 for name in $list; do
   out=$runs/$name
   done_runs+=("$out")
-  if [ -f "$out/eval/report.json" ]; then
-    echo "== $name: done ($out/eval/report.json)"
-    continue
-  fi
   case $name in
     distill_*) cmd=(distill --teacher "$runs/teacher_resnet18_cifar10/best.safetensors,$runs/teacher_mobilenet_v2_cifar10/best.safetensors,$runs/teacher_densenet121_cifar10/best.safetensors") ;;
     qat_*) cmd=(qat --checkpoint "$runs/distill_${name#qat_}/best.safetensors") ;;
@@ -72,14 +74,23 @@ for name in $list; do
   [ -n "$epochs" ] && cmd+=(--epochs "$epochs")
   [ -n "$device" ] && cmd+=(--device "$device")
   [ -n "$data_dir" ] && cmd+=(--data-dir "$data_dir")
-  if [ -f "$out/last.safetensors" ]; then
-    cmd+=(--resume)
-    echo "== $name: resuming $out"
-  else
-    cmd+=(--overwrite)  # nothing to lose: no checkpoint yet
-    echo "== $name: training into $out"
+  cmd+=(${extra[@]+"${extra[@]}"})
+  record=$out/reproduce.cmd
+  if [ -f "$record" ] && [ "$(cat "$record")" != "${cmd[*]}" ]; then
+    die "$out was trained by another command (a quick --epochs pass?): remove it, or give --runs another folder; it ran: $(cat "$record")"
   fi
-  run "$kestrel" "${cmd[@]}" "${extra[@]}"
+  if [ -f "$out/eval/report.json" ]; then
+    echo "== $name: done ($out/eval/report.json)"
+    continue
+  fi
+  if [ -f "$out/last.safetensors" ]; then
+    echo "== $name: resuming $out"
+    run "$kestrel" "${cmd[@]}" --resume
+  else
+    echo "== $name: training into $out"
+    run "$kestrel" "${cmd[@]}" --overwrite  # nothing to lose: no checkpoint yet
+  fi
+  [ "$dry" = 1 ] || printf '%s\n' "${cmd[*]}" >"$record"
   eval_cmd=(eval --checkpoint "$out/best.safetensors" --out "$out/eval")
   [ -n "$device" ] && eval_cmd+=(--device "$device")
   [ -n "$data_dir" ] && eval_cmd+=(--data-dir "$data_dir")
@@ -88,4 +99,5 @@ done
 
 echo "== table"
 run "$kestrel" table "${done_runs[@]}" --out "$runs/$table.md"
-run "$kestrel" table "${done_runs[@]}" --out "$runs/$table.csv" >/dev/null
+echo "+ $kestrel table ${done_runs[*]} --out $runs/$table.csv"
+[ "$dry" = 1 ] || "$kestrel" table "${done_runs[@]}" --out "$runs/$table.csv" >/dev/null

@@ -20,6 +20,7 @@ struct BenchArgs {
   std::string device = "auto";
   bool no_train = false;
   bool no_fuse = false;
+  bool no_progress = false;
   int64_t profile_layers = 15;
 };
 
@@ -37,6 +38,7 @@ void run_bench(BenchArgs& a) {
   a.o.device = tools::resolve_device(a.device);
   a.o.train = !a.no_train;
   a.o.fuse = !a.no_fuse;
+  a.o.progress = !a.no_progress;
   const tools::BenchResult r = tools::bench_model(a.o);
   if (a.o.fuse && a.o.device.is_cpu())
     std::fprintf(stderr, "inference timed with batch norms folded into their convolutions, as eval and predict run "
@@ -61,12 +63,14 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--model,-m", a->o.model, "model name (kestrel summary --list)")->capture_default_str();
   cmd->add_option("--input", a->input, "C x H x W")->capture_default_str();
   cmd->add_option("--batch-size,-b", a->o.batch, "batch size")->capture_default_str();
-  cmd->add_option("--num-classes", a->o.num_classes, "classifier outputs (default: the model's published count)");
+  cmd->add_option("--num-classes", a->o.num_classes, "classifier outputs (default: the model's published count)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1000000}));
   cmd->add_option("--width-mult", a->o.width_mult, "channel multiplier")->capture_default_str();
   cmd->add_option("--device", a->device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--amp", a->o.amp, "off, fp16 or bf16 (CUDA)")->capture_default_str();
   cmd->add_option("--warmup", a->o.warmup, "untimed iterations first")->capture_default_str();
   cmd->add_option("--iters", a->o.iters, "timed iterations (the median is reported)")->capture_default_str();
+  cmd->add_flag("--no-progress", a->no_progress, "no progress bar");
   cmd->add_flag("--no-train", a->no_train, "time inference only");
   cmd->add_flag("--no-fuse", a->no_fuse, "CPU inference without folding batch norms into convolutions");
   cmd->add_flag("--profile", a->o.profile, "then time every op: tables by kind of op and by layer (on CUDA each op "

@@ -14,7 +14,7 @@ void register_eval(CLI::App& app) {
   auto no_progress = std::make_shared<bool>(false);
   CLI::App* cmd = app.add_subcommand("eval", "Measure a checkpoint: accuracy, per-class metrics, confusion, speed");
   cmd->add_option("--checkpoint,-c", o->checkpoint, "model checkpoint (.safetensors from kestrel train)")->required();
-  cmd->add_option("--dataset", o->dataset, "cifar10, cifar100, fashion-mnist, mnist or folder (default: the checkpoint's)");
+  cmd->add_option("--dataset", o->dataset, "cifar10, cifar100 (cifar100-coarse: its 20 superclasses), fashion-mnist, mnist or folder (default: the checkpoint's)");
   cmd->add_option("--data-dir", o->data_dir, "data location (default: the training run's, else the standard place)");
   cmd->add_option("--batch-size,-b", o->batch_size, "batch size of the accuracy pass and the throughput measurement")
       ->capture_default_str();

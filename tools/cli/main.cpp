@@ -50,7 +50,7 @@ int main(int argc, char** argv) {
     std::string what = e.what();
     std::replace(what.begin(), what.end(), '\n', ' ');
     if (kestrel::dist::is_main()) std::cerr << ("kestrel: error: " + what + " (see --help)\n") << std::flush;
-    kestrel::dist::abort(e.get_exit_code());
+    kestrel::dist::abort(2);  // a usage error, as argparse exits (CLI11's own codes run 101-125)
   } catch (const std::exception& e) {
     // A failing rank of a data-parallel job (mpirun) ends the whole job, so no
     // rank is left waiting in a collective. An error every rank meets (a bad

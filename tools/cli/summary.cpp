@@ -87,7 +87,8 @@ void register_summary(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("summary", "Layer table, parameters, multiply-adds and receptive field of a model");
   cmd->add_option("--model,-m", args->model, "model name (see --list)");
   cmd->add_option("--input", args->input, "input C x H x W, e.g. 3x32x32 (default: the model's published size)");
-  cmd->add_option("--num-classes", args->num_classes, "classifier outputs (default: the model's)");
+  cmd->add_option("--num-classes", args->num_classes, "classifier outputs (default: the model's)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1000000}));
   cmd->add_option("--width-mult", args->width_mult, "channel multiplier");
   cmd->add_option("--depth-mult", args->depth_mult, "layer-count multiplier");
   cmd->add_flag("--cifar-stem", args->cifar_stem,

@@ -25,6 +25,8 @@ std::string trim(const std::string& s) {
 // booleans) and gives each key to the option of the same long name, unless the
 // command line already set it.
 void apply_recipe(CLI::App& cmd, const std::string& path) {
+  KCHECK(std::filesystem::is_regular_file(path), IOError, "--config ", path,
+         std::filesystem::is_directory(path) ? " is a folder, not a recipe file" : ": no such recipe file");
   std::ifstream in(path);
   KCHECK(in.good(), IOError, "cannot read recipe file ", path);
   std::string line;
@@ -64,17 +66,24 @@ void apply_recipe(CLI::App& cmd, const std::string& path) {
 
 // --resume continues a run exactly as it was set up: a command that asks
 // for something else (more epochs, another teacher) would be silently
-// ignored, so it is refused.
-void refuse_to_change_a_resumed_run(const tools::TrainConfig& c, const nlohmann::json& defaults) {
+// ignored, so it is refused. What the command asks for is every option it
+// gave, as a flag or a recipe key, even one equal to the default.
+void refuse_to_change_a_resumed_run(const tools::TrainConfig& c, const CLI::App& cmd, const nlohmann::json& defaults) {
   nlohmann::json requested = nlohmann::json::object();
   const nlohmann::json now = c.to_json();
-  for (const auto& [key, value] : now.items())
-    if (!defaults.contains(key) || defaults[key] != value) requested[key] = value;
+  for (const auto& [key, value] : now.items()) {
+    std::string flag = key;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    const CLI::Option* opt = cmd.get_option_no_throw("--" + flag);
+    // Keys with no option of their name (qat's --checkpoint) count when they differ from the default.
+    if (opt != nullptr ? opt->count() > 0 : defaults[key] != value) requested[key] = value;
+  }
   const std::vector<std::string> conflicts = tools::resume_conflicts(c.out, requested);
   std::string list;
   for (const std::string& one : conflicts) list += (list.empty() ? "" : ", ") + one;
-  KCHECK(conflicts.empty(), ValueError, "--resume continues ", c.out, " as it was set up, but this command changes ",
-         list, "; drop those flags, or start a new run from its weights with --initial-checkpoint ", c.out,
+  KCHECK(conflicts.empty(), ValueError, "--resume continues ", c.out, " as it was set up, but this command",
+         c.recipe_file.empty() ? "" : " and its recipe " + c.recipe_file, " changes ", list,
+         "; drop those flags, or start a new run from its weights with --initial-checkpoint ", c.out,
          "/last.safetensors");
 }
 
@@ -115,9 +124,9 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--dropout", c->dropout, "classifier dropout (default: the model's)");
   cmd->add_option("--drop-path", c->drop_path, "stochastic depth rate (default: the model's)");
   if (kind == Kind::Qat)
-    cmd->add_option("--dataset", c->dataset, "cifar10, cifar100, fashion-mnist, mnist or folder (default: the checkpoint's)");
+    cmd->add_option("--dataset", c->dataset, "cifar10, cifar100 (cifar100-coarse: its 20 superclasses), fashion-mnist, mnist or folder (default: the checkpoint's)");
   else
-    cmd->add_option("--dataset", c->dataset, "cifar10, cifar100, fashion-mnist, mnist or folder")->capture_default_str();
+    cmd->add_option("--dataset", c->dataset, "cifar10, cifar100 (cifar100-coarse: its 20 superclasses), fashion-mnist, mnist or folder")->capture_default_str();
   cmd->add_option("--data-dir", c->data_dir, "data location (default: the data set's standard place)");
   cmd->add_option("--limit-train", c->limit_train, "use only N training images (the first; an image folder's spread over its classes)");
   cmd->add_option("--limit-test", c->limit_test, "use only N test images (the first; an image folder's spread over its classes)");
@@ -166,7 +175,17 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
     cmd->add_option("--distill-temperature", c->distill_temperature, "softmax temperature of distillation")
         ->capture_default_str();
   }
-  cmd->add_option("--seed", c->seed, "random seed")->capture_default_str();
+  cmd->add_option("--seed", c->seed, "random seed (0 to 2^64 - 1)")
+      ->check(CLI::Validator(
+          [](std::string& v) {
+            // Whole numbers only: CLI11 would wrap -1 and clamp 2^64 or 1e23 to 2^64 - 1.
+            const bool digits = !v.empty() && v.size() <= 20 && v.find_first_not_of("0123456789") == std::string::npos;
+            return digits && (v.size() < 20 || v <= "18446744073709551615")
+                       ? std::string()
+                       : "must be a whole number from 0 to 18446744073709551615, got " + v;
+          },
+          "SEED"))
+      ->capture_default_str();
   cmd->add_option("--device", c->device, "auto, cpu, cuda or cuda:N (auto: cuda when a GPU is usable)")
       ->capture_default_str();
   cmd->add_option("--out,-o", c->out, "run folder")->capture_default_str();
@@ -179,7 +198,8 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   const auto defaults = std::make_shared<nlohmann::json>(c->to_json());
   cmd->callback([c, no_progress, recipe, cmd, kind, defaults] {
     if (!recipe->empty()) apply_recipe(*cmd, *recipe);
-    if (c->resume) refuse_to_change_a_resumed_run(*c, *defaults);
+    c->recipe_file = *recipe;
+    if (c->resume) refuse_to_change_a_resumed_run(*c, *cmd, *defaults);
     // A resumed run has its teachers and float checkpoint in its saved recipe.
     KCHECK(kind != Kind::Distill || c->resume || !c->teacher.empty(), ValueError,
            "kestrel distill needs --teacher CHECKPOINT[,CHECKPOINT...] (or a recipe's teacher key)");

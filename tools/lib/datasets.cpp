@@ -29,7 +29,7 @@ int64_t image_preload_limit_bytes() {
 std::string default_data_dir(const std::string& dataset) {
   if (dataset == "fashion-mnist") return "/usr/share/datasets/fashion-mnist";
   if (dataset == "mnist") return "/usr/share/datasets/mnist";
-  if (dataset == "cifar10" || dataset == "cifar100") return "datasets";  // where tools/get_data.sh puts them
+  if (dataset.rfind("cifar", 0) == 0) return "datasets";  // where tools/get_data.sh puts them
   return "";
 }
 
@@ -47,8 +47,8 @@ std::shared_ptr<const data::Dataset> open_dataset(const std::string& dataset, co
     ds = data::open_mnist(dir, split, ro);
   } else if (dataset == "cifar10") {
     ds = data::open_cifar10(dir, split, ro);
-  } else if (dataset == "cifar100") {
-    ds = data::open_cifar100(dir, split, true, ro);
+  } else if (dataset == "cifar100" || dataset == "cifar100-coarse") {  // the 100 fine or the 20 coarse classes
+    ds = data::open_cifar100(dir, split, dataset == "cifar100", ro);
   } else if (dataset == "folder") {
     data::ImageFolderOptions fo;
     fo.read = ro;
@@ -70,9 +70,13 @@ std::shared_ptr<const data::Dataset> open_dataset(const std::string& dataset, co
     }
     ds = folder;
   } else {
-    throw ValueError("unknown dataset '" + dataset + "' (valid: cifar10, cifar100, fashion-mnist, mnist, folder)");
+    throw ValueError("unknown dataset '" + dataset +
+                     "' (valid: cifar10, cifar100, cifar100-coarse, fashion-mnist, mnist, folder)");
   }
   KCHECK(ds->size() > 0, IOError, "data set ", dataset, " at ", dir, " has no images");
+  if (ds->skipped() > 0 && dist::is_main())
+    std::cerr << "warning: --skip-bad skipped " << ds->skipped() << " bad record" << (ds->skipped() == 1 ? "" : "s")
+              << " of the " << (split == data::Split::Train ? "training" : "test") << " set in " << dir << "\n";
   if (limit > 0 && limit < ds->size()) {
     // The official files are shuffled, so their first N images are a fair
     // sample. An image folder is listed class by class: its first N would be
@@ -90,7 +94,7 @@ Normalization normalization_for(const std::string& dataset, const data::Dataset&
   if (dataset == "fashion-mnist") return {{0.2860f}, {0.3530f}};
   if (dataset == "mnist") return {{0.1307f}, {0.3081f}};
   if (dataset == "cifar10") return {{0.4914f, 0.4822f, 0.4465f}, {0.2470f, 0.2435f, 0.2616f}};
-  if (dataset == "cifar100") return {{0.5071f, 0.4865f, 0.4409f}, {0.2673f, 0.2564f, 0.2762f}};
+  if (dataset == "cifar100" || dataset == "cifar100-coarse") return {{0.5071f, 0.4865f, 0.4409f}, {0.2673f, 0.2564f, 0.2762f}};
   const int64_t n = std::min<int64_t>(train.size(), 2000);
   std::vector<double> sum, sq;
   double count = 0;

@@ -15,6 +15,7 @@
 #include "models/summary.h"
 #include "tools/lib/device_select.h"
 #include "tools/lib/metrics.h"
+#include "tools/lib/progress.h"
 
 namespace kestrel::tools {
 
@@ -75,16 +76,25 @@ BenchResult bench_model(const BenchOptions& o) {
     models::fuse_for_inference(*inference, {1, o.height, o.width, o.channels});
   }
   inference->eval();
+  const int64_t passes_each = o.warmup + o.iters + (o.profile ? o.iters : 0);
+  ProgressBar bar("bench " + o.model, passes_each * (o.train ? 2 : 1), o.progress);
+  int64_t passes = 0;
   auto infer = [&] {
-    NoGradGuard no_grad;
-    AutocastGuard scope(autocast);
-    (*inference)(images);
+    {
+      NoGradGuard no_grad;
+      AutocastGuard scope(autocast);
+      (*inference)(images);
+    }
+    bar.update(++passes, "inference");
   };
   r.infer_ms = median_ms(o, infer);
   if (o.profile) r.infer_profile = profile_calls(o, infer);
   inference.reset();
   r.infer_img_s = 1000.0 * static_cast<double>(o.batch) / r.infer_ms;
-  if (!o.train) return r;
+  if (!o.train) {
+    bar.finish();
+    return r;
+  }
 
   model->train();
   optim::SGDOptions so;
@@ -111,10 +121,12 @@ BenchResult bench_model(const BenchOptions& o) {
     }
     opt.zero_grad();
     trace_region("optimizer step", o.device);
+    bar.update(++passes, "training steps");
   };
   r.train_ms = median_ms(o, train_step);
   if (o.profile) r.train_profile = profile_calls(o, train_step);
   r.train_img_s = 1000.0 * static_cast<double>(o.batch) / r.train_ms;
+  bar.finish();
   return r;
 }
 

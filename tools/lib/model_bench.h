@@ -24,6 +24,7 @@ struct BenchOptions {
   int64_t warmup = 3;
   int64_t iters = 10;
   bool profile = false;  // after timing, `iters` more passes of each under a timed trace
+  bool progress = false;  // a progress bar on stderr over every pass
 };
 
 struct BenchResult {

@@ -70,7 +70,11 @@ void read_model_cost(const fs::path& checkpoint, ResultsRow& row) {
   const ModelInfo info = ModelInfo::from_metadata(io::load_safetensors_metadata(checkpoint.string()),
                                                   checkpoint.string());
   row.width_mult = info.width_mult;
-  nn::ModulePtr model = build_from_info(info);
+  // An int8 run does its float model's multiply-adds; built fresh, its
+  // quantizers would be uncalibrated and refuse to run.
+  ModelInfo float_info = info;
+  float_info.quantized = false;
+  nn::ModulePtr model = build_from_info(float_info);
   model->eval();
   NoGradGuard guard;
   row.macs = models::summarize(*model, {1, info.height, info.width, info.in_channels}).total_macs;

@@ -54,7 +54,7 @@ void put_bytes_field(std::string& out, int field, const std::string& bytes) {
   out += bytes;
 }
 
-// Event { wall_time = 1 (double); step = 2 (int64); file_version = 3 | summary = 5 }
+// Event { wall_time = 1 (double); step = 2 (int64); file_version = 3 | summary = 5 | session_log = 7 }
 std::string event_header(int64_t step) {
   std::string e;
   const double now =
@@ -96,6 +96,15 @@ void TensorBoardWriter::add_scalar(const std::string& tag, double value, int64_t
   put_bytes_field(summary, 1, v);
   std::string e = event_header(step);
   put_bytes_field(e, 5, summary);
+  write_record(e);
+}
+
+void TensorBoardWriter::restart_at(int64_t step) {
+  std::string log;  // SessionLog { status = 1 (START = 1) }
+  put_varint(log, 1 << 3 | 0);
+  put_varint(log, 1);
+  std::string e = event_header(step);
+  put_bytes_field(e, 7, log);
   write_record(e);
 }
 

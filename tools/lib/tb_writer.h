@@ -13,6 +13,11 @@ class TensorBoardWriter {
   TensorBoardWriter(const TensorBoardWriter&) = delete;
   TensorBoardWriter& operator=(const TensorBoardWriter&) = delete;
   void add_scalar(const std::string& tag, double value, int64_t step);
+  // A resumed run logs again from `step`: TensorBoard then hides what an
+  // earlier event file holds at that step and later (a SessionLog START, as
+  // PyTorch's SummaryWriter(purge_step=...) writes), so an epoch logged just
+  // before a kill and logged again after --resume shows once.
+  void restart_at(int64_t step);
   void flush();
   const std::string& path() const { return path_; }
 

@@ -1,5 +1,7 @@
 #include "tools/lib/train_config.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 
@@ -46,8 +48,18 @@ void one_of(const std::string& flag, const std::string& value, std::initializer_
 }  // namespace
 
 void TrainConfig::validate() const {
+  // inf and nan pass the range checks below (nan fails every comparison, but
+  // inf > 0 holds): name them first.
+  const nlohmann::json fields = to_json();
+  for (const auto& [key, value] : fields.items()) {
+    std::string flag = key;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    KCHECK(!value.is_number_float() || std::isfinite(value.get<double>()), ValueError, "--", flag,
+           " must be a finite number, got ", value.get<double>());
+  }
+  KCHECK(num_classes >= 0, ValueError, "--num-classes must be positive (or 0: from the data set), got ", num_classes);
   one_of("stem", stem, {"auto", "cifar", "model"});
-  one_of("dataset", dataset, {"cifar10", "cifar100", "fashion-mnist", "mnist", "folder"});
+  one_of("dataset", dataset, {"cifar10", "cifar100", "cifar100-coarse", "fashion-mnist", "mnist", "folder"});
   one_of("optimizer", optimizer, {"sgd", "adamw"});
   one_of("schedule", schedule, {"cosine", "step", "onecycle"});
   one_of("loss", loss, {"ce", "focal"});
@@ -69,6 +81,7 @@ void TrainConfig::validate() const {
   KCHECK(schedule != "step" || (step_size >= 1 && step_gamma > 0), ValueError,
          "--schedule step needs --step-size >= 1 and --step-gamma > 0, got ", step_size, " and ", step_gamma);
   KCHECK(mix_alpha > 0, ValueError, "--mix-alpha must be positive, got ", mix_alpha);
+  KCHECK(focal_gamma >= 0, ValueError, "--focal-gamma must be >= 0 (0: cross-entropy), got ", focal_gamma);
   // The focal loss is defined on hard labels; soft targets would silently drop it.
   KCHECK(loss != "focal" || (label_smoothing == 0 && mixup == 0 && cutmix == 0 && ricap == 0), ValueError,
          "--loss focal takes hard labels: it cannot be combined with --label-smoothing, --mixup, --cutmix or --ricap");

@@ -18,7 +18,7 @@ struct TrainConfig {
   double dropout = -1.0;    // < 0: the model's default
   double drop_path = -1.0;  // < 0: the model's default
   std::string initial_checkpoint;  // starting weights (tools/lib/initial_weights.h); empty = seeded init
-  std::string dataset = "fashion-mnist";  // cifar10, cifar100, fashion-mnist, mnist, folder
+  std::string dataset = "fashion-mnist";  // cifar10, cifar100, cifar100-coarse, fashion-mnist, mnist, folder
   std::string data_dir;                   // empty: the dataset's default location
   int64_t limit_train = 0;                // use only the first N training images (0 = all)
   int64_t limit_test = 0;
@@ -78,6 +78,7 @@ struct TrainConfig {
   bool overwrite = false;
   bool progress = true;
   int64_t stop_after_steps = 0;  // testing aid: stop (as if killed) after this many optimizer steps
+  std::string recipe_file;       // the --config file read (not saved: an input --overwrite must keep)
 
   nlohmann::json to_json() const;
   static TrainConfig from_json(const nlohmann::json& j);

@@ -27,6 +27,7 @@
 #include "engine/optim/schedule.h"
 #include "engine/optim/sgd.h"
 #include "models/common.h"
+#include "models/registry.h"
 #include "tools/lib/checkpoint.h"
 #include "tools/lib/datasets.h"
 #include "tools/lib/device_select.h"
@@ -165,6 +166,20 @@ Normalization run_normalization(const TrainConfig& c, const data::Dataset& train
   return normalization_for(c.dataset, train_set);
 }
 
+// Without --image-size the model takes the first image's size and every
+// other image is resized to it: a folder of mixed sizes would be stretched
+// without a word. Evenly spaced samples stand for the whole set.
+void check_one_image_size(const data::Dataset& train_set, const data::Example& first, const std::string& data_dir) {
+  const int64_t n = train_set.size(), samples = std::min<int64_t>(n, 32);
+  for (int64_t s = 1; s < samples; ++s) {
+    const int64_t i = s * n / samples;
+    const data::Image& img = train_set.get(i).image;
+    KCHECK(img.h == first.image.h && img.w == first.image.w, ValueError, "the training images in ", data_dir,
+           " differ in size (the first is ", first.image.w, "x", first.image.h, ", number ", i + 1, " is ", img.w,
+           "x", img.h, "); pass --image-size N to train on them all resized to N x N");
+  }
+}
+
 // Whether `path` is `folder` or lies inside it.
 bool lies_in(const std::string& path, const std::string& folder) {
   const fs::path rel = fs::weakly_canonical(path).lexically_relative(fs::weakly_canonical(folder));
@@ -176,7 +191,9 @@ bool lies_in(const std::string& path, const std::string& folder) {
 // no run wrote (one without a Kestrel config.json).
 void check_overwrite_is_safe(const TrainConfig& c) {
   std::vector<std::pair<std::string, std::string>> inputs = {{"--checkpoint", c.quantize_from},
-                                                              {"--initial-checkpoint", c.initial_checkpoint}};
+                                                              {"--initial-checkpoint", c.initial_checkpoint},
+                                                              {"--data-dir", c.data_dir},
+                                                              {"--config", c.recipe_file}};
   for (const std::string& t : split_paths(c.teacher)) inputs.push_back({"--teacher", t});
   for (const auto& [flag, path] : inputs)
     KCHECK(path.empty() || !lies_in(path, c.out), IOError, "--overwrite would delete ", flag, " ", path,
@@ -365,6 +382,8 @@ TrainSummary train(TrainConfig c) {
   // Both before the run folder is touched.
   const Device device = resolve_device(c.device);
   check_config_fits_process(c, device);
+  KCHECK(c.drop_path <= 0 || models::has_stochastic_depth(c.model), ValueError, "--drop-path: ", c.model,
+         " has no stochastic depth (the emn_* and efficientnet_* models have)");
   const bool resuming = check_out_dir(c);
   io::SafetensorsContents resume_ckpt;
   nlohmann::json state;
@@ -386,13 +405,19 @@ TrainSummary train(TrainConfig c) {
     check_config_fits_process(c, device);  // the run's own --amp and batch, on this process
   }
 
-  // Saved absolute, so eval and --resume find the data from any working folder.
+  // Saved absolute, so eval and --resume find the data from any working folder
+  // (the default CIFAR folder, datasets/, is relative).
+  if (c.data_dir.empty()) c.data_dir = default_data_dir(c.dataset);
   if (!c.data_dir.empty()) c.data_dir = fs::absolute(c.data_dir).lexically_normal().string();
 
   // Data.
   auto train_set = open_dataset(c.dataset, c.data_dir, data::Split::Train, c.skip_bad, c.limit_train);
   auto test_set = open_dataset(c.dataset, c.data_dir, data::Split::Test, c.skip_bad, c.limit_test);
   const data::Example probe = train_set->get(0);
+  if (c.image_size == 0) check_one_image_size(*train_set, probe, c.data_dir);
+  KCHECK(c.num_classes == 0 || c.num_classes >= train_set->num_classes(), ValueError, "--num-classes ",
+         c.num_classes, " is fewer than the data set's ", train_set->num_classes(),
+         " classes (leave it out to take the data set's)");
   const int64_t classes = c.num_classes > 0 ? c.num_classes : train_set->num_classes();
   const Normalization norm = run_normalization(c, *train_set);
 
@@ -503,6 +528,7 @@ TrainSummary train(TrainConfig c) {
   if (main_rank) {
     io::write_text_atomically(c.out + "/config.json", c.to_json().dump(2) + "\n", "train");
     tb = std::make_unique<TensorBoardWriter>(c.out + "/tb");
+    if (resuming && start_epoch < c.epochs) tb->restart_at(start_epoch + 1);  // epochs are logged from 1
   }
 
   if (main_rank)
