@@ -386,6 +386,12 @@ TEST(Cli, LossAndScheduleCombinationsThatCannotWorkAreRefused) {
                                     "--schedule onecycle --workers 0 --device cpu --no-progress --out " +
                                     temp_path("combo4")),
                         "--schedule onecycle needs at least 4 optimizer steps", "onecycle on 2 steps");
+  const auto step = kestrel_cli("train --dataset folder --data-dir " + root + " --batch-size 4 --epochs 4 "
+                                "--schedule step --step-size 1 --warmup-epochs 2 --workers 0 --device cpu "
+                                "--no-progress --out " + temp_path("combo5"));
+  EXPECT_EQ(step.rc, 0) << step.err;
+  EXPECT_NE(step.err.find("warning: --step-size 1 decays the rate inside the 2-epoch warmup"), std::string::npos)
+      << step.err;
 }
 
 // qat and distill feed their batches to an existing model: a subset of its

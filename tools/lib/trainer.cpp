@@ -492,6 +492,9 @@ TrainSummary train(TrainConfig c) {
   if (main_rank && c.schedule != "onecycle" && effective_warmup_epochs(c) < c.warmup_epochs)
     std::cerr << "warning: --warmup-epochs " << c.warmup_epochs << " cut to " << effective_warmup_epochs(c)
               << ", half of this " << c.epochs << "-epoch run\n";
+  if (main_rank && c.schedule == "step" && static_cast<double>(c.step_size) <= effective_warmup_epochs(c))
+    std::cerr << "warning: --step-size " << c.step_size << " decays the rate inside the "
+              << effective_warmup_epochs(c) << "-epoch warmup, which then peaks below --lr " << c.lr << "\n";
   std::unique_ptr<optim::ModelEma> ema;
   if (c.ema > 0) ema = std::make_unique<optim::ModelEma>(*model, optim::EmaOptions{c.ema, true});
   // Mixed precision: forward passes under autocast; f16 also scales the loss (bf16 needs no scaler).
