@@ -167,7 +167,7 @@ if [ -n "${kestrel_bin:-}" ] && [ -x "$kestrel_bin" ] && [ "${KESTREL_GPU_CHECK_
   deadline=$(( $(date +%s) + $(step_limit 150 10) ))
   for m in efficientnet_b0 mobilenet_v2 resnet50; do
     left=$(( deadline - $(date +%s) )); [ "$left" -gt 5 ] || break
-    timeout "$left" "$kestrel_bin" bench -m "$m" --input 3x224x224 -b 64 --device cuda --amp bf16 >>"$models_log" 2>&1 \
+    timeout "$left" "$kestrel_bin" bench -m "$m" --input 3x224x224 -b 64 --device cuda --amp bf16 --no-progress >>"$models_log" 2>&1 \
       || { status=1; echo "kestrel bench $m failed" >>"$models_log"; }
   done
   left=$(( deadline - $(date +%s) ))
