@@ -190,9 +190,10 @@ bool lies_in(const std::string& path, const std::string& folder) {
 // given (the float checkpoint qat starts from, a teacher), and never a folder
 // no run wrote (one without a Kestrel config.json).
 void check_overwrite_is_safe(const TrainConfig& c) {
+  const std::string data_dir = c.data_dir.empty() ? default_data_dir(c.dataset) : c.data_dir;
   std::vector<std::pair<std::string, std::string>> inputs = {{"--checkpoint", c.quantize_from},
                                                               {"--initial-checkpoint", c.initial_checkpoint},
-                                                              {"--data-dir", c.data_dir},
+                                                              {"--data-dir", data_dir},
                                                               {"--config", c.recipe_file}};
   for (const std::string& t : split_paths(c.teacher)) inputs.push_back({"--teacher", t});
   for (const auto& [flag, path] : inputs)
