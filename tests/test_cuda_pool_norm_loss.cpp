@@ -16,6 +16,7 @@
 #include "engine/ops/loss.h"
 #include "engine/ops/norm.h"
 #include "engine/ops/pool.h"
+#include "engine/trace.h"
 #include "test_util.h"
 
 using namespace kestrel;
@@ -121,6 +122,22 @@ TEST(CudaPool, AdaptiveAndGlobalAvgPoolMatchCpu) {
       expect_all_dtypes([oh = oh, ow = ow](const std::vector<Tensor>& v) { return adaptive_avg_pool2d(v[0], oh, ow); },
                         {x}, "adaptive_avg_pool2d " + s.str() + " -> " + std::to_string(oh) + "x" + std::to_string(ow));
   }
+}
+
+// Coordinate attention's poolings: one CUDA kernel each way (a timed trace
+// sees one op where the composition has four), the CPU's values and gradients.
+TEST(CudaPool, CoordPoolMatchesCpu) {
+  KESTREL_REQUIRE_CUDA();
+  uint64_t seed = 250;
+  for (const Nhwc& s : kPoolShapes) {
+    const Tensor x = input_for(s, seed++);
+    expect_all_dtypes([](const std::vector<Tensor>& v) { return coord_pool(v[0]); }, {x}, "coord_pool " + s.str());
+  }
+  const Tensor x = random_tensor({2, 5, 7, 9}, 260, DType::F32).to(Device::cuda());
+  TraceRecorder profile(/*keep_tensors=*/false, /*timed=*/true);
+  coord_pool(x);
+  ASSERT_EQ(profile.events().size(), 1u);
+  EXPECT_EQ(profile.events()[0].op, "coord_pool");
 }
 
 TEST(CudaPool, GlobalAvgPoolWideChannels) {

@@ -176,6 +176,42 @@ __global__ void avg_pool_backward_kernel(PoolGeom g, PoolWindows win, const T* _
   }
 }
 
+// Coordinate pooling: one thread per output (n, position, c), channel
+// fastest; positions [0, h) average a row over w, [h, h + w) a column over h
+// (the adaptive kernel's sums and scales for those two shapes).
+template <typename T>
+__global__ void coord_pool_forward_kernel(PoolGeom g, const T* __restrict__ x, T* __restrict__ y) {
+  using A = MathT<T>;
+  const int64_t positions = g.h + g.w, total = g.n * positions * g.c;
+  KESTREL_GRID_LOOP(i, total) {
+    const int64_t c = i % g.c, t = i / g.c, pos = t % positions, n = t / positions;
+    A sum = 0;
+    if (pos < g.h) {
+      const T* row = x + (n * g.h + pos) * g.w * g.c + c;
+      for (int64_t iw = 0; iw < g.w; ++iw) sum += to_math(row[iw * g.c]);
+      y[i] = from_math<T>(sum * inverse_count<A>(g.w));
+    } else {
+      const T* col = x + (n * g.h * g.w + (pos - g.h)) * g.c + c;
+      for (int64_t ih = 0; ih < g.h; ++ih) sum += to_math(col[ih * g.w * g.c]);
+      y[i] = from_math<T>(sum * inverse_count<A>(g.h));
+    }
+  }
+}
+
+// gx[n, h, w, c] = gy[n, h, c] / w + gy[n, H + w, c] / h: one read of each.
+template <typename T>
+__global__ void coord_pool_backward_kernel(PoolGeom g, const T* __restrict__ gy, T* __restrict__ gx) {
+  using A = MathT<T>;
+  const int64_t total = g.n * g.h * g.w * g.c;
+  KESTREL_GRID_LOOP(i, total) {
+    const Pixel p = unflatten(i, g.h, g.w, g.c);
+    const T* image = gy + p.n * (g.h + g.w) * g.c + p.c;
+    const A from_row = to_math(image[p.row * g.c]) * inverse_count<A>(g.w);
+    const A from_col = to_math(image[(g.h + p.col) * g.c]) * inverse_count<A>(g.h);
+    gx[i] = from_math<T>(from_row + from_col);
+  }
+}
+
 // Global average: block (32 channels, kRowsY pixel lanes) per (channel tile,
 // image), images strided over gridDim.y (at most 65535); the pixel lanes are
 // summed in a fixed order, so the result is deterministic.
@@ -357,6 +393,20 @@ void adaptive_avg_pool2d_forward(const PoolGeom& g, const Tensor& x, const Tenso
 
 void adaptive_avg_pool2d_backward(const PoolGeom& g, const Tensor& gy, const Tensor& gx) {
   window_avg_backward(g, PoolWindows{true, true}, gy, gx, "adaptive_avg_pool2d backward");
+}
+
+void coord_pool_forward(const PoolGeom& g, const Tensor& x, const Tensor& y) {
+  launch_elementwise("coord_pool", x, g.n * (g.h + g.w) * g.c, [&](auto tag, unsigned grid, cudaStream_t stream) {
+    using T = KESTREL_SCALAR(tag);
+    coord_pool_forward_kernel<T><<<grid, kThreads, 0, stream>>>(g, device_ptr<const T>(x), device_ptr<T>(y));
+  });
+}
+
+void coord_pool_backward(const PoolGeom& g, const Tensor& gy, const Tensor& gx) {
+  launch_elementwise("coord_pool backward", gy, input_numel(g), [&](auto tag, unsigned grid, cudaStream_t stream) {
+    using T = KESTREL_SCALAR(tag);
+    coord_pool_backward_kernel<T><<<grid, kThreads, 0, stream>>>(g, device_ptr<const T>(gy), device_ptr<T>(gx));
+  });
 }
 
 void resize_bilinear_forward(const PoolGeom& g, bool align_corners, const Tensor& x, const Tensor& y) {

@@ -21,6 +21,11 @@ void avg_pool2d_backward(const cpu::PoolGeom& g, bool count_include_pad, const T
 void adaptive_avg_pool2d_forward(const cpu::PoolGeom& g, const Tensor& x, const Tensor& y);
 void adaptive_avg_pool2d_backward(const cpu::PoolGeom& g, const Tensor& gy, const Tensor& gx);
 
+// Coordinate attention's poolings, y [n, h + w, 1, c] (cpu::coord_pool_forward's
+// layout: the rows' means, then the columns'), and their one-pass gradient.
+void coord_pool_forward(const cpu::PoolGeom& g, const Tensor& x, const Tensor& y);
+void coord_pool_backward(const cpu::PoolGeom& g, const Tensor& gy, const Tensor& gx);
+
 void resize_bilinear_forward(const cpu::PoolGeom& g, bool align_corners, const Tensor& x, const Tensor& y);
 void resize_bilinear_backward(const cpu::PoolGeom& g, bool align_corners, const Tensor& gy, const Tensor& gx);
 

@@ -205,10 +205,34 @@ Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w) {
   return adaptive_impl(x, out_h, out_w, "adaptive_avg_pool2d");
 }
 
+namespace {
+
+void coord_pool_forward_on(const cpu::PoolGeom& g, const Tensor& x, const Tensor& y) {
+  if constexpr (kHaveCuda) {
+    if (x.device().is_cuda()) return gpu::coord_pool_forward(g, x, y);
+  }
+  dispatch_float(x.dtype(), "coord_pool", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    cpu::coord_pool_forward<scalar_t>(x.data<scalar_t>(), g.n, g.h, g.w, g.c, y.data<scalar_t>());
+  });
+}
+
+void coord_pool_backward_on(const cpu::PoolGeom& g, const Tensor& gy, const Tensor& gx) {
+  if constexpr (kHaveCuda) {
+    if (gy.device().is_cuda()) return gpu::coord_pool_backward(g, gy, gx);
+  }
+  dispatch_float(gy.dtype(), "coord_pool backward", [&](auto tag_) {
+    using scalar_t = KESTREL_SCALAR(tag_);
+    cpu::coord_pool_backward<scalar_t>(gy.data<scalar_t>(), g.n, g.h, g.w, g.c, gx.data<scalar_t>());
+  });
+}
+
+}  // namespace
+
 Tensor coord_pool(const Tensor& x) {
   const char* op = "coord_pool";
   const cpu::PoolGeom g = input_geom(x, op);
-  if (!x.device().is_cpu() || layers_are_traced()) {
+  if (layers_are_traced()) {
     Tensor along_h = adaptive_avg_pool2d(x, g.h, 1);                        // [N,H,1,C]
     Tensor along_w = adaptive_avg_pool2d(x, 1, g.w).permute({0, 2, 1, 3});  // [N,W,1,C]
     return concat({along_h, along_w}, 1);
@@ -216,19 +240,13 @@ Tensor coord_pool(const Tensor& x) {
   KCHECK(g.h >= 1 && g.w >= 1, ShapeError, op, ": input ", shape_str(x.shape()), " NHWC has no pixels");
   const Tensor xc = x.detach().contiguous();
   Tensor out = Tensor::empty({g.n, g.h + g.w, 1, g.c}, x.dtype(), x.device());
-  dispatch_float(x.dtype(), op, [&](auto tag_) {
-    using scalar_t = KESTREL_SCALAR(tag_);
-    cpu::coord_pool_forward<scalar_t>(xc.data<scalar_t>(), g.n, g.h, g.w, g.c, out.data<scalar_t>());
-  });
+  coord_pool_forward_on(g, xc, out);
   trace_op(op, {x}, out, 0);
   if (!needs_grad({x})) return out;
   return record(out, op, {x}, [g](const Tensor& grad, const std::vector<bool>&) {
     const Tensor gy = grad.contiguous();
     Tensor gx = input_grad_for(g, gy);
-    dispatch_float(gy.dtype(), "coord_pool backward", [&](auto tag_) {
-      using scalar_t = KESTREL_SCALAR(tag_);
-      cpu::coord_pool_backward<scalar_t>(gy.data<scalar_t>(), g.n, g.h, g.w, g.c, gx.data<scalar_t>());
-    });
+    coord_pool_backward_on(g, gy, gx);
     return std::vector<Tensor>{gx};
   });
 }

@@ -14,8 +14,8 @@ Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w);
 // Coordinate attention's poolings of x [N,H,W,C] as one [N,H+W,1,C] tensor:
 // the mean of each row (adaptive_avg_pool2d(x, H, 1)), then of each column
 // (adaptive_avg_pool2d(x, 1, W), transposed), concatenated. One pass over x
-// on the CPU (the backward one pass too) when no trace names each layer; else
-// those three ops, as a model's summary and ONNX export see them.
+// (the backward one pass too), on the CPU and CUDA, when no trace names each
+// layer; else those three ops, as a model's summary and ONNX export see them.
 Tensor coord_pool(const Tensor& x);
 // Bilinear resize, half-pixel centres (align_corners=false) as PyTorch's default.
 Tensor resize_bilinear(const Tensor& x, int64_t out_h, int64_t out_w, bool align_corners = false);
