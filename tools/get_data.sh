@@ -110,7 +110,9 @@ fetch() {  # fetch FILE MD5 DIR_IT_UNPACKS_TO NAME:BYTES...
   verify "$DEST/$file" "$md5" || die "refusing to unpack $DEST/$file"
   rm -rf "${DEST:?}/$unpacked"
   tar -xzf "$DEST/$file" -C "$DEST"
-  [[ -z $(first_missing "$DEST/$unpacked" "$@") ]] || die "$DEST/$file unpacked without $(first_missing "$DEST/$unpacked" "$@")"
+  local missing_after
+  missing_after=$(first_missing "$DEST/$unpacked" "$@")
+  [[ -z $missing_after ]] || die "$DEST/$file unpacked without $missing_after"
   echo "unpacked $DEST/$unpacked"
 }
 

@@ -72,9 +72,7 @@ void refuse_to_change_a_resumed_run(const tools::TrainConfig& c, const CLI::App&
   nlohmann::json requested = nlohmann::json::object();
   const nlohmann::json now = c.to_json();
   for (const auto& [key, value] : now.items()) {
-    std::string flag = key;
-    std::replace(flag.begin(), flag.end(), '_', '-');
-    const CLI::Option* opt = cmd.get_option_no_throw("--" + flag);
+    const CLI::Option* opt = cmd.get_option_no_throw(tools::TrainConfig::flag_of(key));
     // Keys with no option of their name (qat's --checkpoint) count when they differ from the default.
     if (opt != nullptr ? opt->count() > 0 : defaults[key] != value) requested[key] = value;
   }

@@ -94,7 +94,8 @@ Normalization normalization_for(const std::string& dataset, const data::Dataset&
   if (dataset == "fashion-mnist") return {{0.2860f}, {0.3530f}};
   if (dataset == "mnist") return {{0.1307f}, {0.3081f}};
   if (dataset == "cifar10") return {{0.4914f, 0.4822f, 0.4465f}, {0.2470f, 0.2435f, 0.2616f}};
-  if (dataset == "cifar100" || dataset == "cifar100-coarse") return {{0.5071f, 0.4865f, 0.4409f}, {0.2673f, 0.2564f, 0.2762f}};
+  if (dataset == "cifar100" || dataset == "cifar100-coarse")
+    return {{0.5071f, 0.4865f, 0.4409f}, {0.2673f, 0.2564f, 0.2762f}};
   const int64_t n = std::min<int64_t>(train.size(), 2000);
   std::vector<double> sum, sq;
   double count = 0;

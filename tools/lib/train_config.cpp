@@ -36,6 +36,12 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   return c;
 }
 
+std::string TrainConfig::flag_of(const std::string& key) {
+  std::string flag = "--" + key;
+  std::replace(flag.begin(), flag.end(), '_', '-');
+  return flag;
+}
+
 namespace {
 void one_of(const std::string& flag, const std::string& value, std::initializer_list<const char*> valid) {
   std::string list;
@@ -51,12 +57,9 @@ void TrainConfig::validate() const {
   // inf and nan pass the range checks below (nan fails every comparison, but
   // inf > 0 holds): name them first.
   const nlohmann::json fields = to_json();
-  for (const auto& [key, value] : fields.items()) {
-    std::string flag = key;
-    std::replace(flag.begin(), flag.end(), '_', '-');
-    KCHECK(!value.is_number_float() || std::isfinite(value.get<double>()), ValueError, "--", flag,
+  for (const auto& [key, value] : fields.items())
+    KCHECK(!value.is_number_float() || std::isfinite(value.get<double>()), ValueError, flag_of(key),
            " must be a finite number, got ", value.get<double>());
-  }
   KCHECK(num_classes >= 0, ValueError, "--num-classes must be positive (or 0: from the data set), got ", num_classes);
   one_of("stem", stem, {"auto", "cifar", "model"});
   one_of("dataset", dataset, {"cifar10", "cifar100", "cifar100-coarse", "fashion-mnist", "mnist", "folder"});

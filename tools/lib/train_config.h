@@ -81,6 +81,8 @@ struct TrainConfig {
   std::string recipe_file;       // the --config file read (not saved: an input --overwrite must keep)
 
   nlohmann::json to_json() const;
+  // The flag that sets a to_json() key: "--" and the key with '-' for '_'.
+  static std::string flag_of(const std::string& key);
   static TrainConfig from_json(const nlohmann::json& j);
   // Throws ValueError naming the first bad value.
   void validate() const;

@@ -365,9 +365,7 @@ std::vector<std::string> resume_conflicts(const std::string& out, const nlohmann
     const bool from_command = std::find(std::begin(kTakenFromTheCommand), std::end(kTakenFromTheCommand), key) !=
                               std::end(kTakenFromTheCommand);
     if (from_command || !saved.contains(key) || saved[key] == value) continue;
-    std::string flag = key;
-    std::replace(flag.begin(), flag.end(), '_', '-');
-    conflicts.push_back("--" + flag + " " + value.dump() + " (the run's: " + saved[key].dump() + ")");
+    conflicts.push_back(TrainConfig::flag_of(key) + " " + value.dump() + " (the run's: " + saved[key].dump() + ")");
   }
   return conflicts;
 }
