@@ -55,6 +55,49 @@ TEST(Train, ResumedRunMatchesAnUninterruptedRun) {
                                              "resumed on the CPU");
 }
 
+// --precise-bn recomputes the running statistics before each evaluation and
+// gives back dropout's draws: the training itself is the same, bit for bit.
+TEST(Train, PreciseBatchNormChangesOnlyTheStatisticsAndResumesExactly) {
+  REQUIRE_FASHION_MNIST();
+  tools::TrainConfig plain = kestrel::testing::fashion_mnist_config("precise_bn_off");
+  plain.limit_train = 512;  // 8 steps an epoch
+  plain.dropout = 0.3;      // draws from the init generator in the recomputing pass too
+  ASSERT_TRUE(tools::train(plain).completed);
+  tools::TrainConfig precise = plain;
+  precise.out = kestrel::testing::temp_path("precise_bn_on");
+  precise.precise_bn = 3;
+  ASSERT_TRUE(tools::train(precise).completed);
+
+  const io::SafetensorsContents a = io::load_safetensors(plain.out + "/last.safetensors");
+  const io::SafetensorsContents b = io::load_safetensors(precise.out + "/last.safetensors");
+  ASSERT_EQ(a.tensors.size(), b.tensors.size());
+  int statistics = 0, statistics_changed = 0;
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    const std::string& name = a.tensors[i].first;
+    ASSERT_EQ(name, b.tensors[i].first);
+    const bool statistic = name.find("running_") != std::string::npos && name.rfind("__", 0) != 0;
+    const bool same = a.tensors[i].second.to_vector_f64() == b.tensors[i].second.to_vector_f64();
+    if (statistic) {
+      ++statistics;
+      statistics_changed += !same;
+    } else {
+      EXPECT_TRUE(same) << name << " differs: --precise-bn must not change the training";
+    }
+  }
+  EXPECT_GT(statistics, 0);
+  EXPECT_EQ(statistics_changed, statistics) << "every norm's statistics are recomputed";
+  const auto plain_rows = kestrel::testing::read_metrics_jsonl(plain.out);
+  const auto precise_rows = kestrel::testing::read_metrics_jsonl(precise.out);
+  ASSERT_EQ(precise_rows.size(), 2u);
+  EXPECT_EQ(precise_rows[1]["train_loss"], plain_rows[1]["train_loss"]);
+  EXPECT_NE(precise_rows[1]["val_loss"], plain_rows[1]["val_loss"]);
+
+  // Killed in epoch 2 (after epoch 1's recomputation), resumed: the same.
+  const std::string resumed = kestrel::testing::kill_then_resume(precise, "precise_bn_killed", 11);
+  kestrel::testing::expect_checkpoints_match(precise.out + "/last.safetensors", resumed + "/last.safetensors", 0.0,
+                                             0.0, "--precise-bn resumed");
+}
+
 TEST(Train, TheResidentLoaderTrainsToTheSameWeightsAndResumesAThreadedRun) {
   REQUIRE_FASHION_MNIST();
   tools::TrainConfig threads = kestrel::testing::fashion_mnist_config("loader_threads");
@@ -166,6 +209,9 @@ TEST(Train, BadSettingsAreClearErrors) {
   EXPECT_THROW(tools::train(c), IOError);
   c = kestrel::testing::fashion_mnist_config("bad5");
   c.model = "resnet9000";
+  EXPECT_THROW(tools::train(c), ValueError);
+  c = kestrel::testing::fashion_mnist_config("bad6");
+  c.precise_bn = -1;
   EXPECT_THROW(tools::train(c), ValueError);
 }
 

@@ -165,6 +165,11 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--grad-accum", c->grad_accum, "micro-batches per optimizer step")->capture_default_str();
   cmd->add_option("--clip-grad", c->clip_grad, "clip gradients to this global norm; 0 = off")->capture_default_str();
   cmd->add_option("--early-stop", c->early_stop, "stop after N epochs without improvement; 0 = off");
+  if (kind != Kind::Qat)
+    cmd->add_option("--precise-bn", c->precise_bn,
+                    "before each evaluation, recompute batch-norm statistics as the average over N training "
+                    "batches (weights fixed); 0 = off")
+        ->capture_default_str();
   if (kind != Kind::Qat) {
     cmd->add_option("--teacher", c->teacher,
                     "distill from these checkpoints (comma-separated; their logits are averaged)");

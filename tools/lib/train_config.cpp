@@ -17,7 +17,7 @@ namespace kestrel::tools {
   X(step_gamma) X(label_smoothing) X(loss) X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp)               \
   X(early_stop) X(mixup) X(cutmix) X(ricap) X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop)           \
   X(hflip) X(cutout) X(seed) X(device) X(out) X(teacher) X(distill_alpha) X(distill_temperature)              \
-  X(quantize_from) X(calib_batches) X(initial_checkpoint)
+  X(quantize_from) X(calib_batches) X(initial_checkpoint) X(precise_bn)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -77,6 +77,9 @@ void TrainConfig::validate() const {
   KCHECK(limit_train >= 0 && limit_test >= 0, ValueError, "--limit-train and --limit-test must be >= 0 (0: all), got ",
          limit_train, " and ", limit_test);
   KCHECK(early_stop >= 0, ValueError, "--early-stop must be >= 0 (0: off), got ", early_stop);
+  KCHECK(precise_bn >= 0, ValueError, "--precise-bn must be >= 0 (0: off), got ", precise_bn);
+  KCHECK(precise_bn == 0 || quantize_from.empty(), ValueError,
+         "--precise-bn recomputes batch-norm statistics, and a quantized model's norms are folded");
   KCHECK(calib_batches >= 0, ValueError, "--calib-batches must be >= 0 (0: all), got ", calib_batches);
   KCHECK(dropout == -1.0 || (dropout >= 0 && dropout < 1), ValueError, "--dropout must be in [0, 1), got ", dropout);
   KCHECK(drop_path == -1.0 || (drop_path >= 0 && drop_path < 1), ValueError, "--drop-path must be in [0, 1), got ",

@@ -34,6 +34,7 @@
 #include "tools/lib/distill.h"
 #include "tools/lib/initial_weights.h"
 #include "tools/lib/plot.h"
+#include "tools/lib/precise_bn.h"
 #include "tools/lib/progress.h"
 #include "tools/lib/qat.h"
 #include "tools/lib/tb_writer.h"
@@ -478,6 +479,15 @@ TrainSummary train(TrainConfig c) {
   eo.drop_last = false;
   eo.batch_size = std::max<int64_t>(c.batch_size, 256);
   LoaderChoice test_choice = make_loader(c, test_set, eo, false, info.height, info.width, norm, classes, device);
+  // --precise-bn reads training images as the evaluation does (no augmentation),
+  // in an order of its own, so the training loader's is untouched.
+  std::unique_ptr<data::DataLoader> precise_bn_loader;
+  if (c.precise_bn > 0) {
+    data::LoaderOptions po = lo;
+    constexpr uint64_t kPreciseBnTag = 0x50424EULL;  // "PBN"
+    po.seed = data::derive_seed(c.seed, kPreciseBnTag);
+    precise_bn_loader = std::make_unique<data::DataLoader>(train_set, po, eval_transform(info.height, info.width, norm));
+  }
   data::BatchLoader& train_loader = *train_choice.loader;
   data::BatchLoader& test_loader = *test_choice.loader;
 
@@ -648,6 +658,14 @@ TrainSummary train(TrainConfig c) {
       ema->swap_with(*model);
       dist::broadcast_buffers(*model);
     }
+    double precise_bn_secs = 0.0;
+    if (precise_bn_loader) {
+      const auto t0 = std::chrono::steady_clock::now();
+      AutocastGuard autocast_scope(autocast);
+      recompute_batch_norm_statistics(*model, *precise_bn_loader, epoch, c.precise_bn);
+      dist::broadcast_buffers(*model);
+      precise_bn_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
     EvalResult val = [&] {
       AutocastGuard autocast_scope(autocast);
       return evaluate(*model, test_loader, classes, c.progress, "  eval");
@@ -673,7 +691,7 @@ TrainSummary train(TrainConfig c) {
     rec["val_loss"] = val.loss;
     rec["val_top1"] = top1;
     rec["val_top5"] = val.metrics.top5();
-    rec["epoch_seconds"] = train_secs + val.seconds;
+    rec["epoch_seconds"] = train_secs + precise_bn_secs + val.seconds;
     rec["images_per_sec"] = train_secs > 0 ? static_cast<double>(tally.seen()) / train_secs : 0.0;
     if (scaler) {
       rec["loss_scale"] = scaler->current_scale();
