@@ -30,6 +30,8 @@
 #include "test_util.h"
 #include "train_run_util.h"
 #include "tools/lib/checkpoint.h"
+#include "tools/lib/datasets.h"
+#include "tools/lib/precise_bn.h"
 #include "tools/lib/predictor.h"
 #include "tools/lib/trainer.h"
 
@@ -547,6 +549,47 @@ TEST(CudaTrain, TrainRunOnCudaMatchesCpuAndItsCheckpointsLoadOnCpu) {
   const std::string resumed = kestrel::testing::kill_then_resume(on_cuda, "cuda_train_killed", 8, "cpu");
   kestrel::testing::expect_checkpoints_match(on_cuda.out + "/last.safetensors", resumed + "/last.safetensors", 1e-3,
                                              1e-3, "resumed on CPU");
+}
+
+// --precise-bn on CUDA: every norm of a model with depthwise layers (which an
+// eval-mode parent would fold on CUDA, never calling its norm) gets the CPU's
+// recomputed statistics.
+TEST(CudaTrain, PreciseBatchNormStatisticsMatchCpu) {
+  KESTREL_REQUIRE_CUDA();
+  const std::string data = kestrel::testing::write_pattern_folder_dataset("cuda_precise_bn_data");
+  auto train_set = tools::open_dataset("folder", data, data::Split::Train, false, 0);
+  models::ModelOptions o;
+  o.num_classes = train_set->num_classes();
+  o.cifar_stem = true;
+  o.dropout = 0.0;
+  nn::ModulePtr on_cpu = models::build_model("mobilenet_v2", o);
+  nn::ModulePtr on_cuda = models::build_model("mobilenet_v2", o);
+  on_cuda->load_state_dict(on_cpu->state_dict());
+  on_cuda->to(kCuda);
+  on_cpu->eval();
+  on_cuda->eval();
+  data::LoaderOptions lo;
+  lo.batch_size = 6;
+  lo.num_workers = 1;
+  lo.drop_last = true;
+  data::DataLoader cpu_loader(train_set, lo), cuda_loader(train_set, lo);
+  EXPECT_EQ(tools::recompute_batch_norm_statistics(*on_cpu, cpu_loader, 1, 3), 3);
+  EXPECT_EQ(tools::recompute_batch_norm_statistics(*on_cuda, cuda_loader, 1, 3), 3);
+  EXPECT_FALSE(on_cuda->is_training());
+  const nn::NamedTensors host = on_cpu->state_dict(), device = on_cuda->state_dict();
+  ASSERT_EQ(host.size(), device.size());
+  int statistics = 0;
+  for (size_t i = 0; i < host.size(); ++i) {
+    const std::string& name = host[i].first;
+    if (name.find("running_") == std::string::npos) continue;
+    ++statistics;
+    expect_close(device[i].second.cpu(), host[i].second, 1e-4, 1e-3, name);
+    const double fresh = name.find("running_mean") != std::string::npos ? 0.0 : 1.0;
+    bool moved = false;
+    for (double v : host[i].second.to_vector_f64()) moved |= v != fresh;
+    EXPECT_TRUE(moved) << name << " kept its initial value";
+  }
+  EXPECT_GT(statistics, 40);
 }
 
 TEST(CudaTrain, ResidentLoaderRunOnCudaEqualsTheThreadedRun) {
