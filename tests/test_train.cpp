@@ -98,6 +98,33 @@ TEST(Train, PreciseBatchNormChangesOnlyTheStatisticsAndResumesExactly) {
                                              0.0, "--precise-bn resumed");
 }
 
+// SGD at lr 0.1 on 2,048 images (16 steps an epoch): the momentum statistics
+// lag, the val loss reads many times the train loss, and the run says what to do.
+TEST(Train, AValLossFarAboveTheTrainLossPointsToPreciseBatchNorm) {
+  REQUIRE_FASHION_MNIST();
+  tools::TrainConfig c = kestrel::testing::fashion_mnist_config("bn_lag");
+  c.limit_train = 2048;
+  c.lr = 0.1;
+  c.batch_size = 128;
+  c.schedule = "step";
+  c.warmup_epochs = 1.0;
+  ::testing::internal::CaptureStderr();
+  ASSERT_TRUE(tools::train(c).completed);
+  const std::string lagging = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(lagging.find("note: val loss"), std::string::npos) << lagging;
+  EXPECT_NE(lagging.find("--precise-bn 100"), std::string::npos) << lagging;
+
+  c.out = kestrel::testing::temp_path("bn_lag_precise");
+  c.precise_bn = 16;
+  ::testing::internal::CaptureStderr();
+  ASSERT_TRUE(tools::train(c).completed);
+  const std::string precise = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(precise.find("note: val loss"), std::string::npos) << precise;
+  const auto rows = kestrel::testing::read_metrics_jsonl(c.out);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_LT(rows[1]["val_loss"].get<double>(), 2.0 * rows[1]["train_loss"].get<double>());
+}
+
 TEST(Train, TheResidentLoaderTrainsToTheSameWeightsAndResumesAThreadedRun) {
   REQUIRE_FASHION_MNIST();
   tools::TrainConfig threads = kestrel::testing::fashion_mnist_config("loader_threads");

@@ -100,6 +100,13 @@ std::unique_ptr<optim::Optimizer> make_optimizer(const TrainConfig& c, const nn:
   return std::make_unique<optim::SGD>(groups, o);
 }
 
+// An evaluation loss this far above the training loss, and twice that of
+// guessing, is rarely the weights: most often it is the batch norms' momentum
+// statistics lagging weights that move fast (docs/results.md, "Batch-norm statistics").
+bool batch_norm_lag_likely(double val_loss, double train_loss, int64_t classes) {
+  return val_loss > 4.0 * train_loss && val_loss > 2.0 * std::log(static_cast<double>(classes));
+}
+
 // Dropout and drop-path draw from the init generator. Each rank gets its own
 // stream so masks differ across ranks; rank 0 keeps the run's (the one a
 // checkpoint stores). All ranks draw alike, so they share the offset.
@@ -589,6 +596,7 @@ TrainSummary train(TrainConfig c) {
     summary.final_top1 = summary.calibrated_top1;
   }
   const std::vector<Tensor> params = model->parameters();
+  bool lag_noted = false;
   for (int64_t epoch = start_epoch; epoch < c.epochs; ++epoch) {
     model->train();
     train_loader.start_epoch(epoch);
@@ -746,6 +754,14 @@ TrainSummary train(TrainConfig c) {
                  fmt_pct(rec["train_top1"].get<double>()).c_str(), val.loss, fmt_pct(top1).c_str(),
                  fmt_pct(val.metrics.top5()).c_str(), optimizer->lr(), rec["images_per_sec"].get<double>(), amp_note,
                  improved ? "(best)" : "");
+    if (!lag_noted && c.precise_bn == 0 && batch_norm_lag_likely(val.loss, rec["train_loss"].get<double>(), classes)) {
+      std::fprintf(stderr,
+                   "note: val loss %.4g is far above the train loss %.4g; batch-norm running statistics lag weights "
+                   "that move fast (high lr, few steps an epoch): --precise-bn 100 recomputes them before each "
+                   "evaluation\n",
+                   val.loss, rec["train_loss"].get<double>());
+      lag_noted = true;
+    }
     if (stop_early) {
       std::cerr << "early stop: no improvement for " << stale_epochs << " epochs\n";
       summary.early_stopped = true;
