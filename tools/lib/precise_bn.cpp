@@ -22,7 +22,8 @@ void collect_batch_norms(nn::Module& m, std::vector<nn::BatchNorm2d*>& out) {
 int64_t recompute_batch_norm_statistics(nn::Module& model, data::BatchLoader& loader, int64_t epoch, int64_t batches) {
   std::vector<nn::BatchNorm2d*> norms;
   collect_batch_norms(model, norms);
-  KCHECK(!norms.empty(), ValueError, "--precise-bn: the model has no batch norms to recompute (a quantized model's are folded)");
+  KCHECK(!norms.empty(), ValueError,
+         "--precise-bn: the model has no batch norms to recompute (a quantized model's are folded)");
   struct Kept {
     double momentum;
     Tensor batches_tracked;

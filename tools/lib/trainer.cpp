@@ -493,7 +493,8 @@ TrainSummary train(TrainConfig c) {
     data::LoaderOptions po = lo;
     constexpr uint64_t kPreciseBnTag = 0x50424EULL;  // "PBN"
     po.seed = data::derive_seed(c.seed, kPreciseBnTag);
-    precise_bn_loader = std::make_unique<data::DataLoader>(train_set, po, eval_transform(info.height, info.width, norm));
+    precise_bn_loader =
+        std::make_unique<data::DataLoader>(train_set, po, eval_transform(info.height, info.width, norm));
   }
   data::BatchLoader& train_loader = *train_choice.loader;
   data::BatchLoader& test_loader = *test_choice.loader;
@@ -754,7 +755,8 @@ TrainSummary train(TrainConfig c) {
                  fmt_pct(rec["train_top1"].get<double>()).c_str(), val.loss, fmt_pct(top1).c_str(),
                  fmt_pct(val.metrics.top5()).c_str(), optimizer->lr(), rec["images_per_sec"].get<double>(), amp_note,
                  improved ? "(best)" : "");
-    if (!lag_noted && c.precise_bn == 0 && batch_norm_lag_likely(val.loss, rec["train_loss"].get<double>(), classes)) {
+    const bool may_precise_bn = c.precise_bn == 0 && c.quantize_from.empty();  // qat's norms are folded
+    if (!lag_noted && may_precise_bn && batch_norm_lag_likely(val.loss, rec["train_loss"].get<double>(), classes)) {
       std::fprintf(stderr,
                    "note: val loss %.4g is far above the train loss %.4g; batch-norm running statistics lag weights "
                    "that move fast (high lr, few steps an epoch): --precise-bn 100 recomputes them before each "
