@@ -1,27 +1,22 @@
 #include "tools/lib/precise_bn.h"
 
+#include <string>
 #include <vector>
 
 #include "data/pinned_batch.h"
 #include "engine/autograd.h"
 #include "engine/error.h"
 #include "engine/nn/layers.h"
+#include "models/common.h"
 #include "tools/lib/device_select.h"
 
 namespace kestrel::tools {
 
-namespace {
-
-void collect_batch_norms(nn::Module& m, std::vector<nn::BatchNorm2d*>& out) {
-  if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(&m); bn != nullptr && !bn->folded) out.push_back(bn);
-  for (auto& [name, child] : m.named_children()) collect_batch_norms(*child, out);
-}
-
-}  // namespace
-
 int64_t recompute_batch_norm_statistics(nn::Module& model, data::BatchLoader& loader, int64_t epoch, int64_t batches) {
   std::vector<nn::BatchNorm2d*> norms;
-  collect_batch_norms(model, norms);
+  models::visit_modules(model, [&](nn::Module& m, const std::string&) {
+    if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(&m); bn != nullptr && !bn->folded) norms.push_back(bn);
+  });
   KCHECK(!norms.empty(), ValueError,
          "--precise-bn: the model has no batch norms to recompute (a quantized model's are folded)");
   struct Kept {
