@@ -18,6 +18,7 @@ class GhostModule : public Module {
 
  private:
   Tensor forward_in_place(const Tensor& x) const;
+  Tensor forward_ghost_norms(const Tensor& x);
 
   std::shared_ptr<ConvBNAct> primary_, cheap_;
   int64_t out_;

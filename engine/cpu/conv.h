@@ -23,8 +23,9 @@ struct ConvGeom {
   int64_t sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, groups = 1;
   // Elements from one pixel of x (y) to the next when it is a channel slice
   // of a wider tensor (a ghost module's halves); 0: dense, c_in (c_out).
-  // Only implicit_gemm_conv (y) and depthwise_forward_taps_major (x and y)
-  // take slices; every other kernel needs both dense.
+  // Only implicit_gemm_conv (y), depthwise_forward_taps_major (x and y) and
+  // depthwise_backward_weight (x) take slices; every other kernel needs both
+  // dense.
   int64_t x_pixel_stride = 0, y_pixel_stride = 0;
 
   int64_t xs() const { return x_pixel_stride != 0 ? x_pixel_stride : c_in; }

@@ -12,7 +12,7 @@ void depthwise_forward(const ConvGeom& g, const T* x, const T* w, const T* bias,
 // gx = d(loss)/dx given gy (overwrites gx).
 template <typename T>
 void depthwise_backward_input(const ConvGeom& g, const T* gy, const T* w, T* gx);
-// gw = d(loss)/dw (overwrites gw).
+// gw = d(loss)/dw (overwrites gw); x may be a channel slice (g.x_pixel_stride).
 template <typename T>
 void depthwise_backward_weight(const ConvGeom& g, const T* x, const T* gy, T* gw);
 

@@ -8,7 +8,8 @@
 //
 // Weight gradient: for one gy row and one kernel row, the K sums of a
 // channel block stay in registers across the row's interior columns and are
-// added to the thread's partial sums once.
+// added to the thread's partial sums once. x may be a channel slice of a
+// wider tensor (g.x_pixel_stride: a training ghost module's first half).
 //
 // Edges, dilated rows, layers thinner than half a vector and f64 take the
 // per-pixel loops.
@@ -183,14 +184,14 @@ KESTREL_INLINE void dw_input_row(const ConvGeom& g, const T* gy, const T* wt, co
 template <typename T>
 KESTREL_INLINE void dw_weight_columns(const ConvGeom& g, const T* xrow, const T* gyrow, int64_t o0, int64_t o1,
                                       int64_t c0, int64_t c1, T* acc) {
-  const int64_t C = g.c_in;
+  const int64_t C = g.c_in, XS = g.xs();
   if (c0 >= c1) return;
   for (int64_t kw = 0; kw < g.kw; ++kw) {
     T* __restrict a = acc + kw * C;
     for (int64_t ow = o0; ow < o1; ++ow) {
       const int64_t iw = ow * g.sw - g.pw + kw * g.dw;
       if (iw < 0 || iw >= g.w) continue;
-      const T* __restrict xp = xrow + iw * C;
+      const T* __restrict xp = xrow + iw * XS;
       const T* __restrict gp = gyrow + ow * C;
 #pragma omp simd
       for (int64_t c = c0; c < c1; ++c) a[c] += gp[c] * xp[c];
@@ -205,8 +206,8 @@ template <typename T, int64_t K, int64_t N>
 KESTREL_INLINE void dw_weight_sums(const ConvGeom& g, const T* xrow, const T* gyrow, int64_t o0, int64_t o1,
                                    int64_t c, T* acc) {
   using V = typename Lanes<T, N>::type;
-  const int64_t C = g.c_in, step = g.sw * C, tap = g.dw * C;
-  const T* xp = xrow + ((o0 * g.sw - g.pw) * C + c);
+  const int64_t C = g.c_in, XS = g.xs(), step = g.sw * XS, tap = g.dw * XS;
+  const T* xp = xrow + ((o0 * g.sw - g.pw) * XS + c);
   const T* gp = gyrow + (o0 * C + c);
   V s0[K], s1[K];
 #pragma GCC unroll 8
@@ -276,7 +277,7 @@ KESTREL_INLINE void dw_weight_row(const ConvGeom& g, const T* x, const T* gyrow,
   for (int64_t kh = 0; kh < g.kh; ++kh) {
     const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
     if (ih < 0 || ih >= g.h) continue;
-    const T* xrow = x + (n * g.h + ih) * g.w * C;
+    const T* xrow = x + (n * g.h + ih) * g.w * g.xs();
     T* a = acc + kh * g.kw * C;
     int64_t c = 0;
     if constexpr (std::is_same_v<T, float>) {

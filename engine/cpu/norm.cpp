@@ -9,6 +9,7 @@
 #include "engine/cpu/isa.h"
 #include "engine/cpu/parallel.h"
 #include "engine/cpu/vector_lanes.h"
+#include "engine/error.h"
 
 namespace kestrel::cpu {
 
@@ -23,6 +24,20 @@ int64_t num_row_blocks(int64_t rows, int64_t channels) {
 }
 
 inline int64_t block_begin(int64_t b, int64_t nb, int64_t rows) { return b * rows / nb; }
+
+// Elements from one row of t ([..., C]) to the next: C when contiguous, else
+// the pixel stride of a channel slice whose rows are evenly spaced.
+int64_t row_stride(const Tensor& t, int64_t C, const char* what) {
+  if (t.is_contiguous()) return C;
+  const int64_t last = t.dim() - 1;
+  const int64_t stride = last > 0 ? t.strides()[last - 1] : C;
+  bool even = t.strides()[last] == 1 && stride >= C;
+  for (int64_t d = last - 1, expected = stride; even && d >= 0; expected *= t.size(d), --d)
+    even = t.size(d) == 1 || t.strides()[d] == expected;
+  KCHECK(even, ShapeError, "batch_norm_act: ", what, " ", shape_str(t.shape()),
+         " must be contiguous or a channel slice with evenly spaced rows");
+  return stride;
+}
 
 // Per-channel constants in the compute type, built once per call so the forward
 // and the backward recompute the pre-activation bit for bit the same way.
@@ -47,11 +62,13 @@ constexpr int64_t kSubRows = 16;
 
 // Batch-norm backward pass 1 over rows [r0, r1): per channel, sg += sum(gz) and
 // sgx += sum(gz * (x - mean)), where gz = gy * act'(z), z = (x - mean) * s + b
-// (+ residual); stores gz when kStore. tmp: 2*C scratch values.
+// (+ residual); stores gz when kStore. gy's rows are GS apart. tmp: 2*C
+// scratch values.
 template <Activation A, typename T, bool kResidual, bool kStore>
-KESTREL_INLINE void bn_backward_sums(const T* __restrict px, const T* __restrict pr, const T* __restrict pg, T* __restrict gz_store,
-                      const T* __restrict m, const T* __restrict s, const T* __restrict b, int64_t C, int64_t r0,
-                      int64_t r1, double* __restrict sg, double* __restrict sgx, T* __restrict tmp) {
+KESTREL_INLINE void bn_backward_sums(const T* __restrict px, const T* __restrict pr, const T* __restrict pg, int64_t GS,
+                                     T* __restrict gz_store, const T* __restrict m, const T* __restrict s,
+                                     const T* __restrict b, int64_t C, int64_t r0, int64_t r1,
+                                     double* __restrict sg, double* __restrict sgx, T* __restrict tmp) {
   T* __restrict tg = tmp;
   T* __restrict tgx = tmp + C;
   for (int64_t r = r0; r < r1; r += kSubRows) {
@@ -59,7 +76,7 @@ KESTREL_INLINE void bn_backward_sums(const T* __restrict px, const T* __restrict
     for (int64_t c = 0; c < C; ++c) tg[c] = tgx[c] = T(0);
     for (int64_t q = r; q < re; ++q) {
       const T* __restrict xr = px + q * C;
-      const T* __restrict gr = pg + q * C;
+      const T* __restrict gr = pg + q * GS;
       for (int64_t c = 0; c < C; ++c) {
         const T xc = xr[c] - m[c];
         T gz;
@@ -97,19 +114,19 @@ constexpr bool arithmetic_derivative(Activation a) {
 }
 
 KESTREL_CLONES_AVX512 void bn_backward_sums_f32(Activation act, bool residual, bool store, const float* px,
-                                                const float* pr, const float* pg, float* gz_store, const float* m,
-                                                const float* s, const float* b, int64_t C, int64_t r0, int64_t r1,
-                                                double* sg, double* sgx, float* tmp) {
+                                                const float* pr, const float* pg, int64_t GS, float* gz_store,
+                                                const float* m, const float* s, const float* b, int64_t C, int64_t r0,
+                                                int64_t r1, double* sg, double* sgx, float* tmp) {
   act_dispatch(act, [&](auto a) KESTREL_LAMBDA_INLINE {
     constexpr Activation A = decltype(a)::value;
     if (residual && store)
-      bn_backward_sums<A, float, true, true>(px, pr, pg, gz_store, m, s, b, C, r0, r1, sg, sgx, tmp);
+      bn_backward_sums<A, float, true, true>(px, pr, pg, GS, gz_store, m, s, b, C, r0, r1, sg, sgx, tmp);
     else if (residual)
-      bn_backward_sums<A, float, true, false>(px, pr, pg, gz_store, m, s, b, C, r0, r1, sg, sgx, tmp);
+      bn_backward_sums<A, float, true, false>(px, pr, pg, GS, gz_store, m, s, b, C, r0, r1, sg, sgx, tmp);
     else if (store)
-      bn_backward_sums<A, float, false, true>(px, pr, pg, gz_store, m, s, b, C, r0, r1, sg, sgx, tmp);
+      bn_backward_sums<A, float, false, true>(px, pr, pg, GS, gz_store, m, s, b, C, r0, r1, sg, sgx, tmp);
     else
-      bn_backward_sums<A, float, false, false>(px, pr, pg, gz_store, m, s, b, C, r0, r1, sg, sgx, tmp);
+      bn_backward_sums<A, float, false, false>(px, pr, pg, GS, gz_store, m, s, b, C, r0, r1, sg, sgx, tmp);
   });
 }
 
@@ -237,15 +254,16 @@ void batch_norm_act_forward(const Tensor& x, const double* mean, const double* s
     const T* px = static_cast<const T*>(x.data_ptr());
     const T* pr = residual.defined() ? static_cast<const T*>(residual.data_ptr()) : nullptr;
     T* py = static_cast<T*>(y.data_ptr());
+    const int64_t YS = row_stride(y, C, "output");
     auto residual_row = [&](int64_t r) { return pr != nullptr ? pr + r * C : nullptr; };
     if constexpr (std::is_same_v<T, float>) {
       parallel_for(rows, rows * C > kParallelMin, [&](int64_t r) {
-        norm_act_row_f32(px + r * C, residual_row(r), m, s, b, C, act, py + r * C);
+        norm_act_row_f32(px + r * C, residual_row(r), m, s, b, C, act, py + r * YS);
       });
     } else {
       act_dispatch(act, [&](auto a) {
         parallel_for(rows, rows * C > kParallelMin, [&](int64_t r) {
-          norm_act_row<T, decltype(a)::value>(px + r * C, residual_row(r), m, s, b, C, py + r * C);
+          norm_act_row<T, decltype(a)::value>(px + r * C, residual_row(r), m, s, b, C, py + r * YS);
         });
       });
     }
@@ -271,6 +289,7 @@ void batch_norm_act_backward(const Tensor& x, const Tensor& residual, const Tens
       const T* px = static_cast<const T*>(x.data_ptr());
       const T* pr = residual.defined() ? static_cast<const T*>(residual.data_ptr()) : nullptr;
       const T* pg = static_cast<const T*>(grad_y.data_ptr());
+      const int64_t GS = row_stride(grad_y, C, "grad_y");
       T* pgr = grad_residual.defined() ? static_cast<T*>(grad_residual.data_ptr()) : nullptr;
       T* pdx = grad_x.defined() ? static_cast<T*>(grad_x.data_ptr()) : nullptr;
       // Pass 1 stores gz where pass 2 reads it: in grad_residual (which is gz), else in
@@ -287,11 +306,11 @@ void batch_norm_act_backward(const Tensor& x, const Tensor& residual, const Tens
           const int64_t r0 = block_begin(bl, nb, rows), r1 = block_begin(bl + 1, nb, rows);
           T* tmp = scratch.data() + 2 * bl * C;
           if constexpr (std::is_same_v<T, float> && arithmetic_derivative(A))
-            bn_backward_sums_f32(A, decltype(has_residual)::value, decltype(store)::value, px, pr, pg, gz_store, m,
-                                 s, b, C, r0, r1, sg, sg + C, tmp);
+            bn_backward_sums_f32(A, decltype(has_residual)::value, decltype(store)::value, px, pr, pg, GS, gz_store,
+                                 m, s, b, C, r0, r1, sg, sg + C, tmp);
           else
-            bn_backward_sums<A, T, decltype(has_residual)::value, decltype(store)::value>(px, pr, pg, gz_store, m, s,
-                                                                                        b, C, r0, r1, sg, sg + C, tmp);
+            bn_backward_sums<A, T, decltype(has_residual)::value, decltype(store)::value>(
+                px, pr, pg, GS, gz_store, m, s, b, C, r0, r1, sg, sg + C, tmp);
         });
       };
       using Yes = std::true_type;
@@ -338,7 +357,7 @@ void batch_norm_act_backward(const Tensor& x, const Tensor& residual, const Tens
           const T* gr = gz_saved + r * C;
           for (int64_t c = 0; c < C; ++c) dr[c] = q1[c] * gr[c] + q2[c] * (xr[c] - m[c]) + q3[c];
         } else {
-          const T* gr = pg + r * C;  // no store only without an activation: gz = gy
+          const T* gr = pg + r * GS;  // no store only without an activation: gz = gy
           for (int64_t c = 0; c < C; ++c) dr[c] = q1[c] * gr[c] + q2[c] * (xr[c] - m[c]) + q3[c];
         }
       });

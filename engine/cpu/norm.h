@@ -1,6 +1,8 @@
 // CPU kernels for batch normalization over the last (channel) dim, fused with
-// an optional residual add and activation. Tensors are contiguous and viewed as
-// [rows, C]; per-channel vectors are double arrays of length C.
+// an optional residual add and activation. Tensors are viewed as [rows, C] and
+// contiguous, except the forward's y and the backward's grad_y, which may be a
+// channel slice of a wider tensor (rows a fixed stride apart: a ghost
+// module's halves); per-channel vectors are double arrays of length C.
 //
 // Reductions split rows into a fixed number of blocks that depends only on the
 // shape, so results are identical for any OpenMP thread count.

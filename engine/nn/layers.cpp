@@ -149,14 +149,19 @@ Tensor BatchNorm2d::forward_fused(const Tensor& x, Activation act, const Tensor&
     y = activation(add(y, residual), act);
     return clamp ? quantize_activation(y, sum_range, observe, "sum").value : y;
   }
+  const BatchNormParams p = pass_params();
+  if (act == Activation::None && !residual.defined())
+    return batch_norm(x, weight, bias, running_mean, running_var, p);
+  return batch_norm_act(x, weight, bias, running_mean, running_var, p, act, residual);
+}
+
+BatchNormParams BatchNorm2d::pass_params() {
   BatchNormParams p;
   p.training = is_training();
   p.momentum = momentum;
   p.eps = eps;
   if (p.training) count_batch(num_batches_tracked);
-  if (act == Activation::None && !residual.defined())
-    return batch_norm(x, weight, bias, running_mean, running_var, p);
-  return batch_norm_act(x, weight, bias, running_mean, running_var, p, act, residual);
+  return p;
 }
 
 Linear::Linear(int64_t in, int64_t out, bool has_bias) : in_features(in), out_features(out) {

@@ -59,6 +59,9 @@ class BatchNorm2d : public Module {
   Tensor forward(const Tensor& x) override;
   // act(bn(x) + residual) in one fused op.
   Tensor forward_fused(const Tensor& x, Activation act, const Tensor& residual = Tensor());
+  // The settings of one forward pass, for an op that runs this norm inside
+  // it (ghost_norms); in training it counts the batch (num_batches_tracked).
+  BatchNormParams pass_params();
   std::string type_name() const override { return folded ? "BatchNorm2d(folded)" : "BatchNorm2d"; }
   // After the caller has folded this norm into the conv before it: the module
   // keeps only its activation and residual add, and quantizes the conv's

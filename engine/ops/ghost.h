@@ -9,7 +9,9 @@
 // GEMM and the cheap depthwise kernel (kernels/ghost.h) write straight into
 // y's channel ranges (no concat) when K <= 7 and x is f32/f16/bf16; on the
 // CPU a model fused for inference does the same (ghost_in_place,
-// engine/ops/conv.h); otherwise it is the composition above.
+// engine/ops/conv.h), and training with batch norms does it with
+// ghost_norms (engine/ops/ghost_norms.h); otherwise it is the composition
+// above.
 #pragma once
 #include "engine/ops/elementwise.h"
 #include "engine/tensor.h"

@@ -1,22 +1,18 @@
 #include "engine/ops/norm.h"
 
-#include <cmath>
 #include <map>
-#include <memory>
 #include <string>
 #include <vector>
 
 #include "engine/autograd.h"
-#include "engine/cpu/norm.h"
 #include "engine/gpu/norm.h"
 #include "engine/ops/check.h"
+#include "engine/ops/cpu_norm.h"
 #include "engine/trace.h"
 
 namespace kestrel {
 
 namespace {
-
-using DoubleVec = std::shared_ptr<const std::vector<double>>;
 
 // A per-channel tensor (weight, bias, running stat) must be [C] and match x's
 // dtype, except on CUDA: the kernels take f32 parameters and statistics, also
@@ -70,11 +66,6 @@ Tensor batch_norm_cuda(const char* op, const Tensor& x, const Tensor& weight, co
                 });
 }
 
-DoubleVec values_or_null(const Tensor& t) {
-  if (!t.defined()) return nullptr;
-  return std::make_shared<const std::vector<double>>(t.to_vector_f64());
-}
-
 Tensor batch_norm_impl(const char* op, const Tensor& x, const Tensor& weight, const Tensor& bias,
                        Tensor& running_mean, Tensor& running_var, const BatchNormParams& p, Activation act,
                        const Tensor& residual) {
@@ -113,62 +104,14 @@ Tensor batch_norm_impl(const char* op, const Tensor& x, const Tensor& weight, co
 
   const Tensor xc = x.detach().contiguous();
   const Tensor rc = residual.defined() ? residual.detach().contiguous() : Tensor();
-  auto mean = std::make_shared<std::vector<double>>(C);
-  auto var = std::make_shared<std::vector<double>>(C);
-  if (p.training) {
-    cpu::batch_norm_stats(xc, rows, C, mean->data(), var->data());
-    if (running_mean.defined()) {
-      // PyTorch's rule: the running variance tracks the unbiased batch variance.
-      const double m = p.momentum;
-      const double unbias = static_cast<double>(rows) / static_cast<double>(rows - 1);
-      std::vector<double> rm = running_mean.to_vector_f64(), rv = running_var.to_vector_f64();
-      for (int64_t c = 0; c < C; ++c) {
-        rm[c] = (1.0 - m) * rm[c] + m * (*mean)[c];
-        rv[c] = (1.0 - m) * rv[c] + m * (*var)[c] * unbias;
-      }
-      running_mean.copy_(Tensor::from_vector_f64(rm, {C}));
-      running_var.copy_(Tensor::from_vector_f64(rv, {C}));
-    }
-  } else {
-    *mean = running_mean.to_vector_f64();
-    *var = running_var.to_vector_f64();
-  }
-  auto invstd = std::make_shared<std::vector<double>>(C);
-  for (int64_t c = 0; c < C; ++c) {
-    KCHECK((*var)[c] + p.eps > 0.0, ValueError, op, ": variance plus eps is ", (*var)[c] + p.eps, " for channel ",
-           c, " (eps = 0 with a constant channel?)");
-    (*invstd)[c] = 1.0 / std::sqrt((*var)[c] + p.eps);
-  }
-  const DoubleVec w = values_or_null(weight);
-  const DoubleVec b = values_or_null(bias);
-  std::vector<double> scale(C);
-  for (int64_t c = 0; c < C; ++c) scale[c] = (w ? (*w)[c] : 1.0) * (*invstd)[c];
-
+  const CpuNorm n = cpu_norm_prepare(op, xc, weight, bias, running_mean, running_var, p, act);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  cpu::batch_norm_act_forward(xc, mean->data(), scale.data(), b ? b->data() : nullptr, rc, act, y);
+  cpu_norm_forward(n, xc, rc, y);
   trace_op(op, {x, weight, bias, residual, running_mean, running_var}, y, x.numel(), norm_trace_attrs(p, act));
   if (!needs_grad({x, weight, bias, residual})) return y;
-
-  const bool training = p.training;
-  const DoubleVec mean_c = mean, invstd_c = invstd;
-  const DType wdt = weight.defined() ? weight.dtype() : x.dtype();
-  return record(y, op, {x, weight, bias, residual},
-                [xc, rc, w, b, mean_c, invstd_c, training, act, C, wdt](const Tensor& g, const std::vector<bool>& needs) {
-                  cpu::BatchNormBackward a;
-                  a.mean = mean_c->data();
-                  a.invstd = invstd_c->data();
-                  a.weight = w ? w->data() : nullptr;
-                  a.bias = b ? b->data() : nullptr;
-                  a.training = training;
-                  a.act = act;
-                  Tensor gx = needs[0] ? Tensor::empty(xc.shape(), xc.dtype(), xc.device()) : Tensor();
-                  Tensor gr = needs[3] ? Tensor::empty(xc.shape(), xc.dtype(), xc.device()) : Tensor();
-                  std::vector<double> gw(C), gb(C);
-                  cpu::batch_norm_act_backward(xc, rc, g.contiguous(), a, gx, gr, gw.data(), gb.data());
-                  Tensor gwt = needs[1] ? Tensor::from_vector_f64(gw, {C}).to(wdt) : Tensor();
-                  Tensor gbt = needs[2] ? Tensor::from_vector_f64(gb, {C}).to(wdt) : Tensor();
-                  return std::vector<Tensor>{gx, gwt, gbt, gr};
-                });
+  return record(y, op, {x, weight, bias, residual}, [xc, rc, n](const Tensor& g, const std::vector<bool>& needs) {
+    return cpu_norm_backward(n, xc, rc, g.contiguous(), needs);
+  });
 }
 
 }  // namespace

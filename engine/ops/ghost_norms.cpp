@@ -1,0 +1,126 @@
+#include "engine/ops/ghost_norms.h"
+
+#include <string>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/cpu/depthwise.h"
+#include "engine/cpu/parallel.h"
+#include "engine/ops/check.h"
+#include "engine/ops/cpu_norm.h"
+#include "engine/trace.h"
+
+namespace kestrel {
+
+namespace {
+
+bool fits_norm(const GhostNorm& n, const Tensor& z, int64_t C) {
+  for (const Tensor* t : {&n.weight, &n.bias, &n.running_mean, &n.running_var})
+    if (t->defined() && (t->shape() != Shape({C}) || t->dtype() != z.dtype() || !t->device().is_cpu())) return false;
+  return n.params.training && n.running_mean.defined() == n.running_var.defined();
+}
+
+// The cheap depthwise conv's geometry: "same" padding, stride 1, its input a
+// in the first half of y's channels.
+cpu::ConvGeom cheap_geometry(const Tensor& z, int64_t k) {
+  cpu::ConvGeom g;
+  g.n = z.size(0);
+  g.h = g.oh = z.size(1);
+  g.w = g.ow = z.size(2);
+  g.c_in = g.c_out = g.groups = z.size(3);
+  g.kh = g.kw = k;
+  g.ph = g.pw = k / 2;
+  g.x_pixel_stride = 2 * z.size(3);
+  return g;
+}
+
+// dst[r, c] += src[r * stride + c]: the first half's own gradient joins the
+// one coming back through the cheap conv.
+template <typename T>
+void add_rows(T* dst, const T* src, int64_t rows, int64_t C, int64_t stride) {
+  cpu::parallel_for(rows, rows * C > 32768, [&](int64_t r) {
+    T* d = dst + r * C;
+    const T* s = src + r * stride;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) d[c] += s[c];
+  });
+}
+
+}  // namespace
+
+bool ghost_norms_apply(const Tensor& z, const GhostNorm& primary, const Tensor& w_cheap, const GhostNorm& cheap) {
+  if (!z.defined() || z.dim() != 4 || !z.device().is_cpu() || (z.dtype() != DType::F32 && z.dtype() != DType::F64))
+    return false;
+  if (layers_are_traced()) return false;
+  const int64_t C = z.size(3);
+  return C > 0 && w_cheap.defined() && w_cheap.device().is_cpu() && w_cheap.dtype() == z.dtype() &&
+         w_cheap.dim() == 4 && w_cheap.size(0) == C && w_cheap.size(1) == w_cheap.size(2) &&
+         w_cheap.size(1) % 2 == 1 && w_cheap.size(3) == 1 && fits_norm(primary, z, C) && fits_norm(cheap, z, C);
+}
+
+Tensor ghost_norms(const Tensor& z_in, const GhostNorm& primary, const Tensor& w_cheap, const GhostNorm& cheap,
+                   Activation act) {
+  const char* op = "ghost_norms";
+  KCHECK(ghost_norms_apply(z_in, primary, w_cheap, cheap), ValueError, op,
+         ": needs an f32 or f64 CPU input [N,H,W,C] (got ", shape_str(z_in.shape()),
+         "), a [C,K,K,1] cheap weight with K odd (got ", shape_str(w_cheap.shape()),
+         "), [C] norm tensors of the input's dtype in training mode, and no trace naming each layer");
+  KCHECK(z_in.numel() / z_in.size(3) > 1, ShapeError, op,
+         ": expected more than 1 value per channel when training, got input ", shape_str(z_in.shape()));
+  const Tensor z = z_in.detach().contiguous();
+  const Tensor wc = w_cheap.detach().contiguous();
+  const int64_t N = z.size(0), H = z.size(1), W = z.size(2), C = z.size(3), K = wc.size(1);
+  const cpu::ConvGeom g = cheap_geometry(z, K);
+  Tensor y = Tensor::empty({N, H, W, 2 * C}, z.dtype(), z.device());
+  const Tensor a = y.narrow(3, 0, C), b = y.narrow(3, C, C);
+  GhostNorm np = primary, nc = cheap;  // handles: the running statistics update in place
+  const CpuNorm norm_p =
+      cpu_norm_prepare(op, z, np.weight, np.bias, np.running_mean, np.running_var, np.params, act);
+  cpu_norm_forward(norm_p, z, Tensor(), a);
+  const Tensor zc = Tensor::empty({N, H, W, C}, z.dtype(), z.device());
+  dispatch_float(z.dtype(), op, [&](auto tag_) {
+    using T = KESTREL_SCALAR(tag_);
+    cpu::depthwise_forward<T>(g, static_cast<const T*>(a.data_ptr()), wc.data<T>(), nullptr, zc.data<T>(),
+                              Activation::None);
+  });
+  const CpuNorm norm_c =
+      cpu_norm_prepare(op, zc, nc.weight, nc.bias, nc.running_mean, nc.running_var, nc.params, act);
+  cpu_norm_forward(norm_c, zc, Tensor(), b);
+
+  const std::vector<Tensor> inputs{z_in, primary.weight, primary.bias, w_cheap, cheap.weight, cheap.bias};
+  if (active_trace() != nullptr)
+    trace_op(op, inputs, y, N * H * W * C * K * K,
+             {{"kernel", std::to_string(K) + "x" + std::to_string(K)}, {"act", activation_name(act)}});
+  if (!needs_grad(inputs)) return y;
+  const Tensor ys = y.detach();  // not the recorded output itself: no reference cycle through its node
+  return record(y, op, inputs, [z, wc, zc, ys, norm_p, norm_c, g](const Tensor& grad, const std::vector<bool>& needs) {
+    const int64_t C = g.c_in, rows = g.n * g.h * g.w;
+    const Tensor gy = grad.contiguous();
+    const bool want_first = needs[0] || needs[1] || needs[2];
+    // The cheap half: its norm's gradients, then the depthwise conv's.
+    std::vector<Tensor> gc =
+        cpu_norm_backward(norm_c, zc, Tensor(), gy.narrow(3, C, C), {true, needs[4], needs[5], false});
+    const Tensor& gzc = gc[0];
+    Tensor gwc, gz, gwp, gbp;
+    dispatch_float(gy.dtype(), "ghost_norms backward", [&](auto tag_) {
+      using T = KESTREL_SCALAR(tag_);
+      if (needs[3]) {
+        gwc = Tensor::empty(wc.shape(), wc.dtype(), wc.device());
+        cpu::depthwise_backward_weight<T>(g, static_cast<const T*>(ys.data_ptr()), gzc.data<T>(), gwc.data<T>());
+      }
+      if (!want_first) return;
+      cpu::ConvGeom dense = g;
+      dense.x_pixel_stride = 0;
+      Tensor ga = Tensor::empty(z.shape(), z.dtype(), z.device());
+      cpu::depthwise_backward_input<T>(dense, gzc.data<T>(), wc.data<T>(), ga.data<T>());
+      add_rows<T>(ga.data<T>(), gy.data<T>(), rows, C, 2 * C);
+      std::vector<Tensor> gp = cpu_norm_backward(norm_p, z, Tensor(), ga, {needs[0], needs[1], needs[2], false});
+      gz = gp[0];
+      gwp = gp[1];
+      gbp = gp[2];
+    });
+    return std::vector<Tensor>{gz, gwp, gbp, gwc, gc[1], gc[2]};
+  });
+}
+
+}  // namespace kestrel

@@ -1,0 +1,34 @@
+// A training ghost module (GhostNet, Han et al., 2020) after its primary 1x1
+// conv, as one op on the CPU, with batch statistics:
+//   a = act(bn_primary(z))                            [N,H,W,C]
+//   b = act(bn_cheap(depthwise_KxK(a, w_cheap)))      [N,H,W,C]
+//   y = concat(a, b, channels)                        [N,H,W,2C]
+// Composed, a and b are written, then copied into y, and the backward copies
+// y's gradient apart again (10% of an EMN training step). Here the norms
+// write into y's halves, the depthwise conv reads a there, and the backward
+// reads the gradient's halves in place; outputs, gradients and running
+// statistics equal the composition's bit for bit (tests/test_ghost_norms.cpp).
+#pragma once
+#include "engine/ops/elementwise.h"
+#include "engine/ops/norm.h"
+#include "engine/tensor.h"
+
+namespace kestrel {
+
+// One batch norm's tensors ([C]; weight and bias may be undefined) and settings.
+struct GhostNorm {
+  Tensor weight, bias, running_mean, running_var;
+  BatchNormParams params;
+};
+
+// Whether ghost_norms takes these: f32 or f64 CPU tensors, both norms in
+// training mode, w_cheap a [C,K,K,1] depthwise weight with K odd, and no
+// trace that names each layer (summary, ONNX export).
+bool ghost_norms_apply(const Tensor& z, const GhostNorm& primary, const Tensor& w_cheap, const GhostNorm& cheap);
+
+// z: the primary conv's output [N,H,W,C]; "same" padding, stride 1, no bias
+// on the cheap conv. The running statistics are updated in place.
+Tensor ghost_norms(const Tensor& z, const GhostNorm& primary, const Tensor& w_cheap, const GhostNorm& cheap,
+                   Activation act);
+
+}  // namespace kestrel
