@@ -3,16 +3,19 @@
 inference and of whole training steps (forward, cross-entropy, backward, SGD
 momentum step, zero_grad) at one batch and input size, median of --iters timed
 iterations after --warmup, random inputs and labels. Models come from
-torchvision (resnet*, mobilenet_*, efficientnet_b*, densenet*), else timm.
-On CUDA the input and model are channels_last (NHWC, as Kestrel's) and
---amp bf16/fp16 runs the forward under torch.autocast.
+torchvision (resnet*, mobilenet_*, efficientnet_b*, densenet*), EfficientMicroNet
+(emn_tiny, emn_small, emn_base) from bench/torch_emn.py, else timm. On CUDA
+the input and model are channels_last (NHWC, as Kestrel's), on the CPU with
+--channels-last, and --amp bf16/fp16 runs the forward under torch.autocast.
 
 Prints one Markdown row per model, the columns of `kestrel bench`. Compare
-at inputs over 64 px: at 64 px and below `kestrel bench` builds the CIFAR stem.
+at inputs over 64 px: at 64 px and below `kestrel bench` builds the CIFAR stem
+(EfficientMicroNet here does too).
 
     python3 bench/torch_model_bench.py efficientnet_b0 resnet50 --input 3x224x224 -b 64 --device cuda --amp bf16
 """
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -24,9 +27,14 @@ except ImportError:
     sys.exit("torch_model_bench: torch is not installed")
 
 
-def build(name, classes):
+def build(name, classes, in_channels, height):
     import torchvision
 
+    if name.startswith("emn_"):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from torch_emn import build_emn
+
+        return build_emn(name, classes, in_channels, cifar_stem=height <= 64)
     if hasattr(torchvision.models, name):
         return getattr(torchvision.models, name)(weights=None, num_classes=classes)
     try:
@@ -62,6 +70,7 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--no-train", action="store_true")
+    p.add_argument("--channels-last", action="store_true", help="NHWC on the CPU too (always on CUDA)")
     a = p.parse_args()
     try:
         c, h, w = (int(v) for v in a.input.split("x"))
@@ -71,13 +80,13 @@ def main():
     if a.amp != "off" and device.type != "cuda":
         sys.exit("torch_model_bench: --amp needs --device cuda")
     torch.backends.cudnn.benchmark = True
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    fmt = torch.channels_last if device.type == "cuda" or a.channels_last else torch.contiguous_format
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(a.amp)
     print(f"| model | params | device | batch | input | amp | infer img/s (ms) | train img/s (ms) |  (torch {torch.__version__})")
     print("|---|---|---|---|---|---|---|---|")
     for name in a.models:
         torch.manual_seed(0)
-        model = build(name, a.num_classes).to(device, memory_format=fmt)
+        model = build(name, a.num_classes, c, h).to(device, memory_format=fmt)
         params = sum(p.numel() for p in model.parameters())
         x = torch.randn(a.batch_size, c, h, w, device=device).to(memory_format=fmt)
         y = torch.randint(0, a.num_classes, (a.batch_size,), device=device)

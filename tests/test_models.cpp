@@ -7,6 +7,7 @@
 #include <set>
 
 #include "engine/io/safetensors.h"
+#include "engine/ops/loss.h"
 #include "engine/ops/reduce.h"
 #include "models/emn.h"
 #include "models/registry.h"
@@ -269,4 +270,52 @@ TEST(ModelInterop, LogitsMatchTorchvisionWithTheSameWeights) {
   list.close();
   EXPECT_EQ(kestrel::testing::run_python(py, "tests/interop/check_models.py", dir), 0)
       << "tests/interop/check_models.py found a mismatch (see its output above)";
+}
+
+// EfficientMicroNet is Kestrel's own design, so its twin is bench/torch_emn.py,
+// written independently in PyTorch with the same names: Kestrel saves its
+// weights, an input, eval- and train-mode logits, the gradient of the
+// cross-entropy and the running statistics after the train-mode pass;
+// tests/interop/check_emn.py recomputes them all in PyTorch.
+TEST(ModelInterop, EfficientMicroNetMatchesAPyTorchTwin) {
+  const std::string py = kestrel::testing::python_with("safetensors.torch");
+  if (py.empty()) GTEST_SKIP() << "python3 with torch and safetensors not found; skipping the EMN twin check";
+  const std::string dir = kestrel::testing::temp_path("emn_interop");
+  std::filesystem::create_directories(dir);
+  std::ofstream list(dir + "/models.txt");
+  struct Case {
+    const char* name;
+    int64_t classes, channels, size;
+    bool cifar;
+  };
+  // The CIFAR stem at 32 px, and the strided stem at 64 px with one input channel.
+  uint64_t seed = 21;
+  for (const Case& c : {Case{"emn_tiny", 10, 3, 32, true}, Case{"emn_small", 7, 1, 64, false}}) {
+    ModelOptions o = kestrel::testing::zoo_options(c.classes, c.cifar, c.channels);
+    o.dropout = 0.0;
+    auto m = build_model(c.name, o);
+    const Tensor x = kestrel::testing::random_tensor({4, c.size, c.size, c.channels}, seed++, DType::F32);
+    kestrel::testing::calibrate_batch_norms(*m, x, seed++);
+    const std::string base = dir + "/" + c.name;
+    io::save_module(base + "_before.safetensors", *m);
+    kestrel::testing::save_npy(base + "_x.npy", x);
+    kestrel::testing::save_npy(base + "_eval.npy", kestrel::testing::eval_logits(*m, x));
+    std::vector<int64_t> labels;
+    for (int64_t i = 0; i < x.size(0); ++i) labels.push_back((i * 3 + 1) % c.classes);
+    kestrel::testing::save_npy(base + "_labels.npy",
+                               Tensor::from_vector_i64(labels, {x.size(0)}).to(DType::F32));
+    m->train();
+    m->zero_grad();
+    const Tensor logits = (*m)(x);
+    cross_entropy(logits, Tensor::from_vector_i64(labels, {x.size(0)})).backward();
+    kestrel::testing::save_npy(base + "_train.npy", logits.detach());
+    nn::NamedTensors grads;
+    for (const auto& [pname, p] : m->named_parameters()) grads.emplace_back(pname, p.grad());
+    io::save_safetensors(base + "_grads.safetensors", grads);
+    io::save_module(base + "_after.safetensors", *m);
+    list << c.name << " " << c.classes << " " << c.channels << " " << (c.cifar ? "cifar" : "strided") << "\n";
+  }
+  list.close();
+  EXPECT_EQ(kestrel::testing::run_python(py, "tests/interop/check_emn.py", dir), 0)
+      << "tests/interop/check_emn.py found a mismatch (see its output above)";
 }
