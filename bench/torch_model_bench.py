@@ -64,7 +64,8 @@ def main():
     p.add_argument("models", nargs="+")
     p.add_argument("--input", default="3x224x224")
     p.add_argument("-b", "--batch-size", type=int, default=64)
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier outputs (default: as kestrel bench, 10 for EfficientMicroNet, else 1000)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", default="off", choices=["off", "fp16", "bf16"])
     p.add_argument("--warmup", type=int, default=3)
@@ -86,10 +87,11 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     for name in a.models:
         torch.manual_seed(0)
-        model = build(name, a.num_classes, c, h).to(device, memory_format=fmt)
+        classes = a.num_classes or (10 if name.startswith("emn_") else 1000)
+        model = build(name, classes, c, h).to(device, memory_format=fmt)
         params = sum(p.numel() for p in model.parameters())
         x = torch.randn(a.batch_size, c, h, w, device=device).to(memory_format=fmt)
-        y = torch.randint(0, a.num_classes, (a.batch_size,), device=device)
+        y = torch.randint(0, classes, (a.batch_size,), device=device)
         autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else (lambda: torch.autocast(device.type, enabled=False))
 
         def infer():

@@ -76,3 +76,33 @@ TEST(ModelBench, BadSettingsAreNamed) {
 
 }  // namespace
 }  // namespace kestrel
+
+namespace kestrel {
+namespace {
+
+// bench/torch_model_bench.py, the PyTorch side of the GPU check's model table:
+// it runs, and its models have kestrel bench's class counts and parameters.
+TEST(ModelBench, PyTorchTwinTimesTheSameModels) {
+  const std::string py = testing::python_with("torchvision");
+  if (py.empty()) GTEST_SKIP() << "python3 with torch and torchvision not found; skipping bench/torch_model_bench.py";
+  const std::string out = testing::temp_path("torch_model_bench.txt");
+  ASSERT_EQ(testing::run_python(py, "bench/torch_model_bench.py",
+                                "emn_tiny mobilenet_v3_small --input 3x32x32 -b 2 --iters 1 --warmup 0 --device cpu > " +
+                                    out),
+            0);
+  const std::string table = testing::read_text(out);
+  for (const char* name : {"emn_tiny", "mobilenet_v3_small"}) {
+    tools::BenchOptions o;
+    o.model = name;
+    o.height = o.width = 32;
+    o.batch = 2;
+    o.warmup = 0;
+    o.iters = 1;
+    o.train = false;
+    const std::string row = std::string("| ") + name + " | " + std::to_string(tools::bench_model(o).params) + " | cpu | 2 |";
+    EXPECT_NE(table.find(row), std::string::npos) << row << " not in:\n" << table;
+  }
+}
+
+}  // namespace
+}  // namespace kestrel

@@ -165,14 +165,14 @@ if [ -n "${kestrel_bin:-}" ] && [ -x "$kestrel_bin" ] && [ "${KESTREL_GPU_CHECK_
   models_log="$logdir/model_bench.log"
   : >"$models_log"
   deadline=$(( $(date +%s) + $(step_limit 150 10) ))
-  for m in efficientnet_b0 mobilenet_v2 resnet50; do
+  for m in emn_small efficientnet_b0 mobilenet_v2 resnet50; do
     left=$(( deadline - $(date +%s) )); [ "$left" -gt 5 ] || break
     timeout "$left" "$kestrel_bin" bench -m "$m" --input 3x224x224 -b 64 --device cuda --amp bf16 --no-progress >>"$models_log" 2>&1 \
       || { status=1; echo "kestrel bench $m failed" >>"$models_log"; }
   done
   left=$(( deadline - $(date +%s) ))
   if [ "$left" -gt 5 ] && python3 -c "import torch" 2>/dev/null; then
-    timeout "$left" python3 bench/torch_model_bench.py efficientnet_b0 mobilenet_v2 resnet50 --input 3x224x224 -b 64 \
+    timeout "$left" python3 bench/torch_model_bench.py emn_small efficientnet_b0 mobilenet_v2 resnet50 --input 3x224x224 -b 64 \
       --device cuda --amp bf16 >>"$models_log" 2>&1 || echo "torch_model_bench did not finish" >>"$models_log"
   fi
   cat "$models_log"
