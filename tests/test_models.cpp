@@ -240,10 +240,39 @@ TEST(CompoundScaling, PaperCoefficientsSatisfyTheConstraint) {
   EXPECT_THROW(models::compound_scaling(-1.0), ValueError);
 }
 
-// Kestrel saves weights (safetensors, PyTorch names and layouts), an input and its
-// eval-mode logits; tests/interop/check_models.py loads the weights into
-// torchvision's model with strict=True and compares logits.
-TEST(ModelInterop, LogitsMatchTorchvisionWithTheSameWeights) {
+namespace {
+
+// tests/interop/twin_check.py's files for model m (dropout and drop path
+// off) at input x: the weights after a calibration of the norms, eval-mode
+// logits, then a train-mode pass's logits, gradients of the cross-entropy and
+// the state after it.
+void save_twin_files(nn::Module& m, const Tensor& x, int64_t classes, const std::string& prefix, uint64_t seed) {
+  kestrel::testing::calibrate_batch_norms(m, x, seed);
+  io::save_module(prefix + "_before.safetensors", m);
+  kestrel::testing::save_npy(prefix + "_x.npy", x);
+  kestrel::testing::save_npy(prefix + "_eval.npy", kestrel::testing::eval_logits(m, x));
+  std::vector<int64_t> labels;
+  for (int64_t i = 0; i < x.size(0); ++i) labels.push_back((i * 3 + 1) % classes);
+  const Tensor target = Tensor::from_vector_i64(labels, {x.size(0)});
+  kestrel::testing::save_npy(prefix + "_labels.npy", target.to(DType::F32));
+  m.train();
+  m.zero_grad();
+  const Tensor logits = m(x);
+  cross_entropy(logits, target).backward();
+  kestrel::testing::save_npy(prefix + "_train.npy", logits.detach());
+  nn::NamedTensors grads;
+  for (const auto& [name, p] : m.named_parameters()) grads.emplace_back(name, p.grad());
+  io::save_safetensors(prefix + "_grads.safetensors", grads);
+  io::save_module(prefix + "_after.safetensors", m);
+}
+
+}  // namespace
+
+// Kestrel saves weights (safetensors, PyTorch names and layouts), an input,
+// eval- and train-mode logits, gradients and running statistics;
+// tests/interop/check_models.py loads the weights into torchvision's model
+// with strict=True and recomputes them all.
+TEST(ModelInterop, LogitsGradientsAndStatisticsMatchTorchvision) {
   const std::string py = kestrel::testing::python_with_torch();
   if (py.empty()) GTEST_SKIP() << "python3 with torch not found; skipping the torchvision interop check";
   const std::string dir = kestrel::testing::temp_path("models_interop");
@@ -252,19 +281,12 @@ TEST(ModelInterop, LogitsMatchTorchvisionWithTheSameWeights) {
   uint64_t seed = 11;
   for (const char* name : {"resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "densenet121"}) {
     ModelOptions o = classes(1000);
-    o.drop_path = 0.0;  // the calibration pass below must see the eval-mode graph
+    o.drop_path = 0.0;  // the train-mode passes must be deterministic
+    o.dropout = 0.0;
     auto m = build_model(name, o);
     Tensor x = kestrel::testing::random_tensor({2, 64, 64, 3}, seed++, DType::F32);
-    kestrel::testing::calibrate_batch_norms(*m, x, seed);
+    save_twin_files(*m, x, 1000, dir + "/" + name, seed);
     seed += 1000;
-    Tensor logits;
-    {
-      NoGradGuard g;
-      logits = (*m)(x);
-    }
-    io::save_module(dir + "/" + name + ".safetensors", *m);
-    kestrel::testing::save_npy(dir + "/" + name + "_x.npy", x);
-    kestrel::testing::save_npy(dir + "/" + name + "_logits.npy", logits);
     list << name << "\n";
   }
   list.close();
@@ -295,24 +317,7 @@ TEST(ModelInterop, EfficientMicroNetMatchesAPyTorchTwin) {
     o.dropout = 0.0;
     auto m = build_model(c.name, o);
     const Tensor x = kestrel::testing::random_tensor({4, c.size, c.size, c.channels}, seed++, DType::F32);
-    kestrel::testing::calibrate_batch_norms(*m, x, seed++);
-    const std::string base = dir + "/" + c.name;
-    io::save_module(base + "_before.safetensors", *m);
-    kestrel::testing::save_npy(base + "_x.npy", x);
-    kestrel::testing::save_npy(base + "_eval.npy", kestrel::testing::eval_logits(*m, x));
-    std::vector<int64_t> labels;
-    for (int64_t i = 0; i < x.size(0); ++i) labels.push_back((i * 3 + 1) % c.classes);
-    kestrel::testing::save_npy(base + "_labels.npy",
-                               Tensor::from_vector_i64(labels, {x.size(0)}).to(DType::F32));
-    m->train();
-    m->zero_grad();
-    const Tensor logits = (*m)(x);
-    cross_entropy(logits, Tensor::from_vector_i64(labels, {x.size(0)})).backward();
-    kestrel::testing::save_npy(base + "_train.npy", logits.detach());
-    nn::NamedTensors grads;
-    for (const auto& [pname, p] : m->named_parameters()) grads.emplace_back(pname, p.grad());
-    io::save_safetensors(base + "_grads.safetensors", grads);
-    io::save_module(base + "_after.safetensors", *m);
+    save_twin_files(*m, x, c.classes, dir + "/" + c.name, seed++);
     list << c.name << " " << c.classes << " " << c.channels << " " << (c.cifar ? "cifar" : "strided") << "\n";
   }
   list.close();
