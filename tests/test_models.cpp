@@ -272,14 +272,22 @@ void save_twin_files(nn::Module& m, const Tensor& x, int64_t classes, const std:
 // eval- and train-mode logits, gradients and running statistics;
 // tests/interop/check_models.py loads the weights into torchvision's model
 // with strict=True and recomputes them all.
-TEST(ModelInterop, LogitsGradientsAndStatisticsMatchTorchvision) {
+TEST(ModelInterop, LogitsGradientsAndStatisticsMatchTorchvisionAndTimm) {
   const std::string py = kestrel::testing::python_with_torch();
   if (py.empty()) GTEST_SKIP() << "python3 with torch not found; skipping the torchvision interop check";
   const std::string dir = kestrel::testing::temp_path("models_interop");
   std::filesystem::create_directories(dir);
   std::ofstream list(dir + "/models.txt");
   uint64_t seed = 11;
-  for (const char* name : {"resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "densenet121"}) {
+  // timm's GhostNet when timm is there (tools/setup.sh installs it).
+  std::vector<std::pair<std::string, std::string>> twins = {{"resnet18", "torchvision"},
+                                                            {"mobilenet_v2", "torchvision"},
+                                                            {"mobilenet_v3_small", "torchvision"},
+                                                            {"efficientnet_b0", "torchvision"},
+                                                            {"densenet121", "torchvision"}};
+  if (kestrel::testing::python_with("timm") == py) twins.emplace_back("ghostnet_100", "timm");
+  else std::cout << "python3 without timm: ghostnet_100 is not checked\n";
+  for (const auto& [name, library] : twins) {
     ModelOptions o = classes(1000);
     o.drop_path = 0.0;  // the train-mode passes must be deterministic
     o.dropout = 0.0;
@@ -287,7 +295,7 @@ TEST(ModelInterop, LogitsGradientsAndStatisticsMatchTorchvision) {
     Tensor x = kestrel::testing::random_tensor({2, 64, 64, 3}, seed++, DType::F32);
     save_twin_files(*m, x, 1000, dir + "/" + name, seed);
     seed += 1000;
-    list << name << "\n";
+    list << name << " " << library << "\n";
   }
   list.close();
   EXPECT_EQ(kestrel::testing::run_python(py, "tests/interop/check_models.py", dir), 0)

@@ -30,10 +30,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Python interop tests only (never needed to train): safetensors and
-# onnxruntime for the system Python that has torch.
-for module in safetensors onnxruntime; do
+# onnxruntime for the system Python that has torch, and timm (GhostNet's
+# reference) without its dependencies, so pip leaves Debian's torch alone.
+for module in safetensors onnxruntime timm; do
   if ! /usr/bin/python3 -c "import $module" >/dev/null 2>&1; then
-    /usr/bin/python3 -m pip install -q --break-system-packages "$module" >>"$log" 2>&1 \
+    no_deps=(); [ "$module" = timm ] && no_deps=(--no-deps)
+    /usr/bin/python3 -m pip install -q --break-system-packages "${no_deps[@]}" "$module" >>"$log" 2>&1 \
       || fail "pip install $module failed"
   fi
 done
