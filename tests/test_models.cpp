@@ -3,6 +3,7 @@
 // scaling, and logits equal to torchvision's with the same weights.
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <set>
 
@@ -242,28 +243,57 @@ TEST(CompoundScaling, PaperCoefficientsSatisfyTheConstraint) {
 
 namespace {
 
-// tests/interop/twin_check.py's files for model m (dropout and drop path
-// off) at input x: the weights after a calibration of the norms, eval-mode
-// logits, then a train-mode pass's logits, gradients of the cross-entropy and
-// the state after it.
-void save_twin_files(nn::Module& m, const Tensor& x, int64_t classes, const std::string& prefix, uint64_t seed) {
-  kestrel::testing::calibrate_batch_norms(m, x, seed);
-  io::save_module(prefix + "_before.safetensors", m);
+// Every f32 parameter and buffer as f64, in place: the handles the layers
+// hold stay valid (as Module::to swaps devices).
+void to_f64(nn::Module& m) {
+  auto convert = [](const Tensor& t) {
+    if (t.dtype() != DType::F32) return;
+    const Tensor d = t.detach().to(DType::F64);
+    TensorImpl& impl = t.impl();
+    impl.storage = d.storage();
+    impl.strides = d.strides();
+    impl.offset = d.offset();
+    impl.dtype = DType::F64;
+  };
+  for (const auto& [name, t] : m.named_parameters()) convert(t);
+  for (const auto& [name, t] : m.named_buffers()) convert(t);
+}
+
+// tests/interop/twin_check.py's files for model `name` (built by `build`,
+// dropout and drop path off) at input x. In f32, as users run it: the weights
+// after a calibration of the norms, eval- and train-mode logits. In f64 (the
+// same weights, Kestrel's f64 kernels), where the twin's float64 must agree
+// to rounding: both logits, the gradients of the cross-entropy and the state
+// after the train-mode pass.
+void save_twin_files(const std::function<nn::ModulePtr()>& build, const Tensor& x, int64_t classes,
+                     const std::string& prefix, uint64_t seed) {
+  nn::ModulePtr m = build();
+  kestrel::testing::calibrate_batch_norms(*m, x, seed);
+  io::save_module(prefix + "_before.safetensors", *m);
   kestrel::testing::save_npy(prefix + "_x.npy", x);
-  kestrel::testing::save_npy(prefix + "_eval.npy", kestrel::testing::eval_logits(m, x));
+  kestrel::testing::save_npy(prefix + "_eval32.npy", kestrel::testing::eval_logits(*m, x));
+  m->train();
+  {
+    NoGradGuard no_grad;
+    kestrel::testing::save_npy(prefix + "_train32.npy", (*m)(x));
+  }
+  nn::ModulePtr m64 = build();
+  io::load_module(prefix + "_before.safetensors", *m64);
+  to_f64(*m64);
+  const Tensor x64 = x.to(DType::F64);
+  kestrel::testing::save_npy(prefix + "_eval.npy", kestrel::testing::eval_logits(*m64, x64));
   std::vector<int64_t> labels;
   for (int64_t i = 0; i < x.size(0); ++i) labels.push_back((i * 3 + 1) % classes);
   const Tensor target = Tensor::from_vector_i64(labels, {x.size(0)});
   kestrel::testing::save_npy(prefix + "_labels.npy", target.to(DType::F32));
-  m.train();
-  m.zero_grad();
-  const Tensor logits = m(x);
+  m64->train();
+  const Tensor logits = (*m64)(x64);
   cross_entropy(logits, target).backward();
   kestrel::testing::save_npy(prefix + "_train.npy", logits.detach());
   nn::NamedTensors grads;
-  for (const auto& [name, p] : m.named_parameters()) grads.emplace_back(name, p.grad());
+  for (const auto& [name, p] : m64->named_parameters()) grads.emplace_back(name, p.grad());
   io::save_safetensors(prefix + "_grads.safetensors", grads);
-  io::save_module(prefix + "_after.safetensors", m);
+  io::save_module(prefix + "_after.safetensors", *m64);
 }
 
 }  // namespace
@@ -291,9 +321,8 @@ TEST(ModelInterop, LogitsGradientsAndStatisticsMatchTorchvisionAndTimm) {
     ModelOptions o = classes(1000);
     o.drop_path = 0.0;  // the train-mode passes must be deterministic
     o.dropout = 0.0;
-    auto m = build_model(name, o);
     Tensor x = kestrel::testing::random_tensor({2, 64, 64, 3}, seed++, DType::F32);
-    save_twin_files(*m, x, 1000, dir + "/" + name, seed);
+    save_twin_files([&] { return build_model(name, o); }, x, 1000, dir + "/" + name, seed);
     seed += 1000;
     list << name << " " << library << "\n";
   }
@@ -323,9 +352,8 @@ TEST(ModelInterop, EfficientMicroNetMatchesAPyTorchTwin) {
   for (const Case& c : {Case{"emn_tiny", 10, 3, 32, true}, Case{"emn_small", 7, 1, 64, false}}) {
     ModelOptions o = kestrel::testing::zoo_options(c.classes, c.cifar, c.channels);
     o.dropout = 0.0;
-    auto m = build_model(c.name, o);
     const Tensor x = kestrel::testing::random_tensor({4, c.size, c.size, c.channels}, seed++, DType::F32);
-    save_twin_files(*m, x, c.classes, dir + "/" + c.name, seed++);
+    save_twin_files([&] { return build_model(c.name, o); }, x, c.classes, dir + "/" + c.name, seed++);
     list << c.name << " " << c.classes << " " << c.channels << " " << (c.cifar ? "cifar" : "strided") << "\n";
   }
   list.close();
