@@ -207,6 +207,19 @@ std::vector<int64_t> Tensor::to_vector_i64() const {
 
 // ---------------------------------------------------------------- views
 
+int64_t even_row_stride(const Tensor& t) {
+  const int64_t last = t.dim() - 1;
+  if (last < 0) return 0;
+  const int64_t C = t.size(last);
+  if (t.is_contiguous()) return C;
+  if (t.strides()[last] != 1) return 0;
+  const int64_t stride = last > 0 ? t.strides()[last - 1] : C;
+  if (stride < C) return 0;
+  for (int64_t d = last - 1, expected = stride; d >= 0; expected *= t.size(d), --d)
+    if (t.size(d) != 1 && t.strides()[d] != expected) return 0;
+  return stride;
+}
+
 Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, int64_t offset) {
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = base.storage();

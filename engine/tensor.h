@@ -158,6 +158,11 @@ Tensor operator-(const Tensor& a);
 
 // Makes a fresh view tensor over the same storage (no autograd wiring).
 Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, int64_t offset);
+
+// t [..., C] read as rows of its last dim: the elements from one row to the
+// next where the rows are evenly spaced (C when contiguous, more for a
+// channel slice of a wider tensor), else 0.
+int64_t even_row_stride(const Tensor& t);
 // Wraps a dim index like Python does; names the op in the error.
 int64_t wrap_dim(int64_t dim, int64_t ndim, const char* op);
 

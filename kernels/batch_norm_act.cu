@@ -135,7 +135,7 @@ template <typename T, int V>
 __global__ void __launch_bounds__(kThreads) bn_apply_kernel(const T* __restrict__ x, const T* __restrict__ res,
                                                             const float* __restrict__ scale,
                                                             const float* __restrict__ shift, T* __restrict__ y,
-                                                            int64_t total, int C, KAct act) {
+                                                            int64_t total, int C, int64_t ypitch, KAct act) {
   const int64_t nvec = total / V;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < nvec;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(kThreads) bn_apply_kernel(const T* __restrict_
       const int c = (V == 1) ? c0 : c0 + k;  // V divides C: the vector stays in one row
       out[k] = act_forward(act, fmaf(xv[k], scale[c], shift[c]) + rv[k]);
     }
-    store_f32<T, V>(y + e, out);
+    store_f32<T, V>(y + (e / C) * ypitch + c0, out);
   }
 }
 
@@ -164,7 +164,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) bn_backward_reduce_kernel(
     const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ res, const float* __restrict__ mean,
     const float* __restrict__ invstd, const float* __restrict__ gamma, const float* __restrict__ beta, int64_t M,
-    int C, int splits, KAct act, float* __restrict__ psum, float* __restrict__ psumx) {
+    int C, int64_t dypitch, int splits, KAct act, float* __restrict__ psum, float* __restrict__ psumx) {
   __shared__ float sh[2][kThreads];
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   const int64_t per = (M + splits - 1) / splits;
@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(kThreads) bn_backward_reduce_kernel(
     for (int64_t r = beg + threadIdx.y; r < end; r += blockDim.y) {
       const int64_t e = r * C + c;
       const float xhat = (to_f32(x[e]) - mu) * is;
-      float dz = to_f32(dy[e]);
+      float dz = to_f32(dy[r * dypitch + c]);
       if (act != KAct::None) {
         const float z = fmaf(g, xhat, b) + (res != nullptr ? to_f32(res[e]) : 0.f);
         dz *= act_derivative(act, z);
@@ -230,14 +230,14 @@ __global__ void __launch_bounds__(kThreads) bn_backward_apply_kernel(
     const T* dy, const T* __restrict__ x, const T* __restrict__ res, const float* __restrict__ mean,
     const float* __restrict__ invstd, const float* __restrict__ gamma, const float* __restrict__ beta,
     const float* __restrict__ ca, const float* __restrict__ cb, const float* __restrict__ cd, T* dx,
-    T* __restrict__ dres, int64_t total, int C, KAct act) {
+    T* __restrict__ dres, int64_t total, int C, int64_t dypitch, KAct act) {
   const int64_t nvec = total / V;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < nvec;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t e = i * V;
     const int c0 = static_cast<int>(e % C);
     float g[V], xv[V], rv[V];
-    load_f32<T, V>(dy + e, g);
+    load_f32<T, V>(dy + (e / C) * dypitch + c0, g);
     load_f32<T, V>(x + e, xv);
     if (res != nullptr && act != KAct::None) {
       load_f32<T, V>(res + e, rv);
@@ -281,7 +281,7 @@ Plan make_plan(const BatchNormShape& s, void* ws) {
 template <typename T, typename Launch>
 void launch_elementwise(const BatchNormShape& s, std::initializer_list<const void*> ptrs, Launch&& launch) {
   constexpr int V = vec_width<T>();
-  bool vec = s.C % V == 0;
+  bool vec = s.C % V == 0 && s.yp() % V == 0;
   for (const void* p : ptrs) vec = vec && (p == nullptr || aligned_to(p, 16));
   const int64_t total = s.M * s.C;
   if (vec)
@@ -295,7 +295,7 @@ void launch_apply(const BatchNormShape& s, const T* x, const T* res, const float
                   KAct act, cudaStream_t st) {
   launch_elementwise<T>(s, {x, y, res}, [&](auto vec, unsigned blocks) {
     bn_apply_kernel<T, decltype(vec)::value><<<blocks, kThreads, 0, st>>>(x, res, scale, shift, y, s.M * s.C, s.C,
-                                                                          act);
+                                                                          s.yp(), act);
   });
 }
 
@@ -332,7 +332,7 @@ void backward_t(const BatchNormShape& s, const BatchNormActArgs& a, bool frozen,
   const bool reduce = !frozen || dgamma != nullptr || dbeta != nullptr;
   if (reduce) {
     bn_backward_reduce_kernel<T><<<dim3(p.g.cblocks, p.g.splits), dim3(p.g.tx, p.g.ty), 0, st>>>(
-        dy, x, res, smean, sinvstd, gamma, beta, s.M, s.C, p.g.splits, a.act, p.w.p0, p.w.p1);
+        dy, x, res, smean, sinvstd, gamma, beta, s.M, s.C, s.yp(), p.g.splits, a.act, p.w.p0, p.w.p1);
   }
   bn_backward_finalize_kernel<<<ceil_div(s.C, 128), 128, 0, st>>>(p.w.p0, p.w.p1, s.C, reduce ? p.g.splits : 0, s.M,
                                                                   frozen, gamma, sinvstd, dgamma, dbeta, p.w.scale,
@@ -340,11 +340,12 @@ void backward_t(const BatchNormShape& s, const BatchNormActArgs& a, bool frozen,
   if (dx == nullptr && dres == nullptr) return;  // parameter gradients only
   launch_elementwise<T>(s, {dy, x, dx, dres, res}, [&](auto vec, unsigned blocks) {
     bn_backward_apply_kernel<T, decltype(vec)::value><<<blocks, kThreads, 0, st>>>(
-        dy, x, res, smean, sinvstd, gamma, beta, p.w.scale, p.w.shift, p.w.coef, dx, dres, s.M * s.C, s.C, a.act);
+        dy, x, res, smean, sinvstd, gamma, beta, p.w.scale, p.w.shift, p.w.coef, dx, dres, s.M * s.C, s.C, s.yp(),
+        a.act);
   });
 }
 
-bool valid(const BatchNormShape& s) { return s.M >= 1 && s.C >= 1; }
+bool valid(const BatchNormShape& s) { return s.M >= 1 && s.C >= 1 && (s.y_pitch == 0 || s.y_pitch >= s.C); }
 
 template <typename T>
 struct Elem {

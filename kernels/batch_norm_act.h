@@ -2,7 +2,9 @@
 // with an activation and an optional residual add:
 //   y = act(gamma * (x - mean) * invstd + beta + residual)
 // x, residual, y, dy, dx, dresidual: [M, C] contiguous, M = N*H*W, element
-// type dt (f32, f16, bf16). gamma, beta, running stats, saved stats and the
+// type dt (f32, f16, bf16); except y (forward) and dy (backward), whose rows
+// may lie y_pitch elements apart: a channel slice of a wider tensor (a
+// training ghost module's halves). gamma, beta, running stats, saved stats and the
 // parameter gradients are f32 [C]; gamma or beta may be null (1 and 0).
 //
 // Training statistics are Welford in f32 per thread, merged with Chan's
@@ -22,6 +24,8 @@ namespace kestrel::kernels {
 struct BatchNormShape {
   int64_t M = 1;  // rows: N*H*W
   int C = 1;
+  int64_t y_pitch = 0;  // elements from one row of y / dy to the next; 0 means C
+  KESTREL_HD int64_t yp() const { return y_pitch > 0 ? y_pitch : C; }
 };
 
 struct BatchNormActArgs {

@@ -22,10 +22,8 @@ GhostModule::GhostModule(int64_t in, int64_t out, Activation act, int64_t ratio,
 }
 
 // The fused op folds both BNs into their convs, exact only with running
-// statistics: eval mode on CUDA. In training each BN needs its batch
-// statistics over a channel range of the shared output, which the CUDA
-// kernels cannot compute in place, so CUDA training keeps the composed path
-// (the CPU's training takes forward_ghost_norms, its inference ghost_in_place).
+// statistics: eval mode on CUDA. Training takes forward_ghost_norms (both
+// devices), the CPU's inference ghost_in_place.
 // Ratio 2 only: then cheap channel j reads primary channel j, which is what
 // kernels/ghost.h computes.
 bool GhostModule::can_fuse(const Tensor& x) const {
@@ -54,17 +52,20 @@ Tensor GhostModule::forward_in_place(const Tensor& x) const {
   return ghost_in_place(x, p.weight, p.bias, wc, bc, p.fused_act);
 }
 
-// Training on the CPU: the primary conv, then both norms and the cheap conv as
-// one op that writes the two halves straight into the output (ghost_norms).
+// Training: the primary conv, then both norms and the cheap conv as one op
+// that writes the two halves straight into the output (ghost_norms).
 // Undefined where that does not apply: ratio 2, a bias-free "same" depthwise
-// cheap conv, no int8 fake quantization, norms not folded.
+// cheap conv, no int8 fake quantization, norms not folded; on CUDA the
+// depthwise kernels' dtypes and sizes.
 Tensor GhostModule::forward_ghost_norms(const Tensor& x) {
   nn::Conv2d &p = *primary_->conv, &c = *cheap_->conv;
   nn::BatchNorm2d &pn = *primary_->bn, &cn = *cheap_->bn;
   const Conv2dParams& cp = c.params;
   const int64_t k = c.kernel_size;
-  const bool cpu_float = x.device().is_cpu() && (x.dtype() == DType::F32 || x.dtype() == DType::F64);
-  if (!cpu_float || layers_are_traced() || !pn.is_training() || !cn.is_training() || pn.folded || cn.folded ||
+  const DType t = x.dtype();
+  const bool kernels = x.device().is_cpu() ? (t == DType::F32 || t == DType::F64)
+                                           : (t == DType::F32 || t == DType::F16 || t == DType::BF16);
+  if (!kernels || layers_are_traced() || !pn.is_training() || !cn.is_training() || pn.folded || cn.folded ||
       p.quant.enabled || c.quant.enabled || c.bias.defined() || primary_->act != cheap_->act ||
       c.out_channels != p.out_channels || cp.groups != c.in_channels || cp.stride_h != 1 || cp.stride_w != 1 ||
       cp.dilation_h != 1 || cp.dilation_w != 1 || cp.pad_h != k / 2 || cp.pad_w != k / 2)
@@ -74,9 +75,21 @@ Tensor GhostModule::forward_ghost_norms(const Tensor& x) {
     TraceScope scope("primary_conv");
     z = p(x);
   }
-  const GhostNorm primary{pn.weight, pn.bias, pn.running_mean, pn.running_var, pn.pass_params()};
-  const GhostNorm cheap{cn.weight, cn.bias, cn.running_mean, cn.running_var, cn.pass_params()};
-  Tensor y = ghost_norms(z, primary, c.weight, cheap, primary_->act);
+  const GhostNorm primary{pn.weight, pn.bias, pn.running_mean, pn.running_var, {}};
+  const GhostNorm cheap{cn.weight, cn.bias, cn.running_mean, cn.running_var, {}};
+  Tensor y;
+  if (ghost_norms_apply(z, primary, c.weight, cheap)) {
+    y = ghost_norms(z, {pn.weight, pn.bias, pn.running_mean, pn.running_var, pn.pass_params()}, c.weight,
+                    {cn.weight, cn.bias, cn.running_mean, cn.running_var, cn.pass_params()}, primary_->act);
+  } else {  // e.g. a cheap kernel over 7 on CUDA: the composition, from z
+    Tensor a;
+    {
+      TraceScope scope("primary_conv");
+      TraceScope norm("1");
+      a = pn.forward_fused(z, primary_->act);
+    }
+    y = concat({a, (*cheap_)(a)}, 3);
+  }
   return y.size(3) == out_ ? y : y.narrow(3, 0, out_);
 }
 

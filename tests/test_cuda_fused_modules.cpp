@@ -23,7 +23,9 @@
 #include "engine/gpu/attention.h"
 #include "engine/ops/attention.h"
 #include "engine/ops/conv.h"
+#include "engine/ops/elementwise.h"
 #include "engine/ops/ghost.h"
+#include "engine/ops/ghost_norms.h"
 #include "engine/ops/pool.h"
 #include "engine/ops/reduce.h"
 #include "engine/ops/shape_ops.h"
@@ -401,7 +403,85 @@ TEST_P(CudaFused, GhostModuleMatchesCpu) {
   }
 }
 
+// ghost_norms (a training ghost module after its primary conv: both norms
+// write into the output's halves, the backward reads the gradient's in place)
+// against the CPU op: output and every gradient; in f32 also the running
+// statistics. f16/bf16 activations keep f32 norm parameters and cast the f32
+// cheap weight, as mixed precision runs it.
+TEST_P(CudaFused, GhostNormsMatchCpu) {
+  KESTREL_REQUIRE_CUDA();
+  const DType dtype = GetParam();
+  struct NormCase {
+    int64_t n, h, w, c, k;
+    Activation act;
+  };
+  const std::vector<NormCase> cases = {
+      {2, 9, 11, 24, 3, Activation::HardSwish}, {4, 8, 8, 20, 5, Activation::ReLU},
+      {1, 14, 14, 16, 7, Activation::None},     {3, 5, 7, 3, 3, Activation::ReLU6},
+      {5, 1, 1, 33, 3, Activation::HardSwish},  // H=W=1, odd channels
+  };
+  for (const NormCase& s : cases) {
+    // ReLU's kink flips whole gradient elements under half-precision rounding (as for ghost_module).
+    const bool kink = s.act == Activation::ReLU || s.act == Activation::ReLU6;
+    const Activation act = dtype != DType::F32 && kink ? Activation::SiLU : s.act;
+    MultiOp op = [act, dtype](const std::vector<Tensor>& v) {
+      GhostNorm p{v[2], v[3], v[4].clone(), v[5].clone(), {}}, c{v[6], v[7], v[8].clone(), v[9].clone(), {}};
+      p.params.momentum = c.params.momentum = 0.3;
+      const Tensor y = ghost_norms(v[0], p, v[1], c, act);
+      if (dtype != DType::F32) return y;
+      return concat({y.reshape({-1}), p.running_mean, p.running_var, c.running_mean, c.running_var}, 0);
+    };
+    auto stat = [&](uint64_t seed, bool var) {
+      const Tensor t = random_tensor({s.c}, seed, DType::F32);
+      return var ? add_scalar(mul(t, t), 0.5) : t;
+    };
+    const std::vector<Tensor> inputs = {
+        param({s.n, s.h, s.w, s.c}, 31, dtype), param({s.c, s.k, s.k, 1}, 32, dtype, 0.5),
+        param({s.c}, 33),  param({s.c}, 34, DType::F32, 0.1), stat(35, false), stat(36, true),
+        param({s.c}, 37),  param({s.c}, 38, DType::F32, 0.1), stat(39, false), stat(40, true)};
+    expect_cuda_matches_cpu(in_dtype(dtype, op, /*mixed=*/true), inputs, fused_tolerance(dtype, s.n * s.h * s.w),
+                            "ghost_norms " + shape_str({s.n, s.h, s.w, s.c}) + " k" + std::to_string(s.k) + " " +
+                                activation_name(act));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaFused, ::testing::Values(DType::F32, DType::F16, DType::BF16));
+
+// A GhostModule in training on CUDA takes ghost_norms and matches the CPU's:
+// output, every gradient, every buffer (running statistics, batch counters).
+TEST(CudaFusedModules, TrainingGhostModuleMatchesCpu) {
+  KESTREL_REQUIRE_CUDA();
+  for (int64_t out : {24, 37}) {
+    models::GhostModule on_cpu(16, out, Activation::HardSwish), on_cuda(16, out, Activation::HardSwish);
+    randomize_batch_norms(on_cpu, 61);
+    on_cuda.load_state_dict(on_cpu.state_dict());
+    on_cuda.to(Device::cuda());
+    on_cpu.train();
+    on_cuda.train();
+    const Tensor x = param({2, 9, 7, 16}, 62);
+    const Tensor r = random_tensor({2, 9, 7, out}, 63, DType::F32);
+    const Tensor y = on_cpu(x);
+    sum(mul(y, r)).backward();
+    const Tensor xc = x.detach().to(Device::cuda());
+    Tensor yc;
+    {
+      TraceRecorder profile(false, true);  // timed: fused ops stay
+      yc = on_cuda(xc);
+      sum(mul(yc, r.to(Device::cuda()))).backward();
+      EXPECT_EQ(count_ops(profile, "ghost_norms"), 2) << "forward and backward";
+    }
+    const std::string what = "GhostModule training, CUDA vs CPU, out " + std::to_string(out);
+    expect_close(yc.cpu(), y, 1e-4, 1e-4, what + ": output");
+    const auto params = on_cpu.named_parameters(), params_cuda = on_cuda.named_parameters();
+    for (size_t i = 0; i < params.size(); ++i)
+      expect_close(params_cuda[i].second.grad().cpu(), params[i].second.grad(), 1e-4, 1e-4,
+                   what + ": gradient of " + params[i].first);
+    const auto buffers = on_cpu.named_buffers(), buffers_cuda = on_cuda.named_buffers();
+    for (size_t i = 0; i < buffers.size(); ++i)
+      expect_close(buffers_cuda[i].second.cpu().to(DType::F64), buffers[i].second.to(DType::F64), 1e-5, 1e-5,
+                   what + ": " + buffers[i].first);
+  }
+}
 
 TEST(CudaFusedModules, EvalCoordAttentionAndGhostMatchCpu) {
   KESTREL_REQUIRE_CUDA();

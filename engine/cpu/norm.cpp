@@ -25,16 +25,10 @@ int64_t num_row_blocks(int64_t rows, int64_t channels) {
 
 inline int64_t block_begin(int64_t b, int64_t nb, int64_t rows) { return b * rows / nb; }
 
-// Elements from one row of t ([..., C]) to the next: C when contiguous, else
-// the pixel stride of a channel slice whose rows are evenly spaced.
-int64_t row_stride(const Tensor& t, int64_t C, const char* what) {
-  if (t.is_contiguous()) return C;
-  const int64_t last = t.dim() - 1;
-  const int64_t stride = last > 0 ? t.strides()[last - 1] : C;
-  bool even = t.strides()[last] == 1 && stride >= C;
-  for (int64_t d = last - 1, expected = stride; even && d >= 0; expected *= t.size(d), --d)
-    even = t.size(d) == 1 || t.strides()[d] == expected;
-  KCHECK(even, ShapeError, "batch_norm_act: ", what, " ", shape_str(t.shape()),
+// even_row_stride, or an error naming the tensor.
+int64_t row_stride(const Tensor& t, const char* what) {
+  const int64_t stride = even_row_stride(t);
+  KCHECK(stride > 0, ShapeError, "batch_norm_act: ", what, " ", shape_str(t.shape()),
          " must be contiguous or a channel slice with evenly spaced rows");
   return stride;
 }
@@ -254,7 +248,7 @@ void batch_norm_act_forward(const Tensor& x, const double* mean, const double* s
     const T* px = static_cast<const T*>(x.data_ptr());
     const T* pr = residual.defined() ? static_cast<const T*>(residual.data_ptr()) : nullptr;
     T* py = static_cast<T*>(y.data_ptr());
-    const int64_t YS = row_stride(y, C, "output");
+    const int64_t YS = row_stride(y, "output");
     auto residual_row = [&](int64_t r) { return pr != nullptr ? pr + r * C : nullptr; };
     if constexpr (std::is_same_v<T, float>) {
       parallel_for(rows, rows * C > kParallelMin, [&](int64_t r) {
@@ -289,7 +283,7 @@ void batch_norm_act_backward(const Tensor& x, const Tensor& residual, const Tens
       const T* px = static_cast<const T*>(x.data_ptr());
       const T* pr = residual.defined() ? static_cast<const T*>(residual.data_ptr()) : nullptr;
       const T* pg = static_cast<const T*>(grad_y.data_ptr());
-      const int64_t GS = row_stride(grad_y, C, "grad_y");
+      const int64_t GS = row_stride(grad_y, "grad_y");
       T* pgr = grad_residual.defined() ? static_cast<T*>(grad_residual.data_ptr()) : nullptr;
       T* pdx = grad_x.defined() ? static_cast<T*>(grad_x.data_ptr()) : nullptr;
       // Pass 1 stores gz where pass 2 reads it: in grad_residual (which is gz), else in

@@ -41,14 +41,23 @@ bool fits_int(const cpu::ConvGeom& g) {
 
 bool is_half_or_float(DType dtype) { return dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16; }
 
-void check_operands(const cpu::ConvGeom& g, const char* op, std::initializer_list<const Tensor*> tensors) {
+// x: the operand that may be a channel slice (g.x_pixel_stride, as
+// ghost_norms passes the first half of a ghost module's output), which only
+// the depthwise kernels take.
+void check_operands(const cpu::ConvGeom& g, const char* op, std::initializer_list<const Tensor*> tensors,
+                    const Tensor* x = nullptr) {
   const Tensor& first = **tensors.begin();
   KCHECK(is_floating(first.dtype()), DTypeError, op, ": CUDA convolution supports f32, f16, bf16 and f64, not ",
          dtype_name(first.dtype()), " (", geom_str(g), ")");
+  KCHECK(g.ys() == g.c_out && (g.xs() == g.c_in || (x != nullptr && even_row_stride(*x) == g.xs())), ValueError, op,
+         ": a pixel stride of ", g.xs(), " for the input does not fit it (", geom_str(g), ")");
+  const bool sliced = g.xs() != g.c_in;
+  KCHECK(!sliced || conv2d_path(g, first.dtype()) == ConvPath::Depthwise, ValueError, op,
+         ": only the depthwise kernels read a channel slice (", geom_str(g), ")");
   for (const Tensor* t : tensors) {
     if (!t->defined()) continue;
     KCHECK(t->device().is_cuda() && t->device() == first.device() && t->dtype() == first.dtype() &&
-               t->is_contiguous(),
+               (t->is_contiguous() || (sliced && t == x)),
            ValueError, op, ": CUDA convolution operands must be contiguous ", dtype_name(first.dtype()),
            " tensors on ", first.device().str(), " (", geom_str(g), ")");
   }
@@ -73,6 +82,7 @@ kernels::DepthwiseConvShape depthwise_shape(const cpu::ConvGeom& g) {
   s.pad_w = static_cast<int>(g.pw);
   s.dil_h = static_cast<int>(g.dh);
   s.dil_w = static_cast<int>(g.dw);
+  s.x_pitch = static_cast<int>(g.xs());
   const char* invalid = kernels::depthwise_conv_check(s);
   KCHECK(invalid == nullptr, ShapeError, "conv2d: depthwise kernel rejects the shape: ", invalid, " (", geom_str(g),
          ")");
@@ -560,7 +570,7 @@ ConvPath conv2d_path(const cpu::ConvGeom& g, DType dtype) {
 }
 
 Tensor conv2d_forward(const cpu::ConvGeom& g, const Tensor& x, const Tensor& w, const Tensor& bias) {
-  check_operands(g, "conv2d", {&x, &w, &bias});
+  check_operands(g, "conv2d", {&x, &w, &bias}, &x);
   cuda::DeviceGuard guard(x.device().index);
   Tensor y = Tensor::empty({g.n, g.oh, g.ow, g.c_out}, x.dtype(), x.device());
   if (y.numel() == 0) return y;  // an empty batch: the kernels and cuDNN reject zero sizes
@@ -604,7 +614,7 @@ Tensor conv2d_backward_input(const cpu::ConvGeom& g, const Tensor& gy, const Ten
 
 ConvParamGrads conv2d_backward_params(const cpu::ConvGeom& g, const Tensor& x, const Tensor& gy, bool want_weight,
                                       bool want_bias) {
-  check_operands(g, "conv2d backward", {&gy, want_weight ? &x : &gy});
+  check_operands(g, "conv2d backward", {&gy, want_weight ? &x : &gy}, &x);
   cuda::DeviceGuard guard(gy.device().index);
   ConvParamGrads out;
   if (gy.numel() == 0) {  // an empty batch contributes nothing

@@ -19,7 +19,9 @@
 
 namespace kestrel::gpu {
 
-// Inputs contiguous, on one CUDA device, one floating dtype; bias may be undefined.
+// Inputs contiguous, on one CUDA device, one floating dtype; bias may be
+// undefined. On the depthwise path x may be a channel slice of a wider tensor
+// (g.x_pixel_stride, evenly spaced pixels), here and in conv2d_backward_params.
 Tensor conv2d_forward(const cpu::ConvGeom& g, const Tensor& x, const Tensor& w, const Tensor& bias);
 // act(depthwise conv + bias) in one kernel, the activation in its epilogue
 // (inference: no gradient). The depthwise path only (conv2d_path).

@@ -30,6 +30,15 @@ kernels::BatchNormShape shape_of(const Tensor& x, const char* op) {
   return s;
 }
 
+// s.y_pitch for y (forward) or dy (backward): x's shape and dtype, rows evenly spaced.
+void set_y_pitch(kernels::BatchNormShape& s, const Tensor& t, const Tensor& x, const char* op, const char* what) {
+  const int64_t pitch = even_row_stride(t);
+  KCHECK(t.shape() == x.shape() && t.dtype() == x.dtype() && t.device() == x.device() && pitch > 0, ShapeError, op,
+         ": ", what, " ", shape_str(t.shape()), " ", dtype_name(t.dtype()), " must be the input's shape and dtype (",
+         shape_str(x.shape()), " ", dtype_name(x.dtype()), "), contiguous or a channel slice with evenly spaced rows");
+  s.y_pitch = pitch;
+}
+
 Tensor workspace_for(const kernels::BatchNormShape& s, Device d) {
   const size_t bytes = kernels::batch_norm_act_workspace_bytes(s);
   return Tensor::empty({static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float))}, DType::F32, d);
@@ -52,10 +61,11 @@ __global__ void increment_kernel(int64_t* counter) { *counter += 1; }
 BatchNormForward batch_norm_act_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                         const Tensor& running_mean, const Tensor& running_var,
                                         const Tensor& residual, bool training, double momentum, double eps,
-                                        Activation act, bool keep_stats) {
+                                        Activation act, bool keep_stats, const Tensor& out_y) {
   const char* op = "batch_norm";
   const KDType dt = kernel_dtype(x.dtype(), op, "activations");
-  const kernels::BatchNormShape s = shape_of(x, op);
+  kernels::BatchNormShape s = shape_of(x, op);
+  if (out_y.defined()) set_y_pitch(s, out_y, x, op, "output");
   const Device d = x.device();
   const OnDevice on(x);
   const cudaStream_t st = on.stream;
@@ -65,7 +75,7 @@ BatchNormForward batch_norm_act_forward(const Tensor& x, const Tensor& weight, c
   args.act = kernel_act(act);
   const Tensor ws = workspace_for(s, d);
   BatchNormForward out;
-  out.y = Tensor::empty(x.shape(), x.dtype(), d);
+  out.y = out_y.defined() ? out_y : Tensor::empty(x.shape(), x.dtype(), d);
   if (training) {
     // The kernel needs somewhere to put the batch statistics only when the backward reads them.
     if (keep_stats) out.saved = {f32_channels(s.C, d), f32_channels(s.C, d)};
@@ -100,7 +110,8 @@ BatchNormGrads batch_norm_act_backward(const Tensor& grad_y, const Tensor& x, co
                                        bool training, Activation act, const std::vector<bool>& need) {
   const char* op = "batch_norm backward";
   const KDType dt = kernel_dtype(x.dtype(), op, "activations");
-  const kernels::BatchNormShape s = shape_of(x, op);
+  kernels::BatchNormShape s = shape_of(x, op);
+  set_y_pitch(s, grad_y, x, op, "grad_y");
   const OnDevice on(x);
   const Device d = x.device();
   kernels::BatchNormActArgs args;

@@ -25,17 +25,20 @@ struct BatchNormForward {
 // x, residual contiguous [..., C]; weight, bias, residual may be undefined. In
 // training the batch statistics normalize and running_mean/var (f32 [C],
 // contiguous, may be undefined) are updated in place; in eval the running
-// statistics normalize and keep_stats snapshots them for the backward.
+// statistics normalize and keep_stats snapshots them for the backward. out,
+// when defined, is where y goes: x's shape and dtype, contiguous or a channel
+// slice of a wider tensor with evenly spaced rows (then y is out).
 BatchNormForward batch_norm_act_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                         const Tensor& running_mean, const Tensor& running_var,
                                         const Tensor& residual, bool training, double momentum, double eps,
-                                        Activation act, bool keep_stats);
+                                        Activation act, bool keep_stats, const Tensor& out = Tensor());
 
 struct BatchNormGrads {
   Tensor x, weight, bias, residual;  // undefined where not requested
 };
 
-// need: which of x, weight, bias, residual want a gradient.
+// need: which of x, weight, bias, residual want a gradient. grad_y may be a
+// channel slice with evenly spaced rows, like the forward's out.
 BatchNormGrads batch_norm_act_backward(const Tensor& grad_y, const Tensor& x, const Tensor& residual,
                                        const Tensor& weight, const Tensor& bias, const BatchNormStats& saved,
                                        bool training, Activation act, const std::vector<bool>& need);
