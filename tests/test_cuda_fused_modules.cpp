@@ -15,6 +15,7 @@
 #include <memory>
 #include <ostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda_parity.h"
@@ -449,10 +450,12 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, CudaFused, ::testing::Values(DType::F32, DType:
 
 // A GhostModule in training on CUDA takes ghost_norms and matches the CPU's:
 // output, every gradient, every buffer (running statistics, batch counters).
+// A cheap kernel of 9, past the depthwise kernels' 7, composes from the
+// primary conv's output instead.
 TEST(CudaFusedModules, TrainingGhostModuleMatchesCpu) {
   KESTREL_REQUIRE_CUDA();
-  for (int64_t out : {24, 37}) {
-    models::GhostModule on_cpu(16, out, Activation::HardSwish), on_cuda(16, out, Activation::HardSwish);
+  for (const auto& [out, k] : {std::pair<int64_t, int64_t>{24, 3}, {37, 5}, {24, 9}}) {
+    models::GhostModule on_cpu(16, out, Activation::HardSwish, 2, k), on_cuda(16, out, Activation::HardSwish, 2, k);
     randomize_batch_norms(on_cpu, 61);
     on_cuda.load_state_dict(on_cpu.state_dict());
     on_cuda.to(Device::cuda());
@@ -468,9 +471,11 @@ TEST(CudaFusedModules, TrainingGhostModuleMatchesCpu) {
       TraceRecorder profile(false, true);  // timed: fused ops stay
       yc = on_cuda(xc);
       sum(mul(yc, r.to(Device::cuda()))).backward();
-      EXPECT_EQ(count_ops(profile, "ghost_norms"), 2) << "forward and backward";
+      EXPECT_EQ(count_ops(profile, "ghost_norms"), k <= 7 ? 2 : 0) << "forward and backward";
+      EXPECT_EQ(count_ops(profile, "concat"), k <= 7 ? 0 : 2) << "forward and backward";
     }
-    const std::string what = "GhostModule training, CUDA vs CPU, out " + std::to_string(out);
+    const std::string what =
+        "GhostModule training, CUDA vs CPU, out " + std::to_string(out) + ", cheap kernel " + std::to_string(k);
     expect_close(yc.cpu(), y, 1e-4, 1e-4, what + ": output");
     const auto params = on_cpu.named_parameters(), params_cuda = on_cuda.named_parameters();
     for (size_t i = 0; i < params.size(); ++i)
