@@ -75,12 +75,13 @@ Tensor GhostModule::forward_ghost_norms(const Tensor& x) {
     TraceScope scope("primary_conv");
     z = p(x);
   }
-  const GhostNorm primary{pn.weight, pn.bias, pn.running_mean, pn.running_var, {}};
-  const GhostNorm cheap{cn.weight, cn.bias, cn.running_mean, cn.running_var, {}};
+  GhostNorm primary{pn.weight, pn.bias, pn.running_mean, pn.running_var, {}};
+  GhostNorm cheap{cn.weight, cn.bias, cn.running_mean, cn.running_var, {}};
   Tensor y;
   if (ghost_norms_apply(z, primary, c.weight, cheap)) {
-    y = ghost_norms(z, {pn.weight, pn.bias, pn.running_mean, pn.running_var, pn.pass_params()}, c.weight,
-                    {cn.weight, cn.bias, cn.running_mean, cn.running_var, cn.pass_params()}, primary_->act);
+    primary.params = pn.pass_params();  // counts the batch: only on the path that runs the norms here
+    cheap.params = cn.pass_params();
+    y = ghost_norms(z, primary, c.weight, cheap, primary_->act);
   } else {  // e.g. a cheap kernel over 7 on CUDA: the composition, from z
     Tensor a;
     {

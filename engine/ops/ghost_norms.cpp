@@ -40,8 +40,17 @@ cpu::ConvGeom cheap_geometry(const Tensor& z, int64_t k) {
   return g;
 }
 
+// The op in a trace: the cheap conv's multiply-adds, its kernel and activation.
+void trace_ghost_norms(const char* op, const std::vector<Tensor>& inputs, const Tensor& y, int64_t k,
+                       Activation act) {
+  if (active_trace() == nullptr) return;  // the strings cost more than the check
+  trace_op(op, inputs, y, y.numel() / 2 * k * k,
+           {{"kernel", std::to_string(k) + "x" + std::to_string(k)}, {"act", activation_name(act)}});
+}
+
 // dst[r, c] += src[r * stride + c]: the first half's own gradient joins the
-// one coming back through the cheap conv.
+// one coming back through the cheap conv. (add_ would do it, but its strided
+// path runs the rows on one thread.)
 template <typename T>
 void add_rows(T* dst, const T* src, int64_t rows, int64_t C, int64_t stride) {
   cpu::parallel_for(rows, rows * C > 32768, [&](int64_t r) {
@@ -100,9 +109,7 @@ Tensor ghost_norms_cuda(const char* op, const Tensor& z_in, const GhostNorm& np,
                                           pc.momentum, pc.eps, act, grad, b)
                   .saved;
   }
-  if (active_trace() != nullptr)
-    trace_op(op, inputs, y, N * H * W * C * K * K,
-             {{"kernel", std::to_string(K) + "x" + std::to_string(K)}, {"act", activation_name(act)}});
+  trace_ghost_norms(op, inputs, y, K, act);
   if (!grad) return y;
   const Tensor ys = y.detach();  // not the recorded output itself: no reference cycle through its node
   auto param = [](const Tensor& t) { return t.defined() ? t.detach() : Tensor(); };
@@ -168,9 +175,7 @@ Tensor ghost_norms(const Tensor& z_in, const GhostNorm& primary, const Tensor& w
   cpu_norm_forward(norm_c, zc, Tensor(), b);
 
   const std::vector<Tensor> inputs{z_in, primary.weight, primary.bias, w_cheap, cheap.weight, cheap.bias};
-  if (active_trace() != nullptr)
-    trace_op(op, inputs, y, N * H * W * C * K * K,
-             {{"kernel", std::to_string(K) + "x" + std::to_string(K)}, {"act", activation_name(act)}});
+  trace_ghost_norms(op, inputs, y, K, act);
   if (!needs_grad(inputs)) return y;
   const Tensor ys = y.detach();  // not the recorded output itself: no reference cycle through its node
   return record(y, op, inputs, [z, wc, zc, ys, norm_p, norm_c, g](const Tensor& grad, const std::vector<bool>& needs) {
