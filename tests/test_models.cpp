@@ -160,6 +160,32 @@ TEST(ModelZoo, BackwardReachesEveryParameterOfEveryModel) {
   }
 }
 
+TEST(ModelZoo, ToDTypeCastsFloatingTensorsInPlaceAndKeepsCounters) {
+  nn::ModulePtr m = build_model("mobilenet_v3_small", classes(10));
+  const Shape input{2, 32, 32, 3};
+  const Tensor before = forward_eval(*m, input);
+  m->to(DType::F64);
+  for (const auto& [name, p] : m->named_parameters()) {
+    EXPECT_EQ(p.dtype(), DType::F64) << name;
+    EXPECT_TRUE(p.requires_grad()) << name;
+  }
+  for (const auto& [name, b] : m->named_buffers())
+    EXPECT_EQ(b.dtype(), name.find("num_batches_tracked") == std::string::npos ? DType::F64 : DType::I64) << name;
+  // The layers' own handles see the cast: a float64 input runs through them.
+  m->eval();
+  {
+    NoGradGuard g;
+    const Tensor x64 = kestrel::testing::random_tensor(input, 1, DType::F32).to(DType::F64);
+    const Tensor logits64 = (*m)(x64);
+    ASSERT_EQ(logits64.dtype(), DType::F64);
+    kestrel::testing::expect_close(logits64.to(DType::F32), before, 1e-4);
+  }
+  // float32 -> float64 -> float32 is exact, so the round trip gives the same logits bit for bit.
+  m->to(DType::F32);
+  kestrel::testing::expect_close(forward_eval(*m, input), before, 0.0);
+  EXPECT_NE(expect_message_of([&] { m->to(DType::I64); }).find("i64 is not a floating-point type"), std::string::npos);
+}
+
 TEST(ModelRegistry, UnknownNameListsEveryValidModel) {
   const std::string msg = expect_message_of([] { build_model("resnet19"); });
   EXPECT_NE(msg.find("unknown model 'resnet19'"), std::string::npos) << msg;
@@ -243,22 +269,6 @@ TEST(CompoundScaling, PaperCoefficientsSatisfyTheConstraint) {
 
 namespace {
 
-// Every f32 parameter and buffer as f64, in place: the handles the layers
-// hold stay valid (as Module::to swaps devices).
-void to_f64(nn::Module& m) {
-  auto convert = [](const Tensor& t) {
-    if (t.dtype() != DType::F32) return;
-    const Tensor d = t.detach().to(DType::F64);
-    TensorImpl& impl = t.impl();
-    impl.storage = d.storage();
-    impl.strides = d.strides();
-    impl.offset = d.offset();
-    impl.dtype = DType::F64;
-  };
-  for (const auto& [name, t] : m.named_parameters()) convert(t);
-  for (const auto& [name, t] : m.named_buffers()) convert(t);
-}
-
 // tests/interop/twin_check.py's files for model `name` (built by `build`,
 // dropout and drop path off) at input x. In f32, as users run it: the weights
 // after a calibration of the norms, eval- and train-mode logits. In f64 (the
@@ -279,7 +289,7 @@ void save_twin_files(const std::function<nn::ModulePtr()>& build, const Tensor& 
   }
   nn::ModulePtr m64 = build();
   io::load_module(prefix + "_before.safetensors", *m64);
-  to_f64(*m64);
+  m64->to(DType::F64);
   const Tensor x64 = x.to(DType::F64);
   kestrel::testing::save_npy(prefix + "_eval.npy", kestrel::testing::eval_logits(*m64, x64));
   std::vector<int64_t> labels;

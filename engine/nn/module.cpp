@@ -139,19 +139,32 @@ void Module::load_state_dict(const NamedTensors& state, bool strict) {
   }
 }
 
-void Module::to(Device device) {
-  // Swap the storage under each tensor so handles held by layers stay valid.
+template <typename Wanted, typename Convert>
+void Module::replace_storage(const Wanted& wanted, const Convert& convert) {
   for (auto* slots : {&params_, &buffers_})
     for (Slot& s : *slots) {
-      if (s.tensor.device() == device) continue;
-      Tensor moved = s.tensor.detach().to(device);
+      if (!wanted(s.tensor)) continue;
+      const Tensor converted = convert(s.tensor.detach());
       TensorImpl& impl = s.tensor.impl();
-      impl.storage = moved.storage();
-      impl.strides = moved.strides();
-      impl.offset = moved.offset();
+      impl.storage = converted.storage();
+      impl.strides = converted.strides();
+      impl.offset = converted.offset();
+      impl.dtype = converted.dtype();
       impl.grad.reset();
     }
-  for (auto& [n, c] : children_) c->to(device);
+  for (auto& [n, c] : children_) c->replace_storage(wanted, convert);
+}
+
+void Module::to(Device device) {
+  replace_storage([&](const Tensor& t) { return t.device() != device; },
+                  [&](const Tensor& t) { return t.to(device); });
+}
+
+void Module::to(DType dtype) {
+  KCHECK(is_floating(dtype), ValueError, type_name(), ".to: ", dtype_name(dtype),
+         " is not a floating-point type (parameters stay floating point)");
+  replace_storage([&](const Tensor& t) { return is_floating(t.dtype()) && t.dtype() != dtype; },
+                  [&](const Tensor& t) { return t.to(dtype); });
 }
 
 }  // namespace kestrel::nn

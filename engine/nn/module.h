@@ -38,6 +38,9 @@ class Module {
 
   // Moves every parameter and buffer (keeps requires_grad).
   void to(Device device);
+  // Casts every floating-point parameter and buffer to `dtype` (PyTorch's
+  // model.to(torch.float64)); integer buffers such as counters stay as they are.
+  void to(DType dtype);
 
   virtual std::string type_name() const { return "Module"; }
 
@@ -64,6 +67,10 @@ class Module {
     bool conv_weight = false;  // stored OHWI here, OIHW in state_dict
   };
   void collect(const std::string& prefix, bool params, std::vector<std::pair<std::string, Slot*>>& out) const;
+  // Replaces the storage under every parameter and buffer, here and in the
+  // children, by convert's result where `wanted` says so; layers' handles stay valid.
+  template <typename Wanted, typename Convert>
+  void replace_storage(const Wanted& wanted, const Convert& convert);
 
   std::vector<Slot> params_;
   std::vector<Slot> buffers_;
