@@ -5,7 +5,6 @@
 
 #include "engine/autograd.h"
 #include "engine/cpu/depthwise.h"
-#include "engine/cpu/parallel.h"
 #include "engine/gpu/conv.h"
 #include "engine/gpu/norm.h"
 #include "engine/ops/check.h"
@@ -46,19 +45,6 @@ void trace_ghost_norms(const char* op, const std::vector<Tensor>& inputs, const 
   if (active_trace() == nullptr) return;  // the strings cost more than the check
   trace_op(op, inputs, y, y.numel() / 2 * k * k,
            {{"kernel", std::to_string(k) + "x" + std::to_string(k)}, {"act", activation_name(act)}});
-}
-
-// dst[r, c] += src[r * stride + c]: the first half's own gradient joins the
-// one coming back through the cheap conv. (add_ would do it, but its strided
-// path runs the rows on one thread.)
-template <typename T>
-void add_rows(T* dst, const T* src, int64_t rows, int64_t C, int64_t stride) {
-  cpu::parallel_for(rows, rows * C > 32768, [&](int64_t r) {
-    T* d = dst + r * C;
-    const T* s = src + r * stride;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) d[c] += s[c];
-  });
 }
 
 }  // namespace
@@ -179,7 +165,7 @@ Tensor ghost_norms(const Tensor& z_in, const GhostNorm& primary, const Tensor& w
   if (!needs_grad(inputs)) return y;
   const Tensor ys = y.detach();  // not the recorded output itself: no reference cycle through its node
   return record(y, op, inputs, [z, wc, zc, ys, norm_p, norm_c, g](const Tensor& grad, const std::vector<bool>& needs) {
-    const int64_t C = g.c_in, rows = g.n * g.h * g.w;
+    const int64_t C = g.c_in;
     const Tensor gy = grad.contiguous();
     const bool want_first = needs[0] || needs[1] || needs[2];
     // The cheap half: its norm's gradients, then the depthwise conv's.
@@ -198,7 +184,7 @@ Tensor ghost_norms(const Tensor& z_in, const GhostNorm& primary, const Tensor& w
       dense.x_pixel_stride = 0;
       Tensor ga = Tensor::empty(z.shape(), z.dtype(), z.device());
       cpu::depthwise_backward_input<T>(dense, gzc.data<T>(), wc.data<T>(), ga.data<T>());
-      add_rows<T>(ga.data<T>(), gy.data<T>(), rows, C, 2 * C);
+      add_(ga, gy.narrow(3, 0, C));  // the first half's own gradient joins the cheap conv's
       std::vector<Tensor> gp = cpu_norm_backward(norm_p, z, Tensor(), ga, {needs[0], needs[1], needs[2], false});
       gz = gp[0];
       gwp = gp[1];
