@@ -1,6 +1,7 @@
 #include <cmath>
 
 #include "engine/cpu/activation_math.h"
+#include "engine/ops/elementwise.h"
 #include "test_util.h"
 
 using namespace kestrel;
@@ -53,6 +54,68 @@ TEST(Tensor, ViewsShareStorageAndIndexCorrectly) {
   EXPECT_EQ(x.unsqueeze(0).squeeze(0).shape(), (Shape{2, 3, 4}));
   EXPECT_EQ(x.flatten(1).shape(), (Shape{2, 12}));
   EXPECT_EQ(p.reshape({8, 3}).to_vector()[3], x.permute({2, 0, 1}).contiguous().to_vector()[3]);
+}
+
+namespace {
+
+// t's element (f64, any strides) at `index` of a broadcast shape: t's trailing
+// dims line up with the index's, size-1 dims read element 0 (a naive reading).
+double at_index(const Tensor& t, const std::vector<int64_t>& index) {
+  const int64_t skip = static_cast<int64_t>(index.size()) - t.dim();
+  int64_t offset = 0;
+  for (int64_t d = 0; d < t.dim(); ++d)
+    if (t.size(d) > 1) offset += index[skip + d] * t.strides()[d];
+  return t.data<double>()[offset];
+}
+
+// Every multi-index of `shape`, in row-major order.
+std::vector<std::vector<int64_t>> all_indices(const Shape& shape) {
+  std::vector<std::vector<int64_t>> out;
+  std::vector<int64_t> i(shape.size(), 0);
+  for (int64_t n = 0, total = Tensor::empty(shape).numel(); n < total; ++n) {
+    out.push_back(i);
+    for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0 && ++i[d] == shape[d]; --d) i[d] = 0;
+  }
+  return out;
+}
+
+}  // namespace
+
+// Permuted, broadcast and sliced operands take the rows-of-strides path, big
+// enough to split across threads mid-way through the outer dims.
+TEST(Elementwise, StridedAndBroadcastOperandsMatchNaiveLoops) {
+  const Tensor a = random_tensor({6, 9, 17, 43}, 1).permute({0, 2, 1, 3});  // [6,17,9,43], not contiguous
+  const Tensor b = random_tensor({17, 1, 43}, 2);                            // broadcast over dims 0 and 2
+  const Shape shape{6, 17, 9, 43};
+  const std::vector<std::vector<int64_t>> indices = all_indices(shape);
+  const struct {
+    const char* name;
+    Tensor (*op)(const Tensor&, const Tensor&);
+    double (*naive)(double, double);
+  } ops[] = {{"add", add, [](double x, double y) { return x + y; }},
+             {"sub", sub, [](double x, double y) { return x - y; }},
+             {"mul", mul, [](double x, double y) { return x * y; }},
+             {"div", div, [](double x, double y) { return x / y; }}};
+  for (const auto& o : ops) {
+    const Tensor c = o.op(a, b);
+    ASSERT_EQ(c.shape(), shape) << o.name;
+    size_t wrong = 0;
+    for (const auto& i : indices) wrong += at_index(c, i) != o.naive(at_index(a, i), at_index(b, i));
+    EXPECT_EQ(wrong, 0u) << o.name;
+  }
+  // In place into the second half of a wider tensor's channels (self strided too).
+  Tensor wide = random_tensor({6, 17, 9, 86}, 3);
+  const Tensor before = wide.clone();
+  Tensor half = wide.narrow(3, 43, 43);
+  add_(half, a, 0.5);
+  size_t wrong = 0;
+  for (const auto& i : indices) {
+    std::vector<int64_t> first = i, second = i;
+    second[3] += 43;
+    wrong += at_index(wide, second) != at_index(before, second) + 0.5 * at_index(a, i);
+    wrong += at_index(wide, first) != at_index(before, first);
+  }
+  EXPECT_EQ(wrong, 0u);
 }
 
 TEST(Tensor, BadShapesRaiseTypedErrorsNamingTheOp) {

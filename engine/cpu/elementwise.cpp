@@ -129,13 +129,17 @@ void binary_loop(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
     T* o = po + off[0];
     const T* x = pa + off[1];
     const T* y = pb + off[2];
-    if (st[1] == 1 && st[2] == 1) {
+    // The output aliases an operand only element for element (in-place ops), so simd is safe.
+    if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
+#pragma omp simd
       for (int64_t i = 0; i < len; ++i) o[i] = f(x[i], y[i]);
-    } else if (st[1] == 1 && st[2] == 0) {
+    } else if (st[0] == 1 && st[1] == 1 && st[2] == 0) {
       const T yv = y[0];
+#pragma omp simd
       for (int64_t i = 0; i < len; ++i) o[i] = f(x[i], yv);
-    } else if (st[1] == 0 && st[2] == 1) {
+    } else if (st[0] == 1 && st[1] == 0 && st[2] == 1) {
       const T xv = x[0];
+#pragma omp simd
       for (int64_t i = 0; i < len; ++i) o[i] = f(xv, y[i]);
     } else {
       for (int64_t i = 0; i < len; ++i) o[i * st[0]] = f(x[i * st[1]], y[i * st[2]]);
