@@ -9,6 +9,7 @@
 
 using kestrel::testing::expect_one_line_error;
 using kestrel::testing::kestrel_cli;
+using kestrel::testing::read_text;
 using kestrel::testing::temp_path;
 namespace fs = std::filesystem;
 
@@ -283,6 +284,47 @@ TEST(Cli, Cifar100CoarseTrainsOnTheTwentySuperclasses) {
   std::ifstream config(out + "/config.json");
   const std::string text((std::istreambuf_iterator<char>(config)), std::istreambuf_iterator<char>());
   EXPECT_NE(text.find("\"dataset\": \"cifar100-coarse\""), std::string::npos) << text;
+}
+
+// Ctrl-C from outside, as a user or a scheduler (SIGTERM) sends it: the run
+// saves where it is, says how to go on, and exits 128 + the signal; --resume
+// takes it up at that batch.
+TEST(Cli, CtrlCSavesTheRunWhereItIsAndResumeTakesItUp) {
+  const std::string root = make_folder("ctrl_c");
+  for (const char* sig : {"INT", "TERM"}) {
+    const std::string out = temp_path(std::string("ctrl_c_out_") + sig), err = out + ".err";
+    const std::string args = " train --dataset folder --data-dir " + root +
+                             " --batch-size 2 --epochs 500 --workers 1 --device cpu --no-progress --overwrite --out " +
+                             out;
+    // Signalled once the run folder exists (the handler is in place by then).
+    const std::string script = temp_path(std::string("ctrl_c_") + sig + ".sh");
+    // Job control on (set -m): a non-interactive shell starts background jobs with SIGINT ignored.
+    std::ofstream(script) << "set -m\nOMP_NUM_THREADS=2 " << KESTREL_BINARY_DIR << "/tools/kestrel" << args << " 2>" << err
+                          << " &\npid=$!\ni=0\nwhile [ ! -f " << out << "/config.json ] && [ $i -lt 1200 ]; do sleep 0.05; "
+                          << "i=$((i+1)); done\nkill -" << sig << " $pid\nwait $pid\n";
+    const int status = std::system(("bash " + script).c_str());
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), std::string(sig) == "INT" ? 130 : 143) << read_text(err);
+    const std::string said = read_text(err);
+    // "at epoch E/500, batch B/4" mid-epoch, "after epoch E/500" when it came during an evaluation.
+    EXPECT_NE(said.find(std::string("interrupted (SIG") + sig + ") "), std::string::npos) << said;
+    EXPECT_NE(said.find("saved " + out + "/last.safetensors; the same command with --resume continues"),
+              std::string::npos)
+        << said;
+    const nlohmann::json state = nlohmann::json::parse(read_text(out + "/state.json"));
+    const int64_t step = state["global_step"].get<int64_t>();
+    const int64_t batch = state.value("resume_batch", int64_t{0});
+    // Resumed for one more step (then stopped the same way): it starts at the saved batch.
+    const auto r = kestrel_cli("train --resume --no-progress --out " + out + " --interrupt-after-steps " +
+                               std::to_string(step + 1));
+    EXPECT_EQ(r.rc, 130) << r.err;
+    EXPECT_NE(r.err.find("resuming " + out + " at epoch " +
+                         std::to_string(state["next_epoch"].get<int64_t>() + 1) +
+                         (batch > 0 ? ", batch " + std::to_string(batch + 1) : "") + " (step " + std::to_string(step) +
+                         ")"),
+              std::string::npos)
+        << r.err;
+  }
 }
 
 // --resume continues the run as it was set up: asking for something else is

@@ -1,4 +1,5 @@
 // End-to-end training on real data (Fashion-MNIST from the Debian package).
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 
@@ -53,6 +54,51 @@ TEST(Train, ResumedRunMatchesAnUninterruptedRun) {
   const std::string resumed = kestrel::testing::kill_then_resume(full, "killed", 3);
   kestrel::testing::expect_checkpoints_match(full.out + "/last.safetensors", resumed + "/last.safetensors", 0.0, 0.0,
                                              "resumed on the CPU");
+}
+
+// Ctrl-C (here the run sends itself SIGINT after its third step, in epoch 2):
+// the run saves where it stopped, mid-epoch, and --resume ends with the
+// weights and metrics of a run never stopped.
+TEST(Train, InterruptedRunSavesMidEpochAndResumesToTheSameRun) {
+  REQUIRE_FASHION_MNIST();
+  tools::TrainConfig full = kestrel::testing::fashion_mnist_config("interrupt_full");
+  full.limit_train = 512;
+  full.ema = 0.99;
+  full.mixup = 0.5;
+  full.dropout = 0.3;   // draws from the init generator: its offset must be saved mid-epoch
+  full.grad_accum = 3;  // 8 batches an epoch, steps after batches 3 and 6
+  ASSERT_TRUE(tools::train(full).completed);
+
+  struct sigaction before {};
+  sigaction(SIGINT, nullptr, &before);
+  tools::TrainConfig stopped = full;
+  stopped.out = kestrel::testing::temp_path("interrupt_stopped");
+  stopped.interrupt_after_steps = 3;
+  const tools::TrainSummary s = tools::train(stopped);
+  EXPECT_FALSE(s.completed);
+  EXPECT_EQ(s.interrupted_by, SIGINT);
+  EXPECT_EQ(s.global_step, 3);
+  struct sigaction after {};
+  sigaction(SIGINT, nullptr, &after);
+  EXPECT_EQ(after.sa_handler, before.sa_handler) << "the run gives SIGINT back as it found it";
+  const nlohmann::json state = nlohmann::json::parse(kestrel::testing::read_text(stopped.out + "/state.json"));
+  EXPECT_EQ(state["next_epoch"], 1);
+  EXPECT_EQ(state["resume_batch"], 3);
+  EXPECT_EQ(state["global_step"], 3);
+  EXPECT_EQ(kestrel::testing::read_metrics_jsonl(stopped.out).size(), 1u);
+
+  tools::TrainConfig resumed = stopped;
+  resumed.interrupt_after_steps = 0;
+  resumed.overwrite = false;
+  resumed.resume = true;
+  ASSERT_TRUE(tools::train(resumed).completed);
+  kestrel::testing::expect_checkpoints_match(full.out + "/last.safetensors", stopped.out + "/last.safetensors", 0.0,
+                                             0.0, "interrupted, resumed");
+  const auto full_rows = kestrel::testing::read_metrics_jsonl(full.out);
+  const auto resumed_rows = kestrel::testing::read_metrics_jsonl(stopped.out);
+  ASSERT_EQ(resumed_rows.size(), 2u);
+  for (const char* key : {"train_loss", "train_top1", "val_loss", "val_top1", "lr"})
+    EXPECT_EQ(resumed_rows[1][key], full_rows[1][key]) << key << ": the interrupted epoch sums both parts";
 }
 
 // --precise-bn recomputes the running statistics before each evaluation and

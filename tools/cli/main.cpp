@@ -18,6 +18,11 @@ void register_scale_search(CLI::App& app);  // scale_search.cpp
 void register_cam(CLI::App& app);           // cam.cpp
 void register_bench(CLI::App& app);         // bench.cpp
 void register_table(CLI::App& app);         // table.cpp
+
+namespace {
+int g_exit_status = 0;
+}  // namespace
+void set_exit_status(int status) { g_exit_status = status; }
 }  // namespace kestrel::cli
 
 int main(int argc, char** argv) {
@@ -62,5 +67,5 @@ int main(int argc, char** argv) {
     kestrel::dist::abort(1);
   }
   kestrel::dist::finalize();  // before static destructors tear down the CUDA runtime
-  return 0;
+  return kestrel::cli::g_exit_status;
 }

@@ -14,6 +14,8 @@
 
 namespace kestrel::cli {
 
+void set_exit_status(int status);  // main.cpp: what the process returns
+
 namespace {
 
 std::string trim(const std::string& s) {
@@ -197,6 +199,9 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_flag("--no-progress", *no_progress, "no progress bars");
   cmd->add_option("--stop-after-steps", c->stop_after_steps, "stop abruptly after N optimizer steps (testing aid)")
       ->group("");
+  cmd->add_option("--interrupt-after-steps", c->interrupt_after_steps,
+                  "send this process SIGINT after N optimizer steps (testing aid)")
+      ->group("");
   // What the command sets is what differs from these (flags and recipe keys alike).
   const auto defaults = std::make_shared<nlohmann::json>(c->to_json());
   cmd->callback([c, no_progress, recipe, cmd, kind, defaults] {
@@ -215,6 +220,7 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
     }
     c->progress = !*no_progress;
     const tools::TrainSummary s = tools::train(*c);
+    if (s.interrupted_by != 0) set_exit_status(128 + s.interrupted_by);  // as the shell reports a signal
     if (!s.completed || !dist::is_main()) return;
     if (kind == Kind::Qat && s.float_top1 >= 0)
       std::printf("float top-1 %.2f%%; int8 after calibration %.2f%%; ", 100 * s.float_top1,

@@ -17,9 +17,10 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
-ProgressBar::ProgressBar(std::string label, int64_t total, bool enabled)
+ProgressBar::ProgressBar(std::string label, int64_t total, bool enabled, int64_t first)
     : label_(std::move(label)),
       total_(total),
+      first_(first),
       enabled_(enabled),
       tty_(isatty(fileno(stderr)) != 0),
       start_(std::chrono::steady_clock::now()),
@@ -36,7 +37,8 @@ std::string ProgressBar::render(int64_t done, const std::string& extra) const {
   std::string bar(filled, '#');
   bar += std::string(width - filled, '.');
   const double elapsed = elapsed_seconds();
-  const double eta = done > 0 ? elapsed * static_cast<double>(total_ - done) / static_cast<double>(done) : 0.0;
+  const int64_t here = done - first_;  // done by this process
+  const double eta = here > 0 ? elapsed * static_cast<double>(total_ - done) / static_cast<double>(here) : 0.0;
   char head[160];
   std::snprintf(head, sizeof(head), "%s [%s] %3.0f%% %lld/%lld %s<%s", label_.c_str(), bar.c_str(), 100.0 * frac,
                 static_cast<long long>(done), static_cast<long long>(total_), format_duration(elapsed).c_str(),
@@ -62,10 +64,10 @@ void ProgressBar::update(int64_t done, const std::string& extra) {
   last_print_ = now;
 }
 
-void ProgressBar::finish(const std::string& extra) {
+void ProgressBar::finish(const std::string& extra, int64_t done) {
   if (!enabled_) return;
   if (tty_) {
-    const std::string line = render(total_, extra);
+    const std::string line = render(done < 0 ? total_ : done, extra);
     std::cerr << "\r" << line;
     if (line.size() < last_width_) std::cerr << std::string(last_width_ - line.size(), ' ');
     std::cerr << "\n";

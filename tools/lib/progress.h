@@ -9,16 +9,19 @@ namespace kestrel::tools {
 
 class ProgressBar {
  public:
-  ProgressBar(std::string label, int64_t total, bool enabled = true);
+  // first: items already done before this bar started (a resumed epoch); the
+  // rate behind the ETA counts only the ones after.
+  ProgressBar(std::string label, int64_t total, bool enabled = true, int64_t first = 0);
   // Advances to `done` items; `extra` is appended ("loss 0.41 acc 87.2% lr 0.05").
   void update(int64_t done, const std::string& extra = "");
-  void finish(const std::string& extra = "");
+  // The last line, at `done` items (-1: all of them).
+  void finish(const std::string& extra = "", int64_t done = -1);
   double elapsed_seconds() const;
 
  private:
   std::string render(int64_t done, const std::string& extra) const;
   std::string label_;
-  int64_t total_;
+  int64_t total_, first_;
   bool enabled_, tty_;
   std::chrono::steady_clock::time_point start_, last_print_;
   size_t last_width_ = 0;

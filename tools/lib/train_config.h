@@ -79,6 +79,7 @@ struct TrainConfig {
   bool overwrite = false;
   bool progress = true;
   int64_t stop_after_steps = 0;  // testing aid: stop (as if killed) after this many optimizer steps
+  int64_t interrupt_after_steps = 0;  // testing aid: raise SIGINT after this many optimizer steps
   std::string recipe_file;       // the --config file read (not saved: an input --overwrite must keep)
 
   nlohmann::json to_json() const;

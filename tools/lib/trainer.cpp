@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -33,6 +34,7 @@
 #include "tools/lib/device_select.h"
 #include "tools/lib/distill.h"
 #include "tools/lib/initial_weights.h"
+#include "tools/lib/interrupt.h"
 #include "tools/lib/plot.h"
 #include "tools/lib/precise_bn.h"
 #include "tools/lib/progress.h"
@@ -308,6 +310,18 @@ class EpochTally {
   double accuracy() const { return static_cast<double>(correct_) / static_cast<double>(std::max<int64_t>(seen_, 1)); }
   int64_t seen() const { return seen_; }
 
+  // The sums so far, for a checkpoint taken mid-epoch, and back (flushed first).
+  nlohmann::json to_json() {
+    flush();
+    return {{"loss_sum", loss_sum_}, {"loss_seen", loss_seen_}, {"seen", seen_}, {"correct", correct_}};
+  }
+  void restore(const nlohmann::json& j) {
+    loss_sum_ = j.at("loss_sum").get<double>();
+    loss_seen_ = j.at("loss_seen").get<int64_t>();
+    seen_ = j.at("seen").get<int64_t>();
+    correct_ = j.at("correct").get<int64_t>();
+  }
+
  private:
   using Clock = std::chrono::steady_clock;
   static constexpr size_t kMaxPending = 64;
@@ -386,6 +400,10 @@ TrainSummary train(TrainConfig c) {
   const int world = dist::world_size();
   const bool main_rank = dist::is_main();
   if (!main_rank) c.progress = false;
+  // Ctrl-C or SIGTERM: save mid-epoch and stop. A data-parallel job keeps the
+  // default (mpirun ends every rank; it resumes from its last epoch).
+  std::optional<InterruptGuard> interrupt_guard;
+  if (world == 1) interrupt_guard.emplace();
   // Both before the run folder is touched.
   const Device device = resolve_device(c.device);
   check_config_fits_process(c, device);
@@ -408,6 +426,7 @@ TrainSummary train(TrainConfig c) {
     saved.resume = true;
     saved.progress = c.progress;
     saved.stop_after_steps = c.stop_after_steps;
+    saved.interrupt_after_steps = c.interrupt_after_steps;
     c = saved;
     check_config_fits_process(c, device);  // the run's own --amp and batch, on this process
   }
@@ -519,7 +538,7 @@ TrainSummary train(TrainConfig c) {
   std::unique_ptr<optim::GradScaler> scaler;
   if (c.amp == "fp16") scaler = std::make_unique<optim::GradScaler>();
 
-  int64_t start_epoch = 0, global_step = 0, stale_epochs = 0, best_epoch = -1;
+  int64_t start_epoch = 0, resume_batch = 0, global_step = 0, stale_epochs = 0, best_epoch = -1;
   bool had_stopped_early = false;
   double best_top1 = -1.0;
   nlohmann::json history = nlohmann::json::array();
@@ -529,6 +548,7 @@ TrainSummary train(TrainConfig c) {
     if (ema) ema->load_state(optim::OptimizerState::from_named_tensors(resume_ckpt.tensors, "__ema__."));
     if (scaler) scaler->load_state(optim::OptimizerState::from_named_tensors(resume_ckpt.tensors, "__scaler__."));
     start_epoch = state["next_epoch"].get<int64_t>();
+    resume_batch = state.value("resume_batch", int64_t{0});  // interrupted mid-epoch
     global_step = state["global_step"].get<int64_t>();
     stale_epochs = state["stale_epochs"].get<int64_t>();
     best_epoch = state.contains("best_epoch_number") ? state["best_epoch_number"].get<int64_t>() - 1
@@ -539,7 +559,9 @@ TrainSummary train(TrainConfig c) {
     had_stopped_early = c.early_stop > 0 && stale_epochs >= c.early_stop;
     if (had_stopped_early) start_epoch = c.epochs;
     if (main_rank && start_epoch < c.epochs)
-      std::cerr << "resuming " << c.out << " at epoch " << start_epoch + 1 << " (step " << global_step << ")\n";
+      std::cerr << "resuming " << c.out << " at epoch " << start_epoch + 1
+                << (resume_batch > 0 ? ", batch " + std::to_string(resume_batch + 1) : "") << " (step " << global_step
+                << ")\n";
   }
   Generator& init_gen = nn::init_generator();
   init_gen.set_state(rank_seed(init_gen.seed(), dist::rank()), init_gen.offset());
@@ -596,18 +618,60 @@ TrainSummary train(TrainConfig c) {
     }
     summary.final_top1 = summary.calibrated_top1;
   }
+  // Checkpoint: model weights + optimizer + EMA + state, one atomic file;
+  // `progress` says where in next_epoch an interrupted run stopped.
+  auto save_last = [&](int64_t next_epoch, const nlohmann::json& progress) {
+    nlohmann::json st;
+    st["config"] = c.to_json();
+    st["next_epoch"] = next_epoch;
+    st["global_step"] = global_step;
+    st["stale_epochs"] = stale_epochs;
+    st["best_epoch_number"] = best_epoch + 1;  // counted from 1, as printed
+    st["best_top1"] = best_top1;
+    st["history"] = history;
+    st["generator_seed"] = nn::init_generator().seed();
+    st["generator_offset"] = nn::init_generator().offset();
+    st.update(progress);
+    nn::NamedTensors extra = optimizer->state().to_named_tensors("__optim__.");
+    if (ema) {
+      nn::NamedTensors e = ema->state().to_named_tensors("__ema__.");
+      extra.insert(extra.end(), e.begin(), e.end());
+    }
+    if (scaler) {
+      nn::NamedTensors sc = scaler->state().to_named_tensors("__scaler__.");
+      extra.insert(extra.end(), sc.begin(), sc.end());
+    }
+    save_checkpoint(c.out + "/last.safetensors", *model, info, extra, {{kStateKey, st.dump()}});
+    io::write_text_atomically(c.out + "/state.json", st.dump(2) + "\n", "train");
+  };
+  // After a Ctrl-C or SIGTERM, once last.safetensors holds the run: says so and stops.
+  auto stop_for_signal = [&](const std::string& where) {
+    const int sig = interrupt_signal();
+    clear_interrupt();
+    std::cerr << "interrupted (" << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << ") " << where << ": saved " << c.out
+              << "/last.safetensors; the same command with --resume continues from there\n";
+    summary.interrupted_by = sig;
+    summary.global_step = global_step;
+    return summary;
+  };
   const std::vector<Tensor> params = model->parameters();
   bool lag_noted = false;
   for (int64_t epoch = start_epoch; epoch < c.epochs; ++epoch) {
     model->train();
-    train_loader.start_epoch(epoch);
+    const int64_t first_batch = epoch == start_epoch ? resume_batch : 0;
+    train_loader.start_epoch(epoch, first_batch);
     char label[32];
     std::snprintf(label, sizeof(label), "epoch %lld/%lld", static_cast<long long>(epoch + 1),
                   static_cast<long long>(c.epochs));
-    ProgressBar bar(label, train_loader.num_batches(), c.progress);
+    ProgressBar bar(label, train_loader.num_batches(), c.progress, first_batch);
     data::Batch b;
     EpochTally tally(scaler != nullptr, epoch, device);
-    int64_t seen = 0, micro = 0, batches = 0, skipped_steps = 0;
+    int64_t seen = 0, micro = 0, batches = first_batch, skipped_steps = 0;
+    if (first_batch > 0) {
+      tally.restore(state.at("epoch_tally"));
+      skipped_steps = state.value("epoch_skipped_steps", int64_t{0});
+    }
+    const int64_t resumed_seen = tally.seen();  // images of this epoch trained before a resume
     while (train_loader.next(b)) {
       const data::DeviceBatch on_device = data::copy_batch_to_device(b, device);
       Tensor logits, teacher_logits;
@@ -643,6 +707,16 @@ TrainSummary train(TrainConfig c) {
           bar.finish("stopped (--stop-after-steps)");
           summary.global_step = global_step;
           return summary;  // as if killed: nothing more is written
+        }
+        if (c.interrupt_after_steps > 0 && global_step == c.interrupt_after_steps) std::raise(SIGINT);
+        if (interrupt_guard && interrupt_signal() != 0) {
+          save_last(epoch, {{"resume_batch", batches},
+                            {"epoch_tally", tally.to_json()},
+                            {"epoch_skipped_steps", skipped_steps}});
+          bar.finish("interrupted", batches);
+          return stop_for_signal("at epoch " + std::to_string(epoch + 1) + "/" + std::to_string(c.epochs) +
+                                 ", batch " + std::to_string(batches) + "/" +
+                                 std::to_string(train_loader.num_batches()));
         }
       }
       const double secs = bar.elapsed_seconds();
@@ -701,7 +775,7 @@ TrainSummary train(TrainConfig c) {
     rec["val_top1"] = top1;
     rec["val_top5"] = val.metrics.top5();
     rec["epoch_seconds"] = train_secs + precise_bn_secs + val.seconds;
-    rec["images_per_sec"] = train_secs > 0 ? static_cast<double>(tally.seen()) / train_secs : 0.0;
+    rec["images_per_sec"] = train_secs > 0 ? static_cast<double>(tally.seen() - resumed_seen) / train_secs : 0.0;
     if (scaler) {
       rec["loss_scale"] = scaler->current_scale();
       rec["skipped_steps"] = skipped_steps;
@@ -721,29 +795,9 @@ TrainSummary train(TrainConfig c) {
     if (scaler) tb->add_scalar("amp/loss_scale", scaler->current_scale(), epoch + 1);
     tb->flush();
 
-    // Checkpoint: model weights + optimizer + EMA + state, one atomic file.
-    nlohmann::json st;
-    st["config"] = c.to_json();
-    st["next_epoch"] = epoch + 1;
-    st["global_step"] = global_step;
-    st["stale_epochs"] = stale_epochs;
-    st["best_epoch_number"] = best_epoch + 1;  // counted from 1, as printed
-    st["best_top1"] = best_top1;
-    st["history"] = history;
-    st["generator_seed"] = nn::init_generator().seed();
-    st["generator_offset"] = nn::init_generator().offset();
-    nn::NamedTensors extra = optimizer->state().to_named_tensors("__optim__.");
-    if (ema) {
-      nn::NamedTensors e = ema->state().to_named_tensors("__ema__.");
-      extra.insert(extra.end(), e.begin(), e.end());
-    }
-    if (scaler) {
-      nn::NamedTensors sc = scaler->state().to_named_tensors("__scaler__.");
-      extra.insert(extra.end(), sc.begin(), sc.end());
-    }
-    save_checkpoint(c.out + "/last.safetensors", *model, info, extra, {{kStateKey, st.dump()}});
-    io::write_text_atomically(c.out + "/state.json", st.dump(2) + "\n", "train");
+    save_last(epoch + 1, nlohmann::json::object());
     write_metric_files(c.out, history);
+    const bool last_epoch = epoch + 1 == c.epochs || stop_early;
 
     char amp_note[96] = "";
     if (scaler)
@@ -763,6 +817,10 @@ TrainSummary train(TrainConfig c) {
                    "evaluation\n",
                    val.loss, rec["train_loss"].get<double>());
       lag_noted = true;
+    }
+    if (interrupt_guard && interrupt_signal() != 0 && !last_epoch) {  // came during the evaluation: stop here
+      summary.epochs_run = epoch + 1;
+      return stop_for_signal("after epoch " + std::to_string(epoch + 1) + "/" + std::to_string(c.epochs));
     }
     if (stop_early) {
       std::cerr << "early stop: no improvement for " << stale_epochs << " epochs\n";

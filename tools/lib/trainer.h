@@ -12,7 +12,8 @@
 namespace kestrel::tools {
 
 struct TrainSummary {
-  bool completed = false;  // false when stopped early by stop_after_steps (simulated kill)
+  bool completed = false;  // false when stopped early by stop_after_steps (simulated kill) or a signal
+  int interrupted_by = 0;  // SIGINT or SIGTERM when a signal stopped the run (saved mid-epoch)
   int64_t epochs_run = 0;
   int64_t epochs = 0;  // the run's length (a resumed run's own, from its saved recipe)
   int64_t global_step = 0;
