@@ -40,34 +40,24 @@ TEST(Train, LossFallsAndAccuracyBeatsChanceOnFashionMnist) {
   EXPECT_TRUE(has_events);
 }
 
-TEST(Train, ResumedRunMatchesAnUninterruptedRun) {
+// Killed (no warning) or interrupted (Ctrl-C: here the run sends itself
+// SIGINT), both in the middle of epoch 2, and resumed: the weights of the run
+// never stopped, bit for bit; the interrupted run saved mid-epoch, so its
+// metrics are the unstopped run's too.
+TEST(Train, KilledOrInterruptedRunResumesToTheUninterruptedRun) {
   REQUIRE_FASHION_MNIST();
   tools::TrainConfig full = kestrel::testing::fashion_mnist_config("uninterrupted");
   full.limit_train = 512;
   full.ema = 0.99;
   full.mixup = 0.5;
   full.drop_path = 0.0;
-  full.grad_accum = 3;  // 8 batches per epoch: 2 steps, 2 micro-batches left over each epoch
-  ASSERT_TRUE(tools::train(full).completed);
-
-  // 2 steps per epoch: dies in the middle of epoch 2. Resumed: bit for bit the same.
-  const std::string resumed = kestrel::testing::kill_then_resume(full, "killed", 3);
-  kestrel::testing::expect_checkpoints_match(full.out + "/last.safetensors", resumed + "/last.safetensors", 0.0, 0.0,
-                                             "resumed on the CPU");
-}
-
-// Ctrl-C (here the run sends itself SIGINT after its third step, in epoch 2):
-// the run saves where it stopped, mid-epoch, and --resume ends with the
-// weights and metrics of a run never stopped.
-TEST(Train, InterruptedRunSavesMidEpochAndResumesToTheSameRun) {
-  REQUIRE_FASHION_MNIST();
-  tools::TrainConfig full = kestrel::testing::fashion_mnist_config("interrupt_full");
-  full.limit_train = 512;
-  full.ema = 0.99;
-  full.mixup = 0.5;
   full.dropout = 0.3;   // draws from the init generator: its offset must be saved mid-epoch
-  full.grad_accum = 3;  // 8 batches an epoch, steps after batches 3 and 6
+  full.grad_accum = 3;  // 8 batches per epoch: steps after batches 3 and 6, 2 micro-batches left over
   ASSERT_TRUE(tools::train(full).completed);
+
+  const std::string killed = kestrel::testing::kill_then_resume(full, "killed", 3);
+  kestrel::testing::expect_checkpoints_match(full.out + "/last.safetensors", killed + "/last.safetensors", 0.0, 0.0,
+                                             "killed, resumed on the CPU");
 
   struct sigaction before {};
   sigaction(SIGINT, nullptr, &before);
