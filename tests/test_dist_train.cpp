@@ -76,6 +76,25 @@ TEST(DistTrain, KilledAndResumedJobEndsWithTheUninterruptedJobsWeights) {
   EXPECT_NE(r.err.find("resuming"), std::string::npos) << r.err;
   testing::expect_checkpoints_match(full + "/last.safetensors", killed + "/last.safetensors", 0.0, 0.0,
                                     "two ranks, killed at step 13 and resumed");
+
+  // Saving every 4 steps: killed at step 13, resumed from step 12 (epoch 2,
+  // batch 3), with the epoch's sums over both ranks saved there.
+  const std::string saving = temp_path("dist_killed_saving");
+  r = kestrel_cli(job(saving, 1200, 2) + " --save-every-steps 4 --stop-after-steps 13", mpirun2());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const nlohmann::json state = nlohmann::json::parse(testing::read_text(saving + "/state.json"));
+  EXPECT_EQ(state["global_step"], 12);
+  EXPECT_EQ(state["resume_batch"], 3);
+  r = kestrel_cli("train --resume --no-progress --out " + saving, mpirun2());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("at epoch 2, batch 4 (step 12)"), std::string::npos) << r.err;
+  testing::expect_checkpoints_match(full + "/last.safetensors", saving + "/last.safetensors", 0.0, 0.0,
+                                    "two ranks, saved at step 12, killed at 13, resumed");
+  const auto full_rows = testing::read_metrics_jsonl(full), saving_rows = testing::read_metrics_jsonl(saving);
+  ASSERT_EQ(saving_rows.size(), 2u);
+  EXPECT_EQ(saving_rows[1]["train_top1"], full_rows[1]["train_top1"]);
+  // Both ranks' loss sums meet in another order: equal to rounding.
+  EXPECT_NEAR(saving_rows[1]["train_loss"].get<double>(), full_rows[1]["train_loss"].get<double>(), 1e-12);
 }
 
 TEST(DistTrain, BatchThatDoesNotSplitOverTheRanksIsNamedAndEndsTheJob) {

@@ -89,6 +89,25 @@ TEST(Train, KilledOrInterruptedRunResumesToTheUninterruptedRun) {
   ASSERT_EQ(resumed_rows.size(), 2u);
   for (const char* key : {"train_loss", "train_top1", "val_loss", "val_top1", "lr"})
     EXPECT_EQ(resumed_rows[1][key], full_rows[1][key]) << key << ": the interrupted epoch sums both parts";
+
+  // Saving after every step, killed after the last one (4: before its save):
+  // the run resumes from step 3 (epoch 2, batch 3), not from epoch 1's end.
+  tools::TrainConfig saving = full;
+  saving.out = kestrel::testing::temp_path("killed_saving");
+  saving.save_every_steps = 1;
+  saving.stop_after_steps = 4;
+  EXPECT_FALSE(tools::train(saving).completed);
+  const nlohmann::json saved = nlohmann::json::parse(kestrel::testing::read_text(saving.out + "/state.json"));
+  EXPECT_EQ(saved["global_step"], 3);
+  EXPECT_EQ(saved["next_epoch"], 1);
+  EXPECT_EQ(saved["resume_batch"], 3);
+  saving.stop_after_steps = 0;
+  saving.overwrite = false;
+  saving.resume = true;
+  ASSERT_TRUE(tools::train(saving).completed);
+  kestrel::testing::expect_checkpoints_match(full.out + "/last.safetensors", saving.out + "/last.safetensors", 0.0,
+                                             0.0, "saved every step, killed, resumed");
+  EXPECT_EQ(kestrel::testing::read_metrics_jsonl(saving.out)[1]["train_loss"], full_rows[1]["train_loss"]);
 }
 
 // --precise-bn recomputes the running statistics before each evaluation and

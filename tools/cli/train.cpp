@@ -167,6 +167,9 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--grad-accum", c->grad_accum, "micro-batches per optimizer step")->capture_default_str();
   cmd->add_option("--clip-grad", c->clip_grad, "clip gradients to this global norm; 0 = off")->capture_default_str();
   cmd->add_option("--early-stop", c->early_stop, "stop after N epochs without improvement; 0 = off");
+  cmd->add_option("--save-every-steps", c->save_every_steps,
+                  "also save last.safetensors every N optimizer steps, mid-epoch (a job that may be killed without "
+                  "warning resumes from there); 0 = at epoch ends only");
   if (kind != Kind::Qat)
     cmd->add_option("--precise-bn", c->precise_bn,
                     "before each evaluation, recompute batch-norm statistics as the average over N training "

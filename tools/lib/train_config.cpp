@@ -17,7 +17,8 @@ namespace kestrel::tools {
   X(step_gamma) X(label_smoothing) X(loss) X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp)               \
   X(early_stop) X(mixup) X(cutmix) X(ricap) X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop)           \
   X(hflip) X(cutout) X(seed) X(device) X(out) X(teacher) X(distill_alpha) X(distill_temperature)              \
-  X(quantize_from) X(calib_batches) X(initial_checkpoint) X(precise_bn)
+  X(quantize_from) X(calib_batches) X(initial_checkpoint) X(precise_bn)          \
+  X(save_every_steps)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -77,6 +78,8 @@ void TrainConfig::validate() const {
   KCHECK(limit_train >= 0 && limit_test >= 0, ValueError, "--limit-train and --limit-test must be >= 0 (0: all), got ",
          limit_train, " and ", limit_test);
   KCHECK(early_stop >= 0, ValueError, "--early-stop must be >= 0 (0: off), got ", early_stop);
+  KCHECK(save_every_steps >= 0, ValueError, "--save-every-steps must be >= 0 (0: at epoch ends only), got ",
+         save_every_steps);
   KCHECK(precise_bn >= 0, ValueError, "--precise-bn must be >= 0 (0: off), got ", precise_bn);
   KCHECK(precise_bn == 0 || quantize_from.empty(), ValueError,
          "--precise-bn recomputes batch-norm statistics, and a quantized model's norms are folded");

@@ -644,6 +644,21 @@ TrainSummary train(TrainConfig c) {
     save_checkpoint(c.out + "/last.safetensors", *model, info, extra, {{kStateKey, st.dump()}});
     io::write_text_atomically(c.out + "/state.json", st.dump(2) + "\n", "train");
   };
+  // Where in its epoch a run saved mid-epoch stands: the batch to start from and
+  // the epoch's sums so far over every rank (a collective when there are many).
+  auto mid_epoch_state = [&](EpochTally& tally, int64_t batches, int64_t skipped_steps) {
+    nlohmann::json sums = tally.to_json();
+    if (world > 1) {
+      const std::vector<double> all = dist::all_reduce_sum(
+          {sums["loss_sum"].get<double>(), sums["loss_seen"].get<double>(), sums["seen"].get<double>(),
+           sums["correct"].get<double>()});
+      sums = {{"loss_sum", all[0]},
+              {"loss_seen", static_cast<int64_t>(all[1])},
+              {"seen", static_cast<int64_t>(all[2])},
+              {"correct", static_cast<int64_t>(all[3])}};
+    }
+    return nlohmann::json{{"resume_batch", batches}, {"epoch_tally", sums}, {"epoch_skipped_steps", skipped_steps}};
+  };
   // After a Ctrl-C or SIGTERM, once last.safetensors holds the run: says so and stops.
   auto stop_for_signal = [&](const std::string& where) {
     const int sig = interrupt_signal();
@@ -668,7 +683,7 @@ TrainSummary train(TrainConfig c) {
     EpochTally tally(scaler != nullptr, epoch, device);
     int64_t seen = 0, micro = 0, batches = first_batch, skipped_steps = 0;
     if (first_batch > 0) {
-      tally.restore(state.at("epoch_tally"));
+      if (main_rank) tally.restore(state.at("epoch_tally"));  // the sums over every rank, counted once
       skipped_steps = state.value("epoch_skipped_steps", int64_t{0});
     }
     const int64_t resumed_seen = tally.seen();  // images of this epoch trained before a resume
@@ -710,13 +725,15 @@ TrainSummary train(TrainConfig c) {
         }
         if (c.interrupt_after_steps > 0 && global_step == c.interrupt_after_steps) std::raise(SIGINT);
         if (interrupt_guard && interrupt_signal() != 0) {
-          save_last(epoch, {{"resume_batch", batches},
-                            {"epoch_tally", tally.to_json()},
-                            {"epoch_skipped_steps", skipped_steps}});
+          save_last(epoch, mid_epoch_state(tally, batches, skipped_steps));
           bar.finish("interrupted", batches);
           return stop_for_signal("at epoch " + std::to_string(epoch + 1) + "/" + std::to_string(c.epochs) +
                                  ", batch " + std::to_string(batches) + "/" +
                                  std::to_string(train_loader.num_batches()));
+        }
+        if (c.save_every_steps > 0 && global_step % c.save_every_steps == 0) {
+          const nlohmann::json progress = mid_epoch_state(tally, batches, skipped_steps);  // every rank
+          if (main_rank) save_last(epoch, progress);
         }
       }
       const double secs = bar.elapsed_seconds();
