@@ -11,6 +11,7 @@
 #include "train_run_util.h"
 #include "tools/lib/datasets.h"
 #include "tools/lib/device_select.h"
+#include "tools/lib/run_state.h"
 #include "tools/lib/trainer.h"
 
 using namespace kestrel;
@@ -38,6 +39,50 @@ TEST(Train, LossFallsAndAccuracyBeatsChanceOnFashionMnist) {
   for (const auto& e : fs::directory_iterator(c.out + "/tb"))
     has_events |= e.path().filename().string().rfind("events.out.tfevents.", 0) == 0;
   EXPECT_TRUE(has_events);
+}
+
+// The state --resume reads: every field back as written; the mid-epoch part
+// only when there is one; a run saved before best_epoch_number still reads.
+TEST(RunState, RoundTripsMidEpochStateAndReadsOlderRuns) {
+  tools::RunState s;
+  s.config = {{"model", "emn_tiny"}};
+  s.next_epoch = 3;
+  s.global_step = 1234;
+  s.stale_epochs = 1;
+  s.best_epoch = 1;
+  s.best_top1 = 0.8125;
+  s.history = nlohmann::json::array({{{"epoch", 1}}, {{"epoch", 2}}});
+  s.generator_seed = 18446744073709551615ull;  // 2^64 - 1: a seed is any uint64
+  s.generator_offset = 77;
+  nlohmann::json j = s.to_json();
+  EXPECT_FALSE(j.contains("resume_batch"));
+  EXPECT_FALSE(j.contains("epoch_tally"));
+  EXPECT_EQ(j["best_epoch_number"], 2);  // counted from 1, as printed
+
+  s.resume_batch = 17;
+  s.epoch_sums = {0.1 + 0.2, 100, 128, 96};  // a sum that is not a short decimal
+  s.epoch_skipped_steps = 2;
+  const tools::RunState back = tools::RunState::from_json(nlohmann::json::parse(s.to_json().dump()));
+  EXPECT_EQ(back.config, s.config);
+  EXPECT_EQ(back.next_epoch, 3);
+  EXPECT_EQ(back.global_step, 1234);
+  EXPECT_EQ(back.stale_epochs, 1);
+  EXPECT_EQ(back.best_epoch, 1);
+  EXPECT_EQ(back.best_top1, 0.8125);
+  EXPECT_EQ(back.history, s.history);
+  EXPECT_EQ(back.generator_seed, s.generator_seed);
+  EXPECT_EQ(back.generator_offset, 77u);
+  EXPECT_EQ(back.resume_batch, 17);
+  EXPECT_EQ(back.epoch_sums.loss_sum, 0.1 + 0.2) << "bit for bit, so a resumed epoch's loss is the same";
+  EXPECT_EQ(back.epoch_sums.loss_seen, 100);
+  EXPECT_EQ(back.epoch_sums.seen, 128);
+  EXPECT_EQ(back.epoch_sums.correct, 96);
+  EXPECT_EQ(back.epoch_skipped_steps, 2);
+
+  j.erase("best_epoch_number");
+  j["best_epoch"] = 1;  // older runs: counted from 0
+  EXPECT_EQ(tools::RunState::from_json(j).best_epoch, 1);
+  EXPECT_EQ(tools::RunState::from_json(j).resume_batch, 0);
 }
 
 // Killed (no warning) or interrupted (Ctrl-C: here the run sends itself

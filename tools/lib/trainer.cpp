@@ -39,6 +39,7 @@
 #include "tools/lib/precise_bn.h"
 #include "tools/lib/progress.h"
 #include "tools/lib/qat.h"
+#include "tools/lib/run_state.h"
 #include "tools/lib/tb_writer.h"
 
 namespace fs = std::filesystem;
@@ -47,7 +48,6 @@ namespace kestrel::tools {
 
 namespace {
 
-constexpr const char* kStateKey = "kestrel.train_state";
 // What a resumed run takes from the command instead of its saved recipe:
 // what runs this process, not what the run computes (the loaders give the
 // same batches, checkpoints move between devices, data may move; data_dir
@@ -285,42 +285,41 @@ class EpochTally {
              " batch ", s.batch, " (try a lower --lr or --clip-grad)");
       const Tensor host_logits = s.logits.device().is_cpu() ? s.logits : s.logits.cpu();
       const std::vector<int64_t> pred = argmax(host_logits, 1).to_vector_i64();
-      for (size_t i = 0; i < s.labels.size(); ++i) correct_ += pred[i] == s.labels[i];
+      for (size_t i = 0; i < s.labels.size(); ++i) sums_.correct += pred[i] == s.labels[i];
       const auto n = static_cast<int64_t>(s.labels.size());
       if (loss_finite) {
-        loss_sum_ += loss_value * static_cast<double>(n);
-        loss_seen_ += n;
+        sums_.loss_sum += loss_value * static_cast<double>(n);
+        sums_.loss_seen += n;
       }
-      seen_ += n;
+      sums_.seen += n;
     }
     pending_.clear();
     last_read_ = Clock::now();
   }
 
-  void sum_over_ranks() {
-    const std::vector<double> sums = dist::all_reduce_sum(
-        {loss_sum_, static_cast<double>(loss_seen_), static_cast<double>(seen_), static_cast<double>(correct_)});
-    loss_sum_ = sums[0];
-    loss_seen_ = static_cast<int64_t>(sums[1]);
-    seen_ = static_cast<int64_t>(sums[2]);
-    correct_ = static_cast<int64_t>(sums[3]);
-  }
+  void sum_over_ranks() { sums_ = summed_over_ranks(); }
 
-  double mean_loss() const { return loss_sum_ / static_cast<double>(std::max<int64_t>(loss_seen_, 1)); }
-  double accuracy() const { return static_cast<double>(correct_) / static_cast<double>(std::max<int64_t>(seen_, 1)); }
-  int64_t seen() const { return seen_; }
-
-  // The sums so far, for a checkpoint taken mid-epoch, and back (flushed first).
-  nlohmann::json to_json() {
+  // Every rank's sums together (a collective), this rank's left as they are.
+  EpochSums summed_over_ranks() {
     flush();
-    return {{"loss_sum", loss_sum_}, {"loss_seen", loss_seen_}, {"seen", seen_}, {"correct", correct_}};
+    const std::vector<double> all =
+        dist::all_reduce_sum({sums_.loss_sum, static_cast<double>(sums_.loss_seen), static_cast<double>(sums_.seen),
+                              static_cast<double>(sums_.correct)});
+    return {all[0], static_cast<int64_t>(all[1]), static_cast<int64_t>(all[2]), static_cast<int64_t>(all[3])};
   }
-  void restore(const nlohmann::json& j) {
-    loss_sum_ = j.at("loss_sum").get<double>();
-    loss_seen_ = j.at("loss_seen").get<int64_t>();
-    seen_ = j.at("seen").get<int64_t>();
-    correct_ = j.at("correct").get<int64_t>();
+
+  double mean_loss() const { return sums_.loss_sum / static_cast<double>(std::max<int64_t>(sums_.loss_seen, 1)); }
+  double accuracy() const {
+    return static_cast<double>(sums_.correct) / static_cast<double>(std::max<int64_t>(sums_.seen, 1));
   }
+  int64_t seen() const { return sums_.seen; }
+
+  // The sums so far (flushed first), for a checkpoint taken mid-epoch, and back.
+  EpochSums sums() {
+    flush();
+    return sums_;
+  }
+  void restore(const EpochSums& sums) { sums_ = sums; }
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -336,8 +335,7 @@ class EpochTally {
   Device device_;
   std::vector<Step> pending_;
   Clock::time_point last_read_ = Clock::now();
-  double loss_sum_ = 0.0;
-  int64_t loss_seen_ = 0, seen_ = 0, correct_ = 0;
+  EpochSums sums_;
 };
 
 }  // namespace
@@ -379,7 +377,7 @@ std::vector<std::string> resume_conflicts(const std::string& out, const nlohmann
   const std::string last = out + "/last.safetensors";
   if (!fs::exists(last)) return {};
   const io::Metadata meta = io::load_safetensors_metadata(last);
-  const auto it = meta.find(kStateKey);
+  const auto it = meta.find(kRunStateKey);
   if (it == meta.end()) return {};
   const nlohmann::json saved = TrainConfig::from_json(nlohmann::json::parse(it->second)["config"]).to_json();
   std::vector<std::string> conflicts;
@@ -411,14 +409,14 @@ TrainSummary train(TrainConfig c) {
          " has no stochastic depth (the emn_* and efficientnet_* models have)");
   const bool resuming = check_out_dir(c);
   io::SafetensorsContents resume_ckpt;
-  nlohmann::json state;
+  RunState run;  // as saved, when resuming
   if (resuming) {
     resume_ckpt = io::load_safetensors(c.out + "/last.safetensors");
-    auto it = resume_ckpt.metadata.find(kStateKey);
+    auto it = resume_ckpt.metadata.find(kRunStateKey);
     KCHECK(it != resume_ckpt.metadata.end(), IOError, c.out, "/last.safetensors has no training state");
-    state = nlohmann::json::parse(it->second);
+    run = RunState::from_json(nlohmann::json::parse(it->second));
     // The recipe of the run wins; only what controls this process may differ.
-    nlohmann::json recipe = state["config"];
+    nlohmann::json recipe = run.config;
     const nlohmann::json mine = c.to_json();
     for (const std::string& key : kTakenFromTheCommand)
       if (key != "data_dir" || !c.data_dir.empty()) recipe[key] = mine[key];
@@ -547,15 +545,14 @@ TrainSummary train(TrainConfig c) {
     optimizer->load_state(optim::OptimizerState::from_named_tensors(resume_ckpt.tensors, "__optim__."));
     if (ema) ema->load_state(optim::OptimizerState::from_named_tensors(resume_ckpt.tensors, "__ema__."));
     if (scaler) scaler->load_state(optim::OptimizerState::from_named_tensors(resume_ckpt.tensors, "__scaler__."));
-    start_epoch = state["next_epoch"].get<int64_t>();
-    resume_batch = state.value("resume_batch", int64_t{0});  // interrupted mid-epoch
-    global_step = state["global_step"].get<int64_t>();
-    stale_epochs = state["stale_epochs"].get<int64_t>();
-    best_epoch = state.contains("best_epoch_number") ? state["best_epoch_number"].get<int64_t>() - 1
-                                                     : state["best_epoch"].get<int64_t>();  // older runs: from 0
-    best_top1 = state["best_top1"].get<double>();
-    history = state["history"];
-    nn::init_generator().set_state(state["generator_seed"].get<uint64_t>(), state["generator_offset"].get<uint64_t>());
+    start_epoch = run.next_epoch;
+    resume_batch = run.resume_batch;  // saved mid-epoch
+    global_step = run.global_step;
+    stale_epochs = run.stale_epochs;
+    best_epoch = run.best_epoch;
+    best_top1 = run.best_top1;
+    history = run.history;
+    nn::init_generator().set_state(run.generator_seed, run.generator_offset);
     had_stopped_early = c.early_stop > 0 && stale_epochs >= c.early_stop;
     if (had_stopped_early) start_epoch = c.epochs;
     if (main_rank && start_epoch < c.epochs)
@@ -619,19 +616,19 @@ TrainSummary train(TrainConfig c) {
     summary.final_top1 = summary.calibrated_top1;
   }
   // Checkpoint: model weights + optimizer + EMA + state, one atomic file;
-  // `progress` says where in next_epoch an interrupted run stopped.
-  auto save_last = [&](int64_t next_epoch, const nlohmann::json& progress) {
-    nlohmann::json st;
-    st["config"] = c.to_json();
-    st["next_epoch"] = next_epoch;
-    st["global_step"] = global_step;
-    st["stale_epochs"] = stale_epochs;
-    st["best_epoch_number"] = best_epoch + 1;  // counted from 1, as printed
-    st["best_top1"] = best_top1;
-    st["history"] = history;
-    st["generator_seed"] = nn::init_generator().seed();
-    st["generator_offset"] = nn::init_generator().offset();
-    st.update(progress);
+  // `mid_epoch` (resume_batch > 0) says where in next_epoch the run stands.
+  auto save_last = [&](int64_t next_epoch, const RunState& mid_epoch) {
+    RunState st = mid_epoch;
+    st.config = c.to_json();
+    st.next_epoch = next_epoch;
+    st.global_step = global_step;
+    st.stale_epochs = stale_epochs;
+    st.best_epoch = best_epoch;
+    st.best_top1 = best_top1;
+    st.history = history;
+    st.generator_seed = nn::init_generator().seed();
+    st.generator_offset = nn::init_generator().offset();
+    const nlohmann::json state = st.to_json();
     nn::NamedTensors extra = optimizer->state().to_named_tensors("__optim__.");
     if (ema) {
       nn::NamedTensors e = ema->state().to_named_tensors("__ema__.");
@@ -641,23 +638,17 @@ TrainSummary train(TrainConfig c) {
       nn::NamedTensors sc = scaler->state().to_named_tensors("__scaler__.");
       extra.insert(extra.end(), sc.begin(), sc.end());
     }
-    save_checkpoint(c.out + "/last.safetensors", *model, info, extra, {{kStateKey, st.dump()}});
-    io::write_text_atomically(c.out + "/state.json", st.dump(2) + "\n", "train");
+    save_checkpoint(c.out + "/last.safetensors", *model, info, extra, {{kRunStateKey, state.dump()}});
+    io::write_text_atomically(c.out + "/state.json", state.dump(2) + "\n", "train");
   };
   // Where in its epoch a run saved mid-epoch stands: the batch to start from and
   // the epoch's sums so far over every rank (a collective when there are many).
   auto mid_epoch_state = [&](EpochTally& tally, int64_t batches, int64_t skipped_steps) {
-    nlohmann::json sums = tally.to_json();
-    if (world > 1) {
-      const std::vector<double> all = dist::all_reduce_sum(
-          {sums["loss_sum"].get<double>(), sums["loss_seen"].get<double>(), sums["seen"].get<double>(),
-           sums["correct"].get<double>()});
-      sums = {{"loss_sum", all[0]},
-              {"loss_seen", static_cast<int64_t>(all[1])},
-              {"seen", static_cast<int64_t>(all[2])},
-              {"correct", static_cast<int64_t>(all[3])}};
-    }
-    return nlohmann::json{{"resume_batch", batches}, {"epoch_tally", sums}, {"epoch_skipped_steps", skipped_steps}};
+    RunState mid;
+    mid.resume_batch = batches;
+    mid.epoch_sums = world > 1 ? tally.summed_over_ranks() : tally.sums();
+    mid.epoch_skipped_steps = skipped_steps;
+    return mid;
   };
   // After a Ctrl-C or SIGTERM, once last.safetensors holds the run: says so and stops.
   auto stop_for_signal = [&](const std::string& where) {
@@ -683,8 +674,8 @@ TrainSummary train(TrainConfig c) {
     EpochTally tally(scaler != nullptr, epoch, device);
     int64_t seen = 0, micro = 0, batches = first_batch, skipped_steps = 0;
     if (first_batch > 0) {
-      if (main_rank) tally.restore(state.at("epoch_tally"));  // the sums over every rank, counted once
-      skipped_steps = state.value("epoch_skipped_steps", int64_t{0});
+      if (main_rank) tally.restore(run.epoch_sums);  // the sums over every rank, counted once
+      skipped_steps = run.epoch_skipped_steps;
     }
     const int64_t resumed_seen = tally.seen();  // images of this epoch trained before a resume
     while (train_loader.next(b)) {
@@ -732,7 +723,7 @@ TrainSummary train(TrainConfig c) {
                                  std::to_string(train_loader.num_batches()));
         }
         if (c.save_every_steps > 0 && global_step % c.save_every_steps == 0) {
-          const nlohmann::json progress = mid_epoch_state(tally, batches, skipped_steps);  // every rank
+          const RunState progress = mid_epoch_state(tally, batches, skipped_steps);  // every rank
           if (main_rank) save_last(epoch, progress);
         }
       }
@@ -812,7 +803,7 @@ TrainSummary train(TrainConfig c) {
     if (scaler) tb->add_scalar("amp/loss_scale", scaler->current_scale(), epoch + 1);
     tb->flush();
 
-    save_last(epoch + 1, nlohmann::json::object());
+    save_last(epoch + 1, RunState());
     write_metric_files(c.out, history);
     const bool last_epoch = epoch + 1 == c.epochs || stop_early;
 
