@@ -104,6 +104,27 @@ TEST(Train, KilledOrInterruptedRunResumesToTheUninterruptedRun) {
   kestrel::testing::expect_checkpoints_match(full.out + "/last.safetensors", killed + "/last.safetensors", 0.0, 0.0,
                                              "killed, resumed on the CPU");
 
+  const auto full_rows = kestrel::testing::read_metrics_jsonl(full.out);
+  // Where a stopped run saved itself; then resumed, it ends as `full` did.
+  auto expect_saved_at = [](const std::string& out, int64_t next_epoch, int64_t batch, int64_t step) {
+    const nlohmann::json state = nlohmann::json::parse(kestrel::testing::read_text(out + "/state.json"));
+    EXPECT_EQ(state["next_epoch"], next_epoch) << out;
+    EXPECT_EQ(state["resume_batch"], batch) << out;
+    EXPECT_EQ(state["global_step"], step) << out;
+  };
+  auto resume_and_compare = [&](tools::TrainConfig c, const std::string& what) {
+    c.interrupt_after_steps = c.stop_after_steps = 0;
+    c.overwrite = false;
+    c.resume = true;
+    ASSERT_TRUE(tools::train(c).completed) << what;
+    kestrel::testing::expect_checkpoints_match(full.out + "/last.safetensors", c.out + "/last.safetensors", 0.0, 0.0,
+                                               what);
+    const auto rows = kestrel::testing::read_metrics_jsonl(c.out);
+    ASSERT_EQ(rows.size(), 2u) << what;
+    for (const char* key : {"train_loss", "train_top1", "val_loss", "val_top1", "lr"})
+      EXPECT_EQ(rows[1][key], full_rows[1][key]) << what << ", " << key << ": epoch 2 sums both parts";
+  };
+
   struct sigaction before {};
   sigaction(SIGINT, nullptr, &before);
   tools::TrainConfig stopped = full;
@@ -116,24 +137,9 @@ TEST(Train, KilledOrInterruptedRunResumesToTheUninterruptedRun) {
   struct sigaction after {};
   sigaction(SIGINT, nullptr, &after);
   EXPECT_EQ(after.sa_handler, before.sa_handler) << "the run gives SIGINT back as it found it";
-  const nlohmann::json state = nlohmann::json::parse(kestrel::testing::read_text(stopped.out + "/state.json"));
-  EXPECT_EQ(state["next_epoch"], 1);
-  EXPECT_EQ(state["resume_batch"], 3);
-  EXPECT_EQ(state["global_step"], 3);
+  expect_saved_at(stopped.out, 1, 3, 3);
   EXPECT_EQ(kestrel::testing::read_metrics_jsonl(stopped.out).size(), 1u);
-
-  tools::TrainConfig resumed = stopped;
-  resumed.interrupt_after_steps = 0;
-  resumed.overwrite = false;
-  resumed.resume = true;
-  ASSERT_TRUE(tools::train(resumed).completed);
-  kestrel::testing::expect_checkpoints_match(full.out + "/last.safetensors", stopped.out + "/last.safetensors", 0.0,
-                                             0.0, "interrupted, resumed");
-  const auto full_rows = kestrel::testing::read_metrics_jsonl(full.out);
-  const auto resumed_rows = kestrel::testing::read_metrics_jsonl(stopped.out);
-  ASSERT_EQ(resumed_rows.size(), 2u);
-  for (const char* key : {"train_loss", "train_top1", "val_loss", "val_top1", "lr"})
-    EXPECT_EQ(resumed_rows[1][key], full_rows[1][key]) << key << ": the interrupted epoch sums both parts";
+  resume_and_compare(stopped, "interrupted, resumed");
 
   // Saving after every step, killed after the last one (4: before its save):
   // the run resumes from step 3 (epoch 2, batch 3), not from epoch 1's end.
@@ -142,17 +148,8 @@ TEST(Train, KilledOrInterruptedRunResumesToTheUninterruptedRun) {
   saving.save_every_steps = 1;
   saving.stop_after_steps = 4;
   EXPECT_FALSE(tools::train(saving).completed);
-  const nlohmann::json saved = nlohmann::json::parse(kestrel::testing::read_text(saving.out + "/state.json"));
-  EXPECT_EQ(saved["global_step"], 3);
-  EXPECT_EQ(saved["next_epoch"], 1);
-  EXPECT_EQ(saved["resume_batch"], 3);
-  saving.stop_after_steps = 0;
-  saving.overwrite = false;
-  saving.resume = true;
-  ASSERT_TRUE(tools::train(saving).completed);
-  kestrel::testing::expect_checkpoints_match(full.out + "/last.safetensors", saving.out + "/last.safetensors", 0.0,
-                                             0.0, "saved every step, killed, resumed");
-  EXPECT_EQ(kestrel::testing::read_metrics_jsonl(saving.out)[1]["train_loss"], full_rows[1]["train_loss"]);
+  expect_saved_at(saving.out, 1, 3, 3);
+  resume_and_compare(saving, "saved every step, killed, resumed");
 }
 
 // --precise-bn recomputes the running statistics before each evaluation and
