@@ -399,7 +399,7 @@ TrainSummary train(TrainConfig c) {
   const bool main_rank = dist::is_main();
   if (!main_rank) c.progress = false;
   // Ctrl-C or SIGTERM: save mid-epoch and stop. A data-parallel job keeps the
-  // default (mpirun ends every rank; it resumes from its last epoch).
+  // default (mpirun ends every rank; it resumes from its last save).
   std::optional<InterruptGuard> interrupt_guard;
   if (world == 1) interrupt_guard.emplace();
   // Both before the run folder is touched.
