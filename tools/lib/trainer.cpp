@@ -299,7 +299,8 @@ class EpochTally {
 
   void sum_over_ranks() { sums_ = summed_over_ranks(); }
 
-  // Every rank's sums together (a collective), this rank's left as they are.
+  // Every rank's sums together (a collective; this rank's own with one rank),
+  // this rank's left as they are.
   EpochSums summed_over_ranks() {
     flush();
     const std::vector<double> all =
@@ -314,11 +315,7 @@ class EpochTally {
   }
   int64_t seen() const { return sums_.seen; }
 
-  // The sums so far (flushed first), for a checkpoint taken mid-epoch, and back.
-  EpochSums sums() {
-    flush();
-    return sums_;
-  }
+  // Sums saved mid-epoch (summed_over_ranks), back for a resumed epoch.
   void restore(const EpochSums& sums) { sums_ = sums; }
 
  private:
@@ -646,7 +643,7 @@ TrainSummary train(TrainConfig c) {
   auto mid_epoch_state = [&](EpochTally& tally, int64_t batches, int64_t skipped_steps) {
     RunState mid;
     mid.resume_batch = batches;
-    mid.epoch_sums = world > 1 ? tally.summed_over_ranks() : tally.sums();
+    mid.epoch_sums = tally.summed_over_ranks();
     mid.epoch_skipped_steps = skipped_steps;
     return mid;
   };
