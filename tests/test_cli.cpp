@@ -416,6 +416,36 @@ TEST(Cli, ValuesThatCannotWorkAreRefusedUpFront) {
   EXPECT_EQ(resized.rc, 0) << resized.err;
 }
 
+// The albumentations / torchvision style flags: read from the command line
+// or a recipe, saved with the run, refused in one line when they cannot work.
+TEST(Cli, ImageAugmentationFlagsTrainAndAreSavedWithTheRun) {
+  const std::string root = make_folder("augment_flags");
+  const std::string recipe = temp_path("augment.toml");
+  std::ofstream(recipe) << "shift-scale-rotate = 0.5\nssr-limits = \"0.1,0.1,15\"\ncolor-jitter = \"0.3,0.3,0\"\n";
+  const std::string out = temp_path("augment_run");
+  const auto r = kestrel_cli(one_epoch_on(root, out) + " --config " + recipe +
+                             " --rotation 10 --brightness-contrast 0.5 --hsv-shift 0.5");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const nlohmann::json config = nlohmann::json::parse(read_text(out + "/config.json"));
+  EXPECT_EQ(config.at("shift_scale_rotate"), 0.5);
+  EXPECT_EQ(config.at("ssr_limits"), "0.1,0.1,15");
+  EXPECT_EQ(config.at("color_jitter"), "0.3,0.3,0");
+  EXPECT_EQ(config.at("rotation"), 10.0);
+  EXPECT_EQ(config.at("brightness_contrast"), 0.5);
+  EXPECT_EQ(config.at("hsv_shift"), 0.5);
+
+  expect_one_line_error(kestrel_cli("train --color-jitter 0.4,0.4 --out " + temp_path("a1")),
+                        "--color-jitter expects B,C,S or B,C,S,H", "two jitter amounts");
+  expect_one_line_error(kestrel_cli("train --ssr-limits 0.1,0.1,400 --out " + temp_path("a2")),
+                        "--ssr-limits expects SHIFT,SCALE,DEGREES", "rotation limit over 180");
+  expect_one_line_error(kestrel_cli("train --hsv-shift 1.5 --out " + temp_path("a3")),
+                        "--hsv-shift is a probability: it must be in [0, 1], got 1.5", "probability over 1");
+  expect_one_line_error(kestrel_cli("train --rotation -3 --out " + temp_path("a4")), "--rotation must be in [0, 180]",
+                        "negative rotation");
+  expect_one_line_error(kestrel_cli(one_epoch_on(root, temp_path("a5")) + " --loader resident --rotation 5"),
+                        "--loader resident cannot be used: --rotation runs on the host", "resident refusal");
+}
+
 TEST(Cli, LossAndScheduleCombinationsThatCannotWorkAreRefused) {
   expect_one_line_error(kestrel_cli("train --loss focal --label-smoothing 0.1 --out " + temp_path("combo1")),
                         "--loss focal takes hard labels", "focal with smoothing");

@@ -161,6 +161,21 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--random-crop", c->random_crop, "random crop with padding (true/false)")->capture_default_str();
   cmd->add_option("--hflip", c->hflip, "random horizontal flip (true/false)")->capture_default_str();
   cmd->add_option("--cutout", c->cutout, "probability of cutout per image")->capture_default_str();
+  cmd->add_option("--shift-scale-rotate", c->shift_scale_rotate,
+                  "probability of a random shift, scale and rotation per image (albumentations' ShiftScaleRotate)")
+      ->capture_default_str();
+  cmd->add_option("--ssr-limits", c->ssr_limits,
+                  "its limits: SHIFT (fraction of the size), SCALE (1 +- SCALE), DEGREES")->capture_default_str();
+  cmd->add_option("--rotation", c->rotation, "random rotation within +-DEGREES for every image; 0 = off")
+      ->capture_default_str();
+  cmd->add_option("--color-jitter", c->color_jitter,
+                  "B,C,S[,H]: brightness, contrast, saturation (factors from 1 +- x) and hue (turns), as torchvision's");
+  cmd->add_option("--brightness-contrast", c->brightness_contrast,
+                  "probability of a random brightness and contrast change (+-0.2 each) per image")
+      ->capture_default_str();
+  cmd->add_option("--hsv-shift", c->hsv_shift,
+                  "probability of a random hue (+-20 degrees), saturation and value (+-0.12, +-0.08) shift per image")
+      ->capture_default_str();
   cmd->add_option("--ema", c->ema, "weight EMA decay (e.g. 0.999); 0 = off")->capture_default_str();
   cmd->add_option("--amp", c->amp, "mixed precision on CUDA: off, fp16 (with loss scaling) or bf16")
       ->capture_default_str();

@@ -2,10 +2,12 @@
 
 #include <unistd.h>
 
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <utility>
 
 #include "data/readers.h"
 #include "engine/dist/process_group.h"
@@ -125,12 +127,22 @@ data::Transform train_transform(const TrainConfig& c, int height, int width, con
   t.push_back(data::resize(height, width));  // nothing to do at the data's own size
   if (a.crop_padding >= 0) t.push_back(data::random_crop(height, width, a.crop_padding));
   if (a.hflip > 0) t.push_back(data::random_hflip(a.hflip));
+  // Geometry, then colour, then the policies, as in the seeds' albumentations pipelines.
+  if (c.shift_scale_rotate > 0) {
+    const std::array<double, 3> lim = c.shift_scale_rotate_limits();
+    t.push_back(data::random_shift_scale_rotate(lim[0], lim[1], lim[2], c.shift_scale_rotate));
+  }
+  if (c.rotation > 0) t.push_back(data::random_rotation(c.rotation));
+  if (!c.color_jitter.empty()) {
+    const std::array<float, 4> j = c.color_jitter_amounts();
+    t.push_back(data::color_jitter(j[0], j[1], j[2], j[3]));
+  }
+  if (c.brightness_contrast > 0) t.push_back(data::random_brightness_contrast(0.2, 0.2, c.brightness_contrast));
+  if (c.hsv_shift > 0) t.push_back(data::random_hsv_shift(20.0, 0.12, 0.08, c.hsv_shift));
   if (c.auto_augment) t.push_back(data::auto_augment_cifar10());
   if (!c.randaugment.empty()) {
-    int rn = 0, rm = 0;
-    KCHECK(std::sscanf(c.randaugment.c_str(), "%d,%d", &rn, &rm) == 2 && rn > 0 && rm >= 0, ValueError,
-           "--randaugment expects N,M (e.g. 2,9), got '", c.randaugment, "'");
-    t.push_back(data::rand_augment(rn, rm));
+    const std::array<int, 2> nm = c.randaugment_n_m();
+    t.push_back(data::rand_augment(nm[0], nm[1]));
   }
   if (a.cutout_size > 0) t.push_back(data::cutout(a.cutout_size, a.cutout_p));
   t.push_back(data::normalize(a.mean, a.std));
@@ -162,8 +174,19 @@ data::ResidentAugment resident_eval_augment(const Normalization& n) {
 }
 
 std::string resident_unsupported(const TrainConfig& c, bool train, const data::Dataset& ds, int height, int width) {
-  if (train && c.auto_augment) return "--auto-augment runs on the host";
-  if (train && !c.randaugment.empty()) return "--randaugment runs on the host";
+  if (train) {
+    const std::pair<bool, const char*> host_only[] = {
+        {c.auto_augment, "--auto-augment"},
+        {!c.randaugment.empty(), "--randaugment"},
+        {c.shift_scale_rotate > 0, "--shift-scale-rotate"},
+        {c.rotation > 0, "--rotation"},
+        {!c.color_jitter.empty(), "--color-jitter"},
+        {c.brightness_contrast > 0, "--brightness-contrast"},
+        {c.hsv_shift > 0, "--hsv-shift"},
+    };
+    for (const auto& [on, flag] : host_only)
+      if (on) return std::string(flag) + " runs on the host";
+  }
   const data::Image first = ds.get(0).image;
   if (first.h != height || first.w != width)
     return "the images are " + std::to_string(first.h) + "x" + std::to_string(first.w) + " and need resizing to " +

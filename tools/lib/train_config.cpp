@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <utility>
+#include <vector>
 
 #include "engine/error.h"
 #include "tools/lib/distill.h"
@@ -18,7 +21,8 @@ namespace kestrel::tools {
   X(early_stop) X(mixup) X(cutmix) X(ricap) X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop)           \
   X(hflip) X(cutout) X(seed) X(device) X(out) X(teacher) X(distill_alpha) X(distill_temperature)              \
   X(quantize_from) X(calib_batches) X(initial_checkpoint) X(precise_bn)          \
-  X(save_every_steps)
+  X(save_every_steps) X(rotation) X(color_jitter) X(shift_scale_rotate) X(ssr_limits) X(brightness_contrast)     \
+  X(hsv_shift)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -41,6 +45,55 @@ std::string TrainConfig::flag_of(const std::string& key) {
   std::string flag = "--" + key;
   std::replace(flag.begin(), flag.end(), '_', '-');
   return flag;
+}
+
+namespace {
+
+// "a,b,c" as numbers: between min_count and max_count of them, nothing else.
+std::vector<double> numbers_in(const std::string& text, size_t min_count, size_t max_count, const std::string& flag,
+                               const char* expected) {
+  std::vector<double> out;
+  size_t pos = 0;
+  bool ok = !text.empty();
+  while (ok && pos <= text.size() && out.size() < max_count) {
+    const size_t comma = std::min(text.find(',', pos), text.size());
+    const std::string item = text.substr(pos, comma - pos);
+    char* end = nullptr;
+    const double v = std::strtod(item.c_str(), &end);
+    ok = !item.empty() && end == item.c_str() + item.size() && std::isfinite(v);
+    out.push_back(v);
+    pos = comma + 1;
+  }
+  ok = ok && pos > text.size() && out.size() >= min_count;
+  KCHECK(ok, ValueError, flag, " expects ", expected, ", got '", text, "'");
+  return out;
+}
+
+}  // namespace
+
+std::array<int, 2> TrainConfig::randaugment_n_m() const {
+  const char* expected = "N,M with N in [1, 100] and M in [0, 30], whole numbers (e.g. 2,9)";
+  const std::vector<double> v = numbers_in(randaugment, 2, 2, "--randaugment", expected);
+  KCHECK(v[0] >= 1 && v[0] <= 100 && v[0] == std::floor(v[0]) && v[1] >= 0 && v[1] <= 30 && v[1] == std::floor(v[1]),
+         ValueError, "--randaugment expects ", expected, ", got '", randaugment, "'");
+  return {static_cast<int>(v[0]), static_cast<int>(v[1])};
+}
+
+std::array<float, 4> TrainConfig::color_jitter_amounts() const {
+  const char* expected = "B,C,S or B,C,S,H: amounts >= 0, hue at most 0.5 (e.g. 0.4,0.4,0.4)";
+  std::vector<double> v = numbers_in(color_jitter, 3, 4, "--color-jitter", expected);
+  v.resize(4, 0.0);
+  KCHECK(v[0] >= 0 && v[1] >= 0 && v[2] >= 0 && v[3] >= 0 && v[3] <= 0.5, ValueError, "--color-jitter expects ",
+         expected, ", got '", color_jitter, "'");
+  return {static_cast<float>(v[0]), static_cast<float>(v[1]), static_cast<float>(v[2]), static_cast<float>(v[3])};
+}
+
+std::array<double, 3> TrainConfig::shift_scale_rotate_limits() const {
+  const char* expected = "SHIFT,SCALE,DEGREES with SHIFT in [0, 1], SCALE in [0, 1), DEGREES in [0, 180] (e.g. 0.0625,0.1,45)";
+  const std::vector<double> v = numbers_in(ssr_limits, 3, 3, "--ssr-limits", expected);
+  KCHECK(v[0] >= 0 && v[0] <= 1 && v[1] >= 0 && v[1] < 1 && v[2] >= 0 && v[2] <= 180, ValueError,
+         "--ssr-limits expects ", expected, ", got '", ssr_limits, "'");
+  return {v[0], v[1], v[2]};
 }
 
 namespace {
@@ -94,20 +147,21 @@ void TrainConfig::validate() const {
   // The focal loss is defined on hard labels; soft targets would silently drop it.
   KCHECK(loss != "focal" || (label_smoothing == 0 && mixup == 0 && cutmix == 0 && ricap == 0), ValueError,
          "--loss focal takes hard labels: it cannot be combined with --label-smoothing, --mixup, --cutmix or --ricap");
-  if (!randaugment.empty()) {
-    int n = 0, m = 0, used = 0;
-    const bool parsed = std::sscanf(randaugment.c_str(), "%d,%d%n", &n, &m, &used) == 2 &&
-                        used == static_cast<int>(randaugment.size());
-    KCHECK(parsed && n > 0 && m >= 0 && m <= 30, ValueError,
-           "--randaugment expects N,M with N >= 1 and M in [0, 30] (e.g. 2,9), got '", randaugment, "'");
-  }
+  if (!randaugment.empty()) randaugment_n_m();
+  if (!color_jitter.empty()) color_jitter_amounts();
+  shift_scale_rotate_limits();
+  KCHECK(rotation >= 0 && rotation <= 180, ValueError, "--rotation must be in [0, 180] degrees (0: off), got ",
+         rotation);
   KCHECK(lr > 0, ValueError, "--lr must be positive, got ", lr);
   KCHECK(grad_accum >= 1, ValueError, "--grad-accum must be at least 1, got ", grad_accum);
   KCHECK(label_smoothing >= 0 && label_smoothing < 1, ValueError, "--label-smoothing must be in [0, 1), got ",
          label_smoothing);
   KCHECK(ema == 0 || (ema > 0 && ema < 1), ValueError, "--ema decay must be in (0, 1), got ", ema);
-  for (double p : {mixup, cutmix, ricap, cutout})
-    KCHECK(p >= 0 && p <= 1, ValueError, "augmentation probabilities must be in [0, 1], got ", p);
+  const std::pair<const char*, double> probabilities[] = {
+      {"mixup", mixup},   {"cutmix", cutmix}, {"ricap", ricap}, {"cutout", cutout}, {"shift_scale_rotate", shift_scale_rotate},
+      {"brightness_contrast", brightness_contrast}, {"hsv_shift", hsv_shift}};
+  for (const auto& [key, p] : probabilities)
+    KCHECK(p >= 0 && p <= 1, ValueError, flag_of(key), " is a probability: it must be in [0, 1], got ", p);
   KCHECK(workers >= 0, ValueError, "--workers must be >= 0");
   KCHECK(dataset != "folder" || !data_dir.empty(), ValueError, "--dataset folder needs --data-dir");
   KCHECK(clip_grad >= 0, ValueError, "--clip-grad must be >= 0");

@@ -1,6 +1,7 @@
 // Everything a training run is configured by: the `kestrel train` flags, the
 // keys of a recipe file, and the "config" object of a run's training state.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -71,6 +72,13 @@ struct TrainConfig {
   bool random_crop = true;
   bool hflip = true;
   double cutout = 0.0;      // probability of coarse dropout
+  // albumentations / torchvision style, on the host (the threaded loader)
+  double rotation = 0.0;             // random rotation within +-degrees, every image; 0 = off
+  std::string color_jitter;          // "B,C,S" or "B,C,S,H" as torchvision's ColorJitter; empty = off
+  double shift_scale_rotate = 0.0;   // probability of albumentations' ShiftScaleRotate
+  std::string ssr_limits = "0.0625,0.1,45";  // its shift (fraction of the size), scale and degree limits
+  double brightness_contrast = 0.0;  // probability of a brightness and contrast change (limits 0.2, 0.2)
+  double hsv_shift = 0.0;            // probability of an HSV shift (hue 20 degrees, saturation 0.12, value 0.08)
 
   // run
   uint64_t seed = 0;
@@ -87,6 +95,10 @@ struct TrainConfig {
   // The flag that sets a to_json() key: "--" and the key with '-' for '_'.
   static std::string flag_of(const std::string& key);
   static TrainConfig from_json(const nlohmann::json& j);
+  // The list-valued flags, parsed; each throws ValueError naming its flag.
+  std::array<int, 2> randaugment_n_m() const;                // --randaugment N,M
+  std::array<float, 4> color_jitter_amounts() const;         // brightness, contrast, saturation, hue (0 if left out)
+  std::array<double, 3> shift_scale_rotate_limits() const;   // --ssr-limits SHIFT,SCALE,DEGREES
   // Throws ValueError naming the first bad value.
   void validate() const;
 };
