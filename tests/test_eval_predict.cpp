@@ -17,10 +17,12 @@
 #include <sstream>
 
 #include "engine/io/safetensors.h"
+#include "engine/ops/loss.h"
 #include "models/fuse.h"
 #include "models/registry.h"
 #include "test_util.h"
 #include "tools/lib/checkpoint.h"
+#include "tools/lib/datasets.h"
 #include "tools/lib/predictor.h"
 #include "tools/lib/report.h"
 #include "tools/lib/trainer.h"
@@ -205,6 +207,45 @@ TEST_F(EvalPredict, EvalCliPrintsTheMarkdownTableAndWritesBesideTheCheckpointByD
   const nlohmann::json j = nlohmann::json::parse(read_text(*shared_ + "/run/eval/report.json"));
   EXPECT_GT(j["top1"].get<double>(), 0.8);
   EXPECT_EQ(j["throughput"]["batch"].get<int64_t>(), 16);
+}
+
+TEST_F(EvalPredict, TtaShiftAveragesTheShiftedViewsAndTheirMirrors) {
+  EvalOptions o;
+  o.checkpoint = *ckpt_;
+  o.batch_size = 32;
+  o.latency_iters = 0;
+  o.progress = false;
+  o.tta = true;
+  o.tta_shift = 2;
+  const EvalReport r = run_eval(o);
+  EXPECT_TRUE(r.tta);
+  EXPECT_EQ(r.tta_views, 10);
+  EXPECT_NE(report_markdown(r).find("TTA on (flip, 4 shifts of 2 px: 10 views)"), std::string::npos);
+  EXPECT_EQ(report_json(r).at("tta_views"), 10);
+
+  // The same mean of logits by hand, image by image: each view through the model.
+  Predictor p(*ckpt_);
+  const auto test_set = open_dataset("folder", *shared_ + "/data", data::Split::Test, false, 0);
+  NoGradGuard no_grad;
+  double loss_sum = 0;
+  for (int64_t i = 0; i < test_set->size(); ++i) {
+    const data::Example e = test_set->get(i);
+    std::vector<Tensor> logits;
+    for (const Tensor& v : data::tta_views(p.preprocess(e.image), {true, 2})) logits.push_back(p.model()(v));
+    loss_sum += cross_entropy(data::tta_average(logits), Tensor::from_vector_i64({e.label}, {1})).item();
+  }
+  EXPECT_NEAR(r.loss, loss_sum / static_cast<double>(test_set->size()), 1e-5);
+
+  o.tta_shift = 0;  // the mirror alone: another average
+  const EvalReport flip_only = run_eval(o);
+  EXPECT_EQ(flip_only.tta_views, 2);
+  EXPECT_GT(std::fabs(flip_only.loss - r.loss), 1e-4);
+  o.tta = false;
+  o.tta_shift = 2;  // the shifts alone
+  EXPECT_EQ(run_eval(o).tta_views, 5);
+
+  expect_one_line_error(kestrel_cli("eval --checkpoint " + *ckpt_ + " --tta-shift 16 --no-progress"),
+                        "--tta-shift must be in [0, 16) pixels for 16x16 inputs, got 16", "shift of the whole image");
 }
 
 TEST_F(EvalPredict, PredictorProbabilitiesSumToOneAndEasyImagesGetTheirClass) {

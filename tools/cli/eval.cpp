@@ -19,6 +19,9 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--batch-size,-b", o->batch_size, "batch size of the accuracy pass and the throughput measurement")
       ->capture_default_str();
   cmd->add_flag("--tta", o->tta, "test-time augmentation: average over each image and its mirror");
+  cmd->add_option("--tta-shift", o->tta_shift,
+                  "test-time augmentation: also average over four views shifted by +-N pixels (zero fill), "
+                  "each mirrored too with --tta");
   cmd->add_option("--out,-o", o->out, "report folder (default: eval/ beside the checkpoint)");
   cmd->add_option("--limit", o->limit, "use only N test images (the first; an image folder's spread over its classes)");
   cmd->add_option("--latency-iters", o->latency_iters, "timed batch-1 forward passes after warm-up; 0 skips timing")

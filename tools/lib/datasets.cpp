@@ -28,7 +28,8 @@ int64_t image_preload_limit_bytes() {
   return quarter_of_ram > 0 ? std::min<int64_t>(2LL << 30, quarter_of_ram) : 2LL << 30;
 }
 
-std::string default_data_dir(const std::string& dataset) {
+std::string data_dir_or_default(const std::string& dataset, const std::string& data_dir) {
+  if (!data_dir.empty()) return data_dir;
   if (dataset == "fashion-mnist") return "/usr/share/datasets/fashion-mnist";
   if (dataset == "mnist") return "/usr/share/datasets/mnist";
   if (dataset.rfind("cifar", 0) == 0) return "datasets";  // where tools/get_data.sh puts them
@@ -37,7 +38,7 @@ std::string default_data_dir(const std::string& dataset) {
 
 std::shared_ptr<const data::Dataset> open_dataset(const std::string& dataset, const std::string& data_dir,
                                                   data::Split split, bool skip_bad, int64_t limit) {
-  const std::string dir = data_dir.empty() ? default_data_dir(dataset) : data_dir;
+  const std::string dir = data_dir_or_default(dataset, data_dir);
   KCHECK(std::filesystem::exists(dir), IOError, "data directory not found: ", dir,
          dataset.rfind("cifar", 0) == 0 ? " (run tools/get_data.sh to download CIFAR)" : "");
   data::ReadOptions ro;

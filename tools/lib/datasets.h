@@ -13,7 +13,8 @@
 
 namespace kestrel::tools {
 
-std::string default_data_dir(const std::string& dataset);
+// data_dir when given, else the data set's standard place (empty for a folder).
+std::string data_dir_or_default(const std::string& dataset, const std::string& data_dir);
 // An image folder is preloaded (decoded once, up front) when it fits
 // image_preload_limit_bytes(), else decoded as it is read.
 std::shared_ptr<const data::Dataset> open_dataset(const std::string& dataset, const std::string& data_dir,

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <fstream>
 
 #include "data/loader.h"
@@ -63,6 +64,16 @@ std::vector<std::string> output_class_names(const ModelInfo& info, const std::ve
   return names;
 }
 
+// "off", "on (flip)", "on (flip, 4 shifts of 2 px: 10 views)".
+std::string tta_description(const EvalReport& r) {
+  if (!r.tta) return "off";
+  std::string views = r.tta_flip ? "flip" : "";
+  if (r.tta_shift > 0)
+    views += (views.empty() ? "" : ", ") + std::string("4 shifts of ") + std::to_string(r.tta_shift) + " px: " +
+             std::to_string(r.tta_views) + " views";
+  return "on (" + views + ")";
+}
+
 }  // namespace
 
 std::string markdown_cell(const std::string& text) {
@@ -106,12 +117,17 @@ EvalReport run_eval(const EvalOptions& o) {
     const nlohmann::json cfg = training_config_beside(o.checkpoint);
     if (cfg.is_object() && cfg.value("dataset", "") == r.dataset) r.data_dir = cfg.value("data_dir", "");
   }
-  if (r.data_dir.empty()) r.data_dir = default_data_dir(r.dataset);
+  r.data_dir = data_dir_or_default(r.dataset, r.data_dir);
   r.parameters = predictor.num_parameters();
   r.input_height = info.height;
   r.input_width = info.width;
   r.input_channels = info.in_channels;
-  r.tta = o.tta;
+  r.tta_flip = o.tta;
+  r.tta_shift = o.tta_shift;
+  r.tta = o.tta || o.tta_shift > 0;
+  KCHECK(o.tta_shift >= 0 && o.tta_shift < std::min(info.height, info.width), ValueError,
+         "--tta-shift must be in [0, ", std::min(info.height, info.width), ") pixels for ", info.height, "x",
+         info.width, " inputs, got ", o.tta_shift);
   r.device = device.str();
   r.threads = omp_get_max_threads();
 
@@ -143,7 +159,12 @@ EvalReport run_eval(const EvalOptions& o) {
   lo.num_workers = o.workers;
   lo.pin_memory = device.is_cuda();
   data::DataLoader loader(test_set, lo, input);
-  const EvalResult ev = evaluate(model, loader, info.num_classes, o.progress, "eval", o.tta);
+  std::optional<data::TTAOptions> tta;
+  if (r.tta) {
+    tta = data::TTAOptions{r.tta_flip, static_cast<int>(r.tta_shift)};
+    r.tta_views = (1 + r.tta_flip) * (r.tta_shift > 0 ? 5 : 1);
+  }
+  const EvalResult ev = evaluate(model, loader, info.num_classes, o.progress, "eval", tta);
   const ClassificationMetrics& m = ev.metrics;
   r.images = m.count();
   r.eval_seconds = ev.seconds;
@@ -206,6 +227,9 @@ nlohmann::json report_json(const EvalReport& r) {
   j["data_dir"] = r.data_dir;
   j["images"] = r.images;
   j["tta"] = r.tta;
+  j["tta_flip"] = r.tta_flip;
+  j["tta_shift"] = r.tta_shift;
+  j["tta_views"] = r.tta_views;
   j["device"] = r.device;
   j["threads"] = r.threads;
   j["loss"] = r.loss;
@@ -251,7 +275,7 @@ std::string report_markdown(const EvalReport& r) {
   md += "\n\n";
   md += std::to_string(r.images) + " test images of " + r.dataset + " (" + r.data_dir + "), input " +
         std::to_string(r.input_height) + "x" + std::to_string(r.input_width) + "x" + std::to_string(r.input_channels) +
-        ", TTA " + (r.tta ? "on (flip)" : "off") + ", " + r.device + " with " + std::to_string(r.threads) +
+        ", TTA " + tta_description(r) + ", " + r.device + " with " + std::to_string(r.threads) +
         " thread" + (r.threads == 1 ? "" : "s") + "; checkpoint `" + r.checkpoint + "`" +
         (timed ? "" : "; latency and throughput not measured (--latency-iters 0)") + ".\n";
   // scikit-learn's default: classes with neither images nor predictions (under --limit, say) are left out.

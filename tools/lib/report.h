@@ -15,6 +15,7 @@ struct EvalOptions {
   std::string data_dir;  // empty: the training run's (config.json beside the checkpoint) or the standard place
   int64_t batch_size = 256;
   bool tta = false;          // average logits over the image and its mirror
+  int64_t tta_shift = 0;     // and over four views shifted by +-N pixels (and their mirrors with tta); 0 = none
   std::string out;           // empty: <checkpoint folder>/eval
   int64_t limit = 0;         // first N test images (0 = all)
   int64_t latency_iters = 50;  // timed batch-1 forward passes (after warm-up)
@@ -29,7 +30,10 @@ struct EvalReport {
   int64_t parameters = 0;
   int64_t input_height = 0, input_width = 0, input_channels = 0;
   int64_t images = 0;
-  bool tta = false;
+  bool tta = false;        // any test-time augmentation
+  bool tta_flip = false;
+  int64_t tta_shift = 0;
+  int64_t tta_views = 1;   // views averaged per image
   int threads = 1;
   std::vector<std::string> classes;
   // accuracy

@@ -200,7 +200,7 @@ bool lies_in(const std::string& path, const std::string& folder) {
 // given (the float checkpoint qat starts from, a teacher), and never a folder
 // no run wrote (one without a Kestrel config.json).
 void check_overwrite_is_safe(const TrainConfig& c) {
-  const std::string data_dir = c.data_dir.empty() ? default_data_dir(c.dataset) : c.data_dir;
+  const std::string data_dir = data_dir_or_default(c.dataset, c.data_dir);
   std::vector<std::pair<std::string, std::string>> inputs = {{"--checkpoint", c.quantize_from},
                                                               {"--initial-checkpoint", c.initial_checkpoint},
                                                               {"--data-dir", data_dir},
@@ -338,7 +338,7 @@ class EpochTally {
 }  // namespace
 
 EvalResult evaluate(nn::Module& model, data::BatchLoader& loader, int64_t num_classes, bool progress,
-                    const std::string& label, bool tta) {
+                    const std::string& label, const std::optional<data::TTAOptions>& tta) {
   EvalResult r(num_classes);
   const Device device = module_device(model);
   const bool was_training = model.is_training();
@@ -352,7 +352,7 @@ EvalResult evaluate(nn::Module& model, data::BatchLoader& loader, int64_t num_cl
     Tensor logits;
     if (tta) {
       std::vector<Tensor> outs;  // views are made on the host; tta_average returns host logits
-      for (const Tensor& v : data::tta_views(b.images.cpu())) outs.push_back(logits_f32(model(v.to(device))));
+      for (const Tensor& v : data::tta_views(b.images.cpu(), *tta)) outs.push_back(logits_f32(model(v.to(device))));
       logits = data::tta_average(outs);
     } else {
       logits = logits_f32(model(data::copy_batch_to_device(b, device).images));
@@ -428,7 +428,7 @@ TrainSummary train(TrainConfig c) {
 
   // Saved absolute, so eval and --resume find the data from any working folder
   // (the default CIFAR folder, datasets/, is relative).
-  if (c.data_dir.empty()) c.data_dir = default_data_dir(c.dataset);
+  c.data_dir = data_dir_or_default(c.dataset, c.data_dir);
   if (!c.data_dir.empty()) c.data_dir = fs::absolute(c.data_dir).lexically_normal().string();
 
   // Data.

@@ -2,9 +2,11 @@
 // EMA, checkpoints, resume, logs and curves.
 #pragma once
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "data/loader.h"
+#include "data/transforms.h"
 #include "engine/nn/module.h"
 #include "tools/lib/metrics.h"
 #include "tools/lib/train_config.h"
@@ -45,8 +47,9 @@ struct EvalResult {
 };
 // Runs the model over a loader in eval mode without gradients. Under an
 // AutocastGuard (engine/autocast.h) the forward runs in f16/bf16 on CUDA; the
-// logits are cast to f32 before the loss and metrics.
+// logits are cast to f32 before the loss and metrics. With `tta`, each
+// image's logits are the mean over its views (data::tta_views).
 EvalResult evaluate(nn::Module& model, data::BatchLoader& loader, int64_t num_classes, bool progress,
-                    const std::string& label = "eval", bool tta = false);
+                    const std::string& label = "eval", const std::optional<data::TTAOptions>& tta = std::nullopt);
 
 }  // namespace kestrel::tools
