@@ -40,6 +40,15 @@ namespace {
 constexpr int kSize = 16;
 const std::vector<std::string> kClasses = {"checker", "hstripes", "vstripes"};
 
+// Options for an eval without a progress bar (and, by default, without timing).
+EvalOptions quiet_eval(const std::string& checkpoint, int64_t latency_iters = 0) {
+  EvalOptions o;
+  o.checkpoint = checkpoint;
+  o.latency_iters = latency_iters;
+  o.progress = false;
+  return o;
+}
+
 // One RGB image of class k: horizontal or vertical stripes of period 4, or a
 // 4x4 checkerboard, with a random phase, random colours and pixel noise.
 data::Image pattern(int k, uint64_t seed, int size = kSize, double noise = 0.15) {
@@ -153,11 +162,8 @@ std::string* EvalPredict::scratch_ = nullptr;
 std::string* EvalPredict::ckpt_ = nullptr;
 
 TEST_F(EvalPredict, EvalScoresFarAboveChanceAndWritesEveryReportFile) {
-  EvalOptions o;
-  o.checkpoint = *ckpt_;
+  EvalOptions o = quiet_eval(*ckpt_, /*latency_iters=*/5);
   o.batch_size = 32;
-  o.latency_iters = 5;
-  o.progress = false;
   const EvalReport r = run_eval(o);
   EXPECT_EQ(r.images, 72);
   EXPECT_EQ(r.dataset, "folder");
@@ -210,11 +216,8 @@ TEST_F(EvalPredict, EvalCliPrintsTheMarkdownTableAndWritesBesideTheCheckpointByD
 }
 
 TEST_F(EvalPredict, TtaShiftAveragesTheShiftedViewsAndTheirMirrors) {
-  EvalOptions o;
-  o.checkpoint = *ckpt_;
+  EvalOptions o = quiet_eval(*ckpt_);
   o.batch_size = 32;
-  o.latency_iters = 0;
-  o.progress = false;
   o.tta = true;
   o.tta_shift = 2;
   const EvalReport r = run_eval(o);
@@ -493,11 +496,8 @@ TEST_F(EvalPredict, ModelWithMoreOutputsThanItsDataHasClassesIsEvaluatedAndItsEx
   info.num_classes = 5;
   const std::string five = *scratch_ + "/five_outputs.safetensors";
   save_checkpoint(five, *build_from_info(info), info);
-  EvalOptions o;
-  o.checkpoint = five;
+  EvalOptions o = quiet_eval(five);
   o.data_dir = *shared_ + "/data";
-  o.latency_iters = 0;
-  o.progress = false;
   const EvalReport r = run_eval(o);
   EXPECT_EQ(r.images, 72);
   EXPECT_EQ(r.classes, (std::vector<std::string>{"checker", "hstripes", "vstripes", "class 3 (unnamed)",
