@@ -148,6 +148,7 @@ TEST(GhostNorms, RefusesWhatItCannotCompute) {
   const std::string one_row = error_of(
       [&] { ghost_norms(random_tensor({1, 1, 1, 6}, 1, DType::F32), n, wc, n, Activation::ReLU); });
   EXPECT_NE(one_row.find("expected more than 1 value per channel when training"), std::string::npos) << one_row;
+  EXPECT_NE(one_row.find("train with batches of 2 or more"), std::string::npos) << one_row;
   const std::string bad = error_of([&] { ghost_norms(z, n, wc.to(DType::F64), n, Activation::ReLU); });
   EXPECT_NE(bad.find("ghost_norms: needs"), std::string::npos) << bad;
 }

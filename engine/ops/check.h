@@ -28,6 +28,13 @@ inline void check_dim(const Tensor& t, int64_t d, const char* op, const char* wh
   KCHECK(t.dim() == d, ShapeError, op, ": ", what, " must be ", d, "-d, got shape ", shape_str(t.shape()));
 }
 
+// Batch statistics need two values per channel: as PyTorch's message, plus
+// the usual cause (one image reaching a 1x1 feature map, as in a head).
+inline void check_batch_statistics(const Tensor& x, int64_t rows, const char* op) {
+  KCHECK(rows > 1, ShapeError, op, ": expected more than 1 value per channel when training, got input ",
+         shape_str(x.shape()), " (a batch of one image at a 1x1 feature map: train with batches of 2 or more)");
+}
+
 #if defined(KESTREL_HAVE_CUDA)
 inline constexpr bool kHaveCuda = true;
 #else

@@ -137,8 +137,7 @@ Tensor ghost_norms(const Tensor& z_in, const GhostNorm& primary, const Tensor& w
          ": needs an input [N,H,W,C] (got ", shape_str(z_in.shape()), " ", dtype_name(z_in.dtype()),
          ") in f32 or f64 on the CPU, f32, f16 or bf16 on CUDA, a [C,K,K,1] cheap weight with K odd (got ",
          shape_str(w_cheap.shape()), "), [C] norm tensors in training mode, and no trace naming each layer");
-  KCHECK(z_in.numel() / z_in.size(3) > 1, ShapeError, op,
-         ": expected more than 1 value per channel when training, got input ", shape_str(z_in.shape()));
+  check_batch_statistics(z_in, z_in.numel() / z_in.size(3), op);
   if (z_in.device().is_cuda()) return ghost_norms_cuda(op, z_in, primary, w_cheap, cheap, act);
   const Tensor z = z_in.detach().contiguous();
   const Tensor wc = w_cheap.detach().contiguous();

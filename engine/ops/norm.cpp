@@ -90,8 +90,7 @@ Tensor batch_norm_impl(const char* op, const Tensor& x, const Tensor& weight, co
   KCHECK(p.eps >= 0.0, ValueError, op, ": eps must be non-negative, got ", p.eps);
   KCHECK(p.momentum >= 0.0 && p.momentum <= 1.0, ValueError, op, ": momentum must be in [0, 1], got ", p.momentum);
   if (p.training) {
-    KCHECK(rows > 1, ShapeError, op, ": expected more than 1 value per channel when training, got input ",
-           shape_str(x.shape()));
+    check_batch_statistics(x, rows, op);
   } else {
     KCHECK(running_mean.defined(), ValueError, op, ": eval mode needs running_mean and running_var");
   }
