@@ -165,6 +165,9 @@ TEST(OnnxExport, CliWritesBesideTheCheckpointAndNeverOverwritesSilently) {
                                  "checkpoint not found", "a missing checkpoint");
   testing::expect_one_line_error(testing::kestrel_cli("export --batch -2 -c " + ckpt + " -o " + dir + "/n.onnx"),
                                  "--batch must be >= 1", "a negative batch");
+  testing::expect_one_line_error(testing::kestrel_cli("export --overwrite -c " + ckpt + " -o " + dir),
+                                 "is a folder; give -o a file path (e.g. " + dir + "/best.onnx)", "a folder as -o");
+  EXPECT_TRUE(fs::is_directory(dir)) << "the folder given as -o must survive";
 }
 
 }  // namespace

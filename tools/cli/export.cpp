@@ -41,6 +41,8 @@ void run_export(const ExportArgs& a) {
   std::error_code same_error;
   KCHECK(!fs::equivalent(out, a.checkpoint, same_error), IOError, "export: ", out,
          " is the checkpoint itself; give another -o");
+  KCHECK(!fs::is_directory(out), IOError, "export: ", out, " is a folder; give -o a file path (e.g. ",
+         (fs::path(out) / fs::path(a.checkpoint).filename()).replace_extension(".onnx").string(), ")");
   KCHECK(a.overwrite || !fs::exists(out), IOError, "export: ", out, " exists; pass --overwrite to replace it");
   const fs::path parent = fs::path(out).parent_path();
   KCHECK(parent.empty() || fs::is_directory(parent), IOError, "export: folder ", parent.string(), " does not exist");
