@@ -113,6 +113,8 @@ struct TTAOptions {
 };
 // Views of an NHWC batch; the first is the batch itself.
 std::vector<Tensor> tta_views(const Tensor& images, const TTAOptions& opts = {});
+// How many views tta_views makes.
+inline int tta_view_count(const TTAOptions& opts) { return (opts.flip ? 2 : 1) * (opts.crop_shift > 0 ? 5 : 1); }
 // Mean of per-view outputs (e.g. softmax probabilities [N, K]).
 Tensor tta_average(const std::vector<Tensor>& outputs);
 

@@ -955,6 +955,8 @@ TEST(TestTimeAugmentation, ViewsAreFlipsAndShiftsAndAveragesAreMeans) {
   EXPECT_EQ(f[9 + 3], px[9 + 5]);
   EXPECT_EQ(tta_views(x, {true, 1}).size(), 10u);
   EXPECT_EQ(tta_views(x, {false, 1}).size(), 5u);
+  for (const TTAOptions& o : {TTAOptions{true, 0}, TTAOptions{false, 0}, TTAOptions{true, 2}, TTAOptions{false, 3}})
+    EXPECT_EQ(static_cast<size_t>(tta_view_count(o)), tta_views(x, o).size());
   const Tensor avg = tta_average({Tensor::from_vector({1.0f, 0.0f}, {1, 2}), Tensor::from_vector({0.0f, 1.0f}, {1, 2})});
   EXPECT_EQ(avg.to_vector(), (std::vector<float>{0.5f, 0.5f}));
 }

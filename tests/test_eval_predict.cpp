@@ -251,6 +251,35 @@ TEST_F(EvalPredict, TtaShiftAveragesTheShiftedViewsAndTheirMirrors) {
                         "--tta-shift must be in [0, 16) pixels for 16x16 inputs, got 16", "shift of the whole image");
 }
 
+TEST_F(EvalPredict, PredictorTtaIsTheSoftmaxOfTheViewsMeanLogits) {
+  Predictor p(*ckpt_);
+  const std::string path = list_images(*shared_ + "/data/test").front();
+  const data::Image image = p.load_image(path);
+  const std::vector<float> plain = p.probabilities({image})[0];
+  p.set_tta(tta_options(true, 2, p.info()));
+  const std::vector<float> averaged = p.probabilities({image})[0];
+  NoGradGuard no_grad;
+  std::vector<Tensor> logits;
+  for (const Tensor& v : data::tta_views(p.preprocess(image), {true, 2})) logits.push_back(p.model()(v));
+  const std::vector<float> by_hand = softmax(data::tta_average(logits), 1).to_vector();
+  ASSERT_EQ(averaged.size(), by_hand.size());
+  double moved = 0;
+  for (size_t k = 0; k < by_hand.size(); ++k) {
+    EXPECT_NEAR(averaged[k], by_hand[k], 1e-6) << "class " << k;
+    moved = std::max(moved, static_cast<double>(std::fabs(averaged[k] - plain[k])));
+  }
+  EXPECT_GT(moved, 1e-4) << "the ten views should move the probabilities";
+  EXPECT_FALSE(tta_options(false, 0, p.info()).has_value());
+
+  const CliResult r = kestrel_cli("predict -c " + *ckpt_ + " --tta --tta-shift 2 --format json -k 3 " + path);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const nlohmann::json top = nlohmann::json::parse(r.out).at("predictions").at(0).at("top_k");
+  for (const auto& c : top)
+    EXPECT_NEAR(c.at("probability").get<double>(), by_hand[c.at("class_index").get<size_t>()], 1e-6);
+  expect_one_line_error(kestrel_cli("predict -c " + *ckpt_ + " --tta-shift 40 " + path),
+                        "--tta-shift must be in [0, 16) pixels for 16x16 inputs, got 40", "a shift past the image");
+}
+
 TEST_F(EvalPredict, PredictorProbabilitiesSumToOneAndEasyImagesGetTheirClass) {
   Predictor p(*ckpt_);
   EXPECT_EQ(p.info().classes, kClasses);

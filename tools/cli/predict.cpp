@@ -23,6 +23,8 @@ struct PredictArgs {
   int64_t batch_size = 64;
   std::string format = "table";
   std::string device = "auto";
+  bool tta = false;
+  int64_t tta_shift = 0;
 };
 
 // Columns as a terminal shows UTF-8 text: one per code point (printf's widths count bytes).
@@ -80,6 +82,10 @@ void register_predict(CLI::App& app) {
       CLI::IsMember({"table", "json"}));
   cmd->add_option("--device", a->device, "auto, cpu, cuda or cuda:N (auto: cuda when a GPU is usable)")
       ->capture_default_str();
+  cmd->add_flag("--tta", a->tta, "test-time augmentation: average over each image and its mirror (as kestrel eval)");
+  cmd->add_option("--tta-shift", a->tta_shift,
+                  "test-time augmentation: also average over four views shifted by +-N pixels, each mirrored too "
+                  "with --tta");
   cmd->callback([a] {
     // Checked here: CLI11's range check prints its range as a 300-digit float.
     KCHECK(a->top_k >= 1, ValueError, "--top-k must be at least 1, got ", a->top_k);
@@ -88,6 +94,7 @@ void register_predict(CLI::App& app) {
     for (const auto& in : a->inputs)  // all paths are checked before the model is loaded
       for (auto& f : data::list_image_files(in)) images.push_back(std::move(f));
     tools::Predictor p(a->checkpoint, tools::resolve_device(a->device));
+    p.set_tta(tools::tta_options(a->tta, a->tta_shift, p.info()));
     // A model trained with --num-classes above its data's count has outputs
     // without names: the predictor calls them "class N (unnamed)".
     const std::vector<tools::TopK> results = p.predict_batch(images, a->top_k, a->batch_size);

@@ -136,7 +136,15 @@ std::vector<std::vector<float>> Predictor::probabilities(const std::vector<data:
     std::copy_n(one.data<float>(), h * w * c, dst + i * h * w * c);
   }
   NoGradGuard no_grad;
-  const std::vector<float> p = softmax((*model_)(batch.to(device_)), 1).to_vector();
+  Tensor logits;
+  if (tta_) {
+    std::vector<Tensor> views;  // tta_average returns host logits
+    for (const Tensor& v : data::tta_views(batch, *tta_)) views.push_back((*model_)(v.to(device_)).cpu());
+    logits = data::tta_average(views);
+  } else {
+    logits = (*model_)(batch.to(device_));
+  }
+  const std::vector<float> p = softmax(logits, 1).to_vector();
   const size_t k = static_cast<size_t>(info_.num_classes);
   std::vector<std::vector<float>> out(static_cast<size_t>(n));
   for (size_t i = 0; i < out.size(); ++i) out[i].assign(p.begin() + i * k, p.begin() + (i + 1) * k);
@@ -188,5 +196,13 @@ std::vector<TopK> Predictor::predict_batch(const std::vector<std::string>& image
 }
 
 std::vector<std::string> list_images(const std::string& path) { return data::list_image_files(path); }
+
+std::optional<data::TTAOptions> tta_options(bool flip, int64_t shift, const ModelInfo& info) {
+  const int64_t smaller_side = std::min(info.height, info.width);
+  KCHECK(shift >= 0 && shift < smaller_side, ValueError, "--tta-shift must be in [0, ", smaller_side, ") pixels for ",
+         info.height, "x", info.width, " inputs, got ", shift);
+  if (!flip && shift == 0) return std::nullopt;
+  return data::TTAOptions{flip, static_cast<int>(shift)};
+}
 
 }  // namespace kestrel::tools

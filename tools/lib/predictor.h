@@ -11,6 +11,7 @@
 // mean/std stored in the checkpoint, the same steps `kestrel eval` applies.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,8 +60,11 @@ class Predictor {
   std::vector<TopK> predict_batch(const std::vector<data::Image>& images, int64_t k = 5, int64_t batch_size = 64);
   std::vector<TopK> predict_batch(const std::vector<std::string>& image_paths, int64_t k = 5,
                                   int64_t batch_size = 64);
-  // Softmax probabilities [N][num_classes] for preprocessed images (one forward pass).
+  // Softmax probabilities [N][num_classes] for preprocessed images (one forward
+  // pass per test-time view: the softmax of the views' mean logits, as kestrel eval --tta).
   std::vector<std::vector<float>> probabilities(const std::vector<data::Image>& images);
+  // Test-time augmentation for every later prediction (data::tta_views); nullopt: none.
+  void set_tta(const std::optional<data::TTAOptions>& tta) { tta_ = tta; }
 
   // [1, H, W, C] normalized model input for one image.
   Tensor preprocess(const data::Image& image) const;
@@ -83,7 +87,12 @@ class Predictor {
   nn::ModulePtr model_;
   int64_t parameters_ = 0;
   data::Transform input_;
+  std::optional<data::TTAOptions> tta_;
 };
+
+// --tta (the mirror) and --tta-shift N as views to average, nullopt when both
+// are off; ValueError when the shift does not fit the model's input.
+std::optional<data::TTAOptions> tta_options(bool flip, int64_t shift, const ModelInfo& info);
 
 // data::list_image_files: the image files training takes, in `path` and below
 // it (symlinked folders too), sorted; `path` itself when it is a file.

@@ -122,12 +122,11 @@ EvalReport run_eval(const EvalOptions& o) {
   r.input_height = info.height;
   r.input_width = info.width;
   r.input_channels = info.in_channels;
+  const std::optional<data::TTAOptions> tta = tta_options(o.tta, o.tta_shift, info);
+  r.tta = tta.has_value();
   r.tta_flip = o.tta;
   r.tta_shift = o.tta_shift;
-  r.tta = o.tta || o.tta_shift > 0;
-  KCHECK(o.tta_shift >= 0 && o.tta_shift < std::min(info.height, info.width), ValueError,
-         "--tta-shift must be in [0, ", std::min(info.height, info.width), ") pixels for ", info.height, "x",
-         info.width, " inputs, got ", o.tta_shift);
+  r.tta_views = tta ? data::tta_view_count(*tta) : 1;
   r.device = device.str();
   r.threads = omp_get_max_threads();
 
@@ -159,11 +158,6 @@ EvalReport run_eval(const EvalOptions& o) {
   lo.num_workers = o.workers;
   lo.pin_memory = device.is_cuda();
   data::DataLoader loader(test_set, lo, input);
-  std::optional<data::TTAOptions> tta;
-  if (r.tta) {
-    tta = data::TTAOptions{r.tta_flip, static_cast<int>(r.tta_shift)};
-    r.tta_views = (1 + r.tta_flip) * (r.tta_shift > 0 ? 5 : 1);
-  }
   const EvalResult ev = evaluate(model, loader, info.num_classes, o.progress, "eval", tta);
   const ClassificationMetrics& m = ev.metrics;
   r.images = m.count();
