@@ -64,7 +64,8 @@ TEST(TrainAugment, EachFlagBuildsTheTransformItNames) {
     TrainConfig c = no_default_augmentation();
     c.shift_scale_rotate = 0.75;
     c.ssr_limits = "0.1,0.2,15";
-    expect_builds(c, {random_shift_scale_rotate(0.1, 0.2, 15, 0.75)}, "--shift-scale-rotate 0.75 --ssr-limits 0.1,0.2,15");
+    expect_builds(c, {random_shift_scale_rotate(0.1, 0.2, 15, 0.75)},
+                  "--shift-scale-rotate 0.75 --ssr-limits 0.1,0.2,15");
   }
   {
     TrainConfig c = no_default_augmentation();
@@ -106,8 +107,8 @@ TEST(TrainAugment, TheSeedPipelineRunsGeometryThenColourThenPoliciesThenCutout) 
   c.cutout = 0.5;
   const ResidentAugment a = tools::resident_train_augment(c, 12, kNorm);
   expect_builds(c,
-                {random_crop(12, 12, a.crop_padding), random_hflip(0.5), random_shift_scale_rotate(0.0625, 0.1, 45, 0.5),
-                 random_rotation(10), color_jitter(0.2f, 0.2f, 0.2f), random_brightness_contrast(0.2, 0.2, 0.5),
+                {random_crop(12, 12, a.crop_padding), random_hflip(0.5),
+                 random_shift_scale_rotate(0.0625, 0.1, 45, 0.5), random_rotation(10), color_jitter(0.2f, 0.2f, 0.2f), random_brightness_contrast(0.2, 0.2, 0.5),
                  random_hsv_shift(20.0, 0.12, 0.08, 0.5), auto_augment_cifar10(), cutout(a.cutout_size, 0.5)},
                 "all of them");
 }

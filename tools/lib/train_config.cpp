@@ -89,7 +89,8 @@ std::array<float, 4> TrainConfig::color_jitter_amounts() const {
 }
 
 std::array<double, 3> TrainConfig::shift_scale_rotate_limits() const {
-  const char* expected = "SHIFT,SCALE,DEGREES with SHIFT in [0, 1], SCALE in [0, 1), DEGREES in [0, 180] (e.g. 0.0625,0.1,45)";
+  const char* expected =
+      "SHIFT,SCALE,DEGREES with SHIFT in [0, 1], SCALE in [0, 1), DEGREES in [0, 180] (e.g. 0.0625,0.1,45)";
   const std::vector<double> v = numbers_in(ssr_limits, 3, 3, "--ssr-limits", expected);
   KCHECK(v[0] >= 0 && v[0] <= 1 && v[1] >= 0 && v[1] < 1 && v[2] >= 0 && v[2] <= 180, ValueError,
          "--ssr-limits expects ", expected, ", got '", ssr_limits, "'");
@@ -158,8 +159,10 @@ void TrainConfig::validate() const {
          label_smoothing);
   KCHECK(ema == 0 || (ema > 0 && ema < 1), ValueError, "--ema decay must be in (0, 1), got ", ema);
   const std::pair<const char*, double> probabilities[] = {
-      {"mixup", mixup},   {"cutmix", cutmix}, {"ricap", ricap}, {"cutout", cutout}, {"shift_scale_rotate", shift_scale_rotate},
-      {"brightness_contrast", brightness_contrast}, {"hsv_shift", hsv_shift}};
+      {"mixup", mixup},   {"cutmix", cutmix},
+      {"ricap", ricap},   {"cutout", cutout},
+      {"hsv_shift", hsv_shift}, {"shift_scale_rotate", shift_scale_rotate},
+      {"brightness_contrast", brightness_contrast}};
   for (const auto& [key, p] : probabilities)
     KCHECK(p >= 0 && p <= 1, ValueError, flag_of(key), " is a probability: it must be in [0, 1], got ", p);
   KCHECK(workers >= 0, ValueError, "--workers must be >= 0");
