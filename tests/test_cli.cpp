@@ -426,6 +426,10 @@ TEST(Cli, ImageAugmentationFlagsTrainAndAreSavedWithTheRun) {
   const auto r = kestrel_cli(one_epoch_on(root, out) + " --config " + recipe +
                              " --rotation 10 --brightness-contrast 0.5 --hsv-shift 0.5");
   ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("augmentation: crop (pad 2), flip, shift-scale-rotate p 0.5 (0.1, 0.1, 15 deg), rotation 10 "
+                       "deg, color jitter 0.3,0.3,0, brightness/contrast p 0.5, HSV shift p 0.5\n"),
+            std::string::npos)
+      << r.err;
   const nlohmann::json config = nlohmann::json::parse(read_text(out + "/config.json"));
   EXPECT_EQ(config.at("shift_scale_rotate"), 0.5);
   EXPECT_EQ(config.at("ssr_limits"), "0.1,0.1,15");

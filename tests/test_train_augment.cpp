@@ -108,8 +108,9 @@ TEST(TrainAugment, TheSeedPipelineRunsGeometryThenColourThenPoliciesThenCutout) 
   const ResidentAugment a = tools::resident_train_augment(c, 12, kNorm);
   expect_builds(c,
                 {random_crop(12, 12, a.crop_padding), random_hflip(0.5),
-                 random_shift_scale_rotate(0.0625, 0.1, 45, 0.5), random_rotation(10), color_jitter(0.2f, 0.2f, 0.2f), random_brightness_contrast(0.2, 0.2, 0.5),
-                 random_hsv_shift(20.0, 0.12, 0.08, 0.5), auto_augment_cifar10(), cutout(a.cutout_size, 0.5)},
+                 random_shift_scale_rotate(0.0625, 0.1, 45, 0.5), random_rotation(10), color_jitter(0.2f, 0.2f, 0.2f),
+                 random_brightness_contrast(0.2, 0.2, 0.5), random_hsv_shift(20.0, 0.12, 0.08, 0.5),
+                 auto_augment_cifar10(), cutout(a.cutout_size, 0.5)},
                 "all of them");
 }
 
@@ -133,6 +134,30 @@ TEST(TrainAugment, HostOnlyTransformsNameThemselvesAsWhyTheResidentLoaderCannotR
     EXPECT_EQ(tools::resident_unsupported(c, true, ds, 12, 12), flag + " runs on the host");
     EXPECT_EQ(tools::resident_unsupported(c, false, ds, 12, 12), "") << flag << " does not touch evaluation";
   }
+}
+
+TEST(TrainAugment, TheBannerNamesEveryStepInOrder) {
+  TrainConfig c = no_default_augmentation();
+  EXPECT_EQ(tools::augmentation_summary(c, 32), "none");
+  c.random_crop = true;
+  c.hflip = true;
+  c.shift_scale_rotate = 0.5;
+  c.rotation = 15;
+  c.color_jitter = "0.4,0.4,0.4";
+  c.brightness_contrast = 0.25;
+  c.hsv_shift = 0.5;
+  c.auto_augment = true;
+  c.randaugment = "2,9";
+  c.cutout = 0.5;
+  c.mixup = 0.2;
+  c.ricap = 0.1;
+  EXPECT_EQ(tools::augmentation_summary(c, 32),
+            "crop (pad 4), flip, shift-scale-rotate p 0.5 (0.0625, 0.1, 45 deg), rotation 15 deg, color jitter "
+            "0.4,0.4,0.4, brightness/contrast p 0.25, HSV shift p 0.5, AutoAugment (CIFAR-10), RandAugment 2,9, "
+            "cutout 16 px p 0.5; mixup 0.2, ricap 0.1");
+  TrainConfig mixing_only = no_default_augmentation();
+  mixing_only.cutmix = 1;
+  EXPECT_EQ(tools::augmentation_summary(mixing_only, 28), "cutmix 1");
 }
 
 TEST(TrainAugment, ListFlagsParseOrNameTheFlag) {

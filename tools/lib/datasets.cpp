@@ -150,6 +150,40 @@ data::Transform train_transform(const TrainConfig& c, int height, int width, con
   return data::compose(std::move(t));
 }
 
+std::string augmentation_summary(const TrainConfig& c, int height) {
+  const data::ResidentAugment a = resident_train_augment(c, height, Normalization{});
+  std::vector<std::string> image, batch;
+  auto num = [](double v) {
+    char b[32];
+    std::snprintf(b, sizeof(b), "%g", v);
+    return std::string(b);
+  };
+  if (a.crop_padding >= 0) image.push_back("crop (pad " + std::to_string(a.crop_padding) + ")");
+  if (a.hflip > 0) image.push_back("flip");
+  if (c.shift_scale_rotate > 0) {
+    const std::array<double, 3> lim = c.shift_scale_rotate_limits();
+    image.push_back("shift-scale-rotate p " + num(c.shift_scale_rotate) + " (" + num(lim[0]) + ", " + num(lim[1]) +
+                    ", " + num(lim[2]) + " deg)");
+  }
+  if (c.rotation > 0) image.push_back("rotation " + num(c.rotation) + " deg");
+  if (!c.color_jitter.empty()) image.push_back("color jitter " + c.color_jitter);
+  if (c.brightness_contrast > 0) image.push_back("brightness/contrast p " + num(c.brightness_contrast));
+  if (c.hsv_shift > 0) image.push_back("HSV shift p " + num(c.hsv_shift));
+  if (c.auto_augment) image.push_back("AutoAugment (CIFAR-10)");
+  if (!c.randaugment.empty()) image.push_back("RandAugment " + c.randaugment);
+  if (a.cutout_size > 0) image.push_back("cutout " + std::to_string(a.cutout_size) + " px p " + num(a.cutout_p));
+  const std::pair<const char*, double> mixers[] = {{"mixup", c.mixup}, {"cutmix", c.cutmix}, {"ricap", c.ricap}};
+  for (const auto& [name, p] : mixers)
+    if (p > 0) batch.push_back(std::string(name) + " " + num(p));
+  auto join = [](const std::vector<std::string>& parts) {
+    std::string s;
+    for (const std::string& p : parts) s += (s.empty() ? "" : ", ") + p;
+    return s;
+  };
+  if (image.empty() && batch.empty()) return "none";
+  return join(image) + (image.empty() || batch.empty() ? "" : "; ") + join(batch);
+}
+
 data::Transform eval_transform(int height, int width, const Normalization& n) {
   return data::compose({data::resize(height, width), data::normalize(n.mean, n.std)});
 }

@@ -574,7 +574,8 @@ TrainSummary train(TrainConfig c) {
             << (world > 1 ? " x " + std::to_string(world) + " processes (" + dist::backend_name() + ")" : "")
             << (c.amp == "off" ? "" : ", amp " + c.amp) << ", " << c.epochs << " epochs, "
             << (train_choice.resident ? "resident loader" : "threaded loader")
-            << (train_choice.why_threads.empty() ? "" : " (" + train_choice.why_threads + ")") << "\n";
+            << (train_choice.why_threads.empty() ? "" : " (" + train_choice.why_threads + ")") << "\n"
+            << "augmentation: " << augmentation_summary(c, info.height) << "\n";
 
   TrainSummary summary;
   summary.out_dir = c.out;
