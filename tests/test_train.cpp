@@ -267,6 +267,28 @@ TEST(Train, TheResidentLoaderTrainsToTheSameWeightsAndResumesAThreadedRun) {
   }
 }
 
+// Every host augmentation draws from the per-image generators the loader
+// seeds from (seed, epoch, index): a run stopped mid-epoch and resumed sees
+// the same augmented images and ends with the same weights, bit for bit.
+TEST(Train, EveryImageAugmentationResumesMidEpochToTheUninterruptedRun) {
+  const std::string data = kestrel::testing::write_pattern_folder_dataset("augment_resume_data");
+  tools::TrainConfig full = kestrel::testing::pattern_folder_config(data, "augment_resume_full", "cpu");
+  full.shift_scale_rotate = 0.5;
+  full.rotation = 20;
+  full.color_jitter = "0.3,0.3,0.3,0.05";
+  full.brightness_contrast = 0.5;
+  full.hsv_shift = 0.5;
+  full.randaugment = "2,9";
+  full.cutout = 0.5;
+  full.cutmix = 0.5;
+  full.workers = 2;
+  full.save_every_steps = 2;
+  ASSERT_TRUE(tools::train(full).completed);
+  const std::string resumed = kestrel::testing::kill_then_resume(full, "augment_resume_killed", 9);  // saved at 8
+  kestrel::testing::expect_checkpoints_match(full.out + "/last.safetensors", resumed + "/last.safetensors", 0.0, 0.0,
+                                             "stopped in epoch 2, resumed from its step-8 save");
+}
+
 TEST(Train, ADivergedLossStopsTheRunNamingItsBatch) {
   const std::string data = kestrel::testing::write_pattern_folder_dataset("diverge_data");
   kestrel::testing::expect_run_diverges(kestrel::testing::pattern_folder_config(data, "diverge_run", "cpu"));
