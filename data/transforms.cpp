@@ -562,10 +562,14 @@ std::vector<Tensor> tta_views(const Tensor& images, const TTAOptions& opts) {
   const Tensor x = images.contiguous();
   const int64_t n = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   const float* src = x.data<float>();
-  // view(dy, dx, flip): out(y, x) = src(y - dy, x' - dx), x' mirrored when flip; zero outside.
+  KCHECK(opts.fill.empty() || static_cast<int64_t>(opts.fill.size()) == C, ShapeError, "tta_views: ",
+         opts.fill.size(), " fill values for ", C, " channels");
+  // view(dy, dx, flip): out(y, x) = src(y - dy, x' - dx), x' mirrored when flip; the fill outside.
   auto make = [&](int64_t dy, int64_t dx, bool flip) {
     Tensor out = Tensor::zeros({n, H, W, C});
     float* dst = out.data<float>();
+    if (!opts.fill.empty())
+      for (int64_t p = 0; p < n * H * W; ++p) std::copy(opts.fill.begin(), opts.fill.end(), dst + p * C);
     for (int64_t i = 0; i < n; ++i)
       for (int64_t y = 0; y < H; ++y) {
         const int64_t sy = y - dy;

@@ -109,7 +109,10 @@ Transform auto_augment_cifar10();
 // ---- test-time augmentation
 struct TTAOptions {
   bool flip = true;    // add the mirrored view of each view
-  int crop_shift = 0;  // >0: add four views shifted by +-crop_shift pixels (pad-and-crop, zero fill)
+  int crop_shift = 0;  // >0: add four views shifted by +-crop_shift pixels (pad-and-crop)
+  // Per channel, the value of the pixels a shift brings in; empty: 0. On
+  // normalized images, -mean/std is black, as random_crop's padding in training.
+  std::vector<float> fill;
 };
 // Views of an NHWC batch; the first is the batch itself.
 std::vector<Tensor> tta_views(const Tensor& images, const TTAOptions& opts = {});

@@ -948,15 +948,25 @@ TEST(TestTimeAugmentation, ViewsAreFlipsAndShiftsAndAveragesAreMeans) {
   std::vector<float> px(18);
   std::iota(px.begin(), px.end(), 0.0f);
   const Tensor x = Tensor::from_vector(px, {2, 3, 3, 1});
-  auto views = tta_views(x, {true, 0});
+  auto views = tta_views(x, {true, 0, {}});
   ASSERT_EQ(views.size(), 2u);
   const std::vector<float> f = views[1].to_vector();
   EXPECT_EQ(f[0], px[2]);
   EXPECT_EQ(f[9 + 3], px[9 + 5]);
-  EXPECT_EQ(tta_views(x, {true, 1}).size(), 10u);
-  EXPECT_EQ(tta_views(x, {false, 1}).size(), 5u);
-  for (const TTAOptions& o : {TTAOptions{true, 0}, TTAOptions{false, 0}, TTAOptions{true, 2}, TTAOptions{false, 3}})
+  EXPECT_EQ(tta_views(x, {true, 1, {}}).size(), 10u);
+  EXPECT_EQ(tta_views(x, {false, 1, {}}).size(), 5u);
+  for (const TTAOptions& o : {TTAOptions{true, 0, {}}, TTAOptions{false, 0, {}}, TTAOptions{true, 2, {}},
+                               TTAOptions{false, 3, {}}})
     EXPECT_EQ(static_cast<size_t>(tta_view_count(o)), tta_views(x, o).size());
+  // A shift down and right by 1 brings in the fill along the top row and left column.
+  const std::vector<Tensor> filled = tta_views(x, {false, 1, {-7.0f}});
+  const std::vector<float> down_right = filled[4].to_vector();  // shifts (-1,-1), (-1,1), (1,-1), (1,1)
+  EXPECT_EQ(down_right[0], -7.0f);
+  EXPECT_EQ(down_right[2], -7.0f);
+  EXPECT_EQ(down_right[3], -7.0f);
+  EXPECT_EQ(down_right[4], px[0]);
+  EXPECT_EQ(down_right[9 + 4], px[9]);
+  EXPECT_THROW(tta_views(x, {false, 1, {0.0f, 0.0f}}), ShapeError) << "two fill values for one channel";
   const Tensor avg = tta_average({Tensor::from_vector({1.0f, 0.0f}, {1, 2}), Tensor::from_vector({0.0f, 1.0f}, {1, 2})});
   EXPECT_EQ(avg.to_vector(), (std::vector<float>{0.5f, 0.5f}));
 }

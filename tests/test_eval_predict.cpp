@@ -234,7 +234,8 @@ TEST_F(EvalPredict, TtaShiftAveragesTheShiftedViewsAndTheirMirrors) {
   for (int64_t i = 0; i < test_set->size(); ++i) {
     const data::Example e = test_set->get(i);
     std::vector<Tensor> logits;
-    for (const Tensor& v : data::tta_views(p.preprocess(e.image), {true, 2})) logits.push_back(p.model()(v));
+    for (const Tensor& v : data::tta_views(p.preprocess(e.image), *tta_options(true, 2, p.info())))
+      logits.push_back(p.model()(v));
     loss_sum += cross_entropy(data::tta_average(logits), Tensor::from_vector_i64({e.label}, {1})).item();
   }
   EXPECT_NEAR(r.loss, loss_sum / static_cast<double>(test_set->size()), 1e-5);
@@ -260,7 +261,11 @@ TEST_F(EvalPredict, PredictorTtaIsTheSoftmaxOfTheViewsMeanLogits) {
   const std::vector<float> averaged = p.probabilities({image})[0];
   NoGradGuard no_grad;
   std::vector<Tensor> logits;
-  for (const Tensor& v : data::tta_views(p.preprocess(image), {true, 2})) logits.push_back(p.model()(v));
+  const data::TTAOptions views = *tta_options(true, 2, p.info());
+  ASSERT_EQ(views.fill.size(), p.info().mean.size());
+  for (size_t c = 0; c < views.fill.size(); ++c)
+    EXPECT_FLOAT_EQ(views.fill[c], -p.info().mean[c] / p.info().std[c]) << "shifted-in pixels are black";
+  for (const Tensor& v : data::tta_views(p.preprocess(image), views)) logits.push_back(p.model()(v));
   const std::vector<float> by_hand = softmax(data::tta_average(logits), 1).to_vector();
   ASSERT_EQ(averaged.size(), by_hand.size());
   double moved = 0;

@@ -202,7 +202,10 @@ std::optional<data::TTAOptions> tta_options(bool flip, int64_t shift, const Mode
   KCHECK(shift >= 0 && shift < smaller_side, ValueError, "--tta-shift must be in [0, ", smaller_side, ") pixels for ",
          info.height, "x", info.width, " inputs, got ", shift);
   if (!flip && shift == 0) return std::nullopt;
-  return data::TTAOptions{flip, static_cast<int>(shift)};
+  data::TTAOptions o{flip, static_cast<int>(shift), {}};
+  // Shifted-in pixels are black, as the zero padding of training's random crop: -mean/std once normalized.
+  for (size_t c = 0; c < info.mean.size() && c < info.std.size(); ++c) o.fill.push_back(-info.mean[c] / info.std[c]);
+  return o;
 }
 
 }  // namespace kestrel::tools

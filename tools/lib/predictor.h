@@ -91,7 +91,8 @@ class Predictor {
 };
 
 // --tta (the mirror) and --tta-shift N as views to average, nullopt when both
-// are off; ValueError when the shift does not fit the model's input.
+// are off; shifted-in pixels are black (-mean/std), as training's crop padding.
+// ValueError when the shift does not fit the model's input.
 std::optional<data::TTAOptions> tta_options(bool flip, int64_t shift, const ModelInfo& info);
 
 // data::list_image_files: the image files training takes, in `path` and below
