@@ -20,8 +20,8 @@ void register_eval(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--tta", o->tta, "test-time augmentation: average over each image and its mirror");
   cmd->add_option("--tta-shift", o->tta_shift,
-                  "test-time augmentation: also average over four views shifted by +-N pixels (black borders, as a padded crop), "
-                  "each mirrored too with --tta");
+                  "test-time augmentation: also average over four views shifted by +-N pixels (black borders, "
+                  "as a padded crop), each mirrored too with --tta");
   cmd->add_option("--out,-o", o->out, "report folder (default: eval/ beside the checkpoint)");
   cmd->add_option("--limit", o->limit, "use only N test images (the first; an image folder's spread over its classes)");
   cmd->add_option("--latency-iters", o->latency_iters, "timed batch-1 forward passes after warm-up; 0 skips timing")
