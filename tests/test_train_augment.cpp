@@ -138,7 +138,7 @@ TEST(TrainAugment, HostOnlyTransformsNameThemselvesAsWhyTheResidentLoaderCannotR
 
 TEST(TrainAugment, TheBannerNamesEveryStepInOrder) {
   TrainConfig c = no_default_augmentation();
-  EXPECT_EQ(tools::augmentation_summary(c, 32), "none");
+  EXPECT_EQ(tools::augmentation_summary(c, 32, 32), "none");
   c.random_crop = true;
   c.hflip = true;
   c.shift_scale_rotate = 0.5;
@@ -151,13 +151,13 @@ TEST(TrainAugment, TheBannerNamesEveryStepInOrder) {
   c.cutout = 0.5;
   c.mixup = 0.2;
   c.ricap = 0.1;
-  EXPECT_EQ(tools::augmentation_summary(c, 32),
+  EXPECT_EQ(tools::augmentation_summary(c, 32, 32),
             "crop (pad 4), flip, shift-scale-rotate p 0.5 (0.0625, 0.1, 45 deg), rotation 15 deg, color jitter "
             "0.4,0.4,0.4, brightness/contrast p 0.25, HSV shift p 0.5, AutoAugment (CIFAR-10), RandAugment 2,9, "
             "cutout 16 px p 0.5; mixup 0.2, ricap 0.1");
   TrainConfig mixing_only = no_default_augmentation();
   mixing_only.cutmix = 1;
-  EXPECT_EQ(tools::augmentation_summary(mixing_only, 28), "cutmix 1");
+  EXPECT_EQ(tools::augmentation_summary(mixing_only, 28, 28), "cutmix 1");
 }
 
 TEST(TrainAugment, ListFlagsParseOrNameTheFlag) {

@@ -121,67 +121,74 @@ Normalization normalization_for(const std::string& dataset, const data::Dataset&
   return out;
 }
 
-data::Transform train_transform(const TrainConfig& c, int height, int width, const Normalization& n) {
-  std::vector<data::Transform> t;
+namespace {
+
+std::string number(double v) {
+  char b[32];
+  std::snprintf(b, sizeof(b), "%g", v);
+  return b;
+}
+
+// One step of the training images' augmentation and how the banner names it.
+struct AugmentStep {
+  std::string name;
+  data::Transform transform;
+};
+
+// train_transform's steps between the resize and the normalization, in order.
+std::vector<AugmentStep> augment_steps(const TrainConfig& c, int height, int width) {
+  std::vector<AugmentStep> t;
   // The crop, mirror and cutout settings are the resident loader's (one place).
-  const data::ResidentAugment a = resident_train_augment(c, height, n);
-  t.push_back(data::resize(height, width));  // nothing to do at the data's own size
-  if (a.crop_padding >= 0) t.push_back(data::random_crop(height, width, a.crop_padding));
-  if (a.hflip > 0) t.push_back(data::random_hflip(a.hflip));
+  const data::ResidentAugment a = resident_train_augment(c, height, Normalization{});
+  if (a.crop_padding >= 0)
+    t.push_back(
+        {"crop (pad " + std::to_string(a.crop_padding) + ")", data::random_crop(height, width, a.crop_padding)});
+  if (a.hflip > 0) t.push_back({"flip", data::random_hflip(a.hflip)});
   // Geometry, then colour, then the policies, as in the seeds' albumentations pipelines.
   if (c.shift_scale_rotate > 0) {
     const std::array<double, 3> lim = c.shift_scale_rotate_limits();
-    t.push_back(data::random_shift_scale_rotate(lim[0], lim[1], lim[2], c.shift_scale_rotate));
+    t.push_back({"shift-scale-rotate p " + number(c.shift_scale_rotate) + " (" + number(lim[0]) + ", " +
+                     number(lim[1]) + ", " + number(lim[2]) + " deg)",
+                 data::random_shift_scale_rotate(lim[0], lim[1], lim[2], c.shift_scale_rotate)});
   }
-  if (c.rotation > 0) t.push_back(data::random_rotation(c.rotation));
+  if (c.rotation > 0) t.push_back({"rotation " + number(c.rotation) + " deg", data::random_rotation(c.rotation)});
   if (!c.color_jitter.empty()) {
     const std::array<float, 4> j = c.color_jitter_amounts();
-    t.push_back(data::color_jitter(j[0], j[1], j[2], j[3]));
+    t.push_back({"color jitter " + c.color_jitter, data::color_jitter(j[0], j[1], j[2], j[3])});
   }
-  if (c.brightness_contrast > 0) t.push_back(data::random_brightness_contrast(0.2, 0.2, c.brightness_contrast));
-  if (c.hsv_shift > 0) t.push_back(data::random_hsv_shift(20.0, 0.12, 0.08, c.hsv_shift));
-  if (c.auto_augment) t.push_back(data::auto_augment_cifar10());
+  if (c.brightness_contrast > 0)
+    t.push_back({"brightness/contrast p " + number(c.brightness_contrast),
+                 data::random_brightness_contrast(0.2, 0.2, c.brightness_contrast)});
+  if (c.hsv_shift > 0)
+    t.push_back({"HSV shift p " + number(c.hsv_shift), data::random_hsv_shift(20.0, 0.12, 0.08, c.hsv_shift)});
+  if (c.auto_augment) t.push_back({"AutoAugment (CIFAR-10)", data::auto_augment_cifar10()});
   if (!c.randaugment.empty()) {
     const std::array<int, 2> nm = c.randaugment_n_m();
-    t.push_back(data::rand_augment(nm[0], nm[1]));
+    t.push_back({"RandAugment " + c.randaugment, data::rand_augment(nm[0], nm[1])});
   }
-  if (a.cutout_size > 0) t.push_back(data::cutout(a.cutout_size, a.cutout_p));
-  t.push_back(data::normalize(a.mean, a.std));
+  if (a.cutout_size > 0)
+    t.push_back({"cutout " + std::to_string(a.cutout_size) + " px p " + number(a.cutout_p),
+                 data::cutout(a.cutout_size, a.cutout_p)});
+  return t;
+}
+
+}  // namespace
+
+data::Transform train_transform(const TrainConfig& c, int height, int width, const Normalization& n) {
+  std::vector<data::Transform> t = {data::resize(height, width)};  // nothing to do at the data's own size
+  for (AugmentStep& step : augment_steps(c, height, width)) t.push_back(std::move(step.transform));
+  t.push_back(data::normalize(n.mean, n.std));
   return data::compose(std::move(t));
 }
 
-std::string augmentation_summary(const TrainConfig& c, int height) {
-  const data::ResidentAugment a = resident_train_augment(c, height, Normalization{});
-  std::vector<std::string> image, batch;
-  auto num = [](double v) {
-    char b[32];
-    std::snprintf(b, sizeof(b), "%g", v);
-    return std::string(b);
-  };
-  if (a.crop_padding >= 0) image.push_back("crop (pad " + std::to_string(a.crop_padding) + ")");
-  if (a.hflip > 0) image.push_back("flip");
-  if (c.shift_scale_rotate > 0) {
-    const std::array<double, 3> lim = c.shift_scale_rotate_limits();
-    image.push_back("shift-scale-rotate p " + num(c.shift_scale_rotate) + " (" + num(lim[0]) + ", " + num(lim[1]) +
-                    ", " + num(lim[2]) + " deg)");
-  }
-  if (c.rotation > 0) image.push_back("rotation " + num(c.rotation) + " deg");
-  if (!c.color_jitter.empty()) image.push_back("color jitter " + c.color_jitter);
-  if (c.brightness_contrast > 0) image.push_back("brightness/contrast p " + num(c.brightness_contrast));
-  if (c.hsv_shift > 0) image.push_back("HSV shift p " + num(c.hsv_shift));
-  if (c.auto_augment) image.push_back("AutoAugment (CIFAR-10)");
-  if (!c.randaugment.empty()) image.push_back("RandAugment " + c.randaugment);
-  if (a.cutout_size > 0) image.push_back("cutout " + std::to_string(a.cutout_size) + " px p " + num(a.cutout_p));
+std::string augmentation_summary(const TrainConfig& c, int height, int width) {
+  std::string image, batch;
+  for (const AugmentStep& step : augment_steps(c, height, width)) image += (image.empty() ? "" : ", ") + step.name;
   const std::pair<const char*, double> mixers[] = {{"mixup", c.mixup}, {"cutmix", c.cutmix}, {"ricap", c.ricap}};
   for (const auto& [name, p] : mixers)
-    if (p > 0) batch.push_back(std::string(name) + " " + num(p));
-  auto join = [](const std::vector<std::string>& parts) {
-    std::string s;
-    for (const std::string& p : parts) s += (s.empty() ? "" : ", ") + p;
-    return s;
-  };
+    if (p > 0) batch += (batch.empty() ? "" : ", ") + std::string(name) + " " + number(p);
   if (image.empty() && batch.empty()) return "none";
-  return join(image) + (image.empty() || batch.empty() ? "" : "; ") + join(batch);
+  return image + (image.empty() || batch.empty() ? "" : "; ") + batch;
 }
 
 data::Transform eval_transform(int height, int width, const Normalization& n) {

@@ -33,7 +33,7 @@ data::Transform train_transform(const TrainConfig& c, int height, int width, con
 data::Transform eval_transform(int height, int width, const Normalization& n);
 // train_transform's steps and the batch mixers in words, for the run's banner:
 // "crop (pad 4), flip, cutout 16 px p 0.5; mixup 0.2", or "none".
-std::string augmentation_summary(const TrainConfig& c, int height);
+std::string augmentation_summary(const TrainConfig& c, int height, int width);
 // The resident loader's twins of train_transform and eval_transform.
 data::ResidentAugment resident_train_augment(const TrainConfig& c, int height, const Normalization& n);
 data::ResidentAugment resident_eval_augment(const Normalization& n);
