@@ -566,7 +566,7 @@ std::vector<Tensor> tta_views(const Tensor& images, const TTAOptions& opts) {
          opts.fill.size(), " fill values for ", C, " channels");
   // view(dy, dx, flip): out(y, x) = src(y - dy, x' - dx), x' mirrored when flip; the fill outside.
   auto make = [&](int64_t dy, int64_t dx, bool flip) {
-    Tensor out = Tensor::zeros({n, H, W, C});
+    Tensor out = opts.fill.empty() ? Tensor::zeros({n, H, W, C}) : Tensor::empty({n, H, W, C});
     float* dst = out.data<float>();
     if (!opts.fill.empty())
       for (int64_t p = 0; p < n * H * W; ++p) std::copy(opts.fill.begin(), opts.fill.end(), dst + p * C);

@@ -136,14 +136,7 @@ std::vector<std::vector<float>> Predictor::probabilities(const std::vector<data:
     std::copy_n(one.data<float>(), h * w * c, dst + i * h * w * c);
   }
   NoGradGuard no_grad;
-  Tensor logits;
-  if (tta_) {
-    std::vector<Tensor> views;  // tta_average returns host logits
-    for (const Tensor& v : data::tta_views(batch, *tta_)) views.push_back((*model_)(v.to(device_)).cpu());
-    logits = data::tta_average(views);
-  } else {
-    logits = (*model_)(batch.to(device_));
-  }
+  const Tensor logits = tta_ ? mean_view_logits(*model_, batch, *tta_, device_) : (*model_)(batch.to(device_));
   const std::vector<float> p = softmax(logits, 1).to_vector();
   const size_t k = static_cast<size_t>(info_.num_classes);
   std::vector<std::vector<float>> out(static_cast<size_t>(n));
@@ -206,6 +199,15 @@ std::optional<data::TTAOptions> tta_options(bool flip, int64_t shift, const Mode
   // Shifted-in pixels are black, as the zero padding of training's random crop: -mean/std once normalized.
   for (size_t c = 0; c < info.mean.size() && c < info.std.size(); ++c) o.fill.push_back(-info.mean[c] / info.std[c]);
   return o;
+}
+
+Tensor mean_view_logits(nn::Module& model, const Tensor& images, const data::TTAOptions& tta, Device device) {
+  std::vector<Tensor> outs;
+  for (const Tensor& v : data::tta_views(images.cpu(), tta)) {
+    const Tensor logits = model(v.to(device));  // f16/bf16 under autocast
+    outs.push_back((logits.dtype() == DType::F32 ? logits : logits.to(DType::F32)).cpu());
+  }
+  return data::tta_average(outs);
 }
 
 }  // namespace kestrel::tools

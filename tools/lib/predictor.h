@@ -94,6 +94,9 @@ class Predictor {
 // are off; shifted-in pixels are black (-mean/std), as training's crop padding.
 // ValueError when the shift does not fit the model's input.
 std::optional<data::TTAOptions> tta_options(bool flip, int64_t shift, const ModelInfo& info);
+// The model's logits for each image of the NHWC batch, averaged over its
+// test-time views (made on the host, run on `device`): f32, on the host.
+Tensor mean_view_logits(nn::Module& model, const Tensor& images, const data::TTAOptions& tta, Device device);
 
 // data::list_image_files: the image files training takes, in `path` and below
 // it (symlinked folders too), sorted; `path` itself when it is a file.

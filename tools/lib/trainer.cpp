@@ -37,6 +37,7 @@
 #include "tools/lib/interrupt.h"
 #include "tools/lib/plot.h"
 #include "tools/lib/precise_bn.h"
+#include "tools/lib/predictor.h"
 #include "tools/lib/progress.h"
 #include "tools/lib/qat.h"
 #include "tools/lib/run_state.h"
@@ -349,14 +350,8 @@ EvalResult evaluate(nn::Module& model, data::BatchLoader& loader, int64_t num_cl
   data::Batch b;
   int64_t done = 0;
   while (loader.next(b)) {
-    Tensor logits;
-    if (tta) {
-      std::vector<Tensor> outs;  // views are made on the host; tta_average returns host logits
-      for (const Tensor& v : data::tta_views(b.images.cpu(), *tta)) outs.push_back(logits_f32(model(v.to(device))));
-      logits = data::tta_average(outs);
-    } else {
-      logits = logits_f32(model(data::copy_batch_to_device(b, device).images));
-    }
+    Tensor logits = tta ? mean_view_logits(model, b.images, *tta, device)
+                        : logits_f32(model(data::copy_batch_to_device(b, device).images));
     if (!logits.device().is_cpu()) logits = logits.cpu();  // metrics and loss on the host, one copy
     r.metrics.update(logits, b.labels);
     r.metrics.add_loss(cross_entropy(logits, b.labels).item() * static_cast<double>(b.size()), b.size());
