@@ -442,6 +442,8 @@ TEST_F(EvalPredict, CliFailsWithOneLineForEachBadInput) {
   std::ofstream(not_ckpt) << "this is not a safetensors file";
   expect_one_line_error(kestrel_cli("predict --checkpoint " + not_ckpt + " " + img), "not_a_checkpoint",
                         "corrupt checkpoint");
+  expect_one_line_error(kestrel_cli("eval --checkpoint " + *ckpt_ + " --device cpu --cuda-graph --no-progress"),
+                        "eval: --cuda-graph needs a CUDA device (it is cpu)", "--cuda-graph on the CPU");
 }
 
 TEST_F(EvalPredict, MismatchedCheckpointsNameTheFirstMismatchingTensors) {

@@ -41,11 +41,13 @@ expect "| squeeze_excite_fwd | M/N1_8x8_C8_r2 | 1.0 | cudnn+cublas | 3.0 | 3.00x
 expect "- squeeze_excite_fwd: median speedup 3.00x, median 80% of copy BW (no bar)"
 expect "Overall: all 3 GPU tests passed"
 # Whole-model rows (kestrel bench and its PyTorch twin) are carried over.
-printf '| model | params |\n| efficientnet_b0 | 5288548 |\nnoise line\nkestrel bench resnet50 failed\n' >"$dir/model_bench.log"
+printf '| model | params |\n| efficientnet_b0 | 5288548 |\nnoise line\nkestrel bench resnet50 failed\n### Batch-1\n' \
+  >"$dir/model_bench.log"
 python3 "$report_py" "$dir" "$dir/bench.json" "$dir/report.md" 0 abc123 >/dev/null
 expect "## Whole models beside PyTorch"
 expect "| efficientnet_b0 | 5288548 |"
 expect "kestrel bench resnet50 failed"
+expect "### Batch-1"
 if grep -qF "noise line" "$dir/report.md"; then fail "a log line that is not a row was copied"; fi
 # The main job's log: its own tail, then one row per loader run.
 cat >"$dir/quickstart.log" <<'LOG'

@@ -62,6 +62,10 @@ TEST(ModelBench, BadSettingsAreNamed) {
   o.amp = "fp8";
   EXPECT_THROW(tools::bench_model(o), ValueError);
   o.amp = "off";
+  o.cuda_graph = true;
+  EXPECT_EQ(testing::expect_message_of([&] { tools::bench_model(o); }),
+            "bench: --cuda-graph needs a CUDA device (it is cpu)");
+  o.cuda_graph = false;
   o.batch = 0;
   EXPECT_THROW(tools::bench_model(o), ValueError);
   testing::expect_one_line_error(testing::kestrel_cli("bench --input 3x224"), "--input must look like 3x224x224",

@@ -170,6 +170,16 @@ if [ -n "${kestrel_bin:-}" ] && [ -x "$kestrel_bin" ] && [ "${KESTREL_GPU_CHECK_
     timeout "$left" "$kestrel_bin" bench -m "$m" --input 3x224x224 -b 64 --device cuda --amp bf16 --no-progress >>"$models_log" 2>&1 \
       || { status=1; echo "kestrel bench $m failed" >>"$models_log"; }
   done
+  # Batch-1 latency at 32 px, where launches dominate: eager, then CUDA graph replays.
+  echo "### Batch-1 inference, 3x32x32, f32: eager rows, then --cuda-graph rows" >>"$models_log"
+  for graph in "" --cuda-graph; do
+    for m in emn_small mobilenet_v3_small; do
+      left=$(( deadline - $(date +%s) )); [ "$left" -gt 5 ] || break
+      timeout "$left" "$kestrel_bin" bench -m "$m" --input 3x32x32 -b 1 --num-classes 100 --no-train --iters 200 \
+        --device cuda --no-progress $graph 2>/dev/null | tail -1 >>"$models_log" \
+        || { status=1; echo "kestrel bench $m $graph failed" >>"$models_log"; }
+    done
+  done
   left=$(( deadline - $(date +%s) ))
   if [ "$left" -gt 5 ] && python3 -c "import torch" 2>/dev/null; then
     timeout "$left" python3 bench/torch_model_bench.py emn_small efficientnet_b0 mobilenet_v2 resnet50 --input 3x224x224 -b 64 \

@@ -125,7 +125,7 @@ if os.path.exists(models_log):
     out("## Whole models beside PyTorch (kestrel bench, bench/torch_model_bench.py; bf16, batch 64, 224 px)")
     out()
     for l in open(models_log, errors="replace").read().splitlines():
-        if l.startswith("|") or "failed" in l or "did not finish" in l:
+        if l.startswith(("|", "###")) or "failed" in l or "did not finish" in l:
             out(l)
 out()
 if status != 0:

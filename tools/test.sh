@@ -52,11 +52,13 @@ if [ "${KESTREL_EMULATOR_TESTS:-1}" != "0" ]; then
       -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=undefined
     # Without the caching allocator every tensor gets its own guarded,
     # NaN-filled pages: reads past a tensor's end crash and reads of unwritten
-    # memory fail the parity checks. The allocator's own tests then run with it.
+    # memory fail the parity checks. The allocator's own tests, and the CUDA graphs'
+    # private pools, then run with it too.
     echo "== CUDA tests on the emulator"
     (cd build-emu && KESTREL_CUDA_NO_CACHE=1 UBSAN_OPTIONS=print_stacktrace=1 ctest -j "$jobs" --output-on-failure \
       -L cuda) || status=1
-    (cd build-emu && ctest -j "$jobs" --output-on-failure -L cuda -R 'CudaKernels\.(Caching|BlockUsed)') || status=1
+    (cd build-emu && ctest -j "$jobs" --output-on-failure -L cuda -R 'CudaKernels\.(Caching|BlockUsed)|CudaGraph\.') \
+      || status=1
   else
     echo "== CUDA tests on the emulator: skipped (no CUDA headers: install the CUDA toolkit to run them)"
   fi

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <unordered_map>
 #include <vector>
 
@@ -290,6 +291,12 @@ class CachingAllocator final : public DeviceAllocator {
     AllocatorStats& st = stats_[b.device];
     st.allocated -= b.size;
     if (!caching_) {
+      // While a graph's pool is private, cudaFree could meet its capture
+      // (refused) or free memory it replays into: the block waits.
+      if (!private_.empty()) {
+        parked_.push_back(std::move(b));
+        return;
+      }
       st.reserved -= b.size;
       DeviceGuard g(b.device);
       KESTREL_CUDA_CHECK(cudaFree(b.ptr));
@@ -331,6 +338,41 @@ class CachingAllocator final : public DeviceAllocator {
   void memset_zero(void* ptr, size_t nbytes, int device_index) override {
     DeviceGuard g(device_index);
     KESTREL_CUDA_CHECK_CTX(cudaMemsetAsync(ptr, 0, nbytes, current_stream(device_index)), nbytes, " bytes");
+  }
+
+  void begin_private(cudaStream_t stream) {
+    std::lock_guard<std::mutex> lock(mu_);
+    KCHECK(stream != nullptr, DeviceError, "a private pool needs a stream of its own, not the legacy default stream");
+    private_.insert(stream);
+  }
+
+  // Gives the stream's free and parked blocks back to the driver once its work is done.
+  void end_private(cudaStream_t stream) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (private_.erase(stream) == 0) return;
+    KESTREL_CUDA_CHECK(cudaStreamSynchronize(stream));
+    std::vector<Block> released;
+    for (auto it = free_.begin(); it != free_.end();) {
+      if (it->first.stream != stream) {
+        ++it;
+        continue;
+      }
+      for (Block& b : it->second) released.push_back(std::move(b));
+      it = free_.erase(it);
+    }
+    for (auto it = parked_.begin(); it != parked_.end();) {
+      if (private_.count(it->stream) != 0) {
+        ++it;
+        continue;
+      }
+      released.push_back(std::move(*it));
+      it = parked_.erase(it);
+    }
+    for (Block& b : released) {
+      DeviceGuard g(b.device);
+      KESTREL_CUDA_CHECK(cudaFree(b.ptr));
+      stats_[b.device].reserved -= b.size;
+    }
   }
 
   AllocatorStats stats(int device) {
@@ -397,7 +439,7 @@ class CachingAllocator final : public DeviceAllocator {
   void release_cached(int device) {
     DeviceGuard g(device);
     for (auto it = free_.begin(); it != free_.end();) {
-      if (it->first.device != device) {
+      if (it->first.device != device || private_.count(it->first.stream) != 0) {
         ++it;
         continue;
       }
@@ -415,6 +457,8 @@ class CachingAllocator final : public DeviceAllocator {
   std::unordered_map<void*, Block> active_;
   std::map<FreeKey, std::vector<Block>> free_;
   std::vector<PendingFree> pending_;
+  std::set<cudaStream_t> private_;  // begin_private_pool streams
+  std::vector<Block> parked_;       // frees without the cache while a pool is private
   AllocatorStats stats_[kMaxDevices];
 };
 
@@ -442,6 +486,8 @@ void empty_cache() {
   if (cuda_available()) allocator().empty();
 }
 bool caching_enabled() { return allocator().caching(); }
+void begin_private_pool(cudaStream_t stream) { allocator().begin_private(stream); }
+void end_private_pool(cudaStream_t stream) { allocator().end_private(stream); }
 void set_poison_allocations(bool on) { allocator().set_poison(on); }
 
 void ensure_registered() {

@@ -151,6 +151,14 @@ AllocatorStats allocator_stats(int device = -1);
 void reset_peak_stats(int device = -1);
 void empty_cache();  // releases every cached, unused block to the driver
 bool caching_enabled();
+// A private pool for a CUDA graph (engine/cuda/graph.h): while `stream` is
+// private, blocks allocated on it are reused only by later allocations on it
+// and never given back to the driver (a captured graph writes them again at
+// every replay; with KESTREL_CUDA_NO_CACHE their frees wait too). The stream
+// must be used by nothing but the graph. end_private_pool waits for the
+// stream and releases its free blocks; call it before destroying the stream.
+void begin_private_pool(cudaStream_t stream);
+void end_private_pool(cudaStream_t stream);
 // Tests: fill every new tensor's memory with 0xFF bytes (NaN in f32/f16/bf16)
 // so an output element an op never writes shows up in comparisons.
 void set_poison_allocations(bool on);

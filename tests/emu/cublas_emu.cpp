@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "tests/emu/cuda_emu.h"
 #include "tests/emu/element.h"
 
 struct cublasContext {
@@ -35,11 +36,12 @@ const char* cublasGetStatusString(cublasStatus_t status) {
     case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
     case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
     case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED (emulator: refused during a capture)";
     default: return "CUBLAS_STATUS (not modelled by the emulator)";
   }
 }
 
-cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
                             const void* alpha, const void* A, cudaDataType Atype, int lda, const void* B,
                             cudaDataType Btype, int ldb, const void* beta, void* C, cudaDataType Ctype, int ldc,
                             cublasComputeType_t compute, cublasGemmAlgo_t) {
@@ -53,27 +55,30 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t transa, cublasOper
   const bool f64_scalars = compute == CUBLAS_COMPUTE_64F || compute == CUBLAS_COMPUTE_64F_PEDANTIC;
   const double a = f64_scalars ? *static_cast<const double*>(alpha) : *static_cast<const float*>(alpha);
   const double b = f64_scalars ? *static_cast<const double*>(beta) : *static_cast<const float*>(beta);
-  // op(A) as rows [m][k] and op(B) as columns [n][k], so each dot product is contiguous.
-  std::vector<double> ar(static_cast<size_t>(m) * k), bc(static_cast<size_t>(n) * k);
-  for (int i = 0; i < m; ++i)
-    for (int p = 0; p < k; ++p)
-      ar[static_cast<size_t>(i) * k + p] =
-          load_element(A, ta, ta_t ? p + static_cast<int64_t>(i) * lda : i + static_cast<int64_t>(p) * lda);
-  for (int j = 0; j < n; ++j)
-    for (int p = 0; p < k; ++p)
-      bc[static_cast<size_t>(j) * k + p] =
-          load_element(B, tb, tb_t ? j + static_cast<int64_t>(p) * ldb : p + static_cast<int64_t>(j) * ldb);
-  for (int j = 0; j < n; ++j)
-    for (int i = 0; i < m; ++i) {
-      const double* x = &ar[static_cast<size_t>(i) * k];
-      const double* y = &bc[static_cast<size_t>(j) * k];
-      double s = 0;
-      for (int p = 0; p < k; ++p) s += x[p] * y[p];
-      const int64_t at = i + static_cast<int64_t>(j) * ldc;
-      const double old = b == 0.0 ? 0.0 : b * load_element(C, tc, at);
-      store_element(C, tc, at, a * s + old);
-    }
-  return CUBLAS_STATUS_SUCCESS;
+  // Queued on the handle's stream (recorded when it captures): scalars by value, as cuBLAS reads host ones.
+  const cudaError_t queued = kestrel::emu::enqueue(handle->stream, [=] {
+    // op(A) as rows [m][k] and op(B) as columns [n][k], so each dot product is contiguous.
+    std::vector<double> ar(static_cast<size_t>(m) * k), bc(static_cast<size_t>(n) * k);
+    for (int i = 0; i < m; ++i)
+      for (int p = 0; p < k; ++p)
+        ar[static_cast<size_t>(i) * k + p] =
+            load_element(A, ta, ta_t ? p + static_cast<int64_t>(i) * lda : i + static_cast<int64_t>(p) * lda);
+    for (int j = 0; j < n; ++j)
+      for (int p = 0; p < k; ++p)
+        bc[static_cast<size_t>(j) * k + p] =
+            load_element(B, tb, tb_t ? j + static_cast<int64_t>(p) * ldb : p + static_cast<int64_t>(j) * ldb);
+    for (int j = 0; j < n; ++j)
+      for (int i = 0; i < m; ++i) {
+        const double* x = &ar[static_cast<size_t>(i) * k];
+        const double* y = &bc[static_cast<size_t>(j) * k];
+        double s = 0;
+        for (int p = 0; p < k; ++p) s += x[p] * y[p];
+        const int64_t at = i + static_cast<int64_t>(j) * ldc;
+        const double old = b == 0.0 ? 0.0 : b * load_element(C, tc, at);
+        store_element(C, tc, at, a * s + old);
+      }
+  });
+  return queued == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
 }
 
 }  // extern "C"

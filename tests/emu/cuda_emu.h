@@ -13,7 +13,9 @@
 //    shuffle over exited lanes) or a bad launch configuration fails the launch
 //    with a message, as the hardware would fail or hang;
 //  - device memory is host memory from cudaMalloc, NaN-filled on allocation,
-//    each buffer ending at a guard page, so a read past its end crashes.
+//    each buffer ending at a guard page, so a read past its end crashes;
+//  - stream capture (CUDA graphs): work queued on a capturing stream is
+//    recorded and runs at each cudaGraphLaunch (enqueue below).
 // What it does not model: concurrency between blocks (they never overlap),
 // memory ordering, timing, and warp-synchronous code without shuffles.
 #pragma once
@@ -25,6 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -70,10 +73,20 @@ struct StreamLogEntry {
 std::vector<StreamLogEntry> take_stream_log();
 void log_collective(cudaStream_t stream);
 
+// Runs `work` now, or records it into the graph being captured on `stream`
+// (cudaStreamBeginCapture). Returns the error that refuses it, which also
+// fails the capture: work on the legacy stream while a stream captures (on a
+// GPU it would run once, uncaptured, or fail). Every queued operation (kernel
+// launches, async copies and memsets, cuBLAS and cuDNN calls) goes through it.
+cudaError_t enqueue(cudaStream_t stream, std::function<void()> work);
+// Whether `stream` is capturing (cudaStreamIsCapturing).
+bool capturing(cudaStream_t stream);
+
 template <typename... P>
 class Launcher {
  public:
-  Launcher(void (*kernel)(P...), Launch launch) : kernel_(kernel), launch_(launch) {}
+  Launcher(void (*kernel)(P...), Launch launch, cudaStream_t stream)
+      : kernel_(kernel), launch_(launch), stream_(stream) {}
   template <typename... A>
   void operator()(A&&... args) const {
     static_assert(sizeof...(A) == sizeof...(P), "kernel launched with the wrong number of arguments");
@@ -81,21 +94,25 @@ class Launcher {
       void (*kernel)(P...);
       std::tuple<P...> args;
     } call{kernel_, std::tuple<P...>(static_cast<P>(std::forward<A>(args))...)};
-    run(launch_, [](void* c) {
-      auto* k = static_cast<Call*>(c);
-      std::apply(k->kernel, k->args);  // each thread gets its own copies of the arguments
-    }, &call);
+    // The error of a refused launch is cudaGetLastError's, as on a GPU.
+    (void)enqueue(stream_, [launch = launch_, call]() mutable {
+      run(launch, [](void* c) {
+        auto* k = static_cast<Call*>(c);
+        std::apply(k->kernel, k->args);  // each thread gets its own copies of the arguments
+      }, &call);
+    });
   }
 
  private:
   void (*kernel_)(P...);
   Launch launch_;
+  cudaStream_t stream_;
 };
 
 template <typename... P>
 Launcher<P...> launch(void (*kernel)(P...), const char* name, dim3 grid, dim3 block, size_t shared_bytes = 0,
-                      cudaStream_t = nullptr) {
-  return Launcher<P...>(kernel, Launch{name, grid, block, shared_bytes});
+                      cudaStream_t stream = nullptr) {
+  return Launcher<P...>(kernel, Launch{name, grid, block, shared_bytes}, stream);
 }
 
 }  // namespace kestrel::emu

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "tests/emu/cuda_emu.h"
 #include "tests/emu/cudnn_emu.h"
 
 namespace {
@@ -88,6 +89,25 @@ cudnnStatus_t timed_on(const void* a, const void* b, void* out, int kind, size_t
   return CUDNN_STATUS_SUCCESS;
 }
 
+// Queues one convolution direction on the handle's stream (recorded when it
+// captures): descriptors and scalars by value, as cuDNN reads them at the call.
+// tap(x index, w index, y index, operands, accumulator) adds one product.
+template <typename Tap>
+cudnnStatus_t queue_convolution(cudnnHandle_t handle, const cudnnTensorStruct& x, const cudnnFilterStruct& w,
+                                const cudnnConvolutionStruct& conv, const cudnnTensorStruct& y, int out_kind,
+                                size_t out_count, const void* alpha, const void* beta, void* out, Tap tap) {
+  const double a = kestrel::emu::scalar(alpha, out_kind), b = kestrel::emu::scalar(beta, out_kind);
+  const cudaError_t queued = kestrel::emu::enqueue(handle->stream, [=] {
+    std::vector<double> acc(out_count, 0.0);
+    for_each_tap(x, w, conv, y, [&](int64_t xi, int64_t wi, int64_t yi) { tap(xi, wi, yi, acc); });
+    blend(out, out_kind, acc, a, b);
+  });
+  return queued == cudaSuccess ? CUDNN_STATUS_SUCCESS : CUDNN_STATUS_EXECUTION_FAILED;
+}
+
+// Find*Ex runs and times kernels, waiting for them: refused on a capturing stream.
+bool capturing(cudnnHandle_t handle) { return kestrel::emu::capturing(handle->stream); }
+
 }  // namespace
 
 extern "C" {
@@ -110,6 +130,7 @@ const char* cudnnGetErrorString(cudnnStatus_t status) {
     case CUDNN_STATUS_SUCCESS: return "CUDNN_STATUS_SUCCESS";
     case CUDNN_STATUS_BAD_PARAM: return "CUDNN_STATUS_BAD_PARAM (emulator: inconsistent descriptors)";
     case CUDNN_STATUS_NOT_SUPPORTED: return "CUDNN_STATUS_NOT_SUPPORTED (emulator)";
+    case CUDNN_STATUS_EXECUTION_FAILED: return "CUDNN_STATUS_EXECUTION_FAILED (emulator: refused during a capture)";
     case CUDNN_STATUS_NOT_SUPPORTED_SHAPE: return "CUDNN_STATUS_NOT_SUPPORTED_SHAPE (emulator: KESTREL_EMU_CUDNN_REFUSE_ALGO)";
     default: return "a cuDNN status the emulator does not model";
   }
@@ -225,34 +246,37 @@ cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithm(cudnnHandle_t, const c
 // Find*Ex (measured on the caller's operands): both algorithms; the output is
 // overwritten with NaN (timed_on), so a caller that hands its real output (a
 // bias to accumulate onto) is caught.
-cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(cudnnHandle_t, const cudnnTensorDescriptor_t xd, const void* x,
+cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(cudnnHandle_t handle, const cudnnTensorDescriptor_t xd, const void* x,
                                                      const cudnnFilterDescriptor_t wd, const void* w,
                                                      const cudnnConvolutionDescriptor_t conv,
                                                      const cudnnTensorDescriptor_t yd, void* y, const int requested,
                                                      int* returned, cudnnConvolutionFwdAlgoPerf_t* perf, void* ws,
                                                      size_t ws_bytes) {
+  if (capturing(handle)) return CUDNN_STATUS_EXECUTION_FAILED;
   if (!consistent(*xd, *wd, *conv, *yd)) return CUDNN_STATUS_BAD_PARAM;
   const cudnnStatus_t s = timed_on(x, w, y, yd->kind, elements(*yd), ws, ws_bytes);
   return s != CUDNN_STATUS_SUCCESS ? s : two_algorithms(requested, returned, perf);
 }
-cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithmEx(cudnnHandle_t, const cudnnFilterDescriptor_t wd,
+cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithmEx(cudnnHandle_t handle, const cudnnFilterDescriptor_t wd,
                                                           const void* w, const cudnnTensorDescriptor_t dyd,
                                                           const void* dy, const cudnnConvolutionDescriptor_t conv,
                                                           const cudnnTensorDescriptor_t dxd, void* dx,
                                                           const int requested, int* returned,
                                                           cudnnConvolutionBwdDataAlgoPerf_t* perf, void* ws,
                                                           size_t ws_bytes) {
+  if (capturing(handle)) return CUDNN_STATUS_EXECUTION_FAILED;
   if (!consistent(*dxd, *wd, *conv, *dyd)) return CUDNN_STATUS_BAD_PARAM;
   const cudnnStatus_t s = timed_on(w, dy, dx, dxd->kind, elements(*dxd), ws, ws_bytes);
   return s != CUDNN_STATUS_SUCCESS ? s : two_algorithms(requested, returned, perf);
 }
-cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(cudnnHandle_t, const cudnnTensorDescriptor_t xd,
+cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(cudnnHandle_t handle, const cudnnTensorDescriptor_t xd,
                                                             const void* x, const cudnnTensorDescriptor_t dyd,
                                                             const void* dy, const cudnnConvolutionDescriptor_t conv,
                                                             const cudnnFilterDescriptor_t dwd, void* dw,
                                                             const int requested, int* returned,
                                                             cudnnConvolutionBwdFilterAlgoPerf_t* perf, void* ws,
                                                             size_t ws_bytes) {
+  if (capturing(handle)) return CUDNN_STATUS_EXECUTION_FAILED;
   if (!consistent(*xd, *dwd, *conv, *dyd)) return CUDNN_STATUS_BAD_PARAM;
   const cudnnStatus_t s = timed_on(x, dy, dw, xd->kind, elements(*dwd), ws, ws_bytes);
   return s != CUDNN_STATUS_SUCCESS ? s : two_algorithms(requested, returned, perf);
@@ -283,22 +307,20 @@ cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnnHandle_t, cons
   return CUDNN_STATUS_SUCCESS;
 }
 
-cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t, const void* alpha, const cudnnTensorDescriptor_t xd,
+cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void* alpha, const cudnnTensorDescriptor_t xd,
                                       const void* x, const cudnnFilterDescriptor_t wd, const void* w,
                                       const cudnnConvolutionDescriptor_t conv, cudnnConvolutionFwdAlgo_t algo, void*,
                                       size_t, const void* beta, const cudnnTensorDescriptor_t yd, void* y) {
   if (!consistent(*xd, *wd, *conv, *yd)) return CUDNN_STATUS_BAD_PARAM;
   if (refused(algo)) return CUDNN_STATUS_NOT_SUPPORTED_SHAPE;
   const int t = xd->kind;
-  std::vector<double> acc(elements(*yd), 0.0);
-  for_each_tap(*xd, *wd, *conv, *yd, [&](int64_t xi, int64_t wi, int64_t yi) {
-    acc[yi] += kestrel::emu::load_element(x, t, xi) * kestrel::emu::load_element(w, t, wi);
-  });
-  blend(y, t, acc, alpha, beta);
-  return CUDNN_STATUS_SUCCESS;
+  return queue_convolution(handle, *xd, *wd, *conv, *yd, t, elements(*yd), alpha, beta, y,
+                           [=](int64_t xi, int64_t wi, int64_t yi, std::vector<double>& acc) {
+                             acc[yi] += kestrel::emu::load_element(x, t, xi) * kestrel::emu::load_element(w, t, wi);
+                           });
 }
 
-cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t, const void* alpha, const cudnnFilterDescriptor_t wd,
+cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void* alpha, const cudnnFilterDescriptor_t wd,
                                            const void* w, const cudnnTensorDescriptor_t dyd, const void* dy,
                                            const cudnnConvolutionDescriptor_t conv, cudnnConvolutionBwdDataAlgo_t algo,
                                            void*, size_t, const void* beta, const cudnnTensorDescriptor_t dxd,
@@ -306,15 +328,13 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t, const void* alpha, con
   if (!consistent(*dxd, *wd, *conv, *dyd)) return CUDNN_STATUS_BAD_PARAM;
   if (refused(algo)) return CUDNN_STATUS_NOT_SUPPORTED_SHAPE;
   const int t = dxd->kind;
-  std::vector<double> acc(elements(*dxd), 0.0);
-  for_each_tap(*dxd, *wd, *conv, *dyd, [&](int64_t xi, int64_t wi, int64_t yi) {
-    acc[xi] += kestrel::emu::load_element(dy, t, yi) * kestrel::emu::load_element(w, t, wi);
-  });
-  blend(dx, t, acc, alpha, beta);
-  return CUDNN_STATUS_SUCCESS;
+  return queue_convolution(handle, *dxd, *wd, *conv, *dyd, t, elements(*dxd), alpha, beta, dx,
+                           [=](int64_t xi, int64_t wi, int64_t yi, std::vector<double>& acc) {
+                             acc[xi] += kestrel::emu::load_element(dy, t, yi) * kestrel::emu::load_element(w, t, wi);
+                           });
 }
 
-cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t, const void* alpha, const cudnnTensorDescriptor_t xd,
+cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void* alpha, const cudnnTensorDescriptor_t xd,
                                              const void* x, const cudnnTensorDescriptor_t dyd, const void* dy,
                                              const cudnnConvolutionDescriptor_t conv,
                                              cudnnConvolutionBwdFilterAlgo_t algo, void*, size_t, const void* beta,
@@ -322,12 +342,10 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t, const void* alpha, c
   if (!consistent(*xd, *dwd, *conv, *dyd)) return CUDNN_STATUS_BAD_PARAM;
   if (refused(algo)) return CUDNN_STATUS_NOT_SUPPORTED_SHAPE;
   const int t = xd->kind;
-  std::vector<double> acc(elements(*dwd), 0.0);
-  for_each_tap(*xd, *dwd, *conv, *dyd, [&](int64_t xi, int64_t wi, int64_t yi) {
-    acc[wi] += kestrel::emu::load_element(dy, t, yi) * kestrel::emu::load_element(x, t, xi);
-  });
-  blend(dw, t, acc, alpha, beta);
-  return CUDNN_STATUS_SUCCESS;
+  return queue_convolution(handle, *xd, *dwd, *conv, *dyd, t, elements(*dwd), alpha, beta, dw,
+                           [=](int64_t xi, int64_t wi, int64_t yi, std::vector<double>& acc) {
+                             acc[wi] += kestrel::emu::load_element(dy, t, yi) * kestrel::emu::load_element(x, t, xi);
+                           });
 }
 
 }  // extern "C"

@@ -54,13 +54,16 @@ inline double scalar(const void* p, int kind) {
   return kind == kF64 ? *static_cast<const double*>(p) : *static_cast<const float*>(p);
 }
 
-// out = alpha * acc + beta * out, leaving out unread when beta is 0.
-inline void blend(void* out, int kind, const std::vector<double>& acc, const void* alpha, const void* beta) {
-  const double a = scalar(alpha, kind), b = scalar(beta, kind);
+// out = a * acc + b * out, leaving out unread when b is 0.
+inline void blend(void* out, int kind, const std::vector<double>& acc, double a, double b) {
   for (size_t i = 0; i < acc.size(); ++i) {
     const double old = b == 0.0 ? 0.0 : b * load_element(out, kind, static_cast<int64_t>(i));
     store_element(out, kind, static_cast<int64_t>(i), a * acc[i] + old);
   }
+}
+
+inline void blend(void* out, int kind, const std::vector<double>& acc, const void* alpha, const void* beta) {
+  blend(out, kind, acc, scalar(alpha, kind), scalar(beta, kind));
 }
 
 inline size_t elements(const cudnnTensorStruct& t) { return static_cast<size_t>(t.n) * t.c * t.h * t.w; }

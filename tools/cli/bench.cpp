@@ -40,6 +40,7 @@ void run_bench(BenchArgs& a) {
   a.o.fuse = !a.no_fuse;
   a.o.progress = !a.no_progress;
   const tools::BenchResult r = tools::bench_model(a.o);
+  if (a.o.cuda_graph) std::fprintf(stderr, "inference timed as CUDA graph replays\n");
   if (a.o.fuse && a.o.device.is_cpu())
     std::fprintf(stderr, "inference timed with batch norms folded into their convolutions, as eval and predict run "
                          "(--no-fuse: the model as built)\n");
@@ -73,6 +74,8 @@ void register_bench(CLI::App& app) {
   cmd->add_flag("--no-progress", a->no_progress, "no progress bar");
   cmd->add_flag("--no-train", a->no_train, "time inference only");
   cmd->add_flag("--no-fuse", a->no_fuse, "CPU inference without folding batch norms into convolutions");
+  cmd->add_flag("--cuda-graph", a->o.cuda_graph, "CUDA inference captured once as a CUDA graph and replayed "
+                                                "(one launch per pass instead of one per kernel)");
   cmd->add_flag("--profile", a->o.profile, "then time every op: tables by kind of op and by layer (on CUDA each op "
                                            "waits for its kernels)");
   cmd->add_option("--profile-layers", a->profile_layers, "slowest layers listed by --profile (-1: all)")

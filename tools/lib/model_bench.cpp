@@ -1,10 +1,12 @@
 #include "tools/lib/model_bench.h"
 
+#include <memory>
 #include <vector>
 
 #include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/error.h"
+#include "engine/nn/graphed_forward.h"
 #include "engine/ops/loss.h"
 #include "engine/optim/grad_scaler.h"
 #include "engine/optim/sgd.h"
@@ -46,6 +48,10 @@ BenchResult bench_model(const BenchOptions& o) {
   const DType autocast = amp_dtype(o.amp);
   KCHECK(autocast == DType::F32 || o.device.is_cuda(), ValueError, "bench: --amp ", o.amp,
          " needs a CUDA device (it is ", o.device.str(), ")");
+  KCHECK(!o.cuda_graph || o.device.is_cuda(), ValueError, "bench: --cuda-graph needs a CUDA device (it is ",
+         o.device.str(), ")");
+  KCHECK(!o.cuda_graph || !o.profile, ValueError,
+         "bench: --cuda-graph and --profile do not go together (a replayed graph runs no ops to time one by one)");
   const int64_t classes = o.num_classes > 0 ? o.num_classes : models::find_model(o.model).default_classes;
   models::ModelOptions mo;
   mo.num_classes = classes;
@@ -79,16 +85,22 @@ BenchResult bench_model(const BenchOptions& o) {
   const int64_t passes_each = o.warmup + o.iters + (o.profile ? o.iters : 0);
   ProgressBar bar("bench " + o.model, passes_each * (o.train ? 2 : 1), o.progress);
   int64_t passes = 0;
+  std::unique_ptr<nn::GraphedForward> graphed;
+  if (o.cuda_graph) graphed = std::make_unique<nn::GraphedForward>(*inference, o.device);
   auto infer = [&] {
     {
       NoGradGuard no_grad;
       AutocastGuard scope(autocast);
-      (*inference)(images);
+      if (graphed != nullptr)
+        (*graphed)(images);
+      else
+        (*inference)(images);
     }
     bar.update(++passes, "inference");
   };
   r.infer_ms = median_ms(o, infer);
   if (o.profile) r.infer_profile = profile_calls(o, infer);
+  graphed.reset();
   inference.reset();
   r.infer_img_s = 1000.0 * static_cast<double>(o.batch) / r.infer_ms;
   if (!o.train) {

@@ -23,6 +23,7 @@ struct BenchOptions {
   bool fuse = true;         // CPU inference with batch norms folded (models/fuse.h), as eval and predict run it
   int64_t warmup = 3;
   int64_t iters = 10;
+  bool cuda_graph = false;  // CUDA inference replayed as a CUDA graph (engine/nn/graphed_forward.h)
   bool profile = false;  // after timing, `iters` more passes of each under a timed trace
   bool progress = false;  // a progress bar on stderr over every pass
 };

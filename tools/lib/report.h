@@ -19,6 +19,7 @@ struct EvalOptions {
   std::string out;           // empty: <checkpoint folder>/eval
   int64_t limit = 0;         // first N test images (0 = all)
   int64_t latency_iters = 50;  // timed batch-1 forward passes (after warm-up)
+  bool cuda_graph = false;     // time CUDA passes as CUDA graph replays (engine/nn/graphed_forward.h)
   int workers = 2;
   bool progress = true;
   std::string device = "auto";  // auto, cpu, cuda, cuda:N (tools/lib/device_select.h)
@@ -45,6 +46,7 @@ struct EvalReport {
   // speed
   double latency_median_ms = 0, latency_p95_ms = 0, latency_mean_ms = 0;
   int64_t latency_iters = 0;
+  bool cuda_graph = false;        // latency and throughput timed as CUDA graph replays
   int64_t throughput_batch = 0;
   double throughput = 0;          // images/s of forward passes at throughput_batch
   double eval_seconds = 0;        // the whole accuracy pass, data loading included
