@@ -67,6 +67,21 @@ TEST(Cli, CorruptImageIsOneLineErrorNamingTheFileOrSkippedWithSkipBad) {
   EXPECT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.err.find("warning:"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("bad.png"), std::string::npos) << r.err;
+
+  // eval skips what the run skipped, a copied checkpoint with --skip-bad.
+  std::ofstream(root + "/test/b/bad_test.png") << "this is not a png either";
+  const auto inherited = kestrel_cli("eval -c " + out + "/best.safetensors --latency-iters 0 --workers 0 --no-progress");
+  ASSERT_EQ(inherited.rc, 0) << inherited.err;
+  EXPECT_NE(inherited.err.find("bad_test.png"), std::string::npos) << inherited.err;
+  const nlohmann::json report = nlohmann::json::parse(read_text(out + "/eval/report.json"));
+  EXPECT_EQ(report["skipped_images"].get<int64_t>(), 1);
+  EXPECT_EQ(report["images"].get<int64_t>(), 8);
+  const std::string copied = temp_path("r3_copy.safetensors");
+  fs::copy_file(out + "/best.safetensors", copied, fs::copy_options::overwrite_existing);
+  const std::string eval_copy = "eval -c " + copied + " --dataset folder --data-dir " + root +
+                                " --latency-iters 0 --workers 0 --no-progress --out " + temp_path("r3_eval");
+  expect_one_line_error(kestrel_cli(eval_copy), "bad_test.png", "corrupt test image, no --skip-bad");
+  EXPECT_EQ(kestrel_cli(eval_copy + " --skip-bad").rc, 0);
 }
 
 TEST(Cli, TruncatedIdxFileIsOneLineErrorNamingIt) {

@@ -272,6 +272,32 @@ TEST_F(QatRun, CliCalibratesFineTunesAndWritesQuantizedCheckpoints) {
   EXPECT_FALSE(fs::exists(ptq + "/last.safetensors"));
 }
 
+// qat fine-tunes on the images the float model saw: the float run's data
+// folder, --skip-bad and augmentation (from its config.json) unless a flag says otherwise.
+TEST_F(QatRun, KeepsTheFloatRunsAugmentationUnlessAFlagSetsIt) {
+  const std::string run = temp_path("qat_float_copy");
+  fs::create_directories(run);
+  fs::copy_file(float_checkpoint_, run + "/best.safetensors", fs::copy_options::overwrite_existing);
+  nlohmann::json cfg =
+      nlohmann::json::parse(testing::read_text(fs::path(float_checkpoint_).parent_path().string() + "/config.json"));
+  cfg["random_crop"] = false;
+  cfg["hflip"] = false;
+  cfg["cutout"] = 0.25;
+  std::ofstream(run + "/config.json") << cfg.dump();
+  const std::string base = "qat -c " + run + "/best.safetensors --limit-train 256 --limit-test 100 --epochs 0 "
+                           "--calib-batches 1 --workers 1 --no-progress --overwrite --out " + temp_path("qat_keep");
+  testing::CliResult r = testing::kestrel_cli(base);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("augmentation: cutout"), std::string::npos) << r.err;
+  const nlohmann::json saved = nlohmann::json::parse(testing::read_text(temp_path("qat_keep") + "/config.json"));
+  EXPECT_FALSE(saved["random_crop"].get<bool>());
+  EXPECT_EQ(saved["cutout"].get<double>(), 0.25);
+  EXPECT_EQ(saved["data_dir"], cfg["data_dir"]);
+  r = testing::kestrel_cli(base + " --random-crop true");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("augmentation: crop"), std::string::npos) << r.err;
+}
+
 TEST_F(QatRun, BadRequestsAreNamedInOneLine) {
   const std::string out = " --no-progress --overwrite --out " + temp_path("qat_bad");
   testing::expect_one_line_error(testing::kestrel_cli("qat" + out), "kestrel qat needs --checkpoint", "no checkpoint");

@@ -38,6 +38,7 @@ Tensor GraphedForward::operator()(const Tensor& input) {
   KCHECK(input.device() == device_, ValueError, "GraphedForward on ", device_.str(), " got an input on ",
          input.device().str());
   NoGradGuard no_grad;
+  cuda::DeviceGuard on_device(device_.index);  // events and launches go to this device's streams
   Graphs& g = *graphs_;
   auto key = std::make_pair(input.shape(), input.dtype());
   auto it = g.passes.find(key);

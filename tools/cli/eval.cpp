@@ -27,6 +27,8 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--latency-iters", o->latency_iters, "timed batch-1 forward passes after warm-up; 0 skips timing")
       ->capture_default_str();
   cmd->add_flag("--cuda-graph", o->cuda_graph, "time latency and throughput as CUDA graph replays (CUDA devices)");
+  cmd->add_flag("--skip-bad", o->skip_bad, "warn about and skip unreadable images (on by itself when the "
+                                          "training run used it)");
   cmd->add_option("--workers", o->workers, "data loader threads")->capture_default_str();
   cmd->add_option("--device", o->device, "auto, cpu, cuda or cuda:N (auto: cuda when a GPU is usable)")
       ->capture_default_str();

@@ -105,7 +105,8 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--config", *recipe, "recipe file (key = value lines, keys as the long flags); command-line flags win");
   if (kind == Kind::Qat) {
     cmd->add_option("--checkpoint,-c", c->quantize_from,
-                    "the float checkpoint to quantize (its model and data set are kept); required");
+                    "the float checkpoint to quantize (its model and data set are kept, and its run's data "
+                    "folder and augmentation unless flags say otherwise); required");
     cmd->add_option("--calib-batches", c->calib_batches,
                     "training batches that calibrate the activation ranges first (0 = all)")->capture_default_str();
   } else {
@@ -234,7 +235,13 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
     if (kind == Kind::Qat && !c->resume) {
       KCHECK(std::filesystem::is_regular_file(c->quantize_from), IOError, "float checkpoint not found: ",
              c->quantize_from);
-      tools::configure_from_float_checkpoint(*c, cmd->get_option("--dataset")->count() > 0);
+      // Keys still at their defaults and not given as flags (even at the default value) may be inherited.
+      nlohmann::json unset = *defaults;
+      for (const auto& [key, value] : defaults->items()) {
+        const CLI::Option* flag = cmd->get_option_no_throw(tools::TrainConfig::flag_of(key));
+        if (flag != nullptr && flag->count() > 0) unset.erase(key);
+      }
+      tools::configure_from_float_checkpoint(*c, cmd->get_option("--dataset")->count() > 0, unset);
     }
     c->progress = !*no_progress;
     const tools::TrainSummary s = tools::train(*c);

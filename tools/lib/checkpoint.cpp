@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "models/fuse.h"
@@ -132,6 +133,16 @@ void fold_for_inference_on(const LoadedModel& loaded, Device device) {
   if (!device.is_cpu() || loaded.info.quantized) return;
   const ModelInfo& i = loaded.info;
   models::fuse_for_inference(*loaded.model, {1, i.height, i.width, i.in_channels});
+}
+
+nlohmann::json training_config_beside(const std::string& checkpoint) {
+  std::ifstream in(std::filesystem::path(checkpoint).parent_path() / "config.json");
+  if (!in) return {};
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception&) {
+    return {};
+  }
 }
 
 }  // namespace kestrel::tools

@@ -1,6 +1,7 @@
 // Model checkpoints: weights in PyTorch's names and layouts (safetensors), with
 // what is needed to rebuild the model and read its inputs kept in the metadata.
 #pragma once
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,9 @@ struct LoadedModel {
 };
 // Rebuilds the model the checkpoint names and loads its weights (strict).
 LoadedModel load_checkpoint(const std::string& path);
+// The training run's config.json beside a checkpoint (TrainConfig::to_json:
+// the data it was trained on, how it was augmented); null when there is none.
+nlohmann::json training_config_beside(const std::string& checkpoint);
 // Loads a checkpoint's weights into an existing model; mismatches are listed.
 void load_weights(const io::SafetensorsContents& contents, nn::Module& model, const std::string& source);
 

@@ -26,18 +26,6 @@ namespace kestrel::tools {
 
 namespace {
 
-// The run folder's config.json (written by kestrel train) names the data the model was trained on.
-nlohmann::json training_config_beside(const std::string& checkpoint) {
-  const fs::path cfg = fs::path(checkpoint).parent_path() / "config.json";
-  std::ifstream in(cfg);
-  if (!in) return {};
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception&) {
-    return {};
-  }
-}
-
 // A batch of n model inputs made of the test set's first images, repeated as needed.
 Tensor input_batch(const data::Dataset& ds, const data::Transform& input, const ModelInfo& info, int64_t n) {
   const int64_t per = info.height * info.width * info.in_channels;
@@ -116,9 +104,12 @@ EvalReport run_eval(const EvalOptions& o) {
   r.dataset = o.dataset.empty() ? info.dataset : o.dataset;
   KCHECK(!r.dataset.empty(), ValueError, "eval: ", o.checkpoint, " does not record its data set; pass --dataset");
   r.data_dir = o.data_dir;
-  if (r.data_dir.empty()) {
-    const nlohmann::json cfg = training_config_beside(o.checkpoint);
-    if (cfg.is_object() && cfg.value("dataset", "") == r.dataset) r.data_dir = cfg.value("data_dir", "");
+  // The training run's own data: its folder, and whether it skipped bad images.
+  bool skip_bad = o.skip_bad;
+  const nlohmann::json cfg = training_config_beside(o.checkpoint);
+  if (cfg.is_object() && cfg.value("dataset", "") == r.dataset) {
+    if (r.data_dir.empty()) r.data_dir = cfg.value("data_dir", "");
+    skip_bad = skip_bad || cfg.value("skip_bad", false);
   }
   r.data_dir = data_dir_or_default(r.dataset, r.data_dir);
   r.parameters = predictor.num_parameters();
@@ -133,7 +124,8 @@ EvalReport run_eval(const EvalOptions& o) {
   r.device = device.str();
   r.threads = omp_get_max_threads();
 
-  auto test_set = open_dataset(r.dataset, r.data_dir, data::Split::Test, false, o.limit);
+  auto test_set = open_dataset(r.dataset, r.data_dir, data::Split::Test, skip_bad, o.limit);
+  r.skipped = test_set->skipped();
   // Labels index the model's outputs: the data's classes must be the model's
   // first ones, in order. Fewer is fine: a model trained with --num-classes
   // above its data's class count has unnamed outputs after them.
@@ -257,6 +249,7 @@ nlohmann::json report_json(const EvalReport& r) {
                      {"mean", r.latency_mean_ms}};
   j["throughput"] = {{"batch", r.throughput_batch}, {"images_per_second", r.throughput}};
   j["cuda_graph"] = r.cuda_graph;
+  j["skipped_images"] = r.skipped;
   j["eval_seconds"] = r.eval_seconds;
   return j;
 }
@@ -274,7 +267,8 @@ std::string report_markdown(const EvalReport& r) {
     md += " " + format_number("%.2f", r.latency_median_ms) + " / " + format_number("%.2f", r.latency_p95_ms) + " | " +
           format_number("%.0f", r.throughput) + " |";
   md += "\n\n";
-  md += std::to_string(r.images) + " test images of " + r.dataset + " (" + r.data_dir + "), input " +
+  md += std::to_string(r.images) + " test images of " + r.dataset + " (" + r.data_dir + ")" +
+        (r.skipped > 0 ? ", " + std::to_string(r.skipped) + " unreadable ones skipped" : "") + ", input " +
         std::to_string(r.input_height) + "x" + std::to_string(r.input_width) + "x" + std::to_string(r.input_channels) +
         ", TTA " + tta_description(r) + ", " + r.device + " with " + std::to_string(r.threads) +
         " thread" + (r.threads == 1 ? "" : "s") + "; checkpoint `" + r.checkpoint + "`" +

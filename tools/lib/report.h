@@ -18,6 +18,7 @@ struct EvalOptions {
   int64_t tta_shift = 0;     // and over four views shifted by +-N pixels (and their mirrors with tta); 0 = none
   std::string out;           // empty: <checkpoint folder>/eval
   int64_t limit = 0;         // first N test images (0 = all)
+  bool skip_bad = false;     // skip unreadable images with a warning (also when the training run did)
   int64_t latency_iters = 50;  // timed batch-1 forward passes (after warm-up)
   bool cuda_graph = false;     // time CUDA passes as CUDA graph replays (engine/nn/graphed_forward.h)
   int workers = 2;
@@ -31,6 +32,7 @@ struct EvalReport {
   int64_t parameters = 0;
   int64_t input_height = 0, input_width = 0, input_channels = 0;
   int64_t images = 0;
+  int64_t skipped = 0;     // unreadable test images left out (--skip-bad)
   bool tta = false;        // any test-time augmentation
   bool tta_flip = false;
   int64_t tta_shift = 0;

@@ -34,11 +34,15 @@ nlohmann::json TrainConfig::to_json() const {
 
 TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   TrainConfig c;
+  c.update_from_json(j);
+  return c;
+}
+
+void TrainConfig::update_from_json(const nlohmann::json& j) {
 #define X(name) \
-  if (j.contains(#name)) j.at(#name).get_to(c.name);
+  if (j.contains(#name)) j.at(#name).get_to(name);
   KESTREL_CONFIG_FIELDS(X)
 #undef X
-  return c;
 }
 
 std::string TrainConfig::flag_of(const std::string& key) {

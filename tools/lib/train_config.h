@@ -95,6 +95,8 @@ struct TrainConfig {
   // The flag that sets a to_json() key: "--" and the key with '-' for '_'.
   static std::string flag_of(const std::string& key);
   static TrainConfig from_json(const nlohmann::json& j);
+  // Sets the to_json() keys j holds; the rest (and the fields to_json leaves out) stay.
+  void update_from_json(const nlohmann::json& j);
   // The list-valued flags, parsed; each throws ValueError naming its flag.
   std::array<int, 2> randaugment_n_m() const;                // --randaugment N,M
   std::array<float, 4> color_jitter_amounts() const;         // brightness, contrast, saturation, hue (0 if left out)
