@@ -43,18 +43,6 @@ void expect_same_bits(const Tensor& actual, const Tensor& expected, const std::s
   EXPECT_EQ(differ, 0u) << what << ": " << differ << " of " << av.size() << " values differ";
 }
 
-#if defined(KESTREL_HAVE_CUDA)
-std::string device_error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const DeviceError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a DeviceError";
-  return "";
-}
-#endif
-
 nn::ModulePtr cuda_model(const std::string& name) {
   nn::ModulePtr m = models::build_model(name, zoo_options(10, /*cifar_stem=*/true));
   calibrate_batch_norms(*m, random_tensor({4, 16, 16, 3}, 5, DType::F32), 6);
@@ -193,7 +181,8 @@ TEST(CudaGraph, ACaptureThatWaitsForTheDeviceFailsNamingTheCall) {
   const Tensor x = Tensor::ones({8}, DType::F32, kCuda);
   cuda::Graph graph(0);
   double read = 0.0;
-  const std::string message = device_error_of([&] { graph.capture([&] { read = sum(add_scalar(x, 1.0)).item(); }); });
+  const std::string message =
+      expect_message_of<DeviceError>([&] { graph.capture([&] { read = sum(add_scalar(x, 1.0)).item(); }); });
   // The copy to the host (the emulator refuses it) or the wait for it (a GPU refuses that).
   EXPECT_NE(message.find("capturing"), std::string::npos) << message;
   EXPECT_FALSE(graph.captured());
@@ -209,7 +198,7 @@ TEST(CudaGraph, WorkOnTheLegacyStreamDuringACaptureFailsIt) {
   const Tensor x = Tensor::ones({8}, DType::F32, kCuda);
   cuda::Graph graph(0);
   Tensor y;
-  const std::string message = device_error_of([&] {
+  const std::string message = expect_message_of<DeviceError>([&] {
     graph.capture([&] {
       cuda::StreamScope legacy(nullptr, 0);
       y = add_scalar(x, 1.0);

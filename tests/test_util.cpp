@@ -43,16 +43,6 @@ void expect_close(const Tensor& actual, const Tensor& expected, double atol, dou
   }
 }
 
-std::string expect_message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const ValueError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a ValueError";
-  return "";
-}
-
 Tensor eval_logits(nn::Module& m, const Tensor& x) {
   m.eval();
   NoGradGuard g;

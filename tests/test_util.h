@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "engine/autograd.h"
@@ -45,8 +46,19 @@ void expect_gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f
 // matters in a comparison.
 void calibrate_batch_norms(nn::Module& model, const Tensor& x, uint64_t seed);
 
-// The message of the ValueError f throws (a test failure when it throws none).
-std::string expect_message_of(const std::function<void()>& f);
+// The message of the Error (ValueError unless given) f throws; a test failure
+// when it throws none.
+template <typename Error = ValueError>
+std::string expect_message_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << (std::is_same_v<Error, ValueError> ? "expected a ValueError"
+                                                      : "expected an error of the tested type");
+  return "";
+}
 
 // Logits of `m` in eval mode, without gradients (the mode is left at eval).
 Tensor eval_logits(nn::Module& m, const Tensor& x);

@@ -66,11 +66,9 @@ void apply_recipe(CLI::App& cmd, const std::string& path) {
   }
 }
 
-// --resume continues a run exactly as it was set up: a command that asks
-// for something else (more epochs, another teacher) would be silently
-// ignored, so it is refused. What the command asks for is every option it
-// gave, as a flag or a recipe key, even one equal to the default.
-void refuse_to_change_a_resumed_run(const tools::TrainConfig& c, const CLI::App& cmd, const nlohmann::json& defaults) {
+// What the command asks for: every option it gave, as a flag or a recipe
+// key, even one equal to the default; to_json() keys and values.
+nlohmann::json requested_options(const tools::TrainConfig& c, const CLI::App& cmd, const nlohmann::json& defaults) {
   nlohmann::json requested = nlohmann::json::object();
   const nlohmann::json now = c.to_json();
   for (const auto& [key, value] : now.items()) {
@@ -78,6 +76,14 @@ void refuse_to_change_a_resumed_run(const tools::TrainConfig& c, const CLI::App&
     // Keys with no option of their name (qat's --checkpoint) count when they differ from the default.
     if (opt != nullptr ? opt->count() > 0 : defaults[key] != value) requested[key] = value;
   }
+  return requested;
+}
+
+// --resume continues a run exactly as it was set up: a command that asks
+// for something else (more epochs, another teacher) would be silently
+// ignored, so it is refused.
+void refuse_to_change_a_resumed_run(const tools::TrainConfig& c, const CLI::App& cmd, const nlohmann::json& defaults) {
+  const nlohmann::json requested = requested_options(c, cmd, defaults);
   const std::vector<std::string> conflicts = tools::resume_conflicts(c.out, requested);
   std::string list;
   for (const std::string& one : conflicts) list += (list.empty() ? "" : ", ") + one;
@@ -235,13 +241,7 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
     if (kind == Kind::Qat && !c->resume) {
       KCHECK(std::filesystem::is_regular_file(c->quantize_from), IOError, "float checkpoint not found: ",
              c->quantize_from);
-      // Keys still at their defaults and not given as flags (even at the default value) may be inherited.
-      nlohmann::json unset = *defaults;
-      for (const auto& [key, value] : defaults->items()) {
-        const CLI::Option* flag = cmd->get_option_no_throw(tools::TrainConfig::flag_of(key));
-        if (flag != nullptr && flag->count() > 0) unset.erase(key);
-      }
-      tools::configure_from_float_checkpoint(*c, cmd->get_option("--dataset")->count() > 0, unset);
+      tools::configure_from_float_checkpoint(*c, requested_options(*c, *cmd, *defaults));
     }
     c->progress = !*no_progress;
     const tools::TrainSummary s = tools::train(*c);

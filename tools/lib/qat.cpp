@@ -12,7 +12,7 @@
 
 namespace kestrel::tools {
 
-void configure_from_float_checkpoint(TrainConfig& c, bool keep_dataset, const nlohmann::json& defaults) {
+void configure_from_float_checkpoint(TrainConfig& c, const nlohmann::json& requested) {
   const ModelInfo info = ModelInfo::from_metadata(io::load_safetensors_metadata(c.quantize_from), c.quantize_from);
   KCHECK(!info.quantized, ValueError, c.quantize_from,
          " is already quantized; kestrel qat starts from a float checkpoint (continue a qat run with --resume)");
@@ -22,19 +22,17 @@ void configure_from_float_checkpoint(TrainConfig& c, bool keep_dataset, const nl
   c.num_classes = info.num_classes;
   c.image_size = info.height == info.width ? info.height : 0;
   c.stem = info.cifar_stem ? "cifar" : "model";
-  if (!keep_dataset && !info.dataset.empty()) c.dataset = info.dataset;
+  if (!requested.contains("dataset") && !info.dataset.empty()) c.dataset = info.dataset;
 
   const nlohmann::json run = training_config_beside(c.quantize_from);
-  if (!run.is_object() || !defaults.is_object()) return;
-  const nlohmann::json now = c.to_json();
+  if (!run.is_object()) return;
   std::vector<std::string> kept = {"skip_bad",    "random_crop",  "hflip",        "auto_augment",
                                    "randaugment", "rotation",     "color_jitter", "shift_scale_rotate",
                                    "ssr_limits",  "brightness_contrast", "hsv_shift", "cutout"};
   if (run.value("dataset", "") == c.dataset) kept.push_back("data_dir");
   nlohmann::json inherited = nlohmann::json::object();
   for (const std::string& key : kept)
-    if (run.contains(key) && now.contains(key) && defaults.contains(key) && now[key] == defaults[key])
-      inherited[key] = run[key];
+    if (run.contains(key) && !requested.contains(key)) inherited[key] = run[key];
   c.update_from_json(inherited);
 }
 

@@ -15,13 +15,12 @@
 namespace kestrel::tools {
 
 // Fills the model half of a qat run's config from its float checkpoint:
-// model, width and depth multipliers, image size and classes, and the data set
-// unless `keep_dataset` (given on the command line). From the float run's
-// config.json, when it sits beside the checkpoint, the data folder (same data
-// set), --skip-bad and the image augmentation, wherever `c` still holds
-// `defaults` (nothing on the command line or in a recipe set them): the
-// fine-tune sees the images the model was trained on.
-void configure_from_float_checkpoint(TrainConfig& c, bool keep_dataset, const nlohmann::json& defaults = {});
+// model, width and depth multipliers, image size and classes, and the data set.
+// From the float run's config.json, when it sits beside the checkpoint, the
+// data folder (same data set), --skip-bad and the image augmentation: the
+// fine-tune sees the images the model was trained on. Keys in `requested`
+// (what the command line or a recipe set, TrainConfig::to_json keys) stay.
+void configure_from_float_checkpoint(TrainConfig& c, const nlohmann::json& requested = nlohmann::json::object());
 
 // Loads the float checkpoint's weights into `model` (built from `run`, still
 // on the CPU) after checking it fits the run, then prepares quantization.

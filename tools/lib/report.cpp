@@ -5,8 +5,8 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <optional>
 #include <fstream>
+#include <optional>
 
 #include "data/loader.h"
 #include "engine/autograd.h"
@@ -181,8 +181,9 @@ EvalReport run_eval(const EvalOptions& o) {
     model.eval();
     // Timed passes end with synchronize(): a CUDA forward returns before its kernels finish.
     const Tensor one = input_batch(*test_set, input, info, 1).to(device);
-    nn::GraphedForward graphed(model, o.cuda_graph ? device : Device::cpu());  // the plain pass on the CPU
-    auto forward = [&](const Tensor& x) { return o.cuda_graph ? graphed(x) : model(x); };
+    std::optional<nn::GraphedForward> graphed;
+    if (o.cuda_graph) graphed.emplace(model, device);
+    auto forward = [&](const Tensor& x) { return graphed ? (*graphed)(x) : model(x); };
     r.cuda_graph = o.cuda_graph;
     // 5 warm-up passes: allocator, caches, thread pool.
     const LatencyStats s = latency_stats(timed_calls_ms(device, 5, o.latency_iters, [&] { forward(one); }));
