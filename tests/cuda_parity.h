@@ -37,13 +37,16 @@ using OpFn = std::function<std::vector<Tensor>(const std::vector<Tensor>&)>;
 // over). Compares every floating output; then backpropagates sum(out_k * w_k)
 // with the same random weights w_k on both sides and compares the gradient of
 // every input that requires grad. Integer outputs must match exactly.
+// grad_tols[i], when given, holds input i's gradient instead of `tol`: a
+// weight's gradient sums over every pixel and rounds more than an output.
 void expect_cuda_matches_cpu(const OpFn& op, const std::vector<Tensor>& cpu_inputs, Tolerance tol,
-                             const std::string& what, bool check_grads = true);
+                             const std::string& what, bool check_grads = true,
+                             const std::vector<Tolerance>& grad_tols = {});
 
 // The same for a one-output op.
 void expect_cuda_matches_cpu(const std::function<Tensor(const std::vector<Tensor>&)>& op,
                              const std::vector<Tensor>& cpu_inputs, Tolerance tol, const std::string& what,
-                             bool check_grads = true);
+                             bool check_grads = true, const std::vector<Tolerance>& grad_tols = {});
 
 // How a reduced-precision (f16/bf16) CUDA run is held against the CPU f32 run.
 struct ReducedParity {

@@ -230,9 +230,16 @@ TEST(Cli, OverwriteNeverLosesWhatItCannotReplace) {
   const std::string notes = temp_path("overwrite_notes");
   fs::create_directories(notes);
   std::ofstream(notes + "/thesis.tex") << "important";
+  const std::string no_run = "holds files no Kestrel run wrote (it has no run's config.json); give an empty or new";
   expect_one_line_error(kestrel_cli(args.substr(0, args.find(" --out ")) + " --out " + notes + " --overwrite"),
-                        "holds no run's config.json", "a folder no run wrote");
+                        no_run, "a folder no run wrote, --overwrite");
+  expect_one_line_error(kestrel_cli(args.substr(0, args.find(" --out ")) + " --out " + notes), no_run,
+                        "a folder no run wrote: no advice to --overwrite it");
   EXPECT_TRUE(fs::exists(notes + "/thesis.tex"));
+  expect_one_line_error(kestrel_cli(args + " --resume --overwrite"), "pass one of them", "--resume with --overwrite");
+  expect_one_line_error(kestrel_cli(args.substr(0, args.find(" --out ")) + " --out " + notes + "/gone --resume"),
+                        "run folder " + notes + "/gone does not exist; nothing to resume", "--resume of no folder");
+  EXPECT_TRUE(fs::exists(out + "/last.safetensors"));
   expect_one_line_error(kestrel_cli(args.substr(0, args.find(" --out ")) + " --out " + notes + "/thesis.tex"),
                         "is a file, not a folder", "--out naming a file");
   expect_one_line_error(kestrel_cli(args.substr(0, args.find(" --out ")) + " --out " + root + "/run"),
@@ -429,6 +436,24 @@ TEST(Cli, ValuesThatCannotWorkAreRefusedUpFront) {
                         "differ in size (the first is 8x8, number 2 is 30x20); pass --image-size N", "mixed sizes");
   const auto resized = kestrel_cli(one_epoch_on(root, temp_path("v10")) + " --image-size 8");
   EXPECT_EQ(resized.rc, 0) << resized.err;
+}
+
+// The size check samples the training set; an odd-sized image it missed is
+// resized to the first's size, with one warning.
+TEST(Cli, AnOddSizedImageTheSizeCheckMissedIsResizedWithAWarning) {
+  const std::string root = make_folder("sampled_sizes");
+  for (int i = 0; i < 40; ++i) {  // 49 training images: the samples land on 1, 3, 4, 6, ...
+    unsigned char px[64] = {};
+    stbi_write_png((root + "/train/a/x" + std::to_string(10 + i) + ".png").c_str(), 8, 8, 1, px, 8);
+  }
+  unsigned char wide[20 * 30] = {};
+  stbi_write_png((root + "/train/a/1a.png").c_str(), 30, 20, 1, wide, 30);  // sorted third: index 2
+  const auto r = kestrel_cli(one_epoch_on(root, temp_path("sampled_sizes_run")));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const std::string warning = "warning: a training image is 30x20, not 8x8 as the first: resized";
+  const size_t at = r.err.find(warning);
+  ASSERT_NE(at, std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find(warning, at + 1), std::string::npos) << "said once:\n" << r.err;
 }
 
 // The albumentations / torchvision style flags: read from the command line

@@ -397,10 +397,13 @@ TEST_P(CudaFused, GhostModuleMatchesCpu) {
     // emulator); SiLU is smooth there. f32 keeps ReLU.
     const Activation act = (dtype != DType::F32 && s.act == Activation::ReLU) ? Activation::SiLU : s.act;
     MultiOp op = [s, act](const std::vector<Tensor>& v) { return ghost_module(v[0], v[1], v[2], v[3], v[4], act); };
-    expect_cuda_matches_cpu(in_dtype(dtype, op), ghost_inputs(s, dtype), fused_tolerance(dtype, s.n * s.h * s.w),
+    // Weights and biases (inputs 1-4) sum their gradients over every pixel.
+    const Tolerance summed = fused_tolerance(dtype, s.n * s.h * s.w);
+    expect_cuda_matches_cpu(in_dtype(dtype, op), ghost_inputs(s, dtype), fused_tolerance(dtype),
                             "ghost_module " + shape_str({s.n, s.h, s.w, s.c_in}) + " -> " +
                                 std::to_string(s.primary) + "+" + std::to_string(s.cheap) + " k" +
-                                std::to_string(s.k) + " " + activation_name(act));
+                                std::to_string(s.k) + " " + activation_name(act),
+                            true, {fused_tolerance(dtype), summed, summed, summed, summed});
   }
 }
 
@@ -440,9 +443,13 @@ TEST_P(CudaFused, GhostNormsMatchCpu) {
         param({s.n, s.h, s.w, s.c}, 31, dtype), param({s.c, s.k, s.k, 1}, 32, dtype, 0.5),
         param({s.c}, 33),  param({s.c}, 34, DType::F32, 0.1), stat(35, false), stat(36, true),
         param({s.c}, 37),  param({s.c}, 38, DType::F32, 0.1), stat(39, false), stat(40, true)};
-    expect_cuda_matches_cpu(in_dtype(dtype, op, /*mixed=*/true), inputs, fused_tolerance(dtype, s.n * s.h * s.w),
+    // The cheap weight and the norms' parameters (inputs 1-9) sum their gradients over every pixel.
+    std::vector<Tolerance> grad_tols(inputs.size(), fused_tolerance(dtype, s.n * s.h * s.w));
+    grad_tols[0] = fused_tolerance(dtype);
+    expect_cuda_matches_cpu(in_dtype(dtype, op, /*mixed=*/true), inputs, fused_tolerance(dtype),
                             "ghost_norms " + shape_str({s.n, s.h, s.w, s.c}) + " k" + std::to_string(s.k) + " " +
-                                activation_name(act));
+                                activation_name(act),
+                            true, grad_tols);
   }
 }
 

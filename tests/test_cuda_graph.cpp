@@ -115,7 +115,7 @@ TEST(CudaGraph, EvalTimesGraphReplaysAndScoresAsWithout) {
   const std::string data = write_pattern_folder_dataset("cuda_graph_eval_data");
   tools::TrainConfig c = pattern_folder_config(data, "cuda_graph_eval_run", "cpu");
   c.epochs = 1;
-  tools::train(c);
+  ASSERT_TRUE(tools::train(c).completed);
   tools::EvalOptions o;
   o.checkpoint = c.out + "/best.safetensors";
   o.device = "cuda";

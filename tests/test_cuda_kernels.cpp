@@ -428,6 +428,7 @@ TEST(CudaKernels, SkippedBecauseThisBuildHasNoCuda) {
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <random>
 #include <sstream>
 #include <string>
@@ -684,15 +685,38 @@ TEST_F(CudaKernels, CachingAllocatorReusesFreedBlocksAndTracksStats) {
   EXPECT_EQ(cuda::allocator_stats().reserved, s0.reserved);
 }
 
+// The side stream is held busy by a host function waiting on `gate`: a block
+// it used must not be handed out again until the gate opens and it passes.
 TEST_F(CudaKernels, BlockUsedOnAnotherStreamIsNotReusedBeforeThatStreamPasses) {
+  if (!cuda::caching_enabled()) GTEST_SKIP() << "KESTREL_CUDA_NO_CACHE: blocks go back to cudaFree, none is reused";
   cuda::Stream side = cuda::Stream::create();
+  std::promise<void> gate;
+  std::shared_future<void> opened = gate.get_future().share();
+  ASSERT_EQ(cudaLaunchHostFunc(
+                side.handle(), [](void* f) { static_cast<std::shared_future<void>*>(f)->wait(); }, &opened),
+            cudaSuccess);
+  struct OpenOnExit {  // a failed assertion must not leave the stream blocked for good
+    std::promise<void>& gate;
+    bool open = false;
+    void release() {
+      if (!open) gate.set_value();
+      open = true;
+    }
+    ~OpenOnExit() { release(); }
+  } opener{gate};
+
   void* a = cuda::device_allocate(1 << 20);
   cuda::record_stream(a, side.handle());
   cuda::device_free(a);
+  EXPECT_FALSE(side.query()) << "the host function holds the side stream";
+  void* b = cuda::device_allocate(1 << 20);
+  EXPECT_NE(a, b) << "a block was reused while a stream it was recorded on had not reached its free";
+  opener.release();
   side.synchronize();
-  void* b = cuda::device_allocate(1 << 20);  // pending free now completes; reuse is allowed again
+  void* c = cuda::device_allocate(1 << 20);  // the pending free has completed: the block is reused
+  EXPECT_EQ(a, c) << "a block whose streams have all passed goes back to the cache";
   cuda::device_free(b);
-  SUCCEED();
+  cuda::device_free(c);
 }
 
 TEST_F(CudaKernels, TensorsRoundTripThroughTheRegisteredAllocator) {

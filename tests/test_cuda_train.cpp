@@ -520,12 +520,13 @@ TEST(CudaTrain, TrainRunOnCudaMatchesCpuAndItsCheckpointsLoadOnCpu) {
   ASSERT_EQ(rc.size(), 2u);
   ASSERT_EQ(rg.size(), 2u);
   for (size_t e = 0; e < rc.size(); ++e)
-    for (const char* key : {"train_loss", "val_loss"})
-      // Two epochs of SGD amplify summation-order differences (1e-6 per op,
-      // checked op by op elsewhere): the CUDA emulator measured 0.4% after
-      // one epoch and 6% after two. A broken CUDA path is off by far more.
-      EXPECT_NEAR(rg[e][key].get<double>(), rc[e][key].get<double>(), 0.1 * std::abs(rc[e][key].get<double>()))
-          << key << " epoch " << e + 1;
+    for (const char* key : {"train_loss", "val_loss"}) {
+      // SGD amplifies summation-order differences (1e-6 per op, checked op by
+      // op elsewhere): the CUDA emulator measured 0.4% after one epoch and 6%
+      // after two. The first epoch is held to 1.5%; the second to 10%.
+      const double allowed = (e == 0 ? 0.015 : 0.1) * std::abs(rc[e][key].get<double>());
+      EXPECT_NEAR(rg[e][key].get<double>(), rc[e][key].get<double>(), allowed) << key << " epoch " << e + 1;
+    }
 
   // The CUDA run's checkpoint on the CPU, and on CUDA through the Predictor: same probabilities.
   const std::string ckpt = on_cuda.out + "/last.safetensors";

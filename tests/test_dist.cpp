@@ -5,6 +5,8 @@
 // the emulated NCCL.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include "engine/dist/data_parallel.h"
 #include "engine/dist/process_group.h"
 #include "engine/nn/layers.h"
@@ -30,6 +32,13 @@ class Dist : public ::testing::TestWithParam<DeviceType> {
     device_ = GetParam() == DeviceType::CUDA ? tools::resolve_device("cuda") : Device::cpu();  // this rank's GPU
     world_ = dist::world_size();
     rank_ = dist::rank();
+    // Under mpirun every expectation below must hold in the world it started,
+    // not in singletons of one, where each collective is the identity.
+    for (const char* launcher_size : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"})
+      if (const char* n = std::getenv(launcher_size)) {
+        ASSERT_EQ(world_, std::atoi(n)) << launcher_size << " says " << n << " ranks";
+        break;
+      }
   }
   Device device_;
   int world_ = 1, rank_ = 0;

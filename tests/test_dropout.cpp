@@ -1,5 +1,6 @@
 // Dropout and drop_path (stochastic depth): statistics of the mask, determinism
 // under a seed, eval-mode identity, and gradients through the same mask.
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -33,8 +34,13 @@ TEST(Dropout, ZeroFractionIsAboutPAndKeptValuesAreScaledByOneOverKeep) {
 TEST(Dropout, PreservesTheMeanInExpectation) {
   Generator g(2);
   Tensor x = add_scalar(random_tensor({100000}, 3, DType::F32), 1.0);  // mean about 1
-  const double before = mean(x).item(), after = mean(dropout(x, 0.3, true, g)).item();
+  const Tensor y = dropout(x, 0.3, true, g);
+  const double before = mean(x).item(), after = mean(y).item();
   EXPECT_NEAR(after, before, 0.02) << "mean before " << before << ", after " << after;
+  // And not by leaving x alone: about 30% of it is zeroed.
+  const std::vector<float> kept = y.to_vector();
+  const auto zeros = std::count(kept.begin(), kept.end(), 0.0f);
+  EXPECT_NEAR(static_cast<double>(zeros) / kept.size(), 0.3, 0.01);
 }
 
 TEST(Dropout, SameSeedGivesTheSameMaskAndAnotherSeedDoesNot) {

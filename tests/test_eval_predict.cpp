@@ -202,17 +202,45 @@ TEST_F(EvalPredict, EvalScoresFarAboveChanceAndWritesEveryReportFile) {
   EXPECT_GT(h, 50);
 }
 
+// Beside the checkpoint by default, in a folder naming what differs from the
+// canonical eval/ (the whole test set, best.safetensors, no TTA): no
+// evaluation replaces another.
 TEST_F(EvalPredict, EvalCliPrintsTheMarkdownTableAndWritesBesideTheCheckpointByDefault) {
-  fs::remove_all(*shared_ + "/run/eval");
-  const CliResult r = kestrel_cli("eval --checkpoint " + *ckpt_ + " --no-progress --latency-iters 3 --batch-size 16 --tta");
+  // Tests run in parallel processes sharing run/: this one works on its own copy.
+  const std::string run = *scratch_ + "/run_copy";
+  fs::create_directories(run);
+  fs::copy_file(*ckpt_, run + "/best.safetensors");
+  fs::copy_file(*shared_ + "/run/config.json", run + "/config.json");
+  fs::copy_file(*ckpt_, run + "/last.safetensors");
+  const std::string common = " --no-progress --latency-iters 3 --batch-size 16";
+  const CliResult r = kestrel_cli("eval --checkpoint " + run + "/best.safetensors --tta" + common);
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.out.find("| Model | Params |"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("TTA on"), std::string::npos) << r.out;
   for (const char* f : {"report.json", "report.md", "confusion.csv", "confusion.png"})
-    EXPECT_TRUE(fs::exists(*shared_ + "/run/eval/" + f)) << f;
-  const nlohmann::json j = nlohmann::json::parse(read_text(*shared_ + "/run/eval/report.json"));
+    EXPECT_TRUE(fs::exists(run + "/eval-tta/" + f)) << f;
+  const nlohmann::json j = nlohmann::json::parse(read_text(run + "/eval-tta/report.json"));
   EXPECT_GT(j["top1"].get<double>(), 0.8);
   EXPECT_EQ(j["throughput"]["batch"].get<int64_t>(), 16);
+
+  ASSERT_EQ(kestrel_cli("eval --checkpoint " + run + "/best.safetensors" + common).rc, 0);
+  ASSERT_EQ(kestrel_cli("eval --checkpoint " + run + "/last.safetensors --limit 10" + common).rc, 0);
+  const nlohmann::json whole = nlohmann::json::parse(read_text(run + "/eval/report.json"));
+  EXPECT_FALSE(whole["tta"].get<bool>());
+  EXPECT_EQ(whole["limit"].get<int64_t>(), 0);
+  const nlohmann::json part = nlohmann::json::parse(read_text(run + "/eval-last-first10/report.json"));
+  EXPECT_EQ(part["images"].get<int64_t>(), 10);
+  EXPECT_EQ(part["checkpoint"].get<std::string>(), run + "/last.safetensors");
+  EXPECT_TRUE(fs::exists(run + "/eval-tta/report.json")) << "kept";
+  EvalOptions relative;
+  relative.checkpoint = "best.safetensors";
+  EXPECT_EQ(default_report_dir(relative), "eval");
+
+  // kestrel table reads run/eval/ and marks a report of part of the test set.
+  const CliResult table = kestrel_cli("table " + run + " " + run + "/eval-last-first10");
+  ASSERT_EQ(table.rc, 0) << table.err;
+  EXPECT_EQ(table.out.find("(first 72)"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("folder (first 10)"), std::string::npos) << table.out;
 }
 
 TEST_F(EvalPredict, TtaShiftAveragesTheShiftedViewsAndTheirMirrors) {
@@ -442,8 +470,47 @@ TEST_F(EvalPredict, CliFailsWithOneLineForEachBadInput) {
   std::ofstream(not_ckpt) << "this is not a safetensors file";
   expect_one_line_error(kestrel_cli("predict --checkpoint " + not_ckpt + " " + img), "not_a_checkpoint",
                         "corrupt checkpoint");
+  const std::string run = *shared_ + "/run";
+  expect_one_line_error(kestrel_cli("predict --checkpoint " + run + " " + img),
+                        run + " is a folder; give a checkpoint file: " + run + "/best.safetensors",
+                        "a run folder for a checkpoint");
+  expect_one_line_error(kestrel_cli("eval --checkpoint " + run + "/config.json"),
+                        run + "/config.json is JSON, not a checkpoint; give " + run + "/best.safetensors",
+                        "a run's config.json for a checkpoint");
   expect_one_line_error(kestrel_cli("eval --checkpoint " + *ckpt_ + " --device cpu --cuda-graph --no-progress"),
                         "eval: --cuda-graph needs a CUDA device (it is cpu)", "--cuda-graph on the CPU");
+}
+
+// A folder with an unreadable image: without --skip-bad predict stops naming it
+// (and the flag); with it the others are answered and the bad one listed.
+TEST_F(EvalPredict, PredictSkipsUnreadableImagesOnlyWhenAsked) {
+  const std::string folder = *scratch_ + "/with_bad";
+  fs::create_directories(folder);
+  for (const char* name : {"0.png", "1.png", "2.png"})
+    fs::copy_file(*shared_ + "/data/test/vstripes/" + name, folder + "/" + name);
+  const std::string bytes = read_text(folder + "/0.png");
+  std::ofstream(folder + "/1b.png", std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  expect_one_line_error(kestrel_cli("predict -c " + *ckpt_ + " " + folder), "1b.png",
+                        "an unreadable image in the folder");
+  const CliResult stopped = kestrel_cli("predict -c " + *ckpt_ + " " + folder);
+  EXPECT_NE(stopped.err.find("--skip-bad skips unreadable images"), std::string::npos) << stopped.err;
+
+  const CliResult json = kestrel_cli("predict -c " + *ckpt_ + " --skip-bad --format json -k 1 -b 2 " + folder);
+  ASSERT_EQ(json.rc, 0) << json.err;
+  const nlohmann::json j = nlohmann::json::parse(json.out);
+  ASSERT_EQ(j.at("predictions").size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(j["predictions"][i]["image"], folder + "/" + std::to_string(i) + ".png");
+    EXPECT_EQ(j["predictions"][i]["top_k"][0]["class_name"], "vstripes");
+  }
+  ASSERT_EQ(j.at("skipped").size(), 1u);
+  EXPECT_EQ(j["skipped"][0]["image"], folder + "/1b.png");
+  EXPECT_NE(json.err.find("1 unreadable image skipped"), std::string::npos) << json.err;
+
+  const CliResult table = kestrel_cli("predict -c " + *ckpt_ + " --skip-bad -k 1 -b 1 --no-progress " + folder);
+  ASSERT_EQ(table.rc, 0) << table.err;
+  EXPECT_EQ(std::count(table.out.begin(), table.out.end(), '\n'), 4) << "a header and three rows:\n" << table.out;
+  EXPECT_EQ(table.out.find("1b.png"), std::string::npos) << table.out;
 }
 
 TEST_F(EvalPredict, MismatchedCheckpointsNameTheFirstMismatchingTensors) {

@@ -130,7 +130,10 @@ TEST(Linear, MatchesNaiveLoopsWithAndWithoutBiasAndLeadingDims) {
     expect_close(linear(x, w, Tensor()), ref, tol, tol, "no bias");
     expect_close(linear(x, w, b), add(ref, b.to(DType::F64)), tol, tol, "bias");
     const Tensor x1 = random_tensor({7}, 13, dt);
-    EXPECT_EQ(linear(x1, w, b).shape(), (Shape{5}));
+    const Tensor y1 = linear(x1, w, b);
+    EXPECT_EQ(y1.shape(), (Shape{5}));
+    const Tensor ref1 = naive_matmul(x1.reshape({1, 7}), w.transpose(0, 1).contiguous()).reshape({5});
+    expect_close(y1, add(ref1, b.to(DType::F64)), tol, tol, "one sample, no batch dimension");
   }
 }
 

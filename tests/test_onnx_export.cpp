@@ -182,10 +182,10 @@ namespace {
 TEST(PythonTools, OnnxReportAndTorchWeightsBehaveAsKestrel) {
   const std::string py = testing::python_with("numpy");
   if (py.empty()) GTEST_SKIP() << "no python3 with numpy";
-  EXPECT_EQ(testing::run_python(py, "tests/interop/check_python_tools.py",
-                                std::string(KESTREL_BINARY_DIR) + "/tools/kestrel " + temp_path("python_tools")),
-            0)
-      << "tests/interop/check_python_tools.py failed (its output above)";
+  const int rc = testing::run_python(py, "tests/interop/check_python_tools.py",
+                                     std::string(KESTREL_BINARY_DIR) + "/tools/kestrel " + temp_path("python_tools"));
+  if (rc == 77) GTEST_SKIP() << "check_python_tools.py passed what it could run and skipped the rest (named above)";
+  EXPECT_EQ(rc, 0) << "tests/interop/check_python_tools.py failed (its output above)";
 }
 
 }  // namespace

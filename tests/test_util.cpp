@@ -111,8 +111,10 @@ void expect_gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f
       p[i] = orig;
       const double numeric = (plus - minus) / (2 * eps);
       const double excess = std::abs(analytic[i] - numeric) - (atol + rtol * std::abs(numeric));
-      if (excess > worst || std::isnan(analytic[i])) {
-        worst = std::isnan(analytic[i]) ? 1e300 : excess;
+      // A NaN on either side (a forward that yields NaN makes the difference NaN) fails.
+      const bool nan = std::isnan(analytic[i]) || std::isnan(numeric);
+      if (excess > worst || nan) {
+        worst = nan ? 1e300 : excess;
         worst_i = i;
         worst_a = analytic[i];
         worst_n = numeric;

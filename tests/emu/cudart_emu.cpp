@@ -1,7 +1,9 @@
 // The CUDA runtime API calls Kestrel makes, for the CPU emulator: one device
 // whose memory is host memory. Work is synchronous, so streams and events are
 // tokens and every query reports completion, except on a capturing stream
-// (CUDA graphs), whose work is recorded and replayed by cudaGraphLaunch.
+// (CUDA graphs), whose work is recorded and replayed by cudaGraphLaunch, and
+// a stream with a host function still running (cudaLaunchHostFunc): what lets
+// a test hold a stream busy.
 //
 // Device memory comes from mmap: NaN-filled (0xff bytes in f32, f16 and
 // bf16), its end against a PROT_NONE page, so a read past a buffer's end
@@ -14,6 +16,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <future>
 #include <map>
 #include <mutex>
 
@@ -57,7 +60,34 @@ cudaError_t fail(cudaError_t e) {
 struct EmuEvent {
   std::chrono::steady_clock::time_point at;
   cudaStream_t recorded_on = nullptr;
+  std::vector<std::shared_future<void>> after;  // host functions queued before the record
 };
+
+// Host functions run at once on their own threads; the stream they were
+// queued on counts as busy until they return.
+std::mutex host_function_mutex;
+std::map<cudaStream_t, std::vector<std::shared_future<void>>> host_functions;
+
+std::vector<std::shared_future<void>> running_host_functions(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(host_function_mutex);
+  auto& queued = host_functions[stream];
+  queued.erase(std::remove_if(queued.begin(), queued.end(),
+                              [](const std::shared_future<void>& f) {
+                                return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+                              }),
+               queued.end());
+  return queued;
+}
+
+bool all_returned(const std::vector<std::shared_future<void>>& functions) {
+  return std::all_of(functions.begin(), functions.end(), [](const std::shared_future<void>& f) {
+    return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+  });
+}
+
+void wait_for(const std::vector<std::shared_future<void>>& functions) {
+  for (const auto& f : functions) f.wait();
+}
 
 std::mutex stream_log_mutex;
 std::vector<kestrel::emu::StreamLogEntry> stream_log;
@@ -237,6 +267,12 @@ cudaError_t cudaDeviceSynchronize(void) {
     std::lock_guard<std::mutex> lock(capture_mutex);
     if (const cudaError_t e = refuse_if_capturing(cudaErrorStreamCaptureUnsupported); e != cudaSuccess) return e;
   }
+  std::vector<cudaStream_t> streams;
+  {
+    std::lock_guard<std::mutex> lock(host_function_mutex);
+    for (const auto& [stream, functions] : host_functions) streams.push_back(stream);
+  }
+  for (cudaStream_t stream : streams) wait_for(running_host_functions(stream));
   count_host_wait();
   return kestrel::emu::launch_error(false);
 }
@@ -254,10 +290,21 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   if (const cudaError_t e = wait_refusal(stream); e != cudaSuccess) return e;
+  wait_for(running_host_functions(stream));
   count_host_wait();
   return kestrel::emu::launch_error(false);
 }
-cudaError_t cudaStreamQuery(cudaStream_t stream) { return wait_refusal(stream); }
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+  if (const cudaError_t e = wait_refusal(stream); e != cudaSuccess) return e;
+  return running_host_functions(stream).empty() ? cudaSuccess : cudaErrorNotReady;
+}
+
+cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void* user_data) {
+  std::lock_guard<std::mutex> lock(host_function_mutex);
+  host_functions[stream].push_back(std::async(std::launch::async, fn, user_data).share());
+  return cudaSuccess;
+}
+
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
   const cudaStream_t recorded_on = reinterpret_cast<EmuEvent*>(event)->recorded_on;
   if (recorded_on != stream) append_to_stream_log({kestrel::emu::StreamLogEntry::kWait, stream, recorded_on});
@@ -265,7 +312,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
-  *event = reinterpret_cast<cudaEvent_t>(new EmuEvent{std::chrono::steady_clock::now()});
+  *event = reinterpret_cast<cudaEvent_t>(new EmuEvent{std::chrono::steady_clock::now(), nullptr, {}});
   return cudaSuccess;
 }
 
@@ -277,6 +324,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   reinterpret_cast<EmuEvent*>(event)->at = std::chrono::steady_clock::now();
   reinterpret_cast<EmuEvent*>(event)->recorded_on = stream;
+  reinterpret_cast<EmuEvent*>(event)->after = running_host_functions(stream);
   return cudaSuccess;
 }
 
@@ -284,10 +332,12 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
 // the graph, not a point in time: querying or waiting for it is refused.
 cudaError_t cudaEventQuery(cudaEvent_t event) {
   std::lock_guard<std::mutex> lock(capture_mutex);
-  if (captures.count(reinterpret_cast<EmuEvent*>(event)->recorded_on) == 0) return cudaSuccess;
+  const auto* e = reinterpret_cast<EmuEvent*>(event);
+  if (captures.count(e->recorded_on) == 0) return all_returned(e->after) ? cudaSuccess : cudaErrorNotReady;
   return refuse_during_capture(cudaErrorStreamCaptureUnsupported);
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  wait_for(reinterpret_cast<EmuEvent*>(event)->after);
   if (const cudaError_t e = cudaEventQuery(event); e != cudaSuccess) return e;
   count_host_wait();
   return cudaSuccess;

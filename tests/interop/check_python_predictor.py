@@ -18,6 +18,8 @@ here = os.path.dirname(os.path.abspath(__file__))
 script = os.path.join(here, "..", "..", "tools", "python", "kestrel.py")
 sys.path.insert(0, os.path.dirname(script))
 sys.dont_write_bytecode = True  # no __pycache__ left in the source tree
+if not __debug__:  # python -O or PYTHONOPTIMIZE strips the asserts below: nothing would be checked
+    sys.exit("check_python_predictor.py: its checks are asserts; run it without -O / PYTHONOPTIMIZE")
 
 library, checkpoint, image, classes, expected = sys.argv[1:6]
 os.environ["KESTREL_LIB"] = library

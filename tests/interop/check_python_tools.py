@@ -29,10 +29,16 @@ onnx_report_py = os.path.join(tools, "onnx_report.py")
 torch_weights_py = os.path.join(tools, "torch_weights.py")
 
 failures = []
+skipped = []  # parts that could not run here: exit 77, which the gtest reports as a skip
 
 
 def have(module):
     return importlib.util.find_spec(module) is not None
+
+
+def skip(what):
+    print(f"skipped: {what}")
+    skipped.append(what)
 
 
 def check(ok, what, detail=""):
@@ -270,7 +276,7 @@ def same_probabilities(what, onnx_report, onnx_model, inputs, checkpoint, files,
 
 def check_onnx_report(scratch):
     if not have("onnxruntime"):
-        print("skipped: onnx_report checks (no onnxruntime)")
+        skip("onnx_report checks (no onnxruntime)")
         return
     sys.path.insert(0, tools)
     sys.dont_write_bytecode = True  # no __pycache__ left in the source tree
@@ -289,7 +295,7 @@ def check_onnx_report(scratch):
          "kestrel train (IDX, --image-size 32)")
     r = kestrel("export", "-c", f"{fm}/best.safetensors", "--overwrite")
     if r.returncode != 0 and "no ONNX support" in r.stderr:
-        print("skipped: onnx_report checks (this kestrel build cannot export ONNX)")
+        skip("onnx_report checks (this kestrel build cannot export ONNX)")
         return
     must(r, "kestrel export")
     fm_onnx = f"{fm}/best.onnx"
@@ -336,7 +342,7 @@ def check_onnx_report(scratch):
                        ("resize_for_model", nearest, "a nearest-pixel resize"))
 
     if not have("PIL"):
-        print("skipped: image-folder checks (onnx_report decodes image folders with Pillow)")
+        skip("image-folder checks (onnx_report decodes image folders with Pillow)")
         return
     # An image folder of mixed sizes for a 16x16 model (box-averaged, bilinear, grown; grey and RGBA files).
     cf = os.path.join(scratch, "folder16")
@@ -426,7 +432,7 @@ def check_torch_weights(scratch):
     with open(existing, "rb") as f:
         check(f.read() == b"keep me", "the refused file is untouched")
     if not (have("torch") and have("torchvision")):
-        print("skipped: torch_weights.py writing checks (no torch/torchvision)")
+        skip("torch_weights.py writing checks (no torch/torchvision)")
         return
     fresh = os.path.join(scratch, "fresh.safetensors")
     if os.path.exists(fresh):
@@ -455,4 +461,7 @@ if failures:
     print(f"python tools: FAILED ({len(failures)}): {'; '.join(failures)} (files kept in {work})")
     sys.exit(1)
 shutil.rmtree(work)
+if skipped:
+    print(f"python tools: ok, but skipped: {'; '.join(skipped)}")
+    sys.exit(77)
 print("python tools: ok")

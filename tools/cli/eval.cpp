@@ -1,7 +1,6 @@
 // kestrel eval: a checkpoint measured on its test set; prints the Markdown
 // report and writes report.json, report.md, confusion.csv and confusion.png.
 #include <CLI/CLI.hpp>
-#include <filesystem>
 #include <iostream>
 #include <memory>
 
@@ -22,7 +21,8 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--tta-shift", o->tta_shift,
                   "test-time augmentation: also average over four views shifted by +-N pixels (black borders, "
                   "as a padded crop), each mirrored too with --tta");
-  cmd->add_option("--out,-o", o->out, "report folder (default: eval/ beside the checkpoint)");
+  cmd->add_option("--out,-o", o->out, "report folder (default: beside the checkpoint, eval/ for best.safetensors on the "
+                  "whole test set, else e.g. eval-last/, eval-tta/, eval-first1000/)");
   cmd->add_option("--limit", o->limit, "use only N test images (the first; an image folder's spread over its classes)");
   cmd->add_option("--latency-iters", o->latency_iters, "timed batch-1 forward passes after warm-up; 0 skips timing")
       ->capture_default_str();
@@ -36,9 +36,8 @@ void register_eval(CLI::App& app) {
   cmd->callback([o, no_progress] {
     o->progress = !*no_progress;
     const tools::EvalReport r = tools::run_eval(*o);
-    const std::string dir =
-        o->out.empty() ? (std::filesystem::path(o->checkpoint).parent_path() / "eval").string() : o->out;
-    tools::write_report(r, dir.empty() ? std::string("eval") : dir);
+    const std::string dir = o->out.empty() ? tools::default_report_dir(*o) : o->out;
+    tools::write_report(r, dir);
     std::cout << tools::report_markdown(r);
     std::cerr << "report written to " << dir << "/ (report.json, report.md, confusion.csv, confusion.png)\n";
   });

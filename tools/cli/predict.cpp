@@ -6,11 +6,13 @@
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "data/readers.h"
 #include "engine/error.h"
 #include "tools/lib/device_select.h"
 #include "tools/lib/predictor.h"
+#include "tools/lib/progress.h"
 
 namespace kestrel::cli {
 
@@ -25,6 +27,8 @@ struct PredictArgs {
   std::string device = "auto";
   bool tta = false;
   int64_t tta_shift = 0;
+  bool skip_bad = false;
+  bool progress = true;
 };
 
 // Columns as a terminal shows UTF-8 text: one per code point (printf's widths count bytes).
@@ -39,22 +43,35 @@ std::string pad_right(const std::string& s, size_t width) {
   return w >= width ? s : s + std::string(width - w, ' ');
 }
 
-void print_table(const std::vector<std::string>& images, const std::vector<tools::TopK>& results) {
-  size_t wi = std::string("image").size(), wc = std::string("class").size();
-  for (size_t i = 0; i < images.size(); ++i) {
-    wi = std::max(wi, display_width(images[i]));
-    for (const auto& p : results[i]) wc = std::max(wc, display_width(p.class_name));
+// Rows print as each batch finishes (a long folder shows its first answers at
+// once, and `| head` stops early), so the columns are sized up front: every
+// image path and every class name the model can answer with.
+class TablePrinter {
+ public:
+  TablePrinter(const tools::Predictor& p, const std::vector<std::string>& images) {
+    for (const std::string& i : images) image_width_ = std::max(image_width_, display_width(i));
+    for (int64_t c = 0; c < p.info().num_classes; ++c)
+      class_width_ = std::max(class_width_, display_width(p.class_name(c)));
+    std::printf("%s  %4s  %s  %11s\n", pad_right("image", image_width_).c_str(), "rank",
+                pad_right("class", class_width_).c_str(), "probability");
   }
-  std::printf("%s  %4s  %s  %11s\n", pad_right("image", wi).c_str(), "rank", pad_right("class", wc).c_str(),
-              "probability");
-  for (size_t i = 0; i < images.size(); ++i)
-    for (size_t r = 0; r < results[i].size(); ++r)
-      std::printf("%s  %4zu  %s  %10.2f%%\n", pad_right(r == 0 ? images[i] : "", wi).c_str(), r + 1,
-                  pad_right(results[i][r].class_name, wc).c_str(), 100.0 * results[i][r].probability);
-}
+  void print(const std::string& image, const tools::TopK& top) const {
+    for (size_t r = 0; r < top.size(); ++r)
+      std::printf("%s  %4zu  %s  %10.2f%%\n", pad_right(r == 0 ? image : "", image_width_).c_str(), r + 1,
+                  pad_right(top[r].class_name, class_width_).c_str(), 100.0 * top[r].probability);
+    std::fflush(stdout);
+  }
+
+ private:
+  size_t image_width_ = std::string("image").size(), class_width_ = std::string("class").size();
+};
+
+struct Skipped {
+  std::string image, reason;
+};
 
 void print_json(const tools::Predictor& p, const std::vector<std::string>& images,
-                const std::vector<tools::TopK>& results) {
+                const std::vector<tools::TopK>& results, const std::vector<Skipped>& skipped) {
   nlohmann::json j;
   j["checkpoint"] = p.checkpoint_path();
   j["model"] = p.info().model;
@@ -66,7 +83,60 @@ void print_json(const tools::Predictor& p, const std::vector<std::string>& image
     preds.push_back({{"image", images[i]}, {"top_k", top}});
   }
   j["predictions"] = preds;
+  nlohmann::json bad = nlohmann::json::array();
+  for (const Skipped& s : skipped) bad.push_back({{"image", s.image}, {"error", s.reason}});
+  j["skipped"] = bad;
   std::cout << j.dump(2) << "\n";
+}
+
+void run_predict(const PredictArgs& a) {
+  // Checked here: CLI11's range check prints its range as a 300-digit float.
+  KCHECK(a.top_k >= 1, ValueError, "--top-k must be at least 1, got ", a.top_k);
+  KCHECK(a.batch_size >= 1, ValueError, "--batch-size must be at least 1, got ", a.batch_size);
+  std::vector<std::string> images;
+  for (const auto& in : a.inputs)  // all paths are checked before the model is loaded
+    for (auto& f : data::list_image_files(in)) images.push_back(std::move(f));
+  tools::Predictor p(a.checkpoint, tools::resolve_device(a.device));
+  p.set_tta(tools::tta_options(a.tta, a.tta_shift, p.info()));
+  const bool table = a.format == "table";
+  std::optional<TablePrinter> printer;
+  if (table) printer.emplace(p, images);
+  // A model trained with --num-classes above its data's count has outputs
+  // without names: the predictor calls them "class N (unnamed)".
+  std::vector<std::string> answered;
+  std::vector<tools::TopK> results;
+  std::vector<Skipped> skipped;
+  const auto total = static_cast<int64_t>(images.size());
+  tools::ProgressBar bar("predict", total, a.progress && total > a.batch_size);
+  for (int64_t begin = 0; begin < total; begin += a.batch_size) {
+    std::vector<std::string> paths;
+    std::vector<data::Image> decoded;
+    for (int64_t i = begin; i < std::min(total, begin + a.batch_size); ++i) {
+      const std::string& file = images[static_cast<size_t>(i)];
+      try {
+        decoded.push_back(p.load_image(file));
+        paths.push_back(file);
+      } catch (const IOError& e) {
+        if (!a.skip_bad) throw IOError(std::string(e.what()) + " (--skip-bad skips unreadable images)");
+        std::fprintf(stderr, "warning: %s (skipped)\n", e.what());
+        skipped.push_back({file, e.what()});
+      }
+    }
+    const std::vector<tools::TopK> top = p.predict_batch(decoded, a.top_k, a.batch_size);
+    for (size_t i = 0; i < top.size(); ++i) {
+      if (printer) printer->print(paths[i], top[i]);
+      if (!table) {
+        answered.push_back(paths[i]);
+        results.push_back(top[i]);
+      }
+    }
+    bar.update(std::min(total, begin + a.batch_size));
+  }
+  bar.finish();
+  if (!table) print_json(p, answered, results, skipped);
+  if (!skipped.empty())
+    std::fprintf(stderr, "%zu unreadable image%s skipped (--skip-bad)\n", skipped.size(),
+                 skipped.size() == 1 ? "" : "s");
 }
 
 }  // namespace
@@ -86,22 +156,12 @@ void register_predict(CLI::App& app) {
   cmd->add_option("--tta-shift", a->tta_shift,
                   "test-time augmentation: also average over four views shifted by +-N pixels, each mirrored too "
                   "with --tta");
-  cmd->callback([a] {
-    // Checked here: CLI11's range check prints its range as a 300-digit float.
-    KCHECK(a->top_k >= 1, ValueError, "--top-k must be at least 1, got ", a->top_k);
-    KCHECK(a->batch_size >= 1, ValueError, "--batch-size must be at least 1, got ", a->batch_size);
-    std::vector<std::string> images;
-    for (const auto& in : a->inputs)  // all paths are checked before the model is loaded
-      for (auto& f : data::list_image_files(in)) images.push_back(std::move(f));
-    tools::Predictor p(a->checkpoint, tools::resolve_device(a->device));
-    p.set_tta(tools::tta_options(a->tta, a->tta_shift, p.info()));
-    // A model trained with --num-classes above its data's count has outputs
-    // without names: the predictor calls them "class N (unnamed)".
-    const std::vector<tools::TopK> results = p.predict_batch(images, a->top_k, a->batch_size);
-    if (a->format == "json")
-      print_json(p, images, results);
-    else
-      print_table(images, results);
+  cmd->add_flag("--skip-bad", a->skip_bad, "warn about and skip unreadable images instead of stopping");
+  auto no_progress = std::make_shared<bool>(false);
+  cmd->add_flag("--no-progress", *no_progress, "no progress bar (one shows when there is more than one batch)");
+  cmd->callback([a, no_progress] {
+    a->progress = !*no_progress;
+    run_predict(*a);
   });
 }
 

@@ -9,6 +9,7 @@
 
 #include "engine/dist/process_group.h"
 #include "engine/error.h"
+#include "tools/lib/checkpoint.h"
 #include "tools/lib/qat.h"
 #include "tools/lib/trainer.h"
 
@@ -239,8 +240,7 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
     KCHECK(kind != Kind::Qat || c->resume || !c->quantize_from.empty(), ValueError,
            "kestrel qat needs --checkpoint FLOAT.safetensors (or a recipe's checkpoint key)");
     if (kind == Kind::Qat && !c->resume) {
-      KCHECK(std::filesystem::is_regular_file(c->quantize_from), IOError, "float checkpoint not found: ",
-             c->quantize_from);
+      tools::check_checkpoint_path(c->quantize_from, "float checkpoint");
       tools::configure_from_float_checkpoint(*c, requested_options(*c, *cmd, *defaults));
     }
     c->progress = !*no_progress;

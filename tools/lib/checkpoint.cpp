@@ -118,8 +118,24 @@ void load_weights(const io::SafetensorsContents& contents, nn::Module& model, co
   }
 }
 
+void check_checkpoint_path(const std::string& path, const std::string& what) {
+  namespace fs = std::filesystem;
+  KCHECK(fs::exists(path), IOError, what, " not found: ", path);
+  if (fs::is_regular_file(path) && fs::path(path).extension() != ".json") return;
+  // A run folder, or its config.json / state.json: the checkpoints lie in (or beside) it.
+  const fs::path run = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
+  std::string suggestion = "a .safetensors file";
+  for (const char* name : {"best.safetensors", "last.safetensors"})
+    if (fs::is_regular_file(run / name)) {
+      suggestion = (run / name).string();
+      break;
+    }
+  KCHECK(!fs::is_directory(path), IOError, what, " ", path, " is a folder; give a checkpoint file: ", suggestion);
+  throw IOError(detail::concat(what, " ", path, " is JSON, not a checkpoint; give ", suggestion));
+}
+
 LoadedModel load_checkpoint(const std::string& path) {
-  KCHECK(std::filesystem::exists(path), IOError, "checkpoint not found: ", path);
+  check_checkpoint_path(path);
   LoadedModel out;
   out.contents = io::load_safetensors(path);
   out.info = ModelInfo::from_metadata(out.contents.metadata, path);

@@ -54,6 +54,9 @@ struct LoadedModel {
   ModelInfo info;
   io::SafetensorsContents contents;
 };
+// IOError unless `path` is a file: "<what> not found: <path>", or for a run
+// folder or its JSON files, which checkpoint beside them was meant.
+void check_checkpoint_path(const std::string& path, const std::string& what = "checkpoint");
 // Rebuilds the model the checkpoint names and loads its weights (strict).
 LoadedModel load_checkpoint(const std::string& path);
 // The training run's config.json beside a checkpoint (TrainConfig::to_json:

@@ -3,10 +3,12 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <memory>
 #include <utility>
 
 #include "data/readers.h"
@@ -172,10 +174,24 @@ std::vector<AugmentStep> augment_steps(const TrainConfig& c, int height, int wid
   return t;
 }
 
+// Without --image-size the model takes the first image's size and the trainer
+// samples the set for others; one it missed is resized, and said so once.
+data::Transform resize_noting_other_sizes(int height, int width) {
+  auto noted = std::make_shared<std::atomic<bool>>(false);
+  return [=, resize = data::resize(height, width)](data::FImage& img, Generator& g) {
+    if ((img.h != height || img.w != width) && !noted->exchange(true))
+      std::cerr << "warning: a training image is " << img.w << "x" << img.h << ", not " << width << "x" << height
+                << " as the first: resized (pass --image-size N to choose the size for them all)\n";
+    resize(img, g);
+  };
+}
+
 }  // namespace
 
 data::Transform train_transform(const TrainConfig& c, int height, int width, const Normalization& n) {
-  std::vector<data::Transform> t = {data::resize(height, width)};  // nothing to do at the data's own size
+  // Nothing to do at the data's own size.
+  std::vector<data::Transform> t = {c.image_size > 0 ? data::resize(height, width)
+                                                     : resize_noting_other_sizes(height, width)};
   for (AugmentStep& step : augment_steps(c, height, width)) t.push_back(std::move(step.transform));
   t.push_back(data::normalize(n.mean, n.std));
   return data::compose(std::move(t));

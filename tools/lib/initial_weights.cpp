@@ -49,7 +49,7 @@ std::string shape_mismatch_hint(const io::SafetensorsContents& file, const nn::M
 }  // namespace
 
 std::vector<std::string> load_initial_weights(const std::string& path, nn::Module& model, const ModelInfo& run) {
-  KCHECK(std::filesystem::is_regular_file(path), IOError, "--initial-checkpoint not found: ", path);
+  check_checkpoint_path(path, "--initial-checkpoint");
   const io::SafetensorsContents file = io::load_safetensors(path);
   if (file.metadata.count("kestrel.model_info")) {
     const ModelInfo saved = ModelInfo::from_metadata(file.metadata, path);

@@ -100,6 +100,7 @@ EvalReport run_eval(const EvalOptions& o) {
 
   EvalReport r;
   r.checkpoint = o.checkpoint;
+  r.limit = o.limit;
   r.model = info.model;
   r.dataset = o.dataset.empty() ? info.dataset : o.dataset;
   KCHECK(!r.dataset.empty(), ValueError, "eval: ", o.checkpoint, " does not record its data set; pass --dataset");
@@ -210,6 +211,15 @@ EvalReport run_eval(const EvalOptions& o) {
   return r;
 }
 
+std::string default_report_dir(const EvalOptions& o) {
+  const std::filesystem::path checkpoint(o.checkpoint);
+  std::string name = "eval";
+  if (checkpoint.stem() != "best") name += "-" + checkpoint.stem().string();
+  if (o.tta || o.tta_shift > 0) name += "-tta";
+  if (o.limit > 0) name += "-first" + std::to_string(o.limit);
+  return (checkpoint.parent_path() / name).string();
+}
+
 nlohmann::json report_json(const EvalReport& r) {
   nlohmann::json j;
   j["checkpoint"] = r.checkpoint;
@@ -219,6 +229,7 @@ nlohmann::json report_json(const EvalReport& r) {
   j["dataset"] = r.dataset;
   j["data_dir"] = r.data_dir;
   j["images"] = r.images;
+  j["limit"] = r.limit;
   j["tta"] = r.tta;
   j["tta_flip"] = r.tta_flip;
   j["tta_shift"] = r.tta_shift;

@@ -16,7 +16,7 @@ struct EvalOptions {
   int64_t batch_size = 256;
   bool tta = false;          // average logits over the image and its mirror
   int64_t tta_shift = 0;     // and over four views shifted by +-N pixels (and their mirrors with tta); 0 = none
-  std::string out;           // empty: <checkpoint folder>/eval
+  std::string out;           // empty: default_report_dir(*this)
   int64_t limit = 0;         // first N test images (0 = all)
   bool skip_bad = false;     // skip unreadable images with a warning (also when the training run did)
   int64_t latency_iters = 50;  // timed batch-1 forward passes (after warm-up)
@@ -32,6 +32,7 @@ struct EvalReport {
   int64_t parameters = 0;
   int64_t input_height = 0, input_width = 0, input_channels = 0;
   int64_t images = 0;
+  int64_t limit = 0;       // --limit: the first N test images only (0: all)
   int64_t skipped = 0;     // unreadable test images left out (--skip-bad)
   bool tta = false;        // any test-time augmentation
   bool tta_flip = false;
@@ -61,6 +62,10 @@ EvalReport run_eval(const EvalOptions& options);
 nlohmann::json report_json(const EvalReport& r);
 std::string report_markdown(const EvalReport& r);
 std::string confusion_csv(const EvalReport& r);
+// Beside the checkpoint: eval/ for the whole test set scored by best.safetensors
+// (the folder `kestrel table` reads), else a folder naming what differs
+// (eval-last, eval-tta, eval-first1000), so one evaluation never replaces another.
+std::string default_report_dir(const EvalOptions& o);
 // report.json, report.md, confusion.csv, confusion.png in dir (created if needed).
 void write_report(const EvalReport& r, const std::string& dir);
 // User text (a class, run or model name) as a Markdown table cell: | escaped, no line breaks.

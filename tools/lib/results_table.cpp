@@ -95,6 +95,7 @@ ResultsRow read_results_row(const std::string& path) {
     row.input_width = r.at("input").at(1).get<int64_t>();
     row.images = r.at("images").get<int64_t>();
     row.tta = r.at("tta").get<bool>();
+    row.limited = r.value("limit", 0) > 0;
     row.top1 = r.at("top1").get<double>();
     row.top5 = r.at("top5").get<double>();
     row.macro_f1 = r.at("macro_f1").get<double>();
@@ -129,7 +130,7 @@ std::string results_table_markdown(const std::vector<ResultsRow>& rows) {
     if (r.width_mult != 1.0) model += " x" + format_number("%g", r.width_mult);
     md += "| " + markdown_cell(r.run) + " | " + markdown_cell(model) + " | " + std::to_string(r.input_height) + "x" + std::to_string(r.input_width) +
           " | " + format_count(r.parameters) + " | " + format_macs(r.macs) + " | " + markdown_cell(r.dataset) +
-          (r.tta ? " (TTA)" : "") + " | " + (r.epochs < 0 ? std::string("-") : std::to_string(r.epochs)) + " | " +
+          (r.tta ? " (TTA)" : "") + (r.limited ? " (first " + std::to_string(r.images) + ")" : "") + " | " + (r.epochs < 0 ? std::string("-") : std::to_string(r.epochs)) + " | " +
           format_percent(r.top1) + " | " + format_percent(r.top5) + " | " + format_percent(r.macro_f1) + " | " +
           (r.latency_median_ms > 0 ? format_number("%.2f", r.latency_median_ms) : std::string("-")) + " | " +
           (r.throughput > 0 ? format_number("%.0f", r.throughput) + " (b=" + std::to_string(r.throughput_batch) + ")"

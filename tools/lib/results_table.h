@@ -18,6 +18,7 @@ struct ResultsRow {
   int64_t epochs = -1;          // from the run's state.json; -1 when it has none
   double train_seconds = -1.0;  // summed epoch times (validation included)
   int64_t images = 0;           // test images evaluated
+  bool limited = false;         // eval --limit: a part of the test set
   bool tta = false;
   double top1 = 0, top5 = 0, macro_f1 = 0;
   double latency_median_ms = 0;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/error.h"
+#include "tools/lib/checkpoint.h"
 #include "tools/lib/distill.h"
 
 namespace kestrel::tools {
@@ -181,14 +182,12 @@ void TrainConfig::validate() const {
   KCHECK(distill_temperature > 0, ValueError, "--distill-temperature must be positive, got ", distill_temperature);
   KCHECK(quantize_from.empty() || amp == "off", ValueError,
          "quantization-aware training runs in f32: --amp must be off, got ", amp);
-  KCHECK(quantize_from.empty() || std::filesystem::is_regular_file(quantize_from), IOError,
-         "float checkpoint not found: ", quantize_from);
+  if (!quantize_from.empty()) check_checkpoint_path(quantize_from, "float checkpoint");
   KCHECK(initial_checkpoint.empty() || quantize_from.empty(), ValueError,
          "--initial-checkpoint is for float runs; kestrel qat starts from its --checkpoint");
-  KCHECK(initial_checkpoint.empty() || std::filesystem::is_regular_file(initial_checkpoint), IOError,
-         "--initial-checkpoint not found: ", initial_checkpoint);
+  if (!initial_checkpoint.empty()) check_checkpoint_path(initial_checkpoint, "--initial-checkpoint");
   for (const std::string& path : split_paths(teacher))  // before the run folder is touched
-    KCHECK(std::filesystem::is_regular_file(path), IOError, "--teacher checkpoint not found: ", path);
+    check_checkpoint_path(path, "--teacher checkpoint");
 }
 
 }  // namespace kestrel::tools

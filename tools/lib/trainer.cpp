@@ -197,6 +197,16 @@ bool lies_in(const std::string& path, const std::string& folder) {
   return !rel.empty() && *rel.begin() != "..";
 }
 
+// Whether a Kestrel run wrote `dir` (it holds a run's config.json).
+bool is_run_folder(const std::string& dir) {
+  try {
+    std::ifstream in(dir + "/config.json");
+    return in.good() && nlohmann::json::parse(in).contains("model");
+  } catch (const nlohmann::json::exception&) {
+    return false;
+  }
+}
+
 // An --overwrite run deletes its folder's contents: never the inputs it was
 // given (the float checkpoint qat starts from, a teacher), and never a folder
 // no run wrote (one without a Kestrel config.json).
@@ -210,14 +220,6 @@ void check_overwrite_is_safe(const TrainConfig& c) {
   for (const auto& [flag, path] : inputs)
     KCHECK(path.empty() || !lies_in(path, c.out), IOError, "--overwrite would delete ", flag, " ", path,
            ": it lies in the run folder ", c.out, "; give another --out");
-  bool run_folder = false;
-  try {
-    std::ifstream in(c.out + "/config.json");
-    run_folder = in.good() && nlohmann::json::parse(in).contains("model");
-  } catch (const nlohmann::json::exception&) {
-  }
-  KCHECK(run_folder, IOError, "--overwrite replaces run folders only, and ", c.out,
-         " holds no run's config.json; give an empty or new --out");
 }
 
 // Checks the run folder before anything is read or written; returns true
@@ -228,13 +230,18 @@ bool check_out_dir(const TrainConfig& c) {
   KCHECK(!fs::exists(c.out) || fs::is_directory(c.out), IOError, "--out ", c.out, " is a file, not a folder");
   KCHECK(c.dataset != "folder" || c.data_dir.empty() || !lies_in(c.out, c.data_dir), IOError, "--out ", c.out,
          " lies inside --data-dir ", c.data_dir, ", where it would be read as a class folder; give another --out");
+  KCHECK(!(c.resume && c.overwrite), ValueError, "--resume continues the run in ", c.out,
+         " and --overwrite starts it afresh: pass one of them");
   if (c.resume) {
+    KCHECK(fs::exists(c.out), IOError, "--resume: run folder ", c.out, " does not exist; nothing to resume");
     KCHECK(fs::exists(last), IOError, "--resume: no checkpoint at ", last,
            dist::is_main() ? " (a run that stopped before its first epoch ended starts again with --overwrite)"
                            : " (the run folder must be on a file system every rank shares)");
     return true;
   }
   if (dist::is_main() && fs::exists(c.out) && !fs::is_empty(c.out)) {
+    KCHECK(is_run_folder(c.out), IOError, "--out ", c.out, " holds files no Kestrel run wrote (it has no run's "
+           "config.json); give an empty or new --out");
     KCHECK(c.overwrite, IOError, "run folder ", c.out,
            fs::exists(last) ? " already exists; pass --resume to continue it or --overwrite to replace it"
                             : " already exists, with no checkpoint (stopped before its first epoch ended?); "
