@@ -114,6 +114,14 @@ TEST(Cam, CliDrawsEachImageBesideEachCheckpointsMap) {
   EXPECT_EQ(w, 3 * (32 + 4) + 4);
   EXPECT_EQ(h, 2 * (32 + 4) + 4);
   EXPECT_NE(r.out.find("m1.safetensors"), std::string::npos) << r.out;
+  // --max-images 1: one row, and a note of the images left out.
+  const testing::CliResult one = testing::kestrel_cli("cam -c " + ckpts + " " + dir +
+                                                      "/images --size 32 --max-images 1 -o " + dir + "/cam1.png");
+  ASSERT_EQ(one.rc, 0) << one.err;
+  ASSERT_TRUE(stbi_info((dir + "/cam1.png").c_str(), &w, &h, &n));
+  EXPECT_EQ(h, 1 * (32 + 4) + 4);
+  EXPECT_NE(one.err.find("cam: 2 images; mapping the first 1 (--max-images to change)"), std::string::npos)
+      << one.err;
   testing::expect_one_line_error(testing::kestrel_cli("cam -c " + ckpts + " " + dir + "/missing.png"),
                                  "missing.png", "a missing image");
   testing::expect_one_line_error(testing::kestrel_cli("cam -c " + ckpts + " --class 3 " + dir + "/images"),

@@ -123,6 +123,9 @@ TEST(Cli, BadFlagValuesAreOneLineErrors) {
   EXPECT_EQ(kestrel_cli("predict image.png").rc, 2) << "a required flag left out";
   expect_one_line_error(kestrel_cli("frobnicate"), "unknown command 'frobnicate' (commands: summary, train,",
                         "unknown subcommand");
+  const auto version = kestrel_cli("--version");
+  EXPECT_EQ(version.rc, 0) << version.err;
+  EXPECT_EQ(version.out.rfind("kestrel 0.1.0, CPU", 0), 0u) << version.out;
 }
 
 // Every recipe's keys are flags of the command it is for (distill_* for

@@ -27,7 +27,9 @@
 #include <string>
 #include <vector>
 
+#include "engine/ops/attention.h"
 #include "engine/ops/elementwise.h"
+#include "engine/ops/reduce.h"
 
 // ---- f64 reference loops for squeeze-excite and coordinate attention. They
 // build in every configuration: the CPU-only tests right below prove each
@@ -410,6 +412,81 @@ TEST(AttentionReferences, CoordAttentionBackwardMatchesFiniteDifferencesOfForwar
     expect_matches_finite_differences(p.bh, g.dbh, loss, "dbh " + label);
     expect_matches_finite_differences(p.ww, g.dww, loss, "dww " + label);
     expect_matches_finite_differences(p.bw, g.dbw, loss, "dbw " + label);
+  }
+}
+
+// The CPU ops themselves, on f64 tensors, against the loops: the output and
+// every gradient (the CUDA kernels are held to the CPU ops elsewhere).
+void expect_loop_values(const Tensor& t, const Vec& ref, const std::string& what) {
+  const Vec got = t.to_vector_f64();
+  ASSERT_EQ(got.size(), ref.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_NEAR(got[i], ref[i], 1e-10 * (1 + std::fabs(ref[i]))) << what << " element " << i;
+}
+
+Tensor leaf(const Vec& v, const Shape& shape) { return Tensor::from_vector_f64(v, shape).set_requires_grad(); }
+
+TEST(AttentionReferences, CpuSqueezeExciteMatchesTheLoops) {
+  struct Case {
+    int N, H, W, C, Cr;
+    Activation inner, gate;
+  };
+  const Case cases[] = {{2, 2, 3, 6, 3, Activation::ReLU, Activation::Sigmoid},
+                        {1, 1, 1, 4, 1, Activation::SiLU, Activation::HardSigmoid},
+                        {3, 3, 3, 7, 2, Activation::HardSwish, Activation::Sigmoid}};
+  std::mt19937_64 rng(20261126);
+  for (const Case& k : cases) {
+    const SeDims d{k.N, k.H * k.W, k.C, k.Cr};
+    SCOPED_TRACE("se [" + std::to_string(k.N) + "," + std::to_string(k.H) + "," + std::to_string(k.W) + "," +
+                 std::to_string(k.C) + "] r" + std::to_string(k.Cr));
+    const Vec x = uniform_values(static_cast<size_t>(d.N) * d.HW * d.C, rng), dy = uniform_values(x.size(), rng);
+    const SeParams p{uniform_values(static_cast<size_t>(d.Cr) * d.C, rng), uniform_values(d.Cr, rng),
+                     uniform_values(static_cast<size_t>(d.C) * d.Cr, rng, -2, 2), uniform_values(d.C, rng, -2, 2)};
+    Tensor tx = leaf(x, {k.N, k.H, k.W, k.C}), w1 = leaf(p.w1, {k.Cr, k.C}), b1 = leaf(p.b1, {k.Cr}),
+           w2 = leaf(p.w2, {k.C, k.Cr}), b2 = leaf(p.b2, {k.C});
+    const Tensor y = squeeze_excite(tx, w1, b1, w2, b2, k.inner, k.gate);
+    expect_loop_values(y, se_forward_ref(d, k.inner, k.gate, x, p).y, "output");
+    sum(mul(y, Tensor::from_vector_f64(dy, y.shape()))).backward();
+    const SeGrads g = se_backward_ref(d, k.inner, k.gate, x, p, dy);
+    expect_loop_values(tx.grad(), g.dx, "dx");
+    expect_loop_values(w1.grad(), g.dw1, "dw1");
+    expect_loop_values(b1.grad(), g.db1, "db1");
+    expect_loop_values(w2.grad(), g.dw2, "dw2");
+    expect_loop_values(b2.grad(), g.db2, "db2");
+  }
+}
+
+TEST(AttentionReferences, CpuCoordAttentionMatchesTheLoops) {
+  struct Case {
+    CaDims d;
+    Activation act;
+  };
+  const Case cases[] = {{{2, 3, 4, 5, 3}, Activation::HardSwish},
+                        {{1, 1, 1, 3, 2}, Activation::ReLU},
+                        {{1, 5, 2, 4, 5}, Activation::Tanh}};
+  std::mt19937_64 rng(20261127);
+  for (const Case& k : cases) {
+    const CaDims& d = k.d;
+    SCOPED_TRACE("ca [" + std::to_string(d.N) + "," + std::to_string(d.H) + "," + std::to_string(d.W) + "," +
+                 std::to_string(d.C) + "] mip" + std::to_string(d.mip));
+    const Vec x = uniform_values(static_cast<size_t>(d.N) * d.H * d.W * d.C, rng), dy = uniform_values(x.size(), rng);
+    const size_t nw = static_cast<size_t>(d.mip) * d.C;
+    const CaParams p{uniform_values(nw, rng, -2, 2), uniform_values(d.mip, rng, -2, 2), uniform_values(nw, rng),
+                     uniform_values(d.C, rng), uniform_values(nw, rng), uniform_values(d.C, rng)};
+    Tensor tx = leaf(x, {d.N, d.H, d.W, d.C}), w1 = leaf(p.w1, {d.mip, d.C}), b1 = leaf(p.b1, {d.mip}),
+           wh = leaf(p.wh, {d.C, d.mip}), bh = leaf(p.bh, {d.C}), ww = leaf(p.ww, {d.C, d.mip}),
+           bw = leaf(p.bw, {d.C});
+    const Tensor y = coord_attention(tx, w1, b1, wh, bh, ww, bw, k.act);
+    expect_loop_values(y, ca_forward_ref(d, k.act, x, p).y, "output");
+    sum(mul(y, Tensor::from_vector_f64(dy, y.shape()))).backward();
+    const CaGrads g = ca_backward_ref(d, k.act, x, p, dy);
+    expect_loop_values(tx.grad(), g.dx, "dx");
+    expect_loop_values(w1.grad(), g.dw1, "dw1");
+    expect_loop_values(b1.grad(), g.db1, "db1");
+    expect_loop_values(wh.grad(), g.dwh, "dwh");
+    expect_loop_values(bh.grad(), g.dbh, "dbh");
+    expect_loop_values(ww.grad(), g.dww, "dww");
+    expect_loop_values(bw.grad(), g.dbw, "dbw");
   }
 }
 

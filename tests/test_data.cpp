@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <functional>
 #include <set>
 
 #include "data/loader.h"
@@ -823,10 +824,39 @@ TEST(Transforms, AugmentPoliciesChangeImagesButNotAlways) {
   }
   EXPECT_GT(changed, 30);
   EXPECT_LT(changed, 100);  // each op has a probability below 1
-  FImage m0 = img;
-  Generator gen(1);
-  rand_augment(3, 0)(m0, gen);  // magnitude 0: only the magnitude-free ops change anything
-  EXPECT_EQ(m0.h, 16);
+  // Magnitude 0: geometry, enhancement and solarize-below-1 ops leave the
+  // image as it is; only the magnitude-free ones (and posterize at 8 bits,
+  // solarize at 1) can change it. One op per draw: the result is one of these.
+  std::vector<std::pair<std::string, FImage>> allowed = {{"identity", img}};
+  const std::pair<const char*, std::function<void(FImage&)>> free_ops[] = {
+      {"autocontrast", [](FImage& f) { autocontrast(f); }}, {"equalize", [](FImage& f) { equalize(f); }},
+      {"invert", [](FImage& f) { invert(f); }},           {"posterize 8", [](FImage& f) { posterize(f, 8); }},
+      {"solarize 1", [](FImage& f) { solarize(f, 1.0f); }}};
+  for (const auto& [name, op] : free_ops) {
+    FImage f = img;
+    op(f);
+    allowed.emplace_back(name, f);
+  }
+  std::set<std::string> seen;
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    FImage m0 = img;
+    Generator gen(seed);
+    rand_augment(1, 0)(m0, gen);
+    ASSERT_EQ(m0.h, 16);
+    ASSERT_EQ(m0.w, 16);
+    std::string match;
+    for (const auto& [name, f] : allowed) {
+      bool same = true;
+      for (size_t i = 0; i < f.data.size() && same; ++i) same = std::fabs(f.data[i] - m0.data[i]) <= 1e-6f;
+      if (same) {
+        match = name;
+        break;
+      }
+    }
+    EXPECT_FALSE(match.empty()) << "seed " << seed << ": magnitude 0 changed the image beyond a magnitude-free op";
+    seen.insert(match);
+  }
+  EXPECT_GE(seen.size(), 3u) << "200 draws of 15 ops should hit the identity and magnitude-free ops alike";
 }
 
 // ====================================================================== batch mixing

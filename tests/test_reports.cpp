@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 
@@ -65,6 +66,64 @@ TEST(TensorBoard, Crc32cMatchesTheStandardCheckValue) {
   EXPECT_EQ(crc32c(reinterpret_cast<const uint8_t*>(s), 9), 0xE3069283u);
 }
 
+namespace {
+
+// The protobuf fields of one message, as TensorBoard reads them: varints,
+// 8- and 4-byte fixed values and length-delimited bytes, by field number.
+struct ProtoField {
+  int number = 0, wire = 0;
+  uint64_t varint = 0;
+  std::string bytes;  // wire 1, 2 and 5: the raw bytes
+};
+
+std::vector<ProtoField> parse_proto(const std::string& msg) {
+  std::vector<ProtoField> fields;
+  size_t pos = 0;
+  auto varint = [&]() {
+    uint64_t v = 0;
+    for (int shift = 0; pos < msg.size(); shift += 7) {
+      const auto b = static_cast<uint8_t>(msg[pos++]);
+      v |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if (!(b & 0x80)) return v;
+    }
+    ADD_FAILURE() << "a varint runs past the message's end";
+    return v;
+  };
+  while (pos < msg.size()) {
+    ProtoField f;
+    const uint64_t key = varint();
+    f.number = static_cast<int>(key >> 3);
+    f.wire = static_cast<int>(key & 7);
+    size_t n = 0;
+    if (f.wire == 0) f.varint = varint();
+    else if (f.wire == 1) n = 8;
+    else if (f.wire == 5) n = 4;
+    else if (f.wire == 2) n = static_cast<size_t>(varint());
+    else ADD_FAILURE() << "wire type " << f.wire << " is not one an Event uses";
+    if (pos + n > msg.size()) {
+      ADD_FAILURE() << "field " << f.number << " runs past the message's end";
+      break;
+    }
+    f.bytes = msg.substr(pos, n);
+    pos += n;
+    fields.push_back(f);
+  }
+  return fields;
+}
+
+const ProtoField* field(const std::vector<ProtoField>& fields, int number) {
+  for (const ProtoField& f : fields)
+    if (f.number == number) return &f;
+  return nullptr;
+}
+
+uint32_t masked_crc(const std::string& bytes, size_t pos, size_t n) {
+  const uint32_t c = crc32c(reinterpret_cast<const uint8_t*>(bytes.data() + pos), n);
+  return ((c >> 15) | (c << 17)) + 0xa282ead8u;
+}
+
+}  // namespace
+
 TEST(TensorBoard, EventFileIsAValidRecordStream) {
   std::string path;
   {
@@ -76,21 +135,45 @@ TEST(TensorBoard, EventFileIsAValidRecordStream) {
   std::ifstream in(path, std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   size_t pos = 0;
-  int records = 0;
+  std::vector<std::string> events;
   while (pos < bytes.size()) {
     ASSERT_LE(pos + 12, bytes.size());
     uint64_t len;
     std::memcpy(&len, bytes.data() + pos, 8);
-    uint32_t len_crc;
+    uint32_t len_crc, data_crc;
     std::memcpy(&len_crc, bytes.data() + pos + 8, 4);
-    const uint32_t c = crc32c(reinterpret_cast<const uint8_t*>(bytes.data() + pos), 8);
-    EXPECT_EQ(len_crc, ((c >> 15) | (c << 17)) + 0xa282ead8u);
+    EXPECT_EQ(len_crc, masked_crc(bytes, pos, 8)) << "record " << events.size();
+    ASSERT_LE(pos + 12 + len + 4, bytes.size());
+    std::memcpy(&data_crc, bytes.data() + pos + 12 + len, 4);
+    EXPECT_EQ(data_crc, masked_crc(bytes, pos + 12, len)) << "record " << events.size() << ": payload CRC";
+    events.push_back(bytes.substr(pos + 12, len));
     pos += 12 + len + 4;
-    ++records;
   }
   EXPECT_EQ(pos, bytes.size());
-  EXPECT_EQ(records, 3);  // version header + two scalars
-  EXPECT_NE(bytes.find("train/loss"), std::string::npos);
+  ASSERT_EQ(events.size(), 3u);  // version header + two scalars
+  const std::vector<ProtoField> header = parse_proto(events[0]);
+  const ProtoField* version = field(header, 3);  // Event.file_version
+  ASSERT_NE(version, nullptr);
+  EXPECT_EQ(version->bytes, "brain.Event:2");
+  const double values[] = {0.5, 0.25};
+  for (int k = 1; k <= 2; ++k) {
+    const std::vector<ProtoField> event = parse_proto(events[static_cast<size_t>(k)]);
+    const ProtoField* step = field(event, 2);
+    const ProtoField* summary = field(event, 5);
+    ASSERT_TRUE(step && summary) << "event " << k << " lacks its step or summary";
+    EXPECT_EQ(step->varint, static_cast<uint64_t>(k));
+    const std::vector<ProtoField> values_of_summary = parse_proto(summary->bytes);
+    const ProtoField* value = field(values_of_summary, 1);  // Summary.value
+    ASSERT_NE(value, nullptr);
+    const std::vector<ProtoField> v = parse_proto(value->bytes);
+    const ProtoField* tag = field(v, 1);
+    const ProtoField* simple = field(v, 2);
+    ASSERT_TRUE(tag && simple && simple->wire == 5) << "event " << k << ": no tag or float simple_value";
+    EXPECT_EQ(tag->bytes, "train/loss");
+    float x;
+    std::memcpy(&x, simple->bytes.data(), 4);
+    EXPECT_EQ(x, values[k - 1]);
+  }
 }
 
 // A resumed run's writer marks where it logs again from: an Event at that

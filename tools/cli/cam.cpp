@@ -22,11 +22,13 @@ struct CamArgs {
   std::string out = "cam.png";
   int display = 128;
   double alpha = 0.5;
+  int64_t max_images = 16;
 };
 
 void run_cam(const CamArgs& a) {
   KCHECK(a.display >= 8 && a.display <= 1024, ValueError, "cam: --size must be in [8, 1024], got ", a.display);
   KCHECK(a.alpha >= 0 && a.alpha <= 1, ValueError, "cam: --alpha must be in [0, 1], got ", a.alpha);
+  KCHECK(a.max_images >= 1, ValueError, "cam: --max-images must be at least 1, got ", a.max_images);
   KCHECK(a.class_index >= -1, ValueError, "cam: --class must be a class index (or -1: each model's prediction), got ",
          a.class_index);
   const std::filesystem::path parent = std::filesystem::path(a.out).parent_path();
@@ -39,6 +41,12 @@ void run_cam(const CamArgs& a) {
   std::vector<std::string> images;
   for (const std::string& i : a.images)
     for (const std::string& f : tools::list_images(i)) images.push_back(f);
+  // One row per image: a whole folder would make a PNG too tall to look at.
+  if (static_cast<int64_t>(images.size()) > a.max_images) {
+    std::fprintf(stderr, "cam: %zu images; mapping the first %lld (--max-images to change)\n", images.size(),
+                 static_cast<long long>(a.max_images));
+    images.resize(static_cast<size_t>(a.max_images));
+  }
 
   std::vector<std::vector<data::FImage>> grid;
   for (const std::string& file : images) {
@@ -77,6 +85,8 @@ void register_cam(CLI::App& app) {
   cmd->add_option("--out,-o", a->out, "the PNG to write")->capture_default_str();
   cmd->add_option("--size", a->display, "pixels per tile")->capture_default_str();
   cmd->add_option("--alpha", a->alpha, "opacity of the map over the image")->capture_default_str();
+  cmd->add_option("--max-images", a->max_images, "rows at most: the first N of the images listed (a folder's sorted)")
+      ->capture_default_str();
   cmd->callback([a] { run_cam(*a); });
 }
 

@@ -28,6 +28,14 @@ void set_exit_status(int status) { g_exit_status = status; }
 int main(int argc, char** argv) {
   CLI::App app{"Kestrel: efficient image classifiers, trained and measured"};
   app.require_subcommand(1);
+#if defined(KESTREL_CUDA_EMULATOR)
+  const char* backends = "CPU and the CUDA emulator (a test build)";
+#elif defined(KESTREL_HAVE_CUDA)
+  const char* backends = "CPU and CUDA";
+#else
+  const char* backends = "CPU only (built without CUDA)";
+#endif
+  app.set_version_flag("--version", std::string("kestrel ") + KESTREL_VERSION + ", " + backends);
   kestrel::cli::register_summary(app);
   kestrel::cli::register_train(app);
   kestrel::cli::register_eval(app);
