@@ -136,6 +136,15 @@ try:
     ranks = [line.split() for line in r.stdout.splitlines() if line.startswith(" ")]
     assert len(ranks) == 2 * len(want), r.stdout
     assert all(rank[0] == "1" and rank[1] == classes.split(",")[best].split()[0] for rank in ranks[::2]), r.stdout
+    r = run_cli(checkpoint, folder, "--top-k", "3", "--format", "json")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["checkpoint"] == checkpoint and doc["model"] == info["model"], doc
+    assert [p["image"] for p in doc["predictions"]] == want[:3], doc["predictions"]
+    for p in doc["predictions"]:
+        assert [c["class_index"] for c in p["top_k"]][0] == best and len(p["top_k"]) == 3, p
+        assert abs(p["top_k"][0]["probability"] - expected[best]) < 1e-6, p
+    print("python predictor: --format json lists what the table does, as kestrel predict's JSON")
     os.makedirs(os.path.join(scratch, "empty"))
     expect_cli_error("no images in it", checkpoint, os.path.join(scratch, "empty"))
     expect_cli_error("no such file or folder", checkpoint, os.path.join(scratch, "none.png"))

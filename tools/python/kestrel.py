@@ -251,16 +251,27 @@ def main(argv):
     parser.add_argument("images", nargs="+", help="image files or folders (every image below a folder, sorted)")
     parser.add_argument("--top-k", "-k", type=int, default=5, help="classes to show per image (default 5)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--format", choices=("table", "json"), default="table",
+                        help="table, or json as `kestrel predict --format json` prints it (default table)")
     a = parser.parse_args(argv[1:])
     try:
         if a.top_k < 1:
             raise ValueError(f"--top-k must be at least 1, got {a.top_k}")
         paths = [f for path in a.images for f in list_images(path)]  # all checked before the model loads
         with Predictor(a.checkpoint, a.device) as p:
+            predictions = []
             for path in paths:
+                top = p.predict(path, a.top_k)
+                if a.format == "json":
+                    predictions.append({"image": path, "top_k": [
+                        {"class_index": c.index, "class_name": c.name, "probability": c.probability} for c in top]})
+                    continue
                 print(path)
-                for rank, c in enumerate(p.predict(path, a.top_k), 1):
+                for rank, c in enumerate(top, 1):
                     print(f"  {rank}  {c.name:16} {100 * c.probability:6.2f}%")
+            if a.format == "json":
+                import json
+                print(json.dumps({"checkpoint": a.checkpoint, "model": p.model, "predictions": predictions}, indent=2))
     except (KestrelError, ValueError, TypeError, OSError) as e:
         print(f"kestrel: error: {e}", file=sys.stderr)
         return 1
