@@ -1,6 +1,8 @@
 // kestrel predict: top-k classes of images (files or folders) from a checkpoint,
 // as an aligned table or JSON.
 #include <CLI/CLI.hpp>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
@@ -107,7 +109,9 @@ void run_predict(const PredictArgs& a) {
   std::vector<tools::TopK> results;
   std::vector<Skipped> skipped;
   const auto total = static_cast<int64_t>(images.size());
-  tools::ProgressBar bar("predict", total, a.progress && total > a.batch_size);
+  // Not over table rows streaming to the same terminal: they would break the bar's line.
+  const bool rows_on_terminal = table && isatty(STDOUT_FILENO);
+  tools::ProgressBar bar("predict", total, a.progress && total > a.batch_size && !rows_on_terminal);
   for (int64_t begin = 0; begin < total; begin += a.batch_size) {
     std::vector<std::string> paths;
     std::vector<data::Image> decoded;
@@ -158,7 +162,8 @@ void register_predict(CLI::App& app) {
                   "with --tta");
   cmd->add_flag("--skip-bad", a->skip_bad, "warn about and skip unreadable images instead of stopping");
   auto no_progress = std::make_shared<bool>(false);
-  cmd->add_flag("--no-progress", *no_progress, "no progress bar (one shows when there is more than one batch)");
+  cmd->add_flag("--no-progress", *no_progress,
+                "no progress bar (shown past one batch, unless table rows go to the terminal)");
   cmd->callback([a, no_progress] {
     a->progress = !*no_progress;
     run_predict(*a);

@@ -128,14 +128,29 @@ std::string results_table_markdown(const std::vector<ResultsRow>& rows) {
   for (const ResultsRow& r : rows) {
     std::string model = r.model;
     if (r.width_mult != 1.0) model += " x" + format_number("%g", r.width_mult);
-    md += "| " + markdown_cell(r.run) + " | " + markdown_cell(model) + " | " + std::to_string(r.input_height) + "x" + std::to_string(r.input_width) +
-          " | " + format_count(r.parameters) + " | " + format_macs(r.macs) + " | " + markdown_cell(r.dataset) +
-          (r.tta ? " (TTA)" : "") + (r.limited ? " (first " + std::to_string(r.images) + ")" : "") + " | " + (r.epochs < 0 ? std::string("-") : std::to_string(r.epochs)) + " | " +
-          format_percent(r.top1) + " | " + format_percent(r.top5) + " | " + format_percent(r.macro_f1) + " | " +
-          (r.latency_median_ms > 0 ? format_number("%.2f", r.latency_median_ms) : std::string("-")) + " | " +
-          (r.throughput > 0 ? format_number("%.0f", r.throughput) + " (b=" + std::to_string(r.throughput_batch) + ")"
-                            : std::string("-")) +
-          " | " + markdown_cell(r.device) + " | " + format_duration(r.train_seconds) + " |\n";
+    std::string data = markdown_cell(r.dataset);
+    if (r.tta) data += " (TTA)";
+    if (r.limited) data += " (first " + std::to_string(r.images) + ")";
+    const std::string throughput =
+        r.throughput > 0 ? format_number("%.0f", r.throughput) + " (b=" + std::to_string(r.throughput_batch) + ")"
+                         : "-";
+    const std::vector<std::string> cells = {
+        markdown_cell(r.run),
+        markdown_cell(model),
+        std::to_string(r.input_height) + "x" + std::to_string(r.input_width),
+        format_count(r.parameters),
+        format_macs(r.macs),
+        data,
+        r.epochs < 0 ? "-" : std::to_string(r.epochs),
+        format_percent(r.top1),
+        format_percent(r.top5),
+        format_percent(r.macro_f1),
+        r.latency_median_ms > 0 ? format_number("%.2f", r.latency_median_ms) : "-",
+        throughput,
+        markdown_cell(r.device),
+        format_duration(r.train_seconds)};
+    for (const std::string& cell : cells) md += "| " + cell + " ";
+    md += "|\n";
   }
   return md;
 }
