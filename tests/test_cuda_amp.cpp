@@ -289,8 +289,10 @@ TEST(CudaAmp, ASmallCnnTrainedUnderBf16AndFp16TracksTheF32Losses) {
     int64_t skipped = 0;
     const std::vector<double> low = train_losses(half, kSteps, &skipped);
     ASSERT_EQ(low.size(), f32.size());
+    // The emulator measured at most 0.13% apart (fp16, step 27) and 0.06% (bf16): 3% + 0.02 leaves
+    // room for a GPU's other summation orders, not for a wrong half-precision path.
     for (size_t i = 0; i < low.size(); ++i)
-      EXPECT_NEAR(low[i], f32[i], 0.1 + 0.1 * f32[i]) << dtype_str(half) << " step " << i;
+      EXPECT_NEAR(low[i], f32[i], 0.02 + 0.03 * f32[i]) << dtype_str(half) << " step " << i;
     EXPECT_LT(low.back(), 0.8 * low.front()) << dtype_str(half);
     EXPECT_LE(skipped, 3) << "fp16 steps skipped by the scaler";
   }
