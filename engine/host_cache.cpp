@@ -86,6 +86,12 @@ void HostBlockCache::free_oldest() {
   by_age_.erase(oldest);
 }
 
+void HostBlockCache::empty() {
+  release_all();
+  std::lock_guard<std::mutex> lock(mu_);
+  peak_in_use_bytes_ = in_use_bytes_;
+}
+
 void HostBlockCache::release_all() {
   std::lock_guard<std::mutex> lock(mu_);
   while (!by_age_.empty()) free_oldest();

@@ -46,6 +46,9 @@ class HostBlockCache {
   void* allocate(size_t nbytes);
   void deallocate(void* p, size_t nbytes);  // nbytes as allocated
   HostCacheStats stats();
+  // Gives every cached block back and restarts the peak from what is in use
+  // now, so the bound follows the next workload's peak, not an earlier one's.
+  void empty();
 
   // 64-byte multiples up to 4 KiB, then four classes per power of two (<= 25% slack).
   static size_t size_class(size_t nbytes);
@@ -74,5 +77,6 @@ class HostBlockCache {
 
 // The process's cache, behind every CPU Storage.
 HostCacheStats host_cache_stats();
+void empty_host_cache();  // between workloads of different sizes (scale-search's candidates)
 
 }  // namespace kestrel

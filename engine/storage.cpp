@@ -23,6 +23,8 @@ HostBlockCache& host_cache() {
 
 HostCacheStats host_cache_stats() { return host_cache().stats(); }
 
+void empty_host_cache() { host_cache().empty(); }
+
 Device Device::parse(const std::string& s) {
   if (s == "cpu") return cpu();
   if (s == "cuda" || s == "gpu") return cuda(0);

@@ -2,6 +2,7 @@
 // its bound, and which blocks it gives back first.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "engine/host_cache.h"
@@ -35,6 +36,24 @@ TEST(HostBlockCache, ASecondRoundOfTheSamePhasesTakesNoFreshBlock) {
   EXPECT_EQ(s.in_use_bytes, 0u);
   EXPECT_EQ(s.peak_in_use_bytes, 6 * HostBlockCache::size_class(250 * kKiB));
   EXPECT_LE(s.cached_bytes, s.limit_bytes);
+}
+
+// After a large workload, empty() gives its blocks back and the bound follows
+// the next, smaller one's peak instead of the large one's.
+TEST(HostBlockCache, EmptyGivesEverythingBackAndRestartsThePeak) {
+  HostBlockCache cache(/*enabled=*/true, /*floor_bytes=*/64 * kKiB);
+  run_phase(cache, 400 * kKiB, 8);
+  void* held = cache.allocate(100 * kKiB);
+  EXPECT_GT(cache.stats().cached_bytes, 0u);
+  cache.empty();
+  HostCacheStats s = cache.stats();
+  EXPECT_EQ(s.cached_bytes, 0u);
+  EXPECT_EQ(s.in_use_bytes, HostBlockCache::size_class(100 * kKiB)) << "a block in use stays in use";
+  EXPECT_EQ(s.peak_in_use_bytes, s.in_use_bytes);
+  EXPECT_EQ(s.limit_bytes, std::max<size_t>(64 * kKiB, 2 * s.in_use_bytes));
+  cache.deallocate(held, 100 * kKiB);
+  run_phase(cache, 400 * kKiB, 8);
+  EXPECT_EQ(cache.stats().fresh_blocks, 8 + 1 + 8) << "the emptied blocks were given back, not kept";
 }
 
 TEST(HostBlockCache, PastItsLimitTheLeastRecentlyFreedBlocksGoFirst) {

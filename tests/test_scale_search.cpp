@@ -162,6 +162,8 @@ TEST(ScaleSearch, ProxyTrainingRecordsAccuracyAndTheScaledModel) {
   tools::ScaleSearchOptions o = small_search("scale_train");
   o.in_channels = 1;
   o.max_params = row(tools::scale_search(o), "resolution only").params;
+  o.num_classes = 0;  // trained: the classes and channels are the data's
+  o.in_channels = 0;
   o.train_epochs = 1;
   o.train.dataset = "fashion-mnist";
   o.train.limit_train = 256;
@@ -181,6 +183,8 @@ TEST(ScaleSearch, ProxyTrainingRecordsAccuracyAndTheScaledModel) {
     EXPECT_GT(best, 0.0) << r.name << ": no epoch in " << r.run_dir << "/metrics.jsonl";
     EXPECT_DOUBLE_EQ(r.top1, best) << r.name;
     const tools::LoadedModel m = tools::load_checkpoint(r.run_dir + "/best.safetensors");
+    EXPECT_EQ(m.info.num_classes, 10) << r.name;
+    EXPECT_EQ(m.info.in_channels, 1) << r.name;
     EXPECT_EQ(m.info.height, r.resolution) << r.name;
     EXPECT_EQ(m.info.width, r.resolution) << r.name;
     EXPECT_DOUBLE_EQ(m.info.depth_mult, r.depth_mult) << r.name;
@@ -189,6 +193,37 @@ TEST(ScaleSearch, ProxyTrainingRecordsAccuracyAndTheScaledModel) {
   std::ifstream md(o.out + "/search.md");
   const std::string text((std::istreambuf_iterator<char>(md)), std::istreambuf_iterator<char>());
   EXPECT_NE(text.find("top-1"), std::string::npos) << text;
+
+  // Interrupted in its first candidate, the search stops there and says so, its tables written.
+  o.train.interrupt_after_steps = 2;
+  try {
+    tools::scale_search(o);
+    ADD_FAILURE() << "an interrupted search went on";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("scale-search: interrupted at candidate 1/"), std::string::npos) << e.what();
+  }
+  std::ifstream partial(o.out + "/search.csv");
+  int64_t lines = 0;
+  for (std::string l; std::getline(partial, l);) ++lines;
+  EXPECT_EQ(lines, 1) << "the header alone: no candidate finished";
+}
+
+// Proxy training checks its data before measuring anything.
+TEST(ScaleSearch, MissingProxyDataStopsTheSearchBeforeItMeasures) {
+  tools::ScaleSearchOptions o = small_search("scale_no_data");
+  o.overwrite = false;
+  o.train_epochs = 1;
+  o.train.dataset = "folder";
+  o.train.data_dir = testing::temp_path("no_such_data");
+  EXPECT_THROW(tools::scale_search(o), IOError);
+  EXPECT_FALSE(std::filesystem::exists(o.out)) << "nothing written";
+  o.train.dataset = "fashion-mnist";
+  o.train.data_dir = "";
+  o.num_classes = 5;
+  if (testing::fashion_mnist_skip_reason().empty()) {
+    const std::string message = testing::expect_message_of([&] { tools::scale_search(o); });
+    EXPECT_NE(message.find("--num-classes 5 is fewer than the proxy data's 10 classes"), std::string::npos) << message;
+  }
 }
 
 }  // namespace

@@ -17,8 +17,10 @@ void register_scale_search(CLI::App& app) {
   cmd->add_option("--model,-m", o->model, "the base model to scale")->capture_default_str();
   cmd->add_option("--phi", o->phi, "compound coefficient the candidates are built at")->capture_default_str();
   cmd->add_option("--base-resolution", o->base_resolution, "input size of the unscaled model")->capture_default_str();
-  cmd->add_option("--num-classes", o->num_classes, "classifier outputs")->capture_default_str();
-  cmd->add_option("--in-channels", o->in_channels, "input channels")->capture_default_str();
+  cmd->add_option("--num-classes", o->num_classes,
+                  "classifier outputs (default: the proxy data's with --train-epochs, else 100)");
+  cmd->add_option("--in-channels", o->in_channels,
+                  "input channels (default: the proxy data's with --train-epochs, else 3)");
   cmd->add_option("--alpha-max", o->grid.alpha_max, "largest depth coefficient of the grid")->capture_default_str();
   cmd->add_option("--beta-max", o->grid.beta_max, "largest width coefficient of the grid")->capture_default_str();
   cmd->add_option("--gamma-max", o->grid.gamma_max, "largest resolution coefficient of the grid")

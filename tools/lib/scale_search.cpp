@@ -8,9 +8,11 @@
 #include <sstream>
 
 #include "engine/error.h"
+#include "engine/host_cache.h"
 #include "engine/io/atomic_file.h"
 #include "models/registry.h"
 #include "models/summary.h"
+#include "tools/lib/datasets.h"
 #include "tools/lib/progress.h"
 #include "tools/lib/trainer.h"
 
@@ -118,12 +120,44 @@ std::vector<models::CompoundCoefficients> constrained_grid(const ScaleGrid& g) {
   return out;
 }
 
-std::vector<ScaleCandidate> scale_search(const ScaleSearchOptions& o) {
+namespace {
+
+// Classes and channels the candidates are built for: the proxy data's when
+// they train (checked here, before minutes of measuring), else CIFAR-100's.
+ScaleSearchOptions with_data_shape(ScaleSearchOptions o) {
+  if (o.train_epochs <= 0) {
+    if (o.num_classes == 0) o.num_classes = 100;
+    if (o.in_channels == 0) o.in_channels = 3;
+    return o;
+  }
+  const std::string dir = data_dir_or_default(o.train.dataset, o.train.data_dir);
+  open_dataset(o.train.dataset, dir, data::Split::Test, o.train.skip_bad, 1);
+  const auto train_set = open_dataset(o.train.dataset, dir, data::Split::Train, o.train.skip_bad, 1);
+  const int64_t classes = train_set->num_classes(), channels = train_set->get(0).image.c;
+  KCHECK(o.num_classes == 0 || o.num_classes >= classes, ValueError, "scale-search: --num-classes ", o.num_classes,
+         " is fewer than the proxy data's ", classes, " classes (leave it out to take the data's)");
+  KCHECK(o.in_channels == 0 || o.in_channels == channels, ValueError, "scale-search: --in-channels ", o.in_channels,
+         " but the proxy data's images have ", channels, " (leave it out to take the data's)");
+  if (o.num_classes == 0) o.num_classes = classes;
+  o.in_channels = channels;
+  return o;
+}
+
+void write_results(const std::vector<ScaleCandidate>& rows, const ScaleSearchOptions& o) {
+  io::write_text_atomically(o.out + "/search.csv", csv(rows), "scale-search");
+  io::write_text_atomically(o.out + "/search.md", scale_search_markdown(rows, o), "scale-search");
+}
+
+}  // namespace
+
+std::vector<ScaleCandidate> scale_search(const ScaleSearchOptions& options) {
+  KCHECK(options.train_epochs >= 0, ValueError, "scale-search: --train-epochs must be >= 0, got ",
+         options.train_epochs);
+  const ScaleSearchOptions o = with_data_shape(options);
   KCHECK(o.phi > 0, ValueError, "scale-search: --phi must be positive, got ", o.phi);
   KCHECK(o.base_resolution >= 8, ValueError, "scale-search: --base-resolution must be >= 8, got ", o.base_resolution);
   KCHECK(o.max_params >= 0 && o.max_macs >= 0, ValueError, "scale-search: --max-params and --max-macs must be >= 0 "
          "(0: no budget), got ", o.max_params, " and ", o.max_macs);
-  KCHECK(o.train_epochs >= 0, ValueError, "scale-search: --train-epochs must be >= 0, got ", o.train_epochs);
   models::find_model(o.model);  // names the valid models when this one is unknown
   namespace fs = std::filesystem;
   KCHECK(o.overwrite || !fs::exists(o.out) || fs::is_empty(o.out), IOError, "scale-search: ", o.out,
@@ -191,12 +225,19 @@ std::vector<ScaleCandidate> scale_search(const ScaleSearchOptions& o) {
         std::fprintf(stderr, "candidate %zu/%zu: %s (alpha %.3g, beta %.3g, gamma %.3g)\n", i + 1, kept.size(),
                      r.name.c_str(), r.coefficients.alpha, r.coefficients.beta, r.coefficients.gamma);
       const TrainSummary s = train(t);
+      empty_host_cache();  // the next candidate's sizes differ: its blocks would not fit these
+      if (s.interrupted_by != 0) {  // Ctrl-C or SIGTERM: the finished candidates are written, then stop
+        const size_t total = kept.size();
+        kept.resize(i);
+        write_results(kept, o);
+        throw Error(detail::concat("scale-search: interrupted at candidate ", i + 1, "/", total, "; ", o.out,
+                                   "/search.csv and search.md hold the ", i, " finished before it"));
+      }
       r.top1 = s.best_top1;
       r.run_dir = t.out;
     }
   }
-  io::write_text_atomically(o.out + "/search.csv", csv(kept), "scale-search");
-  io::write_text_atomically(o.out + "/search.md", scale_search_markdown(kept, o), "scale-search");
+  write_results(kept, o);
   return kept;
 }
 

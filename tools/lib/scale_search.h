@@ -43,8 +43,9 @@ struct ScaleSearchOptions {
   std::string model = "efficientnet_b0";
   double phi = 1.0;
   int64_t base_resolution = 32;
-  int64_t num_classes = 100;
-  int64_t in_channels = 3;
+  // 0: the proxy data's (with train_epochs), else 100 classes and 3 channels.
+  int64_t num_classes = 0;
+  int64_t in_channels = 0;
   ScaleGrid grid;
   int64_t max_params = 0;  // 0: no budget
   int64_t max_macs = 0;
