@@ -122,6 +122,8 @@ TEST(Cam, CliDrawsEachImageBesideEachCheckpointsMap) {
   EXPECT_EQ(h, 1 * (32 + 4) + 4);
   EXPECT_NE(one.err.find("cam: 2 images; mapping the first 1 (--max-images to change)"), std::string::npos)
       << one.err;
+  testing::expect_one_line_error(testing::kestrel_cli("cam -c " + ckpts + " " + dir + "/images -o " + dir + "/cam.jpg"),
+                                 "must end in .png", "a JPEG name for PNG bytes");
   testing::expect_one_line_error(testing::kestrel_cli("cam -c " + ckpts + " " + dir + "/missing.png"),
                                  "missing.png", "a missing image");
   testing::expect_one_line_error(testing::kestrel_cli("cam -c " + ckpts + " --class 3 " + dir + "/images"),

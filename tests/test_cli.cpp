@@ -43,6 +43,11 @@ TEST(Cli, MissingDataPathIsOneLineError) {
   expect_one_line_error(kestrel_cli("train --dataset fashion-mnist --data-dir /nonexistent/fm --out " +
                                     temp_path("r1") + " --no-progress"),
                         "/nonexistent/fm", "missing data path");
+  const std::string jpegs = make_folder("folders_not_cifar");
+  expect_one_line_error(kestrel_cli("train --dataset cifar10 --data-dir " + jpegs + " --out " + temp_path("r1b") +
+                                    " --no-progress"),
+                        "holds image folders (train/<class>/...), not the cifar10 files; pass --dataset folder",
+                        "image folders read as CIFAR binaries");
 }
 
 TEST(Cli, EmptyClassFolderIsOneLineErrorNamingIt) {
@@ -229,6 +234,16 @@ TEST(Cli, OverwriteNeverLosesWhatItCannotReplace) {
   expect_one_line_error(kestrel_cli("export -c " + out + "/best.safetensors -o " + out + "/best.safetensors --overwrite"),
                         "is the checkpoint itself", "export onto its checkpoint");
   EXPECT_TRUE(fs::exists(out + "/last.safetensors"));
+  // A replaced run takes its reports along, and keeps the user's own files, saying so.
+  fs::create_directories(out + "/eval-first10");
+  std::ofstream(out + "/eval-first10/report.json") << "{}";
+  std::ofstream(out + "/my_notes.txt") << "keep me";
+  const auto replaced = kestrel_cli(args + " --overwrite");
+  ASSERT_EQ(replaced.rc, 0) << replaced.err;
+  EXPECT_FALSE(fs::exists(out + "/eval-first10")) << "a report of the replaced run";
+  EXPECT_EQ(read_text(out + "/my_notes.txt"), "keep me");
+  EXPECT_NE(replaced.err.find("--overwrite kept what no run writes in " + out + ": my_notes.txt"), std::string::npos)
+      << replaced.err;
 
   const std::string notes = temp_path("overwrite_notes");
   fs::create_directories(notes);
@@ -404,6 +419,13 @@ TEST(Cli, RecipeCommentsDuplicatesAndBadValues) {
   const std::string bad = recipe("bad_value", "epochs = 1.5\n");
   expect_one_line_error(kestrel_cli("train --config " + bad + " --out " + temp_path("recipe_r3")), bad + ":1: epochs",
                         "value that does not convert");
+  const std::string sections = recipe("sections", "[train]\nepochs = 1\n");
+  expect_one_line_error(kestrel_cli("train --config " + sections + " --out " + temp_path("recipe_r4")),
+                        sections + ":1: '[train]': a recipe is flat key = value lines, without [sections]",
+                        "a TOML section");
+  // Without --out (nor an out key) a recipe's run folder is runs/<its name>.
+  expect_one_line_error(kestrel_cli("train --config " + recipe("named_run", base) + " --data-dir " + root + " --resume"),
+                        "--resume: run folder runs/named_run does not exist", "a recipe's own run folder");
 }
 
 // Values the run would fail on later, or silently ignore, are refused before
@@ -417,6 +439,10 @@ TEST(Cli, ValuesThatCannotWorkAreRefusedUpFront) {
                         "nan lr");
   expect_one_line_error(kestrel_cli("train --loss focal --focal-gamma -1 --out " + temp_path("v3")),
                         "--focal-gamma must be >= 0", "negative gamma");
+  expect_one_line_error(kestrel_cli("train --momentum 5 --out " + temp_path("v3b")), "--momentum must be in [0, 1)",
+                        "a momentum that diverges");
+  expect_one_line_error(kestrel_cli("train --auto-augment --randaugment 2,9 --out " + temp_path("v3c")),
+                        "--auto-augment and --randaugment are two policies for one step; pick one", "two policies");
   expect_one_line_error(kestrel_cli("train --num-classes -7 --out " + temp_path("v4")),
                         "--num-classes must be positive", "negative class count");
   for (const char* seed : {"-1", "18446744073709551616", "1e23"})

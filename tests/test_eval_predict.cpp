@@ -477,6 +477,13 @@ TEST_F(EvalPredict, CliFailsWithOneLineForEachBadInput) {
   expect_one_line_error(kestrel_cli("eval --checkpoint " + run + "/config.json"),
                         run + "/config.json is JSON, not a checkpoint; give " + run + "/best.safetensors",
                         "a run's config.json for a checkpoint");
+  const std::string graph = *scratch_ + "/model.onnx";
+  std::ofstream(graph) << "not read";
+  expect_one_line_error(kestrel_cli("predict --checkpoint " + graph + " " + img),
+                        graph + " is an ONNX graph (kestrel export's output), not a checkpoint",
+                        "an ONNX file for a checkpoint");
+  expect_one_line_error(kestrel_cli("predict --checkpoint " + img + " " + img), img + " is an image, not a checkpoint",
+                        "an image for a checkpoint");
   expect_one_line_error(kestrel_cli("eval --checkpoint " + *ckpt_ + " --device cpu --cuda-graph --no-progress"),
                         "eval: --cuda-graph needs a CUDA device (it is cpu)", "--cuda-graph on the CPU");
 }

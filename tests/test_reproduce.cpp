@@ -119,4 +119,13 @@ TEST(Table, MissingReportsAndBadOutputsAreOneLineErrors) {
   std::ofstream(junk) << "{\"model\": 3}";
   expect_one_line_error(kestrel_cli("table " + junk), "is not a kestrel eval report", "a JSON file of another kind");
   expect_one_line_error(kestrel_cli("table " + junk + " --out t.txt"), "--out must end in .md or .csv", "bad --out");
+  expect_one_line_error(kestrel_cli("table " + temp_path("nope")), temp_path("nope") + ": no such file or folder",
+                        "a missing path");
+  expect_one_line_error(kestrel_cli("table " + junk + " --out " + temp_path("nowhere") + "/t.md"),
+                        "folder " + temp_path("nowhere") + " does not exist", "--out in a missing folder");
+  // A run with only a part-set report: named in the message, not taken for the run's eval.
+  fs::create_directories(empty + "/eval-first10");
+  fs::copy_file(junk, empty + "/eval-first10/report.json");
+  expect_one_line_error(kestrel_cli("table " + empty), "its other reports: " + empty + "/eval-first10; name one",
+                        "a run with another report only");
 }

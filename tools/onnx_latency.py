@@ -19,6 +19,9 @@ except ImportError as e:
 
 def open_session(path, threads, tool="onnx_latency"):
     """A CPU session with `threads` intra-op threads; a load failure exits with one line."""
+    if path.endswith(".safetensors"):
+        sys.exit(f"{tool}: {path} is a Kestrel checkpoint, not an ONNX model; `kestrel export -c {path}` "
+                 "writes one beside it")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -55,10 +58,10 @@ def measure_speed(sess, iters, batch):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("model")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (Kestrel's OpenMP threads, for a fair match)")
-    p.add_argument("--iters", type=int, default=100)
+    p.add_argument("--iters", type=int, default=100, help="timed batch-1 runs after the warm-up")
     p.add_argument("--batch", type=int, default=256, help="batch size of the throughput measurement")
     a = p.parse_args()
     sess = open_session(a.model, a.threads)

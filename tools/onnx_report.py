@@ -289,12 +289,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def main():
-    p = OneLineParser(prog="onnx_report.py", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="onnx_report.py", description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("models", nargs="+")
     p.add_argument("--data-dir", help="the data set's folder (default: the run's config.json, else its standard place)")
     p.add_argument("--limit", type=int, default=0, help="use only N test images, those kestrel eval --limit N uses "
                    "(0: all)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime's intra-op threads (as Kestrel's OpenMP ones)")
     p.add_argument("--iters", type=int, default=100, help="timed batch-1 runs")
     p.add_argument("--batch", type=int, default=256, help="batch size of the top-1 pass and the throughput run")
     a = p.parse_args()

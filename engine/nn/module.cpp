@@ -132,7 +132,8 @@ void Module::load_state_dict(const NamedTensors& state, bool strict) {
       if (!used.count(n)) problems.push_back("unexpected " + n);
   if (!problems.empty()) {
     std::ostringstream msg;
-    msg << "checkpoint does not match the model (" << problems.size() << " problems): ";
+    msg << "checkpoint does not match the model (" << problems.size() << (problems.size() == 1 ? " problem" : " problems")
+        << "): ";
     for (size_t i = 0; i < problems.size() && i < 5; ++i) msg << (i ? "; " : "") << problems[i];
     if (problems.size() > 5) msg << "; ...";
     throw ValueError(msg.str());

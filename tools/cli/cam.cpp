@@ -31,6 +31,8 @@ void run_cam(const CamArgs& a) {
   KCHECK(a.max_images >= 1, ValueError, "cam: --max-images must be at least 1, got ", a.max_images);
   KCHECK(a.class_index >= -1, ValueError, "cam: --class must be a class index (or -1: each model's prediction), got ",
          a.class_index);
+  KCHECK(std::filesystem::path(a.out).extension() == ".png", ValueError, "cam: --out ", a.out,
+         " must end in .png (the maps are written as PNG)");
   const std::filesystem::path parent = std::filesystem::path(a.out).parent_path();
   KCHECK(parent.empty() || std::filesystem::is_directory(parent), IOError, "cam: folder ", parent.string(),
          " does not exist");

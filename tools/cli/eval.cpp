@@ -39,6 +39,9 @@ void register_eval(CLI::App& app) {
     const std::string dir = o->out.empty() ? tools::default_report_dir(*o) : o->out;
     tools::write_report(r, dir);
     std::cout << tools::report_markdown(r);
+    if (tools::latency_unsteady(r))
+      std::cerr << "warning: batch-1 latency was unsteady (median " << r.latency_median_ms << " ms, p95 "
+                << r.latency_p95_ms << " ms); on a busy machine try OMP_NUM_THREADS=1 or a quieter moment\n";
     std::cerr << "report written to " << dir << "/ (report.json, report.md, confusion.csv, confusion.png)\n";
   });
 }

@@ -36,7 +36,9 @@ void apply_recipe(CLI::App& cmd, const std::string& path) {
   std::set<std::string> seen;
   for (int lineno = 1; std::getline(in, line); ++lineno) {
     line = trim(line);
-    if (line.empty() || line[0] == '#' || line[0] == '[') continue;
+    if (line.empty() || line[0] == '#') continue;
+    KCHECK(line[0] != '[', ValueError, path, ":", lineno, ": '", line, "': a recipe is flat key = value lines, "
+           "without [sections]");
     const size_t eq = line.find('=');
     KCHECK(eq != std::string::npos, ValueError, path, ":", lineno, ": expected key = value, got '", line, "'");
     std::string key = trim(line.substr(0, eq)), value = trim(line.substr(eq + 1));
@@ -233,6 +235,9 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->callback([c, no_progress, recipe, cmd, kind, defaults] {
     if (!recipe->empty()) apply_recipe(*cmd, *recipe);
     c->recipe_file = *recipe;
+    // A recipe's run gets its own folder, named after it, unless --out or the recipe names one.
+    if (!recipe->empty() && cmd->get_option("--out")->count() == 0)
+      c->out = "runs/" + std::filesystem::path(*recipe).stem().string();
     if (c->resume) refuse_to_change_a_resumed_run(*c, *cmd, *defaults);
     // A resumed run has its teachers and float checkpoint in its saved recipe.
     KCHECK(kind != Kind::Distill || c->resume || !c->teacher.empty(), ValueError,

@@ -1,5 +1,7 @@
 #include "tools/lib/checkpoint.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -121,7 +123,13 @@ void load_weights(const io::SafetensorsContents& contents, nn::Module& model, co
 void check_checkpoint_path(const std::string& path, const std::string& what) {
   namespace fs = std::filesystem;
   KCHECK(fs::exists(path), IOError, what, " not found: ", path);
-  if (fs::is_regular_file(path) && fs::path(path).extension() != ".json") return;
+  std::string ext = fs::path(path).extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  KCHECK(ext != ".onnx", IOError, what, " ", path, " is an ONNX graph (kestrel export's output), not a checkpoint; "
+         "give the .safetensors it was exported from");
+  for (const char* image : {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tga"})
+    KCHECK(ext != image, IOError, what, " ", path, " is an image, not a checkpoint (a .safetensors file)");
+  if (fs::is_regular_file(path) && ext != ".json") return;
   // A run folder, or its config.json / state.json: the checkpoints lie in (or beside) it.
   const fs::path run = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
   std::string suggestion = "a .safetensors file";

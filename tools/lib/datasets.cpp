@@ -38,11 +38,28 @@ std::string data_dir_or_default(const std::string& dataset, const std::string& d
   return "";
 }
 
+namespace {
+
+// Images under dir/train/: what --dataset folder reads (CIFAR-10 as JPEG folders, say).
+bool holds_image_folders(const std::string& dir) {
+  const std::filesystem::path train = std::filesystem::path(dir) / "train";
+  if (!std::filesystem::is_directory(train)) return false;
+  try {
+    return !data::list_image_files(train.string()).empty();
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+}  // namespace
+
 std::shared_ptr<const data::Dataset> open_dataset(const std::string& dataset, const std::string& data_dir,
                                                   data::Split split, bool skip_bad, int64_t limit) {
   const std::string dir = data_dir_or_default(dataset, data_dir);
   KCHECK(std::filesystem::exists(dir), IOError, "data directory not found: ", dir,
          dataset.rfind("cifar", 0) == 0 ? " (run tools/get_data.sh to download CIFAR)" : "");
+  KCHECK(dataset == "folder" || !holds_image_folders(dir), IOError, "--dataset ", dataset, ": ", dir,
+         " holds image folders (train/<class>/...), not the ", dataset, " files; pass --dataset folder");
   data::ReadOptions ro;
   ro.skip_bad = skip_bad;
   std::shared_ptr<const data::Dataset> ds;

@@ -24,6 +24,8 @@ TeacherEnsemble::TeacherEnsemble(const std::vector<std::string>& checkpoints, co
   for (const std::string& path : checkpoints) {
     LoadedModel t = load_checkpoint(path);
     const ModelInfo& i = t.info;
+    // Its fake-quantized forward is a float one made slow (15x at the CIFAR net): the float checkpoint teaches.
+    KCHECK(!i.quantized, ValueError, "--teacher ", path, " is quantized (int8); teach with its float checkpoint");
     check_fits_run(i, student, "--teacher " + path, "the student");
     names_.push_back(i.model + " (" + path + ")");
     fold_for_inference_on(t, device);

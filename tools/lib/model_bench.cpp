@@ -43,8 +43,9 @@ OpProfile profile_calls(const BenchOptions& o, F&& step) {
 }  // namespace
 
 BenchResult bench_model(const BenchOptions& o) {
-  KCHECK(o.batch >= 1 && o.iters >= 1 && o.warmup >= 0, ValueError,
-         "bench: --batch-size and --iters must be >= 1 and --warmup >= 0");
+  KCHECK(o.batch >= 1, ValueError, "bench: --batch-size must be >= 1, got ", o.batch);
+  KCHECK(o.iters >= 1, ValueError, "bench: --iters must be >= 1, got ", o.iters);
+  KCHECK(o.warmup >= 0, ValueError, "bench: --warmup must be >= 0, got ", o.warmup);
   const DType autocast = amp_dtype(o.amp);
   KCHECK(autocast == DType::F32 || o.device.is_cuda(), ValueError, "bench: --amp ", o.amp,
          " needs a CUDA device (it is ", o.device.str(), ")");

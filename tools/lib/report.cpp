@@ -102,6 +102,7 @@ EvalReport run_eval(const EvalOptions& o) {
   r.checkpoint = o.checkpoint;
   r.limit = o.limit;
   r.model = info.model;
+  r.quantized = info.quantized;
   r.dataset = o.dataset.empty() ? info.dataset : o.dataset;
   KCHECK(!r.dataset.empty(), ValueError, "eval: ", o.checkpoint, " does not record its data set; pass --dataset");
   r.data_dir = o.data_dir;
@@ -230,6 +231,7 @@ nlohmann::json report_json(const EvalReport& r) {
   j["data_dir"] = r.data_dir;
   j["images"] = r.images;
   j["limit"] = r.limit;
+  j["quantized"] = r.quantized;
   j["tta"] = r.tta;
   j["tta_flip"] = r.tta_flip;
   j["tta_shift"] = r.tta_shift;
@@ -254,16 +256,23 @@ nlohmann::json report_json(const EvalReport& r) {
                    {"f1", r.f1[k]}});
   j["per_class"] = per;
   j["confusion"] = r.confusion;
+  // Not measured (--latency-iters 0): null, never a 0 a script would average in.
+  const bool timed = r.latency_iters > 0;
+  const auto measured = [timed](double v) { return timed ? nlohmann::json(v) : nlohmann::json(nullptr); };
   j["latency_ms"] = {{"batch", 1},
                      {"iterations", r.latency_iters},
-                     {"median", r.latency_median_ms},
-                     {"p95", r.latency_p95_ms},
-                     {"mean", r.latency_mean_ms}};
-  j["throughput"] = {{"batch", r.throughput_batch}, {"images_per_second", r.throughput}};
+                     {"median", measured(r.latency_median_ms)},
+                     {"p95", measured(r.latency_p95_ms)},
+                     {"mean", measured(r.latency_mean_ms)}};
+  j["throughput"] = {{"batch", r.throughput_batch}, {"images_per_second", measured(r.throughput)}};
   j["cuda_graph"] = r.cuda_graph;
   j["skipped_images"] = r.skipped;
   j["eval_seconds"] = r.eval_seconds;
   return j;
+}
+
+bool latency_unsteady(const EvalReport& r) {
+  return r.latency_iters > 0 && r.latency_median_ms > 0 && r.latency_p95_ms > 3 * r.latency_median_ms;
 }
 
 std::string report_markdown(const EvalReport& r) {
@@ -273,7 +282,8 @@ std::string report_markdown(const EvalReport& r) {
   if (timed)
     md += " Latency b=1 (ms, median / p95) | Throughput (img/s, b=" + std::to_string(r.throughput_batch) + ") |";
   md += timed ? "\n|:--|--:|--:|--:|--:|--:|--:|\n" : "\n|:--|--:|--:|--:|--:|\n";
-  md += "| " + markdown_cell(r.model) + " | " + format_count(r.parameters) + " | " + format_percent(r.top1) + " | " +
+  const std::string model = r.model + (r.quantized ? " (int8, simulated)" : "");
+  md += "| " + markdown_cell(model) + " | " + format_count(r.parameters) + " | " + format_percent(r.top1) + " | " +
         format_percent(r.top5) + " | " + format_percent(r.macro_f1) + " |";
   if (timed)
     md += " " + format_number("%.2f", r.latency_median_ms) + " / " + format_number("%.2f", r.latency_p95_ms) + " | " +
@@ -285,7 +295,14 @@ std::string report_markdown(const EvalReport& r) {
         ", TTA " + tta_description(r) + ", " + r.device + " with " + std::to_string(r.threads) +
         " thread" + (r.threads == 1 ? "" : "s") + "; checkpoint `" + r.checkpoint + "`" +
         (timed ? "" : "; latency and throughput not measured (--latency-iters 0)") +
-        (timed && r.cuda_graph ? "; latency and throughput timed as CUDA graph replays" : "") + ".\n";
+        (timed && r.cuda_graph ? "; latency and throughput timed as CUDA graph replays" : "") +
+        (r.quantized ? "; int8 simulated in float (fake-quantized), so its speed here is not int8 speed: kestrel "
+                       "export and tools/onnx_report.py measure that"
+                     : "") +
+        (latency_unsteady(r) ? "; latency unsteady (p95 " + format_number("%.0f", r.latency_p95_ms / r.latency_median_ms) +
+                                   "x the median): was the machine busy?"
+                             : "") +
+        ".\n";
   // scikit-learn's default: classes with neither images nor predictions (under --limit, say) are left out.
   md += "Macro averages over the " + std::to_string(r.macro_classes) + " of " + std::to_string(r.classes.size()) +
         " classes present in the labels or the predictions: precision " + format_percent(r.macro_precision) +

@@ -33,6 +33,7 @@ struct EvalReport {
   int64_t input_height = 0, input_width = 0, input_channels = 0;
   int64_t images = 0;
   int64_t limit = 0;       // --limit: the first N test images only (0: all)
+  bool quantized = false;  // an int8 checkpoint (kestrel qat), run as simulated (fake-quantized) int8
   int64_t skipped = 0;     // unreadable test images left out (--skip-bad)
   bool tta = false;        // any test-time augmentation
   bool tta_flip = false;
@@ -60,6 +61,9 @@ struct EvalReport {
 EvalReport run_eval(const EvalOptions& options);
 
 nlohmann::json report_json(const EvalReport& r);
+// p95 over 3x the median: other work on the machine (or OpenMP threads
+// waiting on busy cores) took turns with the timed passes.
+bool latency_unsteady(const EvalReport& r);
 std::string report_markdown(const EvalReport& r);
 std::string confusion_csv(const EvalReport& r);
 // Beside the checkpoint: eval/ for the whole test set scored by best.safetensors

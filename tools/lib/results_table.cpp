@@ -1,9 +1,11 @@
 #include "tools/lib/results_table.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "engine/autograd.h"
 #include "engine/error.h"
@@ -47,11 +49,23 @@ nlohmann::json read_json(const fs::path& p, const std::string& what) {
 
 fs::path find_report(const std::string& path) {
   const fs::path p(path);
+  KCHECK(fs::exists(p), IOError, "table: ", path, ": no such file or folder");
   if (fs::is_regular_file(p)) return p;
   for (const fs::path& candidate : {p / "report.json", p / "eval" / "report.json"})
     if (fs::is_regular_file(candidate)) return candidate;
-  throw IOError(detail::concat("table: no eval report in ", path, " (run kestrel eval --checkpoint ", path,
-                              "/best.safetensors first)"));
+  // Reports of another checkpoint or part of the test set (eval-last/, eval-first1000/) are named, not guessed.
+  std::vector<std::string> others;
+  for (const auto& e : fs::directory_iterator(p))
+    if (e.path().filename().string().rfind("eval-", 0) == 0 && fs::is_regular_file(e.path() / "report.json"))
+      others.push_back(e.path().string());
+  std::sort(others.begin(), others.end());
+  std::string hint = " (run kestrel eval --checkpoint " + path + "/best.safetensors first)";
+  if (!others.empty()) {
+    hint = " (its other reports: ";
+    for (size_t i = 0; i < others.size(); ++i) hint += (i ? ", " : "") + others[i];
+    hint += "; name one, or run kestrel eval --checkpoint " + path + "/best.safetensors)";
+  }
+  throw IOError(detail::concat("table: no eval report in ", path, hint));
 }
 
 // Epoch count and summed epoch times from the training state beside the checkpoint.
@@ -96,12 +110,14 @@ ResultsRow read_results_row(const std::string& path) {
     row.images = r.at("images").get<int64_t>();
     row.tta = r.at("tta").get<bool>();
     row.limited = r.value("limit", 0) > 0;
+    row.quantized = r.value("quantized", false);
     row.top1 = r.at("top1").get<double>();
     row.top5 = r.at("top5").get<double>();
     row.macro_f1 = r.at("macro_f1").get<double>();
-    row.latency_median_ms = r.at("latency_ms").at("median").get<double>();
+    row.latency_median_ms = r.at("latency_ms").at("median").is_null() ? 0.0 : r.at("latency_ms").at("median").get<double>();
     row.throughput_batch = r.at("throughput").at("batch").get<int64_t>();
-    row.throughput = r.at("throughput").at("images_per_second").get<double>();
+    const nlohmann::json& speed = r.at("throughput").at("images_per_second");
+    row.throughput = speed.is_null() ? 0.0 : speed.get<double>();
   } catch (const nlohmann::json::exception& e) {
     throw IOError(
         detail::concat("table: ", report_path.string(), " is not a kestrel eval report (", e.what(), ")"));
@@ -128,6 +144,7 @@ std::string results_table_markdown(const std::vector<ResultsRow>& rows) {
   for (const ResultsRow& r : rows) {
     std::string model = r.model;
     if (r.width_mult != 1.0) model += " x" + format_number("%g", r.width_mult);
+    if (r.quantized) model += " int8";
     std::string data = markdown_cell(r.dataset);
     if (r.tta) data += " (TTA)";
     if (r.limited) data += " (first " + std::to_string(r.images) + ")";
@@ -156,16 +173,36 @@ std::string results_table_markdown(const std::vector<ResultsRow>& rows) {
 }
 
 std::string results_table_csv(const std::vector<ResultsRow>& rows) {
+  // top1/top5/macro_f1 as fractions; an empty cell where nothing was measured.
   std::string csv =
       "run,model,width_mult,input_height,input_width,parameters,macs,dataset,tta,test_images,epochs,top1,top5,macro_f1,"
-      "latency_median_ms,throughput_batch,throughput,device,train_seconds\n";
+      "latency_median_ms,throughput_batch,throughput,device,train_seconds,quantized,limited\n";
+  const auto or_empty = [](bool known, const std::string& text) { return known ? text : std::string(); };
   for (const ResultsRow& r : rows) {
-    csv += r.run + "," + r.model + "," + format_number("%g", r.width_mult) + "," + std::to_string(r.input_height) + "," +
-           std::to_string(r.input_width) + "," + std::to_string(r.parameters) + "," + std::to_string(r.macs) + "," +
-           r.dataset + "," + (r.tta ? "1" : "0") + "," + std::to_string(r.images) + "," + std::to_string(r.epochs) +
-           "," + format_number("%.6f", r.top1) + "," + format_number("%.6f", r.top5) + "," + format_number("%.6f", r.macro_f1) + "," +
-           format_number("%.4f", r.latency_median_ms) + "," + std::to_string(r.throughput_batch) + "," +
-           format_number("%.1f", r.throughput) + "," + r.device + "," + format_number("%.1f", r.train_seconds) + "\n";
+    const std::vector<std::string> cells = {
+        r.run,
+        r.model,
+        format_number("%g", r.width_mult),
+        std::to_string(r.input_height),
+        std::to_string(r.input_width),
+        std::to_string(r.parameters),
+        std::to_string(r.macs),
+        r.dataset,
+        r.tta ? "1" : "0",
+        std::to_string(r.images),
+        or_empty(r.epochs >= 0, std::to_string(r.epochs)),
+        format_number("%.6f", r.top1),
+        format_number("%.6f", r.top5),
+        format_number("%.6f", r.macro_f1),
+        or_empty(r.latency_median_ms > 0, format_number("%.4f", r.latency_median_ms)),
+        std::to_string(r.throughput_batch),
+        or_empty(r.throughput > 0, format_number("%.1f", r.throughput)),
+        r.device,
+        or_empty(r.train_seconds >= 0, format_number("%.1f", r.train_seconds)),
+        r.quantized ? "1" : "0",
+        r.limited ? "1" : "0"};
+    for (size_t i = 0; i < cells.size(); ++i) csv += (i ? "," : "") + cells[i];
+    csv += "\n";
   }
   return csv;
 }

@@ -19,6 +19,7 @@ struct ResultsRow {
   double train_seconds = -1.0;  // summed epoch times (validation included)
   int64_t images = 0;           // test images evaluated
   bool limited = false;         // eval --limit: a part of the test set
+  bool quantized = false;       // an int8 checkpoint, simulated
   bool tta = false;
   double top1 = 0, top5 = 0, macro_f1 = 0;
   double latency_median_ms = 0;

@@ -154,6 +154,9 @@ void TrainConfig::validate() const {
   KCHECK(loss != "focal" || (label_smoothing == 0 && mixup == 0 && cutmix == 0 && ricap == 0), ValueError,
          "--loss focal takes hard labels: it cannot be combined with --label-smoothing, --mixup, --cutmix or --ricap");
   if (!randaugment.empty()) randaugment_n_m();
+  KCHECK(!(auto_augment && !randaugment.empty()), ValueError,
+         "--auto-augment and --randaugment are two policies for one step; pick one");
+  KCHECK(momentum >= 0 && momentum < 1, ValueError, "--momentum must be in [0, 1), got ", momentum);
   if (!color_jitter.empty()) color_jitter_amounts();
   shift_scale_rotate_limits();
   KCHECK(rotation >= 0 && rotation <= 180, ValueError, "--rotation must be in [0, 180] degrees (0: off), got ",

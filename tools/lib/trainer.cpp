@@ -1,6 +1,7 @@
 #include "tools/lib/trainer.h"
 
 #include <algorithm>
+#include <set>
 #include <chrono>
 #include <csignal>
 #include <cmath>
@@ -251,12 +252,33 @@ bool check_out_dir(const TrainConfig& c) {
   return false;
 }
 
+// What a run and the commands run on its checkpoints write into its folder:
+// --overwrite removes these (they describe the run it replaces) and keeps the rest.
+bool written_for_a_run(const fs::path& entry) {
+  static const std::set<std::string> names = {
+      "config.json", "state.json", "last.safetensors", "best.safetensors", "ptq.safetensors", "metrics.jsonl",
+      "metrics.csv", "curves.png", "tb",               "best.onnx",        "last.onnx",       "ptq.onnx"};
+  const std::string name = entry.filename().string();
+  const bool eval_report = fs::is_directory(entry) && (name == "eval" || name.rfind("eval-", 0) == 0);
+  return names.count(name) > 0 || eval_report;
+}
+
 // Rank 0 empties (--overwrite) or creates the folder of a new run, once the
 // data, model and every checkpoint it reads have loaded; the others wait.
 void start_out_dir(const TrainConfig& c) {
   if (dist::is_main()) {
+    std::vector<std::string> kept;
     if (fs::exists(c.out))
-      for (const auto& e : fs::directory_iterator(c.out)) fs::remove_all(e.path());
+      for (const auto& e : fs::directory_iterator(c.out)) {
+        if (written_for_a_run(e.path()))
+          fs::remove_all(e.path());
+        else
+          kept.push_back(e.path().filename().string());
+      }
+    std::sort(kept.begin(), kept.end());
+    std::string list;
+    for (const std::string& k : kept) list += (list.empty() ? "" : ", ") + k;
+    if (!kept.empty()) std::cerr << "--overwrite kept what no run writes in " << c.out << ": " << list << "\n";
     fs::create_directories(c.out);
   }
   dist::barrier();
@@ -522,7 +544,9 @@ TrainSummary train(TrainConfig c) {
   const int64_t steps_per_epoch = std::max<int64_t>(1, train_loader.num_batches() / c.grad_accum);
   auto optimizer = make_optimizer(c, *model);
   auto schedule = make_schedule(c, steps_per_epoch);
-  if (main_rank && c.schedule != "onecycle" && effective_warmup_epochs(c) < c.warmup_epochs)
+  // Said when the cut warmup was asked for; the default's cut on a short run is documented.
+  if (main_rank && c.schedule != "onecycle" && effective_warmup_epochs(c) < c.warmup_epochs &&
+      c.warmup_epochs != TrainConfig{}.warmup_epochs)
     std::cerr << "warning: --warmup-epochs " << c.warmup_epochs << " cut to " << effective_warmup_epochs(c)
               << ", half of this " << c.epochs << "-epoch run\n";
   if (main_rank && c.schedule == "step" && static_cast<double>(c.step_size) <= effective_warmup_epochs(c))
@@ -574,7 +598,7 @@ TrainSummary train(TrainConfig c) {
             << train_set->size() << " train / " << test_set->size() << " test images, " << classes
             << " classes, device " << device.str()
             << (world > 1 ? " x " + std::to_string(world) + " processes (" + dist::backend_name() + ")" : "")
-            << (c.amp == "off" ? "" : ", amp " + c.amp) << ", " << c.epochs << " epochs, "
+            << (c.amp == "off" ? "" : ", amp " + c.amp) << ", " << c.epochs << (c.epochs == 1 ? " epoch, " : " epochs, ")
             << (train_choice.resident ? "resident loader" : "threaded loader")
             << (train_choice.why_threads.empty() ? "" : " (" + train_choice.why_threads + ")") << "\n"
             << "augmentation: " << augmentation_summary(c, info.height, info.width) << "\n";
@@ -588,7 +612,8 @@ TrainSummary train(TrainConfig c) {
     AutocastGuard autocast_scope(autocast);
     summary.teacher_top1 = evaluate(*teachers, test_loader, classes, c.progress, "  teachers").metrics.top1();
     if (main_rank) {
-      std::cerr << "distilling from " << teachers->names().size() << " teacher(s), logits averaged (alpha "
+      const size_t n = teachers->names().size();
+      std::cerr << "distilling from " << n << (n == 1 ? " teacher" : " teachers, logits averaged") << " (alpha "
                 << c.distill_alpha << ", T " << c.distill_temperature << "): ";
       for (size_t i = 0; i < teachers->names().size(); ++i) std::cerr << (i ? ", " : "") << teachers->names()[i];
       std::cerr << "; ensemble top-1 " << fmt_pct(summary.teacher_top1) << "\n";
