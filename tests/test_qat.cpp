@@ -312,6 +312,8 @@ TEST_F(QatRun, BadRequestsAreNamedInOneLine) {
                                  "float checkpoint not found: /nonexistent.safetensors", "a missing checkpoint");
   testing::expect_one_line_error(testing::kestrel_cli("qat --amp bf16 --checkpoint " + float_checkpoint_ + out),
                                  "--amp must be off", "mixed precision");
+  testing::expect_one_line_error(testing::kestrel_cli("qat --epochs -1 --checkpoint " + float_checkpoint_ + out),
+                                 "--epochs must be 0 (calibration alone) or more, got -1", "negative epochs");
   const std::string rgb = testing::write_pattern_folder_dataset("qat_rgb_folder");
   testing::expect_one_line_error(
       testing::kestrel_cli("qat --dataset folder --data-dir " + rgb + " --checkpoint " + float_checkpoint_ + out),

@@ -145,6 +145,24 @@ try:
         assert [c["class_index"] for c in p["top_k"]][0] == best and len(p["top_k"]) == 3, p
         assert abs(p["top_k"][0]["probability"] - expected[best]) < 1e-6, p
     print("python predictor: --format json lists what the table does, as kestrel predict's JSON")
+    with kestrel.Predictor(checkpoint) as p:
+        try:
+            p.predict(folder)
+            raise AssertionError("predict() of a folder did not refuse")
+        except kestrel.KestrelError as e:
+            assert "is a folder; predict one file at a time" in str(e), e
+    with_bad = os.path.join(scratch, "with_bad")
+    os.makedirs(with_bad)
+    shutil.copyfile(image, os.path.join(with_bad, "a.png"))
+    with open(os.path.join(with_bad, "b.png"), "wb") as f:
+        f.write(b"not a png")
+    r = run_cli(checkpoint, with_bad)  # a.png answered first, then the stop
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "b.png" in r.stderr, r.stderr
+    r = run_cli(checkpoint, with_bad, "--skip-bad", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert [p["image"] for p in json.loads(r.stdout)["predictions"]] == [os.path.join(with_bad, "a.png")], r.stdout
+    assert "b.png" in r.stderr and "(skipped)" in r.stderr, r.stderr
+    print("python predictor: a folder refused by predict(); --skip-bad goes past an unreadable image")
     os.makedirs(os.path.join(scratch, "empty"))
     expect_cli_error("no images in it", checkpoint, os.path.join(scratch, "empty"))
     expect_cli_error("no such file or folder", checkpoint, os.path.join(scratch, "none.png"))

@@ -23,7 +23,7 @@ void register_eval(CLI::App& app) {
                   "as a padded crop), each mirrored too with --tta");
   cmd->add_option("--out,-o", o->out, "report folder (default: beside the checkpoint, eval/ for best.safetensors on the "
                   "whole test set, else e.g. eval-last/, eval-tta/, eval-first1000/)");
-  cmd->add_option("--limit", o->limit, "use only N test images (the first; an image folder's spread over its classes)");
+  cmd->add_option("--limit", o->limit, "use only N test images (the first; an image folder's spread over its classes; 0: all)");
   cmd->add_option("--latency-iters", o->latency_iters, "timed batch-1 forward passes after warm-up; 0 skips timing")
       ->capture_default_str();
   cmd->add_flag("--cuda-graph", o->cuda_graph, "time latency and throughput as CUDA graph replays (CUDA devices)");

@@ -129,7 +129,8 @@ void TrainConfig::validate() const {
   one_of("amp", amp, {"off", "fp16", "bf16"});
   one_of("loader", loader, {"auto", "threads", "resident"});
   // A qat run of 0 epochs is post-training quantization: calibration alone.
-  KCHECK(epochs > 0 || (epochs == 0 && !quantize_from.empty()), ValueError, "--epochs must be positive, got ",
+  KCHECK(epochs > 0 || (epochs == 0 && !quantize_from.empty()), ValueError,
+         quantize_from.empty() ? "--epochs must be positive, got " : "--epochs must be 0 (calibration alone) or more, got ",
          epochs);
   // Far beyond any real run, and epochs * steps stays inside 64 bits.
   KCHECK(epochs <= 1000000, ValueError, "--epochs must be at most 1000000, got ", epochs);

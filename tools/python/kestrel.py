@@ -204,6 +204,9 @@ class Predictor:
         [H, W], [H, W, C] or [N, H, W, C] (numpy) give [classes] or [N, classes]."""
         handle = self._live_handle()
         if _is_path(images):
+            if os.path.isdir(images):
+                raise KestrelError(f"image: {os.fsdecode(images)} is a folder; predict one file at a time "
+                                   "(list_images(folder) gives a folder's, sorted)")
             out = (ctypes.c_float * len(self.classes))()
             _check(_api().kestrel_predictor_probabilities_file(handle, os.fsencode(images), out))
             return list(out)
@@ -251,6 +254,8 @@ def main(argv):
     parser.add_argument("images", nargs="+", help="image files or folders (every image below a folder, sorted)")
     parser.add_argument("--top-k", "-k", type=int, default=5, help="classes to show per image (default 5)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="warn about an unreadable image and go on (default: stop, naming it)")
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="table, or json as `kestrel predict --format json` prints it (default table)")
     a = parser.parse_args(argv[1:])
@@ -261,7 +266,13 @@ def main(argv):
         with Predictor(a.checkpoint, a.device) as p:
             predictions = []
             for path in paths:
-                top = p.predict(path, a.top_k)
+                try:
+                    top = p.predict(path, a.top_k)
+                except KestrelError as e:
+                    if not a.skip_bad or not os.path.exists(path):
+                        raise
+                    print(f"warning: {e} (skipped)", file=sys.stderr)
+                    continue
                 if a.format == "json":
                     predictions.append({"image": path, "top_k": [
                         {"class_index": c.index, "class_name": c.name, "probability": c.probability} for c in top]})
