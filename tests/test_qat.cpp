@@ -247,7 +247,7 @@ TEST_F(QatRun, CliCalibratesFineTunesAndWritesQuantizedCheckpoints) {
   // --limit wrote beside the checkpoint under its own name; the table marks the part evaluated.
   r = testing::kestrel_cli("table " + out + "/eval-first500");
   ASSERT_EQ(r.rc, 0) << r.err;
-  EXPECT_NE(r.out.find("| cifar10_200k |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| cifar10_200k int8 |"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find(" (first "), std::string::npos) << r.out;
 
   // The float and int8 graphs side by side in onnxruntime (tools/onnx_report.py).

@@ -601,7 +601,7 @@ TrainSummary train(TrainConfig c) {
             << (c.amp == "off" ? "" : ", amp " + c.amp) << ", " << c.epochs << (c.epochs == 1 ? " epoch, " : " epochs, ")
             << (train_choice.resident ? "resident loader" : "threaded loader")
             << (train_choice.why_threads.empty() ? "" : " (" + train_choice.why_threads + ")") << "\n"
-            << (c.epochs == 0 ? "" : "augmentation: " + augmentation_summary(c, info.height, info.width) + "\n");
+            << "augmentation: " << augmentation_summary(c, info.height, info.width) << "\n";
 
   TrainSummary summary;
   summary.out_dir = c.out;
