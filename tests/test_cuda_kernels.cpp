@@ -306,6 +306,34 @@ double dot(const Vec& a, const Vec& b) {
   return s;
 }
 
+// Parameters as the reference tests draw them: the gate's weights and biases in [-2, 2].
+SeParams random_se_params(const SeDims& d, std::mt19937_64& rng) {
+  return {uniform_values(static_cast<size_t>(d.Cr) * d.C, rng), uniform_values(d.Cr, rng),
+          uniform_values(static_cast<size_t>(d.C) * d.Cr, rng, -2, 2), uniform_values(d.C, rng, -2, 2)};
+}
+
+// The shared transform's weights and biases in [-2, 2], the gates' in [-1, 1].
+CaParams random_ca_params(const CaDims& d, std::mt19937_64& rng) {
+  const size_t nw = static_cast<size_t>(d.mip) * d.C;
+  return {uniform_values(nw, rng, -2, 2), uniform_values(d.mip, rng, -2, 2), uniform_values(nw, rng),
+          uniform_values(d.C, rng),       uniform_values(nw, rng),           uniform_values(d.C, rng)};
+}
+
+struct CaCase {
+  CaDims d;
+  Activation act;
+};
+const CaCase kCaCases[] = {{{2, 3, 4, 5, 3}, Activation::HardSwish},
+                           {{1, 1, 1, 3, 2}, Activation::ReLU},
+                           {{2, 4, 4, 6, 2}, Activation::SiLU},
+                           {{1, 5, 2, 4, 5}, Activation::Tanh}};
+
+std::string ca_label(const CaCase& k) {
+  const CaDims& d = k.d;
+  return "ca [" + std::to_string(d.N) + "," + std::to_string(d.H) + "," + std::to_string(d.W) + "," +
+         std::to_string(d.C) + "] mip" + std::to_string(d.mip) + " " + activation_name(k.act);
+}
+
 // Every element of `v` perturbed by +-eps: (loss(+) - loss(-)) / 2eps must
 // match the analytic gradient.
 void expect_matches_finite_differences(Vec& v, const Vec& grad, const std::function<double()>& loss,
@@ -342,8 +370,7 @@ TEST(AttentionReferences, SqueezeExciteBackwardMatchesFiniteDifferencesOfForward
     SCOPED_TRACE(label);
     Vec x = uniform_values(static_cast<size_t>(d.N) * d.HW * d.C, rng);
     const Vec dy = uniform_values(x.size(), rng);
-    SeParams p{uniform_values(static_cast<size_t>(d.Cr) * d.C, rng), uniform_values(d.Cr, rng),
-               uniform_values(static_cast<size_t>(d.C) * d.Cr, rng, -2, 2), uniform_values(d.C, rng, -2, 2)};
+    SeParams p = random_se_params(d, rng);
     // Keep every pre-activation 1e-3 away from a kink (re-draw the bias).
     for (int round = 0; round < 50; ++round) {
       const SeForward f = se_forward_ref(d, k.inner, k.gate, x, p);
@@ -373,26 +400,14 @@ TEST(AttentionReferences, SqueezeExciteBackwardMatchesFiniteDifferencesOfForward
 }
 
 TEST(AttentionReferences, CoordAttentionBackwardMatchesFiniteDifferencesOfForward) {
-  struct Case {
-    CaDims d;
-    Activation act;
-  };
-  const Case cases[] = {{{2, 3, 4, 5, 3}, Activation::HardSwish},
-                        {{1, 1, 1, 3, 2}, Activation::ReLU},
-                        {{2, 4, 4, 6, 2}, Activation::SiLU},
-                        {{1, 5, 2, 4, 5}, Activation::Tanh}};
   std::mt19937_64 rng(20240612);
-  for (const Case& k : cases) {
+  for (const CaCase& k : kCaCases) {
     const CaDims& d = k.d;
-    const std::string label = std::string("ca [") + std::to_string(d.N) + "," + std::to_string(d.H) + "," +
-                              std::to_string(d.W) + "," + std::to_string(d.C) + "] mip" + std::to_string(d.mip) +
-                              " " + activation_name(k.act);
+    const std::string label = ca_label(k);
     SCOPED_TRACE(label);
     Vec x = uniform_values(static_cast<size_t>(d.N) * d.H * d.W * d.C, rng);
     const Vec dy = uniform_values(x.size(), rng);
-    const size_t nw = static_cast<size_t>(d.mip) * d.C;
-    CaParams p{uniform_values(nw, rng, -2, 2), uniform_values(d.mip, rng, -2, 2), uniform_values(nw, rng),
-               uniform_values(d.C, rng), uniform_values(nw, rng), uniform_values(d.C, rng)};
+    CaParams p = random_ca_params(d, rng);
     for (int round = 0; round < 50; ++round) {
       const CaForward f = ca_forward_ref(d, k.act, x, p);
       bool moved = false;
@@ -440,8 +455,7 @@ TEST(AttentionReferences, CpuSqueezeExciteMatchesTheLoops) {
     SCOPED_TRACE("se [" + std::to_string(k.N) + "," + std::to_string(k.H) + "," + std::to_string(k.W) + "," +
                  std::to_string(k.C) + "] r" + std::to_string(k.Cr));
     const Vec x = uniform_values(static_cast<size_t>(d.N) * d.HW * d.C, rng), dy = uniform_values(x.size(), rng);
-    const SeParams p{uniform_values(static_cast<size_t>(d.Cr) * d.C, rng), uniform_values(d.Cr, rng),
-                     uniform_values(static_cast<size_t>(d.C) * d.Cr, rng, -2, 2), uniform_values(d.C, rng, -2, 2)};
+    const SeParams p = random_se_params(d, rng);
     Tensor tx = leaf(x, {k.N, k.H, k.W, k.C}), w1 = leaf(p.w1, {k.Cr, k.C}), b1 = leaf(p.b1, {k.Cr}),
            w2 = leaf(p.w2, {k.C, k.Cr}), b2 = leaf(p.b2, {k.C});
     const Tensor y = squeeze_excite(tx, w1, b1, w2, b2, k.inner, k.gate);
@@ -457,22 +471,12 @@ TEST(AttentionReferences, CpuSqueezeExciteMatchesTheLoops) {
 }
 
 TEST(AttentionReferences, CpuCoordAttentionMatchesTheLoops) {
-  struct Case {
-    CaDims d;
-    Activation act;
-  };
-  const Case cases[] = {{{2, 3, 4, 5, 3}, Activation::HardSwish},
-                        {{1, 1, 1, 3, 2}, Activation::ReLU},
-                        {{1, 5, 2, 4, 5}, Activation::Tanh}};
   std::mt19937_64 rng(20261127);
-  for (const Case& k : cases) {
+  for (const CaCase& k : kCaCases) {
     const CaDims& d = k.d;
-    SCOPED_TRACE("ca [" + std::to_string(d.N) + "," + std::to_string(d.H) + "," + std::to_string(d.W) + "," +
-                 std::to_string(d.C) + "] mip" + std::to_string(d.mip));
+    SCOPED_TRACE(ca_label(k));
     const Vec x = uniform_values(static_cast<size_t>(d.N) * d.H * d.W * d.C, rng), dy = uniform_values(x.size(), rng);
-    const size_t nw = static_cast<size_t>(d.mip) * d.C;
-    const CaParams p{uniform_values(nw, rng, -2, 2), uniform_values(d.mip, rng, -2, 2), uniform_values(nw, rng),
-                     uniform_values(d.C, rng), uniform_values(nw, rng), uniform_values(d.C, rng)};
+    const CaParams p = random_ca_params(d, rng);
     Tensor tx = leaf(x, {d.N, d.H, d.W, d.C}), w1 = leaf(p.w1, {d.mip, d.C}), b1 = leaf(p.b1, {d.mip}),
            wh = leaf(p.wh, {d.C, d.mip}), bh = leaf(p.bh, {d.C}), ww = leaf(p.ww, {d.C, d.mip}),
            bw = leaf(p.bw, {d.C});

@@ -53,4 +53,10 @@ void write_file_atomically(const std::string& path, const std::vector<ByteSpan>&
   if (dfd.get() >= 0) ::fsync(dfd.get());
 }
 
+void check_folder_of(const std::string& path, const std::string& what) {
+  const std::filesystem::path folder = std::filesystem::path(path).parent_path();
+  KCHECK(folder.empty() || std::filesystem::is_directory(folder), IOError, what, ": folder ", folder.string(),
+         " does not exist");
+}
+
 }  // namespace kestrel::io

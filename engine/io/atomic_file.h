@@ -16,5 +16,8 @@ void write_file_atomically(const std::string& path, const std::vector<ByteSpan>&
 inline void write_text_atomically(const std::string& path, const std::string& text, const std::string& what) {
   write_file_atomically(path, {{text.data(), text.size()}}, what);
 }
+// Before the work whose result goes to `path`: IOError "<what>: folder F does
+// not exist" when the folder it would be written in is missing.
+void check_folder_of(const std::string& path, const std::string& what);
 
 }  // namespace kestrel::io

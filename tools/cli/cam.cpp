@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "engine/error.h"
+#include "engine/io/atomic_file.h"
 #include "tools/lib/cam.h"
 #include "tools/lib/distill.h"
 #include "tools/lib/predictor.h"
@@ -33,9 +34,7 @@ void run_cam(const CamArgs& a) {
          a.class_index);
   KCHECK(std::filesystem::path(a.out).extension() == ".png", ValueError, "cam: --out ", a.out,
          " must end in .png (the maps are written as PNG)");
-  const std::filesystem::path parent = std::filesystem::path(a.out).parent_path();
-  KCHECK(parent.empty() || std::filesystem::is_directory(parent), IOError, "cam: folder ", parent.string(),
-         " does not exist");
+  io::check_folder_of(a.out, "cam");
   const std::vector<std::string> paths = tools::split_paths(a.checkpoints);
   KCHECK(!paths.empty(), ValueError, "cam: --checkpoint names no checkpoint");
   std::vector<std::unique_ptr<tools::Predictor>> models;

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "engine/error.h"
+#include "engine/io/atomic_file.h"
 #include "engine/io/onnx_export.h"
 #include "tools/lib/checkpoint.h"
 
@@ -44,8 +45,7 @@ void run_export(const ExportArgs& a) {
   KCHECK(!fs::is_directory(out), IOError, "export: ", out, " is a folder; give -o a file path (e.g. ",
          (fs::path(out) / fs::path(a.checkpoint).filename()).replace_extension(".onnx").string(), ")");
   KCHECK(a.overwrite || !fs::exists(out), IOError, "export: ", out, " exists; pass --overwrite to replace it");
-  const fs::path parent = fs::path(out).parent_path();
-  KCHECK(parent.empty() || fs::is_directory(parent), IOError, "export: folder ", parent.string(), " does not exist");
+  io::check_folder_of(out, "export");
 
   tools::LoadedModel loaded = tools::load_checkpoint(a.checkpoint);
   const tools::ModelInfo& info = loaded.info;

@@ -23,9 +23,7 @@ void run_table(const TableArgs& a) {
   const std::string ext = fs::path(a.out).extension().string();
   KCHECK(a.out.empty() || ext == ".md" || ext == ".csv", ValueError, "table: --out must end in .md or .csv, got ",
          a.out);
-  const fs::path out_dir = fs::path(a.out).parent_path();
-  KCHECK(out_dir.empty() || fs::is_directory(out_dir), IOError, "table: --out ", a.out, ": folder ", out_dir.string(),
-         " does not exist");
+  io::check_folder_of(a.out, "table");
   std::vector<tools::ResultsRow> rows;
   for (const std::string& run : a.runs) rows.push_back(tools::read_results_row(run));
   const std::string md = tools::results_table_markdown(rows);

@@ -51,6 +51,18 @@ bool holds_image_folders(const std::string& dir) {
   }
 }
 
+// The readers of the official file layouts (IDX, CIFAR binary).
+std::shared_ptr<const data::Dataset> open_official_files(const std::string& dataset, const std::string& dir,
+                                                         data::Split split, const data::ReadOptions& ro) {
+  if (dataset == "fashion-mnist") return data::open_fashion_mnist(dir, split, ro);
+  if (dataset == "mnist") return data::open_mnist(dir, split, ro);
+  if (dataset == "cifar10") return data::open_cifar10(dir, split, ro);
+  if (dataset == "cifar100" || dataset == "cifar100-coarse")  // the 100 fine or the 20 coarse classes
+    return data::open_cifar100(dir, split, dataset == "cifar100", ro);
+  throw ValueError("unknown dataset '" + dataset +
+                   "' (valid: cifar10, cifar100, cifar100-coarse, fashion-mnist, mnist, folder)");
+}
+
 }  // namespace
 
 std::shared_ptr<const data::Dataset> open_dataset(const std::string& dataset, const std::string& data_dir,
@@ -58,20 +70,19 @@ std::shared_ptr<const data::Dataset> open_dataset(const std::string& dataset, co
   const std::string dir = data_dir_or_default(dataset, data_dir);
   KCHECK(std::filesystem::exists(dir), IOError, "data directory not found: ", dir,
          dataset.rfind("cifar", 0) == 0 ? " (run tools/get_data.sh to download CIFAR)" : "");
-  KCHECK(dataset == "folder" || !holds_image_folders(dir), IOError, "--dataset ", dataset, ": ", dir,
-         " holds image folders (train/<class>/...), not the ", dataset, " files; pass --dataset folder");
   data::ReadOptions ro;
   ro.skip_bad = skip_bad;
   std::shared_ptr<const data::Dataset> ds;
-  if (dataset == "fashion-mnist") {
-    ds = data::open_fashion_mnist(dir, split, ro);
-  } else if (dataset == "mnist") {
-    ds = data::open_mnist(dir, split, ro);
-  } else if (dataset == "cifar10") {
-    ds = data::open_cifar10(dir, split, ro);
-  } else if (dataset == "cifar100" || dataset == "cifar100-coarse") {  // the 100 fine or the 20 coarse classes
-    ds = data::open_cifar100(dir, split, dataset == "cifar100", ro);
-  } else if (dataset == "folder") {
+  if (dataset != "folder") {
+    try {
+      ds = open_official_files(dataset, dir, split, ro);
+    } catch (const IOError&) {
+      // The files are not there, but class folders of images are: the data set's type was wrong.
+      KCHECK(!holds_image_folders(dir), IOError, "--dataset ", dataset, ": ", dir,
+             " holds image folders (train/<class>/...), not the ", dataset, " files; pass --dataset folder");
+      throw;
+    }
+  } else {
     data::ImageFolderOptions fo;
     fo.read = ro;
     fo.preload = true;
@@ -91,9 +102,6 @@ std::shared_ptr<const data::Dataset> open_dataset(const std::string& dataset, co
                 << " (KESTREL_PRELOAD_LIMIT_MB sets it); decoding each image as it is read\n";
     }
     ds = folder;
-  } else {
-    throw ValueError("unknown dataset '" + dataset +
-                     "' (valid: cifar10, cifar100, cifar100-coarse, fashion-mnist, mnist, folder)");
   }
   KCHECK(ds->size() > 0, IOError, "data set ", dataset, " at ", dir, " has no images");
   if (ds->skipped() > 0 && dist::is_main())

@@ -114,10 +114,11 @@ ResultsRow read_results_row(const std::string& path) {
     row.top1 = r.at("top1").get<double>();
     row.top5 = r.at("top5").get<double>();
     row.macro_f1 = r.at("macro_f1").get<double>();
-    row.latency_median_ms = r.at("latency_ms").at("median").is_null() ? 0.0 : r.at("latency_ms").at("median").get<double>();
+    // null: not measured (eval --latency-iters 0), which the rows hold as 0.
+    const auto measured = [](const nlohmann::json& v) { return v.is_null() ? 0.0 : v.get<double>(); };
+    row.latency_median_ms = measured(r.at("latency_ms").at("median"));
     row.throughput_batch = r.at("throughput").at("batch").get<int64_t>();
-    const nlohmann::json& speed = r.at("throughput").at("images_per_second");
-    row.throughput = speed.is_null() ? 0.0 : speed.get<double>();
+    row.throughput = measured(r.at("throughput").at("images_per_second"));
   } catch (const nlohmann::json::exception& e) {
     throw IOError(
         detail::concat("table: ", report_path.string(), " is not a kestrel eval report (", e.what(), ")"));

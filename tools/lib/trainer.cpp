@@ -1,7 +1,6 @@
 #include "tools/lib/trainer.h"
 
 #include <algorithm>
-#include <set>
 #include <chrono>
 #include <csignal>
 #include <cmath>
@@ -10,6 +9,7 @@
 #include <fstream>
 #include <iostream>
 #include <optional>
+#include <set>
 
 #include "data/pinned_batch.h"
 #include "data/transforms.h"
@@ -208,9 +208,9 @@ bool is_run_folder(const std::string& dir) {
   }
 }
 
-// An --overwrite run deletes its folder's contents: never the inputs it was
-// given (the float checkpoint qat starts from, a teacher), and never a folder
-// no run wrote (one without a Kestrel config.json).
+// An --overwrite run deletes what runs write in its folder: never the inputs
+// it was given (the float checkpoint qat starts from, a teacher). A folder no
+// run wrote is refused before this (check_out_dir).
 void check_overwrite_is_safe(const TrainConfig& c) {
   const std::string data_dir = data_dir_or_default(c.dataset, c.data_dir);
   std::vector<std::pair<std::string, std::string>> inputs = {{"--checkpoint", c.quantize_from},
