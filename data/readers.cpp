@@ -543,14 +543,26 @@ int64_t ImageFolderDataset::label(int64_t index) const {
   return entries_[static_cast<size_t>(index)].label;
 }
 
+namespace {
+fs::path test_folder_of(const std::string& root) {
+  std::error_code ec;
+  return fs::is_directory(fs::path(root) / "test", ec) ? fs::path(root) / "test" : fs::path(root) / "val";
+}
+}  // namespace
+
+bool image_folder_has_split(const std::string& root) {
+  std::error_code ec;
+  return fs::is_directory(fs::path(root) / "train", ec) && fs::is_directory(test_folder_of(root), ec);
+}
+
 std::shared_ptr<ImageFolderDataset> open_image_folder(const std::string& root, Split split,
                                                       const ImageFolderOptions& opts) {
   std::error_code ec;
   const fs::path train = fs::path(root) / "train";
-  const fs::path test = fs::is_directory(fs::path(root) / "test", ec) ? fs::path(root) / "test" : fs::path(root) / "val";
+  const fs::path test = test_folder_of(root);
   std::vector<std::string> classes;
   std::vector<ImageFolderDataset::Entry> entries;
-  if (fs::is_directory(train, ec) && fs::is_directory(test, ec)) {
+  if (image_folder_has_split(root)) {
     entries = list_image_folder((split == Split::Train ? train : test).string(), classes);
     // After the listing, so that a problem inside this split is reported first.
     const std::vector<std::string> other = class_folder_names((split == Split::Train ? test : train).string());

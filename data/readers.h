@@ -91,6 +91,8 @@ class ImageFolderDataset : public Dataset {
   int64_t estimated_decoded_bytes_ = 0;
 };
 
+// Whether root holds train/ and test/ (or val/) sub-folders: its own split.
+bool image_folder_has_split(const std::string& root);
 // Uses root/train and root/test (or root/val, ImageNet's layout) when both
 // exist (they must hold the same class folders, else IOError naming the first
 // difference); otherwise root itself, split per class by opts.test_fraction.

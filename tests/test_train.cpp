@@ -11,6 +11,7 @@
 #include "train_run_util.h"
 #include "tools/lib/datasets.h"
 #include "tools/lib/device_select.h"
+#include "tools/lib/qat.h"
 #include "tools/lib/run_state.h"
 #include "tools/lib/trainer.h"
 
@@ -446,5 +447,60 @@ TEST(Datasets, LimitOnAnImageFolderSpreadsOverItsClasses) {
     const auto fm = tools::open_dataset("fashion-mnist", "", data::Split::Test, false, 3);
     const auto fm_full = tools::open_dataset("fashion-mnist", "", data::Split::Test, false, 0);
     EXPECT_EQ(fm->get(2).image.pixels, fm_full->get(2).image.pixels);
+  }
+}
+
+// A folder of class folders alone is split per class: --test-split of each
+// class is held out, the rest trains, and no image is in both.
+TEST(Datasets, TestSplitHoldsOutThatFractionOfEveryClass) {
+  const std::string classes_only = kestrel::testing::write_pattern_folder_dataset("split_folder") + "/train";
+  const auto train = tools::open_dataset("folder", classes_only, data::Split::Train, false, 0, 0.25);
+  const auto test = tools::open_dataset("folder", classes_only, data::Split::Test, false, 0, 0.25);
+  ASSERT_EQ(test->size(), 9);  // 3 of each class's 12
+  ASSERT_EQ(train->size(), 27);
+  std::vector<int64_t> per_class(3, 0);
+  for (int64_t i = 0; i < test->size(); ++i) ++per_class[test->label(i)];
+  EXPECT_EQ(per_class, (std::vector<int64_t>{3, 3, 3}));
+  for (int64_t i = 0; i < test->size(); ++i)
+    for (int64_t j = 0; j < train->size(); ++j)
+      ASSERT_NE(test->get(i).image.pixels, train->get(j).image.pixels) << "test image " << i << " also trains";
+  EXPECT_EQ(tools::open_dataset("folder", classes_only, data::Split::Test, false, 0)->size(), 3);  // 10% by default
+}
+
+// eval and qat read a run's test split, not the default one.
+TEST(Train, TheRunsTestSplitIsTheOneEvalAndQatRead) {
+  const std::string classes_only = kestrel::testing::write_pattern_folder_dataset("split_run") + "/train";
+  tools::TrainConfig c = kestrel::testing::pattern_folder_config(classes_only, "split_run_out", "cpu");
+  c.epochs = 1;
+  c.width_mult = 0.25;
+  c.test_split = 0.5;
+  ASSERT_TRUE(tools::train(c).completed);
+  const auto r = kestrel::testing::kestrel_cli("eval -c " + c.out + "/best.safetensors --latency-iters 0 --no-progress");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const nlohmann::json report = nlohmann::json::parse(kestrel::testing::read_text(c.out + "/eval/report.json"));
+  EXPECT_EQ(report["images"].get<int64_t>(), 18);  // half of each class's 12
+
+  tools::TrainConfig q;
+  q.quantize_from = c.out + "/best.safetensors";
+  tools::configure_from_float_checkpoint(q, nlohmann::json::object());
+  EXPECT_EQ(q.dataset, "folder");
+  EXPECT_EQ(q.test_split, 0.5);
+}
+
+TEST(Train, ATestSplitWhereTheDataHasItsOwnIsRefused) {
+  tools::TrainConfig c = kestrel::testing::fashion_mnist_config("split_bad");
+  c.test_split = 0.2;
+  EXPECT_NE(kestrel::testing::expect_message_of([&] { tools::train(c); }).find("has its own test set"),
+            std::string::npos);
+  const std::string split_folder = kestrel::testing::write_pattern_folder_dataset("split_bad_folder");
+  c = kestrel::testing::pattern_folder_config(split_folder, "split_bad_out", "cpu");
+  c.test_split = 0.2;
+  EXPECT_NE(kestrel::testing::expect_message_of([&] { tools::train(c); }).find("has its own train/ and test/"),
+            std::string::npos);
+  for (double bad : {0.0, 1.0, -0.1}) {
+    c.test_split = bad;
+    EXPECT_NE(kestrel::testing::expect_message_of([&] { tools::train(c); }).find("--test-split must be in (0, 1)"),
+              std::string::npos)
+        << bad;
   }
 }

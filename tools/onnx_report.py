@@ -77,11 +77,14 @@ def read_idx(path):
 
 
 def folder_test_split(d, classes):
-    """The test/ images of an image folder as (paths, labels), listed as Kestrel
-    lists them: class folders by name, then files by name."""
+    """The test/ (or val/) images of an image folder as (paths, labels), listed
+    as Kestrel lists them: class folders by name, then files by name."""
     root = os.path.join(d, "test")
     if not os.path.isdir(root):
-        fail(f"no test/ folder in {d} (an image folder is DIR/test/<class>/<image>)")
+        root = os.path.join(d, "val")
+    if not os.path.isdir(root):
+        fail(f"no test/ or val/ folder in {d} (an image folder is DIR/test/<class>/<image>;"
+             " a folder kestrel split by --test-split is not read here)")
     if not classes:
         fail("the model's metadata names no classes, so its image folders cannot be matched")
     folders = sorted((f for f in os.listdir(root) if os.path.isdir(os.path.join(root, f))), key=os.fsencode)

@@ -408,7 +408,7 @@ def check_onnx_report(scratch):
             # tools/get_data.sh's default: ./datasets, as kestrel eval looks for CIFAR.
             ([f"{cifar}/model.onnx"], "data directory not found: datasets (run tools/get_data.sh",
              "CIFAR's default place", scratch),
-            ([cf_onnx, "--data-dir", no_test], "no test/ folder", "a folder without test/", None),
+            ([cf_onnx, "--data-dir", no_test], "no test/ or val/ folder", "a folder without test/", None),
             ([cf_onnx, "--data-dir", short], os.path.join("test", "c") + " not found", "a missing class folder", None),
             ([cf_onnx, "--data-dir", extra], "class folders the model does not have: d", "an extra class folder", None),
             ([cf_onnx, "--data-dir", corrupt], "03.png: cannot decode", "a corrupt image", None)):

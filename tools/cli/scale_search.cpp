@@ -36,6 +36,9 @@ void register_scale_search(CLI::App& app) {
   cmd->add_option("--data-dir", o->train.data_dir, "data location (default: the data set's standard place)");
   cmd->add_option("--limit-train", o->train.limit_train, "use only N training images (the first; an image folder's spread over its classes)");
   cmd->add_option("--limit-test", o->train.limit_test, "use only N test images (the first; an image folder's spread over its classes)");
+  cmd->add_option("--test-split", o->train.test_split,
+                  "--dataset folder without train/ and test/: the fraction of each class held out for testing")
+      ->capture_default_str();
   cmd->add_option("--batch-size,-b", o->train.batch_size, "proxy training batch size")->capture_default_str();
   cmd->add_option("--lr", o->train.lr, "proxy training peak learning rate")->capture_default_str();
   cmd->add_option("--device", o->train.device, "auto, cpu, cuda or cuda:N")->capture_default_str();

@@ -140,6 +140,10 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--data-dir", c->data_dir, "data location (default: the data set's standard place)");
   cmd->add_option("--limit-train", c->limit_train, "use only N training images (the first; an image folder's spread over its classes)");
   cmd->add_option("--limit-test", c->limit_test, "use only N test images (the first; an image folder's spread over its classes)");
+  cmd->add_option("--test-split", c->test_split,
+                  "--dataset folder without train/ and test/: the fraction of each class held out for testing "
+                  "(the same images in every run)")
+      ->capture_default_str();
   cmd->add_flag("--skip-bad", c->skip_bad, "warn about and skip unreadable images instead of stopping");
   cmd->add_option("--workers", c->workers, "data loader threads")->capture_default_str();
   cmd->add_option("--loader", c->loader,

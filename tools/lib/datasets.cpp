@@ -66,7 +66,8 @@ std::shared_ptr<const data::Dataset> open_official_files(const std::string& data
 }  // namespace
 
 std::shared_ptr<const data::Dataset> open_dataset(const std::string& dataset, const std::string& data_dir,
-                                                  data::Split split, bool skip_bad, int64_t limit) {
+                                                  data::Split split, bool skip_bad, int64_t limit,
+                                                  double test_split) {
   const std::string dir = data_dir_or_default(dataset, data_dir);
   KCHECK(std::filesystem::exists(dir), IOError, "data directory not found: ", dir,
          dataset.rfind("cifar", 0) == 0 ? " (run tools/get_data.sh to download CIFAR)" : "");
@@ -87,7 +88,7 @@ std::shared_ptr<const data::Dataset> open_dataset(const std::string& dataset, co
     fo.read = ro;
     fo.preload = true;
     fo.preload_limit_bytes = image_preload_limit_bytes();
-    fo.test_fraction = 0.1;
+    fo.test_fraction = test_split;
     auto folder = data::open_image_folder(dir, split, fo);
     if (!folder->preloaded() && dist::is_main()) {
       auto size = [](int64_t bytes) {

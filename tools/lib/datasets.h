@@ -16,9 +16,11 @@ namespace kestrel::tools {
 // data_dir when given, else the data set's standard place (empty for a folder).
 std::string data_dir_or_default(const std::string& dataset, const std::string& data_dir);
 // An image folder is preloaded (decoded once, up front) when it fits
-// image_preload_limit_bytes(), else decoded as it is read.
+// image_preload_limit_bytes(), else decoded as it is read. A folder without
+// train/ and test/ is split per class: test_split of each class is the test set.
 std::shared_ptr<const data::Dataset> open_dataset(const std::string& dataset, const std::string& data_dir,
-                                                  data::Split split, bool skip_bad, int64_t limit);
+                                                  data::Split split, bool skip_bad, int64_t limit,
+                                                  double test_split = kDefaultTestSplit);
 // Per split: the smaller of 2 GiB and a quarter of physical memory, or
 // $KESTREL_PRELOAD_LIMIT_MB megabytes when set.
 int64_t image_preload_limit_bytes();

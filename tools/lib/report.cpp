@@ -106,12 +106,15 @@ EvalReport run_eval(const EvalOptions& o) {
   r.dataset = o.dataset.empty() ? info.dataset : o.dataset;
   KCHECK(!r.dataset.empty(), ValueError, "eval: ", o.checkpoint, " does not record its data set; pass --dataset");
   r.data_dir = o.data_dir;
-  // The training run's own data: its folder, and whether it skipped bad images.
+  // The training run's own data: its folder, how it was split, and whether
+  // it skipped bad images.
   bool skip_bad = o.skip_bad;
+  double test_split = kDefaultTestSplit;
   const nlohmann::json cfg = training_config_beside(o.checkpoint);
   if (cfg.is_object() && cfg.value("dataset", "") == r.dataset) {
     if (r.data_dir.empty()) r.data_dir = cfg.value("data_dir", "");
     skip_bad = skip_bad || cfg.value("skip_bad", false);
+    test_split = cfg.value("test_split", kDefaultTestSplit);
   }
   r.data_dir = data_dir_or_default(r.dataset, r.data_dir);
   r.parameters = predictor.num_parameters();
@@ -126,7 +129,7 @@ EvalReport run_eval(const EvalOptions& o) {
   r.device = device.str();
   r.threads = omp_get_max_threads();
 
-  auto test_set = open_dataset(r.dataset, r.data_dir, data::Split::Test, skip_bad, o.limit);
+  auto test_set = open_dataset(r.dataset, r.data_dir, data::Split::Test, skip_bad, o.limit, test_split);
   r.skipped = test_set->skipped();
   // Labels index the model's outputs: the data's classes must be the model's
   // first ones, in order. Fewer is fine: a model trained with --num-classes

@@ -15,15 +15,14 @@
 namespace kestrel::tools {
 
 #define KESTREL_CONFIG_FIELDS(X)                                                                                 \
-  X(model) X(num_classes) X(width_mult) X(depth_mult) X(image_size) X(stem) X(dropout) X(drop_path) X(dataset)           \
-  X(data_dir) X(limit_train) X(limit_test) X(skip_bad) X(workers) X(loader) X(epochs) X(batch_size) X(lr)        \
-  X(optimizer) X(momentum) X(nesterov) X(weight_decay) X(warmup_epochs) X(schedule) X(step_size)                 \
-  X(step_gamma) X(label_smoothing) X(loss) X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp)               \
-  X(early_stop) X(mixup) X(cutmix) X(ricap) X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop)           \
-  X(hflip) X(cutout) X(seed) X(device) X(out) X(teacher) X(distill_alpha) X(distill_temperature)              \
-  X(quantize_from) X(calib_batches) X(initial_checkpoint) X(precise_bn)          \
-  X(save_every_steps) X(rotation) X(color_jitter) X(shift_scale_rotate) X(ssr_limits) X(brightness_contrast)     \
-  X(hsv_shift)
+  X(model) X(num_classes) X(width_mult) X(depth_mult) X(image_size) X(stem) X(dropout) X(drop_path) X(dataset)   \
+  X(data_dir) X(limit_train) X(limit_test) X(test_split) X(skip_bad) X(workers) X(loader) X(epochs)              \
+  X(batch_size) X(lr) X(optimizer) X(momentum) X(nesterov) X(weight_decay) X(warmup_epochs) X(schedule)          \
+  X(step_size) X(step_gamma) X(label_smoothing) X(loss) X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp)  \
+  X(early_stop) X(mixup) X(cutmix) X(ricap) X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop) X(hflip)  \
+  X(cutout) X(seed) X(device) X(out) X(teacher) X(distill_alpha) X(distill_temperature) X(quantize_from)         \
+  X(calib_batches) X(initial_checkpoint) X(precise_bn) X(save_every_steps) X(rotation) X(color_jitter)           \
+  X(shift_scale_rotate) X(ssr_limits) X(brightness_contrast) X(hsv_shift)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -176,6 +175,9 @@ void TrainConfig::validate() const {
     KCHECK(p >= 0 && p <= 1, ValueError, flag_of(key), " is a probability: it must be in [0, 1], got ", p);
   KCHECK(workers >= 0, ValueError, "--workers must be >= 0");
   KCHECK(dataset != "folder" || !data_dir.empty(), ValueError, "--dataset folder needs --data-dir");
+  KCHECK(test_split > 0 && test_split < 1, ValueError, "--test-split must be in (0, 1), got ", test_split);
+  KCHECK(dataset == "folder" || test_split == kDefaultTestSplit, ValueError, "--test-split splits an image folder; ",
+         dataset, " has its own test set");
   KCHECK(clip_grad >= 0, ValueError, "--clip-grad must be >= 0");
   KCHECK(warmup_epochs >= 0, ValueError, "--warmup-epochs must be >= 0");
   KCHECK(width_mult > 0 && depth_mult > 0, ValueError, "--width-mult and --depth-mult must be positive");

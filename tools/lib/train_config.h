@@ -8,6 +8,8 @@
 
 namespace kestrel::tools {
 
+constexpr double kDefaultTestSplit = 0.1;
+
 struct TrainConfig {
   // model and data
   std::string model = "cifar10_200k";
@@ -23,6 +25,9 @@ struct TrainConfig {
   std::string data_dir;                   // empty: the dataset's default location
   int64_t limit_train = 0;                // use only the first N training images (0 = all)
   int64_t limit_test = 0;
+  // An image folder without train/ and test/: the fraction of each class held
+  // out (seeded, the same in every run) as the test split.
+  double test_split = kDefaultTestSplit;
   bool skip_bad = false;
   int workers = 2;
   // threads: host workers decode and augment; resident: the images live on

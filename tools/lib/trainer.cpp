@@ -12,6 +12,7 @@
 #include <set>
 
 #include "data/pinned_batch.h"
+#include "data/readers.h"
 #include "data/transforms.h"
 #include "engine/autocast.h"
 #include "engine/autograd.h"
@@ -456,8 +457,10 @@ TrainSummary train(TrainConfig c) {
   if (!c.data_dir.empty()) c.data_dir = fs::absolute(c.data_dir).lexically_normal().string();
 
   // Data.
-  auto train_set = open_dataset(c.dataset, c.data_dir, data::Split::Train, c.skip_bad, c.limit_train);
-  auto test_set = open_dataset(c.dataset, c.data_dir, data::Split::Test, c.skip_bad, c.limit_test);
+  KCHECK(c.test_split == kDefaultTestSplit || !data::image_folder_has_split(c.data_dir), ValueError,
+         "--test-split splits an image folder, and ", c.data_dir, " has its own train/ and test/ (or val/)");
+  auto train_set = open_dataset(c.dataset, c.data_dir, data::Split::Train, c.skip_bad, c.limit_train, c.test_split);
+  auto test_set = open_dataset(c.dataset, c.data_dir, data::Split::Test, c.skip_bad, c.limit_test, c.test_split);
   const data::Example probe = train_set->get(0);
   if (c.image_size == 0) check_one_image_size(*train_set, probe, c.data_dir);
   KCHECK(c.num_classes == 0 || c.num_classes >= train_set->num_classes(), ValueError, "--num-classes ",
