@@ -122,6 +122,7 @@ TEST(Cli, BadFlagValuesAreOneLineErrors) {
   expect_one_line_error(kestrel_cli("train --auto-augment true --out " + temp_path("r9")), "not expected: true",
                         "stray value");
   expect_one_line_error(kestrel_cli("summary -m resnet18 --num-classes 0"), "--num-classes", "no classes");
+  expect_one_line_error(kestrel_cli("summary --list -m resnet18"), "--list prints the whole zoo", "--list with a model");
   const auto non_numeric = kestrel_cli("train --epochs ten --out " + temp_path("r10"));
   expect_one_line_error(non_numeric, "--epochs", "non-numeric value");
   EXPECT_EQ(non_numeric.rc, 2) << "a usage error exits 2, as argparse's do";

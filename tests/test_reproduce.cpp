@@ -73,10 +73,18 @@ TEST(Reproduce, TrainsEvaluatesTabulatesAndContinuesWhereItStopped) {
   EXPECT_EQ(other.rc, 1) << other.out;
   EXPECT_TRUE(contains(other.out, "reproduce: " + run + " was trained by another command")) << other.out;
 
-  // kestrel table reads a run folder, an eval folder or a report, alike.
-  const auto t = kestrel_cli("table " + run + " " + run + "/eval " + run + "/eval/report.json");
-  ASSERT_EQ(t.rc, 0) << t.err;
-  EXPECT_EQ(std::count(t.out.begin(), t.out.end(), '\n'), 5) << t.out;
+  // kestrel table reads a run folder, an eval folder or a report, alike, and
+  // refuses one report given twice.
+  std::string first_row;
+  for (const std::string& form : {run, run + "/eval", run + "/eval/report.json"}) {
+    const auto t = kestrel_cli("table " + form);
+    ASSERT_EQ(t.rc, 0) << t.err;
+    EXPECT_EQ(std::count(t.out.begin(), t.out.end(), '\n'), 3) << t.out;
+    if (first_row.empty()) first_row = t.out;
+    EXPECT_EQ(t.out, first_row) << form;
+  }
+  expect_one_line_error(kestrel_cli("table " + run + " " + run + "/eval/report.json"), "are the same report",
+                        "one report twice");
 }
 
 TEST(Reproduce, TheDistillTableTrainsTeachersThenStudentsThenInt8) {

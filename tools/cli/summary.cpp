@@ -54,6 +54,8 @@ void print_list() {
 
 void run(const SummaryArgs& a) {
   if (a.list) {
+    KCHECK(a.model.empty() && a.input.empty(), ValueError,
+           "summary: --list prints the whole zoo; give it alone, or --model NAME for one model");
     print_list();
     return;
   }

@@ -25,7 +25,12 @@ void run_table(const TableArgs& a) {
          a.out);
   io::check_folder_of(a.out, "table");
   std::vector<tools::ResultsRow> rows;
-  for (const std::string& run : a.runs) rows.push_back(tools::read_results_row(run));
+  for (size_t i = 0; i < a.runs.size(); ++i) {
+    rows.push_back(tools::read_results_row(a.runs[i]));
+    for (size_t j = 0; j < i; ++j)
+      KCHECK(rows[j].report != rows[i].report, ValueError, "table: ", a.runs[j], " and ", a.runs[i],
+             " are the same report (", rows[i].report, "); give each run once");
+  }
   const std::string md = tools::results_table_markdown(rows);
   std::cout << md;
   if (a.out.empty()) return;

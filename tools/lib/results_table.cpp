@@ -100,6 +100,7 @@ ResultsRow read_results_row(const std::string& path) {
   const fs::path report_path = find_report(path);
   const nlohmann::json r = read_json(report_path, "eval report");
   ResultsRow row;
+  row.report = fs::weakly_canonical(report_path).string();
   try {
     row.model = r.at("model").get<std::string>();
     row.dataset = r.at("dataset").get<std::string>();

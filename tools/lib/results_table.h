@@ -10,6 +10,7 @@ namespace kestrel::tools {
 
 struct ResultsRow {
   std::string run;  // the run folder's name
+  std::string report;  // the report.json read, as a canonical path
   std::string model, dataset, device;
   double width_mult = 1.0;
   int64_t parameters = 0;
