@@ -119,8 +119,15 @@ TEST(Cli, BadFlagValuesAreOneLineErrors) {
                                     folder + "/train/a/0.png --out " + temp_path("r12") + " --no-progress"),
                         "0.png", "initial checkpoint that is not a safetensors file");
   // What the flag parser refuses is one line too.
-  expect_one_line_error(kestrel_cli("train --auto-augment true --out " + temp_path("r9")), "not expected: true",
+  expect_one_line_error(kestrel_cli("train --auto-augment true --out " + temp_path("r9")),
+                        "train: unexpected argument 'true' after --auto-augment (a flag that takes no value?)",
                         "stray value");
+  expect_one_line_error(kestrel_cli("train --nesterov true --auto-augment true --out " + temp_path("r9")),
+                        "train: unexpected argument 'true' (see --help)", "stray value, its place ambiguous");
+  expect_one_line_error(kestrel_cli("qat --model resnet18 --checkpoint x.safetensors"), "qat: unknown option --model",
+                        "an option the command does not take");
+  expect_one_line_error(kestrel_cli("train --epochs 1 --epochs 2 --out " + temp_path("r9")),
+                        "train: --epochs given 2 times; give it once", "a flag given twice");
   expect_one_line_error(kestrel_cli("summary -m resnet18 --num-classes 0"), "--num-classes", "no classes");
   expect_one_line_error(kestrel_cli("summary --list -m resnet18"), "--list prints the whole zoo", "--list with a model");
   const auto non_numeric = kestrel_cli("train --epochs ten --out " + temp_path("r10"));

@@ -3,10 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "engine/dist/process_group.h"
 #include "engine/error.h"
+#include "tools/cli/usage_error.h"
 
 namespace kestrel::cli {
 void register_summary(CLI::App& app);  // summary.cpp
@@ -60,8 +63,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help
     // CLI11 prints two lines; a bad flag is one line here, like every other error.
-    std::string what = e.what();
-    std::replace(what.begin(), what.end(), '\n', ' ');
+    const std::string what = kestrel::cli::usage_error_message(e, app, std::vector<std::string>(argv + 1, argv + argc));
     if (kestrel::dist::is_main()) std::cerr << ("kestrel: error: " + what + " (see --help)\n") << std::flush;
     kestrel::dist::abort(2);  // a usage error, as argparse exits (CLI11's own codes run 101-125)
   } catch (const std::exception& e) {
