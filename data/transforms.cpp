@@ -436,9 +436,28 @@ Transform cutout(int size, double p, float fill) {
   };
 }
 
+FImage resize_image(const FImage& img, int height, int width) {
+  KCHECK(height > 0 && width > 0, ValueError, "resize: target size ", height, "x", width, " is not positive");
+  if (img.h == height && img.w == width) return img;
+  const int f = std::min(img.h / height, img.w / width);
+  if (f < 2) return resize_bilinear(img, height, width);
+  // Box-average f x f blocks (the remainder rows/columns are dropped), then finish bilinearly.
+  FImage small(img.h / f, img.w / f, img.c);
+  const float inv = 1.0f / static_cast<float>(f * f);
+  for (int y = 0; y < small.h; ++y)
+    for (int x = 0; x < small.w; ++x)
+      for (int ch = 0; ch < img.c; ++ch) {
+        float sum = 0.0f;
+        for (int dy = 0; dy < f; ++dy)
+          for (int dx = 0; dx < f; ++dx) sum += img.at(y * f + dy, x * f + dx, ch);
+        small.at(y, x, ch) = sum * inv;
+      }
+  return small.h == height && small.w == width ? small : resize_bilinear(small, height, width);
+}
+
 Transform resize(int out_h, int out_w) {
   return [=](FImage& img, Generator&) {
-    if (img.h != out_h || img.w != out_w) img = resize_bilinear(img, out_h, out_w);
+    if (img.h != out_h || img.w != out_w) img = resize_image(img, out_h, out_w);
   };
 }
 

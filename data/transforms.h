@@ -45,6 +45,10 @@ FImage hflip(const FImage& img);
 FImage pad_crop(const FImage& img, int top, int left, int out_h, int out_w, int pad, PadMode mode = PadMode::Zero,
                 float fill = 0.0f);
 FImage resize_bilinear(const FImage& img, int out_h, int out_w);  // half-pixel centres (align_corners=false)
+// What every image a model reads goes through (training, validation, eval,
+// predict): bilinear, but when shrinking by 2x or more it first averages whole
+// blocks, so that fine detail is not aliased into the small image.
+FImage resize_image(const FImage& img, int out_h, int out_w);
 // Inverse affine warp about the image centre: output pixel at offset d from the
 // centre samples the input at centre + A d + t (A row-major 2x2, t = (tx, ty)),
 // bilinearly, with `fill` outside the image.
@@ -96,7 +100,7 @@ Transform coarse_dropout(int max_holes, int max_h, int max_w, double p = 0.5, in
 // Cutout (DeVries & Taylor 2017): one size x size square, centre uniform over
 // the image, clipped at the border.
 Transform cutout(int size, double p = 1.0, float fill = 0.0f);
-Transform resize(int out_h, int out_w);
+Transform resize(int out_h, int out_w);  // resize_image
 Transform normalize(std::vector<float> mean, std::vector<float> std);
 // RandAugment (Cubuk et al. 2020): n operations chosen uniformly from the 14 of
 // the paper, each at magnitude m of `levels` bins (m = levels is the maximum).

@@ -383,7 +383,7 @@ TEST(ModelInput, ResizeAndCenterCropKeepsTheMiddleOfTheImage) {
   // A fraction of 1 on a square image is the plain resize.
   data::FImage square(30, 30, 1);
   for (int i = 0; i < 900; ++i) square.data[i] = static_cast<float>(i % 7);
-  const data::FImage plain = resize_for_model(square, 12, 12), framed = resize_and_center_crop(square, 12, 12, 1.0);
+  const data::FImage plain = data::resize_image(square, 12, 12), framed = resize_and_center_crop(square, 12, 12, 1.0);
   EXPECT_EQ(plain.data, framed.data);
   EXPECT_THROW(resize_and_center_crop(square, 12, 12, 0.0), ValueError);
 

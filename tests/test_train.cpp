@@ -487,6 +487,23 @@ TEST(Train, TheRunsTestSplitIsTheOneEvalAndQatRead) {
   EXPECT_EQ(q.test_split, 0.5);
 }
 
+// Training's validation and kestrel eval read the test images alike, also
+// when they shrink them by more than 2x (40 px to 9: 4x4 blocks averaged first).
+TEST(Train, ValidationAndEvalResizeTheTestImagesAlike) {
+  const std::string folder = kestrel::testing::write_pattern_folder_dataset("resize_alike", 40);
+  tools::TrainConfig c = kestrel::testing::pattern_folder_config(folder, "resize_alike_out", "cpu");
+  c.epochs = 1;
+  c.width_mult = 0.25;
+  c.image_size = 9;
+  ASSERT_TRUE(tools::train(c).completed);
+  const nlohmann::json last = kestrel::testing::read_metrics_jsonl(c.out).back();
+  const auto r = kestrel::testing::kestrel_cli("eval -c " + c.out + "/best.safetensors --latency-iters 0 --no-progress");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const nlohmann::json report = nlohmann::json::parse(kestrel::testing::read_text(c.out + "/eval/report.json"));
+  EXPECT_NEAR(report["loss"].get<double>(), last["val_loss"].get<double>(), 1e-5 * last["val_loss"].get<double>());
+  EXPECT_NEAR(report["top1"].get<double>(), last["val_top1"].get<double>(), 1e-9);
+}
+
 TEST(Train, ATestSplitWhereTheDataHasItsOwnIsRefused) {
   tools::TrainConfig c = kestrel::testing::fashion_mnist_config("split_bad");
   c.test_split = 0.2;

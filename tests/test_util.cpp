@@ -250,7 +250,7 @@ void expect_one_line_error(const CliResult& r, const std::string& expect, const 
   EXPECT_NE(r.err.find(expect), std::string::npos) << what << ": expected '" << expect << "' in: " << r.err;
 }
 
-std::string write_pattern_folder_dataset(const std::string& name) {
+std::string write_pattern_folder_dataset(const std::string& name, int size) {
   namespace fs = std::filesystem;
   const std::string root = temp_path(name);
   fs::remove_all(root);
@@ -260,14 +260,14 @@ std::string write_pattern_folder_dataset(const std::string& name) {
       const std::string dir = root + "/" + split + "/" + classes[cls];
       fs::create_directories(dir);
       for (int i = 0; i < 12; ++i) {
-        unsigned char px[12 * 12 * 3];
-        for (int y = 0; y < 12; ++y)
-          for (int x = 0; x < 12; ++x)
+        std::vector<unsigned char> px(static_cast<size_t>(size * size * 3));
+        for (int y = 0; y < size; ++y)
+          for (int x = 0; x < size; ++x)
             for (int c = 0; c < 3; ++c) {
               const int v = cls == 0 ? y * 20 : (cls == 1 ? x * 20 : ((x + y) % 2) * 200);
-              px[(y * 12 + x) * 3 + c] = static_cast<unsigned char>((v + 7 * i + 13 * c) % 256);
+              px[(y * size + x) * 3 + c] = static_cast<unsigned char>((v + 7 * i + 13 * c) % 256);
             }
-        KCHECK(stbi_write_png((dir + "/" + std::to_string(i) + ".png").c_str(), 12, 12, 3, px, 12 * 3) != 0,
+        KCHECK(stbi_write_png((dir + "/" + std::to_string(i) + ".png").c_str(), size, size, 3, px.data(), size * 3) != 0,
                IOError, "write_pattern_folder_dataset: cannot write into ", dir);
       }
     }

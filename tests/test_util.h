@@ -85,9 +85,9 @@ inline std::string python_with_torch() { return python_with("torch"); }
 int run_python(const std::string& python, const std::string& script, const std::string& args);
 std::string temp_path(const std::string& name);
 // A fresh image-folder data set under temp_path(name): {train,test}/{a,b,c}/N.png,
-// 12 images of 12x12 RGB per class whose patterns (rows, columns, checkerboard)
-// a small CNN separates. Returns its root.
-std::string write_pattern_folder_dataset(const std::string& name);
+// 12 images of size x size RGB per class whose patterns (rows, columns,
+// checkerboard) a small CNN separates. Returns its root.
+std::string write_pattern_folder_dataset(const std::string& name, int size = 12);
 // The rows of a training run's metrics.jsonl (one JSON object per epoch).
 std::vector<nlohmann::json> read_metrics_jsonl(const std::string& run_dir);
 // Writes a tensor as a NumPy .npy file (f32, f64 or i64) for Python reference scripts.

@@ -176,7 +176,7 @@ def resize_bilinear(x, out_h, out_w):
 
 
 def resize_for_model(x, h, w):
-    """tools::resize_for_model: shrinking by 2x or more box-averages f x f blocks first."""
+    """data::resize_image: shrinking by 2x or more box-averages f x f blocks first."""
     n, H, W, c = x.shape
     if (H, W) == (h, w):
         return x

@@ -35,25 +35,6 @@ data::FImage convert_channels(const data::FImage& img, int channels) {
   return out;
 }
 
-data::FImage resize_for_model(const data::FImage& img, int height, int width) {
-  KCHECK(height > 0 && width > 0, ValueError, "resize_for_model: target size ", height, "x", width, " is not positive");
-  if (img.h == height && img.w == width) return img;
-  const int f = std::min(img.h / height, img.w / width);
-  if (f < 2) return data::resize_bilinear(img, height, width);
-  // Box-average f x f blocks (the remainder rows/columns are dropped), then finish bilinearly.
-  data::FImage small(img.h / f, img.w / f, img.c);
-  const float inv = 1.0f / static_cast<float>(f * f);
-  for (int y = 0; y < small.h; ++y)
-    for (int x = 0; x < small.w; ++x)
-      for (int ch = 0; ch < img.c; ++ch) {
-        float sum = 0.0f;
-        for (int dy = 0; dy < f; ++dy)
-          for (int dx = 0; dx < f; ++dx) sum += img.at(y * f + dy, x * f + dx, ch);
-        small.at(y, x, ch) = sum * inv;
-      }
-  return small.h == height && small.w == width ? small : data::resize_bilinear(small, height, width);
-}
-
 data::FImage resize_and_center_crop(const data::FImage& img, int height, int width, double crop_fraction) {
   KCHECK(crop_fraction > 0.0 && crop_fraction <= 1.0, ValueError, "crop fraction must be in (0, 1], got ",
          crop_fraction);
@@ -61,7 +42,7 @@ data::FImage resize_and_center_crop(const data::FImage& img, int height, int wid
   const double scale = cover / crop_fraction;
   const int h = std::max(height, static_cast<int>(std::lround(img.h * scale)));
   const int w = std::max(width, static_cast<int>(std::lround(img.w * scale)));
-  const data::FImage scaled = resize_for_model(img, h, w);
+  const data::FImage scaled = data::resize_image(img, h, w);
   return data::pad_crop(scaled, (h - height) / 2, (w - width) / 2, height, width, 0);
 }
 
@@ -79,7 +60,7 @@ data::Transform model_input_transform(const ModelInfo& info) {
     if (crop < 1.0)
       img = resize_and_center_crop(img, h, w, crop);
     else if (img.h != h || img.w != w)
-      img = resize_for_model(img, h, w);
+      img = data::resize_image(img, h, w);
     data::normalize(img, mean, std);
   };
 }

@@ -34,9 +34,6 @@ using TopK = std::vector<Prediction>;  // most probable first
 // 3/4 -> 1 takes the luma (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B), an
 // alpha channel (2 or 4) is dropped.
 data::FImage convert_channels(const data::FImage& img, int channels);
-// Bilinear resize; when shrinking by 2x or more, first averages whole blocks so
-// that fine detail is not aliased into the small image.
-data::FImage resize_for_model(const data::FImage& img, int height, int width);
 // Scales img to cover height x width divided by crop_fraction (aspect kept),
 // then takes the centred height x width (torchvision's Resize + CenterCrop).
 data::FImage resize_and_center_crop(const data::FImage& img, int height, int width, double crop_fraction);
