@@ -527,6 +527,41 @@ TEST(Cli, ImageAugmentationFlagsTrainAndAreSavedWithTheRun) {
                         "--loader resident cannot be used: --rotation runs on the host", "resident refusal");
 }
 
+// Defaults that follow other settings, unless a flag or the recipe sets them:
+// AdamW takes PyTorch's rate and decay, and digits are not mirrored.
+TEST(Cli, AdamwAndMnistTakeTheirOwnDefaultsUnlessSet) {
+  const std::string root = make_folder("dependent_defaults");
+  const auto config_of = [](const std::string& out) { return nlohmann::json::parse(read_text(out + "/config.json")); };
+  const std::string adamw = temp_path("adamw_defaults");
+  ASSERT_EQ(kestrel_cli(one_epoch_on(root, adamw) + " --optimizer adamw").rc, 0);
+  EXPECT_EQ(config_of(adamw).at("lr"), 1e-3);
+  EXPECT_EQ(config_of(adamw).at("weight_decay"), 0.01);
+  const std::string recipe = temp_path("adamw.toml");
+  std::ofstream(recipe) << "optimizer = \"adamw\"\nlr = 0.004\n";
+  const std::string set = temp_path("adamw_set");
+  ASSERT_EQ(kestrel_cli(one_epoch_on(root, set) + " --config " + recipe + " --weight-decay 0.05").rc, 0);
+  EXPECT_EQ(config_of(set).at("lr"), 0.004);
+  EXPECT_EQ(config_of(set).at("weight_decay"), 0.05);
+  const std::string sgd = temp_path("sgd_defaults");
+  ASSERT_EQ(kestrel_cli(one_epoch_on(root, sgd)).rc, 0);
+  EXPECT_EQ(config_of(sgd).at("lr"), 0.1);
+  EXPECT_EQ(config_of(sgd).at("weight_decay"), 5e-4);
+  EXPECT_EQ(config_of(sgd).at("hflip"), true);
+
+  // The IDX files of Fashion-MNIST read as MNIST's (the same format).
+  if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"))
+    GTEST_SKIP() << "mnist part: no Fashion-MNIST files (apt-get install dataset-fashion-mnist)";
+  const std::string digits = "train --dataset mnist --data-dir /usr/share/datasets/fashion-mnist --limit-train 64 "
+                             "--limit-test 32 --batch-size 32 --epochs 1 --workers 0 --device cpu --no-progress --out ";
+  const auto unmirrored = kestrel_cli(digits + temp_path("mnist_defaults"));
+  ASSERT_EQ(unmirrored.rc, 0) << unmirrored.err;
+  EXPECT_NE(unmirrored.err.find("augmentation: crop (pad 3)\n"), std::string::npos) << unmirrored.err;
+  EXPECT_EQ(config_of(temp_path("mnist_defaults")).at("hflip"), false);
+  const auto mirrored = kestrel_cli(digits + temp_path("mnist_flip") + " --hflip true");
+  ASSERT_EQ(mirrored.rc, 0) << mirrored.err;
+  EXPECT_NE(mirrored.err.find("augmentation: crop (pad 3), flip\n"), std::string::npos) << mirrored.err;
+}
+
 TEST(Cli, LossAndScheduleCombinationsThatCannotWorkAreRefused) {
   expect_one_line_error(kestrel_cli("train --loss focal --label-smoothing 0.1 --out " + temp_path("combo1")),
                         "--loss focal takes hard labels", "focal with smoothing");

@@ -96,6 +96,21 @@ void refuse_to_change_a_resumed_run(const tools::TrainConfig& c, const CLI::App&
          "/last.safetensors");
 }
 
+// Defaults that follow other settings, where neither the command nor its
+// recipe sets them: AdamW takes PyTorch's rate and decay (SGD's 0.1 is far
+// too high for it), and digits are not mirrored (a mirrored 2 is no digit).
+void apply_dependent_defaults(tools::TrainConfig& c, const CLI::App& cmd) {
+  const auto given = [&cmd](const char* flag) {
+    const CLI::Option* opt = cmd.get_option_no_throw(flag);
+    return opt != nullptr && opt->count() > 0;
+  };
+  if (c.optimizer == "adamw") {
+    if (!given("--lr")) c.lr = 1e-3;
+    if (!given("--weight-decay")) c.weight_decay = 0.01;
+  }
+  if (c.dataset == "mnist" && !given("--hflip")) c.hflip = false;
+}
+
 // `kestrel train`; `kestrel distill`, the same run, which must name its
 // teachers; `kestrel qat`, the same run from a float checkpoint, whose model it keeps.
 enum class Kind { Train, Distill, Qat };
@@ -154,11 +169,14 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
       ->capture_default_str();
   cmd->add_option("--batch-size,-b", c->batch_size,
                  "batch size (of one whole step: under mpirun, shared among the processes)")->capture_default_str();
-  cmd->add_option("--lr", c->lr, "peak learning rate")->capture_default_str();
+  cmd->add_option("--lr", c->lr,
+                  kind == Kind::Qat ? "peak learning rate (default: 0.001)"
+                                    : "peak learning rate (default: 0.1 with sgd, 0.001 with adamw)");
   cmd->add_option("--optimizer", c->optimizer, "sgd or adamw")->capture_default_str();
   cmd->add_option("--momentum", c->momentum, "SGD momentum")->capture_default_str();
   cmd->add_option("--nesterov", c->nesterov, "Nesterov momentum (true/false)")->capture_default_str();
-  cmd->add_option("--weight-decay", c->weight_decay, "weight decay (not on biases and norms)")->capture_default_str();
+  cmd->add_option("--weight-decay", c->weight_decay,
+                  "weight decay, not on biases and norms (default: 0.0005 with sgd, 0.01 with adamw)");
   cmd->add_option("--warmup-epochs", c->warmup_epochs, "linear warmup, at most half the run (cosine and step; onecycle ramps up by itself)")->capture_default_str();
   cmd->add_option("--schedule", c->schedule, "cosine, step or onecycle")->capture_default_str();
   cmd->add_option("--step-size", c->step_size, "epochs between decays for --schedule step")->capture_default_str();
@@ -173,7 +191,7 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_flag("--auto-augment", c->auto_augment, "AutoAugment CIFAR-10 policy");
   cmd->add_option("--randaugment", c->randaugment, "RandAugment N,M (e.g. 2,9)");
   cmd->add_option("--random-crop", c->random_crop, "random crop with padding (true/false)")->capture_default_str();
-  cmd->add_option("--hflip", c->hflip, "random horizontal flip (true/false)")->capture_default_str();
+  cmd->add_option("--hflip", c->hflip, "random horizontal flip, true/false (default: true, but false on mnist)");
   cmd->add_option("--cutout", c->cutout, "probability of cutout per image")->capture_default_str();
   cmd->add_option("--shift-scale-rotate", c->shift_scale_rotate,
                   "probability of a random shift, scale and rotation per image (albumentations' ShiftScaleRotate)")
@@ -251,6 +269,8 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
     if (kind == Kind::Qat && !c->resume) {
       tools::check_checkpoint_path(c->quantize_from, "float checkpoint");
       tools::configure_from_float_checkpoint(*c, requested_options(*c, *cmd, *defaults));
+    } else if (!c->resume) {
+      apply_dependent_defaults(*c, *cmd);  // (qat takes its float run's augmentation)
     }
     c->progress = !*no_progress;
     const tools::TrainSummary s = tools::train(*c);
