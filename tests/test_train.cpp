@@ -504,6 +504,27 @@ TEST(Train, ValidationAndEvalResizeTheTestImagesAlike) {
   EXPECT_NEAR(report["top1"].get<double>(), last["val_top1"].get<double>(), 1e-9);
 }
 
+// With --ema the averaged weights are validated (and kept as best); the
+// plain weights are measured too: their numbers are what eval of
+// last.safetensors (the plain weights) reads.
+TEST(Train, EmaRunsAlsoReportThePlainWeights) {
+  const std::string folder = kestrel::testing::write_pattern_folder_dataset("ema_plain");
+  tools::TrainConfig c = kestrel::testing::pattern_folder_config(folder, "ema_plain_out", "cpu");
+  c.width_mult = 0.25;
+  c.ema = 0.9;
+  ASSERT_TRUE(tools::train(c).completed);
+  const auto rows = kestrel::testing::read_metrics_jsonl(c.out);
+  ASSERT_EQ(rows.size(), 2u);
+  ASSERT_TRUE(rows[1].contains("val_top1_plain") && rows[1].contains("val_loss_plain")) << rows[1].dump();
+  const auto r = kestrel::testing::kestrel_cli("eval -c " + c.out + "/last.safetensors --latency-iters 0 --no-progress");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const nlohmann::json report = nlohmann::json::parse(kestrel::testing::read_text(c.out + "/eval-last/report.json"));
+  EXPECT_NEAR(report["loss"].get<double>(), rows[1]["val_loss_plain"].get<double>(), 1e-5);
+  EXPECT_NE(rows[1]["val_loss_plain"], rows[1]["val_loss"]) << "the EMA and plain weights differ";
+  const std::string csv = kestrel::testing::read_text(c.out + "/metrics.csv");
+  EXPECT_NE(csv.find(",val_loss_plain,val_top1_plain\n"), std::string::npos) << csv;
+}
+
 TEST(Train, ATestSplitWhereTheDataHasItsOwnIsRefused) {
   tools::TrainConfig c = kestrel::testing::fashion_mnist_config("split_bad");
   c.test_split = 0.2;

@@ -140,16 +140,24 @@ std::string fmt_pct(double v) {
 }
 
 void write_metric_files(const std::string& dir, const nlohmann::json& history) {
-  std::string jsonl, csv = "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,epoch_seconds,images_per_sec\n";
+  // With --ema the val columns are the averaged weights'; the plain weights' follow.
+  const bool ema = !history.empty() && history[0].contains("val_top1_plain");
+  std::string jsonl, csv = "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,epoch_seconds,images_per_sec";
+  csv += ema ? ",val_loss_plain,val_top1_plain\n" : "\n";
   for (const auto& h : history) {
     jsonl += h.dump() + "\n";
     char line[512];
-    std::snprintf(line, sizeof(line), "%lld,%.6g,%.6f,%.6f,%.6f,%.6f,%.6f,%.3f,%.1f\n",
+    std::snprintf(line, sizeof(line), "%lld,%.6g,%.6f,%.6f,%.6f,%.6f,%.6f,%.3f,%.1f",
                   static_cast<long long>(h["epoch"].get<int64_t>()), h["lr"].get<double>(),
                   h["train_loss"].get<double>(), h["train_top1"].get<double>(), h["val_loss"].get<double>(),
                   h["val_top1"].get<double>(), h["val_top5"].get<double>(), h["epoch_seconds"].get<double>(),
                   h["images_per_sec"].get<double>());
     csv += line;
+    if (ema) {
+      std::snprintf(line, sizeof(line), ",%.6f,%.6f", h.value("val_loss_plain", 0.0), h.value("val_top1_plain", 0.0));
+      csv += line;
+    }
+    csv += "\n";
   }
   io::write_text_atomically(dir + "/metrics.jsonl", jsonl, "train");
   io::write_text_atomically(dir + "/metrics.csv", csv, "train");
@@ -773,7 +781,14 @@ TrainSummary train(TrainConfig c) {
     // Batch-norm statistics differ by rank (each saw its share): rank 0's
     // are evaluated and saved, as in PyTorch's DDP.
     dist::broadcast_buffers(*model);
+    // With EMA the averaged weights are evaluated and kept as best; the plain
+    // ones are measured too, since early on the average lags far behind them.
+    std::optional<EvalResult> plain;
     if (ema) {
+      {
+        AutocastGuard autocast_scope(autocast);
+        plain = evaluate(*model, test_loader, classes, c.progress, "  eval (plain weights)");
+      }
       ema->swap_with(*model);
       dist::broadcast_buffers(*model);
     }
@@ -810,7 +825,11 @@ TrainSummary train(TrainConfig c) {
     rec["val_loss"] = val.loss;
     rec["val_top1"] = top1;
     rec["val_top5"] = val.metrics.top5();
-    rec["epoch_seconds"] = train_secs + precise_bn_secs + val.seconds;
+    rec["epoch_seconds"] = train_secs + precise_bn_secs + val.seconds + (plain ? plain->seconds : 0.0);
+    if (plain) {
+      rec["val_loss_plain"] = plain->loss;
+      rec["val_top1_plain"] = plain->metrics.top1();
+    }
     rec["images_per_sec"] = train_secs > 0 ? static_cast<double>(tally.seen() - resumed_seen) / train_secs : 0.0;
     if (scaler) {
       rec["loss_scale"] = scaler->current_scale();
@@ -828,6 +847,10 @@ TrainSummary train(TrainConfig c) {
                                                         {"val/loss", "val_loss"},     {"val/top1", "val_top1"},
                                                         {"val/top5", "val_top5"},     {"lr", "lr"}};
     for (const auto& [tag, key] : tags) tb->add_scalar(tag, rec[key].get<double>(), epoch + 1);
+    if (plain) {
+      tb->add_scalar("val/loss_plain", plain->loss, epoch + 1);
+      tb->add_scalar("val/top1_plain", plain->metrics.top1(), epoch + 1);
+    }
     if (scaler) tb->add_scalar("amp/loss_scale", scaler->current_scale(), epoch + 1);
     tb->flush();
 
@@ -839,12 +862,13 @@ TrainSummary train(TrainConfig c) {
     if (scaler)
       std::snprintf(amp_note, sizeof(amp_note), "  loss scale %.6g (%lld skipped)", scaler->current_scale(),
                     static_cast<long long>(skipped_steps));
+    const std::string plain_note = plain ? " (EMA; plain weights " + fmt_pct(plain->metrics.top1()) + ")" : "";
     std::fprintf(stderr,
-                 "epoch %lld/%lld  train loss %.4f acc %s  val loss %.4f acc %s top5 %s  lr %.4g  %.0f img/s%s  %s\n",
+                 "epoch %lld/%lld  train loss %.4f acc %s  val loss %.4f acc %s top5 %s%s  lr %.4g  %.0f img/s%s  %s\n",
                  static_cast<long long>(epoch + 1), static_cast<long long>(c.epochs), rec["train_loss"].get<double>(),
                  fmt_pct(rec["train_top1"].get<double>()).c_str(), val.loss, fmt_pct(top1).c_str(),
-                 fmt_pct(val.metrics.top5()).c_str(), optimizer->lr(), rec["images_per_sec"].get<double>(), amp_note,
-                 improved ? "(best)" : "");
+                 fmt_pct(val.metrics.top5()).c_str(), plain_note.c_str(), optimizer->lr(),
+                 rec["images_per_sec"].get<double>(), amp_note, improved ? "(best)" : "");
     const bool may_precise_bn = c.precise_bn == 0 && c.quantize_from.empty();  // qat's norms are folded
     if (!lag_noted && may_precise_bn && batch_norm_lag_likely(val.loss, rec["train_loss"].get<double>(), classes)) {
       std::fprintf(stderr,
