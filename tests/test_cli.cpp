@@ -562,6 +562,44 @@ TEST(Cli, AdamwAndMnistTakeTheirOwnDefaultsUnlessSet) {
   EXPECT_NE(mirrored.err.find("augmentation: crop (pad 3), flip\n"), std::string::npos) << mirrored.err;
 }
 
+// --mean/--std set the input normalization; without them a run started from
+// a Kestrel checkpoint takes the checkpoint's (the inputs its weights learned).
+TEST(Cli, NormalizationFromTheFlagsOrTheInitialCheckpoint) {
+  const std::string root = make_folder("normalization");
+  const auto config_of = [](const std::string& out) { return nlohmann::json::parse(read_text(out + "/config.json")); };
+  const std::string measured = temp_path("norm_measured");
+  ASSERT_EQ(kestrel_cli(one_epoch_on(root, measured)).rc, 0);
+  const std::string data_mean = config_of(measured).at("mean");
+  EXPECT_EQ(std::count(data_mean.begin(), data_mean.end(), ','), 2) << "one mean per channel: " << data_mean;
+
+  const std::string set = temp_path("norm_set");
+  ASSERT_EQ(kestrel_cli(one_epoch_on(root, set) + " --mean 0.5,0.5,0.5 --std 0.25,0.25,0.25").rc, 0);
+  EXPECT_EQ(config_of(set).at("mean"), "0.5,0.5,0.5");
+  EXPECT_EQ(config_of(set).at("std"), "0.25,0.25,0.25");
+
+  const std::string tuned = temp_path("norm_tuned");
+  const auto from_checkpoint = kestrel_cli(one_epoch_on(root, tuned) + " --initial-checkpoint " + set +
+                                           "/best.safetensors");
+  ASSERT_EQ(from_checkpoint.rc, 0) << from_checkpoint.err;
+  EXPECT_EQ(config_of(tuned).at("mean"), "0.5,0.5,0.5");
+  EXPECT_NE(from_checkpoint.err.find("input normalization from " + set + "/best.safetensors (mean 0.5,0.5,0.5, std "
+                                     "0.25,0.25,0.25), not the data set's"),
+            std::string::npos)
+      << from_checkpoint.err;
+  const std::string chosen = temp_path("norm_chosen");
+  ASSERT_EQ(kestrel_cli(one_epoch_on(root, chosen) + " --initial-checkpoint " + set + "/best.safetensors --mean " +
+                        data_mean + " --std " + config_of(measured).at("std").get<std::string>()).rc,
+            0);
+  EXPECT_EQ(config_of(chosen).at("mean"), data_mean);
+
+  expect_one_line_error(kestrel_cli(one_epoch_on(root, temp_path("norm_bad1")) + " --mean 0.5,0.5,0.5"),
+                        "--mean and --std go together", "a mean without a std");
+  expect_one_line_error(kestrel_cli(one_epoch_on(root, temp_path("norm_bad2")) + " --mean 0.5 --std 0.2"),
+                        "--mean and --std give 1 value, but the images have 3 channels", "one value for RGB");
+  expect_one_line_error(kestrel_cli(one_epoch_on(root, temp_path("norm_bad3")) + " --mean 0.5,0.5,0.5 --std 0.2,0,0.2"),
+                        "--std expects one positive number per channel", "a zero std");
+}
+
 TEST(Cli, LossAndScheduleCombinationsThatCannotWorkAreRefused) {
   expect_one_line_error(kestrel_cli("train --loss focal --label-smoothing 0.1 --out " + temp_path("combo1")),
                         "--loss focal takes hard labels", "focal with smoothing");

@@ -143,6 +143,10 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
     cmd->add_option("--initial-checkpoint", c->initial_checkpoint,
                     "start from these weights: a Kestrel checkpoint or a torchvision/timm state_dict in safetensors "
                     "(tools/torch_weights.py); a classifier of another class count starts fresh");
+    cmd->add_option("--mean", c->mean,
+                    "input normalization, one mean per channel (e.g. 0.485,0.456,0.406; default: the teachers' or "
+                    "the initial checkpoint's when they record one, else the data set's)");
+    cmd->add_option("--std", c->std, "input normalization, one standard deviation per channel (with --mean)");
   }
   cmd->add_option("--stem", c->stem, "auto (the stride-1 CIFAR stem at 64 px and below), cifar, or model (its own)")
       ->capture_default_str();

@@ -21,8 +21,8 @@ namespace kestrel::tools {
   X(step_size) X(step_gamma) X(label_smoothing) X(loss) X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp)  \
   X(early_stop) X(mixup) X(cutmix) X(ricap) X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop) X(hflip)  \
   X(cutout) X(seed) X(device) X(out) X(teacher) X(distill_alpha) X(distill_temperature) X(quantize_from)         \
-  X(calib_batches) X(initial_checkpoint) X(precise_bn) X(save_every_steps) X(rotation) X(color_jitter)           \
-  X(shift_scale_rotate) X(ssr_limits) X(brightness_contrast) X(hsv_shift)
+  X(calib_batches) X(initial_checkpoint) X(mean) X(std) X(precise_bn) X(save_every_steps) X(rotation)            \
+  X(color_jitter) X(shift_scale_rotate) X(ssr_limits) X(brightness_contrast) X(hsv_shift)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -101,6 +101,20 @@ std::array<double, 3> TrainConfig::shift_scale_rotate_limits() const {
   return {v[0], v[1], v[2]};
 }
 
+std::vector<float> TrainConfig::mean_values() const {
+  if (mean.empty()) return {};
+  const std::vector<double> v = numbers_in(mean, 1, 4, "--mean", "one number per channel (e.g. 0.485,0.456,0.406)");
+  return {v.begin(), v.end()};
+}
+
+std::vector<float> TrainConfig::std_values() const {
+  if (std.empty()) return {};
+  const char* expected = "one positive number per channel (e.g. 0.229,0.224,0.225)";
+  const std::vector<double> v = numbers_in(std, 1, 4, "--std", expected);
+  for (double s : v) KCHECK(s > 0, ValueError, "--std expects ", expected, ", got '", std, "'");
+  return {v.begin(), v.end()};
+}
+
 namespace {
 void one_of(const std::string& flag, const std::string& value, std::initializer_list<const char*> valid) {
   std::string list;
@@ -158,6 +172,8 @@ void TrainConfig::validate() const {
          "--auto-augment and --randaugment are two policies for one step; pick one");
   KCHECK(momentum >= 0 && momentum < 1, ValueError, "--momentum must be in [0, 1), got ", momentum);
   if (!color_jitter.empty()) color_jitter_amounts();
+  KCHECK(mean_values().size() == std_values().size(), ValueError,
+         "--mean and --std go together, one number per channel each; got '", mean, "' and '", std, "'");
   shift_scale_rotate_limits();
   KCHECK(rotation >= 0 && rotation <= 180, ValueError, "--rotation must be in [0, 180] degrees (0: off), got ",
          rotation);

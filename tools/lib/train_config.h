@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 namespace kestrel::tools {
 
@@ -21,6 +22,10 @@ struct TrainConfig {
   double dropout = -1.0;    // < 0: the model's default
   double drop_path = -1.0;  // < 0: the model's default
   std::string initial_checkpoint;  // starting weights (tools/lib/initial_weights.h); empty = seeded init
+  // Input normalization per channel, "m1,m2,m3"; empty: the float model's (qat),
+  // the teachers', the initial checkpoint's or else the data set's. A run
+  // records the one it used here.
+  std::string mean, std;
   std::string dataset = "fashion-mnist";  // cifar10, cifar100, cifar100-coarse, fashion-mnist, mnist, folder
   std::string data_dir;                   // empty: the dataset's default location
   int64_t limit_train = 0;                // use only the first N training images (0 = all)
@@ -106,6 +111,8 @@ struct TrainConfig {
   std::array<int, 2> randaugment_n_m() const;                // --randaugment N,M
   std::array<float, 4> color_jitter_amounts() const;         // brightness, contrast, saturation, hue (0 if left out)
   std::array<double, 3> shift_scale_rotate_limits() const;   // --ssr-limits SHIFT,SCALE,DEGREES
+  std::vector<float> mean_values() const;                    // --mean (empty when not set)
+  std::vector<float> std_values() const;                     // --std (empty when not set)
   // Throws ValueError naming the first bad value.
   void validate() const;
 };

@@ -177,14 +177,43 @@ void write_metric_files(const std::string& dir, const nlohmann::json& history) {
 // --limit-train measures slightly other values. A run that feeds its batches
 // to an existing model (qat's float checkpoint, distill's first teacher) of
 // the same kind of data set takes that model's normalization.
-Normalization run_normalization(const TrainConfig& c, const data::Dataset& train_set) {
-  const std::vector<std::string> teachers = split_paths(c.teacher);
-  const std::string reference = !c.quantize_from.empty() ? c.quantize_from : teachers.empty() ? "" : teachers[0];
-  if (c.dataset == "folder" && !reference.empty() && fs::exists(reference)) {
-    const ModelInfo r = ModelInfo::from_metadata(io::load_safetensors_metadata(reference), reference);
-    if (r.dataset == "folder" && !r.mean.empty()) return {r.mean, r.std};
+// The input normalization: --mean/--std when given; else that of the weights
+// the run starts from or learns from (qat's float model, the first teacher,
+// the initial checkpoint: each was trained on inputs normalized so, as timm
+// takes a pretrained model's); else the data set's. `source` names where it came from.
+Normalization run_normalization(const TrainConfig& c, const data::Dataset& train_set, int64_t channels,
+                                std::string& source) {
+  if (!c.mean.empty()) {
+    Normalization n{c.mean_values(), c.std_values()};
+    KCHECK(static_cast<int64_t>(n.mean.size()) == channels, ValueError, "--mean and --std give ", n.mean.size(),
+           n.mean.size() == 1 ? " value" : " values", ", but the images have ", channels, " channel",
+           channels == 1 ? "" : "s");
+    source = "--mean/--std";
+    return n;
   }
+  const std::vector<std::string> teachers = split_paths(c.teacher);
+  for (const std::string& ref : {c.quantize_from, teachers.empty() ? std::string() : teachers[0], c.initial_checkpoint}) {
+    if (ref.empty() || !fs::exists(ref)) continue;
+    const io::Metadata m = io::load_safetensors_metadata(ref);
+    if (m.count("kestrel.model_info") == 0) continue;  // a plain state_dict names no normalization
+    const ModelInfo r = ModelInfo::from_metadata(m, ref);
+    if (static_cast<int64_t>(r.mean.size()) != channels || r.std.size() != r.mean.size()) continue;
+    source = ref;
+    return {r.mean, r.std};
+  }
+  source = "the data set";
   return normalization_for(c.dataset, train_set);
+}
+
+// "0.485,0.456,0.406" with every float's digits, so a resumed run reads back the same values.
+std::string float_list(const std::vector<float>& v) {
+  std::string out;
+  for (float x : v) {
+    char b[32];
+    std::snprintf(b, sizeof(b), "%.9g", static_cast<double>(x));
+    out += (out.empty() ? "" : ",") + std::string(b);
+  }
+  return out;
 }
 
 // Without --image-size the model takes the first image's size and every
@@ -475,7 +504,10 @@ TrainSummary train(TrainConfig c) {
          c.num_classes, " is fewer than the data set's ", train_set->num_classes(),
          " classes (leave it out to take the data set's)");
   const int64_t classes = c.num_classes > 0 ? c.num_classes : train_set->num_classes();
-  const Normalization norm = run_normalization(c, *train_set);
+  std::string norm_source;
+  const Normalization norm = run_normalization(c, *train_set, probe.image.c, norm_source);
+  c.mean = float_list(norm.mean);  // recorded in config.json: a resume needs none of the sources
+  c.std = float_list(norm.std);
 
   // Model: seeded init, reproducible.
   manual_seed(c.seed);
@@ -510,6 +542,13 @@ TrainSummary train(TrainConfig c) {
       std::cerr << "initial weights from " << c.initial_checkpoint;
       for (size_t i = 0; i < fresh.size(); ++i) std::cerr << (i ? ", " : "; kept fresh: ") << fresh[i];
       std::cerr << "\n";
+      const auto differs = [&] {
+        const Normalization own = normalization_for(c.dataset, *train_set);
+        return own.mean != norm.mean || own.std != norm.std;
+      };
+      if (norm_source == c.initial_checkpoint && differs())
+        std::cerr << "input normalization from " << c.initial_checkpoint << " (mean " << c.mean << ", std " << c.std
+                  << "), not the data set's; --mean and --std choose another\n";
     }
   }
   model->train();
