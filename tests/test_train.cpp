@@ -1,7 +1,9 @@
 // End-to-end training on real data (Fashion-MNIST from the Debian package).
+#include <cmath>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "cuda_parity.h"
 #include "data/loader.h"
@@ -523,6 +525,63 @@ TEST(Train, EmaRunsAlsoReportThePlainWeights) {
   EXPECT_NE(rows[1]["val_loss_plain"], rows[1]["val_loss"]) << "the EMA and plain weights differ";
   const std::string csv = kestrel::testing::read_text(c.out + "/metrics.csv");
   EXPECT_NE(csv.find(",val_loss_plain,val_top1_plain\n"), std::string::npos) << csv;
+}
+
+// The schedule and optimizer knobs timm users reach for: the cosine's floor,
+// step decay at given epochs, AdamW's betas and epsilon.
+TEST(Train, MinLrMilestonesAndAdamSettingsShapeTheRun) {
+  const std::string folder = kestrel::testing::write_pattern_folder_dataset("knobs");
+  const auto run = [&](const std::string& name, const std::function<void(tools::TrainConfig&)>& set) {
+    tools::TrainConfig c = kestrel::testing::pattern_folder_config(folder, name, "cpu");  // 6 steps an epoch
+    c.width_mult = 0.25;
+    set(c);
+    EXPECT_TRUE(tools::train(c).completed) << name;
+    return kestrel::testing::read_metrics_jsonl(c.out);
+  };
+  // Cosine over 12 steps after a 6-step warmup: the last step is 5/6 of the way down.
+  const double last_fraction = 0.5 * (1 + std::cos(M_PI * 5.0 / 6.0));
+  const auto floor0 = run("knobs_cos", [](tools::TrainConfig&) {});
+  const auto floored = run("knobs_min", [](tools::TrainConfig& c) { c.min_lr = 0.02; });
+  EXPECT_NEAR(floor0.back()["lr"].get<double>(), 0.05 * last_fraction, 1e-12);
+  EXPECT_NEAR(floored.back()["lr"].get<double>(), 0.02 + (0.05 - 0.02) * last_fraction, 1e-12);
+
+  const auto stepped = run("knobs_steps", [](tools::TrainConfig& c) {
+    c.epochs = 3;
+    c.schedule = "step";
+    c.milestones = "1,2";
+    c.warmup_epochs = 0;
+  });
+  ASSERT_EQ(stepped.size(), 3u);
+  EXPECT_NEAR(stepped[0]["lr"].get<double>(), 0.05, 1e-12);
+  EXPECT_NEAR(stepped[1]["lr"].get<double>(), 0.005, 1e-12);
+  EXPECT_NEAR(stepped[2]["lr"].get<double>(), 0.0005, 1e-12);
+
+  const auto adam = run("knobs_adam", [](tools::TrainConfig& c) { c.optimizer = "adamw", c.lr = 1e-3; });
+  const auto betas = run("knobs_betas", [](tools::TrainConfig& c) {
+    c.optimizer = "adamw", c.lr = 1e-3, c.adam_betas = "0.5,0.9", c.adam_eps = 1e-3;
+  });
+  EXPECT_NE(adam[0]["train_loss"], betas[0]["train_loss"]) << "the betas and epsilon reach the optimizer";
+
+  tools::TrainConfig c = kestrel::testing::pattern_folder_config(folder, "knobs_bad", "cpu");
+  const auto message = [&](const std::function<void(tools::TrainConfig&)>& set) {
+    tools::TrainConfig bad = c;
+    set(bad);
+    return kestrel::testing::expect_message_of([&] { tools::train(bad); });
+  };
+  EXPECT_NE(message([](tools::TrainConfig& b) { b.milestones = "2"; }).find("--milestones are the epochs"),
+            std::string::npos);
+  EXPECT_NE(message([](tools::TrainConfig& b) { b.schedule = "step", b.milestones = "3,2"; })
+                .find("--milestones expects ascending whole epochs"),
+            std::string::npos);
+  EXPECT_NE(message([](tools::TrainConfig& b) { b.schedule = "onecycle", b.min_lr = 0.01; })
+                .find("--min-lr is where --schedule cosine ends"),
+            std::string::npos);
+  EXPECT_NE(message([](tools::TrainConfig& b) { b.min_lr = 0.5; }).find("--min-lr must be in [0, --lr)"),
+            std::string::npos);
+  EXPECT_NE(message([](tools::TrainConfig& b) { b.adam_betas = "0.9,0.99"; }).find("are AdamW's"), std::string::npos);
+  EXPECT_NE(message([](tools::TrainConfig& b) { b.optimizer = "adamw", b.adam_betas = "0.9,1"; })
+                .find("--adam-betas expects B1,B2"),
+            std::string::npos);
 }
 
 TEST(Train, ATestSplitWhereTheDataHasItsOwnIsRefused) {

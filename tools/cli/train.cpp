@@ -177,6 +177,8 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
                   kind == Kind::Qat ? "peak learning rate (default: 0.001)"
                                     : "peak learning rate (default: 0.1 with sgd, 0.001 with adamw)");
   cmd->add_option("--optimizer", c->optimizer, "sgd or adamw")->capture_default_str();
+  cmd->add_option("--adam-betas", c->adam_betas, "AdamW's B1,B2")->capture_default_str();
+  cmd->add_option("--adam-eps", c->adam_eps, "AdamW's epsilon")->capture_default_str();
   cmd->add_option("--momentum", c->momentum, "SGD momentum")->capture_default_str();
   cmd->add_option("--nesterov", c->nesterov, "Nesterov momentum (true/false)")->capture_default_str();
   cmd->add_option("--weight-decay", c->weight_decay,
@@ -184,6 +186,9 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--warmup-epochs", c->warmup_epochs, "linear warmup, at most half the run (cosine and step; onecycle ramps up by itself)")->capture_default_str();
   cmd->add_option("--schedule", c->schedule, "cosine, step or onecycle")->capture_default_str();
   cmd->add_option("--step-size", c->step_size, "epochs between decays for --schedule step")->capture_default_str();
+  cmd->add_option("--milestones", c->milestones,
+                  "for --schedule step: decay at these epochs (e.g. 60,120,160) instead of every --step-size");
+  cmd->add_option("--min-lr", c->min_lr, "where --schedule cosine ends")->capture_default_str();
   cmd->add_option("--step-gamma", c->step_gamma, "decay factor for --schedule step")->capture_default_str();
   cmd->add_option("--label-smoothing", c->label_smoothing, "label smoothing")->capture_default_str();
   cmd->add_option("--loss", c->loss, "ce or focal")->capture_default_str();

@@ -14,15 +14,16 @@
 
 namespace kestrel::tools {
 
-#define KESTREL_CONFIG_FIELDS(X)                                                                                 \
-  X(model) X(num_classes) X(width_mult) X(depth_mult) X(image_size) X(stem) X(dropout) X(drop_path) X(dataset)   \
-  X(data_dir) X(limit_train) X(limit_test) X(test_split) X(skip_bad) X(workers) X(loader) X(epochs)              \
-  X(batch_size) X(lr) X(optimizer) X(momentum) X(nesterov) X(weight_decay) X(warmup_epochs) X(schedule)          \
-  X(step_size) X(step_gamma) X(label_smoothing) X(loss) X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp)  \
-  X(early_stop) X(mixup) X(cutmix) X(ricap) X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop) X(hflip)  \
-  X(cutout) X(seed) X(device) X(out) X(teacher) X(distill_alpha) X(distill_temperature) X(quantize_from)         \
-  X(calib_batches) X(initial_checkpoint) X(mean) X(std) X(precise_bn) X(save_every_steps) X(rotation)            \
-  X(color_jitter) X(shift_scale_rotate) X(ssr_limits) X(brightness_contrast) X(hsv_shift)
+#define KESTREL_CONFIG_FIELDS(X)                                                                                \
+  X(model) X(num_classes) X(width_mult) X(depth_mult) X(image_size) X(stem) X(dropout) X(drop_path) X(dataset)  \
+  X(data_dir) X(limit_train) X(limit_test) X(test_split) X(skip_bad) X(workers) X(loader) X(epochs)             \
+  X(batch_size) X(lr) X(optimizer) X(momentum) X(nesterov) X(weight_decay) X(warmup_epochs) X(schedule)         \
+  X(step_size) X(milestones) X(step_gamma) X(min_lr) X(adam_betas) X(adam_eps) X(label_smoothing) X(loss)       \
+  X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp) X(early_stop) X(mixup) X(cutmix) X(ricap)             \
+  X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop) X(hflip) X(cutout) X(seed) X(device) X(out)        \
+  X(teacher) X(distill_alpha) X(distill_temperature) X(quantize_from) X(calib_batches) X(initial_checkpoint)    \
+  X(mean) X(std) X(precise_bn) X(save_every_steps) X(rotation) X(color_jitter) X(shift_scale_rotate)            \
+  X(ssr_limits) X(brightness_contrast) X(hsv_shift)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -101,6 +102,27 @@ std::array<double, 3> TrainConfig::shift_scale_rotate_limits() const {
   return {v[0], v[1], v[2]};
 }
 
+std::vector<int64_t> TrainConfig::milestone_epochs() const {
+  if (milestones.empty()) return {};
+  const char* expected = "ascending whole epochs, at least 1 (e.g. 60,120,160)";
+  const std::vector<double> v = numbers_in(milestones, 1, 64, "--milestones", expected);
+  std::vector<int64_t> out;
+  for (double e : v) {
+    KCHECK(e >= 1 && e == std::floor(e) && (out.empty() || e > static_cast<double>(out.back())) && e <= 1e6,
+           ValueError, "--milestones expects ", expected, ", got '", milestones, "'");
+    out.push_back(static_cast<int64_t>(e));
+  }
+  return out;
+}
+
+std::array<double, 2> TrainConfig::adam_beta_values() const {
+  const char* expected = "B1,B2 with each in [0, 1) (e.g. 0.9,0.999)";
+  const std::vector<double> v = numbers_in(adam_betas, 2, 2, "--adam-betas", expected);
+  KCHECK(v[0] >= 0 && v[0] < 1 && v[1] >= 0 && v[1] < 1, ValueError, "--adam-betas expects ", expected, ", got '",
+         adam_betas, "'");
+  return {v[0], v[1]};
+}
+
 std::vector<float> TrainConfig::mean_values() const {
   if (mean.empty()) return {};
   const std::vector<double> v = numbers_in(mean, 1, 4, "--mean", "one number per channel (e.g. 0.485,0.456,0.406)");
@@ -162,6 +184,16 @@ void TrainConfig::validate() const {
          drop_path);
   KCHECK(schedule != "step" || (step_size >= 1 && step_gamma > 0), ValueError,
          "--schedule step needs --step-size >= 1 and --step-gamma > 0, got ", step_size, " and ", step_gamma);
+  KCHECK(milestones.empty() || schedule == "step", ValueError, "--milestones are the epochs --schedule step decays at; "
+         "this run's schedule is ", schedule);
+  milestone_epochs();
+  KCHECK(min_lr >= 0 && min_lr < lr, ValueError, "--min-lr must be in [0, --lr), got ", min_lr);
+  KCHECK(min_lr == 0 || schedule == "cosine", ValueError, "--min-lr is where --schedule cosine ends; this run's "
+         "schedule is ", schedule);
+  adam_beta_values();
+  KCHECK(adam_eps > 0, ValueError, "--adam-eps must be positive, got ", adam_eps);
+  KCHECK(optimizer == "adamw" || (adam_betas == TrainConfig{}.adam_betas && adam_eps == TrainConfig{}.adam_eps),
+         ValueError, "--adam-betas and --adam-eps are AdamW's; this run's optimizer is ", optimizer);
   KCHECK(mix_alpha > 0, ValueError, "--mix-alpha must be positive, got ", mix_alpha);
   KCHECK(focal_gamma >= 0, ValueError, "--focal-gamma must be >= 0 (0: cross-entropy), got ", focal_gamma);
   // The focal loss is defined on hard labels; soft targets would silently drop it.

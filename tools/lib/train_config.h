@@ -51,7 +51,11 @@ struct TrainConfig {
   double warmup_epochs = 1.0;
   std::string schedule = "cosine";  // cosine, step, onecycle
   int64_t step_size = 30;           // epochs per step for --schedule step
+  std::string milestones;           // "E1,E2,...": --schedule step decays at these epochs instead
   double step_gamma = 0.1;
+  double min_lr = 0.0;              // where --schedule cosine ends
+  std::string adam_betas = "0.9,0.999";  // AdamW's beta1, beta2
+  double adam_eps = 1e-8;
   double label_smoothing = 0.0;
   std::string loss = "ce";  // ce, focal
   double focal_gamma = 2.0;
@@ -111,6 +115,8 @@ struct TrainConfig {
   std::array<int, 2> randaugment_n_m() const;                // --randaugment N,M
   std::array<float, 4> color_jitter_amounts() const;         // brightness, contrast, saturation, hue (0 if left out)
   std::array<double, 3> shift_scale_rotate_limits() const;   // --ssr-limits SHIFT,SCALE,DEGREES
+  std::vector<int64_t> milestone_epochs() const;             // --milestones, ascending (empty when not set)
+  std::array<double, 2> adam_beta_values() const;            // --adam-betas B1,B2
   std::vector<float> mean_values() const;                    // --mean (empty when not set)
   std::vector<float> std_values() const;                     // --std (empty when not set)
   // Throws ValueError naming the first bad value.

@@ -77,6 +77,11 @@ double effective_warmup_epochs(const TrainConfig& c) {
 std::unique_ptr<optim::LrSchedule> make_schedule(const TrainConfig& c, int64_t steps_per_epoch) {
   const int64_t total = std::max<int64_t>(1, c.epochs * steps_per_epoch);
   const int64_t warmup = static_cast<int64_t>(effective_warmup_epochs(c) * static_cast<double>(steps_per_epoch));
+  if (c.schedule == "step" && !c.milestones.empty()) {
+    std::vector<int64_t> steps;
+    for (int64_t epoch : c.milestone_epochs()) steps.push_back(epoch * steps_per_epoch);
+    return std::make_unique<optim::LinearWarmup>(std::make_unique<optim::StepDecay>(c.lr, steps, c.step_gamma), warmup);
+  }
   if (c.schedule == "step")
     return std::make_unique<optim::LinearWarmup>(
         std::make_unique<optim::StepDecay>(c.lr, c.step_size * steps_per_epoch, c.step_gamma), warmup);
@@ -86,7 +91,7 @@ std::unique_ptr<optim::LrSchedule> make_schedule(const TrainConfig& c, int64_t s
            " (epochs x batches per epoch / --grad-accum); train longer or use --schedule cosine");
     return std::make_unique<optim::OneCycle>(c.lr, total);
   }
-  return std::make_unique<optim::WarmupCosine>(c.lr, total, std::min(warmup, total), 0.0, c.lr * 0.01);
+  return std::make_unique<optim::WarmupCosine>(c.lr, total, std::min(warmup, total), c.min_lr, c.lr * 0.01);
 }
 
 std::unique_ptr<optim::Optimizer> make_optimizer(const TrainConfig& c, const nn::Module& model) {
@@ -95,6 +100,10 @@ std::unique_ptr<optim::Optimizer> make_optimizer(const TrainConfig& c, const nn:
     optim::AdamWOptions o;
     o.lr = c.lr;
     o.weight_decay = c.weight_decay;
+    const std::array<double, 2> betas = c.adam_beta_values();
+    o.beta1 = betas[0];
+    o.beta2 = betas[1];
+    o.eps = c.adam_eps;
     return std::make_unique<optim::AdamW>(groups, o);
   }
   optim::SGDOptions o;
