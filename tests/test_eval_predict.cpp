@@ -448,6 +448,41 @@ TEST_F(EvalPredict, PredictCliPrintsAnAlignedTableAndMachineReadableJson) {
     right += pred["top_k"][0]["class_name"] == "hstripes";
   }
   EXPECT_GE(right, 18) << "of 24 horizontal-stripe images";
+
+  // CSV on stdout, or any format into a file (named by its extension), holding the same answers.
+  const CliResult csv = kestrel_cli("predict --checkpoint " + *ckpt_ + " " + folder + " --format csv -k 3");
+  ASSERT_EQ(csv.rc, 0) << csv.err;
+  std::stringstream rows(csv.out);
+  std::string line;
+  std::getline(rows, line);
+  EXPECT_EQ(line, "image,rank,class_index,class_name,probability");
+  std::vector<std::string> csv_lines;
+  while (std::getline(rows, line)) csv_lines.push_back(line);
+  ASSERT_EQ(csv_lines.size(), 72u) << "3 rows for each of 24 images";
+  const auto& first = j["predictions"][0]["top_k"][0];
+  char prob[32];
+  std::snprintf(prob, sizeof(prob), "%.6f", first["probability"].get<double>());
+  EXPECT_EQ(csv_lines[0], folder + "/0.png,1," + std::to_string(first["class_index"].get<int>()) + "," +
+                              first["class_name"].get<std::string>() + "," + prob);
+  const std::string file = kestrel::testing::temp_path("predictions.csv");
+  const CliResult to_file = kestrel_cli("predict --checkpoint " + *ckpt_ + " " + folder + " -k 3 -o " + file);
+  ASSERT_EQ(to_file.rc, 0) << to_file.err;
+  EXPECT_EQ(to_file.out, "");
+  EXPECT_EQ(kestrel::testing::read_text(file), csv.out);
+  EXPECT_NE(to_file.err.find("predictions for 24 images written to " + file), std::string::npos) << to_file.err;
+  const std::string json_file = kestrel::testing::temp_path("predictions.json");
+  ASSERT_EQ(kestrel_cli("predict --checkpoint " + *ckpt_ + " " + folder + " -k 3 -o " + json_file).rc, 0);
+  EXPECT_EQ(nlohmann::json::parse(kestrel::testing::read_text(json_file)), j);
+  const std::string odd = kestrel::testing::temp_path("odd_names");
+  std::filesystem::create_directories(odd);
+  std::filesystem::copy_file(folder + "/0.png", odd + "/x,\"y\".png", std::filesystem::copy_options::overwrite_existing);
+  const CliResult quoted = kestrel_cli("predict --checkpoint " + *ckpt_ + " " + odd + " --format csv -k 1");
+  ASSERT_EQ(quoted.rc, 0) << quoted.err;
+  EXPECT_NE(quoted.out.find("\n\"" + odd + "/x,\"\"y\"\".png\",1,"), std::string::npos) << quoted.out;
+  kestrel::testing::expect_one_line_error(
+      kestrel_cli("predict --checkpoint " + *ckpt_ + " " + folder + " -o " + kestrel::testing::temp_path("no/such") +
+                  "/p.csv"),
+      "no/such", "an output file in a missing folder");
 }
 
 TEST_F(EvalPredict, CliFailsWithOneLineForEachBadInput) {

@@ -1,10 +1,11 @@
 // kestrel predict: top-k classes of images (files or folders) from a checkpoint,
-// as an aligned table or JSON.
+// as an aligned table, CSV or JSON, on stdout or into a file.
 #include <CLI/CLI.hpp>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -12,6 +13,7 @@
 
 #include "data/readers.h"
 #include "engine/error.h"
+#include "engine/io/atomic_file.h"
 #include "tools/lib/device_select.h"
 #include "tools/lib/predictor.h"
 #include "tools/lib/progress.h"
@@ -25,7 +27,8 @@ struct PredictArgs {
   std::vector<std::string> inputs;
   int64_t top_k = 5;
   int64_t batch_size = 64;
-  std::string format = "table";
+  std::string format;  // table, csv or json; empty: from --out's extension, else table
+  std::string out;     // empty: stdout
   std::string device = "auto";
   bool tta = false;
   int64_t tta_shift = 0;
@@ -45,35 +48,61 @@ std::string pad_right(const std::string& s, size_t width) {
   return w >= width ? s : s + std::string(width - w, ' ');
 }
 
-// Rows print as each batch finishes (a long folder shows its first answers at
-// once, and `| head` stops early), so the columns are sized up front: every
-// image path and every class name the model can answer with.
+// Rows go out as each batch finishes (a long folder shows its first answers at
+// once, and `| head` stops early), so the table's columns are sized up front:
+// every image path and every class name the model can answer with.
 class TablePrinter {
  public:
   TablePrinter(const tools::Predictor& p, const std::vector<std::string>& images) {
     for (const std::string& i : images) image_width_ = std::max(image_width_, display_width(i));
     for (int64_t c = 0; c < p.info().num_classes; ++c)
       class_width_ = std::max(class_width_, display_width(p.class_name(c)));
-    std::printf("%s  %4s  %s  %11s\n", pad_right("image", image_width_).c_str(), "rank",
-                pad_right("class", class_width_).c_str(), "probability");
   }
-  void print(const std::string& image, const tools::TopK& top) const {
-    for (size_t r = 0; r < top.size(); ++r)
-      std::printf("%s  %4zu  %s  %10.2f%%\n", pad_right(r == 0 ? image : "", image_width_).c_str(), r + 1,
-                  pad_right(top[r].class_name, class_width_).c_str(), 100.0 * top[r].probability);
-    std::fflush(stdout);
+  std::string header() const {
+    char b[64];
+    std::snprintf(b, sizeof(b), "  %4s  ", "rank");
+    return pad_right("image", image_width_) + b + pad_right("class", class_width_) + "  probability\n";
+  }
+  std::string rows(const std::string& image, const tools::TopK& top) const {
+    std::string out;
+    for (size_t r = 0; r < top.size(); ++r) {
+      char rank[32], prob[32];
+      std::snprintf(rank, sizeof(rank), "  %4zu  ", r + 1);
+      std::snprintf(prob, sizeof(prob), "  %10.2f%%\n", 100.0 * top[r].probability);
+      out += pad_right(r == 0 ? image : "", image_width_) + rank + pad_right(top[r].class_name, class_width_) + prob;
+    }
+    return out;
   }
 
  private:
   size_t image_width_ = std::string("image").size(), class_width_ = std::string("class").size();
 };
 
+// A CSV field (RFC 4180): quoted when it holds a comma, a quote or a line break.
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char ch : s) q += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+  return q + "\"";
+}
+
+std::string csv_rows(const std::string& image, const tools::TopK& top) {
+  std::string out;
+  for (size_t r = 0; r < top.size(); ++r) {
+    char prob[32];
+    std::snprintf(prob, sizeof(prob), "%.6f", top[r].probability);
+    out += csv_field(image) + "," + std::to_string(r + 1) + "," + std::to_string(top[r].class_index) + "," +
+           csv_field(top[r].class_name) + "," + prob + "\n";
+  }
+  return out;
+}
+
 struct Skipped {
   std::string image, reason;
 };
 
-void print_json(const tools::Predictor& p, const std::vector<std::string>& images,
-                const std::vector<tools::TopK>& results, const std::vector<Skipped>& skipped) {
+std::string json_text(const tools::Predictor& p, const std::vector<std::string>& images,
+                      const std::vector<tools::TopK>& results, const std::vector<Skipped>& skipped) {
   nlohmann::json j;
   j["checkpoint"] = p.checkpoint_path();
   j["model"] = p.info().model;
@@ -88,29 +117,50 @@ void print_json(const tools::Predictor& p, const std::vector<std::string>& image
   nlohmann::json bad = nlohmann::json::array();
   for (const Skipped& s : skipped) bad.push_back({{"image", s.image}, {"error", s.reason}});
   j["skipped"] = bad;
-  std::cout << j.dump(2) << "\n";
+  return j.dump(2) + "\n";
+}
+
+// --format, or the one --out's extension names.
+std::string output_format(const PredictArgs& a) {
+  if (!a.format.empty()) return a.format;
+  const std::string ext = std::filesystem::path(a.out).extension().string();
+  return ext == ".csv" ? "csv" : ext == ".json" ? "json" : "table";
 }
 
 void run_predict(const PredictArgs& a) {
   // Checked here: CLI11's range check prints its range as a 300-digit float.
   KCHECK(a.top_k >= 1, ValueError, "--top-k must be at least 1, got ", a.top_k);
   KCHECK(a.batch_size >= 1, ValueError, "--batch-size must be at least 1, got ", a.batch_size);
+  io::check_folder_of(a.out, "predict");
   std::vector<std::string> images;
   for (const auto& in : a.inputs)  // all paths are checked before the model is loaded
     for (auto& f : data::list_image_files(in)) images.push_back(std::move(f));
   tools::Predictor p(a.checkpoint, tools::resolve_device(a.device));
   p.set_tta(tools::tta_options(a.tta, a.tta_shift, p.info()));
-  const bool table = a.format == "table";
+  const std::string format = output_format(a);
+  const bool streamed = format != "json";
+  // Streamed rows go to stdout at once; with --out they gather and are written whole at the end.
+  std::string gathered;
+  const auto emit = [&](const std::string& text) {
+    if (!a.out.empty()) return void(gathered += text);
+    std::fputs(text.c_str(), stdout);
+    std::fflush(stdout);
+  };
   std::optional<TablePrinter> printer;
-  if (table) printer.emplace(p, images);
+  if (format == "table") {
+    printer.emplace(p, images);
+    emit(printer->header());
+  } else if (format == "csv") {
+    emit("image,rank,class_index,class_name,probability\n");
+  }
   // A model trained with --num-classes above its data's count has outputs
   // without names: the predictor calls them "class N (unnamed)".
   std::vector<std::string> answered;
   std::vector<tools::TopK> results;
   std::vector<Skipped> skipped;
   const auto total = static_cast<int64_t>(images.size());
-  // Not over table rows streaming to the same terminal: they would break the bar's line.
-  const bool rows_on_terminal = table && isatty(STDOUT_FILENO);
+  // Not over rows streaming to the same terminal: they would break the bar's line.
+  const bool rows_on_terminal = streamed && a.out.empty() && isatty(STDOUT_FILENO);
   tools::ProgressBar bar("predict", total, a.progress && total > a.batch_size && !rows_on_terminal);
   for (int64_t begin = 0; begin < total; begin += a.batch_size) {
     std::vector<std::string> paths;
@@ -128,8 +178,9 @@ void run_predict(const PredictArgs& a) {
     }
     const std::vector<tools::TopK> top = p.predict_batch(decoded, a.top_k, a.batch_size);
     for (size_t i = 0; i < top.size(); ++i) {
-      if (printer) printer->print(paths[i], top[i]);
-      if (!table) {
+      if (printer) emit(printer->rows(paths[i], top[i]));
+      if (format == "csv") emit(csv_rows(paths[i], top[i]));
+      if (!streamed) {
         answered.push_back(paths[i]);
         results.push_back(top[i]);
       }
@@ -137,7 +188,13 @@ void run_predict(const PredictArgs& a) {
     bar.update(std::min(total, begin + a.batch_size));
   }
   bar.finish();
-  if (!table) print_json(p, answered, results, skipped);
+  if (!streamed) emit(json_text(p, answered, results, skipped));
+  if (!a.out.empty()) {
+    io::write_text_atomically(a.out, gathered, "predict");
+    const auto answered_count = static_cast<long long>(total) - static_cast<long long>(skipped.size());
+    std::fprintf(stderr, "predictions for %lld image%s written to %s\n", answered_count, answered_count == 1 ? "" : "s",
+                 a.out.c_str());
+  }
   if (!skipped.empty())
     std::fprintf(stderr, "%zu unreadable image%s skipped (--skip-bad)\n", skipped.size(),
                  skipped.size() == 1 ? "" : "s");
@@ -152,8 +209,9 @@ void register_predict(CLI::App& app) {
   cmd->add_option("images", a->inputs, "image files or folders (every image below a folder, sorted)")->required();
   cmd->add_option("--top-k,-k", a->top_k, "classes to show per image")->capture_default_str();
   cmd->add_option("--batch-size,-b", a->batch_size, "images per forward pass")->capture_default_str();
-  cmd->add_option("--format", a->format, "table or json")->capture_default_str()->check(
-      CLI::IsMember({"table", "json"}));
+  cmd->add_option("--format", a->format, "table, csv or json (default: as --out's extension names, else table)")
+      ->check(CLI::IsMember({"table", "csv", "json"}));
+  cmd->add_option("--out,-o", a->out, "write the results to this file (written whole at the end) instead of stdout");
   cmd->add_option("--device", a->device, "auto, cpu, cuda or cuda:N (auto: cuda when a GPU is usable)")
       ->capture_default_str();
   cmd->add_flag("--tta", a->tta, "test-time augmentation: average over each image and its mirror (as kestrel eval)");
