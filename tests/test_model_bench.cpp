@@ -2,6 +2,8 @@
 // and bad settings are named.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "models/registry.h"
 #include "models/summary.h"
 #include "test_util.h"
@@ -77,6 +79,34 @@ TEST(ModelBench, BadSettingsAreNamed) {
   ASSERT_EQ(r.rc, 0) << r.err;
   // One input channel: the seed's 150,690 less the 3x3 stem's weights for two channels (2 * 9 * 20 outputs).
   EXPECT_NE(r.out.find("| cifar10_200k | " + std::to_string(150690 - 2 * 9 * 20) + " |"), std::string::npos) << r.out;
+
+  // Several models, one row each, and the results as CSV or JSON.
+  const std::string csv = testing::temp_path("bench_rows.csv"), json = testing::temp_path("bench_rows.json");
+  const std::string two = "bench -m cifar10_200k,emn_tiny --input 3x32x32 -b 2 --iters 1 --warmup 0 --device cpu";
+  const testing::CliResult to_csv = testing::kestrel_cli(two + " --no-train -o " + csv);
+  ASSERT_EQ(to_csv.rc, 0) << to_csv.err;
+  EXPECT_NE(to_csv.out.find("| cifar10_200k | 150690 |"), std::string::npos) << to_csv.out;
+  EXPECT_NE(to_csv.out.find("| emn_tiny | "), std::string::npos) << to_csv.out;
+  const std::string table = testing::read_text(csv);
+  EXPECT_EQ(table.substr(0, table.find('\n')),
+            "model,params,macs_per_image,device,batch,input,amp,infer_img_s,infer_ms,train_img_s,train_ms,cuda_graph");
+  EXPECT_NE(table.find("\ncifar10_200k,150690,"), std::string::npos) << table;
+  EXPECT_NE(table.find(",off,"), std::string::npos) << table;
+  EXPECT_EQ(std::count(table.begin(), table.end(), '\n'), 3) << table;
+  ASSERT_EQ(testing::kestrel_cli(two + " -o " + json).rc, 0);
+  const nlohmann::json rows = nlohmann::json::parse(testing::read_text(json));
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[1]["model"], "emn_tiny");
+  EXPECT_GT(rows[1]["train_img_s"].get<double>(), 0.0);
+  EXPECT_EQ(rows[1]["params"].get<int64_t>(), tools::bench_model([] {
+              tools::BenchOptions o;
+              o.model = "emn_tiny", o.height = o.width = 32, o.batch = 1, o.iters = 1, o.warmup = 0, o.train = false;
+              return o;
+            }()).params);
+  testing::expect_one_line_error(testing::kestrel_cli(two + " -o x.txt"), "--out must end in .csv or .json", "bad --out");
+  testing::expect_one_line_error(testing::kestrel_cli(two + " --profile"), "--profile traces one model", "--profile");
+  testing::expect_one_line_error(testing::kestrel_cli("bench -m cifar10_200k,,emn_tiny"), "has an empty name",
+                                 "an empty name in the list");
 }
 
 }  // namespace
