@@ -103,7 +103,8 @@ TEST(ModelBench, BadSettingsAreNamed) {
               o.model = "emn_tiny", o.height = o.width = 32, o.batch = 1, o.iters = 1, o.warmup = 0, o.train = false;
               return o;
             }()).params);
-  testing::expect_one_line_error(testing::kestrel_cli(two + " -o x.txt"), "--out must end in .csv or .json", "bad --out");
+  testing::expect_one_line_error(testing::kestrel_cli(two + " -o x.txt"), "--out must end in .csv or .json",
+                                 "bad --out");
   testing::expect_one_line_error(testing::kestrel_cli(two + " --profile"), "--profile traces one model", "--profile");
   testing::expect_one_line_error(testing::kestrel_cli("bench -m cifar10_200k,,emn_tiny"), "has an empty name",
                                  "an empty name in the list");

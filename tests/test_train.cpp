@@ -477,7 +477,8 @@ TEST(Train, TheRunsTestSplitIsTheOneEvalAndQatRead) {
   c.width_mult = 0.25;
   c.test_split = 0.5;
   ASSERT_TRUE(tools::train(c).completed);
-  const auto r = kestrel::testing::kestrel_cli("eval -c " + c.out + "/best.safetensors --latency-iters 0 --no-progress");
+  const auto r =
+      kestrel::testing::kestrel_cli("eval -c " + c.out + "/best.safetensors --latency-iters 0 --no-progress");
   ASSERT_EQ(r.rc, 0) << r.err;
   const nlohmann::json report = nlohmann::json::parse(kestrel::testing::read_text(c.out + "/eval/report.json"));
   EXPECT_EQ(report["images"].get<int64_t>(), 18);  // half of each class's 12
@@ -499,7 +500,8 @@ TEST(Train, ValidationAndEvalResizeTheTestImagesAlike) {
   c.image_size = 9;
   ASSERT_TRUE(tools::train(c).completed);
   const nlohmann::json last = kestrel::testing::read_metrics_jsonl(c.out).back();
-  const auto r = kestrel::testing::kestrel_cli("eval -c " + c.out + "/best.safetensors --latency-iters 0 --no-progress");
+  const auto r =
+      kestrel::testing::kestrel_cli("eval -c " + c.out + "/best.safetensors --latency-iters 0 --no-progress");
   ASSERT_EQ(r.rc, 0) << r.err;
   const nlohmann::json report = nlohmann::json::parse(kestrel::testing::read_text(c.out + "/eval/report.json"));
   EXPECT_NEAR(report["loss"].get<double>(), last["val_loss"].get<double>(), 1e-5 * last["val_loss"].get<double>());
@@ -518,7 +520,8 @@ TEST(Train, EmaRunsAlsoReportThePlainWeights) {
   const auto rows = kestrel::testing::read_metrics_jsonl(c.out);
   ASSERT_EQ(rows.size(), 2u);
   ASSERT_TRUE(rows[1].contains("val_top1_plain") && rows[1].contains("val_loss_plain")) << rows[1].dump();
-  const auto r = kestrel::testing::kestrel_cli("eval -c " + c.out + "/last.safetensors --latency-iters 0 --no-progress");
+  const auto r =
+      kestrel::testing::kestrel_cli("eval -c " + c.out + "/last.safetensors --latency-iters 0 --no-progress");
   ASSERT_EQ(r.rc, 0) << r.err;
   const nlohmann::json report = nlohmann::json::parse(kestrel::testing::read_text(c.out + "/eval-last/report.json"));
   EXPECT_NEAR(report["loss"].get<double>(), rows[1]["val_loss_plain"].get<double>(), 1e-5);

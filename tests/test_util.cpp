@@ -267,7 +267,8 @@ std::string write_pattern_folder_dataset(const std::string& name, int size) {
               const int v = cls == 0 ? y * 20 : (cls == 1 ? x * 20 : ((x + y) % 2) * 200);
               px[(y * size + x) * 3 + c] = static_cast<unsigned char>((v + 7 * i + 13 * c) % 256);
             }
-        KCHECK(stbi_write_png((dir + "/" + std::to_string(i) + ".png").c_str(), size, size, 3, px.data(), size * 3) != 0,
+        const std::string file = dir + "/" + std::to_string(i) + ".png";
+        KCHECK(stbi_write_png(file.c_str(), size, size, 3, px.data(), size * 3) != 0,
                IOError, "write_pattern_folder_dataset: cannot write into ", dir);
       }
     }

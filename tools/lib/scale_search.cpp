@@ -132,7 +132,8 @@ ScaleSearchOptions with_data_shape(ScaleSearchOptions o) {
   }
   const std::string dir = data_dir_or_default(o.train.dataset, o.train.data_dir);
   open_dataset(o.train.dataset, dir, data::Split::Test, o.train.skip_bad, 1, o.train.test_split);
-  const auto train_set = open_dataset(o.train.dataset, dir, data::Split::Train, o.train.skip_bad, 1, o.train.test_split);
+  const auto train_set =
+      open_dataset(o.train.dataset, dir, data::Split::Train, o.train.skip_bad, 1, o.train.test_split);
   const int64_t classes = train_set->num_classes(), channels = train_set->get(0).image.c;
   KCHECK(o.num_classes == 0 || o.num_classes >= classes, ValueError, "scale-search: --num-classes ", o.num_classes,
          " is fewer than the proxy data's ", classes, " classes (leave it out to take the data's)");

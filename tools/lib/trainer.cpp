@@ -201,7 +201,8 @@ Normalization run_normalization(const TrainConfig& c, const data::Dataset& train
     return n;
   }
   const std::vector<std::string> teachers = split_paths(c.teacher);
-  for (const std::string& ref : {c.quantize_from, teachers.empty() ? std::string() : teachers[0], c.initial_checkpoint}) {
+  const std::string first_teacher = teachers.empty() ? std::string() : teachers[0];
+  for (const std::string& ref : {c.quantize_from, first_teacher, c.initial_checkpoint}) {
     if (ref.empty() || !fs::exists(ref)) continue;
     const io::Metadata m = io::load_safetensors_metadata(ref);
     if (m.count("kestrel.model_info") == 0) continue;  // a plain state_dict names no normalization
