@@ -120,7 +120,7 @@ TEST(Cli, BadFlagValuesAreOneLineErrors) {
                         "0.png", "initial checkpoint that is not a safetensors file");
   // What the flag parser refuses is one line too.
   expect_one_line_error(kestrel_cli("train --auto-augment true --out " + temp_path("r9")),
-                        "train: unexpected argument 'true' after --auto-augment (a flag that takes no value?)",
+                        "train: unexpected argument 'true' after --auto-augment (a flag: it takes no value)",
                         "stray value");
   expect_one_line_error(kestrel_cli("train --nesterov true --auto-augment true --out " + temp_path("r9")),
                         "train: unexpected argument 'true' (see --help)", "stray value, its place ambiguous");
@@ -592,6 +592,15 @@ TEST(Cli, NormalizationFromTheFlagsOrTheInitialCheckpoint) {
             0);
   EXPECT_EQ(config_of(chosen).at("mean"), data_mean);
 
+  // The command that started a run resumes it, --mean and all (kept as given).
+  const std::string again = "train --dataset folder --data-dir " + root + " --batch-size 4 --epochs 2 --workers 0 "
+                            "--device cpu --no-progress --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --out " +
+                            temp_path("norm_resume");
+  kestrel_cli(again + " --stop-after-steps 3");  // killed in epoch 2
+  const auto resumed = kestrel_cli(again + " --resume");
+  EXPECT_EQ(resumed.rc, 0) << resumed.err;
+  EXPECT_NE(resumed.err.find("resuming"), std::string::npos) << resumed.err;
+
   expect_one_line_error(kestrel_cli(one_epoch_on(root, temp_path("norm_bad1")) + " --mean 0.5,0.5,0.5"),
                         "--mean and --std go together", "a mean without a std");
   expect_one_line_error(kestrel_cli(one_epoch_on(root, temp_path("norm_bad2")) + " --mean 0.5 --std 0.2"),
@@ -623,6 +632,19 @@ TEST(Cli, LossAndScheduleCombinationsThatCannotWorkAreRefused) {
 // qat and distill feed their batches to an existing model: a subset of its
 // training folder works (its normalization is the model's), and a folder whose
 // classes are named or ordered otherwise is refused.
+// A float run split a folder of class folders; qat on another folder, which
+// has its own train/ and test/, does not carry that split over.
+TEST(Cli, QatOnAnotherFolderKeepsThatFoldersOwnSplit) {
+  const std::string root = make_folder("qat_split_data");
+  const std::string float_run = temp_path("qat_split_float");
+  ASSERT_EQ(kestrel_cli("train --dataset folder --data-dir " + root + "/train --test-split 0.5 --batch-size 2 "
+                        "--epochs 1 --workers 0 --device cpu --no-progress --out " + float_run).rc,
+            0);
+  const auto q = kestrel_cli("qat -c " + float_run + "/best.safetensors --data-dir " + root + " --batch-size 2 "
+                             "--epochs 0 --workers 0 --device cpu --no-progress --out " + temp_path("qat_split_q"));
+  EXPECT_EQ(q.rc, 0) << q.err;
+}
+
 TEST(Cli, QatAndDistillFitTheirReferenceModelsClasses) {
   const std::string root = make_folder("reference_data");
   const std::string teacher = temp_path("reference_teacher");

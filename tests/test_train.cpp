@@ -587,6 +587,51 @@ TEST(Train, MinLrMilestonesAndAdamSettingsShapeTheRun) {
             std::string::npos);
 }
 
+// A run saved before runs recorded their normalization resumes with the one
+// its checkpoint holds, not with what the rules would choose today (here the
+// initial checkpoint's): the same weights as the run never stopped.
+TEST(Train, ARunSavedWithoutItsNormalizationResumesWithItsCheckpoints) {
+  const std::string folder = kestrel::testing::write_pattern_folder_dataset("legacy_norm");
+  tools::TrainConfig start = kestrel::testing::pattern_folder_config(folder, "legacy_norm_start", "cpu");
+  start.width_mult = 0.25;
+  start.epochs = 1;
+  start.mean = "0.5,0.5,0.5", start.std = "0.25,0.25,0.25";
+  ASSERT_TRUE(tools::train(start).completed);
+  tools::TrainConfig plain = kestrel::testing::pattern_folder_config(folder, "legacy_norm_plain", "cpu");
+  plain.width_mult = 0.25;
+  plain.epochs = 1;
+  ASSERT_TRUE(tools::train(plain).completed);
+  const nlohmann::json data_norm = nlohmann::json::parse(kestrel::testing::read_text(plain.out + "/config.json"));
+
+  // What an older Kestrel ran: the data set's normalization beside an initial checkpoint of another.
+  tools::TrainConfig full = kestrel::testing::pattern_folder_config(folder, "legacy_norm_full", "cpu");
+  full.width_mult = 0.25;
+  full.initial_checkpoint = start.out + "/best.safetensors";
+  full.mean = data_norm["mean"], full.std = data_norm["std"];
+  ASSERT_TRUE(tools::train(full).completed);
+  tools::TrainConfig killed = full;
+  killed.out = kestrel::testing::temp_path("legacy_norm_killed");
+  killed.stop_after_steps = 9;  // 6 steps an epoch: inside the second
+  tools::train(killed);
+  // Saved as before: the run state's config has no mean and std.
+  io::SafetensorsContents last = io::load_safetensors(killed.out + "/last.safetensors");
+  nlohmann::json state = nlohmann::json::parse(last.metadata.at(tools::kRunStateKey));
+  ASSERT_TRUE(state["config"].contains("mean")) << state.dump();
+  state["config"].erase("mean");
+  state["config"].erase("std");
+  last.metadata[tools::kRunStateKey] = state.dump();
+  io::save_safetensors(killed.out + "/last.safetensors", last.tensors, last.metadata);
+
+  tools::TrainConfig resumed = killed;
+  resumed.stop_after_steps = 0;
+  resumed.resume = true;
+  resumed.overwrite = false;
+  resumed.mean = resumed.std = "";
+  ASSERT_TRUE(tools::train(resumed).completed);
+  kestrel::testing::expect_checkpoints_match(full.out + "/last.safetensors", killed.out + "/last.safetensors", 0.0,
+                                             0.0, "resumed with the checkpoint's normalization");
+}
+
 TEST(Train, ATestSplitWhereTheDataHasItsOwnIsRefused) {
   tools::TrainConfig c = kestrel::testing::fashion_mnist_config("split_bad");
   c.test_split = 0.2;

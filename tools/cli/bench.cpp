@@ -38,6 +38,8 @@ void print_profile(const char* what, const tools::OpProfile& p, double unprofile
 }
 
 std::vector<std::string> model_list(const std::string& text) {
+  KCHECK(!text.empty() && text.back() != ',', ValueError, "bench: --model '", text,
+         "' is empty or ends in a comma (names are comma-separated)");
   std::vector<std::string> names;
   std::stringstream in(text);
   for (std::string name; std::getline(in, name, ',');) {
@@ -45,7 +47,6 @@ std::vector<std::string> model_list(const std::string& text) {
     models::find_model(name);  // every name checked before the first is timed
     names.push_back(name);
   }
-  KCHECK(!names.empty(), ValueError, "bench: --model needs a name (kestrel summary --list)");
   return names;
 }
 

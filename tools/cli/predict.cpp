@@ -122,9 +122,11 @@ std::string json_text(const tools::Predictor& p, const std::vector<std::string>&
 
 // --format, or the one --out's extension names.
 std::string output_format(const PredictArgs& a) {
-  if (!a.format.empty()) return a.format;
   const std::string ext = std::filesystem::path(a.out).extension().string();
-  return ext == ".csv" ? "csv" : ext == ".json" ? "json" : "table";
+  const std::string named = ext == ".csv" ? "csv" : ext == ".json" ? "json" : "";
+  KCHECK(a.format.empty() || named.empty() || a.format == named, ValueError, "predict: --format ", a.format,
+         " into ", a.out, ", a ", ext, " file; give one or the other");
+  return !a.format.empty() ? a.format : !named.empty() ? named : "table";
 }
 
 void run_predict(const PredictArgs& a) {
@@ -132,12 +134,12 @@ void run_predict(const PredictArgs& a) {
   KCHECK(a.top_k >= 1, ValueError, "--top-k must be at least 1, got ", a.top_k);
   KCHECK(a.batch_size >= 1, ValueError, "--batch-size must be at least 1, got ", a.batch_size);
   io::check_folder_of(a.out, "predict");
+  const std::string format = output_format(a);
   std::vector<std::string> images;
   for (const auto& in : a.inputs)  // all paths are checked before the model is loaded
     for (auto& f : data::list_image_files(in)) images.push_back(std::move(f));
   tools::Predictor p(a.checkpoint, tools::resolve_device(a.device));
   p.set_tta(tools::tta_options(a.tta, a.tta_shift, p.info()));
-  const std::string format = output_format(a);
   const bool streamed = format != "json";
   // Streamed rows go to stdout at once; with --out they gather and are written whole at the end.
   std::string gathered;

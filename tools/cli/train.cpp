@@ -144,8 +144,8 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
                     "start from these weights: a Kestrel checkpoint or a torchvision/timm state_dict in safetensors "
                     "(tools/torch_weights.py); a classifier of another class count starts fresh");
     cmd->add_option("--mean", c->mean,
-                    "input normalization, one mean per channel (e.g. 0.485,0.456,0.406; default: the teachers' or "
-                    "the initial checkpoint's when they record one, else the data set's)");
+                    "input normalization, one mean per channel (e.g. 0.485,0.456,0.406; default: the first "
+                    "teacher's or the initial checkpoint's when it records one, else the data set's)");
     cmd->add_option("--std", c->std, "input normalization, one standard deviation per channel (with --mean)");
   }
   cmd->add_option("--stem", c->stem, "auto (the stride-1 CIFAR stem at 64 px and below), cifar, or model (its own)")
@@ -182,7 +182,9 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--momentum", c->momentum, "SGD momentum")->capture_default_str();
   cmd->add_option("--nesterov", c->nesterov, "Nesterov momentum (true/false)")->capture_default_str();
   cmd->add_option("--weight-decay", c->weight_decay,
-                  "weight decay, not on biases and norms (default: 0.0005 with sgd, 0.01 with adamw)");
+                  kind == Kind::Qat ? "weight decay, not on biases and norms (default: 0.0005)"
+                                    : "weight decay, not on biases and norms (default: 0.0005 with sgd, 0.01 with "
+                                      "adamw)");
   cmd->add_option("--warmup-epochs", c->warmup_epochs, "linear warmup, at most half the run (cosine and step; onecycle ramps up by itself)")->capture_default_str();
   cmd->add_option("--schedule", c->schedule, "cosine, step or onecycle")->capture_default_str();
   cmd->add_option("--step-size", c->step_size, "epochs between decays for --schedule step")->capture_default_str();
@@ -200,7 +202,9 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_flag("--auto-augment", c->auto_augment, "AutoAugment CIFAR-10 policy");
   cmd->add_option("--randaugment", c->randaugment, "RandAugment N,M (e.g. 2,9)");
   cmd->add_option("--random-crop", c->random_crop, "random crop with padding (true/false)")->capture_default_str();
-  cmd->add_option("--hflip", c->hflip, "random horizontal flip, true/false (default: true, but false on mnist)");
+  cmd->add_option("--hflip", c->hflip,
+                  kind == Kind::Qat ? "random horizontal flip, true/false (default: the float run's)"
+                                    : "random horizontal flip, true/false (default: true, but false on mnist)");
   cmd->add_option("--cutout", c->cutout, "probability of cutout per image")->capture_default_str();
   cmd->add_option("--shift-scale-rotate", c->shift_scale_rotate,
                   "probability of a random shift, scale and rotation per image (albumentations' ShiftScaleRotate)")

@@ -29,13 +29,13 @@ void configure_from_float_checkpoint(TrainConfig& c, const nlohmann::json& reque
   std::vector<std::string> kept = {"skip_bad",    "random_crop",  "hflip",        "auto_augment",
                                    "randaugment", "rotation",     "color_jitter", "shift_scale_rotate",
                                    "ssr_limits",  "brightness_contrast", "hsv_shift", "cutout"};
-  if (run.value("dataset", "") == c.dataset) {  // the same images, split the same way
-    kept.push_back("data_dir");
-    kept.push_back("test_split");
-  }
+  if (run.value("dataset", "") == c.dataset) kept.push_back("data_dir");
   nlohmann::json inherited = nlohmann::json::object();
   for (const std::string& key : kept)
     if (run.contains(key) && !requested.contains(key)) inherited[key] = run[key];
+  // The same images split the same way; another folder keeps its own split.
+  if (inherited.contains("data_dir") && run.contains("test_split") && !requested.contains("test_split"))
+    inherited["test_split"] = run["test_split"];
   c.update_from_json(inherited);
 }
 

@@ -112,9 +112,16 @@ EvalReport run_eval(const EvalOptions& o) {
   double test_split = kDefaultTestSplit;
   const nlohmann::json cfg = training_config_beside(o.checkpoint);
   if (cfg.is_object() && cfg.value("dataset", "") == r.dataset) {
-    if (r.data_dir.empty()) r.data_dir = cfg.value("data_dir", "");
+    const std::string run_dir = cfg.value("data_dir", "");
+    const auto same_folder = [](const std::string& a, const std::string& b) {
+      std::error_code ec;
+      return std::filesystem::weakly_canonical(a, ec) == std::filesystem::weakly_canonical(b, ec);
+    };
+    if (r.data_dir.empty() || same_folder(r.data_dir, run_dir)) {  // the run's folder, split as it was
+      if (r.data_dir.empty()) r.data_dir = run_dir;
+      test_split = cfg.value("test_split", kDefaultTestSplit);
+    }
     skip_bad = skip_bad || cfg.value("skip_bad", false);
-    test_split = cfg.value("test_split", kDefaultTestSplit);
   }
   r.data_dir = data_dir_or_default(r.dataset, r.data_dir);
   r.parameters = predictor.num_parameters();

@@ -187,7 +187,7 @@ void TrainConfig::validate() const {
   KCHECK(milestones.empty() || schedule == "step", ValueError, "--milestones are the epochs --schedule step decays at; "
          "this run's schedule is ", schedule);
   milestone_epochs();
-  KCHECK(min_lr >= 0 && min_lr < lr, ValueError, "--min-lr must be in [0, --lr), got ", min_lr);
+  KCHECK(min_lr >= 0 && min_lr < lr, ValueError, "--min-lr must be in [0, --lr) = [0, ", lr, "), got ", min_lr);
   KCHECK(min_lr == 0 || schedule == "cosine", ValueError, "--min-lr is where --schedule cosine ends; this run's "
          "schedule is ", schedule);
   adam_beta_values();

@@ -150,7 +150,8 @@ std::string fmt_pct(double v) {
 
 void write_metric_files(const std::string& dir, const nlohmann::json& history) {
   // With --ema the val columns are the averaged weights'; the plain weights' follow.
-  const bool ema = !history.empty() && history[0].contains("val_top1_plain");
+  const bool ema =
+      std::any_of(history.begin(), history.end(), [](const auto& h) { return h.contains("val_top1_plain"); });
   std::string jsonl, csv = "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,epoch_seconds,images_per_sec";
   csv += ema ? ",val_loss_plain,val_top1_plain\n" : "\n";
   for (const auto& h : history) {
@@ -162,9 +163,12 @@ void write_metric_files(const std::string& dir, const nlohmann::json& history) {
                   h["val_top1"].get<double>(), h["val_top5"].get<double>(), h["epoch_seconds"].get<double>(),
                   h["images_per_sec"].get<double>());
     csv += line;
-    if (ema) {
-      std::snprintf(line, sizeof(line), ",%.6f,%.6f", h.value("val_loss_plain", 0.0), h.value("val_top1_plain", 0.0));
+    if (ema && h.contains("val_top1_plain")) {
+      std::snprintf(line, sizeof(line), ",%.6f,%.6f", h["val_loss_plain"].get<double>(),
+                    h["val_top1_plain"].get<double>());
       csv += line;
+    } else if (ema) {
+      csv += ",,";  // an epoch from before the plain weights were measured
     }
     csv += "\n";
   }
@@ -182,10 +186,6 @@ void write_metric_files(const std::string& dir, const nlohmann::json& history) {
   write_line_chart(dir + "/curves.png", {{"loss", {tl, vl}}, {"top-1 accuracy (%)", {ta, va}}, {"learning rate", {lr}}});
 }
 
-// A folder's normalization is measured on its training images, so another
-// --limit-train measures slightly other values. A run that feeds its batches
-// to an existing model (qat's float checkpoint, distill's first teacher) of
-// the same kind of data set takes that model's normalization.
 // The input normalization: --mean/--std when given; else that of the weights
 // the run starts from or learns from (qat's float model, the first teacher,
 // the initial checkpoint: each was trained on inputs normalized so, as timm
@@ -515,9 +515,18 @@ TrainSummary train(TrainConfig c) {
          " classes (leave it out to take the data set's)");
   const int64_t classes = c.num_classes > 0 ? c.num_classes : train_set->num_classes();
   std::string norm_source;
-  const Normalization norm = run_normalization(c, *train_set, probe.image.c, norm_source);
-  c.mean = float_list(norm.mean);  // recorded in config.json: a resume needs none of the sources
-  c.std = float_list(norm.std);
+  Normalization norm;
+  if (resuming && c.mean.empty()) {
+    // A run saved before runs recorded their normalization: the one its
+    // checkpoint holds, which it trained with.
+    const ModelInfo saved = ModelInfo::from_metadata(resume_ckpt.metadata, c.out + "/last.safetensors");
+    norm = {saved.mean, saved.std};
+  }
+  if (norm.mean.empty()) norm = run_normalization(c, *train_set, probe.image.c, norm_source);
+  if (c.mean.empty()) {  // recorded in config.json, so a resume needs none of the sources
+    c.mean = float_list(norm.mean);
+    c.std = float_list(norm.std);
+  }
 
   // Model: seeded init, reproducible.
   manual_seed(c.seed);
