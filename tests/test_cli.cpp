@@ -629,9 +629,6 @@ TEST(Cli, LossAndScheduleCombinationsThatCannotWorkAreRefused) {
       << step.err;
 }
 
-// qat and distill feed their batches to an existing model: a subset of its
-// training folder works (its normalization is the model's), and a folder whose
-// classes are named or ordered otherwise is refused.
 // A float run split a folder of class folders; qat on another folder, which
 // has its own train/ and test/, does not carry that split over.
 TEST(Cli, QatOnAnotherFolderKeepsThatFoldersOwnSplit) {
@@ -645,6 +642,9 @@ TEST(Cli, QatOnAnotherFolderKeepsThatFoldersOwnSplit) {
   EXPECT_EQ(q.rc, 0) << q.err;
 }
 
+// qat and distill feed their batches to an existing model: a subset of its
+// training folder works (its normalization is the model's), and a folder whose
+// classes are named or ordered otherwise is refused.
 TEST(Cli, QatAndDistillFitTheirReferenceModelsClasses) {
   const std::string root = make_folder("reference_data");
   const std::string teacher = temp_path("reference_teacher");

@@ -77,14 +77,14 @@ double effective_warmup_epochs(const TrainConfig& c) {
 std::unique_ptr<optim::LrSchedule> make_schedule(const TrainConfig& c, int64_t steps_per_epoch) {
   const int64_t total = std::max<int64_t>(1, c.epochs * steps_per_epoch);
   const int64_t warmup = static_cast<int64_t>(effective_warmup_epochs(c) * static_cast<double>(steps_per_epoch));
-  if (c.schedule == "step" && !c.milestones.empty()) {
-    std::vector<int64_t> steps;
-    for (int64_t epoch : c.milestone_epochs()) steps.push_back(epoch * steps_per_epoch);
-    return std::make_unique<optim::LinearWarmup>(std::make_unique<optim::StepDecay>(c.lr, steps, c.step_gamma), warmup);
+  if (c.schedule == "step") {  // at --milestones, else every --step-size epochs
+    std::vector<int64_t> milestones;
+    for (int64_t epoch : c.milestone_epochs()) milestones.push_back(epoch * steps_per_epoch);
+    auto decay = milestones.empty()
+                     ? std::make_unique<optim::StepDecay>(c.lr, c.step_size * steps_per_epoch, c.step_gamma)
+                     : std::make_unique<optim::StepDecay>(c.lr, milestones, c.step_gamma);
+    return std::make_unique<optim::LinearWarmup>(std::move(decay), warmup);
   }
-  if (c.schedule == "step")
-    return std::make_unique<optim::LinearWarmup>(
-        std::make_unique<optim::StepDecay>(c.lr, c.step_size * steps_per_epoch, c.step_gamma), warmup);
   if (c.schedule == "onecycle") {
     // Its rising phase ends 30% of the way in, after at least one step.
     KCHECK(total >= 4, ValueError, "--schedule onecycle needs at least 4 optimizer steps, this run has ", total,
@@ -189,15 +189,15 @@ void write_metric_files(const std::string& dir, const nlohmann::json& history) {
 // The input normalization: --mean/--std when given; else that of the weights
 // the run starts from or learns from (qat's float model, the first teacher,
 // the initial checkpoint: each was trained on inputs normalized so, as timm
-// takes a pretrained model's); else the data set's. `source` names where it came from.
+// takes a pretrained model's); else the data set's. `checkpoint` names the
+// checkpoint it came from, and is left empty otherwise.
 Normalization run_normalization(const TrainConfig& c, const data::Dataset& train_set, int64_t channels,
-                                std::string& source) {
+                                std::string& checkpoint) {
   if (!c.mean.empty()) {
     Normalization n{c.mean_values(), c.std_values()};
     KCHECK(static_cast<int64_t>(n.mean.size()) == channels, ValueError, "--mean and --std give ", n.mean.size(),
            n.mean.size() == 1 ? " value" : " values", ", but the images have ", channels, " channel",
            channels == 1 ? "" : "s");
-    source = "--mean/--std";
     return n;
   }
   const std::vector<std::string> teachers = split_paths(c.teacher);
@@ -208,10 +208,9 @@ Normalization run_normalization(const TrainConfig& c, const data::Dataset& train
     if (m.count("kestrel.model_info") == 0) continue;  // a plain state_dict names no normalization
     const ModelInfo r = ModelInfo::from_metadata(m, ref);
     if (static_cast<int64_t>(r.mean.size()) != channels || r.std.size() != r.mean.size()) continue;
-    source = ref;
+    checkpoint = ref;
     return {r.mean, r.std};
   }
-  source = "the data set";
   return normalization_for(c.dataset, train_set);
 }
 
@@ -514,7 +513,7 @@ TrainSummary train(TrainConfig c) {
          c.num_classes, " is fewer than the data set's ", train_set->num_classes(),
          " classes (leave it out to take the data set's)");
   const int64_t classes = c.num_classes > 0 ? c.num_classes : train_set->num_classes();
-  std::string norm_source;
+  std::string norm_checkpoint;  // the checkpoint whose normalization the run takes, if any
   Normalization norm;
   if (resuming && c.mean.empty()) {
     // A run saved before runs recorded their normalization: the one its
@@ -522,7 +521,7 @@ TrainSummary train(TrainConfig c) {
     const ModelInfo saved = ModelInfo::from_metadata(resume_ckpt.metadata, c.out + "/last.safetensors");
     norm = {saved.mean, saved.std};
   }
-  if (norm.mean.empty()) norm = run_normalization(c, *train_set, probe.image.c, norm_source);
+  if (norm.mean.empty()) norm = run_normalization(c, *train_set, probe.image.c, norm_checkpoint);
   if (c.mean.empty()) {  // recorded in config.json, so a resume needs none of the sources
     c.mean = float_list(norm.mean);
     c.std = float_list(norm.std);
@@ -565,7 +564,7 @@ TrainSummary train(TrainConfig c) {
         const Normalization own = normalization_for(c.dataset, *train_set);
         return own.mean != norm.mean || own.std != norm.std;
       };
-      if (norm_source == c.initial_checkpoint && differs())
+      if (norm_checkpoint == c.initial_checkpoint && differs())
         std::cerr << "input normalization from " << c.initial_checkpoint << " (mean " << c.mean << ", std " << c.std
                   << "), not the data set's; --mean and --std choose another\n";
     }
