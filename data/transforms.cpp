@@ -455,9 +455,56 @@ FImage resize_image(const FImage& img, int height, int width) {
   return small.h == height && small.w == width ? small : resize_bilinear(small, height, width);
 }
 
-Transform resize(int out_h, int out_w) {
+FImage resize_center_crop(const FImage& img, int out_h, int out_w, double crop_fraction) {
+  KCHECK(crop_fraction > 0.0 && crop_fraction <= 1.0, ValueError, "crop fraction must be in (0, 1], got ",
+         crop_fraction);
+  const double cover = std::max(static_cast<double>(out_h) / img.h, static_cast<double>(out_w) / img.w);
+  const double scale = cover / crop_fraction;
+  const int h = std::max(out_h, static_cast<int>(std::lround(img.h * scale)));
+  const int w = std::max(out_w, static_cast<int>(std::lround(img.w * scale)));
+  const FImage scaled = resize_image(img, h, w);
+  return pad_crop(scaled, (h - out_h) / 2, (w - out_w) / 2, out_h, out_w, 0);
+}
+
+Transform resize(int out_h, int out_w, double crop_fraction) {
+  KCHECK(out_h > 0 && out_w > 0, ValueError, "resize: target size ", out_h, "x", out_w, " is not positive");
+  KCHECK(crop_fraction > 0.0 && crop_fraction <= 1.0, ValueError, "crop fraction must be in (0, 1], got ",
+         crop_fraction);
+  if (crop_fraction < 1.0)
+    return [=](FImage& img, Generator&) { img = resize_center_crop(img, out_h, out_w, crop_fraction); };
   return [=](FImage& img, Generator&) {
     if (img.h != out_h || img.w != out_w) img = resize_image(img, out_h, out_w);
+  };
+}
+
+Transform random_resized_crop(int out_h, int out_w, double min_area, double max_area, double min_ratio,
+                              double max_ratio) {
+  KCHECK(out_h > 0 && out_w > 0, ValueError, "random_resized_crop: target size ", out_h, "x", out_w,
+         " is not positive");
+  KCHECK(min_area > 0.0 && min_area <= max_area && max_area <= 1.0, ValueError,
+         "random_resized_crop: need 0 < min_area <= max_area <= 1, got ", min_area, " and ", max_area);
+  KCHECK(min_ratio > 0.0 && min_ratio <= max_ratio, ValueError,
+         "random_resized_crop: need 0 < min_ratio <= max_ratio, got ", min_ratio, " and ", max_ratio);
+  return [=](FImage& img, Generator& gen) {
+    const double area = static_cast<double>(img.h) * img.w;
+    const double log_lo = std::log(min_ratio), log_hi = std::log(max_ratio);
+    for (int attempt = 0; attempt < 10; ++attempt) {
+      const double target = area * (min_area + (max_area - min_area) * gen.uniform());
+      const double ratio = std::exp(log_lo + (log_hi - log_lo) * gen.uniform());
+      const int w = static_cast<int>(std::lround(std::sqrt(target * ratio)));
+      const int h = static_cast<int>(std::lround(std::sqrt(target / ratio)));
+      if (w < 1 || h < 1 || w > img.w || h > img.h) continue;
+      const int top = static_cast<int>(gen.randint(0, img.h - h + 1));
+      const int left = static_cast<int>(gen.randint(0, img.w - w + 1));
+      img = resize_image(pad_crop(img, top, left, h, w, 0), out_h, out_w);
+      return;
+    }
+    // No draw fitted: the whole image, cut to the nearest allowed aspect ratio.
+    const double ratio = static_cast<double>(img.w) / img.h;
+    int h = img.h, w = img.w;
+    if (ratio < min_ratio) h = std::max(1, static_cast<int>(std::lround(w / min_ratio)));
+    if (ratio > max_ratio) w = std::max(1, static_cast<int>(std::lround(h * max_ratio)));
+    img = resize_image(pad_crop(img, (img.h - h) / 2, (img.w - w) / 2, h, w, 0), out_h, out_w);
   };
 }
 

@@ -49,6 +49,9 @@ FImage resize_bilinear(const FImage& img, int out_h, int out_w);  // half-pixel 
 // predict): bilinear, but when shrinking by 2x or more it first averages whole
 // blocks, so that fine detail is not aliased into the small image.
 FImage resize_image(const FImage& img, int out_h, int out_w);
+// timm's evaluation crop (crop_pct): scales img, aspect kept, to cover
+// out_h x out_w divided by crop_fraction, then takes the centre out_h x out_w.
+FImage resize_center_crop(const FImage& img, int out_h, int out_w, double crop_fraction);
 // Inverse affine warp about the image centre: output pixel at offset d from the
 // centre samples the input at centre + A d + t (A row-major 2x2, t = (tx, ty)),
 // bilinearly, with `fill` outside the image.
@@ -100,7 +103,14 @@ Transform coarse_dropout(int max_holes, int max_h, int max_w, double p = 0.5, in
 // Cutout (DeVries & Taylor 2017): one size x size square, centre uniform over
 // the image, clipped at the border.
 Transform cutout(int size, double p = 1.0, float fill = 0.0f);
-Transform resize(int out_h, int out_w);  // resize_image
+// resize_image, or resize_center_crop when crop_fraction is below 1.
+Transform resize(int out_h, int out_w, double crop_fraction = 1.0);
+// torchvision's RandomResizedCrop: a region of a random area fraction in
+// [min_area, max_area] and aspect ratio (w/h, log-uniform) in [min_ratio,
+// max_ratio] at a random place, resized to out_h x out_w. After 10 draws
+// that do not fit, the centre at the nearest allowed ratio.
+Transform random_resized_crop(int out_h, int out_w, double min_area = 0.08, double max_area = 1.0,
+                              double min_ratio = 3.0 / 4.0, double max_ratio = 4.0 / 3.0);
 Transform normalize(std::vector<float> mean, std::vector<float> std);
 // RandAugment (Cubuk et al. 2020): n operations chosen uniformly from the 14 of
 // the paper, each at magnitude m of `levels` bins (m = levels is the maximum).

@@ -529,7 +529,7 @@ TEST(Cli, ImageAugmentationFlagsTrainAndAreSavedWithTheRun) {
 
 // Defaults that follow other settings, unless a flag or the recipe sets them:
 // AdamW takes PyTorch's rate and decay, and digits are not mirrored.
-TEST(Cli, AdamwAndMnistTakeTheirOwnDefaultsUnlessSet) {
+TEST(Cli, AdamwMnistAndResizedCropTakeTheirOwnDefaultsUnlessSet) {
   const std::string root = make_folder("dependent_defaults");
   const auto config_of = [](const std::string& out) { return nlohmann::json::parse(read_text(out + "/config.json")); };
   const std::string adamw = temp_path("adamw_defaults");
@@ -547,6 +547,17 @@ TEST(Cli, AdamwAndMnistTakeTheirOwnDefaultsUnlessSet) {
   EXPECT_EQ(config_of(sgd).at("lr"), 0.1);
   EXPECT_EQ(config_of(sgd).at("weight_decay"), 5e-4);
   EXPECT_EQ(config_of(sgd).at("hflip"), true);
+  EXPECT_EQ(config_of(sgd).at("random_crop"), true);
+  // A random resized crop is not cropped again with padding, unless asked.
+  const std::string rrc = temp_path("rrc_defaults");
+  const auto resized = kestrel_cli(one_epoch_on(root, rrc) + " --random-resized-crop 0.5,1");
+  ASSERT_EQ(resized.rc, 0) << resized.err;
+  EXPECT_EQ(config_of(rrc).at("random_crop"), false);
+  EXPECT_NE(resized.err.find("augmentation: random resized crop (area 0.5 to 1), flip\n"), std::string::npos)
+      << resized.err;
+  const std::string both = temp_path("rrc_and_crop");
+  ASSERT_EQ(kestrel_cli(one_epoch_on(root, both) + " --random-resized-crop 0.5,1 --random-crop true").rc, 0);
+  EXPECT_EQ(config_of(both).at("random_crop"), true);
 
   // The IDX files of Fashion-MNIST read as MNIST's (the same format).
   if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"))

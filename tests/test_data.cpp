@@ -729,6 +729,81 @@ TEST(Transforms, BilinearResizeKeepsConstantsAndInterpolates) {
   EXPECT_EQ(down.data.size(), 4u * 4u * 3u);
 }
 
+// RandomResizedCrop: a w x h region of the drawn area and aspect ratio, wholly
+// inside the image, resized; the centre at the nearest allowed ratio when no
+// draw fits.
+TEST(Transforms, RandomResizedCropTakesARegionOfTheDrawnAreaInsideTheImage) {
+  FImage columns(40, 40, 1);  // each pixel holds its column
+  for (int y = 0; y < 40; ++y)
+    for (int x = 0; x < 40; ++x) columns.at(y, x, 0) = static_cast<float>(x);
+  // A quarter of the area at aspect 1: a 20x20 region, at 20x20 so not resampled.
+  const Transform quarter = random_resized_crop(20, 20, 0.25, 0.25, 1.0, 1.0);
+  std::vector<int> lefts;
+  for (uint64_t seed = 0; seed < 40; ++seed) {
+    FImage img = columns;
+    Generator gen(seed);
+    quarter(img, gen);
+    ASSERT_EQ(img.h, 20);
+    ASSERT_EQ(img.w, 20);
+    const int left = static_cast<int>(img.at(0, 0, 0));
+    ASSERT_GE(left, 0);
+    ASSERT_LE(left, 20);
+    for (int y = 0; y < 20; ++y)
+      for (int x = 0; x < 20; ++x) ASSERT_EQ(img.at(y, x, 0), static_cast<float>(left + x)) << "seed " << seed;
+    lefts.push_back(left);
+  }
+  std::sort(lefts.begin(), lefts.end());
+  EXPECT_GE(std::unique(lefts.begin(), lefts.end()) - lefts.begin(), 10) << "the place is drawn";
+
+  // All of a square image at aspect 1 is the plain resize.
+  const FImage img = ramp(12, 12, 3);
+  FImage whole = img;
+  Generator gen(3);
+  random_resized_crop(8, 8, 1.0, 1.0, 1.0, 1.0)(whole, gen);
+  EXPECT_EQ(whole.data, resize_image(img, 8, 8).data);
+
+  // 10x100 at aspect 1 and at least 90% of the area: no square fits, so the
+  // centre 10x10 (columns 45 to 54).
+  FImage wide(10, 100, 1);
+  for (int y = 0; y < 10; ++y)
+    for (int x = 0; x < 100; ++x) wide.at(y, x, 0) = static_cast<float>(x);
+  random_resized_crop(10, 10, 0.9, 1.0, 1.0, 1.0)(wide, gen);
+  ASSERT_EQ(wide.w, 10);
+  for (int x = 0; x < 10; ++x) EXPECT_EQ(wide.at(5, x, 0), static_cast<float>(45 + x));
+
+  // Areas and ratios vary with the seed; the output size never does.
+  const Transform usual = random_resized_crop(16, 16);
+  std::vector<float> firsts;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    FImage a = ramp(30, 50, 3);
+    Generator g(seed);
+    usual(a, g);
+    ASSERT_EQ(a.h, 16);
+    ASSERT_EQ(a.w, 16);
+    firsts.push_back(a.data[0]);
+  }
+  std::sort(firsts.begin(), firsts.end());
+  EXPECT_GE(std::unique(firsts.begin(), firsts.end()) - firsts.begin(), 10);
+  EXPECT_THROW(random_resized_crop(8, 8, 0.0, 1.0), ValueError);
+  EXPECT_THROW(random_resized_crop(8, 8, 0.5, 0.4), ValueError);
+  EXPECT_THROW(random_resized_crop(8, 8, 0.5, 1.5), ValueError);
+  EXPECT_THROW(random_resized_crop(8, 8, 0.5, 1.0, 2.0, 1.0), ValueError);
+}
+
+// resize(h, w, crop_fraction) is resize_center_crop below 1 and resize_image at 1.
+TEST(Transforms, ResizeWithACropFractionTakesTheCentre) {
+  const FImage img = ramp(20, 30, 3);
+  Generator gen(0);
+  FImage cropped = img, plain = img;
+  resize(10, 10, 0.8)(cropped, gen);
+  resize(10, 10)(plain, gen);
+  EXPECT_EQ(cropped.data, resize_center_crop(img, 10, 10, 0.8).data);
+  EXPECT_EQ(plain.data, resize_image(img, 10, 10).data);
+  EXPECT_NE(cropped.data, plain.data);
+  EXPECT_THROW(resize(10, 10, 0.0), ValueError);
+  EXPECT_THROW(resize(10, 10, 1.2), ValueError);
+}
+
 TEST(Transforms, ColourOperationsDoWhatTheyClaim) {
   FImage img = ramp(4, 4, 3);
   FImage b = img;
@@ -787,6 +862,7 @@ TEST(Transforms, EveryRandomTransformKeepsTheShapeAndIsReproducible) {
       {"hsv", random_hsv_shift(20, 0.1, 0.1, 1.0)},
       {"coarse_dropout", coarse_dropout(4, 3, 3, 1.0)},
       {"cutout", cutout(6)},
+      {"random_resized_crop", random_resized_crop(12, 12)},
       {"rand_augment", rand_augment(2, 14)},
       {"auto_augment", auto_augment_cifar10()},
       {"normalize", normalize({0.5f, 0.5f, 0.5f}, {0.25f, 0.25f, 0.25f})},

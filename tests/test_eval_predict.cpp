@@ -374,7 +374,7 @@ TEST(ModelInput, ResizeAndCenterCropKeepsTheMiddleOfTheImage) {
     for (int x = 0; x < 60; ++x) ramp.at(y, x, 0) = static_cast<float>(x);
   // Cover 16x16 / 0.5 = 32x32: scale max(32/40, 32/60) = 0.8 -> 32x48; the
   // centred 16x16 starts at row 8, column 16 of that.
-  const data::FImage out = resize_and_center_crop(ramp, 16, 16, 0.5);
+  const data::FImage out = data::resize_center_crop(ramp, 16, 16, 0.5);
   ASSERT_EQ(out.h, 16);
   ASSERT_EQ(out.w, 16);
   for (int y = 0; y < 16; ++y)
@@ -383,9 +383,9 @@ TEST(ModelInput, ResizeAndCenterCropKeepsTheMiddleOfTheImage) {
   // A fraction of 1 on a square image is the plain resize.
   data::FImage square(30, 30, 1);
   for (int i = 0; i < 900; ++i) square.data[i] = static_cast<float>(i % 7);
-  const data::FImage plain = data::resize_image(square, 12, 12), framed = resize_and_center_crop(square, 12, 12, 1.0);
+  const data::FImage plain = data::resize_image(square, 12, 12), framed = data::resize_center_crop(square, 12, 12, 1.0);
   EXPECT_EQ(plain.data, framed.data);
-  EXPECT_THROW(resize_and_center_crop(square, 12, 12, 0.0), ValueError);
+  EXPECT_THROW(data::resize_center_crop(square, 12, 12, 0.0), ValueError);
 
   // The checkpoint metadata carries it; model_input_transform applies it.
   tools::ModelInfo info;

@@ -508,6 +508,50 @@ TEST(Train, ValidationAndEvalResizeTheTestImagesAlike) {
   EXPECT_NEAR(report["top1"].get<double>(), last["val_top1"].get<double>(), 1e-9);
 }
 
+// --crop-pct: validation and eval (and predict: the same model_input_transform)
+// read the same centre crop, saved
+// in the checkpoint; eval --crop-pct reads another into its own folder. The
+// run trains on random resized crops, and qat evaluates as its float model.
+TEST(Train, CropPctIsSavedAndReadAlikeByValidationAndEval) {
+  const std::string folder = kestrel::testing::write_pattern_folder_dataset("crop_pct", 40);
+  tools::TrainConfig c = kestrel::testing::pattern_folder_config(folder, "crop_pct_out", "cpu");
+  c.epochs = 1;
+  c.width_mult = 0.25;
+  c.image_size = 9;
+  c.crop_pct = 0.5;
+  c.random_resized_crop = "0.2,1";
+  ASSERT_TRUE(tools::train(c).completed);
+  const tools::ModelInfo info = tools::ModelInfo::from_metadata(
+      io::load_safetensors_metadata(c.out + "/best.safetensors"), c.out + "/best.safetensors");
+  EXPECT_EQ(info.crop_fraction, 0.5);
+  const nlohmann::json last = kestrel::testing::read_metrics_jsonl(c.out).back();
+  const double val_loss = last["val_loss"].get<double>();
+  const auto eval = [&](const std::string& flags, const std::string& dir) {
+    const auto r = kestrel::testing::kestrel_cli("eval -c " + c.out + "/best.safetensors --latency-iters 0 "
+                                                 "--no-progress " + flags);
+    EXPECT_EQ(r.rc, 0) << r.err;
+    return nlohmann::json::parse(kestrel::testing::read_text(c.out + "/" + dir + "/report.json"));
+  };
+  const nlohmann::json own = eval("", "eval");
+  EXPECT_NEAR(own["loss"].get<double>(), val_loss, 1e-5 * val_loss);
+  EXPECT_EQ(own["crop_pct"].get<double>(), 0.5);
+  const nlohmann::json whole = eval("--crop-pct 1", "eval-crop1");
+  EXPECT_EQ(whole["crop_pct"].get<double>(), 1.0);
+  EXPECT_GT(std::abs(whole["loss"].get<double>() - val_loss), 1e-4) << "the whole image is another input";
+  EXPECT_NE(kestrel::testing::read_text(c.out + "/eval-crop1/report.md").find("9x9x3, TTA"), std::string::npos);
+  EXPECT_NE(kestrel::testing::read_text(c.out + "/eval/report.md").find("9x9x3 (centre crop 0.5)"),
+            std::string::npos);
+  const auto bad = kestrel::testing::kestrel_cli("eval -c " + c.out + "/best.safetensors --crop-pct 1.5");
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find("--crop-pct must be in (0, 1]"), std::string::npos) << bad.err;
+
+  tools::TrainConfig q;
+  q.quantize_from = c.out + "/best.safetensors";
+  tools::configure_from_float_checkpoint(q, nlohmann::json::object());
+  EXPECT_EQ(q.crop_pct, 0.5);
+  EXPECT_EQ(q.random_resized_crop, "0.2,1");
+}
+
 // With --ema the averaged weights are validated (and kept as best); the
 // plain weights are measured too: their numbers are what eval of
 // last.safetensors (the plain weights) reads.

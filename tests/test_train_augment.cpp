@@ -136,6 +136,57 @@ TEST(TrainAugment, HostOnlyTransformsNameThemselvesAsWhyTheResidentLoaderCannotR
   }
 }
 
+// --random-resized-crop takes the resize's place (the image reaches it at its
+// own size); --crop-pct is evaluation's, so neither runs resident.
+TEST(TrainAugment, RandomResizedCropReplacesTheResizeAndCropPctTheEvaluationResize) {
+  TrainConfig c = no_default_augmentation();
+  c.random_resized_crop = "0.3,0.9";
+  c.hflip = true;
+  const Transform expected = compose({random_resized_crop(8, 8, 0.3, 0.9), random_hflip(0.5),
+                                      normalize(kNorm.mean, kNorm.std)});
+  const Transform built = tools::train_transform(c, 8, 8, kNorm);
+  for (uint64_t seed = 0; seed < 8; ++seed) {
+    FImage a = random_image(seed), b = a;
+    Generator ga(seed), gb(seed);
+    built(a, ga);
+    expected(b, gb);
+    ASSERT_EQ(a.h, 8);
+    ASSERT_EQ(a.data, b.data) << "image " << seed;
+  }
+  EXPECT_EQ(tools::augmentation_summary(c, 8, 8), "random resized crop (area 0.3 to 0.9), flip");
+  ArrayDataset ds(12, 12, 3, {"a"});
+  const std::vector<uint8_t> pixels(12 * 12 * 3, 128);
+  ds.append(pixels.data(), 0);
+  EXPECT_EQ(tools::resident_unsupported(c, true, ds, 12, 12), "--random-resized-crop reads each image at its own size");
+  EXPECT_EQ(tools::resident_unsupported(c, false, ds, 12, 12), "");
+  TrainConfig e;
+  e.crop_pct = 0.875;
+  EXPECT_EQ(tools::resident_unsupported(e, false, ds, 12, 12), "--crop-pct reads each image at its own size");
+
+  FImage a = random_image(1), b = a;
+  Generator g(0);
+  tools::eval_transform(8, 8, kNorm, 0.875)(a, g);
+  compose({resize(8, 8, 0.875), normalize(kNorm.mean, kNorm.std)})(b, g);
+  EXPECT_EQ(a.data, b.data);
+
+  c.random_resized_crop = "0.08,1";
+  EXPECT_EQ(c.random_resized_crop_area(), (std::array<double, 2>{0.08, 1.0}));
+  for (const char* bad : {"0.5", "0,1", "0.5,0.4", "0.5,1.1", "0.1,1,2", "a,1"}) {
+    c.random_resized_crop = bad;
+    try {
+      c.validate();
+      ADD_FAILURE() << "--random-resized-crop '" << bad << "' was accepted";
+    } catch (const ValueError& err) {
+      EXPECT_NE(std::string(err.what()).find("--random-resized-crop expects"), std::string::npos) << err.what();
+    }
+  }
+  c.random_resized_crop.clear();
+  for (double bad : {0.0, -0.5, 1.01}) {
+    c.crop_pct = bad;
+    EXPECT_THROW(c.validate(), ValueError) << bad;
+  }
+}
+
 TEST(TrainAugment, TheBannerNamesEveryStepInOrder) {
   TrainConfig c = no_default_augmentation();
   EXPECT_EQ(tools::augmentation_summary(c, 32, 32), "none");

@@ -190,7 +190,7 @@ def resize_for_model(x, h, w):
 
 
 def resize_and_center_crop(x, h, w, crop_fraction):
-    """tools::resize_and_center_crop: scaled to cover h x w over crop_fraction, then the centre."""
+    """data::resize_center_crop: scaled to cover h x w over crop_fraction, then the centre."""
     H, W = x.shape[1:3]
     scale = max(h / H, w / W) / crop_fraction
     sh = max(h, math.floor(H * scale + 0.5))  # std::lround

@@ -56,7 +56,7 @@ void run_cam(const CamArgs& a) {
     // crop when its metadata has a crop_fraction below 1).
     const auto view = [&](const tools::Predictor& p) {
       const double crop = p.info().crop_fraction;
-      return crop < 1.0 ? tools::resize_and_center_crop(data::to_float(img), a.display, a.display, crop)
+      return crop < 1.0 ? data::resize_center_crop(data::to_float(img), a.display, a.display, crop)
                         : data::resize_bilinear(data::to_float(img), a.display, a.display);
     };
     std::vector<data::FImage> row{view(*models[0])};

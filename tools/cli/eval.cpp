@@ -21,8 +21,11 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--tta-shift", o->tta_shift,
                   "test-time augmentation: also average over four views shifted by +-N pixels (black borders, "
                   "as a padded crop), each mirrored too with --tta");
+  cmd->add_option("--crop-pct", o->crop_pct,
+                  "read the centre crop_pct of each image (scaled to cover the size / crop_pct, aspect kept, as "
+                  "timm); 1 = the whole image resized (default: the checkpoint's, from kestrel train --crop-pct)");
   cmd->add_option("--out,-o", o->out, "report folder (default: beside the checkpoint, eval/ for best.safetensors on the "
-                  "whole test set, else e.g. eval-last/, eval-tta/, eval-first1000/)");
+                  "whole test set, else e.g. eval-last/, eval-tta/, eval-crop0.875/, eval-first1000/)");
   cmd->add_option("--limit", o->limit, "use only N test images (the first; an image folder's spread over its classes; 0: all)");
   cmd->add_option("--latency-iters", o->latency_iters, "timed batch-1 forward passes after warm-up; 0 skips timing")
       ->capture_default_str();

@@ -98,7 +98,8 @@ void refuse_to_change_a_resumed_run(const tools::TrainConfig& c, const CLI::App&
 
 // Defaults that follow other settings, where neither the command nor its
 // recipe sets them: AdamW takes PyTorch's rate and decay (SGD's 0.1 is far
-// too high for it), and digits are not mirrored (a mirrored 2 is no digit).
+// too high for it), digits are not mirrored (a mirrored 2 is no digit), and a
+// random resized crop is not cropped again with padding.
 void apply_dependent_defaults(tools::TrainConfig& c, const CLI::App& cmd) {
   const auto given = [&cmd](const char* flag) {
     const CLI::Option* opt = cmd.get_option_no_throw(flag);
@@ -109,6 +110,7 @@ void apply_dependent_defaults(tools::TrainConfig& c, const CLI::App& cmd) {
     if (!given("--weight-decay")) c.weight_decay = 0.01;
   }
   if (c.dataset == "mnist" && !given("--hflip")) c.hflip = false;
+  if (!c.random_resized_crop.empty() && !given("--random-crop")) c.random_crop = false;
 }
 
 // `kestrel train`; `kestrel distill`, the same run, which must name its
@@ -201,10 +203,22 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--mix-alpha", c->mix_alpha, "Beta(alpha, alpha) for MixUp/CutMix")->capture_default_str();
   cmd->add_flag("--auto-augment", c->auto_augment, "AutoAugment CIFAR-10 policy");
   cmd->add_option("--randaugment", c->randaugment, "RandAugment N,M (e.g. 2,9)");
-  cmd->add_option("--random-crop", c->random_crop, "random crop with padding (true/false)")->capture_default_str();
+  const bool qat = kind == Kind::Qat;
+  cmd->add_option("--random-crop", c->random_crop,
+                  qat ? "random crop with padding, true/false (default: the float run's)"
+                      : "random crop with padding, true/false (default: true, but false with --random-resized-crop)");
+  cmd->add_option("--random-resized-crop", c->random_resized_crop,
+                  std::string("MIN,MAX: crop a random MIN to MAX of each image's area (aspect 3/4 to 4/3) and resize "
+                              "it to the model's size, as torchvision's RandomResizedCrop (e.g. 0.08,1); default: ") +
+                      (qat ? "the float run's" : "off"));
+  cmd->add_option("--crop-pct", c->crop_pct,
+                  std::string("evaluate on the centre crop_pct of each image (scaled to cover the size / crop_pct, "
+                              "aspect kept, as timm); 1 = the whole image resized; saved in the checkpoints for eval "
+                              "and predict; default: ") +
+                      (qat ? "the float checkpoint's" : "1"));
   cmd->add_option("--hflip", c->hflip,
-                  kind == Kind::Qat ? "random horizontal flip, true/false (default: the float run's)"
-                                    : "random horizontal flip, true/false (default: true, but false on mnist)");
+                  qat ? "random horizontal flip, true/false (default: the float run's)"
+                      : "random horizontal flip, true/false (default: true, but false on mnist)");
   cmd->add_option("--cutout", c->cutout, "probability of cutout per image")->capture_default_str();
   cmd->add_option("--shift-scale-rotate", c->shift_scale_rotate,
                   "probability of a random shift, scale and rotation per image (albumentations' ShiftScaleRotate)")

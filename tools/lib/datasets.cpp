@@ -216,8 +216,13 @@ data::Transform resize_noting_other_sizes(int height, int width) {
 
 data::Transform train_transform(const TrainConfig& c, int height, int width, const Normalization& n) {
   // Nothing to do at the data's own size.
-  std::vector<data::Transform> t = {c.image_size > 0 ? data::resize(height, width)
-                                                     : resize_noting_other_sizes(height, width)};
+  std::vector<data::Transform> t;
+  if (!c.random_resized_crop.empty()) {
+    const std::array<double, 2> area = c.random_resized_crop_area();
+    t.push_back(data::random_resized_crop(height, width, area[0], area[1]));
+  } else {
+    t.push_back(c.image_size > 0 ? data::resize(height, width) : resize_noting_other_sizes(height, width));
+  }
   for (AugmentStep& step : augment_steps(c, height, width)) t.push_back(std::move(step.transform));
   t.push_back(data::normalize(n.mean, n.std));
   return data::compose(std::move(t));
@@ -225,6 +230,10 @@ data::Transform train_transform(const TrainConfig& c, int height, int width, con
 
 std::string augmentation_summary(const TrainConfig& c, int height, int width) {
   std::string image, batch;
+  if (!c.random_resized_crop.empty()) {
+    const std::array<double, 2> area = c.random_resized_crop_area();
+    image = "random resized crop (area " + number(area[0]) + " to " + number(area[1]) + ")";
+  }
   for (const AugmentStep& step : augment_steps(c, height, width)) image += (image.empty() ? "" : ", ") + step.name;
   const std::pair<const char*, double> mixers[] = {{"mixup", c.mixup}, {"cutmix", c.cutmix}, {"ricap", c.ricap}};
   for (const auto& [name, p] : mixers)
@@ -233,8 +242,8 @@ std::string augmentation_summary(const TrainConfig& c, int height, int width) {
   return image + (image.empty() || batch.empty() ? "" : "; ") + batch;
 }
 
-data::Transform eval_transform(int height, int width, const Normalization& n) {
-  return data::compose({data::resize(height, width), data::normalize(n.mean, n.std)});
+data::Transform eval_transform(int height, int width, const Normalization& n, double crop_pct) {
+  return data::compose({data::resize(height, width, crop_pct), data::normalize(n.mean, n.std)});
 }
 
 data::ResidentAugment resident_train_augment(const TrainConfig& c, int height, const Normalization& n) {
@@ -270,6 +279,9 @@ std::string resident_unsupported(const TrainConfig& c, bool train, const data::D
     };
     for (const auto& [on, flag] : host_only)
       if (on) return std::string(flag) + " runs on the host";
+    if (!c.random_resized_crop.empty()) return "--random-resized-crop reads each image at its own size";
+  } else if (c.crop_pct < 1) {
+    return "--crop-pct reads each image at its own size";
   }
   const data::Image first = ds.get(0).image;
   if (first.h != height || first.w != width)
@@ -301,7 +313,7 @@ LoaderChoice make_loader(const TrainConfig& c, std::shared_ptr<const data::Datas
         train ? batch_mixer(c) : data::BatchMixer(), num_classes, device);
   } else {
     choice.loader = std::make_unique<data::DataLoader>(
-        ds, lo, train ? train_transform(c, height, width, n) : eval_transform(height, width, n),
+        ds, lo, train ? train_transform(c, height, width, n) : eval_transform(height, width, n, c.crop_pct),
         train ? batch_mixing(c, num_classes) : data::BatchTransform());
   }
   return choice;

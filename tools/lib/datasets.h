@@ -32,7 +32,8 @@ struct Normalization {
 Normalization normalization_for(const std::string& dataset, const data::Dataset& train);
 
 data::Transform train_transform(const TrainConfig& c, int height, int width, const Normalization& n);
-data::Transform eval_transform(int height, int width, const Normalization& n);
+// What validation and eval read: the resize (or centre crop, crop_pct < 1) and the normalization.
+data::Transform eval_transform(int height, int width, const Normalization& n, double crop_pct = 1.0);
 // train_transform's steps and the batch mixers in words, for the run's banner:
 // "crop (pad 4), flip, cutout 16 px p 0.5; mixup 0.2", or "none".
 std::string augmentation_summary(const TrainConfig& c, int height, int width);

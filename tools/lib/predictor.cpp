@@ -35,17 +35,6 @@ data::FImage convert_channels(const data::FImage& img, int channels) {
   return out;
 }
 
-data::FImage resize_and_center_crop(const data::FImage& img, int height, int width, double crop_fraction) {
-  KCHECK(crop_fraction > 0.0 && crop_fraction <= 1.0, ValueError, "crop fraction must be in (0, 1], got ",
-         crop_fraction);
-  const double cover = std::max(static_cast<double>(height) / img.h, static_cast<double>(width) / img.w);
-  const double scale = cover / crop_fraction;
-  const int h = std::max(height, static_cast<int>(std::lround(img.h * scale)));
-  const int w = std::max(width, static_cast<int>(std::lround(img.w * scale)));
-  const data::FImage scaled = data::resize_image(img, h, w);
-  return data::pad_crop(scaled, (h - height) / 2, (w - width) / 2, height, width, 0);
-}
-
 data::Transform model_input_transform(const ModelInfo& info) {
   const int c = static_cast<int>(info.in_channels), h = static_cast<int>(info.height), w = static_cast<int>(info.width);
   std::vector<float> mean = info.mean, std = info.std;
@@ -54,13 +43,9 @@ data::Transform model_input_transform(const ModelInfo& info) {
   KCHECK(mean.size() == static_cast<size_t>(c) && std.size() == static_cast<size_t>(c), ValueError,
          "checkpoint metadata: normalization has ", mean.size(), " means and ", std.size(), " stds for a ", c,
          "-channel model");
-  const double crop = info.crop_fraction;
-  return [c, h, w, mean, std, crop](data::FImage& img, Generator&) {
+  return [c, mean, std, resize = data::resize(h, w, info.crop_fraction)](data::FImage& img, Generator& gen) {
     if (img.c != c) img = convert_channels(img, c);
-    if (crop < 1.0)
-      img = resize_and_center_crop(img, h, w, crop);
-    else if (img.h != h || img.w != w)
-      img = data::resize_image(img, h, w);
+    resize(img, gen);
     data::normalize(img, mean, std);
   };
 }

@@ -34,12 +34,10 @@ using TopK = std::vector<Prediction>;  // most probable first
 // 3/4 -> 1 takes the luma (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B), an
 // alpha channel (2 or 4) is dropped.
 data::FImage convert_channels(const data::FImage& img, int channels);
-// Scales img to cover height x width divided by crop_fraction (aspect kept),
-// then takes the centred height x width (torchvision's Resize + CenterCrop).
-data::FImage resize_and_center_crop(const data::FImage& img, int height, int width, double crop_fraction);
 // The model's input pipeline as a transform of [0,1] float images: channels,
-// size (a plain resize, or resize_and_center_crop when the metadata's
-// crop_fraction is below 1), then normalization from the checkpoint metadata.
+// size (data::resize with the metadata's crop_fraction: a plain resize, or
+// the centre crop of data::resize_center_crop below 1), then normalization
+// from the checkpoint metadata.
 data::Transform model_input_transform(const ModelInfo& info);
 
 class Predictor {

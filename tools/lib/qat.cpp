@@ -23,12 +23,13 @@ void configure_from_float_checkpoint(TrainConfig& c, const nlohmann::json& reque
   c.image_size = info.height == info.width ? info.height : 0;
   c.stem = info.cifar_stem ? "cifar" : "model";
   if (!requested.contains("dataset") && !info.dataset.empty()) c.dataset = info.dataset;
+  if (!requested.contains("crop_pct")) c.crop_pct = info.crop_fraction;  // evaluated as the float model was
 
   const nlohmann::json run = training_config_beside(c.quantize_from);
   if (!run.is_object()) return;
-  std::vector<std::string> kept = {"skip_bad",    "random_crop",  "hflip",        "auto_augment",
-                                   "randaugment", "rotation",     "color_jitter", "shift_scale_rotate",
-                                   "ssr_limits",  "brightness_contrast", "hsv_shift", "cutout"};
+  std::vector<std::string> kept = {"skip_bad",    "random_crop",  "random_resized_crop", "hflip",
+                                   "auto_augment", "randaugment", "rotation",  "color_jitter",
+                                   "shift_scale_rotate", "ssr_limits", "brightness_contrast", "hsv_shift", "cutout"};
   if (run.value("dataset", "") == c.dataset) kept.push_back("data_dir");
   nlohmann::json inherited = nlohmann::json::object();
   for (const std::string& key : kept)

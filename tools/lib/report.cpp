@@ -91,6 +91,8 @@ EvalReport run_eval(const EvalOptions& o) {
   KCHECK(o.batch_size >= 1, ValueError, "eval: --batch-size must be at least 1, got ", o.batch_size);
   KCHECK(o.latency_iters >= 0, ValueError, "eval: --latency-iters must be 0 or more, got ", o.latency_iters);
   KCHECK(o.limit >= 0, ValueError, "eval: --limit must be 0 or more, got ", o.limit);
+  KCHECK(o.crop_pct == 0.0 || (o.crop_pct > 0.0 && o.crop_pct <= 1.0), ValueError,
+         "eval: --crop-pct must be in (0, 1] (1: the whole image resized), got ", o.crop_pct);
   const Device device = resolve_device(o.device);
   KCHECK(!o.cuda_graph || device.is_cuda(), ValueError, "eval: --cuda-graph needs a CUDA device (it is ",
          device.str(), ")");
@@ -128,6 +130,9 @@ EvalReport run_eval(const EvalOptions& o) {
   r.input_height = info.height;
   r.input_width = info.width;
   r.input_channels = info.in_channels;
+  ModelInfo input_info = info;  // what the accuracy pass reads
+  if (o.crop_pct > 0.0) input_info.crop_fraction = o.crop_pct;
+  r.crop_pct = input_info.crop_fraction;
   const std::optional<data::TTAOptions> tta = tta_options(o.tta, o.tta_shift, info);
   r.tta = tta.has_value();
   r.tta_flip = o.tta;
@@ -157,7 +162,7 @@ EvalReport run_eval(const EvalOptions& o) {
   r.classes = output_class_names(info, data_classes);
 
   // Accuracy pass.
-  const data::Transform input = model_input_transform(info);
+  const data::Transform input = model_input_transform(input_info);
   data::LoaderOptions lo;
   lo.batch_size = o.batch_size;
   lo.shuffle = false;
@@ -227,6 +232,7 @@ std::string default_report_dir(const EvalOptions& o) {
   std::string name = "eval";
   if (checkpoint.stem() != "best") name += "-" + checkpoint.stem().string();
   if (o.tta || o.tta_shift > 0) name += "-tta";
+  if (o.crop_pct > 0.0) name += "-crop" + format_number("%g", o.crop_pct);
   if (o.limit > 0) name += "-first" + std::to_string(o.limit);
   return (checkpoint.parent_path() / name).string();
 }
@@ -237,6 +243,7 @@ nlohmann::json report_json(const EvalReport& r) {
   j["model"] = r.model;
   j["parameters"] = r.parameters;
   j["input"] = {r.input_height, r.input_width, r.input_channels};
+  j["crop_pct"] = r.crop_pct;
   j["dataset"] = r.dataset;
   j["data_dir"] = r.data_dir;
   j["images"] = r.images;
@@ -302,7 +309,7 @@ std::string report_markdown(const EvalReport& r) {
   md += std::to_string(r.images) + " test images of " + r.dataset + " (" + r.data_dir + ")" +
         (r.skipped > 0 ? ", " + std::to_string(r.skipped) + " unreadable ones skipped" : "") + ", input " +
         std::to_string(r.input_height) + "x" + std::to_string(r.input_width) + "x" + std::to_string(r.input_channels) +
-        ", TTA " + tta_description(r) + ", " + r.device + " with " + std::to_string(r.threads) +
+        (r.crop_pct < 1.0 ? " (centre crop " + format_number("%g", r.crop_pct) + ")" : "") + ", TTA " + tta_description(r) + ", " + r.device + " with " + std::to_string(r.threads) +
         " thread" + (r.threads == 1 ? "" : "s") + "; checkpoint `" + r.checkpoint + "`" +
         (timed ? "" : "; latency and throughput not measured (--latency-iters 0)") +
         (timed && r.cuda_graph ? "; latency and throughput timed as CUDA graph replays" : "") +

@@ -16,6 +16,7 @@ struct EvalOptions {
   int64_t batch_size = 256;
   bool tta = false;          // average logits over the image and its mirror
   int64_t tta_shift = 0;     // and over four views shifted by +-N pixels (and their mirrors with tta); 0 = none
+  double crop_pct = 0.0;     // centre crop (data::resize_center_crop) in place of the checkpoint's; 0 = the checkpoint's
   std::string out;           // empty: default_report_dir(*this)
   int64_t limit = 0;         // first N test images (0 = all)
   bool skip_bad = false;     // skip unreadable images with a warning (also when the training run did)
@@ -31,6 +32,7 @@ struct EvalReport {
   std::string checkpoint, model, dataset, data_dir, device = "cpu";
   int64_t parameters = 0;
   int64_t input_height = 0, input_width = 0, input_channels = 0;
+  double crop_pct = 1.0;   // the centre crop read (1: the whole image resized)
   int64_t images = 0;
   int64_t limit = 0;       // --limit: the first N test images only (0: all)
   bool quantized = false;  // an int8 checkpoint (kestrel qat), run as simulated (fake-quantized) int8

@@ -23,7 +23,7 @@ namespace kestrel::tools {
   X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop) X(hflip) X(cutout) X(seed) X(device) X(out)        \
   X(teacher) X(distill_alpha) X(distill_temperature) X(quantize_from) X(calib_batches) X(initial_checkpoint)    \
   X(mean) X(std) X(precise_bn) X(save_every_steps) X(rotation) X(color_jitter) X(shift_scale_rotate)            \
-  X(ssr_limits) X(brightness_contrast) X(hsv_shift)
+  X(ssr_limits) X(brightness_contrast) X(hsv_shift) X(random_resized_crop) X(crop_pct)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -123,6 +123,14 @@ std::array<double, 2> TrainConfig::adam_beta_values() const {
   return {v[0], v[1]};
 }
 
+std::array<double, 2> TrainConfig::random_resized_crop_area() const {
+  const char* expected = "MIN,MAX area fractions with 0 < MIN <= MAX <= 1 (e.g. 0.08,1)";
+  const std::vector<double> v = numbers_in(random_resized_crop, 2, 2, "--random-resized-crop", expected);
+  KCHECK(v[0] > 0 && v[0] <= v[1] && v[1] <= 1, ValueError, "--random-resized-crop expects ", expected, ", got '",
+         random_resized_crop, "'");
+  return {v[0], v[1]};
+}
+
 std::vector<float> TrainConfig::mean_values() const {
   if (mean.empty()) return {};
   const std::vector<double> v = numbers_in(mean, 1, 4, "--mean", "one number per channel (e.g. 0.485,0.456,0.406)");
@@ -207,6 +215,9 @@ void TrainConfig::validate() const {
   KCHECK(mean_values().size() == std_values().size(), ValueError,
          "--mean and --std go together, one number per channel each; got '", mean, "' and '", std, "'");
   shift_scale_rotate_limits();
+  if (!random_resized_crop.empty()) random_resized_crop_area();
+  KCHECK(crop_pct > 0 && crop_pct <= 1, ValueError, "--crop-pct must be in (0, 1] (1: the whole image), got ",
+         crop_pct);
   KCHECK(rotation >= 0 && rotation <= 180, ValueError, "--rotation must be in [0, 180] degrees (0: off), got ",
          rotation);
   KCHECK(lr > 0, ValueError, "--lr must be positive, got ", lr);

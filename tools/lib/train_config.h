@@ -84,6 +84,13 @@ struct TrainConfig {
   bool auto_augment = false;
   std::string randaugment;  // "N,M"
   bool random_crop = true;
+  // "MIN,MAX": torchvision's RandomResizedCrop over that fraction of each
+  // image's area (aspect 3/4 to 4/3), in place of the resize; empty = off.
+  std::string random_resized_crop;
+  // Evaluation (validation, eval, predict): below 1, scale each image to cover
+  // the size / crop_pct, aspect kept, and take the centre (timm's crop_pct);
+  // 1 = the whole image resized to the size.
+  double crop_pct = 1.0;
   bool hflip = true;
   double cutout = 0.0;      // probability of coarse dropout
   // albumentations / torchvision style, on the host (the threaded loader)
@@ -117,6 +124,7 @@ struct TrainConfig {
   std::array<double, 3> shift_scale_rotate_limits() const;   // --ssr-limits SHIFT,SCALE,DEGREES
   std::vector<int64_t> milestone_epochs() const;             // --milestones, ascending (empty when not set)
   std::array<double, 2> adam_beta_values() const;            // --adam-betas B1,B2
+  std::array<double, 2> random_resized_crop_area() const;    // --random-resized-crop MIN,MAX
   std::vector<float> mean_values() const;                    // --mean (empty when not set)
   std::vector<float> std_values() const;                     // --std (empty when not set)
   // Throws ValueError naming the first bad value.

@@ -542,6 +542,7 @@ TrainSummary train(TrainConfig c) {
   info.classes = train_set->classes();
   info.mean = norm.mean;
   info.std = norm.std;
+  info.crop_fraction = c.crop_pct;
   nn::ModulePtr model = build_from_info(info, c.dropout, c.drop_path);
   const bool quantizing = !c.quantize_from.empty();
   std::optional<LoadedModel> float_model;  // a fresh qat run's starting point, measured before calibration
@@ -600,7 +601,7 @@ TrainSummary train(TrainConfig c) {
     constexpr uint64_t kPreciseBnTag = 0x50424EULL;  // "PBN"
     po.seed = data::derive_seed(c.seed, kPreciseBnTag);
     precise_bn_loader =
-        std::make_unique<data::DataLoader>(train_set, po, eval_transform(info.height, info.width, norm));
+        std::make_unique<data::DataLoader>(train_set, po, eval_transform(info.height, info.width, norm, c.crop_pct));
   }
   data::BatchLoader& train_loader = *train_choice.loader;
   data::BatchLoader& test_loader = *test_choice.loader;
@@ -695,7 +696,7 @@ TrainSummary train(TrainConfig c) {
     summary.float_top1 = evaluate(*float_model->model, test_loader, classes, c.progress, "  float").metrics.top1();
     float_model.reset();
     data::LoaderOptions co = lo;  // training images, shuffled, without augmentation
-    data::DataLoader calib_loader(train_set, co, eval_transform(info.height, info.width, norm));
+    data::DataLoader calib_loader(train_set, co, eval_transform(info.height, info.width, norm, c.crop_pct));
     calibrate_ranges(*model, calib_loader, c.calib_batches, device, c.progress);
     dist::broadcast_buffers(*model);  // rank 0's ranges
     summary.calibrated_top1 = evaluate(*model, test_loader, classes, c.progress, "  int8").metrics.top1();
