@@ -320,6 +320,11 @@ TEST(Schedule, LinearWarmupRampsIntoTheScheduleBehindIt) {
   LinearWarmup none(std::make_unique<StepDecay>(0.1, 30, 0.1), 0);
   EXPECT_DOUBLE_EQ(none.lr(0), 0.1);
   EXPECT_THROW(LinearWarmup(nullptr, 3), ValueError);
+  LinearWarmup from(std::make_unique<StepDecay>(0.1, 30, 0.1), 10, 0.02);  // timm's warmup_lr_init
+  EXPECT_DOUBLE_EQ(from.lr(0), 0.02);
+  EXPECT_DOUBLE_EQ(from.lr(5), 0.06);
+  EXPECT_DOUBLE_EQ(from.lr(10), 0.1);
+  EXPECT_THROW(LinearWarmup(std::make_unique<StepDecay>(0.1, 30, 0.1), 10, -1.0), ValueError);
 }
 
 TEST(Schedule, OneCycleMatchesTorchOneCycleLRAtKeySteps) {

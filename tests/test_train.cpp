@@ -603,6 +603,20 @@ TEST(Train, MinLrMilestonesAndAdamSettingsShapeTheRun) {
   EXPECT_NEAR(stepped[1]["lr"].get<double>(), 0.005, 1e-12);
   EXPECT_NEAR(stepped[2]["lr"].get<double>(), 0.0005, 1e-12);
 
+  // The warmup starts at --warmup-lr, else at 1% of --lr, whatever the schedule:
+  // the first epoch's last step is 5/6 of the way up.
+  const auto warm_from = [](double start) { return start + (0.05 - start) * 5.0 / 6.0; };
+  EXPECT_NEAR(floor0.front()["lr"].get<double>(), warm_from(0.0005), 1e-12);
+  const auto from_set = run("knobs_warm_lr", [](tools::TrainConfig& c) { c.warmup_lr = 0.02; });
+  EXPECT_NEAR(from_set.front()["lr"].get<double>(), warm_from(0.02), 1e-12);
+  const auto step_warm = run("knobs_step_warm", [](tools::TrainConfig& c) {
+    c.epochs = 3;
+    c.schedule = "step";
+    c.step_size = 2;
+  });
+  EXPECT_NEAR(step_warm.front()["lr"].get<double>(), warm_from(0.0005), 1e-12);
+  EXPECT_NEAR(step_warm[1]["lr"].get<double>(), 0.05, 1e-12);
+
   const auto adam = run("knobs_adam", [](tools::TrainConfig& c) { c.optimizer = "adamw", c.lr = 1e-3; });
   const auto betas = run("knobs_betas", [](tools::TrainConfig& c) {
     c.optimizer = "adamw", c.lr = 1e-3, c.adam_betas = "0.5,0.9", c.adam_eps = 1e-3;
@@ -626,6 +640,11 @@ TEST(Train, MinLrMilestonesAndAdamSettingsShapeTheRun) {
   EXPECT_NE(message([](tools::TrainConfig& b) { b.min_lr = 0.5; }).find("--min-lr must be in [0, --lr)"),
             std::string::npos);
   EXPECT_NE(message([](tools::TrainConfig& b) { b.adam_betas = "0.9,0.99"; }).find("are AdamW's"), std::string::npos);
+  EXPECT_NE(message([](tools::TrainConfig& b) { b.warmup_lr = 0.06; }).find("--warmup-lr must be in [0, --lr]"),
+            std::string::npos);
+  EXPECT_NE(message([](tools::TrainConfig& b) { b.schedule = "onecycle", b.warmup_lr = 0.01; })
+                .find("onecycle ramps up by itself"),
+            std::string::npos);
   EXPECT_NE(message([](tools::TrainConfig& b) { b.optimizer = "adamw", b.adam_betas = "0.9,1"; })
                 .find("--adam-betas expects B1,B2"),
             std::string::npos);
@@ -674,6 +693,39 @@ TEST(Train, ARunSavedWithoutItsNormalizationResumesWithItsCheckpoints) {
   ASSERT_TRUE(tools::train(resumed).completed);
   kestrel::testing::expect_checkpoints_match(full.out + "/last.safetensors", killed.out + "/last.safetensors", 0.0,
                                              0.0, "resumed with the checkpoint's normalization");
+}
+
+// A step-schedule run saved before --warmup-lr warmed up from 0; resumed
+// inside its warmup, it goes on from 0's ramp: the weights of the run that
+// never stopped.
+TEST(Train, AStepRunSavedWithoutItsWarmupLrResumesWithTheOldRamp) {
+  const std::string folder = kestrel::testing::write_pattern_folder_dataset("legacy_warmup");
+  tools::TrainConfig full = kestrel::testing::pattern_folder_config(folder, "legacy_warmup_full", "cpu");
+  full.width_mult = 0.25;
+  full.schedule = "step";
+  full.step_size = 2;
+  full.warmup_lr = 0.0;  // what an older Kestrel ran
+  ASSERT_TRUE(tools::train(full).completed);
+  tools::TrainConfig killed = full;
+  killed.out = kestrel::testing::temp_path("legacy_warmup_killed");
+  killed.save_every_steps = 3;  // saved half way up the 6-step warmup
+  killed.stop_after_steps = 4;
+  tools::train(killed);
+  io::SafetensorsContents last = io::load_safetensors(killed.out + "/last.safetensors");
+  nlohmann::json state = nlohmann::json::parse(last.metadata.at(tools::kRunStateKey));
+  ASSERT_TRUE(state["config"].contains("warmup_lr")) << state.dump();
+  state["config"].erase("warmup_lr");
+  last.metadata[tools::kRunStateKey] = state.dump();
+  io::save_safetensors(killed.out + "/last.safetensors", last.tensors, last.metadata);
+
+  tools::TrainConfig resumed = killed;
+  resumed.stop_after_steps = 0;
+  resumed.resume = true;
+  resumed.overwrite = false;
+  resumed.warmup_lr = -1.0;
+  ASSERT_TRUE(tools::train(resumed).completed);
+  kestrel::testing::expect_checkpoints_match(full.out + "/last.safetensors", killed.out + "/last.safetensors", 0.0,
+                                             0.0, "resumed with the warmup from 0");
 }
 
 TEST(Train, ATestSplitWhereTheDataHasItsOwnIsRefused) {

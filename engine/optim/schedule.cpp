@@ -58,8 +58,9 @@ double StepDecay::lr(int64_t step) const {
   return base_ * std::pow(gamma_, static_cast<double>(k));
 }
 
-LinearWarmup::LinearWarmup(std::unique_ptr<LrSchedule> after, int64_t warmup_steps)
-    : after_(std::move(after)), warmup_(warmup_steps) {
+LinearWarmup::LinearWarmup(std::unique_ptr<LrSchedule> after, int64_t warmup_steps, double start_lr)
+    : after_(std::move(after)), warmup_(warmup_steps), start_(start_lr) {
+  check_lr(start_lr, "start_lr", "LinearWarmup");
   KCHECK(after_ != nullptr, ValueError, "LinearWarmup: no schedule to warm up");
   KCHECK(warmup_steps >= 0, ValueError, "LinearWarmup: warmup_steps must be >= 0, got ", warmup_steps);
 }
@@ -67,7 +68,7 @@ LinearWarmup::LinearWarmup(std::unique_ptr<LrSchedule> after, int64_t warmup_ste
 double LinearWarmup::lr(int64_t step) const {
   if (step < 0) step = 0;
   if (step >= warmup_) return after_->lr(step);
-  return after_->lr(warmup_) * static_cast<double>(step) / static_cast<double>(warmup_);
+  return start_ + (after_->lr(warmup_) - start_) * static_cast<double>(step) / static_cast<double>(warmup_);
 }
 
 OneCycle::OneCycle(double max_lr, int64_t total_steps, double pct_start, double div_factor, double final_div_factor)

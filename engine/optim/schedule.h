@@ -42,16 +42,17 @@ class StepDecay : public LrSchedule {
   std::vector<int64_t> milestones_;
 };
 
-// Linear warmup from 0 (step 0) to what `after` gives at warmup_steps, then
-// `after` itself: the warmup of any schedule (timm's warmup_t).
+// Linear warmup from start_lr (step 0) to what `after` gives at warmup_steps,
+// then `after` itself: the warmup of any schedule (timm's warmup_t and warmup_lr_init).
 class LinearWarmup : public LrSchedule {
  public:
-  LinearWarmup(std::unique_ptr<LrSchedule> after, int64_t warmup_steps);
+  LinearWarmup(std::unique_ptr<LrSchedule> after, int64_t warmup_steps, double start_lr = 0.0);
   double lr(int64_t step) const override;
 
  private:
   std::unique_ptr<LrSchedule> after_;
   int64_t warmup_;
+  double start_;
 };
 
 // torch.optim.lr_scheduler.OneCycleLR with anneal_strategy='cos',

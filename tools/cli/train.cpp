@@ -188,6 +188,7 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
                                     : "weight decay, not on biases and norms (default: 0.0005 with sgd, 0.01 with "
                                       "adamw)");
   cmd->add_option("--warmup-epochs", c->warmup_epochs, "linear warmup, at most half the run (cosine and step; onecycle ramps up by itself)")->capture_default_str();
+  cmd->add_option("--warmup-lr", c->warmup_lr, "the rate the warmup starts from (default: 1% of --lr)");
   cmd->add_option("--schedule", c->schedule, "cosine, step or onecycle")->capture_default_str();
   cmd->add_option("--step-size", c->step_size, "epochs between decays for --schedule step")->capture_default_str();
   cmd->add_option("--milestones", c->milestones,

@@ -49,6 +49,7 @@ struct TrainConfig {
   bool nesterov = true;
   double weight_decay = 5e-4;
   double warmup_epochs = 1.0;
+  double warmup_lr = -1.0;          // where the warmup starts; < 0: 1% of --lr
   std::string schedule = "cosine";  // cosine, step, onecycle
   int64_t step_size = 30;           // epochs per step for --schedule step
   std::string milestones;           // "E1,E2,...": --schedule step decays at these epochs instead

@@ -77,13 +77,14 @@ double effective_warmup_epochs(const TrainConfig& c) {
 std::unique_ptr<optim::LrSchedule> make_schedule(const TrainConfig& c, int64_t steps_per_epoch) {
   const int64_t total = std::max<int64_t>(1, c.epochs * steps_per_epoch);
   const int64_t warmup = static_cast<int64_t>(effective_warmup_epochs(c) * static_cast<double>(steps_per_epoch));
+  const double warmup_start = c.warmup_lr >= 0 ? c.warmup_lr : c.lr * 0.01;
   if (c.schedule == "step") {  // at --milestones, else every --step-size epochs
     std::vector<int64_t> milestones;
     for (int64_t epoch : c.milestone_epochs()) milestones.push_back(epoch * steps_per_epoch);
     auto decay = milestones.empty()
                      ? std::make_unique<optim::StepDecay>(c.lr, c.step_size * steps_per_epoch, c.step_gamma)
                      : std::make_unique<optim::StepDecay>(c.lr, milestones, c.step_gamma);
-    return std::make_unique<optim::LinearWarmup>(std::move(decay), warmup);
+    return std::make_unique<optim::LinearWarmup>(std::move(decay), warmup, warmup_start);
   }
   if (c.schedule == "onecycle") {
     // Its rising phase ends 30% of the way in, after at least one step.
@@ -91,7 +92,7 @@ std::unique_ptr<optim::LrSchedule> make_schedule(const TrainConfig& c, int64_t s
            " (epochs x batches per epoch / --grad-accum); train longer or use --schedule cosine");
     return std::make_unique<optim::OneCycle>(c.lr, total);
   }
-  return std::make_unique<optim::WarmupCosine>(c.lr, total, std::min(warmup, total), c.min_lr, c.lr * 0.01);
+  return std::make_unique<optim::WarmupCosine>(c.lr, total, std::min(warmup, total), c.min_lr, warmup_start);
 }
 
 std::unique_ptr<optim::Optimizer> make_optimizer(const TrainConfig& c, const nn::Module& model) {
@@ -494,6 +495,8 @@ TrainSummary train(TrainConfig c) {
     saved.stop_after_steps = c.stop_after_steps;
     saved.interrupt_after_steps = c.interrupt_after_steps;
     c = saved;
+    // Saved before --warmup-lr: a step schedule's warmup then started at 0.
+    if (!run.config.contains("warmup_lr") && c.schedule == "step") c.warmup_lr = 0.0;
     check_config_fits_process(c, device);  // the run's own --amp and batch, on this process
   }
 
