@@ -436,6 +436,31 @@ Transform cutout(int size, double p, float fill) {
   };
 }
 
+Transform random_erasing(double p, double min_area, double max_area, double min_aspect) {
+  KCHECK(p >= 0.0 && p <= 1.0, ValueError, "random_erasing: p must be in [0, 1], got ", p);
+  KCHECK(min_area > 0.0 && min_area <= max_area && max_area < 1.0, ValueError,
+         "random_erasing: need 0 < min_area <= max_area < 1, got ", min_area, " and ", max_area);
+  KCHECK(min_aspect > 0.0 && min_aspect <= 1.0, ValueError, "random_erasing: min_aspect must be in (0, 1], got ",
+         min_aspect);
+  return [=](FImage& img, Generator& gen) {
+    if (!coin(gen, p)) return;
+    const double area = static_cast<double>(img.h) * img.w, log_aspect = std::log(min_aspect);
+    for (int attempt = 0; attempt < 10; ++attempt) {
+      const double target = area * (min_area + (max_area - min_area) * gen.uniform());
+      const double aspect = std::exp(log_aspect - 2.0 * log_aspect * gen.uniform());  // in [min, 1/min]
+      const int h = static_cast<int>(std::lround(std::sqrt(target * aspect)));
+      const int w = static_cast<int>(std::lround(std::sqrt(target / aspect)));
+      if (h < 1 || w < 1 || h >= img.h || w >= img.w) continue;
+      const int top = static_cast<int>(gen.randint(0, img.h - h + 1));
+      const int left = static_cast<int>(gen.randint(0, img.w - w + 1));
+      for (int y = top; y < top + h; ++y)
+        for (int x = left; x < left + w; ++x)
+          for (int ch = 0; ch < img.c; ++ch) img.at(y, x, ch) = static_cast<float>(gen.normal());
+      return;
+    }
+  };
+}
+
 FImage resize_image(const FImage& img, int height, int width) {
   KCHECK(height > 0 && width > 0, ValueError, "resize: target size ", height, "x", width, " is not positive");
   if (img.h == height && img.w == width) return img;

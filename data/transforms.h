@@ -103,6 +103,12 @@ Transform coarse_dropout(int max_holes, int max_h, int max_w, double p = 0.5, in
 // Cutout (DeVries & Taylor 2017): one size x size square, centre uniform over
 // the image, clipped at the border.
 Transform cutout(int size, double p = 1.0, float fill = 0.0f);
+// Random erasing (Zhong et al. 2020; timm's RandomErasing, mode 'pixel'): with
+// probability p, one rectangle of min_area..max_area of the image (aspect
+// h/w log-uniform in [min_aspect, 1/min_aspect]) is filled with standard
+// normal noise. It goes after normalize(), where that noise has the data's
+// spread. After 10 draws that do not fit, the image is left as it is.
+Transform random_erasing(double p, double min_area = 0.02, double max_area = 1.0 / 3.0, double min_aspect = 0.3);
 // resize_image, or resize_center_crop when crop_fraction is below 1.
 Transform resize(int out_h, int out_w, double crop_fraction = 1.0);
 // torchvision's RandomResizedCrop: a region of a random area fraction in

@@ -790,6 +790,43 @@ TEST(Transforms, RandomResizedCropTakesARegionOfTheDrawnAreaInsideTheImage) {
   EXPECT_THROW(random_resized_crop(8, 8, 0.5, 1.0, 2.0, 1.0), ValueError);
 }
 
+// Random erasing fills one rectangle of 2% to 33% of the image with standard
+// normal noise, with probability p.
+TEST(Transforms, RandomErasingFillsOneRectangleWithNoise) {
+  const Transform erase = random_erasing(1.0);
+  double sum = 0.0, sum_sq = 0.0;
+  int64_t noisy = 0;
+  for (uint64_t seed = 0; seed < 50; ++seed) {
+    FImage img(20, 30, 3, 5.0f);
+    Generator gen(seed);
+    erase(img, gen);
+    int top = img.h, bottom = -1, left = img.w, right = -1, changed = 0;
+    for (int y = 0; y < img.h; ++y)
+      for (int x = 0; x < img.w; ++x)
+        for (int ch = 0; ch < 3; ++ch) {
+          const float v = img.at(y, x, ch);
+          if (v == 5.0f) continue;
+          ++changed;
+          top = std::min(top, y), bottom = std::max(bottom, y), left = std::min(left, x), right = std::max(right, x);
+          sum += v, sum_sq += static_cast<double>(v) * v, ++noisy;
+        }
+    ASSERT_GT(changed, 0) << "seed " << seed;
+    const int box = (bottom - top + 1) * (right - left + 1);
+    EXPECT_EQ(changed, box * 3) << "one solid rectangle, seed " << seed;
+    EXPECT_GE(box, 0.02 * 600 * 0.7) << "seed " << seed;  // rounding of the sides
+    EXPECT_LE(box, 600 / 3.0 * 1.3) << "seed " << seed;
+  }
+  const double mean = sum / noisy, var = sum_sq / noisy - mean * mean;
+  EXPECT_NEAR(mean, 0.0, 0.05);
+  EXPECT_NEAR(var, 1.0, 0.1);
+  FImage untouched(20, 30, 3, 5.0f);
+  Generator gen(1);
+  random_erasing(0.0)(untouched, gen);
+  for (float v : untouched.data) ASSERT_EQ(v, 5.0f);
+  EXPECT_THROW(random_erasing(1.5), ValueError);
+  EXPECT_THROW(random_erasing(0.5, 0.5, 0.4), ValueError);
+}
+
 // resize(h, w, crop_fraction) is resize_center_crop below 1 and resize_image at 1.
 TEST(Transforms, ResizeWithACropFractionTakesTheCentre) {
   const FImage img = ramp(20, 30, 3);
@@ -863,6 +900,7 @@ TEST(Transforms, EveryRandomTransformKeepsTheShapeAndIsReproducible) {
       {"coarse_dropout", coarse_dropout(4, 3, 3, 1.0)},
       {"cutout", cutout(6)},
       {"random_resized_crop", random_resized_crop(12, 12)},
+      {"random_erasing", random_erasing(1.0)},
       {"rand_augment", rand_augment(2, 14)},
       {"auto_augment", auto_augment_cifar10()},
       {"normalize", normalize({0.5f, 0.5f, 0.5f}, {0.25f, 0.25f, 0.25f})},

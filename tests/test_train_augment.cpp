@@ -127,6 +127,7 @@ TEST(TrainAugment, HostOnlyTransformsNameThemselvesAsWhyTheResidentLoaderCannotR
       {"--hsv-shift", [](TrainConfig& c) { c.hsv_shift = 0.5; }},
       {"--randaugment", [](TrainConfig& c) { c.randaugment = "2,9"; }},
       {"--auto-augment", [](TrainConfig& c) { c.auto_augment = true; }},
+      {"--random-erase", [](TrainConfig& c) { c.random_erase = 0.25; }},
   };
   for (const auto& [flag, set] : host_only) {
     TrainConfig c;
@@ -185,6 +186,30 @@ TEST(TrainAugment, RandomResizedCropReplacesTheResizeAndCropPctTheEvaluationResi
     c.crop_pct = bad;
     EXPECT_THROW(c.validate(), ValueError) << bad;
   }
+}
+
+// Random erasing comes after the normalization: its noise is in the data's units.
+TEST(TrainAugment, RandomErasingFollowsTheNormalization) {
+  TrainConfig c = no_default_augmentation();
+  c.random_erase = 0.5;
+  const Transform expected = compose({resize(12, 12), normalize(kNorm.mean, kNorm.std), random_erasing(0.5)});
+  const Transform built = tools::train_transform(c, 12, 12, kNorm);
+  int changed = 0;
+  for (uint64_t seed = 0; seed < 16; ++seed) {
+    FImage a = random_image(seed), b = a, plain = a;
+    Generator ga(seed), gb(seed), gp(seed);
+    built(a, ga);
+    expected(b, gb);
+    normalize(kNorm.mean, kNorm.std)(plain, gp);
+    ASSERT_EQ(a.data, b.data) << "image " << seed;
+    changed += a.data != plain.data;
+  }
+  EXPECT_GE(changed, 3);
+  EXPECT_LE(changed, 13);
+  c.cutout = 0.5;
+  EXPECT_EQ(tools::augmentation_summary(c, 32, 32), "cutout 16 px p 0.5, random erasing p 0.5");
+  c.random_erase = 1.5;
+  EXPECT_THROW(c.validate(), ValueError);
 }
 
 TEST(TrainAugment, TheBannerNamesEveryStepInOrder) {

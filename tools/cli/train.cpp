@@ -221,6 +221,10 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
                   qat ? "random horizontal flip, true/false (default: the float run's)"
                       : "random horizontal flip, true/false (default: true, but false on mnist)");
   cmd->add_option("--cutout", c->cutout, "probability of cutout per image")->capture_default_str();
+  cmd->add_option("--random-erase", c->random_erase,
+                  "probability of random erasing per image: a rectangle of 2% to 33% of it filled with noise "
+                  "(timm's --reprob)")
+      ->capture_default_str();
   cmd->add_option("--shift-scale-rotate", c->shift_scale_rotate,
                   "probability of a random shift, scale and rotation per image (albumentations' ShiftScaleRotate)")
       ->capture_default_str();

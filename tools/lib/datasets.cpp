@@ -225,6 +225,7 @@ data::Transform train_transform(const TrainConfig& c, int height, int width, con
   }
   for (AugmentStep& step : augment_steps(c, height, width)) t.push_back(std::move(step.transform));
   t.push_back(data::normalize(n.mean, n.std));
+  if (c.random_erase > 0) t.push_back(data::random_erasing(c.random_erase));  // noise in normalized units
   return data::compose(std::move(t));
 }
 
@@ -235,6 +236,7 @@ std::string augmentation_summary(const TrainConfig& c, int height, int width) {
     image = "random resized crop (area " + number(area[0]) + " to " + number(area[1]) + ")";
   }
   for (const AugmentStep& step : augment_steps(c, height, width)) image += (image.empty() ? "" : ", ") + step.name;
+  if (c.random_erase > 0) image += (image.empty() ? "" : ", ") + std::string("random erasing p ") + number(c.random_erase);
   const std::pair<const char*, double> mixers[] = {{"mixup", c.mixup}, {"cutmix", c.cutmix}, {"ricap", c.ricap}};
   for (const auto& [name, p] : mixers)
     if (p > 0) batch += (batch.empty() ? "" : ", ") + std::string(name) + " " + number(p);
@@ -276,6 +278,7 @@ std::string resident_unsupported(const TrainConfig& c, bool train, const data::D
         {!c.color_jitter.empty(), "--color-jitter"},
         {c.brightness_contrast > 0, "--brightness-contrast"},
         {c.hsv_shift > 0, "--hsv-shift"},
+        {c.random_erase > 0, "--random-erase"},
     };
     for (const auto& [on, flag] : host_only)
       if (on) return std::string(flag) + " runs on the host";

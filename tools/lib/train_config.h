@@ -94,6 +94,7 @@ struct TrainConfig {
   double crop_pct = 1.0;
   bool hflip = true;
   double cutout = 0.0;      // probability of coarse dropout
+  double random_erase = 0.0;  // probability of random erasing (timm's --reprob), after the normalization
   // albumentations / torchvision style, on the host (the threaded loader)
   double rotation = 0.0;             // random rotation within +-degrees, every image; 0 = off
   std::string color_jitter;          // "B,C,S" or "B,C,S,H" as torchvision's ColorJitter; empty = off
