@@ -1,4 +1,4 @@
-// Multi-tensor SGD-momentum and AdamW; see fused_optim.h.
+// Multi-tensor SGD-momentum, AdamW and RMSprop; see fused_optim.h.
 //
 // Proof: tests/test_cuda_kernels.cpp runs three steps over a list of tensors
 // of odd sizes (1, 7, 33, 70001) against a CPU loop written from the PyTorch
@@ -80,6 +80,34 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(TensorTable<4> tt, Adam
   }
 }
 
+template <typename G>
+__global__ void __launch_bounds__(kThreads) rmsprop_kernel(TensorTable<4> tt, RMSpropArgs a, const int* skip) {
+  if (skip != nullptr && *skip != 0) return;
+  const int ti = tt.block_tensor[blockIdx.x];
+  const int64_t n = tt.size[ti];
+  const int64_t beg = static_cast<int64_t>(tt.block_chunk[blockIdx.x]) * kChunk;
+  const int64_t end = min(n, beg + kChunk);
+  float* p = static_cast<float*>(tt.ptr[0][ti]);
+  const G* g = static_cast<const G*>(tt.ptr[1][ti]);
+  float* v = static_cast<float*>(tt.ptr[2][ti]);
+  float* buf = static_cast<float*>(tt.ptr[3][ti]);
+  const float w = 1.f - a.alpha;
+  for (int64_t i = beg + threadIdx.x; i < end; i += blockDim.x) {
+    // Same expression order as the CPU loop (engine/optim/rmsprop.cpp).
+    const float gv = to_f32(g[i]) * a.grad_scale + a.weight_decay * p[i];
+    const float vv = a.alpha * v[i] + w * gv * gv;
+    v[i] = vv;
+    const float d = gv / (sqrtf(vv) + a.eps);
+    if (a.momentum != 0.f) {
+      const float b = a.momentum * buf[i] + d;
+      buf[i] = b;
+      p[i] -= a.lr * b;
+    } else {
+      p[i] -= a.lr * d;
+    }
+  }
+}
+
 // Walks the tensors, filling tables and launching whenever one is full.
 template <int NPtr, typename Launch>
 cudaError_t for_each_launch(int count, const void* const* const* lists, const int64_t* sizes, Launch&& launch) {
@@ -133,6 +161,23 @@ cudaError_t sgd_momentum_multi(KDType grad_dt, int count, float* const* params, 
       case KDType::F32: sgd_kernel<float><<<nb, kThreads, 0, stream>>>(tt, a, skip_flag); break;
       case KDType::F16: sgd_kernel<__half><<<nb, kThreads, 0, stream>>>(tt, a, skip_flag); break;
       case KDType::BF16: sgd_kernel<__nv_bfloat16><<<nb, kThreads, 0, stream>>>(tt, a, skip_flag); break;
+    }
+  });
+}
+
+cudaError_t rmsprop_multi(KDType grad_dt, int count, float* const* params, const void* const* grads,
+                          float* const* square_avg, float* const* momentum_bufs, const int64_t* sizes,
+                          const RMSpropArgs& a, const int* skip_flag, cudaStream_t stream) {
+  if (!valid_grad_dtype(grad_dt)) return cudaErrorInvalidValue;
+  if (count <= 0) return cudaSuccess;
+  const void* const* lists[4] = {reinterpret_cast<const void* const*>(params), grads,
+                                 reinterpret_cast<const void* const*>(square_avg),
+                                 reinterpret_cast<const void* const*>(momentum_bufs)};
+  return for_each_launch<4>(count, lists, sizes, [&](const TensorTable<4>& tt, int nb) {
+    switch (grad_dt) {
+      case KDType::F32: rmsprop_kernel<float><<<nb, kThreads, 0, stream>>>(tt, a, skip_flag); break;
+      case KDType::F16: rmsprop_kernel<__half><<<nb, kThreads, 0, stream>>>(tt, a, skip_flag); break;
+      case KDType::BF16: rmsprop_kernel<__nv_bfloat16><<<nb, kThreads, 0, stream>>>(tt, a, skip_flag); break;
     }
   });
 }

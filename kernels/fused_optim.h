@@ -38,6 +38,19 @@ cudaError_t sgd_momentum_multi(KDType grad_dt, int count, float* const* params, 
                                float* const* momentum_bufs, const int64_t* sizes, const SgdArgs& a,
                                const int* skip_flag, cudaStream_t stream);
 
+struct RMSpropArgs {
+  float lr = 1e-2f;
+  float alpha = 0.99f;
+  float eps = 1e-8f;
+  float weight_decay = 0.f;
+  float momentum = 0.f;  // 0: no momentum buffer (its pointers may be null)
+  float grad_scale = 1.f;
+};
+
+cudaError_t rmsprop_multi(KDType grad_dt, int count, float* const* params, const void* const* grads,
+                          float* const* square_avg, float* const* momentum_bufs, const int64_t* sizes,
+                          const RMSpropArgs& a, const int* skip_flag, cudaStream_t stream);
+
 cudaError_t adamw_multi(KDType grad_dt, int count, float* const* params, const void* const* grads,
                         float* const* exp_avg, float* const* exp_avg_sq, const int64_t* sizes, const AdamWArgs& a,
                         const int* skip_flag, cudaStream_t stream);

@@ -529,7 +529,7 @@ TEST(Cli, ImageAugmentationFlagsTrainAndAreSavedWithTheRun) {
 
 // Defaults that follow other settings, unless a flag or the recipe sets them:
 // AdamW takes PyTorch's rate and decay, and digits are not mirrored.
-TEST(Cli, AdamwMnistAndResizedCropTakeTheirOwnDefaultsUnlessSet) {
+TEST(Cli, OptimizersMnistAndResizedCropTakeTheirOwnDefaultsUnlessSet) {
   const std::string root = make_folder("dependent_defaults");
   const auto config_of = [](const std::string& out) { return nlohmann::json::parse(read_text(out + "/config.json")); };
   const std::string adamw = temp_path("adamw_defaults");
@@ -542,6 +542,10 @@ TEST(Cli, AdamwMnistAndResizedCropTakeTheirOwnDefaultsUnlessSet) {
   ASSERT_EQ(kestrel_cli(one_epoch_on(root, set) + " --config " + recipe + " --weight-decay 0.05").rc, 0);
   EXPECT_EQ(config_of(set).at("lr"), 0.004);
   EXPECT_EQ(config_of(set).at("weight_decay"), 0.05);
+  const std::string rmsprop = temp_path("rmsprop_defaults");
+  ASSERT_EQ(kestrel_cli(one_epoch_on(root, rmsprop) + " --optimizer rmsprop").rc, 0);
+  EXPECT_EQ(config_of(rmsprop).at("lr"), 1e-3);
+  EXPECT_EQ(config_of(rmsprop).at("weight_decay"), 5e-4);
   const std::string sgd = temp_path("sgd_defaults");
   ASSERT_EQ(kestrel_cli(one_epoch_on(root, sgd)).rc, 0);
   EXPECT_EQ(config_of(sgd).at("lr"), 0.1);

@@ -1690,6 +1690,9 @@ TEST(CudaKernelArguments, UnknownTypeTagsAndMissingBuffersAreRejectedBeforeAnyLa
             cudaErrorInvalidValue);
   EXPECT_EQ(kernels::adamw_multi(bogus, 1, params, grads, state, state, sizes, kernels::AdamWArgs{}, nullptr, nullptr),
             cudaErrorInvalidValue);
+  EXPECT_EQ(
+      kernels::rmsprop_multi(bogus, 1, params, grads, state, state, sizes, kernels::RMSpropArgs{}, nullptr, nullptr),
+      cudaErrorInvalidValue);
 }
 
 

@@ -1,4 +1,4 @@
-// Training on CUDA against the CPU: SGD, AdamW, clip_grad_norm_ and ModelEma
+// Training on CUDA against the CPU: SGD, AdamW, RMSprop, clip_grad_norm_ and ModelEma
 // on the same gradients; a few training steps of a small CNN; `train` runs on
 // the device, their checkpoints on the CPU, pinned batch uploads. Every test
 // skips without a usable CUDA device.
@@ -22,6 +22,7 @@
 #include "engine/nn/layers.h"
 #include "engine/ops/loss.h"
 #include "engine/optim/adamw.h"
+#include "engine/optim/rmsprop.h"
 #include "engine/optim/clip.h"
 #include "engine/optim/ema.h"
 #include "engine/optim/grad_scaler.h"
@@ -49,8 +50,8 @@ namespace {
 
 const Device kCuda = Device::cuda(0);
 
-void expect_state_close(const Tensor& actual, const Tensor& expected, const std::string& what) {
-  expect_close(actual.cpu(), expected.cpu(), 1e-6, 1e-6, what);
+void expect_state_close(const Tensor& actual, const Tensor& expected, const std::string& what, double tol = 1e-6) {
+  expect_close(actual.cpu(), expected.cpu(), tol, tol, what);
 }
 
 // Odd sizes, a tensor over several kernel chunks, and more tensors than one
@@ -87,7 +88,9 @@ using MakeOptimizer = std::function<std::unique_ptr<optim::Optimizer>(const std:
 
 // Steps a CPU and a CUDA optimizer on the same gradients; parameter 3 gets
 // its first gradient only at step 2, so first steps and later steps share a step() call.
-void expect_optimizer_parity(const MakeOptimizer& make, DType grad_dtype, const std::string& what) {
+// tol: absolute and relative, on parameters and state.
+void expect_optimizer_parity(const MakeOptimizer& make, DType grad_dtype, const std::string& what,
+                             double tol = 1e-6) {
   std::vector<Tensor> cpu = make_params(11), gpu = to_cuda(cpu);
   auto opt_cpu = make(cpu), opt_gpu = make(gpu);
   for (int step = 0; step < 5; ++step) {
@@ -106,14 +109,14 @@ void expect_optimizer_parity(const MakeOptimizer& make, DType grad_dtype, const 
   }
   for (size_t i = 0; i < cpu.size(); ++i) {
     EXPECT_TRUE(gpu[i].device().is_cuda());
-    expect_state_close(gpu[i], cpu[i], what + " parameter " + std::to_string(i));
+    expect_state_close(gpu[i], cpu[i], what + " parameter " + std::to_string(i), tol);
   }
   const optim::OptimizerState sc = opt_cpu->state(), sg = opt_gpu->state();
   ASSERT_EQ(sc.tensors.size(), sg.tensors.size()) << what;
   for (const auto& [name, t] : sc.tensors) {
     ASSERT_TRUE(sg.tensors.count(name)) << what << " " << name;
     EXPECT_TRUE(sg.tensors.at(name).device().is_cpu()) << "state() hands out host copies: " << name;
-    expect_state_close(sg.tensors.at(name), t, what + " state " + name);
+    expect_state_close(sg.tensors.at(name), t, what + " state " + name, tol);
   }
   EXPECT_EQ(sc.scalars, sg.scalars) << what;
 }
@@ -156,6 +159,28 @@ TEST(CudaTrain, AdamWMatchesCpu) {
         },
         DType::F32, "AdamW wd " + std::to_string(wd));
   }
+}
+
+// Each step adds g / sqrt(v), about 3 at alpha 0.9 (10 at 0.99), into a
+// momentum buffer whose sum may cancel to near 0: a float ulp of each term
+// (2.4e-7 at 3) adds up over the five steps, hence 4e-6.
+TEST(CudaTrain, RMSpropMatchesCpu) {
+  KESTREL_REQUIRE_CUDA();
+  for (double momentum : {0.0, 0.9}) {
+    expect_optimizer_parity(
+        [&](const std::vector<Tensor>& p) {
+          optim::RMSpropOptions o;
+          o.lr = 1e-2;
+          o.alpha = 0.9;
+          o.momentum = momentum;
+          o.weight_decay = 1e-3;
+          return std::make_unique<optim::RMSprop>(two_groups(p), o);
+        },
+        DType::F32, "RMSprop momentum " + std::to_string(momentum), 4e-6);
+  }
+  expect_optimizer_parity(
+      [](const std::vector<Tensor>& p) { return std::make_unique<optim::RMSprop>(two_groups(p), optim::RMSpropOptions{}); },
+      DType::BF16, "RMSprop with bf16 gradients", 4e-6);
 }
 
 TEST(CudaTrain, HalfPrecisionGradientsUpdateF32Parameters) {

@@ -622,6 +622,13 @@ TEST(Train, MinLrMilestonesAndAdamSettingsShapeTheRun) {
     c.optimizer = "adamw", c.lr = 1e-3, c.adam_betas = "0.5,0.9", c.adam_eps = 1e-3;
   });
   EXPECT_NE(adam[0]["train_loss"], betas[0]["train_loss"]) << "the betas and epsilon reach the optimizer";
+  const auto rms = run("knobs_rms", [](tools::TrainConfig& c) { c.optimizer = "rmsprop", c.lr = 1e-3; });
+  const auto rms_alpha = run("knobs_rms_alpha", [](tools::TrainConfig& c) {
+    c.optimizer = "rmsprop", c.lr = 1e-3, c.rmsprop_alpha = 0.9, c.rmsprop_eps = 1e-3;
+  });
+  EXPECT_NE(rms[0]["train_loss"], adam[0]["train_loss"]);
+  EXPECT_NE(rms[0]["train_loss"], rms_alpha[0]["train_loss"]) << "alpha and epsilon reach the optimizer";
+  EXPECT_LT(rms.back()["train_loss"].get<double>(), rms.front()["train_loss"].get<double>());
 
   tools::TrainConfig c = kestrel::testing::pattern_folder_config(folder, "knobs_bad", "cpu");
   const auto message = [&](const std::function<void(tools::TrainConfig&)>& set) {
@@ -640,6 +647,10 @@ TEST(Train, MinLrMilestonesAndAdamSettingsShapeTheRun) {
   EXPECT_NE(message([](tools::TrainConfig& b) { b.min_lr = 0.5; }).find("--min-lr must be in [0, --lr)"),
             std::string::npos);
   EXPECT_NE(message([](tools::TrainConfig& b) { b.adam_betas = "0.9,0.99"; }).find("are AdamW's"), std::string::npos);
+  EXPECT_NE(message([](tools::TrainConfig& b) { b.rmsprop_alpha = 0.9; }).find("are RMSprop's"), std::string::npos);
+  EXPECT_NE(message([](tools::TrainConfig& b) { b.optimizer = "rmsprop", b.rmsprop_alpha = 1.0; })
+                .find("--rmsprop-alpha must be in [0, 1)"),
+            std::string::npos);
   EXPECT_NE(message([](tools::TrainConfig& b) { b.warmup_lr = 0.06; }).find("--warmup-lr must be in [0, --lr]"),
             std::string::npos);
   EXPECT_NE(message([](tools::TrainConfig& b) { b.schedule = "onecycle", b.warmup_lr = 0.01; })

@@ -123,4 +123,32 @@ void adamw_step(const std::vector<AdamWParamUpdate>& updates, double beta1, doub
   }
 }
 
+void rmsprop_step(const std::vector<RMSpropParamUpdate>& updates, double alpha, double eps, double momentum) {
+  constexpr const char* kOp = "RMSprop.step";
+  Groups groups;
+  for (const RMSpropParamUpdate& u : updates) {
+    check_param_and_grad(u.param, u.grad, kOp);
+    check_state(u.square_avg, u.param, kOp, "square_avg");
+    if (momentum != 0.0) check_state(u.momentum_buffer, u.param, kOp, "the momentum buffer");
+    add_to_group(groups, kOp, 0, u.lr, u.weight_decay, u.param, u.grad, u.square_avg,
+                 momentum != 0.0 ? u.momentum_buffer : Tensor());
+  }
+  for (const auto& [key, t] : groups) {
+    const auto& [device, gdt, unused, lr, weight_decay] = key;
+    kernels::RMSpropArgs a;
+    a.lr = static_cast<float>(lr);
+    a.alpha = static_cast<float>(alpha);
+    a.eps = static_cast<float>(eps);
+    a.weight_decay = static_cast<float>(weight_decay);
+    a.momentum = static_cast<float>(momentum);
+    a.grad_scale = 1.f;
+    cuda::DeviceGuard guard(device);
+    KESTREL_CUDA_CHECK_CTX(kernels::rmsprop_multi(gdt, t.count(), t.params.data(), t.grads.data(), t.state_a.data(),
+                                                  t.state_b.data(), t.sizes.data(), a, nullptr,
+                                                  cuda::current_stream(device)),
+                           kOp, ": ", t.count(), " parameters on cuda:", device, " (", kernels::kdtype_name(gdt),
+                           " gradients, first ", shape_str(t.first_shape), ")");
+  }
+}
+
 }  // namespace kestrel::gpu

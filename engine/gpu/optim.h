@@ -1,4 +1,4 @@
-// CUDA paths of engine/optim: fused multi-tensor SGD and AdamW updates
+// CUDA paths of engine/optim: fused multi-tensor SGD, AdamW and RMSprop updates
 // (kernels/fused_optim.h), the global gradient norm and in-place scaling for
 // clip_grad_norm_, and the EMA blend. Tensors are grouped into as few launches
 // as their hyperparameters allow; every launch goes on the current stream of
@@ -32,6 +32,15 @@ struct AdamWParamUpdate {
   double weight_decay = 0.0;
 };
 void adamw_step(const std::vector<AdamWParamUpdate>& updates, double beta1, double beta2, double eps);
+
+// One parameter's share of an RMSprop step; momentum_buffer is undefined when
+// momentum is 0.
+struct RMSpropParamUpdate {
+  Tensor param, grad, square_avg, momentum_buffer;
+  double lr = 0.0;
+  double weight_decay = 0.0;
+};
+void rmsprop_step(const std::vector<RMSpropParamUpdate>& updates, double alpha, double eps, double momentum);
 
 // Sum of x*x over every element of every tensor (contiguous, floating, on
 // CUDA devices), accumulated in f64 on the device; one synchronization per device.

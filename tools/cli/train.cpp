@@ -97,8 +97,8 @@ void refuse_to_change_a_resumed_run(const tools::TrainConfig& c, const CLI::App&
 }
 
 // Defaults that follow other settings, where neither the command nor its
-// recipe sets them: AdamW takes PyTorch's rate and decay (SGD's 0.1 is far
-// too high for it), digits are not mirrored (a mirrored 2 is no digit), and a
+// recipe sets them: AdamW takes PyTorch's rate and decay and RMSprop its rate
+// (SGD's 0.1 is far too high for them), digits are not mirrored (a mirrored 2 is no digit), and a
 // random resized crop is not cropped again with padding.
 void apply_dependent_defaults(tools::TrainConfig& c, const CLI::App& cmd) {
   const auto given = [&cmd](const char* flag) {
@@ -109,6 +109,7 @@ void apply_dependent_defaults(tools::TrainConfig& c, const CLI::App& cmd) {
     if (!given("--lr")) c.lr = 1e-3;
     if (!given("--weight-decay")) c.weight_decay = 0.01;
   }
+  if (c.optimizer == "rmsprop" && !given("--lr")) c.lr = 1e-3;  // Keras's; with --momentum 0.9 the step is 10x
   if (c.dataset == "mnist" && !given("--hflip")) c.hflip = false;
   if (!c.random_resized_crop.empty() && !given("--random-crop")) c.random_crop = false;
 }
@@ -177,12 +178,15 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
                  "batch size (of one whole step: under mpirun, shared among the processes)")->capture_default_str();
   cmd->add_option("--lr", c->lr,
                   kind == Kind::Qat ? "peak learning rate (default: 0.001)"
-                                    : "peak learning rate (default: 0.1 with sgd, 0.001 with adamw)");
-  cmd->add_option("--optimizer", c->optimizer, "sgd or adamw")->capture_default_str();
+                                    : "peak learning rate (default: 0.1 with sgd, 0.001 with adamw and rmsprop)");
+  cmd->add_option("--optimizer", c->optimizer, "sgd, adamw or rmsprop")->capture_default_str();
   cmd->add_option("--adam-betas", c->adam_betas, "AdamW's B1,B2")->capture_default_str();
   cmd->add_option("--adam-eps", c->adam_eps, "AdamW's epsilon")->capture_default_str();
-  cmd->add_option("--momentum", c->momentum, "SGD momentum")->capture_default_str();
-  cmd->add_option("--nesterov", c->nesterov, "Nesterov momentum (true/false)")->capture_default_str();
+  cmd->add_option("--rmsprop-alpha", c->rmsprop_alpha, "RMSprop's smoothing constant (EfficientNet's paper: 0.9)")
+      ->capture_default_str();
+  cmd->add_option("--rmsprop-eps", c->rmsprop_eps, "RMSprop's epsilon")->capture_default_str();
+  cmd->add_option("--momentum", c->momentum, "SGD and RMSprop momentum")->capture_default_str();
+  cmd->add_option("--nesterov", c->nesterov, "Nesterov momentum for SGD (true/false)")->capture_default_str();
   cmd->add_option("--weight-decay", c->weight_decay,
                   kind == Kind::Qat ? "weight decay, not on biases and norms (default: 0.0005)"
                                     : "weight decay, not on biases and norms (default: 0.0005 with sgd, 0.01 with "

@@ -18,7 +18,7 @@ namespace kestrel::tools {
   X(model) X(num_classes) X(width_mult) X(depth_mult) X(image_size) X(stem) X(dropout) X(drop_path) X(dataset)  \
   X(data_dir) X(limit_train) X(limit_test) X(test_split) X(skip_bad) X(workers) X(loader) X(epochs)             \
   X(batch_size) X(lr) X(optimizer) X(momentum) X(nesterov) X(weight_decay) X(warmup_epochs) X(warmup_lr) X(schedule)         \
-  X(step_size) X(milestones) X(step_gamma) X(min_lr) X(adam_betas) X(adam_eps) X(label_smoothing) X(loss)       \
+  X(step_size) X(milestones) X(step_gamma) X(min_lr) X(adam_betas) X(adam_eps) X(rmsprop_alpha) X(rmsprop_eps) X(label_smoothing) X(loss)       \
   X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp) X(early_stop) X(mixup) X(cutmix) X(ricap)             \
   X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop) X(hflip) X(cutout) X(seed) X(device) X(out)        \
   X(teacher) X(distill_alpha) X(distill_temperature) X(quantize_from) X(calib_batches) X(initial_checkpoint)    \
@@ -166,7 +166,7 @@ void TrainConfig::validate() const {
   KCHECK(num_classes >= 0, ValueError, "--num-classes must be positive (or 0: from the data set), got ", num_classes);
   one_of("stem", stem, {"auto", "cifar", "model"});
   one_of("dataset", dataset, {"cifar10", "cifar100", "cifar100-coarse", "fashion-mnist", "mnist", "folder"});
-  one_of("optimizer", optimizer, {"sgd", "adamw"});
+  one_of("optimizer", optimizer, {"sgd", "adamw", "rmsprop"});
   one_of("schedule", schedule, {"cosine", "step", "onecycle"});
   one_of("loss", loss, {"ce", "focal"});
   one_of("amp", amp, {"off", "fp16", "bf16"});
@@ -202,6 +202,12 @@ void TrainConfig::validate() const {
   KCHECK(adam_eps > 0, ValueError, "--adam-eps must be positive, got ", adam_eps);
   KCHECK(optimizer == "adamw" || (adam_betas == TrainConfig{}.adam_betas && adam_eps == TrainConfig{}.adam_eps),
          ValueError, "--adam-betas and --adam-eps are AdamW's; this run's optimizer is ", optimizer);
+  KCHECK(rmsprop_alpha >= 0 && rmsprop_alpha < 1, ValueError, "--rmsprop-alpha must be in [0, 1), got ",
+         rmsprop_alpha);
+  KCHECK(rmsprop_eps > 0, ValueError, "--rmsprop-eps must be positive, got ", rmsprop_eps);
+  KCHECK(optimizer == "rmsprop" ||
+             (rmsprop_alpha == TrainConfig{}.rmsprop_alpha && rmsprop_eps == TrainConfig{}.rmsprop_eps),
+         ValueError, "--rmsprop-alpha and --rmsprop-eps are RMSprop's; this run's optimizer is ", optimizer);
   KCHECK(mix_alpha > 0, ValueError, "--mix-alpha must be positive, got ", mix_alpha);
   KCHECK(focal_gamma >= 0, ValueError, "--focal-gamma must be >= 0 (0: cross-entropy), got ", focal_gamma);
   // The focal loss is defined on hard labels; soft targets would silently drop it.

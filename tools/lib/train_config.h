@@ -44,7 +44,7 @@ struct TrainConfig {
   int64_t epochs = 10;
   int64_t batch_size = 128;
   double lr = 0.1;
-  std::string optimizer = "sgd";  // sgd, adamw
+  std::string optimizer = "sgd";  // sgd, adamw, rmsprop
   double momentum = 0.9;
   bool nesterov = true;
   double weight_decay = 5e-4;
@@ -57,6 +57,8 @@ struct TrainConfig {
   double min_lr = 0.0;              // where --schedule cosine ends
   std::string adam_betas = "0.9,0.999";  // AdamW's beta1, beta2
   double adam_eps = 1e-8;
+  double rmsprop_alpha = 0.99;           // RMSprop's smoothing constant (torch's default)
+  double rmsprop_eps = 1e-8;
   double label_smoothing = 0.0;
   std::string loss = "ce";  // ce, focal
   double focal_gamma = 2.0;

@@ -24,6 +24,7 @@
 #include "engine/ops/loss.h"
 #include "engine/ops/reduce.h"
 #include "engine/optim/adamw.h"
+#include "engine/optim/rmsprop.h"
 #include "engine/optim/clip.h"
 #include "engine/optim/ema.h"
 #include "engine/optim/grad_scaler.h"
@@ -106,6 +107,15 @@ std::unique_ptr<optim::Optimizer> make_optimizer(const TrainConfig& c, const nn:
     o.beta2 = betas[1];
     o.eps = c.adam_eps;
     return std::make_unique<optim::AdamW>(groups, o);
+  }
+  if (c.optimizer == "rmsprop") {
+    optim::RMSpropOptions o;
+    o.lr = c.lr;
+    o.alpha = c.rmsprop_alpha;
+    o.eps = c.rmsprop_eps;
+    o.momentum = c.momentum;
+    o.weight_decay = c.weight_decay;
+    return std::make_unique<optim::RMSprop>(groups, o);
   }
   optim::SGDOptions o;
   o.lr = c.lr;
