@@ -706,6 +706,44 @@ TEST(Train, ARunSavedWithoutItsNormalizationResumesWithItsCheckpoints) {
                                              0.0, "resumed with the checkpoint's normalization");
 }
 
+// --eval-metric picks the epoch best.safetensors holds (and early stopping
+// waits on): the lowest val loss, the highest top-5. A run saved before it
+// ranked by top-1 and still does.
+TEST(Train, EvalMetricPicksTheBestEpoch) {
+  const std::string folder = kestrel::testing::write_pattern_folder_dataset("eval_metric");
+  for (const std::string metric : {"loss", "top5", "top1"}) {
+    tools::TrainConfig c = kestrel::testing::pattern_folder_config(folder, "eval_metric_" + metric, "cpu");
+    c.width_mult = 0.25;
+    c.epochs = 4;
+    c.eval_metric = metric;
+    const tools::TrainSummary s = tools::train(c);
+    ASSERT_TRUE(s.completed) << metric;
+    const auto rows = kestrel::testing::read_metrics_jsonl(c.out);
+    ASSERT_EQ(rows.size(), 4u);
+    size_t best = 0;
+    for (size_t e = 1; e < rows.size(); ++e) {
+      const bool better = metric == "loss"   ? rows[e]["val_loss"] < rows[best]["val_loss"]
+                          : metric == "top5" ? rows[e]["val_top5"] > rows[best]["val_top5"]
+                                             : rows[e]["val_top1"] > rows[best]["val_top1"];
+      if (better) best = e;
+    }
+    EXPECT_EQ(s.best_epoch, static_cast<int64_t>(best) + 1) << metric;
+    EXPECT_EQ(s.best_top1, rows[best]["val_top1"].get<double>()) << metric;
+    const std::string key = metric == "loss" ? "val_loss" : "val_" + metric;
+    EXPECT_EQ(metric == "loss" ? -s.best_score : s.best_score, rows[best][key].get<double>()) << metric;
+    const io::Metadata meta = io::load_safetensors_metadata(c.out + "/best.safetensors");
+    EXPECT_EQ(meta.at("epoch"), std::to_string(best + 1)) << metric;
+  }
+  nlohmann::json old = tools::RunState().to_json();
+  old.erase("best_score");
+  old["best_top1"] = 0.625;
+  EXPECT_EQ(tools::RunState::from_json(old).best_score, 0.625);
+  tools::TrainConfig bad = kestrel::testing::pattern_folder_config(folder, "eval_metric_bad", "cpu");
+  bad.eval_metric = "f1";
+  EXPECT_NE(kestrel::testing::expect_message_of([&] { tools::train(bad); }).find("--eval-metric 'f1' is not one of"),
+            std::string::npos);
+}
+
 // A step-schedule run saved before --warmup-lr warmed up from 0; resumed
 // inside its warmup, it goes on from 0's ramp: the weights of the run that
 // never stopped.

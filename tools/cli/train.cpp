@@ -114,6 +114,18 @@ void apply_dependent_defaults(tools::TrainConfig& c, const CLI::App& cmd) {
   if (!c.random_resized_crop.empty() && !given("--random-crop")) c.random_crop = false;
 }
 
+// "best top-1 91.20%", or by another --eval-metric "best val loss 0.2513 (top-1 91.20%)".
+std::string best_words(const tools::TrainSummary& s) {
+  char b[96];
+  if (s.eval_metric == "loss")
+    std::snprintf(b, sizeof(b), "best val loss %.4f (top-1 %.2f%%)", -s.best_score, 100 * s.best_top1);
+  else if (s.eval_metric == "top5")
+    std::snprintf(b, sizeof(b), "best top-5 %.2f%% (top-1 %.2f%%)", 100 * s.best_score, 100 * s.best_top1);
+  else
+    std::snprintf(b, sizeof(b), "best top-1 %.2f%%", 100 * s.best_top1);
+  return b;
+}
+
 // `kestrel train`; `kestrel distill`, the same run, which must name its
 // teachers; `kestrel qat`, the same run from a float checkpoint, whose model it keeps.
 enum class Kind { Train, Distill, Qat };
@@ -250,6 +262,9 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--grad-accum", c->grad_accum, "micro-batches per optimizer step")->capture_default_str();
   cmd->add_option("--clip-grad", c->clip_grad, "clip gradients to this global norm; 0 = off")->capture_default_str();
   cmd->add_option("--early-stop", c->early_stop, "stop after N epochs without improvement; 0 = off");
+  cmd->add_option("--eval-metric", c->eval_metric,
+                  "what ranks the epochs for best.safetensors and --early-stop: top1, top5 or loss (the val loss)")
+      ->capture_default_str();
   cmd->add_option("--save-every-steps", c->save_every_steps,
                   "also save last.safetensors every N optimizer steps, mid-epoch (a job that may be killed without "
                   "warning resumes from there); 0 = at epoch ends only");
@@ -320,17 +335,17 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
       return;
     }
     if (s.epochs_run == 0 && s.early_stopped) {  // --resume of a run that had stopped early
-      std::printf("nothing left to train: run folder %s stopped early (--early-stop); best top-1 %.2f%% at epoch %lld\n",
-                  s.out_dir.c_str(), 100 * s.best_top1, static_cast<long long>(s.best_epoch));
+      std::printf("nothing left to train: run folder %s stopped early (--early-stop); %s at epoch %lld\n",
+                  s.out_dir.c_str(), best_words(s).c_str(), static_cast<long long>(s.best_epoch));
       return;
     }
     if (s.epochs_run == 0) {  // --resume of a run that had already finished
-      std::printf("nothing left to train: run folder %s already holds its %lld epochs; best top-1 %.2f%% at epoch %lld\n",
-                  s.out_dir.c_str(), static_cast<long long>(s.epochs), 100 * s.best_top1,
+      std::printf("nothing left to train: run folder %s already holds its %lld epochs; %s at epoch %lld\n",
+                  s.out_dir.c_str(), static_cast<long long>(s.epochs), best_words(s).c_str(),
                   static_cast<long long>(s.best_epoch));
       return;
     }
-    std::printf("best top-1 %.2f%% at epoch %lld; final top-1 %.2f%%; %.1f s; run folder %s\n", 100 * s.best_top1,
+    std::printf("%s at epoch %lld; final top-1 %.2f%%; %.1f s; run folder %s\n", best_words(s).c_str(),
                 static_cast<long long>(s.best_epoch), 100 * s.final_top1, s.seconds, s.out_dir.c_str());
   });
 }

@@ -9,6 +9,7 @@ nlohmann::json RunState::to_json() const {
                       {"stale_epochs", stale_epochs},
                       {"best_epoch_number", best_epoch + 1},
                       {"best_top1", best_top1},
+                      {"best_score", best_score},
                       {"history", history},
                       {"generator_seed", generator_seed},
                       {"generator_offset", generator_offset}};
@@ -32,6 +33,7 @@ RunState RunState::from_json(const nlohmann::json& j) {
   s.best_epoch = j.contains("best_epoch_number") ? j["best_epoch_number"].get<int64_t>() - 1
                                                  : j.at("best_epoch").get<int64_t>();  // older runs: from 0
   s.best_top1 = j.at("best_top1").get<double>();
+  s.best_score = j.value("best_score", s.best_top1);  // runs saved before --eval-metric ranked by top-1
   s.history = j.at("history");
   s.generator_seed = j.at("generator_seed").get<uint64_t>();
   s.generator_offset = j.at("generator_offset").get<uint64_t>();

@@ -27,7 +27,8 @@ struct RunState {
   int64_t global_step = 0;
   int64_t stale_epochs = 0;
   int64_t best_epoch = -1;  // counted from 0 (saved from 1, as printed)
-  double best_top1 = -1.0;
+  double best_top1 = -1.0;     // the best epoch's top-1
+  double best_score = -1e300;  // what --eval-metric ranks by (higher is better); older runs: best_top1
   nlohmann::json history = nlohmann::json::array();  // one metrics row per finished epoch
   uint64_t generator_seed = 0, generator_offset = 0;
 

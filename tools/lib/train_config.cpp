@@ -19,7 +19,7 @@ namespace kestrel::tools {
   X(data_dir) X(limit_train) X(limit_test) X(test_split) X(skip_bad) X(workers) X(loader) X(epochs)             \
   X(batch_size) X(lr) X(optimizer) X(momentum) X(nesterov) X(weight_decay) X(warmup_epochs) X(warmup_lr) X(schedule)         \
   X(step_size) X(milestones) X(step_gamma) X(min_lr) X(adam_betas) X(adam_eps) X(rmsprop_alpha) X(rmsprop_eps) X(label_smoothing) X(loss)       \
-  X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp) X(early_stop) X(mixup) X(cutmix) X(ricap)             \
+  X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp) X(early_stop) X(eval_metric) X(mixup) X(cutmix) X(ricap)             \
   X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop) X(hflip) X(cutout) X(seed) X(device) X(out)        \
   X(teacher) X(distill_alpha) X(distill_temperature) X(quantize_from) X(calib_batches) X(initial_checkpoint)    \
   X(mean) X(std) X(precise_bn) X(save_every_steps) X(rotation) X(color_jitter) X(shift_scale_rotate)            \
@@ -171,6 +171,7 @@ void TrainConfig::validate() const {
   one_of("loss", loss, {"ce", "focal"});
   one_of("amp", amp, {"off", "fp16", "bf16"});
   one_of("loader", loader, {"auto", "threads", "resident"});
+  one_of("eval-metric", eval_metric, {"top1", "top5", "loss"});
   // A qat run of 0 epochs is post-training quantization: calibration alone.
   KCHECK(epochs > 0 || (epochs == 0 && !quantize_from.empty()), ValueError,
          quantize_from.empty() ? "--epochs must be positive, got " : "--epochs must be 0 (calibration alone) or more, got ",

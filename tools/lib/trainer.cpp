@@ -68,6 +68,13 @@ Tensor training_loss(const TrainConfig& c, const Tensor& logits, const data::Dev
   return cross_entropy(logits, b.labels, c.label_smoothing);
 }
 
+// What --eval-metric ranks epochs by, higher is better (timm's eval_metric).
+double eval_score(const TrainConfig& c, const EvalResult& r) {
+  if (c.eval_metric == "loss") return -r.loss;
+  if (c.eval_metric == "top5") return r.metrics.top5();
+  return r.metrics.top1();
+}
+
 // The warmup a run gets: --warmup-epochs, but at most half the run (a recipe's
 // 5-epoch warmup on a 2-epoch quick pass would otherwise only ever ramp up).
 double effective_warmup_epochs(const TrainConfig& c) {
@@ -643,7 +650,7 @@ TrainSummary train(TrainConfig c) {
 
   int64_t start_epoch = 0, resume_batch = 0, global_step = 0, stale_epochs = 0, best_epoch = -1;
   bool had_stopped_early = false;
-  double best_top1 = -1.0;
+  double best_top1 = -1.0, best_score = RunState().best_score;
   nlohmann::json history = nlohmann::json::array();
   if (resuming) {
     load_weights(resume_ckpt, *model, c.out + "/last.safetensors");
@@ -656,6 +663,7 @@ TrainSummary train(TrainConfig c) {
     stale_epochs = run.stale_epochs;
     best_epoch = run.best_epoch;
     best_top1 = run.best_top1;
+    best_score = run.best_score;
     history = run.history;
     nn::init_generator().set_state(run.generator_seed, run.generator_offset);
     had_stopped_early = c.early_stop > 0 && stale_epochs >= c.early_stop;
@@ -712,8 +720,10 @@ TrainSummary train(TrainConfig c) {
     data::DataLoader calib_loader(train_set, co, eval_transform(info.height, info.width, norm, c.crop_pct));
     calibrate_ranges(*model, calib_loader, c.calib_batches, device, c.progress);
     dist::broadcast_buffers(*model);  // rank 0's ranges
-    summary.calibrated_top1 = evaluate(*model, test_loader, classes, c.progress, "  int8").metrics.top1();
+    const EvalResult calibrated = evaluate(*model, test_loader, classes, c.progress, "  int8");
+    summary.calibrated_top1 = calibrated.metrics.top1();
     best_top1 = summary.calibrated_top1;  // fine-tuning must beat it to replace best.safetensors
+    best_score = eval_score(c, calibrated);
     if (main_rank) {
       save_checkpoint(c.out + "/ptq.safetensors", *model, info);
       save_checkpoint(c.out + "/best.safetensors", *model, info, {}, {{"epoch", "0"}});
@@ -732,6 +742,7 @@ TrainSummary train(TrainConfig c) {
     st.stale_epochs = stale_epochs;
     st.best_epoch = best_epoch;
     st.best_top1 = best_top1;
+    st.best_score = best_score;
     st.history = history;
     st.generator_seed = nn::init_generator().seed();
     st.generator_offset = nn::init_generator().offset();
@@ -876,8 +887,10 @@ TrainSummary train(TrainConfig c) {
       return evaluate(*model, test_loader, classes, c.progress, "  eval");
     }();
     const double top1 = val.metrics.top1();
-    const bool improved = top1 > best_top1;
+    const double score = eval_score(c, val);
+    const bool improved = score > best_score;
     if (improved) {
+      best_score = score;
       best_top1 = top1;
       best_epoch = epoch;
       stale_epochs = 0;
@@ -962,6 +975,8 @@ TrainSummary train(TrainConfig c) {
   summary.completed = true;
   summary.global_step = global_step;
   summary.best_top1 = best_top1;
+  summary.best_score = best_score;
+  summary.eval_metric = c.eval_metric;
   summary.best_epoch = best_epoch + 1;
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   return summary;

@@ -19,7 +19,9 @@ struct TrainSummary {
   int64_t epochs_run = 0;
   int64_t epochs = 0;  // the run's length (a resumed run's own, from its saved recipe)
   int64_t global_step = 0;
-  double best_top1 = 0.0;
+  double best_top1 = 0.0;   // at the best epoch
+  double best_score = 0.0;  // the best epoch's --eval-metric: top-1, top-5 or minus the val loss
+  std::string eval_metric = "top1";  // the run's (a resumed run's own)
   int64_t best_epoch = -1;
   double final_top1 = 0.0;
   double seconds = 0.0;
