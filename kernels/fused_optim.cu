@@ -25,13 +25,25 @@ struct TensorTable {
   int block_chunk[kMaxBlocks];
 };
 
+// This block's tensor and its chunk [begin, end) of that tensor's elements.
+struct BlockSpan {
+  int tensor;
+  int64_t begin, end;
+};
+
+template <int NPtr>
+__device__ BlockSpan block_span(const TensorTable<NPtr>& tt) {
+  const int ti = tt.block_tensor[blockIdx.x];
+  const int64_t begin = static_cast<int64_t>(tt.block_chunk[blockIdx.x]) * kChunk;
+  return {ti, begin, min(tt.size[ti], begin + kChunk)};
+}
+
 template <typename G>
 __global__ void __launch_bounds__(kThreads) sgd_kernel(TensorTable<3> tt, SgdArgs a, const int* skip) {
   if (skip != nullptr && *skip != 0) return;
-  const int ti = tt.block_tensor[blockIdx.x];
-  const int64_t n = tt.size[ti];
-  const int64_t beg = static_cast<int64_t>(tt.block_chunk[blockIdx.x]) * kChunk;
-  const int64_t end = min(n, beg + kChunk);
+  const BlockSpan span = block_span(tt);
+  const int ti = span.tensor;
+  const int64_t beg = span.begin, end = span.end;
   float* p = static_cast<float*>(tt.ptr[0][ti]);
   const G* g = static_cast<const G*>(tt.ptr[1][ti]);
   float* buf = static_cast<float*>(tt.ptr[2][ti]);
@@ -59,10 +71,9 @@ template <typename G>
 __global__ void __launch_bounds__(kThreads) adamw_kernel(TensorTable<4> tt, AdamWArgs a, AdamWScalars s,
                                                          const int* skip) {
   if (skip != nullptr && *skip != 0) return;
-  const int ti = tt.block_tensor[blockIdx.x];
-  const int64_t n = tt.size[ti];
-  const int64_t beg = static_cast<int64_t>(tt.block_chunk[blockIdx.x]) * kChunk;
-  const int64_t end = min(n, beg + kChunk);
+  const BlockSpan span = block_span(tt);
+  const int ti = span.tensor;
+  const int64_t beg = span.begin, end = span.end;
   float* p = static_cast<float*>(tt.ptr[0][ti]);
   const G* g = static_cast<const G*>(tt.ptr[1][ti]);
   float* m = static_cast<float*>(tt.ptr[2][ti]);
@@ -83,10 +94,9 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(TensorTable<4> tt, Adam
 template <typename G>
 __global__ void __launch_bounds__(kThreads) rmsprop_kernel(TensorTable<4> tt, RMSpropArgs a, const int* skip) {
   if (skip != nullptr && *skip != 0) return;
-  const int ti = tt.block_tensor[blockIdx.x];
-  const int64_t n = tt.size[ti];
-  const int64_t beg = static_cast<int64_t>(tt.block_chunk[blockIdx.x]) * kChunk;
-  const int64_t end = min(n, beg + kChunk);
+  const BlockSpan span = block_span(tt);
+  const int ti = span.tensor;
+  const int64_t beg = span.begin, end = span.end;
   float* p = static_cast<float*>(tt.ptr[0][ti]);
   const G* g = static_cast<const G*>(tt.ptr[1][ti]);
   float* v = static_cast<float*>(tt.ptr[2][ti]);

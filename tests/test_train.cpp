@@ -661,6 +661,21 @@ TEST(Train, MinLrMilestonesAndAdamSettingsShapeTheRun) {
             std::string::npos);
 }
 
+namespace {
+// Rewrites a run's last.safetensors as a Kestrel from before `keys` existed
+// saved it: its run state's config without them.
+void save_without_config_keys(const std::string& out, const std::vector<std::string>& keys) {
+  io::SafetensorsContents last = io::load_safetensors(out + "/last.safetensors");
+  nlohmann::json state = nlohmann::json::parse(last.metadata.at(tools::kRunStateKey));
+  for (const std::string& key : keys) {
+    ASSERT_TRUE(state["config"].contains(key)) << key << " in " << state.dump();
+    state["config"].erase(key);
+  }
+  last.metadata[tools::kRunStateKey] = state.dump();
+  io::save_safetensors(out + "/last.safetensors", last.tensors, last.metadata);
+}
+}  // namespace
+
 // A run saved before runs recorded their normalization resumes with the one
 // its checkpoint holds, not with what the rules would choose today (here the
 // initial checkpoint's): the same weights as the run never stopped.
@@ -688,13 +703,7 @@ TEST(Train, ARunSavedWithoutItsNormalizationResumesWithItsCheckpoints) {
   killed.stop_after_steps = 9;  // 6 steps an epoch: inside the second
   tools::train(killed);
   // Saved as before: the run state's config has no mean and std.
-  io::SafetensorsContents last = io::load_safetensors(killed.out + "/last.safetensors");
-  nlohmann::json state = nlohmann::json::parse(last.metadata.at(tools::kRunStateKey));
-  ASSERT_TRUE(state["config"].contains("mean")) << state.dump();
-  state["config"].erase("mean");
-  state["config"].erase("std");
-  last.metadata[tools::kRunStateKey] = state.dump();
-  io::save_safetensors(killed.out + "/last.safetensors", last.tensors, last.metadata);
+  save_without_config_keys(killed.out, {"mean", "std"});
 
   tools::TrainConfig resumed = killed;
   resumed.stop_after_steps = 0;
@@ -760,12 +769,7 @@ TEST(Train, AStepRunSavedWithoutItsWarmupLrResumesWithTheOldRamp) {
   killed.save_every_steps = 3;  // saved half way up the 6-step warmup
   killed.stop_after_steps = 4;
   tools::train(killed);
-  io::SafetensorsContents last = io::load_safetensors(killed.out + "/last.safetensors");
-  nlohmann::json state = nlohmann::json::parse(last.metadata.at(tools::kRunStateKey));
-  ASSERT_TRUE(state["config"].contains("warmup_lr")) << state.dump();
-  state["config"].erase("warmup_lr");
-  last.metadata[tools::kRunStateKey] = state.dump();
-  io::save_safetensors(killed.out + "/last.safetensors", last.tensors, last.metadata);
+  save_without_config_keys(killed.out, {"warmup_lr"});
 
   tools::TrainConfig resumed = killed;
   resumed.stop_after_steps = 0;
