@@ -95,6 +95,14 @@ FImage hflip(const FImage& img) {
   return out;
 }
 
+FImage vflip(const FImage& img) {
+  FImage out(img.h, img.w, img.c);
+  const size_t row = static_cast<size_t>(img.w) * img.c;
+  for (int y = 0; y < img.h; ++y)
+    std::copy_n(img.data.data() + (img.h - 1 - y) * row, row, out.data.data() + y * row);
+  return out;
+}
+
 FImage pad_crop(const FImage& img, int top, int left, int out_h, int out_w, int pad, PadMode mode, float fill) {
   KCHECK(out_h > 0 && out_w > 0 && pad >= 0, ValueError, "pad_crop: bad size ", out_h, "x", out_w, " pad ", pad);
   FImage out(out_h, out_w, img.c, fill);
@@ -358,6 +366,12 @@ Transform random_hflip(double p) {
   };
 }
 
+Transform random_vflip(double p) {
+  return [=](FImage& img, Generator& gen) {
+    if (coin(gen, p)) img = vflip(img);
+  };
+}
+
 Transform random_rotation(double max_degrees, double p, float fill) {
   return [=](FImage& img, Generator& gen) {
     if (!coin(gen, p)) return;
@@ -483,12 +497,22 @@ FImage resize_image(const FImage& img, int height, int width) {
 FImage resize_center_crop(const FImage& img, int out_h, int out_w, double crop_fraction) {
   KCHECK(crop_fraction > 0.0 && crop_fraction <= 1.0, ValueError, "crop fraction must be in (0, 1], got ",
          crop_fraction);
-  const double cover = std::max(static_cast<double>(out_h) / img.h, static_cast<double>(out_w) / img.w);
-  const double scale = cover / crop_fraction;
-  const int h = std::max(out_h, static_cast<int>(std::lround(img.h * scale)));
-  const int w = std::max(out_w, static_cast<int>(std::lround(img.w * scale)));
+  // timm's sizes to the pixel: Resize(floor(size / crop_pct)) of the shorter
+  // side, the longer one scaled and truncated (torchvision); both sides for a
+  // non-square size. CenterCrop's offsets round half to even (Python's round).
+  int h = static_cast<int>(std::floor(out_h / crop_fraction));
+  int w = static_cast<int>(std::floor(out_w / crop_fraction));
+  if (out_h == out_w) {
+    if (img.w <= img.h)
+      h = static_cast<int>(static_cast<int64_t>(w) * img.h / img.w);
+    else
+      w = static_cast<int>(static_cast<int64_t>(h) * img.w / img.h);
+  }
+  h = std::max(h, out_h), w = std::max(w, out_w);
   const FImage scaled = resize_image(img, h, w);
-  return pad_crop(scaled, (h - out_h) / 2, (w - out_w) / 2, out_h, out_w, 0);
+  const int top = static_cast<int>(std::nearbyint((h - out_h) / 2.0));
+  const int left = static_cast<int>(std::nearbyint((w - out_w) / 2.0));
+  return pad_crop(scaled, top, left, out_h, out_w, 0);
 }
 
 Transform resize(int out_h, int out_w, double crop_fraction) {

@@ -40,6 +40,7 @@ enum class PadMode { Zero, Reflect, Edge };
 
 // ---- deterministic operations (the random transforms are built from these)
 FImage hflip(const FImage& img);
+FImage vflip(const FImage& img);  // rows upside down
 // out(y, x) = padded(top + y, left + x), padded being img with `pad` pixels on
 // each side (zero/fill, reflected, or edge-replicated).
 FImage pad_crop(const FImage& img, int top, int left, int out_h, int out_w, int pad, PadMode mode = PadMode::Zero,
@@ -49,8 +50,9 @@ FImage resize_bilinear(const FImage& img, int out_h, int out_w);  // half-pixel 
 // predict): bilinear, but when shrinking by 2x or more it first averages whole
 // blocks, so that fine detail is not aliased into the small image.
 FImage resize_image(const FImage& img, int out_h, int out_w);
-// timm's evaluation crop (crop_pct): scales img, aspect kept, to cover
-// out_h x out_w divided by crop_fraction, then takes the centre out_h x out_w.
+// timm's evaluation crop (crop_pct), to the pixel: scales img, aspect kept, so
+// its shorter side is floor(out / crop_fraction), then takes the centre
+// out_h x out_w.
 FImage resize_center_crop(const FImage& img, int out_h, int out_w, double crop_fraction);
 // Inverse affine warp about the image centre: output pixel at offset d from the
 // centre samples the input at centre + A d + t (A row-major 2x2, t = (tx, ty)),
@@ -87,6 +89,7 @@ using Transform = std::function<void(FImage&, Generator&)>;
 Transform compose(std::vector<Transform> transforms);
 Transform random_crop(int out_h, int out_w, int padding, PadMode mode = PadMode::Zero);
 Transform random_hflip(double p = 0.5);
+Transform random_vflip(double p = 0.5);
 Transform random_rotation(double max_degrees, double p = 1.0, float fill = 0.0f);
 // torchvision-style: factors drawn from [max(0, 1 - x), 1 + x], hue from
 // [-hue, hue] turns, applied in a random order.

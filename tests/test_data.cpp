@@ -636,6 +636,13 @@ TEST(Transforms, HorizontalFlipMirrorsColumns) {
   g = img;
   random_hflip(0.0)(g, gen);
   EXPECT_EQ(g.data, img.data);
+  const FImage v = vflip(img);
+  for (int y = 0; y < 3; ++y)
+    for (int x = 0; x < 5; ++x)
+      for (int c = 0; c < 2; ++c) EXPECT_EQ(v.at(y, x, c), img.at(2 - y, x, c));
+  g = img;
+  random_vflip(1.0)(g, gen);
+  EXPECT_EQ(g.data, v.data);
 }
 
 TEST(Transforms, CropWithPaddingShiftsTheImageAndZeroFillsTheBorder) {
@@ -892,6 +899,7 @@ TEST(Transforms, EveryRandomTransformKeepsTheShapeAndIsReproducible) {
   const std::vector<std::pair<std::string, Transform>> all = {
       {"crop", random_crop(12, 12, 4)},
       {"flip", random_hflip()},
+      {"vflip", random_vflip()},
       {"rotation", random_rotation(30)},
       {"jitter", color_jitter(0.4f, 0.4f, 0.4f, 0.1f)},
       {"ssr", random_shift_scale_rotate(0.1, 0.2, 30, 1.0)},

@@ -313,30 +313,33 @@ TEST(RMSprop, MatchesTorchWithAndWithoutMomentum) {
 // Interrupted after two steps, saved, loaded into a new optimizer: the third
 // step lands where the uninterrupted run's does, bit for bit.
 TEST(RMSprop, ResumingFromSavedStateMatchesAnUninterruptedRunBitForBit) {
-  auto grads = [](int s) { return random_tensor({70001}, 60 + static_cast<uint64_t>(s), DType::F32); };
-  RMSpropOptions o;
-  o.momentum = 0.9, o.weight_decay = 1e-4;
-  Tensor a = random_tensor({70001}, 8, DType::F32).set_requires_grad(true);
-  Tensor b = a.clone().detach().set_requires_grad(true);
-  RMSprop full({a}, o);
-  {
-    RMSprop first({b}, o);
-    for (int s = 0; s < 2; ++s) {
-      b.set_grad(grads(s));
-      first.step();
+  for (double momentum : {0.9, 0.0}) {
+    auto grads = [](int s) { return random_tensor({70001}, 60 + static_cast<uint64_t>(s), DType::F32); };
+    RMSpropOptions o;
+    o.momentum = momentum, o.weight_decay = 1e-4;
+    Tensor a = random_tensor({70001}, 8, DType::F32).set_requires_grad(true);
+    Tensor b = a.clone().detach().set_requires_grad(true);
+    RMSprop full({a}, o);
+    {
+      RMSprop first({b}, o);
+      for (int s = 0; s < 2; ++s) {
+        b.set_grad(grads(s));
+        first.step();
+      }
+      const std::string path = temp_path("rmsprop_state.safetensors");
+      io::save_safetensors(path, first.state().to_named_tensors("optim."));
+      RMSprop resumed({b}, o);
+      resumed.load_state(OptimizerState::from_named_tensors(io::load_safetensors(path).tensors, "optim."));
+      b.set_grad(grads(2));
+      resumed.step();
     }
-    const std::string path = temp_path("rmsprop_state.safetensors");
-    io::save_safetensors(path, first.state().to_named_tensors("optim."));
-    RMSprop resumed({b}, o);
-    resumed.load_state(OptimizerState::from_named_tensors(io::load_safetensors(path).tensors, "optim."));
-    b.set_grad(grads(2));
-    resumed.step();
+    for (int s = 0; s < 3; ++s) {
+      a.set_grad(grads(s));
+      full.step();
+    }
+    EXPECT_EQ(a.to_vector(), b.to_vector()) << "momentum " << momentum;
+    EXPECT_EQ(full.state().tensors.count("0.momentum_buffer"), momentum != 0.0 ? 1u : 0u);
   }
-  for (int s = 0; s < 3; ++s) {
-    a.set_grad(grads(s));
-    full.step();
-  }
-  EXPECT_EQ(a.to_vector(), b.to_vector());
 }
 
 // ---------------------------------------------------------------- schedules

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 
 #include "cuda_parity.h"
 #include "data/loader.h"
@@ -541,15 +542,31 @@ TEST(Train, CropPctIsSavedAndReadAlikeByValidationAndEval) {
   EXPECT_NE(kestrel::testing::read_text(c.out + "/eval-crop1/report.md").find("9x9x3, TTA"), std::string::npos);
   EXPECT_NE(kestrel::testing::read_text(c.out + "/eval/report.md").find("9x9x3 (centre crop 0.5)"),
             std::string::npos);
-  const auto bad = kestrel::testing::kestrel_cli("eval -c " + c.out + "/best.safetensors --crop-pct 1.5");
-  EXPECT_NE(bad.rc, 0);
-  EXPECT_NE(bad.err.find("--crop-pct must be in (0, 1]"), std::string::npos) << bad.err;
+  for (const char* value : {"1.5", "0"}) {
+    const auto bad = kestrel::testing::kestrel_cli("eval -c " + c.out + "/best.safetensors --crop-pct " + value);
+    EXPECT_NE(bad.rc, 0);
+    EXPECT_NE(bad.err.find("--crop-pct must be in (0, 1]"), std::string::npos) << bad.err;
+  }
 
   tools::TrainConfig q;
   q.quantize_from = c.out + "/best.safetensors";
   tools::configure_from_float_checkpoint(q, nlohmann::json::object());
   EXPECT_EQ(q.crop_pct, 0.5);
   EXPECT_EQ(q.random_resized_crop, "0.2,1");
+  EXPECT_TRUE(q.random_crop) << "inherited with the resized crop it ran beside";
+  // qat asked for a resized crop the float run (here: no run folder) did not use:
+  // no padded crop after it, as kestrel train's default.
+  const std::string lone = kestrel::testing::temp_path("crop_pct_lone");
+  std::filesystem::create_directories(lone);
+  std::filesystem::copy_file(c.out + "/best.safetensors", lone + "/model.safetensors");
+  tools::TrainConfig q2;
+  q2.quantize_from = lone + "/model.safetensors";
+  q2.random_resized_crop = "0.5,1";
+  tools::configure_from_float_checkpoint(q2, {{"random_resized_crop", "0.5,1"}});
+  EXPECT_FALSE(q2.random_crop);
+  q2.random_crop = true;
+  tools::configure_from_float_checkpoint(q2, {{"random_resized_crop", "0.5,1"}, {"random_crop", true}});
+  EXPECT_TRUE(q2.random_crop) << "asked for";
 }
 
 // With --ema the averaged weights are validated (and kept as best); the
@@ -720,7 +737,8 @@ TEST(Train, ARunSavedWithoutItsNormalizationResumesWithItsCheckpoints) {
 // ranked by top-1 and still does.
 TEST(Train, EvalMetricPicksTheBestEpoch) {
   const std::string folder = kestrel::testing::write_pattern_folder_dataset("eval_metric");
-  for (const std::string metric : {"loss", "top5", "top1"}) {
+  std::map<std::string, int64_t> best_epoch;
+  for (const std::string metric : {"loss", "top1"}) {
     tools::TrainConfig c = kestrel::testing::pattern_folder_config(folder, "eval_metric_" + metric, "cpu");
     c.width_mult = 0.25;
     c.epochs = 4;
@@ -737,12 +755,20 @@ TEST(Train, EvalMetricPicksTheBestEpoch) {
       if (better) best = e;
     }
     EXPECT_EQ(s.best_epoch, static_cast<int64_t>(best) + 1) << metric;
+    best_epoch[metric] = s.best_epoch;
     EXPECT_EQ(s.best_top1, rows[best]["val_top1"].get<double>()) << metric;
     const std::string key = metric == "loss" ? "val_loss" : "val_" + metric;
     EXPECT_EQ(metric == "loss" ? -s.best_score : s.best_score, rows[best][key].get<double>()) << metric;
     const io::Metadata meta = io::load_safetensors_metadata(c.out + "/best.safetensors");
     EXPECT_EQ(meta.at("epoch"), std::to_string(best + 1)) << metric;
   }
+  EXPECT_NE(best_epoch["loss"], best_epoch["top1"]) << "this run's lowest loss and best top-1 are apart";
+  // Three classes: every epoch's top-5 is 100%, so it would rank nothing.
+  tools::TrainConfig top5 = kestrel::testing::pattern_folder_config(folder, "eval_metric_top5", "cpu");
+  top5.eval_metric = "top5";
+  EXPECT_NE(kestrel::testing::expect_message_of([&] { tools::train(top5); })
+                .find("--eval-metric top5 ranks nothing with 3 classes"),
+            std::string::npos);
   nlohmann::json old = tools::RunState().to_json();
   old.erase("best_score");
   old["best_top1"] = 0.625;
@@ -770,6 +796,10 @@ TEST(Train, AStepRunSavedWithoutItsWarmupLrResumesWithTheOldRamp) {
   killed.stop_after_steps = 4;
   tools::train(killed);
   save_without_config_keys(killed.out, {"warmup_lr"});
+  EXPECT_TRUE(tools::resume_conflicts(killed.out, {{"warmup_lr", 0.0}}).empty()) << "0 is what it ran with";
+  const std::vector<std::string> other = tools::resume_conflicts(killed.out, {{"warmup_lr", 0.01}});
+  ASSERT_EQ(other.size(), 1u);
+  EXPECT_EQ(other[0], "--warmup-lr 0.01 (the run's: 0.0)");
 
   tools::TrainConfig resumed = killed;
   resumed.stop_after_steps = 0;

@@ -69,6 +69,11 @@ TEST(TrainAugment, EachFlagBuildsTheTransformItNames) {
   }
   {
     TrainConfig c = no_default_augmentation();
+    c.vflip = 0.9;
+    expect_builds(c, {random_vflip(0.9)}, "--vflip 0.9");
+  }
+  {
+    TrainConfig c = no_default_augmentation();
     c.rotation = 30;
     expect_builds(c, {random_rotation(30)}, "--rotation 30");
   }
@@ -128,6 +133,7 @@ TEST(TrainAugment, HostOnlyTransformsNameThemselvesAsWhyTheResidentLoaderCannotR
       {"--randaugment", [](TrainConfig& c) { c.randaugment = "2,9"; }},
       {"--auto-augment", [](TrainConfig& c) { c.auto_augment = true; }},
       {"--random-erase", [](TrainConfig& c) { c.random_erase = 0.25; }},
+      {"--vflip", [](TrainConfig& c) { c.vflip = 0.5; }},
   };
   for (const auto& [flag, set] : host_only) {
     TrainConfig c;
@@ -158,11 +164,11 @@ TEST(TrainAugment, RandomResizedCropReplacesTheResizeAndCropPctTheEvaluationResi
   ArrayDataset ds(12, 12, 3, {"a"});
   const std::vector<uint8_t> pixels(12 * 12 * 3, 128);
   ds.append(pixels.data(), 0);
-  EXPECT_EQ(tools::resident_unsupported(c, true, ds, 12, 12), "--random-resized-crop reads each image at its own size");
+  EXPECT_EQ(tools::resident_unsupported(c, true, ds, 12, 12), "--random-resized-crop crops each image on the host");
   EXPECT_EQ(tools::resident_unsupported(c, false, ds, 12, 12), "");
   TrainConfig e;
   e.crop_pct = 0.875;
-  EXPECT_EQ(tools::resident_unsupported(e, false, ds, 12, 12), "--crop-pct reads each image at its own size");
+  EXPECT_EQ(tools::resident_unsupported(e, false, ds, 12, 12), "--crop-pct resizes and centre-crops each image on the host");
 
   FImage a = random_image(1), b = a;
   Generator g(0);
@@ -217,6 +223,7 @@ TEST(TrainAugment, TheBannerNamesEveryStepInOrder) {
   EXPECT_EQ(tools::augmentation_summary(c, 32, 32), "none");
   c.random_crop = true;
   c.hflip = true;
+  c.vflip = 0.25;
   c.shift_scale_rotate = 0.5;
   c.rotation = 15;
   c.color_jitter = "0.4,0.4,0.4";
@@ -228,7 +235,7 @@ TEST(TrainAugment, TheBannerNamesEveryStepInOrder) {
   c.mixup = 0.2;
   c.ricap = 0.1;
   EXPECT_EQ(tools::augmentation_summary(c, 32, 32),
-            "crop (pad 4), flip, shift-scale-rotate p 0.5 (0.0625, 0.1, 45 deg), rotation 15 deg, color jitter "
+            "crop (pad 4), flip, vertical flip p 0.25, shift-scale-rotate p 0.5 (0.0625, 0.1, 45 deg), rotation 15 deg, color jitter "
             "0.4,0.4,0.4, brightness/contrast p 0.25, HSV shift p 0.5, AutoAugment (CIFAR-10), RandAugment 2,9, "
             "cutout 16 px p 0.5; mixup 0.2, ricap 0.1");
   TrainConfig mixing_only = no_default_augmentation();

@@ -192,11 +192,15 @@ def resize_for_model(x, h, w):
 def resize_and_center_crop(x, h, w, crop_fraction):
     """data::resize_center_crop: scaled to cover h x w over crop_fraction, then the centre."""
     H, W = x.shape[1:3]
-    scale = max(h / H, w / W) / crop_fraction
-    sh = max(h, math.floor(H * scale + 0.5))  # std::lround
-    sw = max(w, math.floor(W * scale + 0.5))
+    sh, sw = math.floor(h / crop_fraction), math.floor(w / crop_fraction)  # timm's scale_size
+    if h == w:  # torchvision's Resize(int): the shorter side to it, the longer truncated
+        if W <= H:
+            sh = sw * H // W
+        else:
+            sw = sh * W // H
+    sh, sw = max(h, sh), max(w, sw)
     scaled = resize_for_model(x, sh, sw)
-    top, left = (sh - h) // 2, (sw - w) // 2
+    top, left = int(round((sh - h) / 2.0)), int(round((sw - w) / 2.0))  # torchvision's CenterCrop
     return scaled[:, top:top + h, left:left + w]
 
 

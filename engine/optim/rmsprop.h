@@ -1,5 +1,7 @@
-// RMSprop, exactly torch.optim.RMSprop's rule (centered off), the optimizer
-// of the EfficientNet and MobileNetV3 papers. Per parameter:
+// RMSprop, exactly torch.optim.RMSprop's rule (centered off). The EfficientNet
+// and MobileNetV3 papers used TensorFlow's variant (eps inside the sqrt,
+// square_avg starting at 1: timm's rmsproptf), so their eps does not carry
+// over as is. Per parameter:
 //   g = grad + wd * p                    (coupled, as torch)
 //   v = alpha * v + (1 - alpha) * g * g  (v starts at 0)
 //   d = g / (sqrt(v) + eps)
@@ -28,7 +30,10 @@ class RMSprop : public Optimizer {
   const RMSpropOptions& options() const { return opts_; }
 
  protected:
-  std::vector<std::string> state_tensor_names() const override { return {"square_avg", "momentum_buffer"}; }
+  std::vector<std::string> state_tensor_names() const override {
+    if (opts_.momentum == 0.0) return {"square_avg"};  // no buffer is kept
+    return {"square_avg", "momentum_buffer"};
+  }
 
  private:
   RMSpropOptions opts_;

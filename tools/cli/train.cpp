@@ -194,7 +194,7 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--optimizer", c->optimizer, "sgd, adamw or rmsprop")->capture_default_str();
   cmd->add_option("--adam-betas", c->adam_betas, "AdamW's B1,B2")->capture_default_str();
   cmd->add_option("--adam-eps", c->adam_eps, "AdamW's epsilon")->capture_default_str();
-  cmd->add_option("--rmsprop-alpha", c->rmsprop_alpha, "RMSprop's smoothing constant (EfficientNet's paper: 0.9)")
+  cmd->add_option("--rmsprop-alpha", c->rmsprop_alpha, "RMSprop's smoothing constant (torch's rule)")
       ->capture_default_str();
   cmd->add_option("--rmsprop-eps", c->rmsprop_eps, "RMSprop's epsilon")->capture_default_str();
   cmd->add_option("--momentum", c->momentum, "SGD and RMSprop momentum")->capture_default_str();
@@ -236,6 +236,8 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--hflip", c->hflip,
                   qat ? "random horizontal flip, true/false (default: the float run's)"
                       : "random horizontal flip, true/false (default: true, but false on mnist)");
+  cmd->add_option("--vflip", c->vflip, "probability of a vertical flip per image (aerial, microscopy); 0 = off")
+      ->capture_default_str();
   cmd->add_option("--cutout", c->cutout, "probability of cutout per image")->capture_default_str();
   cmd->add_option("--random-erase", c->random_erase,
                   "probability of random erasing per image: a rectangle of 2% to 33% of it filled with noise "

@@ -172,6 +172,7 @@ std::vector<AugmentStep> augment_steps(const TrainConfig& c, int height, int wid
     t.push_back(
         {"crop (pad " + std::to_string(a.crop_padding) + ")", data::random_crop(height, width, a.crop_padding)});
   if (a.hflip > 0) t.push_back({"flip", data::random_hflip(a.hflip)});
+  if (c.vflip > 0) t.push_back({"vertical flip p " + number(c.vflip), data::random_vflip(c.vflip)});
   // Geometry, then colour, then the policies, as in the seeds' albumentations pipelines.
   if (c.shift_scale_rotate > 0) {
     const std::array<double, 3> lim = c.shift_scale_rotate_limits();
@@ -279,12 +280,13 @@ std::string resident_unsupported(const TrainConfig& c, bool train, const data::D
         {c.brightness_contrast > 0, "--brightness-contrast"},
         {c.hsv_shift > 0, "--hsv-shift"},
         {c.random_erase > 0, "--random-erase"},
+        {c.vflip > 0, "--vflip"},
     };
     for (const auto& [on, flag] : host_only)
       if (on) return std::string(flag) + " runs on the host";
-    if (!c.random_resized_crop.empty()) return "--random-resized-crop reads each image at its own size";
+    if (!c.random_resized_crop.empty()) return "--random-resized-crop crops each image on the host";
   } else if (c.crop_pct < 1) {
-    return "--crop-pct reads each image at its own size";
+    return "--crop-pct resizes and centre-crops each image on the host";
   }
   const data::Image first = ds.get(0).image;
   if (first.h != height || first.w != width)

@@ -26,10 +26,15 @@ void configure_from_float_checkpoint(TrainConfig& c, const nlohmann::json& reque
   if (!requested.contains("crop_pct")) c.crop_pct = info.crop_fraction;  // evaluated as the float model was
 
   const nlohmann::json run = training_config_beside(c.quantize_from);
+  // A random resized crop is not cropped again with padding (as kestrel
+  // train's default), unless asked or inherited from a run that did both.
+  if (!c.random_resized_crop.empty() && !requested.contains("random_crop") &&
+      (!run.is_object() || run.value("random_resized_crop", "").empty()))
+    c.random_crop = false;
   if (!run.is_object()) return;
   std::vector<std::string> kept = {"skip_bad",    "random_crop",  "random_resized_crop", "hflip",
                                    "auto_augment", "randaugment", "rotation",  "color_jitter",
-                                   "shift_scale_rotate", "ssr_limits", "brightness_contrast", "hsv_shift", "cutout", "random_erase"};
+                                   "shift_scale_rotate", "ssr_limits", "brightness_contrast", "hsv_shift", "cutout", "random_erase", "vflip"};
   if (run.value("dataset", "") == c.dataset) kept.push_back("data_dir");
   nlohmann::json inherited = nlohmann::json::object();
   for (const std::string& key : kept)

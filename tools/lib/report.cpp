@@ -91,7 +91,7 @@ EvalReport run_eval(const EvalOptions& o) {
   KCHECK(o.batch_size >= 1, ValueError, "eval: --batch-size must be at least 1, got ", o.batch_size);
   KCHECK(o.latency_iters >= 0, ValueError, "eval: --latency-iters must be 0 or more, got ", o.latency_iters);
   KCHECK(o.limit >= 0, ValueError, "eval: --limit must be 0 or more, got ", o.limit);
-  KCHECK(o.crop_pct == 0.0 || (o.crop_pct > 0.0 && o.crop_pct <= 1.0), ValueError,
+  KCHECK(o.crop_pct == -1.0 || (o.crop_pct > 0.0 && o.crop_pct <= 1.0), ValueError,
          "eval: --crop-pct must be in (0, 1] (1: the whole image resized), got ", o.crop_pct);
   const Device device = resolve_device(o.device);
   KCHECK(!o.cuda_graph || device.is_cuda(), ValueError, "eval: --cuda-graph needs a CUDA device (it is ",
@@ -131,7 +131,7 @@ EvalReport run_eval(const EvalOptions& o) {
   r.input_width = info.width;
   r.input_channels = info.in_channels;
   ModelInfo input_info = info;  // what the accuracy pass reads
-  if (o.crop_pct > 0.0) input_info.crop_fraction = o.crop_pct;
+  if (o.crop_pct != -1.0) input_info.crop_fraction = o.crop_pct;
   r.crop_pct = input_info.crop_fraction;
   const std::optional<data::TTAOptions> tta = tta_options(o.tta, o.tta_shift, info);
   r.tta = tta.has_value();
@@ -232,7 +232,7 @@ std::string default_report_dir(const EvalOptions& o) {
   std::string name = "eval";
   if (checkpoint.stem() != "best") name += "-" + checkpoint.stem().string();
   if (o.tta || o.tta_shift > 0) name += "-tta";
-  if (o.crop_pct > 0.0) name += "-crop" + format_number("%g", o.crop_pct);
+  if (o.crop_pct != -1.0) name += "-crop" + format_number("%g", o.crop_pct);
   if (o.limit > 0) name += "-first" + std::to_string(o.limit);
   return (checkpoint.parent_path() / name).string();
 }

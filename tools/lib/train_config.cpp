@@ -23,7 +23,7 @@ namespace kestrel::tools {
   X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop) X(hflip) X(cutout) X(seed) X(device) X(out)        \
   X(teacher) X(distill_alpha) X(distill_temperature) X(quantize_from) X(calib_batches) X(initial_checkpoint)    \
   X(mean) X(std) X(precise_bn) X(save_every_steps) X(rotation) X(color_jitter) X(shift_scale_rotate)            \
-  X(ssr_limits) X(brightness_contrast) X(hsv_shift) X(random_resized_crop) X(crop_pct) X(random_erase)
+  X(ssr_limits) X(brightness_contrast) X(hsv_shift) X(random_resized_crop) X(crop_pct) X(random_erase) X(vflip)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -234,7 +234,7 @@ void TrainConfig::validate() const {
   KCHECK(ema == 0 || (ema > 0 && ema < 1), ValueError, "--ema decay must be in (0, 1), got ", ema);
   const std::pair<const char*, double> probabilities[] = {
       {"mixup", mixup},   {"cutmix", cutmix},
-      {"ricap", ricap},   {"cutout", cutout}, {"random_erase", random_erase},
+      {"ricap", ricap},   {"cutout", cutout}, {"random_erase", random_erase}, {"vflip", vflip},
       {"hsv_shift", hsv_shift}, {"shift_scale_rotate", shift_scale_rotate},
       {"brightness_contrast", brightness_contrast}};
   for (const auto& [key, p] : probabilities)

@@ -96,6 +96,7 @@ struct TrainConfig {
   // 1 = the whole image resized to the size.
   double crop_pct = 1.0;
   bool hflip = true;
+  double vflip = 0.0;       // probability of an upside-down image (aerial, microscopy); 0 = off
   double cutout = 0.0;      // probability of coarse dropout
   double random_erase = 0.0;  // probability of random erasing (timm's --reprob), after the normalization
   // albumentations / torchvision style, on the host (the threaded loader)

@@ -69,10 +69,21 @@ Tensor training_loss(const TrainConfig& c, const Tensor& logits, const data::Dev
 }
 
 // What --eval-metric ranks epochs by, higher is better (timm's eval_metric).
+// A diverged epoch (val loss nan or inf) ranks below any other but above
+// none, so a run always has a best checkpoint.
 double eval_score(const TrainConfig& c, const EvalResult& r) {
-  if (c.eval_metric == "loss") return -r.loss;
-  if (c.eval_metric == "top5") return r.metrics.top5();
-  return r.metrics.top1();
+  const double score = c.eval_metric == "loss"   ? -r.loss
+                       : c.eval_metric == "top5" ? r.metrics.top5()
+                                                 : r.metrics.top1();
+  constexpr double kDiverged = -1e299;  // above RunState's "no best yet", -1e300
+  return std::isfinite(score) ? score : kDiverged;
+}
+
+// The run recipe an older Kestrel saved, read as it ran: keys added since
+// take the value that reproduces it.
+void apply_legacy_defaults(TrainConfig& c, const nlohmann::json& saved_config) {
+  // Before --warmup-lr, a step schedule's warmup started at 0.
+  if (!saved_config.contains("warmup_lr") && c.schedule == "step") c.warmup_lr = 0.0;
 }
 
 // The warmup a run gets: --warmup-epochs, but at most half the run (a recipe's
@@ -465,7 +476,10 @@ std::vector<std::string> resume_conflicts(const std::string& out, const nlohmann
   const io::Metadata meta = io::load_safetensors_metadata(last);
   const auto it = meta.find(kRunStateKey);
   if (it == meta.end()) return {};
-  const nlohmann::json saved = TrainConfig::from_json(nlohmann::json::parse(it->second)["config"]).to_json();
+  const nlohmann::json saved_config = nlohmann::json::parse(it->second)["config"];
+  TrainConfig as_run = TrainConfig::from_json(saved_config);
+  apply_legacy_defaults(as_run, saved_config);
+  const nlohmann::json saved = as_run.to_json();
   std::vector<std::string> conflicts;
   for (const auto& [key, value] : requested.items()) {
     const bool from_command = std::find(std::begin(kTakenFromTheCommand), std::end(kTakenFromTheCommand), key) !=
@@ -512,8 +526,7 @@ TrainSummary train(TrainConfig c) {
     saved.stop_after_steps = c.stop_after_steps;
     saved.interrupt_after_steps = c.interrupt_after_steps;
     c = saved;
-    // Saved before --warmup-lr: a step schedule's warmup then started at 0.
-    if (!run.config.contains("warmup_lr") && c.schedule == "step") c.warmup_lr = 0.0;
+    apply_legacy_defaults(c, run.config);
     check_config_fits_process(c, device);  // the run's own --amp and batch, on this process
   }
 
@@ -533,6 +546,8 @@ TrainSummary train(TrainConfig c) {
          c.num_classes, " is fewer than the data set's ", train_set->num_classes(),
          " classes (leave it out to take the data set's)");
   const int64_t classes = c.num_classes > 0 ? c.num_classes : train_set->num_classes();
+  KCHECK(c.eval_metric != "top5" || classes > 5, ValueError, "--eval-metric top5 ranks nothing with ", classes,
+         " classes (every epoch's top-5 is 100%); use top1 or loss");
   std::string norm_checkpoint;  // the checkpoint whose normalization the run takes, if any
   Normalization norm;
   if (resuming && c.mean.empty()) {
