@@ -542,11 +542,23 @@ TEST(Train, CropPctIsSavedAndReadAlikeByValidationAndEval) {
   EXPECT_NE(kestrel::testing::read_text(c.out + "/eval-crop1/report.md").find("9x9x3, TTA"), std::string::npos);
   EXPECT_NE(kestrel::testing::read_text(c.out + "/eval/report.md").find("9x9x3 (centre crop 0.5)"),
             std::string::npos);
-  for (const char* value : {"1.5", "0"}) {
-    const auto bad = kestrel::testing::kestrel_cli("eval -c " + c.out + "/best.safetensors --crop-pct " + value);
-    EXPECT_NE(bad.rc, 0);
-    EXPECT_NE(bad.err.find("--crop-pct must be in (0, 1]"), std::string::npos) << bad.err;
-  }
+  for (const std::string command : {"eval", "predict"})
+    for (const char* value : {"1.5", "0"}) {
+      const auto bad = kestrel::testing::kestrel_cli(command + " -c " + c.out + "/best.safetensors --crop-pct " +
+                                                     value + (command == "predict" ? " " + folder : ""));
+      EXPECT_NE(bad.rc, 0);
+      EXPECT_NE(bad.err.find("(--crop-pct) must be in (0, 1]"), std::string::npos) << command << ": " << bad.err;
+    }
+  // predict reads the checkpoint's crop, or the one asked for, as eval does.
+  const auto json_of = [&](const std::string& flags) {
+    const auto r = kestrel::testing::kestrel_cli("predict -c " + c.out + "/best.safetensors --format json " +
+                                                 "--no-progress " + flags + " " + folder + "/test");
+    EXPECT_EQ(r.rc, 0) << r.err;
+    return r.out;
+  };
+  const std::string own_crop = json_of(""), half = json_of("--crop-pct 0.5"), uncropped = json_of("--crop-pct 1");
+  EXPECT_EQ(own_crop, half);
+  EXPECT_NE(own_crop, uncropped);
 
   tools::TrainConfig q;
   q.quantize_from = c.out + "/best.safetensors";

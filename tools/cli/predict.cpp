@@ -32,6 +32,7 @@ struct PredictArgs {
   std::string device = "auto";
   bool tta = false;
   int64_t tta_shift = 0;
+  double crop_pct = -1.0;  // < 0: the checkpoint's
   bool skip_bad = false;
   bool progress = true;
 };
@@ -139,6 +140,7 @@ void run_predict(const PredictArgs& a) {
   for (const auto& in : a.inputs)  // all paths are checked before the model is loaded
     for (auto& f : data::list_image_files(in)) images.push_back(std::move(f));
   tools::Predictor p(a.checkpoint, tools::resolve_device(a.device));
+  if (a.crop_pct != -1.0) p.set_crop_fraction(a.crop_pct);
   p.set_tta(tools::tta_options(a.tta, a.tta_shift, p.info()));
   const bool streamed = format != "json";
   // Streamed rows go to stdout at once; with --out they gather and are written whole at the end.
@@ -220,6 +222,8 @@ void register_predict(CLI::App& app) {
   cmd->add_option("--tta-shift", a->tta_shift,
                   "test-time augmentation: also average over four views shifted by +-N pixels, each mirrored too "
                   "with --tta");
+  cmd->add_option("--crop-pct", a->crop_pct,
+                  "read the centre crop_pct of each image (as kestrel eval --crop-pct; default: the checkpoint's)");
   cmd->add_flag("--skip-bad", a->skip_bad, "warn about and skip unreadable images instead of stopping");
   auto no_progress = std::make_shared<bool>(false);
   cmd->add_flag("--no-progress", *no_progress,

@@ -71,6 +71,13 @@ Predictor::Predictor(const std::string& checkpoint_path, Device device, bool fus
   input_ = model_input_transform(info_);
 }
 
+void Predictor::set_crop_fraction(double crop_fraction) {
+  KCHECK(crop_fraction > 0.0 && crop_fraction <= 1.0, ValueError,
+         "the crop fraction (--crop-pct) must be in (0, 1] (1: the whole image resized), got ", crop_fraction);
+  info_.crop_fraction = crop_fraction;
+  input_ = model_input_transform(info_);
+}
+
 std::string Predictor::class_name(int64_t index) const {
   if (index >= 0 && index < static_cast<int64_t>(info_.classes.size())) return info_.classes[static_cast<size_t>(index)];
   return unnamed_class_name(index);

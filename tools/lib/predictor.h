@@ -60,6 +60,9 @@ class Predictor {
   std::vector<std::vector<float>> probabilities(const std::vector<data::Image>& images);
   // Test-time augmentation for every later prediction (data::tta_views); nullopt: none.
   void set_tta(const std::optional<data::TTAOptions>& tta) { tta_ = tta; }
+  // Reads the centre crop_fraction of each image (data::resize_center_crop;
+  // 1: the whole image resized) in place of the checkpoint's.
+  void set_crop_fraction(double crop_fraction);
 
   // [1, H, W, C] normalized model input for one image.
   Tensor preprocess(const data::Image& image) const;

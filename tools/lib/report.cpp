@@ -91,12 +91,11 @@ EvalReport run_eval(const EvalOptions& o) {
   KCHECK(o.batch_size >= 1, ValueError, "eval: --batch-size must be at least 1, got ", o.batch_size);
   KCHECK(o.latency_iters >= 0, ValueError, "eval: --latency-iters must be 0 or more, got ", o.latency_iters);
   KCHECK(o.limit >= 0, ValueError, "eval: --limit must be 0 or more, got ", o.limit);
-  KCHECK(o.crop_pct == -1.0 || (o.crop_pct > 0.0 && o.crop_pct <= 1.0), ValueError,
-         "eval: --crop-pct must be in (0, 1] (1: the whole image resized), got ", o.crop_pct);
   const Device device = resolve_device(o.device);
   KCHECK(!o.cuda_graph || device.is_cuda(), ValueError, "eval: --cuda-graph needs a CUDA device (it is ",
          device.str(), ")");
   Predictor predictor(o.checkpoint, device);
+  if (o.crop_pct != -1.0) predictor.set_crop_fraction(o.crop_pct);
   const ModelInfo& info = predictor.info();
   nn::Module& model = predictor.model();
 
@@ -130,9 +129,7 @@ EvalReport run_eval(const EvalOptions& o) {
   r.input_height = info.height;
   r.input_width = info.width;
   r.input_channels = info.in_channels;
-  ModelInfo input_info = info;  // what the accuracy pass reads
-  if (o.crop_pct != -1.0) input_info.crop_fraction = o.crop_pct;
-  r.crop_pct = input_info.crop_fraction;
+  r.crop_pct = info.crop_fraction;
   const std::optional<data::TTAOptions> tta = tta_options(o.tta, o.tta_shift, info);
   r.tta = tta.has_value();
   r.tta_flip = o.tta;
@@ -162,7 +159,7 @@ EvalReport run_eval(const EvalOptions& o) {
   r.classes = output_class_names(info, data_classes);
 
   // Accuracy pass.
-  const data::Transform input = model_input_transform(input_info);
+  const data::Transform input = model_input_transform(info);
   data::LoaderOptions lo;
   lo.batch_size = o.batch_size;
   lo.shuffle = false;
