@@ -2,7 +2,8 @@
 //
 // Proof: tests/test_cuda_kernels.cpp runs three steps over a list of tensors
 // of odd sizes (1, 7, 33, 70001) against a CPU loop written from the PyTorch
-// formulas. Napkin math: AdamW reads p, g, m, v and writes p, m, v:
+// formulas (SGD and AdamW); tests/test_cuda_train.cpp steps each optimizer
+// against its CPU path (RMSprop there only). Napkin math: AdamW reads p, g, m, v and writes p, m, v:
 // 7 * 4 bytes per f32 parameter (6 * 4 + 2 with f16 grads).
 #include "kernels/fused_optim.h"
 

@@ -4,7 +4,7 @@
 // state are f32 (master weights); gradients are f32, f16 or bf16 and are
 // multiplied by grad_scale (1 / loss scale) before use. When skip_flag (device
 // int) is non-null and non-zero, the update is skipped entirely (the dynamic
-// loss scaler found an inf/nan). Semantics follow torch.optim.SGD and AdamW.
+// loss scaler found an inf/nan). Semantics follow torch.optim.SGD, AdamW and RMSprop.
 // Pointer arrays and sizes are host arrays. Compiles; untested on GPU.
 #pragma once
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Host glue for the fused SGD and AdamW kernels (kernels/fused_optim.h):
+// Host glue for the fused SGD, AdamW and RMSprop kernels (kernels/fused_optim.h):
 // parameters that share a device, gradient dtype and every per-launch
 // hyperparameter (lr, weight decay, SGD's first-step flag, AdamW's step count)
 // form one group; each group's pointer tables go to the multi-tensor launcher,
