@@ -179,7 +179,9 @@ TEST(CudaTrain, RMSpropMatchesCpu) {
         DType::F32, "RMSprop momentum " + std::to_string(momentum), 4e-6);
   }
   expect_optimizer_parity(
-      [](const std::vector<Tensor>& p) { return std::make_unique<optim::RMSprop>(two_groups(p), optim::RMSpropOptions{}); },
+      [](const std::vector<Tensor>& p) {
+        return std::make_unique<optim::RMSprop>(two_groups(p), optim::RMSpropOptions{});
+      },
       DType::BF16, "RMSprop with bf16 gradients", 4e-6);
 }
 

@@ -21,6 +21,33 @@
 using namespace kestrel;
 namespace fs = std::filesystem;
 
+namespace {
+
+// Rewrites a run's last.safetensors as a Kestrel from before `keys` existed
+// saved it: its run state's config without them.
+void save_without_config_keys(const std::string& out, const std::vector<std::string>& keys) {
+  io::SafetensorsContents last = io::load_safetensors(out + "/last.safetensors");
+  nlohmann::json state = nlohmann::json::parse(last.metadata.at(tools::kRunStateKey));
+  for (const std::string& key : keys) {
+    ASSERT_TRUE(state["config"].contains(key)) << key << " in " << state.dump();
+    state["config"].erase(key);
+  }
+  last.metadata[tools::kRunStateKey] = state.dump();
+  io::save_safetensors(out + "/last.safetensors", last.tensors, last.metadata);
+}
+
+// `kestrel eval` (untimed) of a run's checkpoint with `flags`, and the
+// report.json it wrote into the run folder's `report_dir`.
+nlohmann::json eval_report(const std::string& out, const std::string& checkpoint, const std::string& report_dir,
+                           const std::string& flags = "") {
+  const auto r = kestrel::testing::kestrel_cli("eval -c " + out + "/" + checkpoint +
+                                               " --latency-iters 0 --no-progress " + flags);
+  EXPECT_EQ(r.rc, 0) << r.err;
+  return nlohmann::json::parse(kestrel::testing::read_text(out + "/" + report_dir + "/report.json"));
+}
+
+}  // namespace
+
 #define REQUIRE_FASHION_MNIST()                                                           \
   if (const std::string why = kestrel::testing::fashion_mnist_skip_reason(); !why.empty()) \
   GTEST_SKIP() << why
@@ -478,10 +505,7 @@ TEST(Train, TheRunsTestSplitIsTheOneEvalAndQatRead) {
   c.width_mult = 0.25;
   c.test_split = 0.5;
   ASSERT_TRUE(tools::train(c).completed);
-  const auto r =
-      kestrel::testing::kestrel_cli("eval -c " + c.out + "/best.safetensors --latency-iters 0 --no-progress");
-  ASSERT_EQ(r.rc, 0) << r.err;
-  const nlohmann::json report = nlohmann::json::parse(kestrel::testing::read_text(c.out + "/eval/report.json"));
+  const nlohmann::json report = eval_report(c.out, "best.safetensors", "eval");
   EXPECT_EQ(report["images"].get<int64_t>(), 18);  // half of each class's 12
 
   tools::TrainConfig q;
@@ -501,17 +525,14 @@ TEST(Train, ValidationAndEvalResizeTheTestImagesAlike) {
   c.image_size = 9;
   ASSERT_TRUE(tools::train(c).completed);
   const nlohmann::json last = kestrel::testing::read_metrics_jsonl(c.out).back();
-  const auto r =
-      kestrel::testing::kestrel_cli("eval -c " + c.out + "/best.safetensors --latency-iters 0 --no-progress");
-  ASSERT_EQ(r.rc, 0) << r.err;
-  const nlohmann::json report = nlohmann::json::parse(kestrel::testing::read_text(c.out + "/eval/report.json"));
+  const nlohmann::json report = eval_report(c.out, "best.safetensors", "eval");
   EXPECT_NEAR(report["loss"].get<double>(), last["val_loss"].get<double>(), 1e-5 * last["val_loss"].get<double>());
   EXPECT_NEAR(report["top1"].get<double>(), last["val_top1"].get<double>(), 1e-9);
 }
 
 // --crop-pct: validation and eval (and predict: the same model_input_transform)
-// read the same centre crop, saved
-// in the checkpoint; eval --crop-pct reads another into its own folder. The
+// read the same centre crop, saved in the checkpoint; eval --crop-pct reads
+// another into its own folder. The
 // run trains on random resized crops, and qat evaluates as its float model.
 TEST(Train, CropPctIsSavedAndReadAlikeByValidationAndEval) {
   const std::string folder = kestrel::testing::write_pattern_folder_dataset("crop_pct", 40);
@@ -527,16 +548,10 @@ TEST(Train, CropPctIsSavedAndReadAlikeByValidationAndEval) {
   EXPECT_EQ(info.crop_fraction, 0.5);
   const nlohmann::json last = kestrel::testing::read_metrics_jsonl(c.out).back();
   const double val_loss = last["val_loss"].get<double>();
-  const auto eval = [&](const std::string& flags, const std::string& dir) {
-    const auto r = kestrel::testing::kestrel_cli("eval -c " + c.out + "/best.safetensors --latency-iters 0 "
-                                                 "--no-progress " + flags);
-    EXPECT_EQ(r.rc, 0) << r.err;
-    return nlohmann::json::parse(kestrel::testing::read_text(c.out + "/" + dir + "/report.json"));
-  };
-  const nlohmann::json own = eval("", "eval");
+  const nlohmann::json own = eval_report(c.out, "best.safetensors", "eval");
   EXPECT_NEAR(own["loss"].get<double>(), val_loss, 1e-5 * val_loss);
   EXPECT_EQ(own["crop_pct"].get<double>(), 0.5);
-  const nlohmann::json whole = eval("--crop-pct 1", "eval-crop1");
+  const nlohmann::json whole = eval_report(c.out, "best.safetensors", "eval-crop1", "--crop-pct 1");
   EXPECT_EQ(whole["crop_pct"].get<double>(), 1.0);
   EXPECT_GT(std::abs(whole["loss"].get<double>() - val_loss), 1e-4) << "the whole image is another input";
   EXPECT_NE(kestrel::testing::read_text(c.out + "/eval-crop1/report.md").find("9x9x3, TTA"), std::string::npos);
@@ -593,10 +608,7 @@ TEST(Train, EmaRunsAlsoReportThePlainWeights) {
   const auto rows = kestrel::testing::read_metrics_jsonl(c.out);
   ASSERT_EQ(rows.size(), 2u);
   ASSERT_TRUE(rows[1].contains("val_top1_plain") && rows[1].contains("val_loss_plain")) << rows[1].dump();
-  const auto r =
-      kestrel::testing::kestrel_cli("eval -c " + c.out + "/last.safetensors --latency-iters 0 --no-progress");
-  ASSERT_EQ(r.rc, 0) << r.err;
-  const nlohmann::json report = nlohmann::json::parse(kestrel::testing::read_text(c.out + "/eval-last/report.json"));
+  const nlohmann::json report = eval_report(c.out, "last.safetensors", "eval-last");
   EXPECT_NEAR(report["loss"].get<double>(), rows[1]["val_loss_plain"].get<double>(), 1e-5);
   EXPECT_NE(rows[1]["val_loss_plain"], rows[1]["val_loss"]) << "the EMA and plain weights differ";
   const std::string csv = kestrel::testing::read_text(c.out + "/metrics.csv");
@@ -689,21 +701,6 @@ TEST(Train, MinLrMilestonesAndAdamSettingsShapeTheRun) {
                 .find("--adam-betas expects B1,B2"),
             std::string::npos);
 }
-
-namespace {
-// Rewrites a run's last.safetensors as a Kestrel from before `keys` existed
-// saved it: its run state's config without them.
-void save_without_config_keys(const std::string& out, const std::vector<std::string>& keys) {
-  io::SafetensorsContents last = io::load_safetensors(out + "/last.safetensors");
-  nlohmann::json state = nlohmann::json::parse(last.metadata.at(tools::kRunStateKey));
-  for (const std::string& key : keys) {
-    ASSERT_TRUE(state["config"].contains(key)) << key << " in " << state.dump();
-    state["config"].erase(key);
-  }
-  last.metadata[tools::kRunStateKey] = state.dump();
-  io::save_safetensors(out + "/last.safetensors", last.tensors, last.metadata);
-}
-}  // namespace
 
 // A run saved before runs recorded their normalization resumes with the one
 // its checkpoint holds, not with what the rules would choose today (here the

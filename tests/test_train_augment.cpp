@@ -168,7 +168,8 @@ TEST(TrainAugment, RandomResizedCropReplacesTheResizeAndCropPctTheEvaluationResi
   EXPECT_EQ(tools::resident_unsupported(c, false, ds, 12, 12), "");
   TrainConfig e;
   e.crop_pct = 0.875;
-  EXPECT_EQ(tools::resident_unsupported(e, false, ds, 12, 12), "--crop-pct resizes and centre-crops each image on the host");
+  EXPECT_EQ(tools::resident_unsupported(e, false, ds, 12, 12),
+            "--crop-pct resizes and centre-crops each image on the host");
 
   FImage a = random_image(1), b = a;
   Generator g(0);

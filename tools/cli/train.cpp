@@ -98,8 +98,8 @@ void refuse_to_change_a_resumed_run(const tools::TrainConfig& c, const CLI::App&
 
 // Defaults that follow other settings, where neither the command nor its
 // recipe sets them: AdamW takes PyTorch's rate and decay and RMSprop its rate
-// (SGD's 0.1 is far too high for them), digits are not mirrored (a mirrored 2 is no digit), and a
-// random resized crop is not cropped again with padding.
+// (SGD's 0.1 is far too high for them), digits are not mirrored (a mirrored 2
+// is no digit), and a random resized crop is not cropped again with padding.
 void apply_dependent_defaults(tools::TrainConfig& c, const CLI::App& cmd) {
   const auto given = [&cmd](const char* flag) {
     const CLI::Option* opt = cmd.get_option_no_throw(flag);

@@ -237,7 +237,7 @@ std::string augmentation_summary(const TrainConfig& c, int height, int width) {
     image = "random resized crop (area " + number(area[0]) + " to " + number(area[1]) + ")";
   }
   for (const AugmentStep& step : augment_steps(c, height, width)) image += (image.empty() ? "" : ", ") + step.name;
-  if (c.random_erase > 0) image += (image.empty() ? "" : ", ") + std::string("random erasing p ") + number(c.random_erase);
+  if (c.random_erase > 0) image += (image.empty() ? "" : ", ") + ("random erasing p " + number(c.random_erase));
   const std::pair<const char*, double> mixers[] = {{"mixup", c.mixup}, {"cutmix", c.cutmix}, {"ricap", c.ricap}};
   for (const auto& [name, p] : mixers)
     if (p > 0) batch += (batch.empty() ? "" : ", ") + std::string(name) + " " + number(p);

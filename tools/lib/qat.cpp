@@ -32,9 +32,10 @@ void configure_from_float_checkpoint(TrainConfig& c, const nlohmann::json& reque
       (!run.is_object() || run.value("random_resized_crop", "").empty()))
     c.random_crop = false;
   if (!run.is_object()) return;
-  std::vector<std::string> kept = {"skip_bad",    "random_crop",  "random_resized_crop", "hflip",
-                                   "auto_augment", "randaugment", "rotation",  "color_jitter",
-                                   "shift_scale_rotate", "ssr_limits", "brightness_contrast", "hsv_shift", "cutout", "random_erase", "vflip"};
+  std::vector<std::string> kept = {"skip_bad",     "random_crop",  "random_resized_crop", "hflip",
+                                   "vflip",        "auto_augment", "randaugment",         "rotation",
+                                   "color_jitter", "shift_scale_rotate", "ssr_limits",    "brightness_contrast",
+                                   "hsv_shift",    "cutout",       "random_erase"};
   if (run.value("dataset", "") == c.dataset) kept.push_back("data_dir");
   nlohmann::json inherited = nlohmann::json::object();
   for (const std::string& key : kept)

@@ -306,7 +306,8 @@ std::string report_markdown(const EvalReport& r) {
   md += std::to_string(r.images) + " test images of " + r.dataset + " (" + r.data_dir + ")" +
         (r.skipped > 0 ? ", " + std::to_string(r.skipped) + " unreadable ones skipped" : "") + ", input " +
         std::to_string(r.input_height) + "x" + std::to_string(r.input_width) + "x" + std::to_string(r.input_channels) +
-        (r.crop_pct < 1.0 ? " (centre crop " + format_number("%g", r.crop_pct) + ")" : "") + ", TTA " + tta_description(r) + ", " + r.device + " with " + std::to_string(r.threads) +
+        (r.crop_pct < 1.0 ? " (centre crop " + format_number("%g", r.crop_pct) + ")" : "") + ", TTA " +
+        tta_description(r) + ", " + r.device + " with " + std::to_string(r.threads) +
         " thread" + (r.threads == 1 ? "" : "s") + "; checkpoint `" + r.checkpoint + "`" +
         (timed ? "" : "; latency and throughput not measured (--latency-iters 0)") +
         (timed && r.cuda_graph ? "; latency and throughput timed as CUDA graph replays" : "") +

@@ -16,7 +16,7 @@ struct EvalOptions {
   int64_t batch_size = 256;
   bool tta = false;          // average logits over the image and its mirror
   int64_t tta_shift = 0;     // and over four views shifted by +-N pixels (and their mirrors with tta); 0 = none
-  double crop_pct = -1.0;    // centre crop (data::resize_center_crop) in place of the checkpoint's; < 0: the checkpoint's
+  double crop_pct = -1.0;    // centre crop (data::resize_center_crop) for the checkpoint's; -1: the checkpoint's
   std::string out;           // empty: default_report_dir(*this)
   int64_t limit = 0;         // first N test images (0 = all)
   bool skip_bad = false;     // skip unreadable images with a warning (also when the training run did)
