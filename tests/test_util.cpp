@@ -14,6 +14,8 @@
 #include <algorithm>
 #include <sstream>
 
+#include <unistd.h>
+
 namespace kestrel {
 void PrintTo(DType dtype, std::ostream* os) { *os << dtype_name(dtype); }
 }  // namespace kestrel
@@ -168,10 +170,28 @@ int run_python(const std::string& python, const std::string& script, const std::
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
+namespace {
+// The scratch folder of this process; removed at exit so that thousands of
+// test processes (a CI run makes ~1000) leave no data behind. A forked child
+// that exits must not remove its parent's folder, hence the pid check.
+std::filesystem::path scratch_dir;
+pid_t scratch_owner = 0;
+
+void remove_scratch_dir() {
+  if (::getpid() != scratch_owner || std::getenv("KESTREL_KEEP_TEST_FILES") != nullptr) return;
+  std::error_code ignored;
+  std::filesystem::remove_all(scratch_dir, ignored);
+}
+}  // namespace
+
 std::string temp_path(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() / ("kestrel_test_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  return (dir / name).string();
+  if (scratch_owner != ::getpid()) {
+    scratch_dir = std::filesystem::temp_directory_path() / ("kestrel_test_" + std::to_string(::getpid()));
+    scratch_owner = ::getpid();
+    std::atexit(remove_scratch_dir);
+  }
+  std::filesystem::create_directories(scratch_dir);
+  return (scratch_dir / name).string();
 }
 
 void save_npy(const std::string& path, const Tensor& t_in) {

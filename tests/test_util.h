@@ -83,6 +83,8 @@ std::string python_with(const std::string& module);
 inline std::string python_with_torch() { return python_with("torch"); }
 // Runs `python script args`, returns the exit code; output goes to the test log.
 int run_python(const std::string& python, const std::string& script, const std::string& args);
+// A path in this process's scratch folder, removed when the process exits
+// (kept when KESTREL_KEEP_TEST_FILES is set, to look at a failure).
 std::string temp_path(const std::string& name);
 // A fresh image-folder data set under temp_path(name): {train,test}/{a,b,c}/N.png,
 // 12 images of size x size RGB per class whose patterns (rows, columns,

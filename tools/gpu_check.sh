@@ -100,6 +100,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 mkdir -p "$logdir"
 if [ -f "$bundle_dir/kestrel-gpu.tar.xz" ]; then
   bin=$(mktemp -d)
+  trap 'rm -rf "$bin"' EXIT
   tar -C "$bin" -xJf "$bundle_dir/kestrel-gpu.tar.xz"
   export LD_LIBRARY_PATH="$bin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   say "using the prebuilt bundle (commit $(cat "$bin/commit"))"
