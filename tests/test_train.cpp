@@ -5,6 +5,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <set>
 
 #include "cuda_parity.h"
 #include "data/loader.h"
@@ -785,6 +786,95 @@ TEST(Train, EvalMetricPicksTheBestEpoch) {
   tools::TrainConfig bad = kestrel::testing::pattern_folder_config(folder, "eval_metric_bad", "cpu");
   bad.eval_metric = "f1";
   EXPECT_NE(kestrel::testing::expect_message_of([&] { tools::train(bad); }).find("--eval-metric 'f1' is not one of"),
+            std::string::npos);
+}
+
+// --checkpoint-hist keeps the N best epochs' weights (the files the run state
+// names, no others), a killed run resumes to the same files, kestrel average
+// writes their mean, and --overwrite clears them with the rest of the run.
+TEST(Train, CheckpointHistKeepsTheBestEpochsForKestrelAverage) {
+  namespace kt = kestrel::testing;
+  const std::string folder = kt::write_pattern_folder_dataset("checkpoint_hist");
+  tools::TrainConfig c = kt::pattern_folder_config(folder, "hist_full", "cpu");
+  c.width_mult = 0.25;
+  c.epochs = 4;
+  c.eval_metric = "loss";
+  c.checkpoint_hist = 2;
+  ASSERT_TRUE(tools::train(c).completed);
+  const auto rows = kt::read_metrics_jsonl(c.out);
+  ASSERT_EQ(rows.size(), 4u);
+  const auto val_loss = [&](int64_t epoch) { return rows[static_cast<size_t>(epoch - 1)]["val_loss"].get<double>(); };
+  std::vector<int64_t> best = {1, 2, 3, 4};
+  std::stable_sort(best.begin(), best.end(), [&](int64_t a, int64_t b) { return val_loss(a) < val_loss(b); });
+  best.resize(2);
+  ASSERT_NE(std::set<int64_t>(best.begin(), best.end()), (std::set<int64_t>{1, 2})) << "epochs were dropped";
+  const nlohmann::json state = nlohmann::json::parse(kt::read_text(c.out + "/state.json"));
+  std::vector<int64_t> kept;
+  for (const auto& k : state.at("kept_checkpoints")) {
+    kept.push_back(k["epoch"].get<int64_t>());
+    EXPECT_EQ(k["score"].get<double>(), -val_loss(kept.back()));
+  }
+  EXPECT_EQ(kept, best);
+  const auto kept_files = [](const std::string& out) {
+    std::set<std::string> files;
+    for (const auto& e : fs::directory_iterator(out))
+      if (e.path().filename().string().rfind("checkpoint-", 0) == 0) files.insert(e.path().filename().string());
+    return files;
+  };
+  const std::string first = "checkpoint-" + std::to_string(best[0]) + ".safetensors";
+  const std::string second = "checkpoint-" + std::to_string(best[1]) + ".safetensors";
+  EXPECT_EQ(kept_files(c.out), (std::set<std::string>{first, second})) << "a dropped epoch's file is removed";
+  kt::expect_checkpoints_match(c.out + "/best.safetensors", c.out + "/" + first, 0.0, 0.0, "the best kept epoch");
+
+  const std::string killed = kt::kill_then_resume(c, "hist_killed", 14);  // in epoch 3 (6 steps an epoch)
+  EXPECT_EQ(nlohmann::json::parse(kt::read_text(killed + "/state.json"))["kept_checkpoints"],
+            state["kept_checkpoints"]);
+  EXPECT_EQ(kept_files(killed), kept_files(c.out));
+  for (const std::string& f : {first, second})
+    kt::expect_checkpoints_match(c.out + "/" + f, killed + "/" + f, 0.0, 0.0, "killed and resumed: " + f);
+
+  const kt::CliResult r = kt::kestrel_cli("average " + c.out);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("averaged 2 checkpoints of cifar10_200k (" + first + ", " + second + ") into " + c.out +
+                       "/average.safetensors"),
+            std::string::npos)
+      << r.out;
+  const io::SafetensorsContents avg = io::load_safetensors(c.out + "/average.safetensors");
+  const io::SafetensorsContents a = io::load_safetensors(c.out + "/" + first);
+  const io::SafetensorsContents b = io::load_safetensors(c.out + "/" + second);
+  EXPECT_EQ(avg.metadata.at("kestrel.averaged_from"), nlohmann::json({first, second}).dump());
+  ASSERT_EQ(avg.tensors.size(), a.tensors.size());
+  for (size_t n = 0; n < avg.tensors.size(); ++n) {
+    const Tensor& t = avg.tensors[n].second;
+    if (!is_floating(t.dtype())) continue;
+    ASSERT_EQ(a.tensors[n].first, avg.tensors[n].first);
+    const std::vector<double> x = a.tensors[n].second.to_vector_f64(), y = b.tensors[n].second.to_vector_f64();
+    const std::vector<float> got = t.to_vector();
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(got[i], static_cast<float>((x[i] + y[i]) / 2)) << avg.tensors[n].first << "[" << i << "]";
+  }
+  EXPECT_GT(eval_report(c.out, "average.safetensors", "eval-average")["top1"].get<double>(), 0.0);
+  kt::expect_one_line_error(kt::kestrel_cli("average " + c.out), "average.safetensors exists; pass --overwrite",
+                            "averaged again");
+  const std::string best_file = c.out + "/best.safetensors";
+  const std::pair<std::string, std::string> refused[] = {
+      {best_file + " --top 2", "--top picks from a run folder's kept checkpoints"},
+      {best_file, "needs a run folder or at least two checkpoints, got one checkpoint"},
+      {best_file + " " + c.out + "/none.safetensors", "checkpoint not found: " + c.out + "/none.safetensors"},
+      {c.out + " --top 3 --overwrite", "--top 3 but " + c.out + " kept 2 checkpoints"},
+      {best_file + " " + c.out + "/" + first + " -o " + c.out, "is a folder; give -o a file path"}};
+  for (const auto& [args, message] : refused) kt::expect_one_line_error(kt::kestrel_cli("average " + args), message, args);
+
+  tools::TrainConfig again = c;  // --overwrite: the new run keeps no epochs, and none of the old run's are left
+  again.checkpoint_hist = 0;
+  again.epochs = 1;
+  ASSERT_TRUE(tools::train(again).completed);
+  EXPECT_TRUE(kept_files(c.out).empty());
+  EXPECT_FALSE(fs::exists(c.out + "/average.safetensors"));
+  EXPECT_FALSE(nlohmann::json::parse(kt::read_text(c.out + "/state.json")).contains("kept_checkpoints"));
+  tools::TrainConfig qat = c;
+  qat.quantize_from = c.out + "/best.safetensors";
+  EXPECT_NE(kt::expect_message_of([&] { qat.validate(); }).find("kestrel qat keeps no epoch checkpoints"),
             std::string::npos);
 }
 

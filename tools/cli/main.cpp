@@ -21,6 +21,7 @@ void register_scale_search(CLI::App& app);  // scale_search.cpp
 void register_cam(CLI::App& app);           // cam.cpp
 void register_bench(CLI::App& app);         // bench.cpp
 void register_table(CLI::App& app);         // table.cpp
+void register_average(CLI::App& app);       // average.cpp
 
 namespace {
 int g_exit_status = 0;
@@ -48,6 +49,7 @@ int main(int argc, char** argv) {
   kestrel::cli::register_cam(app);
   kestrel::cli::register_bench(app);
   kestrel::cli::register_table(app);
+  kestrel::cli::register_average(app);
   try {
     kestrel::dist::init();
     if (argc > 1 && argv[1][0] != '-') {  // CLI11 would only say "A subcommand is required"

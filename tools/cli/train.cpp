@@ -267,6 +267,11 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--eval-metric", c->eval_metric,
                   "what ranks the epochs for best.safetensors and --early-stop: top1, top5 or loss (the val loss)")
       ->capture_default_str();
+  if (kind != Kind::Qat)
+    cmd->add_option("--checkpoint-hist", c->checkpoint_hist,
+                    "also keep the N best epochs (by --eval-metric) as checkpoint-E.safetensors, for kestrel average; "
+                    "0 = off")
+        ->capture_default_str();
   cmd->add_option("--save-every-steps", c->save_every_steps,
                   "also save last.safetensors every N optimizer steps, mid-epoch (a job that may be killed without "
                   "warning resumes from there); 0 = at epoch ends only");

@@ -6,6 +6,9 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <vector>
+
+#include "tools/lib/checkpoint_history.h"
 
 namespace kestrel::tools {
 
@@ -30,6 +33,7 @@ struct RunState {
   double best_top1 = -1.0;     // the best epoch's top-1
   double best_score = -1e300;  // what --eval-metric ranks by (higher is better); older runs: best_top1
   nlohmann::json history = nlohmann::json::array();  // one metrics row per finished epoch
+  std::vector<KeptCheckpoint> kept_checkpoints;      // --checkpoint-hist: the best epochs' files, best first
   uint64_t generator_seed = 0, generator_offset = 0;
 
   nlohmann::json to_json() const;

@@ -20,11 +20,11 @@ namespace kestrel::tools {
   X(epochs) X(batch_size) X(lr) X(optimizer) X(momentum) X(nesterov) X(weight_decay) X(warmup_epochs)          \
   X(warmup_lr) X(schedule) X(step_size) X(milestones) X(step_gamma) X(min_lr) X(adam_betas) X(adam_eps)        \
   X(rmsprop_alpha) X(rmsprop_eps) X(label_smoothing) X(loss) X(focal_gamma) X(clip_grad) X(grad_accum) X(ema)  \
-  X(amp) X(early_stop) X(eval_metric) X(mixup) X(cutmix) X(ricap) X(mix_alpha) X(auto_augment) X(randaugment)  \
-  X(random_crop) X(hflip) X(cutout) X(seed) X(device) X(out) X(teacher) X(distill_alpha)                       \
-  X(distill_temperature) X(quantize_from) X(calib_batches) X(initial_checkpoint) X(mean) X(std) X(precise_bn)  \
-  X(save_every_steps) X(rotation) X(color_jitter) X(shift_scale_rotate) X(ssr_limits) X(brightness_contrast)   \
-  X(hsv_shift) X(random_resized_crop) X(crop_pct) X(random_erase) X(vflip)
+  X(amp) X(early_stop) X(eval_metric) X(checkpoint_hist) X(mixup) X(cutmix) X(ricap) X(mix_alpha)              \
+  X(auto_augment) X(randaugment) X(random_crop) X(hflip) X(cutout) X(seed) X(device) X(out) X(teacher)         \
+  X(distill_alpha) X(distill_temperature) X(quantize_from) X(calib_batches) X(initial_checkpoint) X(mean)      \
+  X(std) X(precise_bn) X(save_every_steps) X(rotation) X(color_jitter) X(shift_scale_rotate) X(ssr_limits)     \
+  X(brightness_contrast) X(hsv_shift) X(random_resized_crop) X(crop_pct) X(random_erase) X(vflip)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -183,6 +183,10 @@ void TrainConfig::validate() const {
   KCHECK(limit_train >= 0 && limit_test >= 0, ValueError, "--limit-train and --limit-test must be >= 0 (0: all), got ",
          limit_train, " and ", limit_test);
   KCHECK(early_stop >= 0, ValueError, "--early-stop must be >= 0 (0: off), got ", early_stop);
+  KCHECK(checkpoint_hist >= 0, ValueError, "--checkpoint-hist must be >= 0 (0: off), got ", checkpoint_hist);
+  KCHECK(checkpoint_hist == 0 || quantize_from.empty(), ValueError,
+         "--checkpoint-hist: kestrel qat keeps no epoch checkpoints (int8 checkpoints are not averaged; average the "
+         "float run's, then quantize that)");
   KCHECK(save_every_steps >= 0, ValueError, "--save-every-steps must be >= 0 (0: at epoch ends only), got ",
          save_every_steps);
   KCHECK(precise_bn >= 0, ValueError, "--precise-bn must be >= 0 (0: off), got ", precise_bn);

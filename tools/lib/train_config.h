@@ -68,6 +68,7 @@ struct TrainConfig {
   std::string amp = "off";  // off, fp16, bf16
   int64_t early_stop = 0;   // patience in epochs; 0 = off
   std::string eval_metric = "top1";  // what picks best.safetensors and early stopping: top1, top5, loss
+  int64_t checkpoint_hist = 0;       // keep the N best epochs as checkpoint-E.safetensors; 0 = off
   int64_t save_every_steps = 0;  // also save last.safetensors every N optimizer steps, mid-epoch; 0 = off
   int64_t precise_bn = 0;   // training batches that recompute BN statistics before each evaluation; 0 = off
 

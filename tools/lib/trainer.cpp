@@ -33,6 +33,7 @@
 #include "models/common.h"
 #include "models/registry.h"
 #include "tools/lib/checkpoint.h"
+#include "tools/lib/checkpoint_history.h"
 #include "tools/lib/datasets.h"
 #include "tools/lib/device_select.h"
 #include "tools/lib/distill.h"
@@ -333,10 +334,12 @@ bool check_out_dir(const TrainConfig& c) {
 bool written_for_a_run(const fs::path& entry) {
   static const std::set<std::string> names = {
       "config.json", "state.json", "last.safetensors", "best.safetensors", "ptq.safetensors", "metrics.jsonl",
-      "metrics.csv", "curves.png", "tb",               "best.onnx",        "last.onnx",       "ptq.onnx"};
+      "metrics.csv", "curves.png", "tb",               "best.onnx",        "last.onnx",       "ptq.onnx",
+      "average.safetensors"};
   const std::string name = entry.filename().string();
   const bool eval_report = fs::is_directory(entry) && (name == "eval" || name.rfind("eval-", 0) == 0);
-  return names.count(name) > 0 || eval_report;
+  const bool kept_epoch = name.rfind("checkpoint-", 0) == 0 && entry.extension() == ".safetensors";
+  return names.count(name) > 0 || eval_report || kept_epoch;
 }
 
 // Rank 0 empties (--overwrite) or creates the folder of a new run, once the
@@ -667,6 +670,7 @@ TrainSummary train(TrainConfig c) {
   bool had_stopped_early = false;
   double best_top1 = -1.0, best_score = RunState().best_score;
   nlohmann::json history = nlohmann::json::array();
+  CheckpointHistory kept(c.checkpoint_hist, resuming ? run.kept_checkpoints : std::vector<KeptCheckpoint>{});
   if (resuming) {
     load_weights(resume_ckpt, *model, c.out + "/last.safetensors");
     optimizer->load_state(optim::OptimizerState::from_named_tensors(resume_ckpt.tensors, "__optim__."));
@@ -759,6 +763,7 @@ TrainSummary train(TrainConfig c) {
     st.best_top1 = best_top1;
     st.best_score = best_score;
     st.history = history;
+    st.kept_checkpoints = kept.kept();
     st.generator_seed = nn::init_generator().seed();
     st.generator_offset = nn::init_generator().offset();
     const nlohmann::json state = st.to_json();
@@ -914,6 +919,12 @@ TrainSummary train(TrainConfig c) {
     } else {
       ++stale_epochs;
     }
+    // A diverged epoch (val loss nan or inf) would spoil any average.
+    const CheckpointHistory::Decision kept_now =
+        std::isfinite(val.loss) ? kept.offer(epoch + 1, score) : CheckpointHistory::Decision{};
+    if (kept_now.keep && main_rank)
+      save_checkpoint(c.out + "/" + CheckpointHistory::file_name(epoch + 1), *model, info, {},
+                      {{"epoch", std::to_string(epoch + 1)}});
     if (ema) ema->swap_with(*model);
 
     nlohmann::json rec;
@@ -954,6 +965,9 @@ TrainSummary train(TrainConfig c) {
     tb->flush();
 
     save_last(epoch + 1, RunState());
+    // Only once the saved state no longer lists it: a run killed in between
+    // resumes with every file its state names.
+    if (kept_now.dropped_epoch > 0) fs::remove(c.out + "/" + CheckpointHistory::file_name(kept_now.dropped_epoch));
     write_metric_files(c.out, history);
     const bool last_epoch = epoch + 1 == c.epochs || stop_early;
 

@@ -1,0 +1,99 @@
+#include "tools/lib/checkpoint_average.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "tools/lib/checkpoint_history.h"
+#include "tools/lib/run_state.h"
+
+namespace kestrel::tools {
+
+namespace {
+
+std::string describe(const ModelInfo& i) {
+  return detail::concat(i.model, " (width ", i.width_mult, ", depth ", i.depth_mult, ", ", i.num_classes, " classes, ",
+                        i.in_channels, "x", i.height, "x", i.width, " input", i.cifar_stem ? ", CIFAR stem" : "", ")");
+}
+
+void check_same_model(const ModelInfo& first, const std::string& first_path, const ModelInfo& other,
+                      const std::string& other_path) {
+  KCHECK(describe(first) == describe(other), ValueError, "average: ", other_path, " is ", describe(other), " but ",
+         first_path, " is ", describe(first));
+  KCHECK(first.to_metadata() == other.to_metadata(), ValueError, "average: ", other_path, " and ", first_path,
+         " were trained on other data (their classes, normalization or evaluation crop differ)");
+}
+
+}  // namespace
+
+AveragedModel average_checkpoints(const std::vector<std::string>& paths) {
+  KCHECK(paths.size() >= 2, ValueError, "average: needs at least two checkpoints, got ", paths.size());
+  AveragedModel out;
+  std::vector<std::string> names;
+  std::vector<std::vector<double>> sums;
+  std::vector<std::vector<int64_t>> largest;  // integer buffers
+  for (size_t k = 0; k < paths.size(); ++k) {
+    const LoadedModel loaded = load_checkpoint(paths[k]);  // strict: same tensor names and shapes as its model
+    KCHECK(!loaded.info.quantized, ValueError, "average: ", paths[k], " is an int8 (qat) checkpoint; average the "
+           "float checkpoints, then quantize the average with kestrel qat");
+    const nn::NamedTensors state = loaded.model->state_dict();
+    if (k == 0) {
+      out.model = loaded.model;
+      out.info = loaded.info;
+      for (const auto& [name, t] : state) {
+        names.push_back(name);
+        sums.push_back(is_floating(t.dtype()) ? t.to_vector_f64() : std::vector<double>{});
+        largest.push_back(is_floating(t.dtype()) ? std::vector<int64_t>{} : t.to_vector_i64());
+      }
+      continue;
+    }
+    check_same_model(out.info, paths[0], loaded.info, paths[k]);
+    for (size_t n = 0; n < state.size(); ++n) {
+      const Tensor& t = state[n].second;
+      if (is_floating(t.dtype())) {
+        const std::vector<double> v = t.to_vector_f64();
+        for (size_t i = 0; i < v.size(); ++i) sums[n][i] += v[i];
+      } else {
+        const std::vector<int64_t> v = t.to_vector_i64();
+        for (size_t i = 0; i < v.size(); ++i) largest[n][i] = std::max(largest[n][i], v[i]);
+      }
+    }
+  }
+  nn::NamedTensors averaged;
+  const nn::NamedTensors first = out.model->state_dict();
+  for (size_t n = 0; n < first.size(); ++n) {
+    const Tensor& t = first[n].second;
+    if (is_floating(t.dtype())) {
+      for (double& s : sums[n]) s /= static_cast<double>(paths.size());
+      averaged.emplace_back(names[n], Tensor::from_vector_f64(sums[n], t.shape()).to(t.dtype()));
+    } else {
+      averaged.emplace_back(names[n], Tensor::from_vector_i64(largest[n], t.shape()).to(t.dtype()));
+    }
+  }
+  out.model->load_state_dict(averaged, true);
+  return out;
+}
+
+std::vector<std::string> kept_checkpoints(const std::string& run_dir, int64_t top) {
+  namespace fs = std::filesystem;
+  const fs::path state_file = fs::path(run_dir) / "state.json";
+  std::ifstream in(state_file);
+  KCHECK(in.good(), IOError, "average: ", run_dir, " has no state.json (not a kestrel train run folder)");
+  RunState run;
+  try {
+    run = RunState::from_json(nlohmann::json::parse(in));
+  } catch (const nlohmann::json::exception& e) {
+    throw IOError(detail::concat("average: ", state_file.string(), " is malformed (", e.what(), ")"));
+  }
+  const auto& kept = run.kept_checkpoints;
+  KCHECK(!kept.empty(), ValueError, "average: ", run_dir, " kept no epoch checkpoints (train with --checkpoint-hist "
+         "N keeps the N best); or name the checkpoints to average");
+  KCHECK(top >= 0 && top <= static_cast<int64_t>(kept.size()), ValueError, "average: --top ", top, " but ", run_dir,
+         " kept ", kept.size(), " checkpoints");
+  std::vector<std::string> paths;
+  const size_t n = top == 0 ? kept.size() : static_cast<size_t>(top);
+  for (size_t i = 0; i < n; ++i) paths.push_back((fs::path(run_dir) / CheckpointHistory::file_name(kept[i].epoch)).string());
+  return paths;
+}
+
+}  // namespace kestrel::tools
