@@ -7,6 +7,7 @@
 #include "engine/optim/clip.h"
 #include "engine/optim/ema.h"
 #include "engine/optim/rmsprop.h"
+#include "engine/optim/plateau.h"
 #include "engine/optim/schedule.h"
 #include "engine/optim/sgd.h"
 #include "test_util.h"
@@ -404,6 +405,50 @@ TEST(Schedule, OneCycleMatchesTorchOneCycleLRAtKeySteps) {
   EXPECT_NEAR(s.momentum(29), 0.85, 1e-15);
   EXPECT_NEAR(s.momentum(99), 0.95, 1e-15);
   EXPECT_THROW(OneCycle(1.0, 2, 0.3), ValueError);
+}
+
+// The rates torch 1.13's ReduceLROnPlateau gives for the same numbers
+// (SGD at lr 0.1, one scheduler.step(metric) per epoch, lr read after each):
+// a tie and a gain under the relative threshold are no improvement, cooldown
+// epochs never count as bad, nan is a bad epoch, min_lr is a floor.
+TEST(Schedule, ReduceOnPlateauMatchesTorch) {
+  const double nan = std::nan("");
+  const std::vector<double> accuracy = {0.5, 0.6, 0.6,  0.60005, 0.59, 0.7, 0.69, 0.68, 0.7, 0.71,
+                                        0.7, 0.7, 0.7,  0.7,     nan,  0.5, 0.5,  0.5,  0.5, 0.5};
+  const std::vector<double> torch_accuracy_lrs = {0.1,   0.1,   0.1,   0.1,   0.05,  0.05,  0.05,
+                                                  0.05,  0.025, 0.025, 0.025, 0.025, 0.02,  0.02,
+                                                  0.02,  0.02,  0.02,  0.02,  0.02,  0.02};
+  PlateauOptions max_mode;
+  max_mode.factor = 0.5;
+  max_mode.patience = 2;
+  max_mode.cooldown = 1;
+  max_mode.min_lr = 0.02;
+  ReduceOnPlateau by_accuracy(0.1, max_mode);
+  for (size_t e = 0; e < accuracy.size(); ++e) {
+    const double before = by_accuracy.lr();
+    const bool lowered = by_accuracy.observe(accuracy[e]);
+    EXPECT_EQ(lowered, by_accuracy.lr() != before) << "epoch " << e;
+    EXPECT_EQ(by_accuracy.lr(), torch_accuracy_lrs[e]) << "epoch " << e;
+  }
+  const std::vector<double> loss = {2.0, 1.5, 1.5001, 1.49995, 1.6, 1.2, 1.3, 1.3,
+                                    1.3, 1.1, 1.2,    1.2,     1.2, 1.2, 1.2, 1.2};
+  const double r1 = 0.010000000000000002, r2 = 0.0010000000000000002, r3 = 0.00010000000000000003,
+               r4 = 1.0000000000000004e-05, r5 = 1.0000000000000004e-06;  // as torch printed them
+  const std::vector<double> torch_loss_lrs = {0.1, 0.1, 0.1, r1, r1, r1, r1, r2, r2, r2, r2, r3, r3, r4, r4, r5};
+  PlateauOptions min_mode;
+  min_mode.patience = 1;
+  min_mode.higher_is_better = false;
+  ReduceOnPlateau by_loss(0.1, min_mode);
+  for (size_t e = 0; e < loss.size(); ++e) {
+    by_loss.observe(loss[e]);
+    EXPECT_EQ(by_loss.lr(), torch_loss_lrs[e]) << "epoch " << e;
+  }
+  PlateauOptions bad = min_mode;
+  bad.factor = 1.0;
+  EXPECT_THROW(ReduceOnPlateau(0.1, bad), ValueError);
+  bad = min_mode;
+  bad.patience = -1;
+  EXPECT_THROW(ReduceOnPlateau(0.1, bad), ValueError);
 }
 
 // ---------------------------------------------------------------- clipping

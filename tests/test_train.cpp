@@ -878,6 +878,51 @@ TEST(Train, CheckpointHistKeepsTheBestEpochsForKestrelAverage) {
             std::string::npos);
 }
 
+// --schedule plateau decays the rate by --step-gamma after more than
+// --plateau-patience epochs without a better --eval-metric, as torch's
+// ReduceLROnPlateau stepped once an epoch; a killed run replays the saved
+// epochs' numbers and resumes to the uninterrupted run's weights.
+TEST(Train, PlateauScheduleDecaysWhenValidationStallsAndResumesExactly) {
+  namespace kt = kestrel::testing;
+  const std::string folder = kt::write_pattern_folder_dataset("plateau");
+  tools::TrainConfig c = kt::pattern_folder_config(folder, "plateau_full", "cpu");
+  c.width_mult = 0.25;
+  c.epochs = 5;
+  c.schedule = "plateau";
+  c.plateau_patience = 0;
+  c.step_gamma = 0.5;
+  c.warmup_epochs = 0;
+  ASSERT_TRUE(tools::train(c).completed);
+  const auto rows = kt::read_metrics_jsonl(c.out);
+  ASSERT_EQ(rows.size(), 5u);
+  double expected_lr = c.lr, best = -1.0;
+  int decays = 0;
+  for (size_t e = 0; e < rows.size(); ++e) {
+    EXPECT_EQ(rows[e]["lr"].get<double>(), expected_lr) << "epoch " << e + 1;
+    const double top1 = rows[e]["val_top1"].get<double>();
+    if (top1 > best * (1 + 1e-4)) {
+      best = top1;
+    } else {  // patience 0: the first epoch without a gain decays
+      expected_lr *= 0.5;
+      ++decays;
+    }
+  }
+  ASSERT_GT(decays, 0) << "no epoch stalled; the test needs one";
+  ASSERT_LT(rows[1]["lr"].get<double>() + rows[2]["lr"].get<double>(), 2 * c.lr)
+      << "no decay before epoch 3, where the run below is killed; the test needs one";
+  const std::string killed = kt::kill_then_resume(c, "plateau_killed", 14);  // in epoch 3 (6 steps an epoch)
+  kt::expect_checkpoints_match(c.out + "/last.safetensors", killed + "/last.safetensors", 0.0, 0.0,
+                               "killed in epoch 3 and resumed");
+  tools::TrainConfig bad = c;
+  bad.step_gamma = 1.5;
+  EXPECT_NE(kt::expect_message_of([&] { bad.validate(); }).find("--schedule plateau needs --step-gamma in (0, 1)"),
+            std::string::npos);
+  bad = c;
+  bad.schedule = "cosine";
+  EXPECT_NE(kt::expect_message_of([&] { bad.validate(); }).find("--plateau-patience is --schedule plateau's"),
+            std::string::npos);
+}
+
 // A step-schedule run saved before --warmup-lr warmed up from 0; resumed
 // inside its warmup, it goes on from 0's ramp: the weights of the run that
 // never stopped.

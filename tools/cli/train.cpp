@@ -205,12 +205,19 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
                                       "adamw)");
   cmd->add_option("--warmup-epochs", c->warmup_epochs, "linear warmup, at most half the run (cosine and step; onecycle ramps up by itself)")->capture_default_str();
   cmd->add_option("--warmup-lr", c->warmup_lr, "the rate the warmup starts from (default: 1% of --lr)");
-  cmd->add_option("--schedule", c->schedule, "cosine, step or onecycle")->capture_default_str();
+  cmd->add_option("--schedule", c->schedule,
+                  "cosine, step, onecycle or plateau (decay when --eval-metric stops improving, as torch's "
+                  "ReduceLROnPlateau)")
+      ->capture_default_str();
   cmd->add_option("--step-size", c->step_size, "epochs between decays for --schedule step")->capture_default_str();
   cmd->add_option("--milestones", c->milestones,
                   "for --schedule step: decay at these epochs (e.g. 60,120,160) instead of every --step-size");
-  cmd->add_option("--min-lr", c->min_lr, "where --schedule cosine ends")->capture_default_str();
-  cmd->add_option("--step-gamma", c->step_gamma, "decay factor for --schedule step")->capture_default_str();
+  cmd->add_option("--min-lr", c->min_lr, "where --schedule cosine ends; the floor of --schedule plateau")
+      ->capture_default_str();
+  cmd->add_option("--step-gamma", c->step_gamma, "decay factor for --schedule step and plateau")->capture_default_str();
+  cmd->add_option("--plateau-patience", c->plateau_patience,
+                  "--schedule plateau: decay after more than N epochs without improvement")
+      ->capture_default_str();
   cmd->add_option("--label-smoothing", c->label_smoothing, "label smoothing")->capture_default_str();
   cmd->add_option("--loss", c->loss, "ce or focal")->capture_default_str();
   cmd->add_option("--focal-gamma", c->focal_gamma, "focal loss gamma")->capture_default_str();

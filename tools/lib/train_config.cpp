@@ -18,13 +18,14 @@ namespace kestrel::tools {
   X(model) X(num_classes) X(width_mult) X(depth_mult) X(image_size) X(stem) X(dropout) X(drop_path)            \
   X(dataset) X(data_dir) X(limit_train) X(limit_test) X(test_split) X(skip_bad) X(workers) X(loader)           \
   X(epochs) X(batch_size) X(lr) X(optimizer) X(momentum) X(nesterov) X(weight_decay) X(warmup_epochs)          \
-  X(warmup_lr) X(schedule) X(step_size) X(milestones) X(step_gamma) X(min_lr) X(adam_betas) X(adam_eps)        \
-  X(rmsprop_alpha) X(rmsprop_eps) X(label_smoothing) X(loss) X(focal_gamma) X(clip_grad) X(grad_accum) X(ema)  \
-  X(amp) X(early_stop) X(eval_metric) X(checkpoint_hist) X(mixup) X(cutmix) X(ricap) X(mix_alpha)              \
-  X(auto_augment) X(randaugment) X(random_crop) X(hflip) X(cutout) X(seed) X(device) X(out) X(teacher)         \
-  X(distill_alpha) X(distill_temperature) X(quantize_from) X(calib_batches) X(initial_checkpoint) X(mean)      \
-  X(std) X(precise_bn) X(save_every_steps) X(rotation) X(color_jitter) X(shift_scale_rotate) X(ssr_limits)     \
-  X(brightness_contrast) X(hsv_shift) X(random_resized_crop) X(crop_pct) X(random_erase) X(vflip)
+  X(warmup_lr) X(schedule) X(step_size) X(milestones) X(step_gamma) X(plateau_patience) X(min_lr)              \
+  X(adam_betas) X(adam_eps) X(rmsprop_alpha) X(rmsprop_eps) X(label_smoothing) X(loss) X(focal_gamma)          \
+  X(clip_grad) X(grad_accum) X(ema) X(amp) X(early_stop) X(eval_metric) X(checkpoint_hist) X(mixup) X(cutmix)  \
+  X(ricap) X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop) X(hflip) X(cutout) X(seed) X(device)     \
+  X(out) X(teacher) X(distill_alpha) X(distill_temperature) X(quantize_from) X(calib_batches)                  \
+  X(initial_checkpoint) X(mean) X(std) X(precise_bn) X(save_every_steps) X(rotation) X(color_jitter)           \
+  X(shift_scale_rotate) X(ssr_limits) X(brightness_contrast) X(hsv_shift) X(random_resized_crop) X(crop_pct)   \
+  X(random_erase) X(vflip)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -168,7 +169,7 @@ void TrainConfig::validate() const {
   one_of("stem", stem, {"auto", "cifar", "model"});
   one_of("dataset", dataset, {"cifar10", "cifar100", "cifar100-coarse", "fashion-mnist", "mnist", "folder"});
   one_of("optimizer", optimizer, {"sgd", "adamw", "rmsprop"});
-  one_of("schedule", schedule, {"cosine", "step", "onecycle"});
+  one_of("schedule", schedule, {"cosine", "step", "onecycle", "plateau"});
   one_of("loss", loss, {"ce", "focal"});
   one_of("amp", amp, {"off", "fp16", "bf16"});
   one_of("loader", loader, {"auto", "threads", "resident"});
@@ -202,8 +203,13 @@ void TrainConfig::validate() const {
          "this run's schedule is ", schedule);
   milestone_epochs();
   KCHECK(min_lr >= 0 && min_lr < lr, ValueError, "--min-lr must be in [0, --lr) = [0, ", lr, "), got ", min_lr);
-  KCHECK(min_lr == 0 || schedule == "cosine", ValueError, "--min-lr is where --schedule cosine ends; this run's "
-         "schedule is ", schedule);
+  KCHECK(min_lr == 0 || schedule == "cosine" || schedule == "plateau", ValueError, "--min-lr is where --schedule "
+         "cosine ends (or plateau's floor); this run's schedule is ", schedule);
+  KCHECK(schedule != "plateau" || (step_gamma > 0 && step_gamma < 1), ValueError,
+         "--schedule plateau needs --step-gamma in (0, 1) (the decay factor), got ", step_gamma);
+  KCHECK(plateau_patience >= 0, ValueError, "--plateau-patience must be >= 0, got ", plateau_patience);
+  KCHECK(plateau_patience == TrainConfig{}.plateau_patience || schedule == "plateau", ValueError,
+         "--plateau-patience is --schedule plateau's; this run's schedule is ", schedule);
   adam_beta_values();
   KCHECK(adam_eps > 0, ValueError, "--adam-eps must be positive, got ", adam_eps);
   KCHECK(optimizer == "adamw" || (adam_betas == TrainConfig{}.adam_betas && adam_eps == TrainConfig{}.adam_eps),

@@ -50,11 +50,12 @@ struct TrainConfig {
   double weight_decay = 5e-4;
   double warmup_epochs = 1.0;
   double warmup_lr = -1.0;          // where the warmup starts; < 0: 1% of --lr
-  std::string schedule = "cosine";  // cosine, step, onecycle
+  std::string schedule = "cosine";  // cosine, step, onecycle, plateau
   int64_t step_size = 30;           // epochs per step for --schedule step
   std::string milestones;           // "E1,E2,...": --schedule step decays at these epochs instead
-  double step_gamma = 0.1;
-  double min_lr = 0.0;              // where --schedule cosine ends
+  double step_gamma = 0.1;          // the decay factor of --schedule step and plateau
+  int64_t plateau_patience = 10;    // --schedule plateau: epochs without improvement before a decay
+  double min_lr = 0.0;              // where --schedule cosine ends; plateau's floor
   std::string adam_betas = "0.9,0.999";  // AdamW's beta1, beta2
   double adam_eps = 1e-8;
   double rmsprop_alpha = 0.99;           // RMSprop's smoothing constant (torch's default)

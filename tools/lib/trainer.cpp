@@ -28,6 +28,7 @@
 #include "engine/optim/clip.h"
 #include "engine/optim/ema.h"
 #include "engine/optim/grad_scaler.h"
+#include "engine/optim/plateau.h"
 #include "engine/optim/schedule.h"
 #include "engine/optim/sgd.h"
 #include "models/common.h"
@@ -112,7 +113,29 @@ std::unique_ptr<optim::LrSchedule> make_schedule(const TrainConfig& c, int64_t s
            " (epochs x batches per epoch / --grad-accum); train longer or use --schedule cosine");
     return std::make_unique<optim::OneCycle>(c.lr, total);
   }
+  if (c.schedule == "plateau") {  // --lr after the warmup; the trainer caps it at what ReduceOnPlateau says
+    auto constant = std::make_unique<optim::StepDecay>(c.lr, std::vector<int64_t>{}, 1.0);
+    return std::make_unique<optim::LinearWarmup>(std::move(constant), warmup, warmup_start);
+  }
   return std::make_unique<optim::WarmupCosine>(c.lr, total, std::min(warmup, total), c.min_lr, warmup_start);
+}
+
+// --schedule plateau's decay, fed each epoch's --eval-metric number.
+std::optional<optim::ReduceOnPlateau> make_plateau(const TrainConfig& c) {
+  if (c.schedule != "plateau") return std::nullopt;
+  optim::PlateauOptions o;
+  o.factor = c.step_gamma;
+  o.patience = c.plateau_patience;
+  o.min_lr = c.min_lr;
+  o.higher_is_better = c.eval_metric != "loss";
+  return optim::ReduceOnPlateau(c.lr, o);
+}
+
+// The number --schedule plateau watches in a metrics row; a diverged loss,
+// saved as null, is nan.
+double plateau_metric(const TrainConfig& c, const nlohmann::json& row) {
+  const nlohmann::json& v = row.at(c.eval_metric == "loss" ? "val_loss" : "val_" + c.eval_metric);
+  return v.is_number() ? v.get<double>() : std::nan("");
 }
 
 std::unique_ptr<optim::Optimizer> make_optimizer(const TrainConfig& c, const nn::Module& model) {
@@ -671,6 +694,7 @@ TrainSummary train(TrainConfig c) {
   double best_top1 = -1.0, best_score = RunState().best_score;
   nlohmann::json history = nlohmann::json::array();
   CheckpointHistory kept(c.checkpoint_hist, resuming ? run.kept_checkpoints : std::vector<KeptCheckpoint>{});
+  std::optional<optim::ReduceOnPlateau> plateau = make_plateau(c);
   if (resuming) {
     load_weights(resume_ckpt, *model, c.out + "/last.safetensors");
     optimizer->load_state(optim::OptimizerState::from_named_tensors(resume_ckpt.tensors, "__optim__."));
@@ -684,6 +708,8 @@ TrainSummary train(TrainConfig c) {
     best_top1 = run.best_top1;
     best_score = run.best_score;
     history = run.history;
+    if (plateau)  // where the decays stood: the saved epochs' numbers again
+      for (const nlohmann::json& row : history) plateau->observe(plateau_metric(c, row));
     nn::init_generator().set_state(run.generator_seed, run.generator_offset);
     had_stopped_early = c.early_stop > 0 && stale_epochs >= c.early_stop;
     if (had_stopped_early) start_epoch = c.epochs;
@@ -840,7 +866,7 @@ TrainSummary train(TrainConfig c) {
         // scale; its finiteness check is the step's one host wait. Without one, clipping never waits for the GPU.
         const bool finite = scaler ? scaler->unscale_(*optimizer, c.clip_grad) : true;
         if (!scaler && c.clip_grad > 0) optim::clip_grad_norm_no_sync_(params, c.clip_grad);
-        optimizer->set_lr(schedule->lr(global_step));
+        optimizer->set_lr(plateau ? std::min(schedule->lr(global_step), plateau->lr()) : schedule->lr(global_step));
         if (finite) optimizer->step();
         if (scaler) scaler->update();
         optimizer->zero_grad();
@@ -946,6 +972,8 @@ TrainSummary train(TrainConfig c) {
       rec["skipped_steps"] = skipped_steps;
     }
     history.push_back(rec);
+    const double lr_before = plateau ? plateau->lr() : 0.0;
+    const bool plateau_decayed = plateau && plateau->observe(plateau_metric(c, rec));
     const bool stop_early = c.early_stop > 0 && stale_epochs >= c.early_stop;
     summary.final_top1 = top1;
     summary.epochs_run = epoch + 1;
@@ -982,6 +1010,10 @@ TrainSummary train(TrainConfig c) {
                  fmt_pct(rec["train_top1"].get<double>()).c_str(), val.loss, fmt_pct(top1).c_str(),
                  fmt_pct(val.metrics.top5()).c_str(), plain_note.c_str(), optimizer->lr(),
                  rec["images_per_sec"].get<double>(), amp_note, improved ? "(best)" : "");
+    if (plateau_decayed)
+      std::fprintf(stderr, "plateau: val %s not better for %lld epoch%s; lr %.4g -> %.4g\n", c.eval_metric.c_str(),
+                   static_cast<long long>(c.plateau_patience + 1), c.plateau_patience == 0 ? "" : "s", lr_before,
+                   plateau->lr());
     const bool may_precise_bn = c.precise_bn == 0 && c.quantize_from.empty();  // qat's norms are folded
     if (!lag_noted && may_precise_bn && batch_norm_lag_likely(val.loss, rec["train_loss"].get<double>(), classes)) {
       std::fprintf(stderr,
