@@ -1,5 +1,6 @@
-// train --checkpoint-hist's choice of epochs (tools/lib/checkpoint_history.h)
-// and their average (tools/lib/checkpoint_average.h, kestrel average).
+// train --checkpoint-hist's choice of epochs and their files
+// (tools/lib/checkpoint_history.h), and their average
+// (tools/lib/checkpoint_average.h, kestrel average).
 #include <filesystem>
 #include <fstream>
 
@@ -75,6 +76,10 @@ TEST(CheckpointHistory, KeepsTheBestEpochsBestFirstAndNamesTheOneItDrops) {
   EXPECT_TRUE(off.kept().empty());
   EXPECT_THROW(CheckpointHistory(-1), ValueError);
   EXPECT_EQ(CheckpointHistory::file_name(12), "checkpoint-12.safetensors");
+  EXPECT_TRUE(CheckpointHistory::is_file_name("checkpoint-12.safetensors"));
+  for (const char* other : {"checkpoint-final.safetensors", "checkpoint-.safetensors", "checkpoint-12.safetensors.tmp",
+                            "my-checkpoint-12.safetensors", "checkpoint-1e3.safetensors"})
+    EXPECT_FALSE(CheckpointHistory::is_file_name(other)) << other;
 }
 
 TEST(CheckpointHistory, RoundTripsThroughTheRunState) {
@@ -150,13 +155,13 @@ TEST(CheckpointAverage, CheckpointsOfAnotherModelOrOtherDataAreRefused) {
             std::string::npos);
 }
 
-TEST(CheckpointAverage, ARunFolderGivesItsKeptCheckpointsBestFirst) {
+TEST(CheckpointHistory, ARunFolderGivesItsKeptCheckpointsBestFirst) {
   const std::string run = kestrel::testing::temp_path("kept_run");
   std::filesystem::create_directories(run);
   const auto message = [&](int64_t top) {
-    return kestrel::testing::expect_message_of([&] { tools::kept_checkpoints(run, top); });
+    return kestrel::testing::expect_message_of([&] { tools::kept_checkpoint_paths(run, top); });
   };
-  EXPECT_NE(kestrel::testing::expect_message_of<IOError>([&] { tools::kept_checkpoints(run, 0); })
+  EXPECT_NE(kestrel::testing::expect_message_of<IOError>([&] { tools::kept_checkpoint_paths(run, 0); })
                 .find("has no state.json (not a kestrel train run folder)"),
             std::string::npos);
   tools::RunState s;
@@ -166,14 +171,32 @@ TEST(CheckpointAverage, ARunFolderGivesItsKeptCheckpointsBestFirst) {
   s.kept_checkpoints = {{7, 0.9}, {5, 0.8}, {6, 0.7}};
   write_state();
   const std::string dir = std::filesystem::path(run).string() + "/";
-  EXPECT_EQ(tools::kept_checkpoints(run, 0),
+  EXPECT_EQ(tools::kept_checkpoint_paths(run, 0),
             (std::vector<std::string>{dir + "checkpoint-7.safetensors", dir + "checkpoint-5.safetensors",
                                       dir + "checkpoint-6.safetensors"}));
-  EXPECT_EQ(tools::kept_checkpoints(run, 2),
+  EXPECT_EQ(tools::kept_checkpoint_paths(run, 2),
             (std::vector<std::string>{dir + "checkpoint-7.safetensors", dir + "checkpoint-5.safetensors"}));
-  EXPECT_NE(message(4).find("--top 4 but"), std::string::npos);
+  EXPECT_NE(message(4).find("--top must be from 2 to the 3 checkpoints"), std::string::npos);
+  EXPECT_NE(message(1).find("--top must be from 2"), std::string::npos);
+  EXPECT_NE(message(-1).find("--top must be from 2"), std::string::npos);
+  s.kept_checkpoints = {{7, 0.9}};
+  write_state();
+  EXPECT_NE(message(0).find("kept one epoch (--checkpoint-hist 1)"), std::string::npos);
   std::ofstream(run + "/state.json") << "{not json";
-  EXPECT_NE(kestrel::testing::expect_message_of<IOError>([&] { tools::kept_checkpoints(run, 0); })
+  EXPECT_NE(kestrel::testing::expect_message_of<IOError>([&] { tools::kept_checkpoint_paths(run, 0); })
                 .find("state.json is malformed"),
             std::string::npos);
+}
+
+TEST(CheckpointHistory, OnlyEpochFilesTheStateDoesNotListAreRemoved) {
+  const std::string run = kestrel::testing::temp_path("unlisted_run");
+  std::filesystem::create_directories(run);
+  for (const char* name : {"checkpoint-3.safetensors", "checkpoint-4.safetensors", "checkpoint-5.safetensors",
+                           "checkpoint-final.safetensors", "best.safetensors"})
+    std::ofstream(run + "/" + name) << "x";
+  EXPECT_EQ(tools::remove_unlisted_epoch_files(run, {{5, 0.9}, {3, 0.8}}), 1);
+  for (const char* name : {"checkpoint-3.safetensors", "checkpoint-5.safetensors", "checkpoint-final.safetensors",
+                           "best.safetensors"})
+    EXPECT_TRUE(std::filesystem::exists(run + "/" + name)) << name;
+  EXPECT_FALSE(std::filesystem::exists(run + "/checkpoint-4.safetensors"));
 }

@@ -807,7 +807,8 @@ TEST(Train, CheckpointHistKeepsTheBestEpochsForKestrelAverage) {
   std::vector<int64_t> best = {1, 2, 3, 4};
   std::stable_sort(best.begin(), best.end(), [&](int64_t a, int64_t b) { return val_loss(a) < val_loss(b); });
   best.resize(2);
-  ASSERT_NE(std::set<int64_t>(best.begin(), best.end()), (std::set<int64_t>{1, 2})) << "epochs were dropped";
+  ASSERT_NE(std::set<int64_t>(best.begin(), best.end()), (std::set<int64_t>{1, 2}))
+      << "no epoch was pushed out; the test needs one";
   const nlohmann::json state = nlohmann::json::parse(kt::read_text(c.out + "/state.json"));
   std::vector<int64_t> kept;
   for (const auto& k : state.at("kept_checkpoints")) {
@@ -826,7 +827,22 @@ TEST(Train, CheckpointHistKeepsTheBestEpochsForKestrelAverage) {
   EXPECT_EQ(kept_files(c.out), (std::set<std::string>{first, second})) << "a dropped epoch's file is removed";
   kt::expect_checkpoints_match(c.out + "/best.safetensors", c.out + "/" + first, 0.0, 0.0, "the best kept epoch");
 
-  const std::string killed = kt::kill_then_resume(c, "hist_killed", 14);  // in epoch 3 (6 steps an epoch)
+  // Killed in epoch 4 (6 steps an epoch), after epoch 3 may have pushed one
+  // out. A file its state does not list (a kill between an epoch's file and
+  // its state) goes on resume; a user's own file stays.
+  tools::TrainConfig killed_run = c;
+  killed_run.out = kt::temp_path("hist_killed");
+  killed_run.stop_after_steps = 20;
+  ASSERT_FALSE(tools::train(killed_run).completed);
+  fs::copy_file(c.out + "/" + first, killed_run.out + "/checkpoint-99.safetensors");
+  std::ofstream(killed_run.out + "/checkpoint-final.safetensors") << "mine";
+  killed_run.stop_after_steps = 0;
+  killed_run.resume = true;
+  killed_run.overwrite = false;
+  ASSERT_TRUE(tools::train(killed_run).completed);
+  const std::string killed = killed_run.out;
+  EXPECT_TRUE(fs::exists(killed + "/checkpoint-final.safetensors"));
+  fs::remove(killed + "/checkpoint-final.safetensors");
   EXPECT_EQ(nlohmann::json::parse(kt::read_text(killed + "/state.json"))["kept_checkpoints"],
             state["kept_checkpoints"]);
   EXPECT_EQ(kept_files(killed), kept_files(c.out));
@@ -861,15 +877,17 @@ TEST(Train, CheckpointHistKeepsTheBestEpochsForKestrelAverage) {
       {best_file + " --top 2", "--top picks from a run folder's kept checkpoints"},
       {best_file, "needs a run folder or at least two checkpoints, got one checkpoint"},
       {best_file + " " + c.out + "/none.safetensors", "checkpoint not found: " + c.out + "/none.safetensors"},
-      {c.out + " --top 3 --overwrite", "--top 3 but " + c.out + " kept 2 checkpoints"},
+      {c.out + " --top 3 --overwrite", "--top must be from 2 to the 2 checkpoints " + c.out + " kept"},
+      {c.out + " -o " + c.out + "/" + second + " --overwrite", "is one of the checkpoints averaged"},
       {best_file + " " + c.out + "/" + first + " -o " + c.out, "is a folder; give -o a file path"}};
   for (const auto& [args, message] : refused) kt::expect_one_line_error(kt::kestrel_cli("average " + args), message, args);
 
+  std::ofstream(c.out + "/checkpoint-final.safetensors") << "mine";
   tools::TrainConfig again = c;  // --overwrite: the new run keeps no epochs, and none of the old run's are left
   again.checkpoint_hist = 0;
   again.epochs = 1;
   ASSERT_TRUE(tools::train(again).completed);
-  EXPECT_TRUE(kept_files(c.out).empty());
+  EXPECT_EQ(kept_files(c.out), std::set<std::string>{"checkpoint-final.safetensors"}) << "a user's file stays";
   EXPECT_FALSE(fs::exists(c.out + "/average.safetensors"));
   EXPECT_FALSE(nlohmann::json::parse(kt::read_text(c.out + "/state.json")).contains("kept_checkpoints"));
   tools::TrainConfig qat = c;

@@ -6,10 +6,13 @@
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
 
 #include "engine/error.h"
 #include "engine/io/atomic_file.h"
 #include "tools/lib/checkpoint_average.h"
+#include "tools/lib/checkpoint_history.h"
 
 namespace kestrel::cli {
 
@@ -31,11 +34,16 @@ void run_average(const AverageArgs& a) {
     for (const std::string& p : a.inputs) tools::check_checkpoint_path(p);  // a missing file, a folder among many
   KCHECK(from_run || a.inputs.size() >= 2, ValueError, "average: needs a run folder or at least two checkpoints, "
          "got one checkpoint (", a.inputs[0], ")");
-  const std::vector<std::string> paths = from_run ? tools::kept_checkpoints(a.inputs[0], a.top) : a.inputs;
+  const std::vector<std::string> paths = from_run ? tools::kept_checkpoint_paths(a.inputs[0], a.top) : a.inputs;
   const fs::path beside = from_run ? fs::path(a.inputs[0]) : fs::path(paths[0]).parent_path();
   const std::string out = a.out.empty() ? (beside / "average.safetensors").string() : a.out;
   KCHECK(!fs::is_directory(out), IOError, "average: ", out, " is a folder; give -o a file path (e.g. ",
          (fs::path(out) / "average.safetensors").string(), ")");
+  for (const std::string& p : paths) {
+    std::error_code not_there;
+    KCHECK(!fs::equivalent(out, p, not_there), IOError, "average: ", out, " is one of the checkpoints averaged; give "
+           "another -o");
+  }
   KCHECK(a.overwrite || !fs::exists(out), IOError, "average: ", out, " exists; pass --overwrite to replace it");
   io::check_folder_of(out, "average");
 

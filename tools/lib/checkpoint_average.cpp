@@ -1,11 +1,6 @@
 #include "tools/lib/checkpoint_average.h"
 
 #include <algorithm>
-#include <filesystem>
-#include <fstream>
-
-#include "tools/lib/checkpoint_history.h"
-#include "tools/lib/run_state.h"
 
 namespace kestrel::tools {
 
@@ -72,28 +67,6 @@ AveragedModel average_checkpoints(const std::vector<std::string>& paths) {
   }
   out.model->load_state_dict(averaged, true);
   return out;
-}
-
-std::vector<std::string> kept_checkpoints(const std::string& run_dir, int64_t top) {
-  namespace fs = std::filesystem;
-  const fs::path state_file = fs::path(run_dir) / "state.json";
-  std::ifstream in(state_file);
-  KCHECK(in.good(), IOError, "average: ", run_dir, " has no state.json (not a kestrel train run folder)");
-  RunState run;
-  try {
-    run = RunState::from_json(nlohmann::json::parse(in));
-  } catch (const nlohmann::json::exception& e) {
-    throw IOError(detail::concat("average: ", state_file.string(), " is malformed (", e.what(), ")"));
-  }
-  const auto& kept = run.kept_checkpoints;
-  KCHECK(!kept.empty(), ValueError, "average: ", run_dir, " kept no epoch checkpoints (train with --checkpoint-hist "
-         "N keeps the N best); or name the checkpoints to average");
-  KCHECK(top >= 0 && top <= static_cast<int64_t>(kept.size()), ValueError, "average: --top ", top, " but ", run_dir,
-         " kept ", kept.size(), " checkpoints");
-  std::vector<std::string> paths;
-  const size_t n = top == 0 ? kept.size() : static_cast<size_t>(top);
-  for (size_t i = 0; i < n; ++i) paths.push_back((fs::path(run_dir) / CheckpointHistory::file_name(kept[i].epoch)).string());
-  return paths;
 }
 
 }  // namespace kestrel::tools

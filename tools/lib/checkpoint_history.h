@@ -1,22 +1,14 @@
 // The N best epochs of a run, each kept as checkpoint-E.safetensors (E counted
-// from 1) for `kestrel average`, as timm's --checkpoint-hist keeps them.
+// from 1) for `kestrel average`, as timm's --checkpoint-hist keeps them. The
+// run state lists them; the files follow it.
 #pragma once
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "tools/lib/run_state.h"
+
 namespace kestrel::tools {
-
-struct KeptCheckpoint {
-  int64_t epoch = 0;   // counted from 1
-  double score = 0.0;  // --eval-metric's score, higher is better
-};
-
-// As saved in the run state: [{"epoch": 7, "score": 0.91}, ...].
-nlohmann::json kept_to_json(const std::vector<KeptCheckpoint>& kept);
-std::vector<KeptCheckpoint> kept_from_json(const nlohmann::json& j);
 
 class CheckpointHistory {
  public:
@@ -32,10 +24,20 @@ class CheckpointHistory {
 
   const std::vector<KeptCheckpoint>& kept() const { return kept_; }  // best first
   static std::string file_name(int64_t epoch);                       // "checkpoint-7.safetensors"
+  static bool is_file_name(const std::string& name);                 // checkpoint-<digits>.safetensors
 
  private:
   int64_t capacity_;
   std::vector<KeptCheckpoint> kept_;
 };
+
+// The kept checkpoints of a run folder, best first, from its state.json: the
+// `top` best, or all of them when top is 0; at least two (to average).
+std::vector<std::string> kept_checkpoint_paths(const std::string& run_dir, int64_t top);
+
+// Removes the epoch files in run_dir that `kept` does not list: those of a run
+// killed after saving an epoch's file but before its state, or after its state
+// but before removing the epoch it pushed out. Returns how many went.
+int remove_unlisted_epoch_files(const std::string& run_dir, const std::vector<KeptCheckpoint>& kept);
 
 }  // namespace kestrel::tools

@@ -13,7 +13,8 @@ nlohmann::json RunState::to_json() const {
                       {"history", history},
                       {"generator_seed", generator_seed},
                       {"generator_offset", generator_offset}};
-  if (!kept_checkpoints.empty()) j["kept_checkpoints"] = kept_to_json(kept_checkpoints);
+  for (const KeptCheckpoint& k : kept_checkpoints)  // [{"epoch": 7, "score": 0.91}, ...], best first
+    j["kept_checkpoints"].push_back({{"epoch", k.epoch}, {"score", k.score}});
   if (resume_batch > 0) {
     j["resume_batch"] = resume_batch;
     j["epoch_tally"] = {{"loss_sum", epoch_sums.loss_sum},
@@ -36,7 +37,8 @@ RunState RunState::from_json(const nlohmann::json& j) {
   s.best_top1 = j.at("best_top1").get<double>();
   s.best_score = j.value("best_score", s.best_top1);  // runs saved before --eval-metric ranked by top-1
   s.history = j.at("history");
-  if (j.contains("kept_checkpoints")) s.kept_checkpoints = kept_from_json(j["kept_checkpoints"]);
+  for (const auto& k : j.value("kept_checkpoints", nlohmann::json::array()))
+    s.kept_checkpoints.push_back({k.at("epoch").get<int64_t>(), k.at("score").get<double>()});
   s.generator_seed = j.at("generator_seed").get<uint64_t>();
   s.generator_offset = j.at("generator_offset").get<uint64_t>();
   s.resume_batch = j.value("resume_batch", int64_t{0});

@@ -8,8 +8,6 @@
 #include <cstdint>
 #include <vector>
 
-#include "tools/lib/checkpoint_history.h"
-
 namespace kestrel::tools {
 
 // The metadata key of the state in last.safetensors.
@@ -19,6 +17,12 @@ inline constexpr const char* kRunStateKey = "kestrel.train_state";
 struct EpochSums {
   double loss_sum = 0.0;
   int64_t loss_seen = 0, seen = 0, correct = 0;
+};
+
+// An epoch whose weights train --checkpoint-hist keeps (tools/lib/checkpoint_history.h).
+struct KeptCheckpoint {
+  int64_t epoch = 0;   // counted from 1
+  double score = 0.0;  // --eval-metric's score, higher is better
 };
 
 struct RunState {

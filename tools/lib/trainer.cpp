@@ -361,8 +361,7 @@ bool written_for_a_run(const fs::path& entry) {
       "average.safetensors"};
   const std::string name = entry.filename().string();
   const bool eval_report = fs::is_directory(entry) && (name == "eval" || name.rfind("eval-", 0) == 0);
-  const bool kept_epoch = name.rfind("checkpoint-", 0) == 0 && entry.extension() == ".safetensors";
-  return names.count(name) > 0 || eval_report || kept_epoch;
+  return names.count(name) > 0 || eval_report || CheckpointHistory::is_file_name(name);
 }
 
 // Rank 0 empties (--overwrite) or creates the folder of a new run, once the
@@ -693,7 +692,7 @@ TrainSummary train(TrainConfig c) {
   bool had_stopped_early = false;
   double best_top1 = -1.0, best_score = RunState().best_score;
   nlohmann::json history = nlohmann::json::array();
-  CheckpointHistory kept(c.checkpoint_hist, resuming ? run.kept_checkpoints : std::vector<KeptCheckpoint>{});
+  CheckpointHistory best_epochs(c.checkpoint_hist, resuming ? run.kept_checkpoints : std::vector<KeptCheckpoint>{});
   std::optional<optim::ReduceOnPlateau> plateau = make_plateau(c);
   if (resuming) {
     load_weights(resume_ckpt, *model, c.out + "/last.safetensors");
@@ -708,6 +707,7 @@ TrainSummary train(TrainConfig c) {
     best_top1 = run.best_top1;
     best_score = run.best_score;
     history = run.history;
+    if (main_rank) remove_unlisted_epoch_files(c.out, run.kept_checkpoints);  // killed between file and state
     if (plateau)  // where the decays stood: the saved epochs' numbers again
       for (const nlohmann::json& row : history) plateau->observe(plateau_metric(c, row));
     nn::init_generator().set_state(run.generator_seed, run.generator_offset);
@@ -789,7 +789,7 @@ TrainSummary train(TrainConfig c) {
     st.best_top1 = best_top1;
     st.best_score = best_score;
     st.history = history;
-    st.kept_checkpoints = kept.kept();
+    st.kept_checkpoints = best_epochs.kept();
     st.generator_seed = nn::init_generator().seed();
     st.generator_offset = nn::init_generator().offset();
     const nlohmann::json state = st.to_json();
@@ -947,7 +947,7 @@ TrainSummary train(TrainConfig c) {
     }
     // A diverged epoch (val loss nan or inf) would spoil any average.
     const CheckpointHistory::Decision kept_now =
-        std::isfinite(val.loss) ? kept.offer(epoch + 1, score) : CheckpointHistory::Decision{};
+        std::isfinite(val.loss) ? best_epochs.offer(epoch + 1, score) : CheckpointHistory::Decision{};
     if (kept_now.keep && main_rank)
       save_checkpoint(c.out + "/" + CheckpointHistory::file_name(epoch + 1), *model, info, {},
                       {{"epoch", std::to_string(epoch + 1)}});
