@@ -527,6 +527,39 @@ TEST(Cli, ImageAugmentationFlagsTrainAndAreSavedWithTheRun) {
                         "--loader resident cannot be used: --rotation runs on the host", "resident refusal");
 }
 
+// --schedule plateau and --checkpoint-hist from the command line (or a
+// recipe): saved with the run, the kept epochs named at the end, then averaged.
+TEST(Cli, PlateauAndCheckpointHistTrainAndAreSavedWithTheRun) {
+  const std::string root = make_folder("plateau_hist");
+  const std::string recipe = temp_path("plateau.toml");
+  std::ofstream(recipe) << "schedule = \"plateau\"\nplateau-patience = 0\n";
+  const std::string out = temp_path("plateau_hist_run");
+  const auto r = kestrel_cli("train --dataset folder --data-dir " + root + " --batch-size 4 --epochs 3 --workers 0 "
+                             "--device cpu --no-progress --model cifar10_200k --width-mult 0.25 --step-gamma 0.5 "
+                             "--checkpoint-hist 2 --config " + recipe + " --out " + out);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const nlohmann::json config = nlohmann::json::parse(read_text(out + "/config.json"));
+  EXPECT_EQ(config.at("schedule"), "plateau");
+  EXPECT_EQ(config.at("plateau_patience"), 0);
+  EXPECT_EQ(config.at("step_gamma"), 0.5);
+  EXPECT_EQ(config.at("checkpoint_hist"), 2);
+  EXPECT_NE(r.out.find("kept the 2 best epochs as checkpoint-E.safetensors: kestrel average " + out +
+                       " writes their mean\n"),
+            std::string::npos)
+      << r.out;
+  const auto averaged = kestrel_cli("average " + out);
+  EXPECT_EQ(averaged.rc, 0) << averaged.err;
+  EXPECT_TRUE(std::filesystem::exists(out + "/average.safetensors"));
+  expect_one_line_error(kestrel_cli("train --schedule plateau --step-gamma 2 --out " + temp_path("p1")),
+                        "--schedule plateau needs --step-gamma in (0, 1)", "growth factor");
+  expect_one_line_error(kestrel_cli("train --plateau-patience 3 --out " + temp_path("p2")),
+                        "--plateau-patience is --schedule plateau's; this run's schedule is cosine", "wrong schedule");
+  expect_one_line_error(kestrel_cli("train --checkpoint-hist -1 --out " + temp_path("p3")),
+                        "--checkpoint-hist must be >= 0", "negative history");
+  expect_one_line_error(kestrel_cli("qat --checkpoint " + out + "/best.safetensors --checkpoint-hist 2"),
+                        "qat: unknown option --checkpoint-hist", "qat keeps no epochs");
+}
+
 // Defaults that follow other settings, unless a flag or the recipe sets them:
 // AdamW takes PyTorch's rate and decay, and digits are not mirrored.
 TEST(Cli, OptimizersMnistAndResizedCropTakeTheirOwnDefaultsUnlessSet) {

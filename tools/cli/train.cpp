@@ -361,6 +361,9 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
     }
     std::printf("%s at epoch %lld; final top-1 %.2f%%; %.1f s; run folder %s\n", best_words(s).c_str(),
                 static_cast<long long>(s.best_epoch), 100 * s.final_top1, s.seconds, s.out_dir.c_str());
+    if (c->checkpoint_hist > 1)
+      std::printf("kept the %lld best epochs as checkpoint-E.safetensors: kestrel average %s writes their mean\n",
+                  static_cast<long long>(c->checkpoint_hist), s.out_dir.c_str());
   });
 }
 
