@@ -554,6 +554,8 @@ TEST(Cli, PlateauAndCheckpointHistTrainAndAreSavedWithTheRun) {
                         "--schedule plateau needs --step-gamma in (0, 1)", "growth factor");
   expect_one_line_error(kestrel_cli("train --plateau-patience 3 --out " + temp_path("p2")),
                         "--plateau-patience is --schedule plateau's; this run's schedule is cosine", "wrong schedule");
+  expect_one_line_error(kestrel_cli("train --lr 0.1 --lr-base 0.2 --out " + temp_path("p4")),
+                        "--lr and --lr-base both set the learning rate; give one", "two rates");
   expect_one_line_error(kestrel_cli("train --checkpoint-hist -1 --out " + temp_path("p3")),
                         "--checkpoint-hist must be >= 0", "negative history");
   expect_one_line_error(kestrel_cli("qat --checkpoint " + out + "/best.safetensors --checkpoint-hist 2"),

@@ -941,6 +941,43 @@ TEST(Train, PlateauScheduleDecaysWhenValidationStallsAndResumesExactly) {
             std::string::npos);
 }
 
+// --lr-base sets --lr from the whole batch of a step (batch x --grad-accum),
+// linearly, or by its square root for AdamW unless --lr-base-scale says.
+TEST(Train, LrBaseScalesWithTheWholeBatch) {
+  namespace kt = kestrel::testing;
+  const std::string folder = kt::write_pattern_folder_dataset("lr_base");
+  tools::TrainConfig c = kt::pattern_folder_config(folder, "lr_base_run", "cpu");
+  c.width_mult = 0.25;
+  c.epochs = 1;
+  c.grad_accum = 2;  // a whole batch of 12
+  c.lr_base = 0.1;
+  c.lr_base_size = 24;
+  c.schedule = "step";  // a constant rate: no decay within the run, no warmup
+  c.warmup_epochs = 0;
+  ASSERT_TRUE(tools::train(c).completed);
+  EXPECT_EQ(kt::read_metrics_jsonl(c.out)[0]["lr"].get<double>(), 0.05);
+  const nlohmann::json saved = nlohmann::json::parse(kt::read_text(c.out + "/config.json"));
+  EXPECT_EQ(saved["lr"], 0.05) << "the rate the run trained at is its recipe's";
+  EXPECT_EQ(saved["lr_base"], 0.1);
+
+  tools::TrainConfig adamw = c;
+  adamw.optimizer = "adamw";
+  EXPECT_EQ(adamw.lr_from_base(), 0.1 * std::sqrt(0.5));
+  adamw.lr_base_scale = "linear";
+  EXPECT_EQ(adamw.lr_from_base(), 0.05);
+  tools::TrainConfig rmsprop = c;
+  rmsprop.optimizer = "rmsprop";  // timm's square root is for the Adam family only
+  EXPECT_EQ(rmsprop.lr_from_base(), 0.05);
+  tools::TrainConfig off;
+  off.lr_base_size = 512;
+  EXPECT_NE(kt::expect_message_of([&] { off.validate(); }).find("--lr-base-size and --lr-base-scale shape --lr-base"),
+            std::string::npos);
+  off = tools::TrainConfig{};
+  off.lr_base_scale = "cube";
+  EXPECT_NE(kt::expect_message_of([&] { off.validate(); }).find("--lr-base-scale 'cube' is not one of"),
+            std::string::npos);
+}
+
 // A step-schedule run saved before --warmup-lr warmed up from 0; resumed
 // inside its warmup, it goes on from 0's ramp: the weights of the run that
 // never stopped.

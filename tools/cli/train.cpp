@@ -191,6 +191,14 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--lr", c->lr,
                   kind == Kind::Qat ? "peak learning rate (default: 0.001)"
                                     : "peak learning rate (default: 0.1 with sgd, 0.001 with adamw and rmsprop)");
+  cmd->add_option("--lr-base", c->lr_base,
+                  "instead of --lr: the rate for a batch of --lr-base-size, scaled to this run's batch x "
+                  "--grad-accum (timm's --lr-base); 0 = off")
+      ->capture_default_str();
+  cmd->add_option("--lr-base-size", c->lr_base_size, "the batch --lr-base is for")->capture_default_str();
+  cmd->add_option("--lr-base-scale", c->lr_base_scale,
+                  "how --lr-base scales with the batch: linear, sqrt, or auto (sqrt for adamw, else linear)")
+      ->capture_default_str();
   cmd->add_option("--optimizer", c->optimizer, "sgd, adamw or rmsprop")->capture_default_str();
   cmd->add_option("--adam-betas", c->adam_betas, "AdamW's B1,B2")->capture_default_str();
   cmd->add_option("--adam-eps", c->adam_eps, "AdamW's epsilon")->capture_default_str();
@@ -326,6 +334,8 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
     if (!recipe->empty() && cmd->get_option("--out")->count() == 0)
       c->out = "runs/" + std::filesystem::path(*recipe).stem().string();
     if (c->resume) refuse_to_change_a_resumed_run(*c, *cmd, *defaults);
+    KCHECK(c->lr_base == 0 || cmd->get_option("--lr")->count() == 0, ValueError,
+           "--lr and --lr-base both set the learning rate; give one");
     // A resumed run has its teachers and float checkpoint in its saved recipe.
     KCHECK(kind != Kind::Distill || c->resume || !c->teacher.empty(), ValueError,
            "kestrel distill needs --teacher CHECKPOINT[,CHECKPOINT...] (or a recipe's teacher key)");

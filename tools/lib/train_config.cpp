@@ -17,7 +17,7 @@ namespace kestrel::tools {
 #define KESTREL_CONFIG_FIELDS(X)                                                                               \
   X(model) X(num_classes) X(width_mult) X(depth_mult) X(image_size) X(stem) X(dropout) X(drop_path)            \
   X(dataset) X(data_dir) X(limit_train) X(limit_test) X(test_split) X(skip_bad) X(workers) X(loader)           \
-  X(epochs) X(batch_size) X(lr) X(optimizer) X(momentum) X(nesterov) X(weight_decay) X(warmup_epochs)          \
+  X(epochs) X(batch_size) X(lr) X(lr_base) X(lr_base_size) X(lr_base_scale) X(optimizer) X(momentum) X(nesterov) X(weight_decay) X(warmup_epochs)          \
   X(warmup_lr) X(schedule) X(step_size) X(milestones) X(step_gamma) X(plateau_patience) X(min_lr)              \
   X(adam_betas) X(adam_eps) X(rmsprop_alpha) X(rmsprop_eps) X(label_smoothing) X(loss) X(focal_gamma)          \
   X(clip_grad) X(grad_accum) X(ema) X(amp) X(early_stop) X(eval_metric) X(checkpoint_hist) X(mixup) X(cutmix)  \
@@ -46,6 +46,15 @@ void TrainConfig::update_from_json(const nlohmann::json& j) {
   if (j.contains(#name)) j.at(#name).get_to(name);
   KESTREL_CONFIG_FIELDS(X)
 #undef X
+}
+
+double TrainConfig::lr_from_base() const {
+  const double ratio = static_cast<double>(batch_size * grad_accum) / static_cast<double>(lr_base_size);
+  return lr_base * (lr_base_uses_sqrt() ? std::sqrt(ratio) : ratio);
+}
+
+bool TrainConfig::lr_base_uses_sqrt() const {
+  return lr_base_scale == "sqrt" || (lr_base_scale == "auto" && optimizer == "adamw");
 }
 
 std::string TrainConfig::flag_of(const std::string& key) {
@@ -170,6 +179,11 @@ void TrainConfig::validate() const {
   one_of("dataset", dataset, {"cifar10", "cifar100", "cifar100-coarse", "fashion-mnist", "mnist", "folder"});
   one_of("optimizer", optimizer, {"sgd", "adamw", "rmsprop"});
   one_of("schedule", schedule, {"cosine", "step", "onecycle", "plateau"});
+  one_of("lr-base-scale", lr_base_scale, {"auto", "linear", "sqrt"});
+  KCHECK(lr_base >= 0 && lr_base_size >= 1, ValueError, "--lr-base must be >= 0 (0: off) and --lr-base-size >= 1, "
+         "got ", lr_base, " and ", lr_base_size);
+  KCHECK(lr_base > 0 || (lr_base_size == TrainConfig{}.lr_base_size && lr_base_scale == TrainConfig{}.lr_base_scale),
+         ValueError, "--lr-base-size and --lr-base-scale shape --lr-base, which this run does not set");
   one_of("loss", loss, {"ce", "focal"});
   one_of("amp", amp, {"off", "fp16", "bf16"});
   one_of("loader", loader, {"auto", "threads", "resident"});

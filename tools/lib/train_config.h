@@ -44,6 +44,9 @@ struct TrainConfig {
   int64_t epochs = 10;
   int64_t batch_size = 128;
   double lr = 0.1;
+  double lr_base = 0.0;                 // > 0: --lr from the whole batch instead, as timm's --lr-base
+  int64_t lr_base_size = 256;           // the batch lr_base is for
+  std::string lr_base_scale = "auto";   // linear, sqrt, or auto: sqrt for adamw, else linear (timm's)
   std::string optimizer = "sgd";  // sgd, adamw, rmsprop
   double momentum = 0.9;
   bool nesterov = true;
@@ -123,6 +126,10 @@ struct TrainConfig {
   nlohmann::json to_json() const;
   // The flag that sets a to_json() key: "--" and the key with '-' for '_'.
   static std::string flag_of(const std::string& key);
+  // --lr-base scaled to a step's whole batch (batch size x --grad-accum; the
+  // batch is already the total over mpirun's processes).
+  double lr_from_base() const;
+  bool lr_base_uses_sqrt() const;  // --lr-base-scale sqrt, or auto with adamw
   static TrainConfig from_json(const nlohmann::json& j);
   // Sets the to_json() keys j holds; the rest (and the fields to_json leaves out) stay.
   void update_from_json(const nlohmann::json& j);

@@ -516,6 +516,7 @@ std::vector<std::string> resume_conflicts(const std::string& out, const nlohmann
 }
 
 TrainSummary train(TrainConfig c) {
+  if (c.lr_base > 0) c.lr = c.lr_from_base();  // (a resumed run's saved recipe holds the same)
   c.validate();
   dist::init();
   // Data parallel: one process per device, each on its share of every batch;
@@ -737,6 +738,9 @@ TrainSummary train(TrainConfig c) {
             << (train_choice.resident ? "resident loader" : "threaded loader")
             << (train_choice.why_threads.empty() ? "" : " (" + train_choice.why_threads + ")") << "\n"
             << "augmentation: " << augmentation_summary(c, info.height, info.width) << "\n";
+  if (main_rank && c.lr_base > 0)
+    std::cerr << "lr " << c.lr << " = --lr-base " << c.lr_base << " x (batch " << c.batch_size * c.grad_accum
+              << " / " << c.lr_base_size << ")" << (c.lr_base_uses_sqrt() ? " ^ 0.5" : "") << "\n";
 
   TrainSummary summary;
   summary.out_dir = c.out;
