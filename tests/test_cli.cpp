@@ -556,6 +556,29 @@ TEST(Cli, PlateauAndCheckpointHistTrainAndAreSavedWithTheRun) {
                         "--plateau-patience is --schedule plateau's; this run's schedule is cosine", "wrong schedule");
   expect_one_line_error(kestrel_cli("train --lr 0.1 --lr-base 0.2 --out " + temp_path("p4")),
                         "--lr and --lr-base both set the learning rate; give one", "two rates");
+  // A rate on the command line wins over the recipe's, in either form.
+  const std::string base_recipe = temp_path("lr_base.toml"), lr_recipe = temp_path("lr.toml");
+  std::ofstream(base_recipe) << "lr-base = 0.4\nlr-base-size = 8\n";
+  std::ofstream(lr_recipe) << "lr = 0.3\n";
+  const std::string quick = "train --dataset folder --data-dir " + root + " --batch-size 4 --epochs 1 --workers 0 "
+                            "--device cpu --no-progress --model cifar10_200k --width-mult 0.25 --schedule step ";
+  const auto saved_lr = [&](const std::string& args, const std::string& out) {
+    const auto run = kestrel_cli(quick + args + " --out " + out);
+    EXPECT_EQ(run.rc, 0) << args << ": " << run.err;
+    return nlohmann::json::parse(read_text(out + "/config.json"));
+  };
+  nlohmann::json saved = saved_lr("--config " + base_recipe + " --lr 0.02", temp_path("p5"));
+  EXPECT_EQ(saved["lr"], 0.02);
+  EXPECT_EQ(saved["lr_base"], 0.0) << "the recipe's --lr-base gave way to --lr";
+  saved = saved_lr("--config " + lr_recipe + " --lr-base 0.1 --lr-base-size 8", temp_path("p6"));
+  EXPECT_EQ(saved["lr"], 0.05) << "0.1 x 4 / 8";
+  saved = saved_lr("--config " + base_recipe, temp_path("p7"));
+  EXPECT_EQ(saved["lr"], 0.2) << "0.4 x 4 / 8";
+  std::ofstream(lr_recipe, std::ios::app) << "lr-base = 0.1\n";
+  expect_one_line_error(kestrel_cli(quick + "--config " + lr_recipe + " --out " + temp_path("p8")),
+                        "--lr and --lr-base both set the learning rate; give one (on the command line, or in the "
+                        "recipe)",
+                        "two rates in one recipe");
   expect_one_line_error(kestrel_cli("train --checkpoint-hist -1 --out " + temp_path("p3")),
                         "--checkpoint-hist must be >= 0", "negative history");
   expect_one_line_error(kestrel_cli("qat --checkpoint " + out + "/best.safetensors --checkpoint-hist 2"),

@@ -1,4 +1,5 @@
 #include <cmath>
+#include <limits>
 #include <memory>
 
 #include "engine/io/safetensors.h"
@@ -443,6 +444,27 @@ TEST(Schedule, ReduceOnPlateauMatchesTorch) {
     by_loss.observe(loss[e]);
     EXPECT_EQ(by_loss.lr(), torch_loss_lrs[e]) << "epoch " << e;
   }
+  // The best starts at the worst value: a first loss of inf is a bad epoch
+  // (torch 1.13: 0.05, 0.05, 0.025, 0.0125, 0.0125), a first accuracy of 0 is
+  // the best so far (0.1, 0.05, 0.05).
+  PlateauOptions halve = min_mode;
+  halve.factor = 0.5;
+  halve.patience = 0;
+  ReduceOnPlateau from_inf(0.1, halve);
+  std::vector<double> rates;
+  for (double v : {std::numeric_limits<double>::infinity(), 1.0, 1.0, nan, 0.5}) {
+    from_inf.observe(v);
+    rates.push_back(from_inf.lr());
+  }
+  EXPECT_EQ(rates, (std::vector<double>{0.05, 0.05, 0.025, 0.0125, 0.0125}));
+  halve.higher_is_better = true;
+  ReduceOnPlateau from_zero(0.1, halve);
+  rates.clear();
+  for (double v : {0.0, 0.0, 0.1}) {
+    from_zero.observe(v);
+    rates.push_back(from_zero.lr());
+  }
+  EXPECT_EQ(rates, (std::vector<double>{0.1, 0.05, 0.05}));
   PlateauOptions bad = min_mode;
   bad.factor = 1.0;
   EXPECT_THROW(ReduceOnPlateau(0.1, bad), ValueError);

@@ -931,6 +931,17 @@ TEST(Train, PlateauScheduleDecaysWhenValidationStallsAndResumesExactly) {
   const std::string killed = kt::kill_then_resume(c, "plateau_killed", 14);  // in epoch 3 (6 steps an epoch)
   kt::expect_checkpoints_match(c.out + "/last.safetensors", killed + "/last.safetensors", 0.0, 0.0,
                                "killed in epoch 3 and resumed");
+  // Epochs that end inside the warmup are not judged: with a 2-epoch warmup,
+  // epoch 2 is the first, with nothing to be worse than, so epoch 3 trains at --lr.
+  tools::TrainConfig warm = c;
+  warm.out = kt::temp_path("plateau_warm");
+  warm.epochs = 4;
+  warm.warmup_epochs = 2;
+  ASSERT_TRUE(tools::train(warm).completed);
+  const auto warm_rows = kt::read_metrics_jsonl(warm.out);
+  ASSERT_GE(warm_rows[0]["val_top1"].get<double>(), warm_rows[1]["val_top1"].get<double>())
+      << "epoch 2 beats epoch 1: judging the warmup's epoch 1 would change nothing; the test needs it not to";
+  EXPECT_EQ(warm_rows[2]["lr"].get<double>(), c.lr);
   tools::TrainConfig bad = c;
   bad.step_gamma = 1.5;
   EXPECT_NE(kt::expect_message_of([&] { bad.validate(); }).find("--schedule plateau needs --step-gamma in (0, 1)"),

@@ -2,12 +2,18 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "engine/error.h"
 
 namespace kestrel::optim {
 
-ReduceOnPlateau::ReduceOnPlateau(double lr, PlateauOptions o) : o_(o), lr_(lr), best_(0.0) {
+// As torch, the best starts at the worst value: a first epoch at inf (or
+// nan) is no improvement.
+ReduceOnPlateau::ReduceOnPlateau(double lr, PlateauOptions o)
+    : o_(o),
+      lr_(lr),
+      best_(o.higher_is_better ? -std::numeric_limits<double>::infinity() : std::numeric_limits<double>::infinity()) {
   KCHECK(std::isfinite(lr) && lr >= 0.0, ValueError, "ReduceOnPlateau: lr must be finite and >= 0, got ", lr);
   KCHECK(o.factor > 0.0 && o.factor < 1.0, ValueError, "ReduceOnPlateau: factor must be in (0, 1), got ", o.factor);
   KCHECK(o.patience >= 0 && o.cooldown >= 0, ValueError, "ReduceOnPlateau: patience and cooldown must be >= 0, got ",
@@ -17,15 +23,12 @@ ReduceOnPlateau::ReduceOnPlateau(double lr, PlateauOptions o) : o_(o), lr_(lr), 
 }
 
 bool ReduceOnPlateau::improves_on_best(double metric) const {
-  if (std::isnan(metric)) return false;
-  if (!seen_) return true;
   return o_.higher_is_better ? metric > best_ * (1.0 + o_.threshold) : metric < best_ * (1.0 - o_.threshold);
 }
 
 bool ReduceOnPlateau::observe(double metric) {
   if (improves_on_best(metric)) {
     best_ = metric;
-    seen_ = true;
     bad_epochs_ = 0;
   } else {
     ++bad_epochs_;

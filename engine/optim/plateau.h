@@ -21,8 +21,8 @@ struct PlateauOptions {
 class ReduceOnPlateau {
  public:
   ReduceOnPlateau(double lr, PlateauOptions o);
-  // One epoch's validation number (nan counts as no improvement); true when
-  // it lowered the rate.
+  // One epoch's validation number (nan, or inf for a loss, is no
+  // improvement); true when it lowered the rate.
   bool observe(double metric);
   double lr() const { return lr_; }
   int64_t bad_epochs() const { return bad_epochs_; }
@@ -33,7 +33,6 @@ class ReduceOnPlateau {
   PlateauOptions o_;
   double lr_;
   double best_;
-  bool seen_ = false;
   int64_t bad_epochs_ = 0;
   int64_t cooldown_left_ = 0;
 };

@@ -34,6 +34,11 @@ void apply_recipe(CLI::App& cmd, const std::string& path) {
   KCHECK(in.good(), IOError, "cannot read recipe file ", path);
   std::string line;
   std::set<std::string> seen;
+  // A rate given on the command line sets it in both of its forms: the
+  // recipe's other form (--lr-base with its size and scale) gives way, as
+  // any recipe key does to its flag.
+  const bool command_lr = cmd.get_option("--lr")->count() > 0;
+  const bool command_lr_base = cmd.get_option("--lr-base")->count() > 0;
   for (int lineno = 1; std::getline(in, line); ++lineno) {
     line = trim(line);
     if (line.empty() || line[0] == '#') continue;
@@ -60,6 +65,7 @@ void apply_recipe(CLI::App& cmd, const std::string& path) {
            cmd.get_name(), ")");
     KCHECK(seen.insert(key).second, ValueError, path, ":", lineno, ": '", key, "' is set twice");
     if (opt->count() > 0) continue;  // the command line wins
+    if ((key == "lr" && command_lr_base) || (key.rfind("lr-base", 0) == 0 && command_lr)) continue;
     try {
       opt->add_result(value);
       opt->run_callback();
@@ -211,7 +217,9 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
                   kind == Kind::Qat ? "weight decay, not on biases and norms (default: 0.0005)"
                                     : "weight decay, not on biases and norms (default: 0.0005 with sgd, 0.01 with "
                                       "adamw)");
-  cmd->add_option("--warmup-epochs", c->warmup_epochs, "linear warmup, at most half the run (cosine and step; onecycle ramps up by itself)")->capture_default_str();
+  cmd->add_option("--warmup-epochs", c->warmup_epochs,
+                  "linear warmup, at most half the run (cosine, step and plateau; onecycle ramps up by itself)")
+      ->capture_default_str();
   cmd->add_option("--warmup-lr", c->warmup_lr, "the rate the warmup starts from (default: 1% of --lr)");
   cmd->add_option("--schedule", c->schedule,
                   "cosine, step, onecycle or plateau (decay when --eval-metric stops improving, as torch's "
@@ -335,7 +343,7 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
       c->out = "runs/" + std::filesystem::path(*recipe).stem().string();
     if (c->resume) refuse_to_change_a_resumed_run(*c, *cmd, *defaults);
     KCHECK(c->lr_base == 0 || cmd->get_option("--lr")->count() == 0, ValueError,
-           "--lr and --lr-base both set the learning rate; give one");
+           "--lr and --lr-base both set the learning rate; give one (on the command line, or in the recipe)");
     // A resumed run has its teachers and float checkpoint in its saved recipe.
     KCHECK(kind != Kind::Distill || c->resume || !c->teacher.empty(), ValueError,
            "kestrel distill needs --teacher CHECKPOINT[,CHECKPOINT...] (or a recipe's teacher key)");

@@ -17,15 +17,15 @@ namespace kestrel::tools {
 #define KESTREL_CONFIG_FIELDS(X)                                                                               \
   X(model) X(num_classes) X(width_mult) X(depth_mult) X(image_size) X(stem) X(dropout) X(drop_path)            \
   X(dataset) X(data_dir) X(limit_train) X(limit_test) X(test_split) X(skip_bad) X(workers) X(loader)           \
-  X(epochs) X(batch_size) X(lr) X(lr_base) X(lr_base_size) X(lr_base_scale) X(optimizer) X(momentum) X(nesterov) X(weight_decay) X(warmup_epochs)          \
-  X(warmup_lr) X(schedule) X(step_size) X(milestones) X(step_gamma) X(plateau_patience) X(min_lr)              \
-  X(adam_betas) X(adam_eps) X(rmsprop_alpha) X(rmsprop_eps) X(label_smoothing) X(loss) X(focal_gamma)          \
-  X(clip_grad) X(grad_accum) X(ema) X(amp) X(early_stop) X(eval_metric) X(checkpoint_hist) X(mixup) X(cutmix)  \
-  X(ricap) X(mix_alpha) X(auto_augment) X(randaugment) X(random_crop) X(hflip) X(cutout) X(seed) X(device)     \
-  X(out) X(teacher) X(distill_alpha) X(distill_temperature) X(quantize_from) X(calib_batches)                  \
-  X(initial_checkpoint) X(mean) X(std) X(precise_bn) X(save_every_steps) X(rotation) X(color_jitter)           \
-  X(shift_scale_rotate) X(ssr_limits) X(brightness_contrast) X(hsv_shift) X(random_resized_crop) X(crop_pct)   \
-  X(random_erase) X(vflip)
+  X(epochs) X(batch_size) X(lr) X(lr_base) X(lr_base_size) X(lr_base_scale) X(optimizer) X(momentum)           \
+  X(nesterov) X(weight_decay) X(warmup_epochs) X(warmup_lr) X(schedule) X(step_size) X(milestones)             \
+  X(step_gamma) X(plateau_patience) X(min_lr) X(adam_betas) X(adam_eps) X(rmsprop_alpha) X(rmsprop_eps)        \
+  X(label_smoothing) X(loss) X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp) X(early_stop)             \
+  X(eval_metric) X(checkpoint_hist) X(mixup) X(cutmix) X(ricap) X(mix_alpha) X(auto_augment) X(randaugment)    \
+  X(random_crop) X(hflip) X(cutout) X(seed) X(device) X(out) X(teacher) X(distill_alpha)                       \
+  X(distill_temperature) X(quantize_from) X(calib_batches) X(initial_checkpoint) X(mean) X(std) X(precise_bn)  \
+  X(save_every_steps) X(rotation) X(color_jitter) X(shift_scale_rotate) X(ssr_limits) X(brightness_contrast)   \
+  X(hsv_shift) X(random_resized_crop) X(crop_pct) X(random_erase) X(vflip)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -216,7 +216,9 @@ void TrainConfig::validate() const {
   KCHECK(milestones.empty() || schedule == "step", ValueError, "--milestones are the epochs --schedule step decays at; "
          "this run's schedule is ", schedule);
   milestone_epochs();
-  KCHECK(min_lr >= 0 && min_lr < lr, ValueError, "--min-lr must be in [0, --lr) = [0, ", lr, "), got ", min_lr);
+  const std::string lr_source = lr_base > 0 ? " (--lr from --lr-base)" : "";
+  KCHECK(min_lr >= 0 && min_lr < lr, ValueError, "--min-lr must be in [0, --lr) = [0, ", lr, ")", lr_source, ", got ",
+         min_lr);
   KCHECK(min_lr == 0 || schedule == "cosine" || schedule == "plateau", ValueError, "--min-lr is where --schedule "
          "cosine ends (or plateau's floor); this run's schedule is ", schedule);
   KCHECK(schedule != "plateau" || (step_gamma > 0 && step_gamma < 1), ValueError,
@@ -272,7 +274,7 @@ void TrainConfig::validate() const {
   KCHECK(clip_grad >= 0, ValueError, "--clip-grad must be >= 0");
   KCHECK(warmup_epochs >= 0, ValueError, "--warmup-epochs must be >= 0");
   KCHECK(warmup_lr == -1.0 || (warmup_lr >= 0 && warmup_lr <= lr), ValueError,
-         "--warmup-lr must be in [0, --lr] = [0, ", lr, "], got ", warmup_lr);
+         "--warmup-lr must be in [0, --lr] = [0, ", lr, "]", lr_source, ", got ", warmup_lr);
   KCHECK(warmup_lr == -1.0 || schedule != "onecycle", ValueError,
          "--warmup-lr is where a warmup starts, and --schedule onecycle ramps up by itself (from --lr / 25)");
   KCHECK(width_mult > 0 && depth_mult > 0, ValueError, "--width-mult and --depth-mult must be positive");

@@ -131,11 +131,14 @@ std::optional<optim::ReduceOnPlateau> make_plateau(const TrainConfig& c) {
   return optim::ReduceOnPlateau(c.lr, o);
 }
 
-// The number --schedule plateau watches in a metrics row; a diverged loss,
-// saved as null, is nan.
-double plateau_metric(const TrainConfig& c, const nlohmann::json& row) {
+// Feeds --schedule plateau one finished epoch's metrics row: the --eval-metric
+// number (a diverged loss, saved as null, is nan: no improvement, as inf is).
+// Epochs that end inside the warmup are not its to judge (timm skips them too).
+// Returns whether it lowered the rate.
+bool observe_plateau(optim::ReduceOnPlateau& plateau, const TrainConfig& c, const nlohmann::json& row) {
+  if (row.at("epoch").get<double>() < effective_warmup_epochs(c)) return false;
   const nlohmann::json& v = row.at(c.eval_metric == "loss" ? "val_loss" : "val_" + c.eval_metric);
-  return v.is_number() ? v.get<double>() : std::nan("");
+  return plateau.observe(v.is_number() ? v.get<double>() : std::nan(""));
 }
 
 std::unique_ptr<optim::Optimizer> make_optimizer(const TrainConfig& c, const nn::Module& model) {
@@ -516,7 +519,10 @@ std::vector<std::string> resume_conflicts(const std::string& out, const nlohmann
 }
 
 TrainSummary train(TrainConfig c) {
-  if (c.lr_base > 0) c.lr = c.lr_from_base();  // (a resumed run's saved recipe holds the same)
+  // (A resumed run's saved recipe holds the same rate.) Nonsense inputs are
+  // left for validate() to name.
+  const bool lr_base_usable = std::isfinite(c.lr_base) && c.lr_base > 0 && c.lr_base_size >= 1 && c.grad_accum >= 1;
+  if (lr_base_usable) c.lr = c.lr_from_base();
   c.validate();
   dist::init();
   // Data parallel: one process per device, each on its share of every batch;
@@ -710,7 +716,7 @@ TrainSummary train(TrainConfig c) {
     history = run.history;
     if (main_rank) remove_unlisted_epoch_files(c.out, run.kept_checkpoints);  // killed between file and state
     if (plateau)  // where the decays stood: the saved epochs' numbers again
-      for (const nlohmann::json& row : history) plateau->observe(plateau_metric(c, row));
+      for (const nlohmann::json& row : history) observe_plateau(*plateau, c, row);
     nn::init_generator().set_state(run.generator_seed, run.generator_offset);
     had_stopped_early = c.early_stop > 0 && stale_epochs >= c.early_stop;
     if (had_stopped_early) start_epoch = c.epochs;
@@ -977,7 +983,7 @@ TrainSummary train(TrainConfig c) {
     }
     history.push_back(rec);
     const double lr_before = plateau ? plateau->lr() : 0.0;
-    const bool plateau_decayed = plateau && plateau->observe(plateau_metric(c, rec));
+    const bool plateau_decayed = plateau && observe_plateau(*plateau, c, rec);
     const bool stop_early = c.early_stop > 0 && stale_epochs >= c.early_stop;
     summary.final_top1 = top1;
     summary.epochs_run = epoch + 1;
