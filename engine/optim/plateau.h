@@ -25,7 +25,6 @@ class ReduceOnPlateau {
   // improvement); true when it lowered the rate.
   bool observe(double metric);
   double lr() const { return lr_; }
-  int64_t bad_epochs() const { return bad_epochs_; }
 
  private:
   bool improves_on_best(double metric) const;

@@ -24,8 +24,7 @@ void check_same_model(const ModelInfo& first, const std::string& first_path, con
 AveragedModel average_checkpoints(const std::vector<std::string>& paths) {
   KCHECK(paths.size() >= 2, ValueError, "average: needs at least two checkpoints, got ", paths.size());
   AveragedModel out;
-  std::vector<std::string> names;
-  std::vector<std::vector<double>> sums;
+  std::vector<std::vector<double>> sums;  // per tensor of the first checkpoint's state, in its order
   std::vector<std::vector<int64_t>> largest;  // integer buffers
   for (size_t k = 0; k < paths.size(); ++k) {
     const LoadedModel loaded = load_checkpoint(paths[k]);  // strict: same tensor names and shapes as its model
@@ -36,7 +35,6 @@ AveragedModel average_checkpoints(const std::vector<std::string>& paths) {
       out.model = loaded.model;
       out.info = loaded.info;
       for (const auto& [name, t] : state) {
-        names.push_back(name);
         sums.push_back(is_floating(t.dtype()) ? t.to_vector_f64() : std::vector<double>{});
         largest.push_back(is_floating(t.dtype()) ? std::vector<int64_t>{} : t.to_vector_i64());
       }
@@ -57,12 +55,12 @@ AveragedModel average_checkpoints(const std::vector<std::string>& paths) {
   nn::NamedTensors averaged;
   const nn::NamedTensors first = out.model->state_dict();
   for (size_t n = 0; n < first.size(); ++n) {
-    const Tensor& t = first[n].second;
+    const auto& [name, t] = first[n];
     if (is_floating(t.dtype())) {
       for (double& s : sums[n]) s /= static_cast<double>(paths.size());
-      averaged.emplace_back(names[n], Tensor::from_vector_f64(sums[n], t.shape()).to(t.dtype()));
+      averaged.emplace_back(name, Tensor::from_vector_f64(sums[n], t.shape()).to(t.dtype()));
     } else {
-      averaged.emplace_back(names[n], Tensor::from_vector_i64(largest[n], t.shape()).to(t.dtype()));
+      averaged.emplace_back(name, Tensor::from_vector_i64(largest[n], t.shape()).to(t.dtype()));
     }
   }
   out.model->load_state_dict(averaged, true);
