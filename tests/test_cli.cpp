@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "cuda_parity.h"
+#include "engine/io/safetensors.h"
 #include "test_util.h"
 
 using kestrel::testing::expect_one_line_error;
@@ -550,6 +551,42 @@ TEST(Cli, PlateauAndCheckpointHistTrainAndAreSavedWithTheRun) {
   const auto averaged = kestrel_cli("average " + out);
   EXPECT_EQ(averaged.rc, 0) << averaged.err;
   EXPECT_TRUE(std::filesystem::exists(out + "/average.safetensors"));
+  // --precise-bn: the same weights, batch-norm statistics of their own from
+  // the run's training images (the folder and batch size from its config).
+  const std::string precise = out + "/average_pbn.safetensors";
+  const auto recomputed = kestrel_cli("average " + out + " --precise-bn 5 --device cpu -o " + precise);
+  ASSERT_EQ(recomputed.rc, 0) << recomputed.err;
+  EXPECT_NE(recomputed.out.find("batch-norm statistics from 2 training batches"), std::string::npos)
+      << recomputed.out;
+  const kestrel::io::SafetensorsContents plain = kestrel::io::load_safetensors(out + "/average.safetensors");
+  const kestrel::io::SafetensorsContents own = kestrel::io::load_safetensors(precise);
+  EXPECT_EQ(own.metadata.at("kestrel.precise_bn_batches"), "2") << "8 images, 4 a batch";
+  EXPECT_EQ(own.metadata.at("kestrel.averaged_from"), plain.metadata.at("kestrel.averaged_from"));
+  int statistics = 0;
+  for (const auto& [name, t] : plain.tensors) {
+    const bool statistic = name.find("running_") != std::string::npos;
+    statistics += statistic;
+    if (t.dtype() == kestrel::DType::F32)
+      EXPECT_EQ(t.to_vector() == own.at(name).to_vector(), !statistic) << name;
+    else
+      EXPECT_EQ(t.to_vector_i64(), own.at(name).to_vector_i64()) << name;
+  }
+  EXPECT_GT(statistics, 0);
+  const std::string again = out + "/average_pbn2.safetensors";
+  ASSERT_EQ(kestrel_cli("average " + out + " --precise-bn 5 --device cpu -o " + again).rc, 0);
+  for (const auto& [name, t] : own.tensors)
+    EXPECT_EQ(kestrel::io::load_safetensors(again).at(name).to_vector_f64(), t.to_vector_f64()) << name;
+  expect_one_line_error(kestrel_cli("average " + out + " --data-dir " + root + " -o " + temp_path("p9.safetensors")),
+                        "average: --data-dir, --batch-size and --device serve --precise-bn; add --precise-bn N",
+                        "data without --precise-bn");
+  expect_one_line_error(kestrel_cli("average " + out + " --precise-bn 2 -b 1000 -o " + temp_path("p10.safetensors")),
+                        "average: --precise-bn needs a full batch of 1000 images", "batch over the data");
+  const std::string other = make_folder("other_classes");
+  for (const char* split : {"/train/", "/test/"}) fs::rename(other + split + "a", other + split + "c");
+  expect_one_line_error(kestrel_cli("average " + out + " --precise-bn 2 --data-dir " + other + " -o " +
+                                    temp_path("p11.safetensors")),
+                        "average: class 0 of folder at " + other + " is 'b' but the checkpoint's class 0 is 'a'",
+                        "other classes");
   expect_one_line_error(kestrel_cli("train --schedule plateau --step-gamma 2 --out " + temp_path("p1")),
                         "--schedule plateau needs --step-gamma in (0, 1)", "growth factor");
   expect_one_line_error(kestrel_cli("train --plateau-patience 3 --out " + temp_path("p2")),

@@ -18,6 +18,7 @@
 #include "tools/lib/device_select.h"
 #include "tools/lib/plot.h"
 #include "tools/lib/predictor.h"
+#include "tools/lib/run_data.h"
 #include "tools/lib/trainer.h"
 
 namespace fs = std::filesystem;
@@ -106,25 +107,8 @@ EvalReport run_eval(const EvalOptions& o) {
   r.quantized = info.quantized;
   r.dataset = o.dataset.empty() ? info.dataset : o.dataset;
   KCHECK(!r.dataset.empty(), ValueError, "eval: ", o.checkpoint, " does not record its data set; pass --dataset");
-  r.data_dir = o.data_dir;
-  // The training run's own data: its folder, how it was split, and whether
-  // it skipped bad images.
-  bool skip_bad = o.skip_bad;
-  double test_split = kDefaultTestSplit;
-  const nlohmann::json cfg = training_config_beside(o.checkpoint);
-  if (cfg.is_object() && cfg.value("dataset", "") == r.dataset) {
-    const std::string run_dir = cfg.value("data_dir", "");
-    const auto same_folder = [](const std::string& a, const std::string& b) {
-      std::error_code ec;
-      return std::filesystem::weakly_canonical(a, ec) == std::filesystem::weakly_canonical(b, ec);
-    };
-    if (r.data_dir.empty() || same_folder(r.data_dir, run_dir)) {  // the run's folder, split as it was
-      if (r.data_dir.empty()) r.data_dir = run_dir;
-      test_split = cfg.value("test_split", kDefaultTestSplit);
-    }
-    skip_bad = skip_bad || cfg.value("skip_bad", false);
-  }
-  r.data_dir = data_dir_or_default(r.dataset, r.data_dir);
+  const RunData data = run_data_beside(o.checkpoint, r.dataset, o.data_dir, o.skip_bad);
+  r.data_dir = data.data_dir;
   r.parameters = predictor.num_parameters();
   r.input_height = info.height;
   r.input_width = info.width;
@@ -138,24 +122,10 @@ EvalReport run_eval(const EvalOptions& o) {
   r.device = device.str();
   r.threads = omp_get_max_threads();
 
-  auto test_set = open_dataset(r.dataset, r.data_dir, data::Split::Test, skip_bad, o.limit, test_split);
+  auto test_set = open_dataset(r.dataset, r.data_dir, data::Split::Test, data.skip_bad, o.limit, data.test_split);
   r.skipped = test_set->skipped();
-  // Labels index the model's outputs: the data's classes must be the model's
-  // first ones, in order. Fewer is fine: a model trained with --num-classes
-  // above its data's class count has unnamed outputs after them.
+  check_data_fits_model(*test_set, info, o.checkpoint, "eval", r.dataset, r.data_dir);
   const std::vector<std::string>& data_classes = test_set->classes();
-  KCHECK(test_set->num_classes() <= info.num_classes, ValueError, "eval: ", r.dataset, " at ", r.data_dir, " has ",
-         test_set->num_classes(), " classes but the model in ", o.checkpoint, " has ", info.num_classes,
-         " outputs; pass the --dataset/--data-dir it was trained on");
-  if (!info.classes.empty())
-    for (size_t k = 0; k < data_classes.size(); ++k) {
-      KCHECK(k < info.classes.size(), ValueError, "eval: ", r.dataset, " at ", r.data_dir, " has class '",
-             data_classes[k], "' (class ", k, ") but the checkpoint ", o.checkpoint, " names only ",
-             info.classes.size(), " classes; pass the --dataset/--data-dir it was trained on");
-      KCHECK(data_classes[k] == info.classes[k], ValueError, "eval: class ", k, " of ", r.dataset, " at ",
-             r.data_dir, " is '", data_classes[k], "' but the checkpoint's class ", k, " is '", info.classes[k],
-             "' (the classes must be the same, in the same order); pass the --dataset/--data-dir it was trained on");
-    }
   r.classes = output_class_names(info, data_classes);
 
   // Accuracy pass.

@@ -1,0 +1,30 @@
+// The data a checkpoint was trained on, from its run's config.json: eval and
+// average read the same folder, split the same way, as the run did.
+#pragma once
+#include <string>
+
+#include "data/dataset.h"
+#include "tools/lib/checkpoint.h"
+
+namespace kestrel::tools {
+
+struct RunData {
+  std::string data_dir;     // the folder to read (the data set's standard place when neither side names one)
+  double test_split = 0.0;  // a folder without train/ and test/: the fraction of each class held out
+  bool skip_bad = false;    // the run skipped unreadable images, or the caller asked to
+};
+
+// `dataset` and `data_dir` are what the user asked for (data_dir may be empty).
+// When the run beside `checkpoint` trained on `dataset`, its folder is the
+// default, and its split holds when that folder is the one read.
+RunData run_data_beside(const std::string& checkpoint, const std::string& dataset, const std::string& data_dir,
+                        bool skip_bad);
+
+// Labels index the model's outputs: the data's classes must be the model's
+// first ones, in order. Fewer is fine: a model trained with --num-classes
+// above its data's class count has unnamed outputs after them. ValueError
+// names `command`, the data and the checkpoint otherwise.
+void check_data_fits_model(const data::Dataset& ds, const ModelInfo& info, const std::string& checkpoint,
+                           const std::string& command, const std::string& dataset, const std::string& data_dir);
+
+}  // namespace kestrel::tools
