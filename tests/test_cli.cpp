@@ -645,7 +645,19 @@ TEST(Cli, OptimizersMnistAndResizedCropTakeTheirOwnDefaultsUnlessSet) {
   ASSERT_EQ(kestrel_cli(one_epoch_on(root, sgd)).rc, 0);
   EXPECT_EQ(config_of(sgd).at("lr"), 0.1);
   EXPECT_EQ(config_of(sgd).at("weight_decay"), 5e-4);
-  EXPECT_EQ(config_of(sgd).at("hflip"), true);
+  EXPECT_EQ(config_of(sgd).at("hflip"), 0.5);
+  // --hflip is a probability, as timm's; true and false still read as before.
+  const std::string rare_flip = temp_path("rare_flip");
+  const auto rare = kestrel_cli(one_epoch_on(root, rare_flip) + " --hflip 0.3");
+  ASSERT_EQ(rare.rc, 0) << rare.err;
+  EXPECT_EQ(config_of(rare_flip).at("hflip"), 0.3);
+  EXPECT_NE(rare.err.find("augmentation: crop (pad 2), flip p 0.3\n"), std::string::npos) << rare.err;
+  const std::string flip_recipe = temp_path("no_flip.toml");
+  std::ofstream(flip_recipe) << "hflip = false\n";
+  ASSERT_EQ(kestrel_cli(one_epoch_on(root, temp_path("no_flip")) + " --config " + flip_recipe).rc, 0);
+  EXPECT_EQ(config_of(temp_path("no_flip")).at("hflip"), 0.0);
+  expect_one_line_error(kestrel_cli(one_epoch_on(root, temp_path("bad_flip")) + " --hflip 1.5"),
+                        "--hflip: expects a probability in [0, 1] (true = 0.5, false = 0), got '1.5'", "flip over 1");
   EXPECT_EQ(config_of(sgd).at("random_crop"), true);
   // A random resized crop is not cropped again with padding, unless asked.
   const std::string rrc = temp_path("rrc_defaults");
@@ -666,7 +678,7 @@ TEST(Cli, OptimizersMnistAndResizedCropTakeTheirOwnDefaultsUnlessSet) {
   const auto unmirrored = kestrel_cli(digits + temp_path("mnist_defaults"));
   ASSERT_EQ(unmirrored.rc, 0) << unmirrored.err;
   EXPECT_NE(unmirrored.err.find("augmentation: crop (pad 3)\n"), std::string::npos) << unmirrored.err;
-  EXPECT_EQ(config_of(temp_path("mnist_defaults")).at("hflip"), false);
+  EXPECT_EQ(config_of(temp_path("mnist_defaults")).at("hflip"), 0.0);
   const auto mirrored = kestrel_cli(digits + temp_path("mnist_flip") + " --hflip true");
   ASSERT_EQ(mirrored.rc, 0) << mirrored.err;
   EXPECT_NE(mirrored.err.find("augmentation: crop (pad 3), flip\n"), std::string::npos) << mirrored.err;

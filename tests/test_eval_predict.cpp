@@ -138,7 +138,7 @@ class EvalPredict : public ::testing::Test {
     c.lr = 0.05;
     c.warmup_epochs = 0;
     c.random_crop = false;
-    c.hflip = false;
+    c.hflip = 0.0;
     c.workers = 1;
     c.progress = false;
     c.out = *scratch_ + "/run";

@@ -53,7 +53,7 @@ void expect_builds(const TrainConfig& c, const std::vector<Transform>& middle, c
 TrainConfig no_default_augmentation() {
   TrainConfig c;
   c.random_crop = false;
-  c.hflip = false;
+  c.hflip = 0.0;
   return c;
 }
 
@@ -71,6 +71,11 @@ TEST(TrainAugment, EachFlagBuildsTheTransformItNames) {
     TrainConfig c = no_default_augmentation();
     c.vflip = 0.9;
     expect_builds(c, {random_vflip(0.9)}, "--vflip 0.9");
+  }
+  {
+    TrainConfig c = no_default_augmentation();
+    c.hflip = 0.8;
+    expect_builds(c, {random_hflip(0.8)}, "--hflip 0.8");
   }
   {
     TrainConfig c = no_default_augmentation();
@@ -148,7 +153,7 @@ TEST(TrainAugment, HostOnlyTransformsNameThemselvesAsWhyTheResidentLoaderCannotR
 TEST(TrainAugment, RandomResizedCropReplacesTheResizeAndCropPctTheEvaluationResize) {
   TrainConfig c = no_default_augmentation();
   c.random_resized_crop = "0.3,0.9";
-  c.hflip = true;
+  c.hflip = 0.5;
   const Transform expected = compose({random_resized_crop(8, 8, 0.3, 0.9), random_hflip(0.5),
                                       normalize(kNorm.mean, kNorm.std)});
   const Transform built = tools::train_transform(c, 8, 8, kNorm);
@@ -223,7 +228,7 @@ TEST(TrainAugment, TheBannerNamesEveryStepInOrder) {
   TrainConfig c = no_default_augmentation();
   EXPECT_EQ(tools::augmentation_summary(c, 32, 32), "none");
   c.random_crop = true;
-  c.hflip = true;
+  c.hflip = 0.5;
   c.vflip = 0.25;
   c.shift_scale_rotate = 0.5;
   c.rotation = 15;
@@ -270,4 +275,15 @@ TEST(TrainAugment, ListFlagsParseOrNameTheFlag) {
     c.randaugment = bad;
     EXPECT_THROW(c.randaugment_n_m(), ValueError) << bad;
   }
+}
+
+// Runs saved before --hflip was a probability hold true or false: true was a
+// coin toss per image, and resumes as one.
+TEST(TrainAugment, AFlipSavedAsOnOrOffReadsAsAProbability) {
+  EXPECT_EQ(TrainConfig::from_json({{"hflip", true}}).hflip, 0.5);
+  EXPECT_EQ(TrainConfig::from_json({{"hflip", false}}).hflip, 0.0);
+  EXPECT_EQ(TrainConfig::from_json({{"hflip", 0.25}}).hflip, 0.25);
+  TrainConfig c;
+  c.hflip = 1.5;
+  EXPECT_THROW(c.validate(), ValueError);
 }

@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -18,6 +19,18 @@ namespace kestrel::cli {
 void set_exit_status(int status);  // main.cpp: what the process returns
 
 namespace {
+
+// --hflip: a probability as timm's, or true/false as before 2026-11-26 (true: a coin toss).
+double flip_probability(const std::string& text) {
+  if (text == "true" || text == "on" || text == "yes") return 0.5;
+  if (text == "false" || text == "off" || text == "no") return 0.0;
+  char* end = nullptr;
+  const double p = std::strtod(text.c_str(), &end);
+  if (text.empty() || end != text.c_str() + text.size() || !(p >= 0 && p <= 1))
+    throw CLI::ValidationError("--hflip", "expects a probability in [0, 1] (true = 0.5, false = 0), got '" + text +
+                                              "'");
+  return p;
+}
 
 std::string trim(const std::string& s) {
   const size_t a = s.find_first_not_of(" \t\r"), b = s.find_last_not_of(" \t\r");
@@ -116,7 +129,7 @@ void apply_dependent_defaults(tools::TrainConfig& c, const CLI::App& cmd) {
     if (!given("--weight-decay")) c.weight_decay = 0.01;
   }
   if (c.optimizer == "rmsprop" && !given("--lr")) c.lr = 1e-3;  // Keras's; with --momentum 0.9 the step is 10x
-  if (c.dataset == "mnist" && !given("--hflip")) c.hflip = false;
+  if (c.dataset == "mnist" && !given("--hflip")) c.hflip = 0.0;
   if (!c.random_resized_crop.empty() && !given("--random-crop")) c.random_crop = false;
 }
 
@@ -256,9 +269,11 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
                               "aspect kept, as timm); 1 = the whole image resized; saved in the checkpoints for eval "
                               "and predict; default: ") +
                       (qat ? "the float checkpoint's" : "1"));
-  cmd->add_option("--hflip", c->hflip,
-                  qat ? "random horizontal flip, true/false (default: the float run's)"
-                      : "random horizontal flip, true/false (default: true, but false on mnist)");
+  cmd->add_option_function<std::string>(
+      "--hflip", [c](const std::string& text) { c->hflip = flip_probability(text); },
+      qat ? "probability of a horizontal flip per image; true = 0.5, false = 0 (default: the float run's)"
+          : "probability of a horizontal flip per image; true = 0.5, false = 0 (default: 0.5, but 0 on mnist)")
+      ->type_name("FLOAT");
   cmd->add_option("--vflip", c->vflip, "probability of a vertical flip per image (aerial, microscopy); 0 = off")
       ->capture_default_str();
   cmd->add_option("--cutout", c->cutout, "probability of cutout per image")->capture_default_str();

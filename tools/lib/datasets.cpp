@@ -171,7 +171,7 @@ std::vector<AugmentStep> augment_steps(const TrainConfig& c, int height, int wid
   if (a.crop_padding >= 0)
     t.push_back(
         {"crop (pad " + std::to_string(a.crop_padding) + ")", data::random_crop(height, width, a.crop_padding)});
-  if (a.hflip > 0) t.push_back({"flip", data::random_hflip(a.hflip)});
+  if (a.hflip > 0) t.push_back({a.hflip == 0.5 ? "flip" : "flip p " + number(a.hflip), data::random_hflip(a.hflip)});
   if (c.vflip > 0) t.push_back({"vertical flip p " + number(c.vflip), data::random_vflip(c.vflip)});
   // Geometry, then colour, then the policies, as in the seeds' albumentations pipelines.
   if (c.shift_scale_rotate > 0) {
@@ -252,7 +252,7 @@ data::Transform eval_transform(int height, int width, const Normalization& n, do
 data::ResidentAugment resident_train_augment(const TrainConfig& c, int height, const Normalization& n) {
   data::ResidentAugment a;  // the resident twin of train_transform's steps
   if (c.random_crop) a.crop_padding = std::max(2, height / 8);
-  if (c.hflip) a.hflip = 0.5;
+  a.hflip = c.hflip;
   if (c.cutout > 0) {
     a.cutout_size = std::max(4, height / 2);
     a.cutout_p = c.cutout;

@@ -218,7 +218,7 @@ std::vector<ScaleCandidate> scale_search(const ScaleSearchOptions& options) {
       t.image_size = r.resolution;
       t.stem = cifar_stem ? "cifar" : "model";  // as measured
       t.epochs = o.train_epochs;
-      t.hflip = t.dataset != "mnist";  // as kestrel train: digits are not mirrored
+      t.hflip = t.dataset == "mnist" ? 0.0 : 0.5;  // as kestrel train: digits are not mirrored
       t.out = o.out + "/" + coefficient_tag(r.coefficients);
       t.overwrite = true;
       t.resume = false;

@@ -41,7 +41,10 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   return c;
 }
 
-void TrainConfig::update_from_json(const nlohmann::json& j) {
+void TrainConfig::update_from_json(const nlohmann::json& given) {
+  nlohmann::json j = given;
+  // Before 2026-11-26 a flip was on or off, and on was a coin toss.
+  if (j.contains("hflip") && j["hflip"].is_boolean()) j["hflip"] = j["hflip"].get<bool>() ? 0.5 : 0.0;
 #define X(name) \
   if (j.contains(#name)) j.at(#name).get_to(name);
   KESTREL_CONFIG_FIELDS(X)
@@ -261,7 +264,7 @@ void TrainConfig::validate() const {
   KCHECK(ema == 0 || (ema > 0 && ema < 1), ValueError, "--ema decay must be in (0, 1), got ", ema);
   const std::pair<const char*, double> probabilities[] = {
       {"mixup", mixup},   {"cutmix", cutmix},
-      {"ricap", ricap},   {"cutout", cutout}, {"random_erase", random_erase}, {"vflip", vflip},
+      {"ricap", ricap},   {"cutout", cutout}, {"random_erase", random_erase}, {"hflip", hflip}, {"vflip", vflip},
       {"hsv_shift", hsv_shift}, {"shift_scale_rotate", shift_scale_rotate},
       {"brightness_contrast", brightness_contrast}};
   for (const auto& [key, p] : probabilities)

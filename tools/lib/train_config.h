@@ -100,7 +100,7 @@ struct TrainConfig {
   // the size / crop_pct, aspect kept, and take the centre (timm's crop_pct);
   // 1 = the whole image resized to the size.
   double crop_pct = 1.0;
-  bool hflip = true;
+  double hflip = 0.5;       // probability of a mirrored image (timm's --hflip); 0 = off
   double vflip = 0.0;       // probability of an upside-down image (aerial, microscopy); 0 = off
   double cutout = 0.0;      // probability of coarse dropout
   double random_erase = 0.0;  // probability of random erasing (timm's --reprob), after the normalization
