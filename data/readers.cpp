@@ -14,6 +14,7 @@
 
 #include "engine/error.h"
 #include "engine/random.h"
+#include "engine/text.h"
 
 namespace fs = std::filesystem;
 
@@ -365,9 +366,7 @@ std::vector<uint8_t> read_image_bytes(const std::string& path, const ReadOptions
 
 // "jpg, jpeg, png, ..." for messages.
 std::string image_extensions_text() {
-  std::string text;
-  for (const std::string& e : image_extensions()) text += (text.empty() ? "" : ", ") + e;
-  return text;
+  return join(image_extensions(), ", ");
 }
 
 // Names starting with a dot (.ipynb_checkpoints, macOS ._ files) are no data.

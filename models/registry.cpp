@@ -1,7 +1,6 @@
 #include "models/registry.h"
 
-#include <sstream>
-
+#include "engine/text.h"
 #include "models/cifar_net.h"
 #include "models/densenet.h"
 #include "models/efficientnet.h"
@@ -54,14 +53,8 @@ std::vector<std::string> model_names() {
 const ModelEntry& find_model(const std::string& name) {
   for (const ModelEntry& e : model_registry())
     if (e.name == name) return e;
-  std::ostringstream msg;
-  msg << "unknown model '" << name << "'; valid models: ";
-  bool first = true;
-  for (const ModelEntry& e : model_registry()) {
-    msg << (first ? "" : ", ") << e.name;
-    first = false;
-  }
-  throw ValueError(msg.str());
+  throw ValueError("unknown model '" + name + "'; valid models: " +
+                   join(model_registry(), ", ", [](const ModelEntry& e) { return e.name; }));
 }
 
 bool has_stochastic_depth(const std::string& name) {

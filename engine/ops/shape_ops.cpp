@@ -4,6 +4,7 @@
 
 #include "engine/autograd.h"
 #include "engine/ops/check.h"
+#include "engine/text.h"
 #include "engine/trace.h"
 
 namespace kestrel {
@@ -51,13 +52,12 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
   check_defined(x, op, "input");
   const int64_t d = wrap_dim(dim, x.dim(), op);
   int64_t total = 0;
-  std::string listed;
   for (int64_t s : sizes) {
     KCHECK(s >= 0, ShapeError, op, ": negative piece size ", s);
     total += s;
-    listed += (listed.empty() ? "" : ",") + std::to_string(s);
   }
-  KCHECK(total == x.size(d), ShapeError, op, ": sizes [", listed, "] sum to ", total, " but dim ", d, " of ",
+  KCHECK(total == x.size(d), ShapeError, op, ": sizes [",
+         join(sizes, ",", [](int64_t s) { return std::to_string(s); }), "] sum to ", total, " but dim ", d, " of ",
          shape_str(x.shape()), " has size ", x.size(d));
   std::vector<Tensor> pieces;
   pieces.reserve(sizes.size());

@@ -12,6 +12,7 @@
 
 #include "engine/error.h"
 #include "engine/io/atomic_file.h"
+#include "engine/text.h"
 #include "tools/lib/checkpoint_average.h"
 #include "tools/lib/checkpoint_history.h"
 #include "tools/lib/datasets.h"
@@ -102,8 +103,7 @@ void run_average(const AverageArgs& a) {
   io::Metadata metadata = {{"kestrel.averaged_from", sources.dump()}};
   if (precise_batches > 0) metadata["kestrel.precise_bn_batches"] = std::to_string(precise_batches);
   tools::save_checkpoint(out, *averaged.model, averaged.info, {}, metadata);
-  std::string names;
-  for (const auto& s : sources) names += (names.empty() ? "" : ", ") + s.get<std::string>();
+  const std::string names = join(sources, ", ", [](const nlohmann::json& s) { return s.get<std::string>(); });
   const std::string statistics =
       precise_batches > 0 ? "; batch-norm statistics from " + std::to_string(precise_batches) + " training batches"
                           : "";

@@ -10,6 +10,7 @@
 
 #include "engine/error.h"
 #include "engine/io/atomic_file.h"
+#include "engine/text.h"
 #include "models/registry.h"
 #include "tools/cli/input_size.h"
 #include "tools/lib/device_select.h"
@@ -65,17 +66,13 @@ nlohmann::json result_record(const BenchArgs& a, const tools::BenchResult& r) {
 std::string results_csv(const nlohmann::json& rows) {
   const char* keys[] = {"model", "params", "macs_per_image", "device", "batch", "input", "amp",
                         "infer_img_s", "infer_ms", "train_img_s", "train_ms", "cuda_graph"};
-  std::string csv;
-  for (const char* k : keys) csv += std::string(csv.empty() ? "" : ",") + k;
-  csv += "\n";
-  for (const auto& row : rows) {
-    std::string line;
-    for (const char* k : keys) {
-      const nlohmann::json& v = row.at(k);
-      line += (line.empty() ? "" : ",") + (v.is_null() ? "" : v.is_string() ? v.get<std::string>() : v.dump());
-    }
-    csv += line + "\n";
-  }
+  std::string csv = join(keys, ",") + "\n";
+  for (const auto& row : rows)
+    csv += join(keys, ",", [&row](const char* k) {
+             const nlohmann::json& v = row.at(k);
+             return v.is_null() ? "" : v.is_string() ? v.get<std::string>() : v.dump();
+           }) +
+           "\n";
   return csv;
 }
 

@@ -10,6 +10,7 @@
 #include "engine/error.h"
 #include "engine/io/atomic_file.h"
 #include "engine/io/onnx_export.h"
+#include "engine/text.h"
 #include "tools/lib/checkpoint.h"
 
 namespace kestrel::cli {
@@ -23,14 +24,13 @@ struct ExportArgs {
   bool overwrite = false;
 };
 
-std::string join(const std::vector<float>& v) {
-  std::string s;
-  char buf[32];
-  for (size_t i = 0; i < v.size(); ++i) {
-    std::snprintf(buf, sizeof(buf), "%s%.4g", i ? ", " : "", static_cast<double>(v[i]));
-    s += buf;
-  }
-  return s;
+// "0.4914, 0.4822, 0.4465"
+std::string channel_values(const std::vector<float>& v) {
+  return join(v, ", ", [](float x) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.4g", static_cast<double>(x));
+    return std::string(buf);
+  });
 }
 
 void run_export(const ExportArgs& a) {
@@ -57,8 +57,8 @@ void run_export(const ExportArgs& a) {
   const io::OnnxExportSummary s =
       io::export_onnx(*loaded.model, {1, info.height, info.width, info.in_channels}, out, o);
 
-  std::string ops;
-  for (const auto& [type, n] : s.op_counts) ops += (ops.empty() ? "" : ", ") + type + " " + std::to_string(n);
+  const std::string ops =
+      join(s.op_counts, ", ", [](const auto& count) { return count.first + " " + std::to_string(count.second); });
   std::printf("exported %s (%lld classes) to %s\n", info.model.c_str(), static_cast<long long>(info.num_classes),
               out.c_str());
   std::printf("  opset %lld, %lld nodes (%s), %lld initializers, %.2f MB\n", static_cast<long long>(io::kOnnxOpset),
@@ -67,7 +67,7 @@ void run_export(const ExportArgs& a) {
   std::printf("  input  '%s' [%s, %lld, %lld, %lld] float32, normalized with mean [%s], std [%s]\n",
               o.input_name.c_str(), o.dynamic_batch ? "batch" : std::to_string(o.batch).c_str(),
               static_cast<long long>(info.in_channels), static_cast<long long>(info.height),
-              static_cast<long long>(info.width), join(info.mean).c_str(), join(info.std).c_str());
+              static_cast<long long>(info.width), channel_values(info.mean).c_str(), channel_values(info.std).c_str());
   std::printf("  output '%s' [%s, %lld] logits\n", o.output_name.c_str(),
               o.dynamic_batch ? "batch" : std::to_string(o.batch).c_str(), static_cast<long long>(info.num_classes));
 }

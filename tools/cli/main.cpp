@@ -9,6 +9,7 @@
 
 #include "engine/dist/process_group.h"
 #include "engine/error.h"
+#include "engine/text.h"
 #include "tools/cli/usage_error.h"
 
 namespace kestrel::cli {
@@ -53,13 +54,11 @@ int main(int argc, char** argv) {
   try {
     kestrel::dist::init();
     if (argc > 1 && argv[1][0] != '-') {  // CLI11 would only say "A subcommand is required"
-      std::string names;
-      bool known = false;
-      for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
-        known |= sub->check_name(argv[1]);
-        names += (names.empty() ? "" : ", ") + sub->get_name();
-      }
-      KCHECK(known, ValueError, "unknown command '", argv[1], "' (commands: ", names, ")");
+      const std::vector<CLI::App*> commands = app.get_subcommands([](CLI::App*) { return true; });
+      const bool known =
+          std::any_of(commands.begin(), commands.end(), [&](const CLI::App* c) { return c->check_name(argv[1]); });
+      KCHECK(known, ValueError, "unknown command '", argv[1], "' (commands: ",
+             kestrel::join(commands, ", ", [](const CLI::App* c) { return c->get_name(); }), ")");
     }
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -10,6 +10,7 @@
 
 #include "engine/dist/process_group.h"
 #include "engine/error.h"
+#include "engine/text.h"
 #include "tools/lib/checkpoint.h"
 #include "tools/lib/qat.h"
 #include "tools/lib/trainer.h"
@@ -107,10 +108,8 @@ nlohmann::json requested_options(const tools::TrainConfig& c, const CLI::App& cm
 void refuse_to_change_a_resumed_run(const tools::TrainConfig& c, const CLI::App& cmd, const nlohmann::json& defaults) {
   const nlohmann::json requested = requested_options(c, cmd, defaults);
   const std::vector<std::string> conflicts = tools::resume_conflicts(c.out, requested);
-  std::string list;
-  for (const std::string& one : conflicts) list += (list.empty() ? "" : ", ") + one;
   KCHECK(conflicts.empty(), ValueError, "--resume continues ", c.out, " as it was set up, but this command",
-         c.recipe_file.empty() ? "" : " and its recipe " + c.recipe_file, " changes ", list,
+         c.recipe_file.empty() ? "" : " and its recipe " + c.recipe_file, " changes ", join(conflicts, ", "),
          "; drop those flags, or start a new run from its weights with --initial-checkpoint ", c.out,
          "/last.safetensors");
 }

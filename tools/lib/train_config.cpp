@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/error.h"
+#include "engine/text.h"
 #include "tools/lib/checkpoint.h"
 #include "tools/lib/distill.h"
 
@@ -161,12 +162,8 @@ std::vector<float> TrainConfig::std_values() const {
 
 namespace {
 void one_of(const std::string& flag, const std::string& value, std::initializer_list<const char*> valid) {
-  std::string list;
-  for (const char* v : valid) {
-    if (value == v) return;
-    list += (list.empty() ? "" : ", ") + std::string(v);
-  }
-  throw ValueError("--" + flag + " '" + value + "' is not one of: " + list);
+  if (std::any_of(valid.begin(), valid.end(), [&value](const char* v) { return value == v; })) return;
+  throw ValueError("--" + flag + " '" + value + "' is not one of: " + join(valid, ", "));
 }
 }  // namespace
 

@@ -31,6 +31,7 @@
 #include "engine/optim/plateau.h"
 #include "engine/optim/schedule.h"
 #include "engine/optim/sgd.h"
+#include "engine/text.h"
 #include "models/common.h"
 #include "models/registry.h"
 #include "tools/lib/checkpoint.h"
@@ -272,13 +273,11 @@ Normalization run_normalization(const TrainConfig& c, const data::Dataset& train
 
 // "0.485,0.456,0.406" with every float's digits, so a resumed run reads back the same values.
 std::string float_list(const std::vector<float>& v) {
-  std::string out;
-  for (float x : v) {
+  return join(v, ",", [](float x) {
     char b[32];
     std::snprintf(b, sizeof(b), "%.9g", static_cast<double>(x));
-    out += (out.empty() ? "" : ",") + std::string(b);
-  }
-  return out;
+    return std::string(b);
+  });
 }
 
 // Without --image-size the model takes the first image's size and every
@@ -380,9 +379,7 @@ void start_out_dir(const TrainConfig& c) {
           kept.push_back(e.path().filename().string());
       }
     std::sort(kept.begin(), kept.end());
-    std::string list;
-    for (const std::string& k : kept) list += (list.empty() ? "" : ", ") + k;
-    if (!kept.empty()) std::cerr << "--overwrite kept what no run writes in " << c.out << ": " << list << "\n";
+    if (!kept.empty()) std::cerr << "--overwrite kept what no run writes in " << c.out << ": " << join(kept, ", ") << "\n";
     fs::create_directories(c.out);
   }
   dist::barrier();
