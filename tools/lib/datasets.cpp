@@ -10,9 +10,11 @@
 #include <iostream>
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "data/readers.h"
 #include "engine/dist/process_group.h"
+#include "engine/text.h"
 
 namespace kestrel::tools {
 
@@ -231,18 +233,20 @@ data::Transform train_transform(const TrainConfig& c, int height, int width, con
 }
 
 std::string augmentation_summary(const TrainConfig& c, int height, int width) {
-  std::string image, batch;
+  std::vector<std::string> image, batch;
   if (!c.random_resized_crop.empty()) {
     const std::array<double, 2> area = c.random_resized_crop_area();
-    image = "random resized crop (area " + number(area[0]) + " to " + number(area[1]) + ")";
+    image.push_back("random resized crop (area " + number(area[0]) + " to " + number(area[1]) + ")");
   }
-  for (const AugmentStep& step : augment_steps(c, height, width)) image += (image.empty() ? "" : ", ") + step.name;
-  if (c.random_erase > 0) image += (image.empty() ? "" : ", ") + ("random erasing p " + number(c.random_erase));
+  for (const AugmentStep& step : augment_steps(c, height, width)) image.push_back(step.name);
+  if (c.random_erase > 0) image.push_back("random erasing p " + number(c.random_erase));
   const std::pair<const char*, double> mixers[] = {{"mixup", c.mixup}, {"cutmix", c.cutmix}, {"ricap", c.ricap}};
   for (const auto& [name, p] : mixers)
-    if (p > 0) batch += (batch.empty() ? "" : ", ") + std::string(name) + " " + number(p);
-  if (image.empty() && batch.empty()) return "none";
-  return image + (image.empty() || batch.empty() ? "" : "; ") + batch;
+    if (p > 0) batch.push_back(std::string(name) + " " + number(p));
+  std::vector<std::string> parts;  // the image steps; the batch mixers
+  for (const std::vector<std::string>* steps : {&image, &batch})
+    if (!steps->empty()) parts.push_back(join(*steps, ", "));
+  return parts.empty() ? "none" : join(parts, "; ");
 }
 
 data::Transform eval_transform(int height, int width, const Normalization& n, double crop_pct) {

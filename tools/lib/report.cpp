@@ -13,6 +13,7 @@
 #include "engine/error.h"
 #include "engine/io/atomic_file.h"
 #include "engine/nn/graphed_forward.h"
+#include "engine/text.h"
 #include "tools/lib/checkpoint.h"
 #include "tools/lib/datasets.h"
 #include "tools/lib/device_select.h"
@@ -57,11 +58,11 @@ std::vector<std::string> output_class_names(const ModelInfo& info, const std::ve
 // "off", "on (flip)", "on (flip, 4 shifts of 2 px: 10 views)".
 std::string tta_description(const EvalReport& r) {
   if (!r.tta) return "off";
-  std::string views = r.tta_flip ? "flip" : "";
+  std::vector<std::string> views;
+  if (r.tta_flip) views.push_back("flip");
   if (r.tta_shift > 0)
-    views += (views.empty() ? "" : ", ") + std::string("4 shifts of ") + std::to_string(r.tta_shift) + " px: " +
-             std::to_string(r.tta_views) + " views";
-  return "on (" + views + ")";
+    views.push_back("4 shifts of " + std::to_string(r.tta_shift) + " px: " + std::to_string(r.tta_views) + " views");
+  return "on (" + join(views, ", ") + ")";
 }
 
 }  // namespace
