@@ -241,6 +241,29 @@ TEST_F(EvalPredict, EvalCliPrintsTheMarkdownTableAndWritesBesideTheCheckpointByD
   ASSERT_EQ(table.rc, 0) << table.err;
   EXPECT_EQ(table.out.find("(first 72)"), std::string::npos) << table.out;
   EXPECT_NE(table.out.find("folder (first 10)"), std::string::npos) << table.out;
+
+  // Several checkpoints: each report beside its checkpoint, then one table
+  // whose rows name the checkpoint when it is not the run's best.
+  fs::remove_all(run + "/eval");
+  const CliResult both = kestrel_cli("eval -c " + run + "/best.safetensors " + run + "/last.safetensors" + common);
+  ASSERT_EQ(both.rc, 0) << both.err;
+  EXPECT_EQ(both.out.find("| Model | Params |"), std::string::npos) << "no single report: " << both.out;
+  EXPECT_TRUE(fs::exists(run + "/eval/report.json"));
+  const nlohmann::json last_report = nlohmann::json::parse(read_text(run + "/eval-last/report.json"));
+  EXPECT_EQ(last_report["checkpoint"].get<std::string>(), run + "/last.safetensors");
+  const size_t best_row = both.out.find("| run_copy | cifar10_200k |");
+  const size_t last_row = both.out.find("| run_copy/last | cifar10_200k |");
+  ASSERT_NE(best_row, std::string::npos) << both.out;
+  ASSERT_NE(last_row, std::string::npos) << both.out;
+  EXPECT_LT(best_row, last_row) << "in the order given";
+  char top1[16];
+  std::snprintf(top1, sizeof(top1), "| %.2f |", 100.0 * last_report["top1"].get<double>());
+  EXPECT_NE(both.out.find(top1, last_row), std::string::npos) << top1 << " in " << both.out;
+  expect_one_line_error(kestrel_cli("eval -c " + run + "/best.safetensors " + run + "/best.safetensors" + common),
+                        "is given twice", "the same checkpoint twice");
+  expect_one_line_error(
+      kestrel_cli("eval -c " + run + "/best.safetensors " + run + "/last.safetensors -o " + *scratch_ + "/one" + common),
+      "eval: --out names one report folder; with 2 checkpoints leave it out", "one --out for two");
 }
 
 TEST_F(EvalPredict, TtaShiftAveragesTheShiftedViewsAndTheirMirrors) {

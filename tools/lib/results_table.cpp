@@ -131,6 +131,7 @@ ResultsRow read_results_row(const std::string& path) {
   const fs::path run_dir = checkpoint.parent_path();
   row.run = run_dir.filename().string();
   if (row.run.empty()) row.run = row.model;
+  if (checkpoint.stem() != "best") row.run += "/" + checkpoint.stem().string();  // another of the run's checkpoints
   KCHECK(fs::is_regular_file(checkpoint), IOError, "table: the checkpoint ", checkpoint.string(), " that ",
          report_path.string(), " names is gone (its multiply-adds need the model)");
   read_model_cost(checkpoint, row);

@@ -9,7 +9,7 @@
 namespace kestrel::tools {
 
 struct ResultsRow {
-  std::string run;  // the run folder's name
+  std::string run;  // the run folder's name, then "/<stem>" for a checkpoint other than best.safetensors
   std::string report;  // the report.json read, as a canonical path
   std::string model, dataset, device;
   double width_mult = 1.0;
