@@ -35,9 +35,9 @@ struct AverageArgs {
   std::string device = "auto";
 };
 
-// --precise-bn: the mean of several weights is none of them, nor are the mean
-// of their batch-norm statistics those the mean weights would see; N batches
-// of the run's training images, read as evaluation reads them, give its own.
+// --precise-bn: the mean of several weights is none of them, nor is the mean
+// of their batch-norm statistics what the mean weights would see; N batches
+// of the run's training images, read as evaluation reads them, give their own.
 int64_t recompute_statistics(const AverageArgs& a, const std::string& beside, tools::AveragedModel& averaged) {
   const tools::ModelInfo& info = averaged.info;
   KCHECK(!info.dataset.empty(), ValueError, "average: ", beside, " does not record its data set, so --precise-bn "
