@@ -126,8 +126,9 @@ TEST(Cam, CliDrawsEachImageBesideEachCheckpointsMap) {
                                  "must end in .png", "a JPEG name for PNG bytes");
   testing::expect_one_line_error(testing::kestrel_cli("cam -c " + ckpts + " " + dir + "/missing.png"),
                                  "missing.png", "a missing image");
-  testing::expect_one_line_error(testing::kestrel_cli("cam -c " + ckpts + " --class 3 " + dir + "/images"),
-                                 "class 3 is out of range", "a class the models do not have");
+  const testing::CliResult no_class = testing::kestrel_cli("cam -c " + ckpts + " --class 3 " + dir + "/images");
+  testing::expect_one_line_error(no_class, "cam: --class 3 is out of range: ", "a class the models do not have");
+  EXPECT_EQ(no_class.out, "") << "refused before any image is mapped";
 }
 
 // A checkpoint whose metadata crops the centre (torchvision's weights) gets

@@ -524,6 +524,11 @@ TEST(Cli, ImageAugmentationFlagsTrainAndAreSavedWithTheRun) {
                         "--hsv-shift is a probability: it must be in [0, 1], got 1.5", "probability over 1");
   expect_one_line_error(kestrel_cli("train --rotation -3 --out " + temp_path("a4")), "--rotation must be in [0, 180]",
                         "negative rotation");
+  // The rate is named itself, not through --min-lr, which compares to it.
+  expect_one_line_error(kestrel_cli("train --lr -1 --out " + temp_path("a6")), "--lr must be positive, got -1",
+                        "negative rate");
+  expect_one_line_error(kestrel_cli("train --lr 0 --out " + temp_path("a7")), "--lr must be positive, got 0",
+                        "zero rate");
   expect_one_line_error(kestrel_cli(one_epoch_on(root, temp_path("a5")) + " --loader resident --rotation 5"),
                         "--loader resident cannot be used: --rotation runs on the host", "resident refusal");
 }

@@ -522,8 +522,12 @@ TEST_F(EvalPredict, CliFailsWithOneLineForEachBadInput) {
     const std::string bytes = read_text(img);
     f << bytes.substr(0, bytes.size() / 3);  // a truncated PNG
   }
-  expect_one_line_error(kestrel_cli("predict --checkpoint " + *ckpt_ + " " + corrupt), "corrupt.png",
-                        "corrupt image");
+  for (const char* format : {"table", "csv"}) {
+    const CliResult unreadable =
+        kestrel_cli("predict --checkpoint " + *ckpt_ + " --format " + format + " " + corrupt);
+    expect_one_line_error(unreadable, "corrupt.png", "corrupt image");
+    EXPECT_EQ(unreadable.out, "") << format << ": no header before the error";
+  }
   const std::string not_ckpt = *scratch_ + "/not_a_checkpoint.safetensors";
   std::ofstream(not_ckpt) << "this is not a safetensors file";
   expect_one_line_error(kestrel_cli("predict --checkpoint " + not_ckpt + " " + img), "not_a_checkpoint",
@@ -576,6 +580,10 @@ TEST_F(EvalPredict, PredictSkipsUnreadableImagesOnlyWhenAsked) {
   ASSERT_EQ(table.rc, 0) << table.err;
   EXPECT_EQ(std::count(table.out.begin(), table.out.end(), '\n'), 4) << "a header and three rows:\n" << table.out;
   EXPECT_EQ(table.out.find("1b.png"), std::string::npos) << table.out;
+  // Every image skipped: the header alone.
+  const CliResult none = kestrel_cli("predict -c " + *ckpt_ + " --skip-bad --format csv " + folder + "/1b.png");
+  ASSERT_EQ(none.rc, 0) << none.err;
+  EXPECT_EQ(none.out, "image,rank,class_index,class_name,probability\n");
 }
 
 TEST_F(EvalPredict, MismatchedCheckpointsNameTheFirstMismatchingTensors) {

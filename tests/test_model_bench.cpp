@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "models/registry.h"
 #include "models/summary.h"
@@ -74,6 +77,16 @@ TEST(ModelBench, BadSettingsAreNamed) {
                                  "a malformed input size");
   testing::expect_one_line_error(testing::kestrel_cli("bench -m resnet7 --input 3x32x32"), "resnet7",
                                  "an unknown model");
+  // Refused before the table starts: stdout stays empty.
+  for (const auto& [args, expect] : std::vector<std::pair<std::string, std::string>>{
+           {"-m emn_tiny -b 0", "bench: --batch-size must be >= 1, got 0"},
+           {"-m emn_tiny --amp fp16 --device cpu", "bench: --amp fp16 needs a CUDA device"},
+           {"-m emn_tiny --width-mult 0", "emn_tiny: width_mult must be positive, got 0"},
+           {"-m cifar10_200k,resnet7", "unknown model 'resnet7'"}}) {
+    const testing::CliResult refused = testing::kestrel_cli("bench --input 3x32x32 " + args);
+    testing::expect_one_line_error(refused, expect, args);
+    EXPECT_EQ(refused.out, "") << args;
+  }
   const testing::CliResult r =
       testing::kestrel_cli("bench -m cifar10_200k --input 1x28x28 -b 2 --iters 1 --warmup 0 --device cpu");
   ASSERT_EQ(r.rc, 0) << r.err;

@@ -91,6 +91,10 @@ void run_bench(BenchArgs& a) {
   a.o.train = !a.no_train;
   a.o.fuse = !a.no_fuse;
   a.o.progress = !a.no_progress;
+  for (const std::string& name : names) {  // every refusal before the table starts
+    a.o.model = name;
+    tools::check_bench_options(a.o);
+  }
   if (a.o.cuda_graph) std::fprintf(stderr, "inference timed as CUDA graph replays\n");
   if (a.o.fuse && a.o.device.is_cpu())
     std::fprintf(stderr, "inference timed with batch norms folded into their convolutions, as eval and predict run "

@@ -38,7 +38,12 @@ void run_cam(const CamArgs& a) {
   const std::vector<std::string> paths = tools::split_paths(a.checkpoints);
   KCHECK(!paths.empty(), ValueError, "cam: --checkpoint names no checkpoint");
   std::vector<std::unique_ptr<tools::Predictor>> models;
-  for (const std::string& p : paths) models.push_back(std::make_unique<tools::Predictor>(p, Device::cpu(), /*fuse=*/false));
+  for (const std::string& p : paths) {
+    models.push_back(std::make_unique<tools::Predictor>(p, Device::cpu(), /*fuse=*/false));
+    const int64_t classes = models.back()->info().num_classes;
+    KCHECK(a.class_index < classes, ValueError, "cam: --class ", a.class_index, " is out of range: ", p, " has ",
+           classes, " classes (0 to ", classes - 1, ")");
+  }
   std::vector<std::string> images;
   for (const std::string& i : a.images)
     for (const std::string& f : tools::list_images(i)) images.push_back(f);

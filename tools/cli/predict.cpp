@@ -151,12 +151,19 @@ void run_predict(const PredictArgs& a) {
     std::fflush(stdout);
   };
   std::optional<TablePrinter> printer;
+  // The header goes out with the first row (or at the end), so that an
+  // unreadable first image fails with its one line alone.
+  std::string header;
   if (format == "table") {
     printer.emplace(p, images);
-    emit(printer->header());
+    header = printer->header();
   } else if (format == "csv") {
-    emit("image,rank,class_index,class_name,probability\n");
+    header = "image,rank,class_index,class_name,probability\n";
   }
+  const auto emit_header_once = [&] {
+    emit(header);
+    header.clear();
+  };
   // A model trained with --num-classes above its data's count has outputs
   // without names: the predictor calls them "class N (unnamed)".
   std::vector<std::string> answered;
@@ -182,6 +189,7 @@ void run_predict(const PredictArgs& a) {
     }
     const std::vector<tools::TopK> top = p.predict_batch(decoded, a.top_k, a.batch_size);
     for (size_t i = 0; i < top.size(); ++i) {
+      emit_header_once();
       if (printer) emit(printer->rows(paths[i], top[i]));
       if (format == "csv") emit(csv_rows(paths[i], top[i]));
       if (!streamed) {
@@ -192,6 +200,7 @@ void run_predict(const PredictArgs& a) {
     bar.update(std::min(total, begin + a.batch_size));
   }
   bar.finish();
+  emit_header_once();  // every image skipped: an empty table
   if (!streamed) emit(json_text(p, answered, results, skipped));
   if (!a.out.empty()) {
     io::write_text_atomically(a.out, gathered, "predict");

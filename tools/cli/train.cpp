@@ -189,7 +189,10 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
     cmd->add_option("--dataset", c->dataset, "cifar10, cifar100 (cifar100-coarse: its 20 superclasses), fashion-mnist, mnist or folder (default: the checkpoint's)");
   else
     cmd->add_option("--dataset", c->dataset, "cifar10, cifar100 (cifar100-coarse: its 20 superclasses), fashion-mnist, mnist or folder")->capture_default_str();
-  cmd->add_option("--data-dir", c->data_dir, "data location (default: the data set's standard place)");
+  cmd->add_option("--data-dir", c->data_dir,
+                  kind == Kind::Qat ? "data location (default: the float run's when it is the same data set, else "
+                                      "the data set's standard place)"
+                                    : "data location (default: the data set's standard place)");
   cmd->add_option("--limit-train", c->limit_train, "use only N training images (the first; an image folder's spread over its classes)");
   cmd->add_option("--limit-test", c->limit_test, "use only N test images (the first; an image folder's spread over its classes)");
   cmd->add_option("--test-split", c->test_split,

@@ -12,6 +12,7 @@
 #include "engine/optim/sgd.h"
 #include "engine/random.h"
 #include "engine/trace.h"
+#include "models/common.h"
 #include "models/fuse.h"
 #include "models/registry.h"
 #include "models/summary.h"
@@ -40,9 +41,18 @@ OpProfile profile_calls(const BenchOptions& o, F&& step) {
   return summarize_profile(trace.events(), o.iters);
 }
 
+models::ModelOptions model_options(const BenchOptions& o) {
+  models::ModelOptions mo;
+  mo.num_classes = o.num_classes > 0 ? o.num_classes : models::find_model(o.model).default_classes;
+  mo.in_channels = o.channels;
+  mo.width_mult = o.width_mult;
+  mo.cifar_stem = models::cifar_stem_for_resolution(o.height);
+  return mo;
+}
+
 }  // namespace
 
-BenchResult bench_model(const BenchOptions& o) {
+void check_bench_options(const BenchOptions& o) {
   KCHECK(o.batch >= 1, ValueError, "bench: --batch-size must be >= 1, got ", o.batch);
   KCHECK(o.iters >= 1, ValueError, "bench: --iters must be >= 1, got ", o.iters);
   KCHECK(o.warmup >= 0, ValueError, "bench: --warmup must be >= 0, got ", o.warmup);
@@ -53,12 +63,14 @@ BenchResult bench_model(const BenchOptions& o) {
          o.device.str(), ")");
   KCHECK(!o.cuda_graph || !o.profile, ValueError,
          "bench: --cuda-graph and --profile do not go together (a replayed graph runs no ops to time one by one)");
-  const int64_t classes = o.num_classes > 0 ? o.num_classes : models::find_model(o.model).default_classes;
-  models::ModelOptions mo;
-  mo.num_classes = classes;
-  mo.in_channels = o.channels;
-  mo.width_mult = o.width_mult;
-  mo.cifar_stem = models::cifar_stem_for_resolution(o.height);
+  models::check_common_options(o.model, model_options(o));
+}
+
+BenchResult bench_model(const BenchOptions& o) {
+  check_bench_options(o);
+  const DType autocast = amp_dtype(o.amp);
+  const models::ModelOptions mo = model_options(o);
+  const int64_t classes = *mo.num_classes;
   manual_seed(0);
   nn::ModulePtr model = models::build_model(o.model, mo);
   BenchResult r;

@@ -36,6 +36,9 @@ struct BenchResult {
   OpProfile infer_profile, train_profile;  // with BenchOptions::profile (per batch)
 };
 
+// ValueError for options bench_model would refuse (an unknown model, a
+// batch below 1, --amp on the CPU, ...), so a caller can check before printing.
+void check_bench_options(const BenchOptions& o);
 // Random inputs and labels, seeded; the CIFAR stem when the input is 64 px or less.
 BenchResult bench_model(const BenchOptions& o);
 

@@ -217,6 +217,7 @@ void TrainConfig::validate() const {
          "this run's schedule is ", schedule);
   milestone_epochs();
   const std::string lr_source = lr_base > 0 ? " (--lr from --lr-base)" : "";
+  KCHECK(lr > 0, ValueError, "--lr must be positive, got ", lr, lr_source);  // before the checks that compare to it
   KCHECK(min_lr >= 0 && min_lr < lr, ValueError, "--min-lr must be in [0, --lr) = [0, ", lr, ")", lr_source, ", got ",
          min_lr);
   KCHECK(min_lr == 0 || schedule == "cosine" || schedule == "plateau", ValueError, "--min-lr is where --schedule "
@@ -254,7 +255,6 @@ void TrainConfig::validate() const {
          crop_pct);
   KCHECK(rotation >= 0 && rotation <= 180, ValueError, "--rotation must be in [0, 180] degrees (0: off), got ",
          rotation);
-  KCHECK(lr > 0, ValueError, "--lr must be positive, got ", lr);
   KCHECK(grad_accum >= 1, ValueError, "--grad-accum must be at least 1, got ", grad_accum);
   KCHECK(label_smoothing >= 0 && label_smoothing < 1, ValueError, "--label-smoothing must be in [0, 1), got ",
          label_smoothing);
