@@ -574,6 +574,8 @@ std::shared_ptr<ImageFolderDataset> open_image_folder(const std::string& root, S
            ": has train/ but no test/ (or val/) beside it; add one, or put the class folders in ", root, " itself");
     KCHECK(opts.test_fraction >= 0.0 && opts.test_fraction < 1.0, ValueError,
            "image folder: test_fraction must be in [0, 1), got ", opts.test_fraction);
+    KCHECK(!opts.whole || opts.test_fraction == 0.0, ValueError,
+           "image folder: a whole folder is not split; test_fraction must be 0, got ", opts.test_fraction);
     entries = list_image_folder(root, classes);
     if (opts.test_fraction > 0.0) {
       // Per class: a seeded shuffle of that class's files, the first
@@ -596,8 +598,8 @@ std::shared_ptr<ImageFolderDataset> open_image_folder(const std::string& root, S
              classes.size(), " classes is empty (too few images per class); give it train/ and test/ sub-folders");
       entries = std::move(chosen);
     } else {
-      KCHECK(split == Split::Train, ValueError, "image folder: ", root,
-             " has no train/ and test/ sub-folders; set test_fraction to split it");
+      KCHECK(split == Split::Train || opts.whole, ValueError, "image folder: ", root,
+             " has no train/ and test/ sub-folders; set test_fraction to split it (or whole to read all of it)");
     }
   }
   return std::make_shared<ImageFolderDataset>(std::move(entries), std::move(classes), opts);

@@ -62,6 +62,9 @@ struct ImageFolderOptions {
   // that goes to the test split, chosen with split_seed. 0 = use root whole.
   double test_fraction = 0.0;
   uint64_t split_seed = 0;
+  // When root has no train/ and test/: either split is all of root (an
+  // evaluation folder the model never trained on). test_fraction must be 0.
+  bool whole = false;
 };
 
 class ImageFolderDataset : public Dataset {

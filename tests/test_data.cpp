@@ -367,6 +367,10 @@ TEST(ImageFolder, SplitFractionIsSeededPerClassAndDisjoint) {
   EXPECT_TRUE(differs) << "split seed 5 and 6 chose the same files";
   opts.test_fraction = 0.0;
   EXPECT_THROW(open_image_folder(root, Split::Test, opts), ValueError);  // no test/ and no fraction
+  opts.whole = true;  // an evaluation folder: all of it
+  EXPECT_EQ(open_image_folder(root, Split::Test, opts)->size(), 20);
+  opts.test_fraction = 0.3;
+  EXPECT_THROW(open_image_folder(root, Split::Test, opts), ValueError);  // whole and split at once
 }
 
 TEST(ImageFolder, BadInputsAreIOErrorsNamingTheFileOrWarnedAndCounted) {

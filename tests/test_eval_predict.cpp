@@ -266,6 +266,37 @@ TEST_F(EvalPredict, EvalCliPrintsTheMarkdownTableAndWritesBesideTheCheckpointByD
       "eval: --out names one report folder; with 2 checkpoints leave it out", "one --out for two");
 }
 
+// A labelled folder without train/ and test/: the run never read it, so it is
+// evaluated whole; --test-split takes part of it; with no run beside the
+// checkpoint the split is kestrel train's, and a note says so.
+TEST_F(EvalPredict, EvalReadsAnotherFlatFolderWholeUnlessToldOtherwise) {
+  const std::string flat = *scratch_ + "/flat";
+  fs::remove_all(flat);
+  fs::copy(*shared_ + "/data/test", flat, fs::copy_options::recursive);  // 3 classes x 24 images
+  const auto images_of = [](const std::string& out) {
+    return nlohmann::json::parse(read_text(out + "/report.json"))["images"].get<int64_t>();
+  };
+  const std::string common = " --data-dir " + flat + " --latency-iters 0 --no-progress -o ";
+  const CliResult whole = kestrel_cli("eval -c " + *ckpt_ + common + *scratch_ + "/flat_whole");
+  ASSERT_EQ(whole.rc, 0) << whole.err;
+  EXPECT_EQ(images_of(*scratch_ + "/flat_whole"), 72);
+  EXPECT_EQ(whole.err.find("note:"), std::string::npos) << whole.err;
+  ASSERT_EQ(kestrel_cli("eval -c " + *ckpt_ + " --test-split 0.25" + common + *scratch_ + "/flat_quarter").rc, 0);
+  EXPECT_EQ(images_of(*scratch_ + "/flat_quarter"), 18);
+
+  const std::string alone = *scratch_ + "/alone";
+  fs::create_directories(alone);
+  fs::copy_file(*ckpt_, alone + "/best.safetensors", fs::copy_options::overwrite_existing);
+  const CliResult guessed = kestrel_cli("eval -c " + alone + "/best.safetensors" + common + *scratch_ + "/flat_guess");
+  ASSERT_EQ(guessed.rc, 0) << guessed.err;
+  EXPECT_EQ(images_of(*scratch_ + "/flat_guess"), 6) << "10% of each class's 24";
+  EXPECT_NE(guessed.err.find("note: " + flat + " has no train/ and test/, and no training run beside"),
+            std::string::npos)
+      << guessed.err;
+  expect_one_line_error(kestrel_cli("eval -c " + *ckpt_ + " --test-split 1" + common + *scratch_ + "/x"),
+                        "--test-split must be in [0, 1) (0: the whole folder), got 1", "a split of 1");
+}
+
 TEST_F(EvalPredict, TtaShiftAveragesTheShiftedViewsAndTheirMirrors) {
   EvalOptions o = quiet_eval(*ckpt_);
   o.batch_size = 32;

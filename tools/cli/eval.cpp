@@ -76,6 +76,10 @@ void register_eval(CLI::App& app) {
                   "timm); 1 = the whole image resized (default: the checkpoint's, from kestrel train --crop-pct)");
   cmd->add_option("--out,-o", o->out, "report folder (default: beside the checkpoint, eval/ for best.safetensors on the "
                   "whole test set, else e.g. eval-last/, eval-tta/, eval-crop0.875/, eval-first1000/)");
+  cmd->add_option("--test-split", o->test_split,
+                  "a folder without train/ and test/: the fraction of each class to test on, as kestrel train "
+                  "holds it out; 0 = every image (default: the run's split of its own folder, all of another; "
+                  "with no run beside the checkpoint, train's default 0.1)");
   cmd->add_option("--limit", o->limit, "use only N test images (the first; an image folder's spread over its classes; 0: all)");
   cmd->add_option("--latency-iters", o->latency_iters, "timed batch-1 forward passes after warm-up; 0 skips timing")
       ->capture_default_str();

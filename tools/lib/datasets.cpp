@@ -90,6 +90,7 @@ std::shared_ptr<const data::Dataset> open_dataset(const std::string& dataset, co
     fo.read = ro;
     fo.preload = true;
     fo.preload_limit_bytes = image_preload_limit_bytes();
+    fo.whole = test_split == 0.0;
     fo.test_fraction = test_split;
     auto folder = data::open_image_folder(dir, split, fo);
     if (!folder->preloaded() && dist::is_main()) {

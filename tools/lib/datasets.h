@@ -17,7 +17,8 @@ namespace kestrel::tools {
 std::string data_dir_or_default(const std::string& dataset, const std::string& data_dir);
 // An image folder is preloaded (decoded once, up front) when it fits
 // image_preload_limit_bytes(), else decoded as it is read. A folder without
-// train/ and test/ is split per class: test_split of each class is the test set.
+// train/ and test/ is split per class: test_split of each class is the test
+// set; test_split 0 reads all of it as either split (a folder only evaluated on).
 std::shared_ptr<const data::Dataset> open_dataset(const std::string& dataset, const std::string& data_dir,
                                                   data::Split split, bool skip_bad, int64_t limit,
                                                   double test_split = kDefaultTestSplit);

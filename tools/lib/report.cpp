@@ -6,9 +6,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <optional>
 
 #include "data/loader.h"
+#include "data/readers.h"
 #include "engine/autograd.h"
 #include "engine/error.h"
 #include "engine/io/atomic_file.h"
@@ -108,7 +110,12 @@ EvalReport run_eval(const EvalOptions& o) {
   r.quantized = info.quantized;
   r.dataset = o.dataset.empty() ? info.dataset : o.dataset;
   KCHECK(!r.dataset.empty(), ValueError, "eval: ", o.checkpoint, " does not record its data set; pass --dataset");
-  const RunData data = run_data_beside(o.checkpoint, r.dataset, o.data_dir, o.skip_bad);
+  const RunData data = run_data_beside(o.checkpoint, r.dataset, o.data_dir, o.skip_bad, o.test_split);
+  if (r.dataset == "folder" && data.split_guessed && std::filesystem::is_directory(data.data_dir) &&
+      !data::image_folder_has_split(data.data_dir))
+    std::cerr << "note: " << data.data_dir << " has no train/ and test/, and no training run beside " << o.checkpoint
+              << " says how it was split: testing on the " << format_number("%g", 100 * data.test_split)
+              << "% of each class kestrel train holds out (--test-split 0 tests on every image)\n";
   r.data_dir = data.data_dir;
   r.parameters = predictor.num_parameters();
   r.input_height = info.height;

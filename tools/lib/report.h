@@ -19,6 +19,9 @@ struct EvalOptions {
   double crop_pct = -1.0;    // centre crop (data::resize_center_crop) for the checkpoint's; -1: the checkpoint's
   std::string out;           // empty: default_report_dir(*this)
   int64_t limit = 0;         // first N test images (0 = all)
+  // A folder without train/ and test/: the fraction of each class to test on
+  // (0: all of it); -1: as run_data_beside decides (tools/lib/run_data.h).
+  double test_split = -1.0;
   bool skip_bad = false;     // skip unreadable images with a warning (also when the training run did)
   int64_t latency_iters = 50;  // timed batch-1 forward passes (after warm-up)
   bool cuda_graph = false;     // time CUDA passes as CUDA graph replays (engine/nn/graphed_forward.h)

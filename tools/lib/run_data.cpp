@@ -19,16 +19,26 @@ bool same_folder(const std::string& a, const std::string& b) {
 }  // namespace
 
 RunData run_data_beside(const std::string& checkpoint, const std::string& dataset, const std::string& data_dir,
-                        bool skip_bad) {
-  RunData d{data_dir, kDefaultTestSplit, skip_bad};
+                        bool skip_bad, double test_split) {
+  KCHECK(test_split == -1.0 || (test_split >= 0 && test_split < 1), ValueError,
+         "--test-split must be in [0, 1) (0: the whole folder), got ", test_split);
+  RunData d;
+  d.data_dir = data_dir;
+  d.test_split = kDefaultTestSplit;
+  d.split_guessed = true;
+  d.skip_bad = skip_bad;
   const nlohmann::json cfg = training_config_beside(checkpoint);
   if (cfg.is_object() && cfg.value("dataset", "") == dataset) {
     const std::string run_dir = cfg.value("data_dir", "");
-    if (d.data_dir.empty() || same_folder(d.data_dir, run_dir)) {
-      if (d.data_dir.empty()) d.data_dir = run_dir;
-      d.test_split = cfg.value("test_split", kDefaultTestSplit);
-    }
+    const bool runs_folder = d.data_dir.empty() || same_folder(d.data_dir, run_dir);
+    if (d.data_dir.empty()) d.data_dir = run_dir;
+    d.test_split = runs_folder ? cfg.value("test_split", kDefaultTestSplit) : 0.0;
+    d.split_guessed = false;
     d.skip_bad = d.skip_bad || cfg.value("skip_bad", false);
+  }
+  if (test_split != -1.0) {
+    d.test_split = test_split;
+    d.split_guessed = false;
   }
   d.data_dir = data_dir_or_default(dataset, d.data_dir);
   return d;

@@ -10,15 +10,20 @@ namespace kestrel::tools {
 
 struct RunData {
   std::string data_dir;     // the folder to read (the data set's standard place when neither side names one)
-  double test_split = 0.0;  // a folder without train/ and test/: the fraction of each class held out
-  bool skip_bad = false;    // the run skipped unreadable images, or the caller asked to
+  // A folder without train/ and test/: the fraction of each class held out
+  // for testing; 0 reads all of it.
+  double test_split = 0.0;
+  bool split_guessed = false;  // no run beside said how its folder was split: kestrel train's default
+  bool skip_bad = false;       // the run skipped unreadable images, or the caller asked to
 };
 
-// `dataset` and `data_dir` are what the user asked for (data_dir may be empty).
-// When the run beside `checkpoint` trained on `dataset`, its folder is the
-// default, and its split holds when that folder is the one read.
+// `dataset`, `data_dir` and `test_split` are what the user asked for
+// (data_dir may be empty, test_split -1). When the run beside `checkpoint`
+// trained on `dataset`, its folder is the default, and its split holds when
+// that folder is the one read; another folder, one the run never read, is
+// read whole. With no run beside, a folder is split as kestrel train splits it.
 RunData run_data_beside(const std::string& checkpoint, const std::string& dataset, const std::string& data_dir,
-                        bool skip_bad);
+                        bool skip_bad, double test_split = -1.0);
 
 // Labels index the model's outputs: the data's classes must be the model's
 // first ones, in order. Fewer is fine: a model trained with --num-classes
