@@ -37,7 +37,7 @@ const std::vector<ModelEntry>& model_registry() {
     for (int depth : {121, 201})
       e.push_back({"densenet" + std::to_string(depth), "densenet", "DenseNet-BC-" + std::to_string(depth), 1000, 224,
                    [depth](const ModelOptions& o) { return build_densenet(depth, o); }});
-    e.push_back({"cifar10_200k", "cifar", "200K-parameter depthwise-separable CIFAR-10 net", 10, 32,
+    e.push_back({"cifar10_200k", "cifar", "depthwise-separable CIFAR-10 net under 200K parameters (150,690)", 10, 32,
                  build_cifar_net});
     return e;
   }();

@@ -163,6 +163,13 @@ try:
     assert [p["image"] for p in json.loads(r.stdout)["predictions"]] == [os.path.join(with_bad, "a.png")], r.stdout
     assert "b.png" in r.stderr and "(skipped)" in r.stderr, r.stderr
     print("python predictor: a folder refused by predict(); --skip-bad goes past an unreadable image")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader already gone, as `| head` once it has its lines
+    piped = subprocess.run([sys.executable, script, checkpoint, folder], stdout=write_end, stderr=subprocess.PIPE,
+                           text=True, env=dict(os.environ, KESTREL_LIB=library))
+    os.close(write_end)
+    assert piped.returncode == 141 and piped.stderr == "", (piped.returncode, piped.stderr)
+    print("python predictor: a closed pipe ends it quietly (exit 141, as SIGPIPE)")
     os.makedirs(os.path.join(scratch, "empty"))
     expect_cli_error("no images in it", checkpoint, os.path.join(scratch, "empty"))
     expect_cli_error("no such file or folder", checkpoint, os.path.join(scratch, "none.png"))

@@ -283,6 +283,11 @@ def main(argv):
             if a.format == "json":
                 import json
                 print(json.dumps({"checkpoint": a.checkpoint, "model": p.model, "predictions": predictions}, indent=2))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+    except BrokenPipeError:  # `| head`: the reader has all it wants; end quietly, as the kestrel command does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the exit's flush does not fail again
+        return 141  # what a shell reports for a process ended by SIGPIPE
     except (KestrelError, ValueError, TypeError, OSError) as e:
         print(f"kestrel: error: {e}", file=sys.stderr)
         return 1
