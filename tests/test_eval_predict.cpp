@@ -235,6 +235,9 @@ TEST_F(EvalPredict, EvalCliPrintsTheMarkdownTableAndWritesBesideTheCheckpointByD
   EvalOptions relative;
   relative.checkpoint = "best.safetensors";
   EXPECT_EQ(default_report_dir(relative), "eval");
+  relative.data_dir = "/data/flat/";  // other images never replace the run's own report
+  relative.test_split = 0.0;
+  EXPECT_EQ(default_report_dir(relative), "eval-flat-split0");
 
   // kestrel table reads run/eval/ and marks a report of part of the test set.
   const CliResult table = kestrel_cli("table " + run + " " + run + "/eval-last-first10");
@@ -280,7 +283,7 @@ TEST_F(EvalPredict, EvalReadsAnotherFlatFolderWholeUnlessToldOtherwise) {
   const CliResult whole = kestrel_cli("eval -c " + *ckpt_ + common + *scratch_ + "/flat_whole");
   ASSERT_EQ(whole.rc, 0) << whole.err;
   EXPECT_EQ(images_of(*scratch_ + "/flat_whole"), 72);
-  EXPECT_EQ(whole.err.find("note:"), std::string::npos) << whole.err;
+  EXPECT_NE(whole.err.find("note: " + flat + " is not the folder the run beside"), std::string::npos) << whole.err;
   ASSERT_EQ(kestrel_cli("eval -c " + *ckpt_ + " --test-split 0.25" + common + *scratch_ + "/flat_quarter").rc, 0);
   EXPECT_EQ(images_of(*scratch_ + "/flat_quarter"), 18);
 
@@ -290,7 +293,8 @@ TEST_F(EvalPredict, EvalReadsAnotherFlatFolderWholeUnlessToldOtherwise) {
   const CliResult guessed = kestrel_cli("eval -c " + alone + "/best.safetensors" + common + *scratch_ + "/flat_guess");
   ASSERT_EQ(guessed.rc, 0) << guessed.err;
   EXPECT_EQ(images_of(*scratch_ + "/flat_guess"), 6) << "10% of each class's 24";
-  EXPECT_NE(guessed.err.find("note: " + flat + " has no train/ and test/, and no training run beside"),
+  EXPECT_NE(guessed.err.find("note: no training run beside " + alone + "/best.safetensors says how " + flat +
+                             " was split"),
             std::string::npos)
       << guessed.err;
   expect_one_line_error(kestrel_cli("eval -c " + *ckpt_ + " --test-split 1" + common + *scratch_ + "/x"),

@@ -75,7 +75,7 @@ void register_eval(CLI::App& app) {
                   "read the centre crop_pct of each image (scaled to cover the size / crop_pct, aspect kept, as "
                   "timm); 1 = the whole image resized (default: the checkpoint's, from kestrel train --crop-pct)");
   cmd->add_option("--out,-o", o->out, "report folder (default: beside the checkpoint, eval/ for best.safetensors on the "
-                  "whole test set, else e.g. eval-last/, eval-tta/, eval-crop0.875/, eval-first1000/)");
+                  "run's test set, else e.g. eval-last/, eval-tta/, eval-crop0.875/, eval-first1000/, eval-<data folder>/)");
   cmd->add_option("--test-split", o->test_split,
                   "a folder without train/ and test/: the fraction of each class to test on, as kestrel train "
                   "holds it out; 0 = every image (default: the run's split of its own folder, all of another; "

@@ -10,7 +10,6 @@
 #include <optional>
 
 #include "data/loader.h"
-#include "data/readers.h"
 #include "engine/autograd.h"
 #include "engine/error.h"
 #include "engine/io/atomic_file.h"
@@ -111,11 +110,7 @@ EvalReport run_eval(const EvalOptions& o) {
   r.dataset = o.dataset.empty() ? info.dataset : o.dataset;
   KCHECK(!r.dataset.empty(), ValueError, "eval: ", o.checkpoint, " does not record its data set; pass --dataset");
   const RunData data = run_data_beside(o.checkpoint, r.dataset, o.data_dir, o.skip_bad, o.test_split);
-  if (r.dataset == "folder" && data.split_guessed && std::filesystem::is_directory(data.data_dir) &&
-      !data::image_folder_has_split(data.data_dir))
-    std::cerr << "note: " << data.data_dir << " has no train/ and test/, and no training run beside " << o.checkpoint
-              << " says how it was split: testing on the " << format_number("%g", 100 * data.test_split)
-              << "% of each class kestrel train holds out (--test-split 0 tests on every image)\n";
+  if (!data.note.empty()) std::cerr << "note: " << data.note << "\n";
   r.data_dir = data.data_dir;
   r.parameters = predictor.num_parameters();
   r.input_height = info.height;
@@ -209,6 +204,14 @@ std::string default_report_dir(const EvalOptions& o) {
   if (o.tta || o.tta_shift > 0) name += "-tta";
   if (o.crop_pct != -1.0) name += "-crop" + format_number("%g", o.crop_pct);
   if (o.limit > 0) name += "-first" + std::to_string(o.limit);
+  // Other data, or other images of it, never replace the report of the run's own test set.
+  if (!o.dataset.empty()) name += "-" + o.dataset;
+  if (!o.data_dir.empty()) {
+    std::filesystem::path folder = std::filesystem::path(o.data_dir).lexically_normal();
+    if (folder.filename().empty()) folder = folder.parent_path();  // "data/" names data
+    name += "-" + folder.filename().string();
+  }
+  if (o.test_split != -1.0) name += "-split" + format_number("%g", o.test_split);
   return (checkpoint.parent_path() / name).string();
 }
 

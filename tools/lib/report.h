@@ -73,7 +73,8 @@ std::string report_markdown(const EvalReport& r);
 std::string confusion_csv(const EvalReport& r);
 // Beside the checkpoint: eval/ for the whole test set scored by best.safetensors
 // (the folder `kestrel table` reads), else a folder naming what differs
-// (eval-last, eval-tta, eval-first1000), so one evaluation never replaces another.
+// (eval-last, eval-tta, eval-first1000, eval-<data folder>, eval-split0), so one
+// evaluation never replaces another.
 std::string default_report_dir(const EvalOptions& o);
 // report.json, report.md, confusion.csv, confusion.png in dir (created if needed).
 void write_report(const EvalReport& r, const std::string& dir);

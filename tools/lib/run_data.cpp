@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "data/readers.h"
 #include "engine/error.h"
 #include "tools/lib/datasets.h"
 
@@ -25,22 +26,39 @@ RunData run_data_beside(const std::string& checkpoint, const std::string& datase
   RunData d;
   d.data_dir = data_dir;
   d.test_split = kDefaultTestSplit;
-  d.split_guessed = true;
   d.skip_bad = skip_bad;
   const nlohmann::json cfg = training_config_beside(checkpoint);
-  if (cfg.is_object() && cfg.value("dataset", "") == dataset) {
-    const std::string run_dir = cfg.value("data_dir", "");
-    const bool runs_folder = d.data_dir.empty() || same_folder(d.data_dir, run_dir);
+  const bool run_beside = cfg.is_object();
+  const bool same_data = run_beside && cfg.value("dataset", "") == dataset;
+  const std::string run_dir = same_data ? cfg.value("data_dir", "") : "";
+  const double run_split = same_data ? cfg.value("test_split", kDefaultTestSplit) : kDefaultTestSplit;
+  const bool runs_folder = same_data && (d.data_dir.empty() || same_folder(d.data_dir, run_dir));
+  if (same_data) {
     if (d.data_dir.empty()) d.data_dir = run_dir;
-    d.test_split = runs_folder ? cfg.value("test_split", kDefaultTestSplit) : 0.0;
-    d.split_guessed = false;
     d.skip_bad = d.skip_bad || cfg.value("skip_bad", false);
   }
+  if (runs_folder) d.test_split = run_split;
+  else if (run_beside) d.test_split = 0.0;  // images the run never read: all of them
+  d.data_dir = data_dir_or_default(dataset, d.data_dir);
+  KCHECK(!d.data_dir.empty(), ValueError, checkpoint, " was trained on an image folder, and no run config.json "
+         "beside it names the folder; pass --data-dir");
+
+  // The split only applies to a folder without train/ and test/; say how it was chosen when it may surprise.
+  const bool flat_folder = dataset == "folder" && std::filesystem::is_directory(d.data_dir) &&
+                           !data::image_folder_has_split(d.data_dir);
+  KCHECK(test_split == -1.0 || flat_folder, ValueError, "--test-split splits an image folder without train/ and "
+         "test/; ", dataset, " at ", d.data_dir, " has its own test set");
   if (test_split != -1.0) {
     d.test_split = test_split;
-    d.split_guessed = false;
+  } else if (flat_folder && !run_beside) {
+    d.note = detail::concat("no training run beside ", checkpoint, " says how ", d.data_dir, " was split: split as "
+                            "kestrel train splits it, ", 100 * d.test_split, "% of each class held out for "
+                            "testing (--test-split 0: all of it)");
+  } else if (flat_folder && !runs_folder) {
+    d.note = detail::concat(d.data_dir, " is not the folder the run beside ", checkpoint, " trained on",
+                            run_dir.empty() ? std::string() : " (" + run_dir + ")", ", so all of it is read; if it is "
+                            "a copy, --test-split ", run_split, " takes the run's split");
   }
-  d.data_dir = data_dir_or_default(dataset, d.data_dir);
   return d;
 }
 

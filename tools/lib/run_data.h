@@ -13,8 +13,11 @@ struct RunData {
   // A folder without train/ and test/: the fraction of each class held out
   // for testing; 0 reads all of it.
   double test_split = 0.0;
-  bool split_guessed = false;  // no run beside said how its folder was split: kestrel train's default
-  bool skip_bad = false;       // the run skipped unreadable images, or the caller asked to
+  bool skip_bad = false;  // the run skipped unreadable images, or the caller asked to
+  // Why a folder without train/ and test/ is split as it is, where that may
+  // surprise (no run beside the checkpoint, or a folder the run never read);
+  // empty otherwise. The caller prints it.
+  std::string note;
 };
 
 // `dataset`, `data_dir` and `test_split` are what the user asked for
@@ -22,6 +25,8 @@ struct RunData {
 // trained on `dataset`, its folder is the default, and its split holds when
 // that folder is the one read; another folder, one the run never read, is
 // read whole. With no run beside, a folder is split as kestrel train splits it.
+// ValueError for a --test-split where there is nothing to split, or an image
+// folder no one names.
 RunData run_data_beside(const std::string& checkpoint, const std::string& dataset, const std::string& data_dir,
                         bool skip_bad, double test_split = -1.0);
 
