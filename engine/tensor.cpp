@@ -14,14 +14,13 @@
 #include "engine/ops/reduce.h"
 #include "engine/philox.h"
 #include "engine/random.h"
+#include "engine/text.h"
 #include "engine/trace.h"
 
 namespace kestrel {
 
 std::string shape_str(const Shape& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? "," : "") + std::to_string(s[i]);
-  return out + "]";
+  return "[" + join(s, ",", [](int64_t d) { return std::to_string(d); }) + "]";
 }
 
 int64_t shape_numel(const Shape& s) {

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "engine/device_sync.h"
+#include "engine/text.h"
 
 namespace kestrel {
 
@@ -62,9 +63,7 @@ std::string current_trace_scope() {
 }
 
 std::string join_ints(const std::vector<int64_t>& v) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
-  return s;
+  return join(v, ",", [](int64_t x) { return std::to_string(x); });
 }
 
 std::string exact_str(double v) {

@@ -590,8 +590,11 @@ TEST(Cli, PlateauAndCheckpointHistTrainAndAreSavedWithTheRun) {
   for (const char* split : {"/train/", "/test/"}) fs::rename(other + split + "a", other + split + "c");
   expect_one_line_error(kestrel_cli("average " + out + " --precise-bn 2 --data-dir " + other + " -o " +
                                     temp_path("p11.safetensors")),
-                        "average: class 0 of folder at " + other + " is 'b' but the checkpoint's class 0 is 'a'",
+                        "average: class 0 of folder at " + other + " is 'b' but the checkpoint's class 0 is 'a' (the "
+                        "classes must be the same, in the same order); pass the --data-dir it was trained on",
                         "other classes");
+  expect_one_line_error(kestrel_cli("average " + out + " --precise-bn 2 -b 0 -o " + temp_path("p12.safetensors")),
+                        "average: --batch-size must be >= 1, got 0", "an empty batch");
   expect_one_line_error(kestrel_cli("train --schedule plateau --step-gamma 2 --out " + temp_path("p1")),
                         "--schedule plateau needs --step-gamma in (0, 1)", "growth factor");
   expect_one_line_error(kestrel_cli("train --plateau-patience 3 --out " + temp_path("p2")),
@@ -661,6 +664,13 @@ TEST(Cli, OptimizersMnistAndResizedCropTakeTheirOwnDefaultsUnlessSet) {
   std::ofstream(flip_recipe) << "hflip = false\n";
   ASSERT_EQ(kestrel_cli(one_epoch_on(root, temp_path("no_flip")) + " --config " + flip_recipe).rc, 0);
   EXPECT_EQ(config_of(temp_path("no_flip")).at("hflip"), 0.0);
+  ASSERT_EQ(kestrel_cli(one_epoch_on(root, temp_path("flip_word")) + " --hflip True").rc, 0);
+  EXPECT_EQ(config_of(temp_path("flip_word")).at("hflip"), 0.5) << "words in any case, as before";
+  const auto always = kestrel_cli(one_epoch_on(root, temp_path("flip_always")) + " --hflip 1");
+  ASSERT_EQ(always.rc, 0) << always.err;
+  EXPECT_NE(always.err.find("note: --hflip 1 mirrors every image (it is a probability; true = 0.5)\n"),
+            std::string::npos)
+      << always.err;
   expect_one_line_error(kestrel_cli(one_epoch_on(root, temp_path("bad_flip")) + " --hflip 1.5"),
                         "--hflip: expects a probability in [0, 1] (true = 0.5, false = 0), got '1.5'", "flip over 1");
   EXPECT_EQ(config_of(sgd).at("random_crop"), true);

@@ -262,7 +262,7 @@ TEST_F(EvalPredict, EvalCliPrintsTheMarkdownTableAndWritesBesideTheCheckpointByD
   char top1[16];
   std::snprintf(top1, sizeof(top1), "| %.2f |", 100.0 * last_report["top1"].get<double>());
   EXPECT_NE(both.out.find(top1, last_row), std::string::npos) << top1 << " in " << both.out;
-  expect_one_line_error(kestrel_cli("eval -c " + run + "/best.safetensors " + run + "/best.safetensors" + common),
+  expect_one_line_error(kestrel_cli("eval -c " + run + "/best.safetensors " + run + "/./best.safetensors" + common),
                         "is given twice", "the same checkpoint twice");
   expect_one_line_error(
       kestrel_cli("eval -c " + run + "/best.safetensors " + run + "/last.safetensors -o " + *scratch_ + "/one" + common),

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "data/dataset.h"
+#include "test_util.h"
 #include "tools/lib/datasets.h"
 
 using namespace kestrel;
@@ -285,5 +286,6 @@ TEST(TrainAugment, AFlipSavedAsOnOrOffReadsAsAProbability) {
   EXPECT_EQ(TrainConfig::from_json({{"hflip", 0.25}}).hflip, 0.25);
   TrainConfig c;
   c.hflip = 1.5;
-  EXPECT_THROW(c.validate(), ValueError);
+  EXPECT_EQ(kestrel::testing::expect_message_of([&] { c.validate(); }),
+            "--hflip is a probability: it must be in [0, 1], got 1.5");
 }

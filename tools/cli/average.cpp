@@ -31,24 +31,29 @@ struct AverageArgs {
   bool overwrite = false;
   int64_t precise_bn = 0;
   std::string data_dir;
-  int64_t batch_size = 0;  // 0: the run's
+  int64_t batch_size = -1;  // -1: the run's
   std::string device = "auto";
 };
 
 // --precise-bn: the mean of several weights is none of them, nor is the mean
 // of their batch-norm statistics what the mean weights would see; N batches
 // of the run's training images, read as evaluation reads them, give their own.
-int64_t recompute_statistics(const AverageArgs& a, const std::string& beside, tools::AveragedModel& averaged) {
+int64_t recompute_statistics(const AverageArgs& a, const std::string& checkpoint, Device device,
+                             tools::AveragedModel& averaged) {
   const tools::ModelInfo& info = averaged.info;
-  KCHECK(!info.dataset.empty(), ValueError, "average: ", beside, " does not record its data set, so --precise-bn "
+  KCHECK(tools::has_batch_norm_to_recompute(*averaged.model), ValueError, "average: --precise-bn: ", info.model,
+         " has no batch norms to recompute");
+  KCHECK(!info.dataset.empty(), ValueError, "average: ", checkpoint, " does not record its data set, so --precise-bn "
          "cannot read its training images");
-  const tools::RunData data = tools::run_data_beside(beside, info.dataset, a.data_dir, false);
+  const tools::RunData data = tools::run_data_beside(checkpoint, info.dataset, a.data_dir, false);
+  if (!data.note.empty()) std::fprintf(stderr, "note: %s\n", data.note.c_str());
   auto train_set = tools::open_dataset(info.dataset, data.data_dir, data::Split::Train, data.skip_bad, 0,
                                        data.test_split);
-  tools::check_data_fits_model(*train_set, info, beside, "average", info.dataset, data.data_dir);
-  const nlohmann::json run = tools::training_config_beside(beside);
+  tools::check_data_fits_model(*train_set, info, checkpoint, "average", info.dataset, data.data_dir,
+                               "pass the --data-dir it was trained on");
+  const nlohmann::json run = tools::training_config_beside(checkpoint);
   data::LoaderOptions lo;
-  if (a.batch_size > 0)
+  if (a.batch_size != -1)
     lo.batch_size = a.batch_size;
   else if (run.is_object())
     lo.batch_size = run.value("batch_size", lo.batch_size);
@@ -61,7 +66,6 @@ int64_t recompute_statistics(const AverageArgs& a, const std::string& beside, to
   data::DataLoader loader(train_set, lo,
                           tools::eval_transform(static_cast<int>(info.height), static_cast<int>(info.width),
                                                 {info.mean, info.std}, info.crop_fraction));
-  const Device device = tools::resolve_device(a.device);
   if (!device.is_cpu()) averaged.model->to(device);
   std::fprintf(stderr, "recomputing batch-norm statistics over %lld batches of %lld %s training images on %s\n",
                static_cast<long long>(std::min(a.precise_bn, loader.num_batches())),
@@ -72,9 +76,9 @@ int64_t recompute_statistics(const AverageArgs& a, const std::string& beside, to
 void run_average(const AverageArgs& a) {
   namespace fs = std::filesystem;
   KCHECK(a.precise_bn >= 0, ValueError, "average: --precise-bn must be >= 0 (0: off), got ", a.precise_bn);
-  KCHECK(a.batch_size >= 0, ValueError, "average: --batch-size must be >= 1 (leave it out for the run's), got ",
+  KCHECK(a.batch_size == -1 || a.batch_size >= 1, ValueError, "average: --batch-size must be >= 1, got ",
          a.batch_size);
-  KCHECK(a.precise_bn > 0 || (a.data_dir.empty() && a.batch_size == 0 && a.device == "auto"), ValueError,
+  KCHECK(a.precise_bn > 0 || (a.data_dir.empty() && a.batch_size == -1 && a.device == "auto"), ValueError,
          "average: --data-dir, --batch-size and --device serve --precise-bn; add --precise-bn N");
   const bool from_run = a.inputs.size() == 1 && fs::is_directory(a.inputs[0]);
   KCHECK(from_run || a.top == 0, ValueError, "average: --top picks from a run folder's kept checkpoints; give one "
@@ -96,8 +100,9 @@ void run_average(const AverageArgs& a) {
   KCHECK(a.overwrite || !fs::exists(out), IOError, "average: ", out, " exists; pass --overwrite to replace it");
   io::check_folder_of(out, "average");
 
+  const Device device = a.precise_bn > 0 ? tools::resolve_device(a.device) : Device::cpu();
   tools::AveragedModel averaged = tools::average_checkpoints(paths);
-  const int64_t precise_batches = a.precise_bn > 0 ? recompute_statistics(a, paths[0], averaged) : 0;
+  const int64_t precise_batches = a.precise_bn > 0 ? recompute_statistics(a, paths[0], device, averaged) : 0;
   nlohmann::json sources = nlohmann::json::array();
   for (const std::string& p : paths) sources.push_back(fs::path(p).filename().string());
   io::Metadata metadata = {{"kestrel.averaged_from", sources.dump()}};
@@ -127,7 +132,9 @@ void register_average(CLI::App& app) {
                   "recompute the average's batch-norm statistics over N batches of the run's training images "
                   "(default 0: keep the mean of the checkpoints' statistics, as timm)");
   cmd->add_option("--data-dir", a->data_dir, "with --precise-bn: the training data (default: the run's)");
-  cmd->add_option("--batch-size,-b", a->batch_size, "with --precise-bn: images a batch (default: the run's)");
+  cmd->add_option("--batch-size,-b", a->batch_size,
+                  "with --precise-bn: images a batch (default: the run's; a data-parallel run's is the whole step's, "
+                  "shared among its processes)");
   cmd->add_option("--device", a->device, "with --precise-bn: auto, cpu, cuda or cuda:N")->capture_default_str();
   cmd->callback([a] { run_average(*a); });
 }

@@ -3,6 +3,7 @@
 // Several checkpoints are measured one after another, each report beside its
 // checkpoint, and printed side by side as kestrel table does.
 #include <CLI/CLI.hpp>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <set>
@@ -33,11 +34,12 @@ std::string evaluate_one(const tools::EvalOptions& o, bool print_report) {
 void run_evals(tools::EvalOptions o, const std::vector<std::string>& checkpoints) {
   KCHECK(checkpoints.size() == 1 || o.out.empty(), ValueError, "eval: --out names one report folder; with ",
          checkpoints.size(), " checkpoints leave it out (each report goes beside its checkpoint)");
-  std::set<std::string> dirs;
+  std::set<std::filesystem::path> dirs;  // by their canonical paths: run/x and ./run/x are one
   for (const std::string& c : checkpoints) {
     o.checkpoint = c;
-    KCHECK(dirs.insert(tools::default_report_dir(o)).second, ValueError, "eval: ", c,
-           " is given twice (or two checkpoints would share the report folder ", tools::default_report_dir(o), ")");
+    const std::string dir = tools::default_report_dir(o);
+    KCHECK(dirs.insert(std::filesystem::weakly_canonical(dir)).second, ValueError, "eval: ", c,
+           " is given twice (or two checkpoints would share the report folder ", dir, ")");
   }
   if (checkpoints.size() == 1) {
     o.checkpoint = checkpoints[0];

@@ -161,6 +161,7 @@ void run_predict(const PredictArgs& a) {
     header = "image,rank,class_index,class_name,probability\n";
   }
   const auto emit_header_once = [&] {
+    if (header.empty()) return;
     emit(header);
     header.clear();
   };

@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -21,15 +22,21 @@ void set_exit_status(int status);  // main.cpp: what the process returns
 
 namespace {
 
-// --hflip: a probability as timm's, or true/false as before 2026-11-26 (true: a coin toss).
+// --hflip: a probability as timm's, or on/off words as before 2026-11-26 (on: a coin toss).
 double flip_probability(const std::string& text) {
-  if (text == "true" || text == "on" || text == "yes") return 0.5;
-  if (text == "false" || text == "off" || text == "no") return 0.0;
+  std::string word = text;
+  std::transform(word.begin(), word.end(), word.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  for (const char* on : {"true", "on", "yes", "enable"})
+    if (word == on) return 0.5;
+  for (const char* off : {"false", "off", "no", "disable"})
+    if (word == off) return 0.0;
   char* end = nullptr;
   const double p = std::strtod(text.c_str(), &end);
   if (text.empty() || end != text.c_str() + text.size() || !(p >= 0 && p <= 1))
     throw CLI::ValidationError("--hflip", "expects a probability in [0, 1] (true = 0.5, false = 0), got '" + text +
                                               "'");
+  // Before 2026-11-26, 1 meant on; now it mirrors every image.
+  if (p == 1) std::cerr << "note: --hflip 1 mirrors every image (it is a probability; true = 0.5)\n";
   return p;
 }
 

@@ -12,11 +12,22 @@
 
 namespace kestrel::tools {
 
-int64_t recompute_batch_norm_statistics(nn::Module& model, data::BatchLoader& loader, int64_t epoch, int64_t batches) {
+namespace {
+
+std::vector<nn::BatchNorm2d*> unfolded_batch_norms(nn::Module& model) {
   std::vector<nn::BatchNorm2d*> norms;
   models::visit_modules(model, [&](nn::Module& m, const std::string&) {
     if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(&m); bn != nullptr && !bn->folded) norms.push_back(bn);
   });
+  return norms;
+}
+
+}  // namespace
+
+bool has_batch_norm_to_recompute(nn::Module& model) { return !unfolded_batch_norms(model).empty(); }
+
+int64_t recompute_batch_norm_statistics(nn::Module& model, data::BatchLoader& loader, int64_t epoch, int64_t batches) {
+  const std::vector<nn::BatchNorm2d*> norms = unfolded_batch_norms(model);
   KCHECK(!norms.empty(), ValueError,
          "--precise-bn: the model has no batch norms to recompute (a quantized model's are folded)");
   struct Kept {

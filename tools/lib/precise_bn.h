@@ -20,5 +20,7 @@ namespace kestrel::tools {
 // model's mode are left as they were. Returns the batches used (fewer when an epoch has fewer).
 // Throws ValueError when the model has no batch norm that is not folded.
 int64_t recompute_batch_norm_statistics(nn::Module& model, data::BatchLoader& loader, int64_t epoch, int64_t batches);
+// Whether the model has a batch norm that is not folded (what the above recomputes).
+bool has_batch_norm_to_recompute(nn::Module& model);
 
 }  // namespace kestrel::tools

@@ -10,6 +10,7 @@
 #include "engine/autograd.h"
 #include "engine/error.h"
 #include "engine/io/safetensors.h"
+#include "engine/text.h"
 #include "models/summary.h"
 #include "tools/lib/checkpoint.h"
 #include "tools/lib/report.h"
@@ -61,9 +62,8 @@ fs::path find_report(const std::string& path) {
   std::sort(others.begin(), others.end());
   std::string hint = " (run kestrel eval --checkpoint " + path + "/best.safetensors first)";
   if (!others.empty()) {
-    hint = " (its other reports: ";
-    for (size_t i = 0; i < others.size(); ++i) hint += (i ? ", " : "") + others[i];
-    hint += "; name one, or run kestrel eval --checkpoint " + path + "/best.safetensors)";
+    hint = " (its other reports: " + join(others, ", ") + "; name one, or run kestrel eval --checkpoint " + path +
+           "/best.safetensors)";
   }
   throw IOError(detail::concat("table: no eval report in ", path, hint));
 }
@@ -204,8 +204,7 @@ std::string results_table_csv(const std::vector<ResultsRow>& rows) {
         or_empty(r.train_seconds >= 0, format_number("%.1f", r.train_seconds)),
         r.quantized ? "1" : "0",
         r.limited ? "1" : "0"};
-    for (size_t i = 0; i < cells.size(); ++i) csv += (i ? "," : "") + cells[i];
-    csv += "\n";
+    csv += join(cells, ",") + "\n";
   }
   return csv;
 }

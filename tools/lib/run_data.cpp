@@ -63,19 +63,20 @@ RunData run_data_beside(const std::string& checkpoint, const std::string& datase
 }
 
 void check_data_fits_model(const data::Dataset& ds, const ModelInfo& info, const std::string& checkpoint,
-                           const std::string& command, const std::string& dataset, const std::string& data_dir) {
+                           const std::string& command, const std::string& dataset, const std::string& data_dir,
+                           const std::string& remedy) {
   const std::vector<std::string>& data_classes = ds.classes();
   KCHECK(ds.num_classes() <= info.num_classes, ValueError, command, ": ", dataset, " at ", data_dir, " has ",
          ds.num_classes(), " classes but the model in ", checkpoint, " has ", info.num_classes,
-         " outputs; pass the --dataset/--data-dir it was trained on");
+         " outputs; ", remedy);
   if (info.classes.empty()) return;
   for (size_t k = 0; k < data_classes.size(); ++k) {
     KCHECK(k < info.classes.size(), ValueError, command, ": ", dataset, " at ", data_dir, " has class '",
            data_classes[k], "' (class ", k, ") but the checkpoint ", checkpoint, " names only ", info.classes.size(),
-           " classes; pass the --dataset/--data-dir it was trained on");
+           " classes; ", remedy);
     KCHECK(data_classes[k] == info.classes[k], ValueError, command, ": class ", k, " of ", dataset, " at ", data_dir,
            " is '", data_classes[k], "' but the checkpoint's class ", k, " is '", info.classes[k],
-           "' (the classes must be the same, in the same order); pass the --dataset/--data-dir it was trained on");
+           "' (the classes must be the same, in the same order); ", remedy);
   }
 }
 

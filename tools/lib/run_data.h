@@ -33,8 +33,10 @@ RunData run_data_beside(const std::string& checkpoint, const std::string& datase
 // Labels index the model's outputs: the data's classes must be the model's
 // first ones, in order. Fewer is fine: a model trained with --num-classes
 // above its data's class count has unnamed outputs after them. ValueError
-// names `command`, the data and the checkpoint otherwise.
+// names `command`, the data and the checkpoint otherwise, and ends with
+// `remedy` (the flags that choose the data).
 void check_data_fits_model(const data::Dataset& ds, const ModelInfo& info, const std::string& checkpoint,
-                           const std::string& command, const std::string& dataset, const std::string& data_dir);
+                           const std::string& command, const std::string& dataset, const std::string& data_dir,
+                           const std::string& remedy = "pass the --dataset/--data-dir it was trained on");
 
 }  // namespace kestrel::tools

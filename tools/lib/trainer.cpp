@@ -622,9 +622,8 @@ TrainSummary train(TrainConfig c) {
   if (!resuming && !c.initial_checkpoint.empty()) {  // a resumed run's weights come from its own checkpoint
     const std::vector<std::string> fresh = load_initial_weights(c.initial_checkpoint, *model, info);
     if (main_rank) {
-      std::cerr << "initial weights from " << c.initial_checkpoint;
-      for (size_t i = 0; i < fresh.size(); ++i) std::cerr << (i ? ", " : "; kept fresh: ") << fresh[i];
-      std::cerr << "\n";
+      std::cerr << "initial weights from " << c.initial_checkpoint
+                << (fresh.empty() ? "" : "; kept fresh: " + join(fresh, ", ")) << "\n";
       const auto differs = [&] {
         const Normalization own = normalization_for(c.dataset, *train_set);
         return own.mean != norm.mean || own.std != norm.std;
@@ -756,9 +755,8 @@ TrainSummary train(TrainConfig c) {
     if (main_rank) {
       const size_t n = teachers->names().size();
       std::cerr << "distilling from " << n << (n == 1 ? " teacher" : " teachers, logits averaged") << " (alpha "
-                << c.distill_alpha << ", T " << c.distill_temperature << "): ";
-      for (size_t i = 0; i < teachers->names().size(); ++i) std::cerr << (i ? ", " : "") << teachers->names()[i];
-      std::cerr << "; ensemble top-1 " << fmt_pct(summary.teacher_top1) << "\n";
+                << c.distill_alpha << ", T " << c.distill_temperature << "): " << join(teachers->names(), ", ")
+                << "; ensemble top-1 " << fmt_pct(summary.teacher_top1) << "\n";
     }
   }
   const auto run_start = std::chrono::steady_clock::now();
