@@ -64,6 +64,8 @@ TEST(RunData, AFolderTheRunNeverReadIsReadWholeWithANote) {
   const std::string cifar = run_on("cifar_run", "cifar10", "/somewhere/cifar", 0.1);
   EXPECT_EQ(run_data_beside(cifar, "folder", flat, false).test_split, 0.0);
   EXPECT_FALSE(run_data_beside(cifar, "folder", flat, false).skip_bad) << "another data set's setting";
+  EXPECT_EQ(run_data_beside(cifar, "folder", flat, false).note,
+            "the run beside " + cifar + " trained on cifar10, so all of " + flat + " is read");
 }
 
 TEST(RunData, WithNoRunBesideAFolderIsSplitAsTrainSplitsIt) {
@@ -92,4 +94,6 @@ TEST(RunData, ASplitIsRefusedWhereThereIsNothingToSplit) {
   EXPECT_THROW(run_data_beside(checkpoint, "cifar10", "/x", false, 0.2), kestrel::ValueError);
   EXPECT_THROW(run_data_beside(checkpoint, "folder", flat_folder("f"), false, 1.0), kestrel::ValueError);
   EXPECT_EQ(run_data_beside(checkpoint, "folder", split, false).note, "") << "its own split: nothing to say";
+  EXPECT_EQ(run_data_beside(checkpoint, "folder", temp_path("not_there"), false, 0.2).test_split, 0.2)
+      << "a missing folder is named by whoever opens it";
 }

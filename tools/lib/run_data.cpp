@@ -46,18 +46,22 @@ RunData run_data_beside(const std::string& checkpoint, const std::string& datase
   // The split only applies to a folder without train/ and test/; say how it was chosen when it may surprise.
   const bool flat_folder = dataset == "folder" && std::filesystem::is_directory(d.data_dir) &&
                            !data::image_folder_has_split(d.data_dir);
-  KCHECK(test_split == -1.0 || flat_folder, ValueError, "--test-split splits an image folder without train/ and "
-         "test/; ", dataset, " at ", d.data_dir, " has its own test set");
+  const bool missing = !std::filesystem::exists(d.data_dir);  // named when it is opened
+  KCHECK(test_split == -1.0 || flat_folder || (dataset == "folder" && missing), ValueError, "--test-split splits an image folder without "
+         "train/ and test/; ", dataset, " at ", d.data_dir, " has its own test set");
   if (test_split != -1.0) {
     d.test_split = test_split;
   } else if (flat_folder && !run_beside) {
     d.note = detail::concat("no training run beside ", checkpoint, " says how ", d.data_dir, " was split: split as "
                             "kestrel train splits it, ", 100 * d.test_split, "% of each class held out for "
                             "testing (--test-split 0: all of it)");
+  } else if (flat_folder && !same_data) {
+    d.note = detail::concat("the run beside ", checkpoint, " trained on ", cfg.value("dataset", "other data"),
+                            ", so all of ", d.data_dir, " is read");
   } else if (flat_folder && !runs_folder) {
-    d.note = detail::concat(d.data_dir, " is not the folder the run beside ", checkpoint, " trained on",
-                            run_dir.empty() ? std::string() : " (" + run_dir + ")", ", so all of it is read; if it is "
-                            "a copy, --test-split ", run_split, " takes the run's split");
+    d.note = detail::concat(d.data_dir, " is not the folder the run beside ", checkpoint, " trained on (", run_dir,
+                            "), so all of it is read; if it is a copy, --test-split ", run_split,
+                            " takes the run's split");
   }
   return d;
 }
