@@ -120,7 +120,7 @@ Batch DataLoader::load_batch(int64_t epoch, int64_t batch_index, const std::vect
     labels[static_cast<size_t>(i)] = ex.label;
   }
   b.labels = Tensor::from_vector_i64(labels, {n});
-  if (batch_transform_) {
+  if (batch_transform_ && (opts_.mix_until_epoch < 0 || epoch < opts_.mix_until_epoch)) {
     Generator gen(batch_seed(opts_.seed, epoch, batch_index));
     batch_transform_(b, gen);
   }

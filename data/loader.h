@@ -51,6 +51,9 @@ struct LoaderOptions {
   // skipped.
   int shard_rank = 0;
   int shard_count = 1;
+  // Batch mixing (DataLoader's batch transform, ResidentLoader's mixer) in
+  // epochs before this one only; -1: in every epoch.
+  int64_t mix_until_epoch = -1;
 };
 
 // Derives independent 64-bit seeds from a tuple (splitmix64 mixing).

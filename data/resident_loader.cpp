@@ -126,7 +126,7 @@ Batch ResidentLoader::load_batch(int64_t epoch, int64_t batch_index, const std::
   ao.mean = aug_.mean;
   ao.std = aug_.std;
   std::vector<RowPlan> rows;
-  if (mixer_) {
+  if (mixer_ && (opts_.mix_until_epoch < 0 || epoch < opts_.mix_until_epoch)) {
     Generator gen(batch_seed(opts_.seed, epoch, batch_index));
     const BatchMix mix = mixer_(n, static_cast<int>(images_.size(1)), static_cast<int>(images_.size(2)), gen);
     rows.assign(mix.rows.begin(), mix.rows.end());

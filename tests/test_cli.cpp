@@ -515,6 +515,16 @@ TEST(Cli, ImageAugmentationFlagsTrainAndAreSavedWithTheRun) {
   EXPECT_EQ(config.at("rotation"), 10.0);
   EXPECT_EQ(config.at("brightness_contrast"), 0.5);
   EXPECT_EQ(config.at("hsv_shift"), 0.5);
+  // Batch mixing for the first epochs only (timm's --mixup-off-epoch).
+  const std::string mixed = temp_path("mix_off_run");
+  const auto mix_off = kestrel_cli(one_epoch_on(root, mixed) + " --cutmix 1 --mixup-off-epoch 3");
+  ASSERT_EQ(mix_off.rc, 0) << mix_off.err;
+  EXPECT_NE(mix_off.err.find("augmentation: crop (pad 2), flip; cutmix 1 (first 3 epochs)\n"), std::string::npos)
+      << mix_off.err;
+  EXPECT_EQ(nlohmann::json::parse(read_text(mixed + "/config.json")).at("mixup_off_epoch"), 3);
+  expect_one_line_error(kestrel_cli("train --mixup-off-epoch 2 --out " + temp_path("a8")),
+                        "--mixup-off-epoch ends --mixup, --cutmix and --ricap, and this run uses none of them",
+                        "nothing to end");
 
   expect_one_line_error(kestrel_cli("train --color-jitter 0.4,0.4 --out " + temp_path("a1")),
                         "--color-jitter expects B,C,S or B,C,S,H", "two jitter amounts");

@@ -131,6 +131,29 @@ TEST(ResidentLoader, ShardsAndResumeMatchTheThreadedLoader) {
   }
 }
 
+// --mixup-off-epoch: both loaders mix the first epochs only, then give the
+// batches a loader without a mixer gives.
+TEST(ResidentLoader, MixingEndsAtItsEpochInBothLoaders) {
+  auto ds = random_dataset(16, 8, 8, 3, 4, 4);
+  ResidentAugment aug;
+  aug.crop_padding = 2;
+  LoaderOptions lo;
+  lo.batch_size = 4;
+  lo.seed = 9;
+  lo.num_workers = 0;
+  ResidentLoader unmixed(*ds, lo, aug, {}, 4, Device::cpu());
+  const std::vector<Batch> plain = epoch_of(unmixed, 2);
+  lo.mix_until_epoch = 2;
+  DataLoader threaded(ds, lo, resident_host_transform(aug, 8, 8), mixing_transform(cutmix_mixer(1.0), 4));
+  ResidentLoader resident(*ds, lo, aug, cutmix_mixer(1.0), 4, Device::cpu());
+  for (int64_t epoch : {0, 1, 2, 3}) {
+    const std::vector<Batch> r = epoch_of(resident, epoch), t = epoch_of(threaded, epoch);
+    expect_identical(r, t, "epoch " + std::to_string(epoch));
+    for (const Batch& b : r) EXPECT_EQ(b.targets.defined(), epoch < 2) << "epoch " << epoch;
+  }
+  expect_identical(epoch_of(resident, 2), plain, "after the mixing epochs");
+}
+
 TEST(ResidentLoader, EpochsShuffleDifferentlyAndGenericDataSetsLoadToo) {
   auto array = random_dataset(16, 6, 6, 3, 4, 3);
   std::vector<int64_t> every_other;

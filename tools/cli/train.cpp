@@ -263,6 +263,9 @@ void add_training_command(CLI::App& app, const std::string& name, const std::str
   cmd->add_option("--cutmix", c->cutmix, "probability of CutMix per batch")->capture_default_str();
   cmd->add_option("--ricap", c->ricap, "probability of RICAP per batch")->capture_default_str();
   cmd->add_option("--mix-alpha", c->mix_alpha, "Beta(alpha, alpha) for MixUp/CutMix")->capture_default_str();
+  cmd->add_option("--mixup-off-epoch", c->mixup_off_epoch,
+                  "mix batches (--mixup, --cutmix, --ricap) in the first N epochs only, as timm's; 0 = every epoch")
+      ->capture_default_str();
   cmd->add_flag("--auto-augment", c->auto_augment, "AutoAugment CIFAR-10 policy");
   cmd->add_option("--randaugment", c->randaugment, "RandAugment N,M (e.g. 2,9)");
   const bool qat = kind == Kind::Qat;

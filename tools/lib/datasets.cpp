@@ -245,8 +245,10 @@ std::string augmentation_summary(const TrainConfig& c, int height, int width) {
   for (const auto& [name, p] : mixers)
     if (p > 0) batch.push_back(std::string(name) + " " + number(p));
   std::vector<std::string> parts;  // the image steps; the batch mixers
-  for (const std::vector<std::string>* steps : {&image, &batch})
-    if (!steps->empty()) parts.push_back(join(*steps, ", "));
+  if (!image.empty()) parts.push_back(join(image, ", "));
+  if (!batch.empty())
+    parts.push_back(join(batch, ", ") +
+                    (c.mixup_off_epoch > 0 ? " (first " + std::to_string(c.mixup_off_epoch) + " epochs)" : ""));
   return parts.empty() ? "none" : join(parts, "; ");
 }
 

@@ -22,7 +22,7 @@ namespace kestrel::tools {
   X(nesterov) X(weight_decay) X(warmup_epochs) X(warmup_lr) X(schedule) X(step_size) X(milestones)             \
   X(step_gamma) X(plateau_patience) X(min_lr) X(adam_betas) X(adam_eps) X(rmsprop_alpha) X(rmsprop_eps)        \
   X(label_smoothing) X(loss) X(focal_gamma) X(clip_grad) X(grad_accum) X(ema) X(amp) X(early_stop)             \
-  X(eval_metric) X(checkpoint_hist) X(mixup) X(cutmix) X(ricap) X(mix_alpha) X(auto_augment) X(randaugment)    \
+  X(eval_metric) X(checkpoint_hist) X(mixup) X(cutmix) X(ricap) X(mix_alpha) X(mixup_off_epoch) X(auto_augment) X(randaugment)    \
   X(random_crop) X(hflip) X(cutout) X(seed) X(device) X(out) X(teacher) X(distill_alpha)                       \
   X(distill_temperature) X(quantize_from) X(calib_batches) X(initial_checkpoint) X(mean) X(std) X(precise_bn)  \
   X(save_every_steps) X(rotation) X(color_jitter) X(shift_scale_rotate) X(ssr_limits) X(brightness_contrast)   \
@@ -238,6 +238,10 @@ void TrainConfig::validate() const {
              (rmsprop_alpha == TrainConfig{}.rmsprop_alpha && rmsprop_eps == TrainConfig{}.rmsprop_eps),
          ValueError, "--rmsprop-alpha and --rmsprop-eps are RMSprop's; this run's optimizer is ", optimizer);
   KCHECK(mix_alpha > 0, ValueError, "--mix-alpha must be positive, got ", mix_alpha);
+  KCHECK(mixup_off_epoch >= 0, ValueError, "--mixup-off-epoch must be >= 0 (0: mix in every epoch), got ",
+         mixup_off_epoch);
+  KCHECK(mixup_off_epoch == 0 || mixup > 0 || cutmix > 0 || ricap > 0, ValueError,
+         "--mixup-off-epoch ends --mixup, --cutmix and --ricap, and this run uses none of them");
   KCHECK(focal_gamma >= 0, ValueError, "--focal-gamma must be >= 0 (0: cross-entropy), got ", focal_gamma);
   // The focal loss is defined on hard labels; soft targets would silently drop it.
   KCHECK(loss != "focal" || (label_smoothing == 0 && mixup == 0 && cutmix == 0 && ricap == 0), ValueError,

@@ -90,6 +90,9 @@ struct TrainConfig {
   double cutmix = 0.0;
   double ricap = 0.0;
   double mix_alpha = 1.0;
+  // Batch mixing in the first N epochs only, plain batches after (timm's
+  // --mixup-off-epoch: the last epochs fit the true labels); 0 = every epoch.
+  int64_t mixup_off_epoch = 0;
   bool auto_augment = false;
   std::string randaugment;  // "N,M"
   bool random_crop = true;

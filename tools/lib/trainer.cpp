@@ -650,6 +650,7 @@ TrainSummary train(TrainConfig c) {
   lo.pin_memory = device.is_cuda();
   lo.shard_rank = dist::rank();
   lo.shard_count = world;
+  if (c.mixup_off_epoch > 0) lo.mix_until_epoch = c.mixup_off_epoch;
   LoaderChoice train_choice = make_loader(c, train_set, lo, true, info.height, info.width, norm, classes, device);
   data::LoaderOptions eo = lo;
   eo.shuffle = false;
